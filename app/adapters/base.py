@@ -1,0 +1,64 @@
+"""The protocol every target adapter implements.
+
+Every operation is idempotent: granting what is already there, or revoking what is already gone,
+is success, reported as such so that access which existed before WardKey is recorded and left
+alone. Failures are typed: transient ones are worth retrying, permanent ones need a person.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+
+class AdapterError(Exception):
+    """The target did not do what was asked. `transient` says whether retrying may help."""
+
+    transient = False
+
+
+class TransientAdapterError(AdapterError):
+    """Timeouts, connection refused, throttling, a server error: retry later."""
+
+    transient = True
+
+
+class PermanentAdapterError(AdapterError):
+    """Unknown account, missing privilege, bad configuration: retrying will not help."""
+
+
+@dataclass(frozen=True)
+class GrantResult:
+    already_present: bool = False
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class RevokeResult:
+    already_absent: bool = False
+    detail: str = ""
+    sessions_ended: int = 0
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    def grant(self, account: str, entitlement: str, until: datetime) -> GrantResult:
+        """Give `account` the entitlement; `until` lets targets with expiring membership use it."""
+        ...
+
+    def revoke(self, account: str, entitlement: str) -> RevokeResult:
+        """Take the entitlement away (and end the account's sessions where the target has them)."""
+        ...
+
+    def check(self, account: str, entitlement: str) -> bool:
+        """True when the target says `account` holds the entitlement right now."""
+        ...
+
+    def end_sessions(self, account: str) -> int:
+        """End the account's open sessions; returns how many were ended (0 if none or N/A)."""
+        ...
+
+    def list_members(self, entitlement: str) -> set[str]:
+        """Every account holding the entitlement, for reconciliation."""
+        ...

@@ -1,0 +1,228 @@
+"""The tamper-evident audit trail: append, verify, checkpoint, export.
+
+Each event's hash covers its sequence number, its predecessor's hash, its indexed columns and its
+canonical JSON body, so editing, deleting or reordering any stored event breaks the chain at that
+event. A checkpoint (sequence number and hash kept off the box) also exposes a cut-off tail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import IO, Any
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from app.store.db import Database
+from app.store.models import AuditEvent
+
+GENESIS_HASH = "0" * 64
+# pg_advisory_xact_lock key that serialises appends, so concurrent writers cannot fork the chain.
+_APPEND_LOCK_KEY = 0x5741524B4B4559  # "WARKKEY"
+_FORBIDDEN_KEYS = ("password", "secret", "token", "private_key", "passphrase")
+_BATCH = 20_000
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("audit times must be timezone-aware")
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"cannot put {type(value).__name__} in an audit event")
+
+
+def canonical_json(value: Mapping[str, Any]) -> str:
+    """Sorted keys, no spaces, UTF-8 text, UTC ISO-8601 times: one encoding per event."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
+    )
+
+
+def event_hash(seq: int, prev_hash: str, action: str, request_id: int | None, body: str) -> str:
+    preimage = f"{seq}|{prev_hash}|{action}|{'' if request_id is None else request_id}|{body}"
+    return hashlib.sha256(preimage.encode()).hexdigest()
+
+
+def _check_no_secrets(data: Mapping[str, Any], where: str = "") -> None:
+    for key, value in data.items():
+        if any(word in key.lower() for word in _FORBIDDEN_KEYS):
+            raise ValueError(
+                f"refusing to write '{where}{key}' to the audit trail: secrets never go in"
+            )
+        if isinstance(value, Mapping):
+            _check_no_secrets(value, f"{where}{key}.")
+
+
+def append(
+    session: Session,
+    *,
+    at: datetime,
+    action: str,
+    actor: str,
+    request_id: int | None = None,
+    data: Mapping[str, Any] | None = None,
+) -> AuditEvent:
+    """Add one event to the chain inside the caller's transaction (commit makes it durable)."""
+    details = dict(data or {})
+    _check_no_secrets(details)
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPEND_LOCK_KEY})
+    # SQLite transactions here begin IMMEDIATE, so writers are already serialised.
+    head = session.execute(
+        select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
+    ).first()
+    seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
+    body = canonical_json(
+        {"action": action, "actor": actor, "at": at, "request_id": request_id, "data": details}
+    )
+    event = AuditEvent(
+        seq=seq,
+        at=at,
+        action=action,
+        request_id=request_id,
+        prev_hash=prev_hash,
+        hash=event_hash(seq, prev_hash, action, request_id, body),
+        body=body,
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    seq: int
+    hash: str
+    at: datetime | None = None
+
+    def to_json(self) -> str:
+        return canonical_json({"seq": self.seq, "hash": self.hash, "at": self.at})
+
+    @classmethod
+    def from_json(cls, raw: str) -> Checkpoint:
+        data = json.loads(raw)
+        at = data.get("at")
+        return cls(
+            seq=int(data["seq"]),
+            hash=str(data["hash"]),
+            at=datetime.fromisoformat(at.replace("Z", "+00:00")) if at else None,
+        )
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    checked: int
+    head: Checkpoint | None
+    broken_seq: int | None = None
+    problem: str = ""
+
+    def summary(self) -> str:
+        if self.ok:
+            where = f" up to event {self.head.seq} ({self.head.hash[:16]}…)" if self.head else ""
+            return f"OK: {self.checked} events verified{where}"
+        return f"BROKEN at event {self.broken_seq}: {self.problem}"
+
+
+Row = tuple[int, str, str, int | None, str, str]
+
+
+def verify_rows(rows: Iterable[Row], checkpoint: Checkpoint | None = None) -> VerifyResult:
+    """Recompute the chain over rows (seq, prev_hash, action, request_id, hash, body) in order."""
+    expected_seq, expected_prev = 1, GENESIS_HASH
+    checked = 0
+    head: Checkpoint | None = None
+    sha256 = hashlib.sha256
+    for seq, prev_hash, action, request_id, stored_hash, body in rows:
+        if seq != expected_seq:
+            gap = "missing (deleted)" if seq > expected_seq else "out of order"
+            return VerifyResult(
+                False, checked, head, expected_seq, f"event {expected_seq} is {gap}"
+            )
+        if prev_hash != expected_prev:
+            return VerifyResult(
+                False,
+                checked,
+                head,
+                seq,
+                "does not follow the event before it (an event was deleted or reordered)",
+            )
+        rid = "" if request_id is None else request_id
+        digest = sha256(f"{seq}|{prev_hash}|{action}|{rid}|{body}".encode()).hexdigest()
+        if digest != stored_hash:
+            return VerifyResult(
+                False, checked, head, seq, "contents do not match its hash (edited)"
+            )
+        if checkpoint is not None and seq == checkpoint.seq and stored_hash != checkpoint.hash:
+            return VerifyResult(
+                False,
+                checked,
+                head,
+                seq,
+                "differs from the exported checkpoint (history was rewritten after it)",
+            )
+        expected_seq, expected_prev = seq + 1, stored_hash
+        checked += 1
+    head = Checkpoint(expected_seq - 1, expected_prev) if checked else None
+    if checkpoint is not None and checked < checkpoint.seq:
+        return VerifyResult(
+            False,
+            checked,
+            head,
+            checked + 1,
+            f"the trail ends at event {checked} but the checkpoint records event "
+            f"{checkpoint.seq}: {checkpoint.seq - checked} event(s) were cut from the end",
+        )
+    return VerifyResult(True, checked, head)
+
+
+def iter_rows(db: Database) -> Iterator[Row]:
+    """Stream the chain in sequence order straight from the driver (no ORM objects)."""
+    query = "SELECT seq, prev_hash, action, request_id, hash, body FROM audit_events ORDER BY seq"
+    raw = db.engine.raw_connection()
+    try:
+        if db.is_sqlite:
+            cursor = raw.cursor()
+        else:  # a server-side cursor, so a million events do not sit in memory at once
+            cursor = raw.driver_connection.cursor(name="wardkey_audit_verify")  # type: ignore[union-attr]
+        cursor.execute(query)
+        while batch := cursor.fetchmany(_BATCH):
+            yield from batch
+        cursor.close()
+    finally:
+        raw.close()
+
+
+def verify(db: Database, checkpoint: Checkpoint | None = None) -> VerifyResult:
+    return verify_rows(iter_rows(db), checkpoint)
+
+
+def head(db: Database) -> Checkpoint | None:
+    with db.read() as session:
+        row = session.execute(
+            select(AuditEvent.seq, AuditEvent.hash, AuditEvent.at)
+            .order_by(AuditEvent.seq.desc())
+            .limit(1)
+        ).first()
+    return Checkpoint(row[0], row[1], row[2]) if row else None
+
+
+def export_jsonl(db: Database, out: IO[str], since: datetime | None = None) -> int:
+    """Write one JSON object per event (its body plus seq and hashes); returns the count."""
+    count = 0
+    for seq, prev_hash, _action, _rid, stored_hash, body in iter_rows(db):
+        event = json.loads(body)
+        if since is not None and datetime.fromisoformat(event["at"].replace("Z", "+00:00")) < since:
+            continue
+        event.update(seq=seq, prev_hash=prev_hash, hash=stored_hash)
+        out.write(canonical_json(event) + "\n")
+        count += 1
+    return count

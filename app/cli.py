@@ -1,0 +1,183 @@
+"""`wardkey …` (also `python -m app …`): the operator's commands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from app import __version__, audit
+from app.clock import SystemClock
+from app.config import Settings
+from app.policy import Policy, PolicyError, format_duration, load_policy
+from app.policy.rules import approvers_at
+from app.store import Database, upgrade
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    code: int = args.run(args)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wardkey", description="Just-in-time privileged access for hospital teams."
+    )
+    parser.add_argument("--version", action="version", version=f"wardkey {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    policy = commands.add_parser("policy", help="check a policy manifest").add_subparsers(
+        metavar="ACTION"
+    )
+    check = policy.add_parser("check", help="validate a manifest and print a summary")
+    check.add_argument("file", type=Path)
+    check.set_defaults(run=_policy_check)
+
+    db = commands.add_parser("db", help="database schema").add_subparsers(metavar="ACTION")
+    db.add_parser("upgrade", help="apply migrations to DATABASE_URL").set_defaults(run=_db_upgrade)
+
+    trail = commands.add_parser("audit", help="the audit trail").add_subparsers(metavar="ACTION")
+    verify = trail.add_parser("verify", help="recompute the hash chain; name the first break")
+    verify.add_argument(
+        "--checkpoint", type=Path, help="a checkpoint file from `audit checkpoint` (finds a cut tail)"
+    )
+    verify.set_defaults(run=_audit_verify)
+    export = trail.add_parser("export", help="write events as JSON Lines for a SIEM")
+    export.add_argument("--format", choices=["jsonl"], default="jsonl")
+    export.add_argument("--since", type=_instant, help="only events at or after (ISO 8601)")
+    export.add_argument("--output", type=Path, help="file to write (default: standard output)")
+    export.set_defaults(run=_audit_export)
+    checkpoint = trail.add_parser(
+        "checkpoint", help="print the chain head (sequence and hash) to keep off this machine"
+    )
+    checkpoint.add_argument("--output", type=Path, help="file to write (default: standard output)")
+    checkpoint.set_defaults(run=_audit_checkpoint)
+    return parser
+
+
+def _instant(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not an ISO 8601 time, e.g. 2026-11-01T00:00Z"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _database() -> Database:
+    return Database(Settings().database_url)
+
+
+def _policy_check(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(args.file)
+    except PolicyError as exc:
+        print(f"{exc.source}: {len(exc.issues)} problem(s)", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        if not exc.complete:
+            print(
+                "Names, caps and approval rules are checked once these are fixed.", file=sys.stderr
+            )
+        return 1
+    print("OK")
+    print_summary(policy, sys.stdout)
+    return 0
+
+
+def print_summary(policy: Policy, out: TextIO) -> None:
+    now = SystemClock().now()
+    print(f"{policy.organisation or 'Policy'} ({policy.timezone})", file=out)
+    print(
+        f"  {len(policy.groups)} groups, {len(policy.oncall)} rotas, {len(policy.targets)} "
+        f"targets, {sum(len(t.roles) for t in policy.targets.values())} roles, "
+        f"{len(policy.identities)} service accounts, {len(policy.vendors)} vendors",
+        file=out,
+    )
+    print("  paths:", file=out)
+    for name, path in policy.paths.items():
+        who = ", ".join(
+            f"group {s.group}" if s.group else f"rota {s.rota}"
+            for s in (path.approvers or path.reviewers)
+        )
+        rule = (
+            f"reviewed by {who} within {format_duration(path.review_within)}"
+            if path.review_within
+            else f"{path.approvals} of {who}"
+        )
+        ticket = ", ticket" if path.ticket_required else ""
+        print(
+            f"    {name:<12} {path.risk:<8} max {format_duration(path.max_duration):<6} "
+            f"{rule}{ticket}",
+            file=out,
+        )
+    print("  targets:", file=out)
+    for name, target in policy.targets.items():
+        roles = ", ".join(
+            f"{r}→{role.path}{' (break-glass)' if role.break_glass else ''}"
+            for r, role in target.roles.items()
+        )
+        print(f"    {name:<20} {target.kind:<8} {roles}", file=out)
+    if policy.oncall:
+        print("  on call now:", file=out)
+        for name in policy.paths:
+            people = approvers_at(policy, name, now)
+            if people and any(s.rota for s in policy.paths[name].approvers):
+                print(f"    {name:<12} {', '.join(people)}", file=out)
+    for name, vendor in policy.vendors.items():
+        print(f"  vendor {name}: {vendor.company}, contract ends {vendor.contract_end}", file=out)
+
+
+def _db_upgrade(_args: argparse.Namespace) -> int:
+    settings = Settings()
+    upgrade(settings.database_url)
+    print(f"database at {Database(settings.database_url).url.render_as_string()} is up to date")
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    checkpoint = None
+    if args.checkpoint is not None:
+        checkpoint = audit.Checkpoint.from_json(args.checkpoint.read_text(encoding="utf-8"))
+    result = audit.verify(_database(), checkpoint)
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
+def _audit_export(args: argparse.Namespace) -> int:
+    db = _database()
+    if args.output is None:
+        count = audit.export_jsonl(db, sys.stdout, since=args.since)
+    else:
+        with args.output.open("w", encoding="utf-8") as out:
+            count = audit.export_jsonl(db, out, since=args.since)
+    print(f"exported {count} events", file=sys.stderr)
+    return 0
+
+
+def _audit_checkpoint(args: argparse.Namespace) -> int:
+    head = audit.head(_database())
+    if head is None:
+        print("the audit trail is empty; nothing to checkpoint", file=sys.stderr)
+        return 1
+    text = head.to_json() + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+    return 0

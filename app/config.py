@@ -1,0 +1,22 @@
+"""Settings from the environment (see README, "Configuration")."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///wardkey.db",
+        description="SQLAlchemy URL; a SQLite file in the working directory by default.",
+    )
+    wardkey_policy: str = Field(
+        default="policy.yaml", description="Path to the policy manifest (YAML)."
+    )
+    slack_bot_token: str | None = None
+    slack_signing_secret: str | None = None
+    slack_app_token: str | None = None
+    slack_api_url: str = "https://slack.com/api/"

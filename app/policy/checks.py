@@ -1,0 +1,253 @@
+"""Semantic checks of a policy: rules that relate one part of the manifest to another.
+
+Each check yields a `PolicyIssue` at the exact field it concerns, so `wardkey policy check` can
+list every problem at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import combinations
+
+from app.policy.durations import format_duration
+from app.policy.model import BREAK_GLASS_PATH, REQUIRED_PATHS, WEEKDAYS, Policy
+from app.policy.rota import override_window
+
+Location = tuple[str | int, ...]
+
+# Setting names that hold a secret; their values belong in `secrets:` as env var names.
+_SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "private_key", "passphrase")
+
+
+@dataclass(frozen=True)
+class PolicyIssue:
+    loc: Location
+    message: str
+    line: int | None = None
+
+    @property
+    def where(self) -> str:
+        return ".".join(str(part) for part in self.loc) or "(top level)"
+
+    def __str__(self) -> str:
+        suffix = f" (line {self.line})" if self.line else ""
+        return f"{self.where}: {self.message}{suffix}"
+
+
+def semantic_issues(policy: Policy) -> list[PolicyIssue]:
+    return [
+        *_paths(policy),
+        *_people_and_groups(policy),
+        *_rotas(policy),
+        *_targets(policy),
+        *_identities(policy),
+        *_vendors(policy),
+    ]
+
+
+def _paths(policy: Policy) -> Iterator[PolicyIssue]:
+    for name in REQUIRED_PATHS:
+        if name not in policy.paths:
+            yield PolicyIssue(("paths",), f"missing the '{name}' path")
+    for name, path in policy.paths.items():
+        loc: Location = ("paths", name)
+        for i, source in enumerate(path.approvers):
+            yield from _source(policy, (*loc, "approvers", i), source.group, source.rota)
+        for i, source in enumerate(path.reviewers):
+            yield from _source(policy, (*loc, "reviewers", i), source.group, source.rota)
+        if name == BREAK_GLASS_PATH:
+            if path.approvers:
+                yield PolicyIssue(
+                    (*loc, "approvers"), "break-glass is never approved first; use reviewers"
+                )
+            if not path.reviewers:
+                yield PolicyIssue((*loc, "reviewers"), "break-glass needs reviewers")
+            if path.review_within is None:
+                yield PolicyIssue((*loc, "review_within"), "break-glass needs a review deadline")
+            continue
+        if not path.approvers:
+            yield PolicyIssue((*loc, "approvers"), "a path needs at least one approver source")
+        if path.reviewers or path.review_within:
+            yield PolicyIssue((*loc, "reviewers"), "only the breakglass path has reviewers")
+        if path.max_total_duration is not None and path.max_total_duration < path.max_duration:
+            yield PolicyIssue((*loc, "max_total_duration"), "must be at least max_duration")
+        if path.approval_sla and path.pending_timeout and path.approval_sla > path.pending_timeout:
+            yield PolicyIssue(
+                (*loc, "approval_sla"), "is longer than pending_timeout, so it would never escalate"
+            )
+        yield from _satisfiable(policy, name)
+
+
+def _source(
+    policy: Policy, loc: Location, group: str | None, rota: str | None
+) -> Iterator[PolicyIssue]:
+    if group is not None and group not in policy.groups:
+        yield PolicyIssue((*loc, "group"), f"unknown group '{group}'")
+    if rota is not None and rota not in policy.oncall:
+        yield PolicyIssue((*loc, "rota"), f"unknown rota '{rota}'")
+
+
+def _satisfiable(policy: Policy, name: str) -> Iterator[PolicyIssue]:
+    """Fewer distinct possible approvers than approvals needed, once the requester is excluded."""
+    path = policy.paths[name]
+    group_people: set[str] = set()
+    rota_people: set[str] = set()
+    on_call_count = 0
+    for source in path.approvers:
+        if source.group in policy.groups:
+            group_people |= set(policy.groups[source.group])
+        elif source.rota in policy.oncall:
+            rota = policy.oncall[source.rota]
+            rota_people |= set(rota.members)
+            on_call_count += min(rota.on_call, len(set(rota.members)))
+    possible = len(group_people) + on_call_count
+    requesters = {
+        member
+        for target in policy.targets.values()
+        for role in target.roles.values()
+        if role.path == name
+        for group in role.eligible
+        for member in policy.groups.get(group, [])
+    }
+    requester_may_approve = bool(requesters & (group_people | rota_people))
+    available = possible - (1 if requester_may_approve else 0)
+    if available < path.approvals:
+        yield PolicyIssue(
+            ("paths", name, "approvals"),
+            f"needs {_count(path.approvals, 'approval')} but at most "
+            f"{_count(max(available, 0), 'distinct approver')} can be available once the "
+            "requester is excluded",
+        )
+
+
+def _people_and_groups(policy: Policy) -> Iterator[PolicyIssue]:
+    if policy.admins not in policy.groups:
+        yield PolicyIssue(("admins",), f"unknown group '{policy.admins}'")
+    owner: dict[str, str] = {}
+    for primary, aliases in policy.people.items():
+        for account in (primary, *aliases.accounts):
+            if account in owner and owner[account] != primary:
+                yield PolicyIssue(
+                    ("people", primary, "accounts"),
+                    f"'{account}' is already an account of {owner[account]}",
+                )
+            owner[account] = primary
+    for name, members in policy.groups.items():
+        if not members:
+            yield PolicyIssue(("groups", name), "group has no members")
+        if len(set(members)) != len(members):
+            yield PolicyIssue(("groups", name), "lists the same member twice")
+
+
+def _rotas(policy: Policy) -> Iterator[PolicyIssue]:
+    zone = policy.zone
+    for name, rota in policy.oncall.items():
+        loc: Location = ("oncall", name)
+        if not rota.members:
+            yield PolicyIssue((*loc, "members"), "rota has no members")
+            continue
+        if len(set(rota.members)) != len(rota.members):
+            yield PolicyIssue((*loc, "members"), "lists the same member twice")
+        if rota.on_call > len(rota.members):
+            yield PolicyIssue(
+                (*loc, "on_call"),
+                f"{rota.on_call} on call at once but only {len(rota.members)} members",
+            )
+        if rota.rotation == "weekly" and rota.starts.weekday() != WEEKDAYS.index(rota.handoff_day):
+            yield PolicyIssue(
+                (*loc, "starts"),
+                f"{rota.starts} is a {WEEKDAYS[rota.starts.weekday()]}, but hand-off is on "
+                f"{rota.handoff_day}s",
+            )
+        if rota.escalation is not None and rota.escalation not in policy.groups:
+            yield PolicyIssue((*loc, "escalation"), f"unknown group '{rota.escalation}'")
+        for i, override in enumerate(rota.overrides):
+            if override.replaces is None and rota.on_call > 1:
+                yield PolicyIssue(
+                    (*loc, "overrides", i, "replaces"),
+                    "say whom this override replaces: more than one person is on call at once",
+                )
+            if override.replaces is not None and override.replaces not in rota.members:
+                yield PolicyIssue(
+                    (*loc, "overrides", i, "replaces"),
+                    f"'{override.replaces}' is not a member of this rota",
+                )
+        for (i, a), (j, b) in combinations(enumerate(rota.overrides), 2):
+            if a.replaces != b.replaces:
+                continue
+            a_start, a_end = override_window(a, zone)
+            b_start, b_end = override_window(b, zone)
+            if a_start < b_end and b_start < a_end:
+                yield PolicyIssue(
+                    (*loc, "overrides", j), f"overlaps override {i} for the same person"
+                )
+
+
+def _targets(policy: Policy) -> Iterator[PolicyIssue]:
+    for name, target in policy.targets.items():
+        loc: Location = ("targets", name)
+        for key, value in target.settings.items():
+            if any(word in key.lower() for word in _SECRET_WORDS) and isinstance(value, str):
+                yield PolicyIssue(
+                    (*loc, "settings", key),
+                    "looks like an inline secret; put the name of the environment variable "
+                    f"that holds it under secrets (secrets: {{{key}: SOME_ENV_VAR}})",
+                )
+        for role_name, role in target.roles.items():
+            role_loc: Location = (*loc, "roles", role_name)
+            if role.path == BREAK_GLASS_PATH:
+                yield PolicyIssue(
+                    (*role_loc, "path"),
+                    "break-glass is a route, not a role's path: set break_glass: true instead",
+                )
+                continue
+            if role.path not in policy.paths:
+                yield PolicyIssue((*role_loc, "path"), f"unknown path '{role.path}'")
+                continue
+            for i, group in enumerate(role.eligible):
+                if group not in policy.groups:
+                    yield PolicyIssue((*role_loc, "eligible", i), f"unknown group '{group}'")
+            cap = policy.paths[role.path].max_duration
+            if role.max_duration is not None and role.max_duration > cap:
+                yield PolicyIssue(
+                    (*role_loc, "max_duration"),
+                    f"is above the {role.path} path's cap of {format_duration(cap)}",
+                )
+
+
+def _identities(policy: Policy) -> Iterator[PolicyIssue]:
+    for name, identity in policy.identities.items():
+        loc: Location = ("identities", name)
+        target = policy.targets.get(identity.target)
+        if target is None:
+            yield PolicyIssue((*loc, "target"), f"unknown target '{identity.target}'")
+            continue
+        role = target.roles.get(identity.role)
+        if role is None:
+            yield PolicyIssue((*loc, "role"), f"{identity.target} has no role '{identity.role}'")
+            continue
+        path = policy.paths.get(role.path)
+        if path is not None and identity.max_duration > path.max_duration:
+            yield PolicyIssue(
+                (*loc, "max_duration"),
+                f"is above the {role.path} path's cap of {format_duration(path.max_duration)}",
+            )
+
+
+def _vendors(policy: Policy) -> Iterator[PolicyIssue]:
+    seen: dict[str, str] = {}
+    for name, vendor in policy.vendors.items():
+        loc: Location = ("vendors", name)
+        if vendor.sponsor in vendor.people:
+            yield PolicyIssue((*loc, "sponsor"), "a vendor's sponsor must be a member of staff")
+        for person in vendor.people:
+            if person in seen and seen[person] != name:
+                yield PolicyIssue(
+                    (*loc, "people"), f"'{person}' is already listed under vendor {seen[person]}"
+                )
+            seen[person] = name
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -1,0 +1,40 @@
+"""Durations as people write them in a policy or a slash command: `15m`, `2h`, `1h30m`, `1d`."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+_DURATION = re.compile(r"^(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?$")
+
+
+class DurationError(ValueError):
+    pass
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse `15m`, `2h`, `1h30m` or `1d`; anything else (including zero) is an error."""
+    cleaned = text.strip().lower().replace(" ", "")
+    match = _DURATION.match(cleaned)
+    if not cleaned or match is None:
+        raise DurationError(f"'{text}' is not a duration; write it like 15m, 2h or 1h30m")
+    days, hours, minutes = (int(match.group(k) or 0) for k in ("d", "h", "m"))
+    value = timedelta(days=days, hours=hours, minutes=minutes)
+    if value <= timedelta(0):
+        raise DurationError(f"'{text}' is zero; a duration must be at least 1m")
+    return value
+
+
+def format_duration(value: timedelta) -> str:
+    """The inverse of parse_duration, rounded down to whole minutes: 5400 s -> `1h30m`."""
+    minutes = int(value.total_seconds()) // 60
+    if minutes <= 0:
+        return "0m"
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    parts = [
+        f"{days}d" if days else "",
+        f"{hours}h" if hours else "",
+        f"{minutes}m" if minutes else "",
+    ]
+    return "".join(parts)

@@ -1,0 +1,291 @@
+"""The policy manifest as pydantic models: shapes and single-field rules only.
+
+Rules that relate one part of the manifest to another (an unknown group, a cap above its path's
+cap, an approval that can never be satisfied) live in `app.policy.checks`, so that every one of
+them is reported with its own location instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, time, timedelta
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    model_validator,
+)
+
+from app.policy.durations import format_duration, parse_duration
+
+BREAK_GLASS_PATH = "breakglass"
+REQUIRED_PATHS = ("clinical", "admin", "engineering", BREAK_GLASS_PATH)
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+_SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_SLACK_CHANNEL = re.compile(r"^[CGD][A-Z0-9]{2,}$")
+_ENV_VAR = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+def _duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("write a duration as text like 15m, 2h or 1h30m")
+    return parse_duration(value)
+
+
+Duration = Annotated[
+    timedelta, BeforeValidator(_duration), PlainSerializer(format_duration, return_type=str)
+]
+
+
+def _member(value: str) -> str:
+    cleaned = value.strip()
+    if _SLACK_USER.match(cleaned):
+        return cleaned
+    if _EMAIL.match(cleaned):
+        return cleaned.lower()
+    raise ValueError(f"'{value}' is neither a Slack user ID (U0123ABCD) nor an e-mail address")
+
+
+Member = Annotated[str, AfterValidator(_member)]
+
+
+def _channel(value: str) -> str:
+    if not _SLACK_CHANNEL.match(value):
+        raise ValueError(f"'{value}' is not a Slack channel ID (like C0123ABCD)")
+    return value
+
+
+ChannelId = Annotated[str, AfterValidator(_channel)]
+
+
+def _env_var(value: str) -> str:
+    if not _ENV_VAR.match(value):
+        raise ValueError(
+            "expected the name of an environment variable that holds the secret "
+            "(like PHARMACY_DB_PASSWORD), never the secret itself"
+        )
+    return value
+
+
+EnvVarName = Annotated[str, AfterValidator(_env_var)]
+
+
+def _name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(
+            f"'{value}' is not a valid name: use lower-case letters, digits, '-', '_' or '.'"
+        )
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]
+
+
+def _local_datetime(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(
+                f"'{value}' is not a date and time; write it like 2026-12-24 09:00"
+            ) from None
+    else:
+        raise ValueError("write a date and time like 2026-12-24 09:00")
+    if parsed.tzinfo is not None:
+        raise ValueError("give a local time without an offset: it is read in the policy timezone")
+    return parsed
+
+
+LocalDateTime = Annotated[datetime, BeforeValidator(_local_datetime)]
+
+
+def _zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"'{value}' is not a known time zone (use an IANA name like Europe/London)"
+        ) from None
+    return value
+
+
+TimeZoneName = Annotated[str, AfterValidator(_zone)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Channels(Strict):
+    security_alerts: ChannelId = Field(description="Channel for security alerts.")
+    manager_reviews: ChannelId = Field(description="Channel for break-glass reviews and digests.")
+
+
+class PersonAliases(Strict):
+    """Other accounts of one person, so a second Slack account can never approve its twin."""
+
+    accounts: list[Member] = Field(min_length=1)
+
+
+class RotaOverride(Strict):
+    start: LocalDateTime
+    end: LocalDateTime
+    member: Member
+    replaces: Member | None = None
+    note: str = ""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RotaOverride:
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class Rota(Strict):
+    members: list[Member]
+    rotation: Literal["daily", "weekly"]
+    handoff: time = time(9, 0)
+    handoff_day: Literal[
+        "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"
+    ] = "monday"
+    starts: date = Field(description="Date of the first shift, which members[0] takes.")
+    on_call: int = Field(default=1, ge=1, description="How many members are on call at once.")
+    overrides: list[RotaOverride] = []
+    escalation: Name | None = Field(default=None, description="Group to escalate to.")
+
+
+class ApproverSource(Strict):
+    group: Name | None = None
+    rota: Name | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ApproverSource:
+        if (self.group is None) == (self.rota is None):
+            raise ValueError("give exactly one of 'group' or 'rota'")
+        return self
+
+
+class AccessPath(Strict):
+    description: str = ""
+    risk: Literal["low", "medium", "high", "critical"]
+    approvers: list[ApproverSource] = []
+    approvals: int = Field(default=1, ge=1, le=10)
+    max_duration: Duration
+    max_total_duration: Duration | None = Field(
+        default=None, description="Cap on the whole grant including extensions."
+    )
+    reapprove_extensions: bool = False
+    ticket_required: bool = False
+    ticket_pattern: str | None = None
+    approval_sla: Duration | None = None
+    pending_timeout: Duration = timedelta(hours=24)
+    warn_before: Duration = timedelta(minutes=10)
+    channel: ChannelId | None = None
+    reviewers: list[ApproverSource] = []
+    review_within: Duration | None = None
+
+    @model_validator(mode="after")
+    def _pattern_compiles(self) -> AccessPath:
+        if self.ticket_pattern is not None:
+            try:
+                re.compile(self.ticket_pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"ticket_pattern is not a valid regular expression: {exc}"
+                ) from None
+        return self
+
+    @property
+    def total_cap(self) -> timedelta:
+        return self.max_total_duration or self.max_duration
+
+
+class AccountMapping(Strict):
+    """How a person maps to their account on a target."""
+
+    template: str = Field(
+        default="{email}", description="Placeholders: {email}, {local} (before the @), {slack_id}."
+    )
+    overrides: dict[Member, str] = {}
+
+    @model_validator(mode="after")
+    def _known_placeholders(self) -> AccountMapping:
+        try:
+            self.template.format(email="e", local="l", slack_id="s")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"template uses an unknown placeholder {exc}; use {{email}}, {{local}} "
+                "or {slack_id}"
+            ) from None
+        return self
+
+
+class Role(Strict):
+    path: Name
+    entitlement: str = Field(
+        min_length=1, description="What the target calls it: a DB role, group DN or group id."
+    )
+    eligible: list[Name] = Field(min_length=1, description="Groups whose members may request it.")
+    max_duration: Duration | None = None
+    break_glass: bool = False
+    record_sessions: bool = False
+    description: str = ""
+
+
+class Target(Strict):
+    kind: Literal["postgres", "ldap", "entra", "webhook"]
+    description: str = ""
+    settings: dict[str, Any] = {}
+    secrets: dict[str, EnvVarName] = {}
+    account: AccountMapping = AccountMapping()
+    roles: dict[Name, Role] = Field(min_length=1)
+
+
+class Identity(Strict):
+    """A non-human identity (service account) that an owner may elevate for a while."""
+
+    owner: Member
+    purpose: str = Field(min_length=3)
+    target: Name
+    role: Name
+    account: str = Field(min_length=1)
+    max_duration: Duration
+
+
+class Vendor(Strict):
+    company: str = Field(min_length=1)
+    people: list[Member] = Field(min_length=1)
+    sponsor: Member
+    contract_end: date
+
+
+class Policy(Strict):
+    version: Literal[1] = 1
+    organisation: str = ""
+    timezone: TimeZoneName
+    channels: Channels
+    admins: Name = Field(description="Group that may revoke any grant and resolve failures.")
+    people: dict[Member, PersonAliases] = {}
+    groups: dict[Name, list[Member]]
+    oncall: dict[Name, Rota] = {}
+    paths: dict[Name, AccessPath]
+    targets: dict[Name, Target]
+    identities: dict[Name, Identity] = {}
+    vendors: dict[Name, Vendor] = {}
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)

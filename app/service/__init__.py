@@ -1,0 +1,28 @@
+"""Use cases of the request lifecycle; the only writer of request state."""
+
+from app.service.access import AccessService, ReconcileReport
+from app.service.errors import (
+    AlreadyDecided,
+    InvalidRequest,
+    NotAllowed,
+    NotEligible,
+    NotFound,
+    SelfApproval,
+    ServiceError,
+)
+from app.service.views import DecisionView, RequestView, ReviewView
+
+__all__ = [
+    "AccessService",
+    "AlreadyDecided",
+    "DecisionView",
+    "InvalidRequest",
+    "NotAllowed",
+    "NotEligible",
+    "NotFound",
+    "ReconcileReport",
+    "RequestView",
+    "ReviewView",
+    "SelfApproval",
+    "ServiceError",
+]

@@ -1,0 +1,35 @@
+"""Typed domain errors. Each carries a short message written for the person who acted."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of every refusal the service gives; `message` is safe to show to the user."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(ServiceError):
+    pass
+
+
+class InvalidRequest(ServiceError):
+    """The request itself is malformed: short reason, bad duration, missing ticket."""
+
+
+class NotEligible(ServiceError):
+    """The policy does not allow this person this access."""
+
+
+class NotAllowed(ServiceError):
+    """The person may not take this action on this request (not an approver, not the owner)."""
+
+
+class SelfApproval(NotAllowed):
+    pass
+
+
+class AlreadyDecided(ServiceError):
+    """The request is no longer in a state where this action applies."""

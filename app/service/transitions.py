@@ -1,0 +1,169 @@
+"""The one place where requests and reviews change state.
+
+Every change is a conditional UPDATE (`WHERE id = :id AND state = :expected AND version = :seen`)
+followed by exactly one audit event, in the caller's transaction. If another click, delivery or
+worker got there first, the UPDATE matches no row and `StaleState` is raised, so nothing is
+applied twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+
+from app import audit
+from app.store.models import AccessRequest, RequestState, Review, ReviewState
+
+S = RequestState
+ALLOWED: dict[RequestState, frozenset[RequestState]] = {
+    # pending -> pending records one approval of several (N-of-M); the version still moves.
+    S.PENDING: frozenset({S.PENDING, S.APPROVED, S.DENIED, S.CANCELLED, S.TIMED_OUT}),
+    S.APPROVED: frozenset({S.GRANTING, S.CANCELLED, S.GRANT_FAILED}),
+    S.GRANTING: frozenset({S.ACTIVE, S.GRANT_FAILED}),
+    # active -> active: an extension asked for, approved, denied or applied.
+    S.ACTIVE: frozenset({S.ACTIVE, S.REVOKING}),
+    S.REVOKING: frozenset({S.ENDED, S.REVOKE_FAILED}),
+    S.REVOKE_FAILED: frozenset({S.REVOKING, S.ENDED}),
+}
+
+
+class StaleState(Exception):
+    """The row changed since it was read; the caller re-reads and decides again."""
+
+
+def request_facts(req: AccessRequest) -> dict[str, Any]:
+    """What every request event says: who, what, where, why, on which path, until when."""
+    return {
+        "requester": req.requester,
+        "requester_slack_id": req.requester_slack_id,
+        "identity": req.identity,
+        "target": req.target,
+        "role": req.role,
+        "account": req.account,
+        "path": req.path,
+        "reason": req.reason,
+        "ticket": req.ticket,
+        "requested_seconds": req.requested_seconds,
+        "expires_at": req.expires_at,
+    }
+
+
+def create(
+    session: Session,
+    req: AccessRequest,
+    *,
+    at: datetime,
+    actor: str,
+    action: str,
+    data: Mapping[str, Any] | None = None,
+) -> AccessRequest:
+    """Insert a new request with its creation event."""
+    req.version = 1
+    req.created_at = req.state_changed_at = at
+    session.add(req)
+    session.flush()
+    audit.append(
+        session,
+        at=at,
+        action=action,
+        actor=actor,
+        request_id=req.id,
+        data={"to": req.state, **request_facts(req), **(data or {})},
+    )
+    return req
+
+
+def transition(
+    session: Session,
+    req: AccessRequest,
+    to: RequestState,
+    *,
+    at: datetime,
+    actor: str,
+    action: str,
+    changes: Mapping[str, Any] | None = None,
+    data: Mapping[str, Any] | None = None,
+) -> AccessRequest:
+    """Move `req` from the state it was read in to `to`, or raise StaleState."""
+    current = RequestState(req.state)
+    if to not in ALLOWED.get(current, frozenset()):
+        raise ValueError(f"illegal transition {current} -> {to} for request {req.id}")
+    values = {
+        **(changes or {}),
+        "state": to.value,
+        "version": req.version + 1,
+        "state_changed_at": at,
+    }
+    result = session.execute(
+        update(AccessRequest)
+        .where(
+            AccessRequest.id == req.id,
+            AccessRequest.state == current.value,
+            AccessRequest.version == req.version,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise StaleState(f"request {req.id} changed while {action} was being applied")
+    for key, value in values.items():
+        set_committed_value(req, key, value)
+    audit.append(
+        session,
+        at=at,
+        action=action,
+        actor=actor,
+        request_id=req.id,
+        data={"from": current.value, "to": to.value, **request_facts(req), **(data or {})},
+    )
+    return req
+
+
+def decide_review(
+    session: Session,
+    review: Review,
+    to: ReviewState,
+    *,
+    at: datetime,
+    actor: str,
+    note: str,
+    data: Mapping[str, Any] | None = None,
+) -> Review:
+    """Close an open break-glass review, or raise StaleState if someone else closed it first."""
+    if review.state != ReviewState.OPEN or to == ReviewState.OPEN:
+        raise ValueError(f"illegal review transition {review.state} -> {to}")
+    values = {
+        "state": to.value,
+        "version": review.version + 1,
+        "reviewer": actor,
+        "note": note,
+        "decided_at": at,
+    }
+    result = session.execute(
+        update(Review)
+        .where(
+            Review.id == review.id,
+            Review.state == ReviewState.OPEN.value,
+            Review.version == review.version,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise StaleState(f"review of request {review.request_id} was already decided")
+    for key, value in values.items():
+        set_committed_value(review, key, value)
+    audit.append(
+        session,
+        at=at,
+        action="review.decided",
+        actor=actor,
+        request_id=review.request_id,
+        data={"outcome": to.value, "note": note, "due_at": review.due_at, **(data or {})},
+    )
+    return review

@@ -1,0 +1,129 @@
+"""Read-only snapshots of requests, handed to callers (the Slack layer renders these)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from app.store.models import AccessRequest, Decision, RequestState, Review
+
+
+@dataclass(frozen=True)
+class DecisionView:
+    approver: str
+    approver_slack_id: str | None
+    outcome: str
+    reason: str | None
+    round: int
+    decided_at: datetime
+
+
+@dataclass(frozen=True)
+class ReviewView:
+    state: str
+    due_at: datetime
+    reviewer: str | None
+    note: str | None
+    decided_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RequestView:
+    id: int
+    state: RequestState
+    requester: str
+    requester_slack_id: str | None
+    requester_email: str | None
+    identity: str | None
+    target: str
+    role: str
+    path: str
+    account: str
+    entitlement: str
+    reason: str
+    ticket: str | None
+    requested: timedelta
+    approvals_needed: int
+    approval_round: int
+    extension: timedelta | None
+    created_at: datetime
+    decided_at: datetime | None
+    granted_at: datetime | None
+    expires_at: datetime | None
+    ended_at: datetime | None
+    preexisting: bool | None
+    grant_detail: str | None
+    revoke_detail: str | None
+    revoke_attempts: int
+    ended_by: str | None
+    end_reason: str | None
+    decisions: tuple[DecisionView, ...]
+    review: ReviewView | None
+
+    @property
+    def approvals(self) -> tuple[DecisionView, ...]:
+        """Approvals in the current round (the first request, or the extension asked for)."""
+        return tuple(
+            d for d in self.decisions if d.round == self.approval_round and d.outcome == "approve"
+        )
+
+    @property
+    def is_break_glass(self) -> bool:
+        return self.approvals_needed == 0
+
+    @classmethod
+    def of(
+        cls, req: AccessRequest, decisions: list[Decision], review: Review | None
+    ) -> RequestView:
+        return cls(
+            id=req.id,
+            state=RequestState(req.state),
+            requester=req.requester,
+            requester_slack_id=req.requester_slack_id,
+            requester_email=req.requester_email,
+            identity=req.identity,
+            target=req.target,
+            role=req.role,
+            path=req.path,
+            account=req.account,
+            entitlement=req.entitlement,
+            reason=req.reason,
+            ticket=req.ticket,
+            requested=timedelta(seconds=req.requested_seconds),
+            approvals_needed=req.approvals_needed,
+            approval_round=req.approval_round,
+            extension=(timedelta(seconds=req.extension_seconds) if req.extension_seconds else None),
+            created_at=req.created_at,
+            decided_at=req.decided_at,
+            granted_at=req.granted_at,
+            expires_at=req.expires_at,
+            ended_at=req.ended_at,
+            preexisting=req.preexisting,
+            grant_detail=req.grant_detail,
+            revoke_detail=req.revoke_detail,
+            revoke_attempts=req.revoke_attempts,
+            ended_by=req.ended_by,
+            end_reason=req.end_reason,
+            decisions=tuple(
+                DecisionView(
+                    approver=d.approver,
+                    approver_slack_id=d.approver_slack_id,
+                    outcome=d.outcome,
+                    reason=d.reason,
+                    round=d.round,
+                    decided_at=d.decided_at,
+                )
+                for d in sorted(decisions, key=lambda d: (d.round, d.decided_at, d.id))
+            ),
+            review=(
+                ReviewView(
+                    state=review.state,
+                    due_at=review.due_at,
+                    reviewer=review.reviewer,
+                    note=review.note,
+                    decided_at=review.decided_at,
+                )
+                if review is not None
+                else None
+            ),
+        )

@@ -1,0 +1,198 @@
+"""Tables. Requests and reviews change only through `app.service.transitions`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on the way in and out, on every backend (SQLite has no time zones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use timezone-aware UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class RequestState(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    GRANTING = "granting"
+    ACTIVE = "active"
+    REVOKING = "revoking"
+    ENDED = "ended"
+    DENIED = "denied"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    GRANT_FAILED = "grant_failed"
+    REVOKE_FAILED = "revoke_failed"
+
+
+# States in which the target may hold access that this request gave.
+HOLDING_STATES = (
+    RequestState.GRANTING,
+    RequestState.ACTIVE,
+    RequestState.REVOKING,
+    RequestState.REVOKE_FAILED,
+)
+FINAL_STATES = (
+    RequestState.ENDED,
+    RequestState.DENIED,
+    RequestState.CANCELLED,
+    RequestState.TIMED_OUT,
+    RequestState.GRANT_FAILED,
+)
+
+
+class ReviewState(StrEnum):
+    OPEN = "open"
+    JUSTIFIED = "justified"
+    NOT_JUSTIFIED = "not_justified"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class AccessRequest(Base):
+    __tablename__ = "access_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String(20))
+    # Bumped by every transition; conditional updates match on it so none applies twice.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    requester: Mapped[str] = mapped_column(String(320), index=True)  # person key
+    requester_slack_id: Mapped[str | None] = mapped_column(String(32))
+    requester_email: Mapped[str | None] = mapped_column(String(320))
+    identity: Mapped[str | None] = mapped_column(String(100))  # service account, if on behalf
+
+    target: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(100))
+    path: Mapped[str] = mapped_column(String(50))
+    entitlement: Mapped[str] = mapped_column(String(500))
+    account: Mapped[str] = mapped_column(String(320))
+    reason: Mapped[str] = mapped_column(Text)
+    ticket: Mapped[str | None] = mapped_column(String(100))
+
+    requested_seconds: Mapped[int] = mapped_column(Integer)
+    approvals_needed: Mapped[int] = mapped_column(Integer)
+    # 0 for the first approval; each extension that needs approval opens the next round.
+    approval_round: Mapped[int] = mapped_column(Integer, default=0)
+    extension_seconds: Mapped[int | None] = mapped_column(Integer)  # awaiting approval
+    extension_requested_by: Mapped[str | None] = mapped_column(String(320))
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    granted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    state_changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    # Access the target already had before this grant is recorded and never removed by us.
+    preexisting: Mapped[bool | None] = mapped_column(Boolean)
+    grant_detail: Mapped[str | None] = mapped_column(Text)
+    revoke_detail: Mapped[str | None] = mapped_column(Text)
+    revoke_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    ended_by: Mapped[str | None] = mapped_column(String(320))
+    end_reason: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_access_requests_state_expires_at", "state", "expires_at"),
+        Index("ix_access_requests_state_created_at", "state", "created_at"),
+    )
+
+
+class Decision(Base):
+    """One approver's approve or deny, per approval round."""
+
+    __tablename__ = "decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("access_requests.id"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    approver: Mapped[str] = mapped_column(String(320))  # person key
+    approver_slack_id: Mapped[str | None] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(10))  # "approve" | "deny"
+    reason: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (UniqueConstraint("request_id", "round", "approver"),)
+
+
+class Review(Base):
+    """The after-the-fact review every break-glass use gets."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("access_requests.id"), unique=True)
+    state: Mapped[str] = mapped_column(String(20), default=ReviewState.OPEN)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    reviewer: Mapped[str | None] = mapped_column(String(320))
+    note: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class RequestMessage(Base):
+    """Where a request's cards were posted in Slack, so every copy can be updated in place."""
+
+    __tablename__ = "request_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("access_requests.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    ts: Mapped[str] = mapped_column(String(32))
+    purpose: Mapped[str] = mapped_column(String(32))  # approver_card, requester_dm, review_card
+
+
+class AuditEvent(Base):
+    """Hash-chained, append-only. `body` is the canonical JSON; the other columns index it."""
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    action: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    body: Mapped[str] = mapped_column(Text)

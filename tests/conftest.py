@@ -1,0 +1,127 @@
+"""Shared fixtures: the ward's policy, a controllable clock, and databases (SQLite always,
+PostgreSQL when a server is reachable; in CI a missing server is a failure, never a skip)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from app.clock import ManualClock
+from app.policy import Person, Policy, load_policy
+from app.service import AccessService
+from app.store import Database, upgrade
+from tests.fakes.memory_adapter import MemoryTarget
+
+HERE = Path(__file__).parent
+POSTGRES_URL = os.environ.get(
+    "WARDKEY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+TEST_SCHEMA = "wardkey_test"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# The people of the test trust (tests/data/ward_policy.yaml).
+AMIRA = Person(slack_user_id="U0AMIRA", email="amira@ward.nhs.uk")  # clinical systems analyst
+BEN = Person(slack_user_id="U0BEN", email="ben@ward.nhs.uk")  # clinical on-call (even days)
+CHLOE = Person(slack_user_id="U0CHLOE", email="chloe@ward.nhs.uk")  # clinical on-call (odd days)
+DEV = Person(slack_user_id="U0DEV", email="dev@ward.nhs.uk")  # infrastructure engineer
+ERIN = Person(slack_user_id="U0ERIN", email="erin@ward.nhs.uk")  # infra lead, also engineer
+FARID = Person(slack_user_id="U0FARID", email="farid@ward.nhs.uk")  # infra lead
+GITA = Person(slack_user_id="U0GITA", email="gita@ward.nhs.uk")  # manager, WardKey admin
+GITA_2ND = Person(slack_user_id="U0GITA2ND", email="gita.other@ward.nhs.uk")  # Gita's 2nd account
+HANA = Person(slack_user_id="U0HANA", email="hana@ward.nhs.uk")  # duty manager
+VAL = Person(slack_user_id="U0VAL", email="val@vendor.example")  # vendor engineer
+
+# Monday 30 November 2026, 03:00 in London (GMT): Ben is the clinical on-call.
+NIGHT_SHIFT = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="session")
+def policy() -> Policy:
+    return load_policy(HERE / "data" / "ward_policy.yaml")
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(NIGHT_SHIFT)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Migrate once, copy per test: the migrations are the schema, and tests stay fast."""
+    path = tmp_path_factory.mktemp("template") / "wardkey.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+def postgres_url() -> sa.engine.URL:
+    url = sa.engine.make_url(POSTGRES_URL)
+    return url.update_query_dict({"options": f"-csearch_path={TEST_SCHEMA}"})
+
+
+_postgres_problem: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[Database]:
+    """A migrated schema of its own on the real server; skipped (or failed, in CI) if absent."""
+    admin = sa.create_engine(sa.engine.make_url(POSTGRES_URL).set(drivername="postgresql+psycopg"))
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {TEST_SCHEMA} CASCADE"))
+            conn.execute(sa.text(f"CREATE SCHEMA {TEST_SCHEMA}"))
+    except sa.exc.OperationalError as exc:
+        reason = (
+            f"PostgreSQL is not reachable at {POSTGRES_URL} ({str(exc).splitlines()[0]}); "
+            "set WARDKEY_TEST_POSTGRES_URL or run .ci/run, which starts one"
+        )
+        if IN_CI:
+            pytest.fail(f"CI must run the PostgreSQL tests: {reason}", pytrace=False)
+        pytest.skip(reason)
+    finally:
+        admin.dispose()
+    upgrade(postgres_url())
+    database = Database(postgres_url())
+    yield database
+    database.dispose()
+
+
+def _empty_postgres(database: Database) -> None:
+    with database.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "TRUNCATE audit_events, request_messages, reviews, decisions, access_requests "
+                "RESTART IDENTITY CASCADE"
+            )
+        )
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> Iterator[Database]:
+    if request.param == "sqlite":
+        path = tmp_path / "wardkey.db"
+        shutil.copy(sqlite_template, path)
+        database = Database(f"sqlite:///{path}")
+        yield database
+        database.dispose()
+    else:
+        database = request.getfixturevalue("postgres_database")
+        _empty_postgres(database)
+        yield database
+
+
+@pytest.fixture
+def targets() -> dict[str, MemoryTarget]:
+    return {"pharmacy-db": MemoryTarget(), "directory": MemoryTarget()}
+
+
+@pytest.fixture
+def service(
+    db: Database, policy: Policy, targets: dict[str, MemoryTarget], clock: ManualClock
+) -> AccessService:
+    return AccessService(db, policy, targets, clock)
