@@ -53,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     trail = commands.add_parser("audit", help="the audit trail").add_subparsers(metavar="ACTION")
     verify = trail.add_parser("verify", help="recompute the hash chain; name the first break")
     verify.add_argument(
-        "--checkpoint", type=Path, help="a checkpoint file from `audit checkpoint` (finds a cut tail)"
+        "--checkpoint",
+        type=Path,
+        help="a checkpoint file from `audit checkpoint` (finds a cut tail)",
     )
     verify.set_defaults(run=_audit_verify)
     export = trail.add_parser("export", help="write events as JSON Lines for a SIEM")

@@ -57,7 +57,9 @@ class MemoryTarget:
     def check(self, account: str, entitlement: str) -> bool:
         with self._lock:
             self._enter("check", account, entitlement)
-            return account in self.members[entitlement]
+            present = account in self.members[entitlement]
+        self._leave("check")
+        return present
 
     def end_sessions(self, account: str) -> int:
         with self._lock:

@@ -1,0 +1,341 @@
+"""The policy manifest: validation with exact locations, and the pure rules read from it."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.cli import main
+from app.policy import Person, Policy, PolicyError, parse_policy
+from app.policy.durations import DurationError, format_duration, parse_duration
+from app.policy.rota import on_call_at
+from app.policy.rules import (
+    PolicyRefusal,
+    approvers_at,
+    duration_cap,
+    plan_request,
+    requestable,
+)
+from tests.conftest import AMIRA, DEV, GITA, GITA_2ND, VAL
+
+ROOT = Path(__file__).parent.parent
+EXAMPLE = ROOT / "manifests" / "policy.example.yaml"
+WARD = Path(__file__).parent / "data" / "ward_policy.yaml"
+
+
+def ward() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(WARD.read_text())
+    return copy.deepcopy(data)
+
+
+def problems(data: dict[str, Any]) -> list[str]:
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(yaml.safe_dump(data, sort_keys=False))
+    return [f"{i.where}: {i.message}" for i in caught.value.issues]
+
+
+class TestDurations:
+    @pytest.mark.parametrize(
+        ("text", "minutes"), [("15m", 15), ("2h", 120), ("1h30m", 90), ("1d", 1440), (" 2H ", 120)]
+    )
+    def test_reads_what_people_write(self, text: str, minutes: int) -> None:
+        assert parse_duration(text) == timedelta(minutes=minutes)
+
+    @pytest.mark.parametrize("text", ["", "0m", "90", "1.5h", "m", "30m1h", "-5m", "1h 30"])
+    def test_refuses_anything_else(self, text: str) -> None:
+        with pytest.raises(DurationError):
+            parse_duration(text)
+
+    @given(st.integers(min_value=1, max_value=60 * 24 * 400))
+    def test_format_and_parse_are_inverse(self, minutes: int) -> None:
+        value = timedelta(minutes=minutes)
+        assert parse_duration(format_duration(value)) == value
+
+
+class TestExampleManifest:
+    def test_the_example_policy_passes_policy_check(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert main(["policy", "check", str(EXAMPLE)]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("OK\n")
+        assert "pharmacy-db" in out and "engineering" in out
+
+    def test_a_broken_manifest_names_each_field(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        text = EXAMPLE.read_text().replace(
+            "path: engineering\n        entitlement: pharmacy_owner",
+            "path: enginering\n        entitlement: pharmacy_owner",
+        )
+        broken = tmp_path / "policy.yaml"
+        broken.write_text(text)
+        assert main(["policy", "check", str(broken)]) == 1
+        err = capsys.readouterr().err
+        assert "targets.pharmacy-db.roles.owner.path: unknown path 'enginering'" in err
+        line = next(n for n, t in enumerate(text.splitlines(), 1) if "path: enginering" in t)
+        assert f"(line {line})" in err
+
+
+class TestValidation:
+    def test_shape_errors_carry_their_location(self) -> None:
+        data = ward()
+        data["timezone"] = "Europe/Lndon"
+        data["paths"]["admin"]["max_duration"] = "90x"
+        data["targets"]["pharmacy-db"]["secrets"]["password"] = "hunter2!"
+        data["targets"]["pharmacy-db"]["roles"]["read"]["colour"] = "red"
+        data["groups"]["managers"].append("not a person")
+        found = problems(data)
+        assert any(p.startswith("timezone: 'Europe/Lndon' is not a known time zone") for p in found)
+        assert any(p.startswith("paths.admin.max_duration: '90x' is not a duration") for p in found)
+        assert any(
+            p.startswith(
+                "targets.pharmacy-db.secrets.password: expected the name of an environment"
+            )
+            for p in found
+        )
+        assert "targets.pharmacy-db.roles.read.colour: unknown field (check the spelling)" in found
+        assert any(p.startswith("groups.managers.2: 'not a person'") for p in found)
+
+    def test_every_semantic_problem_at_once(self) -> None:
+        data = ward()
+        data["targets"]["pharmacy-db"]["roles"]["owner"]["path"] = "enginering"
+        data["targets"]["pharmacy-db"]["roles"]["read"]["eligible"].append("nurses")
+        data["targets"]["pharmacy-db"]["roles"]["read"]["max_duration"] = "3h"
+        data["targets"]["pharmacy-db"]["settings"]["password"] = "hunter2"
+        data["paths"]["admin"]["approvers"] = [{"rota": "nobody"}]
+        data["paths"]["engineering"]["approvals"] = 4
+        found = problems(data)
+        assert "targets.pharmacy-db.roles.owner.path: unknown path 'enginering'" in found
+        assert "targets.pharmacy-db.roles.read.eligible.1: unknown group 'nurses'" in found
+        assert (
+            "targets.pharmacy-db.roles.read.max_duration: is above the clinical path's cap of 2h"
+            in found
+        )
+        assert any(
+            p.startswith("targets.pharmacy-db.settings.password: looks like an inline secret")
+            for p in found
+        )
+        assert "paths.admin.approvers.0.rota: unknown rota 'nobody'" in found
+        assert any(
+            p.startswith("paths.engineering.approvals: needs 4 approvals but at most 3")
+            for p in found
+        )
+
+    def test_approval_that_can_never_be_satisfied_once_requester_is_excluded(self) -> None:
+        data = ward()
+        # Two infra leads, one of whom (Erin) is also an eligible requester: only 1 other left.
+        data["groups"]["infra-leads"] = ["erin@ward.nhs.uk", "farid@ward.nhs.uk"]
+        assert (
+            "paths.engineering.approvals: needs 2 approvals but at most 1 distinct approver "
+            "can be available once the requester is excluded" in problems(data)
+        )
+
+    def test_rota_problems(self) -> None:
+        data = ward()
+        rota = data["oncall"]["clinical-oncall"]
+        rota["members"].append("ben@ward.nhs.uk")
+        rota["escalation"] = "bosses"
+        rota["overrides"] = [
+            {
+                "start": "2026-12-24 09:00",
+                "end": "2026-12-27 09:00",
+                "member": "hana@ward.nhs.uk",
+                "replaces": "dev@ward.nhs.uk",
+            },
+        ]
+        found = problems(data)
+        assert "oncall.clinical-oncall.members: lists the same member twice" in found
+        assert "oncall.clinical-oncall.escalation: unknown group 'bosses'" in found
+        assert (
+            "oncall.clinical-oncall.overrides.0.replaces: 'dev@ward.nhs.uk' is not a member of "
+            "this rota" in found
+        )
+
+    def test_override_that_ends_before_it_starts(self) -> None:
+        data = ward()
+        data["oncall"]["clinical-oncall"]["overrides"] = [
+            {"start": "2026-12-30 09:00", "end": "2026-12-29 09:00", "member": "gita@ward.nhs.uk"},
+        ]
+        assert problems(data) == ["oncall.clinical-oncall.overrides.0: end must be after start"]
+
+    def test_overlapping_overrides_and_empty_rota(self) -> None:
+        data = ward()
+        data["oncall"]["clinical-oncall"]["overrides"] = [
+            {"start": "2026-12-24 09:00", "end": "2026-12-27 09:00", "member": "hana@ward.nhs.uk"},
+            {"start": "2026-12-26 09:00", "end": "2026-12-28 09:00", "member": "gita@ward.nhs.uk"},
+        ]
+        data["oncall"]["empty"] = {"members": [], "rotation": "daily", "starts": "2026-01-01"}
+        found = problems(data)
+        assert (
+            "oncall.clinical-oncall.overrides.1: overlaps override 0 for the same person" in found
+        )
+        assert "oncall.empty.members: rota has no members" in found
+
+    def test_break_glass_shape(self) -> None:
+        data = ward()
+        del data["paths"]["breakglass"]["reviewers"]
+        data["paths"]["breakglass"]["approvers"] = [{"group": "managers"}]
+        data["targets"]["directory"]["roles"]["helpdesk"]["path"] = "breakglass"
+        found = problems(data)
+        assert "paths.breakglass.reviewers: break-glass needs reviewers" in found
+        assert (
+            "paths.breakglass.approvers: break-glass is never approved first; use reviewers"
+            in found
+        )
+        assert any(
+            p.startswith("targets.directory.roles.helpdesk.path: break-glass is a route")
+            for p in found
+        )
+
+    def test_missing_paths_and_duplicate_keys(self) -> None:
+        text = WARD.read_text().replace("  admin:\n    risk: medium", "  admin2:\n    risk: medium")
+        text = text.replace("groups:\n", "groups:\n  managers: [U0DUPE]\n", 1)
+        with pytest.raises(PolicyError) as caught:
+            parse_policy(text)
+        found = [str(i) for i in caught.value.issues]
+        assert any(f.startswith("groups.managers: defined twice (line") for f in found)
+        assert "paths: missing the 'admin' path" in "\n".join(found)
+
+    def test_yaml_syntax_error_gives_the_line(self) -> None:
+        with pytest.raises(PolicyError) as caught:
+            parse_policy("timezone: Europe/London\ngroups: [unclosed\n")
+        assert caught.value.issues[0].line is not None
+        assert "not valid YAML" in caught.value.issues[0].message
+
+
+def zone_policy(rotation: str, handoff: str, starts: str, **extra: Any) -> Policy:
+    data = ward()
+    data["oncall"]["clinical-oncall"].update(
+        {"rotation": rotation, "handoff": handoff, "starts": starts, **extra}
+    )
+    data["oncall"]["clinical-oncall"]["members"] = ["ben@ward.nhs.uk", "chloe@ward.nhs.uk"]
+    return parse_policy(yaml.safe_dump(data, sort_keys=False))
+
+
+def london(*args: int) -> datetime:
+    from zoneinfo import ZoneInfo
+
+    return datetime(*args, tzinfo=ZoneInfo("Europe/London"))  # type: ignore[misc]
+
+
+class TestRota:
+    def test_daily_hand_off_at_08_00_local(self, policy: Policy) -> None:
+        rota = policy.oncall["clinical-oncall"]
+        assert on_call_at(rota, london(2026, 11, 30, 7, 59), policy.zone) == ["ben@ward.nhs.uk"]
+        assert on_call_at(rota, london(2026, 11, 30, 8, 0), policy.zone) == ["chloe@ward.nhs.uk"]
+
+    def test_weekly_hand_off_stays_at_09_00_local_across_the_clock_change(self) -> None:
+        # BST starts on Sunday 29 March 2026; Monday's hand-off is still 09:00 on the wall.
+        policy = zone_policy("weekly", "09:00", "2026-03-16", handoff_day="monday")
+        rota = policy.oncall["clinical-oncall"]
+        before = london(2026, 3, 30, 8, 59)
+        after = london(2026, 3, 30, 9, 0)
+        assert after.astimezone(UTC).hour == 8  # 09:00 BST is 08:00 UTC
+        assert on_call_at(rota, before, policy.zone) == ["chloe@ward.nhs.uk"]
+        assert on_call_at(rota, after, policy.zone) == ["ben@ward.nhs.uk"]
+
+    def test_daily_hand_off_in_the_repeated_autumn_hour(self) -> None:
+        # 01:30 happens twice on 25 October 2026; the shift changes at the first one only.
+        policy = zone_policy("daily", "01:30", "2026-10-01")
+        rota = policy.oncall["clinical-oncall"]
+        first = datetime(2026, 10, 25, 0, 30, tzinfo=UTC)  # 01:30 BST
+        second = datetime(2026, 10, 25, 1, 30, tzinfo=UTC)  # 01:30 GMT, an hour later
+        assert on_call_at(rota, first - timedelta(minutes=1), policy.zone) == ["chloe@ward.nhs.uk"]
+        assert on_call_at(rota, first, policy.zone) == ["ben@ward.nhs.uk"]
+        assert on_call_at(rota, second, policy.zone) == ["ben@ward.nhs.uk"]
+
+    def test_override_covers_leave_then_hands_back(self) -> None:
+        policy = zone_policy(
+            "daily",
+            "08:00",
+            "2026-11-01",
+            overrides=[
+                {
+                    "start": "2026-11-30 00:00",
+                    "end": "2026-11-30 12:00",
+                    "member": "hana@ward.nhs.uk",
+                    "replaces": "ben@ward.nhs.uk",
+                }
+            ],
+        )
+        rota = policy.oncall["clinical-oncall"]
+        assert on_call_at(rota, london(2026, 11, 30, 3, 0), policy.zone) == ["hana@ward.nhs.uk"]
+        # After 08:00 Chloe is on call anyway: the override only replaces Ben.
+        assert on_call_at(rota, london(2026, 11, 30, 9, 0), policy.zone) == ["chloe@ward.nhs.uk"]
+
+    @given(
+        st.datetimes(
+            min_value=datetime(2026, 1, 1), max_value=datetime(2028, 12, 31), timezones=st.just(UTC)
+        )
+    )
+    def test_exactly_one_on_call_at_any_instant(self, at: datetime) -> None:
+        policy = zone_policy("daily", "08:00", "2026-11-01")
+        assert len(on_call_at(policy.oncall["clinical-oncall"], at, policy.zone)) == 1
+
+
+class TestRules:
+    NOW = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
+
+    def test_approvers_now_are_the_on_call_plus_managers(self, policy: Policy) -> None:
+        assert approvers_at(policy, "clinical", self.NOW) == [
+            "ben@ward.nhs.uk",
+            "gita@ward.nhs.uk",
+            "hana@ward.nhs.uk",
+        ]
+
+    def test_an_unknown_path_has_no_approvers(self, policy: Policy) -> None:
+        assert approvers_at(policy, "nope", self.NOW) == []
+
+    def test_cap_is_the_smallest_limit(self, policy: Policy) -> None:
+        assert duration_cap(
+            policy, AMIRA, "pharmacy-db", "read", "clinical", self.NOW
+        ) == timedelta(hours=2)
+        assert duration_cap(
+            policy, DEV, "pharmacy-db", "owner", "engineering", self.NOW
+        ) == timedelta(hours=2)
+        assert duration_cap(
+            policy, DEV, "pharmacy-db", "owner", "engineering", self.NOW, "svc-lab"
+        ) == timedelta(hours=1)
+        assert duration_cap(policy, VAL, "pharmacy-db", "read", "clinical", self.NOW) == timedelta(
+            hours=2
+        )
+        late = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)
+        assert duration_cap(policy, VAL, "pharmacy-db", "read", "clinical", late) == timedelta(
+            minutes=30
+        )
+        assert duration_cap(
+            policy, AMIRA, "pharmacy-db", "read", "breakglass", self.NOW
+        ) == timedelta(hours=1)
+
+    def test_what_amira_may_request(self, policy: Policy) -> None:
+        plans = requestable(policy, AMIRA, self.NOW)
+        assert [(p.target, p.role, p.path) for p in plans] == [
+            ("directory", "helpdesk", "admin"),
+            ("pharmacy-db", "read", "clinical"),
+        ]
+
+    def test_account_mapping_needs_an_e_mail(self, policy: Policy) -> None:
+        with pytest.raises(PolicyRefusal, match="e-mail"):
+            plan_request(policy, Person(slack_user_id="U0AMIRA"), "pharmacy-db", "read", self.NOW)
+
+    def test_aliases_are_one_person(self, policy: Policy) -> None:
+        from app.policy import person_key, same_person
+
+        assert same_person(policy, GITA, GITA_2ND)
+        assert person_key(policy, GITA_2ND) == "gita@ward.nhs.uk"
+        assert not same_person(policy, GITA, AMIRA)
+
+    def test_contract_end_is_end_of_day_local(self, policy: Policy) -> None:
+        from app.policy.rules import contract_end_instant
+
+        vendor = policy.vendors["medisoft"]
+        assert vendor.contract_end == date(2026, 11, 30)
+        assert contract_end_instant(policy, vendor) == datetime(2026, 12, 1, 0, 0, tzinfo=UTC)

@@ -1,0 +1,86 @@
+"""A crash between recording intent and hearing back from the target is finished at start-up."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from app.clock import ManualClock
+from app.service import AccessService
+from app.store.models import RequestState as S
+from tests.conftest import AMIRA, BEN
+from tests.fakes.memory_adapter import MemoryTarget, SimulatedCrash
+
+REASON = "fix stuck order set on ward 12"
+
+
+def crash_during(service: AccessService, target: MemoryTarget, op: str, action: object) -> None:
+    target.crash_after.add(op)
+    with pytest.raises(SimulatedCrash):
+        action()  # type: ignore[operator]
+
+
+class TestReconcile:
+    def test_crash_after_the_target_granted(
+        self, service: AccessService, targets: dict[str, MemoryTarget], clock: ManualClock
+    ) -> None:
+        db = targets["pharmacy-db"]
+        req = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REASON)
+        crash_during(service, db, "grant", lambda: service.approve(req.id, BEN))
+        assert service.get(req.id).state == S.GRANTING
+        assert db.holds("amira", "pharmacy_read")
+
+        report = service.reconcile()
+
+        assert report.granted == [req.id]
+        view = service.get(req.id)
+        assert view.state == S.ACTIVE
+        # The access we gave before the crash is ours, not "pre-existing": it must still expire.
+        assert view.preexisting is False
+        clock.advance(timedelta(minutes=30))
+        service.expire_due()
+        assert not db.holds("amira", "pharmacy_read")
+
+    def test_crash_after_approval_before_anything_reached_the_target(
+        self, service: AccessService, targets: dict[str, MemoryTarget]
+    ) -> None:
+        req = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REASON)
+        crash_during(service, targets["pharmacy-db"], "check", lambda: service.approve(req.id, BEN))
+        assert service.get(req.id).state == S.APPROVED
+        assert service.reconcile().granted == [req.id]
+        assert service.get(req.id).state == S.ACTIVE
+
+    def test_crash_after_the_target_revoked(
+        self, service: AccessService, targets: dict[str, MemoryTarget], clock: ManualClock
+    ) -> None:
+        db = targets["pharmacy-db"]
+        req = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REASON)
+        service.approve(req.id, BEN)
+        clock.advance(timedelta(minutes=31))
+        crash_during(service, db, "revoke", service.expire_due)
+        assert service.get(req.id).state == S.REVOKING
+
+        assert service.reconcile().revoked == [req.id]
+        assert service.get(req.id).state == S.ENDED
+        assert not db.holds("amira", "pharmacy_read")
+
+    def test_a_grant_interrupted_for_longer_than_its_window_is_taken_back(
+        self, service: AccessService, targets: dict[str, MemoryTarget], clock: ManualClock
+    ) -> None:
+        db = targets["pharmacy-db"]
+        req = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REASON)
+        crash_during(service, db, "grant", lambda: service.approve(req.id, BEN))
+        clock.advance(timedelta(hours=3))  # the app was down all night
+
+        assert service.reconcile().abandoned == [req.id]
+        view = service.get(req.id)
+        assert view.state == S.GRANT_FAILED
+        assert "removed" in (view.grant_detail or "")
+        assert not db.holds("amira", "pharmacy_read")
+
+    def test_reconcile_with_nothing_to_do_changes_nothing(self, service: AccessService) -> None:
+        req = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REASON)
+        report = service.reconcile()
+        assert (report.granted, report.abandoned, report.revoked) == ([], [], [])
+        assert service.get(req.id).state == S.PENDING

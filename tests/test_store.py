@@ -1,0 +1,75 @@
+"""Storage: migrations are the schema, SQLite is set up for safe concurrent use, times are UTC."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from app.cli import main
+from app.store import AccessRequest, Database, normalise_url
+from app.store.models import Base
+
+
+def test_migrations_match_the_models(db: Database) -> None:
+    with db.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_db_upgrade_creates_a_sqlite_file_out_of_the_box(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert main(["db", "upgrade"]) == 0
+    assert (tmp_path / "wardkey.db").exists()
+    assert main(["db", "upgrade"]) == 0  # running it again is harmless
+    assert "up to date" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(db: Database) -> None:
+    with db.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+
+
+def test_times_come_back_as_aware_utc_and_naive_times_are_refused(db: Database) -> None:
+    local = datetime(2026, 7, 1, 14, 0, tzinfo=timezone(timedelta(hours=1)))
+    fields = dict(
+        state="pending",
+        version=1,
+        requester="a@ward.nhs.uk",
+        target="t",
+        role="r",
+        path="clinical",
+        entitlement="e",
+        account="a",
+        reason="some good reason",
+        requested_seconds=60,
+        approvals_needed=1,
+        approval_round=0,
+        revoke_attempts=0,
+    )
+    with db.transaction() as session:
+        session.add(AccessRequest(id=1, created_at=local, state_changed_at=local, **fields))
+    with db.read() as session:
+        stored = session.get(AccessRequest, 1)
+        assert stored is not None
+        assert stored.created_at == local
+        assert stored.created_at.utcoffset() == timedelta(0)
+    with pytest.raises(sa.exc.StatementError, match="naive"), db.transaction() as session:
+        naive = datetime(2026, 7, 1, 14, 0)
+        session.add(AccessRequest(id=2, created_at=naive, state_changed_at=naive, **fields))
+
+
+def test_plain_postgresql_urls_use_psycopg_3() -> None:
+    assert normalise_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
+    assert normalise_url("postgres://u@h/db").drivername == "postgresql+psycopg"
+    assert normalise_url("sqlite:///x.db").drivername == "sqlite"
