@@ -71,7 +71,7 @@ class TestChain:
         with as_an_attacker(db) as conn:
             conn.execute(
                 sa.text(
-                    "UPDATE audit_events SET body = replace(body, 'story number 6', 'nothing to see') "
+                    "UPDATE audit_events SET body = replace(body, 'story number 6', 'nothing') "
                     "WHERE seq = 7"
                 )
             )
@@ -127,6 +127,21 @@ class TestChain:
         result = audit.verify(db, checkpoint)
         assert (result.ok, result.broken_seq) == (False, 6)
         assert "checkpoint" in result.problem
+
+    def test_awkward_text_verifies_on_every_store(self, db: Database) -> None:
+        # Tabs, newlines, backslashes, quotes, SQL/LDAP metacharacters, RTL and zero-width text.
+        awkward = "ward\t12\nbed 3 \\ 'x'; DROP TABLE--)(cn=*) \u202eolleh\u200b 🩺 \\N"
+        with db.transaction() as session:
+            audit.append(
+                session, at=START, action="request.created", actor=awkward, data={"reason": awkward}
+            )
+            audit.append(session, at=START, action="request.created", actor="a", request_id=None)
+        result = audit.verify(db)
+        assert result.ok, result.summary()
+        assert result.checked == 2
+        out = io.StringIO()
+        audit.export_jsonl(db, out)
+        assert json.loads(out.getvalue().splitlines()[0])["data"]["reason"] == awkward
 
     def test_secrets_never_enter_an_event(self, db: Database) -> None:
         with pytest.raises(ValueError, match="secrets never go in"), db.transaction() as session:

@@ -46,11 +46,6 @@ def canonical_json(value: Mapping[str, Any]) -> str:
     )
 
 
-def event_hash(seq: int, prev_hash: str, action: str, request_id: int | None, body: str) -> str:
-    preimage = f"{seq}|{prev_hash}|{action}|{'' if request_id is None else request_id}|{body}"
-    return hashlib.sha256(preimage.encode()).hexdigest()
-
-
 def _check_no_secrets(data: Mapping[str, Any], where: str = "") -> None:
     for key, value in data.items():
         if any(word in key.lower() for word in _FORBIDDEN_KEYS):
@@ -133,45 +128,61 @@ class VerifyResult:
 
 
 Row = tuple[int, str, str, int | None, str, str]
+# What verification needs of one event: seq, prev_hash and stored hash as raw 32-byte digests,
+# and the bytes its hash covers.
+Link = tuple[int, bytes, bytes, bytes]
+_ROWS = "SELECT seq, prev_hash, action, request_id, hash, body FROM audit_events ORDER BY seq"
+# PostgreSQL assembles each preimage itself and sends binary columns: building Python strings
+# per event would cost more than hashing it. A server that lies could fake any row anyway, so
+# letting it concatenate trusts it with nothing new.
+_PG_LINKS = (
+    "SELECT seq, decode(prev_hash, 'hex'), decode(hash, 'hex'), convert_to(seq::text || '|' || "
+    "prev_hash || '|' || action || '|' || coalesce(request_id::text, '') || '|' || body, 'UTF8') "
+    "FROM audit_events ORDER BY seq"
+)
 
 
-def verify_rows(rows: Iterable[Row], checkpoint: Checkpoint | None = None) -> VerifyResult:
-    """Recompute the chain over rows (seq, prev_hash, action, request_id, hash, body) in order."""
-    expected_seq, expected_prev = 1, GENESIS_HASH
+def preimage(seq: int, prev_hash: str, action: str, request_id: int | None, body: str) -> bytes:
+    rid = "" if request_id is None else request_id
+    return f"{seq}|{prev_hash}|{action}|{rid}|{body}".encode()
+
+
+def event_hash(seq: int, prev_hash: str, action: str, request_id: int | None, body: str) -> str:
+    return hashlib.sha256(preimage(seq, prev_hash, action, request_id, body)).hexdigest()
+
+
+def verify_links(links: Iterable[Link], checkpoint: Checkpoint | None = None) -> VerifyResult:
+    """Walk the chain in sequence order and stop at the first event that does not hold."""
+    expected_seq, expected_prev = 1, bytes.fromhex(GENESIS_HASH)
     checked = 0
-    head: Checkpoint | None = None
     sha256 = hashlib.sha256
-    for seq, prev_hash, action, request_id, stored_hash, body in rows:
+    for seq, prev_hash, stored_hash, image in links:
         if seq != expected_seq:
             gap = "missing (deleted)" if seq > expected_seq else "out of order"
-            return VerifyResult(
-                False, checked, head, expected_seq, f"event {expected_seq} is {gap}"
-            )
+            return _broken(checked, expected_seq, expected_prev, f"event {expected_seq} is {gap}")
         if prev_hash != expected_prev:
-            return VerifyResult(
-                False,
+            return _broken(
                 checked,
-                head,
                 seq,
+                expected_prev,
                 "does not follow the event before it (an event was deleted or reordered)",
             )
-        rid = "" if request_id is None else request_id
-        digest = sha256(f"{seq}|{prev_hash}|{action}|{rid}|{body}".encode()).hexdigest()
-        if digest != stored_hash:
-            return VerifyResult(
-                False, checked, head, seq, "contents do not match its hash (edited)"
-            )
-        if checkpoint is not None and seq == checkpoint.seq and stored_hash != checkpoint.hash:
-            return VerifyResult(
-                False,
+        if sha256(image).digest() != stored_hash:
+            return _broken(checked, seq, expected_prev, "contents do not match its hash (edited)")
+        if (
+            checkpoint is not None
+            and seq == checkpoint.seq
+            and stored_hash.hex() != checkpoint.hash
+        ):
+            return _broken(
                 checked,
-                head,
                 seq,
+                expected_prev,
                 "differs from the exported checkpoint (history was rewritten after it)",
             )
         expected_seq, expected_prev = seq + 1, stored_hash
         checked += 1
-    head = Checkpoint(expected_seq - 1, expected_prev) if checked else None
+    head = Checkpoint(checked, expected_prev.hex()) if checked else None
     if checkpoint is not None and checked < checkpoint.seq:
         return VerifyResult(
             False,
@@ -184,25 +195,57 @@ def verify_rows(rows: Iterable[Row], checkpoint: Checkpoint | None = None) -> Ve
     return VerifyResult(True, checked, head)
 
 
-def iter_rows(db: Database) -> Iterator[Row]:
-    """Stream the chain in sequence order straight from the driver (no ORM objects)."""
-    query = "SELECT seq, prev_hash, action, request_id, hash, body FROM audit_events ORDER BY seq"
+def _broken(checked: int, seq: int, last_good: bytes, problem: str) -> VerifyResult:
+    head = Checkpoint(checked, last_good.hex()) if checked else None
+    return VerifyResult(False, checked, head, seq, problem)
+
+
+def _digest(text: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:  # a hash edited into something that is not hex cannot match anything
+        return b"not hex: " + text.encode()
+
+
+def verify_rows(rows: Iterable[Row], checkpoint: Checkpoint | None = None) -> VerifyResult:
+    """Verify rows of (seq, prev_hash, action, request_id, hash, body) in sequence order."""
+    return verify_links(
+        (
+            (seq, _digest(prev), _digest(stored), preimage(seq, prev, action, rid, body))
+            for seq, prev, action, rid, stored, body in rows
+        ),
+        checkpoint,
+    )
+
+
+def _stream(db: Database, query: str, binary: bool = False) -> Iterator[Any]:
+    """Rows straight from the driver, in batches (a server-side cursor on PostgreSQL)."""
     raw = db.engine.raw_connection()
     try:
         if db.is_sqlite:
             cursor = raw.cursor()
-        else:  # a server-side cursor, so a million events do not sit in memory at once
-            cursor = raw.driver_connection.cursor(name="wardkey_audit_verify")  # type: ignore[union-attr]
+        else:
+            cursor = raw.driver_connection.cursor(  # type: ignore[union-attr]
+                name="wardkey_audit", binary=binary
+            )
         cursor.execute(query)
         while batch := cursor.fetchmany(_BATCH):
             yield from batch
         cursor.close()
+        raw.rollback()
     finally:
         raw.close()
 
 
+def iter_rows(db: Database) -> Iterator[Row]:
+    """The chain in sequence order as (seq, prev_hash, action, request_id, hash, body)."""
+    return _stream(db, _ROWS)
+
+
 def verify(db: Database, checkpoint: Checkpoint | None = None) -> VerifyResult:
-    return verify_rows(iter_rows(db), checkpoint)
+    if db.is_sqlite:
+        return verify_rows(iter_rows(db), checkpoint)
+    return verify_links(_stream(db, _PG_LINKS, binary=True), checkpoint)
 
 
 def head(db: Database) -> Checkpoint | None:

@@ -1,6 +1,6 @@
 """Use cases of the request lifecycle; the only writer of request state."""
 
-from app.service.access import AccessService, ReconcileReport
+from app.service.access import AccessService
 from app.service.errors import (
     AlreadyDecided,
     InvalidRequest,
@@ -10,6 +10,7 @@ from app.service.errors import (
     SelfApproval,
     ServiceError,
 )
+from app.service.grants import ReconcileReport
 from app.service.views import DecisionView, RequestView, ReviewView
 
 __all__ = [

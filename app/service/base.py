@@ -1,0 +1,286 @@
+"""What every use case shares: the dependencies, reads, policy look-ups and one-step
+transitions."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.adapters.base import Adapter
+from app.clock import Clock, SystemClock
+from app.policy import rules
+from app.policy.durations import format_duration
+from app.policy.model import Policy
+from app.policy.people import Person, person_key, same_person
+from app.service import transitions
+from app.service.errors import (
+    AlreadyDecided,
+    InvalidRequest,
+    NotEligible,
+    NotFound,
+)
+from app.service.transitions import StaleState
+from app.service.views import RequestView
+from app.store.db import Database
+from app.store.models import (
+    HOLDING_STATES,
+    AccessRequest,
+    Decision,
+    RequestState,
+    Review,
+)
+
+log = logging.getLogger(__name__)
+S = RequestState
+T = TypeVar("T")
+
+MIN_REASON_WORDS = 3
+MAX_REASON_CHARS = 2000
+WORD = re.compile(r"\w{2,}")
+_STALE_RETRIES = 8
+
+STATE_WORDS = {
+    S.APPROVED: "has already been approved",
+    S.GRANTING: "has already been approved and access is being set up",
+    S.ACTIVE: "has already been approved and access is active",
+    S.REVOKING: "is ending",
+    S.ENDED: "has ended",
+    S.DENIED: "has already been denied",
+    S.CANCELLED: "was cancelled",
+    S.TIMED_OUT: "timed out without a decision",
+    S.GRANT_FAILED: "failed when access was being set up",
+    S.REVOKE_FAILED: "is ending (removing access needs another try)",
+}
+
+
+class ServiceBase:
+    """Dependencies and helpers of the use cases (see AccessService)."""
+
+    def __init__(
+        self,
+        db: Database,
+        policy: Policy,
+        adapters: Mapping[str, Adapter],
+        clock: Clock | None = None,
+    ) -> None:
+        self.db = db
+        self.policy = policy
+        self.adapters = adapters
+        self.clock: Clock = clock or SystemClock()
+
+    # -------------------------------------------------------------------------------- reads
+
+    def get(self, request_id: int) -> RequestView:
+        with self.db.read() as session:
+            return self._view(session, self._load(session, request_id))
+
+    def requests_of(
+        self, person: Person, states: tuple[RequestState, ...] = ()
+    ) -> list[RequestView]:
+        key = person_key(self.policy, person)
+        with self.db.read() as session:
+            query = select(AccessRequest).where(AccessRequest.requester == key)
+            if states:
+                query = query.where(AccessRequest.state.in_([s.value for s in states]))
+            rows = session.scalars(query.order_by(AccessRequest.id.desc()).limit(100)).all()
+            return [self._view(session, r) for r in rows]
+
+    # ------------------------------------------------------------------------------ helpers
+
+    def _plan(
+        self,
+        person: Person,
+        target: str,
+        role: str,
+        now: datetime,
+        *,
+        break_glass: bool = False,
+        identity: str | None = None,
+    ) -> rules.RequestPlan:
+        try:
+            plan = rules.plan_request(
+                self.policy, person, target, role, now, break_glass=break_glass, identity=identity
+            )
+        except rules.PolicyRefusal as exc:
+            raise NotEligible(str(exc)) from None
+        if plan.target not in self.adapters:
+            raise NotEligible(f"{target} is not connected to WardKey yet; ask a WardKey admin.")
+        return plan
+
+    def _ticket(self, path: str, ticket: str | None) -> str | None:
+        try:
+            return rules.check_ticket(self.policy, path, ticket)
+        except rules.PolicyRefusal as exc:
+            raise InvalidRequest(str(exc)) from None
+
+    def _total_cap(self, req: AccessRequest, person: Person) -> timedelta:
+        assert req.granted_at is not None
+        limits = [self.policy.paths[req.path].total_cap]
+        if req.identity is not None and req.identity in self.policy.identities:
+            limits.append(self.policy.identities[req.identity].max_duration)
+        vendor = rules.vendor_of(self.policy, person)
+        if vendor is not None:
+            limits.append(rules.contract_end_instant(self.policy, vendor) - req.granted_at)
+        return min(limits)
+
+    def _refuse_duplicate(self, session: Session, key: str, plan: rules.RequestPlan) -> None:
+        open_states = [S.PENDING.value, S.APPROVED.value, *[s.value for s in HOLDING_STATES]]
+        existing = session.scalars(
+            select(AccessRequest).where(
+                AccessRequest.requester == key,
+                AccessRequest.target == plan.target,
+                AccessRequest.role == plan.role,
+                AccessRequest.account == plan.account,
+                AccessRequest.state.in_(open_states),
+            )
+        ).first()
+        if existing is not None:
+            hint = (
+                f" Use /jit extend {existing.id} <duration> for more time."
+                if existing.state == S.ACTIVE
+                else ""
+            )
+            raise InvalidRequest(
+                f"You already have request #{existing.id} for {plan.target}:{plan.role} "
+                f"({existing.state.replace('_', ' ')}).{hint}"
+            )
+
+    def _preexisting(self, target: str, account: str, entitlement: str) -> bool:
+        """Does the target already give this access, other than through a grant of ours?"""
+        if not self.adapters[target].check(account, entitlement):
+            return False
+        with self.db.read() as session:
+            ours = session.scalar(
+                select(func.count())
+                .select_from(AccessRequest)
+                .where(
+                    AccessRequest.target == target,
+                    AccessRequest.account == account,
+                    AccessRequest.entitlement == entitlement,
+                    AccessRequest.state.in_([s.value for s in HOLDING_STATES]),
+                    AccessRequest.preexisting.is_not(True),
+                )
+            )
+        return not ours
+
+    def _other_holder(self, session: Session, req: AccessRequest) -> int | None:
+        """Another live grant of the same access, which a revoke must not pull from under."""
+        return session.scalar(
+            select(AccessRequest.id)
+            .where(
+                AccessRequest.id != req.id,
+                AccessRequest.target == req.target,
+                AccessRequest.account == req.account,
+                AccessRequest.entitlement == req.entitlement,
+                AccessRequest.state.in_([S.GRANTING.value, S.ACTIVE.value]),
+            )
+            .limit(1)
+        )
+
+    def _is_requester(self, person: Person, req: AccessRequest) -> bool:
+        requester = (
+            Person(slack_user_id=req.requester_slack_id, email=req.requester_email)
+            if (req.requester_slack_id or req.requester_email)
+            else None
+        )
+        return person_key(self.policy, person) == req.requester or (
+            requester is not None and same_person(self.policy, person, requester)
+        )
+
+    def _record(
+        self,
+        request_id: int,
+        expected: RequestState,
+        to: RequestState,
+        action: str,
+        *,
+        actor: str = "wardkey",
+        changes: Mapping[str, object] | None = None,
+        data: Mapping[str, object] | None = None,
+        at: datetime | None = None,
+    ) -> RequestView:
+        """Apply one transition in its own transaction, from a state the caller saw."""
+        with self.db.transaction() as session:
+            req = self._load(session, request_id)
+            if req.state != expected:
+                raise AlreadyDecided(
+                    f"Request #{req.id} {STATE_WORDS.get(S(req.state), 'changed')}."
+                )
+            try:
+                transitions.transition(
+                    session,
+                    req,
+                    to,
+                    at=at or self.clock.now(),
+                    actor=actor,
+                    action=action,
+                    changes=changes,
+                    data=data,
+                )
+            except StaleState:
+                raise AlreadyDecided(f"Request #{req.id} changed at the same moment.") from None
+            return self._view(session, req)
+
+    def _retrying(self, attempt: Callable[[], T]) -> T:
+        """Run a decision again when a concurrent one changed the row first."""
+        for _ in range(_STALE_RETRIES - 1):
+            try:
+                return attempt()
+            except (StaleState, IntegrityError):
+                continue
+        return attempt()
+
+    @staticmethod
+    def _load(session: Session, request_id: int) -> AccessRequest:
+        req = session.get(AccessRequest, request_id)
+        if req is None:
+            raise NotFound(f"There is no request #{request_id}.")
+        return req
+
+    @staticmethod
+    def _view(session: Session, req: AccessRequest) -> RequestView:
+        decisions = list(
+            session.scalars(select(Decision).where(Decision.request_id == req.id)).all()
+        )
+        review = session.scalars(select(Review).where(Review.request_id == req.id)).first()
+        return RequestView.of(req, decisions, review)
+
+
+class StillPresent(Exception):
+    pass
+
+
+def describe_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:1000]
+
+
+def clean_reason(reason: str) -> str:
+    cleaned = " ".join(reason.split())
+    if len(WORD.findall(cleaned)) < MIN_REASON_WORDS:
+        raise InvalidRequest(
+            f"Give a reason of at least {MIN_REASON_WORDS} words, e.g. "
+            '"fix stuck order set on ward 12".'
+        )
+    if len(cleaned) > MAX_REASON_CHARS:
+        raise InvalidRequest(f"Keep the reason under {MAX_REASON_CHARS} characters.")
+    return cleaned
+
+
+def within_cap(duration: timedelta, plan: rules.RequestPlan) -> timedelta:
+    if duration <= timedelta(0):
+        raise InvalidRequest("Ask for at least 1m.")
+    if plan.cap <= timedelta(0):
+        raise NotEligible(f"No time is left for {plan.target}:{plan.role} (contract ended).")
+    if duration > plan.cap:
+        raise InvalidRequest(
+            f"{format_duration(duration)} is more than the {format_duration(plan.cap)} allowed "
+            f"for {plan.target}:{plan.role}; ask for {format_duration(plan.cap)} or less."
+        )
+    return duration

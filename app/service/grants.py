@@ -1,0 +1,464 @@
+"""Access on the target: grant, extend, revoke, expire and reconcile.
+
+Intent (`granting`, `revoking`) is committed before the adapter is called and the result after,
+so a crash in between is found and finished by `reconcile`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.adapters.base import AdapterError
+from app.policy import rules
+from app.policy.durations import format_duration
+from app.policy.model import BREAK_GLASS_PATH
+from app.policy.people import Person, person_key
+from app.service import transitions
+from app.service.base import (
+    MIN_REASON_WORDS,
+    WORD,
+    S,
+    ServiceBase,
+    StillPresent,
+    describe_error,
+    log,
+)
+from app.service.errors import (
+    AlreadyDecided,
+    InvalidRequest,
+    NotAllowed,
+)
+from app.service.transitions import StaleState
+from app.service.views import RequestView
+from app.store.models import (
+    AccessRequest,
+)
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    granted: list[int] = field(default_factory=list)
+    abandoned: list[int] = field(default_factory=list)
+    revoked: list[int] = field(default_factory=list)
+    still_failing: list[int] = field(default_factory=list)
+
+
+class GrantCases(ServiceBase):
+    # -------------------------------------------------------------------------------- grant
+
+    def grant(self, request_id: int) -> RequestView:
+        """Give approved access on the target: record intent, call the adapter, record result."""
+        with self.db.read() as session:
+            req = self._load(session, request_id)
+            if req.state != S.APPROVED:
+                return self._view(session, req)
+            target, account, entitlement = req.target, req.account, req.entitlement
+        now = self.clock.now()
+        try:
+            preexisting = self._preexisting(target, account, entitlement)
+        except AdapterError as exc:
+            with self.db.transaction() as session:
+                req = self._load(session, request_id)
+                if req.state == S.APPROVED:
+                    transitions.transition(
+                        session,
+                        req,
+                        S.GRANT_FAILED,
+                        at=now,
+                        actor="wardkey",
+                        action="grant.failed",
+                        changes={"grant_detail": describe_error(exc), "ended_at": now},
+                        data={"error": describe_error(exc), "transient": exc.transient},
+                    )
+                return self._view(session, req)
+        try:
+            with self.db.transaction() as session:
+                req = self._load(session, request_id)
+                if req.state != S.APPROVED:
+                    return self._view(session, req)
+                transitions.transition(
+                    session,
+                    req,
+                    S.GRANTING,
+                    at=now,
+                    actor="wardkey",
+                    action="grant.started",
+                    changes={"preexisting": preexisting},
+                    data={"preexisting": preexisting},
+                )
+        except StaleState:  # another worker is granting it
+            return self.get(request_id)
+        return self._finish_grant(request_id)
+
+    def _finish_grant(self, request_id: int) -> RequestView:
+        with self.db.read() as session:
+            req = self._load(session, request_id)
+            if req.state != S.GRANTING:
+                return self._view(session, req)
+        now = self.clock.now()
+        until = now + timedelta(seconds=req.requested_seconds)
+        adapter = self.adapters[req.target]
+        try:
+            result = adapter.grant(req.account, req.entitlement, until)
+        except AdapterError as exc:
+            log.warning(
+                "event=grant_failed request=%s target=%s error=%s",
+                req.id,
+                req.target,
+                describe_error(exc),
+            )
+            return self._record(
+                request_id,
+                S.GRANTING,
+                S.GRANT_FAILED,
+                "grant.failed",
+                changes={"grant_detail": describe_error(exc), "ended_at": self.clock.now()},
+                data={"error": describe_error(exc), "transient": exc.transient},
+            )
+        return self._record(
+            request_id,
+            S.GRANTING,
+            S.ACTIVE,
+            "grant.succeeded",
+            changes={"granted_at": now, "expires_at": until, "grant_detail": result.detail or None},
+            data={
+                "granted_at": now,
+                "expires_at": until,
+                "target_said_present": result.already_present,
+            },
+        )
+
+    # ------------------------------------------------------------------------------- extend
+
+    def extend(self, request_id: int, person: Person, duration: timedelta) -> RequestView:
+        """Move the expiry later with no gap in access; high-risk paths ask approvers again."""
+        if duration <= timedelta(0):
+            raise InvalidRequest("An extension must be at least 1m.")
+
+        def attempt() -> RequestView:
+            now = self.clock.now()
+            with self.db.transaction() as session:
+                req = self._load(session, request_id)
+                if not self._is_requester(person, req):
+                    raise NotAllowed("Only the person holding this access can extend it.")
+                if req.state != S.ACTIVE:
+                    raise AlreadyDecided(
+                        f"Request #{req.id} is not active, so it cannot be extended."
+                    )
+                if req.extension_seconds is not None:
+                    raise AlreadyDecided(
+                        f"An extension of request #{req.id} is already waiting for approval."
+                    )
+                if req.path == BREAK_GLASS_PATH:
+                    raise NotAllowed("Break-glass access cannot be extended; use /jit request.")
+                assert req.granted_at is not None and req.expires_at is not None
+                cap = self._total_cap(req, person)
+                new_total = req.expires_at + duration - req.granted_at
+                if new_total > cap:
+                    room = max(timedelta(0), cap - (req.expires_at - req.granted_at))
+                    raise InvalidRequest(
+                        f"That would make {format_duration(new_total)} in all; the limit for "
+                        f"{req.target}:{req.role} is {format_duration(cap)}, so you can extend by "
+                        f"at most {format_duration(room)}."
+                    )
+                key = person_key(self.policy, person)
+                seconds = int(duration.total_seconds())
+                facts = {"extension_seconds": seconds, "requested_by": key}
+                if self.policy.paths[req.path].reapprove_extensions:
+                    transitions.transition(
+                        session,
+                        req,
+                        S.ACTIVE,
+                        at=now,
+                        actor=key,
+                        action="extension.requested",
+                        changes={
+                            "extension_seconds": seconds,
+                            "extension_requested_by": key,
+                            "approval_round": req.approval_round + 1,
+                        },
+                        data={**facts, "approvers": rules.approvers_at(self.policy, req.path, now)},
+                    )
+                    return self._view(session, req)
+                self._apply_extension(session, req, now, key, seconds, facts)
+                return self._view(session, req)
+
+        view = self._retrying(attempt)
+        if view.extension is None:
+            self._refresh_target(view)
+        return view
+
+    def _apply_extension(
+        self,
+        session: Session,
+        req: AccessRequest,
+        now: datetime,
+        actor: str,
+        seconds: int,
+        facts: Mapping[str, object],
+    ) -> None:
+        assert req.expires_at is not None
+        new_expiry = req.expires_at + timedelta(seconds=seconds)
+        transitions.transition(
+            session,
+            req,
+            S.ACTIVE,
+            at=now,
+            actor=actor,
+            action="access.extended",
+            changes={
+                "expires_at": new_expiry,
+                "extension_seconds": None,
+                "extension_requested_by": None,
+            },
+            data={**facts, "previous_expires_at": req.expires_at, "new_expires_at": new_expiry},
+        )
+
+    def _refresh_target(self, view: RequestView) -> None:
+        # Targets with expiring membership (AD TTL) need the new end; access never lapses here
+        # because granting again is idempotent. If it fails the target may end access early,
+        # which errs on the safe side; the expiry sweep still ends it in WardKey.
+        if view.preexisting or view.expires_at is None:
+            return
+        try:
+            self.adapters[view.target].grant(view.account, view.entitlement, view.expires_at)
+        except AdapterError as exc:
+            log.warning(
+                "event=extension_refresh_failed request=%s error=%s", view.id, describe_error(exc)
+            )
+
+    # ------------------------------------------------------------------------------- revoke
+
+    def revoke(self, request_id: int, person: Person, reason: str = "") -> RequestView:
+        """End access early: the holder, an approver of its path or an admin may do it."""
+        now = self.clock.now()
+        allowed = False
+
+        def attempt() -> None:
+            nonlocal allowed
+            with self.db.transaction() as session:
+                req = self._load(session, request_id)
+                allowed = (
+                    self._is_requester(person, req)
+                    or rules.is_approver(self.policy, req.path, person, now)
+                    or (
+                        req.path == BREAK_GLASS_PATH and rules.is_reviewer(self.policy, person, now)
+                    )
+                    or rules.is_admin(self.policy, person)
+                )
+                if not allowed:
+                    raise NotAllowed(
+                        "Only the holder, an approver of its path or a WardKey admin can "
+                        "revoke this."
+                    )
+                if req.state != S.ACTIVE:
+                    raise AlreadyDecided(f"Request #{req.id} is not active.")
+                key = person_key(self.policy, person)
+                why = " ".join(reason.split()) or "revoked early"
+                transitions.transition(
+                    session,
+                    req,
+                    S.REVOKING,
+                    at=now,
+                    actor=key,
+                    action="revoke.started",
+                    changes={"ended_by": key, "end_reason": why, "extension_seconds": None},
+                    data={"cause": "early", "note": why},
+                )
+
+        self._retrying(attempt)
+        return self._finish_revoke(request_id)
+
+    def expire(self, request_id: int) -> RequestView | None:
+        """Revoke access whose time is up; None when it is not (or no longer) due."""
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            req = self._load(session, request_id)
+            if req.state != S.ACTIVE or req.expires_at is None or req.expires_at > now:
+                return None
+            try:
+                transitions.transition(
+                    session,
+                    req,
+                    S.REVOKING,
+                    at=now,
+                    actor="wardkey",
+                    action="revoke.started",
+                    changes={
+                        "ended_by": "wardkey",
+                        "end_reason": "expired",
+                        "extension_seconds": None,
+                    },
+                    data={"cause": "expired"},
+                )
+            except StaleState:
+                return None
+        return self._finish_revoke(request_id)
+
+    def expire_due(self, limit: int = 500) -> list[int]:
+        """Revoke every grant whose time is up (the expiry sweep calls this)."""
+        now = self.clock.now()
+        with self.db.read() as session:
+            due = session.scalars(
+                select(AccessRequest.id)
+                .where(AccessRequest.state == S.ACTIVE.value, AccessRequest.expires_at <= now)
+                .order_by(AccessRequest.expires_at)
+                .limit(limit)
+            ).all()
+        return [rid for rid in due if self.expire(rid) is not None]
+
+    def retry_revoke(self, request_id: int) -> RequestView:
+        """Try a failed revoke again (the retry sweep calls this until it succeeds)."""
+        now = self.clock.now()
+        try:
+            self._record(
+                request_id,
+                S.REVOKE_FAILED,
+                S.REVOKING,
+                "revoke.retried",
+                data={"attempt": self.get(request_id).revoke_attempts + 1},
+                at=now,
+            )
+        except AlreadyDecided:
+            return self.get(request_id)
+        return self._finish_revoke(request_id)
+
+    def resolve_revoke_failure(self, request_id: int, person: Person, note: str) -> RequestView:
+        """An admin confirms by hand that access is gone from the target."""
+        if not rules.is_admin(self.policy, person):
+            raise NotAllowed("Only a WardKey admin can mark a failed revoke as resolved.")
+        cleaned = " ".join(note.split())
+        if len(WORD.findall(cleaned)) < MIN_REASON_WORDS:
+            raise InvalidRequest("Say what you checked or did on the target, in a few words.")
+        key = person_key(self.policy, person)
+        return self._record(
+            request_id,
+            S.REVOKE_FAILED,
+            S.ENDED,
+            "revoke.resolved_by_person",
+            actor=key,
+            changes={"ended_at": self.clock.now(), "revoke_detail": cleaned},
+            data={"note": cleaned},
+        )
+
+    def _finish_revoke(self, request_id: int) -> RequestView:
+        with self.db.read() as session:
+            req = self._load(session, request_id)
+            if req.state != S.REVOKING:
+                return self._view(session, req)
+            other = self._other_holder(session, req)
+        if req.preexisting or other is not None:
+            why = (
+                "access existed before this grant, so it was left in place"
+                if req.preexisting
+                else f"request #{other} still holds the same access, so it was left in place"
+            )
+            return self._record(
+                request_id,
+                S.REVOKING,
+                S.ENDED,
+                "revoke.succeeded",
+                changes={"ended_at": self.clock.now(), "revoke_detail": why},
+                data={"left_in_place": why},
+            )
+        adapter = self.adapters[req.target]
+        try:
+            result = adapter.revoke(req.account, req.entitlement)
+            sessions = adapter.end_sessions(req.account)
+            if adapter.check(req.account, req.entitlement):
+                raise StillPresent("the target still shows the access after the revoke")
+        except (AdapterError, StillPresent) as exc:
+            transient = exc.transient if isinstance(exc, AdapterError) else False
+            log.error(
+                "event=revoke_failed request=%s target=%s error=%s",
+                req.id,
+                req.target,
+                describe_error(exc),
+            )
+            return self._record(
+                request_id,
+                S.REVOKING,
+                S.REVOKE_FAILED,
+                "revoke.failed",
+                changes={
+                    "revoke_detail": describe_error(exc),
+                    "revoke_attempts": req.revoke_attempts + 1,
+                },
+                data={
+                    "error": describe_error(exc),
+                    "transient": transient,
+                    "attempt": req.revoke_attempts + 1,
+                },
+            )
+        return self._record(
+            request_id,
+            S.REVOKING,
+            S.ENDED,
+            "revoke.succeeded",
+            changes={"ended_at": self.clock.now(), "revoke_detail": result.detail or None},
+            data={
+                "target_said_absent": result.already_absent,
+                "sessions_ended": max(sessions, result.sessions_ended),
+                "verified": True,
+            },
+        )
+
+    # ---------------------------------------------------------------------------- reconcile
+
+    def reconcile(self) -> ReconcileReport:
+        """Finish what a crash left half-done: approved, granting and revoking requests."""
+        report = ReconcileReport()
+        now = self.clock.now()
+        with self.db.read() as session:
+            rows = session.execute(
+                select(
+                    AccessRequest.id,
+                    AccessRequest.state,
+                    AccessRequest.state_changed_at,
+                    AccessRequest.requested_seconds,
+                )
+                .where(
+                    AccessRequest.state.in_([S.APPROVED.value, S.GRANTING.value, S.REVOKING.value])
+                )
+                .order_by(AccessRequest.id)
+            ).all()
+        for rid, state, since, seconds in rows:
+            if state == S.REVOKING:
+                view = self._finish_revoke(rid)
+                (report.revoked if view.state == S.ENDED else report.still_failing).append(rid)
+            elif state == S.GRANTING and now >= since + timedelta(seconds=seconds):
+                # Too late to give the access now: make sure it is not on the target.
+                self._abandon_grant(rid)
+                report.abandoned.append(rid)
+            else:
+                view = self.grant(rid) if state == S.APPROVED else self._finish_grant(rid)
+                if view.state == S.ACTIVE:
+                    report.granted.append(rid)
+        return report
+
+    def _abandon_grant(self, request_id: int) -> RequestView:
+        with self.db.read() as session:
+            req = self._load(session, request_id)
+            other = self._other_holder(session, req)
+        detail = "interrupted before access was confirmed; its time has passed"
+        try:
+            if not req.preexisting and other is None:
+                adapter = self.adapters[req.target]
+                adapter.revoke(req.account, req.entitlement)
+                adapter.end_sessions(req.account)
+                detail += "; any access given was removed"
+        except AdapterError as exc:
+            detail += f"; removing it failed ({describe_error(exc)}): check the target by hand"
+        return self._record(
+            request_id,
+            S.GRANTING,
+            S.GRANT_FAILED,
+            "grant.failed",
+            changes={"grant_detail": detail, "ended_at": self.clock.now()},
+            data={"error": detail, "transient": False},
+        )

@@ -1,0 +1,340 @@
+"""Asking for access and deciding on it: request, break-glass, approve, deny, cancel, time out."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.policy import rules
+from app.policy.model import BREAK_GLASS_PATH
+from app.policy.people import Person, person_key
+from app.service import transitions
+from app.service.base import (
+    STATE_WORDS,
+    S,
+    clean_reason,
+    within_cap,
+)
+from app.service.errors import (
+    AlreadyDecided,
+    InvalidRequest,
+    NotAllowed,
+    SelfApproval,
+)
+from app.service.grants import GrantCases
+from app.service.transitions import StaleState
+from app.service.views import RequestView
+from app.store.models import (
+    AccessRequest,
+    Decision,
+    Review,
+    ReviewState,
+)
+
+
+class RequestCases(GrantCases):
+    # ----------------------------------------------------------------------------- requests
+
+    def request(
+        self,
+        person: Person,
+        target: str,
+        role: str,
+        duration: timedelta,
+        reason: str,
+        ticket: str | None = None,
+        identity: str | None = None,
+    ) -> RequestView:
+        """Ask for `target:role` for `duration`; goes to the path's approvers as `pending`."""
+        now = self.clock.now()
+        plan = self._plan(person, target, role, now, identity=identity)
+        reason = clean_reason(reason)
+        duration = within_cap(duration, plan)
+        ticket = self._ticket(plan.path, ticket)
+        key = person_key(self.policy, person)
+        with self.db.transaction() as session:
+            self._refuse_duplicate(session, key, plan)
+            req = AccessRequest(
+                state=S.PENDING.value,
+                requester=key,
+                requester_slack_id=person.slack_user_id,
+                requester_email=person.email,
+                identity=identity,
+                target=target,
+                role=role,
+                path=plan.path,
+                entitlement=plan.entitlement,
+                account=plan.account,
+                reason=reason,
+                ticket=ticket,
+                requested_seconds=int(duration.total_seconds()),
+                approvals_needed=plan.approvals_needed,
+                approval_round=0,
+                revoke_attempts=0,
+            )
+            transitions.create(
+                session,
+                req,
+                at=now,
+                actor=key,
+                action="request.created",
+                data={
+                    "approvals_needed": plan.approvals_needed,
+                    "approvers": rules.approvers_at(self.policy, plan.path, now),
+                },
+            )
+            return self._view(session, req)
+
+    def break_glass(
+        self,
+        person: Person,
+        target: str,
+        role: str,
+        reason: str,
+        duration: timedelta | None = None,
+    ) -> RequestView:
+        """Emergency access: granted at once within the break-glass cap, reviewed afterwards."""
+        now = self.clock.now()
+        plan = self._plan(person, target, role, now, break_glass=True)
+        reason = clean_reason(reason)
+        duration = within_cap(duration or plan.cap, plan)
+        key = person_key(self.policy, person)
+        review_within = self.policy.paths[BREAK_GLASS_PATH].review_within or timedelta(days=1)
+        with self.db.read() as session:
+            self._refuse_duplicate(session, key, plan)
+        preexisting = self._preexisting(plan.target, plan.account, plan.entitlement)
+        with self.db.transaction() as session:
+            self._refuse_duplicate(session, key, plan)
+            req = AccessRequest(
+                state=S.GRANTING.value,
+                requester=key,
+                requester_slack_id=person.slack_user_id,
+                requester_email=person.email,
+                target=target,
+                role=role,
+                path=BREAK_GLASS_PATH,
+                entitlement=plan.entitlement,
+                account=plan.account,
+                reason=reason,
+                requested_seconds=int(duration.total_seconds()),
+                approvals_needed=0,
+                approval_round=0,
+                revoke_attempts=0,
+                decided_at=now,
+                preexisting=preexisting,
+            )
+            transitions.create(
+                session,
+                req,
+                at=now,
+                actor=key,
+                action="breakglass.started",
+                data={
+                    "review_due_at": now + review_within,
+                    "reviewers": rules.reviewers(self.policy, now),
+                    "preexisting": preexisting,
+                },
+            )
+            session.add(
+                Review(
+                    request_id=req.id,
+                    state=ReviewState.OPEN.value,
+                    version=1,
+                    due_at=now + review_within,
+                )
+            )
+            request_id = req.id
+        return self._finish_grant(request_id)
+
+    # ---------------------------------------------------------------------------- decisions
+
+    def approve(self, request_id: int, approver: Person) -> RequestView:
+        """Record an approval; with enough distinct approvals the access is granted at once."""
+        outcome = self._retrying(lambda: self._decide(request_id, approver, approve=True))
+        if outcome.state == S.APPROVED:
+            return self.grant(request_id)
+        extended = outcome.state == S.ACTIVE and outcome.extension is None
+        if extended and len(outcome.approvals) >= outcome.approvals_needed:
+            self._refresh_target(outcome)
+        return outcome
+
+    def deny(self, request_id: int, approver: Person, reason: str) -> RequestView:
+        cleaned = " ".join(reason.split())
+        if not cleaned:
+            raise InvalidRequest("Say why you are denying it, so the requester knows what to do.")
+        return self._retrying(
+            lambda: self._decide(request_id, approver, approve=False, reason=cleaned[:1000])
+        )
+
+    def _decide(
+        self, request_id: int, approver: Person, *, approve: bool, reason: str | None = None
+    ) -> RequestView:
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            req = self._load(session, request_id)
+            in_extension = req.state == S.ACTIVE and req.extension_seconds is not None
+            if req.state != S.PENDING and not in_extension:
+                raise AlreadyDecided(f"Request #{req.id} {STATE_WORDS[S(req.state)]}.")
+            if self._is_requester(approver, req):
+                raise SelfApproval("You cannot approve or deny your own request.")
+            if not rules.is_approver(self.policy, req.path, approver, now):
+                raise NotAllowed(
+                    f"You are not an approver for the {req.path} path right now, so nothing "
+                    "was changed."
+                )
+            key = person_key(self.policy, approver)
+            earlier = session.scalars(
+                select(Decision).where(
+                    Decision.request_id == req.id, Decision.round == req.approval_round
+                )
+            ).all()
+            if any(d.approver == key for d in earlier):
+                raise AlreadyDecided(f"You have already decided on request #{req.id}.")
+            session.add(
+                Decision(
+                    request_id=req.id,
+                    round=req.approval_round,
+                    approver=key,
+                    approver_slack_id=approver.slack_user_id,
+                    outcome="approve" if approve else "deny",
+                    reason=reason,
+                    decided_at=now,
+                )
+            )
+            session.flush()
+            approvals = sorted(
+                {d.approver for d in earlier if d.outcome == "approve"}
+                | ({key} if approve else set())
+            )
+            facts = {
+                "approvals": approvals,
+                "approvals_needed": req.approvals_needed,
+                "decided_by": key,
+            }
+            if not approve:
+                self._apply_denial(session, req, now, key, reason, in_extension, facts)
+            elif len(approvals) < req.approvals_needed:
+                transitions.transition(
+                    session,
+                    req,
+                    S(req.state),
+                    at=now,
+                    actor=key,
+                    action="extension.approval_recorded"
+                    if in_extension
+                    else "request.approval_recorded",
+                    data=facts,
+                )
+            elif in_extension:
+                self._apply_extension(session, req, now, key, req.extension_seconds or 0, facts)
+            else:
+                transitions.transition(
+                    session,
+                    req,
+                    S.APPROVED,
+                    at=now,
+                    actor=key,
+                    action="request.approved",
+                    changes={"decided_at": now},
+                    data=facts,
+                )
+            return self._view(session, req)
+
+    def _apply_denial(
+        self,
+        session: Session,
+        req: AccessRequest,
+        now: datetime,
+        key: str,
+        reason: str | None,
+        in_extension: bool,
+        facts: dict[str, object],
+    ) -> None:
+        data = {**facts, "deny_reason": reason}
+        if in_extension:
+            transitions.transition(
+                session,
+                req,
+                S.ACTIVE,
+                at=now,
+                actor=key,
+                action="extension.denied",
+                changes={"extension_seconds": None, "extension_requested_by": None},
+                data=data,
+            )
+        else:
+            transitions.transition(
+                session,
+                req,
+                S.DENIED,
+                at=now,
+                actor=key,
+                action="request.denied",
+                changes={"decided_at": now, "ended_at": now, "end_reason": reason},
+                data=data,
+            )
+
+    def cancel(self, request_id: int, person: Person) -> RequestView:
+        """The requester withdraws a request that has not been granted yet."""
+
+        def attempt() -> RequestView:
+            now = self.clock.now()
+            with self.db.transaction() as session:
+                req = self._load(session, request_id)
+                if not self._is_requester(person, req) and not rules.is_admin(self.policy, person):
+                    raise NotAllowed("Only the person who asked can cancel this request.")
+                if req.state not in (S.PENDING, S.APPROVED):
+                    raise AlreadyDecided(f"Request #{req.id} {STATE_WORDS[S(req.state)]}.")
+                key = person_key(self.policy, person)
+                transitions.transition(
+                    session,
+                    req,
+                    S.CANCELLED,
+                    at=now,
+                    actor=key,
+                    action="request.cancelled",
+                    changes={"ended_at": now, "ended_by": key},
+                )
+                return self._view(session, req)
+
+        return self._retrying(attempt)
+
+    def time_out(self, request_id: int) -> RequestView | None:
+        """Close a request nobody decided on within its path's time-out; None if not due."""
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            req = self._load(session, request_id)
+            timeout = self.policy.paths[req.path].pending_timeout
+            if req.state != S.PENDING or now < req.created_at + timeout:
+                return None
+            try:
+                transitions.transition(
+                    session,
+                    req,
+                    S.TIMED_OUT,
+                    at=now,
+                    actor="wardkey",
+                    action="request.timed_out",
+                    changes={"ended_at": now, "end_reason": "no decision in time"},
+                    data={"waited_seconds": int((now - req.created_at).total_seconds())},
+                )
+            except StaleState:
+                return None
+            return self._view(session, req)
+
+    def time_out_overdue(self) -> list[int]:
+        now = self.clock.now()
+        with self.db.read() as session:
+            pending = session.execute(
+                select(AccessRequest.id, AccessRequest.path, AccessRequest.created_at).where(
+                    AccessRequest.state == S.PENDING.value
+                )
+            ).all()
+        due = [
+            rid
+            for rid, path, created in pending
+            if now >= created + self.policy.paths[path].pending_timeout
+        ]
+        return [rid for rid in due if self.time_out(rid) is not None]
