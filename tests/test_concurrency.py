@@ -58,6 +58,25 @@ def event_count(service: AccessService, request_id: int, action: str) -> int:
         )
 
 
+class TestSameRequestTwiceAtOnce:
+    @pytest.mark.parametrize(
+        "db", [pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"], indirect=True
+    )
+    def test_ten_identical_requests_at_once_open_one(self, service: AccessService) -> None:
+        from app.service import InvalidRequest
+        from tests.conftest import AMIRA
+
+        results, errors = all_at_once(
+            10,
+            lambda n: service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REASON),
+        )
+
+        assert len(results) == 1, errors
+        assert all(isinstance(e, InvalidRequest) for e in errors), errors
+        assert all("already have request #1" in str(e) for e in errors)
+        assert audit.verify(service.db).checked == 1
+
+
 class TestTwentyApproversAtOnce:
     @pytest.mark.parametrize(
         "db", [pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"], indirect=True

@@ -31,6 +31,7 @@ from app.service.views import RequestView
 from app.store.db import Database
 from app.store.models import (
     HOLDING_STATES,
+    OPEN_STATES,
     AccessRequest,
     Decision,
     RequestState,
@@ -42,6 +43,7 @@ S = RequestState
 T = TypeVar("T")
 
 MIN_REASON_WORDS = 3
+DEFAULT_PENDING_TIMEOUT = timedelta(hours=24)
 MAX_REASON_CHARS = 2000
 WORD = re.compile(r"\w{2,}")
 _STALE_RETRIES = 8
@@ -130,27 +132,85 @@ class ServiceBase:
             limits.append(rules.contract_end_instant(self.policy, vendor) - req.granted_at)
         return min(limits)
 
+    def _open(
+        self,
+        person: Person,
+        plan: rules.RequestPlan,
+        reason: str,
+        duration: timedelta,
+        now: datetime,
+        state: RequestState,
+        action: str,
+        *,
+        fields: Mapping[str, object],
+        data: Mapping[str, object],
+        also: Callable[[Session, AccessRequest], None] | None = None,
+    ) -> RequestView:
+        """Insert a new request with its creation event, unless the access is already open."""
+        key = person_key(self.policy, person)
+        try:
+            with self.db.transaction() as session:
+                self._refuse_duplicate(session, key, plan)
+                req = AccessRequest(
+                    state=state.value,
+                    requester=key,
+                    requester_slack_id=person.slack_user_id,
+                    requester_email=person.email,
+                    identity=plan.identity,
+                    target=plan.target,
+                    role=plan.role,
+                    path=plan.path,
+                    entitlement=plan.entitlement,
+                    account=plan.account,
+                    reason=reason,
+                    requested_seconds=int(duration.total_seconds()),
+                    approvals_needed=plan.approvals_needed,
+                    approval_round=0,
+                    revoke_attempts=0,
+                    **fields,
+                )
+                transitions.create(session, req, at=now, actor=key, action=action, data=data)
+                if also is not None:
+                    also(session, req)
+                return self._view(session, req)
+        except IntegrityError:
+            # The same access was asked for at the same moment; the unique index kept one.
+            with self.db.read() as session:
+                self._refuse_duplicate(session, key, plan)
+            raise
+
+    def _pending_timeout(self, path: str) -> timedelta:
+        # A path removed from the policy while requests wait on it still lets them time out.
+        spec = self.policy.paths.get(path)
+        return spec.pending_timeout if spec is not None else DEFAULT_PENDING_TIMEOUT
+
     def _refuse_duplicate(self, session: Session, key: str, plan: rules.RequestPlan) -> None:
-        open_states = [S.PENDING.value, S.APPROVED.value, *[s.value for s in HOLDING_STATES]]
+        open_states = [s.value for s in OPEN_STATES]
         existing = session.scalars(
             select(AccessRequest).where(
-                AccessRequest.requester == key,
                 AccessRequest.target == plan.target,
                 AccessRequest.role == plan.role,
                 AccessRequest.account == plan.account,
                 AccessRequest.state.in_(open_states),
             )
         ).first()
-        if existing is not None:
-            hint = (
-                f" Use /jit extend {existing.id} <duration> for more time."
-                if existing.state == S.ACTIVE
-                else ""
-            )
+        if existing is None:
+            return
+        state = existing.state.replace("_", " ")
+        if existing.requester != key:
             raise InvalidRequest(
-                f"You already have request #{existing.id} for {plan.target}:{plan.role} "
-                f"({existing.state.replace('_', ' ')}).{hint}"
+                f"Request #{existing.id} already covers {plan.target}:{plan.role} for account "
+                f"{plan.account} ({state})."
             )
+        hint = (
+            f" Use /jit extend {existing.id} <duration> for more time."
+            if existing.state == S.ACTIVE
+            else ""
+        )
+        raise InvalidRequest(
+            f"You already have request #{existing.id} for {plan.target}:{plan.role} "
+            f"({state}).{hint}"
+        )
 
     def _preexisting(self, target: str, account: str, entitlement: str) -> bool:
         """Does the target already give this access, other than through a grant of ours?"""

@@ -53,39 +53,20 @@ class RequestCases(GrantCases):
         reason = clean_reason(reason)
         duration = within_cap(duration, plan)
         ticket = self._ticket(plan.path, ticket)
-        key = person_key(self.policy, person)
-        with self.db.transaction() as session:
-            self._refuse_duplicate(session, key, plan)
-            req = AccessRequest(
-                state=S.PENDING.value,
-                requester=key,
-                requester_slack_id=person.slack_user_id,
-                requester_email=person.email,
-                identity=identity,
-                target=target,
-                role=role,
-                path=plan.path,
-                entitlement=plan.entitlement,
-                account=plan.account,
-                reason=reason,
-                ticket=ticket,
-                requested_seconds=int(duration.total_seconds()),
-                approvals_needed=plan.approvals_needed,
-                approval_round=0,
-                revoke_attempts=0,
-            )
-            transitions.create(
-                session,
-                req,
-                at=now,
-                actor=key,
-                action="request.created",
-                data={
-                    "approvals_needed": plan.approvals_needed,
-                    "approvers": rules.approvers_at(self.policy, plan.path, now),
-                },
-            )
-            return self._view(session, req)
+        return self._open(
+            person,
+            plan,
+            reason,
+            duration,
+            now,
+            S.PENDING,
+            "request.created",
+            fields={"ticket": ticket},
+            data={
+                "approvals_needed": plan.approvals_needed,
+                "approvers": rules.approvers_at(self.policy, plan.path, now),
+            },
+        )
 
     def break_glass(
         self,
@@ -100,43 +81,12 @@ class RequestCases(GrantCases):
         plan = self._plan(person, target, role, now, break_glass=True)
         reason = clean_reason(reason)
         duration = within_cap(duration or plan.cap, plan)
-        key = person_key(self.policy, person)
         review_within = self.policy.paths[BREAK_GLASS_PATH].review_within or timedelta(days=1)
-        with self.db.read() as session:
-            self._refuse_duplicate(session, key, plan)
+        with self.db.read() as session:  # refuse before touching the target
+            self._refuse_duplicate(session, person_key(self.policy, person), plan)
         preexisting = self._preexisting(plan.target, plan.account, plan.entitlement)
-        with self.db.transaction() as session:
-            self._refuse_duplicate(session, key, plan)
-            req = AccessRequest(
-                state=S.GRANTING.value,
-                requester=key,
-                requester_slack_id=person.slack_user_id,
-                requester_email=person.email,
-                target=target,
-                role=role,
-                path=BREAK_GLASS_PATH,
-                entitlement=plan.entitlement,
-                account=plan.account,
-                reason=reason,
-                requested_seconds=int(duration.total_seconds()),
-                approvals_needed=0,
-                approval_round=0,
-                revoke_attempts=0,
-                decided_at=now,
-                preexisting=preexisting,
-            )
-            transitions.create(
-                session,
-                req,
-                at=now,
-                actor=key,
-                action="breakglass.started",
-                data={
-                    "review_due_at": now + review_within,
-                    "reviewers": rules.reviewers(self.policy, now),
-                    "preexisting": preexisting,
-                },
-            )
+
+        def open_review(session: Session, req: AccessRequest) -> None:
             session.add(
                 Review(
                     request_id=req.id,
@@ -145,8 +95,24 @@ class RequestCases(GrantCases):
                     due_at=now + review_within,
                 )
             )
-            request_id = req.id
-        return self._finish_grant(request_id)
+
+        view = self._open(
+            person,
+            plan,
+            reason,
+            duration,
+            now,
+            S.GRANTING,
+            "breakglass.started",
+            fields={"decided_at": now, "preexisting": preexisting},
+            data={
+                "review_due_at": now + review_within,
+                "reviewers": rules.reviewers(self.policy, now),
+                "preexisting": preexisting,
+            },
+            also=open_review,
+        )
+        return self._finish_grant(view.id)
 
     # ---------------------------------------------------------------------------- decisions
 
@@ -306,7 +272,7 @@ class RequestCases(GrantCases):
         now = self.clock.now()
         with self.db.transaction() as session:
             req = self._load(session, request_id)
-            timeout = self.policy.paths[req.path].pending_timeout
+            timeout = self._pending_timeout(req.path)
             if req.state != S.PENDING or now < req.created_at + timeout:
                 return None
             try:
@@ -333,8 +299,6 @@ class RequestCases(GrantCases):
                 )
             ).all()
         due = [
-            rid
-            for rid, path, created in pending
-            if now >= created + self.policy.paths[path].pending_timeout
+            rid for rid, path, created in pending if now >= created + self._pending_timeout(path)
         ]
         return [rid for rid in due if self.time_out(rid) is not None]

@@ -33,6 +33,11 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Reads take no write lock, so on SQLite they run beside a writer (WAL) instead of
+        # queueing behind it.
+        self._read_sessions = sessionmaker(
+            self.engine.execution_options(wardkey_read_only=True), expire_on_commit=False
+        )
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -42,7 +47,8 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with self._sessions() as session:
+        """A session for reading only (it is rolled back, never committed)."""
+        with self._read_sessions() as session:
             yield session
 
     def ping(self) -> None:
@@ -68,4 +74,5 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get("wardkey_read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -63,6 +64,9 @@ HOLDING_STATES = (
     RequestState.REVOKING,
     RequestState.REVOKE_FAILED,
 )
+# States in which a request is still open: at most one per access (target, role, account).
+OPEN_STATES = (RequestState.PENDING, RequestState.APPROVED, *HOLDING_STATES)
+_OPEN_SQL = "state IN ({})".format(", ".join(f"'{s.value}'" for s in OPEN_STATES))
 FINAL_STATES = (
     RequestState.ENDED,
     RequestState.DENIED,
@@ -135,6 +139,17 @@ class AccessRequest(Base):
     __table_args__ = (
         Index("ix_access_requests_state_expires_at", "state", "expires_at"),
         Index("ix_access_requests_state_created_at", "state", "created_at"),
+        # Two open requests for the same access would let one expiry pull access the other
+        # still covers; the database refuses the second even when two arrive at once.
+        Index(
+            "uq_access_requests_open_access",
+            "target",
+            "role",
+            "account",
+            unique=True,
+            sqlite_where=text(_OPEN_SQL),
+            postgresql_where=text(_OPEN_SQL),
+        ),
     )
 
 

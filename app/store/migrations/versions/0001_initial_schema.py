@@ -10,6 +10,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+# Written out, not imported: a migration must not change when the models do.
+OPEN_STATES = "state IN ('pending', 'approved', 'granting', 'active', 'revoking', 'revoke_failed')"
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -61,6 +64,13 @@ def upgrade() -> None:
         )
         batch_op.create_index(
             "ix_access_requests_state_expires_at", ["state", "expires_at"], unique=False
+        )
+        batch_op.create_index(
+            "uq_access_requests_open_access",
+            ["target", "role", "account"],
+            unique=True,
+            sqlite_where=sa.text(OPEN_STATES),
+            postgresql_where=sa.text(OPEN_STATES),
         )
 
     op.create_table(
@@ -194,6 +204,7 @@ def downgrade() -> None:
 
     op.drop_table("audit_events")
     with op.batch_alter_table("access_requests", schema=None) as batch_op:
+        batch_op.drop_index("uq_access_requests_open_access")
         batch_op.drop_index("ix_access_requests_state_expires_at")
         batch_op.drop_index("ix_access_requests_state_created_at")
         batch_op.drop_index(batch_op.f("ix_access_requests_requester"))
