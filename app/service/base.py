@@ -34,6 +34,7 @@ from app.store.models import (
     OPEN_STATES,
     AccessRequest,
     Decision,
+    RequestMessage,
     RequestState,
     Review,
 )
@@ -86,13 +87,44 @@ class ServiceBase:
     def requests_of(
         self, person: Person, states: tuple[RequestState, ...] = ()
     ) -> list[RequestView]:
-        key = person_key(self.policy, person)
+        return self.requests_of_key(person_key(self.policy, person), states)
+
+    def requests_of_key(self, key: str, states: tuple[RequestState, ...] = ()) -> list[RequestView]:
+        """The newest 100 requests of the person with this key, optionally in these states."""
         with self.db.read() as session:
             query = select(AccessRequest).where(AccessRequest.requester == key)
             if states:
                 query = query.where(AccessRequest.state.in_([s.value for s in states]))
             rows = session.scalars(query.order_by(AccessRequest.id.desc()).limit(100)).all()
             return [self._view(session, r) for r in rows]
+
+    def elevations_since(self, requester: str, since: datetime) -> int:
+        """How many grants this person (by person key) received since `since`."""
+        with self.db.read() as session:
+            return int(
+                session.scalar(
+                    select(func.count()).where(
+                        AccessRequest.requester == requester, AccessRequest.granted_at >= since
+                    )
+                )
+                or 0
+            )
+
+    def remember_message(self, request_id: int, channel: str, ts: str, purpose: str) -> None:
+        """Where a card about the request was posted, so every copy can be updated later."""
+        with self.db.transaction() as session:
+            session.add(
+                RequestMessage(request_id=request_id, channel=channel, ts=ts, purpose=purpose)
+            )
+
+    def messages_of(self, request_id: int, purpose: str) -> list[tuple[str, str]]:
+        with self.db.read() as session:
+            rows = session.execute(
+                select(RequestMessage.channel, RequestMessage.ts)
+                .where(RequestMessage.request_id == request_id, RequestMessage.purpose == purpose)
+                .order_by(RequestMessage.id)
+            ).all()
+        return [(channel, ts) for channel, ts in rows]
 
     # ------------------------------------------------------------------------------ helpers
 

@@ -1,0 +1,355 @@
+"""A local fake of the Slack Web API, for the demo and the tests (never started by `serve`).
+
+A real HTTP server on loopback that answers the methods WardKey uses with Slack's response
+shapes and error codes, records every call, keeps the messages it was sent so `chat.update`
+behaves, can be told to answer 429 with Retry-After, and also stands in for `response_url`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+JSON = dict[str, Any]
+
+
+@dataclass
+class Call:
+    """One request the fake received, after decoding (form, query or JSON)."""
+
+    method: str
+    args: JSON
+    status: int
+    response: JSON
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class SlackUser:
+    id: str
+    email: str | None
+    real_name: str
+    title: str = ""
+    team_id: str = "T0WARD"
+    deleted: bool = False
+    is_restricted: bool = False
+    is_bot: bool = False
+    tz: str = "Europe/London"
+
+    def to_slack(self) -> JSON:
+        profile: JSON = {
+            "real_name": self.real_name,
+            "display_name": self.real_name.split(" ")[0],
+            "title": self.title,
+        }
+        if self.email is not None:
+            profile["email"] = self.email
+        return {
+            "id": self.id,
+            "team_id": self.team_id,
+            "name": (self.email or self.id).split("@")[0],
+            "deleted": self.deleted,
+            "real_name": self.real_name,
+            "tz": self.tz,
+            "is_bot": self.is_bot,
+            "is_restricted": self.is_restricted,
+            "is_ultra_restricted": False,
+            "profile": profile,
+        }
+
+
+class FakeSlack:
+    """Start with `start()`; point the app at `api_url`; read `calls` afterwards."""
+
+    def __init__(
+        self,
+        token: str = "xoxb-wardkey-fake",
+        team_id: str = "T0WARD",
+        bot_user_id: str = "U0WARDKEY",
+    ) -> None:
+        self.token = token
+        self.team_id = team_id
+        self.bot_user_id = bot_user_id
+        self.users: dict[str, SlackUser] = {}
+        self.messages: dict[tuple[str, str], JSON] = {}
+        self.views: dict[str, JSON] = {}
+        self.home: dict[str, JSON] = {}
+        self.calls: list[Call] = []
+        self._rate_limits: dict[str, list[int]] = {}
+        self._ts = itertools.count(1)
+        self._ids = itertools.count(1)
+        self._lock = threading.Condition()
+        self._server: ThreadingHTTPServer | None = None
+        self.listeners: list[Callable[[Call], None]] = []
+
+    # ------------------------------------------------------------------------- lifecycle
+
+    def start(self, port: int = 0) -> FakeSlack:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                fake._handle(self)
+
+            def do_POST(self) -> None:
+                fake._handle(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "start() the fake first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def api_url(self) -> str:
+        """The Web API base URL, with the trailing slash slack_sdk needs."""
+        return f"{self.base_url}/api/"
+
+    def response_url(self, name: str = "cmd") -> str:
+        return f"{self.base_url}/response/{name}-{next(self._ids)}"
+
+    # ------------------------------------------------------------------------ scripting
+
+    def add_user(self, user: SlackUser) -> None:
+        self.users[user.id] = user
+
+    def rate_limit(self, method: str, times: int = 1, retry_after: int = 1) -> None:
+        """Answer the next `times` calls of `method` with HTTP 429 and Retry-After."""
+        self._rate_limits[method] = [times, retry_after]
+
+    def calls_to(self, method: str) -> list[Call]:
+        with self._lock:
+            return [c for c in self.calls if c.method == method and c.status == 200]
+
+    def wait_for(
+        self, method: str, count: int = 1, timeout: float = 5.0, **match: Any
+    ) -> list[Call]:
+        """Block until `count` successful calls of `method` (with matching args) arrived."""
+        deadline = time.monotonic() + timeout
+
+        def found() -> list[Call]:
+            return [
+                c
+                for c in self.calls
+                if c.method == method
+                and c.status == 200
+                and all(c.args.get(k) == v for k, v in match.items())
+            ]
+
+        with self._lock:
+            while len(found()) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    seen = [(c.method, c.status) for c in self.calls]
+                    raise AssertionError(
+                        f"expected {count} {method} call(s) matching {match}; calls so far: {seen}"
+                    )
+                self._lock.wait(left)
+            return found()
+
+    # ------------------------------------------------------------------------- handling
+
+    def _handle(self, request: BaseHTTPRequestHandler) -> None:
+        url = urlparse(request.path)
+        length = int(request.headers.get("Content-Length") or 0)
+        raw = request.rfile.read(length) if length else b""
+        args: JSON = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        content_type = request.headers.get("Content-Type", "")
+        if raw and "json" in content_type:
+            args.update(json.loads(raw))
+        elif raw:
+            args.update({k: v[-1] for k, v in parse_qs(raw.decode()).items()})
+        for key in ("blocks", "view", "attachments"):
+            if isinstance(args.get(key), str):
+                with contextlib.suppress(ValueError):
+                    args[key] = json.loads(args[key])
+        auth = request.headers.get("Authorization", "")
+        token = auth.removeprefix("Bearer ").strip() if auth else args.pop("token", None)
+
+        headers: dict[str, str] = {}
+        if url.path.startswith("/response/"):
+            method, status, body = "response_url", 200, {"ok": True}
+            args["_url"] = url.path
+        else:
+            method = url.path.removeprefix("/api/")
+            status, body, headers = self._answer(method, token, args)
+        call = Call(method=method, args=args, status=status, response=body)
+        with self._lock:
+            self.calls.append(call)
+            self._lock.notify_all()
+        for listener in list(self.listeners):
+            listener(call)
+        payload = json.dumps(body).encode()
+        request.send_response(status)
+        request.send_header("Content-Type", "application/json; charset=utf-8")
+        request.send_header("Content-Length", str(len(payload)))
+        for name, value in headers.items():
+            request.send_header(name, value)
+        request.end_headers()
+        request.wfile.write(payload)
+
+    def _answer(
+        self, method: str, token: str | None, args: JSON
+    ) -> tuple[int, JSON, dict[str, str]]:
+        with self._lock:
+            limit = self._rate_limits.get(method)
+            if limit and limit[0] > 0:
+                limit[0] -= 1
+                return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(limit[1])}
+        if not token:
+            return 200, {"ok": False, "error": "not_authed"}, {}
+        if token != self.token:
+            return 200, {"ok": False, "error": "invalid_auth"}, {}
+        handler = getattr(self, "_m_" + method.replace(".", "_"), None)
+        if handler is None:
+            return 200, {"ok": False, "error": "unknown_method"}, {}
+        with self._lock:
+            body: JSON = handler(args)
+        return 200, body, {}
+
+    # -------------------------------------------------------------------------- methods
+
+    def _next_ts(self) -> str:
+        return f"{1764460800 + next(self._ts)}.000100"
+
+    def _m_auth_test(self, args: JSON) -> JSON:
+        return {
+            "ok": True,
+            "url": "https://wardkey-fake.slack.com/",
+            "team": "WardKey Fake Trust",
+            "user": "wardkey",
+            "team_id": self.team_id,
+            "user_id": self.bot_user_id,
+            "bot_id": "B0WARDKEY",
+            "is_enterprise_install": False,
+        }
+
+    def _m_users_info(self, args: JSON) -> JSON:
+        user = self.users.get(str(args.get("user", "")))
+        if user is None:
+            return {"ok": False, "error": "user_not_found"}
+        return {"ok": True, "user": user.to_slack()}
+
+    def _m_users_lookupByEmail(self, args: JSON) -> JSON:
+        email = str(args.get("email", "")).lower()
+        user = next((u for u in self.users.values() if (u.email or "").lower() == email), None)
+        if user is None:
+            return {"ok": False, "error": "users_not_found"}
+        return {"ok": True, "user": user.to_slack()}
+
+    def _m_conversations_open(self, args: JSON) -> JSON:
+        users = str(args.get("users", "")).split(",")
+        if not users or not users[0]:
+            return {"ok": False, "error": "users_list_not_supplied"}
+        if any(u not in self.users for u in users):
+            return {"ok": False, "error": "user_not_found"}
+        return {"ok": True, "channel": {"id": "D" + users[0][1:]}}
+
+    def _message_args_error(self, args: JSON) -> str | None:
+        channel = str(args.get("channel", ""))
+        if not channel or channel[0] not in "CDGU":
+            return "channel_not_found"
+        if not args.get("text") and not args.get("blocks"):
+            return "no_text"
+        blocks = args.get("blocks") or []
+        if len(blocks) > 50:
+            return "invalid_blocks"
+        return None
+
+    def _m_chat_postMessage(self, args: JSON) -> JSON:
+        error = self._message_args_error(args)
+        if error:
+            return {"ok": False, "error": error}
+        channel = str(args["channel"])
+        if channel.startswith("U"):  # posting to a user ID lands in the DM with them
+            channel = "D" + channel[1:]
+        ts = self._next_ts()
+        message = {
+            "type": "message",
+            "text": args.get("text", ""),
+            "blocks": args.get("blocks", []),
+            "ts": ts,
+            "user": self.bot_user_id,
+        }
+        self.messages[(channel, ts)] = message
+        return {"ok": True, "channel": channel, "ts": ts, "message": message}
+
+    def _m_chat_update(self, args: JSON) -> JSON:
+        error = self._message_args_error(args)
+        if error:
+            return {"ok": False, "error": error}
+        key = (str(args["channel"]), str(args.get("ts", "")))
+        if key not in self.messages:
+            return {"ok": False, "error": "message_not_found"}
+        message = self.messages[key]
+        message.update(text=args.get("text", ""), blocks=args.get("blocks", []))
+        return {
+            "ok": True,
+            "channel": key[0],
+            "ts": key[1],
+            "text": message["text"],
+            "message": message,
+        }
+
+    def _m_chat_postEphemeral(self, args: JSON) -> JSON:
+        error = self._message_args_error(args)
+        if error:
+            return {"ok": False, "error": error}
+        if str(args.get("user", "")) not in self.users:
+            return {"ok": False, "error": "user_not_in_channel"}
+        return {"ok": True, "message_ts": self._next_ts()}
+
+    def _view(self, view: Any, view_id: str | None = None) -> JSON:
+        if not isinstance(view, dict) or view.get("type") not in ("modal", "home"):
+            return {"ok": False, "error": "invalid_arguments"}
+        stored = {
+            **view,
+            "id": view_id or f"V{next(self._ids):08d}",
+            "team_id": self.team_id,
+            "hash": f"{time.time():.6f}",
+            "state": {"values": {}},
+        }
+        self.views[stored["id"]] = stored
+        return {"ok": True, "view": stored}
+
+    def _m_views_open(self, args: JSON) -> JSON:
+        if not args.get("trigger_id"):
+            return {"ok": False, "error": "invalid_trigger_id"}
+        return self._view(args.get("view"))
+
+    def _m_views_update(self, args: JSON) -> JSON:
+        view_id = str(args.get("view_id", ""))
+        if view_id not in self.views:
+            return {"ok": False, "error": "not_found"}
+        return self._view(args.get("view"), view_id)
+
+    def _m_views_publish(self, args: JSON) -> JSON:
+        user = str(args.get("user_id", ""))
+        if user not in self.users:
+            return {"ok": False, "error": "user_not_found"}
+        answer = self._view(args.get("view"))
+        if answer["ok"]:
+            self.home[user] = answer["view"]
+        return answer

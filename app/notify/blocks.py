@@ -1,0 +1,147 @@
+"""Block Kit for WardKey's messages, built with slack_sdk.models so Slack's limits are checked
+before anything is sent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ConfirmObject,
+    ContextBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    PlainTextObject,
+    SectionBlock,
+)
+
+from app.policy.durations import format_duration
+from app.service.views import RequestView
+from app.store.models import RequestState as S
+
+APPROVE_ACTION = "request_approve"
+DENY_ACTION = "request_deny"
+_RISK_ICON = {"low": "🟢", "medium": "🟡", "high": "🟠", "critical": "🔴"}
+
+
+def escape(text: str) -> str:
+    """User text shown as mrkdwn: never a mention, link or channel ping (`<!channel>`)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def clock_time(instant: datetime | None, zone: ZoneInfo) -> str:
+    return "—" if instant is None else instant.astimezone(zone).strftime("%H:%M")
+
+
+@dataclass(frozen=True)
+class CardContext:
+    """What an approver needs beyond the request itself to decide fast."""
+
+    requester_name: str
+    requester_title: str
+    risk: str
+    elevations_30_days: int
+    other_active: tuple[str, ...]
+    zone: ZoneInfo
+
+
+def _summary(view: RequestView, ctx: CardContext) -> list[Block]:
+    who = escape(ctx.requester_name)
+    if ctx.requester_title:
+        who += f", {escape(ctx.requester_title)}"
+    if view.identity:
+        who += f" (for service account `{escape(view.identity)}`)"
+    fields = [
+        MarkdownTextObject(text=f"*Who*\n{who}"),
+        MarkdownTextObject(
+            text=f"*Access*\n`{view.target}:{view.role}` as `{escape(view.account)}`"
+        ),
+        MarkdownTextObject(text=f"*For*\n{format_duration(view.requested)}"),
+        MarkdownTextObject(
+            text=f"*Path*\n{_RISK_ICON.get(ctx.risk, '')} {view.path} ({ctx.risk} risk)"
+        ),
+        MarkdownTextObject(text=f"*Ticket*\n{escape(view.ticket) if view.ticket else 'none'}"),
+    ]
+    history = f"{ctx.elevations_30_days} elevation(s) in the last 30 days"
+    others = (
+        "also holds " + ", ".join(escape(a) for a in ctx.other_active)
+        if ctx.other_active
+        else "holds no other elevation now"
+    )
+    return [
+        HeaderBlock(text=PlainTextObject(text=f"Access request #{view.id}")),
+        SectionBlock(fields=fields),
+        SectionBlock(text=MarkdownTextObject(text=f"*Why*\n{escape(view.reason)[:2900]}")),
+        ContextBlock(elements=[MarkdownTextObject(text=f"{history} · {others}")]),
+    ]
+
+
+def approver_card(view: RequestView, ctx: CardContext) -> list[Block]:
+    """The card approvers see: context, progress and, while pending, Approve and Deny."""
+    blocks = _summary(view, ctx)
+    blocks.append(ContextBlock(elements=[MarkdownTextObject(text=outcome_line(view, ctx.zone))]))
+    if view.state == S.PENDING:
+        confirm = None
+        if ctx.risk in ("high", "critical"):
+            confirm = ConfirmObject(
+                title="Approve high-risk access?",
+                text=f"{view.target}:{view.role} for {format_duration(view.requested)}. "
+                "You are accountable for this approval.",
+                confirm="Approve",
+                deny="Back",
+            )
+        blocks.append(
+            ActionsBlock(
+                block_id=f"decide:{view.id}",
+                elements=[
+                    ButtonElement(
+                        text="Approve",
+                        action_id=APPROVE_ACTION,
+                        value=str(view.id),
+                        style="primary",
+                        confirm=confirm,
+                    ),
+                    ButtonElement(
+                        text="Deny", action_id=DENY_ACTION, value=str(view.id), style="danger"
+                    ),
+                ],
+            )
+        )
+    return blocks
+
+
+def outcome_line(view: RequestView, zone: ZoneInfo) -> str:
+    """One line saying where the request stands, for cards and DMs."""
+    approvals = view.approvals
+    names = ", ".join(d.approver for d in approvals)
+    decided = clock_time(view.decided_at, zone)
+    match view.state:
+        case S.PENDING:
+            progress = f"{len(approvals)} of {view.approvals_needed} approvals"
+            return f"⏳ Waiting: {progress}" + (f" ({escape(names)})" if names else "")
+        case S.APPROVED | S.GRANTING:
+            return f"✅ Approved by {escape(names)} at {decided}; access is being set up"
+        case S.ACTIVE:
+            by = f"Approved by {escape(names)} at {decided}" if names else "Break-glass"
+            return f"✅ {by}; access active until {clock_time(view.expires_at, zone)}"
+        case S.DENIED:
+            denier = next((d for d in view.decisions if d.outcome == "deny"), None)
+            who = escape(denier.approver) if denier else "an approver"
+            why = escape(view.end_reason or "")
+            return f"❌ Denied by {who} at {decided}: {why}"
+        case S.CANCELLED:
+            return "↩️ Cancelled by the requester"
+        case S.TIMED_OUT:
+            return "⌛ Timed out: nobody decided in time"
+        case S.GRANT_FAILED:
+            return "⚠️ Approved, but the target could not grant it; WardKey admins are told"
+        case S.REVOKING | S.ENDED:
+            why = escape(view.end_reason or "expired")
+            return f"🔒 Ended at {clock_time(view.ended_at, zone)} ({why})"
+        case S.REVOKE_FAILED:
+            return "⚠️ Ending failed on the target; WardKey keeps trying and has alerted security"
+    return view.state.value

@@ -1,0 +1,113 @@
+"""Messages out: approver cards, in-place card updates and the requester's DMs."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from zoneinfo import ZoneInfo
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from app.notify.blocks import CardContext, approver_card, clock_time, escape, outcome_line
+from app.policy import rules
+from app.service import AccessService, RequestView
+from app.slack.people import SlackDirectory
+from app.store.models import RequestState as S
+
+log = logging.getLogger(__name__)
+CARD = "approver_card"
+
+
+class Notifier:
+    def __init__(
+        self, client: WebClient, service: AccessService, directory: SlackDirectory
+    ) -> None:
+        self.client = client
+        self.service = service
+        self.directory = directory
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return self.service.policy.zone
+
+    def _context(self, view: RequestView) -> CardContext:
+        name, title = view.requester, ""
+        if view.requester_slack_id:
+            try:
+                profile = self.directory.profile(view.requester_slack_id)
+                name, title = profile.name, profile.title
+            except SlackApiError as exc:
+                log.warning(
+                    "event=profile_lookup_failed user=%s error=%s",
+                    view.requester_slack_id,
+                    exc.response.get("error"),
+                )
+        now = self.service.clock.now()
+        others = tuple(
+            f"{v.target}:{v.role} until {clock_time(v.expires_at, self.zone)}"
+            for v in self.service.requests_of_key(view.requester, (S.ACTIVE,))
+            if v.id != view.id
+        )
+        path = self.service.policy.paths.get(view.path)
+        return CardContext(
+            requester_name=name,
+            requester_title=title,
+            risk=path.risk if path else "unknown",
+            elevations_30_days=self.service.elevations_since(
+                view.requester, now - timedelta(days=30)
+            ),
+            other_active=others,
+            zone=self.zone,
+        )
+
+    def request_opened(self, view: RequestView) -> None:
+        """Send the card to every approver on duty now (DM) and to the path's channel."""
+        now = self.service.clock.now()
+        blocks = approver_card(view, self._context(view))
+        text = f"Access request #{view.id}: {view.target}:{view.role} for {view.requester}"
+        channels: list[str] = []
+        for member in rules.approvers_at(self.service.policy, view.path, now):
+            if member in (view.requester, view.requester_slack_id, view.requester_email):
+                continue
+            user_id = self.directory.user_id_for(member)
+            if user_id is None:
+                log.warning("event=approver_not_in_slack member=%s request=%s", member, view.id)
+                continue
+            channels.append(user_id)
+        path = self.service.policy.paths.get(view.path)
+        if path is not None and path.channel:
+            channels.append(path.channel)
+        for channel in channels:
+            answer = self.client.chat_postMessage(channel=channel, text=text, blocks=blocks)
+            self.service.remember_message(view.id, answer["channel"], answer["ts"], CARD)
+        if not channels:
+            log.error("event=no_approver_reachable request=%s path=%s", view.id, view.path)
+
+    def request_changed(self, view: RequestView) -> None:
+        """Update every copy of the card in place and tell the requester what happened."""
+        blocks = approver_card(view, self._context(view))
+        text = f"Access request #{view.id}: {outcome_line(view, self.zone)}"
+        for channel, ts in self.service.messages_of(view.id, CARD):
+            try:
+                self.client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
+            except SlackApiError as exc:
+                log.warning(
+                    "event=card_update_failed request=%s channel=%s error=%s",
+                    view.id,
+                    channel,
+                    exc.response.get("error"),
+                )
+        self.tell_requester(view)
+
+    def tell_requester(self, view: RequestView) -> None:
+        if not view.requester_slack_id:
+            return
+        self.client.chat_postMessage(
+            channel=view.requester_slack_id,
+            text=f"Your request #{view.id} for `{view.target}:{view.role}`: "
+            f"{outcome_line(view, self.zone)}",
+        )
+
+    def say(self, user_id: str, text: str) -> None:
+        self.client.chat_postMessage(channel=user_id, text=escape(text))

@@ -1,0 +1,46 @@
+"""The Bolt app factory: one App per process, listeners registered once."""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor, ThreadPoolExecutor
+
+from slack_bolt import App
+from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+
+from app.notify.notifier import Notifier
+from app.service import AccessService
+from app.slack.deps import SlackDeps
+from app.slack.listeners import actions, commands
+from app.slack.people import SlackDirectory
+
+
+def web_client(token: str, api_url: str) -> WebClient:
+    """A Web API client that waits out HTTP 429 (Retry-After) instead of losing the message."""
+    base_url = api_url if api_url.endswith("/") else api_url + "/"
+    client = WebClient(token=token, base_url=base_url, timeout=10)
+    client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=5))
+    return client
+
+
+def build_app(
+    service: AccessService,
+    client: WebClient,
+    signing_secret: str,
+    listener_executor: Executor | None = None,
+) -> App:
+    # App(client=…) checks the token with auth.test now, so a bad token fails at start-up.
+    # Listeners run on the executor after the ack, so Slack calls never hold the HTTP worker.
+    app = App(
+        client=client,
+        signing_secret=signing_secret,
+        process_before_response=False,
+        listener_executor=listener_executor or ThreadPoolExecutor(max_workers=16),
+    )
+    directory = SlackDirectory(client)
+    deps = SlackDeps(
+        service=service, directory=directory, notifier=Notifier(client, service, directory)
+    )
+    commands.register(app, deps)
+    actions.register(app, deps)
+    return app

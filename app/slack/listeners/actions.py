@@ -1,0 +1,91 @@
+"""Approve and Deny buttons on approver cards, and the deny-reason dialog.
+
+A valid signature proves Slack sent the click, not that the clicker may decide: the service
+checks the clicker against the approvers of the path at this instant, loading the request from
+the database. The button's value is only the request number.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from slack_bolt import Ack, App
+from slack_sdk import WebClient
+
+from app.notify.blocks import APPROVE_ACTION, DENY_ACTION
+from app.service import ServiceError
+from app.slack.deps import SlackDeps
+from app.slack.errors import replying_on_error
+
+DENY_VIEW = "deny_reason"
+DENY_BLOCK = "reason"
+DENY_INPUT = "reason_text"
+
+
+def _ephemeral_to_clicker(client: WebClient, body: dict[str, Any]) -> Any:
+    channel = (body.get("channel") or {}).get("id") or body["user"]["id"]
+
+    def reply(text: str, **_: Any) -> None:
+        client.chat_postEphemeral(channel=channel, user=body["user"]["id"], text=text)
+
+    return reply
+
+
+def register(app: App, deps: SlackDeps) -> None:
+    @app.action(APPROVE_ACTION)
+    def approve(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient) -> None:
+        ack()
+        with replying_on_error(_ephemeral_to_clicker(client, body)):
+            user = body["user"]
+            person = deps.directory.person(user["id"], user.get("team_id") or body["team"]["id"])
+            view = deps.service.approve(int(action["value"]), person)
+            deps.notifier.request_changed(view)
+
+    @app.action(DENY_ACTION)
+    def deny(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient) -> None:
+        ack()
+        channel = (body.get("channel") or {}).get("id")
+        client.views_open(
+            trigger_id=body["trigger_id"],
+            view={
+                "type": "modal",
+                "callback_id": DENY_VIEW,
+                "private_metadata": json.dumps({"id": int(action["value"]), "channel": channel}),
+                "title": {"type": "plain_text", "text": "Deny request"},
+                "submit": {"type": "plain_text", "text": "Deny"},
+                "close": {"type": "plain_text", "text": "Back"},
+                "blocks": [
+                    {
+                        "type": "input",
+                        "block_id": DENY_BLOCK,
+                        "label": {
+                            "type": "plain_text",
+                            "text": "Why? The requester will see this.",
+                        },
+                        "element": {
+                            "type": "plain_text_input",
+                            "action_id": DENY_INPUT,
+                            "multiline": True,
+                            "max_length": 1000,
+                        },
+                    }
+                ],
+            },
+        )
+
+    @app.view(DENY_VIEW)
+    def deny_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+        # Deciding touches only the database, so it runs before the ack and a refusal can be
+        # shown on the field itself.
+        meta = json.loads(view.get("private_metadata") or "{}")
+        reason = view["state"]["values"][DENY_BLOCK][DENY_INPUT].get("value") or ""
+        user = body["user"]
+        try:
+            person = deps.directory.person(user["id"], user.get("team_id"))
+            decided = deps.service.deny(int(meta["id"]), person, reason)
+        except ServiceError as exc:
+            ack(response_action="errors", errors={DENY_BLOCK: exc.message})
+            return
+        ack()
+        deps.notifier.request_changed(decided)

@@ -1,0 +1,160 @@
+"""Slash command text into typed commands, or a UsageError that says what was wrong and shows a
+correct example. Pure: no Slack, no database."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+from app.policy.durations import DurationError, parse_duration
+
+MAX_TEXT = 2000
+# Characters that change how text looks without being visible: zero-width and direction marks.
+_INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+_ACCESS = re.compile(r"^(?P<target>[a-z0-9][a-z0-9_.-]*):(?P<role>[a-z0-9][a-z0-9_.-]*)$")
+_TICKET = re.compile(r"^\[?(?P<ticket>[A-Z]{2,10}[0-9]{4,12})\]?$")
+_ID = re.compile(r"^#?(?P<id>[0-9]{1,12})$")
+
+REQUEST_EXAMPLE = "/jit request pharmacy-db:read 30m fix stuck order set on ward 12 INC0012345"
+BREAKGLASS_EXAMPLE = "/breakglass pharmacy-db:read pharmacy system down in ED"
+EXTEND_EXAMPLE = "/jit extend 42 30m"
+REVOKE_EXAMPLE = "/jit revoke 42"
+
+
+class UsageError(Exception):
+    def __init__(self, problem: str, example: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.example = example
+
+    @property
+    def message(self) -> str:
+        return f"{self.problem}\nFor example: `{self.example}`"
+
+
+@dataclass(frozen=True)
+class OpenModal:
+    pass
+
+
+@dataclass(frozen=True)
+class Help:
+    pass
+
+
+@dataclass(frozen=True)
+class ListTargets:
+    pass
+
+
+@dataclass(frozen=True)
+class Status:
+    pass
+
+
+@dataclass(frozen=True)
+class RequestAccess:
+    target: str
+    role: str
+    duration: timedelta
+    reason: str
+    ticket: str | None
+
+
+@dataclass(frozen=True)
+class Extend:
+    request_id: int
+    duration: timedelta
+
+
+@dataclass(frozen=True)
+class Revoke:
+    request_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class BreakGlass:
+    target: str
+    role: str
+    reason: str
+
+
+JitCommand = OpenModal | Help | ListTargets | Status | RequestAccess | Extend | Revoke
+
+
+def _clean(text: str, example: str) -> str:
+    if len(text) > MAX_TEXT:
+        raise UsageError(f"That is {len(text):,} characters; keep it under {MAX_TEXT:,}.", example)
+    return _INVISIBLE.sub("", text).strip()
+
+
+def _access(word: str, example: str) -> tuple[str, str]:
+    match = _ACCESS.match(word.lower())
+    if match is None:
+        raise UsageError(f"'{word}' is not a target and role; write them as target:role.", example)
+    return match["target"], match["role"]
+
+
+def _duration(word: str, example: str) -> timedelta:
+    try:
+        return parse_duration(word)
+    except DurationError as exc:
+        raise UsageError(str(exc), example) from None
+
+
+def _request_id(word: str, example: str) -> int:
+    match = _ID.match(word)
+    if match is None:
+        raise UsageError(f"'{word}' is not a request number.", example)
+    return int(match["id"])
+
+
+def parse_jit(text: str) -> JitCommand:
+    words = _clean(text, REQUEST_EXAMPLE).split()
+    if not words:
+        return OpenModal()
+    verb, rest = words[0].lower(), words[1:]
+    if verb == "help":
+        return Help()
+    if verb == "targets":
+        return ListTargets()
+    if verb == "status":
+        return Status()
+    if verb == "request":
+        if len(rest) < 3:
+            raise UsageError(
+                "Say what you need, for how long and why: target:role, a duration, then a reason.",
+                REQUEST_EXAMPLE,
+            )
+        target, role = _access(rest[0], REQUEST_EXAMPLE)
+        duration = _duration(rest[1], REQUEST_EXAMPLE)
+        reason_words = rest[2:]
+        ticket = None
+        last = _TICKET.match(reason_words[-1])
+        if last is not None:
+            ticket, reason_words = last["ticket"], reason_words[:-1]
+        if not reason_words:
+            raise UsageError("Add a reason after the duration.", REQUEST_EXAMPLE)
+        return RequestAccess(target, role, duration, " ".join(reason_words), ticket)
+    if verb == "extend":
+        if len(rest) != 2:
+            raise UsageError("Give the request number and how much longer.", EXTEND_EXAMPLE)
+        return Extend(_request_id(rest[0], EXTEND_EXAMPLE), _duration(rest[1], EXTEND_EXAMPLE))
+    if verb == "revoke":
+        if not rest:
+            raise UsageError("Give the number of the request to end.", REVOKE_EXAMPLE)
+        return Revoke(_request_id(rest[0], REVOKE_EXAMPLE), " ".join(rest[1:]))
+    raise UsageError(
+        f"I don't know '{words[0][:40]}'. Try request, status, extend, revoke, targets or help.",
+        REQUEST_EXAMPLE,
+    )
+
+
+def parse_breakglass(text: str) -> BreakGlass:
+    words = _clean(text, BREAKGLASS_EXAMPLE).split()
+    if len(words) < 2:
+        raise UsageError("Say which target:role you need and why.", BREAKGLASS_EXAMPLE)
+    target, role = _access(words[0], BREAKGLASS_EXAMPLE)
+    return BreakGlass(target, role, " ".join(words[1:]))

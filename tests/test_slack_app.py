@@ -1,0 +1,262 @@
+"""The Slack app over real HTTP: signed requests in, Web API calls out to the fake Slack."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+
+from app.notify.blocks import APPROVE_ACTION, DENY_ACTION
+from app.service import AccessService
+from app.slack.listeners.actions import DENY_BLOCK, DENY_INPUT, DENY_VIEW
+from app.store.models import RequestState as S
+from tests.fakes.memory_adapter import MemoryTarget
+from tests.slack_harness import RunningApp, run_app
+
+REQUEST = "pharmacy-db:read 30m fix stuck order set on ward 12"
+
+
+@pytest.fixture(params=["sqlite"])
+def db(request: pytest.FixtureRequest, tmp_path, sqlite_template):  # type: ignore[no-untyped-def]
+    # The Slack layer is tested on SQLite; the service's PostgreSQL behaviour has its own tests.
+    import shutil
+
+    from app.store import Database
+
+    path = tmp_path / "wardkey.db"
+    shutil.copy(sqlite_template, path)
+    database = Database(f"sqlite:///{path}")
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def slack(service: AccessService) -> Iterator[RunningApp]:
+    yield from run_app(service)
+
+
+def ask(slack: RunningApp, text: str = REQUEST, user: str = "U0AMIRA") -> int:
+    before = len(slack.fake.calls_to("response_url"))
+    response = slack.command("/jit", f"request {text}", user)
+    assert response.status_code == 200
+    reply = slack.replies(before + 1)[-1]
+    assert reply.startswith("Request #"), reply
+    return int(reply.split("#")[1].split(" ")[0])
+
+
+class TestSignatures:
+    def test_a_bad_signature_is_refused_and_nothing_happens(self, slack: RunningApp) -> None:
+        response = slack.post("command=%2Fjit&text=request+x", signature="v0=deadbeef")
+        assert response.status_code == 401
+        assert [c.method for c in slack.fake.calls] == ["auth.test"]  # at start-up only
+
+    def test_a_stale_timestamp_is_refused(self, slack: RunningApp) -> None:
+        response = slack.post("command=%2Fjit&text=help", timestamp=int(time.time()) - 301)
+        assert response.status_code == 401
+
+    def test_a_replayed_request_is_refused(self, slack: RunningApp) -> None:
+        body = "command=%2Fjit&text=help&user_id=U0AMIRA&team_id=T0WARD"
+        now = int(time.time())
+        assert slack.post(body, timestamp=now).status_code == 200
+        assert slack.post(body, timestamp=now).status_code == 409
+
+    def test_unsigned_ssl_check_carrying_a_payload_does_nothing(
+        self, slack: RunningApp, service: AccessService
+    ) -> None:
+        body = (
+            "ssl_check=1&command=%2Fjit&user_id=U0AMIRA&team_id=T0WARD"
+            "&text=request+pharmacy-db%3Aread+30m+sneaky+little+request"
+        )
+        response = slack.http.post(
+            f"{slack.url}/slack/events",
+            content=body.encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert response.status_code in (200, 401)
+        time.sleep(0.2)
+        assert service.requests_of_key("amira@ward.nhs.uk") == []
+
+
+class TestRequestAndApprove:
+    def test_on_call_lead_approves_at_3am_and_every_card_updates(
+        self, slack: RunningApp, service: AccessService, targets: dict[str, MemoryTarget]
+    ) -> None:
+        rid = ask(slack)
+        cards = slack.fake.wait_for("chat.postMessage", 3)
+        # Ben (on call), Gita and Hana (managers) each get the card in a DM.
+        assert sorted(c.response["channel"] for c in cards) == ["D0BEN", "D0GITA", "D0HANA"]
+        card = json.dumps(cards[0].args["blocks"])
+        assert "Amira Khan, Clinical systems analyst" in card
+        assert "0 elevation(s) in the last 30 days" in card
+        assert APPROVE_ACTION in card and DENY_ACTION in card
+
+        assert slack.click(APPROVE_ACTION, str(rid), "U0BEN").status_code == 200
+        updates = slack.fake.wait_for("chat.update", 3)
+        assert {u.args["channel"] for u in updates} == {"D0BEN", "D0GITA", "D0HANA"}
+        assert all("Approved by ben@ward.nhs.uk" in json.dumps(u.args["blocks"]) for u in updates)
+        assert all(APPROVE_ACTION not in json.dumps(u.args["blocks"]) for u in updates)
+        dm = slack.fake.wait_for("chat.postMessage", 1, channel="U0AMIRA")[0]
+        assert "access active until 03:30" in dm.args["text"]
+        assert service.get(rid).state == S.ACTIVE
+        assert targets["pharmacy-db"].holds("amira", "pharmacy_read")
+
+    def test_a_non_approver_click_changes_nothing(
+        self, slack: RunningApp, service: AccessService
+    ) -> None:
+        rid = ask(slack)
+        slack.click(APPROVE_ACTION, str(rid), "U0CHLOE")
+        note = slack.fake.wait_for("chat.postEphemeral", 1)[0]
+        assert note.args["user"] == "U0CHLOE"
+        assert "not an approver" in note.args["text"]
+        assert service.get(rid).state == S.PENDING
+
+    def test_the_requester_clicking_their_own_card(
+        self, slack: RunningApp, service: AccessService
+    ) -> None:
+        rid = ask(slack)
+        slack.fake.wait_for("chat.postMessage", 3)
+        slack.click(APPROVE_ACTION, str(rid), "U0AMIRA")
+        note = slack.fake.wait_for("chat.postEphemeral", 1)[0]
+        assert "your own request" in note.args["text"]
+        assert service.get(rid).state == S.PENDING
+
+    def test_a_double_click_approves_once(
+        self, slack: RunningApp, service: AccessService, targets: dict[str, MemoryTarget]
+    ) -> None:
+        rid = ask(slack)
+        slack.fake.wait_for("chat.postMessage", 3)
+        slack.click(APPROVE_ACTION, str(rid), "U0BEN")
+        slack.click(APPROVE_ACTION, str(rid), "U0BEN")
+        note = slack.fake.wait_for("chat.postEphemeral", 1)[0]
+        assert "already" in note.args["text"]
+        slack.fake.wait_for("chat.update", 3)
+        assert [c[0] for c in targets["pharmacy-db"].calls].count("grant") == 1
+
+    def test_a_click_after_the_request_timed_out(
+        self, slack: RunningApp, service: AccessService, clock: object
+    ) -> None:
+        rid = ask(slack)
+        clock.advance(timedelta(minutes=31))  # type: ignore[attr-defined]
+        service.time_out_overdue()
+        slack.click(APPROVE_ACTION, str(rid), "U0BEN")
+        note = slack.fake.wait_for("chat.postEphemeral", 1)[0]
+        assert "timed out" in note.args["text"]
+
+    def test_approval_card_survives_a_rate_limit(self, slack: RunningApp) -> None:
+        slack.fake.rate_limit("chat.postMessage", times=1, retry_after=1)
+        ask(slack)
+        assert len(slack.fake.wait_for("chat.postMessage", 3, timeout=8)) == 3
+        assert any(c.status == 429 for c in slack.fake.calls)
+
+
+class TestDeny:
+    def test_deny_asks_for_a_reason_and_tells_the_requester(
+        self, slack: RunningApp, service: AccessService
+    ) -> None:
+        rid = ask(slack)
+        slack.click(DENY_ACTION, str(rid), "U0BEN")
+        opened = slack.fake.wait_for("views.open", 1)[0]
+        meta = opened.args["view"]["private_metadata"]
+
+        empty = slack.submit_view(
+            DENY_VIEW, {DENY_BLOCK: {DENY_INPUT: {"value": " "}}}, "U0BEN", meta
+        )
+        assert empty.json()["response_action"] == "errors"
+        assert service.get(rid).state == S.PENDING
+
+        done = slack.submit_view(
+            DENY_VIEW,
+            {DENY_BLOCK: {DENY_INPUT: {"value": "use the order set tool"}}},
+            "U0BEN",
+            meta,
+        )
+        assert done.status_code == 200
+        assert service.get(rid).state == S.DENIED
+        dm = slack.fake.wait_for("chat.postMessage", 1, channel="U0AMIRA")[0]
+        assert "Denied by ben@ward.nhs.uk" in dm.args["text"]
+        assert "use the order set tool" in dm.args["text"]
+
+
+class TestCommands:
+    def test_help_targets_and_status(self, slack: RunningApp) -> None:
+        assert "/jit request" in slack.command("/jit", "help", "U0AMIRA").json()["text"]
+        assert "/jit request" in slack.command("/jit", "", "U0AMIRA").json()["text"]
+        slack.command("/jit", "targets", "U0AMIRA")
+        targets = slack.replies()[-1]
+        assert "`pharmacy-db:read` (clinical, up to 2h)" in targets, targets
+        rid = ask(slack)
+        slack.command("/jit", "status", "U0AMIRA")
+        assert f"#{rid} `pharmacy-db:read`: ⏳ Waiting: 0 of 1 approvals" in slack.replies(3)[-1]
+
+    def test_extend_and_revoke(
+        self, slack: RunningApp, service: AccessService, targets: dict[str, MemoryTarget]
+    ) -> None:
+        rid = ask(slack)
+        slack.fake.wait_for("chat.postMessage", 3)
+        slack.click(APPROVE_ACTION, str(rid), "U0BEN")
+        slack.fake.wait_for("chat.update", 3)
+        slack.command("/jit", f"extend {rid} 30m", "U0AMIRA")
+        assert f"#{rid} now ends at 04:00." in slack.replies(2)[-1]
+        slack.command("/jit", f"revoke #{rid} done early", "U0AMIRA")
+        assert "Ended" in slack.replies(3)[-1]
+        assert not targets["pharmacy-db"].holds("amira", "pharmacy_read")
+
+    def test_break_glass_grants_at_once_and_alerts_security(
+        self, slack: RunningApp, targets: dict[str, MemoryTarget]
+    ) -> None:
+        slack.command("/breakglass", "pharmacy-db:read pharmacy system down in ED", "U0AMIRA")
+        alert = slack.fake.wait_for("chat.postMessage", 1, channel="C0SEC")[0]
+        assert "Break-glass" in alert.args["text"]
+        assert targets["pharmacy-db"].holds("amira", "pharmacy_read")
+        assert "will be reviewed" in slack.replies()[-1]
+
+    def test_a_deactivated_or_guest_account_cannot_ask(self, slack: RunningApp) -> None:
+        for user in ("U0GONE", "U0GUEST"):
+            slack.command("/jit", f"request {REQUEST}", user)
+        replies = slack.replies(2)
+        assert all("deactivated, a guest or a bot" in r for r in replies)
+
+
+class TestMalformedAndHostileText:
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("request", "Say what you need"),
+            ("request pharmacy-db 30m fix the order set", "not a target and role"),
+            ("request pharmacy-db:read soon fix the order set", "not a duration"),
+            ("request x:y 30m " + "a" * 10_000, "keep it under 2,000"),
+            ("request pharmacy-db:read' OR 1=1-- 30m drop it now", "not a target and role"),
+            ("request *)(cn=*):admin 30m ldap games here", "not a target and role"),
+            ("frobnicate", "I don't know 'frobnicate'"),
+            ("extend twelve 30m", "not a request number"),
+        ],
+    )
+    def test_malformed_commands_get_an_example_and_create_nothing(
+        self, slack: RunningApp, service: AccessService, text: str, expected: str
+    ) -> None:
+        response = slack.command("/jit", text, "U0AMIRA")
+        assert response.status_code == 200
+        body = response.json()
+        assert body["response_type"] == "ephemeral"
+        assert expected in body["text"]
+        assert "For example: `/jit" in body["text"]
+        assert service.requests_of_key("amira@ward.nhs.uk") == []
+
+    def test_a_channel_ping_in_the_reason_is_shown_but_never_pings(self, slack: RunningApp) -> None:
+        ask(slack, "pharmacy-db:read 30m <!channel> please look at ward 12 orders")
+        card = json.dumps(slack.fake.wait_for("chat.postMessage", 3)[0].args["blocks"])
+        assert "<!channel>" not in card
+        assert "&lt;!channel&gt;" in card
+
+    def test_zero_width_and_direction_marks_are_ignored_in_names(self, slack: RunningApp) -> None:
+        rid = ask(slack, "pharmacy-db:\u200bread\u202e 30m fix stuck order set on ward 12")
+        assert rid > 0
+
+
+class TestHealth:
+    def test_healthz_and_readyz(self, slack: RunningApp) -> None:
+        assert slack.http.get(f"{slack.url}/healthz").text == "ok"
+        assert slack.http.get(f"{slack.url}/readyz").status_code == 200
