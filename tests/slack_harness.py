@@ -97,29 +97,38 @@ class RunningApp:
         action_id: str,
         value: str,
         user: str,
-        channel: str = "D0CARD",
+        channel: str | None = "D0CARD",
         message_ts: str = "1764460801.000100",
+        view: dict[str, Any] | None = None,
     ) -> httpx.Response:
-        payload = {
+        """A button (or select) click on a message, or inside a modal or the App Home."""
+        action: dict[str, Any] = {
+            "type": "button",
+            "action_id": action_id,
+            "block_id": f"decide:{value}",
+            "value": value,
+            "action_ts": f"{time.time():.6f}",
+        }
+        payload: dict[str, Any] = {
             "type": "block_actions",
             "team": {"id": TEAM, "domain": "ward"},
             "user": {"id": user, "team_id": TEAM, "username": user.lower()},
             "api_app_id": "A0WARDKEY",
             "trigger_id": f"trigger-{time.monotonic_ns()}",
-            "channel": {"id": channel},
-            "container": {"type": "message", "channel_id": channel, "message_ts": message_ts},
-            "message": {"ts": message_ts, "text": "card"},
             "response_url": self.fake.response_url("action"),
-            "actions": [
-                {
-                    "type": "button",
-                    "action_id": action_id,
-                    "block_id": f"decide:{value}",
-                    "value": value,
-                    "action_ts": f"{time.time():.6f}",
-                }
-            ],
+            "actions": [action],
         }
+        if view is not None:
+            payload["view"] = view
+            payload["container"] = {"type": "view", "view_id": view.get("id")}
+        if channel is not None:
+            payload["channel"] = {"id": channel}
+            payload["container"] = {
+                "type": "message",
+                "channel_id": channel,
+                "message_ts": message_ts,
+            }
+            payload["message"] = {"ts": message_ts, "text": "card"}
         return self.post(urlencode({"payload": json.dumps(payload)}))
 
     def submit_view(
@@ -142,6 +151,27 @@ class RunningApp:
             },
         }
         return self.post(urlencode({"payload": json.dumps(payload)}))
+
+    def event(
+        self, event: dict[str, Any], event_id: str, retry: int | None = None
+    ) -> httpx.Response:
+        body = json.dumps(
+            {
+                "token": "legacy-verification-token",
+                "team_id": TEAM,
+                "api_app_id": "A0WARDKEY",
+                "type": "event_callback",
+                "event_id": event_id,
+                "event_time": int(time.time()),
+                "event": event,
+            }
+        )
+        headers = (
+            {"X-Slack-Retry-Num": str(retry), "X-Slack-Retry-Reason": "http_timeout"}
+            if retry
+            else None
+        )
+        return self.post(body, content_type="application/json", headers=headers)
 
     def replies(self, count: int = 1) -> list[str]:
         """The text of the ephemeral replies sent to response_url, once `count` arrived."""

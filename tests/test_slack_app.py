@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -183,7 +184,6 @@ class TestDeny:
 class TestCommands:
     def test_help_targets_and_status(self, slack: RunningApp) -> None:
         assert "/jit request" in slack.command("/jit", "help", "U0AMIRA").json()["text"]
-        assert "/jit request" in slack.command("/jit", "", "U0AMIRA").json()["text"]
         slack.command("/jit", "targets", "U0AMIRA")
         targets = slack.replies()[-1]
         assert "`pharmacy-db:read` (clinical, up to 2h)" in targets, targets
@@ -218,6 +218,136 @@ class TestCommands:
             slack.command("/jit", f"request {REQUEST}", user)
         replies = slack.replies(2)
         assert all("deactivated, a guest or a bot" in r for r in replies)
+
+
+class TestRequestForm:
+    def submit(
+        self,
+        slack: RunningApp,
+        access: str,
+        duration: str,
+        reason: str,
+        ticket: str = "",
+        user: str = "U0AMIRA",
+    ) -> dict[str, Any]:
+        from app.notify import views as v
+
+        values = {
+            v.ACCESS_BLOCK: {v.ACCESS_ACTION: {"selected_option": {"value": access}}},
+            v.DURATION_BLOCK: {v.DURATION_ACTION: {"selected_option": {"value": duration}}},
+            v.REASON_BLOCK: {v.REASON_ACTION: {"value": reason}},
+            v.TICKET_BLOCK: {v.TICKET_ACTION: {"value": ticket}},
+        }
+        response = slack.submit_view(v.REQUEST_VIEW, values, user)
+        assert response.status_code == 200
+        return response.json() if response.content else {}
+
+    def test_jit_alone_opens_a_form_with_only_what_i_may_ask_for(self, slack: RunningApp) -> None:
+        assert slack.command("/jit", "", "U0AMIRA").status_code == 200
+        opened = slack.fake.wait_for("views.open", 1)[0]
+        view = opened.args["view"]
+        options = view["blocks"][0]["element"]["options"]
+        assert [o["value"] for o in options] == ["directory:helpdesk", "pharmacy-db:read"]
+        assert "clinical, up to 2h" in options[1]["text"]["text"]
+
+    def test_choosing_a_role_narrows_durations_to_its_cap(self, slack: RunningApp) -> None:
+        slack.command("/jit", "", "U0AMIRA")
+        opened = slack.fake.wait_for("views.open", 1)[0].response["view"]
+        payload_view = {"id": opened["id"], "hash": opened["hash"], "type": "modal"}
+        slack.click("access_choice", "", "U0AMIRA", channel=None, view=payload_view)
+        # A select sends selected_option rather than value; Bolt passes the action through.
+        updated = slack.fake.wait_for("views.update", 1)[0].args["view"]
+        durations = [o["value"] for o in updated["blocks"][1]["element"]["options"]]
+        assert durations[-1] in ("2h", "4h")
+
+    def test_errors_appear_on_the_field(self, slack: RunningApp, service: AccessService) -> None:
+        too_long = self.submit(slack, "pharmacy-db:read", "4h", "fix stuck order set on ward 12")
+        assert too_long["response_action"] == "errors"
+        assert "2h allowed" in too_long["errors"]["duration"]
+        short = self.submit(slack, "pharmacy-db:read", "30m", "urgent")
+        assert "at least 3 words" in short["errors"]["reason"]
+        no_ticket = self.submit(slack, "directory:helpdesk", "1h", "reset locked ward accounts")
+        assert "needs a ticket" in no_ticket["errors"]["ticket"]
+        assert service.requests_of_key("amira@ward.nhs.uk") == []
+
+    def test_a_good_submission_goes_to_the_approvers(
+        self, slack: RunningApp, service: AccessService
+    ) -> None:
+        assert self.submit(slack, "pharmacy-db:read", "30m", "fix stuck order set on ward 12") == {}
+        assert len(slack.fake.wait_for("chat.postMessage", 3, timeout=5)) >= 3
+        [mine] = service.requests_of_key("amira@ward.nhs.uk")
+        assert mine.state == S.PENDING
+
+
+class TestAppHome:
+    def test_home_shows_my_access_and_what_waits_for_me(
+        self, slack: RunningApp, service: AccessService
+    ) -> None:
+        rid = ask(slack)
+        slack.fake.wait_for("chat.postMessage", 3)
+        slack.event({"type": "app_home_opened", "user": "U0BEN", "tab": "home"}, "Ev01")
+        home = slack.fake.wait_for("views.publish", 1, user_id="U0BEN")[-1].args["view"]
+        text = json.dumps(home)
+        assert "Waiting for your approval" in text and f"*#{rid}*" in text
+
+        slack.click(APPROVE_ACTION, str(rid), "U0BEN", channel=None, view={"id": "VHOME"})
+        slack.fake.wait_for("chat.update", 3)
+        before = len(slack.fake.wait_for("views.publish", 1, user_id="U0AMIRA"))
+        slack.event({"type": "app_home_opened", "user": "U0AMIRA", "tab": "home"}, "Ev02")
+        home = slack.fake.wait_for("views.publish", before + 1, user_id="U0AMIRA")[-1]
+        text = json.dumps(home.args["view"])
+        assert "30m left (until 03:30)" in text
+        assert "home_extend" in text and "home_revoke" in text
+
+    def test_extend_and_revoke_from_home(
+        self, slack: RunningApp, service: AccessService, targets: dict[str, MemoryTarget]
+    ) -> None:
+        rid = ask(slack)
+        slack.fake.wait_for("chat.postMessage", 3)
+        slack.click(APPROVE_ACTION, str(rid), "U0BEN")
+        slack.fake.wait_for("chat.update", 3)
+        slack.click("home_extend", str(rid), "U0AMIRA", channel=None, view={"id": "VHOME"})
+        slack.fake.wait_for("views.publish", 1, user_id="U0AMIRA")
+        deadline = time.time() + 5
+        while service.get(rid).expires_at != service.get(rid).granted_at + timedelta(hours=1):
+            assert time.time() < deadline
+            time.sleep(0.05)
+        slack.click("home_revoke", str(rid), "U0AMIRA", channel=None, view={"id": "VHOME"})
+        slack.fake.wait_for("chat.update", 6)
+        assert service.get(rid).state == S.ENDED
+        assert not targets["pharmacy-db"].holds("amira", "pharmacy_read")
+
+    def test_a_retried_event_is_handled_once(self, slack: RunningApp) -> None:
+        event = {"type": "app_home_opened", "user": "U0BEN", "tab": "home"}
+        slack.event(event, "Ev77")
+        slack.event(event, "Ev77", retry=1)
+        slack.fake.wait_for("views.publish", 1)
+        time.sleep(0.3)
+        assert len(slack.fake.calls_to("views.publish")) == 1
+
+
+class TestTwoApproversAtOnce:
+    def test_two_on_call_approvers_clicking_together(
+        self, slack: RunningApp, service: AccessService, targets: dict[str, MemoryTarget]
+    ) -> None:
+        import threading
+
+        rid = ask(slack)
+        slack.fake.wait_for("chat.postMessage", 3)
+        clicks = [
+            threading.Thread(target=slack.click, args=(APPROVE_ACTION, str(rid), who))
+            for who in ("U0BEN", "U0GITA")
+        ]
+        for t in clicks:
+            t.start()
+        for t in clicks:
+            t.join()
+        note = slack.fake.wait_for("chat.postEphemeral", 1)[0]
+        assert "already" in note.args["text"]
+        slack.fake.wait_for("chat.update", 3)
+        assert service.get(rid).state == S.ACTIVE
+        assert len(service.get(rid).approvals) == 1
+        assert [c[0] for c in targets["pharmacy-db"].calls].count("grant") == 1
 
 
 class TestMalformedAndHostileText:

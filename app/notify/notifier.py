@@ -10,8 +10,9 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from app.notify.blocks import CardContext, approver_card, clock_time, escape, outcome_line
+from app.notify.views import home_view
 from app.policy import rules
-from app.service import AccessService, RequestView
+from app.service import AccessService, NotAllowed, RequestView
 from app.slack.people import SlackDirectory
 from app.store.models import RequestState as S
 
@@ -83,6 +84,7 @@ class Notifier:
             self.service.remember_message(view.id, answer["channel"], answer["ts"], CARD)
         if not channels:
             log.error("event=no_approver_reachable request=%s path=%s", view.id, view.path)
+        self.refresh_homes(view)
 
     def request_changed(self, view: RequestView) -> None:
         """Update every copy of the card in place and tell the requester what happened."""
@@ -99,6 +101,42 @@ class Notifier:
                     exc.response.get("error"),
                 )
         self.tell_requester(view)
+
+    def publish_home(self, user_id: str) -> None:
+        """Redraw this user's App Home: their access, their requests, what waits for them."""
+        try:
+            person = self.directory.person(user_id)
+        except (NotAllowed, SlackApiError):
+            return
+        service = self.service
+        mine = service.requests_of(person, (S.PENDING, S.APPROVED, S.GRANTING, S.ACTIVE))
+        high_risk = frozenset(
+            name for name, p in service.policy.paths.items() if p.risk in ("high", "critical")
+        )
+        view = home_view(
+            active=[v for v in mine if v.state == S.ACTIVE],
+            pending=[v for v in mine if v.state != S.ACTIVE or v.extension is not None],
+            to_decide=service.awaiting_decision_by(person),
+            now=service.clock.now(),
+            zone=self.zone,
+            high_risk_paths=high_risk,
+        )
+        try:
+            self.client.views_publish(user_id=user_id, view=view)
+        except SlackApiError as exc:
+            log.warning(
+                "event=home_publish_failed user=%s error=%s", user_id, exc.response.get("error")
+            )
+
+    def refresh_homes(self, view: RequestView) -> None:
+        """Redraw the homes of everyone a change concerns: requester and approvers on duty."""
+        users = {view.requester_slack_id} if view.requester_slack_id else set()
+        for member in rules.approvers_at(self.service.policy, view.path, self.service.clock.now()):
+            user_id = self.directory.user_id_for(member)
+            if user_id:
+                users.add(user_id)
+        for user_id in sorted(users):
+            self.publish_home(user_id)
 
     def tell_requester(self, view: RequestView) -> None:
         if not view.requester_slack_id:

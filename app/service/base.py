@@ -98,6 +98,35 @@ class ServiceBase:
             rows = session.scalars(query.order_by(AccessRequest.id.desc()).limit(100)).all()
             return [self._view(session, r) for r in rows]
 
+    def awaiting_decision_by(self, person: Person) -> list[RequestView]:
+        """Requests this person may decide on now: pending ones, and extensions awaiting
+        approval, on paths they approve at this instant, that they did not ask for."""
+        now = self.clock.now()
+        key = person_key(self.policy, person)
+        with self.db.read() as session:
+            rows = session.scalars(
+                select(AccessRequest)
+                .where(
+                    (AccessRequest.state == S.PENDING.value)
+                    | (
+                        (AccessRequest.state == S.ACTIVE.value)
+                        & AccessRequest.extension_seconds.is_not(None)
+                    )
+                )
+                .order_by(AccessRequest.id)
+            ).all()
+            views = [
+                self._view(session, r)
+                for r in rows
+                if not self._is_requester(person, r)
+                and rules.is_approver(self.policy, r.path, person, now)
+            ]
+        return [
+            v
+            for v in views
+            if all(d.approver != key for d in v.decisions if d.round == v.approval_round)
+        ]
+
     def elevations_since(self, requester: str, since: datetime) -> int:
         """How many grants this person (by person key) received since `since`."""
         with self.db.read() as session:
@@ -143,16 +172,18 @@ class ServiceBase:
                 self.policy, person, target, role, now, break_glass=break_glass, identity=identity
             )
         except rules.PolicyRefusal as exc:
-            raise NotEligible(str(exc)) from None
+            raise NotEligible(str(exc), field="access") from None
         if plan.target not in self.adapters:
-            raise NotEligible(f"{target} is not connected to WardKey yet; ask a WardKey admin.")
+            raise NotEligible(
+                f"{target} is not connected to WardKey yet; ask a WardKey admin.", field="access"
+            )
         return plan
 
     def _ticket(self, path: str, ticket: str | None) -> str | None:
         try:
             return rules.check_ticket(self.policy, path, ticket)
         except rules.PolicyRefusal as exc:
-            raise InvalidRequest(str(exc)) from None
+            raise InvalidRequest(str(exc), field="ticket") from None
 
     def _total_cap(self, req: AccessRequest, person: Person) -> timedelta:
         assert req.granted_at is not None
@@ -232,7 +263,8 @@ class ServiceBase:
         if existing.requester != key:
             raise InvalidRequest(
                 f"Request #{existing.id} already covers {plan.target}:{plan.role} for account "
-                f"{plan.account} ({state})."
+                f"{plan.account} ({state}).",
+                field="access",
             )
         hint = (
             f" Use /jit extend {existing.id} <duration> for more time."
@@ -241,7 +273,8 @@ class ServiceBase:
         )
         raise InvalidRequest(
             f"You already have request #{existing.id} for {plan.target}:{plan.role} "
-            f"({state}).{hint}"
+            f"({state}).{hint}",
+            field="access",
         )
 
     def _preexisting(self, target: str, account: str, entitlement: str) -> bool:
@@ -358,21 +391,27 @@ def clean_reason(reason: str) -> str:
     if len(WORD.findall(cleaned)) < MIN_REASON_WORDS:
         raise InvalidRequest(
             f"Give a reason of at least {MIN_REASON_WORDS} words, e.g. "
-            '"fix stuck order set on ward 12".'
+            '"fix stuck order set on ward 12".',
+            field="reason",
         )
     if len(cleaned) > MAX_REASON_CHARS:
-        raise InvalidRequest(f"Keep the reason under {MAX_REASON_CHARS} characters.")
+        raise InvalidRequest(
+            f"Keep the reason under {MAX_REASON_CHARS} characters.", field="reason"
+        )
     return cleaned
 
 
 def within_cap(duration: timedelta, plan: rules.RequestPlan) -> timedelta:
     if duration <= timedelta(0):
-        raise InvalidRequest("Ask for at least 1m.")
+        raise InvalidRequest("Ask for at least 1m.", field="duration")
     if plan.cap <= timedelta(0):
-        raise NotEligible(f"No time is left for {plan.target}:{plan.role} (contract ended).")
+        raise NotEligible(
+            f"No time is left for {plan.target}:{plan.role} (contract ended).", field="access"
+        )
     if duration > plan.cap:
         raise InvalidRequest(
             f"{format_duration(duration)} is more than the {format_duration(plan.cap)} allowed "
-            f"for {plan.target}:{plan.role}; ask for {format_duration(plan.cap)} or less."
+            f"for {plan.target}:{plan.role}; ask for {format_duration(plan.cap)} or less.",
+            field="duration",
         )
     return duration

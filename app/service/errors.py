@@ -6,9 +6,12 @@ from __future__ import annotations
 class ServiceError(Exception):
     """Base of every refusal the service gives; `message` is safe to show to the user."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # Which input was wrong ("access", "duration", "reason", "ticket"), so a form can show
+        # the message on that field.
+        self.field = field
 
 
 class NotFound(ServiceError):

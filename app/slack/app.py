@@ -11,7 +11,7 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from app.notify.notifier import Notifier
 from app.service import AccessService
 from app.slack.deps import SlackDeps
-from app.slack.listeners import actions, commands
+from app.slack.listeners import actions, commands, events, views
 from app.slack.people import SlackDirectory
 
 
@@ -41,6 +41,6 @@ def build_app(
     deps = SlackDeps(
         service=service, directory=directory, notifier=Notifier(client, service, directory)
     )
-    commands.register(app, deps)
-    actions.register(app, deps)
+    for listeners in (commands, actions, views, events):
+        listeners.register(app, deps)
     return app

@@ -14,6 +14,7 @@ from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
 from app.notify.blocks import APPROVE_ACTION, DENY_ACTION
+from app.notify.views import HOME_EXTEND, HOME_EXTEND_BY, HOME_REVOKE
 from app.service import ServiceError
 from app.slack.deps import SlackDeps
 from app.slack.errors import replying_on_error
@@ -23,11 +24,16 @@ DENY_BLOCK = "reason"
 DENY_INPUT = "reason_text"
 
 
-def _ephemeral_to_clicker(client: WebClient, body: dict[str, Any]) -> Any:
-    channel = (body.get("channel") or {}).get("id") or body["user"]["id"]
+def _reply_to_clicker(client: WebClient, body: dict[str, Any]) -> Any:
+    """Ephemeral where the click happened; a DM when it came from the App Home."""
+    channel = (body.get("channel") or {}).get("id")
+    user_id = body["user"]["id"]
 
     def reply(text: str, **_: Any) -> None:
-        client.chat_postEphemeral(channel=channel, user=body["user"]["id"], text=text)
+        if channel:
+            client.chat_postEphemeral(channel=channel, user=user_id, text=text)
+        else:
+            client.chat_postMessage(channel=user_id, text=text)
 
     return reply
 
@@ -36,7 +42,7 @@ def register(app: App, deps: SlackDeps) -> None:
     @app.action(APPROVE_ACTION)
     def approve(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient) -> None:
         ack()
-        with replying_on_error(_ephemeral_to_clicker(client, body)):
+        with replying_on_error(_reply_to_clicker(client, body)):
             user = body["user"]
             person = deps.directory.person(user["id"], user.get("team_id") or body["team"]["id"])
             view = deps.service.approve(int(action["value"]), person)
@@ -73,6 +79,29 @@ def register(app: App, deps: SlackDeps) -> None:
                 ],
             },
         )
+
+    @app.action(HOME_EXTEND)
+    def home_extend(
+        ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient
+    ) -> None:
+        ack()
+        with replying_on_error(_reply_to_clicker(client, body)):
+            person = deps.directory.person(body["user"]["id"], body["user"].get("team_id"))
+            view = deps.service.extend(int(action["value"]), person, HOME_EXTEND_BY)
+            if view.extension is not None:
+                deps.notifier.request_opened(view)
+            else:
+                deps.notifier.publish_home(body["user"]["id"])
+
+    @app.action(HOME_REVOKE)
+    def home_revoke(
+        ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient
+    ) -> None:
+        ack()
+        with replying_on_error(_reply_to_clicker(client, body)):
+            person = deps.directory.person(body["user"]["id"], body["user"].get("team_id"))
+            view = deps.service.revoke(int(action["value"]), person, "revoked from App Home")
+            deps.notifier.request_changed(view)
 
     @app.view(DENY_VIEW)
     def deny_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from slack_bolt import Ack, App, Respond
+from slack_sdk import WebClient
 
 from app.notify.blocks import clock_time, escape, outcome_line
+from app.notify.views import no_access_modal, request_modal
 from app.policy import format_duration
 from app.policy.rules import requestable
 from app.service import RequestView
@@ -41,16 +43,23 @@ LIVE = (S.PENDING, S.APPROVED, S.GRANTING, S.ACTIVE, S.REVOKING, S.REVOKE_FAILED
 
 def register(app: App, deps: SlackDeps) -> None:
     @app.command("/jit")
-    def jit(ack: Ack, command: dict[str, Any], respond: Respond) -> None:
+    def jit(ack: Ack, command: dict[str, Any], respond: Respond, client: WebClient) -> None:
         try:
             parsed = parse_jit(command.get("text", ""))
         except UsageError as exc:
             ack(response_type="ephemeral", text=exc.message)
             return
-        if isinstance(parsed, Help | OpenModal):
+        if isinstance(parsed, Help):
             ack(response_type="ephemeral", text=HELP)
             return
         ack()
+        if isinstance(parsed, OpenModal):
+            # The trigger_id lives for 3 s: open the form straight after the ack.
+            with replying_on_error(respond):
+                open_request_form(
+                    deps, client, command["user_id"], command.get("team_id"), command["trigger_id"]
+                )
+            return
         with replying_on_error(respond):
             person = deps.directory.person(command["user_id"], command.get("team_id"))
             service, notifier = deps.service, deps.notifier
@@ -144,6 +153,15 @@ def register(app: App, deps: SlackDeps) -> None:
                     f"Reason: {escape(view.reason)}"
                 ),
             )
+
+
+def open_request_form(
+    deps: SlackDeps, client: WebClient, user_id: str, team_id: str | None, trigger_id: str
+) -> None:
+    person = deps.directory.person(user_id, team_id)
+    plans = requestable(deps.service.policy, person, deps.service.clock.now())
+    view = request_modal(plans) if plans else no_access_modal()
+    client.views_open(trigger_id=trigger_id, view=view)
 
 
 def _status(views: list[RequestView], zone: Any) -> str:

@@ -1,0 +1,234 @@
+"""Modals and the App Home, built with slack_sdk.models."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ConfirmObject,
+    ContextBlock,
+    DividerBlock,
+    HeaderBlock,
+    InputBlock,
+    MarkdownTextObject,
+    Option,
+    PlainTextInputElement,
+    SectionBlock,
+    StaticSelectElement,
+)
+from slack_sdk.models.views import View
+
+from app.notify.blocks import APPROVE_ACTION, DENY_ACTION, clock_time, escape, outcome_line
+from app.policy.durations import format_duration
+from app.policy.rules import RequestPlan
+from app.service.views import RequestView
+
+REQUEST_VIEW = "jit_request"
+ACCESS_BLOCK, ACCESS_ACTION = "access", "access_choice"
+DURATION_BLOCK, DURATION_ACTION = "duration", "duration_choice"
+REASON_BLOCK, REASON_ACTION = "reason", "reason_text"
+TICKET_BLOCK, TICKET_ACTION = "ticket", "ticket_text"
+HOME_EXTEND, HOME_REVOKE = "home_extend", "home_revoke"
+HOME_EXTEND_BY = timedelta(minutes=30)
+_DURATIONS = [timedelta(minutes=m) for m in (15, 30, 60, 120, 240, 480, 720, 1440)]
+
+
+def duration_choices(cap: timedelta) -> list[timedelta]:
+    choices = [d for d in _DURATIONS if d <= cap]
+    if not choices or choices[-1] != cap:
+        choices.append(cap)
+    return choices
+
+
+def request_modal(plans: Sequence[RequestPlan], chosen: str | None = None) -> dict[str, Any]:
+    """The /jit form: only what this person may ask for, with each path and cap shown."""
+    by_value = {f"{p.target}:{p.role}": p for p in plans}
+    plan = by_value.get(chosen or "") or (plans[0] if len(plans) == 1 else None)
+    options = [
+        Option(value=value, text=f"{value} · {p.path}, up to {format_duration(p.cap)}"[:75])
+        for value, p in by_value.items()
+    ]
+    initial = next((o for o in options if plan and o.value == f"{plan.target}:{plan.role}"), None)
+    cap = plan.cap if plan else max(p.cap for p in plans)
+    durations = [
+        Option(value=format_duration(d), text=format_duration(d)) for d in duration_choices(cap)
+    ]
+    ticket_needed = bool(plan and plan.ticket_required)
+    blocks: list[Block] = [
+        InputBlock(
+            block_id=ACCESS_BLOCK,
+            label="Access",
+            dispatch_action=True,  # choosing a role narrows the durations to its cap
+            element=StaticSelectElement(
+                action_id=ACCESS_ACTION,
+                options=options[:100],
+                initial_option=initial,
+                placeholder="target:role",
+            ),
+        ),
+        InputBlock(
+            block_id=DURATION_BLOCK,
+            label="For how long",
+            element=StaticSelectElement(
+                action_id=DURATION_ACTION, options=durations, placeholder="duration"
+            ),
+        ),
+        InputBlock(
+            block_id=REASON_BLOCK,
+            label="Why (the task, in a few words)",
+            element=PlainTextInputElement(action_id=REASON_ACTION, multiline=True, max_length=2000),
+        ),
+        InputBlock(
+            block_id=TICKET_BLOCK,
+            label="Ticket" + (" (required for this path)" if ticket_needed else ""),
+            optional=not ticket_needed,
+            element=PlainTextInputElement(
+                action_id=TICKET_ACTION, max_length=40, placeholder="INC0012345"
+            ),
+        ),
+    ]
+    view = View(
+        type="modal",
+        callback_id=REQUEST_VIEW,
+        title="Request access",
+        submit="Request",
+        close="Cancel",
+        blocks=blocks,
+    )
+    return view.to_dict()
+
+
+def no_access_modal() -> dict[str, Any]:
+    return View(
+        type="modal",
+        title="Request access",
+        close="Close",
+        blocks=[
+            SectionBlock(
+                text="You are not eligible for any access yet. Ask your manager "
+                "to add you to the right group in the WardKey policy."
+            )
+        ],
+    ).to_dict()
+
+
+def modal_values(state: dict[str, Any]) -> dict[str, str]:
+    """Pick the submitted values out of a view's state."""
+    values = state.get("values", {})
+
+    def pick(block: str, action: str) -> str:
+        field = values.get(block, {}).get(action, {})
+        if field.get("selected_option"):
+            return str(field["selected_option"]["value"])
+        return str(field.get("value") or "")
+
+    return {
+        "access": pick(ACCESS_BLOCK, ACCESS_ACTION),
+        "duration": pick(DURATION_BLOCK, DURATION_ACTION),
+        "reason": pick(REASON_BLOCK, REASON_ACTION),
+        "ticket": pick(TICKET_BLOCK, TICKET_ACTION),
+    }
+
+
+def home_view(
+    active: Sequence[RequestView],
+    pending: Sequence[RequestView],
+    to_decide: Sequence[RequestView],
+    now: datetime,
+    zone: ZoneInfo,
+    high_risk_paths: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    blocks: list[Block] = [HeaderBlock(text="Your access")]
+    if not active:
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(text="No active elevation.")]))
+    for v in active:
+        left = max(timedelta(0), (v.expires_at or now) - now)
+        blocks.append(
+            SectionBlock(
+                text=MarkdownTextObject(
+                    text=f"*#{v.id}* `{v.target}:{v.role}` · {format_duration(left)} left "
+                    f"(until {clock_time(v.expires_at, zone)})"
+                )
+            )
+        )
+        buttons = [
+            ButtonElement(
+                text="Revoke now",
+                action_id=HOME_REVOKE,
+                value=str(v.id),
+                style="danger",
+                confirm=ConfirmObject(
+                    title="End this access now?",
+                    text=f"{v.target}:{v.role} ends at once.",
+                    confirm="Revoke",
+                    deny="Keep",
+                ),
+            )
+        ]
+        if not v.is_break_glass:
+            buttons.insert(
+                0,
+                ButtonElement(
+                    text=f"Extend {format_duration(HOME_EXTEND_BY)}",
+                    action_id=HOME_EXTEND,
+                    value=str(v.id),
+                ),
+            )
+        blocks.append(ActionsBlock(block_id=f"home:{v.id}", elements=buttons))
+    blocks += [DividerBlock(), HeaderBlock(text="Your pending requests")]
+    blocks += [
+        SectionBlock(
+            text=MarkdownTextObject(
+                text=f"*#{v.id}* `{v.target}:{v.role}` · {outcome_line(v, zone)}"
+            )
+        )
+        for v in pending
+    ] or [ContextBlock(elements=[MarkdownTextObject(text="Nothing waiting.")])]
+    blocks += [DividerBlock(), HeaderBlock(text="Waiting for your approval")]
+    if not to_decide:
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(text="Nothing to decide.")]))
+    for v in to_decide[:10]:
+        what = "extension of " if v.extension else ""
+        blocks.append(
+            SectionBlock(
+                text=MarkdownTextObject(
+                    text=f"*#{v.id}* {what}`{v.target}:{v.role}` for {escape(v.requester)} "
+                    f"({format_duration(v.extension or v.requested)}, {v.path}): "
+                    f"{escape(v.reason)[:300]}"
+                )
+            )
+        )
+        confirm = (
+            ConfirmObject(
+                title="Approve high-risk access?",
+                text=f"{v.target}:{v.role} on the {v.path} path.",
+                confirm="Approve",
+                deny="Back",
+            )
+            if v.path in high_risk_paths
+            else None
+        )
+        blocks.append(
+            ActionsBlock(
+                block_id=f"decide:{v.id}",
+                elements=[
+                    ButtonElement(
+                        text="Approve",
+                        action_id=APPROVE_ACTION,
+                        value=str(v.id),
+                        style="primary",
+                        confirm=confirm,
+                    ),
+                    ButtonElement(
+                        text="Deny", action_id=DENY_ACTION, value=str(v.id), style="danger"
+                    ),
+                ],
+            )
+        )
+    return View(type="home", blocks=blocks[:100]).to_dict()

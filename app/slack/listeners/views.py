@@ -1,0 +1,82 @@
+"""The request form: choosing a role narrows its durations; submitting asks for the access.
+
+Requesting touches only the database, so it runs before the ack and any refusal is shown on the
+field it concerns; the approvers are told after the ack.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slack_bolt import Ack, App
+from slack_sdk import WebClient
+
+from app.notify.blocks import escape
+from app.notify.views import (
+    ACCESS_ACTION,
+    ACCESS_BLOCK,
+    DURATION_BLOCK,
+    REASON_BLOCK,
+    REQUEST_VIEW,
+    TICKET_BLOCK,
+    modal_values,
+    request_modal,
+)
+from app.policy import DurationError, format_duration, parse_duration
+from app.policy.rules import requestable
+from app.service import ServiceError
+from app.slack.deps import SlackDeps
+
+_FIELD_BLOCKS = {
+    "access": ACCESS_BLOCK,
+    "duration": DURATION_BLOCK,
+    "reason": REASON_BLOCK,
+    "ticket": TICKET_BLOCK,
+}
+
+
+def register(app: App, deps: SlackDeps) -> None:
+    @app.action(ACCESS_ACTION)
+    def access_chosen(
+        ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient
+    ) -> None:
+        ack()
+        user = body["user"]
+        person = deps.directory.person(user["id"], user.get("team_id"))
+        plans = requestable(deps.service.policy, person, deps.service.clock.now())
+        chosen = (action.get("selected_option") or {}).get("value")
+        view = body["view"]
+        client.views_update(
+            view_id=view["id"], hash=view.get("hash"), view=request_modal(plans, chosen)
+        )
+
+    @app.view(REQUEST_VIEW)
+    def request_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+        values = modal_values(view["state"])
+        user = body["user"]
+        if ":" not in values["access"]:
+            ack(response_action="errors", errors={ACCESS_BLOCK: "Choose what you need."})
+            return
+        target, role = values["access"].split(":", 1)
+        try:
+            duration = parse_duration(values["duration"])
+        except DurationError as exc:
+            ack(response_action="errors", errors={DURATION_BLOCK: str(exc)})
+            return
+        try:
+            person = deps.directory.person(user["id"], user.get("team_id"))
+            opened = deps.service.request(
+                person, target, role, duration, values["reason"], values["ticket"] or None
+            )
+        except ServiceError as exc:
+            block = _FIELD_BLOCKS.get(exc.field or "", ACCESS_BLOCK)
+            ack(response_action="errors", errors={block: exc.message[:150]})
+            return
+        ack()
+        deps.notifier.client.chat_postMessage(
+            channel=user["id"],
+            text=f"Request #{opened.id} for `{opened.target}:{opened.role}` "
+            f"({format_duration(opened.requested)}, {escape(opened.reason)[:200]}) is with the "
+            f"{opened.path} approvers. I'll message you when someone decides.",
+        )
+        deps.notifier.request_opened(opened)
