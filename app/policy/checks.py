@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import combinations
 
+from app.adapters.registry import settings_problems
 from app.policy.durations import format_duration
 from app.policy.model import BREAK_GLASS_PATH, REQUIRED_PATHS, WEEKDAYS, Policy
 from app.policy.rota import override_window
@@ -187,6 +188,8 @@ def _rotas(policy: Policy) -> Iterator[PolicyIssue]:
 def _targets(policy: Policy) -> Iterator[PolicyIssue]:
     for name, target in policy.targets.items():
         loc: Location = ("targets", name)
+        for where, message in settings_problems(target):
+            yield PolicyIssue((*loc, "settings", *where), message)
         for key, value in target.settings.items():
             if any(word in key.lower() for word in _SECRET_WORDS) and isinstance(value, str):
                 yield PolicyIssue(

@@ -1,0 +1,102 @@
+"""A webhook receiver that keeps access in memory: the demo's "EPR admin console" and the
+webhook adapter's test peer. It verifies every signature and refuses stale or forged calls."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from app.adapters.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+
+
+class WebhookTarget:
+    def __init__(self, key: bytes, name: str = "target") -> None:
+        self.key = key
+        self.name = name
+        self.members: dict[str, set[str]] = defaultdict(set)
+        self.sessions: dict[str, int] = defaultdict(int)
+        self.log: list[str] = []
+        self.refused = 0
+        self.fail_with: int | None = None  # answer every call with this HTTP status
+        self.delay_seconds = 0.0  # answer this late (to test time-outs)
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}/wardkey"
+
+    def start(self) -> WebhookTarget:
+        target = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, answer = target.handle(
+                    self.path,
+                    body,
+                    self.headers.get(TIMESTAMP_HEADER, ""),
+                    self.headers.get(SIGNATURE_HEADER, ""),
+                )
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def handle(
+        self, path: str, body: bytes, timestamp: str, signature: str
+    ) -> tuple[int, dict[str, Any]]:
+        if not verify(self.key, timestamp, body, signature):
+            with self._lock:
+                self.refused += 1
+            return 401, {"error": "bad signature"}
+        if self.delay_seconds:
+            time.sleep(self.delay_seconds)
+        if self.fail_with is not None:
+            return self.fail_with, {"error": "target is failing on purpose"}
+        call = json.loads(body)
+        account, entitlement = call.get("account", ""), call.get("entitlement", "")
+        with self._lock:
+            holders = self.members[entitlement]
+            match path.rsplit("/", 1)[-1]:
+                case "grant":
+                    present = account in holders
+                    holders.add(account)
+                    self.log.append(f"{self.name}: gave {account} {entitlement}")
+                    return 200, {"already_present": present}
+                case "revoke":
+                    absent = account not in holders
+                    holders.discard(account)
+                    ended, self.sessions[account] = self.sessions[account], 0
+                    self.log.append(f"{self.name}: took {entitlement} from {account}")
+                    return 200, {"already_absent": absent, "sessions_ended": ended}
+                case "check":
+                    return 200, {"present": account in holders}
+                case "end-sessions":
+                    ended, self.sessions[account] = self.sessions[account], 0
+                    return 200, {"sessions_ended": ended}
+                case "members":
+                    return 200, {"accounts": sorted(holders)}
+        return 404, {"error": "unknown operation"}
