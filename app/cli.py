@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
+
+from apscheduler.schedulers.base import BaseScheduler
+from slack_bolt.error import BoltError
 
 from app import __version__, audit
 from app.clock import SystemClock
 from app.config import Settings
 from app.policy import Policy, PolicyError, format_duration, load_policy
 from app.policy.rules import approvers_at
+from app.runtime import Runtime, StartupError, load_runtime, require
+from app.scheduler import schedule
+from app.slack.app import build_app
 from app.store import Database, upgrade
+from app.web import WardKeyWSGI
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,6 +76,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     checkpoint.add_argument("--output", type=Path, help="file to write (default: standard output)")
     checkpoint.set_defaults(run=_audit_checkpoint)
+    serve = commands.add_parser("serve", help="the HTTP app for Slack, with the scheduler")
+    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--threads", type=int, default=8)
+    serve.add_argument(
+        "--no-scheduler", action="store_true", help="run the sweeps elsewhere (wardkey worker)"
+    )
+    serve.set_defaults(run=_serve)
+    socket = commands.add_parser("socket", help="the app over Socket Mode (no public URL)")
+    socket.add_argument("--no-scheduler", action="store_true")
+    socket.set_defaults(run=_socket)
+    commands.add_parser("worker", help="the scheduler alone").set_defaults(run=_worker)
     return parser
 
 
@@ -79,6 +99,77 @@ def _instant(text: str) -> datetime:
             f"'{text}' is not an ISO 8601 time, e.g. 2026-11-01T00:00Z"
         ) from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _starting(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Start-up problems become one line saying what to set, not a traceback."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except StartupError as exc:
+            print(f"wardkey: {exc}", file=sys.stderr)
+            return 2
+        except BoltError as exc:
+            print(f"wardkey: Slack refused to start the app: {exc}", file=sys.stderr)
+            return 2
+
+    return wrapped
+
+
+@_starting
+def _serve(args: argparse.Namespace) -> int:
+    from waitress import serve
+
+    runtime = load_runtime()
+    wsgi = WardKeyWSGI(runtime.bolt(), runtime.service.db)
+    scheduler = None if args.no_scheduler else _background_sweeps(runtime)
+    try:
+        serve(wsgi, host=args.host, port=args.port, threads=args.threads, ident="wardkey")
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+    return 0
+
+
+@_starting
+def _socket(args: argparse.Namespace) -> int:
+    from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+    runtime = load_runtime()
+    require(runtime.settings, "slack_app_token")
+    app = build_app(runtime.service, runtime.client, signing_secret="")
+    scheduler = None if args.no_scheduler else _background_sweeps(runtime)
+    try:
+        SocketModeHandler(app, runtime.settings.slack_app_token).start()  # type: ignore[no-untyped-call]
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+    return 0
+
+
+@_starting
+def _worker(_args: argparse.Namespace) -> int:
+    from apscheduler.schedulers.blocking import BlockingScheduler
+
+    runtime = load_runtime()
+    sweeps = runtime.sweeps()
+    sweeps.catch_up()
+    scheduler = BlockingScheduler(timezone="UTC")
+    schedule(scheduler, sweeps, runtime.settings.wardkey_sweep_seconds)
+    scheduler.start()
+    return 0
+
+
+def _background_sweeps(runtime: Runtime) -> BaseScheduler:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    sweeps = runtime.sweeps()
+    sweeps.catch_up()
+    scheduler = BackgroundScheduler(timezone="UTC")
+    schedule(scheduler, sweeps, runtime.settings.wardkey_sweep_seconds)
+    scheduler.start()
+    return scheduler
 
 
 def _database() -> Database:

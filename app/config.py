@@ -20,3 +20,6 @@ class Settings(BaseSettings):
     slack_signing_secret: str | None = None
     slack_app_token: str | None = None
     slack_api_url: str = "https://slack.com/api/"
+    wardkey_sweep_seconds: float = Field(
+        default=15.0, gt=0, description="How often the expiry and time-out sweeps run."
+    )

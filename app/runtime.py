@@ -1,0 +1,84 @@
+"""Assemble a running WardKey from the environment: policy, database, adapters, service, Slack."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from slack_bolt import App
+from slack_sdk import WebClient
+
+from app.adapters.registry import AdapterConfigError, build_adapters
+from app.config import Settings
+from app.notify.notifier import Notifier
+from app.policy import PolicyError, load_policy
+from app.scheduler import Sweeps
+from app.service import AccessService
+from app.slack.app import build_app, web_client
+from app.slack.people import SlackDirectory
+from app.store import Database
+
+MISSING = {
+    "slack_bot_token": "SLACK_BOT_TOKEN is not set: use the Bot User OAuth Token (xoxb-…) from "
+    "your Slack app's OAuth & Permissions page.",
+    "slack_signing_secret": "SLACK_SIGNING_SECRET is not set: copy the Signing Secret from your "
+    "Slack app's Basic Information page.",
+    "slack_app_token": "SLACK_APP_TOKEN is not set: create an app-level token (xapp-…) with "
+    "connections:write under Basic Information, for Socket Mode.",
+}
+
+
+class StartupError(Exception):
+    """Something the operator must set or fix; the message is one line saying what."""
+
+
+def require(settings: Settings, *names: str) -> None:
+    for name in names:
+        if not getattr(settings, name):
+            raise StartupError(MISSING[name])
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    service: AccessService
+    client: WebClient
+    notifier: Notifier
+
+    def sweeps(self) -> Sweeps:
+        return Sweeps(self.service, self.notifier.request_changed)
+
+    def bolt(self) -> App:
+        require(self.settings, "slack_signing_secret")
+        return build_app(self.service, self.client, self.settings.slack_signing_secret or "")
+
+
+def load_runtime(settings: Settings | None = None) -> Runtime:
+    settings = settings or Settings()
+    require(settings, "slack_bot_token")
+    if not os.path.exists(settings.wardkey_policy):
+        raise StartupError(
+            f"WARDKEY_POLICY: no policy file at {settings.wardkey_policy}; "
+            "start from manifests/policy.example.yaml"
+        )
+    try:
+        policy = load_policy(settings.wardkey_policy)
+    except PolicyError as exc:
+        raise StartupError(
+            f"the policy has {len(exc.issues)} problem(s), the first: {exc.issues[0]}; "
+            f"run `wardkey policy check {settings.wardkey_policy}`"
+        ) from None
+    try:
+        adapters = build_adapters(policy)
+    except AdapterConfigError as exc:
+        raise StartupError(str(exc)) from None
+    db = Database(settings.database_url)
+    try:
+        db.ping()
+    except Exception as exc:
+        raise StartupError(
+            f"DATABASE_URL: cannot reach {db.url.render_as_string()} ({type(exc).__name__})"
+        ) from None
+    service = AccessService(db, policy, adapters)
+    client = web_client(settings.slack_bot_token or "", settings.slack_api_url)
+    return Runtime(settings, service, client, Notifier(client, service, SlackDirectory(client)))

@@ -1,0 +1,76 @@
+"""Timers: sweeps that call service functions. The database is the source of truth; APScheduler
+only ticks, with one interval job per sweep (never one stored job per grant).
+
+Several processes may run the sweeps at once: every transition is a conditional update, so a
+grant is revoked once however many workers see it due; adapter calls are idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from apscheduler.schedulers.base import BaseScheduler
+
+from app.service import AccessService, RequestView
+from app.store.models import RequestState
+
+log = logging.getLogger(__name__)
+OnChange = Callable[[RequestView], None]
+
+
+class Sweeps:
+    def __init__(self, service: AccessService, on_change: OnChange | None = None) -> None:
+        self.service = service
+        self.on_change = on_change
+
+    def _tell(self, ids: list[int]) -> None:
+        if self.on_change is None:
+            return
+        for request_id in ids:
+            try:
+                self.on_change(self.service.get(request_id))
+            except Exception:
+                log.exception("event=notify_failed request=%s", request_id)
+
+    def expire(self) -> list[int]:
+        ids = self.service.expire_due()
+        self._tell(ids)
+        return ids
+
+    def time_out(self) -> list[int]:
+        ids = self.service.time_out_overdue()
+        self._tell(ids)
+        return ids
+
+    def retry_revokes(self) -> list[int]:
+        ended = []
+        for request_id in self.service.ids_in_state(RequestState.REVOKE_FAILED):
+            if self.service.retry_revoke(request_id).state == RequestState.ENDED:
+                ended.append(request_id)
+        self._tell(ended)
+        return ended
+
+    def reconcile(self) -> None:
+        report = self.service.reconcile()
+        self._tell(report.granted + report.abandoned + report.revoked)
+
+    def catch_up(self) -> None:
+        """At start-up: finish what a crash left, then revoke whatever expired while down."""
+        self.reconcile()
+        self.expire()
+
+
+def schedule(scheduler: BaseScheduler, sweeps: Sweeps, every_seconds: float = 15.0) -> None:
+    # max_instances=1 and coalesce: a slow sweep is never run twice at once or queued up;
+    # misfire_grace_time=None: a late tick still runs (APScheduler's default would skip it).
+    for job in (sweeps.expire, sweeps.time_out, sweeps.retry_revokes, sweeps.reconcile):
+        scheduler.add_job(
+            job,
+            "interval",
+            seconds=every_seconds,
+            id=job.__name__,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )

@@ -1,0 +1,127 @@
+"""`wardkey serve` as an operator runs it: a real process, configured by the environment."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.devtools.slack_fake import FakeSlack
+from app.store import upgrade
+from tests.conftest import HERE
+from tests.slack_harness import SIGNING_SECRET, WARD_USERS
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.fixture
+def base_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}
+    db = f"sqlite:///{tmp_path / 'wardkey.db'}"
+    upgrade(db)
+    env.update(DATABASE_URL=db, WARDKEY_POLICY=str(HERE / "data" / "ward_policy.yaml"))
+    return env
+
+
+class TestStartup:
+    @pytest.mark.parametrize(
+        ("command", "given", "missing"),
+        [
+            ("serve", {}, "SLACK_BOT_TOKEN"),
+            ("serve", {"SLACK_BOT_TOKEN": "xoxb-1"}, "SLACK_SIGNING_SECRET"),
+            ("socket", {"SLACK_BOT_TOKEN": "xoxb-1"}, "SLACK_APP_TOKEN"),
+            ("worker", {}, "SLACK_BOT_TOKEN"),
+        ],
+    )
+    def test_a_missing_variable_gets_one_clear_line(
+        self, base_env: dict[str, str], command: str, given: dict[str, str], missing: str
+    ) -> None:
+        fake = FakeSlack(token="xoxb-1").start()
+        try:
+            env = {**base_env, **given, "SLACK_API_URL": fake.api_url}
+            result = run([command], env)
+        finally:
+            fake.stop()
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert lines[-1].startswith(f"wardkey: {missing} is not set"), result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_a_bad_policy_path_is_named(self, base_env: dict[str, str]) -> None:
+        env = {**base_env, "SLACK_BOT_TOKEN": "x", "WARDKEY_POLICY": "/nowhere/policy.yaml"}
+        result = run(["worker"], env)
+        assert result.returncode == 2
+        assert "WARDKEY_POLICY: no policy file at /nowhere/policy.yaml" in result.stderr
+
+
+class TestServe:
+    @pytest.fixture
+    def served(self, base_env: dict[str, str]) -> Iterator[tuple[str, FakeSlack]]:
+        fake = FakeSlack().start()
+        for user in WARD_USERS:
+            fake.add_user(user)
+        port = free_port()
+        env = {
+            **base_env,
+            "SLACK_BOT_TOKEN": fake.token,
+            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+            "SLACK_API_URL": fake.api_url,
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve", "--port", str(port), "--host", "127.0.0.1"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(f"{url}/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                assert time.monotonic() < deadline, "serve did not start"
+                time.sleep(0.1)
+            yield url, fake
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+            fake.stop()
+
+    def test_serve_answers_health_and_signed_commands(self, served: tuple[str, FakeSlack]) -> None:
+        from tests.slack_harness import RunningApp
+
+        url, fake = served
+        slack = RunningApp(url, fake, service=None, http=httpx.Client(timeout=10))  # type: ignore[arg-type]
+        assert slack.http.get(f"{url}/readyz").text == "ready"
+        assert [c.method for c in fake.calls][:1] == ["auth.test"]
+        answer = slack.command("/jit", "help", "U0AMIRA")
+        assert answer.status_code == 200
+        assert "/jit request" in answer.json()["text"]
+        slack.command(
+            "/jit", "request pharmacy-db:read 30m fix stuck order set on ward 12", "U0AMIRA"
+        )
+        # The ward's targets are not webhooks, so this version cannot reach them: said plainly.
+        reply = slack.replies()[-1]
+        assert "not connected to WardKey yet" in reply
