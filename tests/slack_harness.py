@@ -3,6 +3,7 @@ correctly signed requests with the payload shapes Slack sends."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -186,7 +187,12 @@ def run_app(service: AccessService) -> Iterator[RunningApp]:
     listeners = ThreadPoolExecutor(max_workers=8)
     bolt = build_app(service, client, SIGNING_SECRET, listeners)
     server = create_server(WardKeyWSGI(bolt, service.db), host="127.0.0.1", port=0, threads=8)
-    thread = threading.Thread(target=server.run, daemon=True)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):  # the socket closes under select() at teardown
+            server.run()
+
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     http = httpx.Client(timeout=10)
     try:
