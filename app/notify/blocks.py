@@ -85,33 +85,34 @@ def approver_card(view: RequestView, ctx: CardContext) -> list[Block]:
     blocks = _summary(view, ctx)
     blocks.append(ContextBlock(elements=[MarkdownTextObject(text=outcome_line(view, ctx.zone))]))
     if view.state == S.PENDING:
-        confirm = None
-        if ctx.risk in ("high", "critical"):
-            confirm = ConfirmObject(
-                title="Approve high-risk access?",
-                text=f"{view.target}:{view.role} for {format_duration(view.requested)}. "
-                "You are accountable for this approval.",
-                confirm="Approve",
-                deny="Back",
-            )
-        blocks.append(
-            ActionsBlock(
-                block_id=f"decide:{view.id}",
-                elements=[
-                    ButtonElement(
-                        text="Approve",
-                        action_id=APPROVE_ACTION,
-                        value=str(view.id),
-                        style="primary",
-                        confirm=confirm,
-                    ),
-                    ButtonElement(
-                        text="Deny", action_id=DENY_ACTION, value=str(view.id), style="danger"
-                    ),
-                ],
-            )
-        )
+        blocks.append(decision_buttons(view, high_risk=ctx.risk in ("high", "critical")))
     return blocks
+
+
+def decision_buttons(view: RequestView, high_risk: bool) -> ActionsBlock:
+    """Approve (confirmed first on high-risk paths) and Deny; the value is only the number."""
+    confirm = None
+    if high_risk:
+        length = format_duration(view.extension or view.requested)
+        confirm = ConfirmObject(
+            title="Approve high-risk access?",
+            text=f"{view.target}:{view.role} for {length}. You are accountable for this approval.",
+            confirm="Approve",
+            deny="Back",
+        )
+    return ActionsBlock(
+        block_id=f"decide:{view.id}",
+        elements=[
+            ButtonElement(
+                text="Approve",
+                action_id=APPROVE_ACTION,
+                value=str(view.id),
+                style="primary",
+                confirm=confirm,
+            ),
+            ButtonElement(text="Deny", action_id=DENY_ACTION, value=str(view.id), style="danger"),
+        ],
+    )
 
 
 def outcome_line(view: RequestView, zone: ZoneInfo) -> str:

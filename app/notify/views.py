@@ -24,7 +24,7 @@ from slack_sdk.models.blocks import (
 )
 from slack_sdk.models.views import View
 
-from app.notify.blocks import APPROVE_ACTION, DENY_ACTION, clock_time, escape, outcome_line
+from app.notify.blocks import clock_time, decision_buttons, escape, outcome_line
 from app.policy.durations import format_duration
 from app.policy.rules import RequestPlan
 from app.service.views import RequestView
@@ -204,31 +204,5 @@ def home_view(
                 )
             )
         )
-        confirm = (
-            ConfirmObject(
-                title="Approve high-risk access?",
-                text=f"{v.target}:{v.role} on the {v.path} path.",
-                confirm="Approve",
-                deny="Back",
-            )
-            if v.path in high_risk_paths
-            else None
-        )
-        blocks.append(
-            ActionsBlock(
-                block_id=f"decide:{v.id}",
-                elements=[
-                    ButtonElement(
-                        text="Approve",
-                        action_id=APPROVE_ACTION,
-                        value=str(v.id),
-                        style="primary",
-                        confirm=confirm,
-                    ),
-                    ButtonElement(
-                        text="Deny", action_id=DENY_ACTION, value=str(v.id), style="danger"
-                    ),
-                ],
-            )
-        )
+        blocks.append(decision_buttons(v, high_risk=v.path in high_risk_paths))
     return View(type="home", blocks=blocks[:100]).to_dict()
