@@ -48,6 +48,15 @@ def ask(slack: RunningApp, text: str = REQUEST, user: str = "U0AMIRA") -> int:
     return int(reply.split("#")[1].split(" ")[0])
 
 
+def approved(slack: RunningApp) -> int:
+    """Amira asks for pharmacy-db:read; Ben, on call, approves from his card."""
+    rid = ask(slack)
+    slack.fake.wait_for("chat.postMessage", 3)
+    slack.click(APPROVE_ACTION, str(rid), "U0BEN")
+    slack.fake.wait_for("chat.update", 3)
+    return rid
+
+
 class TestSignatures:
     def test_a_bad_signature_is_refused_and_nothing_happens(self, slack: RunningApp) -> None:
         response = slack.post("command=%2Fjit&text=request+x", signature="v0=deadbeef")
@@ -194,10 +203,7 @@ class TestCommands:
     def test_extend_and_revoke(
         self, slack: RunningApp, service: AccessService, targets: dict[str, MemoryTarget]
     ) -> None:
-        rid = ask(slack)
-        slack.fake.wait_for("chat.postMessage", 3)
-        slack.click(APPROVE_ACTION, str(rid), "U0BEN")
-        slack.fake.wait_for("chat.update", 3)
+        rid = approved(slack)
         slack.command("/jit", f"extend {rid} 30m", "U0AMIRA")
         assert f"#{rid} now ends at 04:00." in slack.replies(2)[-1]
         slack.command("/jit", f"revoke #{rid} done early", "U0AMIRA")
@@ -302,10 +308,7 @@ class TestAppHome:
     def test_extend_and_revoke_from_home(
         self, slack: RunningApp, service: AccessService, targets: dict[str, MemoryTarget]
     ) -> None:
-        rid = ask(slack)
-        slack.fake.wait_for("chat.postMessage", 3)
-        slack.click(APPROVE_ACTION, str(rid), "U0BEN")
-        slack.fake.wait_for("chat.update", 3)
+        rid = approved(slack)
         slack.click("home_extend", str(rid), "U0AMIRA", channel=None, view={"id": "VHOME"})
         slack.fake.wait_for("views.publish", 1, user_id="U0AMIRA")
         deadline = time.time() + 5

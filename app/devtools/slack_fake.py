@@ -14,9 +14,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from app.devtools.loopback import LoopbackServer
 
 JSON = dict[str, Any]
 
@@ -66,7 +68,7 @@ class SlackUser:
         }
 
 
-class FakeSlack:
+class FakeSlack(LoopbackServer):
     """Start with `start()`; point the app at `api_url`; read `calls` afterwards."""
 
     def __init__(
@@ -87,8 +89,8 @@ class FakeSlack:
         self._ts = itertools.count(1)
         self._ids = itertools.count(1)
         self._lock = threading.Condition()
-        self._server: ThreadingHTTPServer | None = None
         self.listeners: list[Callable[[Call], None]] = []
+        super().__init__()
 
     # ------------------------------------------------------------------------- lifecycle
 
@@ -105,22 +107,8 @@ class FakeSlack:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._serve(Handler, port)
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    @property
-    def base_url(self) -> str:
-        assert self._server is not None, "start() the fake first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     @property
     def api_url(self) -> str:

@@ -7,13 +7,14 @@ import json
 import threading
 import time
 from collections import defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from app.adapters.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from app.devtools.loopback import LoopbackServer
 
 
-class WebhookTarget:
+class WebhookTarget(LoopbackServer):
     def __init__(self, key: bytes, name: str = "target") -> None:
         self.key = key
         self.name = name
@@ -24,13 +25,11 @@ class WebhookTarget:
         self.fail_with: int | None = None  # answer every call with this HTTP status
         self.delay_seconds = 0.0  # answer this late (to test time-outs)
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        super().__init__()
 
     @property
     def url(self) -> str:
-        assert self._server is not None
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/wardkey"
+        return f"{self.base_url}/wardkey"
 
     def start(self) -> WebhookTarget:
         target = self
@@ -54,16 +53,8 @@ class WebhookTarget:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._serve(Handler)
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
     def handle(
         self, path: str, body: bytes, timestamp: str, signature: str
