@@ -88,7 +88,31 @@ def _parser() -> argparse.ArgumentParser:
     socket.add_argument("--no-scheduler", action="store_true")
     socket.set_defaults(run=_socket)
     commands.add_parser("worker", help="the scheduler alone").set_defaults(run=_worker)
+
+    demo = commands.add_parser(
+        "demo", help="one night shift end to end, with a local fake Slack; prints the transcript"
+    )
+    demo.add_argument(
+        "--keep", type=Path, metavar="DIR", help="keep the demo's database in DIR to look at"
+    )
+    demo.set_defaults(run=_demo)
     return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from app.devtools.demo import DemoFailed, run_demo
+
+    # The transcript is the output; the app's own log lines would only get in its way.
+    logging.getLogger().setLevel(logging.ERROR)
+    logging.getLogger("waitress").setLevel(logging.CRITICAL)
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    try:
+        run_demo(sys.stdout, args.keep)
+    except DemoFailed as exc:
+        print(f"wardkey demo: the scenario went wrong: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _instant(text: str) -> datetime:

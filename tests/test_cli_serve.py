@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.devtools.slack_driver import SlackDriver
 from app.devtools.slack_fake import FakeSlack
 from app.store import upgrade
 from tests.conftest import HERE
@@ -110,10 +111,8 @@ class TestServe:
             fake.stop()
 
     def test_serve_answers_health_and_signed_commands(self, served: tuple[str, FakeSlack]) -> None:
-        from tests.slack_harness import RunningApp
-
         url, fake = served
-        slack = RunningApp(url, fake, service=None, http=httpx.Client(timeout=10))  # type: ignore[arg-type]
+        slack = SlackDriver(url, fake, httpx.Client(timeout=10), SIGNING_SECRET)
         assert slack.http.get(f"{url}/readyz").text == "ready"
         assert [c.method for c in fake.calls][:1] == ["auth.test"]
         answer = slack.command("/jit", "help", "U0AMIRA")

@@ -1,0 +1,263 @@
+"""`wardkey demo`: one night shift, end to end, with no Slack workspace and no database server.
+
+The real app runs over HTTP (waitress, signed requests, Bolt) against the local fake of the Slack
+Web API, a SQLite file in a temporary folder, and a local stand-in for the EPR admin console that
+WardKey reaches through the signed-webhook adapter. The service's clock is one the demo moves, so
+an hour of access passes in a moment. What Slack would have shown is printed as a transcript.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import TextIO
+from zoneinfo import ZoneInfo
+
+import httpx
+
+from app.adapters.webhook import WebhookAdapter, WebhookSettings
+from app.audit import verify
+from app.clock import ManualClock
+from app.devtools.slack_driver import SlackDriver, TrackingExecutor, serving
+from app.devtools.slack_fake import FakeSlack, SlackUser
+from app.devtools.transcript import Transcript
+from app.devtools.webhook_target import WebhookTarget
+from app.notify.blocks import APPROVE_ACTION, DENY_ACTION
+from app.notify.notifier import Notifier
+from app.policy import parse_policy
+from app.scheduler import Sweeps
+from app.service import AccessService
+from app.slack.app import build_app, web_client
+from app.slack.listeners.actions import DENY_BLOCK, DENY_INPUT, DENY_VIEW
+from app.slack.people import SlackDirectory
+from app.store import Database, upgrade
+from app.store.models import RequestState as S
+from app.web import WardKeyWSGI
+
+ZONE = ZoneInfo("Europe/London")
+START = datetime(2026, 11, 30, 3, 10, tzinfo=ZONE)  # Monday night; Ben is the on-call lead
+TEAM = "T0DEMO"
+
+PEOPLE = [
+    SlackUser("U0AMIRA", "amira@demo.nhs.uk", "Amira Khan", "Clinical systems analyst", TEAM),
+    SlackUser("U0BEN", "ben@demo.nhs.uk", "Ben Hughes", "Clinical systems lead (on call)", TEAM),
+    SlackUser("U0CHLOE", "chloe@demo.nhs.uk", "Chloe Evans", "Clinical systems analyst", TEAM),
+    SlackUser("U0DEV", "dev@demo.nhs.uk", "Dev Patel", "Integration engineer", TEAM),
+    SlackUser("U0ERIN", "erin@demo.nhs.uk", "Erin Walsh", "Infrastructure lead", TEAM),
+    SlackUser("U0FARID", "farid@demo.nhs.uk", "Farid Rahman", "Infrastructure lead", TEAM),
+    SlackUser("U0GITA", "gita@demo.nhs.uk", "Gita Rao", "Head of IT operations", TEAM),
+    SlackUser("U0HANA", "hana@demo.nhs.uk", "Hana Novak", "Site duty manager", TEAM),
+]
+CHANNELS = {"C0SECURITY": "#security-alerts", "C0MANAGERS": "#manager-reviews"}
+
+
+class DemoFailed(Exception):
+    """The scenario did not go as it should: a bug, said plainly instead of a happy transcript."""
+
+
+def demo_policy_text(console_url: str) -> str:
+    text = resources.files("app.devtools").joinpath("demo_policy.yaml").read_text()
+    return text.replace("http://127.0.0.1:1/wardkey", console_url)
+
+
+def run_demo(out: TextIO, workdir: Path | None = None) -> None:
+    with tempfile.TemporaryDirectory(prefix="wardkey-demo-") as scratch:
+        _run(out, Path(workdir or scratch))
+
+
+def _run(out: TextIO, workdir: Path) -> None:
+    key = secrets.token_bytes(32)
+    console = WebhookTarget(key, name="EPR console").start()
+    fake = FakeSlack(team_id=TEAM).start()
+    for person in PEOPLE:
+        fake.add_user(person)
+    url = f"sqlite:///{workdir / 'wardkey-demo.db'}"
+    upgrade(url)
+    db = Database(url)
+    policy = parse_policy(demo_policy_text(console.url), "demo policy")
+    clock = ManualClock(START)
+    console_settings = WebhookSettings.model_validate(policy.targets["epr-console"].settings)
+    service = AccessService(
+        db, policy, {"epr-console": WebhookAdapter(console_settings, key)}, clock
+    )
+    client = web_client(fake.token, fake.api_url)
+    signing_secret = secrets.token_hex(16)
+    listeners = TrackingExecutor(max_workers=4)
+    bolt = build_app(service, client, signing_secret, listeners)
+    sweeps = Sweeps(service, Notifier(client, service, SlackDirectory(client)).request_changed)
+    names = {p.id: p.real_name for p in PEOPLE}
+    story = Transcript(fake, out, names, CHANNELS, clock.now, ZONE, console.log)
+    http = httpx.Client(timeout=10)
+    try:
+        with serving(WardKeyWSGI(bolt, db), threads=4) as app_url:
+            slack = SlackDriver(app_url, fake, http, signing_secret, TEAM)
+            try:
+                _night_shift(Scene(slack, story, listeners, clock), service, sweeps)
+            finally:
+                listeners.wait_idle()
+                http.close()  # before the server closes, so no connection is cut mid-answer
+        _closing(out, service, db, console)
+    finally:
+        listeners.shutdown(wait=True)
+        fake.stop()
+        console.stop()
+        db.engine.dispose()
+
+
+class Scene:
+    """One place that sends a step to the app, waits until WardKey is done, and prints it."""
+
+    def __init__(
+        self,
+        slack: SlackDriver,
+        story: Transcript,
+        listeners: TrackingExecutor,
+        clock: ManualClock,
+    ) -> None:
+        self.slack = slack
+        self.story = story
+        self.listeners = listeners
+        self.clock = clock
+
+    def at(self, minutes_later: int) -> None:
+        self.clock.advance(timedelta(minutes=minutes_later))
+
+    def _settle(self) -> None:
+        if not self.listeners.wait_idle(timeout=15):
+            raise DemoFailed("WardKey did not finish reacting within 15 s")
+        self.story.flush()
+
+    def command(self, user: str, command: str, text: str) -> None:
+        self.story.said(user, f"{command} {text}".strip())
+        answer = self.slack.command(command, text, user)
+        if answer.status_code != 200:
+            raise DemoFailed(f"{command} was refused: HTTP {answer.status_code}")
+        body = answer.text and answer.headers.get("content-type", "").startswith("application/json")
+        if body and answer.json().get("text"):
+            self.story.note("Slack shows the reply below at once; it came back with the ack")
+            for line in answer.json()["text"].splitlines():
+                print(f"        │ {line}", file=self.story.out)
+        self._settle()
+
+    def click(self, user: str, action: str, request_id: int, label: str, where: str) -> None:
+        self.story.clicked(user, label, where)
+        channel = "D" + user[1:]
+        self.slack.click(action, str(request_id), user, channel=channel)
+        self._settle()
+
+    def deny(self, user: str, request_id: int, reason: str) -> None:
+        self.click(user, DENY_ACTION, request_id, "Deny", f"on card #{request_id}")
+        opened = self.slack.fake.calls_to("views.open")[-1]
+        self.story.said(user, f"types the reason “{reason}” and presses [Deny]")
+        self.slack.submit_view(
+            DENY_VIEW,
+            {DENY_BLOCK: {DENY_INPUT: {"value": reason}}},
+            user,
+            opened.args["view"]["private_metadata"],
+        )
+        self._settle()
+
+    def sweep(self, what: str, run: Callable[[], object]) -> None:
+        self.story.note(f"{self.clock_text()}  the {what} sweep runs")
+        run()
+        self.story.flush()
+
+    def clock_text(self) -> str:
+        return self.clock.now().astimezone(ZONE).strftime("%H:%M")
+
+
+def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
+    story = scene.story
+
+    def latest(requester: str) -> int:
+        views = service.requests_of_key(requester)
+        if not views:
+            raise DemoFailed(f"no request from {requester} was recorded")
+        return max(v.id for v in views)
+
+    def expect(request_id: int, state: S) -> None:
+        actual = service.get(request_id).state
+        if actual != state:
+            raise DemoFailed(f"request #{request_id} is {actual.value}, expected {state.value}")
+
+    story.heading("1. A clinical request, approved by the on-call lead at 3 am")
+    scene.command(
+        "U0AMIRA",
+        "/jit",
+        "request epr-console:ward-admin 30m discharge letters stuck on ward 12, patients waiting",
+    )
+    clinical = latest("amira@demo.nhs.uk")
+    scene.at(2)
+    scene.click("U0BEN", APPROVE_ACTION, clinical, "Approve", f"on card #{clinical}")
+    expect(clinical, S.ACTIVE)
+
+    story.heading("2. A request that is refused, with the reason")
+    scene.at(2)
+    scene.command(
+        "U0CHLOE", "/jit", "request epr-console:ward-admin 1h bulk edit of all ward patient lists"
+    )
+    denied = latest("chloe@demo.nhs.uk")
+    scene.at(1)
+    scene.deny("U0BEN", denied, "bulk edits go through the change board; raise a CHG please")
+    expect(denied, S.DENIED)
+
+    story.heading("3. High-risk engineering work: a ticket and two approvers")
+    scene.at(3)
+    scene.command("U0DEV", "/jit", "request epr-console 1h restart the results feed")
+    scene.command(
+        "U0DEV",
+        "/jit",
+        "request epr-console:interface-engine 1h restart the HL7 results feed after the "
+        "lab patch CHG0012345",
+    )
+    engineering = latest("dev@demo.nhs.uk")
+    scene.at(1)
+    scene.click("U0CHLOE", APPROVE_ACTION, engineering, "Approve", "on a forwarded card")
+    scene.click("U0ERIN", APPROVE_ACTION, engineering, "Approve", f"on card #{engineering}")
+    expect(engineering, S.PENDING)
+    scene.at(2)
+    scene.click("U0FARID", APPROVE_ACTION, engineering, "Approve", f"on card #{engineering}")
+    expect(engineering, S.ACTIVE)
+
+    story.heading("4. Break-glass: access at once, security alerted, review to follow")
+    scene.at(5)
+    scene.command(
+        "U0CHLOE",
+        "/breakglass",
+        "epr-console:ward-admin ED cannot admit patients: EPR locked every nurse out",
+    )
+    emergency = latest("chloe@demo.nhs.uk")
+    expect(emergency, S.ACTIVE)
+
+    story.heading("5. Time passes: access ends on its own, on the target too")
+    scene.at(14)
+    scene.command("U0AMIRA", "/jit", "status")
+    scene.at(2)
+    scene.sweep("expiry", sweeps.expire)
+    expect(clinical, S.ENDED)
+    scene.at(39)
+    scene.sweep("expiry", sweeps.expire)
+    expect(engineering, S.ENDED)
+    scene.at(5)
+    scene.sweep("expiry", sweeps.expire)
+    expect(emergency, S.ENDED)
+
+
+def _closing(out: TextIO, service: AccessService, db: Database, console: WebhookTarget) -> None:
+    holders = {e: sorted(a) for e, a in console.members.items() if a}
+    result = verify(db)
+    if not result.ok:
+        raise DemoFailed(f"the audit chain does not verify: {result.summary()}")
+    print(file=out)
+    print("── What is left " + "─" * 58, file=out)
+    print(f"   EPR console access still held: {holders or 'none'}", file=out)
+    print(f"   Audit trail: {result.summary()}", file=out)
+    print(
+        "   Next: `wardkey policy check manifests/policy.example.yaml`, then README.md "
+        "“Running it in Slack”.",
+        file=out,
+    )

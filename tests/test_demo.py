@@ -1,0 +1,38 @@
+"""`wardkey demo` runs the night shift through the real app and prints what Slack would show."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.cli import main
+
+
+def test_the_demo_tells_the_whole_night_and_leaves_nothing_behind(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["demo"]) == 0
+    transcript = capsys.readouterr().out
+    # Each scene, in order, with the people and buttons a reader would see in Slack.
+    scenes = [
+        "Amira Khan ▸ /jit request epr-console:ward-admin 30m",
+        "WardKey → Ben Hughes (DM):",
+        "[Approve] [Deny]",
+        "Ben Hughes clicks [Approve] on card #1",
+        "EPR console: gave amira WARD_ADMIN",
+        "❌ Denied by ben@demo.nhs.uk at 03:15: bulk edits go through the change board",
+        "is not a target and role; write them as target:role.",
+        "[Approve] (asks to confirm) [Deny]",
+        "You are not an approver for the engineering path right now",
+        "⏳ Waiting: 1 of 2 approvals (erin@demo.nhs.uk)",
+        "EPR console: gave dev INTERFACE_ENGINE_ADMIN",
+        "WardKey → #security-alerts:",
+        "🔒 Ended at 03:42 (expired)",
+        "EPR console: took WARD_ADMIN from chloe",
+        "EPR console access still held: none",
+        "Audit trail: OK: 19 events verified",
+    ]
+    position = 0
+    for line in scenes:
+        found = transcript.find(line, position)
+        assert found >= 0, f"missing or out of order: {line!r}"
+        position = found
