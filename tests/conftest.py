@@ -64,7 +64,15 @@ def postgres_url() -> sa.engine.URL:
     return url.update_query_dict({"options": f"-csearch_path={TEST_SCHEMA}"})
 
 
-_postgres_problem: list[str] = []
+def postgres_unreachable(exc: Exception) -> None:
+    """Skip with the reason on a developer's machine; fail in CI, where it must run."""
+    reason = (
+        f"PostgreSQL is not reachable at {POSTGRES_URL} ({str(exc).splitlines()[0]}); "
+        "set WARDKEY_TEST_POSTGRES_URL or run .ci/run, which starts one"
+    )
+    if IN_CI:
+        pytest.fail(f"CI must run the PostgreSQL tests: {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -76,13 +84,7 @@ def postgres_database() -> Iterator[Database]:
             conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {TEST_SCHEMA} CASCADE"))
             conn.execute(sa.text(f"CREATE SCHEMA {TEST_SCHEMA}"))
     except sa.exc.OperationalError as exc:
-        reason = (
-            f"PostgreSQL is not reachable at {POSTGRES_URL} ({str(exc).splitlines()[0]}); "
-            "set WARDKEY_TEST_POSTGRES_URL or run .ci/run, which starts one"
-        )
-        if IN_CI:
-            pytest.fail(f"CI must run the PostgreSQL tests: {reason}", pytrace=False)
-        pytest.skip(reason)
+        postgres_unreachable(exc)
     finally:
         admin.dispose()
     upgrade(postgres_url())

@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping
 from pydantic import BaseModel, ValidationError
 
 from app.adapters.base import Adapter
+from app.adapters.ldap import LdapAdapter, LdapSettings
+from app.adapters.postgres import PostgresAdapter, PostgresSettings
 from app.adapters.webhook import WebhookAdapter, WebhookSettings
 from app.policy.model import Policy, Target
 
@@ -19,21 +21,52 @@ class AdapterConfigError(Exception):
     pass
 
 
-def _webhook(name: str, target: Target, env: Mapping[str, str]) -> Adapter:
-    settings = WebhookSettings.model_validate(target.settings)
-    variable = target.secrets.get("signing_key")
+def _secret(
+    name: str, target: Target, env: Mapping[str, str], key: str, required: bool = True
+) -> str | None:
+    """The secret the policy names by environment variable; never the secret in the policy."""
+    variable = target.secrets.get(key)
     if variable is None:
-        raise AdapterConfigError(f"targets.{name}.secrets.signing_key: required for a webhook")
-    key = env.get(variable, "")
-    if not key:
+        if required:
+            raise AdapterConfigError(f"targets.{name}.secrets.{key}: required for {target.kind}")
+        return None
+    value = env.get(variable, "")
+    if not value:
         raise AdapterConfigError(f"targets.{name}: set the environment variable {variable}")
-    return WebhookAdapter(settings, key.encode())
+    return value
+
+
+def _recorded(target: Target) -> set[str]:
+    return {role.entitlement for role in target.roles.values() if role.record_sessions}
+
+
+def _webhook(name: str, target: Target, env: Mapping[str, str]) -> Adapter:
+    key = _secret(name, target, env, "signing_key") or ""
+    return WebhookAdapter(WebhookSettings.model_validate(target.settings), key.encode())
+
+
+def _postgres(name: str, target: Target, env: Mapping[str, str]) -> Adapter:
+    # No password is right for peer, certificate or trust authentication.
+    password = _secret(name, target, env, "password", required=False)
+    settings = PostgresSettings.model_validate(target.settings)
+    return PostgresAdapter(settings, password, recorded=_recorded(target))
+
+
+def _ldap(name: str, target: Target, env: Mapping[str, str]) -> Adapter:
+    password = _secret(name, target, env, "bind_password") or ""
+    return LdapAdapter(LdapSettings.model_validate(target.settings), password)
 
 
 FACTORIES: dict[str, Callable[[str, Target, Mapping[str, str]], Adapter]] = {
     "webhook": _webhook,
+    "postgres": _postgres,
+    "ldap": _ldap,
 }
-SETTINGS: dict[str, type[BaseModel]] = {"webhook": WebhookSettings}
+SETTINGS: dict[str, type[BaseModel]] = {
+    "webhook": WebhookSettings,
+    "postgres": PostgresSettings,
+    "ldap": LdapSettings,
+}
 
 
 def settings_problems(target: Target) -> list[tuple[tuple[str | int, ...], str]]:

@@ -27,19 +27,19 @@ def build_app(
     service: AccessService,
     client: WebClient,
     signing_secret: str,
-    listener_executor: Executor | None = None,
+    work: Executor | None = None,
 ) -> App:
     # App(client=…) checks the token with auth.test now, so a bad token fails at start-up.
-    # Listeners run on the executor after the ack, so Slack calls never hold the HTTP worker.
-    app = App(
-        client=client,
-        signing_secret=signing_secret,
-        process_before_response=False,
-        listener_executor=listener_executor or ThreadPoolExecutor(max_workers=16),
-    )
+    # Listeners only parse, ack and hand the rest to `work` (SlackDeps.after_ack), so they run
+    # on the HTTP thread (process_before_response) and the ack never queues behind other
+    # requests' Slack calls, as it would in Bolt's listener pool, which also runs that work.
+    app = App(client=client, signing_secret=signing_secret, process_before_response=True)
     directory = SlackDirectory(client)
     deps = SlackDeps(
-        service=service, directory=directory, notifier=Notifier(client, service, directory)
+        service=service,
+        directory=directory,
+        notifier=Notifier(client, service, directory),
+        work=work or ThreadPoolExecutor(max_workers=16, thread_name_prefix="after-ack"),
     )
     for listeners in (commands, actions, views, events):
         listeners.register(app, deps)

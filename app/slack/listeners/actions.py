@@ -42,66 +42,53 @@ def register(app: App, deps: SlackDeps) -> None:
     @app.action(APPROVE_ACTION)
     def approve(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient) -> None:
         ack()
-        with replying_on_error(_reply_to_clicker(client, body)):
-            user = body["user"]
-            person = deps.directory.person(user["id"], user.get("team_id") or body["team"]["id"])
-            view = deps.service.approve(int(action["value"]), person)
-            deps.notifier.request_changed(view)
+
+        def decide() -> None:
+            with replying_on_error(_reply_to_clicker(client, body)):
+                user = body["user"]
+                team = user.get("team_id") or body["team"]["id"]
+                view = deps.service.approve(
+                    int(action["value"]), deps.directory.person(user["id"], team)
+                )
+                deps.notifier.request_changed(view)
+
+        deps.after_ack(decide)
 
     @app.action(DENY_ACTION)
     def deny(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient) -> None:
         ack()
-        channel = (body.get("channel") or {}).get("id")
-        client.views_open(
-            trigger_id=body["trigger_id"],
-            view={
-                "type": "modal",
-                "callback_id": DENY_VIEW,
-                "private_metadata": json.dumps({"id": int(action["value"]), "channel": channel}),
-                "title": {"type": "plain_text", "text": "Deny request"},
-                "submit": {"type": "plain_text", "text": "Deny"},
-                "close": {"type": "plain_text", "text": "Back"},
-                "blocks": [
-                    {
-                        "type": "input",
-                        "block_id": DENY_BLOCK,
-                        "label": {
-                            "type": "plain_text",
-                            "text": "Why? The requester will see this.",
-                        },
-                        "element": {
-                            "type": "plain_text_input",
-                            "action_id": DENY_INPUT,
-                            "multiline": True,
-                            "max_length": 1000,
-                        },
-                    }
-                ],
-            },
-        )
+        deps.after_ack(lambda: _ask_why(client, body, action))
 
     @app.action(HOME_EXTEND)
     def home_extend(
         ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient
     ) -> None:
         ack()
-        with replying_on_error(_reply_to_clicker(client, body)):
-            person = deps.directory.person(body["user"]["id"], body["user"].get("team_id"))
-            view = deps.service.extend(int(action["value"]), person, HOME_EXTEND_BY)
-            if view.extension is not None:
-                deps.notifier.request_opened(view)
-            else:
-                deps.notifier.publish_home(body["user"]["id"])
+
+        def extend() -> None:
+            with replying_on_error(_reply_to_clicker(client, body)):
+                person = deps.directory.person(body["user"]["id"], body["user"].get("team_id"))
+                view = deps.service.extend(int(action["value"]), person, HOME_EXTEND_BY)
+                if view.extension is not None:
+                    deps.notifier.request_opened(view)
+                else:
+                    deps.notifier.publish_home(body["user"]["id"])
+
+        deps.after_ack(extend)
 
     @app.action(HOME_REVOKE)
     def home_revoke(
         ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient
     ) -> None:
         ack()
-        with replying_on_error(_reply_to_clicker(client, body)):
-            person = deps.directory.person(body["user"]["id"], body["user"].get("team_id"))
-            view = deps.service.revoke(int(action["value"]), person, "revoked from App Home")
-            deps.notifier.request_changed(view)
+
+        def revoke() -> None:
+            with replying_on_error(_reply_to_clicker(client, body)):
+                person = deps.directory.person(body["user"]["id"], body["user"].get("team_id"))
+                view = deps.service.revoke(int(action["value"]), person, "revoked from App Home")
+                deps.notifier.request_changed(view)
+
+        deps.after_ack(revoke)
 
     @app.view(DENY_VIEW)
     def deny_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
@@ -117,4 +104,36 @@ def register(app: App, deps: SlackDeps) -> None:
             ack(response_action="errors", errors={DENY_BLOCK: exc.message})
             return
         ack()
-        deps.notifier.request_changed(decided)
+        deps.after_ack(lambda: deps.notifier.request_changed(decided))
+
+
+def _ask_why(client: WebClient, body: dict[str, Any], action: dict[str, Any]) -> None:
+    """Deny opens a dialog for the reason; the requester sees it."""
+    channel = (body.get("channel") or {}).get("id")
+    client.views_open(
+        trigger_id=body["trigger_id"],
+        view={
+            "type": "modal",
+            "callback_id": DENY_VIEW,
+            "private_metadata": json.dumps({"id": int(action["value"]), "channel": channel}),
+            "title": {"type": "plain_text", "text": "Deny request"},
+            "submit": {"type": "plain_text", "text": "Deny"},
+            "close": {"type": "plain_text", "text": "Back"},
+            "blocks": [
+                {
+                    "type": "input",
+                    "block_id": DENY_BLOCK,
+                    "label": {
+                        "type": "plain_text",
+                        "text": "Why? The requester will see this.",
+                    },
+                    "element": {
+                        "type": "plain_text_input",
+                        "action_id": DENY_INPUT,
+                        "multiline": True,
+                        "max_length": 1000,
+                    },
+                }
+            ],
+        },
+    )

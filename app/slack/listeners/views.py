@@ -41,14 +41,18 @@ def register(app: App, deps: SlackDeps) -> None:
         ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient
     ) -> None:
         ack()
-        user = body["user"]
-        person = deps.directory.person(user["id"], user.get("team_id"))
-        plans = requestable(deps.service.policy, person, deps.service.clock.now())
-        chosen = (action.get("selected_option") or {}).get("value")
-        view = body["view"]
-        client.views_update(
-            view_id=view["id"], hash=view.get("hash"), view=request_modal(plans, chosen)
-        )
+
+        def narrow() -> None:
+            user = body["user"]
+            person = deps.directory.person(user["id"], user.get("team_id"))
+            plans = requestable(deps.service.policy, person, deps.service.clock.now())
+            chosen = (action.get("selected_option") or {}).get("value")
+            view = body["view"]
+            client.views_update(
+                view_id=view["id"], hash=view.get("hash"), view=request_modal(plans, chosen)
+            )
+
+        deps.after_ack(narrow)
 
     @app.view(REQUEST_VIEW)
     def request_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
@@ -73,10 +77,14 @@ def register(app: App, deps: SlackDeps) -> None:
             ack(response_action="errors", errors={block: exc.message[:150]})
             return
         ack()
-        deps.notifier.client.chat_postMessage(
-            channel=user["id"],
-            text=f"Request #{opened.id} for `{opened.target}:{opened.role}` "
-            f"({format_duration(opened.requested)}, {escape(opened.reason)[:200]}) is with the "
-            f"{opened.path} approvers. I'll message you when someone decides.",
-        )
-        deps.notifier.request_opened(opened)
+
+        def tell() -> None:
+            deps.notifier.client.chat_postMessage(
+                channel=user["id"],
+                text=f"Request #{opened.id} for `{opened.target}:{opened.role}` "
+                f"({format_duration(opened.requested)}, {escape(opened.reason)[:200]}) is with "
+                f"the {opened.path} approvers. I'll message you when someone decides.",
+            )
+            deps.notifier.request_opened(opened)
+
+        deps.after_ack(tell)

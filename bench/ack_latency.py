@@ -1,0 +1,268 @@
+"""How fast `wardkey serve` acknowledges Slack, next to a bare Bolt app that only acks.
+
+Starts, as separate processes served the same way (waitress, same thread count):
+  - bare:    a Bolt app whose `/jit` listener only calls ack() (the floor for Bolt + waitress);
+  - wardkey: `wardkey serve` on SQLite, and on PostgreSQL when reachable.
+Both talk to the local fake Slack Web API. Then sends N correctly signed `/jit request …`
+commands, C at a time, from distinct eligible people (so every one creates a real request, sends
+approver cards and writes the audit trail after the ack) and prints p50/p95/p99 of the time to
+the ack for each, and the ratio of WardKey to the bare app measured in the same run.
+
+    python bench/ack_latency.py [--requests 1000] [--concurrency 50] [--no-postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlencode
+
+import httpx
+import sqlalchemy as sa
+from slack_sdk.signature import SignatureVerifier
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app.devtools.slack_fake import FakeSlack, SlackUser
+from app.devtools.webhook_target import WebhookTarget
+
+POSTGRES_SERVER = os.environ.get(
+    "WARDKEY_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+BENCH_DATABASE = "wardkey_bench_ack"
+THREADS = 8
+SECRET = secrets.token_hex(16)
+
+BARE_APP = textwrap.dedent(
+    """
+    import os, sys
+    from slack_bolt import App
+    from slack_sdk import WebClient
+    from waitress import serve
+    client = WebClient(token=os.environ["SLACK_BOT_TOKEN"], base_url=os.environ["SLACK_API_URL"])
+    app = App(client=client, signing_secret=os.environ["SLACK_SIGNING_SECRET"])
+    @app.command("/jit")
+    def jit(ack):
+        ack()
+    def wsgi(environ, start_response):
+        from slack_bolt.adapter.wsgi import SlackRequestHandler
+        return SlackRequestHandler(app)(environ, start_response)
+    serve(wsgi, host="127.0.0.1", port=int(sys.argv[1]), threads=int(sys.argv[2]))
+    """
+)
+
+
+def policy(people: int, console_url: str) -> str:
+    members = ", ".join(f"p{i}@bench.nhs.uk" for i in range(people))
+    return textwrap.dedent(
+        f"""
+        version: 1
+        timezone: Europe/London
+        channels: {{security_alerts: C0SEC, manager_reviews: C0MGR}}
+        admins: admins
+        groups:
+          admins: [lead1@bench.nhs.uk]
+          staff: [{members}]
+          leads: [lead1@bench.nhs.uk, lead2@bench.nhs.uk]
+        paths:
+          clinical: {{risk: low, approvers: [{{group: leads}}], max_duration: 2h}}
+          admin: {{risk: medium, approvers: [{{group: leads}}], max_duration: 2h}}
+          engineering: {{risk: high, approvers: [{{group: leads}}], approvals: 2,
+                         max_duration: 2h}}
+          breakglass: {{risk: critical, max_duration: 1h, reviewers: [{{group: leads}}],
+                      review_within: 24h}}
+        targets:
+          epr:
+            kind: webhook
+            settings: {{url: "{console_url}"}}
+            secrets: {{signing_key: BENCH_EPR_KEY}}
+            account: {{template: "{{local}}"}}
+            roles:
+              ward-admin: {{path: clinical, entitlement: WARD_ADMIN, eligible: [staff]}}
+        """
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def process(args: list[str], env: dict[str, str], port: int) -> Iterator[str]:
+    proc = subprocess.Popen(
+        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.post(f"{url}/slack/events", content=b"").status_code in (200, 401):
+                    break
+            if proc.poll() is not None:
+                raise SystemExit(f"{args} exited: {proc.stderr.read() if proc.stderr else ''}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{args} did not start")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def command_body(user: int, fake: FakeSlack, text: str | None) -> str:
+    return urlencode(
+        {
+            "team_id": "T0WARD",
+            "user_id": f"U0P{user}",
+            "command": "/jit",
+            "text": text
+            or f"request epr:ward-admin 30m rebuild ward list {user} after night merge",
+            "response_url": fake.response_url("cmd"),
+            "trigger_id": f"t-{user}",
+            "channel_id": "C0OPS",
+        }
+    )
+
+
+def measure(
+    url: str, fake: FakeSlack, requests: int, concurrency: int, text: str | None = None
+) -> list[float]:
+    """Seconds from sending each signed command to its ack, `concurrency` in flight at once."""
+    verifier = SignatureVerifier(SECRET)
+    latencies: list[float] = []
+    lock = threading.Lock()
+    local = threading.local()
+
+    def one(user: int) -> None:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = httpx.Client(timeout=30)
+        body = command_body(user, fake, text)
+        ts = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Slack-Request-Timestamp": ts,
+            "X-Slack-Signature": verifier.generate_signature(timestamp=ts, body=body),
+        }
+        started = time.perf_counter()
+        answer = client.post(f"{url}/slack/events", content=body.encode(), headers=headers)
+        elapsed = time.perf_counter() - started
+        if answer.status_code != 200:
+            raise SystemExit(f"HTTP {answer.status_code}: {answer.text[:200]}")
+        with lock:
+            latencies.append(elapsed)
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(one, range(requests)))
+    return latencies
+
+
+def settle(fake: FakeSlack, cards: int, timeout: float = 900) -> None:
+    """Wait for the approver cards of every request: the app's work after the acks is done."""
+    deadline = time.monotonic() + timeout
+    while len(fake.calls_to("chat.postMessage")) < cards:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {len(fake.calls_to('chat.postMessage'))} of {cards} cards")
+        time.sleep(0.5)
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] * 1000
+
+
+def postgres_database() -> str | None:
+    try:
+        engine = sa.create_engine(POSTGRES_SERVER, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)"))
+            conn.execute(sa.text(f"CREATE DATABASE {BENCH_DATABASE}"))
+        engine.dispose()
+    except sa.exc.OperationalError as exc:
+        print(f"PostgreSQL not reachable ({type(exc).__name__}); skipping it")
+        return None
+    return str(sa.make_url(POSTGRES_SERVER).set(database=BENCH_DATABASE).render_as_string(False))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+
+    key = secrets.token_hex(32)
+    console = WebhookTarget(key.encode(), name="epr").start()
+    fake = FakeSlack().start()
+    for i in range(args.requests):
+        fake.add_user(SlackUser(f"U0P{i}", f"p{i}@bench.nhs.uk", f"Person {i}", "Analyst"))
+    for i in (1, 2):
+        fake.add_user(SlackUser(f"U0L{i}", f"lead{i}@bench.nhs.uk", f"Lead {i}", "Lead"))
+    work = Path(tempfile.mkdtemp(prefix="wardkey-bench-"))
+    (work / "policy.yaml").write_text(policy(args.requests, console.url))
+    env = {
+        **os.environ,
+        "SLACK_BOT_TOKEN": fake.token,
+        "SLACK_SIGNING_SECRET": SECRET,
+        "SLACK_API_URL": fake.api_url,
+        "WARDKEY_POLICY": str(work / "policy.yaml"),
+        "BENCH_EPR_KEY": key,
+    }
+    stores = {"SQLite": f"sqlite:///{work / 'wardkey.db'}"}
+    if not args.no_postgres and (pg := postgres_database()):
+        stores["PostgreSQL"] = pg
+
+    results: list[tuple[str, list[float]]] = []
+    concurrency, cards = args.concurrency, 0
+    port = free_port()
+    bare = [sys.executable, "-c", BARE_APP, str(port), str(THREADS)]
+    with process(bare, env, port) as url:
+        measure(url, fake, 200, args.concurrency, text="help")  # warm up
+        results.append(("bare Bolt (ack only)", measure(url, fake, args.requests, concurrency)))
+    for store, database in stores.items():
+        store_env = {**env, "DATABASE_URL": database}
+        subprocess.run([sys.executable, "-m", "app", "db", "upgrade"], env=store_env, check=True)
+        port = free_port()
+        serve = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        with process([*serve, "--threads", str(THREADS)], store_env, port) as url:
+            measure(url, fake, 200, args.concurrency, text="help")  # warm up
+            results.append(
+                (f"wardkey serve, {store}", measure(url, fake, args.requests, concurrency))
+            )
+            # Let the work after the acks (cards, audit) finish before the next run starts.
+            cards += args.requests * 2
+            settle(fake, cards)
+    print()
+    print(
+        f"{args.requests} signed /jit request commands, {args.concurrency} at a time, "
+        f"{os.cpu_count()} cores, waitress {THREADS} threads"
+    )
+    print(f"{'app':<28}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'p99 ratio':>11}")
+    bare_p99 = pct(results[0][1], 99)
+    for name, values in results:
+        p99 = pct(values, 99)
+        print(
+            f"{name:<28}{pct(values, 50):>9.1f}{pct(values, 95):>9.1f}{p99:>9.1f}"
+            f"{max(values) * 1000:>9.1f}{p99 / bare_p99:>10.2f}x"
+        )
+    console.stop()
+    fake.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The LDAP adapter against a real OpenLDAP slapd started for these tests (see tests/slapd.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.adapters.base import PermanentAdapterError, TransientAdapterError
+from app.adapters.ldap import LdapAdapter, LdapSettings, ttl_member_value
+from app.clock import ManualClock
+from app.policy import Person, parse_policy
+from app.service import AccessService
+from app.store import Database
+from app.store.models import RequestState as S
+from tests import slapd
+from tests.conftest import IN_CI, NIGHT_SHIFT
+
+UNTIL = datetime(2030, 1, 1, tzinfo=UTC)
+HELPDESK = slapd.group_dn("helpdesk")
+
+
+@pytest.fixture(scope="module")
+def directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[slapd.Slapd]:
+    if not slapd.available():
+        reason = "OpenLDAP's slapd is not installed (.ci/run installs Debian's slapd package)"
+        if IN_CI:
+            pytest.fail(f"CI must run the LDAP tests: {reason}", pytrace=False)
+        pytest.skip(reason)
+    with slapd.running(tmp_path_factory.mktemp("slapd")) as server:
+        yield server
+
+
+def settings(url: str, **changes: object) -> LdapSettings:
+    values: dict[str, object] = {
+        "url": url,
+        "bind_dn": slapd.WARDKEY_DN,
+        "user_base": f"ou=people,{slapd.SUFFIX}",
+        "verify_tls": False,
+        "timeout_seconds": 3,
+    }
+    return LdapSettings.model_validate({**values, **changes})
+
+
+@pytest.fixture
+def adapter(directory: slapd.Slapd) -> Iterator[LdapAdapter]:
+    yield LdapAdapter(settings(directory.url), slapd.WARDKEY_PASSWORD)
+    admin = directory.admin()  # put the groups back as they were seeded
+    for group in ("helpdesk", "ward-admins"):
+        admin.modify(slapd.group_dn(group), {"member": [("MODIFY_REPLACE", [slapd.PLACEHOLDER])]})
+
+
+class TestMembership:
+    def test_grant_check_list_and_revoke(self, adapter: LdapAdapter) -> None:
+        assert not adapter.check("amira", HELPDESK)
+        assert not adapter.grant("amira", HELPDESK, UNTIL).already_present
+        assert adapter.check("amira", HELPDESK)
+        assert adapter.list_members(HELPDESK) == {"amira"}  # the placeholder has no uid
+        assert not adapter.revoke("amira", HELPDESK).already_absent
+        assert not adapter.check("amira", HELPDESK)
+        assert adapter.end_sessions("amira") == 0
+
+    def test_twice_is_success(self, adapter: LdapAdapter) -> None:
+        adapter.grant("ben", HELPDESK, UNTIL)
+        assert adapter.grant("ben", HELPDESK, UNTIL).already_present
+        adapter.revoke("ben", HELPDESK)
+        assert adapter.revoke("ben", HELPDESK).already_absent
+
+    def test_a_dn_with_commas_and_quotes(self, adapter: LdapAdapter) -> None:
+        adapter.grant("o'brien, jr", HELPDESK, UNTIL)
+        assert adapter.check("o'brien, jr", HELPDESK)
+        assert "o'brien, jr" in adapter.list_members(HELPDESK)
+        adapter.revoke("o'brien, jr", HELPDESK)
+        assert not adapter.check("o'brien, jr", HELPDESK)
+
+    def test_the_last_member_cannot_be_removed_and_says_why(self, adapter: LdapAdapter) -> None:
+        with pytest.raises(PermanentAdapterError, match="placeholder member"):
+            adapter.revoke("lone", slapd.group_dn("solo"))
+
+
+class TestRefusals:
+    @pytest.mark.parametrize("hostile", ["*", "amira)(uid=*", "*)(|(uid=*", "ben\\2a", "\x00"])
+    def test_filter_metacharacters_match_nobody(self, adapter: LdapAdapter, hostile: str) -> None:
+        with pytest.raises(PermanentAdapterError):
+            adapter.grant(hostile, HELPDESK, UNTIL)
+        assert adapter.list_members(HELPDESK) == set()
+
+    def test_an_unknown_group_is_permanent(self, adapter: LdapAdapter) -> None:
+        with pytest.raises(PermanentAdapterError, match="no group"):
+            adapter.check("amira", slapd.group_dn("no-such-group"))
+
+    def test_only_the_groups_are_writable_by_wardkey(
+        self, directory: slapd.Slapd, adapter: LdapAdapter
+    ) -> None:
+        outside = f"cn=placeholder,{slapd.SUFFIX}"  # not a group under ou=groups
+        with pytest.raises(PermanentAdapterError):
+            adapter.grant("amira", outside, UNTIL)
+
+    def test_a_wrong_password_is_permanent(self, directory: slapd.Slapd) -> None:
+        wrong = LdapAdapter(settings(directory.url), "not-the-password")
+        with pytest.raises(PermanentAdapterError, match="invalidCredentials"):
+            wrong.check("amira", HELPDESK)
+
+    def test_a_directory_that_is_down_is_transient(self) -> None:
+        down = LdapAdapter(settings("ldap://127.0.0.1:1"), slapd.WARDKEY_PASSWORD)
+        with pytest.raises(TransientAdapterError, match="cannot reach"):
+            down.check("amira", HELPDESK)
+
+
+class TestActiveDirectoryTimeToLive:
+    def test_value_format(self) -> None:
+        now = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
+        dn = "CN=Khan\\, Amira,OU=Staff,DC=trust,DC=nhs,DC=uk"
+        assert ttl_member_value(dn, now + timedelta(minutes=30), now) == f"<TTL=1800,{dn}>"
+        # Rounded up, never zero (zero would mean "no expiry" to some tools).
+        assert ttl_member_value(dn, now + timedelta(seconds=0.2), now) == f"<TTL=1,{dn}>"
+        assert ttl_member_value(dn, now - timedelta(seconds=5), now) == f"<TTL=1,{dn}>"
+
+    def test_ttl_needs_active_directory(self) -> None:
+        with pytest.raises(ValidationError, match="ttl_membership needs directory"):
+            settings("ldaps://dc1.trust.nhs.uk", ttl_membership=True)
+        assert settings(
+            "ldaps://dc1.trust.nhs.uk", ttl_membership=True, directory="active_directory"
+        ).ttl_membership
+
+
+POLICY = f"""
+version: 1
+timezone: Europe/London
+channels: {{security_alerts: C0SEC, manager_reviews: C0MGR}}
+admins: admins
+groups:
+  admins: [ben@ward.nhs.uk, gita@ward.nhs.uk]
+  staff: [amira@ward.nhs.uk]
+paths:
+  clinical: {{risk: low, approvers: [{{group: admins}}], max_duration: 2h}}
+  admin: {{risk: medium, approvers: [{{group: admins}}], max_duration: 2h}}
+  engineering: {{risk: high, approvers: [{{group: admins}}], max_duration: 2h}}
+  breakglass: {{risk: critical, max_duration: 1h, reviewers: [{{group: admins}}],
+               review_within: 24h}}
+targets:
+  directory:
+    kind: ldap
+    settings: {{url: "ldap://127.0.0.1", bind_dn: "{slapd.WARDKEY_DN}",
+               user_base: "ou=people,{slapd.SUFFIX}"}}
+    secrets: {{bind_password: LDAP_PASSWORD}}
+    account: {{template: "{{local}}"}}
+    roles:
+      helpdesk: {{path: admin, entitlement: "{HELPDESK}", eligible: [staff]}}
+"""
+
+
+def test_access_through_the_service_ends_in_the_directory(
+    adapter: LdapAdapter, tmp_path: Path, sqlite_template: Path
+) -> None:
+    import shutil
+
+    shutil.copy(sqlite_template, tmp_path / "wardkey.db")
+    db = Database(f"sqlite:///{tmp_path / 'wardkey.db'}")
+    clock = ManualClock(NIGHT_SHIFT)
+    service = AccessService(db, parse_policy(POLICY), {"directory": adapter}, clock)
+    amira = Person(slack_user_id="U0AMIRA", email="amira@ward.nhs.uk")
+    ben = Person(slack_user_id="U0BEN", email="ben@ward.nhs.uk")
+    view = service.request(amira, "directory", "helpdesk", timedelta(minutes=30), "reset ward pcs")
+    assert service.approve(view.id, ben).state == S.ACTIVE
+    assert adapter.check("amira", HELPDESK)
+    clock.advance(timedelta(minutes=31))
+    service.expire_due()
+    assert service.get(view.id).state == S.ENDED
+    assert not adapter.check("amira", HELPDESK)
+    db.dispose()

@@ -1,0 +1,325 @@
+"""The PostgreSQL adapter against a real server: the elevated login really can (and then really
+cannot) use the role, open sessions are ended, recording is switched on and off, and hostile
+names are quoted or refused. WardKey's own login here is not a superuser: it has only what
+README.md says the adapter needs."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from psycopg import sql
+
+from app.adapters.base import PermanentAdapterError, TransientAdapterError
+from app.adapters.postgres import PostgresAdapter, PostgresSettings
+from app.clock import ManualClock
+from app.policy import Person, parse_policy
+from app.service import AccessService
+from app.store import Database
+from app.store.models import RequestState as S
+from tests.conftest import NIGHT_SHIFT, POSTGRES_URL, postgres_unreachable
+
+pytestmark = pytest.mark.postgres
+UNTIL = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class Server:
+    host: str
+    port: int
+    dbname: str
+    prefix: str  # every role this module creates starts with it
+
+    def role(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def connect(self, user: str) -> psycopg.Connection[Any]:
+        return psycopg.connect(
+            host=self.host, port=self.port, dbname=self.dbname, user=user, autocommit=True
+        )
+
+    def settings(self, **changes: Any) -> PostgresSettings:
+        values: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "dbname": self.dbname,
+            "user": self.role("adapter"),
+            "sslmode": "disable",
+        }
+        return PostgresSettings(**{**values, **changes})
+
+    def can_read(self, login: str) -> bool:
+        with self.connect(login) as conn:
+            try:
+                conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self.table))
+            except psycopg.errors.InsufficientPrivilege:
+                return False
+            return True
+
+    @property
+    def table(self) -> sql.Identifier:
+        return sql.Identifier(self.role("stock"))
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    url = sa.engine.make_url(POSTGRES_URL)
+    try:
+        admin = psycopg.connect(
+            host=url.host, port=url.port or 5432, dbname=url.database, user=url.username,
+            autocommit=True, connect_timeout=5,
+        )  # fmt: skip
+    except psycopg.OperationalError as exc:
+        postgres_unreachable(exc)
+    srv = Server(url.host or "127.0.0.1", url.port or 5432, url.database or "test",
+                 f"wkt{secrets.token_hex(3)}_")  # fmt: skip
+    r = srv.role
+    odd = "o'brien \"x\""
+    statements = [
+        ("CREATE ROLE {} NOLOGIN", "pharmacy_read"),
+        ("CREATE ROLE {} NOLOGIN", "pharmacy_owner"),
+        ("CREATE TABLE {} (item text)", "stock"),
+        ("CREATE ROLE {} LOGIN", "amira"),
+        ("CREATE ROLE {} LOGIN", "ben"),
+        ("CREATE ROLE {} LOGIN", odd),
+        # WardKey's own login: least privilege, as README.md lists it.
+        ("CREATE ROLE {} LOGIN CREATEROLE", "adapter"),
+        ("GRANT pg_signal_backend TO {}", "adapter"),
+        ("GRANT SET ON PARAMETER log_statement TO {}", "adapter"),
+    ]
+    for template, name in statements:
+        admin.execute(sql.SQL(template).format(sql.Identifier(r(name))))
+    admin.execute(
+        sql.SQL("GRANT SELECT ON {} TO {}").format(
+            sql.Identifier(r("stock")), sql.Identifier(r("pharmacy_read"))
+        )
+    )
+    try:
+        yield srv
+    finally:
+        admin.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(r("stock"))))
+        admin.execute(
+            sql.SQL("REVOKE SET ON PARAMETER log_statement FROM {}").format(
+                sql.Identifier(r("adapter"))
+            )
+        )
+        for (name,) in admin.execute(
+            "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (srv.prefix,)
+        ).fetchall():
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+        admin.close()
+
+
+@pytest.fixture
+def adapter(server: Server) -> Iterator[PostgresAdapter]:
+    yield PostgresAdapter(server.settings())
+    with server.connect(server.role("adapter")) as conn:  # leave no membership behind
+        for login in ("amira", "ben", "o'brien \"x\""):
+            for role in ("pharmacy_read", "pharmacy_owner"):
+                conn.execute(
+                    sql.SQL("REVOKE {} FROM {}").format(
+                        sql.Identifier(server.role(role)), sql.Identifier(server.role(login))
+                    )
+                )
+
+
+class TestGrantAndRevoke:
+    def test_the_privilege_works_only_while_granted(
+        self, server: Server, adapter: PostgresAdapter
+    ) -> None:
+        login, role = server.role("amira"), server.role("pharmacy_read")
+        assert not server.can_read(login)
+        assert not adapter.check(login, role)
+
+        granted = adapter.grant(login, role, UNTIL)
+        assert not granted.already_present
+        assert adapter.check(login, role)
+        assert login in adapter.list_members(role)
+        assert server.can_read(login)
+
+        revoked = adapter.revoke(login, role)
+        assert not revoked.already_absent
+        assert not adapter.check(login, role)
+        assert not server.can_read(login)
+
+    def test_an_open_session_is_ended_at_revoke(
+        self, server: Server, adapter: PostgresAdapter
+    ) -> None:
+        login, role = server.role("amira"), server.role("pharmacy_read")
+        adapter.grant(login, role, UNTIL)
+        with server.connect(login) as psql:
+            psql.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+            psql.execute(sql.SQL("SELECT count(*) FROM {}").format(server.table))
+            assert adapter.revoke(login, role).sessions_ended == 1
+            with pytest.raises(psycopg.OperationalError):
+                psql.execute(sql.SQL("SELECT count(*) FROM {}").format(server.table))
+
+    def test_granting_and_revoking_twice_is_success(
+        self, server: Server, adapter: PostgresAdapter
+    ) -> None:
+        login, role = server.role("ben"), server.role("pharmacy_read")
+        assert not adapter.grant(login, role, UNTIL).already_present
+        assert adapter.grant(login, role, UNTIL).already_present
+        assert not adapter.revoke(login, role).already_absent
+        assert adapter.revoke(login, role).already_absent
+
+    def test_recorded_roles_log_every_statement_for_the_window(
+        self, server: Server, adapter: PostgresAdapter
+    ) -> None:
+        login, role = server.role("amira"), server.role("pharmacy_owner")
+        recording = PostgresAdapter(server.settings(), recorded={role})
+
+        def login_settings() -> list[str]:
+            with server.connect(server.role("adapter")) as conn:
+                row = conn.execute(
+                    "SELECT s.setconfig FROM pg_db_role_setting s "
+                    "JOIN pg_roles r ON r.oid = s.setrole WHERE r.rolname = %s AND s.setdatabase = 0",
+                    (login,),
+                ).fetchone()
+            return list(row[0]) if row else []
+
+        with server.connect(login) as already_open:
+            result = recording.grant(login, role, UNTIL)
+            assert "log_statement=all" in login_settings()
+            assert "ended 1 open session" in result.detail
+            with pytest.raises(psycopg.OperationalError):
+                already_open.execute("SELECT 1")  # it would not have been logged
+        with server.connect(login) as fresh:
+            assert fresh.execute("SHOW log_statement").fetchone() == ("all",)
+        recording.revoke(login, role)
+        assert login_settings() == []
+
+
+class TestRefusals:
+    def test_hostile_names_are_quoted_never_run(
+        self, server: Server, adapter: PostgresAdapter
+    ) -> None:
+        role = server.role("pharmacy_read")
+        hostile = f'{server.role("ben")}"; DROP ROLE "{server.role("amira")}"; --'
+        with pytest.raises(PermanentAdapterError, match="there is no login"):
+            adapter.grant(hostile, role, UNTIL)
+        assert adapter.check(server.role("amira"), role) is False
+        with server.connect(server.role("amira")):  # still exists
+            pass
+        odd = server.role("o'brien \"x\"")
+        adapter.grant(odd, role, UNTIL)
+        assert adapter.check(odd, role)
+        adapter.revoke(odd, role)
+
+    def test_names_postgres_would_truncate_are_refused(self, adapter: PostgresAdapter) -> None:
+        with pytest.raises(PermanentAdapterError, match="over 63 bytes"):
+            adapter.grant("a" * 64, "pharmacy_read", UNTIL)
+        with pytest.raises(PermanentAdapterError, match="NUL"):
+            adapter.check("amira\x00", "pharmacy_read")
+
+    def test_an_unknown_role_is_permanent(self, server: Server, adapter: PostgresAdapter) -> None:
+        with pytest.raises(PermanentAdapterError, match="there is no role"):
+            adapter.grant(server.role("amira"), server.role("no_such_role"), UNTIL)
+
+    def test_a_server_that_is_down_is_transient(self, server: Server) -> None:
+        down = PostgresAdapter(server.settings(port=1, connect_timeout_seconds=2))
+        with pytest.raises(TransientAdapterError, match="cannot connect"):
+            down.check(server.role("amira"), server.role("pharmacy_read"))
+
+
+POLICY = """
+version: 1
+timezone: Europe/London
+channels: {{security_alerts: C0SEC, manager_reviews: C0MGR}}
+admins: admins
+groups:
+  admins: [ben@ward.nhs.uk, gita@ward.nhs.uk]
+  staff: [amira@ward.nhs.uk, ben@ward.nhs.uk]
+paths:
+  clinical: {{risk: low, approvers: [{{group: admins}}], max_duration: 2h}}
+  admin: {{risk: medium, approvers: [{{group: admins}}], max_duration: 2h}}
+  engineering: {{risk: high, approvers: [{{group: admins}}], max_duration: 2h}}
+  breakglass: {{risk: critical, max_duration: 1h, reviewers: [{{group: admins}}],
+               review_within: 24h}}
+targets:
+  pharmacy-db:
+    kind: postgres
+    settings: {{host: localhost, dbname: test}}
+    account: {{template: "{prefix}{{local}}"}}
+    roles:
+      read: {{path: clinical, entitlement: {prefix}pharmacy_read, eligible: [staff]}}
+"""
+AMIRA = Person(slack_user_id="U0AMIRA", email="amira@ward.nhs.uk")
+BEN = Person(slack_user_id="U0BEN", email="ben@ward.nhs.uk")
+
+
+class TestThroughTheService:
+    @pytest.fixture
+    def world(
+        self, server: Server, adapter: PostgresAdapter, tmp_path: Any, sqlite_template: Any
+    ) -> Iterator[tuple[AccessService, dict[str, Any], ManualClock]]:
+        import shutil
+
+        path = tmp_path / "wardkey.db"
+        shutil.copy(sqlite_template, path)
+        db = Database(f"sqlite:///{path}")
+        clock = ManualClock(NIGHT_SHIFT)
+        adapters: dict[str, Any] = {"pharmacy-db": adapter}
+        policy = parse_policy(POLICY.format(prefix=server.prefix))
+        yield AccessService(db, policy, adapters, clock), adapters, clock
+        db.dispose()
+
+    def test_approved_access_works_then_expires_on_the_server(
+        self, server: Server, world: tuple[AccessService, dict[str, Any], ManualClock]
+    ) -> None:
+        service, _, clock = world
+        view = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), "fix the stock levels")
+        assert service.approve(view.id, BEN).state == S.ACTIVE
+        assert server.can_read(server.role("amira"))
+        clock.advance(timedelta(minutes=31))
+        assert service.expire_due() == [view.id]
+        assert service.get(view.id).state == S.ENDED
+        assert not server.can_read(server.role("amira"))
+
+    def test_membership_held_before_wardkey_survives_expiry(
+        self,
+        server: Server,
+        adapter: PostgresAdapter,
+        world: tuple[AccessService, dict[str, Any], ManualClock],
+    ) -> None:
+        service, _, clock = world
+        login, role = server.role("amira"), server.role("pharmacy_read")
+        adapter.grant(login, role, UNTIL)  # standing access someone gave by hand
+        view = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), "fix the stock levels")
+        service.approve(view.id, BEN)
+        clock.advance(timedelta(minutes=31))
+        service.expire_due()
+        assert service.get(view.id).state == S.ENDED
+        assert adapter.check(login, role), "pre-existing membership must be left alone"
+
+    def test_server_down_at_grant_never_shows_active(
+        self, server: Server, world: tuple[AccessService, dict[str, Any], ManualClock]
+    ) -> None:
+        service, adapters, _ = world
+        adapters["pharmacy-db"] = PostgresAdapter(server.settings(port=1))
+        view = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), "fix the stock levels")
+        assert service.approve(view.id, BEN).state == S.GRANT_FAILED
+
+    def test_server_down_at_revoke_fails_loudly_then_recovers(
+        self,
+        server: Server,
+        adapter: PostgresAdapter,
+        world: tuple[AccessService, dict[str, Any], ManualClock],
+    ) -> None:
+        service, adapters, clock = world
+        view = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), "fix the stock levels")
+        service.approve(view.id, BEN)
+        adapters["pharmacy-db"] = PostgresAdapter(server.settings(port=1))
+        clock.advance(timedelta(minutes=31))
+        service.expire_due()
+        assert service.get(view.id).state == S.REVOKE_FAILED
+        assert server.can_read(server.role("amira"))  # honest: it is still there
+        adapters["pharmacy-db"] = adapter
+        assert service.retry_revoke(view.id).state == S.ENDED
+        assert not server.can_read(server.role("amira"))
