@@ -38,6 +38,8 @@ def base_env(tmp_path: Path) -> dict[str, str]:
     db = f"sqlite:///{tmp_path / 'wardkey.db'}"
     upgrade(db)
     env.update(DATABASE_URL=db, WARDKEY_POLICY=str(HERE / "data" / "ward_policy.yaml"))
+    # The ward's targets name these secrets; adapters connect only when asked to act.
+    env.update(PHARMACY_DB_PASSWORD="not-used-here", DIRECTORY_PASSWORD="not-used-here")
     return env
 
 
@@ -64,6 +66,16 @@ class TestStartup:
         lines = result.stderr.strip().splitlines()
         assert lines[-1].startswith(f"wardkey: {missing} is not set"), result.stderr
         assert "Traceback" not in result.stderr
+
+    def test_a_missing_adapter_secret_is_named(self, base_env: dict[str, str]) -> None:
+        env = {**base_env, "SLACK_BOT_TOKEN": "x"}
+        del env["PHARMACY_DB_PASSWORD"]
+        result = run(["worker"], env)
+        assert result.returncode == 2
+        assert (
+            "targets.pharmacy-db: set the environment variable PHARMACY_DB_PASSWORD"
+            in result.stderr
+        )
 
     def test_a_bad_policy_path_is_named(self, base_env: dict[str, str]) -> None:
         env = {**base_env, "SLACK_BOT_TOKEN": "x", "WARDKEY_POLICY": "/nowhere/policy.yaml"}
@@ -121,6 +133,6 @@ class TestServe:
         slack.command(
             "/jit", "request pharmacy-db:read 30m fix stuck order set on ward 12", "U0AMIRA"
         )
-        # The ward's targets are not webhooks, so this version cannot reach them: said plainly.
-        reply = slack.replies()[-1]
-        assert "not connected to WardKey yet" in reply
+        assert "is with the clinical approvers" in slack.replies()[-1]
+        cards = fake.wait_for("chat.postMessage", 3)
+        assert sorted(c.response["channel"] for c in cards) == ["D0BEN", "D0GITA", "D0HANA"]

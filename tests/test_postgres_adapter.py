@@ -27,6 +27,7 @@ from tests.conftest import NIGHT_SHIFT, POSTGRES_URL, postgres_unreachable
 
 pytestmark = pytest.mark.postgres
 UNTIL = datetime(2030, 1, 1, tzinfo=UTC)
+PASSWORD = "wk-test-password"  # every login here has it, so password authentication works too
 
 
 @dataclass
@@ -41,8 +42,9 @@ class Server:
 
     def connect(self, user: str) -> psycopg.Connection[Any]:
         return psycopg.connect(
-            host=self.host, port=self.port, dbname=self.dbname, user=user, autocommit=True
-        )
+            host=self.host, port=self.port, dbname=self.dbname, user=user, password=PASSWORD,
+            autocommit=True,
+        )  # fmt: skip
 
     def settings(self, **changes: Any) -> PostgresSettings:
         values: dict[str, Any] = {
@@ -73,23 +75,23 @@ def server() -> Iterator[Server]:
     try:
         admin = psycopg.connect(
             host=url.host, port=url.port or 5432, dbname=url.database, user=url.username,
-            autocommit=True, connect_timeout=5,
+            password=url.password, autocommit=True, connect_timeout=5,
         )  # fmt: skip
     except psycopg.OperationalError as exc:
         postgres_unreachable(exc)
     srv = Server(url.host or "127.0.0.1", url.port or 5432, url.database or "test",
                  f"wkt{secrets.token_hex(3)}_")  # fmt: skip
     r = srv.role
-    odd = "o'brien \"x\""
+    odd = 'o\'brien "x"'
     statements = [
         ("CREATE ROLE {} NOLOGIN", "pharmacy_read"),
         ("CREATE ROLE {} NOLOGIN", "pharmacy_owner"),
         ("CREATE TABLE {} (item text)", "stock"),
-        ("CREATE ROLE {} LOGIN", "amira"),
-        ("CREATE ROLE {} LOGIN", "ben"),
-        ("CREATE ROLE {} LOGIN", odd),
+        ("CREATE ROLE {} LOGIN PASSWORD 'wk-test-password'", "amira"),
+        ("CREATE ROLE {} LOGIN PASSWORD 'wk-test-password'", "ben"),
+        ("CREATE ROLE {} LOGIN PASSWORD 'wk-test-password'", odd),
         # WardKey's own login: least privilege, as README.md lists it.
-        ("CREATE ROLE {} LOGIN CREATEROLE", "adapter"),
+        ("CREATE ROLE {} LOGIN CREATEROLE PASSWORD 'wk-test-password'", "adapter"),
         ("GRANT pg_signal_backend TO {}", "adapter"),
         ("GRANT SET ON PARAMETER log_statement TO {}", "adapter"),
     ]
@@ -118,9 +120,9 @@ def server() -> Iterator[Server]:
 
 @pytest.fixture
 def adapter(server: Server) -> Iterator[PostgresAdapter]:
-    yield PostgresAdapter(server.settings())
+    yield PostgresAdapter(server.settings(), PASSWORD)
     with server.connect(server.role("adapter")) as conn:  # leave no membership behind
-        for login in ("amira", "ben", "o'brien \"x\""):
+        for login in ("amira", "ben", 'o\'brien "x"'):
             for role in ("pharmacy_read", "pharmacy_owner"):
                 conn.execute(
                     sql.SQL("REVOKE {} FROM {}").format(
@@ -173,13 +175,13 @@ class TestGrantAndRevoke:
         self, server: Server, adapter: PostgresAdapter
     ) -> None:
         login, role = server.role("amira"), server.role("pharmacy_owner")
-        recording = PostgresAdapter(server.settings(), recorded={role})
+        recording = PostgresAdapter(server.settings(), PASSWORD, recorded={role})
 
         def login_settings() -> list[str]:
             with server.connect(server.role("adapter")) as conn:
                 row = conn.execute(
-                    "SELECT s.setconfig FROM pg_db_role_setting s "
-                    "JOIN pg_roles r ON r.oid = s.setrole WHERE r.rolname = %s AND s.setdatabase = 0",
+                    "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r "
+                    "ON r.oid = s.setrole WHERE r.rolname = %s AND s.setdatabase = 0",
                     (login,),
                 ).fetchone()
             return list(row[0]) if row else []
@@ -207,7 +209,7 @@ class TestRefusals:
         assert adapter.check(server.role("amira"), role) is False
         with server.connect(server.role("amira")):  # still exists
             pass
-        odd = server.role("o'brien \"x\"")
+        odd = server.role('o\'brien "x"')
         adapter.grant(odd, role, UNTIL)
         assert adapter.check(odd, role)
         adapter.revoke(odd, role)
@@ -274,7 +276,9 @@ class TestThroughTheService:
         self, server: Server, world: tuple[AccessService, dict[str, Any], ManualClock]
     ) -> None:
         service, _, clock = world
-        view = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), "fix the stock levels")
+        view = service.request(
+            AMIRA, "pharmacy-db", "read", timedelta(minutes=30), "fix the stock levels"
+        )
         assert service.approve(view.id, BEN).state == S.ACTIVE
         assert server.can_read(server.role("amira"))
         clock.advance(timedelta(minutes=31))
@@ -291,7 +295,9 @@ class TestThroughTheService:
         service, _, clock = world
         login, role = server.role("amira"), server.role("pharmacy_read")
         adapter.grant(login, role, UNTIL)  # standing access someone gave by hand
-        view = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), "fix the stock levels")
+        view = service.request(
+            AMIRA, "pharmacy-db", "read", timedelta(minutes=30), "fix the stock levels"
+        )
         service.approve(view.id, BEN)
         clock.advance(timedelta(minutes=31))
         service.expire_due()
@@ -303,7 +309,9 @@ class TestThroughTheService:
     ) -> None:
         service, adapters, _ = world
         adapters["pharmacy-db"] = PostgresAdapter(server.settings(port=1))
-        view = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), "fix the stock levels")
+        view = service.request(
+            AMIRA, "pharmacy-db", "read", timedelta(minutes=30), "fix the stock levels"
+        )
         assert service.approve(view.id, BEN).state == S.GRANT_FAILED
 
     def test_server_down_at_revoke_fails_loudly_then_recovers(
@@ -313,7 +321,9 @@ class TestThroughTheService:
         world: tuple[AccessService, dict[str, Any], ManualClock],
     ) -> None:
         service, adapters, clock = world
-        view = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), "fix the stock levels")
+        view = service.request(
+            AMIRA, "pharmacy-db", "read", timedelta(minutes=30), "fix the stock levels"
+        )
         service.approve(view.id, BEN)
         adapters["pharmacy-db"] = PostgresAdapter(server.settings(port=1))
         clock.advance(timedelta(minutes=31))

@@ -76,7 +76,7 @@ class TestWebhook:
 
 
 class TestRegistry:
-    def test_webhook_targets_get_an_adapter_and_others_are_left_out(self) -> None:
+    def test_every_target_gets_the_adapter_of_its_kind(self) -> None:
         data = ward()
         data["targets"]["epr"] = {
             "kind": "webhook",
@@ -89,10 +89,15 @@ class TestRegistry:
         import yaml
 
         policy = parse_policy(yaml.safe_dump(data))
-        adapters = build_adapters(policy, {"EPR_KEY": "k"})
-        assert list(adapters) == ["epr"]
-        with pytest.raises(AdapterConfigError, match="EPR_KEY"):
-            build_adapters(policy, {})
+        secrets = {"PHARMACY_DB_PASSWORD": "p", "DIRECTORY_PASSWORD": "d"}
+        adapters = build_adapters(policy, {**secrets, "EPR_KEY": "k"})
+        assert {name: type(a).__name__ for name, a in adapters.items()} == {
+            "pharmacy-db": "PostgresAdapter",
+            "directory": "LdapAdapter",
+            "epr": "WebhookAdapter",
+        }
+        with pytest.raises(AdapterConfigError, match="set the environment variable EPR_KEY"):
+            build_adapters(policy, secrets)
 
     def test_bad_webhook_settings_fail_policy_check(self) -> None:
         from tests.test_policy import problems

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from pydantic import BaseModel, ValidationError
 
 from app.adapters.base import Adapter
+from app.adapters.entra import EntraAdapter, EntraSettings
 from app.adapters.ldap import LdapAdapter, LdapSettings
 from app.adapters.postgres import PostgresAdapter, PostgresSettings
 from app.adapters.webhook import WebhookAdapter, WebhookSettings
@@ -57,15 +58,22 @@ def _ldap(name: str, target: Target, env: Mapping[str, str]) -> Adapter:
     return LdapAdapter(LdapSettings.model_validate(target.settings), password)
 
 
+def _entra(name: str, target: Target, env: Mapping[str, str]) -> Adapter:
+    secret = _secret(name, target, env, "client_secret") or ""
+    return EntraAdapter(EntraSettings.model_validate(target.settings), secret)
+
+
 FACTORIES: dict[str, Callable[[str, Target, Mapping[str, str]], Adapter]] = {
     "webhook": _webhook,
     "postgres": _postgres,
     "ldap": _ldap,
+    "entra": _entra,
 }
 SETTINGS: dict[str, type[BaseModel]] = {
     "webhook": WebhookSettings,
     "postgres": PostgresSettings,
     "ldap": LdapSettings,
+    "entra": EntraSettings,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
@@ -27,6 +28,9 @@ class Notifier:
         self.client = client
         self.service = service
         self.directory = directory
+        self._homes = threading.Lock()
+        self._homes_drawing: set[str] = set()
+        self._homes_again: set[str] = set()
 
     @property
     def zone(self) -> ZoneInfo:
@@ -116,7 +120,7 @@ class Notifier:
         view = home_view(
             active=[v for v in mine if v.state == S.ACTIVE],
             pending=[v for v in mine if v.state != S.ACTIVE or v.extension is not None],
-            to_decide=service.awaiting_decision_by(person),
+            to_decide=service.awaiting_decision_by(person, limit=10),
             now=service.clock.now(),
             zone=self.zone,
             high_risk_paths=high_risk,
@@ -136,7 +140,30 @@ class Notifier:
             if user_id:
                 users.add(user_id)
         for user_id in sorted(users):
-            self.publish_home(user_id)
+            self.refresh_home(user_id)
+
+    def refresh_home(self, user_id: str) -> None:
+        """Redraw one home, coalescing bursts: while a redraw for this user is running, later
+        calls only ask for one more redraw afterwards (it reads the latest state anyway), so a
+        wave of requests to one approver costs a few redraws, not one each."""
+        with self._homes:
+            if user_id in self._homes_drawing:
+                self._homes_again.add(user_id)
+                return
+            self._homes_drawing.add(user_id)
+        try:
+            while True:
+                self.publish_home(user_id)
+                with self._homes:
+                    if user_id not in self._homes_again:
+                        self._homes_drawing.discard(user_id)
+                        return
+                    self._homes_again.discard(user_id)
+        except BaseException:
+            with self._homes:
+                self._homes_drawing.discard(user_id)
+                self._homes_again.discard(user_id)
+            raise
 
     def tell_requester(self, view: RequestView) -> None:
         if not view.requester_slack_id:
