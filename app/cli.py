@@ -17,7 +17,7 @@ from slack_bolt.error import BoltError
 from app import __version__, audit
 from app.clock import SystemClock
 from app.config import Settings
-from app.policy import Policy, PolicyError, format_duration, load_policy
+from app.policy import Person, Policy, PolicyError, format_duration, load_policy
 from app.policy.rules import approvers_at
 from app.runtime import Runtime, StartupError, load_runtime, require
 from app.scheduler import schedule
@@ -89,6 +89,15 @@ def _parser() -> argparse.ArgumentParser:
     socket.set_defaults(run=_socket)
     commands.add_parser("worker", help="the scheduler alone").set_defaults(run=_worker)
 
+    revoke = commands.add_parser("revoke", help="failed revokes").add_subparsers(metavar="ACTION")
+    resolve = revoke.add_parser(
+        "resolve", help="an admin confirms a failed revoke's access is gone from the target"
+    )
+    resolve.add_argument("request_id", type=int)
+    resolve.add_argument("note", help="what you checked or did on the target")
+    resolve.add_argument("--by", required=True, metavar="EMAIL", help="your e-mail (an admin)")
+    resolve.set_defaults(run=_revoke_resolve)
+
     demo = commands.add_parser(
         "demo", help="one night shift end to end, with a local fake Slack; prints the transcript"
     )
@@ -139,6 +148,28 @@ def _starting(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
             return 2
 
     return wrapped
+
+
+@_starting
+def _revoke_resolve(args: argparse.Namespace) -> int:
+    from app.service import AccessService, ServiceError
+
+    settings = Settings()
+    try:
+        policy = load_policy(settings.wardkey_policy)
+    except (PolicyError, OSError) as exc:
+        raise StartupError(
+            f"WARDKEY_POLICY: cannot load {settings.wardkey_policy}: {exc}"
+        ) from None
+    # No adapter is called: the person says the access is gone; the audit trail keeps their word.
+    service = AccessService(_database(), policy, {})
+    try:
+        view = service.resolve_revoke_failure(args.request_id, Person(email=args.by), args.note)
+    except ServiceError as exc:
+        print(f"wardkey: {exc.message}", file=sys.stderr)
+        return 1
+    print(f"#{view.id} {view.target}:{view.role} is now {view.state.value}, resolved by {args.by}")
+    return 0
 
 
 @_starting

@@ -123,7 +123,17 @@ def targets() -> dict[str, MemoryTarget]:
 
 
 @pytest.fixture
+def pauses() -> list[float]:
+    """The waits the service asked for between adapter retries (none are really waited)."""
+    return []
+
+
+@pytest.fixture
 def service(
-    db: Database, policy: Policy, targets: dict[str, MemoryTarget], clock: ManualClock
+    db: Database,
+    policy: Policy,
+    targets: dict[str, MemoryTarget],
+    clock: ManualClock,
+    pauses: list[float],
 ) -> AccessService:
-    return AccessService(db, policy, targets, clock)
+    return AccessService(db, policy, targets, clock, pause=pauses.append)

@@ -8,15 +8,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
+from app.clock import ManualClock
 from app.devtools.slack_driver import SlackDriver
 from app.devtools.slack_fake import FakeSlack
-from app.store import upgrade
-from tests.conftest import HERE
+from app.policy import Policy
+from app.service import AccessService
+from app.store import Database, upgrade
+from app.store.models import RequestState
+from tests.conftest import AMIRA, BEN, HERE, NIGHT_SHIFT
+from tests.fakes.memory_adapter import MemoryTarget
 from tests.slack_harness import SIGNING_SECRET, WARD_USERS
 
 
@@ -136,3 +142,28 @@ class TestServe:
         assert "is with the clinical approvers" in slack.replies()[-1]
         cards = fake.wait_for("chat.postMessage", 3)
         assert sorted(c.response["channel"] for c in cards) == ["D0BEN", "D0GITA", "D0HANA"]
+
+
+class TestResolveFailedRevoke:
+    def test_only_an_admin_with_a_note_can_close_it(
+        self, base_env: dict[str, str], policy: Policy
+    ) -> None:
+        target = MemoryTarget()
+        service = AccessService(
+            Database(base_env["DATABASE_URL"]), policy, {"pharmacy-db": target},
+            ManualClock(NIGHT_SHIFT), pause=lambda _: None,
+        )  # fmt: skip
+        req = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), "fix ward 12")
+        service.approve(req.id, BEN)
+        target.down = True
+        service.revoke(req.id, AMIRA, "done early")
+        assert service.get(req.id).state == RequestState.REVOKE_FAILED
+
+        note = "checked pg_auth_members on pharmacy-db by hand"
+        refused = run(["revoke", "resolve", str(req.id), note, "--by", "ben@ward.nhs.uk"], base_env)
+        assert refused.returncode == 1
+        assert "Only a WardKey admin" in refused.stderr
+        done = run(["revoke", "resolve", str(req.id), note, "--by", "gita@ward.nhs.uk"], base_env)
+        assert done.returncode == 0, done.stderr
+        assert "is now ended" in done.stdout
+        assert service.get(req.id).state == RequestState.ENDED

@@ -156,7 +156,7 @@ class TestRefusals:
             adapter.check("amira@ward.nhs.uk", graph.add_group())
 
 
-def test_a_revoke_throttled_past_its_attempts_fails_then_the_retry_ends_it(
+def test_a_revoke_throttled_past_all_attempts_fails_then_the_retry_ends_it(
     graph: FakeGraph, tmp_path: Path, sqlite_template: Path
 ) -> None:
     group = graph.add_group()
@@ -188,7 +188,8 @@ targets:
     db = Database(f"sqlite:///{tmp_path / 'wardkey.db'}")
     clock = ManualClock(NIGHT_SHIFT)
     adapter, _ = make(graph, max_attempts=2)
-    service = AccessService(db, policy, {"m365": adapter}, clock)
+    pauses: list[float] = []
+    service = AccessService(db, policy, {"m365": adapter}, clock, pause=pauses.append)
     amira = Person(slack_user_id="U0AMIRA", email="amira@ward.nhs.uk")
     view = service.request(
         amira, "m365", "exchange-admin", timedelta(minutes=30), "fix shared mailbox"
@@ -198,9 +199,12 @@ targets:
     ).state == (S.ACTIVE)
     assert adapter.check("amira@ward.nhs.uk", group)
     clock.advance(timedelta(minutes=31))
-    graph.throttle(2, retry_after=1)
+    # Two tries per Graph call (the adapter), three calls (the target's attempts, with
+    # back-off between them): six throttled answers exhaust both.
+    graph.throttle(6, retry_after=1)
     service.expire_due()
     assert service.get(view.id).state == S.REVOKE_FAILED
+    assert len(pauses) == 2
     assert adapter.check("amira@ward.nhs.uk", group)  # honest: still there
     assert service.retry_revoke(view.id).state == S.ENDED
     assert not adapter.check("amira@ward.nhs.uk", group)

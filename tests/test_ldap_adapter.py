@@ -161,7 +161,9 @@ def test_access_through_the_service_ends_in_the_directory(
     shutil.copy(sqlite_template, tmp_path / "wardkey.db")
     db = Database(f"sqlite:///{tmp_path / 'wardkey.db'}")
     clock = ManualClock(NIGHT_SHIFT)
-    service = AccessService(db, parse_policy(POLICY), {"directory": adapter}, clock)
+    service = AccessService(
+        db, parse_policy(POLICY), {"directory": adapter}, clock, pause=lambda _: None
+    )
     amira = Person(slack_user_id="U0AMIRA", email="amira@ward.nhs.uk")
     ben = Person(slack_user_id="U0BEN", email="ben@ward.nhs.uk")
     view = service.request(amira, "directory", "helpdesk", timedelta(minutes=30), "reset ward pcs")

@@ -269,7 +269,7 @@ class TestThroughTheService:
         clock = ManualClock(NIGHT_SHIFT)
         adapters: dict[str, Any] = {"pharmacy-db": adapter}
         policy = parse_policy(POLICY.format(prefix=server.prefix))
-        yield AccessService(db, policy, adapters, clock), adapters, clock
+        yield AccessService(db, policy, adapters, clock, pause=lambda _: None), adapters, clock
         db.dispose()
 
     def test_approved_access_works_then_expires_on_the_server(

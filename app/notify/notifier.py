@@ -91,7 +91,12 @@ class Notifier:
         self.refresh_homes(view)
 
     def request_changed(self, view: RequestView) -> None:
-        """Update every copy of the card in place and tell the requester what happened."""
+        """Update every copy of the card in place and tell the requester what happened; a
+        failed revoke also alerts the security channel, at every failed try."""
+        if view.state == S.REVOKE_FAILED:
+            self.revoke_failed(view)
+            if view.revoke_attempts > 1:
+                return  # card and requester were told at the first failure
         blocks = approver_card(view, self._context(view))
         text = f"Access request #{view.id}: {outcome_line(view, self.zone)}"
         for channel, ts in self.service.messages_of(view.id, CARD):
@@ -105,6 +110,19 @@ class Notifier:
                     exc.response.get("error"),
                 )
         self.tell_requester(view)
+
+    def revoke_failed(self, view: RequestView) -> None:
+        policy = self.service.policy
+        self.client.chat_postMessage(
+            channel=policy.channels.security_alerts,
+            text=(
+                f"🚨 Revoke failed: #{view.id} `{view.target}:{view.role}` for "
+                f"{escape(view.account)} is still in place on the target after "
+                f"{view.revoke_attempts} attempt(s): {escape(view.revoke_detail or 'no detail')}. "
+                "WardKey keeps retrying; check the target, and once access is gone a WardKey "
+                f'admin can run `wardkey revoke resolve {view.id} "what you checked"`.'
+            ),
+        )
 
     def publish_home(self, user_id: str) -> None:
         """Redraw this user's App Home: their access, their requests, what waits for them."""

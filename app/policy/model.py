@@ -252,6 +252,9 @@ class Target(Strict):
     secrets: dict[str, EnvVarName] = {}
     account: AccountMapping = AccountMapping()
     roles: dict[Name, Role] = Field(min_length=1)
+    attempts: int = Field(
+        default=3, ge=1, le=10, description="Tries of each call when the target fails briefly."
+    )
 
 
 class Identity(Strict):

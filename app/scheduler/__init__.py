@@ -44,12 +44,13 @@ class Sweeps:
         return ids
 
     def retry_revokes(self) -> list[int]:
-        ended = []
-        for request_id in self.service.ids_in_state(RequestState.REVOKE_FAILED):
-            if self.service.retry_revoke(request_id).state == RequestState.ENDED:
-                ended.append(request_id)
-        self._tell(ended)
-        return ended
+        """Try failed revokes again when their back-off is over; returns those that ended.
+        Every try is told, so a revoke that keeps failing keeps alerting."""
+        tried = self.service.revoke_retries_due()
+        for request_id in tried:
+            self.service.retry_revoke(request_id)
+        self._tell(tried)
+        return [i for i in tried if self.service.get(i).state == RequestState.ENDED]
 
     def reconcile(self) -> None:
         report = self.service.reconcile()

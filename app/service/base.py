@@ -4,7 +4,9 @@ transitions."""
 from __future__ import annotations
 
 import logging
+import random
 import re
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -14,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.adapters.base import Adapter
+from app.adapters.base import Adapter, AdapterError
 from app.clock import Clock, SystemClock
 from app.policy import rules
 from app.policy.durations import format_duration
@@ -49,6 +51,12 @@ DEFAULT_PENDING_TIMEOUT = timedelta(hours=24)
 MAX_REASON_CHARS = 2000
 WORD = re.compile(r"\w{2,}")
 _STALE_RETRIES = 8
+RETRY_BASE_SECONDS = 0.25  # first wait up to 0.5 s, then 1 s, 2 s… (full jitter)
+RETRY_CAP_SECONDS = 8.0
+# A failed revoke is retried by the sweep after 30 s, 1 min, 2 min… and then every 15 min,
+# for ever, until it succeeds or a WardKey admin marks it resolved.
+REVOKE_RETRY_FIRST = timedelta(seconds=30)
+REVOKE_RETRY_MAX = timedelta(minutes=15)
 
 STATE_WORDS = {
     S.APPROVED: "has already been approved",
@@ -73,11 +81,36 @@ class ServiceBase:
         policy: Policy,
         adapters: Mapping[str, Adapter],
         clock: Clock | None = None,
+        pause: Callable[[float], None] = time.sleep,
     ) -> None:
         self.db = db
         self.policy = policy
         self.adapters = adapters
         self.clock: Clock = clock or SystemClock()
+        self.pause = pause  # waits between adapter retries; tests pass one that only records
+
+    def _on_target(self, target: str, operation: Callable[[Adapter], T]) -> T:
+        """Call the target's adapter, retrying transient failures with exponential back-off and
+        full jitter (so workers retrying together do not hit a recovering target at once), up
+        to the target's `attempts`; the last error is raised."""
+        adapter = self.adapters[target]
+        attempts = self.policy.targets[target].attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return operation(adapter)
+            except AdapterError as exc:
+                if not exc.transient or attempt == attempts:
+                    raise
+                delay = random.uniform(0, min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2**attempt))
+                log.warning(
+                    "event=adapter_retry target=%s attempt=%s wait=%.2f error=%s",
+                    target,
+                    attempt,
+                    delay,
+                    describe_error(exc),
+                )
+                self.pause(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -------------------------------------------------------------------------------- reads
 
@@ -296,7 +329,7 @@ class ServiceBase:
 
     def _preexisting(self, target: str, account: str, entitlement: str) -> bool:
         """Does the target already give this access, other than through a grant of ours?"""
-        if not self.adapters[target].check(account, entitlement):
+        if not self._on_target(target, lambda a: a.check(account, entitlement)):
             return False
         with self.db.read() as session:
             ours = session.scalar(

@@ -21,6 +21,8 @@ from app.policy.people import Person, person_key
 from app.service import transitions
 from app.service.base import (
     MIN_REASON_WORDS,
+    REVOKE_RETRY_FIRST,
+    REVOKE_RETRY_MAX,
     WORD,
     S,
     ServiceBase,
@@ -46,6 +48,13 @@ class ReconcileReport:
     abandoned: list[int] = field(default_factory=list)
     revoked: list[int] = field(default_factory=list)
     still_failing: list[int] = field(default_factory=list)
+
+
+def revoke_retry_wait(attempts: int) -> timedelta:
+    """How long after its last failure a revoke is tried again."""
+    doublings = min(max(attempts - 1, 0), 10)
+    wait: timedelta = min(REVOKE_RETRY_FIRST * (2**doublings), REVOKE_RETRY_MAX)
+    return wait
 
 
 class GrantCases(ServiceBase):
@@ -102,9 +111,10 @@ class GrantCases(ServiceBase):
                 return self._view(session, req)
         now = self.clock.now()
         until = now + timedelta(seconds=req.requested_seconds)
-        adapter = self.adapters[req.target]
         try:
-            result = adapter.grant(req.account, req.entitlement, until)
+            result = self._on_target(
+                req.target, lambda a: a.grant(req.account, req.entitlement, until)
+            )
         except AdapterError as exc:
             log.warning(
                 "event=grant_failed request=%s target=%s error=%s",
@@ -225,8 +235,9 @@ class GrantCases(ServiceBase):
         # which errs on the safe side; the expiry sweep still ends it in WardKey.
         if view.preexisting or view.expires_at is None:
             return
+        until = view.expires_at
         try:
-            self.adapters[view.target].grant(view.account, view.entitlement, view.expires_at)
+            self._on_target(view.target, lambda a: a.grant(view.account, view.entitlement, until))
         except AdapterError as exc:
             log.warning(
                 "event=extension_refresh_failed request=%s error=%s", view.id, describe_error(exc)
@@ -328,6 +339,21 @@ class GrantCases(ServiceBase):
             return self.get(request_id)
         return self._finish_revoke(request_id)
 
+    def revoke_retries_due(self, limit: int = 500) -> list[int]:
+        """Failed revokes whose next try is due: 30 s after the first failure, doubling to one
+        try every 15 minutes, never giving up."""
+        now = self.clock.now()
+        with self.db.read() as session:
+            rows = session.execute(
+                select(
+                    AccessRequest.id, AccessRequest.state_changed_at, AccessRequest.revoke_attempts
+                )
+                .where(AccessRequest.state == S.REVOKE_FAILED.value)
+                .order_by(AccessRequest.state_changed_at)
+                .limit(limit)
+            ).all()
+        return [rid for rid, since, attempts in rows if now >= since + revoke_retry_wait(attempts)]
+
     def resolve_revoke_failure(self, request_id: int, person: Person, note: str) -> RequestView:
         """An admin confirms by hand that access is gone from the target."""
         if not rules.is_admin(self.policy, person):
@@ -366,11 +392,10 @@ class GrantCases(ServiceBase):
                 changes={"ended_at": self.clock.now(), "revoke_detail": why},
                 data={"left_in_place": why},
             )
-        adapter = self.adapters[req.target]
         try:
-            result = adapter.revoke(req.account, req.entitlement)
-            sessions = adapter.end_sessions(req.account)
-            if adapter.check(req.account, req.entitlement):
+            result = self._on_target(req.target, lambda a: a.revoke(req.account, req.entitlement))
+            sessions = self._on_target(req.target, lambda a: a.end_sessions(req.account))
+            if self._on_target(req.target, lambda a: a.check(req.account, req.entitlement)):
                 raise StillPresent("the target still shows the access after the revoke")
         except (AdapterError, StillPresent) as exc:
             transient = exc.transient if isinstance(exc, AdapterError) else False
@@ -448,9 +473,8 @@ class GrantCases(ServiceBase):
         detail = "interrupted before access was confirmed; its time has passed"
         try:
             if not req.preexisting and other is None:
-                adapter = self.adapters[req.target]
-                adapter.revoke(req.account, req.entitlement)
-                adapter.end_sessions(req.account)
+                self._on_target(req.target, lambda a: a.revoke(req.account, req.entitlement))
+                self._on_target(req.target, lambda a: a.end_sessions(req.account))
                 detail += "; any access given was removed"
         except AdapterError as exc:
             detail += f"; removing it failed ({describe_error(exc)}): check the target by hand"

@@ -39,7 +39,7 @@ def build_app(
         service=service,
         directory=directory,
         notifier=Notifier(client, service, directory),
-        work=work or ThreadPoolExecutor(max_workers=16, thread_name_prefix="after-ack"),
+        work=work or ThreadPoolExecutor(max_workers=4, thread_name_prefix="after-ack"),
     )
     for listeners in (commands, actions, views, events):
         listeners.register(app, deps)

@@ -8,7 +8,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from app.adapters.base import GrantResult, RevokeResult, TransientAdapterError
+from app.adapters.base import (
+    GrantResult,
+    PermanentAdapterError,
+    RevokeResult,
+    TransientAdapterError,
+)
 
 
 class SimulatedCrash(BaseException):
@@ -25,12 +30,21 @@ class MemoryTarget:
     crash_after: set[str] = field(default_factory=set)
     # Revokes that report success but leave the access in place (a lying target).
     sticky: bool = False
+    # The next `fail_next` calls fail as a brief outage would; operations in `refuse` always
+    # fail permanently.
+    fail_next: int = 0
+    refuse: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _enter(self, op: str, account: str, entitlement: str) -> None:
         self.calls.append((op, account, entitlement))
         if self.down:
             raise TransientAdapterError(f"target unreachable during {op}")
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            raise TransientAdapterError(f"target hiccup during {op}")
+        if op in self.refuse:
+            raise PermanentAdapterError(f"target refuses {op}: no such account")
 
     def _leave(self, op: str) -> None:
         if op in self.crash_after:
