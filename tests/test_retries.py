@@ -121,3 +121,14 @@ def test_every_failed_try_alerts_security_and_the_holder_is_told_once(
     assert f"wardkey revoke resolve {rid}" in alerts[0].args["text"]
     to_holder = slack.fake.calls_to("chat.postMessage")
     assert len([c for c in to_holder if c.args.get("channel") == "U0AMIRA"]) == 1
+
+
+def test_a_grant_that_timed_out_after_the_target_made_it_is_taken_back(
+    service: AccessService, targets: dict[str, MemoryTarget]
+) -> None:
+    req = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REASON)
+    targets["pharmacy-db"].lose_answer = {"grant"}
+    failed = service.approve(req.id, BEN)
+    assert failed.state == S.GRANT_FAILED
+    assert "any access it may have given was removed" in (failed.grant_detail or "")
+    assert not targets["pharmacy-db"].holds("amira", "pharmacy_read")

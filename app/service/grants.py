@@ -122,13 +122,16 @@ class GrantCases(ServiceBase):
                 req.target,
                 describe_error(exc),
             )
+            detail = describe_error(exc)
+            if exc.transient:
+                detail += self._undo_uncertain_grant(req)
             return self._record(
                 request_id,
                 S.GRANTING,
                 S.GRANT_FAILED,
                 "grant.failed",
-                changes={"grant_detail": describe_error(exc), "ended_at": self.clock.now()},
-                data={"error": describe_error(exc), "transient": exc.transient},
+                changes={"grant_detail": detail, "ended_at": self.clock.now()},
+                data={"error": detail, "transient": exc.transient},
             )
         return self._record(
             request_id,
@@ -142,6 +145,19 @@ class GrantCases(ServiceBase):
                 "target_said_present": result.already_present,
             },
         )
+
+    def _undo_uncertain_grant(self, req: AccessRequest) -> str:
+        """A time-out may hide a grant the target did make: take it back, so a grant that
+        WardKey calls failed does not leave access behind. Says what happened, for the record."""
+        with self.db.read() as session:
+            other = self._other_holder(session, req)
+        if req.preexisting or other is not None:
+            return ""
+        try:
+            self._on_target(req.target, lambda a: a.revoke(req.account, req.entitlement))
+        except AdapterError as exc:
+            return f"; removing any access it may have given failed too ({describe_error(exc)})"
+        return "; any access it may have given was removed"
 
     # ------------------------------------------------------------------------------- extend
 

@@ -34,6 +34,8 @@ class MemoryTarget:
     # fail permanently.
     fail_next: int = 0
     refuse: set[str] = field(default_factory=set)
+    # Operations the target performs but whose answer is lost (a time-out after the fact).
+    lose_answer: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _enter(self, op: str, account: str, entitlement: str) -> None:
@@ -47,6 +49,8 @@ class MemoryTarget:
             raise PermanentAdapterError(f"target refuses {op}: no such account")
 
     def _leave(self, op: str) -> None:
+        if op in self.lose_answer:  # the target did it, but the answer never arrived
+            raise TransientAdapterError(f"no answer in time during {op}")
         if op in self.crash_after:
             self.crash_after.discard(op)
             raise SimulatedCrash(op)
