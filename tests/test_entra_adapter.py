@@ -3,7 +3,6 @@ Graph cannot run here, so it is faked over real HTTP, never by patching the adap
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,13 +12,9 @@ import pytest
 
 from app.adapters.base import PermanentAdapterError, TransientAdapterError
 from app.adapters.entra import EntraAdapter, EntraSettings
-from app.clock import ManualClock
-from app.policy import Person, parse_policy
-from app.service import AccessService
-from app.store import Database
 from app.store.models import RequestState as S
-from tests.conftest import NIGHT_SHIFT
 from tests.fakes.graph import FakeGraph
+from tests.small_trust import AMIRA, BEN, one_target_service, role
 
 TENANT, CLIENT, SECRET = str(uuid.uuid4()), str(uuid.uuid4()), "client-secret"
 UNTIL = datetime(2030, 1, 1, tzinfo=UTC)
@@ -160,43 +155,20 @@ def test_a_revoke_throttled_past_all_attempts_fails_then_the_retry_ends_it(
     graph: FakeGraph, tmp_path: Path, sqlite_template: Path
 ) -> None:
     group = graph.add_group()
-    policy = parse_policy(
-        f"""
-version: 1
-timezone: Europe/London
-channels: {{security_alerts: C0SEC, manager_reviews: C0MGR}}
-admins: admins
-groups:
-  admins: [ben@ward.nhs.uk, gita@ward.nhs.uk]
-  staff: [amira@ward.nhs.uk]
-paths:
-  clinical: {{risk: low, approvers: [{{group: admins}}], max_duration: 2h}}
-  admin: {{risk: medium, approvers: [{{group: admins}}], max_duration: 2h}}
-  engineering: {{risk: high, approvers: [{{group: admins}}], max_duration: 2h}}
-  breakglass: {{risk: critical, max_duration: 1h, reviewers: [{{group: admins}}],
-               review_within: 24h}}
-targets:
-  m365:
-    kind: entra
-    settings: {{tenant_id: "{TENANT}", client_id: "{CLIENT}"}}
-    secrets: {{client_secret: ENTRA_SECRET}}
-    roles:
-      exchange-admin: {{path: admin, entitlement: "{group}", eligible: [staff]}}
-"""
-    )
-    shutil.copy(sqlite_template, tmp_path / "wardkey.db")
-    db = Database(f"sqlite:///{tmp_path / 'wardkey.db'}")
-    clock = ManualClock(NIGHT_SHIFT)
     adapter, _ = make(graph, max_attempts=2)
+    target = {
+        "kind": "entra",
+        "settings": {"tenant_id": TENANT, "client_id": CLIENT},
+        "secrets": {"client_secret": "ENTRA_SECRET"},
+        "roles": {"exchange-admin": role("admin", group)},
+    }
+    service, _, clock = one_target_service(tmp_path, sqlite_template, "m365", target, adapter)
     pauses: list[float] = []
-    service = AccessService(db, policy, {"m365": adapter}, clock, pause=pauses.append)
-    amira = Person(slack_user_id="U0AMIRA", email="amira@ward.nhs.uk")
+    service.pause = pauses.append
     view = service.request(
-        amira, "m365", "exchange-admin", timedelta(minutes=30), "fix shared mailbox"
+        AMIRA, "m365", "exchange-admin", timedelta(minutes=30), "fix shared mailbox"
     )
-    assert service.approve(
-        view.id, Person(slack_user_id="U0BEN", email="ben@ward.nhs.uk")
-    ).state == (S.ACTIVE)
+    assert service.approve(view.id, BEN).state == S.ACTIVE
     assert adapter.check("amira@ward.nhs.uk", group)
     clock.advance(timedelta(minutes=31))
     # Two tries per Graph call (the adapter), three calls (the target's attempts, with
@@ -208,4 +180,4 @@ targets:
     assert adapter.check("amira@ward.nhs.uk", group)  # honest: still there
     assert service.retry_revoke(view.id).state == S.ENDED
     assert not adapter.check("amira@ward.nhs.uk", group)
-    db.dispose()
+    service.db.dispose()

@@ -11,13 +11,10 @@ from pydantic import ValidationError
 
 from app.adapters.base import PermanentAdapterError, TransientAdapterError
 from app.adapters.ldap import LdapAdapter, LdapSettings, ttl_member_value
-from app.clock import ManualClock
-from app.policy import Person, parse_policy
-from app.service import AccessService
-from app.store import Database
 from app.store.models import RequestState as S
 from tests import slapd
-from tests.conftest import IN_CI, NIGHT_SHIFT
+from tests.conftest import IN_CI
+from tests.small_trust import AMIRA, BEN, one_target_service, role
 
 UNTIL = datetime(2030, 1, 1, tzinfo=UTC)
 HELPDESK = slapd.group_dn("helpdesk")
@@ -127,50 +124,26 @@ class TestActiveDirectoryTimeToLive:
         ).ttl_membership
 
 
-POLICY = f"""
-version: 1
-timezone: Europe/London
-channels: {{security_alerts: C0SEC, manager_reviews: C0MGR}}
-admins: admins
-groups:
-  admins: [ben@ward.nhs.uk, gita@ward.nhs.uk]
-  staff: [amira@ward.nhs.uk]
-paths:
-  clinical: {{risk: low, approvers: [{{group: admins}}], max_duration: 2h}}
-  admin: {{risk: medium, approvers: [{{group: admins}}], max_duration: 2h}}
-  engineering: {{risk: high, approvers: [{{group: admins}}], max_duration: 2h}}
-  breakglass: {{risk: critical, max_duration: 1h, reviewers: [{{group: admins}}],
-               review_within: 24h}}
-targets:
-  directory:
-    kind: ldap
-    settings: {{url: "ldap://127.0.0.1", bind_dn: "{slapd.WARDKEY_DN}",
-               user_base: "ou=people,{slapd.SUFFIX}"}}
-    secrets: {{bind_password: LDAP_PASSWORD}}
-    account: {{template: "{{local}}"}}
-    roles:
-      helpdesk: {{path: admin, entitlement: "{HELPDESK}", eligible: [staff]}}
-"""
-
-
 def test_access_through_the_service_ends_in_the_directory(
     adapter: LdapAdapter, tmp_path: Path, sqlite_template: Path
 ) -> None:
-    import shutil
-
-    shutil.copy(sqlite_template, tmp_path / "wardkey.db")
-    db = Database(f"sqlite:///{tmp_path / 'wardkey.db'}")
-    clock = ManualClock(NIGHT_SHIFT)
-    service = AccessService(
-        db, parse_policy(POLICY), {"directory": adapter}, clock, pause=lambda _: None
-    )
-    amira = Person(slack_user_id="U0AMIRA", email="amira@ward.nhs.uk")
-    ben = Person(slack_user_id="U0BEN", email="ben@ward.nhs.uk")
-    view = service.request(amira, "directory", "helpdesk", timedelta(minutes=30), "reset ward pcs")
-    assert service.approve(view.id, ben).state == S.ACTIVE
+    target = {
+        "kind": "ldap",
+        "settings": {
+            "url": "ldap://127.0.0.1",
+            "bind_dn": slapd.WARDKEY_DN,
+            "user_base": f"ou=people,{slapd.SUFFIX}",
+        },
+        "secrets": {"bind_password": "LDAP_PASSWORD"},
+        "account": {"template": "{local}"},
+        "roles": {"helpdesk": role("admin", HELPDESK)},
+    }
+    service, _, clock = one_target_service(tmp_path, sqlite_template, "directory", target, adapter)
+    view = service.request(AMIRA, "directory", "helpdesk", timedelta(minutes=30), "reset ward pcs")
+    assert service.approve(view.id, BEN).state == S.ACTIVE
     assert adapter.check("amira", HELPDESK)
     clock.advance(timedelta(minutes=31))
     service.expire_due()
     assert service.get(view.id).state == S.ENDED
     assert not adapter.check("amira", HELPDESK)
-    db.dispose()
+    service.db.dispose()

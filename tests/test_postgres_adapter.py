@@ -9,6 +9,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,11 +20,10 @@ from psycopg import sql
 from app.adapters.base import PermanentAdapterError, TransientAdapterError
 from app.adapters.postgres import PostgresAdapter, PostgresSettings
 from app.clock import ManualClock
-from app.policy import Person, parse_policy
 from app.service import AccessService
-from app.store import Database
 from app.store.models import RequestState as S
-from tests.conftest import NIGHT_SHIFT, POSTGRES_URL, postgres_unreachable
+from tests.conftest import POSTGRES_URL, postgres_unreachable
+from tests.small_trust import AMIRA, BEN, one_target_service, role
 
 pytestmark = pytest.mark.postgres
 UNTIL = datetime(2030, 1, 1, tzinfo=UTC)
@@ -230,47 +230,22 @@ class TestRefusals:
             down.check(server.role("amira"), server.role("pharmacy_read"))
 
 
-POLICY = """
-version: 1
-timezone: Europe/London
-channels: {{security_alerts: C0SEC, manager_reviews: C0MGR}}
-admins: admins
-groups:
-  admins: [ben@ward.nhs.uk, gita@ward.nhs.uk]
-  staff: [amira@ward.nhs.uk, ben@ward.nhs.uk]
-paths:
-  clinical: {{risk: low, approvers: [{{group: admins}}], max_duration: 2h}}
-  admin: {{risk: medium, approvers: [{{group: admins}}], max_duration: 2h}}
-  engineering: {{risk: high, approvers: [{{group: admins}}], max_duration: 2h}}
-  breakglass: {{risk: critical, max_duration: 1h, reviewers: [{{group: admins}}],
-               review_within: 24h}}
-targets:
-  pharmacy-db:
-    kind: postgres
-    settings: {{host: localhost, dbname: test}}
-    account: {{template: "{prefix}{{local}}"}}
-    roles:
-      read: {{path: clinical, entitlement: {prefix}pharmacy_read, eligible: [staff]}}
-"""
-AMIRA = Person(slack_user_id="U0AMIRA", email="amira@ward.nhs.uk")
-BEN = Person(slack_user_id="U0BEN", email="ben@ward.nhs.uk")
-
-
 class TestThroughTheService:
     @pytest.fixture
     def world(
-        self, server: Server, adapter: PostgresAdapter, tmp_path: Any, sqlite_template: Any
+        self, server: Server, adapter: PostgresAdapter, tmp_path: Path, sqlite_template: Path
     ) -> Iterator[tuple[AccessService, dict[str, Any], ManualClock]]:
-        import shutil
-
-        path = tmp_path / "wardkey.db"
-        shutil.copy(sqlite_template, path)
-        db = Database(f"sqlite:///{path}")
-        clock = ManualClock(NIGHT_SHIFT)
-        adapters: dict[str, Any] = {"pharmacy-db": adapter}
-        policy = parse_policy(POLICY.format(prefix=server.prefix))
-        yield AccessService(db, policy, adapters, clock, pause=lambda _: None), adapters, clock
-        db.dispose()
+        target = {
+            "kind": "postgres",
+            "settings": {"host": "localhost", "dbname": "test"},
+            "account": {"template": server.prefix + "{local}"},
+            "roles": {"read": role("clinical", server.role("pharmacy_read"))},
+        }
+        service, adapters, clock = one_target_service(
+            tmp_path, sqlite_template, "pharmacy-db", target, adapter
+        )
+        yield service, adapters, clock
+        service.db.dispose()
 
     def test_approved_access_works_then_expires_on_the_server(
         self, server: Server, world: tuple[AccessService, dict[str, Any], ManualClock]
