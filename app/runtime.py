@@ -46,7 +46,7 @@ class Runtime:
     notifier: Notifier
 
     def sweeps(self) -> Sweeps:
-        return Sweeps(self.service, self.notifier.request_changed)
+        return Sweeps(self.service, self.notifier.request_changed, self.notifier.expiry_warning)
 
     def bolt(self) -> App:
         require(self.settings, "slack_signing_secret")

@@ -26,10 +26,12 @@ def test_the_demo_tells_the_whole_night_and_leaves_nothing_behind(
         "⏳ Waiting: 1 of 2 approvals (erin@demo.nhs.uk)",
         "EPR console: gave dev INTERFACE_ENGINE_ADMIN",
         "WardKey → #security-alerts:",
+        "ends in 10m, at 03:42",
+        "[Extend 30m] [Revoke now] (asks to confirm)",
         "🔒 Ended at 03:42 (expired)",
         "EPR console: took WARD_ADMIN from chloe",
         "EPR console access still held: none",
-        "Audit trail: OK: 19 events verified",
+        "Audit trail: OK: 20 events verified",
     ]
     position = 0
     for line in scenes:

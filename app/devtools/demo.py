@@ -88,7 +88,8 @@ def _run(out: TextIO, workdir: Path) -> None:
     signing_secret = secrets.token_hex(16)
     listeners = TrackingExecutor(max_workers=4)
     bolt = build_app(service, client, signing_secret, listeners)
-    sweeps = Sweeps(service, Notifier(client, service, SlackDirectory(client)).request_changed)
+    notifier = Notifier(client, service, SlackDirectory(client))
+    sweeps = Sweeps(service, notifier.request_changed, notifier.expiry_warning)
     names = {p.id: p.real_name for p in PEOPLE}
     story = Transcript(fake, out, names, CHANNELS, clock.now, ZONE, console.log)
     http = httpx.Client(timeout=10)
@@ -234,7 +235,9 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
     expect(emergency, S.ACTIVE)
 
     story.heading("5. Time passes: access ends on its own, on the target too")
-    scene.at(14)
+    scene.at(6)
+    scene.sweep("expiry warning", sweeps.warn)
+    scene.at(8)
     scene.command("U0AMIRA", "/jit", "status")
     scene.at(2)
     scene.sweep("expiry", sweeps.expire)

@@ -10,8 +10,14 @@ from zoneinfo import ZoneInfo
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from app.notify.blocks import CardContext, approver_card, clock_time, escape, outcome_line
-from app.notify.views import home_view
+from app.notify.blocks import (
+    CardContext,
+    approver_card,
+    clock_time,
+    escape,
+    outcome_line,
+)
+from app.notify.views import expiry_warning, home_view
 from app.policy import rules
 from app.service import AccessService, NotAllowed, RequestView
 from app.slack.people import SlackDirectory
@@ -110,6 +116,17 @@ class Notifier:
                     exc.response.get("error"),
                 )
         self.tell_requester(view)
+
+    def expiry_warning(self, view: RequestView) -> None:
+        """DM the holder before the end: Extend (where the path allows) and Done, revoke now."""
+        if not view.requester_slack_id:
+            return
+        self.client.chat_postMessage(
+            channel=view.requester_slack_id,
+            text=f"Your access to {view.target}:{view.role} ends at "
+            f"{clock_time(view.expires_at, self.zone)}",
+            blocks=expiry_warning(view, self.service.clock.now(), self.zone),
+        )
 
     def revoke_failed(self, view: RequestView) -> None:
         policy = self.service.policy

@@ -136,6 +136,50 @@ def modal_values(state: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def holder_buttons(v: RequestView, block_id: str) -> ActionsBlock:
+    """What the holder of active access can do: Extend (not for break-glass) and Revoke now."""
+    buttons = [
+        ButtonElement(
+            text="Revoke now",
+            action_id=HOME_REVOKE,
+            value=str(v.id),
+            style="danger",
+            confirm=ConfirmObject(
+                title="End this access now?",
+                text=f"{v.target}:{v.role} ends at once.",
+                confirm="Revoke",
+                deny="Keep",
+            ),
+        )
+    ]
+    if not v.is_break_glass:
+        buttons.insert(
+            0,
+            ButtonElement(
+                text=f"Extend {format_duration(HOME_EXTEND_BY)}",
+                action_id=HOME_EXTEND,
+                value=str(v.id),
+            ),
+        )
+    return ActionsBlock(block_id=block_id, elements=buttons)
+
+
+def expiry_warning(v: RequestView, now: datetime, zone: ZoneInfo) -> list[Block]:
+    """The DM before access ends: when, and the same two buttons as the App Home."""
+    left = max(timedelta(0), (v.expires_at or now) - now)
+    done = "" if v.is_break_glass else " Need longer? Extend. "
+    return [
+        SectionBlock(
+            text=MarkdownTextObject(
+                text=f"⏰ Your access `{v.target}:{v.role}` (#{v.id}) ends in "
+                f"{format_duration(left)}, at {clock_time(v.expires_at, zone)}.{done}"
+                "Finished? Revoke it now."
+            )
+        ),
+        holder_buttons(v, block_id=f"warn:{v.id}"),
+    ]
+
+
 def home_view(
     active: Sequence[RequestView],
     pending: Sequence[RequestView],
@@ -157,30 +201,7 @@ def home_view(
                 )
             )
         )
-        buttons = [
-            ButtonElement(
-                text="Revoke now",
-                action_id=HOME_REVOKE,
-                value=str(v.id),
-                style="danger",
-                confirm=ConfirmObject(
-                    title="End this access now?",
-                    text=f"{v.target}:{v.role} ends at once.",
-                    confirm="Revoke",
-                    deny="Keep",
-                ),
-            )
-        ]
-        if not v.is_break_glass:
-            buttons.insert(
-                0,
-                ButtonElement(
-                    text=f"Extend {format_duration(HOME_EXTEND_BY)}",
-                    action_id=HOME_EXTEND,
-                    value=str(v.id),
-                ),
-            )
-        blocks.append(ActionsBlock(block_id=f"home:{v.id}", elements=buttons))
+        blocks.append(holder_buttons(v, block_id=f"home:{v.id}"))
     blocks += [DividerBlock(), HeaderBlock(text="Your pending requests")]
     blocks += [
         SectionBlock(

@@ -20,9 +20,15 @@ OnChange = Callable[[RequestView], None]
 
 
 class Sweeps:
-    def __init__(self, service: AccessService, on_change: OnChange | None = None) -> None:
+    def __init__(
+        self,
+        service: AccessService,
+        on_change: OnChange | None = None,
+        on_warn: OnChange | None = None,
+    ) -> None:
         self.service = service
         self.on_change = on_change
+        self.on_warn = on_warn
 
     def _tell(self, ids: list[int]) -> None:
         if self.on_change is None:
@@ -36,6 +42,17 @@ class Sweeps:
     def expire(self) -> list[int]:
         ids = self.service.expire_due()
         self._tell(ids)
+        return ids
+
+    def warn(self) -> list[int]:
+        """Tell holders their access ends soon, with Extend and Revoke-now buttons."""
+        ids = self.service.warn_expiring()
+        if self.on_warn is not None:
+            for request_id in ids:
+                try:
+                    self.on_warn(self.service.get(request_id))
+                except Exception:
+                    log.exception("event=warning_failed request=%s", request_id)
         return ids
 
     def time_out(self) -> list[int]:
@@ -65,7 +82,8 @@ class Sweeps:
 def schedule(scheduler: BaseScheduler, sweeps: Sweeps, every_seconds: float = 15.0) -> None:
     # max_instances=1 and coalesce: a slow sweep is never run twice at once or queued up;
     # misfire_grace_time=None: a late tick still runs (APScheduler's default would skip it).
-    for job in (sweeps.expire, sweeps.time_out, sweeps.retry_revokes, sweeps.reconcile):
+    jobs = (sweeps.expire, sweeps.warn, sweeps.time_out, sweeps.retry_revokes, sweeps.reconcile)
+    for job in jobs:
         scheduler.add_job(
             job,
             "interval",

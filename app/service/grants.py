@@ -327,6 +327,55 @@ class GrantCases(ServiceBase):
                 return None
         return self._finish_revoke(request_id)
 
+    def warn_expiring(self, limit: int = 500) -> list[int]:
+        """Mark the grants whose path's `warn_before` has begun as warned about their current
+        expiry, once each (an extension makes a new warning due); returns their numbers, for
+        the holder to be told. Two workers never warn twice: it is a conditional update."""
+        now = self.clock.now()
+        horizon = now + max(p.warn_before for p in self.policy.paths.values())
+        with self.db.read() as session:
+            rows = session.execute(
+                select(
+                    AccessRequest.id,
+                    AccessRequest.path,
+                    AccessRequest.expires_at,
+                    AccessRequest.expiry_warned_for,
+                )
+                .where(
+                    AccessRequest.state == S.ACTIVE.value,
+                    AccessRequest.expires_at > now,
+                    AccessRequest.expires_at <= horizon,
+                )
+                .order_by(AccessRequest.expires_at)
+                .limit(limit)
+            ).all()
+        due = [
+            rid
+            for rid, path, expires, warned in rows
+            if warned != expires and now >= expires - self.policy.paths[path].warn_before
+        ]
+        return [rid for rid in due if self._mark_warned(rid, now)]
+
+    def _mark_warned(self, request_id: int, now: datetime) -> bool:
+        try:
+            with self.db.transaction() as session:
+                req = self._load(session, request_id)
+                if req.state != S.ACTIVE or req.expiry_warned_for == req.expires_at:
+                    return False
+                transitions.transition(
+                    session,
+                    req,
+                    S.ACTIVE,
+                    at=now,
+                    actor="wardkey",
+                    action="expiry.warned",
+                    changes={"expiry_warned_for": req.expires_at},
+                    data={"expires_at": req.expires_at},
+                )
+        except StaleState:  # another worker warned it, or it changed meanwhile
+            return False
+        return True
+
     def expire_due(self, limit: int = 500) -> list[int]:
         """Revoke every grant whose time is up (the expiry sweep calls this)."""
         now = self.clock.now()

@@ -125,6 +125,8 @@ class AccessRequest(Base):
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     granted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The expiry the holder was last warned about; an extension makes a new warning due.
+    expiry_warned_for: Mapped[datetime | None] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     state_changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

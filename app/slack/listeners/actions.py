@@ -13,7 +13,7 @@ from typing import Any
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
-from app.notify.blocks import APPROVE_ACTION, DENY_ACTION
+from app.notify.blocks import APPROVE_ACTION, DENY_ACTION, clock_time
 from app.notify.views import HOME_EXTEND, HOME_EXTEND_BY, HOME_REVOKE
 from app.service import ServiceError
 from app.slack.deps import SlackDeps
@@ -72,6 +72,8 @@ def register(app: App, deps: SlackDeps) -> None:
                 if view.extension is not None:
                     deps.notifier.request_opened(view)
                 else:
+                    ends = clock_time(view.expires_at, deps.service.policy.zone)
+                    _reply_to_clicker(client, body)(f"#{view.id} now ends at {ends}.")
                     deps.notifier.publish_home(body["user"]["id"])
 
         deps.after_ack(extend)
