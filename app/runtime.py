@@ -46,7 +46,8 @@ class Runtime:
     notifier: Notifier
 
     def sweeps(self) -> Sweeps:
-        return Sweeps(self.service, self.notifier.request_changed, self.notifier.expiry_warning)
+        n = self.notifier
+        return Sweeps(self.service, n.request_changed, n.expiry_warning, n.approval_overdue)
 
     def bolt(self) -> App:
         require(self.settings, "slack_signing_secret")

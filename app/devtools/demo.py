@@ -89,7 +89,9 @@ def _run(out: TextIO, workdir: Path) -> None:
     listeners = TrackingExecutor(max_workers=4)
     bolt = build_app(service, client, signing_secret, listeners)
     notifier = Notifier(client, service, SlackDirectory(client))
-    sweeps = Sweeps(service, notifier.request_changed, notifier.expiry_warning)
+    sweeps = Sweeps(
+        service, notifier.request_changed, notifier.expiry_warning, notifier.approval_overdue
+    )
     names = {p.id: p.real_name for p in PEOPLE}
     story = Transcript(fake, out, names, CHANNELS, clock.now, ZONE, console.log)
     http = httpx.Client(timeout=10)

@@ -123,7 +123,10 @@ def outcome_line(view: RequestView, zone: ZoneInfo) -> str:
     match view.state:
         case S.PENDING:
             progress = f"{len(approvals)} of {view.approvals_needed} approvals"
-            return f"⏳ Waiting: {progress}" + (f" ({escape(names)})" if names else "")
+            escalated = (
+                " · escalated: the approval is overdue" if view.escalation_level >= 2 else ""
+            )
+            return f"⏳ Waiting: {progress}" + (f" ({escape(names)})" if names else "") + escalated
         case S.APPROVED | S.GRANTING:
             return f"✅ Approved by {escape(names)} at {decided}; access is being set up"
         case S.ACTIVE:
@@ -137,7 +140,10 @@ def outcome_line(view: RequestView, zone: ZoneInfo) -> str:
         case S.CANCELLED:
             return "↩️ Cancelled by the requester"
         case S.TIMED_OUT:
-            return "⌛ Timed out: nobody decided in time"
+            return (
+                "⌛ Timed out: nobody decided in time. If you still need it, ask again with "
+                "/jit request, or phone the on-call lead"
+            )
         case S.GRANT_FAILED:
             return "⚠️ Approved, but the target could not grant it; WardKey admins are told"
         case S.REVOKING | S.ENDED:

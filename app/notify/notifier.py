@@ -19,6 +19,7 @@ from app.notify.blocks import (
 )
 from app.notify.views import expiry_warning, home_view
 from app.policy import rules
+from app.policy.durations import format_duration
 from app.service import AccessService, NotAllowed, RequestView
 from app.slack.people import SlackDirectory
 from app.store.models import RequestState as S
@@ -96,6 +97,48 @@ class Notifier:
             log.error("event=no_approver_reachable request=%s path=%s", view.id, view.path)
         self.refresh_homes(view)
 
+    def approval_overdue(self, view: RequestView, level: int) -> None:
+        """Half the SLA: remind the approvers on duty. The whole SLA: the card goes to the
+        escalation group too, every copy says "escalated", and the requester is told."""
+        policy, now = self.service.policy, self.service.clock.now()
+        waited = format_duration(max(timedelta(0), now - view.created_at))
+        on_duty = [
+            m
+            for m in rules.approvers_at(policy, view.path, now)
+            if m not in (view.requester, view.requester_slack_id, view.requester_email)
+        ]
+        if level < 2:
+            for member in on_duty:
+                user_id = self.directory.user_id_for(member)
+                if user_id:
+                    self.client.chat_postMessage(
+                        channel=user_id,
+                        text=f"⏰ Reminder: request #{view.id} (`{view.target}:{view.role}` for "
+                        f"{escape(view.requester)}) has waited {waited}. Its card, with Approve "
+                        "and Deny, is in your messages.",
+                    )
+            return
+        blocks = approver_card(view, self._context(view))
+        for member in rules.escalation_members(policy, view.path):
+            if member in on_duty or member in (view.requester, view.requester_email):
+                continue
+            user_id = self.directory.user_id_for(member)
+            if user_id is None or user_id == view.requester_slack_id:
+                continue
+            answer = self.client.chat_postMessage(
+                channel=user_id,
+                text=f"Escalated: access request #{view.id} has waited {waited} for approval",
+                blocks=blocks,
+            )
+            self.service.remember_message(view.id, answer["channel"], answer["ts"], CARD)
+        self.update_cards(view)
+        if view.requester_slack_id:
+            self.client.chat_postMessage(
+                channel=view.requester_slack_id,
+                text=f"Your request #{view.id} has waited {waited}; it has been escalated to "
+                "more approvers.",
+            )
+
     def request_changed(self, view: RequestView) -> None:
         """Update every copy of the card in place and tell the requester what happened; a
         failed revoke also alerts the security channel, at every failed try."""
@@ -103,6 +146,11 @@ class Notifier:
             self.revoke_failed(view)
             if view.revoke_attempts > 1:
                 return  # card and requester were told at the first failure
+        self.update_cards(view)
+        self.tell_requester(view)
+
+    def update_cards(self, view: RequestView) -> None:
+        """Every copy of the approver card, updated in place."""
         blocks = approver_card(view, self._context(view))
         text = f"Access request #{view.id}: {outcome_line(view, self.zone)}"
         for channel, ts in self.service.messages_of(view.id, CARD):
@@ -115,7 +163,6 @@ class Notifier:
                     channel,
                     exc.response.get("error"),
                 )
-        self.tell_requester(view)
 
     def expiry_warning(self, view: RequestView) -> None:
         """DM the holder before the end: Extend (where the path allows) and Done, revoke now."""

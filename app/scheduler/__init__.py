@@ -17,6 +17,7 @@ from app.store.models import RequestState
 
 log = logging.getLogger(__name__)
 OnChange = Callable[[RequestView], None]
+OnEscalate = Callable[[RequestView, int], None]
 
 
 class Sweeps:
@@ -25,10 +26,12 @@ class Sweeps:
         service: AccessService,
         on_change: OnChange | None = None,
         on_warn: OnChange | None = None,
+        on_escalate: OnEscalate | None = None,
     ) -> None:
         self.service = service
         self.on_change = on_change
         self.on_warn = on_warn
+        self.on_escalate = on_escalate
 
     def _tell(self, ids: list[int]) -> None:
         if self.on_change is None:
@@ -54,6 +57,17 @@ class Sweeps:
                 except Exception:
                     log.exception("event=warning_failed request=%s", request_id)
         return ids
+
+    def escalate(self) -> list[tuple[int, int]]:
+        """Remind approvers at half the approval SLA; escalate at the SLA."""
+        reached = self.service.escalate_overdue()
+        if self.on_escalate is not None:
+            for request_id, level in reached:
+                try:
+                    self.on_escalate(self.service.get(request_id), level)
+                except Exception:
+                    log.exception("event=escalation_notice_failed request=%s", request_id)
+        return reached
 
     def time_out(self) -> list[int]:
         ids = self.service.time_out_overdue()
@@ -82,7 +96,14 @@ class Sweeps:
 def schedule(scheduler: BaseScheduler, sweeps: Sweeps, every_seconds: float = 15.0) -> None:
     # max_instances=1 and coalesce: a slow sweep is never run twice at once or queued up;
     # misfire_grace_time=None: a late tick still runs (APScheduler's default would skip it).
-    jobs = (sweeps.expire, sweeps.warn, sweeps.time_out, sweeps.retry_revokes, sweeps.reconcile)
+    jobs = (
+        sweeps.expire,
+        sweeps.warn,
+        sweeps.escalate,
+        sweeps.time_out,
+        sweeps.retry_revokes,
+        sweeps.reconcile,
+    )
     for job in jobs:
         scheduler.add_job(
             job,

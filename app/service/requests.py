@@ -33,6 +33,8 @@ from app.store.models import (
     ReviewState,
 )
 
+REMINDED, ESCALATED = 1, 2  # AccessRequest.escalation_level
+
 
 class RequestCases(GrantCases):
     # ----------------------------------------------------------------------------- requests
@@ -145,7 +147,10 @@ class RequestCases(GrantCases):
                 raise AlreadyDecided(f"Request #{req.id} {STATE_WORDS[S(req.state)]}.")
             if self._is_requester(approver, req):
                 raise SelfApproval("You cannot approve or deny your own request.")
-            if not rules.is_approver(self.policy, req.path, approver, now):
+            escalated_to_me = req.escalation_level >= ESCALATED and rules.is_member(
+                self.policy, approver, rules.escalation_members(self.policy, req.path)
+            )
+            if not (rules.is_approver(self.policy, req.path, approver, now) or escalated_to_me):
                 raise NotAllowed(
                     f"You are not an approver for the {req.path} path right now, so nothing "
                     "was changed."
@@ -174,11 +179,13 @@ class RequestCases(GrantCases):
                 {d.approver for d in earlier if d.outcome == "approve"}
                 | ({key} if approve else set())
             )
-            facts = {
+            facts: dict[str, object] = {
                 "approvals": approvals,
                 "approvals_needed": req.approvals_needed,
                 "decided_by": key,
             }
+            if not in_extension:  # approval latency, for the digest's p50/p95 per path
+                facts["waited_seconds"] = int((now - req.created_at).total_seconds())
             if not approve:
                 self._apply_denial(session, req, now, key, reason, in_extension, facts)
             elif len(approvals) < req.approvals_needed:
@@ -289,6 +296,55 @@ class RequestCases(GrantCases):
             except StaleState:
                 return None
             return self._view(session, req)
+
+    def escalate_overdue(self) -> list[tuple[int, int]]:
+        """Pending requests past half their path's approval SLA are marked for a reminder
+        (level 1), past the whole SLA escalated to the rota's escalation group (level 2), who
+        may then decide too. Returns (request, level) for each newly reached level."""
+        now = self.clock.now()
+        with self.db.read() as session:
+            pending = session.execute(
+                select(
+                    AccessRequest.id,
+                    AccessRequest.path,
+                    AccessRequest.created_at,
+                    AccessRequest.escalation_level,
+                ).where(AccessRequest.state == S.PENDING.value)
+            ).all()
+        reached: list[tuple[int, int]] = []
+        for rid, path, created, level in pending:
+            sla = self.policy.paths[path].approval_sla if path in self.policy.paths else None
+            if sla is None:
+                continue
+            due = ESCALATED if now >= created + sla else REMINDED if now >= created + sla / 2 else 0
+            if due > (level or 0) and self._escalate(rid, due, now):
+                reached.append((rid, due))
+        return reached
+
+    def _escalate(self, request_id: int, level: int, now: datetime) -> bool:
+        try:
+            with self.db.transaction() as session:
+                req = self._load(session, request_id)
+                if req.state != S.PENDING or req.escalation_level >= level:
+                    return False
+                data: dict[str, object] = {
+                    "waited_seconds": int((now - req.created_at).total_seconds()),
+                }
+                if level == ESCALATED:
+                    data["escalated_to"] = rules.escalation_members(self.policy, req.path)
+                transitions.transition(
+                    session,
+                    req,
+                    S.PENDING,
+                    at=now,
+                    actor="wardkey",
+                    action="approval.escalated" if level == ESCALATED else "approval.reminded",
+                    changes={"escalation_level": level},
+                    data=data,
+                )
+        except StaleState:
+            return False
+        return True
 
     def time_out_overdue(self) -> list[int]:
         now = self.clock.now()

@@ -55,6 +55,7 @@ class RequestView:
     grant_detail: str | None
     revoke_detail: str | None
     revoke_attempts: int
+    escalation_level: int
     ended_by: str | None
     end_reason: str | None
     decisions: tuple[DecisionView, ...]
@@ -102,6 +103,7 @@ class RequestView:
             grant_detail=req.grant_detail,
             revoke_detail=req.revoke_detail,
             revoke_attempts=req.revoke_attempts,
+            escalation_level=req.escalation_level or 0,
             ended_by=req.ended_by,
             end_reason=req.end_reason,
             decisions=tuple(

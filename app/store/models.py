@@ -135,6 +135,8 @@ class AccessRequest(Base):
     grant_detail: Mapped[str | None] = mapped_column(Text)
     revoke_detail: Mapped[str | None] = mapped_column(Text)
     revoke_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # 0 waiting, 1 approvers reminded (half the SLA), 2 escalated (the SLA passed).
+    escalation_level: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     ended_by: Mapped[str | None] = mapped_column(String(320))
     end_reason: Mapped[str | None] = mapped_column(Text)
 

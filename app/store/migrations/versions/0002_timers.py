@@ -1,4 +1,4 @@
-"""expiry warnings: remember which expiry the holder was warned about
+"""timers: the expiry the holder was warned about; how far a slow approval was escalated
 
 Revision ID: 0002
 Revises: 0001
@@ -20,7 +20,12 @@ def upgrade() -> None:
     op.add_column(
         "access_requests", sa.Column("expiry_warned_for", sa.DateTime(timezone=True), nullable=True)
     )
+    op.add_column(
+        "access_requests",
+        sa.Column("escalation_level", sa.Integer(), nullable=False, server_default="0"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_column("access_requests", "escalation_level")
     op.drop_column("access_requests", "expiry_warned_for")
