@@ -263,6 +263,6 @@ def _closing(out: TextIO, service: AccessService, db: Database, console: Webhook
     print(f"   Audit trail: {result.summary()}", file=out)
     print(
         "   Next: `wardkey policy check manifests/policy.example.yaml`, then README.md "
-        "“Running it in Slack”.",
+        "“Running the Slack app”.",
         file=out,
     )
