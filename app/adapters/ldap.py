@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import ssl
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal, TypeVar
 
 from ldap3 import BASE, MODIFY_ADD, MODIFY_DELETE, SUBTREE, Connection, Server, Tls
 from ldap3.core import exceptions as ldap_errors
@@ -33,6 +34,7 @@ _ALREADY_THERE = {20, 68}  # attributeOrValueExists, entryAlreadyExists
 _ALREADY_GONE = {16}  # noSuchAttribute
 _LAST_MEMBER = 65  # objectClassViolation: groupOfNames must keep one member
 _MAX_TTL_SECONDS = 2**31 - 1
+T = TypeVar("T")
 
 
 class LdapSettings(BaseModel):
@@ -106,7 +108,7 @@ class LdapAdapter:
             raise self._connection_error(exc) from None
         return conn
 
-    def _run(self, operation: str, work: Any) -> Any:
+    def _run(self, operation: str, work: Callable[[Connection], T]) -> T:
         conn = self._connect()
         try:
             return work(conn)
@@ -177,8 +179,7 @@ class LdapAdapter:
                 detail=f"member {dn}" + (", expires in the directory" if ttl else "")
             )
 
-        result: GrantResult = self._run("grant", work)
-        return result
+        return self._run("grant", work)
 
     def revoke(self, account: str, entitlement: str) -> RevokeResult:
         def work(conn: Connection) -> RevokeResult:
@@ -198,14 +199,12 @@ class LdapAdapter:
                 raise self._error("revoke", code, conn.result.get("description", ""))
             return RevokeResult(detail=f"removed {dn}")
 
-        result: RevokeResult = self._run("revoke", work)
-        return result
+        return self._run("revoke", work)
 
     def check(self, account: str, entitlement: str) -> bool:
-        present: bool = self._run(
+        return self._run(
             "check", lambda conn: self._is_member(conn, entitlement, self._person_dn(conn, account))
         )
-        return present
 
     def end_sessions(self, account: str) -> int:
         # A directory has no sessions to end: logons and Kerberos tickets keep the old group
@@ -229,5 +228,4 @@ class LdapAdapter:
                         accounts.add(str(values[0]))
             return accounts
 
-        members: set[str] = self._run("list members", work)
-        return members
+        return self._run("list members", work)

@@ -10,9 +10,9 @@ setting only applies to new sessions) and reset it at revoke.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import psycopg
 from psycopg import errors, sql
@@ -26,6 +26,7 @@ from app.adapters.base import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1: PostgreSQL would silently truncate a longer name
 
 
@@ -87,7 +88,7 @@ class PostgresAdapter:
         except psycopg.OperationalError as exc:
             raise TransientAdapterError(f"cannot connect to {s.host}:{s.port}: {exc}") from None
 
-    def _run(self, operation: str, work: Any) -> Any:
+    def _run(self, operation: str, work: Callable[[psycopg.Connection[Any]], T]) -> T:
         """Run `work(connection)`, turning driver errors into the adapter's two kinds."""
         try:
             with self._connect() as conn:
@@ -132,8 +133,7 @@ class PostgresAdapter:
                 detail += f"; ended {ended} open session(s) so recording covers them"
             return GrantResult(already_present=present, detail=detail.strip("; "))
 
-        result: GrantResult = self._run("grant", work)
-        return result
+        return self._run("grant", work)
 
     def revoke(self, account: str, entitlement: str) -> RevokeResult:
         login, role = _name("login", account), _name("role", entitlement)
@@ -154,18 +154,15 @@ class PostgresAdapter:
             ended = _terminate(conn, login)
             return RevokeResult(already_absent=absent, sessions_ended=ended)
 
-        result: RevokeResult = self._run("revoke", work)
-        return result
+        return self._run("revoke", work)
 
     def check(self, account: str, entitlement: str) -> bool:
         login, role = _name("login", account), _name("role", entitlement)
-        present: bool = self._run("check", lambda conn: _is_member(conn, login, role))
-        return present
+        return self._run("check", lambda conn: _is_member(conn, login, role))
 
     def end_sessions(self, account: str) -> int:
         login = _name("login", account)
-        ended: int = self._run("end sessions", lambda conn: _terminate(conn, login))
-        return ended
+        return self._run("end sessions", lambda conn: _terminate(conn, login))
 
     def list_members(self, entitlement: str) -> set[str]:
         role = _name("role", entitlement)
@@ -179,8 +176,7 @@ class PostgresAdapter:
             ).fetchall()
             return {str(r[0]) for r in rows}
 
-        members: set[str] = self._run("list members", work)
-        return members
+        return self._run("list members", work)
 
     # ---------------------------------------------------------------------- helpers
 

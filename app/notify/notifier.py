@@ -73,20 +73,26 @@ class Notifier:
             zone=self.zone,
         )
 
-    def request_opened(self, view: RequestView) -> None:
-        """Send the card to every approver on duty now (DM) and to the path's channel."""
-        now = self.service.clock.now()
-        blocks = approver_card(view, self._context(view))
-        text = f"Access request #{view.id}: {view.target}:{view.role} for {view.requester}"
-        channels: list[str] = []
-        for member in rules.approvers_at(self.service.policy, view.path, now):
+    def _slack_ids(self, view: RequestView, members: list[str]) -> list[str]:
+        """Slack user IDs of policy members, never the requester; members Slack does not know
+        are logged and left out."""
+        found: list[str] = []
+        for member in members:
             if member in (view.requester, view.requester_slack_id, view.requester_email):
                 continue
             user_id = self.directory.user_id_for(member)
             if user_id is None:
                 log.warning("event=approver_not_in_slack member=%s request=%s", member, view.id)
-                continue
-            channels.append(user_id)
+            elif user_id != view.requester_slack_id:
+                found.append(user_id)
+        return found
+
+    def request_opened(self, view: RequestView) -> None:
+        """Send the card to every approver on duty now (DM) and to the path's channel."""
+        now = self.service.clock.now()
+        blocks = approver_card(view, self._context(view))
+        text = f"Access request #{view.id}: {view.target}:{view.role} for {view.requester}"
+        channels = self._slack_ids(view, rules.approvers_at(self.service.policy, view.path, now))
         path = self.service.policy.paths.get(view.path)
         if path is not None and path.channel:
             channels.append(path.channel)
@@ -102,28 +108,19 @@ class Notifier:
         escalation group too, every copy says "escalated", and the requester is told."""
         policy, now = self.service.policy, self.service.clock.now()
         waited = format_duration(max(timedelta(0), now - view.created_at))
-        on_duty = [
-            m
-            for m in rules.approvers_at(policy, view.path, now)
-            if m not in (view.requester, view.requester_slack_id, view.requester_email)
-        ]
+        on_duty = self._slack_ids(view, rules.approvers_at(policy, view.path, now))
         if level < 2:
-            for member in on_duty:
-                user_id = self.directory.user_id_for(member)
-                if user_id:
-                    self.client.chat_postMessage(
-                        channel=user_id,
-                        text=f"⏰ Reminder: request #{view.id} (`{view.target}:{view.role}` for "
-                        f"{escape(view.requester)}) has waited {waited}. Its card, with Approve "
-                        "and Deny, is in your messages.",
-                    )
+            for user_id in on_duty:
+                self.client.chat_postMessage(
+                    channel=user_id,
+                    text=f"⏰ Reminder: request #{view.id} (`{view.target}:{view.role}` for "
+                    f"{escape(view.requester)}) has waited {waited}. Its card, with Approve "
+                    "and Deny, is in your messages.",
+                )
             return
         blocks = approver_card(view, self._context(view))
-        for member in rules.escalation_members(policy, view.path):
-            if member in on_duty or member in (view.requester, view.requester_email):
-                continue
-            user_id = self.directory.user_id_for(member)
-            if user_id is None or user_id == view.requester_slack_id:
+        for user_id in self._slack_ids(view, rules.escalation_members(policy, view.path)):
+            if user_id in on_duty:  # they have the card already
                 continue
             answer = self.client.chat_postMessage(
                 channel=user_id,

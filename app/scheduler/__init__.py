@@ -77,11 +77,9 @@ class Sweeps:
     def retry_revokes(self) -> list[int]:
         """Try failed revokes again when their back-off is over; returns those that ended.
         Every try is told, so a revoke that keeps failing keeps alerting."""
-        tried = self.service.revoke_retries_due()
-        for request_id in tried:
-            self.service.retry_revoke(request_id)
-        self._tell(tried)
-        return [i for i in tried if self.service.get(i).state == RequestState.ENDED]
+        views = [self.service.retry_revoke(i) for i in self.service.revoke_retries_due()]
+        self._tell([v.id for v in views])
+        return [v.id for v in views if v.state == RequestState.ENDED]
 
     def reconcile(self) -> None:
         report = self.service.reconcile()

@@ -147,16 +147,22 @@ class GrantCases(ServiceBase):
         )
 
     def _undo_uncertain_grant(self, req: AccessRequest) -> str:
-        """A time-out may hide a grant the target did make: take it back, so a grant that
-        WardKey calls failed does not leave access behind. Says what happened, for the record."""
+        """Take back access a failed or interrupted grant may have given (a time-out can hide a
+        grant the target did make), so a grant WardKey calls failed leaves nothing behind;
+        access held before, or by another live grant, stays. Says what happened, for the
+        record."""
         with self.db.read() as session:
             other = self._other_holder(session, req)
         if req.preexisting or other is not None:
             return ""
         try:
             self._on_target(req.target, lambda a: a.revoke(req.account, req.entitlement))
+            self._on_target(req.target, lambda a: a.end_sessions(req.account))
         except AdapterError as exc:
-            return f"; removing any access it may have given failed too ({describe_error(exc)})"
+            return (
+                f"; removing any access it may have given failed too ({describe_error(exc)}): "
+                "check the target by hand"
+            )
         return "; any access it may have given was removed"
 
     # ------------------------------------------------------------------------------- extend
@@ -534,15 +540,8 @@ class GrantCases(ServiceBase):
     def _abandon_grant(self, request_id: int) -> RequestView:
         with self.db.read() as session:
             req = self._load(session, request_id)
-            other = self._other_holder(session, req)
         detail = "interrupted before access was confirmed; its time has passed"
-        try:
-            if not req.preexisting and other is None:
-                self._on_target(req.target, lambda a: a.revoke(req.account, req.entitlement))
-                self._on_target(req.target, lambda a: a.end_sessions(req.account))
-                detail += "; any access given was removed"
-        except AdapterError as exc:
-            detail += f"; removing it failed ({describe_error(exc)}): check the target by hand"
+        detail += self._undo_uncertain_grant(req)
         return self._record(
             request_id,
             S.GRANTING,
