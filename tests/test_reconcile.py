@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from app.clock import ManualClock
 from app.service import AccessService
+from app.store import AuditEvent
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN
 from tests.fakes.memory_adapter import MemoryTarget, SimulatedCrash
@@ -21,6 +23,33 @@ def crash_during(service: AccessService, target: MemoryTarget, op: str, action: 
         action()  # type: ignore[operator]
 
 
+def restarted(service: AccessService, clock: ManualClock) -> AccessService:
+    """The worker that comes up after the crash: same database and targets, its own name."""
+    return AccessService(
+        service.db, service.policy, service.adapters, clock, pause=lambda _: None, worker="next"
+    )
+
+
+def after_the_lease(service: AccessService, clock: ManualClock) -> AccessService:
+    """A crashed worker's claim holds until its lease runs out; then the next one takes over."""
+    successor = restarted(service, clock)
+    report = successor.reconcile()
+    assert (report.granted, report.abandoned, report.revoked) == ([], [], [])
+    clock.advance(service.lease)
+    return successor
+
+
+def actions(service: AccessService, request_id: int) -> list[str]:
+    with service.db.read() as session:
+        return list(
+            session.scalars(
+                select(AuditEvent.action)
+                .where(AuditEvent.request_id == request_id)
+                .order_by(AuditEvent.seq)
+            )
+        )
+
+
 class TestReconcile:
     def test_crash_after_the_target_granted(
         self, service: AccessService, targets: dict[str, MemoryTarget], clock: ManualClock
@@ -31,9 +60,10 @@ class TestReconcile:
         assert service.get(req.id).state == S.GRANTING
         assert db.holds("amira", "pharmacy_read")
 
-        report = service.reconcile()
+        report = after_the_lease(service, clock).reconcile()
 
         assert report.granted == [req.id]
+        assert "grant.taken_over" in actions(service, req.id)
         view = service.get(req.id)
         assert view.state == S.ACTIVE
         # The access we gave before the crash is ours, not "pre-existing": it must still expire.
@@ -43,12 +73,12 @@ class TestReconcile:
         assert not db.holds("amira", "pharmacy_read")
 
     def test_crash_after_approval_before_anything_reached_the_target(
-        self, service: AccessService, targets: dict[str, MemoryTarget]
+        self, service: AccessService, targets: dict[str, MemoryTarget], clock: ManualClock
     ) -> None:
         req = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REASON)
         crash_during(service, targets["pharmacy-db"], "check", lambda: service.approve(req.id, BEN))
         assert service.get(req.id).state == S.APPROVED
-        assert service.reconcile().granted == [req.id]
+        assert after_the_lease(service, clock).reconcile().granted == [req.id]
         assert service.get(req.id).state == S.ACTIVE
 
     def test_crash_after_the_target_revoked(
@@ -61,7 +91,8 @@ class TestReconcile:
         crash_during(service, db, "revoke", service.expire_due)
         assert service.get(req.id).state == S.REVOKING
 
-        assert service.reconcile().revoked == [req.id]
+        assert after_the_lease(service, clock).reconcile().revoked == [req.id]
+        assert actions(service, req.id).count("revoke.taken_over") == 1
         assert service.get(req.id).state == S.ENDED
         assert not db.holds("amira", "pharmacy_read")
 
@@ -73,7 +104,7 @@ class TestReconcile:
         crash_during(service, db, "grant", lambda: service.approve(req.id, BEN))
         clock.advance(timedelta(hours=3))  # the app was down all night
 
-        assert service.reconcile().abandoned == [req.id]
+        assert restarted(service, clock).reconcile().abandoned == [req.id]
         view = service.get(req.id)
         assert view.state == S.GRANT_FAILED
         assert "removed" in (view.grant_detail or "")

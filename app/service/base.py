@@ -4,15 +4,18 @@ transitions."""
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
+import secrets
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -45,6 +48,7 @@ from app.store.models import (
 log = logging.getLogger(__name__)
 S = RequestState
 T = TypeVar("T")
+T_row = TypeVar("T_row", bound=tuple[Any, ...])
 
 MIN_REASON_WORDS = 3
 DEFAULT_PENDING_TIMEOUT = timedelta(hours=24)
@@ -57,6 +61,9 @@ RETRY_CAP_SECONDS = 8.0
 # for ever, until it succeeds or a WardKey admin marks it resolved.
 REVOKE_RETRY_FIRST = timedelta(seconds=30)
 REVOKE_RETRY_MAX = timedelta(minutes=15)
+# How long a worker's claim on a grant or revoke in progress lasts: longer than one call with its
+# retries, short enough that a crashed worker's work is taken over within a minute.
+DEFAULT_LEASE = timedelta(seconds=60)
 
 STATE_WORDS = {
     S.APPROVED: "has already been approved",
@@ -82,12 +89,26 @@ class ServiceBase:
         adapters: Mapping[str, Adapter],
         clock: Clock | None = None,
         pause: Callable[[float], None] = time.sleep,
+        *,
+        worker: str | None = None,
+        lease: timedelta = DEFAULT_LEASE,
     ) -> None:
         self.db = db
         self.policy = policy
         self.adapters = adapters
         self.clock: Clock = clock or SystemClock()
         self.pause = pause  # waits between adapter retries; tests pass one that only records
+        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.lease = lease
+
+    def _lease(self, now: datetime) -> dict[str, object]:
+        """The claim a worker takes when it starts calling a target for a request."""
+        return {"claimed_by": self.worker, "claimed_until": now + self.lease}
+
+    def _claim(self, query: Select[T_row]) -> Select[T_row]:
+        """Lock the rows a sweep takes; rows another worker holds are skipped, not waited for.
+        (SQLite has no row locks: its single writer and the conditional update suffice.)"""
+        return query.with_for_update(skip_locked=True)
 
     def _on_target(self, target: str, operation: Callable[[Adapter], T]) -> T:
         """Call the target's adapter, retrying transient failures with exponential back-off and
@@ -411,6 +432,16 @@ class ServiceBase:
             except (StaleState, IntegrityError):
                 continue
         return attempt()
+
+    def _holds_claim(self, req: AccessRequest) -> bool:
+        """Is this worker the one to call the target now? (Rows from before leases have none.)"""
+        return req.claimed_by in (None, self.worker)
+
+    def _claim_one(self, session: Session, request_id: int) -> AccessRequest | None:
+        """The row, locked for this transaction; None while another worker holds it."""
+        return session.scalars(
+            self._claim(select(AccessRequest).where(AccessRequest.id == request_id))
+        ).first()
 
     @staticmethod
     def _load(session: Session, request_id: int) -> AccessRequest:

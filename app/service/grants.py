@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from app.adapters.base import AdapterError
@@ -48,6 +48,10 @@ class ReconcileReport:
     abandoned: list[int] = field(default_factory=list)
     revoked: list[int] = field(default_factory=list)
     still_failing: list[int] = field(default_factory=list)
+
+
+def _due(req: AccessRequest, now: datetime) -> bool:
+    return req.expires_at is not None and req.expires_at <= now
 
 
 def revoke_retry_wait(attempts: int) -> timedelta:
@@ -97,8 +101,8 @@ class GrantCases(ServiceBase):
                     at=now,
                     actor="wardkey",
                     action="grant.started",
-                    changes={"preexisting": preexisting},
-                    data={"preexisting": preexisting},
+                    changes={"preexisting": preexisting, **self._lease(now)},
+                    data={"preexisting": preexisting, "worker": self.worker},
                 )
         except StaleState:  # another worker is granting it
             return self.get(request_id)
@@ -107,7 +111,7 @@ class GrantCases(ServiceBase):
     def _finish_grant(self, request_id: int) -> RequestView:
         with self.db.read() as session:
             req = self._load(session, request_id)
-            if req.state != S.GRANTING:
+            if req.state != S.GRANTING or not self._holds_claim(req):
                 return self._view(session, req)
         now = self.clock.now()
         until = now + timedelta(seconds=req.requested_seconds)
@@ -300,38 +304,73 @@ class GrantCases(ServiceBase):
                     at=now,
                     actor=key,
                     action="revoke.started",
-                    changes={"ended_by": key, "end_reason": why, "extension_seconds": None},
-                    data={"cause": "early", "note": why},
+                    changes={
+                        "ended_by": key,
+                        "end_reason": why,
+                        "extension_seconds": None,
+                        **self._lease(now),
+                    },
+                    data={"cause": "early", "note": why, "worker": self.worker},
                 )
 
         self._retrying(attempt)
         return self._finish_revoke(request_id)
 
     def expire(self, request_id: int) -> RequestView | None:
-        """Revoke access whose time is up; None when it is not (or no longer) due."""
+        """Revoke access whose time is up; None when it is not (or no longer) due, or another
+        worker has it."""
         now = self.clock.now()
         with self.db.transaction() as session:
-            req = self._load(session, request_id)
-            if req.state != S.ACTIVE or req.expires_at is None or req.expires_at > now:
+            req = self._claim_one(session, request_id)
+            if req is None or req.state != S.ACTIVE or not _due(req, now):
                 return None
-            try:
-                transitions.transition(
-                    session,
-                    req,
-                    S.REVOKING,
-                    at=now,
-                    actor="wardkey",
-                    action="revoke.started",
-                    changes={
-                        "ended_by": "wardkey",
-                        "end_reason": "expired",
-                        "extension_seconds": None,
-                    },
-                    data={"cause": "expired"},
-                )
-            except StaleState:
-                return None
+            self._start_expiry(session, req, now)
         return self._finish_revoke(request_id)
+
+    def expire_due(self, batch: int = 20, limit: int = 1000) -> list[int]:
+        """Revoke every grant whose time is up (the expiry sweep calls this). Claims a small
+        batch at a time, skipping rows other workers hold, so several workers share a wave of
+        expiries; returns the requests it took (now ended, or failed and to be retried)."""
+        taken: list[int] = []
+        while len(taken) < limit:
+            now = self.clock.now()
+            with self.db.transaction() as session:
+                due = session.scalars(
+                    self._claim(
+                        select(AccessRequest)
+                        .where(
+                            AccessRequest.state == S.ACTIVE.value,
+                            AccessRequest.expires_at <= now,
+                        )
+                        .order_by(AccessRequest.expires_at)
+                        .limit(min(batch, limit - len(taken)))
+                    )
+                ).all()
+                for req in due:
+                    self._start_expiry(session, req, now)
+            if not due:
+                break
+            for req in due:
+                self._finish_revoke(req.id)
+                taken.append(req.id)
+        return taken
+
+    def _start_expiry(self, session: Session, req: AccessRequest, now: datetime) -> None:
+        transitions.transition(
+            session,
+            req,
+            S.REVOKING,
+            at=now,
+            actor="wardkey",
+            action="revoke.started",
+            changes={
+                "ended_by": "wardkey",
+                "end_reason": "expired",
+                "extension_seconds": None,
+                **self._lease(now),
+            },
+            data={"cause": "expired", "worker": self.worker},
+        )
 
     def warn_expiring(self, limit: int = 500) -> list[int]:
         """Mark the grants whose path's `warn_before` has begun as warned about their current
@@ -365,8 +404,8 @@ class GrantCases(ServiceBase):
     def _mark_warned(self, request_id: int, now: datetime) -> bool:
         try:
             with self.db.transaction() as session:
-                req = self._load(session, request_id)
-                if req.state != S.ACTIVE or req.expiry_warned_for == req.expires_at:
+                req = self._claim_one(session, request_id)
+                if req is None or req.state != S.ACTIVE or req.expiry_warned_for == req.expires_at:
                     return False
                 transitions.transition(
                     session,
@@ -382,18 +421,6 @@ class GrantCases(ServiceBase):
             return False
         return True
 
-    def expire_due(self, limit: int = 500) -> list[int]:
-        """Revoke every grant whose time is up (the expiry sweep calls this)."""
-        now = self.clock.now()
-        with self.db.read() as session:
-            due = session.scalars(
-                select(AccessRequest.id)
-                .where(AccessRequest.state == S.ACTIVE.value, AccessRequest.expires_at <= now)
-                .order_by(AccessRequest.expires_at)
-                .limit(limit)
-            ).all()
-        return [rid for rid in due if self.expire(rid) is not None]
-
     def retry_revoke(self, request_id: int) -> RequestView:
         """Try a failed revoke again (the retry sweep calls this until it succeeds)."""
         now = self.clock.now()
@@ -403,7 +430,8 @@ class GrantCases(ServiceBase):
                 S.REVOKE_FAILED,
                 S.REVOKING,
                 "revoke.retried",
-                data={"attempt": self.get(request_id).revoke_attempts + 1},
+                changes=self._lease(now),
+                data={"attempt": self.get(request_id).revoke_attempts + 1, "worker": self.worker},
                 at=now,
             )
         except AlreadyDecided:
@@ -446,7 +474,7 @@ class GrantCases(ServiceBase):
     def _finish_revoke(self, request_id: int) -> RequestView:
         with self.db.read() as session:
             req = self._load(session, request_id)
-            if req.state != S.REVOKING:
+            if req.state != S.REVOKING or not self._holds_claim(req):
                 return self._view(session, req)
             other = self._other_holder(session, req)
         if req.preexisting or other is not None:
@@ -507,27 +535,16 @@ class GrantCases(ServiceBase):
     # ---------------------------------------------------------------------------- reconcile
 
     def reconcile(self) -> ReconcileReport:
-        """Finish what a crash left half-done: approved, granting and revoking requests."""
+        """Finish what a crashed worker left half-done: approved requests never granted, and
+        grants or revokes whose worker's lease ran out. Each is claimed before it is touched,
+        so two workers reconciling at once never both call the target."""
         report = ReconcileReport()
         now = self.clock.now()
-        with self.db.read() as session:
-            rows = session.execute(
-                select(
-                    AccessRequest.id,
-                    AccessRequest.state,
-                    AccessRequest.state_changed_at,
-                    AccessRequest.requested_seconds,
-                )
-                .where(
-                    AccessRequest.state.in_([S.APPROVED.value, S.GRANTING.value, S.REVOKING.value])
-                )
-                .order_by(AccessRequest.id)
-            ).all()
-        for rid, state, since, seconds in rows:
+        for rid, state, started, seconds in self._take_over_stalled(now):
             if state == S.REVOKING:
                 view = self._finish_revoke(rid)
                 (report.revoked if view.state == S.ENDED else report.still_failing).append(rid)
-            elif state == S.GRANTING and now >= since + timedelta(seconds=seconds):
+            elif state == S.GRANTING and now >= started + timedelta(seconds=seconds):
                 # Too late to give the access now: make sure it is not on the target.
                 self._abandon_grant(rid)
                 report.abandoned.append(rid)
@@ -536,6 +553,46 @@ class GrantCases(ServiceBase):
                 if view.state == S.ACTIVE:
                     report.granted.append(rid)
         return report
+
+    def _take_over_stalled(
+        self, now: datetime, limit: int = 200
+    ) -> list[tuple[int, S, datetime, int]]:
+        stalled_work = and_(
+            AccessRequest.state.in_([S.GRANTING.value, S.REVOKING.value]),
+            or_(AccessRequest.claimed_until.is_(None), AccessRequest.claimed_until <= now),
+        )
+        # An approval commits before its grant starts; one left that long had its worker die.
+        stalled_approval = and_(
+            AccessRequest.state == S.APPROVED.value,
+            AccessRequest.state_changed_at <= now - self.lease,
+        )
+        taken: list[tuple[int, S, datetime, int]] = []
+        with self.db.transaction() as session:
+            rows = session.scalars(
+                self._claim(
+                    select(AccessRequest)
+                    .where(or_(stalled_work, stalled_approval))
+                    .order_by(AccessRequest.id)
+                    .limit(limit)
+                )
+            ).all()
+            for req in rows:
+                state = S(req.state)
+                started = req.decided_at or req.created_at
+                if state in (S.GRANTING, S.REVOKING):
+                    verb = "grant" if state == S.GRANTING else "revoke"
+                    transitions.transition(
+                        session,
+                        req,
+                        state,
+                        at=now,
+                        actor="wardkey",
+                        action=f"{verb}.taken_over",
+                        changes=self._lease(now),
+                        data={"from_worker": req.claimed_by, "worker": self.worker},
+                    )
+                taken.append((req.id, state, started, req.requested_seconds))
+        return taken
 
     def _abandon_grant(self, request_id: int) -> RequestView:
         with self.db.read() as session:

@@ -106,7 +106,7 @@ class RequestCases(GrantCases):
             now,
             S.GRANTING,
             "breakglass.started",
-            fields={"decided_at": now, "preexisting": preexisting},
+            fields={"decided_at": now, "preexisting": preexisting, **self._lease(now)},
             data={
                 "review_due_at": now + review_within,
                 "reviewers": rules.reviewers(self.policy, now),
@@ -278,9 +278,10 @@ class RequestCases(GrantCases):
         """Close a request nobody decided on within its path's time-out; None if not due."""
         now = self.clock.now()
         with self.db.transaction() as session:
-            req = self._load(session, request_id)
-            timeout = self._pending_timeout(req.path)
-            if req.state != S.PENDING or now < req.created_at + timeout:
+            req = self._claim_one(session, request_id)
+            if req is None or req.state != S.PENDING:
+                return None
+            if now < req.created_at + self._pending_timeout(req.path):
                 return None
             try:
                 transitions.transition(
@@ -324,8 +325,8 @@ class RequestCases(GrantCases):
     def _escalate(self, request_id: int, level: int, now: datetime) -> bool:
         try:
             with self.db.transaction() as session:
-                req = self._load(session, request_id)
-                if req.state != S.PENDING or req.escalation_level >= level:
+                req = self._claim_one(session, request_id)
+                if req is None or req.state != S.PENDING or req.escalation_level >= level:
                     return False
                 data: dict[str, object] = {
                     "waited_seconds": int((now - req.created_at).total_seconds()),

@@ -20,14 +20,18 @@ from app import audit
 from app.store.models import AccessRequest, RequestState, Review, ReviewState
 
 S = RequestState
+# States in which a worker is calling a target: they are always entered with a lease
+# (`claimed_by`, `claimed_until`), so a crashed worker's work is found and taken over.
+CLAIMED_STATES = frozenset({S.GRANTING, S.REVOKING})
 ALLOWED: dict[RequestState, frozenset[RequestState]] = {
     # pending -> pending records one approval of several (N-of-M); the version still moves.
     S.PENDING: frozenset({S.PENDING, S.APPROVED, S.DENIED, S.CANCELLED, S.TIMED_OUT}),
     S.APPROVED: frozenset({S.GRANTING, S.CANCELLED, S.GRANT_FAILED}),
-    S.GRANTING: frozenset({S.ACTIVE, S.GRANT_FAILED}),
+    # granting -> granting and revoking -> revoking: a worker takes over a crashed one's claim.
+    S.GRANTING: frozenset({S.GRANTING, S.ACTIVE, S.GRANT_FAILED}),
     # active -> active: an extension asked for, approved, denied or applied.
     S.ACTIVE: frozenset({S.ACTIVE, S.REVOKING}),
-    S.REVOKING: frozenset({S.ENDED, S.REVOKE_FAILED}),
+    S.REVOKING: frozenset({S.REVOKING, S.ENDED, S.REVOKE_FAILED}),
     S.REVOKE_FAILED: frozenset({S.REVOKING, S.ENDED}),
 }
 
@@ -63,6 +67,8 @@ def create(
     data: Mapping[str, Any] | None = None,
 ) -> AccessRequest:
     """Insert a new request with its creation event."""
+    if RequestState(req.state) in CLAIMED_STATES and req.claimed_until is None:
+        raise ValueError(f"a request created {req.state} needs a lease")
     req.version = 1
     req.created_at = req.state_changed_at = at
     session.add(req)
@@ -93,6 +99,8 @@ def transition(
     current = RequestState(req.state)
     if to not in ALLOWED.get(current, frozenset()):
         raise ValueError(f"illegal transition {current} -> {to} for request {req.id}")
+    if to in CLAIMED_STATES and "claimed_until" not in (changes or {}):
+        raise ValueError(f"{action} moves request {req.id} to {to} without a lease")
     values = {
         **(changes or {}),
         "state": to.value,

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -139,6 +140,9 @@ class AccessRequest(Base):
     escalation_level: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     ended_by: Mapped[str | None] = mapped_column(String(320))
     end_reason: Mapped[str | None] = mapped_column(Text)
+    # The worker doing a grant or revoke right now, and until when; past that, another takes over.
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         Index("ix_access_requests_state_expires_at", "state", "expires_at"),
@@ -187,6 +191,11 @@ class Review(Base):
     reviewer: Mapped[str | None] = mapped_column(String(320))
     note: Mapped[str | None] = mapped_column(Text)
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Set when the use has ended and its summary went to the reviewers.
+    requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    reminders: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    reminded_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    escalated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class RequestMessage(Base):
@@ -215,3 +224,32 @@ class AuditEvent(Base):
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
     body: Mapped[str] = mapped_column(Text)
+
+
+class SweepRun(Base):
+    """A once-per-period job (the daily digest) that one worker has done, so no other repeats it."""
+
+    __tablename__ = "sweep_runs"
+
+    job: Mapped[str] = mapped_column(String(50), primary_key=True)
+    period: Mapped[str] = mapped_column(String(50), primary_key=True)
+    done_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    done_by: Mapped[str] = mapped_column(String(100))
+
+
+class StandingAccess(Base):
+    """Access seen on a target that no grant covers: standing privilege, found by reconcile."""
+
+    __tablename__ = "standing_access"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target: Mapped[str] = mapped_column(String(100))
+    entitlement: Mapped[str] = mapped_column(String(500))
+    account: Mapped[str] = mapped_column(String(320))
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Set when a later look no longer found it (taken away by hand, or by WardKey).
+    cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    removed_by_wardkey: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+    __table_args__ = (UniqueConstraint("target", "entitlement", "account"),)
