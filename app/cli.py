@@ -211,7 +211,12 @@ def _worker(_args: argparse.Namespace) -> int:
     sweeps = runtime.sweeps()
     sweeps.catch_up()
     scheduler = BlockingScheduler(timezone="UTC")
-    schedule(scheduler, sweeps, runtime.settings.wardkey_sweep_seconds)
+    schedule(
+        scheduler,
+        sweeps,
+        runtime.settings.wardkey_sweep_seconds,
+        expiry_seconds=runtime.settings.wardkey_expiry_sweep_seconds,
+    )
     scheduler.start()
     return 0
 
@@ -222,7 +227,12 @@ def _background_sweeps(runtime: Runtime) -> BaseScheduler:
     sweeps = runtime.sweeps()
     sweeps.catch_up()
     scheduler = BackgroundScheduler(timezone="UTC")
-    schedule(scheduler, sweeps, runtime.settings.wardkey_sweep_seconds)
+    schedule(
+        scheduler,
+        sweeps,
+        runtime.settings.wardkey_sweep_seconds,
+        expiry_seconds=runtime.settings.wardkey_expiry_sweep_seconds,
+    )
     scheduler.start()
     return scheduler
 

@@ -21,5 +21,17 @@ class Settings(BaseSettings):
     slack_app_token: str | None = None
     slack_api_url: str = "https://slack.com/api/"
     wardkey_sweep_seconds: float = Field(
-        default=15.0, gt=0, description="How often the expiry and time-out sweeps run."
+        default=15.0, gt=0, description="How often the warn, escalate, review and retry sweeps run."
+    )
+    wardkey_expiry_sweep_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often the expiry sweep looks for grants whose time is up (a cheap "
+        "index range scan over the due rows only).",
+    )
+    wardkey_lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a worker's claim on a grant or revoke in progress lasts before "
+        "another worker may take it over.",
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 from slack_bolt import App
 from slack_sdk import WebClient
@@ -80,6 +81,8 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
         raise StartupError(
             f"DATABASE_URL: cannot reach {db.url.render_as_string()} ({type(exc).__name__})"
         ) from None
-    service = AccessService(db, policy, adapters)
+    service = AccessService(
+        db, policy, adapters, lease=timedelta(seconds=settings.wardkey_lease_seconds)
+    )
     client = web_client(settings.slack_bot_token or "", settings.slack_api_url)
     return Runtime(settings, service, client, Notifier(client, service, SlackDirectory(client)))

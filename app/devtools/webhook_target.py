@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -21,6 +21,9 @@ class WebhookTarget(LoopbackServer):
         self.members: dict[str, set[str]] = defaultdict(set)
         self.sessions: dict[str, int] = defaultdict(int)
         self.log: list[str] = []
+        # Per (entitlement, account): revoke calls received, and those that removed access.
+        self.revoke_calls: Counter[tuple[str, str]] = Counter()
+        self.removals: Counter[tuple[str, str]] = Counter()
         self.refused = 0
         self.fail_with: int | None = None  # answer every call with this HTTP status
         self.delay_seconds = 0.0  # answer this late (to test time-outs)
@@ -80,6 +83,8 @@ class WebhookTarget(LoopbackServer):
                 case "revoke":
                     absent = account not in holders
                     holders.discard(account)
+                    self.revoke_calls[(entitlement, account)] += 1
+                    self.removals[(entitlement, account)] += 0 if absent else 1
                     ended, self.sessions[account] = self.sessions[account], 0
                     self.log.append(f"{self.name}: took {entitlement} from {account}")
                     return 200, {"already_absent": absent, "sessions_ended": ended}

@@ -129,7 +129,7 @@ class GrantCases(ServiceBase):
             detail = describe_error(exc)
             if exc.transient:
                 detail += self._undo_uncertain_grant(req)
-            return self._record(
+            return self._finish(
                 request_id,
                 S.GRANTING,
                 S.GRANT_FAILED,
@@ -137,7 +137,7 @@ class GrantCases(ServiceBase):
                 changes={"grant_detail": detail, "ended_at": self.clock.now()},
                 data={"error": detail, "transient": exc.transient},
             )
-        return self._record(
+        return self._finish(
             request_id,
             S.GRANTING,
             S.ACTIVE,
@@ -149,6 +149,23 @@ class GrantCases(ServiceBase):
                 "target_said_present": result.already_present,
             },
         )
+
+    def _finish(
+        self,
+        request_id: int,
+        expected: S,
+        to: S,
+        action: str,
+        *,
+        changes: Mapping[str, object],
+        data: Mapping[str, object],
+    ) -> RequestView:
+        """Record what the target said. If this worker's lease ran out and another took the
+        work over, the other records it; the caller gets the request as it now stands."""
+        try:
+            return self._record(request_id, expected, to, action, changes=changes, data=data)
+        except AlreadyDecided:
+            return self.get(request_id)
 
     def _undo_uncertain_grant(self, req: AccessRequest) -> str:
         """Take back access a failed or interrupted grant may have given (a time-out can hide a
@@ -483,7 +500,7 @@ class GrantCases(ServiceBase):
                 if req.preexisting
                 else f"request #{other} still holds the same access, so it was left in place"
             )
-            return self._record(
+            return self._finish(
                 request_id,
                 S.REVOKING,
                 S.ENDED,
@@ -504,7 +521,7 @@ class GrantCases(ServiceBase):
                 req.target,
                 describe_error(exc),
             )
-            return self._record(
+            return self._finish(
                 request_id,
                 S.REVOKING,
                 S.REVOKE_FAILED,
@@ -519,7 +536,7 @@ class GrantCases(ServiceBase):
                     "attempt": req.revoke_attempts + 1,
                 },
             )
-        return self._record(
+        return self._finish(
             request_id,
             S.REVOKING,
             S.ENDED,

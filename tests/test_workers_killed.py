@@ -1,0 +1,222 @@
+"""Several `wardkey worker` processes on one real PostgreSQL share a wave of expiries, and a
+worker killed midway (SIGKILL: no clean-up of any kind) has its claims taken over: every grant
+is revoked, none twice, and the audit chain stays intact."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from app import audit
+from app.adapters.registry import build_adapters
+from app.clock import ManualClock
+from app.devtools.slack_fake import FakeSlack
+from app.devtools.webhook_target import WebhookTarget
+from app.policy import Person, load_policy
+from app.service import AccessService
+from app.store import AuditEvent, Database, upgrade
+from app.store.models import AccessRequest, RequestState
+from tests.conftest import POSTGRES_URL, postgres_unreachable
+
+pytestmark = pytest.mark.postgres
+
+GRANTS = 1000
+WORKERS = 3
+SCHEMA = "wardkey_workers"
+KEY = "k" * 32
+LEASE_SECONDS = 2
+APPROVER = Person(slack_user_id="U0BOSS", email="boss@trust.nhs.uk")
+
+
+def staff(n: int) -> Person:
+    return Person(slack_user_id=f"U{n:05d}", email=f"user{n:05d}@trust.nhs.uk")
+
+
+def write_policy(path: Path, console_url: str) -> None:
+    policy = {
+        "version": 1,
+        "timezone": "Europe/London",
+        "channels": {"security_alerts": "C0SECURITY", "manager_reviews": "C0MANAGERS"},
+        "admins": "admins",
+        "groups": {
+            "admins": [APPROVER.email],
+            "leads": [APPROVER.email],
+            "staff": [staff(n).email for n in range(GRANTS)],
+        },
+        "paths": {
+            name: {"risk": risk, "approvers": [{"group": "leads"}], "max_duration": "1h"}
+            for name, risk in (("clinical", "low"), ("admin", "medium"), ("engineering", "high"))
+        }
+        | {
+            "breakglass": {
+                "risk": "critical",
+                "max_duration": "1h",
+                "reviewers": [{"group": "leads"}],
+                "review_within": "1d",
+            }
+        },
+        "targets": {
+            "epr": {
+                "kind": "webhook",
+                "settings": {"url": console_url},
+                "secrets": {"signing_key": "EPR_KEY"},
+                "account": {"template": "{local}"},
+                "roles": {
+                    "ward-admin": {
+                        "path": "clinical",
+                        "entitlement": "WARD_ADMIN",
+                        "eligible": ["staff"],
+                    }
+                },
+            }
+        },
+    }
+    path.write_text(yaml.safe_dump(policy))
+
+
+@pytest.fixture
+def database() -> Iterator[Database]:
+    admin = sa.create_engine(sa.engine.make_url(POSTGRES_URL).set(drivername="postgresql+psycopg"))
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
+            conn.execute(sa.text(f"CREATE SCHEMA {SCHEMA}"))
+    except sa.exc.OperationalError as exc:
+        postgres_unreachable(exc)
+    finally:
+        admin.dispose()
+    url = sa.engine.make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={SCHEMA}"})
+    upgrade(url)
+    db = Database(url)
+    yield db
+    db.dispose()
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "app", "worker"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def revoking_claims_of(db: Database, pid: int) -> int:
+    with db.read() as session:
+        return int(
+            session.scalar(
+                sa.select(sa.func.count()).where(
+                    AccessRequest.state == RequestState.REVOKING.value,
+                    AccessRequest.claimed_by.like(f"%:{pid}:%"),
+                )
+            )
+            or 0
+        )
+
+
+def states(db: Database) -> dict[str, int]:
+    with db.read() as session:
+        rows = session.execute(
+            sa.select(AccessRequest.state, sa.func.count()).group_by(AccessRequest.state)
+        ).all()
+    return {state: count for state, count in rows}
+
+
+def events(db: Database, action: str) -> list[AuditEvent]:
+    with db.read() as session:
+        return list(session.scalars(sa.select(AuditEvent).where(AuditEvent.action == action)))
+
+
+def test_three_workers_one_killed_midway_revoke_every_grant_once(
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    console = WebhookTarget(KEY.encode(), name="epr").start()
+    slack = FakeSlack(token="xoxb-workers").start()
+    policy_path = tmp_path / "policy.yaml"
+    write_policy(policy_path, console.url)
+    monkeypatch.setenv("EPR_KEY", KEY)
+    policy = load_policy(policy_path)
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("SLACK_")},
+            "DATABASE_URL": database.url.render_as_string(hide_password=False),
+            "WARDKEY_POLICY": str(policy_path),
+            "SLACK_BOT_TOKEN": "xoxb-workers",
+            "SLACK_API_URL": slack.api_url,
+            "WARDKEY_EXPIRY_SWEEP_SECONDS": "0.2",
+            "WARDKEY_SWEEP_SECONDS": "0.5",
+            "WARDKEY_LEASE_SECONDS": str(LEASE_SECONDS),
+        }
+        # 1,000 grants made through the service, all expiring at the same instant. (No worker
+        # runs during the set-up: its clock is an hour behind theirs.)
+        wave = datetime.now(UTC) + timedelta(seconds=30)
+        clock = ManualClock(wave - timedelta(hours=1))
+        service = AccessService(database, policy, build_adapters(policy), clock)
+
+        def grant(n: int) -> None:
+            req = service.request(staff(n), "epr", "ward-admin", timedelta(hours=1), "ward 12 fix")
+            assert service.approve(req.id, APPROVER).state == RequestState.ACTIVE
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(grant, range(GRANTS)))
+        assert len(console.members["WARD_ADMIN"]) == GRANTS
+
+        # Three workers, started together, idle until the wave.
+        workers = [start_worker(env, tmp_path / f"worker{n}.log") for n in range(WORKERS)]
+
+        victim = workers[0]
+
+        # Kill the first worker while it holds claims in the middle of the wave.
+        deadline = time.monotonic() + 60
+        while revoking_claims_of(database, victim.pid) == 0 or sum(console.removals.values()) < 100:
+            assert time.monotonic() < deadline, (states(database), victim.poll())
+            time.sleep(0.005)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        removed_at_kill = sum(console.removals.values())
+
+        while states(database).get(RequestState.ENDED.value, 0) < GRANTS:
+            assert time.monotonic() < deadline, states(database)
+            assert all(w.poll() is None for w in workers[1:]), "a surviving worker exited"
+            time.sleep(0.1)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.terminate()
+                worker.wait(timeout=10)
+        console.stop()
+        slack.stop()
+
+    assert removed_at_kill < GRANTS, "the kill came after the wave; it proves nothing"
+    # Every grant ended, each removed from the target exactly once, nothing left behind.
+    assert states(database) == {RequestState.ENDED.value: GRANTS}
+    assert console.members["WARD_ADMIN"] == set()
+    assert len(console.removals) == GRANTS
+    assert set(console.removals.values()) == {1}
+    started = events(database, "revoke.started")
+    succeeded = events(database, "revoke.succeeded")
+    assert len(started) == len({e.request_id for e in started}) == GRANTS
+    assert len(succeeded) == len({e.request_id for e in succeeded}) == GRANTS
+    # The dead worker's claims were taken over by the living, and only those were called twice.
+    taken_over = events(database, "revoke.taken_over")
+    assert taken_over, "the killed worker held claims, so some must have been taken over"
+    assert all(f":{victim.pid}:" in e.body for e in taken_over)
+    repeated = {account for (_, account), calls in console.revoke_calls.items() if calls > 1}
+    assert len(repeated) <= len(taken_over)
+    # All three workers did part of the wave.
+    by_worker = {e.body.split('"worker":"')[1].split('"')[0] for e in started}
+    assert len(by_worker) == WORKERS
+    with database.read() as session:
+        total_events = session.scalar(sa.select(sa.func.count()).select_from(AuditEvent))
+    result = audit.verify(database)
+    assert result.ok and result.checked == total_events, result
