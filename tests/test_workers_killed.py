@@ -16,14 +16,22 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-import yaml
 
 from app import audit
 from app.adapters.registry import build_adapters
 from app.clock import ManualClock
+from app.devtools.big_trust import (
+    APPROVER,
+    CONSOLE,
+    ENTITLEMENT,
+    KEY_VARIABLE,
+    ROLE,
+    staff,
+    write_big_trust,
+)
 from app.devtools.slack_fake import FakeSlack
 from app.devtools.webhook_target import WebhookTarget
-from app.policy import Person, load_policy
+from app.policy import load_policy
 from app.service import AccessService
 from app.store import AuditEvent, Database, upgrade
 from app.store.models import AccessRequest, RequestState
@@ -36,53 +44,6 @@ WORKERS = 3
 SCHEMA = "wardkey_workers"
 KEY = "k" * 32
 LEASE_SECONDS = 2
-APPROVER = Person(slack_user_id="U0BOSS", email="boss@trust.nhs.uk")
-
-
-def staff(n: int) -> Person:
-    return Person(slack_user_id=f"U{n:05d}", email=f"user{n:05d}@trust.nhs.uk")
-
-
-def write_policy(path: Path, console_url: str) -> None:
-    policy = {
-        "version": 1,
-        "timezone": "Europe/London",
-        "channels": {"security_alerts": "C0SECURITY", "manager_reviews": "C0MANAGERS"},
-        "admins": "admins",
-        "groups": {
-            "admins": [APPROVER.email],
-            "leads": [APPROVER.email],
-            "staff": [staff(n).email for n in range(GRANTS)],
-        },
-        "paths": {
-            name: {"risk": risk, "approvers": [{"group": "leads"}], "max_duration": "1h"}
-            for name, risk in (("clinical", "low"), ("admin", "medium"), ("engineering", "high"))
-        }
-        | {
-            "breakglass": {
-                "risk": "critical",
-                "max_duration": "1h",
-                "reviewers": [{"group": "leads"}],
-                "review_within": "1d",
-            }
-        },
-        "targets": {
-            "epr": {
-                "kind": "webhook",
-                "settings": {"url": console_url},
-                "secrets": {"signing_key": "EPR_KEY"},
-                "account": {"template": "{local}"},
-                "roles": {
-                    "ward-admin": {
-                        "path": "clinical",
-                        "entitlement": "WARD_ADMIN",
-                        "eligible": ["staff"],
-                    }
-                },
-            }
-        },
-    }
-    path.write_text(yaml.safe_dump(policy))
 
 
 @pytest.fixture
@@ -142,8 +103,8 @@ def test_three_workers_one_killed_midway_revoke_every_grant_once(
     console = WebhookTarget(KEY.encode(), name="epr").start()
     slack = FakeSlack(token="xoxb-workers").start()
     policy_path = tmp_path / "policy.yaml"
-    write_policy(policy_path, console.url)
-    monkeypatch.setenv("EPR_KEY", KEY)
+    write_big_trust(policy_path, console.url, GRANTS)
+    monkeypatch.setenv(KEY_VARIABLE, KEY)
     policy = load_policy(policy_path)
     workers: list[subprocess.Popen[bytes]] = []
     try:
@@ -164,12 +125,12 @@ def test_three_workers_one_killed_midway_revoke_every_grant_once(
         service = AccessService(database, policy, build_adapters(policy), clock)
 
         def grant(n: int) -> None:
-            req = service.request(staff(n), "epr", "ward-admin", timedelta(hours=1), "ward 12 fix")
+            req = service.request(staff(n), CONSOLE, ROLE, timedelta(hours=1), "ward 12 fix")
             assert service.approve(req.id, APPROVER).state == RequestState.ACTIVE
 
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(grant, range(GRANTS)))
-        assert len(console.members["WARD_ADMIN"]) == GRANTS
+        assert len(console.members[ENTITLEMENT]) == GRANTS
 
         # Three workers, started together, idle until the wave.
         workers = [start_worker(env, tmp_path / f"worker{n}.log") for n in range(WORKERS)]
@@ -200,7 +161,7 @@ def test_three_workers_one_killed_midway_revoke_every_grant_once(
     assert removed_at_kill < GRANTS, "the kill came after the wave; it proves nothing"
     # Every grant ended, each removed from the target exactly once, nothing left behind.
     assert states(database) == {RequestState.ENDED.value: GRANTS}
-    assert console.members["WARD_ADMIN"] == set()
+    assert console.members[ENTITLEMENT] == set()
     assert len(console.removals) == GRANTS
     assert set(console.removals.values()) == {1}
     started = events(database, "revoke.started")

@@ -92,6 +92,7 @@ class ServiceBase:
         *,
         worker: str | None = None,
         lease: timedelta = DEFAULT_LEASE,
+        concurrency: int = 8,
     ) -> None:
         self.db = db
         self.policy = policy
@@ -100,6 +101,7 @@ class ServiceBase:
         self.pause = pause  # waits between adapter retries; tests pass one that only records
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.lease = lease
+        self.concurrency = concurrency  # target calls a sweep makes at once
 
     def _lease(self, now: datetime) -> dict[str, object]:
         """The claim a worker takes when it starts calling a target for a request."""
