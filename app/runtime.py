@@ -48,7 +48,13 @@ class Runtime:
 
     def sweeps(self) -> Sweeps:
         n = self.notifier
-        return Sweeps(self.service, n.request_changed, n.expiry_warning, n.approval_overdue)
+        return Sweeps(
+            self.service,
+            n.request_changed,
+            n.expiry_warning,
+            n.approval_overdue,
+            n.review_follow_up,
+        )
 
     def bolt(self) -> App:
         require(self.settings, "slack_signing_secret")

@@ -26,13 +26,14 @@ from app.devtools.slack_driver import SlackDriver, TrackingExecutor, serving
 from app.devtools.slack_fake import FakeSlack, SlackUser
 from app.devtools.transcript import Transcript
 from app.devtools.webhook_target import WebhookTarget
-from app.notify.blocks import APPROVE_ACTION, DENY_ACTION
+from app.notify.blocks import APPROVE_ACTION, DENY_ACTION, REVIEW_JUSTIFIED
 from app.notify.notifier import Notifier
 from app.policy import parse_policy
 from app.scheduler import Sweeps
 from app.service import AccessService
 from app.slack.app import build_app, web_client
 from app.slack.listeners.actions import DENY_BLOCK, DENY_INPUT, DENY_VIEW
+from app.slack.listeners.reviews import NOTE_BLOCK, NOTE_INPUT, REVIEW_VIEW
 from app.slack.people import SlackDirectory
 from app.store import Database, upgrade
 from app.store.models import RequestState as S
@@ -52,7 +53,8 @@ PEOPLE = [
     SlackUser("U0GITA", "gita@demo.nhs.uk", "Gita Rao", "Head of IT operations", TEAM),
     SlackUser("U0HANA", "hana@demo.nhs.uk", "Hana Novak", "Site duty manager", TEAM),
 ]
-CHANNELS = {"C0SECURITY": "#security-alerts", "C0MANAGERS": "#manager-reviews"}
+MANAGERS = "C0MANAGERS"
+CHANNELS = {"C0SECURITY": "#security-alerts", MANAGERS: "#manager-reviews"}
 
 
 class DemoFailed(Exception):
@@ -90,7 +92,11 @@ def _run(out: TextIO, workdir: Path) -> None:
     bolt = build_app(service, client, signing_secret, listeners)
     notifier = Notifier(client, service, SlackDirectory(client))
     sweeps = Sweeps(
-        service, notifier.request_changed, notifier.expiry_warning, notifier.approval_overdue
+        service,
+        notifier.request_changed,
+        notifier.expiry_warning,
+        notifier.approval_overdue,
+        notifier.review_follow_up,
     )
     names = {p.id: p.real_name for p in PEOPLE}
     story = Transcript(fake, out, names, CHANNELS, clock.now, ZONE, console.log)
@@ -146,10 +152,30 @@ class Scene:
                 print(f"        │ {line}", file=self.story.out)
         self._settle()
 
-    def click(self, user: str, action: str, request_id: int, label: str, where: str) -> None:
+    def click(
+        self,
+        user: str,
+        action: str,
+        request_id: int,
+        label: str,
+        where: str,
+        channel: str | None = None,
+    ) -> None:
         self.story.clicked(user, label, where)
-        channel = "D" + user[1:]
-        self.slack.click(action, str(request_id), user, channel=channel)
+        self.slack.click(action, str(request_id), user, channel=channel or "D" + user[1:])
+        self._settle()
+
+    def review(self, user: str, request_id: int, note: str) -> None:
+        where = f"on review card #{request_id} in #manager-reviews"
+        self.click(user, REVIEW_JUSTIFIED, request_id, "Justified", where, MANAGERS)
+        opened = self.slack.fake.calls_to("views.open")[-1]
+        self.story.said(user, f"types the note “{note}” and presses [Justified]")
+        self.slack.submit_view(
+            REVIEW_VIEW,
+            {NOTE_BLOCK: {NOTE_INPUT: {"value": note}}},
+            user,
+            opened.args["view"]["private_metadata"],
+        )
         self._settle()
 
     def deny(self, user: str, request_id: int, reason: str) -> None:
@@ -250,6 +276,17 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
     scene.at(5)
     scene.sweep("expiry", sweeps.expire)
     expect(emergency, S.ENDED)
+
+    story.heading("6. The break-glass use is reviewed by a manager, never by its user")
+    scene.at(1)
+    scene.sweep("review", sweeps.review)
+    where = f"on review card #{emergency} in #manager-reviews"
+    scene.click("U0CHLOE", REVIEW_JUSTIFIED, emergency, "Justified", where, MANAGERS)
+    scene.at(20)
+    scene.review("U0HANA", emergency, "ED admissions were blocked; the right call, used briefly")
+    review = service.get(emergency).review
+    if review is None or review.state != "justified":
+        raise DemoFailed(f"the review of #{emergency} was not recorded")
 
 
 def _closing(out: TextIO, service: AccessService, db: Database, console: WebhookTarget) -> None:

@@ -20,11 +20,15 @@ from slack_sdk.models.blocks import (
 )
 
 from app.policy.durations import format_duration
+from app.service.reviews import BreakGlassSummary
 from app.service.views import RequestView
 from app.store.models import RequestState as S
+from app.store.models import ReviewState
 
 APPROVE_ACTION = "request_approve"
 DENY_ACTION = "request_deny"
+REVIEW_JUSTIFIED = "review_justified"
+REVIEW_NOT_JUSTIFIED = "review_not_justified"
 _RISK_ICON = {"low": "🟢", "medium": "🟡", "high": "🟠", "critical": "🔴"}
 
 
@@ -152,3 +156,74 @@ def outcome_line(view: RequestView, zone: ZoneInfo) -> str:
         case S.REVOKE_FAILED:
             return "⚠️ Ending failed on the target; WardKey keeps trying and has alerted security"
     return view.state.value
+
+
+def day_time(instant: datetime | None, zone: ZoneInfo) -> str:
+    return "—" if instant is None else instant.astimezone(zone).strftime("%a %d %b %H:%M")
+
+
+def review_line(view: RequestView, zone: ZoneInfo) -> str:
+    review = view.review
+    if review is None:
+        return "No review"
+    if review.state == ReviewState.OPEN:
+        return f"⏳ Review due by {day_time(review.due_at, zone)}"
+    mark = "✅ Justified" if review.state == ReviewState.JUSTIFIED else "❌ Not justified"
+    who = escape(review.reviewer or "a reviewer")
+    return f"{mark}: {who} at {day_time(review.decided_at, zone)}: {escape(review.note or '')}"
+
+
+def review_card(summary: BreakGlassSummary, zone: ZoneInfo) -> list[Block]:
+    """The break-glass summary reviewers judge, with Justified / Not justified while open."""
+    view = summary.view
+    used = format_duration(summary.used_for) if summary.used_for is not None else "—"
+    if summary.recorded:
+        record = "The target logged every statement of the session (session recording)."
+    else:
+        record = "The target does not record sessions for this role."
+    if summary.sessions_ended:
+        record += f" {summary.sessions_ended} open session(s) were ended at revoke."
+    for note in summary.target_notes:
+        record += f" {escape(note)[:300]}."
+    blocks: list[Block] = [
+        HeaderBlock(text=PlainTextObject(text=f"Break-glass review #{view.id}")),
+        SectionBlock(
+            fields=[
+                MarkdownTextObject(text=f"*Who*\n{escape(view.requester)}"),
+                MarkdownTextObject(
+                    text=f"*Access*\n`{view.target}:{view.role}` as `{escape(view.account)}`"
+                ),
+                MarkdownTextObject(
+                    text=f"*When*\n{day_time(view.granted_at, zone)} to "
+                    f"{clock_time(view.ended_at, zone)} ({used})"
+                ),
+                MarkdownTextObject(
+                    text="*Alerted*\n" + ", ".join(escape(a) for a in summary.alerted)
+                ),
+            ]
+        ),
+        SectionBlock(text=MarkdownTextObject(text=f"*Why*\n{escape(view.reason)[:2900]}")),
+        SectionBlock(text=MarkdownTextObject(text=f"*On the target*\n{record[:2900]}")),
+        ContextBlock(elements=[MarkdownTextObject(text=review_line(view, zone))]),
+    ]
+    if view.review is not None and view.review.state == ReviewState.OPEN:
+        blocks.append(
+            ActionsBlock(
+                block_id=f"review:{view.id}",
+                elements=[
+                    ButtonElement(
+                        text="Justified",
+                        action_id=REVIEW_JUSTIFIED,
+                        value=str(view.id),
+                        style="primary",
+                    ),
+                    ButtonElement(
+                        text="Not justified",
+                        action_id=REVIEW_NOT_JUSTIFIED,
+                        value=str(view.id),
+                        style="danger",
+                    ),
+                ],
+            )
+        )
+    return blocks

@@ -14,18 +14,22 @@ from app.notify.blocks import (
     CardContext,
     approver_card,
     clock_time,
+    day_time,
     escape,
     outcome_line,
+    review_card,
+    review_line,
 )
 from app.notify.views import expiry_warning, home_view
 from app.policy import rules
 from app.policy.durations import format_duration
-from app.service import AccessService, NotAllowed, RequestView
+from app.service import AccessService, NotAllowed, RequestView, ReviewStep
 from app.slack.people import SlackDirectory
 from app.store.models import RequestState as S
 
 log = logging.getLogger(__name__)
 CARD = "approver_card"
+REVIEW_CARD = "review_card"
 
 
 class Notifier:
@@ -184,6 +188,61 @@ class Notifier:
                 f'admin can run `wardkey revoke resolve {view.id} "what you checked"`.'
             ),
         )
+
+    def review_follow_up(self, request_id: int, step: ReviewStep) -> None:
+        """A break-glass use ended: its summary goes to the managers' channel with Justified /
+        Not justified. Undecided: reviewers are reminded. Overdue: security and the WardKey
+        admins are told."""
+        policy = self.service.policy
+        summary = self.service.break_glass_summary(request_id)
+        view = summary.view
+        channel = policy.channels.manager_reviews
+        if step == ReviewStep.REQUESTED:
+            answer = self.client.chat_postMessage(
+                channel=channel,
+                text=f"Break-glass review #{view.id}: {view.requester} used "
+                f"{view.target}:{view.role}",
+                blocks=review_card(summary, self.zone),
+            )
+            self.service.remember_message(view.id, answer["channel"], answer["ts"], REVIEW_CARD)
+            return
+        due = day_time(view.review.due_at if view.review else None, self.zone)
+        now = self.service.clock.now()
+        if step == ReviewStep.REMINDED:
+            text = f"⏰ Reminder: the review of break-glass #{view.id} is waiting (due {due})."
+            people = rules.reviewers(policy, now)
+        else:
+            text = (
+                f"🚨 The review of break-glass #{view.id} ({escape(view.requester)}, "
+                f"`{view.target}:{view.role}`) is overdue: it was due {due}."
+            )
+            people = rules.group_members(policy, policy.admins)
+            self.client.chat_postMessage(channel=policy.channels.security_alerts, text=text)
+        for card_channel, ts in self.service.messages_of(view.id, REVIEW_CARD):
+            self.client.chat_postMessage(channel=card_channel, thread_ts=ts, text=text)
+        for user_id in self._slack_ids(view, people):
+            self.client.chat_postMessage(channel=user_id, text=text)
+
+    def review_decided(self, view: RequestView) -> None:
+        """Every copy of the review card shows the decision; the user is told the outcome."""
+        summary = self.service.break_glass_summary(view.id)
+        blocks = review_card(summary, self.zone)
+        text = f"Break-glass review #{view.id}: {review_line(view, self.zone)}"
+        for channel, ts in self.service.messages_of(view.id, REVIEW_CARD):
+            try:
+                self.client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
+            except SlackApiError as exc:
+                log.warning(
+                    "event=review_card_update_failed request=%s error=%s",
+                    view.id,
+                    exc.response.get("error"),
+                )
+        if view.requester_slack_id:
+            self.client.chat_postMessage(
+                channel=view.requester_slack_id,
+                text=f"The review of your break-glass use #{view.id}: "
+                f"{review_line(view, self.zone)}",
+            )
 
     def publish_home(self, user_id: str) -> None:
         """Redraw this user's App Home: their access, their requests, what waits for them."""

@@ -196,6 +196,10 @@ class AccessPath(Strict):
     channel: ChannelId | None = None
     reviewers: list[ApproverSource] = []
     review_within: Duration | None = None
+    review_reminder_every: Duration = Field(
+        default=timedelta(hours=4),
+        description="How often reviewers are reminded of an undecided break-glass review.",
+    )
 
     @model_validator(mode="after")
     def _pattern_compiles(self) -> AccessPath:

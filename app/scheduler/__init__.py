@@ -15,12 +15,13 @@ from collections.abc import Callable
 
 from apscheduler.schedulers.base import BaseScheduler
 
-from app.service import AccessService, RequestView
+from app.service import AccessService, RequestView, ReviewStep
 from app.store.models import RequestState
 
 log = logging.getLogger(__name__)
 OnChange = Callable[[RequestView], None]
 OnEscalate = Callable[[RequestView, int], None]
+OnReview = Callable[[int, ReviewStep], None]
 
 
 class Sweeps:
@@ -30,11 +31,13 @@ class Sweeps:
         on_change: OnChange | None = None,
         on_warn: OnChange | None = None,
         on_escalate: OnEscalate | None = None,
+        on_review: OnReview | None = None,
     ) -> None:
         self.service = service
         self.on_change = on_change
         self.on_warn = on_warn
         self.on_escalate = on_escalate
+        self.on_review = on_review
 
     def _tell(self, ids: list[int]) -> None:
         if self.on_change is None:
@@ -71,6 +74,17 @@ class Sweeps:
                 except Exception:
                     log.exception("event=escalation_notice_failed request=%s", request_id)
         return reached
+
+    def review(self) -> list[tuple[int, ReviewStep]]:
+        """Send ended break-glass uses for review, remind reviewers, escalate overdue reviews."""
+        steps = self.service.review_follow_ups()
+        if self.on_review is not None:
+            for request_id, step in steps:
+                try:
+                    self.on_review(request_id, step)
+                except Exception:
+                    log.exception("event=review_notice_failed request=%s step=%s", request_id, step)
+        return steps
 
     def time_out(self) -> list[int]:
         ids = self.service.time_out_overdue()
@@ -110,6 +124,7 @@ def schedule(
         (sweeps.warn, every_seconds),
         (sweeps.escalate, every_seconds),
         (sweeps.time_out, every_seconds),
+        (sweeps.review, every_seconds),
         (sweeps.retry_revokes, every_seconds),
         (sweeps.reconcile, every_seconds),
     )

@@ -11,11 +11,13 @@ from app.service.errors import (
     ServiceError,
 )
 from app.service.grants import ReconcileReport
+from app.service.reviews import BreakGlassSummary, ReviewStep
 from app.service.views import DecisionView, RequestView, ReviewView
 
 __all__ = [
     "AccessService",
     "AlreadyDecided",
+    "BreakGlassSummary",
     "DecisionView",
     "InvalidRequest",
     "NotAllowed",
@@ -23,6 +25,7 @@ __all__ = [
     "NotFound",
     "ReconcileReport",
     "RequestView",
+    "ReviewStep",
     "ReviewView",
     "SelfApproval",
     "ServiceError",

@@ -1,10 +1,18 @@
-"""The review every break-glass use gets."""
+"""The review every break-glass use gets: sent to the reviewers when the use ends, reminded
+until decided, escalated when overdue, and decided by a reviewer who is not the user."""
 
 from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import select
 
 from app.policy import rules
+from app.policy.model import BREAK_GLASS_PATH, AccessPath
 from app.policy.people import Person, person_key
 from app.service import transitions
 from app.service.base import (
@@ -22,9 +30,35 @@ from app.service.errors import (
 from app.service.transitions import StaleState
 from app.service.views import RequestView
 from app.store.models import (
+    FINAL_STATES,
+    AccessRequest,
+    AuditEvent,
     Review,
     ReviewState,
 )
+
+
+class ReviewStep(StrEnum):
+    REQUESTED = "requested"  # the use ended: its summary goes to the reviewers
+    REMINDED = "reminded"
+    OVERDUE = "overdue"  # past its deadline: escalated to security and the WardKey admins
+
+
+@dataclass(frozen=True)
+class BreakGlassSummary:
+    """What a reviewer needs to judge one break-glass use."""
+
+    view: RequestView
+    used_for: timedelta | None
+    alerted: tuple[str, ...]
+    recorded: bool  # the target logged the session's statements
+    sessions_ended: int | None
+    target_notes: tuple[str, ...]
+
+
+def _event_data(body: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(body).get("data") or {}
+    return data
 
 
 class ReviewCases(ServiceBase):
@@ -69,3 +103,111 @@ class ReviewCases(ServiceBase):
                     f"The review of request #{req.id} was already decided."
                 ) from None
             return self._view(session, req)
+
+    def review_refusal(self, request_id: int, person: Person) -> str | None:
+        """Why this person may not decide this review now (None: they may), so a click can be
+        answered before a note is asked for. `decide_review` checks again on submission."""
+        now = self.clock.now()
+        with self.db.read() as session:
+            req = self._load(session, request_id)
+            review = session.scalars(select(Review).where(Review.request_id == req.id)).first()
+        if review is None:
+            return f"Request #{req.id} is not a break-glass use; it has no review."
+        if self._is_requester(person, req):
+            return "You cannot review your own break-glass use."
+        if not rules.is_reviewer(self.policy, person, now):
+            return "Only the policy's break-glass reviewers can decide this review."
+        if review.state != ReviewState.OPEN:
+            return f"The review of request #{req.id} was already decided ({review.state})."
+        return None
+
+    def review_follow_ups(self, limit: int = 200) -> list[tuple[int, ReviewStep]]:
+        """Move open reviews along: a use that has ended is sent to the reviewers; one sent
+        and undecided is reminded every `review_reminder_every`; one past its deadline is
+        escalated once. Returns the steps taken, for the reviewers to be told. Rows another
+        worker is handling are skipped."""
+        now = self.clock.now()
+        spec = self.policy.paths[BREAK_GLASS_PATH]
+        finished = [s.value for s in FINAL_STATES]
+        steps: list[tuple[int, ReviewStep]] = []
+        with self.db.transaction() as session:
+            rows = session.execute(
+                select(Review, AccessRequest.state)
+                .join(AccessRequest, AccessRequest.id == Review.request_id)
+                .where(Review.state == ReviewState.OPEN.value)
+                .order_by(Review.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True, of=Review)
+            ).all()
+            for review, request_state in rows:
+                step = self._next_review_step(review, request_state in finished, now, spec)
+                if step is None:
+                    continue
+                transitions.follow_up_review(
+                    session,
+                    review,
+                    at=now,
+                    action=f"review.{step.value}",
+                    changes=_REVIEW_CHANGES[step](review, now),
+                    data={"reminders": review.reminders},
+                )
+                steps.append((review.request_id, step))
+        return steps
+
+    @staticmethod
+    def _next_review_step(
+        review: Review, use_ended: bool, now: datetime, spec: AccessPath
+    ) -> ReviewStep | None:
+        if review.requested_at is None:
+            return ReviewStep.REQUESTED if use_ended else None
+        if now > review.due_at and review.escalated_at is None:
+            return ReviewStep.OVERDUE
+        last = review.reminded_at or review.requested_at
+        if now >= last + spec.review_reminder_every:
+            return ReviewStep.REMINDED
+        return None
+
+    def break_glass_summary(self, request_id: int) -> BreakGlassSummary:
+        """Who, what, why, how long, who was alerted and what the target recorded."""
+        with self.db.read() as session:
+            req = self._load(session, request_id)
+            view = self._view(session, req)
+            events = session.execute(
+                select(AuditEvent.action, AuditEvent.body)
+                .where(AuditEvent.request_id == request_id)
+                .order_by(AuditEvent.seq)
+            ).all()
+        alerted: list[str] = [f"security channel {self.policy.channels.security_alerts}"]
+        sessions_ended: int | None = None
+        for action, body in events:
+            data = _event_data(body)
+            if action == "breakglass.started":
+                alerted += [str(r) for r in data.get("reviewers", [])]
+            elif action == "revoke.succeeded" and "sessions_ended" in data:
+                sessions_ended = int(data["sessions_ended"])
+        target = self.policy.targets.get(view.target)
+        role = target.roles.get(view.role) if target else None
+        used_for = (
+            view.ended_at - view.granted_at
+            if view.ended_at is not None and view.granted_at is not None
+            else None
+        )
+        notes = tuple(n for n in (view.grant_detail, view.revoke_detail) if n)
+        return BreakGlassSummary(
+            view=view,
+            used_for=used_for,
+            alerted=tuple(dict.fromkeys(alerted)),
+            recorded=bool(role and role.record_sessions),
+            sessions_ended=sessions_ended,
+            target_notes=notes,
+        )
+
+
+_REVIEW_CHANGES = {
+    ReviewStep.REQUESTED: lambda review, now: {"requested_at": now},
+    ReviewStep.REMINDED: lambda review, now: {
+        "reminded_at": now,
+        "reminders": review.reminders + 1,
+    },
+    ReviewStep.OVERDUE: lambda review, now: {"escalated_at": now},
+}

@@ -132,6 +132,44 @@ def transition(
     return req
 
 
+def follow_up_review(
+    session: Session,
+    review: Review,
+    *,
+    at: datetime,
+    action: str,
+    changes: Mapping[str, Any],
+    data: Mapping[str, Any] | None = None,
+) -> Review:
+    """Record that an open review was sent to its reviewers, reminded or escalated."""
+    if review.state != ReviewState.OPEN:
+        raise ValueError(f"review of request {review.request_id} is closed")
+    values = {**changes, "version": review.version + 1}
+    result = session.execute(
+        update(Review)
+        .where(
+            Review.id == review.id,
+            Review.state == ReviewState.OPEN.value,
+            Review.version == review.version,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise StaleState(f"review of request {review.request_id} changed meanwhile")
+    for key, value in values.items():
+        set_committed_value(review, key, value)
+    audit.append(
+        session,
+        at=at,
+        action=action,
+        actor="wardkey",
+        request_id=review.request_id,
+        data={"due_at": review.due_at, **(data or {})},
+    )
+    return review
+
+
 def decide_review(
     session: Session,
     review: Review,

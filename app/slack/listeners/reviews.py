@@ -1,0 +1,101 @@
+"""Justified / Not justified on break-glass review cards, and the note they ask for.
+
+The click is answered at once when the clicker may not decide (not a reviewer, or the person who
+used the access); otherwise a note is asked for, and the service checks again on submission.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from slack_bolt import Ack, App
+from slack_sdk import WebClient
+
+from app.notify.blocks import REVIEW_JUSTIFIED, REVIEW_NOT_JUSTIFIED
+from app.service import ServiceError
+from app.slack.deps import SlackDeps
+from app.slack.errors import replying_on_error
+
+REVIEW_VIEW = "review_note"
+NOTE_BLOCK = "note"
+NOTE_INPUT = "note_text"
+
+
+def register(app: App, deps: SlackDeps) -> None:
+    def clicked(justified: bool) -> Any:
+        def on_click(
+            ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient
+        ) -> None:
+            ack()
+
+            def ask_for_note() -> None:
+                user = body["user"]
+                channel = (body.get("channel") or {}).get("id") or user["id"]
+
+                def reply(text: str, **_: Any) -> None:
+                    client.chat_postEphemeral(channel=channel, user=user["id"], text=text)
+
+                with replying_on_error(reply):
+                    person = deps.directory.person(user["id"], user.get("team_id"))
+                    request_id = int(action["value"])
+                    refusal = deps.service.review_refusal(request_id, person)
+                    if refusal is not None:
+                        reply(refusal)
+                        return
+                    client.views_open(
+                        trigger_id=body["trigger_id"], view=note_modal(request_id, justified)
+                    )
+
+            deps.after_ack(ask_for_note)
+
+        return on_click
+
+    app.action(REVIEW_JUSTIFIED)(clicked(justified=True))
+    app.action(REVIEW_NOT_JUSTIFIED)(clicked(justified=False))
+
+    @app.view(REVIEW_VIEW)
+    def note_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+        # Deciding touches only the database, so it runs before the ack and a refusal is shown
+        # on the note field itself.
+        meta = json.loads(view.get("private_metadata") or "{}")
+        note = view["state"]["values"][NOTE_BLOCK][NOTE_INPUT].get("value") or ""
+        user = body["user"]
+        try:
+            person = deps.directory.person(user["id"], user.get("team_id"))
+            decided = deps.service.decide_review(
+                int(meta["id"]), person, justified=bool(meta["justified"]), note=note
+            )
+        except ServiceError as exc:
+            ack(response_action="errors", errors={NOTE_BLOCK: exc.message[:150]})
+            return
+        ack()
+        deps.after_ack(lambda: deps.notifier.review_decided(decided))
+
+
+def note_modal(request_id: int, justified: bool) -> dict[str, Any]:
+    verdict = "Justified" if justified else "Not justified"
+    return {
+        "type": "modal",
+        "callback_id": REVIEW_VIEW,
+        "private_metadata": json.dumps({"id": request_id, "justified": justified}),
+        "title": {"type": "plain_text", "text": f"Review #{request_id}"},
+        "submit": {"type": "plain_text", "text": verdict},
+        "close": {"type": "plain_text", "text": "Back"},
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": NOTE_BLOCK,
+                "label": {
+                    "type": "plain_text",
+                    "text": f"{verdict}: why? This goes in the audit trail.",
+                },
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": NOTE_INPUT,
+                    "multiline": True,
+                    "max_length": 1000,
+                },
+            }
+        ],
+    }

@@ -1,0 +1,204 @@
+"""Break-glass reviews: sent to the managers when the use ends, reminded until decided,
+escalated when overdue, decided with a note by a reviewer who is not the user."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from app.clock import ManualClock
+from app.notify.blocks import REVIEW_JUSTIFIED, REVIEW_NOT_JUSTIFIED
+from app.notify.notifier import Notifier
+from app.scheduler import Sweeps
+from app.service import AccessService, ReviewStep
+from app.slack.app import web_client
+from app.slack.listeners.reviews import NOTE_BLOCK, NOTE_INPUT, REVIEW_VIEW
+from app.slack.people import SlackDirectory
+from app.store import AuditEvent
+from app.store.models import RequestState as S
+from tests.conftest import AMIRA, BEN, GITA, HANA
+from tests.fakes.memory_adapter import MemoryTarget
+from tests.slack_harness import RunningApp, run_app
+from tests.test_concurrency import all_at_once
+
+WHY = "pharmacy system down, patients waiting on ward 12"
+
+
+def used_and_ended(service: AccessService, clock: ManualClock) -> int:
+    """Amira takes break-glass access for 30 minutes and it expires."""
+    view = service.break_glass(AMIRA, "pharmacy-db", "read", WHY, timedelta(minutes=30))
+    assert view.state == S.ACTIVE
+    clock.advance(timedelta(minutes=31))
+    service.expire_due()
+    assert service.get(view.id).state == S.ENDED
+    return view.id
+
+
+def actions(service: AccessService, request_id: int) -> list[str]:
+    with service.db.read() as session:
+        return list(
+            session.scalars(
+                select(AuditEvent.action)
+                .where(AuditEvent.request_id == request_id)
+                .order_by(AuditEvent.seq)
+            )
+        )
+
+
+class TestFollowUps:
+    def test_a_review_is_sent_once_the_use_ends_and_only_once(
+        self, service: AccessService, clock: ManualClock
+    ) -> None:
+        view = service.break_glass(AMIRA, "pharmacy-db", "read", WHY, timedelta(minutes=30))
+        assert service.review_follow_ups() == []  # still in use: nothing to review yet
+        clock.advance(timedelta(minutes=31))
+        service.expire_due()
+
+        assert service.review_follow_ups() == [(view.id, ReviewStep.REQUESTED)]
+        assert service.review_follow_ups() == []
+        assert actions(service, view.id).count("review.requested") == 1
+
+    def test_reminders_until_decided_then_one_escalation_when_overdue(
+        self, service: AccessService, clock: ManualClock
+    ) -> None:
+        rid = used_and_ended(service, clock)
+        service.review_follow_ups()  # sent; the ward policy: due 24 h after the start
+        clock.advance(timedelta(hours=3, minutes=59))
+        assert service.review_follow_ups() == []
+        clock.advance(timedelta(minutes=1))
+        assert service.review_follow_ups() == [(rid, ReviewStep.REMINDED)]
+        clock.advance(timedelta(hours=4))
+        assert service.review_follow_ups() == [(rid, ReviewStep.REMINDED)]
+        clock.advance(timedelta(hours=17))  # 25 h after the start: overdue
+        assert service.review_follow_ups() == [(rid, ReviewStep.OVERDUE)]
+        assert service.review_follow_ups() == [(rid, ReviewStep.REMINDED)]
+        clock.advance(timedelta(hours=1))
+        assert service.review_follow_ups() == []  # escalated once; reminders go on
+        service.decide_review(
+            rid, GITA, justified=True, note="pharmacy outage, INC0001234 confirms"
+        )
+        clock.advance(timedelta(days=2))
+        assert service.review_follow_ups() == []
+        assert actions(service, rid).count("review.escalated") == 0
+        assert actions(service, rid).count("review.overdue") == 1
+        assert actions(service, rid).count("review.reminded") == 3
+
+    @pytest.mark.parametrize(
+        "db", [pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"], indirect=True
+    )
+    def test_two_workers_at_once_send_each_review_once(
+        self,
+        service: AccessService,
+        clock: ManualClock,
+        targets: dict[str, MemoryTarget],
+    ) -> None:
+        rid = used_and_ended(service, clock)
+        others = [
+            AccessService(service.db, service.policy, targets, clock, worker=f"w{n}")
+            for n in range(4)
+        ]
+        results, errors = all_at_once(4, lambda n: others[n].review_follow_ups())
+        assert errors == []
+        assert sorted(map(len, results)) == [0, 0, 0, 1]  # type: ignore[arg-type]
+        assert actions(service, rid).count("review.requested") == 1
+
+
+class TestWhoMayDecide:
+    def test_only_reviewers_other_than_the_user_and_only_once(
+        self, service: AccessService, clock: ManualClock
+    ) -> None:
+        rid = used_and_ended(service, clock)
+        assert service.review_refusal(rid, AMIRA) == "You cannot review your own break-glass use."
+        assert "Only the policy's break-glass reviewers" in (service.review_refusal(rid, BEN) or "")
+        assert service.review_refusal(rid, HANA) is None
+        service.decide_review(rid, HANA, justified=False, note="should have used the rota first")
+        assert "already decided (not_justified)" in (service.review_refusal(rid, GITA) or "")
+
+    def test_a_request_that_was_not_break_glass_has_no_review(self, service: AccessService) -> None:
+        req = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), WHY)
+        assert "not a break-glass use" in (service.review_refusal(req.id, HANA) or "")
+
+
+class TestInSlack:
+    @pytest.fixture(params=["sqlite"])
+    def db(self, request: pytest.FixtureRequest, tmp_path, sqlite_template):  # type: ignore[no-untyped-def]
+        # The Slack layer is tested on SQLite; the service's PostgreSQL behaviour is above.
+        import shutil
+
+        from app.store import Database
+
+        path = tmp_path / "wardkey.db"
+        shutil.copy(sqlite_template, path)
+        database = Database(f"sqlite:///{path}")
+        yield database
+        database.dispose()
+
+    @pytest.fixture
+    def slack(self, service: AccessService) -> Iterator[RunningApp]:
+        yield from run_app(service)
+
+    def sweeps(self, slack: RunningApp, service: AccessService) -> Sweeps:
+        client = web_client(slack.fake.token, slack.fake.api_url)
+        notifier = Notifier(client, service, SlackDirectory(client))
+        return Sweeps(service, on_review=notifier.review_follow_up)
+
+    def test_card_in_the_managers_channel_refusals_then_a_decision_with_a_note(
+        self, slack: RunningApp, service: AccessService, clock: ManualClock
+    ) -> None:
+        rid = used_and_ended(service, clock)
+        self.sweeps(slack, service).review()
+        card = slack.fake.wait_for("chat.postMessage", 1, channel="C0MGR")[0]
+        text = str(card.args["blocks"])
+        assert "Break-glass review" in text and WHY in text
+        assert REVIEW_JUSTIFIED in text and REVIEW_NOT_JUSTIFIED in text
+
+        # The user, and someone who is no reviewer, are told at once; no note is asked.
+        slack.click(REVIEW_JUSTIFIED, str(rid), "U0AMIRA", channel="C0MGR")
+        slack.click(REVIEW_NOT_JUSTIFIED, str(rid), "U0BEN", channel="C0MGR")
+        refusals = slack.fake.wait_for("chat.postEphemeral", 2)
+        assert {c.args["user"] for c in refusals} == {"U0AMIRA", "U0BEN"}
+        assert "your own break-glass use" in str([c.args["text"] for c in refusals])
+        assert slack.fake.calls_to("views.open") == []
+
+        slack.click(REVIEW_NOT_JUSTIFIED, str(rid), "U0HANA", channel="C0MGR")
+        meta = slack.fake.wait_for("views.open", 1)[0].args["view"]["private_metadata"]
+        short = slack.submit_view(
+            REVIEW_VIEW, {NOTE_BLOCK: {NOTE_INPUT: {"value": "no"}}}, "U0HANA", meta
+        )
+        assert short.json()["response_action"] == "errors"
+        assert NOTE_BLOCK in short.json()["errors"]
+        note = "routine fix, should have gone through the clinical rota"
+        done = slack.submit_view(
+            REVIEW_VIEW, {NOTE_BLOCK: {NOTE_INPUT: {"value": note}}}, "U0HANA", meta
+        )
+        assert done.status_code == 200
+
+        review = service.get(rid).review
+        assert review is not None and review.state == "not_justified" and review.note == note
+        updated = slack.fake.wait_for("chat.update", 1, channel="C0MGR")[0]
+        assert "Not justified" in updated.args["text"]
+        assert REVIEW_JUSTIFIED not in str(updated.args["blocks"])  # no buttons once decided
+        told = slack.fake.wait_for("chat.postMessage", 1, channel="U0AMIRA")[0]
+        assert note in told.args["text"]
+
+    def test_reminder_in_the_thread_and_overdue_alert_to_security(
+        self, slack: RunningApp, service: AccessService, clock: ManualClock
+    ) -> None:
+        rid = used_and_ended(service, clock)
+        sweeps = self.sweeps(slack, service)
+        sweeps.review()
+        card = slack.fake.wait_for("chat.postMessage", 1, channel="C0MGR")[0]
+        clock.advance(timedelta(hours=4))
+        sweeps.review()
+        reminder = slack.fake.wait_for("chat.postMessage", 2, channel="C0MGR")[1]
+        assert reminder.args["thread_ts"] == card.response["ts"]
+        assert f"review of break-glass #{rid} is waiting" in reminder.args["text"]
+        clock.advance(timedelta(hours=21))
+        sweeps.review()
+        alert = slack.fake.wait_for("chat.postMessage", 1, channel="C0SEC")[0]
+        assert "overdue" in alert.args["text"]
+        # The WardKey admins (Gita) are told directly too.
+        assert slack.fake.wait_for("chat.postMessage", 1, channel="U0GITA")
