@@ -30,8 +30,14 @@ def test_the_demo_tells_the_whole_night_and_leaves_nothing_behind(
         "[Extend 30m] [Revoke now] (asks to confirm)",
         "🔒 Ended at 03:42 (expired)",
         "EPR console: took WARD_ADMIN from chloe",
+        "WardKey → #manager-reviews:",
+        "[Justified] [Not justified]",
+        "WardKey → Chloe Evans (only they see this): You cannot review your own break-glass use.",
+        "Hana Novak ▸ types the note",
+        "Break-glass review #4: ✅ Justified: hana@demo.nhs.uk",
         "EPR console access still held: none",
-        "Audit trail: OK: 20 events verified",
+        # ...and the review's steps: sent to the managers, then decided.
+        "Audit trail: OK: 22 events verified",
     ]
     position = 0
     for line in scenes:
