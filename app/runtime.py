@@ -54,6 +54,7 @@ class Runtime:
             n.expiry_warning,
             n.approval_overdue,
             n.review_follow_up,
+            n.digest,
         )
 
     def bolt(self) -> App:

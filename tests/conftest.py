@@ -97,8 +97,8 @@ def _empty_postgres(database: Database) -> None:
     with database.engine.begin() as conn:
         conn.execute(
             sa.text(
-                "TRUNCATE audit_events, request_messages, reviews, decisions, access_requests "
-                "RESTART IDENTITY CASCADE"
+                "TRUNCATE audit_events, request_messages, reviews, decisions, access_requests, "
+                "sweep_runs, standing_access RESTART IDENTITY CASCADE"
             )
         )
 

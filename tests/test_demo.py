@@ -35,9 +35,12 @@ def test_the_demo_tells_the_whole_night_and_leaves_nothing_behind(
         "WardKey → Chloe Evans (only they see this): You cannot review your own break-glass use.",
         "Hana Novak ▸ types the note",
         "Break-glass review #4: ✅ Justified: hana@demo.nhs.uk",
+        "WARDKEY DAILY DIGEST, MON 30 NOV",
+        "• #4 chloe@demo.nhs.uk `epr-console:ward-admin` for 1h",
+        "• clinical: p50 1m, p95 2m (2 decided)",
         "EPR console access still held: none",
-        # ...and the review's steps: sent to the managers, then decided.
-        "Audit trail: OK: 22 events verified",
+        # ...and the review's steps (sent, decided) and the digest.
+        "Audit trail: OK: 23 events verified",
     ]
     position = 0
     for line in scenes:

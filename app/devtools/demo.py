@@ -97,6 +97,7 @@ def _run(out: TextIO, workdir: Path) -> None:
         notifier.expiry_warning,
         notifier.approval_overdue,
         notifier.review_follow_up,
+        notifier.digest,
     )
     names = {p.id: p.real_name for p in PEOPLE}
     story = Transcript(fake, out, names, CHANNELS, clock.now, ZONE, console.log)
@@ -134,6 +135,10 @@ class Scene:
 
     def at(self, minutes_later: int) -> None:
         self.clock.advance(timedelta(minutes=minutes_later))
+
+    def until(self, hour: int, minute: int = 0) -> None:
+        now = self.clock.now().astimezone(ZONE)
+        self.clock.set(now.replace(hour=hour, minute=minute, second=0, microsecond=0))
 
     def _settle(self) -> None:
         if not self.listeners.wait_idle(timeout=15):
@@ -287,6 +292,10 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
     review = service.get(emergency).review
     if review is None or review.state != "justified":
         raise DemoFailed(f"the review of #{emergency} was not recorded")
+
+    story.heading("7. 08:00: the managers' daily digest")
+    scene.until(8)
+    scene.sweep("digest", sweeps.digest)
 
 
 def _closing(out: TextIO, service: AccessService, db: Database, console: WebhookTarget) -> None:

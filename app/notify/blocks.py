@@ -4,7 +4,7 @@ before anything is sent."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from slack_sdk.models.blocks import (
@@ -20,6 +20,7 @@ from slack_sdk.models.blocks import (
 )
 
 from app.policy.durations import format_duration
+from app.service.digest import Digest
 from app.service.reviews import BreakGlassSummary
 from app.service.views import RequestView
 from app.store.models import RequestState as S
@@ -226,4 +227,65 @@ def review_card(summary: BreakGlassSummary, zone: ZoneInfo) -> list[Block]:
                 ],
             )
         )
+    return blocks
+
+
+def _short(value: timedelta) -> str:
+    seconds = value.total_seconds()
+    return f"{seconds:.0f}s" if seconds < 60 else format_duration(value)
+
+
+def digest_blocks(digest: Digest, zone: ZoneInfo) -> list[Block]:
+    """The managers' daily summary: break-glass, overdue reviews, approval speed, failures,
+    and who held access longest and most often."""
+
+    def lines(items: list[str], empty: str) -> str:
+        return "\n".join(f"• {i}" for i in items) if items else empty
+
+    glass = [
+        f"#{e.view.id} {escape(e.view.requester)} `{e.view.target}:{e.view.role}` "
+        f"for {format_duration(e.held)}: {escape(e.view.reason)[:150]} · "
+        f"{review_line(e.view, zone)}"
+        for e in digest.break_glass
+    ]
+    overdue = [
+        f"#{v.id} {escape(v.requester)} `{v.target}:{v.role}` (due "
+        f"{day_time(v.review.due_at if v.review else None, zone)})"
+        for v in digest.overdue_reviews
+    ]
+    latency = [
+        f"{p.path}: p50 {_short(p.p50)}, p95 {_short(p.p95)} ({p.decisions} decided)"
+        for p in digest.latency
+    ]
+    failures = [
+        f"#{v.id} `{v.target}:{v.role}` for {escape(v.account)}: {v.revoke_attempts} attempt(s)"
+        for v in digest.revoke_failures
+    ]
+    longest = [
+        f"#{e.view.id} {escape(e.view.requester)} `{e.view.target}:{e.view.role}` "
+        f"{format_duration(e.held)}"
+        for e in digest.longest
+    ]
+    frequent = [f"{escape(who)}: {count}" for who, count in digest.most_frequent]
+    window = f"{day_time(digest.since, zone)} to {day_time(digest.until, zone)}"
+    sections = [
+        ("Break-glass uses", lines(glass, "None.")),
+        ("Overdue reviews", lines(overdue, "None.")),
+        ("Approval latency per path", lines(latency, "No decisions.")),
+        (
+            "Revoke failures",
+            lines(failures, "None outstanding.")
+            + f"\n{digest.failed_revoke_attempts} failed revoke attempt(s) in the window.",
+        ),
+        ("Longest elevations", lines(longest, "None.")),
+        ("Most frequent", lines(frequent, "None.")),
+    ]
+    blocks: list[Block] = [
+        HeaderBlock(text=PlainTextObject(text=f"WardKey daily digest, {digest.day:%a %d %b}")),
+        ContextBlock(
+            elements=[MarkdownTextObject(text=f"{window} · {digest.granted} grant(s) given")]
+        ),
+    ]
+    for title, body in sections:
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=f"*{title}*\n{body}"[:2990])))
     return blocks

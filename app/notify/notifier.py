@@ -15,6 +15,7 @@ from app.notify.blocks import (
     approver_card,
     clock_time,
     day_time,
+    digest_blocks,
     escape,
     outcome_line,
     review_card,
@@ -24,6 +25,7 @@ from app.notify.views import expiry_warning, home_view
 from app.policy import rules
 from app.policy.durations import format_duration
 from app.service import AccessService, NotAllowed, RequestView, ReviewStep
+from app.service.digest import Digest
 from app.slack.people import SlackDirectory
 from app.store.models import RequestState as S
 
@@ -222,6 +224,15 @@ class Notifier:
             self.client.chat_postMessage(channel=card_channel, thread_ts=ts, text=text)
         for user_id in self._slack_ids(view, people):
             self.client.chat_postMessage(channel=user_id, text=text)
+
+    def digest(self, digest: Digest) -> None:
+        """The daily summary, to the managers' channel."""
+        self.client.chat_postMessage(
+            channel=self.service.policy.channels.manager_reviews,
+            text=f"WardKey daily digest for {digest.day:%d %b}: {len(digest.break_glass)} "
+            f"break-glass use(s), {len(digest.overdue_reviews)} overdue review(s)",
+            blocks=digest_blocks(digest, self.zone),
+        )
 
     def review_decided(self, view: RequestView) -> None:
         """Every copy of the review card shows the decision; the user is told the outcome."""

@@ -292,6 +292,10 @@ class Policy(Strict):
     targets: dict[Name, Target]
     identities: dict[Name, Identity] = {}
     vendors: dict[Name, Vendor] = {}
+    digest_at: time | None = Field(
+        default=time(8, 0),
+        description="Local time of the daily digest to the managers' channel; null: none.",
+    )
 
     @property
     def zone(self) -> ZoneInfo:

@@ -16,12 +16,14 @@ from collections.abc import Callable
 from apscheduler.schedulers.base import BaseScheduler
 
 from app.service import AccessService, RequestView, ReviewStep
+from app.service.digest import Digest
 from app.store.models import RequestState
 
 log = logging.getLogger(__name__)
 OnChange = Callable[[RequestView], None]
 OnEscalate = Callable[[RequestView, int], None]
 OnReview = Callable[[int, ReviewStep], None]
+OnDigest = Callable[[Digest], None]
 
 
 class Sweeps:
@@ -32,12 +34,14 @@ class Sweeps:
         on_warn: OnChange | None = None,
         on_escalate: OnEscalate | None = None,
         on_review: OnReview | None = None,
+        on_digest: OnDigest | None = None,
     ) -> None:
         self.service = service
         self.on_change = on_change
         self.on_warn = on_warn
         self.on_escalate = on_escalate
         self.on_review = on_review
+        self.on_digest = on_digest
 
     def _tell(self, ids: list[int]) -> None:
         if self.on_change is None:
@@ -86,6 +90,16 @@ class Sweeps:
                     log.exception("event=review_notice_failed request=%s step=%s", request_id, step)
         return steps
 
+    def digest(self) -> Digest | None:
+        """Once a day at the policy's time, by one worker: the managers' summary."""
+        digest = self.service.digest_due()
+        if digest is not None and self.on_digest is not None:
+            try:
+                self.on_digest(digest)
+            except Exception:
+                log.exception("event=digest_failed day=%s", digest.day)
+        return digest
+
     def time_out(self) -> list[int]:
         ids = self.service.time_out_overdue()
         self._tell(ids)
@@ -125,6 +139,7 @@ def schedule(
         (sweeps.escalate, every_seconds),
         (sweeps.time_out, every_seconds),
         (sweeps.review, every_seconds),
+        (sweeps.digest, every_seconds),
         (sweeps.retry_revokes, every_seconds),
         (sweeps.reconcile, every_seconds),
     )
