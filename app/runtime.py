@@ -55,6 +55,7 @@ class Runtime:
             n.approval_overdue,
             n.review_follow_up,
             n.digest,
+            n.standing_found,
         )
 
     def bolt(self) -> App:

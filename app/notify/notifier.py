@@ -26,6 +26,7 @@ from app.policy import rules
 from app.policy.durations import format_duration
 from app.service import AccessService, NotAllowed, RequestView, ReviewStep
 from app.service.digest import Digest
+from app.service.standing import StandingReport
 from app.slack.people import SlackDirectory
 from app.store.models import RequestState as S
 
@@ -224,6 +225,28 @@ class Notifier:
             self.client.chat_postMessage(channel=card_channel, thread_ts=ts, text=text)
         for user_id in self._slack_ids(view, people):
             self.client.chat_postMessage(channel=user_id, text=text)
+
+    def standing_found(self, report: StandingReport) -> None:
+        """New standing access, and targets that could not be read, to the security channel."""
+        lines = [
+            f"• `{escape(f.target)}` {escape(f.entitlement)}: `{escape(f.account)}` "
+            + (
+                "removed"
+                if f.removed
+                else f"left in place{f' ({escape(f.detail)})' if f.detail else ''}"
+            )
+            for f in report.found
+        ]
+        lines += [
+            f"• `{escape(t)}` could not be read: {escape(why)}"
+            for t, why in report.unreadable.items()
+        ]
+        if not lines:
+            return
+        self.client.chat_postMessage(
+            channel=self.service.policy.channels.security_alerts,
+            text="🔎 Standing privilege: access that no WardKey grant covers\n" + "\n".join(lines),
+        )
 
     def digest(self, digest: Digest) -> None:
         """The daily summary, to the managers' channel."""

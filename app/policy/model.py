@@ -259,6 +259,15 @@ class Target(Strict):
     attempts: int = Field(
         default=3, ge=1, le=10, description="Tries of each call when the target fails briefly."
     )
+    standing: Literal["report", "remove"] = Field(
+        default="report",
+        description="What reconcile does with access on the target that no grant covers.",
+    )
+    standing_allowed: list[str] = Field(
+        default=[],
+        description="Accounts that may hold the target's entitlements permanently (never "
+        "reported or removed), e.g. the adapter's own account.",
+    )
 
 
 class Identity(Strict):

@@ -17,6 +17,7 @@ from apscheduler.schedulers.base import BaseScheduler
 
 from app.service import AccessService, RequestView, ReviewStep
 from app.service.digest import Digest
+from app.service.standing import StandingReport
 from app.store.models import RequestState
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ OnChange = Callable[[RequestView], None]
 OnEscalate = Callable[[RequestView, int], None]
 OnReview = Callable[[int, ReviewStep], None]
 OnDigest = Callable[[Digest], None]
+OnStanding = Callable[[StandingReport], None]
 
 
 class Sweeps:
@@ -35,6 +37,7 @@ class Sweeps:
         on_escalate: OnEscalate | None = None,
         on_review: OnReview | None = None,
         on_digest: OnDigest | None = None,
+        on_standing: OnStanding | None = None,
     ) -> None:
         self.service = service
         self.on_change = on_change
@@ -42,6 +45,7 @@ class Sweeps:
         self.on_escalate = on_escalate
         self.on_review = on_review
         self.on_digest = on_digest
+        self.on_standing = on_standing
 
     def _tell(self, ids: list[int]) -> None:
         if self.on_change is None:
@@ -116,6 +120,16 @@ class Sweeps:
         report = self.service.reconcile()
         self._tell(report.granted + report.abandoned + report.revoked)
 
+    def standing(self) -> StandingReport | None:
+        """Once an hour, by one worker: access on the targets that no grant covers."""
+        report = self.service.standing_due()
+        if report is not None and self.on_standing is not None:
+            try:
+                self.on_standing(report)
+            except Exception:
+                log.exception("event=standing_notice_failed")
+        return report
+
     def catch_up(self) -> None:
         """At start-up: finish what a crash left, then revoke whatever expired while down."""
         self.reconcile()
@@ -140,6 +154,7 @@ def schedule(
         (sweeps.time_out, every_seconds),
         (sweeps.review, every_seconds),
         (sweeps.digest, every_seconds),
+        (sweeps.standing, every_seconds),
         (sweeps.retry_revokes, every_seconds),
         (sweeps.reconcile, every_seconds),
     )

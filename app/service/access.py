@@ -2,7 +2,7 @@
 
 State only changes through `app.service.transitions`. The use cases are grouped by concern in
 `requests` (asking and deciding), `grants` (access on the target), `reviews` (break-glass)
-and `digest` (the managers' daily summary).
+`digest` (the managers' daily summary) and `standing` (access no grant covers).
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 from app.service.digest import DigestCases
 from app.service.requests import RequestCases
 from app.service.reviews import ReviewCases
+from app.service.standing import StandingCases
 
 
-class AccessService(RequestCases, ReviewCases, DigestCases):
+class AccessService(RequestCases, ReviewCases, DigestCases, StandingCases):
     """Use cases of the request lifecycle. Safe to share between threads and processes."""

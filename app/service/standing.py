@@ -1,0 +1,186 @@
+"""Standing privilege: access on a target that no WardKey grant covers.
+
+Reconcile reads each target's member lists and compares them with the grants that hold access
+now. What is found is recorded (first and last seen), audited, and by the target's policy either
+only reported or removed. Access found earlier and now gone is marked cleared. One worker does
+it per hour: the hour is claimed like the digest's day.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app import audit
+from app.adapters.base import AdapterError
+from app.service.base import ServiceBase, describe_error, log
+from app.store.models import HOLDING_STATES, AccessRequest, StandingAccess, SweepRun
+
+STANDING_JOB = "standing"
+STANDING_EVERY = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class StandingFinding:
+    target: str
+    entitlement: str
+    account: str
+    removed: bool
+    detail: str = ""
+
+
+@dataclass
+class StandingReport:
+    found: list[StandingFinding] = field(default_factory=list)  # new since the last look
+    still: int = 0  # seen before and still there
+    cleared: list[StandingFinding] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)  # target -> why
+
+
+class StandingCases(ServiceBase):
+    def standing_due(self) -> StandingReport | None:
+        """This hour's look for standing access, unless another worker has taken it."""
+        now = self.clock.now()
+        period = now.replace(minute=0, second=0, microsecond=0).isoformat()
+        with self.db.read() as session:  # cheap look first: most ticks find the hour taken
+            if session.get(SweepRun, (STANDING_JOB, period)) is not None:
+                return None
+        try:
+            with self.db.transaction() as session:
+                session.add(
+                    SweepRun(job=STANDING_JOB, period=period, done_at=now, done_by=self.worker)
+                )
+        except IntegrityError:
+            return None
+        return self.find_standing()
+
+    def find_standing(self) -> StandingReport:
+        report = StandingReport()
+        for name, target in self.policy.targets.items():
+            if name not in self.adapters:
+                continue
+            entitlements = sorted({role.entitlement for role in target.roles.values()})
+            for entitlement in entitlements:
+                try:
+                    members = self._members(name, entitlement)
+                except AdapterError as exc:
+                    report.unreadable[name] = describe_error(exc)
+                    log.warning("event=standing_unreadable target=%s error=%s", name, exc)
+                    break
+                # Read the grants after the members, so a grant made meanwhile counts.
+                allowed = set(target.standing_allowed)
+                uncovered = {a for a in members if a not in allowed} - self._holders(
+                    name, entitlement
+                )
+                self._record_standing(name, entitlement, uncovered, target.standing, report)
+        return report
+
+    def _members(self, target: str, entitlement: str) -> set[str]:
+        return self._on_target(target, lambda a: a.list_members(entitlement))
+
+    def _holders(self, target: str, entitlement: str) -> set[str]:
+        with self.db.read() as session:
+            return set(
+                session.scalars(
+                    select(AccessRequest.account).where(
+                        AccessRequest.target == target,
+                        AccessRequest.entitlement == entitlement,
+                        AccessRequest.state.in_([s.value for s in HOLDING_STATES]),
+                    )
+                )
+            )
+
+    def _record_standing(
+        self,
+        target: str,
+        entitlement: str,
+        uncovered: set[str],
+        mode: str,
+        report: StandingReport,
+    ) -> None:
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            known = {
+                row.account: row
+                for row in session.scalars(
+                    select(StandingAccess).where(
+                        StandingAccess.target == target,
+                        StandingAccess.entitlement == entitlement,
+                        StandingAccess.cleared_at.is_(None),
+                    )
+                )
+            }
+            for account, seen in known.items():
+                if account in uncovered:
+                    seen.last_seen = now
+                    report.still += 1
+                else:
+                    seen.cleared_at = now
+                    finding = StandingFinding(target, entitlement, account, removed=False)
+                    self._audit_standing(session, "standing.cleared", finding, now)
+                    report.cleared.append(finding)
+        for account in sorted(uncovered - set(known)):
+            removed, detail = (
+                self._remove_standing(target, entitlement, account)
+                if mode == "remove"
+                else (False, "")
+            )
+            finding = StandingFinding(target, entitlement, account, removed, detail)
+            with self.db.transaction() as session:
+                row: StandingAccess | None = session.scalars(
+                    select(StandingAccess).where(
+                        StandingAccess.target == target,
+                        StandingAccess.entitlement == entitlement,
+                        StandingAccess.account == account,
+                    )
+                ).first()
+                if row is None:
+                    row = StandingAccess(
+                        target=target,
+                        entitlement=entitlement,
+                        account=account,
+                        first_seen=now,
+                        last_seen=now,
+                    )
+                    session.add(row)
+                row.last_seen = now
+                row.cleared_at = now if removed else None
+                row.removed_by_wardkey = removed
+                self._audit_standing(session, "standing.found", finding, now)
+                if removed:
+                    self._audit_standing(session, "standing.removed", finding, now)
+            report.found.append(finding)
+
+    def _remove_standing(self, target: str, entitlement: str, account: str) -> tuple[bool, str]:
+        if account in self._holders(target, entitlement):  # a grant arrived meanwhile
+            return False, "a grant now covers it"
+        try:
+            self._on_target(target, lambda a: a.revoke(account, entitlement))
+            self._on_target(target, lambda a: a.end_sessions(account))
+            if self._on_target(target, lambda a: a.check(account, entitlement)):
+                return False, "the target still shows it after the revoke"
+        except AdapterError as exc:
+            return False, f"removing it failed: {describe_error(exc)}"
+        return True, "removed"
+
+    @staticmethod
+    def _audit_standing(
+        session: Session, action: str, finding: StandingFinding, now: datetime
+    ) -> None:
+        audit.append(
+            session,
+            at=now,
+            action=action,
+            actor="wardkey",
+            data={
+                "target": finding.target,
+                "entitlement": finding.entitlement,
+                "account": finding.account,
+                "removed": finding.removed,
+                "detail": finding.detail,
+            },
+        )
