@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from app.clock import ManualClock
 from app.policy import Person, Policy, load_policy
 from app.service import AccessService
-from app.store import Database, upgrade
+from app.store import AuditEvent, Database, upgrade
 from tests.fakes.memory_adapter import MemoryTarget
 
 HERE = Path(__file__).parent
@@ -59,11 +59,6 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def postgres_url() -> sa.engine.URL:
-    url = sa.engine.make_url(POSTGRES_URL)
-    return url.update_query_dict({"options": f"-csearch_path={TEST_SCHEMA}"})
-
-
 def postgres_unreachable(exc: Exception) -> None:
     """Skip with the reason on a developer's machine; fail in CI, where it must run."""
     reason = (
@@ -75,20 +70,26 @@ def postgres_unreachable(exc: Exception) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def postgres_database() -> Iterator[Database]:
-    """A migrated schema of its own on the real server; skipped (or failed, in CI) if absent."""
+def fresh_postgres_schema(schema: str) -> Database:
+    """An empty, migrated schema on the real server; skipped (or failed, in CI) if absent."""
     admin = sa.create_engine(sa.engine.make_url(POSTGRES_URL).set(drivername="postgresql+psycopg"))
     try:
         with admin.begin() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {TEST_SCHEMA} CASCADE"))
-            conn.execute(sa.text(f"CREATE SCHEMA {TEST_SCHEMA}"))
+            conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
     except sa.exc.OperationalError as exc:
         postgres_unreachable(exc)
     finally:
         admin.dispose()
-    upgrade(postgres_url())
-    database = Database(postgres_url())
+    url = sa.engine.make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    upgrade(url)
+    return Database(url)
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[Database]:
+    """A migrated schema of its own on the real server, shared by the session's tests."""
+    database = fresh_postgres_schema(TEST_SCHEMA)
     yield database
     database.dispose()
 
@@ -103,14 +104,20 @@ def _empty_postgres(database: Database) -> None:
         )
 
 
+def sqlite_copy(tmp_path: Path, sqlite_template: Path) -> Iterator[Database]:
+    """A migrated SQLite database of the test's own (modules testing only the Slack layer
+    use it as their `db`: the service's PostgreSQL behaviour has its own tests)."""
+    path = tmp_path / "wardkey.db"
+    shutil.copy(sqlite_template, path)
+    database = Database(f"sqlite:///{path}")
+    yield database
+    database.dispose()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> Iterator[Database]:
     if request.param == "sqlite":
-        path = tmp_path / "wardkey.db"
-        shutil.copy(sqlite_template, path)
-        database = Database(f"sqlite:///{path}")
-        yield database
-        database.dispose()
+        yield from sqlite_copy(tmp_path, sqlite_template)
     else:
         database = request.getfixturevalue("postgres_database")
         _empty_postgres(database)
@@ -137,3 +144,12 @@ def service(
     pauses: list[float],
 ) -> AccessService:
     return AccessService(db, policy, targets, clock, pause=pauses.append)
+
+
+def audit_actions(service: AccessService, request_id: int | None = None) -> list[str]:
+    """The audit trail's actions in order: of one request, or all of them."""
+    query = sa.select(AuditEvent.action).order_by(AuditEvent.seq)
+    if request_id is not None:
+        query = query.where(AuditEvent.request_id == request_id)
+    with service.db.read() as session:
+        return list(session.scalars(query))

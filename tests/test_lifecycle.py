@@ -32,20 +32,12 @@ from tests.conftest import (
     HANA,
     VAL,
 )
+from tests.conftest import (
+    audit_actions as actions,
+)
 from tests.fakes.memory_adapter import MemoryTarget
 
 REASON = "fix stuck order set on ward 12"
-
-
-def actions(service: AccessService, request_id: int) -> list[str]:
-    with service.db.read() as session:
-        return list(
-            session.scalars(
-                select(AuditEvent.action)
-                .where(AuditEvent.request_id == request_id)
-                .order_by(AuditEvent.seq)
-            )
-        )
 
 
 class TestClinicalRequest:

@@ -5,13 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
 
 from app.clock import ManualClock
 from app.service import AccessService
-from app.store import AuditEvent
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN
+from tests.conftest import audit_actions as actions
 from tests.fakes.memory_adapter import MemoryTarget, SimulatedCrash
 
 REASON = "fix stuck order set on ward 12"
@@ -37,17 +36,6 @@ def after_the_lease(service: AccessService, clock: ManualClock) -> AccessService
     assert (report.granted, report.abandoned, report.revoked) == ([], [], [])
     clock.advance(service.lease)
     return successor
-
-
-def actions(service: AccessService, request_id: int) -> list[str]:
-    with service.db.read() as session:
-        return list(
-            session.scalars(
-                select(AuditEvent.action)
-                .where(AuditEvent.request_id == request_id)
-                .order_by(AuditEvent.seq)
-            )
-        )
 
 
 class TestReconcile:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from app.clock import ManualClock
 from app.notify.blocks import REVIEW_JUSTIFIED, REVIEW_NOT_JUSTIFIED
@@ -17,9 +17,10 @@ from app.service import AccessService, ReviewStep
 from app.slack.app import web_client
 from app.slack.listeners.reviews import NOTE_BLOCK, NOTE_INPUT, REVIEW_VIEW
 from app.slack.people import SlackDirectory
-from app.store import AuditEvent
+from app.store import Database
 from app.store.models import RequestState as S
-from tests.conftest import AMIRA, BEN, GITA, HANA
+from tests.conftest import AMIRA, BEN, GITA, HANA, sqlite_copy
+from tests.conftest import audit_actions as actions
 from tests.fakes.memory_adapter import MemoryTarget
 from tests.slack_harness import RunningApp, run_app
 from tests.test_concurrency import all_at_once
@@ -35,17 +36,6 @@ def used_and_ended(service: AccessService, clock: ManualClock) -> int:
     service.expire_due()
     assert service.get(view.id).state == S.ENDED
     return view.id
-
-
-def actions(service: AccessService, request_id: int) -> list[str]:
-    with service.db.read() as session:
-        return list(
-            session.scalars(
-                select(AuditEvent.action)
-                .where(AuditEvent.request_id == request_id)
-                .order_by(AuditEvent.seq)
-            )
-        )
 
 
 class TestFollowUps:
@@ -123,18 +113,9 @@ class TestWhoMayDecide:
 
 
 class TestInSlack:
-    @pytest.fixture(params=["sqlite"])
-    def db(self, request: pytest.FixtureRequest, tmp_path, sqlite_template):  # type: ignore[no-untyped-def]
-        # The Slack layer is tested on SQLite; the service's PostgreSQL behaviour is above.
-        import shutil
-
-        from app.store import Database
-
-        path = tmp_path / "wardkey.db"
-        shutil.copy(sqlite_template, path)
-        database = Database(f"sqlite:///{path}")
-        yield database
-        database.dispose()
+    @pytest.fixture
+    def db(self, tmp_path: Path, sqlite_template: Path) -> Iterator[Database]:
+        yield from sqlite_copy(tmp_path, sqlite_template)
 
     @pytest.fixture
     def slack(self, service: AccessService) -> Iterator[RunningApp]:

@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,25 +14,19 @@ import pytest
 from app.notify.blocks import APPROVE_ACTION, DENY_ACTION
 from app.service import AccessService
 from app.slack.listeners.actions import DENY_BLOCK, DENY_INPUT, DENY_VIEW
+from app.store import Database
 from app.store.models import RequestState as S
+from tests.conftest import sqlite_copy
 from tests.fakes.memory_adapter import MemoryTarget
 from tests.slack_harness import RunningApp, run_app
 
 REQUEST = "pharmacy-db:read 30m fix stuck order set on ward 12"
 
 
-@pytest.fixture(params=["sqlite"])
-def db(request: pytest.FixtureRequest, tmp_path, sqlite_template):  # type: ignore[no-untyped-def]
+@pytest.fixture
+def db(tmp_path: Path, sqlite_template: Path) -> Iterator[Database]:
     # The Slack layer is tested on SQLite; the service's PostgreSQL behaviour has its own tests.
-    import shutil
-
-    from app.store import Database
-
-    path = tmp_path / "wardkey.db"
-    shutil.copy(sqlite_template, path)
-    database = Database(f"sqlite:///{path}")
-    yield database
-    database.dispose()
+    yield from sqlite_copy(tmp_path, sqlite_template)
 
 
 @pytest.fixture

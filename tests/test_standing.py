@@ -11,9 +11,8 @@ from sqlalchemy import select
 from app.clock import ManualClock
 from app.policy import Policy
 from app.service import AccessService
-from app.store import AuditEvent
 from app.store.models import StandingAccess
-from tests.conftest import AMIRA, BEN
+from tests.conftest import AMIRA, BEN, audit_actions
 from tests.fakes.memory_adapter import MemoryTarget
 
 WHY = "fix stuck order set on ward 12"
@@ -25,11 +24,6 @@ def with_standing(policy: Policy, mode: str, allowed: list[str] | None = None) -
         update={"standing": mode, "standing_allowed": allowed or []}
     )
     return policy.model_copy(update={"targets": {**policy.targets, "pharmacy-db": target}})
-
-
-def audit_actions(service: AccessService) -> list[str]:
-    with service.db.read() as session:
-        return list(session.scalars(select(AuditEvent.action).order_by(AuditEvent.seq)))
 
 
 @pytest.fixture

@@ -33,9 +33,9 @@ from app.devtools.slack_fake import FakeSlack
 from app.devtools.webhook_target import WebhookTarget
 from app.policy import load_policy
 from app.service import AccessService
-from app.store import AuditEvent, Database, upgrade
+from app.store import AuditEvent, Database
 from app.store.models import AccessRequest, RequestState
-from tests.conftest import POSTGRES_URL, postgres_unreachable
+from tests.conftest import fresh_postgres_schema
 
 pytestmark = pytest.mark.postgres
 
@@ -48,18 +48,7 @@ LEASE_SECONDS = 2
 
 @pytest.fixture
 def database() -> Iterator[Database]:
-    admin = sa.create_engine(sa.engine.make_url(POSTGRES_URL).set(drivername="postgresql+psycopg"))
-    try:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
-            conn.execute(sa.text(f"CREATE SCHEMA {SCHEMA}"))
-    except sa.exc.OperationalError as exc:
-        postgres_unreachable(exc)
-    finally:
-        admin.dispose()
-    url = sa.engine.make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={SCHEMA}"})
-    upgrade(url)
-    db = Database(url)
+    db = fresh_postgres_schema(SCHEMA)
     yield db
     db.dispose()
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+from slack_sdk.models.blocks import Block
 
 from app.notify.blocks import (
     CardContext,
@@ -157,13 +159,20 @@ class Notifier:
         """Every copy of the approver card, updated in place."""
         blocks = approver_card(view, self._context(view))
         text = f"Access request #{view.id}: {outcome_line(view, self.zone)}"
-        for channel, ts in self.service.messages_of(view.id, CARD):
+        self._update_in_place(view.id, CARD, text, blocks)
+
+    def _update_in_place(
+        self, request_id: int, purpose: str, text: str, blocks: Sequence[Block]
+    ) -> None:
+        """Every posted copy of a card, updated; a copy Slack refuses is logged, not fatal."""
+        for channel, ts in self.service.messages_of(request_id, purpose):
             try:
                 self.client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
             except SlackApiError as exc:
                 log.warning(
-                    "event=card_update_failed request=%s channel=%s error=%s",
-                    view.id,
+                    "event=card_update_failed request=%s card=%s channel=%s error=%s",
+                    request_id,
+                    purpose,
                     channel,
                     exc.response.get("error"),
                 )
@@ -262,15 +271,7 @@ class Notifier:
         summary = self.service.break_glass_summary(view.id)
         blocks = review_card(summary, self.zone)
         text = f"Break-glass review #{view.id}: {review_line(view, self.zone)}"
-        for channel, ts in self.service.messages_of(view.id, REVIEW_CARD):
-            try:
-                self.client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
-            except SlackApiError as exc:
-                log.warning(
-                    "event=review_card_update_failed request=%s error=%s",
-                    view.id,
-                    exc.response.get("error"),
-                )
+        self._update_in_place(view.id, REVIEW_CARD, text, blocks)
         if view.requester_slack_id:
             self.client.chat_postMessage(
                 channel=view.requester_slack_id,

@@ -132,6 +132,24 @@ def transition(
     return req
 
 
+def _update_review(session: Session, review: Review, values: Mapping[str, Any]) -> None:
+    """Apply `values` to an open review still at the version read, or raise StaleState."""
+    result = session.execute(
+        update(Review)
+        .where(
+            Review.id == review.id,
+            Review.state == ReviewState.OPEN.value,
+            Review.version == review.version,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise StaleState(f"review of request {review.request_id} changed or was decided")
+    for key, value in values.items():
+        set_committed_value(review, key, value)
+
+
 def follow_up_review(
     session: Session,
     review: Review,
@@ -144,21 +162,7 @@ def follow_up_review(
     """Record that an open review was sent to its reviewers, reminded or escalated."""
     if review.state != ReviewState.OPEN:
         raise ValueError(f"review of request {review.request_id} is closed")
-    values = {**changes, "version": review.version + 1}
-    result = session.execute(
-        update(Review)
-        .where(
-            Review.id == review.id,
-            Review.state == ReviewState.OPEN.value,
-            Review.version == review.version,
-        )
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        raise StaleState(f"review of request {review.request_id} changed meanwhile")
-    for key, value in values.items():
-        set_committed_value(review, key, value)
+    _update_review(session, review, {**changes, "version": review.version + 1})
     audit.append(
         session,
         at=at,
@@ -190,20 +194,7 @@ def decide_review(
         "note": note,
         "decided_at": at,
     }
-    result = session.execute(
-        update(Review)
-        .where(
-            Review.id == review.id,
-            Review.state == ReviewState.OPEN.value,
-            Review.version == review.version,
-        )
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        raise StaleState(f"review of request {review.request_id} was already decided")
-    for key, value in values.items():
-        set_committed_value(review, key, value)
+    _update_review(session, review, values)
     audit.append(
         session,
         at=at,
