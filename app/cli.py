@@ -63,11 +63,21 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--checkpoint",
         type=Path,
-        help="a checkpoint file from `audit checkpoint` (finds a cut tail)",
+        help="a checkpoint file from `audit checkpoint`, or the directory of scheduled ones "
+        "(the newest is used): finds a cut-off tail; a signed one is checked with "
+        "WARDKEY_CHECKPOINT_KEY",
     )
     verify.set_defaults(run=_audit_verify)
-    export = trail.add_parser("export", help="write events as JSON Lines for a SIEM")
-    export.add_argument("--format", choices=["jsonl"], default="jsonl")
+    export = trail.add_parser(
+        "export", help="write events for a SIEM (jsonl), a spreadsheet (csv) or FHIR (fhir)"
+    )
+    export.add_argument(
+        "--format",
+        choices=list(audit.FORMATS),
+        default="jsonl",
+        help="jsonl: one event per line; csv: a header and one row per event; fhir: FHIR R4 "
+        "AuditEvent resources as NDJSON",
+    )
     export.add_argument("--since", type=_instant, help="only events at or after (ISO 8601)")
     export.add_argument("--output", type=Path, help="file to write (default: standard output)")
     export.set_defaults(run=_audit_export)
@@ -207,31 +217,27 @@ def _socket(args: argparse.Namespace) -> int:
 def _worker(_args: argparse.Namespace) -> int:
     from apscheduler.schedulers.blocking import BlockingScheduler
 
-    runtime = load_runtime()
-    sweeps = runtime.sweeps()
-    sweeps.catch_up()
-    scheduler = BlockingScheduler(timezone="UTC")
-    schedule(
-        scheduler,
-        sweeps,
-        runtime.settings.wardkey_sweep_seconds,
-        expiry_seconds=runtime.settings.wardkey_expiry_sweep_seconds,
-    )
-    scheduler.start()
+    _start_sweeps(load_runtime(), BlockingScheduler(timezone="UTC"))
     return 0
 
 
 def _background_sweeps(runtime: Runtime) -> BaseScheduler:
     from apscheduler.schedulers.background import BackgroundScheduler
 
+    return _start_sweeps(runtime, BackgroundScheduler(timezone="UTC"))
+
+
+def _start_sweeps(runtime: Runtime, scheduler: BaseScheduler) -> BaseScheduler:
+    """Catch up first (reconcile, then expire), then tick; a blocking scheduler runs here."""
     sweeps = runtime.sweeps()
     sweeps.catch_up()
-    scheduler = BackgroundScheduler(timezone="UTC")
+    settings = runtime.settings
     schedule(
         scheduler,
         sweeps,
-        runtime.settings.wardkey_sweep_seconds,
-        expiry_seconds=runtime.settings.wardkey_expiry_sweep_seconds,
+        settings.wardkey_sweep_seconds,
+        expiry_seconds=settings.wardkey_expiry_sweep_seconds,
+        checkpoint_seconds=settings.wardkey_checkpoint_seconds,
     )
     scheduler.start()
     return scheduler
@@ -311,7 +317,21 @@ def _db_upgrade(_args: argparse.Namespace) -> int:
 def _audit_verify(args: argparse.Namespace) -> int:
     checkpoint = None
     if args.checkpoint is not None:
-        checkpoint = audit.Checkpoint.from_json(args.checkpoint.read_text(encoding="utf-8"))
+        checkpoint = audit.newest_checkpoint(args.checkpoint)
+        if checkpoint.signature is not None:
+            key = Settings().wardkey_checkpoint_key
+            if not key:
+                print(
+                    "wardkey: the checkpoint is signed; set WARDKEY_CHECKPOINT_KEY to check it",
+                    file=sys.stderr,
+                )
+                return 2
+            if not checkpoint.signature_ok(key.encode()):
+                print(
+                    f"BROKEN: the checkpoint at event {checkpoint.seq} does not carry a valid "
+                    "signature: it was altered, or signed with another key"
+                )
+                return 1
     result = audit.verify(_database(), checkpoint)
     print(result.summary())
     return 0 if result.ok else 1
@@ -320,10 +340,10 @@ def _audit_verify(args: argparse.Namespace) -> int:
 def _audit_export(args: argparse.Namespace) -> int:
     db = _database()
     if args.output is None:
-        count = audit.export_jsonl(db, sys.stdout, since=args.since)
+        count = audit.export(db, sys.stdout, args.format, since=args.since)
     else:
-        with args.output.open("w", encoding="utf-8") as out:
-            count = audit.export_jsonl(db, out, since=args.since)
+        with args.output.open("w", encoding="utf-8", newline="") as out:
+            count = audit.export(db, out, args.format, since=args.since)
     print(f"exported {count} events", file=sys.stderr)
     return 0
 
@@ -333,7 +353,8 @@ def _audit_checkpoint(args: argparse.Namespace) -> int:
     if head is None:
         print("the audit trail is empty; nothing to checkpoint", file=sys.stderr)
         return 1
-    text = head.to_json() + "\n"
+    key = Settings().wardkey_checkpoint_key
+    text = (head.signed(key.encode()) if key else head).to_json() + "\n"
     if args.output is None:
         sys.stdout.write(text)
     else:

@@ -35,3 +35,16 @@ class Settings(BaseSettings):
         description="How long a worker's claim on a grant or revoke in progress lasts before "
         "another worker may take it over.",
     )
+    wardkey_checkpoint_key: str | None = Field(
+        default=None,
+        description="Secret for signing audit checkpoints (HMAC-SHA256); keep it off this box "
+        "too, with whoever verifies.",
+    )
+    wardkey_checkpoint_dir: str | None = Field(
+        default=None,
+        description="Where signed checkpoints are written on a schedule: a mount of another "
+        "machine or a write-once store, so a cut-off tail is found off the box.",
+    )
+    wardkey_checkpoint_seconds: float = Field(
+        default=300.0, gt=0, description="How often a signed checkpoint is written."
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from slack_bolt import App
 from slack_sdk import WebClient
@@ -47,7 +48,12 @@ class Runtime:
     notifier: Notifier
 
     def sweeps(self) -> Sweeps:
-        n = self.notifier
+        n, s = self.notifier, self.settings
+        signing = (
+            (Path(s.wardkey_checkpoint_dir), s.wardkey_checkpoint_key.encode())
+            if s.wardkey_checkpoint_dir and s.wardkey_checkpoint_key
+            else None
+        )
         return Sweeps(
             self.service,
             n.request_changed,
@@ -56,6 +62,7 @@ class Runtime:
             n.review_follow_up,
             n.digest,
             n.standing_found,
+            checkpoint_to=signing,
         )
 
     def bolt(self) -> App:
@@ -66,6 +73,11 @@ class Runtime:
 def load_runtime(settings: Settings | None = None) -> Runtime:
     settings = settings or Settings()
     require(settings, "slack_bot_token")
+    if bool(settings.wardkey_checkpoint_dir) != bool(settings.wardkey_checkpoint_key):
+        raise StartupError(
+            "WARDKEY_CHECKPOINT_DIR and WARDKEY_CHECKPOINT_KEY go together: set both to write "
+            "signed audit checkpoints, or neither"
+        )
     if not os.path.exists(settings.wardkey_policy):
         raise StartupError(
             f"WARDKEY_POLICY: no policy file at {settings.wardkey_policy}; "

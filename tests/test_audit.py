@@ -140,7 +140,7 @@ class TestChain:
         assert result.ok, result.summary()
         assert result.checked == 2
         out = io.StringIO()
-        audit.export_jsonl(db, out)
+        audit.export(db, out)
         assert json.loads(out.getvalue().splitlines()[0])["data"]["reason"] == awkward
 
     def test_secrets_never_enter_an_event(self, db: Database) -> None:
@@ -150,7 +150,7 @@ class TestChain:
     def test_times_are_utc_iso_8601_and_keys_sorted(self, db: Database) -> None:
         write_events(db, 1)
         out = io.StringIO()
-        assert audit.export_jsonl(db, out) == 1
+        assert audit.export(db, out) == 1
         line = out.getvalue().strip()
         event = json.loads(line)
         assert event["at"] == "2026-11-30T03:00:00Z"

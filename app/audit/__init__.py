@@ -7,21 +7,26 @@ from app.audit.chain import (
     append,
     canonical_json,
     event_hash,
-    export_jsonl,
     head,
+    newest_checkpoint,
     verify,
     verify_rows,
+    write_signed_checkpoint,
 )
+from app.audit.export import FORMATS, export
 
 __all__ = [
+    "FORMATS",
     "GENESIS_HASH",
     "Checkpoint",
     "VerifyResult",
     "append",
     "canonical_json",
     "event_hash",
-    "export_jsonl",
+    "export",
     "head",
+    "newest_checkpoint",
     "verify",
     "verify_rows",
+    "write_signed_checkpoint",
 ]

@@ -8,11 +8,14 @@ event. A checkpoint (sequence number and hash kept off the box) also exposes a c
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import IO, Any
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
@@ -94,12 +97,31 @@ def append(
 
 @dataclass(frozen=True)
 class Checkpoint:
+    """The chain's head at a moment, kept off this machine: a later chain must still contain
+    it, so a cut-off tail is found. Signed (HMAC-SHA256), it cannot be forged by whoever can
+    write the database and the place it is kept, without the key."""
+
     seq: int
     hash: str
     at: datetime | None = None
+    signature: str | None = None
+
+    def _signed_text(self) -> bytes:
+        return canonical_json({"seq": self.seq, "hash": self.hash, "at": self.at}).encode()
+
+    def signed(self, key: bytes) -> Checkpoint:
+        mac = hmac.new(key, self._signed_text(), hashlib.sha256).hexdigest()
+        return Checkpoint(self.seq, self.hash, self.at, mac)
+
+    def signature_ok(self, key: bytes) -> bool:
+        expected = hmac.new(key, self._signed_text(), hashlib.sha256).hexdigest()
+        return self.signature is not None and hmac.compare_digest(expected, self.signature)
 
     def to_json(self) -> str:
-        return canonical_json({"seq": self.seq, "hash": self.hash, "at": self.at})
+        data: dict[str, Any] = {"seq": self.seq, "hash": self.hash, "at": self.at}
+        if self.signature is not None:
+            data.update(signature=self.signature, signature_alg="HMAC-SHA256")
+        return canonical_json(data)
 
     @classmethod
     def from_json(cls, raw: str) -> Checkpoint:
@@ -109,6 +131,7 @@ class Checkpoint:
             seq=int(data["seq"]),
             hash=str(data["hash"]),
             at=datetime.fromisoformat(at.replace("Z", "+00:00")) if at else None,
+            signature=data.get("signature"),
         )
 
 
@@ -258,14 +281,26 @@ def head(db: Database) -> Checkpoint | None:
     return Checkpoint(row[0], row[1], row[2]) if row else None
 
 
-def export_jsonl(db: Database, out: IO[str], since: datetime | None = None) -> int:
-    """Write one JSON object per event (its body plus seq and hashes); returns the count."""
-    count = 0
-    for seq, prev_hash, _action, _rid, stored_hash, body in iter_rows(db):
-        event = json.loads(body)
-        if since is not None and datetime.fromisoformat(event["at"].replace("Z", "+00:00")) < since:
-            continue
-        event.update(seq=seq, prev_hash=prev_hash, hash=stored_hash)
-        out.write(canonical_json(event) + "\n")
-        count += 1
-    return count
+def write_signed_checkpoint(db: Database, directory: Path, key: bytes) -> Path | None:
+    """Sign the chain's head and write it to `directory` (a mount of another machine or a
+    write-once store), named by its sequence number; None when the trail is empty. The file is
+    written whole or not at all."""
+    current = head(db)
+    if current is None:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"wardkey-checkpoint-{current.seq:012d}.json"
+    partial = path.with_suffix(".partial")
+    partial.write_text(current.signed(key).to_json() + "\n", encoding="utf-8")
+    os.replace(partial, path)
+    return path
+
+
+def newest_checkpoint(place: Path) -> Checkpoint:
+    """A checkpoint file, or the newest in a directory of them."""
+    if place.is_dir():
+        files = sorted(place.glob("wardkey-checkpoint-*.json"))
+        if not files:
+            raise FileNotFoundError(f"no wardkey-checkpoint-*.json in {place}")
+        place = files[-1]
+    return Checkpoint.from_json(place.read_text(encoding="utf-8"))

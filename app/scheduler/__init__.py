@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from apscheduler.schedulers.base import BaseScheduler
 
+from app import audit
 from app.service import AccessService, RequestView, ReviewStep
 from app.service.digest import Digest
 from app.service.standing import StandingReport
@@ -38,6 +40,7 @@ class Sweeps:
         on_review: OnReview | None = None,
         on_digest: OnDigest | None = None,
         on_standing: OnStanding | None = None,
+        checkpoint_to: tuple[Path, bytes] | None = None,
     ) -> None:
         self.service = service
         self.on_change = on_change
@@ -46,6 +49,7 @@ class Sweeps:
         self.on_review = on_review
         self.on_digest = on_digest
         self.on_standing = on_standing
+        self.checkpoint_to = checkpoint_to  # (directory, key) for signed audit checkpoints
 
     def _tell(self, ids: list[int]) -> None:
         if self.on_change is None:
@@ -130,6 +134,13 @@ class Sweeps:
                 log.exception("event=standing_notice_failed")
         return report
 
+    def checkpoint(self) -> Path | None:
+        """Write a signed checkpoint of the audit chain's head off the box."""
+        if self.checkpoint_to is None:
+            return None
+        directory, key = self.checkpoint_to
+        return audit.write_signed_checkpoint(self.service.db, directory, key)
+
     def catch_up(self) -> None:
         """At start-up: finish what a crash left, then revoke whatever expired while down."""
         self.reconcile()
@@ -142,6 +153,7 @@ def schedule(
     every_seconds: float = 15.0,
     *,
     expiry_seconds: float = 1.0,
+    checkpoint_seconds: float = 300.0,
 ) -> None:
     """One interval job per sweep. Expiry runs every second: its query reads only the rows
     that are due (an index range scan), so a quiet tick costs one cheap query."""
