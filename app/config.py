@@ -48,3 +48,8 @@ class Settings(BaseSettings):
     wardkey_checkpoint_seconds: float = Field(
         default=300.0, gt=0, description="How often a signed checkpoint is written."
     )
+    wardkey_metrics_token: str | None = Field(
+        default=None,
+        description="When set, /metrics answers only requests with `Authorization: Bearer` "
+        "and this token.",
+    )

@@ -1,0 +1,153 @@
+"""`/metrics` in Prometheus text format, read from the database at each scrape.
+
+The database is the source of truth shared by every worker, so any one `wardkey serve` gives
+the whole picture, and a restart loses nothing. Only counts go out: no names, no reasons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, cast
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from sqlalchemy import case, func, literal, select
+from sqlalchemy.sql.elements import ColumnElement
+
+from app.clock import Clock, SystemClock
+from app.store.db import Database
+from app.store.models import (
+    AccessRequest,
+    AuditEvent,
+    RequestState,
+    Review,
+    ReviewState,
+    StandingAccess,
+)
+
+# Approval latency buckets, in seconds: clinical approvals should land in the first few.
+LATENCY_BUCKETS = (30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
+BREAK_GLASS_PATH = "breakglass"
+
+
+def _seconds_between(db: Database, start: Any, end: Any) -> ColumnElement[float]:
+    if db.is_sqlite:
+        return (func.julianday(end) - func.julianday(start)) * literal(86400.0)
+    return cast(ColumnElement[float], func.extract("epoch", end - start))
+
+
+class WardKeyCollector(Collector):
+    def __init__(self, db: Database, clock: Clock | None = None) -> None:
+        self.db = db
+        self.clock = clock or SystemClock()
+
+    def collect(self) -> Iterator[Metric]:
+        now = self.clock.now()
+        with self.db.read() as session:
+            by_state = session.execute(
+                select(AccessRequest.path, AccessRequest.state, func.count()).group_by(
+                    AccessRequest.path, AccessRequest.state
+                )
+            ).all()
+            active = session.execute(
+                select(AccessRequest.target, AccessRequest.path, func.count())
+                .where(AccessRequest.state == RequestState.ACTIVE.value)
+                .group_by(AccessRequest.target, AccessRequest.path)
+            ).all()
+            waited = _seconds_between(self.db, AccessRequest.created_at, AccessRequest.decided_at)
+            latency = session.execute(
+                select(
+                    AccessRequest.path,
+                    func.count(),
+                    func.coalesce(func.sum(waited), 0.0),
+                    *[func.sum(case((waited <= b, 1), else_=0)) for b in LATENCY_BUCKETS],
+                )
+                .where(
+                    AccessRequest.decided_at.is_not(None),
+                    AccessRequest.path != BREAK_GLASS_PATH,
+                )
+                .group_by(AccessRequest.path)
+            ).all()
+            failed_attempts = session.scalar(
+                select(func.count()).where(AuditEvent.action == "revoke.failed")
+            )
+            overdue = session.scalar(
+                select(func.count()).where(
+                    Review.state == ReviewState.OPEN.value, Review.due_at < now
+                )
+            )
+            standing = session.execute(
+                select(StandingAccess.target, func.count())
+                .where(StandingAccess.cleared_at.is_(None))
+                .group_by(StandingAccess.target)
+            ).all()
+
+        requests = GaugeMetricFamily(
+            "wardkey_requests", "Requests by access path and state.", labels=["path", "state"]
+        )
+        failing = 0
+        for path, state, count in by_state:
+            requests.add_metric([path, state], count)
+            if state == RequestState.REVOKE_FAILED.value:
+                failing += count
+        yield requests
+
+        grants = GaugeMetricFamily(
+            "wardkey_active_grants", "Access active now.", labels=["target", "path"]
+        )
+        for target, path, count in active:
+            grants.add_metric([target, path], count)
+        yield grants
+
+        histogram = HistogramMetricFamily(
+            "wardkey_approval_latency_seconds",
+            "Time from request to decision (approve or deny), per path.",
+            labels=["path"],
+        )
+        for path, count, total, *cumulative in latency:
+            buckets = [
+                (_le(b), float(c or 0)) for b, c in zip(LATENCY_BUCKETS, cumulative, strict=True)
+            ]
+            buckets.append(("+Inf", float(count)))
+            histogram.add_metric([path], buckets, sum_value=float(total or 0.0))
+        yield histogram
+
+        yield GaugeMetricFamily(
+            "wardkey_revoke_failures",
+            "Grants whose revoke failed and is still being retried (access may remain).",
+            value=failing,
+        )
+        yield CounterMetricFamily(
+            "wardkey_revoke_failed_attempts",
+            "Revoke attempts that failed, ever.",
+            value=int(failed_attempts or 0),
+        )
+        yield GaugeMetricFamily(
+            "wardkey_overdue_reviews",
+            "Break-glass reviews past their deadline and still undecided.",
+            value=int(overdue or 0),
+        )
+        standing_gauge = GaugeMetricFamily(
+            "wardkey_standing_access",
+            "Access found on targets that no grant covers (last hourly look).",
+            labels=["target"],
+        )
+        for target, count in standing:
+            standing_gauge.add_metric([target], count)
+        yield standing_gauge
+
+
+def _le(bound: float) -> str:
+    return f"{bound:g}"
+
+
+def metrics_text(db: Database, clock: Clock | None = None) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(WardKeyCollector(db, clock))
+    return generate_latest(registry)
