@@ -19,7 +19,10 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
+from app.policy import rules
 from app.policy.durations import format_duration
+from app.policy.model import Policy
+from app.policy.people import Person
 from app.service.digest import Digest
 from app.service.reviews import BreakGlassSummary
 from app.service.views import RequestView
@@ -131,7 +134,12 @@ def outcome_line(view: RequestView, zone: ZoneInfo) -> str:
             escalated = (
                 " · escalated: the approval is overdue" if view.escalation_level >= 2 else ""
             )
-            return f"⏳ Waiting: {progress}" + (f" ({escape(names)})" if names else "") + escalated
+            sponsor = ""
+            if view.sponsor is not None and view.extension is None:
+                said = "approved" if view.sponsor_approved else "still to approve"
+                sponsor = f" · vendor sponsor {escape(view.sponsor)} {said}"
+            waiting = f"⏳ Waiting: {progress}" + (f" ({escape(names)})" if names else "")
+            return waiting + sponsor + escalated
         case S.APPROVED | S.GRANTING:
             return f"✅ Approved by {escape(names)} at {decided}; access is being set up"
         case S.ACTIVE:
@@ -289,3 +297,19 @@ def digest_blocks(digest: Digest, zone: ZoneInfo) -> list[Block]:
     for title, body in sections:
         blocks.append(SectionBlock(text=MarkdownTextObject(text=f"*{title}*\n{body}"[:2990])))
     return blocks
+
+
+def contract_line(policy: Policy, person: Person, now: datetime) -> str | None:
+    """For a vendor: when their contract ends and how long is left (every grant ends by then)."""
+    vendor = rules.vendor_of(policy, person)
+    if vendor is None:
+        return None
+    left = rules.contract_end_instant(policy, vendor) - now
+    if left <= timedelta(0):
+        return f"Your {escape(vendor.company)} contract ended on {vendor.contract_end:%d %b %Y}."
+    days = left.days
+    remaining = f"{days} day(s)" if days >= 1 else format_duration(left)
+    return (
+        f"Your {escape(vendor.company)} contract ends on {vendor.contract_end:%d %b %Y}: "
+        f"{remaining} left. No access can last beyond it."
+    )

@@ -26,6 +26,7 @@ from app.notify.blocks import (
 from app.notify.views import expiry_warning, home_view
 from app.policy import rules
 from app.policy.durations import format_duration
+from app.policy.people import Person
 from app.service import AccessService, NotAllowed, RequestView, ReviewStep
 from app.service.digest import Digest
 from app.service.standing import StandingReport
@@ -101,7 +102,10 @@ class Notifier:
         now = self.service.clock.now()
         blocks = approver_card(view, self._context(view))
         text = f"Access request #{view.id}: {view.target}:{view.role} for {view.requester}"
-        channels = self._slack_ids(view, rules.approvers_at(self.service.policy, view.path, now))
+        approvers = rules.approvers_at(self.service.policy, view.path, now)
+        if view.sponsor is not None and view.extension is None:
+            approvers.append(view.sponsor)  # a vendor's sponsor must approve too
+        channels = list(dict.fromkeys(self._slack_ids(view, approvers)))
         path = self.service.policy.paths.get(view.path)
         if path is not None and path.channel:
             channels.append(path.channel)
@@ -339,13 +343,35 @@ class Notifier:
             raise
 
     def tell_requester(self, view: RequestView) -> None:
-        if not view.requester_slack_id:
+        if view.requester_slack_id:
+            self.client.chat_postMessage(
+                channel=view.requester_slack_id,
+                text=f"Your request #{view.id} for `{view.target}:{view.role}`: "
+                f"{outcome_line(view, self.zone)}",
+            )
+        self.tell_sponsor(view)
+
+    def tell_sponsor(self, view: RequestView) -> None:
+        """A vendor's sponsor hears of each use: when access starts and when it ends."""
+        sponsor = self._vendor_sponsor(view)
+        if sponsor is None or view.state not in (S.ACTIVE, S.ENDED, S.REVOKE_FAILED):
             return
-        self.client.chat_postMessage(
-            channel=view.requester_slack_id,
-            text=f"Your request #{view.id} for `{view.target}:{view.role}`: "
-            f"{outcome_line(view, self.zone)}",
-        )
+        for user_id in self._slack_ids(view, [sponsor]):
+            self.client.chat_postMessage(
+                channel=user_id,
+                text=f"Vendor access you sponsor: {escape(view.requester)} on "
+                f"`{view.target}:{view.role}` (#{view.id}): {outcome_line(view, self.zone)}. "
+                f"Reason: {escape(view.reason)[:300]}",
+            )
+
+    def _vendor_sponsor(self, view: RequestView) -> str | None:
+        if view.sponsor is not None:
+            return view.sponsor
+        if view.requester_email is None and view.requester_slack_id is None:
+            return None
+        person = Person(slack_user_id=view.requester_slack_id, email=view.requester_email)
+        vendor = rules.vendor_of(self.service.policy, person)
+        return vendor.sponsor if vendor is not None else None  # break-glass has no approval
 
     def say(self, user_id: str, text: str) -> None:
         self.client.chat_postMessage(channel=user_id, text=escape(text))

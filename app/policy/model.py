@@ -279,6 +279,17 @@ class Identity(Strict):
     role: Name
     account: str = Field(min_length=1)
     max_duration: Duration
+    attest_every: Duration = Field(
+        default=timedelta(days=90),
+        description="How often the owner must confirm the identity is still needed.",
+    )
+    attest_within: Duration = Field(
+        default=timedelta(days=7), description="How long the owner has to answer."
+    )
+    block_unattested: bool = Field(
+        default=False,
+        description="Refuse elevations for the identity while its attestation is overdue.",
+    )
 
 
 class Vendor(Strict):

@@ -174,7 +174,13 @@ class ServiceBase:
         key = person_key(self.policy, person)
         # Paths first, so the query reads only requests this person could decide.
         paths = [p for p in self.policy.paths if rules.is_approver(self.policy, p, person, now)]
-        if not paths:
+        # Vendors' requests wait for their sponsor too, whatever the path.
+        sponsoring = [
+            v.sponsor
+            for v in self.policy.vendors.values()
+            if rules.is_member(self.policy, person, [v.sponsor])
+        ]
+        if not paths and not sponsoring:
             return []
         decided_by_me = select(Decision.id).where(
             Decision.request_id == AccessRequest.id,
@@ -185,7 +191,11 @@ class ServiceBase:
             rows = session.scalars(
                 select(AccessRequest)
                 .where(
-                    AccessRequest.path.in_(paths),
+                    AccessRequest.path.in_(paths)
+                    | (
+                        AccessRequest.sponsor.in_(sponsoring)
+                        & (AccessRequest.state == S.PENDING.value)
+                    ),
                     AccessRequest.requester != key,
                     ~decided_by_me.exists(),
                     (AccessRequest.state == S.PENDING.value)

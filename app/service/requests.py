@@ -55,6 +55,8 @@ class RequestCases(GrantCases):
         reason = clean_reason(reason)
         duration = within_cap(duration, plan)
         ticket = self._ticket(plan.path, ticket)
+        vendor = rules.vendor_of(self.policy, person)
+        sponsor = vendor.sponsor if vendor is not None else None
         return self._open(
             person,
             plan,
@@ -63,10 +65,12 @@ class RequestCases(GrantCases):
             now,
             S.PENDING,
             "request.created",
-            fields={"ticket": ticket},
+            fields={"ticket": ticket, "sponsor": sponsor},
             data={
                 "approvals_needed": plan.approvals_needed,
                 "approvers": rules.approvers_at(self.policy, plan.path, now),
+                "sponsor": sponsor,
+                "vendor": vendor.company if vendor is not None else None,
             },
         )
 
@@ -150,7 +154,15 @@ class RequestCases(GrantCases):
             escalated_to_me = req.escalation_level >= ESCALATED and rules.is_member(
                 self.policy, approver, rules.escalation_members(self.policy, req.path)
             )
-            if not (rules.is_approver(self.policy, req.path, approver, now) or escalated_to_me):
+            # A vendor's sponsor decides as sponsor, apart from the path's approvers; their
+            # approval is needed on top of the path's, and one click never counts twice.
+            as_sponsor = (
+                not in_extension
+                and req.sponsor is not None
+                and rules.is_member(self.policy, approver, [req.sponsor])
+            )
+            approver_now = rules.is_approver(self.policy, req.path, approver, now)
+            if not (approver_now or escalated_to_me or as_sponsor):
                 raise NotAllowed(
                     f"You are not an approver for the {req.path} path right now, so nothing "
                     "was changed."
@@ -172,23 +184,36 @@ class RequestCases(GrantCases):
                     outcome="approve" if approve else "deny",
                     reason=reason,
                     decided_at=now,
+                    as_sponsor=as_sponsor,
                 )
             )
             session.flush()
             approvals = sorted(
-                {d.approver for d in earlier if d.outcome == "approve"}
-                | ({key} if approve else set())
+                {d.approver for d in earlier if d.outcome == "approve" and not d.as_sponsor}
+                | ({key} if approve and not as_sponsor else set())
+            )
+            sponsor_ok = (
+                req.sponsor is None
+                or in_extension
+                or (
+                    (approve and as_sponsor)
+                    or any(d.as_sponsor and d.outcome == "approve" for d in earlier)
+                )
             )
             facts: dict[str, object] = {
                 "approvals": approvals,
                 "approvals_needed": req.approvals_needed,
                 "decided_by": key,
             }
+            if req.sponsor is not None and not in_extension:
+                facts.update(
+                    sponsor=req.sponsor, sponsor_approved=sponsor_ok, as_sponsor=as_sponsor
+                )
             if not in_extension:  # approval latency, for the digest's p50/p95 per path
                 facts["waited_seconds"] = int((now - req.created_at).total_seconds())
             if not approve:
                 self._apply_denial(session, req, now, key, reason, in_extension, facts)
-            elif len(approvals) < req.approvals_needed:
+            elif len(approvals) < req.approvals_needed or not sponsor_ok:
                 transitions.transition(
                     session,
                     req,

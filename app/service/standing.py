@@ -17,7 +17,10 @@ from sqlalchemy.orm import Session
 
 from app import audit
 from app.adapters.base import AdapterError
+from app.policy import rules
+from app.policy.people import Person
 from app.service.base import ServiceBase, describe_error, log
+from app.service.errors import NotAllowed
 from app.store.models import HOLDING_STATES, AccessRequest, StandingAccess, SweepRun
 
 STANDING_JOB = "standing"
@@ -41,7 +44,32 @@ class StandingReport:
     unreadable: dict[str, str] = field(default_factory=dict)  # target -> why
 
 
+@dataclass(frozen=True)
+class StandingHolder:
+    target: str
+    entitlement: str
+    account: str
+    first_seen: datetime
+    last_seen: datetime
+
+
 class StandingCases(ServiceBase):
+    def standing_holders(self, person: Person | None = None) -> list[StandingHolder]:
+        """Who holds access on a target without a grant, as of the last look, per target and
+        entitlement. From Slack only a WardKey admin may ask (`person` given)."""
+        if person is not None and not rules.is_admin(self.policy, person):
+            raise NotAllowed("Only WardKey admins can see the standing-privilege report.")
+        with self.db.read() as session:
+            rows = session.scalars(
+                select(StandingAccess)
+                .where(StandingAccess.cleared_at.is_(None))
+                .order_by(StandingAccess.target, StandingAccess.entitlement, StandingAccess.account)
+            ).all()
+            return [
+                StandingHolder(r.target, r.entitlement, r.account, r.first_seen, r.last_seen)
+                for r in rows
+            ]
+
     def standing_due(self) -> StandingReport | None:
         """This hour's look for standing access, unless another worker has taken it."""
         now = self.clock.now()

@@ -16,6 +16,7 @@ class DecisionView:
     reason: str | None
     round: int
     decided_at: datetime
+    as_sponsor: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,23 @@ class RequestView:
     end_reason: str | None
     decisions: tuple[DecisionView, ...]
     review: ReviewView | None
+    sponsor: str | None = None  # a vendor's sponsor, who must approve too
 
     @property
     def approvals(self) -> tuple[DecisionView, ...]:
-        """Approvals in the current round (the first request, or the extension asked for)."""
+        """The path's approvals in the current round (the first request, or the extension
+        asked for); a sponsor's approval is counted apart."""
         return tuple(
-            d for d in self.decisions if d.round == self.approval_round and d.outcome == "approve"
+            d
+            for d in self.decisions
+            if d.round == self.approval_round and d.outcome == "approve" and not d.as_sponsor
+        )
+
+    @property
+    def sponsor_approved(self) -> bool:
+        return any(
+            d.as_sponsor and d.outcome == "approve" and d.round == self.approval_round
+            for d in self.decisions
         )
 
     @property
@@ -114,6 +126,7 @@ class RequestView:
                     reason=d.reason,
                     round=d.round,
                     decided_at=d.decided_at,
+                    as_sponsor=bool(d.as_sponsor),
                 )
                 for d in sorted(decisions, key=lambda d: (d.round, d.decided_at, d.id))
             ),
@@ -128,4 +141,5 @@ class RequestView:
                 if review is not None
                 else None
             ),
+            sponsor=req.sponsor,
         )

@@ -20,6 +20,9 @@ REQUEST_EXAMPLE = "/jit request pharmacy-db:read 30m fix stuck order set on ward
 BREAKGLASS_EXAMPLE = "/breakglass pharmacy-db:read pharmacy system down in ED"
 EXTEND_EXAMPLE = "/jit extend 42 30m"
 REVOKE_EXAMPLE = "/jit revoke 42"
+IDENTITY_EXAMPLE = (
+    "/jit request lab-db:interface 1h replay stuck HL7 results INC0012345 for svc-lab-interface"
+)
 
 
 class UsageError(Exception):
@@ -54,12 +57,20 @@ class Status:
 
 
 @dataclass(frozen=True)
+class Standing:
+    """Admins: access on targets that no grant covers."""
+
+
+@dataclass(frozen=True)
 class RequestAccess:
     target: str
     role: str
     duration: timedelta
     reason: str
     ticket: str | None
+    # `… for svc-name`: the service account to elevate (its owner asks). Whether it names a
+    # real service account is for the policy to say; otherwise it was part of the reason.
+    for_identity: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,7 +92,7 @@ class BreakGlass:
     reason: str
 
 
-JitCommand = OpenModal | Help | ListTargets | Status | RequestAccess | Extend | Revoke
+JitCommand = OpenModal | Help | ListTargets | Status | Standing | RequestAccess | Extend | Revoke
 
 
 def _clean(text: str, example: str) -> str:
@@ -122,6 +133,8 @@ def parse_jit(text: str) -> JitCommand:
         return ListTargets()
     if verb == "status":
         return Status()
+    if verb == "standing":
+        return Standing()
     if verb == "request":
         if len(rest) < 3:
             raise UsageError(
@@ -131,13 +144,15 @@ def parse_jit(text: str) -> JitCommand:
         target, role = _access(rest[0], REQUEST_EXAMPLE)
         duration = _duration(rest[1], REQUEST_EXAMPLE)
         reason_words = rest[2:]
-        ticket = None
-        last = _TICKET.match(reason_words[-1])
-        if last is not None:
-            ticket, reason_words = last["ticket"], reason_words[:-1]
+        ticket, for_identity = None, None
+        for _ in range(2):  # `[TICKET] for svc-x` or `for svc-x [TICKET]`, at the end
+            if ticket is None and reason_words and (last := _TICKET.match(reason_words[-1])):
+                ticket, reason_words = last["ticket"], reason_words[:-1]
+            if for_identity is None and len(reason_words) >= 2 and reason_words[-2] == "for":
+                for_identity, reason_words = reason_words[-1], reason_words[:-2]
         if not reason_words:
             raise UsageError("Add a reason after the duration.", REQUEST_EXAMPLE)
-        return RequestAccess(target, role, duration, " ".join(reason_words), ticket)
+        return RequestAccess(target, role, duration, " ".join(reason_words), ticket, for_identity)
     if verb == "extend":
         if len(rest) != 2:
             raise UsageError("Give the request number and how much longer.", EXTEND_EXAMPLE)

@@ -140,6 +140,8 @@ class AccessRequest(Base):
     escalation_level: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     ended_by: Mapped[str | None] = mapped_column(String(320))
     end_reason: Mapped[str | None] = mapped_column(Text)
+    # A vendor's request also needs their sponsor's approval (a member of staff).
+    sponsor: Mapped[str | None] = mapped_column(String(320))
     # The worker doing a grant or revoke right now, and until when; past that, another takes over.
     claimed_by: Mapped[str | None] = mapped_column(String(100))
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -174,6 +176,8 @@ class Decision(Base):
     outcome: Mapped[str] = mapped_column(String(10))  # "approve" | "deny"
     reason: Mapped[str | None] = mapped_column(Text)
     decided_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The vendor's sponsor deciding as sponsor (counted apart from the path's approvals).
+    as_sponsor: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (UniqueConstraint("request_id", "round", "approver"),)
 
@@ -253,3 +257,44 @@ class StandingAccess(Base):
     removed_by_wardkey: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (UniqueConstraint("target", "entitlement", "account"),)
+
+
+class Attestation(Base):
+    """One round of an owner confirming a service account is still needed (or retiring it)."""
+
+    __tablename__ = "attestations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    identity: Mapped[str] = mapped_column(String(100), index=True)
+    owner: Mapped[str] = mapped_column(String(320))
+    asked_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # still_needed | retired; null while open
+    outcome: Mapped[str | None] = mapped_column(String(20))
+    decided_by: Mapped[str | None] = mapped_column(String(320))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    overdue_reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    __table_args__ = (
+        # One open round per identity, even when two workers ask at once.
+        Index(
+            "uq_attestations_open",
+            "identity",
+            unique=True,
+            sqlite_where=text("outcome IS NULL"),
+            postgresql_where=text("outcome IS NULL"),
+        ),
+    )
+
+
+class OrphanFlag(Base):
+    """A service account whose owner is gone (left, deleted in Slack): flagged once, until
+    an owner is back."""
+
+    __tablename__ = "orphan_flags"
+
+    identity: Mapped[str] = mapped_column(String(100), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(320))
+    reason: Mapped[str] = mapped_column(Text)
+    flagged_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -7,14 +7,16 @@ from typing import Any
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
-from app.notify.blocks import clock_time, escape, outcome_line
+from app.notify.blocks import clock_time, contract_line, escape, outcome_line
 from app.notify.views import no_access_modal, request_modal
-from app.policy import format_duration
+from app.policy import Person, Policy, format_duration
 from app.policy.rules import requestable
-from app.service import RequestView
+from app.service import InvalidRequest, RequestView
+from app.service.standing import StandingHolder
 from app.slack.deps import SlackDeps
 from app.slack.errors import replying_on_error
 from app.slack.parsing import (
+    IDENTITY_EXAMPLE,
     BreakGlass,
     Extend,
     Help,
@@ -22,6 +24,7 @@ from app.slack.parsing import (
     OpenModal,
     RequestAccess,
     Revoke,
+    Standing,
     Status,
     UsageError,
     parse_breakglass,
@@ -36,6 +39,8 @@ HELP = (
     "• `/jit extend 42 30m` more time on request 42\n"
     "• `/jit revoke 42` end access now\n"
     "• `/jit targets` what you may ask for\n"
+    "• `/jit request … for svc-name` elevate a service account you own\n"
+    "• `/jit standing` (admins) access held without a grant\n"
     "• `/breakglass target:role reason…` emergency access now, reviewed afterwards"
 )
 LIVE = (S.PENDING, S.APPROVED, S.GRANTING, S.ACTIVE, S.REVOKING, S.REVOKE_FAILED)
@@ -88,13 +93,15 @@ def _answer_jit(
         zone = service.policy.zone
         match parsed:
             case RequestAccess():
+                identity, reason = _identity_and_reason(service.policy, parsed)
                 view = service.request(
                     person,
                     parsed.target,
                     parsed.role,
                     parsed.duration,
-                    parsed.reason,
+                    reason,
                     parsed.ticket,
+                    identity=identity,
                 )
                 respond(
                     response_type="ephemeral",
@@ -107,10 +114,11 @@ def _answer_jit(
                 notifier.request_opened(view)
             case Status():
                 views = service.requests_of(person, LIVE)
-                respond(
-                    response_type="ephemeral",
-                    text=_status(views, zone) or "You have no open requests and no active access.",
-                )
+                text = _status(views, zone) or "You have no open requests and no active access."
+                respond(response_type="ephemeral", text=_with_contract(deps, person, text))
+            case Standing():
+                holders = service.standing_holders(person)
+                respond(response_type="ephemeral", text=_standing(holders, zone))
             case ListTargets():
                 plans = requestable(service.policy, person, service.clock.now())
                 lines = [
@@ -118,11 +126,10 @@ def _answer_jit(
                     f"{format_duration(p.cap)}{', ticket' if p.ticket_required else ''})"
                     for p in plans
                 ]
-                respond(
-                    response_type="ephemeral",
-                    text="\n".join(lines)
-                    or "You are not eligible for any access yet; ask your manager.",
+                text = (
+                    "\n".join(lines) or "You are not eligible for any access yet; ask your manager."
                 )
+                respond(response_type="ephemeral", text=_with_contract(deps, person, text))
             case Extend():
                 view = service.extend(parsed.request_id, person, parsed.duration)
                 if view.extension is not None:
@@ -167,6 +174,7 @@ def _break_glass(
                 f"Reason: {escape(view.reason)}"
             ),
         )
+        deps.notifier.tell_sponsor(view)
 
 
 def open_request_form(
@@ -176,6 +184,38 @@ def open_request_form(
     plans = requestable(deps.service.policy, person, deps.service.clock.now())
     view = request_modal(plans) if plans else no_access_modal()
     client.views_open(trigger_id=trigger_id, view=view)
+
+
+def _identity_and_reason(policy: Policy, parsed: RequestAccess) -> tuple[str | None, str]:
+    """`… for svc-x` names a service account when the policy has one by that name; a name
+    that looks like one but is not is refused rather than read as part of the reason."""
+    name = parsed.for_identity
+    if name is None:
+        return None, parsed.reason
+    if name in policy.identities:
+        return name, parsed.reason
+    if name.lower().startswith("svc"):
+        raise InvalidRequest(
+            f"There is no service account called '{name[:60]}'. For example: `{IDENTITY_EXAMPLE}`"
+        )
+    return None, f"{parsed.reason} for {name}"
+
+
+def _with_contract(deps: SlackDeps, person: Person, text: str) -> str:
+    line = contract_line(deps.service.policy, person, deps.service.clock.now())
+    return f"{text}\n{line}" if line else text
+
+
+def _standing(holders: list[StandingHolder], zone: Any) -> str:
+    if not holders:
+        return "No standing access found at the last look: every holder had a grant."
+    lines = ["*Standing access (held with no WardKey grant), at the last hourly look*"]
+    for h in holders:
+        lines.append(
+            f"• `{escape(h.target)}` {escape(h.entitlement)}: `{escape(h.account)}` "
+            f"(since {h.first_seen.astimezone(zone):%d %b %H:%M})"
+        )
+    return "\n".join(lines)[:3900]
 
 
 def _status(views: list[RequestView], zone: Any) -> str:
