@@ -63,6 +63,9 @@ class Runtime:
             n.digest,
             n.standing_found,
             checkpoint_to=signing,
+            on_attestation=n.attestation_follow_up,
+            on_orphans=n.orphans_found,
+            owner_gone=n.owner_gone,
         )
 
     def bolt(self) -> App:

@@ -15,6 +15,7 @@ from slack_sdk.models.blocks import Block
 from app.notify.blocks import (
     CardContext,
     approver_card,
+    attestation_card,
     clock_time,
     day_time,
     digest_blocks,
@@ -29,6 +30,7 @@ from app.policy.durations import format_duration
 from app.policy.people import Person
 from app.service import AccessService, NotAllowed, RequestView, ReviewStep
 from app.service.digest import Digest
+from app.service.identities import AttestationStep, OrphanView
 from app.service.standing import StandingReport
 from app.slack.people import SlackDirectory
 from app.store.models import RequestState as S
@@ -260,6 +262,64 @@ class Notifier:
             channel=self.service.policy.channels.security_alerts,
             text="🔎 Standing privilege: access that no WardKey grant covers\n" + "\n".join(lines),
         )
+
+    def attestation_follow_up(self, name: str, step: AttestationStep) -> None:
+        """Ask the owner to confirm a service account (a card with Still needed / Retire);
+        past the deadline, tell security and remind the owner."""
+        view = self.service.attestation(name)
+        if view is None:
+            return
+        owner_id = self.directory.user_id_for(view.owner)
+        policy = self.service.policy
+        if step == AttestationStep.ASKED:
+            if owner_id is None:
+                log.warning("event=owner_not_in_slack identity=%s owner=%s", name, view.owner)
+                return  # the hourly orphan check reports it
+            self.client.chat_postMessage(
+                channel=owner_id,
+                text=f"Is the service account {name} still needed?",
+                blocks=attestation_card(view, self.zone),
+            )
+            return
+        blocked = policy.identities[name].block_unattested
+        text = (
+            f"⚠️ Service account `{escape(name)}` was not re-attested by its owner "
+            f"{escape(view.owner)} (due {day_time(view.due_at, self.zone)})"
+            + (": elevations of it are blocked until they answer." if blocked else ".")
+        )
+        self.client.chat_postMessage(channel=policy.channels.security_alerts, text=text)
+        if owner_id is not None:
+            self.client.chat_postMessage(channel=owner_id, text=text)
+
+    def orphans_found(self, orphans: list[OrphanView]) -> None:
+        if not orphans:
+            return
+        lines = [f"• `{escape(o.identity)}`: {escape(o.reason)}" for o in orphans]
+        self.client.chat_postMessage(
+            channel=self.service.policy.channels.security_alerts,
+            text="👤 Service accounts with no current owner:\n" + "\n".join(lines),
+        )
+
+    def owner_gone(self, member: str) -> str | None:
+        """Why a policy member is no longer a current person in Slack, or None."""
+        user_id = self.directory.user_id_for(member)
+        if user_id is None:
+            return f"owner {member} is not found in Slack"
+        try:
+            profile = self.directory.profile(user_id)
+        except SlackApiError as exc:
+            return f"owner {member} is not found in Slack ({exc.response.get('error')})"
+        return f"owner {member} is deactivated in Slack" if profile.deleted else None
+
+    def attestation_answered(self, channel: str, ts: str, name: str) -> None:
+        view = self.service.attestation(name)
+        if view is not None:
+            self.client.chat_update(
+                channel=channel,
+                ts=ts,
+                text=f"{name}: answered",
+                blocks=attestation_card(view, self.zone),
+            )
 
     def digest(self, digest: Digest) -> None:
         """The daily summary, to the managers' channel."""

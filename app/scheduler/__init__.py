@@ -19,6 +19,7 @@ from apscheduler.schedulers.base import BaseScheduler
 from app import audit
 from app.service import AccessService, RequestView, ReviewStep
 from app.service.digest import Digest
+from app.service.identities import AttestationStep, OrphanView
 from app.service.standing import StandingReport
 from app.store.models import RequestState
 
@@ -28,6 +29,9 @@ OnEscalate = Callable[[RequestView, int], None]
 OnReview = Callable[[int, ReviewStep], None]
 OnDigest = Callable[[Digest], None]
 OnStanding = Callable[[StandingReport], None]
+OnAttestation = Callable[[str, AttestationStep], None]
+OnOrphans = Callable[[list[OrphanView]], None]
+OwnerGone = Callable[[str], str | None]
 
 
 class Sweeps:
@@ -41,6 +45,9 @@ class Sweeps:
         on_digest: OnDigest | None = None,
         on_standing: OnStanding | None = None,
         checkpoint_to: tuple[Path, bytes] | None = None,
+        on_attestation: OnAttestation | None = None,
+        on_orphans: OnOrphans | None = None,
+        owner_gone: OwnerGone | None = None,
     ) -> None:
         self.service = service
         self.on_change = on_change
@@ -50,6 +57,9 @@ class Sweeps:
         self.on_digest = on_digest
         self.on_standing = on_standing
         self.checkpoint_to = checkpoint_to  # (directory, key) for signed audit checkpoints
+        self.on_attestation = on_attestation
+        self.on_orphans = on_orphans
+        self.owner_gone = owner_gone or (lambda _member: None)
 
     def _tell(self, ids: list[int]) -> None:
         if self.on_change is None:
@@ -133,6 +143,24 @@ class Sweeps:
             except Exception:
                 log.exception("event=standing_notice_failed")
         return report
+
+    def identities(self) -> list[tuple[str, AttestationStep]]:
+        """Service accounts: owners asked to re-attest, overdue ones reported; once an hour,
+        one worker flags those whose owner is gone."""
+        steps = self.service.attestation_follow_ups()
+        if self.on_attestation is not None:
+            for name, step in steps:
+                try:
+                    self.on_attestation(name, step)
+                except Exception:
+                    log.exception("event=attestation_notice_failed identity=%s", name)
+        orphans = self.service.orphans_due(self.owner_gone)
+        if orphans and self.on_orphans is not None:
+            try:
+                self.on_orphans(orphans)
+            except Exception:
+                log.exception("event=orphan_notice_failed")
+        return steps
 
     def checkpoint(self) -> Path | None:
         """Write a signed checkpoint of the audit chain's head off the box."""

@@ -43,6 +43,7 @@ from app.store.models import (
     RequestMessage,
     RequestState,
     Review,
+    SweepRun,
 )
 
 log = logging.getLogger(__name__)
@@ -444,6 +445,19 @@ class ServiceBase:
             except (StaleState, IntegrityError):
                 continue
         return attempt()
+
+    def _claim_period(self, job: str, period: str, at: datetime) -> bool:
+        """Take a once-per-period job (a day's digest, an hour's look at the targets): True
+        for exactly one worker, however many ask at once."""
+        with self.db.read() as session:  # cheap look first: most ticks find it taken
+            if session.get(SweepRun, (job, period)) is not None:
+                return False
+        try:
+            with self.db.transaction() as session:
+                session.add(SweepRun(job=job, period=period, done_at=at, done_by=self.worker))
+        except IntegrityError:
+            return False
+        return True
 
     def _holds_claim(self, req: AccessRequest) -> bool:
         """Is this worker the one to call the target now? (Rows from before leases have none.)"""

@@ -23,7 +23,7 @@ from app.service.errors import (
     NotAllowed,
     SelfApproval,
 )
-from app.service.grants import GrantCases
+from app.service.identities import IdentityCases
 from app.service.transitions import StaleState
 from app.service.views import RequestView
 from app.store.models import (
@@ -36,7 +36,7 @@ from app.store.models import (
 REMINDED, ESCALATED = 1, 2  # AccessRequest.escalation_level
 
 
-class RequestCases(GrantCases):
+class RequestCases(IdentityCases):
     # ----------------------------------------------------------------------------- requests
 
     def request(
@@ -52,6 +52,8 @@ class RequestCases(GrantCases):
         """Ask for `target:role` for `duration`; goes to the path's approvers as `pending`."""
         now = self.clock.now()
         plan = self._plan(person, target, role, now, identity=identity)
+        if identity is not None:
+            self.refuse_unattested(identity)
         reason = clean_reason(reason)
         duration = within_cap(duration, plan)
         ticket = self._ticket(plan.path, ticket)

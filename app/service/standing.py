@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import audit
@@ -21,7 +20,7 @@ from app.policy import rules
 from app.policy.people import Person
 from app.service.base import ServiceBase, describe_error, log
 from app.service.errors import NotAllowed
-from app.store.models import HOLDING_STATES, AccessRequest, StandingAccess, SweepRun
+from app.store.models import HOLDING_STATES, AccessRequest, StandingAccess
 
 STANDING_JOB = "standing"
 STANDING_EVERY = timedelta(hours=1)
@@ -74,15 +73,7 @@ class StandingCases(ServiceBase):
         """This hour's look for standing access, unless another worker has taken it."""
         now = self.clock.now()
         period = now.replace(minute=0, second=0, microsecond=0).isoformat()
-        with self.db.read() as session:  # cheap look first: most ticks find the hour taken
-            if session.get(SweepRun, (STANDING_JOB, period)) is not None:
-                return None
-        try:
-            with self.db.transaction() as session:
-                session.add(
-                    SweepRun(job=STANDING_JOB, period=period, done_at=now, done_by=self.worker)
-                )
-        except IntegrityError:
+        if not self._claim_period(STANDING_JOB, period, now):
             return None
         return self.find_standing()
 

@@ -11,7 +11,7 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from app.notify.notifier import Notifier
 from app.service import AccessService
 from app.slack.deps import SlackDeps
-from app.slack.listeners import actions, commands, events, reviews, views
+from app.slack.listeners import actions, commands, events, identities, reviews, views
 from app.slack.people import SlackDirectory
 
 
@@ -44,6 +44,6 @@ def build_app(
         notifier=Notifier(client, service, directory),
         work=work or ThreadPoolExecutor(max_workers=4, thread_name_prefix="after-ack"),
     )
-    for listeners in (commands, actions, reviews, views, events):
+    for listeners in (commands, actions, reviews, identities, views, events):
         listeners.register(app, deps)
     return app

@@ -1,0 +1,279 @@
+"""Service accounts (non-human identities) under the same discipline as people: an owner, a
+purpose, a time limit on every elevation, and an owner who confirms on a schedule that the
+account is still needed (or retires it). An account whose owner is gone is flagged."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app import audit
+from app.policy import rules
+from app.policy.model import Identity
+from app.policy.people import Person, person_key
+from app.service.base import S, log
+from app.service.errors import AlreadyDecided, NotAllowed, NotEligible, NotFound
+from app.service.grants import GrantCases
+from app.store.models import AccessRequest, Attestation, OrphanFlag
+
+STILL_NEEDED = "still_needed"
+RETIRED = "retired"
+
+
+class AttestationStep(StrEnum):
+    ASKED = "asked"  # the owner gets a card: Still needed / Retire
+    OVERDUE = "overdue"  # the owner did not answer in time: reported (and blocked, if set)
+
+
+@dataclass(frozen=True)
+class AttestationView:
+    identity: str
+    owner: str
+    purpose: str
+    asked_at: datetime
+    due_at: datetime
+    outcome: str | None
+    decided_by: str | None
+
+
+@dataclass(frozen=True)
+class OrphanView:
+    identity: str
+    owner: str
+    reason: str
+
+
+def _due_step(
+    latest: Attestation | None, identity: Identity, now: datetime
+) -> AttestationStep | None:
+    """What an identity's attestation needs now: a new round (never asked, or `attest_every`
+    since the last yes), a report that the open round is overdue (once), or nothing."""
+    if latest is None:
+        return AttestationStep.ASKED
+    if latest.outcome is None:
+        overdue = now > latest.due_at and latest.overdue_reported_at is None
+        return AttestationStep.OVERDUE if overdue else None
+    if latest.outcome == RETIRED or latest.decided_at is None:
+        return None
+    return AttestationStep.ASKED if now >= latest.decided_at + identity.attest_every else None
+
+
+class IdentityCases(GrantCases):
+    # ---------------------------------------------------------------------- attestations
+
+    def attestation_follow_ups(self) -> list[tuple[str, AttestationStep]]:
+        """Ask owners whose identity is due (never attested, or `attest_every` since the last
+        yes), and report rounds past `attest_within`, once each. Two workers never ask twice:
+        one open round per identity is enforced by the database."""
+        now = self.clock.now()
+        steps: list[tuple[str, AttestationStep]] = []
+        for name, identity in sorted(self.policy.identities.items()):
+            try:
+                step = self._follow_up_identity(name, identity, now)
+            except IntegrityError:  # another worker opened the round
+                continue
+            if step is not None:
+                steps.append((name, step))
+        return steps
+
+    def _follow_up_identity(
+        self, name: str, identity: Identity, now: datetime
+    ) -> AttestationStep | None:
+        with self.db.read() as session:  # most ticks find nothing due: no write lock
+            if _due_step(self._latest_round(session, name), identity, now) is None:
+                return None
+        with self.db.transaction() as session:
+            latest = self._latest_round(session, name)
+            step = _due_step(latest, identity, now)
+            if step == AttestationStep.OVERDUE:
+                assert latest is not None
+                changed = session.execute(
+                    update(Attestation)
+                    .where(Attestation.id == latest.id, Attestation.version == latest.version)
+                    .values(overdue_reported_at=now, version=latest.version + 1)
+                    .execution_options(synchronize_session=False)
+                ).rowcount  # type: ignore[attr-defined]
+                if changed != 1:
+                    return None
+                self._audit(session, "identity.attestation_overdue", name, identity, now)
+            elif step == AttestationStep.ASKED:
+                session.add(
+                    Attestation(
+                        identity=name,
+                        owner=identity.owner,
+                        asked_at=now,
+                        due_at=now + identity.attest_within,
+                        version=1,
+                    )
+                )
+                session.flush()
+                self._audit(session, "identity.attestation_requested", name, identity, now)
+            return step
+
+    def attest(self, name: str, person: Person, *, still_needed: bool) -> AttestationView:
+        """The owner says the identity is still needed, or retires it (its elevations end)."""
+        identity = self.policy.identities.get(name)
+        if identity is None:
+            raise NotFound(f"There is no service account called '{name}'.")
+        if not rules.is_member(self.policy, person, [identity.owner]):
+            raise NotAllowed(f"Only the owner of {name} ({identity.owner}) can answer for it.")
+        now = self.clock.now()
+        key = person_key(self.policy, person)
+        outcome = STILL_NEEDED if still_needed else RETIRED
+        with self.db.transaction() as session:
+            latest = self._latest_round(session, name)
+            if latest is None or latest.outcome is not None:
+                raise AlreadyDecided(f"{name} has no open attestation; nothing was changed.")
+            changed = session.execute(
+                update(Attestation)
+                .where(Attestation.id == latest.id, Attestation.version == latest.version)
+                .values(outcome=outcome, decided_by=key, decided_at=now, version=latest.version + 1)
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+            if changed != 1:
+                raise AlreadyDecided(f"{name} was answered for at the same moment.")
+            action = "identity.attested" if still_needed else "identity.retired"
+            self._audit(session, action, name, identity, now, actor=key)
+            session.expire(latest)
+            view = self._attestation_view(self._latest_round(session, name), identity)
+        if not still_needed:
+            self._end_elevations(name, person)
+        return view
+
+    def _end_elevations(self, name: str, owner: Person) -> None:
+        with self.db.read() as session:
+            active = session.scalars(
+                select(AccessRequest.id).where(
+                    AccessRequest.identity == name, AccessRequest.state == S.ACTIVE.value
+                )
+            ).all()
+        for request_id in active:
+            try:
+                self.revoke(request_id, owner, "service account retired by its owner")
+            except (AlreadyDecided, NotAllowed) as exc:
+                log.warning("event=retire_revoke_skipped request=%s why=%s", request_id, exc)
+
+    def attestation(self, name: str) -> AttestationView | None:
+        identity = self.policy.identities.get(name)
+        if identity is None:
+            return None
+        with self.db.read() as session:
+            latest = self._latest_round(session, name)
+            return self._attestation_view(latest, identity) if latest is not None else None
+
+    def refuse_unattested(self, name: str) -> None:
+        """Called before an elevation of `name`: a retired identity is refused, and so is an
+        overdue one whose policy says `block_unattested`."""
+        view = self.attestation(name)
+        if view is None:
+            return
+        if view.outcome == RETIRED:
+            raise NotEligible(
+                f"{name} was retired by {view.decided_by}; remove it from the policy, or ask "
+                "a WardKey admin.",
+                field="access",
+            )
+        identity = self.policy.identities[name]
+        overdue = view.outcome is None and self.clock.now() > view.due_at
+        if overdue and identity.block_unattested:
+            raise NotEligible(
+                f"{name} is blocked: its owner has not confirmed it is still needed (it was due "
+                f"{view.due_at:%d %b %Y}). Answer the attestation message first.",
+                field="access",
+            )
+
+    # --------------------------------------------------------------------------- orphans
+
+    def flag_orphans(self, owner_gone: Callable[[str], str | None]) -> list[OrphanView]:
+        """Identities whose owner is no longer a current person: in no group of the policy,
+        or (`owner_gone`, from the directory) deleted or unknown. New flags are recorded,
+        audited and returned; flags whose owner is back are cleared."""
+        now = self.clock.now()
+        members = {m for group in self.policy.groups.values() for m in group}
+        new: list[OrphanView] = []
+        for name, identity in sorted(self.policy.identities.items()):
+            reason = (
+                None
+                if identity.owner in members
+                else f"owner {identity.owner} is in no group of the policy"
+            ) or owner_gone(identity.owner)
+            with self.db.transaction() as session:
+                flag = session.get(OrphanFlag, name)
+                if reason is None and flag is not None:
+                    session.delete(flag)
+                    self._audit(session, "identity.owner_restored", name, identity, now)
+                elif reason is not None and flag is None:
+                    session.add(
+                        OrphanFlag(
+                            identity=name, owner=identity.owner, reason=reason, flagged_at=now
+                        )
+                    )
+                    self._audit(session, "identity.orphaned", name, identity, now, reason=reason)
+                    new.append(OrphanView(name, identity.owner, reason))
+        return new
+
+    def orphans_due(self, owner_gone: Callable[[str], str | None]) -> list[OrphanView] | None:
+        """This hour's look for orphaned identities, unless another worker has taken it."""
+        now = self.clock.now()
+        period = now.replace(minute=0, second=0, microsecond=0).isoformat()
+        if not self._claim_period("orphans", period, now):
+            return None
+        return self.flag_orphans(owner_gone)
+
+    def orphans(self) -> list[OrphanView]:
+        with self.db.read() as session:
+            return [
+                OrphanView(f.identity, f.owner, f.reason)
+                for f in session.scalars(select(OrphanFlag).order_by(OrphanFlag.identity))
+            ]
+
+    # --------------------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _latest_round(session: Session, name: str) -> Attestation | None:
+        return session.scalars(
+            select(Attestation)
+            .where(Attestation.identity == name)
+            .order_by(Attestation.id.desc())
+            .limit(1)
+        ).first()
+
+    def _attestation_view(self, row: Attestation | None, identity: Identity) -> AttestationView:
+        assert row is not None
+        return AttestationView(
+            identity=row.identity,
+            owner=row.owner,
+            purpose=identity.purpose,
+            asked_at=row.asked_at,
+            due_at=row.due_at,
+            outcome=row.outcome,
+            decided_by=row.decided_by,
+        )
+
+    @staticmethod
+    def _audit(
+        session: Session,
+        action: str,
+        name: str,
+        identity: Identity,
+        now: datetime,
+        actor: str = "wardkey",
+        reason: str | None = None,
+    ) -> None:
+        data: dict[str, object] = {
+            "identity": name,
+            "owner": identity.owner,
+            "purpose": identity.purpose,
+            "target": identity.target,
+            "role": identity.role,
+            "account": identity.account,
+        }
+        if reason is not None:
+            data["orphan_reason"] = reason
+        audit.append(session, at=now, action=action, actor=actor, data=data)

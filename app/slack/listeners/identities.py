@@ -1,0 +1,42 @@
+"""Still needed / Retire on a service account's attestation card: only its owner may answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slack_bolt import Ack, App
+from slack_sdk import WebClient
+
+from app.notify.blocks import ATTEST_KEEP, ATTEST_RETIRE
+from app.slack.deps import SlackDeps
+from app.slack.errors import replying_on_error
+
+
+def register(app: App, deps: SlackDeps) -> None:
+    def clicked(still_needed: bool) -> Any:
+        def on_click(
+            ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient
+        ) -> None:
+            ack()
+
+            def answer() -> None:
+                user = body["user"]
+                channel = (body.get("channel") or {}).get("id") or user["id"]
+
+                def reply(text: str, **_: Any) -> None:
+                    client.chat_postEphemeral(channel=channel, user=user["id"], text=text)
+
+                with replying_on_error(reply):
+                    person = deps.directory.person(user["id"], user.get("team_id"))
+                    name = str(action["value"])
+                    deps.service.attest(name, person, still_needed=still_needed)
+                    ts = (body.get("message") or {}).get("ts")
+                    if ts:
+                        deps.notifier.attestation_answered(channel, ts, name)
+
+            deps.after_ack(answer)
+
+        return on_click
+
+    app.action(ATTEST_KEEP)(clicked(still_needed=True))
+    app.action(ATTEST_RETIRE)(clicked(still_needed=False))
