@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import os
 import sys
@@ -108,6 +109,21 @@ def _parser() -> argparse.ArgumentParser:
     resolve.add_argument("--by", required=True, metavar="EMAIL", help="your e-mail (an admin)")
     resolve.set_defaults(run=_revoke_resolve)
 
+    report = commands.add_parser("report", help="governance reports").add_subparsers(
+        metavar="REPORT"
+    )
+    standing = report.add_parser(
+        "standing",
+        help="who holds access on each target without an active grant (standing privilege)",
+    )
+    standing.add_argument(
+        "--no-look",
+        action="store_true",
+        help="print what the last look found, without reading the targets now",
+    )
+    standing.add_argument("--format", choices=["text", "csv"], default="text")
+    standing.set_defaults(run=_report_standing)
+
     demo = commands.add_parser(
         "demo", help="one night shift end to end, with a local fake Slack; prints the transcript"
     )
@@ -160,25 +176,77 @@ def _starting(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
     return wrapped
 
 
-@_starting
-def _revoke_resolve(args: argparse.Namespace) -> int:
-    from app.service import AccessService, ServiceError
-
+def _policy() -> Policy:
     settings = Settings()
     try:
-        policy = load_policy(settings.wardkey_policy)
+        return load_policy(settings.wardkey_policy)
     except (PolicyError, OSError) as exc:
         raise StartupError(
             f"WARDKEY_POLICY: cannot load {settings.wardkey_policy}: {exc}"
         ) from None
+
+
+@_starting
+def _revoke_resolve(args: argparse.Namespace) -> int:
+    from app.service import AccessService, ServiceError
+
     # No adapter is called: the person says the access is gone; the audit trail keeps their word.
-    service = AccessService(_database(), policy, {})
+    service = AccessService(_database(), _policy(), {})
     try:
         view = service.resolve_revoke_failure(args.request_id, Person(email=args.by), args.note)
     except ServiceError as exc:
         print(f"wardkey: {exc.message}", file=sys.stderr)
         return 1
     print(f"#{view.id} {view.target}:{view.role} is now {view.state.value}, resolved by {args.by}")
+    return 0
+
+
+@_starting
+def _report_standing(args: argparse.Namespace) -> int:
+    """Per target and entitlement, the accounts holding access with no active grant: read from
+    the targets now (and recorded, as the hourly check does), or as last recorded."""
+    from app.adapters.registry import AdapterConfigError, build_adapters
+    from app.service import AccessService
+
+    policy = _policy()
+    try:
+        adapters = {} if args.no_look else build_adapters(policy)
+    except AdapterConfigError as exc:
+        raise StartupError(str(exc)) from None
+    service = AccessService(_database(), policy, adapters)
+    if not args.no_look:
+        looked = service.find_standing()
+        for target, why in looked.unreadable.items():
+            print(f"wardkey: could not read {target}: {why}", file=sys.stderr)
+    holders = service.standing_holders()
+    if args.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["target", "entitlement", "account", "first_seen", "last_seen"])
+        for h in holders:
+            writer.writerow(
+                [
+                    h.target,
+                    h.entitlement,
+                    h.account,
+                    h.first_seen.isoformat(),
+                    h.last_seen.isoformat(),
+                ]
+            )
+        return 0
+    if not holders:
+        print("No standing access: every account holding access on a target has a grant.")
+        return 0
+    zone = policy.zone
+    current = None
+    for h in holders:
+        if (h.target, h.entitlement) != current:
+            current = (h.target, h.entitlement)
+            print(f"{h.target}  {h.entitlement}")
+        print(
+            f"    {h.account:<32} since {h.first_seen.astimezone(zone):%Y-%m-%d %H:%M}, "
+            f"seen {h.last_seen.astimezone(zone):%Y-%m-%d %H:%M}"
+        )
+    print(f"{len(holders)} account(s) hold access without a WardKey grant.")
     return 0
 
 
