@@ -4,14 +4,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
+import pytest
 
 from app.devtools.slack_driver import SlackDriver, TrackingExecutor, serving
 from app.devtools.slack_fake import FakeSlack, SlackUser
 from app.service import AccessService
 from app.slack.app import build_app, web_client
+from app.store import Database
 from app.web import WardKeyWSGI
+from tests.conftest import sqlite_copy
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 TEAM = "T0WARD"
@@ -26,6 +30,7 @@ WARD_USERS = [
     SlackUser("U0FARID", "farid@ward.nhs.uk", "Farid Rahman", "Infrastructure lead"),
     SlackUser("U0GITA", "gita@ward.nhs.uk", "Gita Rao", "Head of IT operations"),
     SlackUser("U0HANA", "hana@ward.nhs.uk", "Hana Novak", "Duty manager"),
+    SlackUser("U0VAL", "val@vendor.example", "Val Stone", "Medisoft engineer (vendor)"),
     SlackUser("U0GONE", "gone@ward.nhs.uk", "Left Trust", "", deleted=True),
     SlackUser("U0GUEST", "guest@ward.nhs.uk", "Guest User", "", is_restricted=True),
 ]
@@ -49,3 +54,16 @@ def run_app(service: AccessService) -> Iterator[RunningApp]:
         http.close()
         listeners.shutdown(wait=True)  # let work after the ack finish before the fake goes
         fake.stop()
+
+
+class SlackOnSqlite:
+    """For test classes that drive the Slack app: a SQLite database of their own (the
+    service's PostgreSQL behaviour has its own tests) and the app running against it."""
+
+    @pytest.fixture
+    def db(self, tmp_path: Path, sqlite_template: Path) -> Iterator[Database]:
+        yield from sqlite_copy(tmp_path, sqlite_template)
+
+    @pytest.fixture
+    def slack(self, service: AccessService) -> Iterator[RunningApp]:
+        yield from run_app(service)

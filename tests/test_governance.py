@@ -3,7 +3,6 @@ contract limits, owners, attestation, orphans; and the standing-privilege report
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,19 +11,25 @@ import pytest
 from app.clock import ManualClock
 from app.notify.blocks import ATTEST_KEEP, ATTEST_RETIRE
 from app.notify.notifier import Notifier
-from app.policy import Policy
+from app.policy import Person, Policy
 from app.scheduler import Sweeps
-from app.service import AccessService, NotAllowed, NotEligible
+from app.service import AccessService, NotAllowed, NotEligible, RequestView
 from app.service.identities import RETIRED, STILL_NEEDED, AttestationStep
 from app.slack.app import web_client
 from app.slack.people import SlackDirectory
 from app.store import Database
 from app.store.models import RequestState as S
-from tests.conftest import AMIRA, BEN, DEV, ERIN, FARID, GITA, VAL, audit_actions, sqlite_copy
+from tests.conftest import AMIRA, BEN, DEV, ERIN, FARID, GITA, VAL, audit_actions
 from tests.fakes.memory_adapter import MemoryTarget
-from tests.slack_harness import RunningApp, run_app
+from tests.slack_harness import RunningApp, SlackOnSqlite
 
 WHY = "fix stuck order set on ward 12"
+
+
+def elevate_svc_lab(service: AccessService, person: Person = DEV) -> RequestView:
+    return service.request(
+        person, "pharmacy-db", "owner", timedelta(hours=1), WHY, "CHG0012345", identity="svc-lab"
+    )
 
 
 def with_identity(policy: Policy, **changes: object) -> Policy:
@@ -65,18 +70,8 @@ class TestServiceAccounts:
         self, service: AccessService, targets: dict[str, MemoryTarget]
     ) -> None:
         with pytest.raises(NotEligible, match="Only the owner of svc-lab"):
-            service.request(
-                ERIN,
-                "pharmacy-db",
-                "owner",
-                timedelta(hours=1),
-                WHY,
-                "CHG0012345",
-                identity="svc-lab",
-            )
-        req = service.request(
-            DEV, "pharmacy-db", "owner", timedelta(hours=1), WHY, "CHG0012345", identity="svc-lab"
-        )
+            elevate_svc_lab(service, ERIN)
+        req = elevate_svc_lab(service)
         assert req.account == "svc_lab" and req.identity == "svc-lab"
         service.approve(req.id, ERIN)
         assert service.approve(req.id, FARID).state == S.ACTIVE
@@ -108,26 +103,14 @@ class TestServiceAccounts:
         assert strict.attestation_follow_ups() == [("svc-lab", AttestationStep.OVERDUE)]
         assert strict.attestation_follow_ups() == []
         with pytest.raises(NotEligible, match="svc-lab is blocked"):
-            strict.request(
-                DEV,
-                "pharmacy-db",
-                "owner",
-                timedelta(hours=1),
-                WHY,
-                "CHG0012345",
-                identity="svc-lab",
-            )
+            elevate_svc_lab(strict)
         strict.attest("svc-lab", DEV, still_needed=True)
-        strict.request(
-            DEV, "pharmacy-db", "owner", timedelta(hours=1), WHY, "CHG0012345", identity="svc-lab"
-        )
+        elevate_svc_lab(strict)
 
     def test_retiring_ends_its_elevations_and_refuses_new_ones(
         self, service: AccessService, targets: dict[str, MemoryTarget]
     ) -> None:
-        req = service.request(
-            DEV, "pharmacy-db", "owner", timedelta(hours=1), WHY, "CHG0012345", identity="svc-lab"
-        )
+        req = elevate_svc_lab(service)
         service.approve(req.id, ERIN)
         service.approve(req.id, FARID)
         service.attestation_follow_ups()
@@ -135,15 +118,7 @@ class TestServiceAccounts:
         assert service.get(req.id).state == S.ENDED
         assert not targets["pharmacy-db"].holds("svc_lab", "pharmacy_owner")
         with pytest.raises(NotEligible, match="retired"):
-            service.request(
-                DEV,
-                "pharmacy-db",
-                "owner",
-                timedelta(hours=1),
-                WHY,
-                "CHG0012345",
-                identity="svc-lab",
-            )
+            elevate_svc_lab(service)
 
     @pytest.mark.parametrize(
         "db", [pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"], indirect=True
@@ -176,23 +151,7 @@ class TestStandingReport:
         assert service.standing_holders(GITA) == []
 
 
-class TestInSlack:
-    @pytest.fixture
-    def db(self, tmp_path: Path, sqlite_template: Path) -> Iterator[Database]:
-        yield from sqlite_copy(tmp_path, sqlite_template)
-
-    @pytest.fixture
-    def slack(self, service: AccessService) -> Iterator[RunningApp]:
-        from app.devtools.slack_fake import SlackUser
-
-        running = run_app(service)
-        app = next(running)
-        app.fake.add_user(
-            SlackUser("U0VAL", "val@vendor.example", "Val Stone", "Medisoft engineer")
-        )
-        yield app
-        running.close()
-
+class TestInSlack(SlackOnSqlite):
     def notifier(self, slack: RunningApp, service: AccessService) -> Notifier:
         client = web_client(slack.fake.token, slack.fake.api_url)
         return Notifier(client, service, SlackDirectory(client))

@@ -3,9 +3,7 @@ escalated when overdue, decided with a note by a reviewer who is not the user.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -17,12 +15,11 @@ from app.service import AccessService, ReviewStep
 from app.slack.app import web_client
 from app.slack.listeners.reviews import NOTE_BLOCK, NOTE_INPUT, REVIEW_VIEW
 from app.slack.people import SlackDirectory
-from app.store import Database
 from app.store.models import RequestState as S
-from tests.conftest import AMIRA, BEN, GITA, HANA, sqlite_copy
+from tests.conftest import AMIRA, BEN, GITA, HANA
 from tests.conftest import audit_actions as actions
 from tests.fakes.memory_adapter import MemoryTarget
-from tests.slack_harness import RunningApp, run_app
+from tests.slack_harness import RunningApp, SlackOnSqlite
 from tests.test_concurrency import all_at_once
 
 WHY = "pharmacy system down, patients waiting on ward 12"
@@ -112,15 +109,7 @@ class TestWhoMayDecide:
         assert "not a break-glass use" in (service.review_refusal(req.id, HANA) or "")
 
 
-class TestInSlack:
-    @pytest.fixture
-    def db(self, tmp_path: Path, sqlite_template: Path) -> Iterator[Database]:
-        yield from sqlite_copy(tmp_path, sqlite_template)
-
-    @pytest.fixture
-    def slack(self, service: AccessService) -> Iterator[RunningApp]:
-        yield from run_app(service)
-
+class TestInSlack(SlackOnSqlite):
     def sweeps(self, slack: RunningApp, service: AccessService) -> Sweeps:
         client = web_client(slack.fake.token, slack.fake.api_url)
         notifier = Notifier(client, service, SlackDirectory(client))

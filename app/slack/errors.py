@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
+
+from slack_sdk import WebClient
 
 from app.service import ServiceError
 
@@ -26,3 +29,17 @@ def replying_on_error(reply: Callable[..., object]) -> Iterator[None]:
             text="WardKey hit an unexpected error and has logged it. Check `/jit status` "
             "before trying again.",
         )
+
+
+def reply_to_clicker(client: WebClient, body: dict[str, Any]) -> Callable[..., None]:
+    """Ephemeral where the click happened; a DM when it came from the App Home."""
+    channel = (body.get("channel") or {}).get("id")
+    user_id = body["user"]["id"]
+
+    def reply(text: str, **_: Any) -> None:
+        if channel:
+            client.chat_postEphemeral(channel=channel, user=user_id, text=text)
+        else:
+            client.chat_postMessage(channel=user_id, text=text)
+
+    return reply

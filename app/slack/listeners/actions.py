@@ -17,25 +17,11 @@ from app.notify.blocks import APPROVE_ACTION, DENY_ACTION, clock_time
 from app.notify.views import HOME_EXTEND, HOME_EXTEND_BY, HOME_REVOKE
 from app.service import ServiceError
 from app.slack.deps import SlackDeps
-from app.slack.errors import replying_on_error
+from app.slack.errors import reply_to_clicker, replying_on_error
 
 DENY_VIEW = "deny_reason"
 DENY_BLOCK = "reason"
 DENY_INPUT = "reason_text"
-
-
-def _reply_to_clicker(client: WebClient, body: dict[str, Any]) -> Any:
-    """Ephemeral where the click happened; a DM when it came from the App Home."""
-    channel = (body.get("channel") or {}).get("id")
-    user_id = body["user"]["id"]
-
-    def reply(text: str, **_: Any) -> None:
-        if channel:
-            client.chat_postEphemeral(channel=channel, user=user_id, text=text)
-        else:
-            client.chat_postMessage(channel=user_id, text=text)
-
-    return reply
 
 
 def register(app: App, deps: SlackDeps) -> None:
@@ -44,7 +30,7 @@ def register(app: App, deps: SlackDeps) -> None:
         ack()
 
         def decide() -> None:
-            with replying_on_error(_reply_to_clicker(client, body)):
+            with replying_on_error(reply_to_clicker(client, body)):
                 user = body["user"]
                 team = user.get("team_id") or body["team"]["id"]
                 view = deps.service.approve(
@@ -66,14 +52,14 @@ def register(app: App, deps: SlackDeps) -> None:
         ack()
 
         def extend() -> None:
-            with replying_on_error(_reply_to_clicker(client, body)):
+            with replying_on_error(reply_to_clicker(client, body)):
                 person = deps.directory.person(body["user"]["id"], body["user"].get("team_id"))
                 view = deps.service.extend(int(action["value"]), person, HOME_EXTEND_BY)
                 if view.extension is not None:
                     deps.notifier.request_opened(view)
                 else:
                     ends = clock_time(view.expires_at, deps.service.policy.zone)
-                    _reply_to_clicker(client, body)(f"#{view.id} now ends at {ends}.")
+                    reply_to_clicker(client, body)(f"#{view.id} now ends at {ends}.")
                     deps.notifier.publish_home(body["user"]["id"])
 
         deps.after_ack(extend)
@@ -85,7 +71,7 @@ def register(app: App, deps: SlackDeps) -> None:
         ack()
 
         def revoke() -> None:
-            with replying_on_error(_reply_to_clicker(client, body)):
+            with replying_on_error(reply_to_clicker(client, body)):
                 person = deps.directory.person(body["user"]["id"], body["user"].get("team_id"))
                 view = deps.service.revoke(int(action["value"]), person, "revoked from App Home")
                 deps.notifier.request_changed(view)

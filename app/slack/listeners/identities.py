@@ -9,7 +9,7 @@ from slack_sdk import WebClient
 
 from app.notify.blocks import ATTEST_KEEP, ATTEST_RETIRE
 from app.slack.deps import SlackDeps
-from app.slack.errors import replying_on_error
+from app.slack.errors import reply_to_clicker, replying_on_error
 
 
 def register(app: App, deps: SlackDeps) -> None:
@@ -21,18 +21,15 @@ def register(app: App, deps: SlackDeps) -> None:
 
             def answer() -> None:
                 user = body["user"]
-                channel = (body.get("channel") or {}).get("id") or user["id"]
-
-                def reply(text: str, **_: Any) -> None:
-                    client.chat_postEphemeral(channel=channel, user=user["id"], text=text)
-
+                reply = reply_to_clicker(client, body)
                 with replying_on_error(reply):
                     person = deps.directory.person(user["id"], user.get("team_id"))
                     name = str(action["value"])
                     deps.service.attest(name, person, still_needed=still_needed)
-                    ts = (body.get("message") or {}).get("ts")
-                    if ts:
-                        deps.notifier.attestation_answered(channel, ts, name)
+                    message = body.get("message") or {}
+                    channel = (body.get("channel") or {}).get("id")
+                    if channel and message.get("ts"):
+                        deps.notifier.attestation_answered(channel, message["ts"], name)
 
             deps.after_ack(answer)
 

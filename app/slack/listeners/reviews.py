@@ -15,7 +15,7 @@ from slack_sdk import WebClient
 from app.notify.blocks import REVIEW_JUSTIFIED, REVIEW_NOT_JUSTIFIED
 from app.service import ServiceError
 from app.slack.deps import SlackDeps
-from app.slack.errors import replying_on_error
+from app.slack.errors import reply_to_clicker, replying_on_error
 
 REVIEW_VIEW = "review_note"
 NOTE_BLOCK = "note"
@@ -31,11 +31,7 @@ def register(app: App, deps: SlackDeps) -> None:
 
             def ask_for_note() -> None:
                 user = body["user"]
-                channel = (body.get("channel") or {}).get("id") or user["id"]
-
-                def reply(text: str, **_: Any) -> None:
-                    client.chat_postEphemeral(channel=channel, user=user["id"], text=text)
-
+                reply = reply_to_clicker(client, body)
                 with replying_on_error(reply):
                     person = deps.directory.person(user["id"], user.get("team_id"))
                     request_id = int(action["value"])
