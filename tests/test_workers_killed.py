@@ -43,7 +43,7 @@ GRANTS = 1000
 WORKERS = 3
 SCHEMA = "wardkey_workers"
 KEY = "k" * 32
-LEASE_SECONDS = 2
+LEASE_SECONDS = 3
 
 
 @pytest.fixture
@@ -60,16 +60,16 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def revoking_claims_of(db: Database, pid: int) -> int:
+def revoking_claims_of(db: Database, pid: int) -> set[int]:
+    """The grants this worker was revoking (its claims in `revoking`)."""
     with db.read() as session:
-        return int(
-            session.scalar(
-                sa.select(sa.func.count()).where(
+        return set(
+            session.scalars(
+                sa.select(AccessRequest.id).where(
                     AccessRequest.state == RequestState.REVOKING.value,
                     AccessRequest.claimed_by.like(f"%:{pid}:%"),
                 )
             )
-            or 0
         )
 
 
@@ -128,11 +128,12 @@ def test_three_workers_one_killed_midway_revoke_every_grant_once(
 
         # Kill the first worker while it holds claims in the middle of the wave.
         deadline = time.monotonic() + 60
-        while revoking_claims_of(database, victim.pid) == 0 or sum(console.removals.values()) < 100:
+        while not revoking_claims_of(database, victim.pid) or sum(console.removals.values()) < 100:
             assert time.monotonic() < deadline, (states(database), victim.poll())
             time.sleep(0.005)
         victim.send_signal(signal.SIGKILL)
         victim.wait()
+        orphaned = revoking_claims_of(database, victim.pid)  # left mid-revoke by the dead
         removed_at_kill = sum(console.removals.values())
 
         while states(database).get(RequestState.ENDED.value, 0) < GRANTS:
@@ -157,10 +158,12 @@ def test_three_workers_one_killed_midway_revoke_every_grant_once(
     succeeded = events(database, "revoke.succeeded")
     assert len(started) == len({e.request_id for e in started}) == GRANTS
     assert len(succeeded) == len({e.request_id for e in succeeded}) == GRANTS
-    # The dead worker's claims were taken over by the living, and only those were called twice.
+    # Every claim the dead worker left was taken over by a living one. (A living worker slowed
+    # past the test's short lease may be taken over too: safe, as every revoke is idempotent.)
     taken_over = events(database, "revoke.taken_over")
-    assert taken_over, "the killed worker held claims, so some must have been taken over"
-    assert all(f":{victim.pid}:" in e.body for e in taken_over)
+    from_victim = {e.request_id for e in taken_over if f":{victim.pid}:" in e.body}
+    assert orphaned and orphaned <= from_victim, (orphaned, from_victim)
+    # The target was called twice for a grant only where its work was taken over.
     repeated = {account for (_, account), calls in console.revoke_calls.items() if calls > 1}
     assert len(repeated) <= len(taken_over)
     # All three workers did part of the wave.

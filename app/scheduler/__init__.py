@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from apscheduler.schedulers.base import BaseScheduler
@@ -61,14 +62,27 @@ class Sweeps:
         self.on_orphans = on_orphans
         self.owner_gone = owner_gone or (lambda _member: None)
 
+    @staticmethod
+    def _safely(event: str, call: Callable[[], object]) -> None:
+        """Tell people; a failed message is logged and never stops the sweep (the state
+        change it reports is already committed)."""
+        try:
+            call()
+        except Exception:
+            log.exception("event=%s", event)
+
+    def _with_view(self, call: Callable[..., None], request_id: int, *more: object) -> None:
+        call(self.service.get(request_id), *more)
+
     def _tell(self, ids: list[int]) -> None:
         if self.on_change is None:
             return
+        tell = self.on_change
         for request_id in ids:
-            try:
-                self.on_change(self.service.get(request_id))
-            except Exception:
-                log.exception("event=notify_failed request=%s", request_id)
+            self._safely(
+                f"notify_failed request={request_id}",
+                partial(self._with_view, tell, request_id),
+            )
 
     def expire(self) -> list[int]:
         ids = self.service.expire_due()
@@ -79,44 +93,70 @@ class Sweeps:
         """Tell holders their access ends soon, with Extend and Revoke-now buttons."""
         ids = self.service.warn_expiring()
         if self.on_warn is not None:
+            warn = self.on_warn
             for request_id in ids:
-                try:
-                    self.on_warn(self.service.get(request_id))
-                except Exception:
-                    log.exception("event=warning_failed request=%s", request_id)
+                self._safely(
+                    f"warning_failed request={request_id}",
+                    partial(self._with_view, warn, request_id),
+                )
         return ids
 
     def escalate(self) -> list[tuple[int, int]]:
         """Remind approvers at half the approval SLA; escalate at the SLA."""
         reached = self.service.escalate_overdue()
         if self.on_escalate is not None:
+            escalate = self.on_escalate
             for request_id, level in reached:
-                try:
-                    self.on_escalate(self.service.get(request_id), level)
-                except Exception:
-                    log.exception("event=escalation_notice_failed request=%s", request_id)
+                self._safely(
+                    f"escalation_notice_failed request={request_id}",
+                    partial(self._with_view, escalate, request_id, level),
+                )
         return reached
 
     def review(self) -> list[tuple[int, ReviewStep]]:
         """Send ended break-glass uses for review, remind reviewers, escalate overdue reviews."""
         steps = self.service.review_follow_ups()
         if self.on_review is not None:
+            review = self.on_review
             for request_id, step in steps:
-                try:
-                    self.on_review(request_id, step)
-                except Exception:
-                    log.exception("event=review_notice_failed request=%s step=%s", request_id, step)
+                self._safely(
+                    f"review_notice_failed request={request_id}",
+                    partial(review, request_id, step),
+                )
         return steps
 
     def digest(self) -> Digest | None:
         """Once a day at the policy's time, by one worker: the managers' summary."""
         digest = self.service.digest_due()
         if digest is not None and self.on_digest is not None:
-            try:
-                self.on_digest(digest)
-            except Exception:
-                log.exception("event=digest_failed day=%s", digest.day)
+            on_digest = self.on_digest
+            self._safely(f"digest_failed day={digest.day}", lambda: on_digest(digest))
         return digest
+
+    def standing(self) -> StandingReport | None:
+        """Once an hour, by one worker: access on the targets that no grant covers."""
+        report = self.service.standing_due()
+        if report is not None and self.on_standing is not None:
+            on_standing = self.on_standing
+            self._safely("standing_notice_failed", lambda: on_standing(report))
+        return report
+
+    def identities(self) -> list[tuple[str, AttestationStep]]:
+        """Service accounts: owners asked to re-attest, overdue ones reported; once an hour,
+        one worker flags those whose owner is gone."""
+        steps = self.service.attestation_follow_ups()
+        if self.on_attestation is not None:
+            attest = self.on_attestation
+            for name, step in steps:
+                self._safely(
+                    f"attestation_notice_failed identity={name}",
+                    partial(attest, name, step),
+                )
+        orphans = self.service.orphans_due(self.owner_gone)
+        if orphans and self.on_orphans is not None:
+            on_orphans = self.on_orphans
+            self._safely("orphan_notice_failed", lambda: on_orphans(orphans))
+        return steps
 
     def time_out(self) -> list[int]:
         ids = self.service.time_out_overdue()
@@ -133,34 +173,6 @@ class Sweeps:
     def reconcile(self) -> None:
         report = self.service.reconcile()
         self._tell(report.granted + report.abandoned + report.revoked)
-
-    def standing(self) -> StandingReport | None:
-        """Once an hour, by one worker: access on the targets that no grant covers."""
-        report = self.service.standing_due()
-        if report is not None and self.on_standing is not None:
-            try:
-                self.on_standing(report)
-            except Exception:
-                log.exception("event=standing_notice_failed")
-        return report
-
-    def identities(self) -> list[tuple[str, AttestationStep]]:
-        """Service accounts: owners asked to re-attest, overdue ones reported; once an hour,
-        one worker flags those whose owner is gone."""
-        steps = self.service.attestation_follow_ups()
-        if self.on_attestation is not None:
-            for name, step in steps:
-                try:
-                    self.on_attestation(name, step)
-                except Exception:
-                    log.exception("event=attestation_notice_failed identity=%s", name)
-        orphans = self.service.orphans_due(self.owner_gone)
-        if orphans and self.on_orphans is not None:
-            try:
-                self.on_orphans(orphans)
-            except Exception:
-                log.exception("event=orphan_notice_failed")
-        return steps
 
     def checkpoint(self) -> Path | None:
         """Write a signed checkpoint of the audit chain's head off the box."""

@@ -51,10 +51,6 @@ class ReconcileReport:
     still_failing: list[int] = field(default_factory=list)
 
 
-def _due(req: AccessRequest, now: datetime) -> bool:
-    return req.expires_at is not None and req.expires_at <= now
-
-
 def revoke_retry_wait(attempts: int) -> timedelta:
     """How long after its last failure a revoke is tried again."""
     doublings = min(max(attempts - 1, 0), 10)
@@ -332,17 +328,6 @@ class GrantCases(ServiceBase):
                 )
 
         self._retrying(attempt)
-        return self._finish_revoke(request_id)
-
-    def expire(self, request_id: int) -> RequestView | None:
-        """Revoke access whose time is up; None when it is not (or no longer) due, or another
-        worker has it."""
-        now = self.clock.now()
-        with self.db.transaction() as session:
-            req = self._claim_one(session, request_id)
-            if req is None or req.state != S.ACTIVE or not _due(req, now):
-                return None
-            self._start_expiry(session, req, now)
         return self._finish_revoke(request_id)
 
     def expire_due(self, batch: int = 16, limit: int = 1000) -> list[int]:
