@@ -255,7 +255,12 @@ def _serve(args: argparse.Namespace) -> int:
     from waitress import serve
 
     runtime = load_runtime()
-    wsgi = WardKeyWSGI(runtime.bolt(), runtime.service.db, runtime.settings.wardkey_metrics_token)
+    wsgi = WardKeyWSGI(
+        runtime.bolt(),
+        runtime.service.db,
+        runtime.settings.slack_signing_secret or "",
+        runtime.settings.wardkey_metrics_token,
+    )
     scheduler = None if args.no_scheduler else _background_sweeps(runtime)
     try:
         serve(wsgi, host=args.host, port=args.port, threads=args.threads, ident="wardkey")

@@ -4,51 +4,81 @@
 from __future__ import annotations
 
 import hmac
+import io
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_sdk.signature import SignatureVerifier
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
 
+from app.clock import Clock, SystemClock
 from app.metrics import metrics_text
 from app.store.db import Database
+from app.store.models import SeenRequest
 
 log = logging.getLogger(__name__)
 StartResponse = Callable[..., Any]
 
 
 class ReplayGuard:
-    """Refuses a signed request seen before. Slack's signature stays valid for five minutes, so
-    without this a captured click or command could be sent again within that window."""
+    """Refuses a signed request seen before, by this instance or any other sharing the
+    database. Slack's signature stays valid for five minutes, so without this a captured click
+    or command could be sent again within that window. Only requests whose signature is valid
+    are recorded, so junk cannot fill the table."""
 
-    WINDOW_SECONDS = 5 * 60
+    WINDOW = timedelta(minutes=5)
+    FORGET_EVERY = timedelta(minutes=1)
 
-    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._seen: dict[tuple[str, str], float] = {}
-        self._now = monotonic
+    def __init__(self, db: Database, clock: Clock | None = None) -> None:
+        self.db = db
+        self.clock = clock or SystemClock()
+        self._last_forget = self.clock.now()
         self._lock = threading.Lock()
 
-    def first_time(self, timestamp: str, signature: str) -> bool:
-        now = self._now()
+    def first_time(self, signature: str) -> bool:
+        now = self.clock.now()
+        self._forget_expired(now)
+        try:
+            with self.db.transaction() as session:
+                seen = session.get(SeenRequest, signature)
+                if seen is not None and seen.seen_until > now:
+                    return False
+                if seen is None:
+                    session.add(SeenRequest(signature=signature, seen_until=now + self.WINDOW))
+                else:
+                    seen.seen_until = now + self.WINDOW
+        except IntegrityError:  # the same request, at the same moment, on another instance
+            return False
+        return True
+
+    def _forget_expired(self, now: datetime) -> None:
         with self._lock:
-            if len(self._seen) > 10_000:
-                self._seen = {k: t for k, t in self._seen.items() if t > now}
-            key = (timestamp, signature)
-            if self._seen.get(key, 0.0) > now:
-                return False
-            self._seen[key] = now + self.WINDOW_SECONDS
-            return True
+            if now - self._last_forget < self.FORGET_EVERY:
+                return
+            self._last_forget = now
+        with self.db.transaction() as session:
+            session.execute(delete(SeenRequest).where(SeenRequest.seen_until <= now))
 
 
 class WardKeyWSGI:
-    def __init__(self, bolt: App, db: Database, metrics_token: str | None = None) -> None:
+    def __init__(
+        self,
+        bolt: App,
+        db: Database,
+        signing_secret: str,
+        metrics_token: str | None = None,
+    ) -> None:
         self.slack = SlackRequestHandler(bolt, path="/slack/events")
         self.db = db
-        self.replays = ReplayGuard()
+        self.verifier = SignatureVerifier(signing_secret)
+        self.replays = ReplayGuard(db)
         self.metrics_token = metrics_token
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -65,9 +95,15 @@ class WardKeyWSGI:
         if path == "/metrics":
             return self._metrics(environ, start_response)
         if path == "/slack/events":
+            # Read the body once, check it is Slack's and new, then hand it on to Bolt (which
+            # verifies the signature again and answers bad ones with 401).
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length) if length else b""
+            environ["wsgi.input"] = io.BytesIO(body)
             signature = environ.get("HTTP_X_SLACK_SIGNATURE", "")
             stamp = environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP", "")
-            if signature and not self.replays.first_time(stamp, signature):
+            signed = bool(signature) and self.verifier.is_valid(body, stamp, signature)
+            if signed and not self.replays.first_time(signature):
                 log.warning("event=replayed_request_refused")
                 return _text(start_response, "409 Conflict", "replayed request")
             return self.slack(environ, start_response)

@@ -99,7 +99,8 @@ def _empty_postgres(database: Database) -> None:
         conn.execute(
             sa.text(
                 "TRUNCATE audit_events, request_messages, reviews, decisions, access_requests, "
-                "sweep_runs, standing_access, attestations, orphan_flags RESTART IDENTITY CASCADE"
+                "sweep_runs, standing_access, attestations, orphan_flags, seen_requests "
+                "RESTART IDENTITY CASCADE"
             )
         )
 

@@ -48,7 +48,7 @@ def run_app(service: AccessService) -> Iterator[RunningApp]:
     bolt = build_app(service, client, SIGNING_SECRET, listeners)
     http = httpx.Client(timeout=10)
     try:
-        with serving(WardKeyWSGI(bolt, service.db)) as url:
+        with serving(WardKeyWSGI(bolt, service.db, SIGNING_SECRET)) as url:
             yield RunningApp(url, fake, http, SIGNING_SECRET, TEAM)
     finally:
         http.close()

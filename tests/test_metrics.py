@@ -73,7 +73,12 @@ def test_counts_latency_failures_and_overdue_reviews(
 
 
 def test_served_over_http_behind_a_bearer_token(service: AccessService) -> None:
-    app = WardKeyWSGI(bolt=None, db=service.db, metrics_token="scrape-me")  # type: ignore[arg-type]
+    app = WardKeyWSGI(
+        bolt=None,  # type: ignore[arg-type]
+        db=service.db,
+        signing_secret="not-used-here",
+        metrics_token="scrape-me",
+    )
     with serving(app) as url, httpx.Client() as http:
         assert http.get(f"{url}/metrics").status_code == 401
         assert (

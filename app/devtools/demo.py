@@ -103,7 +103,7 @@ def _run(out: TextIO, workdir: Path) -> None:
     story = Transcript(fake, out, names, CHANNELS, clock.now, ZONE, console.log)
     http = httpx.Client(timeout=10)
     try:
-        with serving(WardKeyWSGI(bolt, db), threads=4) as app_url:
+        with serving(WardKeyWSGI(bolt, db, signing_secret), threads=4) as app_url:
             slack = SlackDriver(app_url, fake, http, signing_secret, TEAM)
             try:
                 _night_shift(Scene(slack, story, listeners, clock), service, sweeps)

@@ -298,3 +298,13 @@ class OrphanFlag(Base):
     owner: Mapped[str] = mapped_column(String(320))
     reason: Mapped[str] = mapped_column(Text)
     flagged_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SeenRequest(Base):
+    """A signed Slack request already handled, kept for as long as its signature is valid, so
+    a replay is refused by whichever app instance it reaches."""
+
+    __tablename__ = "seen_requests"
+
+    signature: Mapped[str] = mapped_column(String(100), primary_key=True)
+    seen_until: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
