@@ -260,6 +260,7 @@ def _serve(args: argparse.Namespace) -> int:
         runtime.service.db,
         runtime.settings.slack_signing_secret or "",
         runtime.settings.wardkey_metrics_token,
+        shared_replay_guard=runtime.settings.wardkey_replay_guard == "shared",
     )
     scheduler = None if args.no_scheduler else _background_sweeps(runtime)
     try:

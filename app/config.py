@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -52,4 +54,10 @@ class Settings(BaseSettings):
         default=None,
         description="When set, /metrics answers only requests with `Authorization: Bearer` "
         "and this token.",
+    )
+    wardkey_replay_guard: Literal["shared", "memory"] = Field(
+        default="shared",
+        description="Where seen Slack requests are remembered to refuse replays: `shared` (a "
+        "table every instance reads; PostgreSQL only, SQLite always uses memory) or `memory` "
+        "(this process: enough for one instance, and a faster ack).",
     )

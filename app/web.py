@@ -15,8 +15,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk.signature import SignatureVerifier
-from sqlalchemy import delete
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, create_engine, delete, text
+from sqlalchemy.exc import OperationalError
 
 from app.clock import Clock, SystemClock
 from app.metrics import metrics_text
@@ -27,44 +27,80 @@ log = logging.getLogger(__name__)
 StartResponse = Callable[..., Any]
 
 
+_TAKE_SIGNATURE = text(
+    "INSERT INTO seen_requests (signature, seen_until) VALUES (:signature, :until) "
+    "ON CONFLICT (signature) DO UPDATE SET seen_until = EXCLUDED.seen_until "
+    "WHERE seen_requests.seen_until <= :now RETURNING 1"
+)
+
+
 class ReplayGuard:
-    """Refuses a signed request seen before, by this instance or any other sharing the
-    database. Slack's signature stays valid for five minutes, so without this a captured click
-    or command could be sent again within that window. Only requests whose signature is valid
-    are recorded, so junk cannot fill the table."""
+    """Refuses a signed request seen before. Slack's signature stays valid for five minutes, so
+    without this a captured click or command could be sent again within that window. Only
+    requests whose signature is valid are remembered, so junk cannot fill it.
+
+    Shared (the default on PostgreSQL, the set-up for more than one app instance), the memory
+    is a table every instance shares, written with one upsert in the ack path; otherwise (SQLite,
+    one instance by design, or `WARDKEY_REPLAY_GUARD=memory`) it is this process's memory."""
 
     WINDOW = timedelta(minutes=5)
     FORGET_EVERY = timedelta(minutes=1)
 
-    def __init__(self, db: Database, clock: Clock | None = None) -> None:
+    def __init__(self, db: Database, clock: Clock | None = None, shared: bool = True) -> None:
         self.db = db
+        self.shared = shared and not db.is_sqlite
         self.clock = clock or SystemClock()
-        self._last_forget = self.clock.now()
         self._lock = threading.Lock()
+        self._seen: dict[str, datetime] = {}
+        self._last_forget = self.clock.now()
+        self._own_engine: Engine | None = None
 
     def first_time(self, signature: str) -> bool:
         now = self.clock.now()
         self._forget_expired(now)
-        try:
-            with self.db.transaction() as session:
-                seen = session.get(SeenRequest, signature)
-                if seen is not None and seen.seen_until > now:
+        if not self.shared:
+            with self._lock:
+                if self._seen.get(signature, now) > now:
                     return False
-                if seen is None:
-                    session.add(SeenRequest(signature=signature, seen_until=now + self.WINDOW))
-                else:
-                    seen.seen_until = now + self.WINDOW
-        except IntegrityError:  # the same request, at the same moment, on another instance
-            return False
-        return True
+                self._seen[signature] = now + self.WINDOW
+                return True
+        # New, or seen so long ago that its signature has expired: take it; else a replay.
+        # One statement on an autocommit connection: a single round trip in the ack path.
+        params = {"signature": signature, "until": now + self.WINDOW, "now": now}
+        for attempt in (1, 2):
+            try:
+                with self._engine().connect() as conn:
+                    return conn.execute(_TAKE_SIGNATURE, params).first() is not None
+            except OperationalError:  # a connection the server closed: try a fresh one
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _engine(self) -> Engine:
+        """Connections of the guard's own, so an ack never waits for a connection that work
+        after other acks holds. Autocommit, and commits do not wait for the disk: losing the
+        last few records to a database crash only reopens a five-minute replay window."""
+        with self._lock:
+            if self._own_engine is None:
+                url = self.db.url
+                options = f"{url.query.get('options', '')} -c synchronous_commit=off".strip()
+                self._own_engine = create_engine(
+                    url.update_query_dict({"options": options}),
+                    pool_size=10,
+                    max_overflow=10,
+                    isolation_level="AUTOCOMMIT",
+                )
+            return self._own_engine
 
     def _forget_expired(self, now: datetime) -> None:
         with self._lock:
             if now - self._last_forget < self.FORGET_EVERY:
                 return
             self._last_forget = now
-        with self.db.transaction() as session:
-            session.execute(delete(SeenRequest).where(SeenRequest.seen_until <= now))
+            self._seen = {k: until for k, until in self._seen.items() if until > now}
+        if self.shared:
+            with self._engine().connect() as conn:
+                conn.execute(delete(SeenRequest).where(SeenRequest.seen_until <= now))
 
 
 class WardKeyWSGI:
@@ -74,11 +110,12 @@ class WardKeyWSGI:
         db: Database,
         signing_secret: str,
         metrics_token: str | None = None,
+        shared_replay_guard: bool = True,
     ) -> None:
         self.slack = SlackRequestHandler(bolt, path="/slack/events")
         self.db = db
         self.verifier = SignatureVerifier(signing_secret)
-        self.replays = ReplayGuard(db)
+        self.replays = ReplayGuard(db, shared=shared_replay_guard)
         self.metrics_token = metrics_token
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
