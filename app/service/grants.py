@@ -51,6 +51,17 @@ class ReconcileReport:
     still_failing: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class RevokeOutcome:
+    """What a revoke on the target came to, to be recorded: ended, or failed."""
+
+    to: S
+    action: str
+    changes: dict[str, object]
+    data: dict[str, object]
+    at: datetime
+
+
 def revoke_retry_wait(attempts: int) -> timedelta:
     """How long after its last failure a revoke is tried again."""
     doublings = min(max(attempts - 1, 0), 10)
@@ -349,16 +360,19 @@ class GrantCases(ServiceBase):
                         .limit(min(batch, limit - len(taken)))
                     )
                 ).all()
+                work = []
                 for req in due:
                     self._start_expiry(session, req, now)
+                    work.append((req, self._other_holder(session, req)))
             if not due:
                 break
-            ids = [req.id for req in due]
-            # Revokes wait on targets and the database, not the CPU: a few at once cut a wave's
-            # tail several times over, while staying gentle with any one target.
+            # Revokes wait on targets, not the CPU: a few at once cut a wave's tail several
+            # times over, while staying gentle with any one target. The results are then
+            # recorded together.
             with ThreadPoolExecutor(self.concurrency, thread_name_prefix="revoke") as pool:
-                list(pool.map(self._finish_revoke, ids))
-            taken += ids
+                outcomes = list(pool.map(lambda w: self._revoke_on_target(*w), work))
+            self._record_outcomes([(req.id, o) for (req, _), o in zip(work, outcomes, strict=True)])
+            taken += [req.id for req in due]
         return taken
 
     def _start_expiry(self, session: Session, req: AccessRequest, now: datetime) -> None:
@@ -483,19 +497,32 @@ class GrantCases(ServiceBase):
             if req.state != S.REVOKING or not self._holds_claim(req):
                 return self._view(session, req)
             other = self._other_holder(session, req)
+        outcome = self._revoke_on_target(req, other)
+        return self._finish(
+            request_id,
+            S.REVOKING,
+            outcome.to,
+            outcome.action,
+            changes=outcome.changes,
+            data=outcome.data,
+        )
+
+    def _revoke_on_target(self, req: AccessRequest, other: int | None) -> RevokeOutcome:
+        """Take the access away on the target and read it back; says what to record. Access
+        that existed before the grant, or that another live grant holds, is left in place."""
         if req.preexisting or other is not None:
             why = (
                 "access existed before this grant, so it was left in place"
                 if req.preexisting
                 else f"request #{other} still holds the same access, so it was left in place"
             )
-            return self._finish(
-                request_id,
-                S.REVOKING,
+            now = self.clock.now()
+            return RevokeOutcome(
                 S.ENDED,
                 "revoke.succeeded",
-                changes={"ended_at": self.clock.now(), "revoke_detail": why},
+                changes={"ended_at": now, "revoke_detail": why},
                 data={"left_in_place": why},
+                at=now,
             )
         try:
             result = self._on_target(req.target, lambda a: a.revoke(req.account, req.entitlement))
@@ -510,9 +537,7 @@ class GrantCases(ServiceBase):
                 req.target,
                 describe_error(exc),
             )
-            return self._finish(
-                request_id,
-                S.REVOKING,
+            return RevokeOutcome(
                 S.REVOKE_FAILED,
                 "revoke.failed",
                 changes={
@@ -524,19 +549,47 @@ class GrantCases(ServiceBase):
                     "transient": transient,
                     "attempt": req.revoke_attempts + 1,
                 },
+                at=self.clock.now(),
             )
-        return self._finish(
-            request_id,
-            S.REVOKING,
+        now = self.clock.now()
+        return RevokeOutcome(
             S.ENDED,
             "revoke.succeeded",
-            changes={"ended_at": self.clock.now(), "revoke_detail": result.detail or None},
+            changes={"ended_at": now, "revoke_detail": result.detail or None},
             data={
                 "target_said_absent": result.already_absent,
                 "sessions_ended": max(sessions, result.sessions_ended),
                 "verified": True,
             },
+            at=now,
         )
+
+    def _record_outcomes(self, outcomes: list[tuple[int, RevokeOutcome]]) -> None:
+        """Record a batch's results in one transaction (one commit, not one per grant); a row
+        another worker took over meanwhile is left to that worker."""
+        ids = [rid for rid, _ in outcomes]
+        with self.db.transaction() as session:
+            rows = {
+                r.id: r
+                for r in session.scalars(select(AccessRequest).where(AccessRequest.id.in_(ids)))
+            }
+            for rid, outcome in outcomes:
+                req = rows[rid]
+                if req.state != S.REVOKING or not self._holds_claim(req):
+                    continue
+                try:
+                    transitions.transition(
+                        session,
+                        req,
+                        outcome.to,
+                        at=outcome.at,
+                        actor="wardkey",
+                        action=outcome.action,
+                        changes=outcome.changes,
+                        data=outcome.data,
+                    )
+                except StaleState:
+                    continue
 
     # ---------------------------------------------------------------------------- reconcile
 
