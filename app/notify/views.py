@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -116,6 +117,40 @@ def no_access_modal() -> dict[str, Any]:
             )
         ],
     ).to_dict()
+
+
+def why_modal(
+    callback_id: str,
+    metadata: dict[str, Any],
+    *,
+    title: str,
+    submit: str,
+    question: str,
+    block_id: str,
+    action_id: str,
+) -> dict[str, Any]:
+    """A dialog that asks one thing in words (why a deny, why a review verdict) before acting."""
+    return {
+        "type": "modal",
+        "callback_id": callback_id,
+        "private_metadata": json.dumps(metadata),
+        "title": {"type": "plain_text", "text": title},
+        "submit": {"type": "plain_text", "text": submit},
+        "close": {"type": "plain_text", "text": "Back"},
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": block_id,
+                "label": {"type": "plain_text", "text": question},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": action_id,
+                    "multiline": True,
+                    "max_length": 1000,
+                },
+            }
+        ],
+    }
 
 
 def modal_values(state: dict[str, Any]) -> dict[str, str]:

@@ -14,7 +14,7 @@ from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
 from app.notify.blocks import APPROVE_ACTION, DENY_ACTION, clock_time
-from app.notify.views import HOME_EXTEND, HOME_EXTEND_BY, HOME_REVOKE
+from app.notify.views import HOME_EXTEND, HOME_EXTEND_BY, HOME_REVOKE, why_modal
 from app.service import ServiceError
 from app.slack.deps import SlackDeps
 from app.slack.errors import reply_to_clicker, replying_on_error
@@ -100,28 +100,13 @@ def _ask_why(client: WebClient, body: dict[str, Any], action: dict[str, Any]) ->
     channel = (body.get("channel") or {}).get("id")
     client.views_open(
         trigger_id=body["trigger_id"],
-        view={
-            "type": "modal",
-            "callback_id": DENY_VIEW,
-            "private_metadata": json.dumps({"id": int(action["value"]), "channel": channel}),
-            "title": {"type": "plain_text", "text": "Deny request"},
-            "submit": {"type": "plain_text", "text": "Deny"},
-            "close": {"type": "plain_text", "text": "Back"},
-            "blocks": [
-                {
-                    "type": "input",
-                    "block_id": DENY_BLOCK,
-                    "label": {
-                        "type": "plain_text",
-                        "text": "Why? The requester will see this.",
-                    },
-                    "element": {
-                        "type": "plain_text_input",
-                        "action_id": DENY_INPUT,
-                        "multiline": True,
-                        "max_length": 1000,
-                    },
-                }
-            ],
-        },
+        view=why_modal(
+            DENY_VIEW,
+            {"id": int(action["value"]), "channel": channel},
+            title="Deny request",
+            submit="Deny",
+            question="Why? The requester will see this.",
+            block_id=DENY_BLOCK,
+            action_id=DENY_INPUT,
+        ),
     )

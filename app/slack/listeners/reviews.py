@@ -13,6 +13,7 @@ from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
 from app.notify.blocks import REVIEW_JUSTIFIED, REVIEW_NOT_JUSTIFIED
+from app.notify.views import why_modal
 from app.service import ServiceError
 from app.slack.deps import SlackDeps
 from app.slack.errors import reply_to_clicker, replying_on_error
@@ -71,27 +72,12 @@ def register(app: App, deps: SlackDeps) -> None:
 
 def note_modal(request_id: int, justified: bool) -> dict[str, Any]:
     verdict = "Justified" if justified else "Not justified"
-    return {
-        "type": "modal",
-        "callback_id": REVIEW_VIEW,
-        "private_metadata": json.dumps({"id": request_id, "justified": justified}),
-        "title": {"type": "plain_text", "text": f"Review #{request_id}"},
-        "submit": {"type": "plain_text", "text": verdict},
-        "close": {"type": "plain_text", "text": "Back"},
-        "blocks": [
-            {
-                "type": "input",
-                "block_id": NOTE_BLOCK,
-                "label": {
-                    "type": "plain_text",
-                    "text": f"{verdict}: why? This goes in the audit trail.",
-                },
-                "element": {
-                    "type": "plain_text_input",
-                    "action_id": NOTE_INPUT,
-                    "multiline": True,
-                    "max_length": 1000,
-                },
-            }
-        ],
-    }
+    return why_modal(
+        REVIEW_VIEW,
+        {"id": request_id, "justified": justified},
+        title=f"Review #{request_id}",
+        submit=verdict,
+        question=f"{verdict}: why? This goes in the audit trail.",
+        block_id=NOTE_BLOCK,
+        action_id=NOTE_INPUT,
+    )
