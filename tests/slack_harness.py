@@ -45,14 +45,16 @@ def run_app(service: AccessService) -> Iterator[RunningApp]:
         fake.add_user(user)
     client = web_client(fake.token, fake.api_url)
     listeners = TrackingExecutor(max_workers=8)
-    bolt = build_app(service, client, SIGNING_SECRET, listeners)
+    dialogs = TrackingExecutor(max_workers=2)
+    bolt = build_app(service, client, SIGNING_SECRET, listeners, dialogs)
     http = httpx.Client(timeout=10)
     try:
         with serving(WardKeyWSGI(bolt, service.db, SIGNING_SECRET)) as url:
             yield RunningApp(url, fake, http, SIGNING_SECRET, TEAM)
     finally:
         http.close()
-        listeners.shutdown(wait=True)  # let work after the ack finish before the fake goes
+        for pool in (dialogs, listeners):  # let work after the ack finish before the fake goes
+            pool.shutdown(wait=True)
         fake.stop()
 
 

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from slack_sdk.errors import SlackApiError
 
 from app.notify.blocks import APPROVE_ACTION, DENY_ACTION
 from app.service import AccessService
+from app.slack.app import web_client
 from app.slack.listeners.actions import DENY_BLOCK, DENY_INPUT, DENY_VIEW
 from app.store import Database
 from app.store.models import RequestState as S
@@ -250,6 +252,32 @@ class TestRequestForm:
         options = view["blocks"][0]["element"]["options"]
         assert [o["value"] for o in options] == ["directory:helpdesk", "pharmacy-db:read"]
         assert "clinical, up to 2h" in options[1]["text"]["text"]
+
+    def test_the_form_opens_in_time_while_slack_throttles_other_work(
+        self, slack: RunningApp
+    ) -> None:
+        # Every thread of the work pool waits out a 4 s Retry-After on App Home redraws; the
+        # form's trigger_id lives 3 s, so the form must not queue behind them.
+        slack.fake.rate_limit("views.publish", times=8, retry_after=4)
+        others = ["U0BEN", "U0CHLOE", "U0DEV", "U0ERIN", "U0FARID", "U0GITA", "U0HANA", "U0VAL"]
+        for n, user in enumerate(others):
+            event = {"type": "app_home_opened", "user": user, "tab": "home"}
+            assert slack.event(event, f"EvBusy{n}").status_code == 200
+        deadline = time.monotonic() + 5
+        while sum(c.status == 429 for c in slack.fake.calls) < 8:  # all eight are now waiting
+            assert time.monotonic() < deadline, "the App Home redraws did not start"
+            time.sleep(0.02)
+        assert slack.command("/jit", "", "U0AMIRA").status_code == 200
+        opened = slack.fake.wait_for("views.open", 1, timeout=3)[0]
+        assert opened.response["ok"], opened.response
+
+    def test_a_late_trigger_is_refused_as_slack_does(self, slack: RunningApp) -> None:
+        stale = f"{time.monotonic_ns() - 4_000_000_000}.0a1b"
+        client = web_client(slack.fake.token, slack.fake.api_url)
+        with pytest.raises(SlackApiError, match="expired_trigger_id"):
+            client.views_open(trigger_id=stale, view={"type": "modal", "blocks": []})
+        with pytest.raises(SlackApiError, match="invalid_trigger_id"):
+            client.views_open(trigger_id="made-up", view={"type": "modal", "blocks": []})
 
     def test_choosing_a_role_narrows_durations_to_its_cap(self, slack: RunningApp) -> None:
         slack.command("/jit", "", "U0AMIRA")

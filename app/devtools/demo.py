@@ -89,7 +89,8 @@ def _run(out: TextIO, workdir: Path) -> None:
     client = web_client(fake.token, fake.api_url)
     signing_secret = secrets.token_hex(16)
     listeners = TrackingExecutor(max_workers=4)
-    bolt = build_app(service, client, signing_secret, listeners)
+    # One pool for work and dialogs, so waiting for it to be idle covers both.
+    bolt = build_app(service, client, signing_secret, listeners, dialogs=listeners)
     notifier = Notifier(client, service, SlackDirectory(client))
     sweeps = Sweeps(
         service,

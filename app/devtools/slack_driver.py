@@ -17,7 +17,7 @@ import httpx
 from slack_sdk.signature import SignatureVerifier
 from waitress.server import create_server
 
-from app.devtools.slack_fake import FakeSlack
+from app.devtools.slack_fake import FakeSlack, new_trigger_id
 
 
 @dataclass
@@ -72,7 +72,7 @@ class SlackDriver:
                 "text": text,
                 "api_app_id": "A0WARDKEY",
                 "response_url": self.fake.response_url("cmd"),
-                "trigger_id": f"trigger-{time.monotonic_ns()}",
+                "trigger_id": new_trigger_id(),
             }
         )
         return self.post(body)
@@ -99,7 +99,7 @@ class SlackDriver:
             "team": {"id": self.team, "domain": "ward"},
             "user": {"id": user, "team_id": self.team, "username": user.lower()},
             "api_app_id": "A0WARDKEY",
-            "trigger_id": f"trigger-{time.monotonic_ns()}",
+            "trigger_id": new_trigger_id(),
             "response_url": self.fake.response_url("action"),
             "actions": [action],
         }
@@ -124,7 +124,7 @@ class SlackDriver:
             "team": {"id": self.team, "domain": "ward"},
             "user": {"id": user, "team_id": self.team},
             "api_app_id": "A0WARDKEY",
-            "trigger_id": f"trigger-{time.monotonic_ns()}",
+            "trigger_id": new_trigger_id(),
             "view": {
                 "id": "V0DENY",
                 "type": "modal",

@@ -3,6 +3,7 @@
 A real HTTP server on loopback that answers the methods WardKey uses with Slack's response
 shapes and error codes, records every call, keeps the messages it was sent so `chat.update`
 behaves, can be told to answer 429 with Retry-After, and also stands in for `response_url`.
+Like Slack, it refuses a `views.open` whose trigger_id (made by `new_trigger_id`) is over 3 s old.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +23,17 @@ from urllib.parse import parse_qs, urlparse
 from app.devtools.loopback import LoopbackServer
 
 JSON = dict[str, Any]
+TRIGGER_LIFETIME_NS = 3_000_000_000
+
+
+def new_trigger_id() -> str:
+    """A trigger_id as Slack sends with a click or command, carrying when it was issued."""
+    return f"{time.monotonic_ns()}.{secrets.token_hex(8)}"
+
+
+def _trigger_issued_ns(trigger_id: str) -> int | None:
+    issued, _, rest = trigger_id.partition(".")
+    return int(issued) if issued.isdigit() and rest else None
 
 
 @dataclass
@@ -323,8 +336,11 @@ class FakeSlack(LoopbackServer):
         return {"ok": True, "view": stored}
 
     def _m_views_open(self, args: JSON) -> JSON:
-        if not args.get("trigger_id"):
+        issued = _trigger_issued_ns(str(args.get("trigger_id") or ""))
+        if issued is None:
             return {"ok": False, "error": "invalid_trigger_id"}
+        if time.monotonic_ns() - issued > TRIGGER_LIFETIME_NS:
+            return {"ok": False, "error": "expired_trigger_id"}
         return self._view(args.get("view"))
 
     def _m_views_update(self, args: JSON) -> JSON:

@@ -28,6 +28,7 @@ def build_app(
     client: WebClient,
     signing_secret: str,
     work: Executor | None = None,
+    dialogs: Executor | None = None,
 ) -> App:
     # App(client=…) checks the token with auth.test now, so a bad token fails at start-up.
     # Listeners only parse, ack and hand the rest to `work` (SlackDeps.after_ack), so they run
@@ -43,6 +44,7 @@ def build_app(
         directory=directory,
         notifier=Notifier(client, service, directory),
         work=work or ThreadPoolExecutor(max_workers=4, thread_name_prefix="after-ack"),
+        dialogs=dialogs or ThreadPoolExecutor(max_workers=2, thread_name_prefix="dialogs"),
     )
     for listeners in (commands, actions, reviews, identities, views, events):
         listeners.register(app, deps)

@@ -20,15 +20,24 @@ class SlackDeps:
     directory: SlackDirectory
     notifier: Notifier
     work: Executor
+    dialogs: Executor
 
     def after_ack(self, job: Callable[[], None]) -> None:
         """Run `job` on the work pool, so the ack goes back at once and never waits for Slack
         API calls, adapters or other requests' work."""
+        self.work.submit(_logging_failures(job))
 
-        def run() -> None:
-            try:
-                job()
-            except Exception:  # the pool would keep it silently in a future nobody reads
-                log.exception("event=after_ack_failed job=%s", getattr(job, "__name__", job))
+    def open_dialog(self, job: Callable[[], None]) -> None:
+        """Run `job`, which opens a modal, on a pool of its own: its trigger_id expires 3 s after
+        the click, so it must never queue behind cards and adapter calls in the work pool."""
+        self.dialogs.submit(_logging_failures(job))
 
-        self.work.submit(run)
+
+def _logging_failures(job: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            job()
+        except Exception:  # the pool would keep it silently in a future nobody reads
+            log.exception("event=after_ack_failed job=%s", getattr(job, "__name__", job))
+
+    return run

@@ -43,7 +43,7 @@ def register(app: App, deps: SlackDeps) -> None:
     @app.action(DENY_ACTION)
     def deny(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient) -> None:
         ack()
-        deps.after_ack(lambda: _ask_why(client, body, action))
+        deps.open_dialog(lambda: _ask_why(client, body, action))
 
     @app.action(HOME_EXTEND)
     def home_extend(

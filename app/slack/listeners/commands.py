@@ -63,11 +63,10 @@ def register(app: App, deps: SlackDeps) -> None:
             trigger_id = command["trigger_id"]
 
             def open_form() -> None:
-                # The trigger_id lives for 3 s: this job is queued straight after the ack.
                 with replying_on_error(respond):
                     open_request_form(deps, client, user_id, team_id, trigger_id)
 
-            deps.after_ack(open_form)
+            deps.open_dialog(open_form)
             return
         deps.after_ack(lambda: _answer_jit(deps, parsed, user_id, team_id, respond))
 

@@ -44,7 +44,7 @@ def register(app: App, deps: SlackDeps) -> None:
                         trigger_id=body["trigger_id"], view=note_modal(request_id, justified)
                     )
 
-            deps.after_ack(ask_for_note)
+            deps.open_dialog(ask_for_note)
 
         return on_click
 
