@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import hmac
 import io
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from slack_bolt import App
@@ -20,6 +23,8 @@ from sqlalchemy.exc import OperationalError
 
 from app.clock import Clock, SystemClock
 from app.metrics import metrics_text
+from app.slack import replay_gate
+from app.slack.replay_gate import Verdict
 from app.store.db import Database
 from app.store.models import SeenRequest
 
@@ -39,9 +44,11 @@ class ReplayGuard:
     without this a captured click or command could be sent again within that window. Only
     requests whose signature is valid are remembered, so junk cannot fill it.
 
-    Shared (the default on PostgreSQL, the set-up for more than one app instance), the memory
-    is a table every instance shares, written with one upsert in the ack path; otherwise (SQLite,
-    one instance by design, or `WARDKEY_REPLAY_GUARD=memory`) it is this process's memory."""
+    Every instance remembers what it saw in memory, and refuses a replay sent to it at once.
+    Shared (the default on PostgreSQL, the set-up for more than one app instance), it also
+    records each request in a table every instance shares, with one upsert that runs beside the
+    ack rather than before it: the ack never waits on the database, and the work the request
+    causes waits for the verdict (app/slack/replay_gate.py)."""
 
     WINDOW = timedelta(minutes=5)
     FORGET_EVERY = timedelta(minutes=1)
@@ -54,18 +61,31 @@ class ReplayGuard:
         self._seen: dict[str, datetime] = {}
         self._last_forget = self.clock.now()
         self._own_engine: Engine | None = None
+        self._checks: ThreadPoolExecutor | None = None
 
-    def first_time(self, signature: str) -> bool:
+    def first_time_here(self, signature: str) -> bool:
+        """New to this instance: the check every mode makes, in memory, in the ack path."""
         now = self.clock.now()
-        self._forget_expired(now)
+        with self._lock:
+            if now - self._last_forget >= self.FORGET_EVERY:
+                self._last_forget = now
+                self._seen = {k: until for k, until in self._seen.items() if until > now}
+                if self.shared:
+                    self._pool().submit(self._forget_shared, now)
+            if self._seen.get(signature, now) > now:
+                return False
+            self._seen[signature] = now + self.WINDOW
+            return True
+
+    def verdict(self, signature: str) -> Verdict | None:
+        """Start the check against every instance's requests; None when there is nothing
+        shared to check (memory mode, or SQLite, which serves one instance)."""
         if not self.shared:
-            with self._lock:
-                if self._seen.get(signature, now) > now:
-                    return False
-                self._seen[signature] = now + self.WINDOW
-                return True
+            return None
+        return self._pool().submit(self._first_time_anywhere, signature, self.clock.now())
+
+    def _first_time_anywhere(self, signature: str, now: datetime) -> bool:
         # New, or seen so long ago that its signature has expired: take it; else a replay.
-        # One statement on an autocommit connection: a single round trip in the ack path.
         params = {"signature": signature, "until": now + self.WINDOW, "now": now}
         for attempt in (1, 2):
             try:
@@ -76,8 +96,20 @@ class ReplayGuard:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _forget_shared(self, now: datetime) -> None:
+        try:
+            with self._engine().connect() as conn:
+                conn.execute(delete(SeenRequest).where(SeenRequest.seen_until <= now))
+        except OperationalError as exc:  # the next minute's pass tries again
+            log.warning("event=replay_forget_failed error=%s", type(exc).__name__)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._checks is None:
+            self._checks = ThreadPoolExecutor(max_workers=4, thread_name_prefix="replay-check")
+        return self._checks
+
     def _engine(self) -> Engine:
-        """Connections of the guard's own, so an ack never waits for a connection that work
+        """Connections of the guard's own, so a check never waits for a connection that work
         after other acks holds. Autocommit, and commits do not wait for the disk: losing the
         last few records to a database crash only reopens a five-minute replay window."""
         with self._lock:
@@ -86,21 +118,11 @@ class ReplayGuard:
                 options = f"{url.query.get('options', '')} -c synchronous_commit=off".strip()
                 self._own_engine = create_engine(
                     url.update_query_dict({"options": options}),
-                    pool_size=10,
-                    max_overflow=10,
+                    pool_size=4,
+                    max_overflow=4,
                     isolation_level="AUTOCOMMIT",
                 )
             return self._own_engine
-
-    def _forget_expired(self, now: datetime) -> None:
-        with self._lock:
-            if now - self._last_forget < self.FORGET_EVERY:
-                return
-            self._last_forget = now
-            self._seen = {k: until for k, until in self._seen.items() if until > now}
-        if self.shared:
-            with self._engine().connect() as conn:
-                conn.execute(delete(SeenRequest).where(SeenRequest.seen_until <= now))
 
 
 class WardKeyWSGI:
@@ -139,11 +161,18 @@ class WardKeyWSGI:
             environ["wsgi.input"] = io.BytesIO(body)
             signature = environ.get("HTTP_X_SLACK_SIGNATURE", "")
             stamp = environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP", "")
-            signed = bool(signature) and self.verifier.is_valid(body, stamp, signature)
-            if signed and not self.replays.first_time(signature):
+            if not signature or not self.verifier.is_valid(body, stamp, signature):
+                return self.slack(environ, start_response)  # Bolt answers 401
+            if not self.replays.first_time_here(signature):
                 log.warning("event=replayed_request_refused")
                 return _text(start_response, "409 Conflict", "replayed request")
-            return self.slack(environ, start_response)
+            verdict = self.replays.verdict(signature)
+            # A form's answer carries the result of work done before the ack (errors on its
+            # fields), so a submission waits for the shared verdict; nothing else does.
+            if verdict and _is_form_submission(body) and not replay_gate.is_new(verdict):
+                return _text(start_response, "409 Conflict", "replayed request")
+            with replay_gate.judging(verdict):
+                return self.slack(environ, start_response)
         return _text(start_response, "404 Not Found", "not found")
 
     def _metrics(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
@@ -160,6 +189,16 @@ class WardKeyWSGI:
             "200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(data)))]
         )
         return [data]
+
+
+def _is_form_submission(body: bytes) -> bool:
+    if not body.startswith(b"payload="):
+        return False
+    try:
+        payload = json.loads(parse_qs(body.decode())["payload"][0])
+    except (ValueError, KeyError, UnicodeDecodeError):
+        return False
+    return isinstance(payload, dict) and payload.get("type") == "view_submission"
 
 
 def _text(start_response: StartResponse, status: str, body: str) -> list[bytes]:

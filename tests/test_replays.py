@@ -1,10 +1,16 @@
 """Several `wardkey serve` instances on one PostgreSQL: a captured Slack request replayed to
-another instance is refused there too, and forged requests are never remembered."""
+another instance changes nothing there either, and forged requests are never remembered.
+
+The instance that saw a request refuses its replay with 409 at once. Another instance learns it
+is a replay from the shared table, checked beside the ack: it acks as usual, then drops the
+work; a form submission, whose answer depends on work done before the ack, waits and gets 409."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import func, select
@@ -19,7 +25,22 @@ pytestmark = [
         "db", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
     ),
 ]
-BODY = "command=%2Fjit&text=help&user_id=U0AMIRA&team_id=T0WARD"
+HELP = "command=%2Fjit&text=help&user_id=U0AMIRA&team_id=T0WARD"
+COMMAND = {
+    "command": "/jit",
+    "text": "request pharmacy-db:read 30m fix stuck order set on ward 12",
+    "user_id": "U0AMIRA",
+    "team_id": "T0WARD",
+    "channel_id": "C0WARDOPS",
+    "trigger_id": "1.0a",
+}
+
+
+def wait_for_log(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(text in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, f"no log line with {text!r}"
+        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -32,15 +53,47 @@ def two_instances(service: AccessService) -> Iterator[tuple[RunningApp, RunningA
         second.close()
 
 
-def test_a_replay_sent_to_another_instance_is_refused(
+def test_a_replay_sent_to_the_same_instance_is_refused_at_once(
     two_instances: tuple[RunningApp, RunningApp],
 ) -> None:
-    one, other = two_instances
+    one, _ = two_instances
     now = int(time.time())
-    assert one.post(BODY, timestamp=now).status_code == 200
-    assert other.post(BODY, timestamp=now).status_code == 409
-    assert one.post(BODY, timestamp=now).status_code == 409
-    assert other.post(BODY, timestamp=now + 1).status_code == 200  # a new request
+    assert one.post(HELP, timestamp=now).status_code == 200
+    assert one.post(HELP, timestamp=now).status_code == 409
+    assert one.post(HELP, timestamp=now + 1).status_code == 200  # a new request
+
+
+def test_a_command_replayed_to_another_instance_does_nothing_there(
+    two_instances: tuple[RunningApp, RunningApp],
+    service: AccessService,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    one, other = two_instances
+    body = urlencode({**COMMAND, "response_url": one.fake.response_url()})
+    now = int(time.time())
+    assert one.post(body, timestamp=now).status_code == 200
+    one.fake.wait_for("chat.postMessage", 2)  # the approvers' cards: the request was made
+    assert other.post(body, timestamp=now).status_code == 200  # acked, as Slack expects
+    wait_for_log(caplog, "event=replayed_request_ignored")
+    assert len(service.requests_of_key("amira@ward.nhs.uk")) == 1
+    assert other.fake.calls_to("chat.postMessage") == []
+    assert other.fake.calls_to("response_url") == []
+
+
+def test_a_form_replayed_to_another_instance_is_refused(
+    two_instances: tuple[RunningApp, RunningApp], service: AccessService
+) -> None:
+    one, other = two_instances
+    payload = {
+        "type": "view_submission",
+        "team": {"id": "T0WARD"},
+        "user": {"id": "U0AMIRA", "team_id": "T0WARD"},
+        "view": {"callback_id": "unknown-form", "state": {"values": {}}},
+    }
+    body = urlencode({"payload": json.dumps(payload)})
+    now = int(time.time())
+    assert one.post(body, timestamp=now).status_code != 409
+    assert other.post(body, timestamp=now).status_code == 409
 
 
 def test_forged_requests_are_not_remembered(

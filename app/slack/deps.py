@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from app.notify.notifier import Notifier
 from app.service import AccessService
+from app.slack import replay_gate
 from app.slack.people import SlackDirectory
 
 log = logging.getLogger(__name__)
@@ -25,16 +26,22 @@ class SlackDeps:
     def after_ack(self, job: Callable[[], None]) -> None:
         """Run `job` on the work pool, so the ack goes back at once and never waits for Slack
         API calls, adapters or other requests' work."""
-        self.work.submit(_logging_failures(job))
+        self.work.submit(_guarded(job))
 
     def open_dialog(self, job: Callable[[], None]) -> None:
         """Run `job`, which opens a modal, on a pool of its own: its trigger_id expires 3 s after
         the click, so it must never queue behind cards and adapter calls in the work pool."""
-        self.dialogs.submit(_logging_failures(job))
+        self.dialogs.submit(_guarded(job))
 
 
-def _logging_failures(job: Callable[[], None]) -> Callable[[], None]:
+def _guarded(job: Callable[[], None]) -> Callable[[], None]:
+    """`job`, run only once the request that caused it is known not to be a replay, and with
+    its failure logged."""
+    verdict = replay_gate.current()  # read on the HTTP thread, where the listener runs
+
     def run() -> None:
+        if not replay_gate.is_new(verdict):
+            return
         try:
             job()
         except Exception:  # the pool would keep it silently in a future nobody reads
