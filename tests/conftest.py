@@ -99,7 +99,8 @@ def _empty_postgres(database: Database) -> None:
         conn.execute(
             sa.text(
                 "TRUNCATE audit_events, request_messages, reviews, decisions, access_requests, "
-                "sweep_runs, standing_access, attestations, orphan_flags, seen_requests "
+                "sweep_runs, standing_access, attestations, orphan_flags, seen_requests, "
+                "home_views "
                 "RESTART IDENTITY CASCADE"
             )
         )

@@ -50,7 +50,7 @@ def run_app(service: AccessService) -> Iterator[RunningApp]:
     http = httpx.Client(timeout=10)
     try:
         with serving(WardKeyWSGI(bolt, service.db, SIGNING_SECRET)) as url:
-            yield RunningApp(url, fake, http, SIGNING_SECRET, TEAM)
+            yield RunningApp(url, fake, http, SIGNING_SECRET, TEAM, (listeners, dialogs))
     finally:
         http.close()
         for pool in (dialogs, listeners):  # let work after the ack finish before the fake goes

@@ -321,12 +321,32 @@ class TestAppHome:
 
         slack.click(APPROVE_ACTION, str(rid), "U0BEN", channel=None, view={"id": "VHOME"})
         slack.fake.wait_for("chat.update", 3)
-        before = len(slack.fake.wait_for("views.publish", 1, user_id="U0AMIRA"))
         slack.event({"type": "app_home_opened", "user": "U0AMIRA", "tab": "home"}, "Ev02")
-        home = slack.fake.wait_for("views.publish", before + 1, user_id="U0AMIRA")[-1]
+        home = slack.fake.wait_for("views.publish", 1, user_id="U0AMIRA")[-1]
         text = json.dumps(home.args["view"])
         assert "30m left (until 03:30)" in text
         assert "home_extend" in text and "home_revoke" in text
+
+    def test_only_homes_opened_this_shift_are_redrawn_as_things_change(
+        self, slack: RunningApp, service: AccessService, clock: Any
+    ) -> None:
+        for n, user in enumerate(("U0BEN", "U0GITA")):  # two approvers look at their homes
+            slack.event({"type": "app_home_opened", "user": user, "tab": "home"}, f"Ev1{n}")
+        slack.fake.wait_for("views.publish", 2)
+        rid = ask(slack)
+        slack.settle()
+        for approver in ("U0BEN", "U0GITA"):
+            home = slack.fake.wait_for("views.publish", 2, user_id=approver)[-1]
+            assert f"*#{rid}*" in json.dumps(home.args["view"])
+        assert len(slack.fake.calls_to("views.publish")) == 4  # not Amira's, not Hana's
+
+        clock.advance(timedelta(hours=13))  # they looked a shift ago
+        meta = json.dumps({"id": rid, "channel": None})
+        reason = {DENY_BLOCK: {DENY_INPUT: {"value": "not needed tonight"}}}
+        assert slack.submit_view(DENY_VIEW, reason, "U0GITA", meta).status_code == 200
+        slack.settle()
+        assert service.get(rid).state == S.DENIED
+        assert len(slack.fake.calls_to("views.publish")) == 4
 
     def test_extend_and_revoke_from_home(
         self, slack: RunningApp, service: AccessService, targets: dict[str, MemoryTarget]

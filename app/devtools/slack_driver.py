@@ -30,6 +30,15 @@ class SlackDriver:
     http: httpx.Client
     signing_secret: str
     team: str = "T0WARD"
+    # The app's thread pools, when it runs in this process: `settle()` waits for them.
+    pools: tuple[TrackingExecutor, ...] = ()
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until the app has finished the work its last requests caused."""
+        deadline = time.monotonic() + timeout
+        while not all(p.wait_idle(max(0.0, deadline - time.monotonic())) for p in self.pools):
+            if time.monotonic() > deadline:
+                raise AssertionError("the app's work after the ack did not finish")
 
     # ------------------------------------------------------------------ raw, signed posts
 

@@ -38,6 +38,8 @@ from app.store.models import RequestState as S
 log = logging.getLogger(__name__)
 CARD = "approver_card"
 REVIEW_CARD = "review_card"
+# A shift: an App Home opened within it is redrawn live as things change.
+HOME_LIVE_FOR = timedelta(hours=12)
 
 
 class Notifier:
@@ -369,14 +371,20 @@ class Notifier:
                 "event=home_publish_failed user=%s error=%s", user_id, exc.response.get("error")
             )
 
+    def home_opened(self, user_id: str) -> None:
+        self.service.remember_home_opened(user_id)
+        self.publish_home(user_id)
+
     def refresh_homes(self, view: RequestView) -> None:
-        """Redraw the homes of everyone a change concerns: requester and approvers on duty."""
+        """Redraw the homes of everyone a change concerns (requester and approvers on duty) who
+        looked at theirs recently. The others' are drawn fresh when they next open them, which
+        spares Slack's views.publish limit and the work in a wave of requests."""
         users = {view.requester_slack_id} if view.requester_slack_id else set()
         for member in rules.approvers_at(self.service.policy, view.path, self.service.clock.now()):
             user_id = self.directory.user_id_for(member)
             if user_id:
                 users.add(user_id)
-        for user_id in sorted(users):
+        for user_id in sorted(self.service.recent_home_viewers(users, HOME_LIVE_FOR)):
             self.refresh_home(user_id)
 
     def refresh_home(self, user_id: str) -> None:

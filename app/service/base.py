@@ -16,6 +16,8 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, func, select
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -40,6 +42,7 @@ from app.store.models import (
     OPEN_STATES,
     AccessRequest,
     Decision,
+    HomeView,
     RequestMessage,
     RequestState,
     Review,
@@ -238,6 +241,30 @@ class ServiceBase:
                 .order_by(RequestMessage.id)
             ).all()
         return [(channel, ts) for channel, ts in rows]
+
+    def remember_home_opened(self, slack_user_id: str) -> None:
+        insert = sqlite_insert if self.db.is_sqlite else postgres_insert
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            session.execute(
+                insert(HomeView)
+                .values(slack_user_id=slack_user_id, opened_at=now)
+                .on_conflict_do_update(index_elements=["slack_user_id"], set_={"opened_at": now})
+            )
+
+    def recent_home_viewers(self, slack_user_ids: set[str], within: timedelta) -> set[str]:
+        """Those of these people who opened the App Home within `within`."""
+        if not slack_user_ids:
+            return set()
+        with self.db.read() as session:
+            return set(
+                session.scalars(
+                    select(HomeView.slack_user_id).where(
+                        HomeView.slack_user_id.in_(slack_user_ids),
+                        HomeView.opened_at > self.clock.now() - within,
+                    )
+                )
+            )
 
     # ------------------------------------------------------------------------------ helpers
 

@@ -308,3 +308,13 @@ class SeenRequest(Base):
 
     signature: Mapped[str] = mapped_column(String(100), primary_key=True)
     seen_until: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class HomeView(Base):
+    """When someone last opened WardKey's App Home. Changes redraw the homes of people who
+    looked recently; anyone else's is drawn fresh when they next open it."""
+
+    __tablename__ = "home_views"
+
+    slack_user_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -38,4 +38,4 @@ def register(app: App, deps: SlackDeps) -> None:
             return
         if not seen.first_time(str(body.get("event_id", ""))):
             return
-        deps.after_ack(lambda: deps.notifier.publish_home(event["user"]))
+        deps.after_ack(lambda: deps.notifier.home_opened(event["user"]))
