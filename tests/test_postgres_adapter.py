@@ -199,6 +199,18 @@ class TestGrantAndRevoke:
 
 
 class TestRefusals:
+    def test_pgaudit_asked_for_but_not_loaded_refuses_to_grant(self, server: Server) -> None:
+        login, role = server.role("amira"), server.role("pharmacy_owner")
+        strict = PostgresAdapter(server.settings(recording="pgaudit"), PASSWORD, recorded={role})
+        with pytest.raises(PermanentAdapterError, match="shared_preload_libraries"):
+            strict.grant(login, role, UNTIL)
+        with server.connect(server.role("adapter")) as conn:
+            assert not conn.execute(
+                "SELECT 1 FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+                "JOIN pg_roles u ON u.oid = m.member WHERE r.rolname = %s AND u.rolname = %s",
+                (role, login),
+            ).fetchone()
+
     def test_hostile_names_are_quoted_never_run(
         self, server: Server, adapter: PostgresAdapter
     ) -> None:

@@ -2,9 +2,10 @@
 
 Identifiers are always quoted with `psycopg.sql`, never formatted into SQL. Revoking also ends the
 login's open sessions, because PostgreSQL checks membership at each statement but a session that
-already ran `SET ROLE` keeps that role until it ends. Recorded entitlements set
-`log_statement = 'all'` on the login for the window (and end its sessions at grant, since a role
-setting only applies to new sessions) and reset it at revoke.
+already ran `SET ROLE` keeps that role until it ends. Recorded entitlements turn on statement
+logging for the login for the window, with pgaudit (`pgaudit.log = 'all'`) where the server has
+it loaded and `log_statement = 'all'` otherwise (and end its sessions at grant, since a role
+setting only applies to new sessions), and reset it at revoke.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class PostgresSettings(BaseModel):
     )
     read_only: bool = Field(
         default=False, description="default_transaction_read_only on the login while elevated."
+    )
+    recording: Literal["auto", "pgaudit", "log_statement"] = Field(
+        default="auto",
+        description="How recorded roles are logged: pgaudit where loaded, else log_statement.",
     )
 
 
@@ -113,14 +118,16 @@ class PostgresAdapter:
         def work(conn: psycopg.Connection[Any]) -> GrantResult:
             self._require_role(conn, "login", login)
             self._require_role(conn, "role", role)
+            # Known before granting: a role that must be recorded is never granted unrecorded.
+            recorder = self._recorder(conn) if role in self.recorded else ""
             present = _is_member(conn, login, role)
             if not present:
                 conn.execute(
                     sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(login))
                 )
             ended = 0
-            if role in self.recorded:
-                self._set_login(conn, login, "log_statement", "all")
+            if recorder:
+                self._set_login(conn, login, recorder, "all")
                 # A role setting applies to new sessions only: end open ones so that every
                 # statement made with the elevated role is in the server log.
                 ended = _terminate(conn, login)
@@ -128,7 +135,7 @@ class PostgresAdapter:
                 self._set_login(conn, login, "statement_timeout", self.settings.statement_timeout)
             if self.settings.read_only:
                 self._set_login(conn, login, "default_transaction_read_only", "on")
-            detail = "recorded: log_statement=all" if role in self.recorded else ""
+            detail = f"recorded: {recorder}=all" if recorder else ""
             if ended:
                 detail += f"; ended {ended} open session(s) so recording covers them"
             return GrantResult(already_present=present, detail=detail.strip("; "))
@@ -145,10 +152,10 @@ class PostgresAdapter:
                     sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(role), sql.Identifier(login))
                 )
             if _role_exists(conn, login):
-                for parameter in self._session_parameters(role):
+                for parameter in self._session_parameters(conn, role):
                     conn.execute(
                         sql.SQL("ALTER ROLE {} RESET {}").format(
-                            sql.Identifier(login), sql.Identifier(parameter)
+                            sql.Identifier(login), _parameter(parameter)
                         )
                     )
             ended = _terminate(conn, login)
@@ -180,10 +187,25 @@ class PostgresAdapter:
 
     # ---------------------------------------------------------------------- helpers
 
-    def _session_parameters(self, role: str) -> list[str]:
+    def _recorder(self, conn: psycopg.Connection[Any]) -> str:
+        """The parameter that records the login's statements on this server."""
+        if self.settings.recording == "log_statement":
+            return "log_statement"
+        # pg_settings lists a module's parameters only once the module is loaded.
+        loaded = conn.execute("SELECT 1 FROM pg_settings WHERE name = 'pgaudit.log'").fetchone()
+        if loaded:
+            return "pgaudit.log"
+        if self.settings.recording == "pgaudit":
+            raise PermanentAdapterError(
+                "recording is 'pgaudit' but the server has not loaded it: add pgaudit to "
+                "shared_preload_libraries and run CREATE EXTENSION pgaudit"
+            )
+        return "log_statement"
+
+    def _session_parameters(self, conn: psycopg.Connection[Any], role: str) -> list[str]:
         names = []
         if role in self.recorded:
-            names.append("log_statement")
+            names.append(self._recorder(conn))
         if self.settings.statement_timeout:
             names.append("statement_timeout")
         if self.settings.read_only:
@@ -199,9 +221,14 @@ class PostgresAdapter:
     def _set_login(conn: psycopg.Connection[Any], login: str, parameter: str, value: str) -> None:
         conn.execute(
             sql.SQL("ALTER ROLE {} SET {} = {}").format(
-                sql.Identifier(login), sql.Identifier(parameter), sql.Literal(value)
+                sql.Identifier(login), _parameter(parameter), sql.Literal(value)
             )
         )
+
+
+def _parameter(name: str) -> sql.Composable:
+    """A parameter name, a module's own (`pgaudit.log`) written as its two parts."""
+    return sql.SQL(".").join(sql.Identifier(part) for part in name.split("."))
 
 
 def _role_exists(conn: psycopg.Connection[Any], name: str) -> bool:
