@@ -2,13 +2,15 @@
 started on a free loopback port with a throw-away database and a seeded tree.
 
 WardKey binds as cn=wardkey,ou=services, which may write only the `member` attribute of entries
-under ou=groups: the least privilege README.md asks for.
+under ou=groups: the least privilege README.md asks for. Given a certificate, it also listens
+for LDAPS and offers StartTLS on its plain port.
 """
 
 from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ldap3 import Connection, Server
+from ldap3 import Connection, Server, Tls
 
 SLAPD = shutil.which("slapd") or "/usr/sbin/slapd"
 SUFFIX = "dc=ward,dc=test"
@@ -49,13 +51,39 @@ access to * by * read
 """
 
 
+# With TLS, a simple bind without it is refused ("confidentiality required"), as a trust's
+# directory should be set up: so a test that binds proves the channel was encrypted.
+TLS_CONFIG = """
+TLSCACertificateFile {ca}
+TLSCertificateFile {cert}
+TLSCertificateKeyFile {key}
+security simple_bind=128
+"""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files: the server's certificate and key, and the CA that issued it."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
 @dataclass
 class Slapd:
     url: str
     process: subprocess.Popen[bytes]
+    ldaps_url: str | None = None
 
     def admin(self) -> Connection:
-        return Connection(Server(self.url), ROOT_DN, ROOT_PASSWORD, auto_bind=True)
+        return Connection(_server(self.url, self.ldaps_url), ROOT_DN, ROOT_PASSWORD, auto_bind=True)
+
+
+def _server(url: str, ldaps_url: str | None, timeout: int | None = None) -> Server:
+    if ldaps_url is None:
+        return Server(url, connect_timeout=timeout)
+    return Server(ldaps_url, tls=Tls(validate=ssl.CERT_NONE), connect_timeout=timeout)
 
 
 def available() -> bool:
@@ -69,11 +97,13 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running(work: Path) -> Iterator[Slapd]:
+def running(work: Path, tls: TlsFiles | None = None) -> Iterator[Slapd]:
     (work / "data").mkdir(parents=True)
     config = work / "slapd.conf"
+    tls_config = TLS_CONFIG.format(ca=tls.ca, cert=tls.cert, key=tls.key) if tls else ""
     config.write_text(
-        CONFIG.format(
+        tls_config
+        + CONFIG.format(
             work=work,
             suffix=SUFFIX,
             root_dn=ROOT_DN,
@@ -82,9 +112,11 @@ def running(work: Path) -> Iterator[Slapd]:
         )
     )
     url = f"ldap://127.0.0.1:{_free_port()}"
+    ldaps_url = f"ldaps://127.0.0.1:{_free_port()}" if tls else None
+    listen = f"{url}/ {ldaps_url}/" if ldaps_url else f"{url}/"
     # -d 0 keeps slapd in the foreground (no fork), so the test owns the process.
     process = subprocess.Popen(
-        [SLAPD, "-f", str(config), "-h", f"{url}/", "-d", "0"],
+        [SLAPD, "-f", str(config), "-h", listen, "-d", "0"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -92,7 +124,8 @@ def running(work: Path) -> Iterator[Slapd]:
         deadline = time.monotonic() + 20
         while True:
             try:
-                Connection(Server(url, connect_timeout=1), ROOT_DN, ROOT_PASSWORD, auto_bind=True)
+                probe = _server(url, ldaps_url, timeout=1)
+                Connection(probe, ROOT_DN, ROOT_PASSWORD, auto_bind=True)
                 break
             except Exception:
                 if process.poll() is not None:
@@ -101,7 +134,7 @@ def running(work: Path) -> Iterator[Slapd]:
                 if time.monotonic() > deadline:
                     raise RuntimeError("slapd did not start in 20 s") from None
                 time.sleep(0.1)
-        server = Slapd(url, process)
+        server = Slapd(url, process, ldaps_url)
         _seed(server.admin())
         yield server
     finally:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import trustme
 from pydantic import ValidationError
 
 from app.adapters.base import PermanentAdapterError, TransientAdapterError
@@ -20,14 +21,39 @@ UNTIL = datetime(2030, 1, 1, tzinfo=UTC)
 HELPDESK = slapd.group_dn("helpdesk")
 
 
-@pytest.fixture(scope="module")
-def directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[slapd.Slapd]:
+def need_slapd() -> None:
     if not slapd.available():
         reason = "OpenLDAP's slapd is not installed (.ci/run installs Debian's slapd package)"
         if IN_CI:
             pytest.fail(f"CI must run the LDAP tests: {reason}", pytrace=False)
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[slapd.Slapd]:
+    need_slapd()
     with slapd.running(tmp_path_factory.mktemp("slapd")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def trust_ca(tmp_path_factory: pytest.TempPathFactory) -> trustme.CA:
+    return trustme.CA(organization_name="Test Valley Hospitals")
+
+
+@pytest.fixture(scope="module")
+def tls_directory(
+    tmp_path_factory: pytest.TempPathFactory, trust_ca: trustme.CA
+) -> Iterator[slapd.Slapd]:
+    """A directory with a certificate from the trust's CA, refusing binds without TLS."""
+    need_slapd()
+    work = tmp_path_factory.mktemp("slapd-tls")
+    issued = trust_ca.issue_cert("127.0.0.1", "localhost")
+    files = slapd.TlsFiles(work / "server.pem", work / "server.key", work / "ca.pem")
+    issued.cert_chain_pems[0].write_to_path(str(files.cert))
+    issued.private_key_pem.write_to_path(str(files.key))
+    trust_ca.cert_pem.write_to_path(str(files.ca))
+    with slapd.running(work / "server", files) as server:
         yield server
 
 
@@ -105,6 +131,46 @@ class TestRefusals:
         down = LdapAdapter(settings("ldap://127.0.0.1:1"), slapd.WARDKEY_PASSWORD)
         with pytest.raises(TransientAdapterError, match="cannot reach"):
             down.check("amira", HELPDESK)
+
+
+class TestTls:
+    @pytest.fixture
+    def ca_file(self, tls_directory: slapd.Slapd, tmp_path: Path, trust_ca: trustme.CA) -> str:
+        path = tmp_path / "trust-ca.pem"
+        trust_ca.cert_pem.write_to_path(str(path))
+        return str(path)
+
+    def tls_adapter(self, url: str, ca_file: str, **changes: object) -> LdapAdapter:
+        config = settings(url, verify_tls=True, ca_file=ca_file, **changes)
+        return LdapAdapter(config, slapd.WARDKEY_PASSWORD)
+
+    def test_ldaps_with_the_trusts_ca(self, tls_directory: slapd.Slapd, ca_file: str) -> None:
+        assert tls_directory.ldaps_url
+        adapter = self.tls_adapter(tls_directory.ldaps_url, ca_file)
+        assert adapter.grant("amira", HELPDESK, UNTIL).already_present is False
+        assert adapter.check("amira", HELPDESK)
+        assert adapter.revoke("amira", HELPDESK).already_absent is False
+        assert not adapter.check("amira", HELPDESK)
+
+    def test_start_tls_on_the_plain_port(self, tls_directory: slapd.Slapd, ca_file: str) -> None:
+        adapter = self.tls_adapter(tls_directory.url, ca_file, start_tls=True)
+        assert adapter.check("amira", HELPDESK) is False
+        # The same port refuses a bind in the clear: the check above ran encrypted.
+        clear = LdapAdapter(settings(tls_directory.url), slapd.WARDKEY_PASSWORD)
+        with pytest.raises(PermanentAdapterError, match="confidentiality"):
+            clear.check("amira", HELPDESK)
+
+    @pytest.mark.parametrize("start_tls", [False, True], ids=["ldaps", "starttls"])
+    def test_a_certificate_from_another_ca_is_refused(
+        self, tls_directory: slapd.Slapd, tmp_path: Path, start_tls: bool
+    ) -> None:
+        other = tmp_path / "other-ca.pem"
+        trustme.CA().cert_pem.write_to_path(str(other))
+        url = tls_directory.url if start_tls else tls_directory.ldaps_url
+        assert url
+        adapter = self.tls_adapter(url, str(other), start_tls=start_tls)
+        with pytest.raises(PermanentAdapterError, match="certificate"):
+            adapter.check("amira", HELPDESK)
 
 
 class TestActiveDirectoryTimeToLive:

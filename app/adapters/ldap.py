@@ -9,6 +9,7 @@ directory itself removes it at expiry even if WardKey is down at that moment.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import ssl
 from collections.abc import Callable
@@ -104,7 +105,7 @@ class LdapAdapter:
                 code = conn.result.get("result")
                 raise self._error("bind", code, conn.result.get("description", ""))
         except ldap_errors.LDAPException as exc:
-            conn.unbind()
+            _close(conn)
             raise self._connection_error(exc) from None
         return conn
 
@@ -115,11 +116,20 @@ class LdapAdapter:
         except ldap_errors.LDAPException as exc:
             raise self._connection_error(exc, operation) from None
         finally:
-            conn.unbind()
+            _close(conn)
 
     def _connection_error(self, exc: Exception, operation: str = "connect") -> AdapterError:
         if isinstance(exc, ldap_errors.LDAPSSLConfigurationError):
             return PermanentAdapterError(f"{operation}: TLS is misconfigured: {exc}")
+        # A certificate that does not verify will not verify on the next try either: someone
+        # must fix ca_file or the directory's certificate.
+        if isinstance(exc, ldap_errors.LDAPCertificateError) or "CERTIFICATE_VERIFY_FAILED" in str(
+            exc
+        ):
+            return PermanentAdapterError(
+                f"{operation}: the certificate of {self.settings.url} did not verify against "
+                f"{self.settings.ca_file or 'the system CAs'}: {exc}"
+            )
         return TransientAdapterError(f"{operation}: cannot reach {self.settings.url}: {exc}")
 
     @staticmethod
@@ -229,3 +239,10 @@ class LdapAdapter:
             return accounts
 
         return self._run("list members", work)
+
+
+def _close(conn: Connection) -> None:
+    """Unbind, quietly: after a failed StartTLS or a dropped connection the socket is already
+    gone, and the error worth reporting is the one that got us here."""
+    with contextlib.suppress(ldap_errors.LDAPException, OSError):
+        conn.unbind()
