@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -16,13 +17,15 @@ import pytest
 
 from app.clock import ManualClock
 from app.devtools.slack_driver import SlackDriver
-from app.devtools.slack_fake import FakeSlack
+from app.devtools.slack_fake import FakeSlack, new_trigger_id
+from app.notify.blocks import APPROVE_ACTION
 from app.policy import Policy
 from app.service import AccessService
 from app.store import Database, upgrade
 from app.store.models import RequestState
 from tests.conftest import AMIRA, BEN, HERE, NIGHT_SHIFT
 from tests.fakes.memory_adapter import MemoryTarget
+from tests.fakes.socket_mode import SocketModeServer
 from tests.slack_harness import SIGNING_SECRET, WARD_USERS
 
 
@@ -142,6 +145,90 @@ class TestServe:
         assert "is with the clinical approvers" in slack.replies()[-1]
         cards = fake.wait_for("chat.postMessage", 3)
         assert sorted(c.response["channel"] for c in cards) == ["D0BEN", "D0GITA", "D0HANA"]
+
+
+class TestSocketMode:
+    """`wardkey socket`: no public URL; Slack's envelopes arrive over a WebSocket that
+    apps.connections.open hands out, and each is acked over it by envelope_id."""
+
+    @pytest.fixture
+    def connected(
+        self, base_env: dict[str, str], tmp_path: Path
+    ) -> Iterator[tuple[SocketModeServer, FakeSlack]]:
+        fake = FakeSlack().start()
+        for user in WARD_USERS:
+            fake.add_user(user)
+        sockets = SocketModeServer().start()
+        fake.socket_mode_url = sockets.url
+        env = {
+            **base_env,
+            "SLACK_BOT_TOKEN": fake.token,
+            "SLACK_APP_TOKEN": fake.app_token,
+            "SLACK_API_URL": fake.api_url,
+        }
+        with open(tmp_path / "socket.log", "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "app", "socket", "--no-scheduler"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                sockets.wait_connected()
+                yield sockets, fake
+            finally:
+                process.terminate()
+                process.wait(timeout=10)
+                sockets.stop()
+                fake.stop()
+
+    def command(self, text: str) -> dict[str, str]:
+        return {
+            "team_id": "T0WARD",
+            "channel_id": "C0WARDOPS",
+            "user_id": "U0AMIRA",
+            "command": "/jit",
+            "text": text,
+            "response_url": "",
+            "trigger_id": new_trigger_id(),
+        }
+
+    def test_commands_and_clicks_arrive_and_are_acked_over_the_socket(
+        self, connected: tuple[SocketModeServer, FakeSlack]
+    ) -> None:
+        sockets, fake = connected
+        assert [c.method for c in fake.calls if c.method == "apps.connections.open"]
+
+        helped = sockets.ack_of(sockets.send("slash_commands", self.command("help")))
+        assert "/jit request" in helped["payload"]["text"]
+        usage = sockets.ack_of(sockets.send("slash_commands", self.command("request")))
+        assert "For example" in usage["payload"]["text"]
+
+        ask = self.command("request pharmacy-db:read 30m fix stuck order set on ward 12")
+        ask["response_url"] = fake.response_url()
+        sockets.ack_of(sockets.send("slash_commands", ask))
+        reply = fake.wait_for("response_url")[0].args["text"]
+        assert "is with the clinical approvers" in reply
+        request_id = reply.split("#")[1].split(" ")[0]
+        cards = fake.wait_for("chat.postMessage", 3, timeout=10)
+
+        click = {
+            "type": "block_actions",
+            "team": {"id": "T0WARD"},
+            "user": {"id": "U0BEN", "team_id": "T0WARD"},
+            "trigger_id": new_trigger_id(),
+            "channel": {"id": cards[0].response["channel"]},
+            "message": {"ts": cards[0].response["ts"]},
+            "container": {"type": "message", "message_ts": cards[0].response["ts"]},
+            "actions": [{"action_id": APPROVE_ACTION, "value": request_id, "type": "button"}],
+        }
+        sockets.ack_of(sockets.send("interactive", click))
+        updated = fake.wait_for("chat.update", 3, timeout=10)
+        # Approved by Ben; the ward's pharmacy database is not there to grant it in this test.
+        assert all(
+            c.args["text"].startswith(f"Access request #{request_id}: ⚠️ Approved") for c in updated
+        )
+        assert all("Approved by ben@ward.nhs.uk" in json.dumps(c.args["blocks"]) for c in updated)
 
 
 class TestResolveFailedRevoke:

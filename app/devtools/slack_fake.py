@@ -89,8 +89,14 @@ class FakeSlack(LoopbackServer):
         token: str = "xoxb-wardkey-fake",
         team_id: str = "T0WARD",
         bot_user_id: str = "U0WARDKEY",
+        latency: float = 0.0,
+        app_token: str = "xapp-wardkey-fake",
     ) -> None:
         self.token = token
+        self.app_token = app_token
+        # Where apps.connections.open sends a Socket Mode client: set by whoever serves it.
+        self.socket_mode_url: str | None = None
+        self.latency = latency  # seconds before each answer, as a real Web API call takes
         self.team_id = team_id
         self.bot_user_id = bot_user_id
         self.users: dict[str, SlackUser] = {}
@@ -140,9 +146,10 @@ class FakeSlack(LoopbackServer):
         """Answer the next `times` calls of `method` with HTTP 429 and Retry-After."""
         self._rate_limits[method] = [times, retry_after]
 
-    def calls_to(self, method: str) -> list[Call]:
+    def calls_to(self, method: str, **match: Any) -> list[Call]:
+        """The successful calls of `method` so far (with matching args)."""
         with self._lock:
-            return [c for c in self.calls if c.method == method and c.status == 200]
+            return self._successful(method, match)
 
     def wait_for(
         self, method: str, count: int = 1, timeout: float = 5.0, **match: Any
@@ -150,17 +157,8 @@ class FakeSlack(LoopbackServer):
         """Block until `count` successful calls of `method` (with matching args) arrived."""
         deadline = time.monotonic() + timeout
 
-        def found() -> list[Call]:
-            return [
-                c
-                for c in self.calls
-                if c.method == method
-                and c.status == 200
-                and all(c.args.get(k) == v for k, v in match.items())
-            ]
-
         with self._lock:
-            while len(found()) < count:
+            while len(found := self._successful(method, match)) < count:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     seen = [(c.method, c.status) for c in self.calls]
@@ -168,11 +166,22 @@ class FakeSlack(LoopbackServer):
                         f"expected {count} {method} call(s) matching {match}; calls so far: {seen}"
                     )
                 self._lock.wait(left)
-            return found()
+            return found
+
+    def _successful(self, method: str, match: dict[str, Any]) -> list[Call]:
+        return [
+            c
+            for c in self.calls
+            if c.method == method
+            and c.status == 200
+            and all(c.args.get(k) == v for k, v in match.items())
+        ]
 
     # ------------------------------------------------------------------------- handling
 
     def _handle(self, request: BaseHTTPRequestHandler) -> None:
+        if self.latency:
+            time.sleep(self.latency)
         url = urlparse(request.path)
         length = int(request.headers.get("Content-Length") or 0)
         raw = request.rfile.read(length) if length else b""
@@ -221,8 +230,11 @@ class FakeSlack(LoopbackServer):
                 return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(limit[1])}
         if not token:
             return 200, {"ok": False, "error": "not_authed"}, {}
-        if token != self.token:
-            return 200, {"ok": False, "error": "invalid_auth"}, {}
+        # apps.connections.open takes the app-level token (xapp-) and nothing else does.
+        wanted = self.app_token if method == "apps.connections.open" else self.token
+        if token != wanted:
+            error = "not_allowed_token_type" if token in (self.token, self.app_token) else ""
+            return 200, {"ok": False, "error": error or "invalid_auth"}, {}
         handler = getattr(self, "_m_" + method.replace(".", "_"), None)
         if handler is None:
             return 200, {"ok": False, "error": "unknown_method"}, {}
@@ -234,6 +246,11 @@ class FakeSlack(LoopbackServer):
 
     def _next_ts(self) -> str:
         return f"{1764460800 + next(self._ts)}.000100"
+
+    def _m_apps_connections_open(self, args: JSON) -> JSON:
+        if self.socket_mode_url is None:
+            return {"ok": False, "error": "access_denied"}  # the app has Socket Mode off
+        return {"ok": True, "url": self.socket_mode_url}
 
     def _m_auth_test(self, args: JSON) -> JSON:
         return {

@@ -161,7 +161,8 @@ def outcome_line(view: RequestView, zone: ZoneInfo) -> str:
                 "/jit request, or phone the on-call lead"
             )
         case S.GRANT_FAILED:
-            return "⚠️ Approved, but the target could not grant it; WardKey admins are told"
+            by = f" by {escape(names)} at {decided}" if names else ""
+            return f"⚠️ Approved{by}, but the target could not grant it; WardKey admins are told"
         case S.REVOKING | S.ENDED:
             why = escape(view.end_reason or "expired")
             return f"🔒 Ended at {clock_time(view.ended_at, zone)} ({why})"
