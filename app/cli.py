@@ -35,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
         stream=sys.stderr,
     )
+    # APScheduler logs two lines per run of each job, and the expiry sweep runs every second.
+    logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)
     if not hasattr(args, "run"):
         parser.print_help()
         return 2

@@ -136,9 +136,10 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def process(args: list[str], env: dict[str, str], port: int) -> Iterator[str]:
-    proc = subprocess.Popen(
-        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    # The log goes to a file: a pipe nobody reads fills up, and then every thread that logs
+    # (waitress's "task queue depth" warning in the accept loop, for one) would stall.
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -147,7 +148,8 @@ def process(args: list[str], env: dict[str, str], port: int) -> Iterator[str]:
                 if httpx.post(f"{url}/slack/events", content=b"").status_code in (200, 401):
                     break
             if proc.poll() is not None:
-                raise SystemExit(f"{args} exited: {proc.stderr.read() if proc.stderr else ''}")
+                log.seek(0)
+                raise SystemExit(f"{args} exited: {log.read().decode()[-2000:]}")
             if time.monotonic() > deadline:
                 raise SystemExit(f"{args} did not start")
             time.sleep(0.2)
@@ -155,6 +157,7 @@ def process(args: list[str], env: dict[str, str], port: int) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        log.close()
 
 
 def command_body(user: int, fake: FakeSlack, text: str | None) -> str:
@@ -234,11 +237,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument(
+        "--slack-latency-ms",
+        type=float,
+        default=0,
+        help="how long the fake Slack Web API takes to answer (0: at once, the most work per "
+        "second after the acks; Slack's own API takes about 100-300 ms)",
+    )
     args = parser.parse_args()
 
     key = secrets.token_hex(32)
     console = WebhookTarget(key.encode(), name="epr").start()
-    fake = FakeSlack().start()
+    fake = FakeSlack(latency=args.slack_latency_ms / 1000).start()
     for i in range(args.requests):
         fake.add_user(SlackUser(f"U0P{i}", f"p{i}@bench.nhs.uk", f"Person {i}", "Analyst"))
     for i in (1, 2):
@@ -280,7 +290,8 @@ def main() -> None:
     print()
     print(
         f"{args.requests} signed /jit request commands, {args.concurrency} at a time, "
-        f"{os.cpu_count()} cores, waitress {THREADS} threads"
+        f"{os.cpu_count()} cores, waitress {THREADS} threads, "
+        f"fake Slack Web API answering in {args.slack_latency_ms:g} ms"
     )
     print(f"{'app':<28}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'p99 ratio':>11}")
     bare_p99 = pct(results[0][1], 99)
