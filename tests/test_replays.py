@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from app.service import AccessService
 from app.store.models import SeenRequest
+from app.web import ReplayGuard
 from tests.slack_harness import RunningApp, run_app
 
 pytestmark = [
@@ -104,3 +105,16 @@ def test_forged_requests_are_not_remembered(
         assert one.post(f"command=%2Fjit&text={n}", signature="v0=" + "0" * 64).status_code == 401
     with service.db.read() as session:
         assert session.scalar(select(func.count()).select_from(SeenRequest)) == 0
+
+
+def test_a_wave_checked_in_batches_takes_each_signature_once(service: AccessService) -> None:
+    one, other = ReplayGuard(service.db), ReplayGuard(service.db)
+    first = [f"v0={n:064x}" for n in range(200)]
+    second = first[100:] + [f"v0={n:064x}" for n in range(200, 300)]
+    verdicts = [one.verdict(s) for s in first]
+    assert all(v is not None and v.result(timeout=10) for v in verdicts)
+    again = {s: other.verdict(s) for s in second}
+    new = {s for s, v in again.items() if v is not None and v.result(timeout=10)}
+    assert new == set(second[100:])
+    with service.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(SeenRequest)) == 300
