@@ -9,7 +9,6 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
@@ -18,8 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk.signature import SignatureVerifier
-from sqlalchemy import Engine, create_engine, delete
-from sqlalchemy.dialects.postgresql import insert as postgres_insert
+from sqlalchemy import Engine, create_engine, delete, text
 from sqlalchemy.exc import OperationalError
 
 from app.clock import Clock, SystemClock
@@ -33,6 +31,13 @@ log = logging.getLogger(__name__)
 StartResponse = Callable[..., Any]
 
 
+_TAKE_SIGNATURE = text(
+    "INSERT INTO seen_requests (signature, seen_until) VALUES (:signature, :until) "
+    "ON CONFLICT (signature) DO UPDATE SET seen_until = EXCLUDED.seen_until "
+    "WHERE seen_requests.seen_until <= :now RETURNING 1"
+)
+
+
 class ReplayGuard:
     """Refuses a signed request seen before. Slack's signature stays valid for five minutes, so
     without this a captured click or command could be sent again within that window. Only
@@ -40,11 +45,8 @@ class ReplayGuard:
 
     Every instance remembers what it saw in memory, and refuses a replay sent to it at once.
     Shared (the default on PostgreSQL, the set-up for more than one app instance), it also
-    records each request in a table every instance shares. That check runs beside the ack
-    rather than before it, so the ack never waits on the database; the work the request causes
-    waits for the verdict (app/slack/replay_gate.py). One thread makes the checks, each batch of
-    requests waiting at that moment in one statement, so a wave of requests costs a few round
-    trips rather than one each."""
+    records each request in a table every instance shares, with one upsert made not in the ack
+    path but by the work the request causes, before it acts (app/slack/replay_gate.py)."""
 
     WINDOW = timedelta(minutes=5)
     FORGET_EVERY = timedelta(minutes=1)
@@ -56,78 +58,38 @@ class ReplayGuard:
         self._lock = threading.Lock()
         self._seen: dict[str, datetime] = {}
         self._last_forget = self.clock.now()
-        self._waiting: list[tuple[str, Verdict]] = []
-        self._has_waiting = threading.Condition()
-        self._checker: threading.Thread | None = None
         self._own_engine: Engine | None = None
 
     def first_time_here(self, signature: str) -> bool:
         """New to this instance: the check every mode makes, in memory, in the ack path."""
         now = self.clock.now()
         with self._lock:
-            if now - self._last_forget >= self.FORGET_EVERY:
+            forget = now - self._last_forget >= self.FORGET_EVERY
+            if forget:
                 self._last_forget = now
                 self._seen = {k: until for k, until in self._seen.items() if until > now}
-            if self._seen.get(signature, now) > now:
-                return False
-            self._seen[signature] = now + self.WINDOW
-            return True
+            new = self._seen.get(signature, now) <= now
+            if new:
+                self._seen[signature] = now + self.WINDOW
+        if forget and self.shared:
+            threading.Thread(target=self._forget_shared, args=(now,), daemon=True).start()
+        return new
 
     def verdict(self, signature: str) -> Verdict | None:
-        """Start the check against every instance's requests; None when there is nothing
-        shared to check (memory mode, or SQLite, which serves one instance)."""
+        """The check against every instance's requests, made when first asked; None when
+        there is nothing shared to check (memory mode, or SQLite, which serves one instance)."""
         if not self.shared:
             return None
-        verdict: Verdict = Future()
-        with self._has_waiting:
-            if self._checker is None:
-                self._checker = threading.Thread(
-                    target=self._check_forever, name="replay-check", daemon=True
-                )
-                self._checker.start()
-            self._waiting.append((signature, verdict))
-            self._has_waiting.notify()
-        return verdict
+        seen_at = self.clock.now()
+        return Verdict(lambda: self._first_time_anywhere(signature, seen_at))
 
-    def _check_forever(self) -> None:
-        last_forget = self.clock.now()
-        while True:
-            with self._has_waiting:
-                self._has_waiting.wait_for(lambda: bool(self._waiting), timeout=60)
-                batch, self._waiting = self._waiting, []
-            if batch:
-                self._check(batch)
-            now = self.clock.now()
-            if now - last_forget >= self.FORGET_EVERY:
-                last_forget = now
-                self._forget_shared(now)
-
-    def _check(self, batch: list[tuple[str, Verdict]]) -> None:
-        try:
-            taken = self._take({signature for signature, _ in batch})
-        except Exception as exc:  # each waiting request's work is told, and dropped
-            for _, verdict in batch:
-                verdict.set_exception(exc)
-            return
-        for signature, verdict in batch:
-            verdict.set_result(signature in taken)
-            taken.discard(signature)  # the same signature twice in one batch: a replay
-
-    def _take(self, signatures: set[str]) -> set[str]:
-        """Record the signatures; those new, or seen so long ago that their signature has
-        expired, are taken; the rest are replays."""
-        now = self.clock.now()
-        rows = [{"signature": s, "seen_until": now + self.WINDOW} for s in signatures]
-        insert = postgres_insert(SeenRequest).values(rows)
-        upsert = insert.on_conflict_do_update(
-            index_elements=[SeenRequest.signature],
-            set_={"seen_until": insert.excluded.seen_until},
-            where=SeenRequest.seen_until <= now,
-        ).returning(SeenRequest.signature)
+    def _first_time_anywhere(self, signature: str, now: datetime) -> bool:
+        # New, or seen so long ago that its signature has expired: take it; else a replay.
+        params = {"signature": signature, "until": now + self.WINDOW, "now": now}
         for attempt in (1, 2):
             try:
                 with self._engine().connect() as conn:
-                    return set(conn.scalars(upsert))
+                    return conn.execute(_TAKE_SIGNATURE, params).first() is not None
             except OperationalError:  # a connection the server closed: try a fresh one
                 if attempt == 2:
                     raise
@@ -141,16 +103,18 @@ class ReplayGuard:
             log.warning("event=replay_forget_failed error=%s", type(exc).__name__)
 
     def _engine(self) -> Engine:
-        """A connection of the guard's own, so a check never waits for one that work after
+        """Connections of the guard's own, so a check never waits for one that work after
         other acks holds. Autocommit, and commits do not wait for the disk: losing the last few
         records to a database crash only reopens a five-minute replay window."""
-        if self._own_engine is None:
+        with self._lock:
+            if self._own_engine is not None:
+                return self._own_engine
             url = self.db.url
             options = f"{url.query.get('options', '')} -c synchronous_commit=off".strip()
             self._own_engine = create_engine(
                 url.update_query_dict({"options": options}),
-                pool_size=1,
-                max_overflow=1,
+                pool_size=4,
+                max_overflow=8,
                 isolation_level="AUTOCOMMIT",
             )
         return self._own_engine

@@ -237,6 +237,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--no-sqlite", action="store_true")
     parser.add_argument(
         "--slack-latency-ms",
         type=float,
@@ -263,7 +264,7 @@ def main() -> None:
         "WARDKEY_POLICY": str(work / "policy.yaml"),
         "BENCH_EPR_KEY": key,
     }
-    stores = {"SQLite": f"sqlite:///{work / 'wardkey.db'}"}
+    stores = {} if args.no_sqlite else {"SQLite": f"sqlite:///{work / 'wardkey.db'}"}
     if not args.no_postgres and (pg := postgres_database()):
         stores["PostgreSQL"] = pg
 
