@@ -163,7 +163,7 @@ class WardKeyWSGI:
                 return _text(start_response, "409 Conflict", "replayed request")
             verdict = self.replays.verdict(signature)
             # A form's answer carries the result of work done before the ack (errors on its
-            # fields), so a submission waits for the shared verdict; nothing else does.
+            # fields), so a submission is checked against every instance first; nothing else is.
             if verdict and _is_form_submission(body) and not replay_gate.is_new(verdict):
                 return _text(start_response, "409 Conflict", "replayed request")
             with replay_gate.judging(verdict):
