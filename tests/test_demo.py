@@ -19,6 +19,8 @@ def test_the_demo_tells_the_whole_night_and_leaves_nothing_behind(
         "[Approve] [Deny]",
         "Ben Hughes clicks [Approve] on card #1",
         "EPR console: gave amira WARD_ADMIN",
+        "Amira Khan opens WardKey's App Home",
+        "`epr-console:ward-admin` · 30m left (until 03:42)",
         "❌ Denied by ben@demo.nhs.uk at 03:15: bulk edits go through the change board",
         "is not a target and role; write them as target:role.",
         "[Approve] (asks to confirm) [Deny]",
@@ -29,6 +31,8 @@ def test_the_demo_tells_the_whole_night_and_leaves_nothing_behind(
         "ends in 10m, at 03:42",
         "[Extend 30m] [Revoke now] (asks to confirm)",
         "🔒 Ended at 03:42 (expired)",
+        "WardKey draws the App Home of Amira Khan:",  # she looked at it this shift
+        "No active elevation.",
         "EPR console: took WARD_ADMIN from chloe",
         "WardKey → #manager-reviews:",
         "[Justified] [Not justified]",

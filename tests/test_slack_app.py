@@ -348,6 +348,20 @@ class TestAppHome:
         assert service.get(rid).state == S.DENIED
         assert len(slack.fake.calls_to("views.publish")) == 4
 
+    def test_an_open_home_follows_each_change_that_concerns_me(self, slack: RunningApp) -> None:
+        slack.event({"type": "app_home_opened", "user": "U0AMIRA", "tab": "home"}, "Ev20")
+        slack.fake.wait_for("views.publish", 1, user_id="U0AMIRA")
+        rid = ask(slack)
+        slack.settle()
+        pending = slack.fake.calls_to("views.publish", user_id="U0AMIRA")[-1]
+        assert "YOUR PENDING REQUESTS" in json.dumps(pending.args["view"]).upper()
+        assert f"*#{rid}*" in json.dumps(pending.args["view"])
+        slack.click(APPROVE_ACTION, str(rid), "U0BEN")
+        slack.settle()
+        active = slack.fake.calls_to("views.publish", user_id="U0AMIRA")[-1]
+        assert "30m left" in json.dumps(active.args["view"])
+        assert "home_revoke" in json.dumps(active.args["view"])
+
     def test_extend_and_revoke_from_home(
         self, slack: RunningApp, service: AccessService, targets: dict[str, MemoryTarget]
     ) -> None:

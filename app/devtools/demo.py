@@ -133,6 +133,7 @@ class Scene:
         self.story = story
         self.listeners = listeners
         self.clock = clock
+        self._homes_opened = 0
 
     def at(self, minutes_later: int) -> None:
         self.clock.advance(timedelta(minutes=minutes_later))
@@ -169,6 +170,13 @@ class Scene:
     ) -> None:
         self.story.clicked(user, label, where)
         self.slack.click(action, str(request_id), user, channel=channel or "D" + user[1:])
+        self._settle()
+
+    def open_home(self, user: str) -> None:
+        self.story.opened_home(user)
+        self._homes_opened += 1
+        event = {"type": "app_home_opened", "user": user, "tab": "home"}
+        self.slack.event(event, f"EvHome{self._homes_opened}")
         self._settle()
 
     def review(self, user: str, request_id: int, note: str) -> None:
@@ -229,6 +237,7 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
     scene.at(2)
     scene.click("U0BEN", APPROVE_ACTION, clinical, "Approve", f"on card #{clinical}")
     expect(clinical, S.ACTIVE)
+    scene.open_home("U0AMIRA")
 
     story.heading("2. A request that is refused, with the reason")
     scene.at(2)

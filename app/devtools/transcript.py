@@ -95,6 +95,10 @@ class Transcript:
         self._actor = user
         self._print(f"{self._clock()}  {self.names.get(user, user)} ▸ {text}")
 
+    def opened_home(self, user: str) -> None:
+        self._actor = user
+        self._print(f"{self._clock()}  {self.names.get(user, user)} opens WardKey's App Home")
+
     def clicked(self, user: str, button: str, where: str) -> None:
         self._actor = user
         self._print(f"{self._clock()}  {self.names.get(user, user)} clicks [{button}] {where}")
@@ -108,7 +112,6 @@ class Transcript:
         """Print the calls WardKey made (and what the target did) since the last flush."""
         calls = [c for c in self.fake.calls[self._calls_seen :] if c.status == 200]
         self._calls_seen = len(self.fake.calls)
-        homes = 0
         pending_updates: list[Call] = []
         last_card: list[Any] | None = None
 
@@ -130,9 +133,7 @@ class Transcript:
                 pending_updates.append(call)
                 continue
             flush_updates()
-            if call.method == "views.publish":
-                homes += 1
-            elif (
+            if (
                 call.method == "chat.postMessage"
                 and last_card is not None
                 and call.args.get("blocks") == last_card
@@ -146,8 +147,6 @@ class Transcript:
         for line in self.target_log[self._log_seen :]:
             self._print(f"      ⚙ {line}")
         self._log_seen = len(self.target_log)
-        if homes:
-            self._print(f"      (App Home redrawn for {homes} people)")
 
     def _render(self, call: Call) -> None:
         args = call.args
@@ -164,6 +163,11 @@ class Transcript:
             text = _plain(str(args.get("text", "")))
             self._print(f"      WardKey → {actor} (only they see this):")
             for line in text.splitlines():
+                self._print(f"        │ {line}")
+        elif call.method == "views.publish":
+            who = self.names.get(str(args.get("user_id")), str(args.get("user_id")))
+            self._print(f"      WardKey draws the App Home of {who}:")
+            for line in render_blocks(args.get("view", {}).get("blocks", [])):
                 self._print(f"        │ {line}")
         elif call.method in ("views.open", "views.update"):
             view = args.get("view", {})

@@ -154,14 +154,16 @@ class Notifier:
             )
 
     def request_changed(self, view: RequestView) -> None:
-        """Update every copy of the card in place and tell the requester what happened; a
-        failed revoke also alerts the security channel, at every failed try."""
+        """Update every copy of the card in place, tell the requester what happened and redraw
+        the homes it concerns; a failed revoke also alerts the security channel, at every
+        failed try."""
         if view.state == S.REVOKE_FAILED:
             self.revoke_failed(view)
             if view.revoke_attempts > 1:
                 return  # card and requester were told at the first failure
         self.update_cards(view)
         self.tell_requester(view)
+        self.refresh_homes(view)
 
     def update_cards(self, view: RequestView) -> None:
         """Every copy of the approver card, updated in place."""
