@@ -123,9 +123,8 @@ class LdapAdapter:
             return PermanentAdapterError(f"{operation}: TLS is misconfigured: {exc}")
         # A certificate that does not verify will not verify on the next try either: someone
         # must fix ca_file or the directory's certificate.
-        if isinstance(exc, ldap_errors.LDAPCertificateError) or "CERTIFICATE_VERIFY_FAILED" in str(
-            exc
-        ):
+        unverified = "CERTIFICATE_VERIFY_FAILED" in str(exc)
+        if unverified or isinstance(exc, ldap_errors.LDAPCertificateError):
             return PermanentAdapterError(
                 f"{operation}: the certificate of {self.settings.url} did not verify against "
                 f"{self.settings.ca_file or 'the system CAs'}: {exc}"
