@@ -139,9 +139,12 @@ def _parser() -> argparse.ArgumentParser:
 def _demo(args: argparse.Namespace) -> int:
     from app.devtools.demo import DemoFailed, run_demo
 
-    # The transcript is the output; the app's own log lines would only get in its way.
-    logging.getLogger().setLevel(logging.ERROR)
-    logging.getLogger("waitress").setLevel(logging.CRITICAL)
+    # The transcript is the output; the app's own log lines would only get in its way. The
+    # levels are put back afterwards, for callers that run the demo inside their own process.
+    quieted = {"": logging.ERROR, "waitress": logging.CRITICAL}
+    before = {name: logging.getLogger(name).level for name in quieted}
+    for name, level in quieted.items():
+        logging.getLogger(name).setLevel(level)
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
     try:
@@ -149,6 +152,9 @@ def _demo(args: argparse.Namespace) -> int:
     except DemoFailed as exc:
         print(f"wardkey demo: the scenario went wrong: {exc}", file=sys.stderr)
         return 1
+    finally:
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)
     return 0
 
 
