@@ -105,9 +105,9 @@ def _run(out: TextIO, workdir: Path) -> None:
     http = httpx.Client(timeout=10)
     try:
         with serving(WardKeyWSGI(bolt, db, signing_secret), threads=4) as app_url:
-            slack = SlackDriver(app_url, fake, http, signing_secret, TEAM)
+            slack = SlackDriver(app_url, fake, http, signing_secret, TEAM, (listeners,))
             try:
-                _night_shift(Scene(slack, story, listeners, clock), service, sweeps)
+                _night_shift(Scene(slack, story, clock), service, sweeps)
             finally:
                 listeners.wait_idle()
                 http.close()  # before the server closes, so no connection is cut mid-answer
@@ -126,12 +126,10 @@ class Scene:
         self,
         slack: SlackDriver,
         story: Transcript,
-        listeners: TrackingExecutor,
         clock: ManualClock,
     ) -> None:
         self.slack = slack
         self.story = story
-        self.listeners = listeners
         self.clock = clock
         self._homes_opened = 0
 
@@ -143,8 +141,10 @@ class Scene:
         self.clock.set(now.replace(hour=hour, minute=minute, second=0, microsecond=0))
 
     def _settle(self) -> None:
-        if not self.listeners.wait_idle(timeout=15):
-            raise DemoFailed("WardKey did not finish reacting within 15 s")
+        try:
+            self.slack.settle(timeout=15)
+        except AssertionError:
+            raise DemoFailed("WardKey did not finish reacting within 15 s") from None
         self.story.flush()
 
     def command(self, user: str, command: str, text: str) -> None:
