@@ -22,6 +22,16 @@ class Settings(BaseSettings):
     slack_signing_secret: str | None = None
     slack_app_token: str | None = None
     slack_api_url: str = "https://slack.com/api/"
+    slack_team_ids: str = Field(
+        default="",
+        description="The Slack workspace IDs (T…, comma-separated) whose people may use WardKey; "
+        "empty: only the workspace the bot token belongs to (auth.test at start-up).",
+    )
+    slack_enterprise_id: str | None = Field(
+        default=None,
+        description="An Enterprise Grid org ID (E…) whose every workspace may use WardKey; "
+        "unset: none beyond SLACK_TEAM_IDS.",
+    )
     wardkey_sweep_seconds: float = Field(
         default=15.0, gt=0, description="How often the warn, escalate, review and retry sweeps run."
     )
