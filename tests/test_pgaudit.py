@@ -1,7 +1,7 @@
 """Session recording with pgaudit, on a server of its own that has pgaudit loaded: the elevated
 login's statements reach the server log as AUDIT lines for the window, and stop at revoke.
 WardKey's login has only what README.md says it needs (CREATEROLE, pg_signal_backend and SET
-on the pgaudit.log parameter), not superuser."""
+on the pgaudit.log and wardkey.state parameters), not superuser."""
 
 from __future__ import annotations
 
@@ -26,10 +26,13 @@ def server() -> Iterator[AuditedServer]:
             for statement in (
                 "CREATE EXTENSION pgaudit",
                 "CREATE ROLE pharmacy_owner NOLOGIN",
+                "CREATE ROLE pharmacy_admin NOLOGIN",
                 "CREATE ROLE amira LOGIN",
+                "CREATE ROLE dev LOGIN",
                 "CREATE ROLE wardkey LOGIN CREATEROLE",
                 "GRANT pg_signal_backend TO wardkey",
                 "GRANT SET ON PARAMETER pgaudit.log TO wardkey",
+                "GRANT SET ON PARAMETER wardkey.state TO wardkey",
                 "CREATE TABLE stock (item text)",
                 "GRANT SELECT ON stock TO pharmacy_owner",
             ):
@@ -47,7 +50,7 @@ def adapter(server: AuditedServer, **settings: Any) -> PostgresAdapter:
     config = PostgresSettings(
         host="127.0.0.1", port=server.port, dbname="postgres", sslmode="disable", **settings
     )
-    return PostgresAdapter(config, recorded={"pharmacy_owner"})
+    return PostgresAdapter(config, recorded={"pharmacy_owner", "pharmacy_admin"})
 
 
 def audited(server: AuditedServer, marker: str) -> bool:
@@ -85,3 +88,23 @@ def test_log_statement_can_be_chosen_even_where_pgaudit_is_loaded(
         assert session.execute("SHOW pgaudit.log").fetchone() == ("none",)
         assert session.execute("SHOW log_statement").fetchone() == ("all",)
     plain.revoke("amira", "pharmacy_owner")
+
+
+def test_one_grant_ending_leaves_the_other_audited_then_the_dba_setting_returns(
+    server: AuditedServer,
+) -> None:
+    with connect(server, "postgres") as admin:  # the trust audits DDL for this login anyway
+        admin.execute("ALTER ROLE dev SET pgaudit.log = 'ddl'")
+    recording = adapter(server)
+    recording.grant("dev", "pharmacy_owner", UNTIL)
+    recording.grant("dev", "pharmacy_admin", UNTIL)
+
+    recording.revoke("dev", "pharmacy_admin")
+    with connect(server, "dev") as session:  # still holds pharmacy_owner: still audited
+        assert session.execute("SHOW pgaudit.log").fetchone() == ("all",)
+        session.execute("SELECT count(*), 'wk-between-revokes' FROM stock")
+    assert audited(server, "wk-between-revokes")
+
+    recording.revoke("dev", "pharmacy_owner")
+    with connect(server, "dev") as session:
+        assert session.execute("SHOW pgaudit.log").fetchone() == ("ddl",)

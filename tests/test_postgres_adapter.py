@@ -6,7 +6,8 @@ README.md says the adapter needs."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 from psycopg import sql
 
 from app.adapters.base import PermanentAdapterError, TransientAdapterError
-from app.adapters.postgres import PostgresAdapter, PostgresSettings
+from app.adapters.postgres import PostgresAdapter, PostgresSettings, login_lock_key
 from app.clock import ManualClock
 from app.service import AccessService
 from app.store.models import RequestState as S
@@ -36,6 +37,7 @@ class Server:
     port: int
     dbname: str
     prefix: str  # every role this module creates starts with it
+    admin: str  # the server's superuser, standing in for the hospital's DBA
 
     def role(self, name: str) -> str:
         return f"{self.prefix}{name}"
@@ -64,6 +66,34 @@ class Server:
                 return False
             return True
 
+    def login_settings(self, login: str) -> dict[str, str]:
+        """What `ALTER ROLE login SET …` has stored for the login in every database."""
+        with self.connect(self.role("adapter")) as conn:
+            row = conn.execute(
+                "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r "
+                "ON r.oid = s.setrole WHERE r.rolname = %s AND s.setdatabase = 0",
+                (login,),
+            ).fetchone()
+        return dict(item.split("=", 1) for item in row[0]) if row else {}
+
+    def dba_sets(self, login: str, parameter: str, value: str) -> None:
+        """The hospital's DBA configures the login by hand, before or outside WardKey."""
+        with self.connect(self.admin) as conn:
+            conn.execute(
+                sql.SQL("ALTER ROLE {} SET {} = {}").format(
+                    sql.Identifier(login), sql.Identifier(parameter), sql.Literal(value)
+                )
+            )
+
+    def waiting_for_a_login_lock(self) -> int:
+        with self.connect(self.admin) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND NOT l.granted "
+                "AND a.application_name = 'wardkey'"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
     @property
     def table(self) -> sql.Identifier:
         return sql.Identifier(self.role("stock"))
@@ -80,7 +110,7 @@ def server() -> Iterator[Server]:
     except psycopg.OperationalError as exc:
         postgres_unreachable(exc)
     srv = Server(url.host or "127.0.0.1", url.port or 5432, url.database or "test",
-                 f"wkt{secrets.token_hex(3)}_")  # fmt: skip
+                 f"wkt{secrets.token_hex(3)}_", url.username or "postgres")  # fmt: skip
     r = srv.role
     odd = 'o\'brien "x"'
     statements = [
@@ -94,6 +124,7 @@ def server() -> Iterator[Server]:
         ("CREATE ROLE {} LOGIN CREATEROLE PASSWORD 'wk-test-password'", "adapter"),
         ("GRANT pg_signal_backend TO {}", "adapter"),
         ("GRANT SET ON PARAMETER log_statement TO {}", "adapter"),
+        ("GRANT SET ON PARAMETER wardkey.state TO {}", "adapter"),
     ]
     for template, name in statements:
         admin.execute(sql.SQL(template).format(sql.Identifier(r(name))))
@@ -106,11 +137,12 @@ def server() -> Iterator[Server]:
         yield srv
     finally:
         admin.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(r("stock"))))
-        admin.execute(
-            sql.SQL("REVOKE SET ON PARAMETER log_statement FROM {}").format(
-                sql.Identifier(r("adapter"))
+        for parameter in ("log_statement", "wardkey.state"):
+            admin.execute(
+                sql.SQL("REVOKE SET ON PARAMETER {} FROM {}").format(
+                    sql.SQL(parameter), sql.Identifier(r("adapter"))
+                )
             )
-        )
         for (name,) in admin.execute(
             "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (srv.prefix,)
         ).fetchall():
@@ -121,7 +153,7 @@ def server() -> Iterator[Server]:
 @pytest.fixture
 def adapter(server: Server) -> Iterator[PostgresAdapter]:
     yield PostgresAdapter(server.settings(), PASSWORD)
-    with server.connect(server.role("adapter")) as conn:  # leave no membership behind
+    with server.connect(server.admin) as conn:  # leave no membership or setting behind
         for login in ("amira", "ben", 'o\'brien "x"'):
             for role in ("pharmacy_read", "pharmacy_owner"):
                 conn.execute(
@@ -129,6 +161,9 @@ def adapter(server: Server) -> Iterator[PostgresAdapter]:
                         sql.Identifier(server.role(role)), sql.Identifier(server.role(login))
                     )
                 )
+            conn.execute(
+                sql.SQL("ALTER ROLE {} RESET ALL").format(sql.Identifier(server.role(login)))
+            )
 
 
 class TestGrantAndRevoke:
@@ -177,25 +212,116 @@ class TestGrantAndRevoke:
         login, role = server.role("amira"), server.role("pharmacy_owner")
         recording = PostgresAdapter(server.settings(), PASSWORD, recorded={role})
 
-        def login_settings() -> list[str]:
-            with server.connect(server.role("adapter")) as conn:
-                row = conn.execute(
-                    "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r "
-                    "ON r.oid = s.setrole WHERE r.rolname = %s AND s.setdatabase = 0",
-                    (login,),
-                ).fetchone()
-            return list(row[0]) if row else []
-
         with server.connect(login) as already_open:
             result = recording.grant(login, role, UNTIL)
-            assert "log_statement=all" in login_settings()
+            assert server.login_settings(login)["log_statement"] == "all"
             assert "ended 1 open session" in result.detail
             with pytest.raises(psycopg.OperationalError):
                 already_open.execute("SELECT 1")  # it would not have been logged
         with server.connect(login) as fresh:
             assert fresh.execute("SHOW log_statement").fetchone() == ("all",)
         recording.revoke(login, role)
-        assert login_settings() == []
+        assert server.login_settings(login) == {}
+
+
+class TestSettingsSharedByGrants:
+    """Two recorded grants on one login: the settings follow the last one out, and what the DBA
+    had set before WardKey comes back."""
+
+    @pytest.fixture
+    def both_recorded(self, server: Server, adapter: PostgresAdapter) -> PostgresAdapter:
+        roles = {server.role("pharmacy_read"), server.role("pharmacy_owner")}
+        return PostgresAdapter(server.settings(), PASSWORD, recorded=roles)
+
+    def test_ending_one_recorded_grant_keeps_recording_for_the_other(
+        self, server: Server, both_recorded: PostgresAdapter
+    ) -> None:
+        amira = server.role("amira")
+        server.dba_sets(amira, "log_statement", "ddl")  # the trust logs DDL for every login
+        both_recorded.grant(amira, server.role("pharmacy_read"), UNTIL)
+        both_recorded.grant(amira, server.role("pharmacy_owner"), UNTIL)
+
+        both_recorded.revoke(amira, server.role("pharmacy_owner"))
+        assert server.login_settings(amira)["log_statement"] == "all"
+        with server.connect(amira) as session:  # still elevated, still recorded
+            assert session.execute("SHOW log_statement").fetchone() == ("all",)
+
+        both_recorded.revoke(amira, server.role("pharmacy_read"))
+        assert server.login_settings(amira) == {"log_statement": "ddl"}
+        assert both_recorded.revoke(amira, server.role("pharmacy_read")).already_absent
+        assert server.login_settings(amira) == {"log_statement": "ddl"}
+
+    def test_timeout_and_read_only_hold_until_the_last_grant_ends(self, server: Server) -> None:
+        ben = server.role("ben")
+        server.dba_sets(ben, "statement_timeout", "30s")
+        guarded = PostgresAdapter(
+            server.settings(statement_timeout="5min", read_only=True), PASSWORD
+        )
+        guarded.grant(ben, server.role("pharmacy_read"), UNTIL)
+        guarded.grant(ben, server.role("pharmacy_owner"), UNTIL)
+        guarded.revoke(ben, server.role("pharmacy_read"))
+        with server.connect(ben) as session:
+            assert session.execute("SHOW statement_timeout").fetchone() == ("5min",)
+            assert session.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+
+        guarded.revoke(ben, server.role("pharmacy_owner"))
+        assert server.login_settings(ben) == {"statement_timeout": "30s"}
+
+    def test_a_value_the_dba_changes_during_the_window_is_left_as_they_set_it(
+        self, server: Server, both_recorded: PostgresAdapter
+    ) -> None:
+        amira = server.role("amira")
+        both_recorded.grant(amira, server.role("pharmacy_owner"), UNTIL)
+        server.dba_sets(amira, "log_statement", "mod")  # an investigation needs it kept on
+        both_recorded.revoke(amira, server.role("pharmacy_owner"))
+        assert server.login_settings(amira) == {"log_statement": "mod"}
+
+    def test_two_workers_on_one_login_take_turns(
+        self, server: Server, both_recorded: PostgresAdapter
+    ) -> None:
+        amira = server.role("amira")
+        server.dba_sets(amira, "log_statement", "ddl")
+        roles = [server.role("pharmacy_read"), server.role("pharmacy_owner")]
+
+        def at_once(call: Callable[[str], object]) -> None:
+            """Both calls start while the login is locked, so they meet at the lock."""
+            with server.connect(server.admin) as holder:
+                holder.execute(
+                    "SELECT pg_advisory_lock(hashtextextended(%s, 0))", (login_lock_key(amira),)
+                )
+                workers = [threading.Thread(target=noting(call), args=(r,)) for r in roles]
+                for worker in workers:
+                    worker.start()
+                deadline = 200
+                while server.waiting_for_a_login_lock() < 2 and deadline:
+                    if not any(w.is_alive() for w in workers):
+                        break
+                    deadline -= 1
+                    threading.Event().wait(0.05)
+                waited = server.waiting_for_a_login_lock()
+                holder.execute("SELECT pg_advisory_unlock_all()")
+            for worker in workers:
+                worker.join()
+            assert not failures
+            assert waited == 2, "both workers must wait for the login's lock"
+
+        failures: list[BaseException] = []
+
+        def noting(call: Callable[[str], object]) -> Callable[[str], None]:
+            def run(role: str) -> None:
+                try:
+                    call(role)
+                except BaseException as exc:  # a thread's error would otherwise be lost
+                    failures.append(exc)
+
+            return run
+
+        at_once(lambda r: both_recorded.grant(amira, r, UNTIL))
+        assert all(both_recorded.check(amira, r) for r in roles)
+        assert server.login_settings(amira)["log_statement"] == "all"
+        at_once(lambda r: both_recorded.revoke(amira, r))
+        assert not any(both_recorded.check(amira, r) for r in roles)
+        assert server.login_settings(amira) == {"log_statement": "ddl"}
 
 
 class TestRefusals:

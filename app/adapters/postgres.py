@@ -5,13 +5,23 @@ login's open sessions, because PostgreSQL checks membership at each statement bu
 already ran `SET ROLE` keeps that role until it ends. Recorded entitlements turn on statement
 logging for the login for the window, with pgaudit (`pgaudit.log = 'all'`) where the server has
 it loaded and `log_statement = 'all'` otherwise (and end its sessions at grant, since a role
-setting only applies to new sessions), and reset it at revoke.
+setting only applies to new sessions).
+
+One login can hold several grants at once, so the settings WardKey puts on a login belong to all
+of them: each grant and revoke locks the login (an advisory lock, in one transaction with the
+GRANT or REVOKE), and WardKey's record on the login itself (`wardkey.state`, a custom setting
+that changes nothing in a session) names the roles it granted and, for each setting it changed,
+the login's value before. A setting stays while a role WardKey granted, and the login still holds,
+needs it; after the last one it goes back to the login's value before (or is reset if it had
+none), unless someone changed it by hand meanwhile, in which case their value is kept.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
@@ -29,6 +39,8 @@ from app.adapters.base import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_IDENTIFIER_BYTES = 63  # NAMEDATALEN - 1: PostgreSQL would silently truncate a longer name
+STATE_PARAMETER = "wardkey.state"  # WardKey's record on a login; see the module's docstring
+RECORDERS = frozenset({"log_statement", "pgaudit.log"})
 
 
 class PostgresSettings(BaseModel):
@@ -116,25 +128,25 @@ class PostgresAdapter:
         login, role = _name("login", account), _name("role", entitlement)
 
         def work(conn: psycopg.Connection[Any]) -> GrantResult:
-            self._require_role(conn, "login", login)
-            self._require_role(conn, "role", role)
-            # Known before granting: a role that must be recorded is never granted unrecorded.
-            recorder = self._recorder(conn) if role in self.recorded else ""
-            present = _is_member(conn, login, role)
-            if not present:
-                conn.execute(
-                    sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(login))
-                )
-            ended = 0
-            if recorder:
-                self._set_login(conn, login, recorder, "all")
-                # A role setting applies to new sessions only: end open ones so that every
-                # statement made with the elevated role is in the server log.
-                ended = _terminate(conn, login)
-            if self.settings.statement_timeout:
-                self._set_login(conn, login, "statement_timeout", self.settings.statement_timeout)
-            if self.settings.read_only:
-                self._set_login(conn, login, "default_transaction_read_only", "on")
+            with conn.transaction():
+                _lock_login(conn, login)
+                self._require_role(conn, "login", login)
+                self._require_role(conn, "role", role)
+                # Known before granting: a role that must be recorded is never granted unrecorded.
+                wanted = self._wanted(conn, role)
+                present = _is_member(conn, login, role)
+                if not present:
+                    conn.execute(
+                        sql.SQL("GRANT {} TO {}").format(
+                            sql.Identifier(role), sql.Identifier(login)
+                        )
+                    )
+                if wanted:
+                    _elevate(conn, login, role, wanted)
+            recorder = next((p for p in wanted if p in RECORDERS), "")
+            # A role setting applies to new sessions only: end open ones (after the commit, so a
+            # session that reconnects sees the setting) so every elevated statement is logged.
+            ended = _terminate(conn, login) if recorder else 0
             detail = f"recorded: {recorder}=all" if recorder else ""
             if ended:
                 detail += f"; ended {ended} open session(s) so recording covers them"
@@ -146,20 +158,21 @@ class PostgresAdapter:
         login, role = _name("login", account), _name("role", entitlement)
 
         def work(conn: psycopg.Connection[Any]) -> RevokeResult:
-            absent = not _is_member(conn, login, role)
-            if not absent:
-                conn.execute(
-                    sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(role), sql.Identifier(login))
-                )
-            if _role_exists(conn, login):
-                for parameter in self._session_parameters(conn, role):
+            detail = ""
+            with conn.transaction():
+                _lock_login(conn, login)
+                absent = not _is_member(conn, login, role)
+                if not absent:
                     conn.execute(
-                        sql.SQL("ALTER ROLE {} RESET {}").format(
-                            sql.Identifier(login), _parameter(parameter)
+                        sql.SQL("REVOKE {} FROM {}").format(
+                            sql.Identifier(role), sql.Identifier(login)
                         )
                     )
+                if _role_exists(conn, login):
+                    detail = self._step_down_safely(conn, login, role)
+            # After the commit: a session that reconnects finds the role gone.
             ended = _terminate(conn, login)
-            return RevokeResult(already_absent=absent, sessions_ended=ended)
+            return RevokeResult(already_absent=absent, sessions_ended=ended, detail=detail)
 
         return self._run("revoke", work)
 
@@ -202,28 +215,169 @@ class PostgresAdapter:
             )
         return "log_statement"
 
-    def _session_parameters(self, conn: psycopg.Connection[Any], role: str) -> list[str]:
-        names = []
+    def _wanted(self, conn: psycopg.Connection[Any], role: str) -> dict[str, str]:
+        """The settings a grant of `role` puts on the login for the window."""
+        wanted = {}
         if role in self.recorded:
-            names.append(self._recorder(conn))
+            wanted[self._recorder(conn)] = "all"
         if self.settings.statement_timeout:
-            names.append("statement_timeout")
+            wanted["statement_timeout"] = self.settings.statement_timeout
         if self.settings.read_only:
-            names.append("default_transaction_read_only")
-        return names
+            wanted["default_transaction_read_only"] = "on"
+        return wanted
+
+    def _needed(self, parameter: str, roles: set[str]) -> bool:
+        """Whether a grant WardKey made, of one of `roles`, still needs the setting."""
+        return bool(roles & self.recorded) if parameter in RECORDERS else bool(roles)
+
+    def _step_down_safely(self, conn: psycopg.Connection[Any], login: str, role: str) -> str:
+        """Put back the settings no remaining grant needs. The REVOKE matters more than the
+        settings: if putting them back fails, access still goes and the detail says so."""
+        try:
+            with conn.transaction():  # a savepoint: its failure leaves the REVOKE in place
+                return self._step_down(conn, login, role)
+        except (psycopg.Error, PermanentAdapterError) as exc:
+            log.warning("event=postgres_settings_not_restored error=%s", type(exc).__name__)
+            return f"the login's settings were not put back, check them by hand: {exc}".strip()
+
+    def _step_down(self, conn: psycopg.Connection[Any], login: str, role: str) -> str:
+        stored = _login_settings(conn, login)
+        if STATE_PARAMETER not in stored:
+            return ""  # WardKey changed nothing on this login
+        state = _Elevation.parse(stored[STATE_PARAMETER], login)
+        # Held roles only: one removed by hand no longer keeps anything on.
+        state.roles = (state.roles - {role}) & _memberships(conn, login)
+        kept, restored, theirs = [], [], []
+        for parameter, (before, ours) in sorted(state.settings.items()):
+            if self._needed(parameter, state.roles):
+                kept.append(parameter)
+                continue
+            del state.settings[parameter]
+            if stored.get(parameter) != ours:
+                theirs.append(parameter)  # changed by hand during the window: theirs now
+            elif before is None:
+                _reset_login(conn, login, parameter)
+                restored.append(parameter)
+            else:
+                _set_login(conn, login, parameter, before)
+                restored.append(parameter)
+        if state.roles or state.settings:
+            _set_login(conn, login, STATE_PARAMETER, state.dump())
+        else:
+            _reset_login(conn, login, STATE_PARAMETER)
+        parts = [
+            f"{label}: {', '.join(names)}"
+            for label, names in (
+                ("settings put back", restored),
+                ("kept for the login's other grant(s)", kept),
+                ("left as changed by hand", theirs),
+            )
+            if names
+        ]
+        return "; ".join(parts)
 
     @staticmethod
     def _require_role(conn: psycopg.Connection[Any], kind: str, name: str) -> None:
         if not _role_exists(conn, name):
             raise PermanentAdapterError(f"there is no {kind} '{name}' on the server")
 
-    @staticmethod
-    def _set_login(conn: psycopg.Connection[Any], login: str, parameter: str, value: str) -> None:
+
+@dataclass
+class _Elevation:
+    """WardKey's record on a login: the roles it granted there, and for each setting it changed,
+    (the login's own value before, or None if it had none; the value WardKey set)."""
+
+    roles: set[str] = field(default_factory=set)
+    settings: dict[str, tuple[str | None, str]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str | None, login: str) -> _Elevation:
+        if not text:
+            return cls()
+        try:
+            data = json.loads(text)
+            return cls(
+                {str(r) for r in data["roles"]},
+                {
+                    str(p): (b if b is None else str(b), str(o))
+                    for p, (b, o) in data["settings"].items()
+                },
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise PermanentAdapterError(
+                f"the {STATE_PARAMETER} setting on login '{login}' is not WardKey's record: "
+                f"reset it (ALTER ROLE … RESET {STATE_PARAMETER}) after checking the login's "
+                "settings by hand"
+            ) from None
+
+    def dump(self) -> str:
+        data = {"roles": sorted(self.roles), "settings": dict(sorted(self.settings.items()))}
+        return json.dumps(data, separators=(",", ":"))
+
+
+def login_lock_key(login: str) -> str:
+    """The advisory lock every WardKey worker takes before changing a login."""
+    return f"wardkey.login:{login}"
+
+
+def _lock_login(conn: psycopg.Connection[Any], login: str) -> None:
+    # Held to the end of the transaction, so two workers on one login take turns.
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (login_lock_key(login),))
+
+
+def _elevate(conn: psycopg.Connection[Any], login: str, role: str, wanted: dict[str, str]) -> None:
+    """Set what the grant needs, remembering the login's own value the first time."""
+    stored = _login_settings(conn, login)
+    state = _Elevation.parse(stored.get(STATE_PARAMETER), login)
+    state.roles.add(role)
+    for parameter, value in wanted.items():
+        before = (
+            state.settings[parameter][0] if parameter in state.settings else stored.get(parameter)
+        )
+        state.settings[parameter] = (before, value)
+    _set_login(conn, login, STATE_PARAMETER, state.dump())
+    for parameter, value in wanted.items():
+        _set_login(conn, login, parameter, value)
+
+
+def _login_settings(conn: psycopg.Connection[Any], login: str) -> dict[str, str]:
+    """The login's own settings (`ALTER ROLE login SET …`, for every database)."""
+    row = conn.execute(
+        "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
+        "WHERE r.rolname = %s AND s.setdatabase = 0",
+        (login,),
+    ).fetchone()
+    pairs = (str(item).split("=", 1) for item in (row[0] if row and row[0] else []))
+    return {name.lower(): value for name, value in pairs}
+
+
+def _memberships(conn: psycopg.Connection[Any], login: str) -> set[str]:
+    rows = conn.execute(
+        "SELECT r.rolname FROM pg_auth_members m "
+        "JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles u ON u.oid = m.member "
+        "WHERE u.rolname = %s",
+        (login,),
+    ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def _set_login(conn: psycopg.Connection[Any], login: str, parameter: str, value: str) -> None:
+    try:
         conn.execute(
             sql.SQL("ALTER ROLE {} SET {} = {}").format(
                 sql.Identifier(login), _parameter(parameter), sql.Literal(value)
             )
         )
+    except errors.InsufficientPrivilege as exc:
+        raise errors.InsufficientPrivilege(
+            f"{exc}; WardKey's login needs GRANT SET ON PARAMETER {parameter} TO it"
+        ) from None
+
+
+def _reset_login(conn: psycopg.Connection[Any], login: str, parameter: str) -> None:
+    conn.execute(
+        sql.SQL("ALTER ROLE {} RESET {}").format(sql.Identifier(login), _parameter(parameter))
+    )
 
 
 def _parameter(name: str) -> sql.Composable:
