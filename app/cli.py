@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
 import sys
@@ -19,6 +18,7 @@ from app import __version__, audit
 from app.clock import SystemClock
 from app.config import Settings
 from app.policy import Person, Policy, PolicyError, format_duration, load_policy
+from app.policy.checks import policy_warnings
 from app.policy.rules import approvers_at
 from app.runtime import Runtime, StartupError, load_runtime, require
 from app.scheduler import schedule
@@ -215,6 +215,7 @@ def _report_standing(args: argparse.Namespace) -> int:
     the targets now (and recorded, as the hourly check does), or as last recorded."""
     from app.adapters.registry import AdapterConfigError, build_adapters
     from app.service import AccessService
+    from app.service.standing import write_csv
 
     policy = _policy()
     try:
@@ -228,18 +229,7 @@ def _report_standing(args: argparse.Namespace) -> int:
             print(f"wardkey: could not read {target}: {why}", file=sys.stderr)
     holders = service.standing_holders()
     if args.format == "csv":
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["target", "entitlement", "account", "first_seen", "last_seen"])
-        for h in holders:
-            writer.writerow(
-                [
-                    h.target,
-                    h.entitlement,
-                    h.account,
-                    h.first_seen.isoformat(),
-                    h.last_seen.isoformat(),
-                ]
-            )
+        write_csv(holders, sys.stdout)
         return 0
     if not holders:
         print("No standing access: every account holding access on a target has a grant.")
@@ -341,6 +331,8 @@ def _policy_check(args: argparse.Namespace) -> int:
                 "Names, caps and approval rules are checked once these are fixed.", file=sys.stderr
             )
         return 1
+    for issue in policy_warnings(policy):
+        print(f"warning: {issue}", file=sys.stderr)
     print("OK")
     print_summary(policy, sys.stdout)
     return 0

@@ -203,6 +203,7 @@ def test_access_through_the_service_ends_in_the_directory(
         "secrets": {"bind_password": "LDAP_PASSWORD"},
         "account": {"template": "{local}"},
         "roles": {"helpdesk": role("admin", HELPDESK)},
+        "insecure": True,  # the test directory on this machine, without TLS
     }
     service, _, clock = one_target_service(tmp_path, sqlite_template, "directory", target, adapter)
     view = service.request(AMIRA, "directory", "helpdesk", timedelta(minutes=30), "reset ward pcs")

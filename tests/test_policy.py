@@ -339,3 +339,272 @@ class TestRules:
         vendor = policy.vendors["medisoft"]
         assert vendor.contract_end == date(2026, 11, 30)
         assert contract_end_instant(policy, vendor) == datetime(2026, 12, 1, 0, 0, tzinfo=UTC)
+
+
+ENTRA = {
+    "tenant_id": "00000000-0000-0000-0000-000000000000",
+    "client_id": "11111111-1111-1111-1111-111111111111",
+}
+DIRECTORY = {"bind_dn": "cn=wardkey,ou=services,dc=ward", "user_base": "ou=people,dc=ward"}
+
+
+def with_target(kind: str, settings: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The ward's policy with one more target, `epr`, of this kind and these settings."""
+    data = ward()
+    data["targets"]["epr"] = {
+        "kind": kind,
+        "settings": settings,
+        "roles": {"admin": {"path": "admin", "entitlement": "A", "eligible": ["clinical-systems"]}},
+        **extra,
+    }
+    return data
+
+
+def check_output(
+    data: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    """`wardkey policy check` on this policy: exit status, stdout and stderr."""
+    file = tmp_path / "policy.yaml"
+    file.write_text(yaml.safe_dump(data, sort_keys=False))
+    status = main(["policy", "check", str(file)])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+class TestTargetConnections:
+    """A target's password never sits in a URL, and a live target is never reached in clear or
+    without checking its certificate; a test system may say `insecure: true`, and is warned."""
+
+    @pytest.mark.parametrize(
+        ("kind", "settings", "field"),
+        [
+            ("ldap", {**DIRECTORY, "url": "ldaps://admin:s3cret@dc1.ward.nhs.uk"}, "url"),
+            ("webhook", {"url": "https://epr:s3cret@epr.ward.nhs.uk/wardkey"}, "url"),
+            ("webhook", {"url": "https://epr.ward.nhs.uk/wardkey?token=s3cret"}, "url"),
+            (
+                "postgres",
+                {"host": "postgresql://wardkey:s3cret@db.ward.nhs.uk/pharmacy", "dbname": "p"},
+                "host",
+            ),
+            ("postgres", {"host": "db.ward.nhs.uk password=s3cret", "dbname": "p"}, "host"),
+            (
+                "postgres",
+                {"host": "db.ward.nhs.uk", "dbname": "dbname=p password=s3cret"},
+                "dbname",
+            ),
+            (
+                "entra",
+                {**ENTRA, "graph_url": "https://app:s3cret@graph.microsoft.com/v1.0"},
+                "graph_url",
+            ),
+        ],
+        ids=["ldap", "webhook", "webhook-query", "postgres-uri", "postgres-dsn", "dbname", "entra"],
+    )
+    def test_a_password_in_a_url_is_refused_at_its_field_even_on_a_test_system(
+        self, kind: str, settings: dict[str, Any], field: str
+    ) -> None:
+        found = problems(with_target(kind, settings, insecure=True))
+        at_field = [p for p in found if p.startswith(f"targets.epr.settings.{field}: ")]
+        assert at_field, found
+        assert "put the password in secrets:, by environment variable name" in at_field[0]
+        assert not any("s3cret" in p for p in found)  # the refusal does not repeat it
+
+    def test_plain_ldap_is_refused_with_what_to_do(self) -> None:
+        data = ward()
+        data["targets"]["directory"]["settings"]["url"] = "ldap://dc1.ward.nhs.uk"
+        assert problems(data) == [
+            "targets.directory.settings.url: ldap:// sends the bind password in clear; use "
+            "ldaps:// or start_tls: true, or set insecure: true for a test system"
+        ]
+        data["targets"]["directory"]["settings"]["start_tls"] = True
+        parse_policy(yaml.safe_dump(data))  # StartTLS encrypts it: accepted
+
+    @pytest.mark.parametrize(
+        ("kind", "settings", "field"),
+        [
+            (
+                "ldap",
+                {**DIRECTORY, "url": "ldaps://dc1.ward.nhs.uk", "verify_tls": False},
+                "verify_tls",
+            ),
+            (
+                "postgres",
+                {"host": "db.ward.nhs.uk", "dbname": "p", "sslmode": "disable"},
+                "sslmode",
+            ),
+            ("postgres", {"host": "db.ward.nhs.uk", "dbname": "p", "sslmode": "allow"}, "sslmode"),
+            ("postgres", {"host": "db.ward.nhs.uk", "dbname": "p", "sslmode": "prefer"}, "sslmode"),
+            (
+                "postgres",
+                {"host": "db.ward.nhs.uk", "dbname": "p", "sslmode": "require"},
+                "sslmode",
+            ),
+            ("webhook", {"url": "http://epr.ward.nhs.uk/wardkey"}, "url"),
+            ("webhook", {"url": "http://127.0.0.1:8080/wardkey"}, "url"),
+            (
+                "webhook",
+                {"url": "https://epr.ward.nhs.uk/wardkey", "verify_tls": False},
+                "verify_tls",
+            ),
+            ("entra", {**ENTRA, "authority": "http://login.microsoftonline.com"}, "authority"),
+            ("entra", {**ENTRA, "graph_url": "http://graph.microsoft.com/v1.0"}, "graph_url"),
+        ],
+    )
+    def test_plaintext_or_unverified_transport_is_an_error_at_its_field(
+        self, kind: str, settings: dict[str, Any], field: str
+    ) -> None:
+        found = problems(with_target(kind, settings))
+        assert len(found) == 1, found
+        assert found[0].startswith(f"targets.epr.settings.{field}: ")
+        assert found[0].endswith(", or set insecure: true for a test system")
+
+    def test_postgres_over_a_local_socket_needs_no_tls(self) -> None:
+        # libpq never uses TLS on a Unix-domain socket: nothing crosses the network.
+        settings = {"host": "/var/run/postgresql", "dbname": "p", "sslmode": "disable"}
+        parse_policy(yaml.safe_dump(with_target("postgres", settings)))
+
+    def test_a_test_system_marked_insecure_passes_with_a_warning(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        data = with_target("webhook", {"url": "http://127.0.0.1:8080/wardkey"}, insecure=True)
+        status, out, err = check_output(data, tmp_path, capsys)
+        assert status == 0
+        assert out.startswith("OK\n")
+        assert (
+            "warning: targets.epr.settings.url: http:// lets anyone on the network read the "
+            "requests and forge the answers (accepted because insecure: true; a test system "
+            "only)"
+        ) in err
+
+    def test_a_needless_insecure_flag_is_warned_about(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        data = with_target("webhook", {"url": "https://epr.ward.nhs.uk/wardkey"}, insecure=True)
+        status, _, err = check_output(data, tmp_path, capsys)
+        assert status == 0
+        assert "warning: targets.epr.insecure: nothing here needs it; remove it" in err
+
+    def test_the_example_policy_has_no_warnings(self, capsys: pytest.CaptureFixture[str]) -> None:
+        assert main(["policy", "check", str(EXAMPLE)]) == 0
+        assert "warning" not in capsys.readouterr().err
+
+
+class TestTargetConnectionsAtStartUp:
+    """`serve` and `worker` build the adapters: the same rules hold there, even for a policy
+    that never went through `policy check`."""
+
+    SECRETS: dict[str, str] = {  # noqa: RUF012
+        "PHARMACY_DB_PASSWORD": "p",
+        "DIRECTORY_PASSWORD": "d",
+        "EPR_KEY": "k",
+    }
+
+    def test_start_up_refuses_a_policy_with_a_password_in_a_url(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from app.config import Settings
+        from app.runtime import StartupError, load_runtime
+
+        data = with_target(
+            "webhook",
+            {"url": "https://epr:s3cret@epr.ward.nhs.uk/wardkey"},
+            secrets={"signing_key": "EPR_KEY"},
+        )
+        file = tmp_path / "policy.yaml"
+        file.write_text(yaml.safe_dump(data))
+        for name, value in self.SECRETS.items():
+            monkeypatch.setenv(name, value)
+        settings = Settings(
+            slack_bot_token="xoxb-1",
+            wardkey_policy=str(file),
+            database_url=f"sqlite:///{tmp_path / 'wardkey.db'}",
+        )
+        with pytest.raises(StartupError) as refused:
+            load_runtime(settings)
+        assert "targets.epr.settings.url: " in str(refused.value)
+        assert "put the password in secrets:" in str(refused.value)
+        assert "s3cret" not in str(refused.value)
+
+    def test_adapters_are_not_built_for_an_unchecked_insecure_target(self) -> None:
+        from app.adapters.registry import AdapterConfigError, build_adapters
+
+        data = with_target(
+            "webhook", {"url": "http://epr.ward.nhs.uk/wardkey"}, secrets={"signing_key": "EPR_KEY"}
+        )
+        unchecked = Policy.model_validate(data)  # as a caller that skips policy check would
+        with pytest.raises(AdapterConfigError, match=r"^targets\.epr\.settings\.url: http://"):
+            build_adapters(unchecked, self.SECRETS)
+
+    def test_start_up_logs_each_insecure_connection_it_accepts(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        from app.adapters.registry import build_adapters
+
+        data = with_target(
+            "webhook",
+            {"url": "http://127.0.0.1:8080/wardkey", "verify_tls": False},
+            secrets={"signing_key": "EPR_KEY"},
+            insecure=True,
+        )
+        policy = parse_policy(yaml.safe_dump(data))
+        with caplog.at_level("WARNING", logger="app.adapters.registry"):
+            adapters = build_adapters(policy, self.SECRETS)
+        assert "epr" in adapters
+        lines = [r.getMessage() for r in caplog.records if "target_insecure" in r.getMessage()]
+        assert lines == [
+            "event=target_insecure target=epr field=settings.url risk=plaintext",
+            "event=target_insecure target=epr field=settings.verify_tls risk=unverified",
+        ]
+
+
+class TestCredentialsInErrorText:
+    """If a password slips into a target's settings anyway, adapter error text (logged,
+    audited and shown in Slack) carries it as ***."""
+
+    @pytest.mark.parametrize(
+        ("said", "shown"),
+        [
+            (  # libpq, given a URI as the host
+                "cannot connect to postgresql://wardkey:s3cret@db.ward.nhs.uk/pharmacy:5432: "
+                "failed to resolve host 'postgresql://wardkey:s3cret@db.ward.nhs.uk/pharmacy'",
+                "cannot connect to postgresql://***@db.ward.nhs.uk/pharmacy:5432: "
+                "failed to resolve host 'postgresql://***@db.ward.nhs.uk/pharmacy'",
+            ),
+            (  # libpq, given key=value pairs as the host
+                "failed to resolve host '127.0.0.1 password=s3cret port=1'",
+                "failed to resolve host '127.0.0.1 password=*** port=1'",
+            ),
+            (  # httpx, a webhook URL with user information
+                "check: cannot reach http://epr:s3cret@127.0.0.1:1/wardkey/check (refused)",
+                "check: cannot reach http://***@127.0.0.1:1/wardkey/check (refused)",
+            ),
+            (
+                "grant: cannot reach https://epr.ward.nhs.uk/hook?token=s3cret&x=1/grant",
+                "grant: cannot reach https://epr.ward.nhs.uk/hook?token=***&x=1/grant",
+            ),
+            (  # a password containing @ is cut at the last @ before the host
+                "ldaps://cn=admin:p@ss@dc1.ward.nhs.uk: refused",
+                "ldaps://***@dc1.ward.nhs.uk: refused",
+            ),
+            ("client_secret='s3 cret' rejected", "client_secret=*** rejected"),
+        ],
+    )
+    def test_credentials_are_replaced(self, said: str, shown: str) -> None:
+        from app.adapters.redact import redact
+
+        assert redact(said) == shown
+
+    @pytest.mark.parametrize(
+        "said",
+        [
+            "token: cannot reach Graph ([Errno 111] Connection refused)",
+            "grant: HTTP 403 Authorization_RequestDenied: Insufficient privileges",
+            "find person: no person 'amira@ward.nhs.uk' under ou=people,dc=ward",
+            "cannot reach ldaps://dc1.ward.nhs.uk:636: timed out",
+            "grant: HTTP 400 design=wide assignment=ward12",
+        ],
+    )
+    def test_ordinary_errors_are_left_as_they_are(self, said: str) -> None:
+        from app.adapters.redact import redact
+
+        assert redact(said) == said

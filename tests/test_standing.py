@@ -3,7 +3,10 @@ recorded, audited, reported to security, and removed where the target's policy s
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -24,6 +27,11 @@ def with_standing(policy: Policy, mode: str, allowed: list[str] | None = None) -
         update={"standing": mode, "standing_allowed": allowed or []}
     )
     return policy.model_copy(update={"targets": {**policy.targets, "pharmacy-db": target}})
+
+
+@pytest.fixture
+def policy_file() -> Path:
+    return Path(__file__).parent / "data" / "ward_policy.yaml"
 
 
 @pytest.fixture
@@ -109,3 +117,31 @@ class TestOnePerHour:
         assert service.standing_due() is None
         clock.advance(timedelta(hours=1))
         assert service.standing_due() is not None
+
+
+class TestCsvExport:
+    # Account names come from the target: whoever can create one there chooses the text.
+    HOSTILE = ('=HYPERLINK("http://evil.example","x")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)")
+
+    def test_an_account_named_like_a_formula_stays_text_in_the_spreadsheet(
+        self,
+        service: AccessService,
+        pharmacy: MemoryTarget,
+        policy_file: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        from app.cli import main
+
+        pharmacy.members[READ] |= {*self.HOSTILE, "\tTAB", "\rCR"}
+        service.find_standing()  # the hourly look records them
+        monkeypatch.setenv("WARDKEY_POLICY", str(policy_file))
+        monkeypatch.setenv("DATABASE_URL", service.db.url.render_as_string(hide_password=False))
+
+        assert main(["report", "standing", "--no-look", "--format", "csv"]) == 0
+
+        rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+        accounts = {row[2] for row in rows[1:]}
+        assert {"'" + name for name in self.HOSTILE} <= accounts
+        assert {"'\tTAB", "'\rCR", "zoe", "wardkey_svc"} <= accounts  # plain names untouched
+        assert all(cell[:1] not in "=+-@\t\r" for row in rows for cell in row if cell)

@@ -51,6 +51,7 @@ def write_big_trust(path: Path, console_url: str, people: int) -> None:
             CONSOLE: {
                 "kind": "webhook",
                 "settings": {"url": console_url},
+                "insecure": True,  # the stand-in console: plain http on this machine
                 "secrets": {"signing_key": KEY_VARIABLE},
                 "account": {"template": "{local}"},
                 "roles": {

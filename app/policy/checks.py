@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import combinations
 
-from app.adapters.registry import settings_problems
+from app.adapters.registry import connection_problems, settings_problems
 from app.policy.durations import format_duration
 from app.policy.model import BREAK_GLASS_PATH, REQUIRED_PATHS, WEEKDAYS, Policy
 from app.policy.rota import override_window
@@ -197,6 +197,9 @@ def _targets(policy: Policy) -> Iterator[PolicyIssue]:
                     "looks like an inline secret; put the name of the environment variable "
                     f"that holds it under secrets (secrets: {{{key}: SOME_ENV_VAR}})",
                 )
+        for problem in connection_problems(target):
+            if not (problem.excusable and target.insecure):
+                yield PolicyIssue((*loc, *problem.loc), problem.error)
         for role_name, role in target.roles.items():
             role_loc: Location = (*loc, "roles", role_name)
             if role.path == BREAK_GLASS_PATH:
@@ -217,6 +220,22 @@ def _targets(policy: Policy) -> Iterator[PolicyIssue]:
                     (*role_loc, "max_duration"),
                     f"is above the {role.path} path's cap of {format_duration(cap)}",
                 )
+
+
+def policy_warnings(policy: Policy) -> list[PolicyIssue]:
+    """What a valid policy allows but should not stay so: each insecure connection a target
+    marked `insecure: true` accepts (and the flag where nothing needs it)."""
+    found: list[PolicyIssue] = []
+    for name, target in policy.targets.items():
+        if not target.insecure:
+            continue
+        excused = [p for p in connection_problems(target) if p.excusable]
+        found += [PolicyIssue(("targets", name, *p.loc), p.warning) for p in excused]
+        if not excused:
+            found.append(
+                PolicyIssue(("targets", name, "insecure"), "nothing here needs it; remove it")
+            )
+    return found
 
 
 def _identities(policy: Policy) -> Iterator[PolicyIssue]:

@@ -268,6 +268,12 @@ class Target(Strict):
         description="Accounts that may hold the target's entitlements permanently (never "
         "reported or removed), e.g. the adapter's own account.",
     )
+    insecure: bool = Field(
+        default=False,
+        description="A test system only: accept a plaintext or unverified connection "
+        "(ldap:// without StartTLS, verify_tls: false, sslmode below verify-ca, http://). "
+        "policy check warns and start-up logs each one; a password in a URL is refused anyway.",
+    )
 
 
 class Identity(Strict):

@@ -8,14 +8,18 @@ it per hour: the hour is claimed like the digest's day.
 
 from __future__ import annotations
 
+import csv
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import IO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import audit
 from app.adapters.base import AdapterError
+from app.audit.export import _no_formula
 from app.policy import rules
 from app.policy.people import Person
 from app.service.base import ServiceBase, describe_error, log
@@ -50,6 +54,29 @@ class StandingHolder:
     account: str
     first_seen: datetime
     last_seen: datetime
+
+
+CSV_COLUMNS = ("target", "entitlement", "account", "first_seen", "last_seen")
+
+
+def write_csv(holders: Iterable[StandingHolder], out: IO[str]) -> int:
+    """The standing-access report as CSV; returns how many rows. Account names come from the
+    targets, so every text cell is made formula-safe as the audit export's are."""
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    count = 0
+    for h in holders:
+        writer.writerow(
+            [
+                _no_formula(h.target),
+                _no_formula(h.entitlement),
+                _no_formula(h.account),
+                h.first_seen.isoformat(),
+                h.last_seen.isoformat(),
+            ]
+        )
+        count += 1
+    return count
 
 
 class StandingCases(ServiceBase):
