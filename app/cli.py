@@ -252,17 +252,32 @@ def _report_standing(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from waitress import serve
 
+    from app.web import METRICS_OFF
+
     runtime = load_runtime()
+    settings = runtime.settings
     wsgi = WardKeyWSGI(
         runtime.bolt(),
         runtime.service.db,
-        runtime.settings.slack_signing_secret or "",
-        runtime.settings.wardkey_metrics_token,
-        shared_replay_guard=runtime.settings.wardkey_replay_guard == "shared",
+        settings.slack_signing_secret or "",
+        settings.wardkey_metrics_token,
+        shared_replay_guard=settings.wardkey_replay_guard == "shared",
+        metrics_public=settings.wardkey_metrics_public,
+        max_body_bytes=settings.wardkey_max_body_bytes,
     )
+    if not settings.wardkey_metrics_token and not settings.wardkey_metrics_public:
+        logging.getLogger("app.web").warning("event=metrics_off %s", METRICS_OFF)
     scheduler = None if args.no_scheduler else _background_sweeps(runtime)
     try:
-        serve(wsgi, host=args.host, port=args.port, threads=args.threads, ident="wardkey")
+        # waitress buffers a body before the app sees it: it must refuse big ones itself.
+        serve(
+            wsgi,
+            host=args.host,
+            port=args.port,
+            threads=args.threads,
+            ident="wardkey",
+            max_request_body_size=settings.wardkey_max_body_bytes,
+        )
     finally:
         if scheduler is not None:
             scheduler.shutdown(wait=False)

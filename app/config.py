@@ -62,8 +62,19 @@ class Settings(BaseSettings):
     )
     wardkey_metrics_token: str | None = Field(
         default=None,
-        description="When set, /metrics answers only requests with `Authorization: Bearer` "
-        "and this token.",
+        description="/metrics answers only requests with `Authorization: Bearer` and this "
+        "token; unset, /metrics is off (403) unless WARDKEY_METRICS_PUBLIC is true.",
+    )
+    wardkey_metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics to anyone when no token is set (only behind a network that "
+        "keeps strangers out).",
+    )
+    wardkey_max_body_bytes: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        le=16 * 1024 * 1024,
+        description="The largest request body /slack/events reads; larger ones get 413 unread.",
     )
     wardkey_replay_guard: Literal["shared", "memory"] = Field(
         default="shared",

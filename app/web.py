@@ -1,5 +1,10 @@
 """HTTP: `/slack/events` for Slack, `/healthz` (alive), `/readyz` (database reachable) and
-`/metrics` (Prometheus; behind a bearer token when `WARDKEY_METRICS_TOKEN` is set)."""
+`/metrics` (Prometheus; behind the bearer token `WARDKEY_METRICS_TOKEN`, or open only when
+`WARDKEY_METRICS_PUBLIC` says so).
+
+`/slack/events` is open to the internet, so what Slack did not sign is refused on its headers
+alone where it can be (length, timestamp, signature present), the body is read only up to a
+small limit, and a refusal is logged as one short line that never carries the body."""
 
 from __future__ import annotations
 
@@ -9,16 +14,18 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_sdk.signature import Clock as SignatureClock
 from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import Engine, create_engine, delete, text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 
 from app.clock import Clock, SystemClock
 from app.metrics import metrics_text
@@ -29,6 +36,18 @@ from app.store.models import SeenRequest
 
 log = logging.getLogger(__name__)
 StartResponse = Callable[..., Any]
+
+# Slack's own payloads are far smaller: the largest WardKey gets is a click in an App Home of
+# at most 100 blocks, form-encoded; 1 MiB holds that with room while a thread's worst case
+# stays 1 MiB of memory.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+# Slack signs the time it sent the request; older (or later) than this is refused, as Slack
+# advises, so a captured request cannot be sent again later.
+STAMP_WINDOW = timedelta(minutes=5)
+METRICS_OFF = (
+    "metrics are off: set WARDKEY_METRICS_TOKEN and scrape with 'Authorization: Bearer <token>' "
+    "(or set WARDKEY_METRICS_PUBLIC=true to serve them to anyone)"
+)
 
 
 _TAKE_SIGNATURE = text(
@@ -120,6 +139,79 @@ class ReplayGuard:
         return self._own_engine
 
 
+class Readiness:
+    """Answers `/readyz` within a few seconds even when the database hangs, and without
+    queueing: one check at a time on a connection of its own (not one the work may be holding),
+    at most one a second; probes that come meanwhile get the last answer."""
+
+    TIMEOUT_SECONDS = 3
+    REUSE_FOR = timedelta(seconds=1)
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._ready = False
+        self._checked_at: datetime | None = None
+        self._engine: Engine | None = None
+
+    def ready(self) -> bool:
+        if not self._lock.acquire(blocking=False):
+            return self._ready  # a check is under way: answer with the last one
+        try:
+            now = self.clock.now()
+            if self._checked_at is None or now - self._checked_at >= self.REUSE_FOR:
+                self._ready = self._check()
+                self._checked_at = now
+            return self._ready
+        finally:
+            self._lock.release()
+
+    def _check(self) -> bool:
+        try:
+            with self._connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            log.warning("event=not_ready error=%s", type(exc).__name__)
+            return False
+        return True
+
+    def _connect(self) -> Any:
+        if self.db.is_sqlite:  # a local file: no network to hang on
+            return self.db.engine.connect()
+        if self._engine is None:
+            url = self.db.url
+            timeout_ms = self.TIMEOUT_SECONDS * 1000
+            options = f"{url.query.get('options', '')} -c statement_timeout={timeout_ms}".strip()
+            self._engine = create_engine(
+                url.update_query_dict(
+                    {"options": options, "connect_timeout": str(self.TIMEOUT_SECONDS)}
+                ),
+                poolclass=NullPool,  # a fresh connection each time proves the server answers
+            )
+        return self._engine.connect()
+
+
+class _Refused(Exception):
+    """A request not from Slack (or not as Slack sends them), refused before it costs much."""
+
+    def __init__(self, status: str, answer: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.answer = answer
+        self.reason = reason
+
+
+class _ClockSeconds(SignatureClock):
+    """Our clock in the shape slack_sdk's signature checks want."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def now(self) -> float:
+        return self.clock.now().timestamp()
+
+
 class WardKeyWSGI:
     def __init__(
         self,
@@ -128,53 +220,102 @@ class WardKeyWSGI:
         signing_secret: str,
         metrics_token: str | None = None,
         shared_replay_guard: bool = True,
+        *,
+        metrics_public: bool = False,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        clock: Clock | None = None,
     ) -> None:
+        self.clock = clock or SystemClock()
         self.slack = SlackRequestHandler(bolt, path="/slack/events")
         self.db = db
-        self.verifier = SignatureVerifier(signing_secret)
-        self.replays = ReplayGuard(db, shared=shared_replay_guard)
+        self.verifier = SignatureVerifier(signing_secret, clock=_ClockSeconds(self.clock))
+        self.replays = ReplayGuard(db, self.clock, shared=shared_replay_guard)
+        self.readiness = Readiness(db, self.clock)
         self.metrics_token = metrics_token
+        self.metrics_public = metrics_public
+        self.max_body_bytes = max_body_bytes
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/healthz":
             return _text(start_response, "200 OK", "ok")
         if path == "/readyz":
-            try:
-                self.db.ping()
-            except Exception as exc:
-                log.warning("event=not_ready error=%s", type(exc).__name__)
+            if not self.readiness.ready():
                 return _text(start_response, "503 Service Unavailable", "database unreachable")
             return _text(start_response, "200 OK", "ready")
         if path == "/metrics":
             return self._metrics(environ, start_response)
         if path == "/slack/events":
-            # Read the body once, check it is Slack's and new, then hand it on to Bolt (which
-            # verifies the signature again and answers bad ones with 401).
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            body = environ["wsgi.input"].read(length) if length else b""
-            environ["wsgi.input"] = io.BytesIO(body)
-            signature = environ.get("HTTP_X_SLACK_SIGNATURE", "")
-            stamp = environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP", "")
-            if not signature or not self.verifier.is_valid(body, stamp, signature):
-                return self.slack(environ, start_response)  # Bolt answers 401
-            if not self.replays.first_time_here(signature):
-                log.warning("event=replayed_request_refused")
-                return _text(start_response, "409 Conflict", "replayed request")
-            verdict = self.replays.verdict(signature)
-            # A form's answer carries the result of work done before the ack (errors on its
-            # fields), so a submission is checked against every instance first; nothing else is.
-            if verdict and _is_form_submission(body) and not replay_gate.is_new(verdict):
-                return _text(start_response, "409 Conflict", "replayed request")
-            with replay_gate.judging(verdict):
-                return self.slack(environ, start_response)
+            return self._slack_events(environ, start_response)
         return _text(start_response, "404 Not Found", "not found")
+
+    def _slack_events(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") != "POST":
+            return _text(start_response, "405 Method Not Allowed", "POST only", [("Allow", "POST")])
+        try:
+            body, signature = self._signed_body(environ)
+        except _Refused as refused:
+            # One short line of fixed words: never the body or any header's text.
+            log.warning(
+                "event=slack_request_refused reason=%s length=%s",
+                refused.reason,
+                _declared_length(environ),
+            )
+            return _text(start_response, refused.status, refused.answer)
+        # Checked here and by Bolt again (it answers nothing more: the request is Slack's).
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        if not self.replays.first_time_here(signature):
+            log.warning("event=replayed_request_refused")
+            return _text(start_response, "409 Conflict", "replayed request")
+        verdict = self.replays.verdict(signature)
+        # A form's answer carries the result of work done before the ack (errors on its
+        # fields), so a submission is checked against every instance first; nothing else is.
+        if verdict and _is_form_submission(body) and not replay_gate.is_new(verdict):
+            return _text(start_response, "409 Conflict", "replayed request")
+        with replay_gate.judging(verdict):
+            return self.slack(environ, start_response)
+
+    def _signed_body(self, environ: dict[str, Any]) -> tuple[bytes, str]:
+        """The body, if Slack signed it; the headers are checked before a byte is read."""
+        declared = environ.get("CONTENT_LENGTH") or ""
+        if not declared:
+            raise _Refused("411 Length Required", "send a Content-Length", "no_length")
+        if not (declared.isascii() and declared.isdigit()):
+            raise _Refused("400 Bad Request", "bad Content-Length", "bad_length")
+        length = int(declared)
+        if length > self.max_body_bytes:
+            raise _Refused("413 Content Too Large", "request too large", "too_large")
+        stamp = environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP", "")
+        signature = environ.get("HTTP_X_SLACK_SIGNATURE", "")
+        if not stamp or not signature:
+            raise _Refused("401 Unauthorized", "signed requests only", "unsigned")
+        if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):
+            raise _Refused(
+                "400 Bad Request", "X-Slack-Request-Timestamp must be whole seconds", "bad_stamp"
+            )
+        sent = datetime.fromtimestamp(int(stamp), UTC)
+        if abs(self.clock.now() - sent) > STAMP_WINDOW:
+            raise _Refused(
+                "401 Unauthorized", "request too old (or this server's clock is wrong)", "stale"
+            )
+        body: bytes = environ["wsgi.input"].read(length)
+        expected = self.verifier.generate_signature(timestamp=stamp, body=body) or ""
+        if not hmac.compare_digest(expected.encode(), signature.encode("latin-1")):
+            raise _Refused("401 Unauthorized", "invalid signature", "bad_signature")
+        return body, signature
 
     def _metrics(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         if self.metrics_token:
             given = environ.get("HTTP_AUTHORIZATION", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.metrics_token}".encode()):
+            if not hmac.compare_digest(
+                given.encode("latin-1"), f"Bearer {self.metrics_token}".encode()
+            ):
                 return _text(start_response, "401 Unauthorized", "metrics need the bearer token")
+        elif not self.metrics_public:
+            return _text(start_response, "403 Forbidden", METRICS_OFF)
         try:
             data = metrics_text(self.db)
         except Exception as exc:
@@ -184,6 +325,11 @@ class WardKeyWSGI:
             "200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(data)))]
         )
         return [data]
+
+
+def _declared_length(environ: dict[str, Any]) -> str:
+    declared = environ.get("CONTENT_LENGTH") or ""
+    return declared if declared.isascii() and declared.isdigit() and len(declared) < 20 else "-"
 
 
 def _is_form_submission(body: bytes) -> bool:
@@ -196,7 +342,13 @@ def _is_form_submission(body: bytes) -> bool:
     return isinstance(payload, dict) and payload.get("type") == "view_submission"
 
 
-def _text(start_response: StartResponse, status: str, body: str) -> list[bytes]:
+def _text(
+    start_response: StartResponse,
+    status: str,
+    body: str,
+    extra: list[tuple[str, str]] | None = None,
+) -> list[bytes]:
     data = body.encode()
-    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(data)))])
+    headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(data)))]
+    start_response(status, headers + (extra or []))
     return [data]
