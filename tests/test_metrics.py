@@ -6,12 +6,14 @@ from datetime import timedelta
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.clock import ManualClock
 from app.devtools.slack_driver import serving
 from app.metrics import metrics_text
 from app.service import AccessService
+from app.store import Database
 from app.web import WardKeyWSGI
 from tests.conftest import AMIRA, BEN, CHLOE
 from tests.fakes.memory_adapter import MemoryTarget
@@ -88,3 +90,69 @@ def test_served_over_http_behind_a_bearer_token(service: AccessService) -> None:
     assert ok.status_code == 200
     assert ok.headers["content-type"].startswith("text/plain")
     assert "wardkey_active_grants" in ok.text
+
+
+def test_metrics_stay_off_until_the_operator_sets_a_token(service: AccessService) -> None:
+    app = WardKeyWSGI(bolt=None, db=service.db, signing_secret="not-used-here")  # type: ignore[arg-type]
+    with serving(app) as url, httpx.Client() as http:
+        answer = http.get(f"{url}/metrics")
+    assert answer.status_code == 403
+    assert "set WARDKEY_METRICS_TOKEN" in answer.text
+    assert "wardkey_" not in answer.text
+
+
+def test_an_operator_on_a_closed_network_may_open_them_to_anyone(service: AccessService) -> None:
+    app = WardKeyWSGI(
+        bolt=None,  # type: ignore[arg-type]
+        db=service.db,
+        signing_secret="not-used-here",
+        metrics_public=True,
+    )
+    with serving(app) as url, httpx.Client() as http:
+        answer = http.get(f"{url}/metrics")
+    assert answer.status_code == 200
+    assert "wardkey_active_grants" in answer.text
+
+
+def years_of_audit(db: Database, events: int, failed_every: int) -> None:
+    """A long-lived trust's audit trail: many events, a few of them failed revokes. Written
+    straight to the table (the scrape only counts; the chain is not what is tested here)."""
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO audit_events (seq, at, action, request_id, prev_hash, hash, body) "
+                "SELECT g, TIMESTAMPTZ '2026-01-01 00:00+00' + g * INTERVAL '1 minute', "
+                "CASE WHEN g % :every = 0 THEN 'revoke.failed' ELSE 'request.created' END, "
+                "g, md5(g::text) || md5((-g)::text), md5(g::text) || md5((g + 1)::text), '{}' "
+                "FROM generate_series(1, :events) AS g"
+            ),
+            {"every": failed_every, "events": events},
+        )
+        conn.execute(sa.text("ANALYZE audit_events"))
+
+
+@pytest.mark.parametrize(
+    "db", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_scrape_does_not_read_the_whole_audit_trail(service: AccessService) -> None:
+    years_of_audit(service.db, events=60_000, failed_every=2_000)
+    statements: list[tuple[str, object]] = []
+
+    def seen(
+        _conn: object, _cursor: object, statement: str, parameters: object, *_: object
+    ) -> None:
+        statements.append((statement, parameters))
+
+    sa.event.listen(service.db.engine, "before_cursor_execute", seen)
+    try:
+        got = samples(metrics_text(service.db).decode())
+    finally:
+        sa.event.remove(service.db.engine, "before_cursor_execute", seen)
+    assert got[("wardkey_revoke_failed_attempts_total", ())] == 30
+
+    on_audit = [(s, p) for s, p in statements if "audit_events" in s]
+    assert on_audit, "the scrape no longer reads the audit trail: update this test"
+    with service.db.engine.connect() as conn:
+        for statement, parameters in on_audit:
+            plan = conn.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars().all()
+            assert not [line for line in plan if "Seq Scan on audit_events" in line], plan
