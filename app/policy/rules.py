@@ -91,6 +91,16 @@ def vendor_of(policy: Policy, person: Person) -> Vendor | None:
     return next((v for v in policy.vendors.values() if ids & set(v.people)), None)
 
 
+def vendor_identifiers(policy: Policy, vendor: Vendor) -> frozenset[str]:
+    """Every identifier of the vendor's people, with their other accounts."""
+    found = set(vendor.people)
+    for primary, aliases in policy.people.items():
+        group = {primary, *aliases.accounts}
+        if group & found:
+            found |= group
+    return frozenset(found)
+
+
 def contract_end_instant(policy: Policy, vendor: Vendor) -> datetime:
     """A contract ends at the end of its last day, in the policy time zone."""
     last = datetime.combine(vendor.contract_end, time(0), tzinfo=policy.zone)
@@ -122,6 +132,52 @@ def account_for(policy: Policy, target: str, person: Person, identity: str | Non
     )
 
 
+@dataclass(frozen=True)
+class Limits:
+    """How long one person may hold `target:role` via a path: the one place every cap is
+    put together, for requests, break-glass, grants and extensions alike."""
+
+    per_grant: timedelta  # the role's, the path's and the service account's caps
+    in_all: timedelta  # the same, counting extensions (the path's max_total_duration)
+    ends_by: datetime | None  # nothing may outlive this: a vendor's contract end
+
+    def cap_from(self, at: datetime) -> timedelta:
+        """The longest a grant starting at `at` may run (zero once the contract has ended)."""
+        if self.ends_by is None:
+            return self.per_grant
+        return max(timedelta(0), min(self.per_grant, self.ends_by - at))
+
+    def latest_expiry(self, granted_at: datetime) -> datetime:
+        """The latest a grant made at `granted_at` may end, extensions included."""
+        latest = granted_at + self.in_all
+        return latest if self.ends_by is None else min(latest, self.ends_by)
+
+
+def limits(
+    policy: Policy,
+    person: Person,
+    target: str,
+    role: str,
+    path: str,
+    identity: str | None = None,
+) -> Limits:
+    """Every cap on this person holding `target:role` via `path`: the role's own (which also
+    bounds extensions), the path's, the service account's and the vendor contract's end."""
+    path_spec = policy.paths[path]
+    shared = []
+    role_cap = policy.targets[target].roles[role].max_duration
+    if role_cap is not None:
+        shared.append(role_cap)
+    if identity is not None:
+        shared.append(policy.identities[identity].max_duration)
+    vendor = vendor_of(policy, person)
+    return Limits(
+        per_grant=min([path_spec.max_duration, *shared]),
+        in_all=min([path_spec.total_cap, *shared]),
+        ends_by=contract_end_instant(policy, vendor) if vendor is not None else None,
+    )
+
+
 def duration_cap(
     policy: Policy,
     person: Person,
@@ -131,17 +187,8 @@ def duration_cap(
     at: datetime,
     identity: str | None = None,
 ) -> timedelta:
-    """The smallest of the role's, the path's, the identity's and the vendor contract's limits."""
-    limits = [policy.paths[path].max_duration]
-    role_cap = policy.targets[target].roles[role].max_duration
-    if role_cap is not None:
-        limits.append(role_cap)
-    if identity is not None:
-        limits.append(policy.identities[identity].max_duration)
-    vendor = vendor_of(policy, person)
-    if vendor is not None:
-        limits.append(max(timedelta(0), contract_end_instant(policy, vendor) - at))
-    return min(limits)
+    """The longest a grant starting at `at` may run (see `limits`)."""
+    return limits(policy, person, target, role, path, identity).cap_from(at)
 
 
 def plan_request(

@@ -10,6 +10,7 @@ import re
 import secrets
 import socket
 import time
+import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -25,7 +26,7 @@ from app.adapters.base import Adapter, AdapterError
 from app.clock import Clock, SystemClock
 from app.policy import rules
 from app.policy.durations import format_duration
-from app.policy.model import Policy
+from app.policy.model import BREAK_GLASS_PATH, Policy
 from app.policy.people import Person, person_key, same_person
 from app.service import transitions
 from app.service.errors import (
@@ -41,6 +42,7 @@ from app.store.models import (
     HOLDING_STATES,
     OPEN_STATES,
     AccessRequest,
+    Attestation,
     Decision,
     HomeView,
     RequestMessage,
@@ -57,6 +59,10 @@ T_row = TypeVar("T_row", bound=tuple[Any, ...])
 MIN_REASON_WORDS = 3
 DEFAULT_PENDING_TIMEOUT = timedelta(hours=24)
 MAX_REASON_CHARS = 2000
+MAX_NOTE_CHARS = 1000
+# Outcomes of a service account's attestation round.
+STILL_NEEDED = "still_needed"
+RETIRED = "retired"
 WORD = re.compile(r"\w{2,}")
 _STALE_RETRIES = 8
 RETRY_BASE_SECONDS = 0.25  # first wait up to 0.5 s, then 1 s, 2 s… (full jitter)
@@ -291,20 +297,104 @@ class ServiceBase:
         return plan
 
     def _ticket(self, path: str, ticket: str | None) -> str | None:
+        refuse_control_characters(ticket or "", "ticket", "ticket")
         try:
             return rules.check_ticket(self.policy, path, ticket)
         except rules.PolicyRefusal as exc:
             raise InvalidRequest(str(exc), field="ticket") from None
 
-    def _total_cap(self, req: AccessRequest, person: Person) -> timedelta:
-        assert req.granted_at is not None
-        limits = [self.policy.paths[req.path].total_cap]
-        if req.identity is not None and req.identity in self.policy.identities:
-            limits.append(self.policy.identities[req.identity].max_duration)
-        vendor = rules.vendor_of(self.policy, person)
-        if vendor is not None:
-            limits.append(rules.contract_end_instant(self.policy, vendor) - req.granted_at)
-        return min(limits)
+    def _requester(self, req: AccessRequest) -> Person:
+        """Who asked, as the policy is checked against (at approval, grant and extension)."""
+        if req.requester_slack_id or req.requester_email:
+            return Person(slack_user_id=req.requester_slack_id, email=req.requester_email)
+        if "@" in req.requester:
+            return Person(email=req.requester)
+        return Person(slack_user_id=req.requester)
+
+    def _limits(self, req: AccessRequest) -> rules.Limits:
+        """Every cap on this grant, as the policy says now (see `rules.limits`)."""
+        return rules.limits(
+            self.policy, self._requester(req), req.target, req.role, req.path, req.identity
+        )
+
+    def _refusal(self, session: Session, req: AccessRequest, now: datetime) -> str | None:
+        """Why the requester may no longer have this access at `now`, or None if they still
+        may: what was checked when they asked (eligibility, the role and its path, a vendor's
+        contract, a service account's owner and attestation) is checked again at approval,
+        just before the grant and at each extension, against the policy as it is now."""
+        try:
+            plan = rules.plan_request(
+                self.policy,
+                self._requester(req),
+                req.target,
+                req.role,
+                now,
+                break_glass=req.path == BREAK_GLASS_PATH,
+                identity=req.identity,
+            )
+        except rules.PolicyRefusal as exc:
+            return str(exc)
+        if plan.path != req.path:
+            return (
+                f"The policy now puts {req.target}:{req.role} on the {plan.path} path, so it "
+                "needs that path's approval; ask again with /jit request."
+            )
+        if plan.account != req.account:
+            return (
+                f"The policy now maps this access to account {plan.account}, not "
+                f"{req.account}; ask again with /jit request."
+            )
+        if req.identity is not None:
+            return self._attestation_refusal(session, req.identity, now)
+        return None
+
+    def _attestation_refusal(self, session: Session, name: str, now: datetime) -> str | None:
+        """A retired service account may not be elevated, nor an overdue one whose policy
+        says `block_unattested`; None when it may."""
+        latest = session.scalars(
+            select(Attestation)
+            .where(Attestation.identity == name)
+            .order_by(Attestation.id.desc())
+            .limit(1)
+        ).first()
+        if latest is None:
+            return None
+        if latest.outcome == RETIRED:
+            return (
+                f"{name} was retired by {latest.decided_by}; remove it from the policy, or ask "
+                "a WardKey admin."
+            )
+        identity = self.policy.identities.get(name)
+        overdue = latest.outcome is None and now > latest.due_at
+        if overdue and identity is not None and identity.block_unattested:
+            return (
+                f"{name} is blocked: its owner has not confirmed it is still needed (it was due "
+                f"{latest.due_at:%d %b %Y}). Answer the attestation message first."
+            )
+        return None
+
+    def _cancel_as(
+        self,
+        session: Session,
+        req: AccessRequest,
+        now: datetime,
+        actor: str,
+        why: str,
+        cause: str,
+        facts: Mapping[str, object] | None = None,
+    ) -> None:
+        """End a request that was never granted, saying why for the requester, the approvers
+        and the audit trail (`end_reason` is shown on the card and in the requester's DM)."""
+        transitions.transition(
+            session,
+            req,
+            S.CANCELLED,
+            at=now,
+            actor=actor,
+            action="request.cancelled",
+            changes={"ended_at": now, "ended_by": actor, "end_reason": why},
+            data={**(facts or {}), "by": actor, "cause": cause, "why": why},
+        )
 
     def _open(
         self,
@@ -534,19 +624,57 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:1000]
 
 
-def clean_reason(reason: str) -> str:
-    cleaned = " ".join(reason.split())
-    if len(WORD.findall(cleaned)) < MIN_REASON_WORDS:
-        raise InvalidRequest(
-            f"Give a reason of at least {MIN_REASON_WORDS} words, e.g. "
-            '"fix stuck order set on ward 12".',
-            field="reason",
-        )
-    if len(cleaned) > MAX_REASON_CHARS:
-        raise InvalidRequest(
-            f"Keep the reason under {MAX_REASON_CHARS} characters.", field="reason"
-        )
+def refuse_control_characters(text: str, what: str, field: str | None = None) -> None:
+    """PostgreSQL cannot store NUL, and other control characters garble logs and cards:
+    refuse them the same way on every database."""
+    if any(unicodedata.category(c) == "Cc" and not c.isspace() for c in text):
+        raise InvalidRequest(f"Remove the control character from the {what}.", field=field)
+
+
+def clean_text(
+    text: str,
+    *,
+    what: str,
+    min_words: int,
+    max_chars: int,
+    too_short: str,
+    field: str | None = None,
+) -> str:
+    """The one check of every reason and note a person types (request and break-glass
+    reasons, deny reasons, review and revoke notes): whitespace collapsed, control characters
+    refused, at least `min_words` words (0: not empty) and at most `max_chars` characters."""
+    refuse_control_characters(text, what, field)
+    cleaned = " ".join(text.split())
+    if not cleaned or len(WORD.findall(cleaned)) < min_words:
+        raise InvalidRequest(too_short, field=field)
+    if len(cleaned) > max_chars:
+        raise InvalidRequest(f"Keep the {what} under {max_chars} characters.", field=field)
     return cleaned
+
+
+def clean_reason(reason: str) -> str:
+    """Why someone asks for access (a request or break-glass)."""
+    return clean_text(
+        reason,
+        what="reason",
+        min_words=MIN_REASON_WORDS,
+        max_chars=MAX_REASON_CHARS,
+        too_short=f"Give a reason of at least {MIN_REASON_WORDS} words, e.g. "
+        '"fix stuck order set on ward 12".',
+        field="reason",
+    )
+
+
+def clean_note(note: str, too_short: str) -> str:
+    """A note for the record: a review's verdict, or what an admin checked on the target."""
+    return clean_text(
+        note,
+        what="note",
+        min_words=MIN_REASON_WORDS,
+        max_chars=MAX_REASON_CHARS,
+        too_short=too_short,
+        field="note",
+    )
 
 
 def within_cap(duration: timedelta, plan: rules.RequestPlan) -> timedelta:

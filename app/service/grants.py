@@ -21,13 +21,14 @@ from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person, person_key
 from app.service import transitions
 from app.service.base import (
-    MIN_REASON_WORDS,
+    MAX_NOTE_CHARS,
     REVOKE_RETRY_FIRST,
     REVOKE_RETRY_MAX,
-    WORD,
     S,
     ServiceBase,
     StillPresent,
+    clean_note,
+    clean_text,
     describe_error,
     log,
 )
@@ -35,6 +36,7 @@ from app.service.errors import (
     AlreadyDecided,
     InvalidRequest,
     NotAllowed,
+    NotEligible,
 )
 from app.service.transitions import StaleState
 from app.service.views import RequestView
@@ -102,6 +104,10 @@ class GrantCases(ServiceBase):
                 req = self._load(session, request_id)
                 if req.state != S.APPROVED:
                     return self._view(session, req)
+                refusal = self._refusal(session, req, now)
+                if refusal is not None:  # something changed since the approval
+                    self._cancel_as(session, req, now, "wardkey", refusal, "recheck_at_grant")
+                    return self._view(session, req)
                 transitions.transition(
                     session,
                     req,
@@ -117,12 +123,20 @@ class GrantCases(ServiceBase):
         return self._finish_grant(request_id)
 
     def _finish_grant(self, request_id: int) -> RequestView:
+        now = self.clock.now()
         with self.db.read() as session:
             req = self._load(session, request_id)
             if req.state != S.GRANTING or not self._holds_claim(req):
                 return self._view(session, req)
-        now = self.clock.now()
-        until = now + timedelta(seconds=req.requested_seconds)
+            # Checked again at the last moment: a grant taken over from a crashed worker may
+            # come long after the approval.
+            refusal = self._refusal(session, req, now)
+        if refusal is not None:
+            return self._drop_grant(req, refusal, now)
+        asked = now + timedelta(seconds=req.requested_seconds)
+        # Never longer than the limits allow now: a vendor's access stops at the contract end
+        # however late the approval came, and a cap lowered meanwhile applies.
+        until = min(asked, now + self._limits(req).cap_from(now))
         try:
             result = self._on_target(
                 req.target, lambda a: a.grant(req.account, req.entitlement, until)
@@ -155,8 +169,25 @@ class GrantCases(ServiceBase):
                 "granted_at": now,
                 "expires_at": until,
                 "target_said_present": result.already_present,
+                **({"shortened_to_limit": True, "asked_until": asked} if until < asked else {}),
             },
         )
+
+    def _drop_grant(self, req: AccessRequest, why: str, now: datetime) -> RequestView:
+        """A grant in progress whose requester may no longer have the access: take back what a
+        crashed worker may already have given, and cancel it saying why."""
+        detail = self._undo_uncertain_grant(req).removeprefix("; ")
+        try:
+            with self.db.transaction() as session:
+                current = self._load(session, req.id)
+                if current.state == S.GRANTING and self._holds_claim(current):
+                    facts = {"target_cleanup": detail} if detail else {}
+                    self._cancel_as(
+                        session, current, now, "wardkey", why, "recheck_at_grant", facts
+                    )
+        except StaleState:
+            pass  # another worker took it over and records it
+        return self.get(req.id)
 
     def _finish(
         self,
@@ -217,16 +248,10 @@ class GrantCases(ServiceBase):
                     )
                 if req.path == BREAK_GLASS_PATH:
                     raise NotAllowed("Break-glass access cannot be extended; use /jit request.")
-                assert req.granted_at is not None and req.expires_at is not None
-                cap = self._total_cap(req, person)
-                new_total = req.expires_at + duration - req.granted_at
-                if new_total > cap:
-                    room = max(timedelta(0), cap - (req.expires_at - req.granted_at))
-                    raise InvalidRequest(
-                        f"That would make {format_duration(new_total)} in all; the limit for "
-                        f"{req.target}:{req.role} is {format_duration(cap)}, so you can extend by "
-                        f"at most {format_duration(room)}."
-                    )
+                refusal = self._refusal(session, req, now)
+                if refusal is not None:
+                    raise NotEligible(refusal, field="access")
+                self._refuse_beyond_limits(req, duration)
                 key = person_key(self.policy, person)
                 seconds = int(duration.total_seconds())
                 facts = {"extension_seconds": seconds, "requested_by": key}
@@ -253,6 +278,57 @@ class GrantCases(ServiceBase):
         if view.extension is None:
             self._refresh_target(view)
         return view
+
+    def _refuse_beyond_limits(self, req: AccessRequest, duration: timedelta) -> None:
+        """An extension may not take the grant past its limits (`rules.limits`)."""
+        assert req.granted_at is not None and req.expires_at is not None
+        latest = self._limits(req).latest_expiry(req.granted_at)
+        if req.expires_at + duration <= latest:
+            return
+        new_total = req.expires_at + duration - req.granted_at
+        cap = latest - req.granted_at
+        room = max(timedelta(0), latest - req.expires_at)
+        raise InvalidRequest(
+            f"That would make {format_duration(new_total)} in all; the limit for "
+            f"{req.target}:{req.role} is {format_duration(cap)}, so you can extend by "
+            f"at most {format_duration(room)}."
+        )
+
+    def _approve_extension(
+        self,
+        session: Session,
+        req: AccessRequest,
+        now: datetime,
+        actor: str,
+        facts: Mapping[str, object],
+    ) -> None:
+        """The last approval of an extension: the holder and the limits are checked again (the
+        policy may have changed while it waited); an extension the limits now cut short is
+        shortened, one with no room left or for someone no longer allowed is refused."""
+        assert req.granted_at is not None and req.expires_at is not None
+        seconds = req.extension_seconds or 0
+        why = self._refusal(session, req, now)
+        if why is None:
+            latest = self._limits(req).latest_expiry(req.granted_at)
+            room = int((latest - req.expires_at).total_seconds())
+            if room <= 0:
+                why = f"{req.target}:{req.role} has reached its time limit; ask again if needed."
+            elif room < seconds:
+                facts = {**facts, "shortened_to_limit": True, "asked_seconds": seconds}
+                seconds = room
+        if why is None:
+            self._apply_extension(session, req, now, actor, seconds, facts)
+            return
+        transitions.transition(
+            session,
+            req,
+            S.ACTIVE,
+            at=now,
+            actor="wardkey",
+            action="extension.refused",
+            changes={"extension_seconds": None, "extension_requested_by": None},
+            data={**facts, "approved_by": actor, "why": why},
+        )
 
     def _apply_extension(
         self,
@@ -299,6 +375,15 @@ class GrantCases(ServiceBase):
     def revoke(self, request_id: int, person: Person, reason: str = "") -> RequestView:
         """End access early: the holder, an approver of its path or an admin may do it."""
         now = self.clock.now()
+        why = "revoked early"
+        if reason.strip():  # none given: the default; given: checked like any note
+            why = clean_text(
+                reason,
+                what="reason",
+                min_words=0,
+                max_chars=MAX_NOTE_CHARS,
+                too_short="Say why you are ending it.",
+            )
         allowed = False
 
         def attempt() -> None:
@@ -321,7 +406,6 @@ class GrantCases(ServiceBase):
                 if req.state != S.ACTIVE:
                     raise AlreadyDecided(f"Request #{req.id} is not active.")
                 key = person_key(self.policy, person)
-                why = " ".join(reason.split()) or "revoked early"
                 transitions.transition(
                     session,
                     req,
@@ -340,6 +424,42 @@ class GrantCases(ServiceBase):
 
         self._retrying(attempt)
         return self._finish_revoke(request_id)
+
+    def _end_for(self, request_id: int, actor: str, why: str, cause: str) -> bool:
+        """End a request because its requester may no longer have it (a contract ended, a
+        service account retired): a waiting one is cancelled, active access is revoked, and
+        `why` is recorded for the requester and the audit trail. False if it had already
+        moved on."""
+        now = self.clock.now()
+        try:
+            with self.db.transaction() as session:
+                req = self._claim_one(session, request_id)
+                if req is None:
+                    return False
+                if req.state in (S.PENDING, S.APPROVED):
+                    self._cancel_as(session, req, now, actor, why, cause)
+                    return True
+                if req.state != S.ACTIVE:
+                    return False
+                transitions.transition(
+                    session,
+                    req,
+                    S.REVOKING,
+                    at=now,
+                    actor=actor,
+                    action="revoke.started",
+                    changes={
+                        "ended_by": actor,
+                        "end_reason": why,
+                        "extension_seconds": None,
+                        **self._lease(now),
+                    },
+                    data={"cause": cause, "note": why, "worker": self.worker},
+                )
+        except StaleState:
+            return False
+        self._finish_revoke(request_id)
+        return True
 
     def expire_due(self, batch: int = 16, limit: int = 1000) -> list[int]:
         """Revoke every grant whose time is up (the expiry sweep calls this). Claims a small
@@ -477,9 +597,7 @@ class GrantCases(ServiceBase):
         """An admin confirms by hand that access is gone from the target."""
         if not rules.is_admin(self.policy, person):
             raise NotAllowed("Only a WardKey admin can mark a failed revoke as resolved.")
-        cleaned = " ".join(note.split())
-        if len(WORD.findall(cleaned)) < MIN_REASON_WORDS:
-            raise InvalidRequest("Say what you checked or did on the target, in a few words.")
+        cleaned = clean_note(note, "Say what you checked or did on the target, in a few words.")
         key = person_key(self.policy, person)
         return self._record(
             request_id,

@@ -5,7 +5,7 @@ account is still needed (or retires it). An account whose owner is gone is flagg
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 
@@ -17,13 +17,12 @@ from app import audit
 from app.policy import rules
 from app.policy.model import Identity
 from app.policy.people import Person, person_key
-from app.service.base import S, log
+from app.service.base import RETIRED as RETIRED
+from app.service.base import STILL_NEEDED as STILL_NEEDED
+from app.service.base import S
 from app.service.errors import AlreadyDecided, NotAllowed, NotEligible, NotFound
 from app.service.grants import GrantCases
 from app.store.models import AccessRequest, Attestation, OrphanFlag
-
-STILL_NEEDED = "still_needed"
-RETIRED = "retired"
 
 
 class AttestationStep(StrEnum):
@@ -40,6 +39,8 @@ class AttestationView:
     due_at: datetime
     outcome: str | None
     decided_by: str | None
+    # Requests a retirement cancelled or ended, for their requesters to be told.
+    changed_requests: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,21 +144,24 @@ class IdentityCases(GrantCases):
             session.expire(latest)
             view = self._attestation_view(self._latest_round(session, name), identity)
         if not still_needed:
-            self._end_elevations(name, person)
+            view = replace(view, changed_requests=self._end_elevations(name, key))
         return view
 
-    def _end_elevations(self, name: str, owner: Person) -> None:
+    def _end_elevations(self, name: str, owner: str) -> tuple[int, ...]:
+        """A retired identity keeps nothing: its waiting requests are cancelled and its
+        elevations end. (One being granted at this moment is stopped by the check just
+        before the grant.)"""
         with self.db.read() as session:
-            active = session.scalars(
-                select(AccessRequest.id).where(
-                    AccessRequest.identity == name, AccessRequest.state == S.ACTIVE.value
+            live = session.scalars(
+                select(AccessRequest.id)
+                .where(
+                    AccessRequest.identity == name,
+                    AccessRequest.state.in_([S.PENDING.value, S.APPROVED.value, S.ACTIVE.value]),
                 )
+                .order_by(AccessRequest.id)
             ).all()
-        for request_id in active:
-            try:
-                self.revoke(request_id, owner, "service account retired by its owner")
-            except (AlreadyDecided, NotAllowed) as exc:
-                log.warning("event=retire_revoke_skipped request=%s why=%s", request_id, exc)
+        why = f"{name} was retired by its owner"
+        return tuple(rid for rid in live if self._end_for(rid, owner, why, "identity_retired"))
 
     def attestation(self, name: str) -> AttestationView | None:
         identity = self.policy.identities.get(name)
@@ -170,23 +174,10 @@ class IdentityCases(GrantCases):
     def refuse_unattested(self, name: str) -> None:
         """Called before an elevation of `name`: a retired identity is refused, and so is an
         overdue one whose policy says `block_unattested`."""
-        view = self.attestation(name)
-        if view is None:
-            return
-        if view.outcome == RETIRED:
-            raise NotEligible(
-                f"{name} was retired by {view.decided_by}; remove it from the policy, or ask "
-                "a WardKey admin.",
-                field="access",
-            )
-        identity = self.policy.identities[name]
-        overdue = view.outcome is None and self.clock.now() > view.due_at
-        if overdue and identity.block_unattested:
-            raise NotEligible(
-                f"{name} is blocked: its owner has not confirmed it is still needed (it was due "
-                f"{view.due_at:%d %b %Y}). Answer the attestation message first.",
-                field="access",
-            )
+        with self.db.read() as session:
+            refusal = self._attestation_refusal(session, name, self.clock.now())
+        if refusal is not None:
+            raise NotEligible(refusal, field="access")
 
     # --------------------------------------------------------------------------- orphans
 

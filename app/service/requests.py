@@ -12,14 +12,15 @@ from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person, person_key
 from app.service import transitions
 from app.service.base import (
+    MAX_NOTE_CHARS,
     STATE_WORDS,
     S,
     clean_reason,
+    clean_text,
     within_cap,
 )
 from app.service.errors import (
     AlreadyDecided,
-    InvalidRequest,
     NotAllowed,
     SelfApproval,
 )
@@ -135,11 +136,16 @@ class RequestCases(IdentityCases):
         return outcome
 
     def deny(self, request_id: int, approver: Person, reason: str) -> RequestView:
-        cleaned = " ".join(reason.split())
-        if not cleaned:
-            raise InvalidRequest("Say why you are denying it, so the requester knows what to do.")
+        cleaned = clean_text(
+            reason,
+            what="reason",
+            min_words=0,
+            max_chars=MAX_NOTE_CHARS,
+            too_short="Say why you are denying it, so the requester knows what to do.",
+            field="reason",
+        )
         return self._retrying(
-            lambda: self._decide(request_id, approver, approve=False, reason=cleaned[:1000])
+            lambda: self._decide(request_id, approver, approve=False, reason=cleaned)
         )
 
     def _decide(
@@ -228,7 +234,11 @@ class RequestCases(IdentityCases):
                     data=facts,
                 )
             elif in_extension:
-                self._apply_extension(session, req, now, key, req.extension_seconds or 0, facts)
+                self._approve_extension(session, req, now, key, facts)
+            elif (refusal := self._refusal(session, req, now)) is not None:
+                # The last approval, but the requester may no longer have it (contract ended,
+                # left the group, service account retired or blocked): cancel, saying why.
+                self._cancel_as(session, req, now, "wardkey", refusal, "recheck_at_approval", facts)
             else:
                 transitions.transition(
                     session,
@@ -386,3 +396,40 @@ class RequestCases(IdentityCases):
             rid for rid, path, created in pending if now >= created + self._pending_timeout(path)
         ]
         return [rid for rid in due if self.time_out(rid) is not None]
+
+    # ------------------------------------------------------------------------- contracts
+
+    def end_lapsed_contracts(self, limit: int = 500) -> list[int]:
+        """When a vendor's contract has ended (its day passed, or the policy now says it ended
+        earlier), cancel its people's waiting requests and end their access. Returns the
+        requests changed, for their requesters to be told (the contract sweep calls this)."""
+        now = self.clock.now()
+        lapsed = [
+            v
+            for v in self.policy.vendors.values()
+            if rules.contract_end_instant(self.policy, v) <= now
+        ]
+        known = set().union(*(rules.vendor_identifiers(self.policy, v) for v in lapsed))
+        if not known:
+            return []
+        with self.db.read() as session:
+            rows = session.scalars(
+                select(AccessRequest)
+                .where(
+                    AccessRequest.state.in_([S.PENDING.value, S.APPROVED.value, S.ACTIVE.value]),
+                    AccessRequest.requester.in_(known)
+                    | AccessRequest.requester_email.in_(known)
+                    | AccessRequest.requester_slack_id.in_(known),
+                )
+                .order_by(AccessRequest.id)
+                .limit(limit)
+            ).all()
+        changed = []
+        for req in rows:
+            vendor = rules.vendor_of(self.policy, self._requester(req))
+            if vendor is None or vendor not in lapsed:
+                continue
+            why = f"the {vendor.company} contract ended on {vendor.contract_end:%d %b %Y}"
+            if self._end_for(req.id, "wardkey", why, "contract_ended"):
+                changed.append(req.id)
+        return changed

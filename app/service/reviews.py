@@ -15,14 +15,9 @@ from app.policy import rules
 from app.policy.model import BREAK_GLASS_PATH, AccessPath
 from app.policy.people import Person, person_key
 from app.service import transitions
-from app.service.base import (
-    MIN_REASON_WORDS,
-    WORD,
-    ServiceBase,
-)
+from app.service.base import ServiceBase, clean_note
 from app.service.errors import (
     AlreadyDecided,
-    InvalidRequest,
     NotAllowed,
     NotFound,
     SelfApproval,
@@ -69,9 +64,7 @@ class ReviewCases(ServiceBase):
     ) -> RequestView:
         """A manager records whether a break-glass use was justified."""
         now = self.clock.now()
-        cleaned = " ".join(note.split())
-        if len(WORD.findall(cleaned)) < MIN_REASON_WORDS:
-            raise InvalidRequest("Add a short note (a few words) on why, for the record.")
+        cleaned = clean_note(note, "Add a short note (a few words) on why, for the record.")
         with self.db.transaction() as session:
             req = self._load(session, request_id)
             review = session.scalars(select(Review).where(Review.request_id == req.id)).first()

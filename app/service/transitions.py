@@ -28,7 +28,8 @@ ALLOWED: dict[RequestState, frozenset[RequestState]] = {
     S.PENDING: frozenset({S.PENDING, S.APPROVED, S.DENIED, S.CANCELLED, S.TIMED_OUT}),
     S.APPROVED: frozenset({S.GRANTING, S.CANCELLED, S.GRANT_FAILED}),
     # granting -> granting and revoking -> revoking: a worker takes over a crashed one's claim.
-    S.GRANTING: frozenset({S.GRANTING, S.ACTIVE, S.GRANT_FAILED}),
+    # granting -> cancelled: the requester may no longer have it (checked just before the grant).
+    S.GRANTING: frozenset({S.GRANTING, S.ACTIVE, S.GRANT_FAILED, S.CANCELLED}),
     # active -> active: an extension asked for, approved, denied or applied.
     S.ACTIVE: frozenset({S.ACTIVE, S.REVOKING}),
     S.REVOKING: frozenset({S.REVOKING, S.ENDED, S.REVOKE_FAILED}),
