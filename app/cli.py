@@ -22,7 +22,6 @@ from app.policy.checks import policy_warnings
 from app.policy.rules import approvers_at
 from app.runtime import Runtime, StartupError, load_runtime, require
 from app.scheduler import schedule
-from app.slack.app import build_app
 from app.store import Database, upgrade
 from app.web import WardKeyWSGI
 
@@ -290,7 +289,7 @@ def _socket(args: argparse.Namespace) -> int:
 
     runtime = load_runtime()
     require(runtime.settings, "slack_app_token")
-    app = build_app(runtime.service, runtime.client, signing_secret="")
+    app = runtime.bolt(socket_mode=True)
     scheduler = None if args.no_scheduler else _background_sweeps(runtime)
     try:
         SocketModeHandler(app, runtime.settings.slack_app_token).start()  # type: ignore[no-untyped-call]

@@ -17,7 +17,7 @@ from app.policy import PolicyError, load_policy
 from app.scheduler import Sweeps
 from app.service import AccessService
 from app.slack.app import build_app, web_client
-from app.slack.people import SlackDirectory
+from app.slack.people import SlackDirectory, Workspace
 from app.store import Database
 
 MISSING = {
@@ -68,9 +68,15 @@ class Runtime:
             owner_gone=n.owner_gone,
         )
 
-    def bolt(self) -> App:
-        require(self.settings, "slack_signing_secret")
-        return build_app(self.service, self.client, self.settings.slack_signing_secret or "")
+    def workspace(self) -> Workspace | None:
+        """Whose people may use WardKey, when configured; None: the bot token's workspace."""
+        return Workspace.configured(self.settings.slack_team_ids, self.settings.slack_enterprise_id)
+
+    def bolt(self, socket_mode: bool = False) -> App:
+        if not socket_mode:
+            require(self.settings, "slack_signing_secret")
+        secret = "" if socket_mode else self.settings.slack_signing_secret or ""
+        return build_app(self.service, self.client, secret, workspace=self.workspace())
 
 
 def load_runtime(settings: Settings | None = None) -> Runtime:
@@ -108,4 +114,6 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
         db, policy, adapters, lease=timedelta(seconds=settings.wardkey_lease_seconds)
     )
     client = web_client(settings.slack_bot_token or "", settings.slack_api_url)
-    return Runtime(settings, service, client, Notifier(client, service, SlackDirectory(client)))
+    workspace = Workspace.configured(settings.slack_team_ids, settings.slack_enterprise_id)
+    directory = SlackDirectory(client, workspace)
+    return Runtime(settings, service, client, Notifier(client, service, directory))

@@ -13,6 +13,7 @@ from app.devtools.slack_driver import SlackDriver, TrackingExecutor, serving
 from app.devtools.slack_fake import FakeSlack, SlackUser
 from app.service import AccessService
 from app.slack.app import build_app, web_client
+from app.slack.people import Workspace
 from app.store import Database
 from app.web import WardKeyWSGI
 from tests.conftest import sqlite_copy
@@ -39,14 +40,16 @@ WARD_USERS = [
 RunningApp = SlackDriver
 
 
-def run_app(service: AccessService) -> Iterator[RunningApp]:
+def run_app(service: AccessService, workspace: Workspace | None = None) -> Iterator[RunningApp]:
+    """The app as `wardkey serve` runs it; `workspace` as SLACK_TEAM_IDS / SLACK_ENTERPRISE_ID
+    set it (None: the bot token's own workspace, T0WARD)."""
     fake = FakeSlack().start()
     for user in WARD_USERS:
         fake.add_user(user)
     client = web_client(fake.token, fake.api_url)
     listeners = TrackingExecutor(max_workers=8)
     dialogs = TrackingExecutor(max_workers=2)
-    bolt = build_app(service, client, SIGNING_SECRET, listeners, dialogs)
+    bolt = build_app(service, client, SIGNING_SECRET, listeners, dialogs, workspace)
     http = httpx.Client(timeout=10)
     try:
         with serving(WardKeyWSGI(bolt, service.db, SIGNING_SECRET)) as url:

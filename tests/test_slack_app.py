@@ -58,7 +58,8 @@ class TestSignatures:
     def test_a_bad_signature_is_refused_and_nothing_happens(self, slack: RunningApp) -> None:
         response = slack.post("command=%2Fjit&text=request+x", signature="v0=deadbeef")
         assert response.status_code == 401
-        assert [c.method for c in slack.fake.calls] == ["auth.test"]  # at start-up only
+        # Only start-up's calls: the token's check and which workspace it belongs to.
+        assert {c.method for c in slack.fake.calls} == {"auth.test"}
 
     def test_a_stale_timestamp_is_refused(self, slack: RunningApp) -> None:
         response = slack.post("command=%2Fjit&text=help", timestamp=int(time.time()) - 301)
@@ -440,6 +441,66 @@ class TestMalformedAndHostileText:
         card = json.dumps(slack.fake.wait_for("chat.postMessage", 3)[0].args["blocks"])
         assert "<!channel>" not in card
         assert "&lt;!channel&gt;" in card
+
+    def test_a_reason_dressed_as_wardkeys_own_words_shows_as_the_requesters_quoted_words(
+        self, slack: RunningApp
+    ) -> None:
+        """Amira's reason tries to look like a security sign-off: bold, code, a link, a ping."""
+        reason = (
+            "*APPROVED BY SECURITY* `ok` _urgent_ ~x~ see https://evil.example/sso "
+            "and wardkey-approve.example.com <!channel> <@U0GITA> <https://x.example|Approve>"
+        )
+        rid = ask(slack, f"pharmacy-db:read 30m {reason}")
+        cards = slack.fake.wait_for("chat.postMessage", 3)
+        for shown in [json.dumps(c.args["blocks"]) for c in cards] + [
+            c.args["text"] for c in cards
+        ]:
+            for live in ("*APPROVED", "`ok`", "_urgent_", "~x~", "<!channel>", "<@U0GITA>"):
+                assert live not in shown, live
+            for link in ("https://", "evil.example", "approve.example.com", "<https"):
+                assert link not in shown, link
+        card = cards[0].args["blocks"]
+        why = next(b for b in card if "Why" in b.get("text", {}).get("text", ""))
+        assert why["text"]["verbatim"] is True  # Slack adds no links of its own either
+        assert "\n> \u2217APPROVED BY SECURITY\u2217 \u02cbok\u02cb" in why["text"]["text"]
+        assert "&lt;!channel&gt;" in why["text"]["text"]
+        # Who asked is the account Slack verified, with its directory name, never typed text.
+        who = card[1]["fields"][0]["text"]
+        assert who == "*Who*\n<@U0AMIRA> (Amira Khan, Clinical systems analyst)"
+        assert rid > 0
+
+    def test_a_profile_name_cannot_dress_up_as_wardkey_either(
+        self, slack: RunningApp
+    ) -> None:
+        from app.devtools.slack_fake import SlackUser
+
+        slack.fake.add_user(
+            SlackUser("U0AMIRA", "amira@ward.nhs.uk", "*Security team*", "<!here> `approved`")
+        )
+        ask(slack)
+        blocks = slack.fake.wait_for("chat.postMessage", 3)[0].args["blocks"]
+        card = json.dumps(blocks, ensure_ascii=False)
+        assert "<@U0AMIRA> (\u2217Security team\u2217, &lt;!here&gt; \u02cbapproved\u02cb)" in card
+
+    def test_break_glass_and_form_messages_quote_the_reason_inert(self, slack: RunningApp) -> None:
+        slack.command(
+            "/breakglass", "pharmacy-db:read *CLEARED BY SECURITY* see https://x.example", "U0AMIRA"
+        )
+        alert = slack.fake.wait_for("chat.postMessage", 1, channel="C0SEC")[0].args["text"]
+        assert "<@U0AMIRA>" in alert
+        assert "“\u2217CLEARED BY SECURITY\u2217 see https:\u2215\u2215x\u2024example”" in alert
+
+        from app.notify import views as v
+
+        values = {
+            v.ACCESS_BLOCK: {v.ACCESS_ACTION: {"selected_option": {"value": "pharmacy-db:read"}}},
+            v.DURATION_BLOCK: {v.DURATION_ACTION: {"selected_option": {"value": "30m"}}},
+            v.REASON_BLOCK: {v.REASON_ACTION: {"value": "*Approved* by `security` <!here>"}},
+            v.TICKET_BLOCK: {v.TICKET_ACTION: {"value": ""}},
+        }
+        assert slack.submit_view(v.REQUEST_VIEW, values, "U0CHLOE").status_code == 200
+        dm = slack.fake.wait_for("chat.postMessage", 1, channel="U0CHLOE")[0].args["text"]
+        assert "“\u2217Approved\u2217 by \u02cbsecurity\u02cb &lt;!here&gt;”" in dm
 
     def test_zero_width_and_direction_marks_are_ignored_in_names(self, slack: RunningApp) -> None:
         rid = ask(slack, "pharmacy-db:\u200bread\u202e 30m fix stuck order set on ward 12")

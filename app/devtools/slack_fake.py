@@ -58,6 +58,10 @@ class SlackUser:
     is_restricted: bool = False
     is_bot: bool = False
     tz: str = "Europe/London"
+    # Slack Connect: an account of another organisation that Slack shows the app.
+    is_stranger: bool = False
+    # Enterprise Grid: the org the account belongs to (users.info's `enterprise_user`).
+    enterprise_id: str | None = None
 
     def to_slack(self) -> JSON:
         profile: JSON = {
@@ -67,7 +71,7 @@ class SlackUser:
         }
         if self.email is not None:
             profile["email"] = self.email
-        return {
+        user: JSON = {
             "id": self.id,
             "team_id": self.team_id,
             "name": (self.email or self.id).split("@")[0],
@@ -77,8 +81,17 @@ class SlackUser:
             "is_bot": self.is_bot,
             "is_restricted": self.is_restricted,
             "is_ultra_restricted": False,
+            "is_stranger": self.is_stranger,
             "profile": profile,
         }
+        if self.enterprise_id is not None:
+            user["enterprise_user"] = {
+                "id": self.id,
+                "enterprise_id": self.enterprise_id,
+                "enterprise_name": self.enterprise_id,
+                "teams": [self.team_id],
+            }
+        return user
 
 
 class FakeSlack(LoopbackServer):

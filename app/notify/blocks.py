@@ -3,6 +3,7 @@ before anything is sent."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -40,8 +41,49 @@ _RISK_ICON = {"low": "🟢", "medium": "🟡", "high": "🟠", "critical": "🔴
 
 
 def escape(text: str) -> str:
-    """User text shown as mrkdwn: never a mention, link or channel ping (`<!channel>`)."""
+    """Text shown as mrkdwn: never a mention, link or channel ping (`<!channel>`). For names
+    WardKey or the policy chose; words people typed go through `inert`."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# Characters that change how text looks without being seen: controls, zero-width and direction
+# marks (a right-to-left override can make a reason read backwards on the card).
+_HIDDEN = re.compile("[\x00-\x09\x0b-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+# mrkdwn's formatting characters, as look-alikes Slack does not format: Slack has no escape.
+_LOOK_ALIKES = str.maketrans({"*": "\u2217", "_": "\u02cd", "~": "\u223c", "`": "\u02cb"})
+# What Slack turns into a link by itself: `scheme://` and dotted names (example.com, e-mails).
+_SCHEME = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*):/+")
+_DOT_IN_NAME = re.compile(r"(?i)(?<=[a-z0-9-])\.(?=[a-z][a-z0-9-])")
+_MENTION = re.compile(r"^[UW][A-Z0-9]{2,20}$")
+
+
+def inert(text: str) -> str:
+    """Words a person typed (a reason, a note, a ticket, a profile name), shown in mrkdwn exactly
+    as words: no bold or code that could pass for WardKey's own, no mention, ping or link (a
+    dotted name is shown with a one-dot leader, so nothing is clickable)."""
+    text = _HIDDEN.sub("", text.replace("\r\n", "\n"))
+    text = escape(text).translate(_LOOK_ALIKES)
+    text = _SCHEME.sub(lambda m: f"{m[1]}:\u2215\u2215", text)
+    return _DOT_IN_NAME.sub("\u2024", text)
+
+
+def quoted(text: str, limit: int = 2900) -> str:
+    """A requester's words as a quote block: plainly theirs, never WardKey's."""
+    lines = inert(text).split("\n")
+    return "\n".join(f"> {line}" for line in lines)[:limit]
+
+
+def mention(slack_user_id: str | None, fallback: str) -> str:
+    """`<@U…>` built by WardKey from an ID Slack verified, which Slack shows as the account's
+    current name; `fallback`, made inert, when there is none."""
+    if slack_user_id and _MENTION.match(slack_user_id):
+        return f"<@{slack_user_id}>"
+    return inert(fallback)
+
+
+def words(text: str) -> MarkdownTextObject:
+    """A mrkdwn text object with people's words in it: Slack adds no links of its own."""
+    return MarkdownTextObject(text=text, verbatim=True)
 
 
 def clock_time(instant: datetime | None, zone: ZoneInfo) -> str:
@@ -61,13 +103,15 @@ class CardContext:
 
 
 def _summary(view: RequestView, ctx: CardContext) -> list[Block]:
-    who = escape(ctx.requester_name)
+    # Who asked, as Slack verified it: the account's mention, then its directory name and title.
+    profile = inert(ctx.requester_name)
     if ctx.requester_title:
-        who += f", {escape(ctx.requester_title)}"
+        profile += f", {inert(ctx.requester_title)}"
+    who = f"{mention(view.requester_slack_id, view.requester)} ({profile})"
     if view.identity:
         who += f" (for service account `{escape(view.identity)}`)"
     fields = [
-        MarkdownTextObject(text=f"*Who*\n{who}"),
+        words(f"*Who*\n{who}"),
         MarkdownTextObject(
             text=f"*Access*\n`{view.target}:{view.role}` as `{escape(view.account)}`"
         ),
@@ -75,7 +119,7 @@ def _summary(view: RequestView, ctx: CardContext) -> list[Block]:
         MarkdownTextObject(
             text=f"*Path*\n{_RISK_ICON.get(ctx.risk, '')} {view.path} ({ctx.risk} risk)"
         ),
-        MarkdownTextObject(text=f"*Ticket*\n{escape(view.ticket) if view.ticket else 'none'}"),
+        words(f"*Ticket*\n{inert(view.ticket) if view.ticket else 'none'}"),
     ]
     history = f"{ctx.elevations_30_days} elevation(s) in the last 30 days"
     others = (
@@ -86,7 +130,7 @@ def _summary(view: RequestView, ctx: CardContext) -> list[Block]:
     return [
         HeaderBlock(text=PlainTextObject(text=f"Access request #{view.id}")),
         SectionBlock(fields=fields),
-        SectionBlock(text=MarkdownTextObject(text=f"*Why*\n{escape(view.reason)[:2900]}")),
+        SectionBlock(text=words(f"*Why*, in the requester's words\n{quoted(view.reason)}")),
         ContextBlock(elements=[MarkdownTextObject(text=f"{history} · {others}")]),
     ]
 
@@ -94,7 +138,7 @@ def _summary(view: RequestView, ctx: CardContext) -> list[Block]:
 def approver_card(view: RequestView, ctx: CardContext) -> list[Block]:
     """The card approvers see: context, progress and, while pending, Approve and Deny."""
     blocks = _summary(view, ctx)
-    blocks.append(ContextBlock(elements=[MarkdownTextObject(text=outcome_line(view, ctx.zone))]))
+    blocks.append(ContextBlock(elements=[words(outcome_line(view, ctx.zone))]))
     if view.state == S.PENDING:
         blocks.append(decision_buttons(view, high_risk=ctx.risk in ("high", "critical")))
     return blocks
@@ -151,7 +195,7 @@ def outcome_line(view: RequestView, zone: ZoneInfo) -> str:
         case S.DENIED:
             denier = next((d for d in view.decisions if d.outcome == "deny"), None)
             who = escape(denier.approver) if denier else "an approver"
-            why = escape(view.end_reason or "")
+            why = inert(view.end_reason or "")
             return f"❌ Denied by {who} at {decided}: {why}"
         case S.CANCELLED:
             return "↩️ Cancelled by the requester"
@@ -164,7 +208,7 @@ def outcome_line(view: RequestView, zone: ZoneInfo) -> str:
             by = f" by {escape(names)} at {decided}" if names else ""
             return f"⚠️ Approved{by}, but the target could not grant it; WardKey admins are told"
         case S.REVOKING | S.ENDED:
-            why = escape(view.end_reason or "expired")
+            why = inert(view.end_reason or "expired")
             return f"🔒 Ended at {clock_time(view.ended_at, zone)} ({why})"
         case S.REVOKE_FAILED:
             return "⚠️ Ending failed on the target; WardKey keeps trying and has alerted security"
@@ -183,7 +227,8 @@ def review_line(view: RequestView, zone: ZoneInfo) -> str:
         return f"⏳ Review due by {day_time(review.due_at, zone)}"
     mark = "✅ Justified" if review.state == ReviewState.JUSTIFIED else "❌ Not justified"
     who = escape(review.reviewer or "a reviewer")
-    return f"{mark}: {who} at {day_time(review.decided_at, zone)}: {escape(review.note or '')}"
+    note = inert(review.note or "")
+    return f"{mark}: {who} at {day_time(review.decided_at, zone)}: {note}"
 
 
 def review_card(summary: BreakGlassSummary, zone: ZoneInfo) -> list[Block]:
@@ -202,7 +247,7 @@ def review_card(summary: BreakGlassSummary, zone: ZoneInfo) -> list[Block]:
         HeaderBlock(text=PlainTextObject(text=f"Break-glass review #{view.id}")),
         SectionBlock(
             fields=[
-                MarkdownTextObject(text=f"*Who*\n{escape(view.requester)}"),
+                words(f"*Who*\n{mention(view.requester_slack_id, view.requester)}"),
                 MarkdownTextObject(
                     text=f"*Access*\n`{view.target}:{view.role}` as `{escape(view.account)}`"
                 ),
@@ -215,9 +260,9 @@ def review_card(summary: BreakGlassSummary, zone: ZoneInfo) -> list[Block]:
                 ),
             ]
         ),
-        SectionBlock(text=MarkdownTextObject(text=f"*Why*\n{escape(view.reason)[:2900]}")),
+        SectionBlock(text=words(f"*Why*, in their words\n{quoted(view.reason)}")),
         SectionBlock(text=MarkdownTextObject(text=f"*On the target*\n{record[:2900]}")),
-        ContextBlock(elements=[MarkdownTextObject(text=review_line(view, zone))]),
+        ContextBlock(elements=[words(review_line(view, zone))]),
     ]
     if view.review is not None and view.review.state == ReviewState.OPEN:
         blocks.append(
@@ -256,7 +301,7 @@ def digest_blocks(digest: Digest, zone: ZoneInfo) -> list[Block]:
 
     glass = [
         f"#{e.view.id} {escape(e.view.requester)} `{e.view.target}:{e.view.role}` "
-        f"for {format_duration(e.held)}: {escape(e.view.reason)[:150]} · "
+        f"for {format_duration(e.held)}: “{inert(e.view.reason)[:150]}” · "
         f"{review_line(e.view, zone)}"
         for e in digest.break_glass
     ]
@@ -299,7 +344,7 @@ def digest_blocks(digest: Digest, zone: ZoneInfo) -> list[Block]:
         ),
     ]
     for title, body in sections:
-        blocks.append(SectionBlock(text=MarkdownTextObject(text=f"*{title}*\n{body}"[:2990])))
+        blocks.append(SectionBlock(text=words(f"*{title}*\n{body}"[:2990])))
     return blocks
 
 

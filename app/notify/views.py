@@ -25,7 +25,7 @@ from slack_sdk.models.blocks import (
 )
 from slack_sdk.models.views import View
 
-from app.notify.blocks import clock_time, decision_buttons, escape, outcome_line
+from app.notify.blocks import clock_time, decision_buttons, inert, mention, outcome_line, words
 from app.policy.durations import format_duration
 from app.policy.rules import RequestPlan
 from app.service.views import RequestView
@@ -239,11 +239,7 @@ def home_view(
         blocks.append(holder_buttons(v, block_id=f"home:{v.id}"))
     blocks += [DividerBlock(), HeaderBlock(text="Your pending requests")]
     blocks += [
-        SectionBlock(
-            text=MarkdownTextObject(
-                text=f"*#{v.id}* `{v.target}:{v.role}` · {outcome_line(v, zone)}"
-            )
-        )
+        SectionBlock(text=words(f"*#{v.id}* `{v.target}:{v.role}` · {outcome_line(v, zone)}"))
         for v in pending
     ] or [ContextBlock(elements=[MarkdownTextObject(text="Nothing waiting.")])]
     blocks += [DividerBlock(), HeaderBlock(text="Waiting for your approval")]
@@ -251,12 +247,13 @@ def home_view(
         blocks.append(ContextBlock(elements=[MarkdownTextObject(text="Nothing to decide.")]))
     for v in to_decide[:10]:
         what = "extension of " if v.extension else ""
+        who = mention(v.requester_slack_id, v.requester)
         blocks.append(
             SectionBlock(
-                text=MarkdownTextObject(
-                    text=f"*#{v.id}* {what}`{v.target}:{v.role}` for {escape(v.requester)} "
+                text=words(
+                    f"*#{v.id}* {what}`{v.target}:{v.role}` for {who} "
                     f"({format_duration(v.extension or v.requested)}, {v.path}): "
-                    f"{escape(v.reason)[:300]}"
+                    f"“{inert(v.reason)[:300]}”"
                 )
             )
         )

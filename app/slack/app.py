@@ -11,8 +11,9 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from app.notify.notifier import Notifier
 from app.service import AccessService
 from app.slack.deps import SlackDeps
+from app.slack.gate import WorkspaceGate
 from app.slack.listeners import actions, commands, events, identities, reviews, views
-from app.slack.people import SlackDirectory
+from app.slack.people import SlackDirectory, Workspace
 
 
 def web_client(token: str, api_url: str) -> WebClient:
@@ -29,7 +30,10 @@ def build_app(
     signing_secret: str,
     work: Executor | None = None,
     dialogs: Executor | None = None,
+    workspace: Workspace | None = None,
 ) -> App:
+    """`workspace`: whose people may use WardKey (SLACK_TEAM_IDS, SLACK_ENTERPRISE_ID); None
+    means the workspace the bot token belongs to, asked of Slack now."""
     # App(client=…) checks the token with auth.test now, so a bad token fails at start-up.
     # Listeners only parse, ack and hand the rest to `work` (SlackDeps.after_ack), so they run
     # on the HTTP thread (process_before_response) and the ack never queues behind other
@@ -38,7 +42,8 @@ def build_app(
     # every extra busy thread takes a share of the interpreter from the threads sending acks
     # (bench/ack_latency.py: 16 threads gave 2-3x the bare app's p99, 4 threads 1.2-1.5x).
     app = App(client=client, signing_secret=signing_secret, process_before_response=True)
-    directory = SlackDirectory(client)
+    directory = SlackDirectory(client, workspace)
+    directory.workspace()  # learnt now, at start-up, never in a request's ack path
     deps = SlackDeps(
         service=service,
         directory=directory,
@@ -46,6 +51,8 @@ def build_app(
         work=work or ThreadPoolExecutor(max_workers=4, thread_name_prefix="after-ack"),
         dialogs=dialogs or ThreadPoolExecutor(max_workers=2, thread_name_prefix="dialogs"),
     )
+    # Before every listener: refuse anyone outside the trust's workspace(s).
+    app.use(WorkspaceGate(directory, deps.after_ack))
     for listeners in (commands, actions, reviews, identities, views, events):
         listeners.register(app, deps)
     return app

@@ -7,9 +7,13 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+from slack_bolt import BoltContext
+
 from app.notify.notifier import Notifier
+from app.policy.people import Person
 from app.service import AccessService
 from app.slack import replay_gate
+from app.slack.gate import caller
 from app.slack.people import SlackDirectory
 
 log = logging.getLogger(__name__)
@@ -22,6 +26,12 @@ class SlackDeps:
     notifier: Notifier
     work: Executor
     dialogs: Executor
+
+    def person(self, context: BoltContext) -> Person:
+        """The person who sent this request, from the caller the workspace gate read (the one
+        source of who is asking), checked against their Slack account; or NotAllowed."""
+        who = caller(context)
+        return self.directory.person(who.user_id, who.request_team_id, who.enterprise_id)
 
     def after_ack(self, job: Callable[[], None]) -> None:
         """Run `job` on the work pool, so the ack goes back at once and never waits for Slack

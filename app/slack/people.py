@@ -1,17 +1,70 @@
-"""Slack user -> person: `users.info` (cached for a while), refusing accounts that cannot ask."""
+"""Slack user -> person: `users.info` (cached for a while), refusing accounts that cannot ask.
+
+Policy members are matched by e-mail, and an e-mail is only as good as the workspace that set it:
+anyone can put an approver's address on an account in a workspace of their own. So a person is
+only ever made from an account of the trust's own workspace(s) (`Workspace`), never from a guest,
+a Slack Connect partner's account or a stranger.
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from app.policy.people import Person
 from app.service.errors import NotAllowed
+
+log = logging.getLogger(__name__)
+
+OUTSIDER = (
+    "WardKey only acts for people of this trust's own Slack workspace, so nothing was done. "
+    "Ask the WardKey admins if you think this is wrong."
+)
+NOT_A_MEMBER = (
+    "Your Slack account is deactivated, a guest or a bot, so WardKey cannot act on it. Ask the "
+    "service desk if this is wrong."
+)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Whose people may use WardKey: these workspaces, and every workspace of `enterprise_id`
+    (an Enterprise Grid org) when set. Nobody else, whatever their e-mail says."""
+
+    team_ids: frozenset[str]
+    enterprise_id: str | None = None
+
+    @classmethod
+    def configured(cls, team_ids: str, enterprise_id: str | None) -> Workspace | None:
+        """From SLACK_TEAM_IDS (comma-separated) and SLACK_ENTERPRISE_ID; None when neither is
+        set, so the bot token's own workspace is used."""
+        teams = frozenset(t.strip() for t in team_ids.split(",") if t.strip())
+        enterprise = (enterprise_id or "").strip() or None
+        return cls(teams, enterprise) if teams or enterprise else None
+
+    @classmethod
+    def of_token(cls, auth_test: Any) -> Workspace:
+        """The workspace the bot token was installed in (`auth.test`); for an org-wide install,
+        which has no single workspace, the org."""
+        team = auth_test.get("team_id")
+        org_wide = bool(auth_test.get("is_enterprise_install")) or not team
+        enterprise = auth_test.get("enterprise_id") if org_wide else None
+        return cls(frozenset([team] if team else []), enterprise or None)
+
+    def admits(self, team_ids: Iterable[str | None], enterprise_id: str | None = None) -> bool:
+        """Every workspace named (at least one) is ours, or of our org."""
+        named = [t for t in team_ids if t]
+        if enterprise_id and self.enterprise_id and enterprise_id != self.enterprise_id:
+            return False  # a workspace of another Enterprise Grid org
+        in_our_org = self.enterprise_id is not None and enterprise_id == self.enterprise_id
+        return bool(named) and all(t in self.team_ids or in_our_org for t in named)
 
 
 @dataclass(frozen=True)
@@ -24,6 +77,27 @@ class SlackProfile:
     deleted: bool
     restricted: bool
     is_bot: bool
+    # Slack Connect: an account of another organisation Slack shows us (`is_stranger`), and
+    # the Enterprise Grid org an account belongs to (`enterprise_user.enterprise_id`).
+    stranger: bool = False
+    enterprise_id: str | None = None
+
+    @classmethod
+    def from_slack(cls, user: dict[str, Any]) -> SlackProfile:
+        profile = user.get("profile") or {}
+        user_id = str(user["id"])
+        return cls(
+            user_id=user_id,
+            team_id=user.get("team_id"),
+            name=profile.get("real_name") or user.get("real_name") or user.get("name", user_id),
+            title=profile.get("title", ""),
+            email=(profile.get("email") or None),
+            deleted=bool(user.get("deleted")),
+            restricted=bool(user.get("is_restricted") or user.get("is_ultra_restricted")),
+            is_bot=bool(user.get("is_bot") or user.get("is_workflow_bot")),
+            stranger=bool(user.get("is_stranger")),
+            enterprise_id=(user.get("enterprise_user") or {}).get("enterprise_id"),
+        )
 
     def person(self) -> Person:
         return Person(slack_user_id=self.user_id, email=self.email, team_id=self.team_id)
@@ -31,66 +105,84 @@ class SlackProfile:
 
 class SlackDirectory:
     """Looks people up in Slack. Profiles are cached for `ttl_seconds` (e-mails rarely change,
-    deactivation must be seen soon)."""
+    deactivation must be seen soon). `workspace` says whose people count; unset, it is learned
+    once from `auth.test` (the bot token's own workspace)."""
 
     def __init__(
         self,
         client: WebClient,
+        workspace: Workspace | None = None,
         ttl_seconds: float = 300.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.ttl = ttl_seconds
+        self._workspace = workspace
         self._now = monotonic
         self._cache: dict[str, tuple[float, SlackProfile]] = {}
         self._by_email: dict[str, tuple[float, str | None]] = {}
         self._lock = threading.Lock()
+
+    def workspace(self) -> Workspace:
+        with self._lock:
+            if self._workspace is None:
+                self._workspace = Workspace.of_token(self.client.auth_test())
+            return self._workspace
 
     def profile(self, user_id: str) -> SlackProfile:
         with self._lock:
             hit = self._cache.get(user_id)
             if hit is not None and hit[0] > self._now():
                 return hit[1]
-        user = self.client.users_info(user=user_id)["user"]
-        profile = user.get("profile", {})
-        found = SlackProfile(
-            user_id=user["id"],
-            team_id=user.get("team_id"),
-            name=profile.get("real_name") or user.get("real_name") or user.get("name", user_id),
-            title=profile.get("title", ""),
-            email=(profile.get("email") or None),
-            deleted=bool(user.get("deleted")),
-            restricted=bool(user.get("is_restricted") or user.get("is_ultra_restricted")),
-            is_bot=bool(user.get("is_bot")),
-        )
-        with self._lock:
-            self._cache[user_id] = (self._now() + self.ttl, found)
+        found = SlackProfile.from_slack(self.client.users_info(user=user_id)["user"])
+        self._remember(found)
         return found
 
-    def person(self, user_id: str, team_id: str | None = None) -> Person:
-        """The person behind a Slack account that may act in WardKey, or NotAllowed."""
+    def _remember(self, profile: SlackProfile) -> None:
+        with self._lock:
+            self._cache[profile.user_id] = (self._now() + self.ttl, profile)
+
+    def ours(self, profile: SlackProfile) -> bool:
+        """An account of the trust's own workspace(s): not a stranger, not of another org."""
+        return not profile.stranger and self.workspace().admits(
+            [profile.team_id], profile.enterprise_id
+        )
+
+    def person(
+        self, user_id: str, team_id: str | None = None, enterprise_id: str | None = None
+    ) -> Person:
+        """The person behind a Slack account that may act in WardKey, or NotAllowed. `team_id`
+        (and `enterprise_id`) say where the request came from, which must be ours too."""
+        if team_id and not self.workspace().admits([team_id], enterprise_id):
+            raise NotAllowed(OUTSIDER)
         profile = self.profile(user_id)
+        if not self.ours(profile):
+            log.warning("event=outsider_refused user=%s team=%s", user_id, profile.team_id)
+            raise NotAllowed(OUTSIDER)
         if profile.deleted or profile.restricted or profile.is_bot:
-            raise NotAllowed(
-                "Your Slack account is deactivated, a guest or a bot, so WardKey cannot act on "
-                "it. Ask the service desk if this is wrong."
-            )
-        if team_id and profile.team_id and team_id != profile.team_id:
-            raise NotAllowed("That Slack account belongs to another workspace.")
+            raise NotAllowed(NOT_A_MEMBER)
         return profile.person()
 
     def user_id_for(self, member: str) -> str | None:
-        """A policy member (Slack ID or e-mail) as a Slack user ID, to send them messages."""
+        """A policy member (Slack ID or e-mail) as a Slack user ID, to send them messages. An
+        e-mail that only an account outside the trust's workspace carries finds nobody."""
         if "@" not in member:
             return member
         with self._lock:
             hit = self._by_email.get(member)
             if hit is not None and hit[0] > self._now():
                 return hit[1]
+        user_id: str | None = None
         try:
-            user_id: str | None = self.client.users_lookupByEmail(email=member)["user"]["id"]
+            found = SlackProfile.from_slack(self.client.users_lookupByEmail(email=member)["user"])
         except SlackApiError:
-            user_id = None
+            found = None
+        if found is not None:
+            self._remember(found)
+            if self.ours(found):
+                user_id = found.user_id
+            else:
+                log.warning("event=member_outside_workspace user=%s", found.user_id)
         with self._lock:
             self._by_email[member] = (self._now() + self.ttl, user_id)
         return user_id

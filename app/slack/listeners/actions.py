@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from slack_bolt import Ack, App
+from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
 
 from app.notify.blocks import APPROVE_ACTION, DENY_ACTION, clock_time
@@ -18,6 +18,7 @@ from app.notify.views import HOME_EXTEND, HOME_EXTEND_BY, HOME_REVOKE, why_modal
 from app.service import ServiceError
 from app.slack.deps import SlackDeps
 from app.slack.errors import reply_to_clicker, replying_on_error
+from app.slack.gate import caller
 
 DENY_VIEW = "deny_reason"
 DENY_BLOCK = "reason"
@@ -26,16 +27,18 @@ DENY_INPUT = "reason_text"
 
 def register(app: App, deps: SlackDeps) -> None:
     @app.action(APPROVE_ACTION)
-    def approve(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient) -> None:
+    def approve(
+        ack: Ack,
+        body: dict[str, Any],
+        action: dict[str, Any],
+        client: WebClient,
+        context: BoltContext,
+    ) -> None:
         ack()
 
         def decide() -> None:
             with replying_on_error(reply_to_clicker(client, body)):
-                user = body["user"]
-                team = user.get("team_id") or body["team"]["id"]
-                view = deps.service.approve(
-                    int(action["value"]), deps.directory.person(user["id"], team)
-                )
+                view = deps.service.approve(int(action["value"]), deps.person(context))
                 deps.notifier.request_changed(view)
 
         deps.after_ack(decide)
@@ -47,46 +50,53 @@ def register(app: App, deps: SlackDeps) -> None:
 
     @app.action(HOME_EXTEND)
     def home_extend(
-        ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient
+        ack: Ack,
+        body: dict[str, Any],
+        action: dict[str, Any],
+        client: WebClient,
+        context: BoltContext,
     ) -> None:
         ack()
 
         def extend() -> None:
             with replying_on_error(reply_to_clicker(client, body)):
-                person = deps.directory.person(body["user"]["id"], body["user"].get("team_id"))
+                person = deps.person(context)
                 view = deps.service.extend(int(action["value"]), person, HOME_EXTEND_BY)
                 if view.extension is not None:
                     deps.notifier.request_opened(view)
                 else:
                     ends = clock_time(view.expires_at, deps.service.policy.zone)
                     reply_to_clicker(client, body)(f"#{view.id} now ends at {ends}.")
-                    deps.notifier.publish_home(body["user"]["id"])
+                    deps.notifier.publish_home(caller(context).user_id)
 
         deps.after_ack(extend)
 
     @app.action(HOME_REVOKE)
     def home_revoke(
-        ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient
+        ack: Ack,
+        body: dict[str, Any],
+        action: dict[str, Any],
+        client: WebClient,
+        context: BoltContext,
     ) -> None:
         ack()
 
         def revoke() -> None:
             with replying_on_error(reply_to_clicker(client, body)):
-                person = deps.directory.person(body["user"]["id"], body["user"].get("team_id"))
+                person = deps.person(context)
                 view = deps.service.revoke(int(action["value"]), person, "revoked from App Home")
                 deps.notifier.request_changed(view)
 
         deps.after_ack(revoke)
 
     @app.view(DENY_VIEW)
-    def deny_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+    def deny_submitted(ack: Ack, view: dict[str, Any], context: BoltContext) -> None:
         # Deciding touches only the database, so it runs before the ack and a refusal can be
         # shown on the field itself.
         meta = json.loads(view.get("private_metadata") or "{}")
         reason = view["state"]["values"][DENY_BLOCK][DENY_INPUT].get("value") or ""
-        user = body["user"]
         try:
-            person = deps.directory.person(user["id"], user.get("team_id"))
+            person = deps.person(context)
             decided = deps.service.deny(int(meta["id"]), person, reason)
         except ServiceError as exc:
             ack(response_action="errors", errors={DENY_BLOCK: exc.message})

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from slack_bolt import Ack, App, Respond
+from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 
-from app.notify.blocks import clock_time, contract_line, escape, outcome_line
+from app.notify.blocks import clock_time, contract_line, escape, inert, mention, outcome_line
 from app.notify.views import no_access_modal, request_modal
 from app.policy import Person, Policy, format_duration
 from app.policy.rules import requestable
@@ -48,7 +48,13 @@ LIVE = (S.PENDING, S.APPROVED, S.GRANTING, S.ACTIVE, S.REVOKING, S.REVOKE_FAILED
 
 def register(app: App, deps: SlackDeps) -> None:
     @app.command("/jit")
-    def jit(ack: Ack, command: dict[str, Any], respond: Respond, client: WebClient) -> None:
+    def jit(
+        ack: Ack,
+        command: dict[str, Any],
+        respond: Respond,
+        client: WebClient,
+        context: BoltContext,
+    ) -> None:
         try:
             parsed = parse_jit(command.get("text", ""))
         except UsageError as exc:
@@ -58,36 +64,34 @@ def register(app: App, deps: SlackDeps) -> None:
             ack(response_type="ephemeral", text=HELP)
             return
         ack()
-        user_id, team_id = command["user_id"], command.get("team_id")
         if isinstance(parsed, OpenModal):
             trigger_id = command["trigger_id"]
 
             def open_form() -> None:
                 with replying_on_error(respond):
-                    open_request_form(deps, client, user_id, team_id, trigger_id)
+                    open_request_form(deps, client, deps.person(context), trigger_id)
 
             deps.open_dialog(open_form)
             return
-        deps.after_ack(lambda: _answer_jit(deps, parsed, user_id, team_id, respond))
+        deps.after_ack(lambda: _answer_jit(deps, parsed, context, respond))
 
     @app.command("/breakglass")
-    def breakglass(ack: Ack, command: dict[str, Any], respond: Respond) -> None:
+    def breakglass(
+        ack: Ack, command: dict[str, Any], respond: Respond, context: BoltContext
+    ) -> None:
         try:
             parsed: BreakGlass = parse_breakglass(command.get("text", ""))
         except UsageError as exc:
             ack(response_type="ephemeral", text=exc.message)
             return
         ack(response_type="ephemeral", text="Break-glass: granting now…")
-        user_id, team_id = command["user_id"], command.get("team_id")
-        deps.after_ack(lambda: _break_glass(deps, parsed, user_id, team_id, respond))
+        deps.after_ack(lambda: _break_glass(deps, parsed, context, respond))
 
 
-def _answer_jit(
-    deps: SlackDeps, parsed: object, user_id: str, team_id: str | None, respond: Respond
-) -> None:
+def _answer_jit(deps: SlackDeps, parsed: object, context: BoltContext, respond: Respond) -> None:
     """Everything `/jit` does after the ack: the service call, the reply, the notifications."""
     with replying_on_error(respond):
-        person = deps.directory.person(user_id, team_id)
+        person = deps.person(context)
         service, notifier = deps.service, deps.notifier
         zone = service.policy.zone
         match parsed:
@@ -152,10 +156,10 @@ def _answer_jit(
 
 
 def _break_glass(
-    deps: SlackDeps, parsed: BreakGlass, user_id: str, team_id: str | None, respond: Respond
+    deps: SlackDeps, parsed: BreakGlass, context: BoltContext, respond: Respond
 ) -> None:
     with replying_on_error(respond):
-        person = deps.directory.person(user_id, team_id)
+        person = deps.person(context)
         view = deps.service.break_glass(person, parsed.target, parsed.role, parsed.reason)
         zone = deps.service.policy.zone
         respond(
@@ -168,18 +172,15 @@ def _break_glass(
         deps.notifier.client.chat_postMessage(
             channel=policy.channels.security_alerts,
             text=(
-                f"🔴 Break-glass #{view.id}: {escape(view.requester)} took "
-                f"`{view.target}:{view.role}` until {clock_time(view.expires_at, zone)}. "
-                f"Reason: {escape(view.reason)}"
+                f"🔴 Break-glass #{view.id}: {mention(view.requester_slack_id, view.requester)} "
+                f"took `{view.target}:{view.role}` until {clock_time(view.expires_at, zone)}. "
+                f"Reason, in their words: “{inert(view.reason)[:1000]}”"
             ),
         )
         deps.notifier.tell_sponsor(view)
 
 
-def open_request_form(
-    deps: SlackDeps, client: WebClient, user_id: str, team_id: str | None, trigger_id: str
-) -> None:
-    person = deps.directory.person(user_id, team_id)
+def open_request_form(deps: SlackDeps, client: WebClient, person: Person, trigger_id: str) -> None:
     plans = requestable(deps.service.policy, person, deps.service.clock.now())
     view = request_modal(plans) if plans else no_access_modal()
     client.views_open(trigger_id=trigger_id, view=view)

@@ -6,9 +6,10 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from slack_bolt import App
+from slack_bolt import App, BoltContext
 
 from app.slack.deps import SlackDeps
+from app.slack.gate import caller
 
 
 class SeenEvents:
@@ -33,9 +34,10 @@ def register(app: App, deps: SlackDeps) -> None:
     seen = SeenEvents()
 
     @app.event("app_home_opened")
-    def home_opened(body: dict[str, Any], event: dict[str, Any]) -> None:
+    def home_opened(body: dict[str, Any], event: dict[str, Any], context: BoltContext) -> None:
         if event.get("tab", "home") != "home":
             return
         if not seen.first_time(str(body.get("event_id", ""))):
             return
-        deps.after_ack(lambda: deps.notifier.home_opened(event["user"]))
+        user_id = caller(context).user_id
+        deps.after_ack(lambda: deps.notifier.home_opened(user_id))

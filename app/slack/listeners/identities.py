@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from slack_bolt import Ack, App
+from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
 
 from app.notify.blocks import ATTEST_KEEP, ATTEST_RETIRE
@@ -15,15 +15,18 @@ from app.slack.errors import reply_to_clicker, replying_on_error
 def register(app: App, deps: SlackDeps) -> None:
     def clicked(still_needed: bool) -> Any:
         def on_click(
-            ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient
+            ack: Ack,
+            body: dict[str, Any],
+            action: dict[str, Any],
+            client: WebClient,
+            context: BoltContext,
         ) -> None:
             ack()
 
             def answer() -> None:
-                user = body["user"]
                 reply = reply_to_clicker(client, body)
                 with replying_on_error(reply):
-                    person = deps.directory.person(user["id"], user.get("team_id"))
+                    person = deps.person(context)
                     name = str(action["value"])
                     deps.service.attest(name, person, still_needed=still_needed)
                     message = body.get("message") or {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from slack_bolt import Ack, App
+from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
 
 from app.notify.blocks import REVIEW_JUSTIFIED, REVIEW_NOT_JUSTIFIED
@@ -26,15 +26,18 @@ NOTE_INPUT = "note_text"
 def register(app: App, deps: SlackDeps) -> None:
     def clicked(justified: bool) -> Any:
         def on_click(
-            ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient
+            ack: Ack,
+            body: dict[str, Any],
+            action: dict[str, Any],
+            client: WebClient,
+            context: BoltContext,
         ) -> None:
             ack()
 
             def ask_for_note() -> None:
-                user = body["user"]
                 reply = reply_to_clicker(client, body)
                 with replying_on_error(reply):
-                    person = deps.directory.person(user["id"], user.get("team_id"))
+                    person = deps.person(context)
                     request_id = int(action["value"])
                     refusal = deps.service.review_refusal(request_id, person)
                     if refusal is not None:
@@ -52,14 +55,13 @@ def register(app: App, deps: SlackDeps) -> None:
     app.action(REVIEW_NOT_JUSTIFIED)(clicked(justified=False))
 
     @app.view(REVIEW_VIEW)
-    def note_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+    def note_submitted(ack: Ack, view: dict[str, Any], context: BoltContext) -> None:
         # Deciding touches only the database, so it runs before the ack and a refusal is shown
         # on the note field itself.
         meta = json.loads(view.get("private_metadata") or "{}")
         note = view["state"]["values"][NOTE_BLOCK][NOTE_INPUT].get("value") or ""
-        user = body["user"]
         try:
-            person = deps.directory.person(user["id"], user.get("team_id"))
+            person = deps.person(context)
             decided = deps.service.decide_review(
                 int(meta["id"]), person, justified=bool(meta["justified"]), note=note
             )

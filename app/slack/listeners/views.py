@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from slack_bolt import Ack, App
+from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
 
-from app.notify.blocks import escape
+from app.notify.blocks import inert
 from app.notify.views import (
     ACCESS_ACTION,
     ACCESS_BLOCK,
@@ -26,6 +26,7 @@ from app.policy import DurationError, format_duration, parse_duration
 from app.policy.rules import requestable
 from app.service import ServiceError
 from app.slack.deps import SlackDeps
+from app.slack.gate import caller
 
 _FIELD_BLOCKS = {
     "access": ACCESS_BLOCK,
@@ -38,13 +39,16 @@ _FIELD_BLOCKS = {
 def register(app: App, deps: SlackDeps) -> None:
     @app.action(ACCESS_ACTION)
     def access_chosen(
-        ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient
+        ack: Ack,
+        body: dict[str, Any],
+        action: dict[str, Any],
+        client: WebClient,
+        context: BoltContext,
     ) -> None:
         ack()
 
         def narrow() -> None:
-            user = body["user"]
-            person = deps.directory.person(user["id"], user.get("team_id"))
+            person = deps.person(context)
             plans = requestable(deps.service.policy, person, deps.service.clock.now())
             chosen = (action.get("selected_option") or {}).get("value")
             view = body["view"]
@@ -55,9 +59,8 @@ def register(app: App, deps: SlackDeps) -> None:
         deps.after_ack(narrow)
 
     @app.view(REQUEST_VIEW)
-    def request_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+    def request_submitted(ack: Ack, view: dict[str, Any], context: BoltContext) -> None:
         values = modal_values(view["state"])
-        user = body["user"]
         if ":" not in values["access"]:
             ack(response_action="errors", errors={ACCESS_BLOCK: "Choose what you need."})
             return
@@ -68,7 +71,7 @@ def register(app: App, deps: SlackDeps) -> None:
             ack(response_action="errors", errors={DURATION_BLOCK: str(exc)})
             return
         try:
-            person = deps.directory.person(user["id"], user.get("team_id"))
+            person = deps.person(context)
             opened = deps.service.request(
                 person, target, role, duration, values["reason"], values["ticket"] or None
             )
@@ -80,9 +83,9 @@ def register(app: App, deps: SlackDeps) -> None:
 
         def tell() -> None:
             deps.notifier.client.chat_postMessage(
-                channel=user["id"],
+                channel=caller(context).user_id,
                 text=f"Request #{opened.id} for `{opened.target}:{opened.role}` "
-                f"({format_duration(opened.requested)}, {escape(opened.reason)[:200]}) is with "
+                f"({format_duration(opened.requested)}: “{inert(opened.reason)[:200]}”) is with "
                 f"the {opened.path} approvers. I'll message you when someone decides.",
             )
             deps.notifier.request_opened(opened)
