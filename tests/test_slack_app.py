@@ -469,9 +469,7 @@ class TestMalformedAndHostileText:
         assert who == "*Who*\n<@U0AMIRA> (Amira Khan, Clinical systems analyst)"
         assert rid > 0
 
-    def test_a_profile_name_cannot_dress_up_as_wardkey_either(
-        self, slack: RunningApp
-    ) -> None:
+    def test_a_profile_name_cannot_dress_up_as_wardkey_either(self, slack: RunningApp) -> None:
         from app.devtools.slack_fake import SlackUser
 
         slack.fake.add_user(
