@@ -23,7 +23,7 @@ from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk.signature import Clock as SignatureClock
 from slack_sdk.signature import SignatureVerifier
-from sqlalchemy import Engine, create_engine, delete, text
+from sqlalchemy import URL, Engine, create_engine, delete, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
@@ -180,16 +180,48 @@ class Readiness:
         if self.db.is_sqlite:  # a local file: no network to hang on
             return self.db.engine.connect()
         if self._engine is None:
-            url = self.db.url
-            timeout_ms = self.TIMEOUT_SECONDS * 1000
-            options = f"{url.query.get('options', '')} -c statement_timeout={timeout_ms}".strip()
+            # A fresh connection each time proves the server answers now.
             self._engine = create_engine(
-                url.update_query_dict(
-                    {"options": options, "connect_timeout": str(self.TIMEOUT_SECONDS)}
-                ),
-                poolclass=NullPool,  # a fresh connection each time proves the server answers
+                _bounded(self.db.url, self.TIMEOUT_SECONDS), poolclass=NullPool
             )
         return self._engine.connect()
+
+
+class Scrapes:
+    """Serves `/metrics` one scrape at a time, on a connection of its own that gives up within
+    seconds, so scrapes (or a hung database) never hold more than one of the threads that
+    answer Slack. A scrape that comes while one runs is told to come back."""
+
+    TIMEOUT_SECONDS = 5
+
+    def __init__(self, db: Database) -> None:
+        self._lock = threading.Lock()
+        self.db = (
+            db
+            if db.is_sqlite
+            else Database(
+                _bounded(db.url, self.TIMEOUT_SECONDS),
+                pool_size=1,
+                max_overflow=0,
+                pool_timeout=self.TIMEOUT_SECONDS,
+            )
+        )
+
+    def scrape(self) -> bytes | None:
+        """The metrics, or None when another scrape is under way."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return metrics_text(self.db)
+        finally:
+            self._lock.release()
+
+
+def _bounded(url: URL, seconds: int) -> URL:
+    """The same database, on connections that give up when the server does not answer:
+    the connect within `seconds`, each statement within as long."""
+    options = f"{url.query.get('options', '')} -c statement_timeout={seconds * 1000}".strip()
+    return url.update_query_dict({"options": options, "connect_timeout": str(seconds)})
 
 
 class _Refused(Exception):
@@ -231,6 +263,7 @@ class WardKeyWSGI:
         self.verifier = SignatureVerifier(signing_secret, clock=_ClockSeconds(self.clock))
         self.replays = ReplayGuard(db, self.clock, shared=shared_replay_guard)
         self.readiness = Readiness(db, self.clock)
+        self.scrapes = Scrapes(db)
         self.metrics_token = metrics_token
         self.metrics_public = metrics_public
         self.max_body_bytes = max_body_bytes
@@ -317,10 +350,17 @@ class WardKeyWSGI:
         elif not self.metrics_public:
             return _text(start_response, "403 Forbidden", METRICS_OFF)
         try:
-            data = metrics_text(self.db)
+            data = self.scrapes.scrape()
         except Exception as exc:
             log.warning("event=metrics_failed error=%s", type(exc).__name__)
             return _text(start_response, "503 Service Unavailable", "database unreachable")
+        if data is None:
+            return _text(
+                start_response,
+                "503 Service Unavailable",
+                "another scrape is under way; try again shortly",
+                [("Retry-After", "5")],
+            )
         start_response(
             "200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(data)))]
         )

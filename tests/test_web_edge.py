@@ -215,7 +215,7 @@ class TestOnlySlackIsHeard:
         assert status.startswith("405")
 
 
-class TestReadiness:
+class TestAHungDatabase:
     @pytest.fixture
     def silent_database(self) -> Iterator[str]:
         """A database server that takes the connection and never says a word (a hung host)."""
@@ -225,6 +225,7 @@ class TestReadiness:
         port = listener.getsockname()[1]
         held: list[socket.socket] = []
         stop = threading.Event()
+        self.knocked = threading.Event()
 
         def accept() -> None:
             while not stop.is_set():
@@ -233,6 +234,7 @@ class TestReadiness:
                 except OSError:
                     return
                 held.append(conn)
+                self.knocked.set()
 
         thread = threading.Thread(target=accept, daemon=True)
         thread.start()
@@ -252,6 +254,30 @@ class TestReadiness:
             answer = httpx.get(f"{url}/readyz", timeout=30)
         assert answer.status_code == 503
         assert answer.text == "database unreachable"
+
+    def test_scrapes_hold_one_thread_and_give_up_when_the_database_hangs(
+        self, silent_database: str
+    ) -> None:
+        db = Database(silent_database)
+        app = WardKeyWSGI(
+            bolt=None,  # type: ignore[arg-type]
+            db=db,
+            signing_secret="not-used-here",
+            metrics_token="scrape-me",
+        )
+        auth = {"Authorization": "Bearer scrape-me"}
+        with serving(app) as url, httpx.Client(headers=auth, timeout=30) as http:
+            first: list[httpx.Response] = []
+            scrape = threading.Thread(target=lambda: first.append(http.get(f"{url}/metrics")))
+            scrape.start()
+            assert self.knocked.wait(30), "the first scrape never reached the database"
+            # While the first waits on the database, a second is turned away, not queued.
+            second = http.get(f"{url}/metrics")
+            scrape.join(30)
+        assert second.status_code == 503
+        assert "another scrape" in second.text
+        assert [r.status_code for r in first] == [503]
+        assert first[0].text == "database unreachable"
 
 
 # --------------------------------------------------------------- a real `wardkey serve`
