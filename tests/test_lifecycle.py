@@ -91,8 +91,9 @@ class TestClinicalRequest:
     def test_after_handoff_the_next_on_call_can_approve(
         self, service: AccessService, clock: ManualClock
     ) -> None:
+        clock.advance(timedelta(hours=4, minutes=50))  # 07:50, Ben's last minutes on call
         req = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REASON)
-        clock.advance(timedelta(hours=5))  # 08:00, hand-off to Chloe
+        clock.advance(timedelta(minutes=10))  # 08:00, hand-off to Chloe
         with pytest.raises(NotAllowed):
             service.approve(req.id, BEN)
         assert service.approve(req.id, CHLOE).state == S.ACTIVE

@@ -244,6 +244,31 @@ class TestRecheckedAtApproval:
         assert not targets["pharmacy-db"].holds("val", "pharmacy_read")
         assert last_event(service, req.id, "request.cancelled")["cause"] == "recheck_at_grant"
 
+    def test_an_approval_after_the_time_out_is_too_late_even_before_the_sweep(
+        self, service: AccessService, targets: dict[str, MemoryTarget], clock: ManualClock
+    ) -> None:
+        req = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), WHY)
+        clock.advance(timedelta(minutes=31))  # the clinical path times out after 30 minutes
+        view = service.approve(req.id, BEN)
+        assert view.state == S.TIMED_OUT and view.decisions == ()
+        assert targets["pharmacy-db"].calls == []
+
+    def test_a_vendor_whose_sponsor_changed_needs_the_new_sponsor(
+        self, db: Database, policy: Policy, targets: dict[str, MemoryTarget], clock: ManualClock
+    ) -> None:
+        req = AccessService(db, policy, targets, clock).request(
+            VAL, "pharmacy-db", "read", timedelta(minutes=30), WHY
+        )
+        vendor = policy.vendors["medisoft"].model_copy(update={"sponsor": "chloe@ward.nhs.uk"})
+        moved = AccessService(
+            db, policy.model_copy(update={"vendors": {"medisoft": vendor}}), targets, clock
+        )
+        moved.approve(req.id, BEN)  # on call tonight; no longer the sponsor
+        view = moved.approve(req.id, GITA)
+        assert view.state == S.CANCELLED
+        assert "sponsor is now chloe@ward.nhs.uk" in (view.end_reason or "")
+        assert not targets["pharmacy-db"].holds("val", "pharmacy_read")
+
 
 class TestEndsWhenTheRequesterGoes:
     def test_retiring_a_service_account_cancels_its_waiting_requests(

@@ -157,6 +157,10 @@ class RequestCases(IdentityCases):
             in_extension = req.state == S.ACTIVE and req.extension_seconds is not None
             if req.state != S.PENDING and not in_extension:
                 raise AlreadyDecided(f"Request #{req.id} {STATE_WORDS[S(req.state)]}.")
+            if req.state == S.PENDING and now >= req.created_at + self._pending_timeout(req.path):
+                # Past its time-out, though the sweep has not closed it yet: too late to decide.
+                self._apply_time_out(session, req, now)
+                return self._view(session, req)
             if self._is_requester(approver, req):
                 raise SelfApproval("You cannot approve or deny your own request.")
             escalated_to_me = req.escalation_level >= ESCALATED and rules.is_member(
@@ -235,7 +239,7 @@ class RequestCases(IdentityCases):
                 )
             elif in_extension:
                 self._approve_extension(session, req, now, key, facts)
-            elif (refusal := self._refusal(session, req, now)) is not None:
+            elif refusal := self._refusal(session, req, now) or self._sponsor_moved(req):
                 # The last approval, but the requester may no longer have it (contract ended,
                 # left the group, service account retired or blocked): cancel, saying why.
                 self._cancel_as(session, req, now, "wardkey", refusal, "recheck_at_approval", facts)
@@ -321,19 +325,37 @@ class RequestCases(IdentityCases):
             if now < req.created_at + self._pending_timeout(req.path):
                 return None
             try:
-                transitions.transition(
-                    session,
-                    req,
-                    S.TIMED_OUT,
-                    at=now,
-                    actor="wardkey",
-                    action="request.timed_out",
-                    changes={"ended_at": now, "end_reason": "no decision in time"},
-                    data={"waited_seconds": int((now - req.created_at).total_seconds())},
-                )
+                self._apply_time_out(session, req, now)
             except StaleState:
                 return None
             return self._view(session, req)
+
+    @staticmethod
+    def _apply_time_out(session: Session, req: AccessRequest, now: datetime) -> None:
+        transitions.transition(
+            session,
+            req,
+            S.TIMED_OUT,
+            at=now,
+            actor="wardkey",
+            action="request.timed_out",
+            changes={"ended_at": now, "end_reason": "no decision in time"},
+            data={"waited_seconds": int((now - req.created_at).total_seconds())},
+        )
+
+    def _sponsor_moved(self, req: AccessRequest) -> str | None:
+        """A vendor's request needs the approval of the vendor's sponsor as the policy names
+        them now: one whose sponsor changed (or who became a vendor) while it waited is
+        refused. None when the sponsor approval it collected is still the right one."""
+        if req.path == BREAK_GLASS_PATH:
+            return None
+        vendor = rules.vendor_of(self.policy, self._requester(req))
+        if vendor is None or vendor.sponsor == req.sponsor:
+            return None  # unchanged, or no longer a vendor: the path's approvals suffice
+        return (
+            f"{vendor.company}'s sponsor is now {vendor.sponsor}, who has not approved this; "
+            "ask again with /jit request."
+        )
 
     def escalate_overdue(self) -> list[tuple[int, int]]:
         """Pending requests past half their path's approval SLA are marked for a reminder
