@@ -74,7 +74,7 @@ def fill_sqlite(db: Database, count: int) -> None:
         "INSERT INTO audit_events (seq, at, action, request_id, prev_hash, hash, body) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
-            (s, at.replace(tzinfo=None).isoformat(" "), a, r, p, h, b)
+            (s, at.replace(tzinfo=None).isoformat(" ", "microseconds"), a, r, p, h, b)
             for s, at, a, r, p, h, b in chain(count)
         ),
     )

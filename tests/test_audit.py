@@ -14,8 +14,9 @@ import pytest
 import sqlalchemy as sa
 
 from app import audit
-from app.cli import main
-from app.store import Database
+from app.cli import _parser, main
+from app.clock import ManualClock
+from app.store import AuditEvent, Database
 
 START = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
 
@@ -105,6 +106,49 @@ class TestChain:
         result = audit.verify(db)
         assert (result.ok, result.broken_seq) == (False, 5)
         assert "deleted or reordered" in result.problem
+
+    def test_an_event_moved_in_time_is_named(self, db: Database) -> None:
+        """Someone moves the 03:00:05 and 03:00:08 events to the day before, out of the
+        night's export and digest, without touching what was hashed."""
+        write_events(db, 10)
+        with as_an_attacker(db) as conn:
+            for seq in (8, 6):
+                conn.execute(
+                    sa.update(AuditEvent.__table__)
+                    .where(AuditEvent.seq == seq)
+                    .values(at=START + timedelta(seconds=seq - 1) - timedelta(days=1))
+                )
+        result = audit.verify(db)
+        assert (result.ok, result.broken_seq) == (False, 6)
+        assert result.problem == (
+            "its time was edited: the at column says 2026-11-29T03:00:05Z but the hashed event "
+            "says 2026-11-30T03:00:05Z"
+        )
+        assert result.checked == 5
+
+    @pytest.mark.parametrize("db", ["sqlite"], indirect=True)
+    def test_the_same_time_written_another_way_is_found(self, db: Database) -> None:
+        # SQLite compares times as text: '2026-11-30T03:00:02Z' sorts after every time written
+        # '2026-11-30 …', so this edit would move event 3 into a later export or digest.
+        write_events(db, 5)
+        with as_an_attacker(db) as conn:
+            conn.execute(
+                sa.text("UPDATE audit_events SET at = '2026-11-30T03:00:02Z' WHERE seq = 3")
+            )
+        result = audit.verify(db)
+        assert (result.ok, result.broken_seq) == (False, 3)
+        assert "its time was edited" in result.problem
+
+    def test_a_head_takes_its_time_from_the_hashed_event(self, db: Database) -> None:
+        write_events(db, 3)
+        with as_an_attacker(db) as conn:
+            conn.execute(
+                sa.update(AuditEvent.__table__)
+                .where(AuditEvent.seq == 3)
+                .values(at=START + timedelta(days=5))
+            )
+        head = audit.head(db)
+        assert head is not None and head.at == START + timedelta(seconds=2)
 
     def test_a_cut_tail_is_found_against_a_checkpoint(self, db: Database) -> None:
         write_events(db, 10)
@@ -221,3 +265,53 @@ class TestCommands:
         capsys.readouterr()
         assert main(["audit", "verify", "--checkpoint", str(checkpoint)]) == 1
         assert "BROKEN at event 4" in capsys.readouterr().out
+
+    def test_verify_without_a_checkpoint_says_a_cut_tail_would_not_be_seen(
+        self, env_db: Database, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        write_events(env_db, 4)
+        assert main(["audit", "verify"]) == 0
+        assert capsys.readouterr().out == (
+            "OK: 4 events verified (chain only: events cut from the end would not be seen; "
+            "pass --checkpoint or set WARDKEY_CHECKPOINT_DIR)\n"
+        )
+
+    def test_an_unsigned_checkpoint_is_used_without_a_key_and_called_unsigned(
+        self, env_db: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        write_events(env_db, 4)
+        checkpoint = tmp_path / "checkpoint.json"
+        assert main(["audit", "checkpoint", "--output", str(checkpoint)]) == 0
+        saved = json.loads(checkpoint.read_text())
+        assert "signature" not in saved and saved["written_at"].endswith("Z")
+        # The auditor reads it back by a clock of their own, four minutes later.
+        parsed = _parser().parse_args(["audit", "verify", "--checkpoint", str(checkpoint)])
+        parsed.clock = ManualClock(
+            audit.Checkpoint.from_json(checkpoint.read_text()).written_at + timedelta(minutes=4)
+        )
+        capsys.readouterr()
+        assert parsed.run(parsed) == 0
+        assert capsys.readouterr().out == (
+            "OK: 4 events verified; tail checked against unsigned checkpoint seq 4 written 4 min "
+            "ago; unsigned, it is only as safe as the place it was kept (set "
+            "WARDKEY_CHECKPOINT_KEY to sign checkpoints)\n"
+        )
+
+    def test_a_missing_checkpoint_file_is_one_line_not_a_traceback(
+        self, env_db: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        write_events(env_db, 2)
+        assert main(["audit", "verify", "--checkpoint", str(tmp_path / "nowhere.json")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("wardkey: no checkpoint at ") and "nowhere.json" in err
+
+    def test_an_unreadable_checkpoint_file_is_broken_evidence_not_a_traceback(
+        self, env_db: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        write_events(env_db, 2)
+        for name, text in (("a.json", "{not json"), ("b.json", '{"seq": "two", "hash": 5}')):
+            (tmp_path / name).write_text(text)
+            assert main(["audit", "verify", "--checkpoint", str(tmp_path / name)]) == 1
+            out = capsys.readouterr().out
+            assert f"PROBLEM: {name} cannot be read as a checkpoint" in out
+            assert "BROKEN" in out

@@ -3,30 +3,41 @@
 from app.audit.chain import (
     GENESIS_HASH,
     Checkpoint,
+    CheckpointError,
     VerifyResult,
     append,
     canonical_json,
     event_hash,
     head,
-    newest_checkpoint,
     verify,
-    verify_rows,
+)
+from app.audit.checkpoints import (
+    CheckpointSetupError,
+    TrailReport,
+    check_trail,
+    current_checkpoint,
+    read_checkpoints,
     write_signed_checkpoint,
 )
-from app.audit.export import FORMATS, export
+from app.audit.export import FORMATS, ExportError, export
 
 __all__ = [
     "FORMATS",
     "GENESIS_HASH",
     "Checkpoint",
+    "CheckpointError",
+    "CheckpointSetupError",
+    "ExportError",
+    "TrailReport",
     "VerifyResult",
     "append",
     "canonical_json",
+    "check_trail",
+    "current_checkpoint",
     "event_hash",
     "export",
     "head",
-    "newest_checkpoint",
+    "read_checkpoints",
     "verify",
-    "verify_rows",
     "write_signed_checkpoint",
 ]

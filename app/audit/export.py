@@ -3,7 +3,9 @@ for an information-governance lead) and FHIR R4 AuditEvent resources as NDJSON (
 record's audit repository, the format of FHIR bulk export).
 
 Every exported event keeps its sequence number and both hashes, so a copy can be checked
-against the chain (`wardkey audit verify`) and against a signed checkpoint.
+against the chain (`wardkey audit verify`) and against a signed checkpoint. Everything exported,
+and the `since` filter, come from what was hashed: never from the `at` column, which the hash
+does not cover.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ import csv
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import IO, Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, or_, select
 
-from app.audit.chain import canonical_json
+from app.audit.chain import canonical_json, parse_time
 from app.store.db import Database
 from app.store.models import AuditEvent
 
@@ -76,17 +78,29 @@ class ExportedEvent:
     hash: str
 
 
+class ExportError(ValueError):
+    """An event that cannot be exported as it stands; says which, and to run verify."""
+
+
 def events(db: Database, since: datetime | None = None) -> Iterator[ExportedEvent]:
-    """The chain in sequence order, from `since` on (read in batches, never all at once)."""
+    """The chain in sequence order, from `since` on by each event's hashed time (read in
+    batches, never all at once)."""
     query = select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=2000)
     if since is not None:
-        query = query.where(AuditEvent.at >= since)
+        query = query.where(_may_be_since(db, since))
     with db.read() as session:
         for row in session.scalars(query):
-            body = json.loads(row.body)
+            body = _body(row)
+            at = parse_time(body.get("at"))
+            if at is None:
+                raise ExportError(
+                    f"event {row.seq} has no time in its hashed body; run `wardkey audit verify`"
+                )
+            if since is not None and at < since:
+                continue
             yield ExportedEvent(
                 seq=row.seq,
-                at=row.at,
+                at=at,
                 action=row.action,
                 actor=str(body.get("actor", "")),
                 request_id=row.request_id,
@@ -95,6 +109,33 @@ def events(db: Database, since: datetime | None = None) -> Iterator[ExportedEven
                 prev_hash=row.prev_hash,
                 hash=row.hash,
             )
+
+
+def _body(row: AuditEvent) -> dict[str, Any]:
+    try:
+        body = json.loads(row.body)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ExportError(
+            f"event {row.seq} cannot be read (its body is not a JSON object); "
+            "run `wardkey audit verify`"
+        )
+    return body
+
+
+def _may_be_since(db: Database, since: datetime) -> ColumnElement[bool]:
+    """A filter the database runs on the hashed body, not the `at` column (which the hash does
+    not cover): its time's first 19 characters, to the second, at or after `since`'s. Canonical
+    JSON sorts keys, so the body's first `,"at":"` is its own time. Events it keeps are checked
+    exactly afterwards; a body without that text is kept, to be checked the same way."""
+    marker = ',"at":"'
+    find = func.instr if db.is_sqlite else func.strpos
+    where = find(AuditEvent.body, marker)
+    seconds: ColumnElement[str] = func.substr(AuditEvent.body, where + len(marker), 19)
+    if not db.is_sqlite:
+        seconds = seconds.collate("C")  # byte order, whatever the database's collation
+    return or_(where == 0, seconds >= since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S"))
 
 
 def export(db: Database, out: IO[str], fmt: str = "jsonl", since: datetime | None = None) -> int:
