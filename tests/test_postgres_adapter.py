@@ -276,6 +276,26 @@ class TestSettingsSharedByGrants:
         both_recorded.revoke(amira, server.role("pharmacy_owner"))
         assert server.login_settings(amira) == {"log_statement": "mod"}
 
+    def test_access_still_goes_when_the_settings_cannot_be_put_back(self, server: Server) -> None:
+        ben, role = server.role("ben"), server.role("pharmacy_read")
+        guarded = PostgresAdapter(server.settings(read_only=True), PASSWORD)
+        guarded.grant(ben, role, UNTIL)
+        adapter_login = sql.Identifier(server.role("adapter"))
+        with server.connect(server.admin) as dba:  # someone tidies WardKey's privileges away
+            dba.execute(
+                sql.SQL("REVOKE SET ON PARAMETER wardkey.state FROM {}").format(adapter_login)
+            )
+        try:
+            revoked = guarded.revoke(ben, role)
+        finally:
+            with server.connect(server.admin) as dba:
+                dba.execute(
+                    sql.SQL("GRANT SET ON PARAMETER wardkey.state TO {}").format(adapter_login)
+                )
+        assert not guarded.check(ben, role)
+        assert not server.can_read(ben)
+        assert "settings were not put back" in revoked.detail
+
     def test_two_workers_on_one_login_take_turns(
         self, server: Server, both_recorded: PostgresAdapter
     ) -> None:

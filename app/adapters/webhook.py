@@ -1,8 +1,12 @@
 """Signed webhooks, for systems that cannot be reached any other way (an EPR admin console).
 
 WardKey POSTs JSON to `{url}/grant`, `/revoke`, `/check`, `/end-sessions` and `/members`. Each
-request carries `X-WardKey-Timestamp` (Unix seconds), `X-WardKey-Signature: v1=<hex>` (HMAC-SHA256
-with the shared key over `"{timestamp}.{body}"`) and an `Idempotency-Key`. See docs/webhook.md.
+request carries `X-WardKey-Timestamp` (Unix seconds), `X-WardKey-Nonce` (new for every request),
+an `Idempotency-Key` (the same for every attempt at one operation) and `X-WardKey-Signature:
+v2=<hex>`, an HMAC-SHA256 with the shared key over the method, the path, the timestamp, the
+nonce, the key and the body (`Envelope.message`), so a captured request cannot be sent to another
+operation, and a receiver that remembers nonces for the window cannot be made to act twice.
+See docs/webhook.md.
 """
 
 from __future__ import annotations
@@ -10,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import time
+import secrets
+import threading
 import uuid
+from collections import OrderedDict
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
@@ -24,10 +30,15 @@ from app.adapters.base import (
     RevokeResult,
     TransientAdapterError,
 )
+from app.clock import Clock, SystemClock
 
 SIGNATURE_HEADER = "X-WardKey-Signature"
 TIMESTAMP_HEADER = "X-WardKey-Timestamp"
+NONCE_HEADER = "X-WardKey-Nonce"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+SIGNATURE_VERSION = "v2"  # v1 signed only the timestamp and body; receivers must refuse it
+MAX_AGE_SECONDS = 300
+MAX_PENDING_KEYS = 1000  # operations waiting for a retry, remembered per adapter
 
 
 class WebhookSettings(BaseModel):
@@ -38,43 +49,120 @@ class WebhookSettings(BaseModel):
     verify_tls: bool = True
 
 
-def sign(key: bytes, timestamp: str, body: bytes) -> str:
-    digest = hmac.new(key, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"v1={digest}"
+class Envelope(NamedTuple):
+    """Everything a signature covers. `path` is the request's path as sent, e.g.
+    `/wardkey/grant`; none of the text fields can hold a line break (HTTP forbids it)."""
+
+    method: str
+    path: str
+    timestamp: str
+    nonce: str
+    idempotency_key: str
+    body: bytes
+
+    def message(self) -> bytes:
+        """The bytes to sign: the fields on lines of their own, then the raw body."""
+        head = (
+            SIGNATURE_VERSION,
+            self.timestamp,
+            self.nonce,
+            self.idempotency_key,
+            self.method.upper(),
+            self.path,
+        )
+        return "\n".join(head).encode() + b"\n" + self.body
+
+    def headers(self, signature: str) -> dict[str, str]:
+        return {
+            "Content-Type": "application/json",
+            TIMESTAMP_HEADER: self.timestamp,
+            NONCE_HEADER: self.nonce,
+            IDEMPOTENCY_HEADER: self.idempotency_key,
+            SIGNATURE_HEADER: signature,
+        }
 
 
-def verify(key: bytes, timestamp: str, body: bytes, signature: str, max_age: int = 300) -> bool:
-    """What a receiver does: a fresh timestamp and a matching signature, compared in constant
-    time."""
-    try:
-        age = abs(time.time() - int(timestamp))
-    except ValueError:
+def sign(key: bytes, envelope: Envelope) -> str:
+    digest = hmac.new(key, envelope.message(), hashlib.sha256).hexdigest()
+    return f"{SIGNATURE_VERSION}={digest}"
+
+
+def verify(
+    key: bytes, envelope: Envelope, signature: str, now: float, max_age: int = MAX_AGE_SECONDS
+) -> bool:
+    """What a receiver does first: a timestamp within `max_age` seconds of its own clock and a
+    signature that matches, compared in constant time. (It must then refuse a nonce it has seen
+    and a body whose `operation` is not the path's: see app/devtools/webhook_target.py.)"""
+    if any("\n" in field or "\r" in field for field in envelope[:5]):
         return False
-    return age <= max_age and hmac.compare_digest(sign(key, timestamp, body), signature)
+    if not (envelope.timestamp.isascii() and envelope.timestamp.isdigit()):
+        return False
+    age = abs(now - int(envelope.timestamp))
+    return age <= max_age and hmac.compare_digest(sign(key, envelope), signature)
+
+
+class _IdempotencyKeys:
+    """One key per operation: an attempt that got no answer (a time-out, a 5xx) leaves the key
+    for the retry of the same call; an answer retires it, so the next operation on the same
+    access (a revoke, a new grant) gets a new key even when its body is the same."""
+
+    def __init__(self) -> None:
+        self._pending: OrderedDict[tuple[str, ...], tuple[bytes, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def begin(self, slot: tuple[str, ...], body: bytes) -> str:
+        with self._lock:
+            held = self._pending.get(slot)
+            if held is not None and held[0] == body:
+                return held[1]
+            key = str(uuid.uuid4())
+            self._pending[slot] = (body, key)
+            self._pending.move_to_end(slot)
+            while len(self._pending) > MAX_PENDING_KEYS:
+                self._pending.popitem(last=False)
+            return key
+
+    def answered(self, slot: tuple[str, ...], key: str) -> None:
+        with self._lock:
+            held = self._pending.get(slot)
+            if held is not None and held[1] == key:
+                del self._pending[slot]
 
 
 class WebhookAdapter:
     def __init__(
-        self, settings: WebhookSettings, key: bytes, client: httpx.Client | None = None
+        self,
+        settings: WebhookSettings,
+        key: bytes,
+        client: httpx.Client | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if not key:
             raise PermanentAdapterError("the webhook signing key is empty")
         self.base = str(settings.url).rstrip("/")
         self.key = key
+        self.clock = clock or SystemClock()
         self.client = client or httpx.Client(
             timeout=settings.timeout_seconds, verify=settings.verify_tls
         )
+        self._keys = _IdempotencyKeys()
 
-    def _call(self, operation: str, payload: dict[str, Any]) -> dict[str, Any]:
+    def _call(
+        self, operation: str, payload: dict[str, Any], slot: tuple[str, ...]
+    ) -> dict[str, Any]:
+        """POST one signed attempt. `slot` names what the operation acts on: grant and revoke of
+        the same access share one, so each takes over the other's pending key."""
         body = json.dumps({"operation": operation, **payload}, separators=(",", ":")).encode()
-        timestamp = str(int(time.time()))
-        headers = {
-            "Content-Type": "application/json",
-            TIMESTAMP_HEADER: timestamp,
-            SIGNATURE_HEADER: sign(self.key, timestamp, body),
-            IDEMPOTENCY_HEADER: str(uuid.uuid4()),
-        }
         url = f"{self.base}/{operation}"
+        envelope = Envelope(
+            method="POST",
+            path=httpx.URL(url).raw_path.decode("ascii"),
+            timestamp=str(int(self.clock.now().timestamp())),
+            nonce=secrets.token_hex(16),
+            idempotency_key=self._keys.begin(slot, body),
+            body=body,
+        )
+        headers = envelope.headers(sign(self.key, envelope))
         try:
             response = self.client.post(url, content=body, headers=headers)
         except httpx.TimeoutException as exc:
@@ -83,6 +171,7 @@ class WebhookAdapter:
             raise TransientAdapterError(f"{operation}: cannot reach {url} ({exc})") from None
         if response.status_code in (408, 425, 429) or response.status_code >= 500:
             raise TransientAdapterError(f"{operation}: HTTP {response.status_code}")
+        self._keys.answered(slot, envelope.idempotency_key)
         if response.status_code >= 400:
             raise PermanentAdapterError(
                 f"{operation}: HTTP {response.status_code} {response.text[:200]}"
@@ -103,6 +192,7 @@ class WebhookAdapter:
                 "entitlement": entitlement,
                 "until": until.astimezone(UTC).isoformat().replace("+00:00", "Z"),
             },
+            ("access", account, entitlement),
         )
         return GrantResult(
             already_present=bool(answer.get("already_present")),
@@ -110,7 +200,11 @@ class WebhookAdapter:
         )
 
     def revoke(self, account: str, entitlement: str) -> RevokeResult:
-        answer = self._call("revoke", {"account": account, "entitlement": entitlement})
+        answer = self._call(
+            "revoke",
+            {"account": account, "entitlement": entitlement},
+            ("access", account, entitlement),
+        )
         return RevokeResult(
             already_absent=bool(answer.get("already_absent")),
             detail=str(answer.get("detail", ""))[:500],
@@ -118,14 +212,19 @@ class WebhookAdapter:
         )
 
     def check(self, account: str, entitlement: str) -> bool:
-        answer = self._call("check", {"account": account, "entitlement": entitlement})
+        answer = self._call(
+            "check",
+            {"account": account, "entitlement": entitlement},
+            ("check", account, entitlement),
+        )
         if not isinstance(answer.get("present"), bool):
             raise PermanentAdapterError("check: the answer has no true/false 'present'")
         return bool(answer["present"])
 
     def end_sessions(self, account: str) -> int:
-        return int(self._call("end-sessions", {"account": account}).get("sessions_ended", 0))
+        answer = self._call("end-sessions", {"account": account}, ("sessions", account))
+        return int(answer.get("sessions_ended", 0))
 
     def list_members(self, entitlement: str) -> set[str]:
-        accounts = self._call("members", {"entitlement": entitlement}).get("accounts", [])
-        return {str(a) for a in accounts}
+        answer = self._call("members", {"entitlement": entitlement}, ("members", entitlement))
+        return {str(a) for a in answer.get("accounts", [])}
