@@ -22,7 +22,8 @@ HERE = Path(__file__).parent
 POSTGRES_URL = os.environ.get(
     "WARDKEY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-TEST_SCHEMA = "wardkey_test"
+# Its own schema per run where runs share a server (WARDKEY_TEST_SCHEMA=wardkey_test_mine).
+TEST_SCHEMA = os.environ.get("WARDKEY_TEST_SCHEMA", "wardkey_test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # The people of the test trust (tests/data/ward_policy.yaml).

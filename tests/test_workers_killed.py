@@ -41,7 +41,7 @@ pytestmark = pytest.mark.postgres
 
 GRANTS = 1000
 WORKERS = 3
-SCHEMA = "wardkey_workers"
+SCHEMA = os.environ.get("WARDKEY_TEST_SCHEMA", "wardkey") + "_workers"
 KEY = "k" * 32
 LEASE_SECONDS = 3
 

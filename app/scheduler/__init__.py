@@ -10,10 +10,12 @@ a conditional update, so nothing is applied twice even where row locks do not ex
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Literal, TypeVar
 
 from apscheduler.schedulers.base import BaseScheduler
 
@@ -25,6 +27,27 @@ from app.service.standing import StandingReport
 from app.store.models import RequestState
 
 log = logging.getLogger(__name__)
+# How often a sweep ticks: every second (expiry), on the sweep interval, or on the checkpoint
+# interval. Every public method of Sweeps but catch_up carries one (a test checks it), and
+# `schedule` registers exactly the marked ones, so a new sweep cannot be forgotten.
+Cadence = Literal["expiry", "sweep", "checkpoint"]
+_CADENCE = "_wardkey_cadence"
+Job = TypeVar("Job", bound=Callable[..., object])
+
+
+def sweep(cadence: Cadence) -> Callable[[Job], Job]:
+    def mark(job: Job) -> Job:
+        setattr(job, _CADENCE, cadence)
+        return job
+
+    return mark
+
+
+def cadence_of(job: object) -> Cadence | None:
+    found: Cadence | None = getattr(job, _CADENCE, None)
+    return found
+
+
 OnChange = Callable[[RequestView], None]
 OnEscalate = Callable[[RequestView, int], None]
 OnReview = Callable[[int, ReviewStep], None]
@@ -84,11 +107,13 @@ class Sweeps:
                 partial(self._with_view, tell, request_id),
             )
 
+    @sweep("expiry")
     def expire(self) -> list[int]:
         ids = self.service.expire_due()
         self._tell(ids)
         return ids
 
+    @sweep("sweep")
     def warn(self) -> list[int]:
         """Tell holders their access ends soon, with Extend and Revoke-now buttons."""
         ids = self.service.warn_expiring()
@@ -101,6 +126,7 @@ class Sweeps:
                 )
         return ids
 
+    @sweep("sweep")
     def escalate(self) -> list[tuple[int, int]]:
         """Remind approvers at half the approval SLA; escalate at the SLA."""
         reached = self.service.escalate_overdue()
@@ -113,6 +139,7 @@ class Sweeps:
                 )
         return reached
 
+    @sweep("sweep")
     def review(self) -> list[tuple[int, ReviewStep]]:
         """Send ended break-glass uses for review, remind reviewers, escalate overdue reviews."""
         steps = self.service.review_follow_ups()
@@ -125,6 +152,7 @@ class Sweeps:
                 )
         return steps
 
+    @sweep("sweep")
     def digest(self) -> Digest | None:
         """Once a day at the policy's time, by one worker: the managers' summary."""
         digest = self.service.digest_due()
@@ -133,6 +161,7 @@ class Sweeps:
             self._safely(f"digest_failed day={digest.day}", lambda: on_digest(digest))
         return digest
 
+    @sweep("sweep")
     def standing(self) -> StandingReport | None:
         """Once an hour, by one worker: access on the targets that no grant covers."""
         report = self.service.standing_due()
@@ -141,6 +170,7 @@ class Sweeps:
             self._safely("standing_notice_failed", lambda: on_standing(report))
         return report
 
+    @sweep("sweep")
     def identities(self) -> list[tuple[str, AttestationStep]]:
         """Service accounts: owners asked to re-attest, overdue ones reported; once an hour,
         one worker flags those whose owner is gone."""
@@ -158,11 +188,21 @@ class Sweeps:
             self._safely("orphan_notice_failed", lambda: on_orphans(orphans))
         return steps
 
+    @sweep("sweep")
     def time_out(self) -> list[int]:
         ids = self.service.time_out_overdue()
         self._tell(ids)
         return ids
 
+    @sweep("sweep")
+    def contracts(self) -> list[int]:
+        """Vendors whose contract has ended: their waiting requests are cancelled and their
+        access ended, and each requester is told why."""
+        ids = self.service.end_lapsed_contracts()
+        self._tell(ids)
+        return ids
+
+    @sweep("sweep")
     def retry_revokes(self) -> list[int]:
         """Try failed revokes again when their back-off is over; returns those that ended.
         Every try is told, so a revoke that keeps failing keeps alerting."""
@@ -170,16 +210,20 @@ class Sweeps:
         self._tell([v.id for v in views])
         return [v.id for v in views if v.state == RequestState.ENDED]
 
+    @sweep("sweep")
     def reconcile(self) -> None:
         report = self.service.reconcile()
         self._tell(report.granted + report.abandoned + report.revoked)
 
+    @sweep("checkpoint")
     def checkpoint(self) -> Path | None:
         """Write a signed checkpoint of the audit chain's head off the box."""
         if self.checkpoint_to is None:
             return None
         directory, key = self.checkpoint_to
-        return audit.write_signed_checkpoint(self.service.db, directory, key)
+        return audit.write_signed_checkpoint(
+            self.service.db, directory, key, clock=self.service.clock
+        )
 
     def catch_up(self) -> None:
         """At start-up: finish what a crash left, then revoke whatever expired while down."""
@@ -194,29 +238,38 @@ def schedule(
     *,
     expiry_seconds: float = 1.0,
     checkpoint_seconds: float = 300.0,
-) -> None:
-    """One interval job per sweep. Expiry runs every second: its query reads only the rows
-    that are due (an index range scan), so a quiet tick costs one cheap query."""
-    # max_instances=1 and coalesce: a slow sweep is never run twice at once or queued up;
-    # misfire_grace_time=None: a late tick still runs (APScheduler's default would skip it).
-    jobs = (
-        (sweeps.expire, expiry_seconds),
-        (sweeps.warn, every_seconds),
-        (sweeps.escalate, every_seconds),
-        (sweeps.time_out, every_seconds),
-        (sweeps.review, every_seconds),
-        (sweeps.digest, every_seconds),
-        (sweeps.standing, every_seconds),
-        (sweeps.retry_revokes, every_seconds),
-        (sweeps.reconcile, every_seconds),
-    )
-    for job, seconds in jobs:
+) -> dict[str, float]:
+    """One interval job per marked sweep; returns {job name: seconds} and logs it once, so an
+    operator (and a test) can see what this process will run. Expiry runs every second: its
+    query reads only the rows that are due (an index range scan), so a quiet tick costs one
+    cheap query. Checkpoints are written only where a directory and key are configured."""
+    seconds_of: dict[Cadence, float] = {
+        "expiry": expiry_seconds,
+        "sweep": every_seconds,
+        "checkpoint": checkpoint_seconds,
+    }
+    registered: dict[str, float] = {}
+    for name, job in inspect.getmembers(sweeps, inspect.ismethod):
+        cadence = cadence_of(job)
+        if cadence is None:
+            continue
+        if cadence == "checkpoint" and sweeps.checkpoint_to is None:
+            continue
+        # max_instances=1 and coalesce: a slow sweep is never run twice at once or queued
+        # up; misfire_grace_time=None: a late tick still runs (APScheduler would skip it).
         scheduler.add_job(
             job,
             "interval",
-            seconds=seconds,
-            id=job.__name__,
+            seconds=seconds_of[cadence],
+            id=name,
             max_instances=1,
             coalesce=True,
             misfire_grace_time=None,
         )
+        registered[name] = seconds_of[cadence]
+    log.info(
+        "event=sweeps_scheduled jobs=%s checkpoints=%s",
+        ",".join(f"{name}:{seconds:g}s" for name, seconds in sorted(registered.items())),
+        "on" if "checkpoint" in registered else "off",
+    )
+    return registered

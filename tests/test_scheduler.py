@@ -1,0 +1,150 @@
+"""The sweeps a real `wardkey worker` and `wardkey serve` run: every sweep the code defines is
+registered with its interval, and the controls the docs promise (service-account attestation,
+signed audit checkpoints) really happen in a running worker, not only when a test calls them."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.devtools.slack_fake import FakeSlack
+from app.scheduler import Sweeps, cadence_of
+from app.store import upgrade
+from tests.conftest import HERE
+from tests.slack_harness import SIGNING_SECRET, WARD_USERS
+
+# Not a sweep: what a process does once, before the sweeps start ticking.
+AT_START_UP = {"catch_up"}
+SWEEP_SECONDS, EXPIRY_SECONDS, CHECKPOINT_SECONDS = 1, 2, 1
+SECONDS = {"sweep": SWEEP_SECONDS, "expiry": EXPIRY_SECONDS, "checkpoint": CHECKPOINT_SECONDS}
+
+
+def public_sweeps() -> dict[str, str | None]:
+    """Every public method of Sweeps, with the cadence it is marked with (None: unmarked)."""
+    return {
+        name: cadence_of(member)
+        for name, member in inspect.getmembers(Sweeps, inspect.isfunction)
+        if not name.startswith("_") and name not in AT_START_UP
+    }
+
+
+def expected_jobs(checkpoints: bool) -> dict[str, float]:
+    return {
+        name: SECONDS[cadence]
+        for name, cadence in public_sweeps().items()
+        if cadence is not None and (checkpoints or cadence != "checkpoint")
+    }
+
+
+def scheduled_jobs(log: Path, process: subprocess.Popen[bytes]) -> tuple[dict[str, float], str]:
+    """The jobs the process says it scheduled (its one `event=sweeps_scheduled` line)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = re.search(r"event=sweeps_scheduled jobs=(\S*) checkpoints=(\w+)", log.read_text())
+        if found:
+            jobs = dict(item.split(":") for item in found.group(1).split(",") if item)
+            return {name: float(seconds.rstrip("s")) for name, seconds in jobs.items()}, found[2]
+        assert process.poll() is None, log.read_text()
+        time.sleep(0.1)
+    raise AssertionError(f"no sweeps_scheduled line in the log:\n{log.read_text()}")
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSlack]:
+    slack = FakeSlack().start()
+    for user in WARD_USERS:
+        slack.add_user(user)
+    yield slack
+    slack.stop()
+
+
+@pytest.fixture
+def env(tmp_path: Path, fake: FakeSlack) -> dict[str, str]:
+    db = f"sqlite:///{tmp_path / 'wardkey.db'}"
+    upgrade(db)
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "WARDKEY_"))},
+        "DATABASE_URL": db,
+        "WARDKEY_POLICY": str(HERE / "data" / "ward_policy.yaml"),
+        "PHARMACY_DB_PASSWORD": "not-used-here",
+        "DIRECTORY_PASSWORD": "not-used-here",
+        "SLACK_BOT_TOKEN": fake.token,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": fake.api_url,
+        "WARDKEY_SWEEP_SECONDS": str(SWEEP_SECONDS),
+        "WARDKEY_EXPIRY_SWEEP_SECONDS": str(EXPIRY_SECONDS),
+        "WARDKEY_CHECKPOINT_SECONDS": str(CHECKPOINT_SECONDS),
+    }
+
+
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "app", *command], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    process.wait(timeout=10)
+
+
+class TestEverySweepIsScheduled:
+    def test_every_public_sweep_says_how_often_it_runs(self) -> None:
+        unmarked = [name for name, cadence in public_sweeps().items() if cadence is None]
+        assert unmarked == [], f"mark these with @sweep(...) so they are scheduled: {unmarked}"
+        # The controls the docs promise are among them.
+        assert {"identities", "checkpoint", "contracts", "expire"} <= set(public_sweeps())
+
+    def test_a_worker_runs_every_sweep_and_writes_signed_checkpoints(
+        self, env: dict[str, str], fake: FakeSlack, tmp_path: Path
+    ) -> None:
+        vault = tmp_path / "vault"
+        vault.mkdir()
+        env = {**env, "WARDKEY_CHECKPOINT_DIR": str(vault), "WARDKEY_CHECKPOINT_KEY": "k" * 32}
+        log = tmp_path / "worker.log"
+        worker = start(["worker"], env, log)
+        try:
+            jobs, checkpoints = scheduled_jobs(log, worker)
+            assert jobs == expected_jobs(checkpoints=True)
+            assert checkpoints == "on"
+            # The checkpoint sweep really writes, and the identities sweep really asks the
+            # owner of svc-lab (never attested) whether it is still needed.
+            deadline = time.monotonic() + 20
+            while not list(vault.glob("*.json")):
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            asked = fake.wait_for("chat.postMessage", 1, timeout=20)
+            assert "svc-lab" in asked[0].args["text"]
+            assert asked[0].response["channel"] == "D0DEV"
+        finally:
+            stop(worker)
+        verified = subprocess.run(
+            [sys.executable, "-m", "app", "audit", "verify"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert "signed checkpoint" in verified.stdout
+
+    def test_serve_runs_every_sweep_but_writes_no_checkpoint_it_was_not_given_a_place_for(
+        self, env: dict[str, str], tmp_path: Path
+    ) -> None:
+        log = tmp_path / "serve.log"
+        serve = start(["serve", "--port", "0", "--host", "127.0.0.1"], env, log)
+        try:
+            jobs, checkpoints = scheduled_jobs(log, serve)
+        finally:
+            stop(serve)
+        assert jobs == expected_jobs(checkpoints=False)
+        assert checkpoints == "off"
