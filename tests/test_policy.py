@@ -608,3 +608,23 @@ class TestCredentialsInErrorText:
         from app.adapters.redact import redact
 
         assert redact(said) == said
+
+    def test_a_password_in_a_target_address_stays_out_of_adapter_errors(self) -> None:
+        """Even where policy check was bypassed, what the adapters raise (and WardKey logs,
+        audits and shows in Slack) carries no credential."""
+        from app.adapters.base import AdapterError
+        from app.adapters.postgres import PostgresAdapter, PostgresSettings
+        from app.adapters.webhook import WebhookAdapter, WebhookSettings
+
+        postgres = PostgresAdapter(
+            PostgresSettings(host="127.0.0.1 password=s3cret port=1", dbname="p")
+        )
+        webhook = WebhookAdapter(
+            WebhookSettings.model_validate({"url": "http://epr:s3cret@127.0.0.1:1/wardkey"}),
+            b"k" * 32,
+        )
+        for adapter in (postgres, webhook):
+            with pytest.raises(AdapterError) as failed:
+                adapter.check("amira", "pharmacy_read")
+            assert "s3cret" not in str(failed.value)
+            assert "***" in str(failed.value)

@@ -11,11 +11,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from app.adapters.redact import redact
+
 
 class AdapterError(Exception):
-    """The target did not do what was asked. `transient` says whether retrying may help."""
+    """The target did not do what was asked. `transient` says whether retrying may help.
+
+    The text is logged, audited and shown in Slack: credentials in it become ***."""
 
     transient = False
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(redact(message))
 
 
 class TransientAdapterError(AdapterError):
