@@ -42,6 +42,7 @@ def ask(slack: RunningApp, text: str = REQUEST, user: str = "U0AMIRA") -> int:
     assert response.status_code == 200
     reply = slack.replies(before + 1)[-1]
     assert reply.startswith("Request #"), reply
+    slack.settle()  # every card posted and remembered before anyone clicks
     return int(reply.split("#")[1].split(" ")[0])
 
 

@@ -114,6 +114,8 @@ class FakeSlack(LoopbackServer):
         self.bot_user_id = bot_user_id
         self.users: dict[str, SlackUser] = {}
         self.messages: dict[tuple[str, str], JSON] = {}
+        # Channels someone archived: posts to them fail with Slack's `is_archived`.
+        self.archived: set[str] = set()
         self.views: dict[str, JSON] = {}
         self.home: dict[str, JSON] = {}
         self.calls: list[Call] = []
@@ -314,6 +316,8 @@ class FakeSlack(LoopbackServer):
         if error:
             return {"ok": False, "error": error}
         channel = str(args["channel"])
+        if channel in self.archived:
+            return {"ok": False, "error": "is_archived"}
         if channel.startswith("U"):  # posting to a user ID lands in the DM with them
             channel = "D" + channel[1:]
         ts = self._next_ts()

@@ -81,6 +81,20 @@ def mention(slack_user_id: str | None, fallback: str) -> str:
     return inert(fallback)
 
 
+_CHANNEL = re.compile(r"^[CG][A-Z0-9]{2,20}$")
+
+
+def alerted(recipients: tuple[str, ...]) -> str:
+    """Who the break-glass alert reached, as Slack shows them (IDs Slack itself gave us)."""
+    if not recipients:
+        return "nobody: the alert could not be sent"
+    shown = [
+        f"<@{r}>" if _MENTION.match(r) else f"<#{r}>" if _CHANNEL.match(r) else escape(r)
+        for r in recipients
+    ]
+    return ", ".join(shown)
+
+
 def words(text: str) -> MarkdownTextObject:
     """A mrkdwn text object with people's words in it: Slack adds no links of its own."""
     return MarkdownTextObject(text=text, verbatim=True)
@@ -198,6 +212,11 @@ def outcome_line(view: RequestView, zone: ZoneInfo) -> str:
             why = inert(view.end_reason or "")
             return f"❌ Denied by {who} at {decided}: {why}"
         case S.CANCELLED:
+            # WardKey, a retirement or a contract's end cancelled it: say why, as recorded.
+            if view.end_reason and view.ended_by == "wardkey":
+                return f"↩️ Cancelled by WardKey: {inert(view.end_reason)}"
+            if view.end_reason:
+                return f"↩️ Cancelled: {inert(view.end_reason)}"
             return "↩️ Cancelled by the requester"
         case S.TIMED_OUT:
             return (
@@ -255,9 +274,7 @@ def review_card(summary: BreakGlassSummary, zone: ZoneInfo) -> list[Block]:
                     text=f"*When*\n{day_time(view.granted_at, zone)} to "
                     f"{clock_time(view.ended_at, zone)} ({used})"
                 ),
-                MarkdownTextObject(
-                    text="*Alerted*\n" + ", ".join(escape(a) for a in summary.alerted)
-                ),
+                MarkdownTextObject(text=f"*Alerted*\n{alerted(summary.alerted)}"),
             ]
         ),
         SectionBlock(text=words(f"*Why*, in their words\n{quoted(view.reason)}")),

@@ -20,6 +20,8 @@ from app.notify.blocks import (
     day_time,
     digest_blocks,
     escape,
+    inert,
+    mention,
     outcome_line,
     review_card,
     review_line,
@@ -31,6 +33,7 @@ from app.policy.people import Person
 from app.service import AccessService, NotAllowed, RequestView, ReviewStep
 from app.service.digest import Digest
 from app.service.identities import AttestationStep, OrphanView
+from app.service.reviews import ALERT_MESSAGE
 from app.service.standing import StandingReport
 from app.slack.people import SlackDirectory
 from app.store.models import RequestState as S
@@ -105,7 +108,7 @@ class Notifier:
         """Send the card to every approver on duty now (DM) and to the path's channel."""
         now = self.service.clock.now()
         blocks = approver_card(view, self._context(view))
-        text = f"Access request #{view.id}: {view.target}:{view.role} for {view.requester}"
+        text = f"Access request #{view.id}: {view.target}:{view.role} for {escape(view.requester)}"
         approvers = rules.approvers_at(self.service.policy, view.path, now)
         if view.sponsor is not None and view.extension is None:
             approvers.append(view.sponsor)  # a vendor's sponsor must approve too
@@ -118,6 +121,11 @@ class Notifier:
             self.service.remember_message(view.id, answer["channel"], answer["ts"], CARD)
         if not channels:
             log.error("event=no_approver_reachable request=%s path=%s", view.id, view.path)
+        # A quick approver may decide while later copies are still being posted; the decision's
+        # card update then missed them. Every copy is remembered by now, so catch up.
+        current = self.service.get(view.id)
+        if current.state != view.state or current.decisions != view.decisions:
+            self.update_cards(current)
         self.refresh_homes(view)
 
     def approval_overdue(self, view: RequestView, level: int) -> None:
@@ -136,6 +144,7 @@ class Notifier:
                 )
             return
         blocks = approver_card(view, self._context(view))
+        escalated_to = 0
         for user_id in self._slack_ids(view, rules.escalation_members(policy, view.path)):
             if user_id in on_duty:  # they have the card already
                 continue
@@ -145,12 +154,21 @@ class Notifier:
                 blocks=blocks,
             )
             self.service.remember_message(view.id, answer["channel"], answer["ts"], CARD)
+            escalated_to += 1
         self.update_cards(view)
+        if escalated_to == 0:
+            log.error("event=no_escalation_reachable request=%s path=%s", view.id, view.path)
         if view.requester_slack_id:
             self.client.chat_postMessage(
                 channel=view.requester_slack_id,
-                text=f"Your request #{view.id} has waited {waited}; it has been escalated to "
-                "more approvers.",
+                text=(
+                    f"Your request #{view.id} has waited {waited}; it has been escalated to "
+                    f"{escalated_to} more approver{'s' if escalated_to != 1 else ''}."
+                    if escalated_to
+                    else f"Your request #{view.id} has waited {waited} and there is nobody "
+                    "further to escalate it to. Phone the on-call lead; in an emergency use "
+                    "`/breakglass` if your role allows it."
+                ),
             )
 
     def request_changed(self, view: RequestView) -> None:
@@ -161,6 +179,8 @@ class Notifier:
             self.revoke_failed(view)
             if view.revoke_attempts > 1:
                 return  # card and requester were told at the first failure
+        if view.state == S.GRANT_FAILED:
+            self.grant_failed(view)  # the card and the requester's DM say admins are told
         self.update_cards(view)
         self.tell_requester(view)
         self.refresh_homes(view)
@@ -198,6 +218,54 @@ class Notifier:
             blocks=expiry_warning(view, self.service.clock.now(), self.zone),
         )
 
+    def grant_failed(self, view: RequestView) -> None:
+        """An approved request the target would not grant: the security channel and every
+        WardKey admin hear of it, so someone fixes the target and the person is not left
+        waiting for access that is not coming."""
+        policy = self.service.policy
+        text = (
+            f"⚠️ Grant failed: #{view.id} `{view.target}:{view.role}` for "
+            f"{escape(view.requester)} was approved, but the target did not grant it: "
+            f"{inert(view.grant_detail or 'no detail')[:500]}. The requester has been told. "
+            "Check the target; once it is fixed they can ask again."
+        )
+        self.client.chat_postMessage(channel=policy.channels.security_alerts, text=text)
+        admins = self._slack_ids(view, rules.group_members(policy, policy.admins))
+        if not admins:
+            log.error("event=no_admin_reachable request=%s", view.id)
+        for user_id in admins:
+            self.client.chat_postMessage(channel=user_id, text=text)
+
+    def break_glass_started(self, view: RequestView) -> None:
+        """Security and the reviewers on duty hear at once. Each recipient Slack accepted is
+        remembered, and the review card lists those and only those as alerted."""
+        policy, zone = self.service.policy, self.zone
+        until = clock_time(view.expires_at, zone)
+        who = mention(view.requester_slack_id, view.requester)
+        access = f"`{view.target}:{view.role}`"
+        reason = f"Reason, in their words: “{inert(view.reason)[:1000]}”"
+        to_security = f"🔴 Break-glass #{view.id}: {who} took {access} until {until}. {reason}"
+        to_reviewer = (
+            f"🔴 Break-glass #{view.id}: {who} took {access} until {until}. Its review comes "
+            f"to <#{policy.channels.manager_reviews}> when it ends. {reason}"
+        )
+        reviewers = self._slack_ids(view, rules.reviewers(policy, self.service.clock.now()))
+        for channel, text in [(policy.channels.security_alerts, to_security)] + [
+            (user_id, to_reviewer) for user_id in reviewers
+        ]:
+            try:
+                answer = self.client.chat_postMessage(channel=channel, text=text)
+            except SlackApiError as exc:
+                log.error(
+                    "event=break_glass_alert_failed request=%s channel=%s error=%s",
+                    view.id,
+                    channel,
+                    exc.response.get("error"),
+                )
+                continue
+            self.service.remember_message(view.id, channel, answer["ts"], ALERT_MESSAGE)
+        self.tell_sponsor(view)
+
     def revoke_failed(self, view: RequestView) -> None:
         policy = self.service.policy
         self.client.chat_postMessage(
@@ -222,7 +290,7 @@ class Notifier:
         if step == ReviewStep.REQUESTED:
             answer = self.client.chat_postMessage(
                 channel=channel,
-                text=f"Break-glass review #{view.id}: {view.requester} used "
+                text=f"Break-glass review #{view.id}: {escape(view.requester)} used "
                 f"{view.target}:{view.role}",
                 blocks=review_card(summary, self.zone),
             )
@@ -431,7 +499,7 @@ class Notifier:
                 channel=user_id,
                 text=f"Vendor access you sponsor: {escape(view.requester)} on "
                 f"`{view.target}:{view.role}` (#{view.id}): {outcome_line(view, self.zone)}. "
-                f"Reason: {escape(view.reason)[:300]}",
+                f"Reason: {inert(view.reason)[:300]}",
             )
 
     def _vendor_sponsor(self, view: RequestView) -> str | None:

@@ -39,13 +39,17 @@ class ReviewStep(StrEnum):
     OVERDUE = "overdue"  # past its deadline: escalated to security and the WardKey admins
 
 
+# The purpose under which the break-glass alert's recipients are remembered.
+ALERT_MESSAGE = "break_glass_alert"
+
+
 @dataclass(frozen=True)
 class BreakGlassSummary:
     """What a reviewer needs to judge one break-glass use."""
 
     view: RequestView
     used_for: timedelta | None
-    alerted: tuple[str, ...]
+    alerted: tuple[str, ...]  # Slack channel and user IDs that were sent the alert
     recorded: bool  # the target logged the session's statements
     sessions_ended: int | None
     target_notes: tuple[str, ...]
@@ -170,13 +174,13 @@ class ReviewCases(ServiceBase):
                 .where(AuditEvent.request_id == request_id)
                 .order_by(AuditEvent.seq)
             ).all()
-        alerted: list[str] = [f"security channel {self.policy.channels.security_alerts}"]
+        # Only who was really told: the recipients of alerts Slack accepted (recorded by the
+        # notifier as it posts), never the people who should have been.
+        alerted = [recipient for recipient, _ts in self.messages_of(request_id, ALERT_MESSAGE)]
         sessions_ended: int | None = None
         for action, body in events:
             data = _event_data(body)
-            if action == "breakglass.started":
-                alerted += [str(r) for r in data.get("reviewers", [])]
-            elif action == "revoke.succeeded" and "sessions_ended" in data:
+            if action == "revoke.succeeded" and "sessions_ended" in data:
                 sessions_ended = int(data["sessions_ended"])
         target = self.policy.targets.get(view.target)
         role = target.roles.get(view.role) if target else None

@@ -7,7 +7,7 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 
-from app.notify.blocks import clock_time, contract_line, escape, inert, mention, outcome_line
+from app.notify.blocks import clock_time, contract_line, escape, outcome_line
 from app.notify.views import no_access_modal, request_modal
 from app.policy import Person, Policy, format_duration
 from app.policy.rules import requestable
@@ -168,16 +168,7 @@ def _break_glass(
                 f"Break-glass #{view.id}: {outcome_line(view, zone)}. This use will be reviewed."
             ),
         )
-        policy = deps.service.policy
-        deps.notifier.client.chat_postMessage(
-            channel=policy.channels.security_alerts,
-            text=(
-                f"🔴 Break-glass #{view.id}: {mention(view.requester_slack_id, view.requester)} "
-                f"took `{view.target}:{view.role}` until {clock_time(view.expires_at, zone)}. "
-                f"Reason, in their words: “{inert(view.reason)[:1000]}”"
-            ),
-        )
-        deps.notifier.tell_sponsor(view)
+        deps.notifier.break_glass_started(view)
 
 
 def open_request_form(deps: SlackDeps, client: WebClient, person: Person, trigger_id: str) -> None:

@@ -28,7 +28,11 @@ def register(app: App, deps: SlackDeps) -> None:
                 with replying_on_error(reply):
                     person = deps.person(context)
                     name = str(action["value"])
-                    deps.service.attest(name, person, still_needed=still_needed)
+                    attested = deps.service.attest(name, person, still_needed=still_needed)
+                    # Retiring cancels its waiting requests and ends its elevations: every
+                    # card and requester hears of each.
+                    for request_id in attested.changed_requests:
+                        deps.notifier.request_changed(deps.service.get(request_id))
                     message = body.get("message") or {}
                     channel = (body.get("channel") or {}).get("id")
                     if channel and message.get("ts"):
