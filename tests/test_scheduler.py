@@ -24,7 +24,14 @@ from tests.slack_harness import SIGNING_SECRET, WARD_USERS
 # Not a sweep: what a process does once, before the sweeps start ticking.
 AT_START_UP = {"catch_up"}
 SWEEP_SECONDS, EXPIRY_SECONDS, CHECKPOINT_SECONDS = 1, 2, 1
-SECONDS = {"sweep": SWEEP_SECONDS, "expiry": EXPIRY_SECONDS, "checkpoint": CHECKPOINT_SECONDS}
+TAKEOVER_SECONDS, PROBE_SECONDS = 3, 4
+SECONDS = {
+    "sweep": SWEEP_SECONDS,
+    "expiry": EXPIRY_SECONDS,
+    "checkpoint": CHECKPOINT_SECONDS,
+    "takeover": TAKEOVER_SECONDS,
+    "probe": PROBE_SECONDS,
+}
 
 
 def public_sweeps() -> dict[str, str | None]:
@@ -82,6 +89,8 @@ def env(tmp_path: Path, fake: FakeSlack) -> dict[str, str]:
         "WARDKEY_SWEEP_SECONDS": str(SWEEP_SECONDS),
         "WARDKEY_EXPIRY_SWEEP_SECONDS": str(EXPIRY_SECONDS),
         "WARDKEY_CHECKPOINT_SECONDS": str(CHECKPOINT_SECONDS),
+        "WARDKEY_TAKEOVER_SECONDS": str(TAKEOVER_SECONDS),
+        "WARDKEY_PROBE_SECONDS": str(PROBE_SECONDS),
     }
 
 
@@ -122,9 +131,9 @@ class TestEverySweepIsScheduled:
             while not list(vault.glob("*.json")):
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
-            asked = fake.wait_for("chat.postMessage", 1, timeout=20)
+            # (Other sweeps may speak first, e.g. the digest when this runs at 08:00.)
+            asked = fake.wait_for("chat.postMessage", 1, timeout=20, channel="U0DEV")
             assert "svc-lab" in asked[0].args["text"]
-            assert asked[0].response["channel"] == "D0DEV"
         finally:
             stop(worker)
         verified = subprocess.run(
