@@ -66,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
         "--checkpoint",
         type=Path,
         help="a checkpoint file from `audit checkpoint`, or the directory of scheduled ones "
-        "(the newest is used): finds a cut-off tail; a signed one is checked with "
+        "(the valid one with the highest sequence number is used; default "
+        "WARDKEY_CHECKPOINT_DIR): finds a cut-off tail; signatures are checked with "
         "WARDKEY_CHECKPOINT_KEY",
     )
     verify.set_defaults(run=_audit_verify)
@@ -430,17 +431,23 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+@_starting
 def _audit_export(args: argparse.Namespace) -> int:
     db = _database()
-    if args.output is None:
-        count = audit.export(db, sys.stdout, args.format, since=args.since)
-    else:
-        with args.output.open("w", encoding="utf-8", newline="") as out:
-            count = audit.export(db, out, args.format, since=args.since)
+    try:
+        if args.output is None:
+            count = audit.export(db, sys.stdout, args.format, since=args.since)
+        else:
+            with args.output.open("w", encoding="utf-8", newline="") as out:
+                count = audit.export(db, out, args.format, since=args.since)
+    except audit.ExportError as exc:  # a corrupt event: say which, and that verify names it
+        print(f"wardkey: {exc}", file=sys.stderr)
+        return 1
     print(f"exported {count} events", file=sys.stderr)
     return 0
 
 
+@_starting
 def _audit_checkpoint(args: argparse.Namespace) -> int:
     key = Settings().wardkey_checkpoint_key
     clock = getattr(args, "clock", None) or SystemClock()
