@@ -266,6 +266,18 @@ class TestCommands:
         assert main(["audit", "verify", "--checkpoint", str(checkpoint)]) == 1
         assert "BROKEN at event 4" in capsys.readouterr().out
 
+    def test_export_of_a_garbled_event_says_which_in_one_line(
+        self, env_db: Database, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        write_events(env_db, 3)
+        with as_an_attacker(env_db) as conn:
+            conn.execute(sa.text("UPDATE audit_events SET body = 'not json' WHERE seq = 2"))
+        capsys.readouterr()
+        assert main(["audit", "export"]) == 1
+        said = capsys.readouterr().err.strip().splitlines()
+        assert said[-1].startswith("wardkey: event 2 cannot be read"), said
+        assert "Traceback" not in "\n".join(said)
+
     def test_verify_without_a_checkpoint_says_a_cut_tail_would_not_be_seen(
         self, env_db: Database, capsys: pytest.CaptureFixture[str]
     ) -> None:
