@@ -286,14 +286,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 @_starting
 def _socket(args: argparse.Namespace) -> int:
-    from slack_bolt.adapter.socket_mode import SocketModeHandler
+    from app.slack.intake import Intake
+    from app.slack.socket_intake import RecordingSocketModeHandler
 
     runtime = load_runtime()
     require(runtime.settings, "slack_app_token")
     app = runtime.bolt(socket_mode=True)
     scheduler = None if args.no_scheduler else _background_sweeps(runtime)
+    inbox = Intake(runtime.service.db, runtime.service.clock)
     try:
-        SocketModeHandler(app, runtime.settings.slack_app_token).start()  # type: ignore[no-untyped-call]
+        # Each envelope is recorded in the inbox before it is acknowledged, as over HTTP.
+        RecordingSocketModeHandler(app, runtime.settings.slack_app_token or "", inbox).start()  # type: ignore[no-untyped-call]
     finally:
         if scheduler is not None:
             scheduler.shutdown(wait=False)

@@ -17,6 +17,7 @@ from app.policy import PolicyError, load_policy
 from app.scheduler import Sweeps
 from app.service import AccessService
 from app.slack.app import build_app, web_client
+from app.slack.intake import Intake, Redelivery
 from app.slack.people import SlackDirectory, Workspace
 from app.store import Database
 
@@ -66,6 +67,16 @@ class Runtime:
             on_attestation=n.attestation_follow_up,
             on_orphans=n.orphans_found,
             owner_gone=n.owner_gone,
+            inbox=self.redelivery(),
+        )
+
+    def redelivery(self) -> Redelivery:
+        """Does the work of Slack requests whose process died after acknowledging them."""
+        return Redelivery(
+            Intake(self.service.db, self.service.clock),
+            lambda: build_app(
+                self.service, self.client, "", workspace=self.workspace(), redelivery=True
+            ),
         )
 
     def workspace(self) -> Workspace | None:

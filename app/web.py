@@ -15,24 +15,22 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
-from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk.signature import Clock as SignatureClock
 from slack_sdk.signature import SignatureVerifier
-from sqlalchemy import URL, Engine, create_engine, delete, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import URL, Engine, create_engine, text
 from sqlalchemy.pool import NullPool
 
 from app.clock import Clock, SystemClock
 from app.metrics import metrics_text
-from app.slack import replay_gate
-from app.slack.replay_gate import Verdict
+from app.slack import intake
+from app.slack.intake import Intake, NotRecorded, payload_of
 from app.store.db import Database
-from app.store.models import SeenRequest
 
 log = logging.getLogger(__name__)
 StartResponse = Callable[..., Any]
@@ -50,93 +48,32 @@ METRICS_OFF = (
 )
 
 
-_TAKE_SIGNATURE = text(
-    "INSERT INTO seen_requests (signature, seen_until) VALUES (:signature, :until) "
-    "ON CONFLICT (signature) DO UPDATE SET seen_until = EXCLUDED.seen_until "
-    "WHERE seen_requests.seen_until <= :now RETURNING 1"
-)
-
-
 class ReplayGuard:
-    """Refuses a signed request seen before. Slack's signature stays valid for five minutes, so
-    without this a captured click or command could be sent again within that window. Only
-    requests whose signature is valid are remembered, so junk cannot fill it.
-
-    Every instance remembers what it saw in memory, and refuses a replay sent to it at once.
-    Shared (the default on PostgreSQL, the set-up for more than one app instance), it also
-    records each request in a table every instance shares, with one upsert made not in the ack
-    path but by the work the request causes, before it acts (app/slack/replay_gate.py)."""
+    """Refuses, at once and in memory, a signed request this instance saw before. Slack's
+    signature stays valid for five minutes, so without this a captured click or command could
+    be sent again within that window. Only requests whose signature is valid are remembered, so
+    junk cannot fill it. Every instance's requests are also refused by the inbox, whose one
+    upsert records a request and refuses one seen before (app/slack/intake.py)."""
 
     WINDOW = timedelta(minutes=5)
     FORGET_EVERY = timedelta(minutes=1)
 
-    def __init__(self, db: Database, clock: Clock | None = None, shared: bool = True) -> None:
-        self.db = db
-        self.shared = shared and not db.is_sqlite
+    def __init__(self, clock: Clock | None = None) -> None:
         self.clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._seen: dict[str, datetime] = {}
         self._last_forget = self.clock.now()
-        self._own_engine: Engine | None = None
 
     def first_time_here(self, signature: str) -> bool:
-        """New to this instance: the check every mode makes, in memory, in the ack path."""
         now = self.clock.now()
         with self._lock:
-            forget = now - self._last_forget >= self.FORGET_EVERY
-            if forget:
+            if now - self._last_forget >= self.FORGET_EVERY:
                 self._last_forget = now
                 self._seen = {k: until for k, until in self._seen.items() if until > now}
             new = self._seen.get(signature, now) <= now
             if new:
                 self._seen[signature] = now + self.WINDOW
-        if forget and self.shared:
-            threading.Thread(target=self._forget_shared, args=(now,), daemon=True).start()
         return new
-
-    def verdict(self, signature: str) -> Verdict | None:
-        """The check against every instance's requests, made when first asked; None when
-        there is nothing shared to check (memory mode, or SQLite, which serves one instance)."""
-        if not self.shared:
-            return None
-        seen_at = self.clock.now()
-        return Verdict(lambda: self._first_time_anywhere(signature, seen_at))
-
-    def _first_time_anywhere(self, signature: str, now: datetime) -> bool:
-        # New, or seen so long ago that its signature has expired: take it; else a replay.
-        params = {"signature": signature, "until": now + self.WINDOW, "now": now}
-        for attempt in (1, 2):
-            try:
-                with self._engine().connect() as conn:
-                    return conn.execute(_TAKE_SIGNATURE, params).first() is not None
-            except OperationalError:  # a connection the server closed: try a fresh one
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _forget_shared(self, now: datetime) -> None:
-        try:
-            with self._engine().connect() as conn:
-                conn.execute(delete(SeenRequest).where(SeenRequest.seen_until <= now))
-        except OperationalError as exc:  # the next minute's pass tries again
-            log.warning("event=replay_forget_failed error=%s", type(exc).__name__)
-
-    def _engine(self) -> Engine:
-        """Connections of the guard's own, so a check never waits for one that work after
-        other acks holds. Autocommit, and commits do not wait for the disk: losing the last few
-        records to a database crash only reopens a five-minute replay window."""
-        with self._lock:
-            if self._own_engine is not None:
-                return self._own_engine
-            url = self.db.url
-            options = f"{url.query.get('options', '')} -c synchronous_commit=off".strip()
-            self._own_engine = create_engine(
-                url.update_query_dict({"options": options}),
-                pool_size=4,
-                max_overflow=8,
-                isolation_level="AUTOCOMMIT",
-            )
-        return self._own_engine
 
 
 class Readiness:
@@ -261,7 +198,11 @@ class WardKeyWSGI:
         self.slack = SlackRequestHandler(bolt, path="/slack/events")
         self.db = db
         self.verifier = SignatureVerifier(signing_secret, clock=_ClockSeconds(self.clock))
-        self.replays = ReplayGuard(db, self.clock, shared=shared_replay_guard)
+        # shared_replay_guard is kept for callers of the old signature: the inbox is shared
+        # by every instance, on SQLite and PostgreSQL alike.
+        del shared_replay_guard
+        self.replays = ReplayGuard(self.clock)
+        self.intake = Intake(db, self.clock)
         self.readiness = Readiness(db, self.clock)
         self.scrapes = Scrapes(db)
         self.metrics_token = metrics_token
@@ -303,13 +244,44 @@ class WardKeyWSGI:
         if not self.replays.first_time_here(signature):
             log.warning("event=replayed_request_refused")
             return _text(start_response, "409 Conflict", "replayed request")
-        verdict = self.replays.verdict(signature)
-        # A form's answer carries the result of work done before the ack (errors on its
-        # fields), so a submission is checked against every instance first; nothing else is.
-        if verdict and _is_form_submission(body) and not replay_gate.is_new(verdict):
+        # Acknowledged means recorded: the request is in the inbox before Bolt runs, in the
+        # same write that refuses one any instance saw before.
+        content_type = environ.get("CONTENT_TYPE", "")
+        headers = {
+            "content-type": content_type,
+            "x-slack-request-timestamp": environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP", ""),
+            "x-slack-signature": signature,
+        }
+        for name in ("x-slack-retry-num", "x-slack-retry-reason"):
+            value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+            if value:
+                headers[name] = value
+        try:
+            new = self.intake.record(signature, body, headers)
+        except NotRecorded:
+            return self._not_recorded(payload_of(body, content_type), start_response)
+        if not new:
+            log.warning("event=replayed_request_refused where=inbox")
             return _text(start_response, "409 Conflict", "replayed request")
-        with replay_gate.judging(verdict):
-            return self.slack(environ, start_response)
+        pending = intake.Pending(key=signature)
+        pending.note = partial(self.intake.note_outcome, signature)
+        with intake.handling(pending):
+            answer = self.slack(environ, start_response)
+        self.intake.start(pending)
+        return answer
+
+    def _not_recorded(
+        self, payload: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """Say at once that nothing was recorded: never an ack that looks like all is well."""
+        said = intake.not_recorded_answer(payload)
+        if said is not None:
+            return _json(start_response, said)
+        if payload.get("type") == "block_actions":
+            intake.tell_clicker_not_recorded(payload)
+            return _text(start_response, "200 OK", "")
+        # An event, or anything else: a 503 makes Slack send it again later.
+        return _text(start_response, "503 Service Unavailable", "not recorded; send again")
 
     def _signed_body(self, environ: dict[str, Any]) -> tuple[bytes, str]:
         """The body, if Slack signed it; the headers are checked before a byte is read."""
@@ -372,14 +344,13 @@ def _declared_length(environ: dict[str, Any]) -> str:
     return declared if declared.isascii() and declared.isdigit() and len(declared) < 20 else "-"
 
 
-def _is_form_submission(body: bytes) -> bool:
-    if not body.startswith(b"payload="):
-        return False
-    try:
-        payload = json.loads(parse_qs(body.decode())["payload"][0])
-    except (ValueError, KeyError, UnicodeDecodeError):
-        return False
-    return isinstance(payload, dict) and payload.get("type") == "view_submission"
+def _json(start_response: StartResponse, body: dict[str, Any]) -> list[bytes]:
+    data = json.dumps(body).encode()
+    start_response(
+        "200 OK",
+        [("Content-Type", "application/json;charset=utf-8"), ("Content-Length", str(len(data)))],
+    )
+    return [data]
 
 
 def _text(

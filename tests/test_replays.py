@@ -1,15 +1,13 @@
 """Several `wardkey serve` instances on one PostgreSQL: a captured Slack request replayed to
 another instance changes nothing there either, and forged requests are never remembered.
 
-The instance that saw a request refuses its replay with 409 at once. Another instance learns it
-is a replay from the shared table, checked after the ack by the work the request would cause:
-it acks as usual, then drops the work; a form submission, whose answer depends on work done
-before the ack, is checked first and gets 409."""
+Every signed request is recorded in the inbox before it is acknowledged, in the one upsert
+that refuses a request any instance recorded before, so a replay gets 409 at once wherever it
+is sent (app/slack/intake.py)."""
 
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,9 +17,8 @@ import pytest
 from sqlalchemy import func, select
 
 from app.service import AccessService
-from app.slack import replay_gate
+from app.slack.intake import Intake
 from app.store.models import SeenRequest
-from app.web import ReplayGuard
 from tests.slack_harness import RunningApp, run_app
 
 pytestmark = [
@@ -39,13 +36,6 @@ COMMAND = {
     "channel_id": "C0WARDOPS",
     "trigger_id": "1.0a",
 }
-
-
-def wait_for_log(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not any(text in r.getMessage() for r in caplog.records):
-        assert time.monotonic() < deadline, f"no log line with {text!r}"
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -68,19 +58,17 @@ def test_a_replay_sent_to_the_same_instance_is_refused_at_once(
     assert one.post(HELP, timestamp=now + 1).status_code == 200  # a new request
 
 
-def test_a_command_replayed_to_another_instance_does_nothing_there(
+def test_a_command_replayed_to_another_instance_is_refused_there_at_once(
     two_instances: tuple[RunningApp, RunningApp],
     service: AccessService,
-    caplog: pytest.LogCaptureFixture,
 ) -> None:
     one, other = two_instances
-    caplog.set_level(logging.WARNING, logger="app.slack.replay_gate")
     body = urlencode({**COMMAND, "response_url": one.fake.response_url()})
     now = int(time.time())
     assert one.post(body, timestamp=now).status_code == 200
     one.fake.wait_for("chat.postMessage", 2)  # the approvers' cards: the request was made
-    assert other.post(body, timestamp=now).status_code == 200  # acked, as Slack expects
-    wait_for_log(caplog, "event=replayed_request_ignored")
+    assert other.post(body, timestamp=now).status_code == 409
+    other.settle()
     assert len(service.requests_of_key("amira@ward.nhs.uk")) == 1
     assert other.fake.calls_to("chat.postMessage") == []
     assert other.fake.calls_to("response_url") == []
@@ -112,17 +100,16 @@ def test_forged_requests_are_not_remembered(
         assert session.scalar(select(func.count()).select_from(SeenRequest)) == 0
 
 
-def test_a_wave_checked_from_many_threads_takes_each_signature_once(
+def test_a_wave_recorded_from_many_threads_takes_each_signature_once(
     service: AccessService,
 ) -> None:
-    one, other = ReplayGuard(service.db), ReplayGuard(service.db)
+    one, other = Intake(service.db), Intake(service.db)
     first = [f"v0={n:064x}" for n in range(200)]
     second = first[100:] + [f"v0={n:064x}" for n in range(200, 300)]
 
-    def new(guard: ReplayGuard, signatures: list[str]) -> set[str]:
-        verdicts = {s: guard.verdict(s) for s in signatures}
+    def new(inbox: Intake, signatures: list[str]) -> set[str]:
         with ThreadPoolExecutor(max_workers=8) as pool:
-            answers = pool.map(lambda s: replay_gate.is_new(verdicts[s]), signatures)
+            answers = pool.map(lambda s: inbox.record(s, b"command=%2Fjit", {}), signatures)
         return {s for s, answer in zip(signatures, answers, strict=True) if answer}
 
     assert new(one, first) == set(first)

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from apscheduler.schedulers.base import BaseScheduler
 
@@ -58,6 +58,13 @@ OnOrphans = Callable[[list[OrphanView]], None]
 OwnerGone = Callable[[str], str | None]
 
 
+class Inbox(Protocol):
+    """Slack requests acknowledged by a process that died before doing their work
+    (app/slack/intake.py `Redelivery`)."""
+
+    def redeliver_due(self) -> list[str]: ...
+
+
 class Sweeps:
     def __init__(
         self,
@@ -72,6 +79,7 @@ class Sweeps:
         on_attestation: OnAttestation | None = None,
         on_orphans: OnOrphans | None = None,
         owner_gone: OwnerGone | None = None,
+        inbox: Inbox | None = None,
     ) -> None:
         self.service = service
         self.on_change = on_change
@@ -84,6 +92,7 @@ class Sweeps:
         self.on_attestation = on_attestation
         self.on_orphans = on_orphans
         self.owner_gone = owner_gone or (lambda _member: None)
+        self.inbox = inbox
 
     @staticmethod
     def _safely(event: str, call: Callable[[], object]) -> None:
@@ -112,6 +121,12 @@ class Sweeps:
         ids = self.service.expire_due()
         self._tell(ids)
         return ids
+
+    @sweep("expiry")
+    def intake(self) -> list[str]:
+        """Do the work of Slack requests that were acknowledged (so recorded) by a process
+        that died before finishing it; every second, so a crash delays a click by seconds."""
+        return self.inbox.redeliver_due() if self.inbox is not None else []
 
     @sweep("sweep")
     def warn(self) -> list[int]:

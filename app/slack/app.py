@@ -31,9 +31,16 @@ def build_app(
     work: Executor | None = None,
     dialogs: Executor | None = None,
     workspace: Workspace | None = None,
+    *,
+    redelivery: bool = False,
 ) -> App:
     """`workspace`: whose people may use WardKey (SLACK_TEAM_IDS, SLACK_ENTERPRISE_ID); None
-    means the workspace the bot token belongs to, asked of Slack now."""
+    means the workspace the bot token belongs to, asked of Slack now.
+
+    `redelivery`: the app that does again the work of requests recorded in the inbox whose
+    process died (app/slack/intake.py): it checks no signature (each was checked when it was
+    recorded, and may be older than Slack's five minutes by now), asks Slack nothing at start
+    and opens no dialogs."""
     # App(client=…) checks the token with auth.test now, so a bad token fails at start-up.
     # Listeners only parse, ack and hand the rest to `work` (SlackDeps.after_ack), so they run
     # on the HTTP thread (process_before_response) and the ack never queues behind other
@@ -41,15 +48,23 @@ def build_app(
     # The work pool is small on purpose: its jobs wait mostly on Slack and the database, and
     # every extra busy thread takes a share of the interpreter from the threads sending acks
     # (bench/ack_latency.py: 16 threads gave 2-3x the bare app's p99, 4 threads 1.2-1.5x).
-    app = App(client=client, signing_secret=signing_secret, process_before_response=True)
+    app = App(
+        client=client,
+        signing_secret=signing_secret or "redelivery-checks-no-signature",
+        process_before_response=True,
+        request_verification_enabled=not redelivery,
+        token_verification_enabled=not redelivery,
+    )
     directory = SlackDirectory(client, workspace)
-    directory.workspace()  # learnt now, at start-up, never in a request's ack path
+    if not redelivery:
+        directory.workspace()  # learnt now, at start-up, never in a request's ack path
     deps = SlackDeps(
         service=service,
         directory=directory,
         notifier=Notifier(client, service, directory),
         work=work or ThreadPoolExecutor(max_workers=4, thread_name_prefix="after-ack"),
         dialogs=dialogs or ThreadPoolExecutor(max_workers=2, thread_name_prefix="dialogs"),
+        live=not redelivery,
     )
     # Before every listener: refuse anyone outside the trust's workspace(s).
     app.use(WorkspaceGate(directory, deps.after_ack))

@@ -8,11 +8,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from slack_bolt import BoltContext
+from sqlalchemy.exc import DBAPIError
 
 from app.notify.notifier import Notifier
 from app.policy.people import Person
 from app.service import AccessService
-from app.slack import replay_gate
+from app.slack import intake
 from app.slack.gate import caller
 from app.slack.people import SlackDirectory
 
@@ -26,6 +27,9 @@ class SlackDeps:
     notifier: Notifier
     work: Executor
     dialogs: Executor
+    # False in the app that redelivers recorded requests after a crash: their dialogs'
+    # trigger_ids have long expired, and the person already had their answer.
+    live: bool = True
 
     def person(self, context: BoltContext) -> Person:
         """The person who sent this request, from the caller the workspace gate read (the one
@@ -34,27 +38,66 @@ class SlackDeps:
         return self.directory.person(who.user_id, who.request_team_id, who.enterprise_id)
 
     def after_ack(self, job: Callable[[], None]) -> None:
-        """Run `job` on the work pool, so the ack goes back at once and never waits for Slack
-        API calls, adapters or other requests' work."""
+        """Do `job` after the ack, on the work pool, so the ack never waits for Slack API
+        calls, adapters or other requests' work. For a request recorded in the inbox (every
+        one over HTTP) the job is collected on it and run once the inbox row is claimed, so
+        it is done even if this process dies first (app/slack/intake.py)."""
+        pending = intake.current()
+        if pending is not None:
+            pending.jobs.append(job)
+            if pending.executor is None:
+                pending.executor = self.work
+            return
         self.work.submit(_guarded(job))
 
     def open_dialog(self, job: Callable[[], None]) -> None:
         """Run `job`, which opens a modal, on a pool of its own: its trigger_id expires 3 s after
-        the click, so it must never queue behind cards and adapter calls in the work pool."""
-        self.dialogs.submit(_guarded(job))
+        the click, so it must never queue behind cards and adapter calls in the work pool.
+        Never recorded: a dialog that could not open is opened again by clicking again."""
+        if self.live:
+            self.dialogs.submit(_guarded(job))
+
+    def progress(self) -> Progress:
+        """How far earlier tries of the request being dispatched got; read it in the listener
+        (on the dispatching thread) and hand it to the work after the ack."""
+        return Progress(intake.current())
+
+
+# Steps a request's work records on its inbox row, so a redelivery skips what is done.
+APPLIED = "applied"  # the service call committed
+NOTIFIED = "notified"  # and everyone was told
+
+
+class Progress:
+    """How far the request's work got: `outcome` is the last step an earlier try recorded
+    (None on a first try), `step()` records the next one on the inbox row."""
+
+    def __init__(self, pending: intake.Pending | None) -> None:
+        self._pending = pending
+        self.outcome = pending.outcome if pending is not None else None
+        self.redelivered = pending is not None and pending.redelivered
+
+    def step(self, outcome: str) -> None:
+        self.outcome = outcome
+        pending = self._pending
+        if pending is None or pending.note is None:
+            return
+        try:
+            pending.note(outcome)
+        except DBAPIError as exc:  # a redelivery then redoes the step, which is idempotent
+            log.warning(
+                "event=intake_step_unrecorded step=%s error=%s", outcome, type(exc).__name__
+            )
 
 
 def _guarded(job: Callable[[], None]) -> Callable[[], None]:
-    """`job`, run only once the request that caused it is known not to be a replay, and with
-    its failure logged."""
-    verdict = replay_gate.current()  # read on the HTTP thread, where the listener runs
+    """`job`, with its failure logged (the pool would keep it silently in a future nobody
+    reads). Used where no inbox row carries the work (Socket Mode's dialogs, tests)."""
 
     def run() -> None:
-        if not replay_gate.is_new(verdict):
-            return
         try:
             job()
-        except Exception:  # the pool would keep it silently in a future nobody reads
+        except Exception:
             log.exception("event=after_ack_failed job=%s", getattr(job, "__name__", job))
 
     return run

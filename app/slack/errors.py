@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from slack_sdk import WebClient
+from sqlalchemy.exc import OperationalError
 
 from app.service import ServiceError
 
@@ -21,6 +22,10 @@ def replying_on_error(reply: Callable[..., object]) -> Iterator[None]:
         yield
     except ServiceError as exc:
         reply(response_type="ephemeral", replace_original=False, text=exc.message)
+    except OperationalError:
+        # The database went away mid-way: the inbox tries the request again when it is back
+        # (app/slack/intake.py), so this is not the person's to retry.
+        raise
     except Exception:
         log.exception("event=listener_failed")
         reply(

@@ -300,14 +300,31 @@ class OrphanFlag(Base):
     flagged_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class InboxState(StrEnum):
+    NEW = "new"  # recorded and acknowledged; its work not yet claimed
+    WORKING = "working"  # claimed by a process until lease_until
+    DONE = "done"  # its work is done; kept until seen_until to refuse replays
+
+
 class SeenRequest(Base):
-    """A signed Slack request already handled, kept for as long as its signature is valid, so
-    a replay is refused by whichever app instance it reaches."""
+    """The Slack inbox: every signed request, recorded before WardKey acknowledges it, in the
+    same write that refuses a replay. The raw body and the headers needed to act on it again
+    are kept until its work is done, so whichever process is alive can do that work if the one
+    that acknowledged it dies. Kept for as long as its signature is valid."""
 
     __tablename__ = "seen_requests"
+    __table_args__ = (Index("ix_seen_requests_state", "state", "received_at"),)
 
     signature: Mapped[str] = mapped_column(String(100), primary_key=True)
     seen_until: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    body: Mapped[str | None] = mapped_column(Text)
+    headers: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), server_default=InboxState.DONE.value)
+    received_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    outcome: Mapped[str | None] = mapped_column(String(200))
 
 
 class HomeView(Base):

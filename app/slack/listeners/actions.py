@@ -15,8 +15,8 @@ from slack_sdk import WebClient
 
 from app.notify.blocks import APPROVE_ACTION, DENY_ACTION, clock_time
 from app.notify.views import HOME_EXTEND, HOME_EXTEND_BY, HOME_REVOKE, why_modal
-from app.service import ServiceError
-from app.slack.deps import SlackDeps
+from app.service import AlreadyDecided, ServiceError
+from app.slack.deps import APPLIED, NOTIFIED, SlackDeps
 from app.slack.errors import reply_to_clicker, replying_on_error
 from app.slack.gate import caller
 
@@ -35,11 +35,29 @@ def register(app: App, deps: SlackDeps) -> None:
         context: BoltContext,
     ) -> None:
         ack()
+        progress = deps.progress()  # read here, on the thread that dispatches the request
 
         def decide() -> None:
             with replying_on_error(reply_to_clicker(client, body)):
-                view = deps.service.approve(int(action["value"]), deps.person(context))
+                request_id = int(action["value"])
+                if progress.outcome == NOTIFIED:
+                    return  # a redelivery of a click whose work was all done
+                if progress.outcome != APPLIED:
+                    try:
+                        view = deps.service.approve(request_id, deps.person(context))
+                    except AlreadyDecided:
+                        if not progress.redelivered:
+                            raise
+                        # Its first try may have got this far before its process died: the
+                        # card shows the request as it is, and the approver is not told
+                        # "already decided" about their own click.
+                        deps.notifier.update_cards(deps.service.get(request_id))
+                        return
+                    progress.step(APPLIED)
+                else:
+                    view = deps.service.get(request_id)
                 deps.notifier.request_changed(view)
+                progress.step(NOTIFIED)
 
         deps.after_ack(decide)
 
@@ -95,9 +113,13 @@ def register(app: App, deps: SlackDeps) -> None:
         # shown on the field itself.
         meta = json.loads(view.get("private_metadata") or "{}")
         reason = view["state"]["values"][DENY_BLOCK][DENY_INPUT].get("value") or ""
+        progress = deps.progress()
         try:
-            person = deps.person(context)
-            decided = deps.service.deny(int(meta["id"]), person, reason)
+            if progress.outcome == APPLIED:  # redelivered: denied before the first ack
+                decided = deps.service.get(int(meta["id"]))
+            else:
+                decided = deps.service.deny(int(meta["id"]), deps.person(context), reason)
+                progress.step(APPLIED)
         except ServiceError as exc:
             ack(response_action="errors", errors={DENY_BLOCK: exc.message})
             return

@@ -28,6 +28,7 @@ from app.service import ServiceError
 from app.slack.deps import SlackDeps
 from app.slack.gate import caller
 
+OPENED = "opened:"  # the form's request was made: "opened:42"
 _FIELD_BLOCKS = {
     "access": ACCESS_BLOCK,
     "duration": DURATION_BLOCK,
@@ -70,11 +71,17 @@ def register(app: App, deps: SlackDeps) -> None:
         except DurationError as exc:
             ack(response_action="errors", errors={DURATION_BLOCK: str(exc)})
             return
+        progress = deps.progress()
         try:
-            person = deps.person(context)
-            opened = deps.service.request(
-                person, target, role, duration, values["reason"], values["ticket"] or None
-            )
+            if progress.outcome and progress.outcome.startswith(OPENED):
+                # Redelivered after a crash: the request was made before the first ack.
+                opened = deps.service.get(int(progress.outcome.removeprefix(OPENED)))
+            else:
+                person = deps.person(context)
+                opened = deps.service.request(
+                    person, target, role, duration, values["reason"], values["ticket"] or None
+                )
+                progress.step(f"{OPENED}{opened.id}")  # recorded before the ack
         except ServiceError as exc:
             block = _FIELD_BLOCKS.get(exc.field or "", ACCESS_BLOCK)
             ack(response_action="errors", errors={block: exc.message[:150]})

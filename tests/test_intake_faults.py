@@ -1,0 +1,275 @@
+"""Acknowledged means recorded: real `wardkey serve` and `wardkey worker` processes on a real
+PostgreSQL, the fake Slack, and a signed-webhook console.
+
+The approver clicks Approve on ten cards, three staff ask by command and one by the form; serve
+acknowledges every one and is killed (SIGKILL) before any work after the ack is done (Slack
+answers nothing meanwhile, so each piece of work waits on its first Slack call). A worker
+started afterwards does all of it: every approval applied once, every card updated, every new
+request made once with its cards posted once, and the audit chain intact.
+
+And with the database unreachable, every click and command is answered at once that it was not
+recorded, and nothing is acknowledged as accepted and then lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from app import audit
+from app.adapters.registry import build_adapters
+from app.devtools.big_trust import APPROVER, CONSOLE, KEY_VARIABLE, ROLE, staff, write_big_trust
+from app.devtools.slack_driver import SlackDriver
+from app.devtools.slack_fake import FakeSlack, SlackUser
+from app.devtools.webhook_target import WebhookTarget
+from app.notify import views as v
+from app.notify.blocks import APPROVE_ACTION
+from app.notify.notifier import Notifier
+from app.policy import load_policy
+from app.service import AccessService
+from app.slack.app import web_client
+from app.slack.people import SlackDirectory
+from app.store import Database
+from app.store.models import AccessRequest, Decision, RequestState
+from tests.conftest import fresh_postgres_schema
+
+pytestmark = pytest.mark.postgres
+
+SCHEMA = os.environ.get("WARDKEY_TEST_SCHEMA", "wardkey") + "_intake"
+SECRET = "intake-signing-secret-0123456789"
+KEY = "k" * 32
+CLICKS = 10
+ASKERS = range(CLICKS, CLICKS + 3)  # staff who ask by command
+FORM_ASKER = CLICKS + 3  # and one by the form
+STAFF = CLICKS + 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Trust:
+    db: Database
+    service: AccessService
+    fake: FakeSlack
+    console: WebhookTarget
+    env: dict[str, str]
+    logs: Path
+
+    def start(self, command: str, name: str, **extra: str) -> subprocess.Popen[bytes]:
+        with (self.logs / f"{name}.log").open("wb") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "app", *command.split()],
+                env={**self.env, **extra},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def log_of(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+
+@pytest.fixture
+def trust(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Trust]:
+    db = fresh_postgres_schema(SCHEMA)
+    console = WebhookTarget(KEY.encode(), name="epr").start()
+    fake = FakeSlack(token="xoxb-intake").start()
+    fake.add_user(SlackUser(APPROVER.slack_user_id or "", APPROVER.email, "Boss", "Lead"))
+    for n in range(STAFF):
+        person = staff(n)
+        fake.add_user(SlackUser(person.slack_user_id or "", person.email, f"Staff {n}", "Nurse"))
+    policy_path = tmp_path / "policy.yaml"
+    write_big_trust(policy_path, console.url, STAFF)
+    monkeypatch.setenv(KEY_VARIABLE, KEY)
+    policy = load_policy(policy_path)
+    service = AccessService(db, policy, build_adapters(policy))
+    env = {
+        **{k: val for k, val in os.environ.items() if not k.startswith("SLACK_")},
+        "DATABASE_URL": db.url.render_as_string(hide_password=False),
+        "WARDKEY_POLICY": str(policy_path),
+        "SLACK_BOT_TOKEN": "xoxb-intake",
+        "SLACK_SIGNING_SECRET": SECRET,
+        "SLACK_API_URL": fake.api_url,
+        "WARDKEY_EXPIRY_SWEEP_SECONDS": "0.2",
+        "WARDKEY_SWEEP_SECONDS": "1",
+        KEY_VARIABLE: KEY,
+    }
+    (tmp_path / "logs").mkdir()
+    try:
+        yield Trust(db, service, fake, console, env, tmp_path / "logs")
+    finally:
+        fake.latency = 0
+        console.stop()
+        fake.stop()
+        db.dispose()
+
+
+def wait_until_up(url: str, proc: subprocess.Popen[bytes], trust: Trust, name: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, trust.log_of(name)
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, trust.log_of(name)
+        time.sleep(0.1)
+
+
+def request_form(user: str) -> dict[str, object]:
+    return {
+        v.ACCESS_BLOCK: {v.ACCESS_ACTION: {"selected_option": {"value": f"{CONSOLE}:{ROLE}"}}},
+        v.DURATION_BLOCK: {v.DURATION_ACTION: {"value": "1h"}},
+        v.REASON_BLOCK: {v.REASON_ACTION: {"value": f"ward 12 order sets stuck ({user})"}},
+        v.TICKET_BLOCK: {v.TICKET_ACTION: {"value": ""}},
+    }
+
+
+def decisions(db: Database) -> Counter[int]:
+    with db.read() as session:
+        return Counter(session.scalars(sa.select(Decision.request_id)))
+
+
+def requests_by(db: Database) -> Counter[str]:
+    with db.read() as session:
+        return Counter(session.scalars(sa.select(AccessRequest.requester)))
+
+
+def test_serve_killed_after_acking_clicks_commands_and_a_form_loses_none(
+    trust: Trust, tmp_path: Path
+) -> None:
+    db, service, fake = trust.db, trust.service, trust.fake
+    # Ten staff are waiting for the lead's approval; the cards are in the lead's DMs.
+    notifier = Notifier(
+        web_client(fake.token, fake.api_url),
+        service,
+        SlackDirectory(web_client(fake.token, fake.api_url)),
+    )
+    waiting = []
+    for n in range(CLICKS):
+        view = service.request(
+            staff(n), CONSOLE, ROLE, timedelta(hours=1), f"ward {n} order sets stuck"
+        )
+        notifier.request_opened(view)
+        waiting.append(view.id)
+    cards = {
+        c.args["text"].split(":")[0]: c.response["ts"] for c in fake.calls_to("chat.postMessage")
+    }
+    assert len(cards) == CLICKS
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    serve = trust.start(f"serve --port {port} --host 127.0.0.1 --no-scheduler", "serve")
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        wait_until_up(url, serve, trust, "serve")
+        slack = SlackDriver(url, fake, httpx.Client(timeout=10), SECRET)
+        form_user = staff(FORM_ASKER).slack_user_id or ""
+        # The form's asker looked at their status earlier (serve knows who they are).
+        assert slack.command("/jit", "status", form_user).status_code == 200
+        fake.wait_for("response_url", 1, timeout=10)
+
+        # From now on Slack answers nothing: work after each ack waits on its first call.
+        fake.latency = 3600
+        acked = []
+        for request_id in waiting:
+            answer = slack.click(APPROVE_ACTION, str(request_id), APPROVER.slack_user_id or "")
+            acked.append(answer.status_code)
+        for n in ASKERS:
+            said = slack.command(
+                "/jit",
+                f"request {CONSOLE}:{ROLE} 1h ward {n} order sets stuck",
+                staff(n).slack_user_id or "",
+            )
+            acked.append(said.status_code)
+        form = slack.submit_view(v.REQUEST_VIEW, request_form(form_user), form_user)
+        acked.append(form.status_code)
+        assert form.content in (b"", b"{}") or "errors" not in form.json(), form.text
+        assert acked == [200] * len(acked)
+        applied_at_kill = sum(1 for n in decisions(db).values() if n)
+        serve.send_signal(signal.SIGKILL)
+        serve.wait()
+        killed = time.monotonic()
+
+        # Slack is back; a worker (no HTTP, no Slack at start) finishes what serve acked.
+        fake.latency = 0
+        worker = trust.start("worker", "worker")
+        deadline = time.monotonic() + 60
+        expected_requesters = {staff(n).email for n in [*ASKERS, FORM_ASKER]}
+        while True:
+            done = (
+                len(decisions(db)) == CLICKS
+                and expected_requesters <= set(requests_by(db))
+                and _all_told(fake, waiting, expected_requesters)
+            )
+            if done:
+                break
+            assert worker.poll() is None, trust.log_of("worker")
+            assert time.monotonic() < deadline, (decisions(db), trust.log_of("worker")[-3000:])
+            time.sleep(0.1)
+        recovered_in = time.monotonic() - killed
+        fake.latency = 0
+        time.sleep(1)  # let anything doubled show itself before counting
+    finally:
+        for proc in (serve, worker):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)
+
+    # Every approval applied exactly once, and the access granted once.
+    assert applied_at_kill == 0, "the kill came after the work; it proves nothing"
+    assert decisions(db) == Counter({rid: 1 for rid in waiting})
+    granted = [line for line in trust.console.log if "gave" in line]
+    assert len(granted) == len(set(granted)) == CLICKS
+    assert {service.get(rid).state for rid in waiting} <= {
+        RequestState.ACTIVE,
+        RequestState.GRANTING,
+    }
+    # Every card was updated (in place: no new card for a click).
+    updated = {c.args["ts"] for c in fake.calls_to("chat.update")}
+    assert set(cards.values()) <= updated
+    # Each asker's request made once, its card posted once to the lead, and the asker told once.
+    made = requests_by(db)
+    for n in [*ASKERS, FORM_ASKER]:
+        assert made[staff(n).email] == 1
+    new_cards = [c for c in fake.calls_to("chat.postMessage") if c.args.get("blocks")]
+    by_request = Counter(c.args["text"].split(":")[0] for c in new_cards)
+    assert set(by_request.values()) == {1}, by_request
+    told = [
+        c
+        for c in fake.calls_to("chat.postMessage")
+        if c.args["channel"] == staff(FORM_ASKER).slack_user_id
+    ]
+    assert len([c for c in told if "is with the" in c.args["text"]]) == 1
+    replies = [c for c in fake.calls_to("response_url") if "is with the" in c.args.get("text", "")]
+    assert len(replies) == len(ASKERS)
+    assert audit.verify(db).ok
+    print(
+        f"\nintake after SIGKILL: attempted={len(acked)} acked={acked.count(200)} "
+        f"applied={len(decisions(db)) + len(ASKERS) + 1} lost=0 doubled=0 "
+        f"recovery={recovered_in:.1f}s"
+    )
+
+
+def _all_told(fake: FakeSlack, waiting: list[int], askers: set[str]) -> bool:
+    updated = {c.args["text"].split(":")[0] for c in fake.calls_to("chat.update")}
+    if not all(f"Access request #{rid}" in updated for rid in waiting):
+        return False
+    replies = [c for c in fake.calls_to("response_url") if "is with the" in c.args.get("text", "")]
+    return len(replies) >= len(askers) - 1
