@@ -20,10 +20,11 @@ from app.config import Settings
 from app.policy import Person, Policy, PolicyError, format_duration, load_policy
 from app.policy.checks import policy_warnings
 from app.policy.rules import approvers_at
-from app.runtime import Runtime, StartupError, load_runtime, require
-from app.scheduler import schedule
+from app.runtime import Runtime, StartupError, database, load_runtime, require
+from app.scheduler import guarded, schedule
 from app.store import Database, upgrade
-from app.web import WardKeyWSGI
+from app.store.db import is_database_error, unreachable
+from app.web import CATCHING_UP, Readiness, WardKeyWSGI
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -180,6 +181,12 @@ def _starting(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
         except BoltError as exc:
             print(f"wardkey: Slack refused to start the app: {exc}", file=sys.stderr)
             return 2
+        except Exception as exc:
+            if not is_database_error(exc):
+                raise
+            # One line, within the connect time-out, not a traceback or a hang.
+            print(f"wardkey: {unreachable(Settings().database_url, exc)}", file=sys.stderr)
+            return 2
 
     return wrapped
 
@@ -267,7 +274,8 @@ def _serve(args: argparse.Namespace) -> int:
     )
     if not settings.wardkey_metrics_token and not settings.wardkey_metrics_public:
         logging.getLogger("app.web").warning("event=metrics_off %s", METRICS_OFF)
-    scheduler = None if args.no_scheduler else _background_sweeps(runtime)
+    # Catch-up runs beside the server: /healthz answers at once, /readyz says "catching up".
+    scheduler = None if args.no_scheduler else _background_sweeps(runtime, wsgi.readiness)
     try:
         # waitress buffers a body before the app sees it: it must refuse big ones itself.
         serve(
@@ -311,16 +319,19 @@ def _worker(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _background_sweeps(runtime: Runtime) -> BaseScheduler:
+def _background_sweeps(runtime: Runtime, readiness: Readiness | None = None) -> BaseScheduler:
     from apscheduler.schedulers.background import BackgroundScheduler
 
-    return _start_sweeps(runtime, BackgroundScheduler(timezone="UTC"))
+    return _start_sweeps(runtime, BackgroundScheduler(timezone="UTC"), readiness)
 
 
-def _start_sweeps(runtime: Runtime, scheduler: BaseScheduler) -> BaseScheduler:
-    """Catch up first (reconcile, then expire), then tick; a blocking scheduler runs here."""
+def _start_sweeps(
+    runtime: Runtime, scheduler: BaseScheduler, readiness: Readiness | None = None
+) -> BaseScheduler:
+    """Tick, and catch up (reconcile, then expire) as the first job, beside the ticks and the
+    server, so nothing waits for it; `readiness` says "catching up" until it is done. A
+    blocking scheduler runs here."""
     sweeps = runtime.sweeps()
-    sweeps.catch_up()
     settings = runtime.settings
     schedule(
         scheduler,
@@ -328,13 +339,27 @@ def _start_sweeps(runtime: Runtime, scheduler: BaseScheduler) -> BaseScheduler:
         settings.wardkey_sweep_seconds,
         expiry_seconds=settings.wardkey_expiry_sweep_seconds,
         checkpoint_seconds=settings.wardkey_checkpoint_seconds,
+        takeover_seconds=settings.wardkey_takeover_seconds,
+        probe_seconds=settings.wardkey_probe_seconds,
     )
+    if readiness is not None:
+        readiness.waiting_for(CATCHING_UP)
+    catch_up = guarded(sweeps, "catch_up", sweeps.catch_up)
+
+    def catch_up_then_ready() -> None:
+        try:
+            catch_up()
+        finally:  # failed or not, the sweeps that tick now do the same work
+            if readiness is not None:
+                readiness.done(CATCHING_UP)
+
+    scheduler.add_job(catch_up_then_ready, id="catch_up", misfire_grace_time=None)
     scheduler.start()
     return scheduler
 
 
 def _database() -> Database:
-    return Database(Settings().database_url)
+    return database(Settings())
 
 
 def _policy_check(args: argparse.Namespace) -> int:
@@ -399,13 +424,16 @@ def print_summary(policy: Policy, out: TextIO) -> None:
         print(f"  vendor {name}: {vendor.company}, contract ends {vendor.contract_end}", file=out)
 
 
+@_starting
 def _db_upgrade(_args: argparse.Namespace) -> int:
     settings = Settings()
+    _database().ping()  # fails in seconds where the migration tool would wait for ever
     upgrade(settings.database_url)
     print(f"database at {Database(settings.database_url).url.render_as_string()} is up to date")
     return 0
 
 
+@_starting
 def _audit_verify(args: argparse.Namespace) -> int:
     """Exit 0 when everything checked holds, 1 when tampering is found (chain, tail or a
     checkpoint file), 3 when nothing is found but a cut tail cannot be ruled out (no or stale

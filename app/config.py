@@ -42,10 +42,42 @@ class Settings(BaseSettings):
         "index range scan over the due rows only).",
     )
     wardkey_lease_seconds: float = Field(
-        default=60.0,
+        default=10.0,
         gt=0,
-        description="How long a worker's claim on a grant or revoke in progress lasts before "
-        "another worker may take it over.",
+        description="How long a worker's claim on a grant or revoke in progress lasts unless "
+        "renewed: the worker renews it every third of this while it calls the target, so a "
+        "crashed worker's claim is taken over this long after its last renewal.",
+    )
+    wardkey_takeover_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often a worker looks for claims whose lease ran out (a crashed "
+        "worker's grants and revokes) and takes them over.",
+    )
+    wardkey_probe_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often a target with failed revokes is asked a cheap question (is this "
+        "access there?); when it answers again, its failed revokes are retried at once.",
+    )
+    wardkey_target_concurrency: int = Field(
+        default=4,
+        gt=0,
+        le=64,
+        description="Revokes a worker runs at once on each target: every target has its own "
+        "threads, so a slow or hung target never delays another's.",
+    )
+    wardkey_db_connect_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=120,
+        description="Connecting to PostgreSQL gives up after this long (a server that accepts "
+        "and never answers fails a command in seconds, not never).",
+    )
+    wardkey_db_statement_timeout_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="PostgreSQL ends any one statement that runs longer (0: no limit).",
     )
     wardkey_checkpoint_key: str | None = Field(
         default=None,

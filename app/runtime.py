@@ -68,6 +68,7 @@ class Runtime:
             on_orphans=n.orphans_found,
             owner_gone=n.owner_gone,
             inbox=self.redelivery(),
+            background=True,
         )
 
     def redelivery(self) -> Redelivery:
@@ -114,17 +115,29 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
         adapters = build_adapters(policy)
     except AdapterConfigError as exc:
         raise StartupError(str(exc)) from None
-    db = Database(settings.database_url)
+    db = database(settings)
     try:
         db.ping()
     except Exception as exc:
-        raise StartupError(
-            f"DATABASE_URL: cannot reach {db.url.render_as_string()} ({type(exc).__name__})"
-        ) from None
+        raise StartupError(f"DATABASE_URL: {db.unreachable(exc)}") from None
     service = AccessService(
-        db, policy, adapters, lease=timedelta(seconds=settings.wardkey_lease_seconds)
+        db,
+        policy,
+        adapters,
+        lease=timedelta(seconds=settings.wardkey_lease_seconds),
+        concurrency=settings.wardkey_target_concurrency,
+        heartbeat=True,
     )
     client = web_client(settings.slack_bot_token or "", settings.slack_api_url)
     workspace = Workspace.configured(settings.slack_team_ids, settings.slack_enterprise_id)
     directory = SlackDirectory(client, workspace)
     return Runtime(settings, service, client, Notifier(client, service, directory))
+
+
+def database(settings: Settings) -> Database:
+    """The database, on connections that give up when the server does not answer."""
+    return Database(
+        settings.database_url,
+        connect_timeout=settings.wardkey_db_connect_timeout_seconds,
+        statement_timeout=settings.wardkey_db_statement_timeout_seconds,
+    )

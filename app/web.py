@@ -76,12 +76,19 @@ class ReplayGuard:
         return new
 
 
+CATCHING_UP = "catching up"
+DATABASE_DOWN = "database unreachable"
+
+
 class Readiness:
-    """Answers `/readyz` within a few seconds even when the database hangs, and without
-    queueing: one check at a time on a connection of its own (not one the work may be holding),
-    at most one a second; probes that come meanwhile get the last answer."""
+    """Answers `/readyz` within a second, whatever the database does, and says what is not
+    ready: the check runs on a thread and connection of its own (not one the work may be
+    holding), at most one at a time and one a second; a probe waits for it at most
+    ANSWER_WITHIN, and a check still out after that means the database is not answering.
+    Start-up work (`waiting_for`) keeps it not ready until `done`, while /healthz answers."""
 
     TIMEOUT_SECONDS = 3
+    ANSWER_WITHIN = 0.5
     REUSE_FOR = timedelta(seconds=1)
 
     def __init__(self, db: Database, clock: Clock) -> None:
@@ -90,28 +97,52 @@ class Readiness:
         self._lock = threading.Lock()
         self._ready = False
         self._checked_at: datetime | None = None
+        self._running: threading.Event | None = None  # set when the check under way ends
+        self._waiting: set[str] = set()
         self._engine: Engine | None = None
 
-    def ready(self) -> bool:
-        if not self._lock.acquire(blocking=False):
-            return self._ready  # a check is under way: answer with the last one
-        try:
-            now = self.clock.now()
-            if self._checked_at is None or now - self._checked_at >= self.REUSE_FOR:
-                self._ready = self._check()
-                self._checked_at = now
-            return self._ready
-        finally:
-            self._lock.release()
+    def waiting_for(self, what: str) -> None:
+        with self._lock:
+            self._waiting.add(what)
 
-    def _check(self) -> bool:
+    def done(self, what: str) -> None:
+        with self._lock:
+            self._waiting.discard(what)
+
+    def ready(self) -> bool:
+        return not self.problems()
+
+    def problems(self) -> list[str]:
+        """What is not ready, in a few words each; empty when ready."""
+        with self._lock:
+            waiting = sorted(self._waiting)
+            running = self._running
+            now = self.clock.now()
+            stale = self._checked_at is None or now - self._checked_at >= self.REUSE_FOR
+            if running is None and stale:
+                running = self._running = threading.Event()
+                self._checked_at = now
+                threading.Thread(target=self._check, args=(running,), daemon=True).start()
+        if running is not None and not running.wait(self.ANSWER_WITHIN):
+            return [DATABASE_DOWN, *waiting]  # no answer within the probe's time
+        with self._lock:
+            database = [] if self._ready else [DATABASE_DOWN]
+        return database + waiting
+
+    def _check(self, finished: threading.Event) -> None:
         try:
             with self._connect() as conn:
                 conn.execute(text("SELECT 1"))
         except Exception as exc:
-            log.warning("event=not_ready error=%s", type(exc).__name__)
-            return False
-        return True
+            self.db.outage.failed("readiness", exc)  # logged once, not once a probe
+            ready = False
+        else:
+            self.db.outage.answered()
+            ready = True
+        with self._lock:
+            self._ready = ready
+            self._running = None
+        finished.set()
 
     def _connect(self) -> Any:
         if self.db.is_sqlite:  # a local file: no network to hang on
@@ -214,8 +245,9 @@ class WardKeyWSGI:
         if path == "/healthz":
             return _text(start_response, "200 OK", "ok")
         if path == "/readyz":
-            if not self.readiness.ready():
-                return _text(start_response, "503 Service Unavailable", "database unreachable")
+            problems = self.readiness.problems()
+            if problems:
+                return _text(start_response, "503 Service Unavailable", "; ".join(problems))
             return _text(start_response, "200 OK", "ready")
         if path == "/metrics":
             return self._metrics(environ, start_response)

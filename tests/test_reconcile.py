@@ -103,3 +103,45 @@ class TestReconcile:
         report = service.reconcile()
         assert (report.granted, report.abandoned, report.revoked) == ([], [], [])
         assert service.get(req.id).state == S.PENDING
+
+
+def test_a_grant_finished_after_a_takeover_keeps_its_original_end(
+    service: AccessService, targets: dict[str, MemoryTarget], clock: ManualClock
+) -> None:
+    """Ben approves 30 minutes for Amira; the worker dies as the database grants it. The
+    worker that takes over, minutes later, confirms the grant: it still ends 30 minutes after
+    the approval, not 30 minutes after the takeover."""
+    req = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REASON)
+    approved_at = clock.now()
+    crash_during(service, targets["pharmacy-db"], "grant", lambda: service.approve(req.id, BEN))
+    successor = after_the_lease(service, clock)
+    clock.advance(timedelta(minutes=4))
+    assert successor.reconcile().granted == [req.id]
+    view = service.get(req.id)
+    assert view.state == S.ACTIVE
+    assert view.expires_at == approved_at + timedelta(minutes=30)
+
+
+def test_a_living_workers_heartbeat_keeps_its_claim(
+    service: AccessService, targets: dict[str, MemoryTarget], clock: ManualClock
+) -> None:
+    """A slow revoke outlasts its lease; the worker's heartbeat renews the claim, so no other
+    worker takes it over; once the heartbeat stops (the worker died), one lease later another
+    does."""
+    req = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REASON)
+    service.approve(req.id, BEN)
+    clock.advance(timedelta(minutes=30))
+    crash_during(service, targets["pharmacy-db"], "revoke", service.expire_due)
+    beating = AccessService(
+        service.db, service.policy, service.adapters, clock, worker=service.worker, heartbeat=True
+    )
+    assert beating.heartbeat is not None
+    other = restarted(service, clock)
+    for _ in range(5):  # a revoke as slow as five leases, renewed every third of one
+        for _ in range(3):
+            clock.advance(service.lease / 3)
+            assert beating.heartbeat.renew([req.id]) == 1
+        assert other.reconcile().revoked == []
+    clock.advance(service.lease)  # no more beats: the worker is gone
+    assert other.reconcile().revoked == [req.id]
+    assert service.get(req.id).state == S.ENDED

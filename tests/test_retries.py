@@ -132,3 +132,51 @@ def test_a_grant_that_timed_out_after_the_target_made_it_is_taken_back(
     assert failed.state == S.GRANT_FAILED
     assert "any access it may have given was removed" in (failed.grant_detail or "")
     assert not targets["pharmacy-db"].holds("amira", "pharmacy_read")
+
+
+class TestATargetComingBack:
+    def test_a_target_back_after_a_long_outage_has_its_revokes_retried_at_once(
+        self, service: AccessService, targets: dict[str, MemoryTarget], clock: ManualClock
+    ) -> None:
+        """The pharmacy database is down for an hour; its failed revoke's back-off has grown
+        to 15 minutes. The first probe after it answers again retries the revoke there and
+        then, not at the end of the back-off."""
+        rid = approved(service)
+        target = targets["pharmacy-db"]
+        target.down = True
+        clock.advance(timedelta(minutes=30))
+        service.expire_due()
+        sweeps = Sweeps(service)
+        for _ in range(8):  # an hour of failed tries: the back-off is at its 15-minute cap
+            clock.advance(revoke_retry_wait(service.get(rid).revoke_attempts))
+            sweeps.retry_revokes()
+        assert revoke_retry_wait(service.get(rid).revoke_attempts) == timedelta(minutes=15)
+        assert sweeps.probe() == {"pharmacy-db": False}  # still down: nothing retried
+        attempts = service.get(rid).revoke_attempts
+
+        target.down = False
+        clock.advance(timedelta(seconds=5))  # the next probe, minutes before the back-off ends
+        assert sweeps.retry_revokes() == []
+        assert sweeps.probe() == {"pharmacy-db": True}
+        view = service.get(rid)
+        assert view.state == S.ENDED
+        assert not target.holds("amira", "pharmacy_read")
+        assert sweeps.probe() == {}  # nothing left failing: nothing asked
+
+        # The probe asked one cheap question, with no retries, and the retry was one more try.
+        assert view.revoke_attempts == attempts
+
+    def test_a_target_that_answers_but_refuses_is_not_retried_every_probe(
+        self, service: AccessService, targets: dict[str, MemoryTarget], clock: ManualClock
+    ) -> None:
+        """A revoke the target refuses for good (no such account) waits for its back-off:
+        the target answering says nothing new, so probes do not turn it into an alert storm."""
+        rid = approved(service)
+        targets["pharmacy-db"].refuse = {"revoke"}
+        clock.advance(timedelta(minutes=30))
+        service.expire_due()
+        sweeps = Sweeps(service)
+        for _ in range(3):
+            clock.advance(timedelta(seconds=5))
+            assert sweeps.probe() == {"pharmacy-db": True}
+        assert service.get(rid).revoke_attempts == 1

@@ -1,6 +1,7 @@
 """Several `wardkey worker` processes on one real PostgreSQL share a wave of expiries, and a
-worker killed midway (SIGKILL: no clean-up of any kind) has its claims taken over: every grant
-is revoked, none twice, and the audit chain stays intact."""
+worker killed midway (SIGKILL: no clean-up of any kind) has its claims taken over within one
+lease (the default, 10 s: living workers renew theirs while they work) and a takeover tick:
+every grant is revoked, none twice, and the audit chain stays intact."""
 
 from __future__ import annotations
 
@@ -39,11 +40,13 @@ from tests.conftest import fresh_postgres_schema
 
 pytestmark = pytest.mark.postgres
 
-GRANTS = 1000
+GRANTS = 400
 WORKERS = 3
 SCHEMA = os.environ.get("WARDKEY_TEST_SCHEMA", "wardkey") + "_workers"
 KEY = "k" * 32
-LEASE_SECONDS = 3
+# The default lease (10 s) and takeover tick (2 s): a dead worker's claims are taken over
+# within about 12 s of its last renewal. The issue's bar is 15 s at p99.
+TAKEOVER_BAR = timedelta(seconds=15)
 
 
 @pytest.fixture
@@ -105,11 +108,10 @@ def test_three_workers_one_killed_midway_revoke_every_grant_once(
             "SLACK_API_URL": slack.api_url,
             "WARDKEY_EXPIRY_SWEEP_SECONDS": "0.2",
             "WARDKEY_SWEEP_SECONDS": "0.5",
-            "WARDKEY_LEASE_SECONDS": str(LEASE_SECONDS),
         }
-        # 1,000 grants made through the service, all expiring at the same instant. (No worker
-        # runs during the set-up: its clock is an hour behind theirs.)
-        wave = datetime.now(UTC) + timedelta(seconds=30)
+        # The grants, made through the service, all expiring at the same instant. (No worker
+        # runs during the set-up; they start once it is done, with the wave already due.)
+        wave = datetime.now(UTC) + timedelta(seconds=5)
         clock = ManualClock(wave - timedelta(hours=1))
         service = AccessService(database, policy, build_adapters(policy), clock)
 
@@ -128,11 +130,12 @@ def test_three_workers_one_killed_midway_revoke_every_grant_once(
 
         # Kill the first worker while it holds claims in the middle of the wave.
         deadline = time.monotonic() + 60
-        while not revoking_claims_of(database, victim.pid) or sum(console.removals.values()) < 100:
+        while not revoking_claims_of(database, victim.pid) or sum(console.removals.values()) < 50:
             assert time.monotonic() < deadline, (states(database), victim.poll())
             time.sleep(0.005)
         victim.send_signal(signal.SIGKILL)
         victim.wait()
+        killed_at = datetime.now(UTC)
         orphaned = revoking_claims_of(database, victim.pid)  # left mid-revoke by the dead
         removed_at_kill = sum(console.removals.values())
 
@@ -163,6 +166,15 @@ def test_three_workers_one_killed_midway_revoke_every_grant_once(
     taken_over = events(database, "revoke.taken_over")
     from_victim = {e.request_id for e in taken_over if f":{victim.pid}:" in e.body}
     assert orphaned and orphaned <= from_victim, (orphaned, from_victim)
+    # ... and soon: within a lease and a takeover tick of the kill, not a minute later.
+    waits = sorted(e.at - killed_at for e in taken_over if e.request_id in orphaned)
+    p99 = waits[min(len(waits) - 1, int(len(waits) * 0.99))]
+    print(
+        f"\nworkers killed: attempted={GRANTS} applied={len(succeeded)} lost=0 "
+        f"doubled={sum(n - 1 for n in console.removals.values())} orphaned={len(orphaned)} "
+        f"takeover p99={p99.total_seconds():.1f}s max={waits[-1].total_seconds():.1f}s"
+    )
+    assert p99 <= TAKEOVER_BAR, waits
     # The target was called twice for a grant only where its work was taken over.
     repeated = {account for (_, account), calls in console.revoke_calls.items() if calls > 1}
     assert len(repeated) <= len(taken_over)

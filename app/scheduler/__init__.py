@@ -24,13 +24,15 @@ from app.service import AccessService, RequestView, ReviewStep
 from app.service.digest import Digest
 from app.service.identities import AttestationStep, OrphanView
 from app.service.standing import StandingReport
+from app.store.db import is_database_error
 from app.store.models import RequestState
 
 log = logging.getLogger(__name__)
-# How often a sweep ticks: every second (expiry), on the sweep interval, or on the checkpoint
-# interval. Every public method of Sweeps but catch_up carries one (a test checks it), and
-# `schedule` registers exactly the marked ones, so a new sweep cannot be forgotten.
-Cadence = Literal["expiry", "sweep", "checkpoint"]
+# How often a sweep ticks: every second (expiry), every few seconds (takeover of lapsed claims;
+# probes of targets with failed revokes), on the sweep interval, or on the checkpoint interval.
+# Every public method of Sweeps but catch_up carries one (a test checks it), and `schedule`
+# registers exactly the marked ones, so a new sweep cannot be forgotten.
+Cadence = Literal["expiry", "takeover", "probe", "sweep", "checkpoint"]
 _CADENCE = "_wardkey_cadence"
 Job = TypeVar("Job", bound=Callable[..., object])
 
@@ -79,9 +81,14 @@ class Sweeps:
         on_attestation: OnAttestation | None = None,
         on_orphans: OnOrphans | None = None,
         owner_gone: OwnerGone | None = None,
+        *,
+        background: bool = False,
         inbox: Inbox | None = None,
     ) -> None:
         self.service = service
+        # In a running process, work on targets goes to each target's lane and is not waited
+        # for (each is told as it is recorded); tests run it through and look at the result.
+        self.background = background
         self.on_change = on_change
         self.on_warn = on_warn
         self.on_escalate = on_escalate
@@ -94,14 +101,16 @@ class Sweeps:
         self.owner_gone = owner_gone or (lambda _member: None)
         self.inbox = inbox
 
-    @staticmethod
-    def _safely(event: str, call: Callable[[], object]) -> None:
+    def _safely(self, event: str, call: Callable[[], object]) -> None:
         """Tell people; a failed message is logged and never stops the sweep (the state
-        change it reports is already committed)."""
+        change it reports is already committed). A database outage is logged once."""
         try:
             call()
-        except Exception:
-            log.exception("event=%s", event)
+        except Exception as exc:
+            if is_database_error(exc):
+                self.service.db.outage.failed(event.split()[0], exc)
+            else:
+                log.exception("event=%s", event)
 
     def _with_view(self, call: Callable[..., None], request_id: int, *more: object) -> None:
         call(self.service.get(request_id), *more)
@@ -116,8 +125,15 @@ class Sweeps:
                 partial(self._with_view, tell, request_id),
             )
 
+    def _tell_one(self, request_id: int) -> None:
+        self._tell([request_id])
+
     @sweep("expiry")
     def expire(self) -> list[int]:
+        """Revoke grants whose time is up; in a process, returns those taken (each is told
+        once recorded); in a test, those recorded."""
+        if self.background:
+            return self.service.expire_due(wait=False, on_done=self._tell_one)
         ids = self.service.expire_due()
         self._tell(ids)
         return ids
@@ -219,15 +235,33 @@ class Sweeps:
 
     @sweep("sweep")
     def retry_revokes(self) -> list[int]:
-        """Try failed revokes again when their back-off is over; returns those that ended.
-        Every try is told, so a revoke that keeps failing keeps alerting."""
-        views = [self.service.retry_revoke(i) for i in self.service.revoke_retries_due()]
-        self._tell([v.id for v in views])
-        return [v.id for v in views if v.state == RequestState.ENDED]
+        """Try failed revokes again when their back-off is over, each in its target's lane;
+        returns those that ended (in a process, those tried). Every try is told, so a revoke
+        that keeps failing keeps alerting."""
+        if self.background:
+            return self.service.retry_revokes_due(wait=False, on_done=self._tell_one)
+        ids = self.service.retry_revokes_due()
+        self._tell(ids)
+        return [i for i in ids if self.service.get(i).state == RequestState.ENDED]
 
-    @sweep("sweep")
+    @sweep("probe")
+    def probe(self) -> dict[str, bool]:
+        """Ask each target with failed revokes whether it answers; one that is back has its
+        failed revokes tried at once, not when their back-off ends."""
+        if self.background:
+            return self.service.probe_failing_targets(wait=False, on_done=self._tell_one)
+        tried: list[int] = []
+        answers = self.service.probe_failing_targets(on_done=tried.append)
+        self._tell(tried)
+        return answers
+
+    @sweep("takeover")
     def reconcile(self) -> None:
-        report = self.service.reconcile()
+        """Take over and finish the work of crashed workers (claims whose lease lapsed)."""
+        if self.background:
+            report = self.service.reconcile(wait=False, on_done=self._tell_one)
+        else:
+            report = self.service.reconcile()
         self._tell(report.granted + report.abandoned + report.revoked)
 
     @sweep("checkpoint")
@@ -241,7 +275,9 @@ class Sweeps:
         )
 
     def catch_up(self) -> None:
-        """At start-up: finish what a crash left, then revoke whatever expired while down."""
+        """At start-up: finish what a crash left, then revoke whatever expired while down
+        (in a process, claimed and handed to each target's lane: a hung target holds up
+        only its own work)."""
         self.reconcile()
         self.expire()
 
@@ -253,6 +289,8 @@ def schedule(
     *,
     expiry_seconds: float = 1.0,
     checkpoint_seconds: float = 300.0,
+    takeover_seconds: float = 2.0,
+    probe_seconds: float = 5.0,
 ) -> dict[str, float]:
     """One interval job per marked sweep; returns {job name: seconds} and logs it once, so an
     operator (and a test) can see what this process will run. Expiry runs every second: its
@@ -260,6 +298,8 @@ def schedule(
     cheap query. Checkpoints are written only where a directory and key are configured."""
     seconds_of: dict[Cadence, float] = {
         "expiry": expiry_seconds,
+        "takeover": takeover_seconds,
+        "probe": probe_seconds,
         "sweep": every_seconds,
         "checkpoint": checkpoint_seconds,
     }
@@ -273,7 +313,7 @@ def schedule(
         # max_instances=1 and coalesce: a slow sweep is never run twice at once or queued
         # up; misfire_grace_time=None: a late tick still runs (APScheduler would skip it).
         scheduler.add_job(
-            job,
+            guarded(sweeps, name, job),
             "interval",
             seconds=seconds_of[cadence],
             id=name,
@@ -288,3 +328,24 @@ def schedule(
         "on" if "checkpoint" in registered else "off",
     )
     return registered
+
+
+def guarded(sweeps: Sweeps, name: str, job: Callable[[], object]) -> Callable[[], None]:
+    """A sweep that never raises into the scheduler: a database outage is logged once when
+    it starts and once when it ends (not a traceback a tick), anything else with its
+    traceback."""
+    outage = sweeps.service.db.outage
+
+    def run() -> None:
+        try:
+            job()
+        except Exception as exc:
+            if is_database_error(exc):
+                outage.failed(name, exc)
+            else:
+                log.exception("event=sweep_failed job=%s", name)
+            return
+        outage.answered()
+
+    run.__name__ = run.__qualname__ = name
+    return run

@@ -6,8 +6,9 @@ so a crash in between is found and finished by `reconcile`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -40,9 +41,12 @@ from app.service.errors import (
 )
 from app.service.transitions import StaleState
 from app.service.views import RequestView
+from app.store.db import is_database_error
 from app.store.models import (
     AccessRequest,
 )
+
+OnDone = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,45 @@ def revoke_retry_wait(attempts: int) -> timedelta:
     doublings = min(max(attempts - 1, 0), 10)
     wait: timedelta = min(REVOKE_RETRY_FIRST * (2**doublings), REVOKE_RETRY_MAX)
     return wait
+
+
+def window_start(req: AccessRequest, now: datetime) -> datetime:
+    """When a grant's time starts: at the decision that let it go ahead."""
+    return req.decided_at or req.created_at or now
+
+
+class Probes:
+    """What this process knows of targets with failed revokes: which it is asking now, and
+    which failed to answer at the last question (so an answer means it came back)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._asking: set[str] = set()
+        self._down: set[str] = set()
+
+    def start(self, target: str) -> bool:
+        with self._lock:
+            if target in self._asking:
+                return False  # the last question is still out (a hung target): no pile-up
+            self._asking.add(target)
+            return True
+
+    def finish(self, target: str) -> None:
+        with self._lock:
+            self._asking.discard(target)
+
+    def went_down(self, target: str) -> bool:
+        """Record no answer; True the first time (so it is logged once)."""
+        with self._lock:
+            new = target not in self._down
+            self._down.add(target)
+            return new
+
+    def came_back(self, target: str) -> bool:
+        with self._lock:
+            back = target in self._down
+            self._down.discard(target)
+            return back
 
 
 class GrantCases(ServiceBase):
@@ -123,6 +166,10 @@ class GrantCases(ServiceBase):
         return self._finish_grant(request_id)
 
     def _finish_grant(self, request_id: int) -> RequestView:
+        with self._holding(request_id):
+            return self._finish_grant_held(request_id)
+
+    def _finish_grant_held(self, request_id: int) -> RequestView:
         now = self.clock.now()
         with self.db.read() as session:
             req = self._load(session, request_id)
@@ -133,7 +180,11 @@ class GrantCases(ServiceBase):
             refusal = self._refusal(session, req, now)
         if refusal is not None:
             return self._drop_grant(req, refusal, now)
-        asked = now + timedelta(seconds=req.requested_seconds)
+        # The window runs from the decision, wherever and whenever the grant is finished: a
+        # grant taken over from a crashed worker keeps its original end, not a fresh window.
+        asked = window_start(req, now) + timedelta(seconds=req.requested_seconds)
+        if asked <= now:
+            return self._abandon_grant(request_id)
         # Never longer than the limits allow now: a vendor's access stops at the contract end
         # however late the approval came, and a cap lowered meanwhile applies.
         until = min(asked, now + self._limits(req).cap_from(now))
@@ -461,39 +512,79 @@ class GrantCases(ServiceBase):
         self._finish_revoke(request_id)
         return True
 
-    def expire_due(self, batch: int = 16, limit: int = 1000) -> list[int]:
+    def expire_due(
+        self,
+        batch: int = 16,
+        limit: int = 1000,
+        *,
+        wait: bool = True,
+        on_done: OnDone | None = None,
+    ) -> list[int]:
         """Revoke every grant whose time is up (the expiry sweep calls this). Claims a small
         batch at a time, skipping rows other workers hold, so several workers share a wave of
-        expiries; returns the requests it took (now ended, or failed and to be retried)."""
+        expiries; returns the requests it took. Each target's revokes run in that target's own
+        lane and each outcome is recorded as it comes, so a hung target delays only its own
+        grants; a target whose lane is full is left for the next tick (or another worker).
+        With `wait` it returns once they are recorded (ended, or failed and to be retried);
+        without, at once, and `on_done` is called as each is recorded."""
         taken: list[int] = []
         while len(taken) < limit:
-            now = self.clock.now()
-            with self.db.transaction() as session:
-                due = session.scalars(
-                    self._claim(
-                        select(AccessRequest)
-                        .where(
-                            AccessRequest.state == S.ACTIVE.value,
-                            AccessRequest.expires_at <= now,
-                        )
-                        .order_by(AccessRequest.expires_at)
-                        .limit(min(batch, limit - len(taken)))
-                    )
-                ).all()
-                work = []
-                for req in due:
-                    self._start_expiry(session, req, now)
-                    work.append((req, self._other_holder(session, req)))
-            if not due:
+            work = self._claim_due(min(batch, limit - len(taken)))
+            if not work:
                 break
-            # Revokes wait on targets, not the CPU: a few at once cut a wave's tail several
-            # times over, while staying gentle with any one target. The results are then
-            # recorded together.
-            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="revoke") as pool:
-                outcomes = list(pool.map(lambda w: self._revoke_on_target(*w), work))
-            self._record_outcomes([(req.id, o) for (req, _), o in zip(work, outcomes, strict=True)])
-            taken += [req.id for req in due]
+            futures = [self._in_lane(req, other, on_done) for req, other in work]
+            taken += [req.id for req, _ in work]
+            if wait:
+                for future in futures:
+                    future.result()
         return taken
+
+    def _claim_due(self, batch: int) -> list[tuple[AccessRequest, int | None]]:
+        """Take up to `batch` due grants on targets whose lane has room, marked revoking."""
+        now = self.clock.now()
+        full = self.lanes.full(self.adapters)
+        query = select(AccessRequest).where(
+            AccessRequest.state == S.ACTIVE.value, AccessRequest.expires_at <= now
+        )
+        if full:
+            query = query.where(AccessRequest.target.not_in(full))
+        work: list[tuple[AccessRequest, int | None]] = []
+        with self.db.transaction() as session:
+            due = session.scalars(
+                self._claim(query.order_by(AccessRequest.expires_at).limit(batch))
+            ).all()
+            room = {t: self.lanes.room(t) for t in {r.target for r in due}}
+            for req in due:
+                if room[req.target] <= 0:
+                    continue  # left active: the next tick takes it when the lane has room
+                room[req.target] -= 1
+                self._start_expiry(session, req, now)
+                work.append((req, self._other_holder(session, req)))
+        return work
+
+    def _in_lane(
+        self, req: AccessRequest, other: int | None, on_done: OnDone | None
+    ) -> Future[None]:
+        """Revoke on the target in its own lane and record the outcome at once."""
+        if self.heartbeat is not None:
+            self.heartbeat.hold([req.id])
+
+        def run() -> None:
+            try:
+                outcome = self._revoke_on_target(req, other)
+                self._record_outcomes([(req.id, outcome)])
+            except Exception as exc:
+                # Left revoking: its lease lapses and it is taken over, so log and go on.
+                self._log_failure("expiry", exc)
+                return
+            finally:
+                if self.heartbeat is not None:
+                    self.heartbeat.release([req.id])
+            self.db.outage.answered()
+            if on_done is not None:
+                on_done(req.id)
+
+        return self.lanes.submit(req.target, run)
 
     def _start_expiry(self, session: Session, req: AccessRequest, now: datetime) -> None:
         transitions.transition(
@@ -578,6 +669,103 @@ class GrantCases(ServiceBase):
             return self.get(request_id)
         return self._finish_revoke(request_id)
 
+    def retry_revokes_due(self, *, wait: bool = True, on_done: OnDone | None = None) -> list[int]:
+        """Try again every failed revoke whose back-off is over, each in its target's lane;
+        returns those tried (with `wait`, once each try is recorded)."""
+        return self._retry_in_lanes(self.revoke_retries_due(), wait=wait, on_done=on_done)
+
+    def _retry_in_lanes(self, ids: list[int], *, wait: bool, on_done: OnDone | None) -> list[int]:
+        with self.db.read() as session:
+            rows = session.execute(
+                select(AccessRequest.id, AccessRequest.target).where(AccessRequest.id.in_(ids))
+            ).all()
+        targets = {rid: target for rid, target in rows}
+        futures: list[Future[None]] = []
+        for rid in ids:
+
+            def run(rid: int = rid) -> None:
+                self.retry_revoke(rid)
+                if on_done is not None:
+                    on_done(rid)
+
+            call = run if wait else self._logged("revoke_retry", run)
+            futures.append(self.lanes.submit(targets[rid], call))
+        if wait:
+            for future in futures:
+                future.result()
+        return ids
+
+    def probe_failing_targets(
+        self, *, wait: bool = True, on_done: OnDone | None = None
+    ) -> dict[str, bool]:
+        """Ask each target with failed revokes a cheap question (does this account hold this
+        access?), once, with no retries; each target in its own thread, at most one question
+        at a time per target. A target that failed to answer before and answers now has its
+        failed revokes tried again at once, whatever their back-off. Returns, for the
+        targets asked and answered by now, whether each answered."""
+        with self.db.read() as session:
+            rows = session.execute(
+                select(AccessRequest.target, AccessRequest.account, AccessRequest.entitlement)
+                .where(AccessRequest.state == S.REVOKE_FAILED.value)
+                .order_by(AccessRequest.state_changed_at)
+            ).all()
+        samples: dict[str, tuple[str, str]] = {}
+        for target, account, entitlement in rows:
+            samples.setdefault(target, (account, entitlement))
+        probes = self._probes()
+        threads: list[threading.Thread] = []
+        answers: dict[str, bool] = {}
+        for target, (account, entitlement) in samples.items():
+            if target not in self.adapters or not probes.start(target):
+                continue
+
+            def probe(target: str = target, account: str = account, ent: str = entitlement) -> None:
+                try:
+                    answers[target] = self._probe(target, account, ent, probes, on_done)
+                finally:
+                    probes.finish(target)
+
+            thread = threading.Thread(target=probe, name=f"probe-{target}"[:40], daemon=True)
+            thread.start()
+            threads.append(thread)
+        if wait:
+            for thread in threads:
+                thread.join()
+        return answers
+
+    def _probe(
+        self, target: str, account: str, entitlement: str, probes: Probes, on_done: OnDone | None
+    ) -> bool:
+        try:
+            self.adapters[target].check(account, entitlement)
+        except AdapterError as exc:
+            if probes.went_down(target):
+                log.warning(
+                    "event=target_unreachable target=%s error=%s", target, describe_error(exc)
+                )
+            return False
+        if probes.came_back(target):
+            with self.db.read() as session:
+                ids = list(
+                    session.scalars(
+                        select(AccessRequest.id)
+                        .where(
+                            AccessRequest.state == S.REVOKE_FAILED.value,
+                            AccessRequest.target == target,
+                        )
+                        .order_by(AccessRequest.id)
+                    )
+                )
+            log.warning("event=target_back target=%s failed_revokes=%s", target, len(ids))
+            self._retry_in_lanes(ids, wait=True, on_done=on_done)
+        return True
+
+    def _probes(self) -> Probes:
+        found: Probes | None = getattr(self, "_probe_state", None)
+        if found is None:
+            found = self._probe_state = Probes()
+        return found
+
     def revoke_retries_due(self, limit: int = 500) -> list[int]:
         """Failed revokes whose next try is due: 30 s after the first failure, doubling to one
         try every 15 minutes, never giving up."""
@@ -615,7 +803,8 @@ class GrantCases(ServiceBase):
             if req.state != S.REVOKING or not self._holds_claim(req):
                 return self._view(session, req)
             other = self._other_holder(session, req)
-        outcome = self._revoke_on_target(req, other)
+        with self._holding(request_id):
+            outcome = self._revoke_on_target(req, other)
         return self._finish(
             request_id,
             S.REVOKING,
@@ -711,16 +900,18 @@ class GrantCases(ServiceBase):
 
     # ---------------------------------------------------------------------------- reconcile
 
-    def reconcile(self) -> ReconcileReport:
+    def reconcile(self, *, wait: bool = True, on_done: OnDone | None = None) -> ReconcileReport:
         """Finish what a crashed worker left half-done: approved requests never granted, and
         grants or revokes whose worker's lease ran out. Each is claimed before it is touched,
-        so two workers reconciling at once never both call the target."""
+        so two workers reconciling at once never both call the target. Revokes run in their
+        target's lane; without `wait` they are not waited for (`on_done` says when each is
+        recorded) and are not in the report."""
         report = ReconcileReport()
         now = self.clock.now()
-        for rid, state, started, seconds in self._take_over_stalled(now):
+        revokes: list[tuple[int, Future[RequestView]]] = []
+        for rid, state, started, seconds, target in self._take_over_stalled(now):
             if state == S.REVOKING:
-                view = self._finish_revoke(rid)
-                (report.revoked if view.state == S.ENDED else report.still_failing).append(rid)
+                revokes.append((rid, self._finish_revoke_in_lane(rid, target, on_done)))
             elif state == S.GRANTING and now >= started + timedelta(seconds=seconds):
                 # Too late to give the access now: make sure it is not on the target.
                 self._abandon_grant(rid)
@@ -729,11 +920,57 @@ class GrantCases(ServiceBase):
                 view = self.grant(rid) if state == S.APPROVED else self._finish_grant(rid)
                 if view.state == S.ACTIVE:
                     report.granted.append(rid)
+        if wait:
+            for rid, future in revokes:
+                ended = future.result().state == S.ENDED
+                (report.revoked if ended else report.still_failing).append(rid)
         return report
+
+    def _finish_revoke_in_lane(
+        self, request_id: int, target: str, on_done: OnDone | None
+    ) -> Future[RequestView]:
+        if self.heartbeat is not None:  # held from the take-over, even while it queues
+            self.heartbeat.hold([request_id])
+
+        def run() -> RequestView:
+            try:
+                view = self._finish_revoke(request_id)
+            except Exception as exc:
+                self._log_failure("takeover", exc)
+                raise
+            finally:
+                if self.heartbeat is not None:
+                    self.heartbeat.release([request_id])
+            self.db.outage.answered()
+            if on_done is not None:
+                on_done(request_id)
+            return view
+
+        return self.lanes.submit(target, run)
+
+    def _log_failure(self, where: str, exc: Exception) -> None:
+        """A database outage is logged once (and its end), anything else with its traceback."""
+        if is_database_error(exc):
+            self.db.outage.failed(where, exc)
+        else:
+            log.exception("event=%s_failed", where)
+
+    def _logged(self, where: str, call: Callable[[], None]) -> Callable[[], None]:
+        """`call` for a lane nobody waits on: what goes wrong is logged, not lost."""
+
+        def run() -> None:
+            try:
+                call()
+            except Exception as exc:
+                self._log_failure(where, exc)
+                return
+            self.db.outage.answered()
+
+        return run
 
     def _take_over_stalled(
         self, now: datetime, limit: int = 200
-    ) -> list[tuple[int, S, datetime, int]]:
+    ) -> list[tuple[int, S, datetime, int, str]]:
         stalled_work = and_(
             AccessRequest.state.in_([S.GRANTING.value, S.REVOKING.value]),
             or_(AccessRequest.claimed_until.is_(None), AccessRequest.claimed_until <= now),
@@ -743,7 +980,7 @@ class GrantCases(ServiceBase):
             AccessRequest.state == S.APPROVED.value,
             AccessRequest.state_changed_at <= now - self.lease,
         )
-        taken: list[tuple[int, S, datetime, int]] = []
+        taken: list[tuple[int, S, datetime, int, str]] = []
         with self.db.transaction() as session:
             rows = session.scalars(
                 self._claim(
@@ -755,7 +992,7 @@ class GrantCases(ServiceBase):
             ).all()
             for req in rows:
                 state = S(req.state)
-                started = req.decided_at or req.created_at
+                started = window_start(req, now)
                 if state in (S.GRANTING, S.REVOKING):
                     verb = "grant" if state == S.GRANTING else "revoke"
                     transitions.transition(
@@ -768,15 +1005,16 @@ class GrantCases(ServiceBase):
                         changes=self._lease(now),
                         data={"from_worker": req.claimed_by, "worker": self.worker},
                     )
-                taken.append((req.id, state, started, req.requested_seconds))
+                taken.append((req.id, state, started, req.requested_seconds, req.target))
         return taken
 
     def _abandon_grant(self, request_id: int) -> RequestView:
         with self.db.read() as session:
             req = self._load(session, request_id)
         detail = "interrupted before access was confirmed; its time has passed"
-        detail += self._undo_uncertain_grant(req)
-        return self._record(
+        with self._holding(request_id):
+            detail += self._undo_uncertain_grant(req)
+        return self._finish(
             request_id,
             S.GRANTING,
             S.GRANT_FAILED,

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+# A server that takes the connection and never answers must not hang a command or a sweep:
+# connecting gives up after this long, and the server ends any statement that runs longer.
+CONNECT_TIMEOUT_SECONDS = 5
+STATEMENT_TIMEOUT_SECONDS = 30
+# How long a thread waits for a pooled connection before it is told the database is busy.
+POOL_TIMEOUT_SECONDS = 10
 
 
 def normalise_url(url: str | URL) -> URL:
@@ -19,17 +32,115 @@ def normalise_url(url: str | URL) -> URL:
     return parsed
 
 
+def bounded(url: str | URL, connect_seconds: float, statement_seconds: float) -> URL:
+    """The same PostgreSQL database on connections that give up when the server does not
+    answer: the connect within `connect_seconds`, each statement within `statement_seconds`
+    (0: no limit), and TCP keepalives so a silently dropped connection is noticed. Values the
+    URL sets itself are kept."""
+    parsed = normalise_url(url)
+    query = dict(parsed.query)
+    options = str(query.get("options", ""))
+    if statement_seconds and "statement_timeout" not in options:
+        options = f"{options} -c statement_timeout={int(statement_seconds * 1000)}".strip()
+    extra = {
+        "connect_timeout": str(max(1, round(connect_seconds))),
+        "keepalives": "1",
+        "keepalives_idle": "10",
+        "keepalives_interval": "5",
+        "keepalives_count": "3",
+    }
+    new = {k: v for k, v in extra.items() if k not in query}
+    if options:
+        new["options"] = options
+    return parsed.update_query_dict(new)
+
+
+class DatabaseOutage:
+    """Logs a database outage once when it starts (event=database_unreachable) and once when
+    it ends (event=database_back, with how long it lasted), not a traceback per failed call."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.down_since: float | None = None
+        self.failures = 0
+
+    def failed(self, where: str, exc: BaseException) -> None:
+        with self._lock:
+            self.failures += 1
+            if self.down_since is not None:
+                return
+            self.down_since = time.monotonic()
+        log.error(
+            "event=database_unreachable where=%s error=%s",
+            where,
+            _short(exc),
+        )
+
+    def answered(self) -> None:
+        if self.down_since is None:  # the usual case: no lock, no work
+            return
+        with self._lock:
+            if self.down_since is None:
+                return
+            lasted = time.monotonic() - self.down_since
+            failures, self.down_since, self.failures = self.failures, None, 0
+        log.warning("event=database_back down_seconds=%.1f failed_calls=%s", lasted, failures)
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """The database could not be reached or did not answer in time (refused or lost
+    connections, connect and statement time-outs, no pooled connection free): not a bug."""
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
+        return True
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated
+    # The driver's own, where code uses a raw connection (the audit trail's streamed read).
+    module = type(exc).__module__
+    return module.startswith("psycopg") and any(
+        base.__name__ in ("OperationalError", "InterfaceError") for base in type(exc).__mro__
+    )
+
+
+def unreachable(url: str | URL, exc: BaseException) -> str:
+    """One line for an operator: which database did not answer, and what to check."""
+    where = normalise_url(url).render_as_string()
+    return f"the database at {where} did not answer ({_short(exc)}); check that it is up"
+
+
+def _short(exc: BaseException) -> str:
+    """The error's type and first line, without a password or a wall of driver text."""
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [""])[0][:200]
+    return f"{type(orig).__name__}: {first}" if first else type(orig).__name__
+
+
 class Database:
-    def __init__(self, url: str | URL, **engine_options: Any) -> None:
+    def __init__(
+        self,
+        url: str | URL,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        statement_timeout: float = STATEMENT_TIMEOUT_SECONDS,
+        **engine_options: Any,
+    ) -> None:
         self.url = normalise_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self.connect_timeout = connect_timeout
+        self.outage = DatabaseOutage()
+        connect_url = self.url
         if self.is_sqlite:
             engine_options.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
         else:
+            connect_url = bounded(self.url, connect_timeout, statement_timeout)
             engine_options.setdefault("pool_pre_ping", True)
             engine_options.setdefault("pool_size", 10)
             engine_options.setdefault("max_overflow", 20)
-        self.engine: Engine = create_engine(self.url, **engine_options)
+            engine_options.setdefault("pool_timeout", POOL_TIMEOUT_SECONDS)
+        self.engine: Engine = create_engine(connect_url, **engine_options)
         if self.is_sqlite:
             _configure_sqlite(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -54,6 +165,9 @@ class Database:
     def ping(self) -> None:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
+
+    def unreachable(self, exc: BaseException) -> str:
+        return unreachable(self.url, exc)
 
     def dispose(self) -> None:
         self.engine.dispose()
