@@ -207,3 +207,21 @@ class TestRetiringAServiceAccount:
         assert told and "Cancelled: " in told[-1] and "retired" in told[-1], told
         updates = slack.fake.calls_to("chat.update")
         assert any("Cancelled: " in json.dumps(u.args["blocks"]) for u in updates)
+
+
+class TestAVendorsContractEnds:
+    def test_the_contract_sweep_cancels_the_waiting_request_and_tells_the_vendor_why(
+        self, slack: RunningApp, service: AccessService, clock: ManualClock
+    ) -> None:
+        """Val of Medisoft asks on the contract's last night; nobody decides before it ends.
+        The worker's contract sweep cancels the request, and Val and the cards are told why."""
+        slack.command("/jit", f"request {REQUEST}", "U0VAL")
+        slack.settle()
+        [request] = service.requests_of_key("val@vendor.example", (S.PENDING,))
+        clock.advance(timedelta(days=1))  # Medisoft's contract ended on 30 November
+        notifier = notifier_for(slack, service)
+        assert Sweeps(service, on_change=notifier.request_changed).contracts() == [request.id]
+        assert service.get(request.id).state == S.CANCELLED
+        told = slack.fake.wait_for("chat.postMessage", 1, channel="U0VAL")[-1].args["text"]
+        assert f"Your request #{request.id}" in told and "Cancelled by WardKey" in told, told
+        assert "contract" in told
