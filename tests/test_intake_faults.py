@@ -12,11 +12,13 @@ recorded, and nothing is acknowledged as accepted and then lost."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -273,3 +275,117 @@ def _all_told(fake: FakeSlack, waiting: list[int], askers: set[str]) -> bool:
         return False
     replies = [c for c in fake.calls_to("response_url") if "is with the" in c.args.get("text", "")]
     return len(replies) >= len(askers) - 1
+
+
+class CuttableLink:
+    """A TCP stand-in between WardKey and PostgreSQL that can be cut (every connection
+    closed, new ones refused) and put back, as a network or database outage would."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.port = free_port()
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+
+    def up(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            conns, self._conns = self._conns, []
+        if listener is not None:
+            with contextlib.suppress(OSError):  # wakes the thread blocked in accept()
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            with self._lock:
+                self._conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+
+def test_clicks_while_the_database_is_unreachable_are_told_not_recorded(trust: Trust) -> None:
+    db, service, fake = trust.db, trust.service, trust.fake
+    waiting = [
+        service.request(staff(n), CONSOLE, ROLE, timedelta(hours=1), f"ward {n} order sets").id
+        for n in range(3)
+    ]
+    url = db.url
+    link = CuttableLink((url.host or "127.0.0.1", url.port or 5432))
+    link.up()
+    through_link = url.set(host="127.0.0.1", port=link.port)
+    port = free_port()
+    serve = trust.start(
+        f"serve --port {port} --host 127.0.0.1 --no-scheduler",
+        "serve",
+        DATABASE_URL=through_link.render_as_string(hide_password=False),
+    )
+    boss = APPROVER.slack_user_id or ""
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}", serve, trust, "serve")
+        slack = SlackDriver(f"http://127.0.0.1:{port}", fake, httpx.Client(timeout=10), SECRET)
+
+        link.cut()  # the database is gone
+        clicks = [slack.click(APPROVE_ACTION, str(rid), boss) for rid in waiting]
+        asked = slack.command("/jit", f"request {CONSOLE}:{ROLE} 1h ward 9 order sets", boss)
+        form = slack.submit_view(v.REQUEST_VIEW, request_form(boss), boss)
+        event = slack.event({"type": "app_home_opened", "user": boss, "tab": "home"}, "EvDown1")
+
+        # Each is answered at once, and none as if it had been accepted.
+        assert [c.status_code for c in clicks] == [200] * len(waiting)
+        told = fake.wait_for("response_url", len(waiting), timeout=10)
+        assert all("could not record this" in c.args["text"] for c in told)
+        assert "could not record this" in asked.json()["text"]
+        assert form.json()["response_action"] == "errors"
+        assert "Not recorded" in next(iter(form.json()["errors"].values()))
+        assert event.status_code == 503  # Slack sends the event again
+        assert {service.get(rid).state for rid in waiting} == {RequestState.PENDING}
+
+        # The database is back: the next click is recorded and done.
+        link.up()
+        again = slack.click(APPROVE_ACTION, str(waiting[0]), boss)
+        assert again.status_code == 200
+        deadline = time.monotonic() + 20
+        while service.get(waiting[0]).state == RequestState.PENDING:
+            assert time.monotonic() < deadline, trust.log_of("serve")[-2000:]
+            time.sleep(0.1)
+    finally:
+        serve.terminate()
+        serve.wait(timeout=10)
+        link.cut()
+    log = trust.log_of("serve")
+    # The outage is logged once, and its end once: not a line (or traceback) per request.
+    assert log.count("event=intake_failed") == 1, log[-3000:]
+    assert log.count("event=intake_recovered not_recorded=6") == 1, log[-3000:]
+    assert {service.get(rid).state for rid in waiting[1:]} == {RequestState.PENDING}
+    assert decisions(db) == Counter({waiting[0]: 1})

@@ -193,13 +193,18 @@ class Intake:
             "headers": json.dumps(dict(headers)),
             "now": now,
         }
-        try:
-            with self.engine().connect() as conn:
-                new = conn.execute(_RECORD, params).first() is not None
-                conn.commit()
-        except DBAPIError as exc:
-            self._failed(exc)
-            raise NotRecorded(type(exc).__name__) from exc
+        for attempt in (1, 2):
+            try:
+                with self.engine().connect() as conn:
+                    new = conn.execute(_RECORD, params).first() is not None
+                    conn.commit()
+                break
+            except DBAPIError as exc:
+                # A pooled connection the server closed (a restart): once more on a fresh one.
+                if attempt == 1 and exc.connection_invalidated:
+                    continue
+                self._failed(exc)
+                raise NotRecorded(type(exc).__name__) from exc
         self._recovered()
         return new
 
