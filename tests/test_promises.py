@@ -5,7 +5,6 @@ use (signed Slack requests to the running app, the sweeps a worker runs)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,31 +18,11 @@ from app.scheduler import Sweeps
 from app.service import AccessService
 from app.slack.app import web_client
 from app.slack.people import SlackDirectory
-from app.store import Database
 from app.store.models import RequestState as S
 from tests.conftest import HERE, sqlite_copy
 from tests.fakes.memory_adapter import MemoryTarget
-from tests.slack_harness import RunningApp, run_app
-
-REQUEST = "pharmacy-db:read 30m fix stuck order set on ward 12"
-
-
-@pytest.fixture
-def db(tmp_path: Path, sqlite_template: Path) -> Iterator[Database]:
-    yield from sqlite_copy(tmp_path, sqlite_template)
-
-
-@pytest.fixture
-def slack(service: AccessService) -> Iterator[RunningApp]:
-    yield from run_app(service)
-
-
-def ask(slack: RunningApp) -> int:
-    slack.command("/jit", f"request {REQUEST}", "U0AMIRA")
-    reply = slack.replies()[-1]
-    assert reply.startswith("Request #"), reply
-    slack.settle()  # every card posted and remembered before anyone clicks
-    return int(reply.split("#")[1].split(" ")[0])
+from tests.slack_harness import RunningApp, SlackOnSqlite, run_app
+from tests.test_slack_app import REQUEST, ask
 
 
 def notifier_for(slack: RunningApp, service: AccessService) -> Notifier:
@@ -52,7 +31,7 @@ def notifier_for(slack: RunningApp, service: AccessService) -> Notifier:
     return Notifier(client, service, SlackDirectory(client))
 
 
-class TestAGrantTheTargetRefuses:
+class TestAGrantTheTargetRefuses(SlackOnSqlite):
     def test_the_security_channel_and_every_admin_are_told_as_the_card_says(
         self, slack: RunningApp, service: AccessService, targets: dict[str, MemoryTarget]
     ) -> None:
@@ -74,7 +53,7 @@ class TestAGrantTheTargetRefuses:
         assert "WardKey admins are told" in dm.args["text"]
 
 
-class TestAnOverdueApproval:
+class TestAnOverdueApproval(SlackOnSqlite):
     def test_nobody_further_to_escalate_to_is_said_plainly(
         self, slack: RunningApp, service: AccessService, clock: ManualClock
     ) -> None:
@@ -122,7 +101,7 @@ class TestAnOverdueApproval:
         db.dispose()
 
 
-class TestBreakGlassAlerts:
+class TestBreakGlassAlerts(SlackOnSqlite):
     def test_security_and_the_reviewers_are_told_at_once_and_the_review_names_them(
         self, slack: RunningApp, service: AccessService, clock: ManualClock
     ) -> None:
@@ -147,7 +126,7 @@ class TestBreakGlassAlerts:
         assert service.break_glass_summary(rid).alerted == ("U0GITA", "U0HANA")
 
 
-class TestAQuickApprover:
+class TestAQuickApprover(SlackOnSqlite):
     def test_a_click_while_cards_are_still_going_out_leaves_no_card_saying_pending(
         self, slack: RunningApp, service: AccessService
     ) -> None:
@@ -174,7 +153,7 @@ class TestAQuickApprover:
             assert APPROVE_ACTION not in json.dumps(last[-1].args["blocks"])
 
 
-class TestRetiringAServiceAccount:
+class TestRetiringAServiceAccount(SlackOnSqlite):
     def test_its_waiting_request_is_cancelled_and_the_requester_is_told_why(
         self, slack: RunningApp, service: AccessService
     ) -> None:
@@ -209,7 +188,7 @@ class TestRetiringAServiceAccount:
         assert any("Cancelled: " in json.dumps(u.args["blocks"]) for u in updates)
 
 
-class TestAVendorsContractEnds:
+class TestAVendorsContractEnds(SlackOnSqlite):
     def test_the_contract_sweep_cancels_the_waiting_request_and_tells_the_vendor_why(
         self, slack: RunningApp, service: AccessService, clock: ManualClock
     ) -> None:
