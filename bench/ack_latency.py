@@ -120,6 +120,7 @@ def policy(people: int, console_url: str) -> str:
           epr:
             kind: webhook
             settings: {{url: "{console_url}"}}
+            insecure: true  # the stand-in console: plain http on this machine
             secrets: {{signing_key: BENCH_EPR_KEY}}
             account: {{template: "{{local}}"}}
             roles:

@@ -29,6 +29,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from contextvars import ContextVar
@@ -39,7 +40,7 @@ from typing import Any
 
 import httpx
 from slack_bolt import App, BoltRequest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, bindparam, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from app.clock import Clock, SystemClock
@@ -114,36 +115,35 @@ def kept_headers(headers: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"[:100]
+    return f"{socket.gethostname()}:{os.getpid()}:{id(object())}"[:100]
 
 
+# Recorded already claimed by the process that acks it (one write in the ack path); the
+# process's heartbeat keeps its claims alive, so they run out only when it dies.
 _RECORD = text(
     "INSERT INTO seen_requests (signature, seen_until, body, headers, state, received_at, "
-    "attempts) VALUES (:key, :until, :body, :headers, 'new', :now, 0) "
+    "lease_until, claimed_by, attempts) "
+    "VALUES (:key, :until, :body, :headers, 'working', :now, :lease, :owner, 1) "
     "ON CONFLICT (signature) DO UPDATE SET seen_until = EXCLUDED.seen_until, "
-    "body = EXCLUDED.body, headers = EXCLUDED.headers, state = 'new', "
-    "received_at = EXCLUDED.received_at, lease_until = NULL, claimed_by = NULL, attempts = 0, "
-    "outcome = NULL "
+    "body = EXCLUDED.body, headers = EXCLUDED.headers, state = 'working', "
+    "received_at = EXCLUDED.received_at, lease_until = EXCLUDED.lease_until, "
+    "claimed_by = EXCLUDED.claimed_by, attempts = 1, outcome = NULL "
     "WHERE seen_requests.seen_until <= :now AND seen_requests.state = 'done' RETURNING 1"
 )
-_CLAIM_ONE = text(
-    "UPDATE seen_requests SET state = 'working', lease_until = :lease, claimed_by = :owner, "
-    "attempts = attempts + 1 WHERE signature = :key AND state = 'new'"
-)
+_RENEW = text(
+    "UPDATE seen_requests SET lease_until = :lease "
+    "WHERE claimed_by = :owner AND state = 'working' AND signature IN :keys"
+).bindparams(bindparam("keys", expanding=True))
 _DONE = text(
     "UPDATE seen_requests SET state = 'done', body = NULL, headers = NULL, lease_until = NULL "
     "WHERE signature = :key AND claimed_by = :owner AND state = 'working'"
 )
-_DONE_UNCLAIMED = text(
-    "UPDATE seen_requests SET state = 'done', body = NULL, headers = NULL "
-    "WHERE signature = :key AND state = 'new'"
-)
+_DONE_MANY = text(
+    "UPDATE seen_requests SET state = 'done', body = NULL, headers = NULL, lease_until = NULL "
+    "WHERE claimed_by = :owner AND state = 'working' AND signature IN :keys"
+).bindparams(bindparam("keys", expanding=True))
 _RETRY_LATER = text(
     "UPDATE seen_requests SET lease_until = :retry_at, claimed_by = NULL "
-    "WHERE signature = :key AND claimed_by = :owner AND state = 'working'"
-)
-_RENEW = text(
-    "UPDATE seen_requests SET lease_until = :lease "
     "WHERE signature = :key AND claimed_by = :owner AND state = 'working'"
 )
 _OUTCOME = text("UPDATE seen_requests SET outcome = :outcome WHERE signature = :key")
@@ -164,8 +164,7 @@ class Intake:
     """The inbox table: record in the ack path, claim, finish, and hand back for a retry."""
 
     WINDOW = timedelta(minutes=5)  # how long Slack's signature stays valid
-    # The web process's own pool normally claims a row within milliseconds; a row still `new`
-    # after this was left by a process that died between the ack and the claim.
+    # Rows are recorded claimed; a row still `new` after this (none are, today) is taken too.
     GRACE = timedelta(seconds=3)
     # Renewed every third of itself while the work runs (a heartbeat), so a dead process's
     # claim is taken over within this and a sweep tick.
@@ -179,6 +178,12 @@ class Intake:
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._failures = 0  # recordings failed since the last that worked, to log an outage once
+        self.owner = _owner()  # this process's claims
+        self._finished: list[str] = []  # requests that caused no work, to mark done together
+        self._beating = False
+        # Requests this process recorded or claimed and has not finished: only these leases
+        # are renewed, so one whose finishing write failed lapses and is done again.
+        self._in_hand: set[str] = set()
 
     # ------------------------------------------------------------------ in the ack path
 
@@ -192,12 +197,17 @@ class Intake:
             "body": body.decode("utf-8", "replace") if isinstance(body, bytes) else body,
             "headers": json.dumps(dict(headers)),
             "now": now,
+            "lease": now + self.LEASE,
+            "owner": self.owner,
         }
         for attempt in (1, 2):
             try:
                 with self.engine().connect() as conn:
                     new = conn.execute(_RECORD, params).first() is not None
                     conn.commit()
+                if new:
+                    with self._lock:
+                        self._in_hand.add(key)
                 break
             except DBAPIError as exc:
                 # A pooled connection the server closed (a restart): once more on a fresh one.
@@ -230,45 +240,55 @@ class Intake:
     # ------------------------------------------------------------------ after the ack
 
     def start(self, pending: Pending) -> None:
-        """After Bolt answered: run the request's work on the pool its listeners named, or,
-        for a request that caused none, mark it done."""
+        """After Bolt answered: run the request's work on the pool its listeners named; a
+        request that caused none is marked done with others on the next heartbeat."""
+        self._ensure_heartbeat()
         if pending.jobs and pending.executor is not None:
-            pending.executor.submit(self._run_own, pending)
+            pending.executor.submit(self.run, pending, self.owner)
         else:
-            threading.Thread(target=self._quietly, args=(_DONE_UNCLAIMED, pending.key)).start()
+            with self._lock:
+                self._finished.append(pending.key)
 
-    def _run_own(self, pending: Pending) -> None:
-        owner = _owner()
-        try:
-            claimed = self._execute(
-                _CLAIM_ONE,
-                key=pending.key,
-                owner=owner,
-                lease=self.clock.now() + self.LEASE,
-            )
-        except DBAPIError as exc:  # the intake sweep will claim it when the database is back
-            log.warning("event=intake_claim_failed error=%s", type(exc).__name__)
-            return
-        if claimed:
-            self.run(pending, owner)
+    def _ensure_heartbeat(self) -> None:
+        with self._lock:
+            if self._beating:
+                return
+            self._beating = True
+        threading.Thread(target=self._heartbeat, name="inbox-heartbeat", daemon=True).start()
+
+    def _heartbeat(self) -> None:
+        """Every third of a lease: keep this process's claims alive (one statement for all of
+        them) and mark done the requests that caused no work."""
+        while True:
+            time.sleep(self.LEASE.total_seconds() / 3)
+            with self._lock:
+                finished, self._finished = self._finished, []
+                self._in_hand.difference_update(finished)
+                in_hand = sorted(self._in_hand)
+            try:
+                with self.engine().connect() as conn:
+                    lease = self.clock.now() + self.LEASE
+                    if in_hand:
+                        params = {"owner": self.owner, "lease": lease, "keys": in_hand}
+                        conn.execute(_RENEW, params)
+                    if finished:
+                        conn.execute(_DONE_MANY, {"owner": self.owner, "keys": finished})
+                    conn.commit()
+            except DBAPIError as exc:  # the claims may lapse: another process then does them
+                log.warning("event=intake_heartbeat_failed error=%s", type(exc).__name__)
 
     def run(self, pending: Pending, owner: str) -> bool:
         """Run the claimed request's work; done, or handed back for a later try. True if done.
-        The lease is renewed while the work runs, so only a dead process's claim runs out."""
-        stop = threading.Event()
-        beat = threading.Thread(
-            target=self._heartbeat, args=(pending.key, owner, stop), name="inbox-lease"
-        )
-        beat.daemon = True
-        beat.start()
+        The process's heartbeat renews the lease while the work runs, so only a dead
+        process's claim runs out."""
+        self._ensure_heartbeat()
+        with self._lock:
+            self._in_hand.add(pending.key)
         try:
             return self._run_jobs(pending, owner)
         finally:
-            stop.set()
-
-    def _heartbeat(self, key: str, owner: str, stop: threading.Event) -> None:
-        while not stop.wait(self.LEASE.total_seconds() / 3):
-            self._quietly(_RENEW, key, owner=owner, lease=self.clock.now() + self.LEASE)
+            with self._lock:
+                self._in_hand.discard(pending.key)
 
     def _run_jobs(self, pending: Pending, owner: str) -> bool:
         for job in pending.jobs:
@@ -309,7 +329,7 @@ class Intake:
         """Rows whose process died before finishing: never claimed after the grace, or whose
         lease ran out. Claimed with SKIP LOCKED on PostgreSQL, so instances share them."""
         now = self.clock.now()
-        owner = _owner()
+        owner = self.owner
         due = _DUE + ("" if self.db.is_sqlite else " FOR UPDATE SKIP LOCKED")
         statement = text(_CLAIM_DUE.format(due=due))
         params = {
@@ -371,6 +391,9 @@ class Intake:
                     max_overflow=8,
                     pool_timeout=seconds,
                     pool_pre_ping=False,
+                    # One statement per write, so one round trip: in the ack path every wait
+                    # on the network is a wait for the interpreter too.
+                    isolation_level="AUTOCOMMIT",
                 )
             return self._engine
 
