@@ -52,6 +52,39 @@ class TestAGrantTheTargetRefuses(SlackOnSqlite):
         dm = slack.fake.wait_for("chat.postMessage", 1, channel="U0AMIRA")[0]
         assert "WardKey admins are told" in dm.args["text"]
 
+    def test_with_the_security_channel_archived_the_admins_cards_and_requester_still_hear(
+        self, slack: RunningApp, service: AccessService, targets: dict[str, MemoryTarget]
+    ) -> None:
+        slack.fake.archived.add("C0SEC")
+        rid = ask(slack)
+        targets["pharmacy-db"].down = True
+        slack.click(APPROVE_ACTION, str(rid), "U0BEN")
+        slack.settle()
+        assert service.get(rid).state == S.GRANT_FAILED
+        to_admin = slack.fake.wait_for("chat.postMessage", 1, channel="U0GITA")
+        assert any(f"Grant failed: #{rid}" in m.args["text"] for m in to_admin)
+        cards = slack.fake.wait_for("chat.update", 3)
+        assert all("could not grant it" in json.dumps(c.args["blocks"]) for c in cards)
+        dm = slack.fake.wait_for("chat.postMessage", 1, channel="U0AMIRA")[0]
+        assert "WardKey admins are told" in dm.args["text"]
+
+
+class TestARevokeThatFails(SlackOnSqlite):
+    def test_with_the_security_channel_archived_the_admins_are_alerted_instead(
+        self, slack: RunningApp, service: AccessService, targets: dict[str, MemoryTarget]
+    ) -> None:
+        rid = ask(slack)
+        slack.click(APPROVE_ACTION, str(rid), "U0BEN")
+        slack.settle()
+        assert service.get(rid).state == S.ACTIVE
+        slack.fake.archived.add("C0SEC")
+        targets["pharmacy-db"].down = True
+        slack.command("/jit", f"revoke {rid} done early", "U0AMIRA")
+        slack.settle()
+        assert service.get(rid).state == S.REVOKE_FAILED
+        to_admin = slack.fake.wait_for("chat.postMessage", 1, channel="U0GITA")
+        assert any(f"Revoke failed: #{rid}" in m.args["text"] for m in to_admin)
+
 
 class TestAnOverdueApproval(SlackOnSqlite):
     def test_nobody_further_to_escalate_to_is_said_plainly(

@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from slack_sdk import WebClient
@@ -55,6 +56,21 @@ class Notifier:
         self._homes = threading.Lock()
         self._homes_drawing: set[str] = set()
         self._homes_again: set[str] = set()
+
+    def _post(self, about: str, channel: str, text: str, **extra: Any) -> dict[str, Any] | None:
+        """One message; a message Slack refuses (an archived channel, a removed user) is
+        logged and never stops the messages to everyone else. None when it was not sent."""
+        try:
+            answer = self.client.chat_postMessage(channel=channel, text=text, **extra)
+        except SlackApiError as exc:
+            log.error(
+                "event=message_failed about=%s channel=%s error=%s",
+                about,
+                channel,
+                exc.response.get("error"),
+            )
+            return None
+        return {"channel": answer["channel"], "ts": answer["ts"]}
 
     @property
     def zone(self) -> ZoneInfo:
@@ -117,8 +133,9 @@ class Notifier:
         if path is not None and path.channel:
             channels.append(path.channel)
         for channel in channels:
-            answer = self.client.chat_postMessage(channel=channel, text=text, blocks=blocks)
-            self.service.remember_message(view.id, answer["channel"], answer["ts"], CARD)
+            answer = self._post(f"card request={view.id}", channel, text, blocks=blocks)
+            if answer is not None:
+                self.service.remember_message(view.id, answer["channel"], answer["ts"], CARD)
         if not channels:
             log.error("event=no_approver_reachable request=%s path=%s", view.id, view.path)
         # A quick approver may decide while later copies are still being posted; the decision's
@@ -136,9 +153,10 @@ class Notifier:
         on_duty = self._slack_ids(view, rules.approvers_at(policy, view.path, now))
         if level < 2:
             for user_id in on_duty:
-                self.client.chat_postMessage(
-                    channel=user_id,
-                    text=f"⏰ Reminder: request #{view.id} (`{view.target}:{view.role}` for "
+                self._post(
+                    f"reminder request={view.id}",
+                    user_id,
+                    f"⏰ Reminder: request #{view.id} (`{view.target}:{view.role}` for "
                     f"{escape(view.requester)}) has waited {waited}. Its card, with Approve "
                     "and Deny, is in your messages.",
                 )
@@ -148,20 +166,24 @@ class Notifier:
         for user_id in self._slack_ids(view, rules.escalation_members(policy, view.path)):
             if user_id in on_duty:  # they have the card already
                 continue
-            answer = self.client.chat_postMessage(
-                channel=user_id,
-                text=f"Escalated: access request #{view.id} has waited {waited} for approval",
+            answer = self._post(
+                f"escalation request={view.id}",
+                user_id,
+                f"Escalated: access request #{view.id} has waited {waited} for approval",
                 blocks=blocks,
             )
+            if answer is None:
+                continue
             self.service.remember_message(view.id, answer["channel"], answer["ts"], CARD)
             escalated_to += 1
         self.update_cards(view)
         if escalated_to == 0:
             log.error("event=no_escalation_reachable request=%s path=%s", view.id, view.path)
         if view.requester_slack_id:
-            self.client.chat_postMessage(
-                channel=view.requester_slack_id,
-                text=(
+            self._post(
+                f"escalation request={view.id}",
+                view.requester_slack_id,
+                (
                     f"Your request #{view.id} has waited {waited}; it has been escalated to "
                     f"{escalated_to} more approver{'s' if escalated_to != 1 else ''}."
                     if escalated_to
@@ -229,12 +251,18 @@ class Notifier:
             f"{inert(view.grant_detail or 'no detail')[:500]}. The requester has been told. "
             "Check the target; once it is fixed they can ask again."
         )
-        self.client.chat_postMessage(channel=policy.channels.security_alerts, text=text)
+        about = f"grant_failed request={view.id}"
+        self._post(about, policy.channels.security_alerts, text)
         admins = self._slack_ids(view, rules.group_members(policy, policy.admins))
-        if not admins:
+        told = [user_id for user_id in admins if self._post(about, user_id, text) is not None]
+        if not told:  # the card says admins are told: make it loud that none could be
             log.error("event=no_admin_reachable request=%s", view.id)
-        for user_id in admins:
-            self.client.chat_postMessage(channel=user_id, text=text)
+            self._post(
+                about,
+                policy.channels.security_alerts,
+                f"⚠️ No WardKey admin could be reached in Slack about #{view.id}: check the "
+                "policy's admins group.",
+            )
 
     def break_glass_started(self, view: RequestView) -> None:
         """Security and the reviewers on duty hear at once. Each recipient Slack accepted is
@@ -253,31 +281,25 @@ class Notifier:
         for channel, text in [(policy.channels.security_alerts, to_security)] + [
             (user_id, to_reviewer) for user_id in reviewers
         ]:
-            try:
-                answer = self.client.chat_postMessage(channel=channel, text=text)
-            except SlackApiError as exc:
-                log.error(
-                    "event=break_glass_alert_failed request=%s channel=%s error=%s",
-                    view.id,
-                    channel,
-                    exc.response.get("error"),
-                )
-                continue
-            self.service.remember_message(view.id, channel, answer["ts"], ALERT_MESSAGE)
+            answer = self._post(f"break_glass_alert request={view.id}", channel, text)
+            if answer is not None:
+                self.service.remember_message(view.id, channel, answer["ts"], ALERT_MESSAGE)
         self.tell_sponsor(view)
 
     def revoke_failed(self, view: RequestView) -> None:
         policy = self.service.policy
-        self.client.chat_postMessage(
-            channel=policy.channels.security_alerts,
-            text=(
-                f"🚨 Revoke failed: #{view.id} `{view.target}:{view.role}` for "
-                f"{escape(view.account)} is still in place on the target after "
-                f"{view.revoke_attempts} attempt(s): {escape(view.revoke_detail or 'no detail')}. "
-                "WardKey keeps retrying; check the target, and once access is gone a WardKey "
-                f'admin can run `wardkey revoke resolve {view.id} "what you checked"`.'
-            ),
+        text = (
+            f"🚨 Revoke failed: #{view.id} `{view.target}:{view.role}` for "
+            f"{escape(view.account)} is still in place on the target after "
+            f"{view.revoke_attempts} attempt(s): {escape(view.revoke_detail or 'no detail')}. "
+            "WardKey keeps retrying; check the target, and once access is gone a WardKey "
+            f'admin can run `wardkey revoke resolve {view.id} "what you checked"`.'
         )
+        about = f"revoke_failed request={view.id}"
+        if self._post(about, policy.channels.security_alerts, text) is None:
+            # The card says security is alerted: with the channel gone, the admins are.
+            for user_id in self._slack_ids(view, rules.group_members(policy, policy.admins)):
+                self._post(about, user_id, text)
 
     def review_follow_up(self, request_id: int, step: ReviewStep) -> None:
         """A break-glass use ended: its summary goes to the managers' channel with Justified /
@@ -307,11 +329,12 @@ class Notifier:
                 f"`{view.target}:{view.role}`) is overdue: it was due {due}."
             )
             people = rules.group_members(policy, policy.admins)
-            self.client.chat_postMessage(channel=policy.channels.security_alerts, text=text)
+            self._post(f"review_overdue request={view.id}", policy.channels.security_alerts, text)
+        about = f"review_{step.value} request={view.id}"
         for card_channel, ts in self.service.messages_of(view.id, REVIEW_CARD):
-            self.client.chat_postMessage(channel=card_channel, thread_ts=ts, text=text)
+            self._post(about, card_channel, text, thread_ts=ts)
         for user_id in self._slack_ids(view, people):
-            self.client.chat_postMessage(channel=user_id, text=text)
+            self._post(about, user_id, text)
 
     def standing_found(self, report: StandingReport) -> None:
         """New standing access, and targets that could not be read, to the security channel."""
@@ -359,9 +382,9 @@ class Notifier:
             f"{escape(view.owner)} (due {day_time(view.due_at, self.zone)})"
             + (": elevations of it are blocked until they answer." if blocked else ".")
         )
-        self.client.chat_postMessage(channel=policy.channels.security_alerts, text=text)
+        self._post(f"attestation_overdue identity={name}", policy.channels.security_alerts, text)
         if owner_id is not None:
-            self.client.chat_postMessage(channel=owner_id, text=text)
+            self._post(f"attestation_overdue identity={name}", owner_id, text)
 
     def orphans_found(self, orphans: list[OrphanView]) -> None:
         if not orphans:
