@@ -255,6 +255,10 @@ def _report_standing(args: argparse.Namespace) -> int:
     return 0
 
 
+CONNECTION_LIMIT = 500  # well under the usual 1,024 open files per process
+IDLE_CONNECTION_SECONDS = 15
+
+
 @_starting
 def _serve(args: argparse.Namespace) -> int:
     from waitress import serve
@@ -285,6 +289,11 @@ def _serve(args: argparse.Namespace) -> int:
             threads=args.threads,
             ident="wardkey",
             max_request_body_size=settings.wardkey_max_body_bytes,
+            # A client that sends half a request holds a connection, not a thread: allow many
+            # (waitress's 100 let 110 slow clients shut out Slack and /healthz) and drop the
+            # idle ones sooner. Behind a buffering proxy this never comes up (see README).
+            connection_limit=CONNECTION_LIMIT,
+            channel_timeout=IDLE_CONNECTION_SECONDS,
         )
     finally:
         if scheduler is not None:

@@ -246,6 +246,14 @@ class TestExtend:
         with pytest.raises(InvalidRequest, match="at most 1h"):
             service.extend(req.id, AMIRA, timedelta(hours=2))  # 5h > 4h total cap
 
+    def test_an_absurd_extension_is_refused_plainly(self, service: AccessService) -> None:
+        """Not an overflow deep in date arithmetic ("unexpected error"), a plain no."""
+        req = service.request(AMIRA, "pharmacy-db", "read", timedelta(hours=1), REASON)
+        service.approve(req.id, BEN)
+        with pytest.raises(InvalidRequest, match="more than a year"):
+            service.extend(req.id, AMIRA, timedelta(days=999_999_999))
+        assert service.get(req.id).state == S.ACTIVE
+
     def test_only_the_holder_extends(self, service: AccessService) -> None:
         req = service.request(AMIRA, "pharmacy-db", "read", timedelta(hours=1), REASON)
         service.approve(req.id, BEN)

@@ -48,7 +48,22 @@ class TestDurations:
     def test_reads_what_people_write(self, text: str, minutes: int) -> None:
         assert parse_duration(text) == timedelta(minutes=minutes)
 
-    @pytest.mark.parametrize("text", ["", "0m", "90", "1.5h", "m", "30m1h", "-5m", "1h 30"])
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "",
+            "0m",
+            "90",
+            "1.5h",
+            "m",
+            "30m1h",
+            "-5m",
+            "1h 30",
+            "367d",
+            "9999999999d",
+            "9" * 30 + "m",
+        ],
+    )
     def test_refuses_anything_else(self, text: str) -> None:
         with pytest.raises(DurationError):
             parse_duration(text)

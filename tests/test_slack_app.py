@@ -423,6 +423,8 @@ class TestMalformedAndHostileText:
             ("request *)(cn=*):admin 30m ldap games here", "not a target and role"),
             ("frobnicate", "I don't know 'frobnicate'"),
             ("extend twelve 30m", "not a request number"),
+            ("request pharmacy-db:read 9999999999d fix it for ever", "more than a year"),
+            ("extend 1 99999999999m", "more than a year"),
         ],
     )
     def test_malformed_commands_get_an_example_and_create_nothing(

@@ -186,6 +186,25 @@ class TestOnlySlackIsHeard:
         assert status.startswith("401")
         assert b"too old" in text
 
+    @pytest.mark.parametrize("far", ["999999999999", "0"])
+    def test_a_timestamp_far_from_now_is_stale_not_a_server_error(
+        self, edge: WardKeyWSGI, far: str
+    ) -> None:
+        """A whole number of seconds decades away (or past year 9999) is simply too old or
+        too new: 401, never a 500 with a traceback for every such request."""
+        body = "command=%2Fjit&text=help"
+        status, text = call(
+            edge,
+            environ(
+                io.BytesIO(body.encode()),
+                CONTENT_LENGTH=str(len(body)),
+                HTTP_X_SLACK_REQUEST_TIMESTAMP=far,
+                HTTP_X_SLACK_SIGNATURE=signed(body, far),
+            ),
+        )
+        assert status.startswith("401")
+        assert b"too old" in text
+
     def test_a_forged_post_is_refused_in_one_short_log_line_without_its_body(
         self, edge: WardKeyWSGI, clock: ManualClock, caplog: pytest.LogCaptureFixture
     ) -> None:
@@ -370,6 +389,32 @@ class TestServe:
             # Answered without waiting for the other 299.9 MiB (a wait would time out here).
             first = conn.recv(64)
         assert first.startswith(b"HTTP/1.1 413")
+
+    def test_clients_that_send_half_a_request_do_not_shut_out_slack(self, served: Served) -> None:
+        """150 connections that send headers and 2 of 1,000 body bytes, then wait: health
+        checks and Slack still get through."""
+        port = int(served.url.rsplit(":", 1)[1])
+        head = (
+            b"POST /slack/events HTTP/1.1\r\nHost: wardkey\r\nContent-Length: 1000\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n\r\nab"
+        )
+        slow = []
+        try:
+            for _ in range(150):
+                conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+                conn.sendall(head)
+                slow.append(conn)
+            assert httpx.get(f"{served.url}/healthz", timeout=5).status_code == 200
+            answer = httpx.post(
+                f"{served.url}/slack/events",
+                content="command=%2Fjit",
+                headers={"X-Slack-Request-Timestamp": "soon", "X-Slack-Signature": "v0=00"},
+                timeout=5,
+            )
+            assert answer.status_code == 400
+        finally:
+            for conn in slow:
+                conn.close()
 
     def test_a_malformed_timestamp_is_a_400_and_no_traceback(self, served: Served) -> None:
         answer = httpx.post(

@@ -12,6 +12,11 @@ class DurationError(ValueError):
     pass
 
 
+# Nothing just-in-time lasts longer; a bigger number is a typo (and past it, date arithmetic
+# overflows).
+LONGEST = timedelta(days=366)
+
+
 def parse_duration(text: str) -> timedelta:
     """Parse `15m`, `2h`, `1h30m` or `1d`; anything else (including zero) is an error."""
     cleaned = text.strip().lower().replace(" ", "")
@@ -19,9 +24,13 @@ def parse_duration(text: str) -> timedelta:
     if not cleaned or match is None:
         raise DurationError(f"'{text}' is not a duration; write it like 15m, 2h or 1h30m")
     days, hours, minutes = (int(match.group(k) or 0) for k in ("d", "h", "m"))
+    if max(days, hours // 24, minutes // (24 * 60)) > LONGEST.days:
+        raise DurationError(f"'{text[:40]}' is more than a year; write it like 15m, 2h or 1h30m")
     value = timedelta(days=days, hours=hours, minutes=minutes)
     if value <= timedelta(0):
         raise DurationError(f"'{text}' is zero; a duration must be at least 1m")
+    if value > LONGEST:
+        raise DurationError(f"'{text[:40]}' is more than a year; write it like 15m, 2h or 1h30m")
     return value
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.adapters.base import AdapterError
 from app.policy import rules
-from app.policy.durations import format_duration
+from app.policy.durations import LONGEST, format_duration
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person, person_key
 from app.service import transitions
@@ -282,6 +282,8 @@ class GrantCases(ServiceBase):
         """Move the expiry later with no gap in access; high-risk paths ask approvers again."""
         if duration <= timedelta(0):
             raise InvalidRequest("An extension must be at least 1m.")
+        if duration > LONGEST:  # beyond any cap, and date arithmetic would overflow
+            raise InvalidRequest("An extension of more than a year is never allowed.")
 
         def attempt() -> RequestView:
             now = self.clock.now()
