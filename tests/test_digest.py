@@ -7,13 +7,16 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from app.clock import ManualClock
 from app.policy import Policy
 from app.service import AccessService
+from app.store.models import AuditEvent
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, CHLOE, DEV, ERIN, FARID, GITA
 from tests.fakes.memory_adapter import MemoryTarget
+from tests.test_audit import as_an_attacker
 from tests.test_concurrency import all_at_once
 
 WHY = "fix stuck order set on ward 12"
@@ -120,3 +123,25 @@ class TestContent:
         clock.advance(timedelta(hours=2))
         later = service.digest(digest.since, clock.now(), digest.day)
         assert [v.id for v in later.overdue_reviews] == [glass.id]
+
+
+class TestEditedTimes:
+    def test_an_event_whose_time_column_was_edited_is_not_counted_in_a_day_it_was_not(
+        self, service: AccessService, clock: ManualClock, targets: dict[str, MemoryTarget]
+    ) -> None:
+        """Someone with database rights moves yesterday's failed revoke into today by its
+        indexed time: the digest goes by the hashed time (and `audit verify` names the edit)."""
+        req = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), WHY)
+        service.approve(req.id, GITA)
+        targets["pharmacy-db"].down = True
+        service.revoke(req.id, AMIRA, "done with the order set")
+        targets["pharmacy-db"].down = False
+        clock.advance(timedelta(days=2))
+        at_eight(clock)
+        today = clock.now() - timedelta(hours=1)
+        with as_an_attacker(service.db) as conn:
+            conn.execute(
+                sa.update(AuditEvent).where(AuditEvent.action == "revoke.failed").values(at=today)
+            )
+        digest = service.digest(clock.now() - timedelta(days=1), clock.now(), clock.now().date())
+        assert digest.failed_revoke_attempts == 0
