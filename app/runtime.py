@@ -68,6 +68,7 @@ class Runtime:
             on_orphans=n.orphans_found,
             owner_gone=n.owner_gone,
             inbox=self.redelivery(),
+            outbox=n.outbox,
             background=True,
         )
 

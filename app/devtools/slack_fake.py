@@ -4,6 +4,10 @@ A real HTTP server on loopback that answers the methods WardKey uses with Slack'
 shapes and error codes, records every call, keeps the messages it was sent so `chat.update`
 behaves, can be told to answer 429 with Retry-After, and also stands in for `response_url`.
 Like Slack, it refuses a `views.open` whose trigger_id (made by `new_trigger_id`) is over 3 s old.
+Faults for the outbox's tests: answer HTTP 500 (`fail`), be unreachable (`unreachable`: the
+connection is dropped unanswered), or take a post and drop the answer (`lose_answers`). Posts
+keep their `metadata`, which `conversations.history` / `.replies` return with
+`include_all_metadata`.
 """
 
 from __future__ import annotations
@@ -120,6 +124,9 @@ class FakeSlack(LoopbackServer):
         self.home: dict[str, JSON] = {}
         self.calls: list[Call] = []
         self._rate_limits: dict[str, list[int]] = {}
+        self._failures: list[int] = [0, 500]  # the next N calls answer this HTTP status
+        self.unreachable = False  # every connection dropped unanswered, as when Slack is down
+        self._lost_answers = 0  # the next N posts are taken but their answer never arrives
         self._ts = itertools.count(1)
         self._ids = itertools.count(1)
         self._lock = threading.Condition()
@@ -161,6 +168,25 @@ class FakeSlack(LoopbackServer):
         """Answer the next `times` calls of `method` with HTTP 429 and Retry-After."""
         self._rate_limits[method] = [times, retry_after]
 
+    def fail(self, times: int, status: int = 500) -> None:
+        """Answer the next `times` Web API calls with this HTTP status (Slack's 5xx)."""
+        with self._lock:
+            self._failures = [times, status]
+
+    def lose_answers(self, times: int = 1) -> None:
+        """Take the next `times` posts, then drop the connection before answering: the
+        caller cannot tell whether Slack has them."""
+        with self._lock:
+            self._lost_answers = times
+
+    def posts(self) -> list[JSON]:
+        """Every message posted and kept, in order (its channel added)."""
+        with self._lock:
+            return [
+                {**m, "channel": channel}
+                for (channel, _ts), m in sorted(self.messages.items(), key=lambda kv: kv[0][1])
+            ]
+
     def calls_to(self, method: str, **match: Any) -> list[Call]:
         """The successful calls of `method` so far (with matching args)."""
         with self._lock:
@@ -197,6 +223,9 @@ class FakeSlack(LoopbackServer):
     def _handle(self, request: BaseHTTPRequestHandler) -> None:
         if self.latency:
             time.sleep(self.latency)
+        if self.unreachable and not request.path.startswith("/response/"):
+            self._drop(request, "unreachable")
+            return
         url = urlparse(request.path)
         length = int(request.headers.get("Content-Length") or 0)
         raw = request.rfile.read(length) if length else b""
@@ -206,7 +235,7 @@ class FakeSlack(LoopbackServer):
             args.update(json.loads(raw))
         elif raw:
             args.update({k: v[-1] for k, v in parse_qs(raw.decode()).items()})
-        for key in ("blocks", "view", "attachments"):
+        for key in ("blocks", "view", "attachments", "metadata"):
             if isinstance(args.get(key), str):
                 with contextlib.suppress(ValueError):
                     args[key] = json.loads(args[key])
@@ -224,6 +253,12 @@ class FakeSlack(LoopbackServer):
         with self._lock:
             self.calls.append(call)
             self._lock.notify_all()
+            lose = method == "chat.postMessage" and status == 200 and self._lost_answers > 0
+            if lose:
+                self._lost_answers -= 1
+        if lose:
+            self._drop(request, "answer lost")
+            return
         for listener in list(self.listeners):
             listener(call)
         payload = json.dumps(body).encode()
@@ -235,10 +270,22 @@ class FakeSlack(LoopbackServer):
         request.end_headers()
         request.wfile.write(payload)
 
+    def _drop(self, request: BaseHTTPRequestHandler, why: str) -> None:
+        """Close the connection without an answer (recorded with status 0)."""
+        with self._lock:
+            self.calls.append(Call(method=why, args={"path": request.path}, status=0, response={}))
+            self._lock.notify_all()
+        request.close_connection = True
+        with contextlib.suppress(OSError):
+            request.connection.shutdown(2)
+
     def _answer(
         self, method: str, token: str | None, args: JSON
     ) -> tuple[int, JSON, dict[str, str]]:
         with self._lock:
+            if self._failures[0] > 0:
+                self._failures[0] -= 1
+                return self._failures[1], {"ok": False, "error": "internal_error"}, {}
             limit = self._rate_limits.get(method)
             if limit and limit[0] > 0:
                 limit[0] -= 1
@@ -328,8 +375,51 @@ class FakeSlack(LoopbackServer):
             "ts": ts,
             "user": self.bot_user_id,
         }
+        if args.get("thread_ts"):
+            message["thread_ts"] = str(args["thread_ts"])
+        if isinstance(args.get("metadata"), dict):
+            message["metadata"] = args["metadata"]
         self.messages[(channel, ts)] = message
         return {"ok": True, "channel": channel, "ts": ts, "message": message}
+
+    def _history(self, args: JSON, thread: str | None) -> JSON:
+        channel = str(args.get("channel", ""))
+        if not channel or channel[0] not in "CDG":
+            return {"ok": False, "error": "channel_not_found"}
+        oldest = float(args.get("oldest") or 0)
+        metadata = str(args.get("include_all_metadata", "")).lower() in ("1", "true")
+        found = []
+        for (c, ts), message in sorted(self.messages.items(), key=lambda kv: kv[0][1]):
+            in_thread = message.get("thread_ts")
+            if c != channel or float(ts) < oldest:
+                continue
+            if thread is None and in_thread:
+                continue  # replies live in their thread, not the channel's history
+            if thread is not None and ts != thread and in_thread != thread:
+                continue
+            shown = dict(message)
+            if not metadata:
+                shown.pop("metadata", None)
+            found.append(shown)
+        limit = int(args.get("limit") or 100)
+        if thread is None:
+            found.reverse()  # conversations.history: newest first
+        return {
+            "ok": True,
+            "messages": found[:limit],
+            "has_more": len(found) > limit,
+            "pin_count": 0,
+            "response_metadata": {"next_cursor": ""},
+        }
+
+    def _m_conversations_history(self, args: JSON) -> JSON:
+        return self._history(args, None)
+
+    def _m_conversations_replies(self, args: JSON) -> JSON:
+        thread = str(args.get("ts", ""))
+        if not thread:
+            return {"ok": False, "error": "thread_not_found"}
+        return self._history(args, thread)
 
     def _m_chat_update(self, args: JSON) -> JSON:
         error = self._message_args_error(args)

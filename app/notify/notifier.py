@@ -1,10 +1,22 @@
-"""Messages out: approver cards, in-place card updates and the requester's DMs."""
+"""Messages out: approver cards, in-place card updates and the requester's DMs.
+
+Nothing here calls Slack to send. A state change leaves a notice in the outbox (written by
+app/service/transitions.py in the same transaction); `expand` turns a notice into the Slack
+calls it causes, rendered from the request as it is now (the same version or later), and the
+outbox (app/notify/outbox.py) sends each once, in order, through Slack errors and outages. The
+public methods that listeners and sweeps call after a change only ask the outbox to deliver now.
+Messages no transition causes (digest, standing access, attestation, homes) are rendered and
+recorded in the outbox here.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -27,9 +39,11 @@ from app.notify.blocks import (
     review_card,
     review_line,
 )
+from app.notify.outbox import HOME, POST, UPDATE, Defer, Notice, Outbox, OutCall
 from app.notify.views import expiry_warning, home_view
 from app.policy import rules
 from app.policy.durations import format_duration
+from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person
 from app.service import AccessService, NotAllowed, RequestView, ReviewStep
 from app.service.digest import Digest
@@ -44,33 +58,192 @@ CARD = "approver_card"
 REVIEW_CARD = "review_card"
 # A shift: an App Home opened within it is redrawn live as things change.
 HOME_LIVE_FOR = timedelta(hours=12)
+# States a request passes through on its way somewhere (the grant or revoke is under way):
+# nobody is told of them; they are told where it lands.
+PASSING = frozenset({S.APPROVED.value, S.GRANTING.value, S.REVOKING.value})
+# One outbox per service (so per process): every Notifier built on it shares its delivery.
+_OUTBOXES: weakref.WeakKeyDictionary[AccessService, Outbox] = weakref.WeakKeyDictionary()
+_OUTBOXES_LOCK = threading.Lock()
+
+
+def _json_blocks(blocks: Sequence[Block] | None) -> list[dict[str, Any]] | None:
+    if blocks is None:
+        return None
+    return [b.to_dict() if isinstance(b, Block) else dict(b) for b in blocks]
 
 
 class Notifier:
     def __init__(
-        self, client: WebClient, service: AccessService, directory: SlackDirectory
+        self,
+        client: WebClient,
+        service: AccessService,
+        directory: SlackDirectory,
+        outbox: Outbox | None = None,
     ) -> None:
         self.client = client
         self.service = service
         self.directory = directory
-        self._homes = threading.Lock()
-        self._homes_drawing: set[str] = set()
-        self._homes_again: set[str] = set()
+        self._out = threading.local()
+        self.outbox = outbox or self._shared_outbox()
 
-    def _post(self, about: str, channel: str, text: str, **extra: Any) -> dict[str, Any] | None:
-        """One message; a message Slack refuses (an archived channel, a removed user) is
-        logged and never stops the messages to everyone else. None when it was not sent."""
+    def _shared_outbox(self) -> Outbox:
+        """This service's outbox: in a process (its claims renewed by a heartbeat) a thread
+        delivers; in tests and the demo a kick delivers at once on the caller's thread."""
+        with _OUTBOXES_LOCK:
+            found = _OUTBOXES.get(self.service)
+            if found is None:
+                policy = self.service.policy
+                found = Outbox(
+                    self.service.db,
+                    self.service.clock,
+                    self.client,
+                    self,
+                    background=self.service.heartbeat is not None,
+                    security_channel=lambda: policy.channels.security_alerts,
+                )
+                _OUTBOXES[self.service] = found
+            return found
+
+    # ------------------------------------------------------------------ recording calls
+
+    @contextmanager
+    def _collecting(self) -> Iterator[list[OutCall]]:
+        calls: list[OutCall] = []
+        self._out.calls = calls
         try:
-            answer = self.client.chat_postMessage(channel=channel, text=text, **extra)
-        except SlackApiError as exc:
-            log.error(
-                "event=message_failed about=%s channel=%s error=%s",
-                about,
-                channel,
-                exc.response.get("error"),
+            yield calls
+        finally:
+            self._out.calls = None
+
+    def _emit(self, call: OutCall) -> None:
+        calls: list[OutCall] | None = getattr(self._out, "calls", None)
+        if calls is None:
+            raise RuntimeError("a Slack message rendered outside the outbox")
+        calls.append(call)
+
+    def _post(
+        self,
+        about: str,
+        channel: str,
+        text: str,
+        blocks: Sequence[Block] | None = None,
+        *,
+        remember: tuple[int, str] | None = None,
+        thread_ts: str | None = None,
+        instead: list[OutCall] | None = None,
+        as_addressed: bool = False,
+    ) -> None:
+        """One message, sent on its own: one Slack refuses for good (an archived channel, a
+        removed user) is logged as `about` and never stops the others; `instead` is sent
+        then (a gone security channel: the admins)."""
+        args: dict[str, Any] = {"channel": channel, "text": text}
+        if blocks is not None:
+            args["blocks"] = _json_blocks(blocks)
+        if thread_ts is not None:
+            args["thread_ts"] = thread_ts
+        self._emit(
+            OutCall(
+                POST, args, remember, about=about, as_addressed=as_addressed, instead=instead or []
             )
+        )
+
+    @contextmanager
+    def _aside(self) -> Iterator[list[OutCall]]:
+        """Calls rendered to be sent only if another is refused."""
+        outer = getattr(self._out, "calls", None)
+        with self._collecting() as calls:
+            yield calls
+        self._out.calls = outer
+
+    def _record(self, lane: str, render: Any, *args: Any) -> None:
+        """Render messages no transition causes and record them in the outbox."""
+        with self._collecting() as calls:
+            render(*args)
+        self.outbox.enqueue(lane, calls)
+
+    # ------------------------------------------------------------------ notices
+
+    def expand(self, notice: Notice) -> list[OutCall]:
+        """The Slack calls a notice causes, rendered from the request as it is now."""
+        with self._collecting() as calls:
+            if notice.facts.get("review"):
+                if notice.action == "review.decided":
+                    self._review_decided(self.service.get(notice.request_id))
+                else:
+                    step = ReviewStep(notice.action.removeprefix("review."))
+                    self._review_follow_up(notice.request_id, step)
+            else:
+                self._request_notice(notice)
+        return calls
+
+    def _request_notice(self, notice: Notice) -> None:
+        view, action = self.service.get(notice.request_id), notice.action
+        if action == "breakglass.started":
+            if view.state == S.GRANTING:
+                raise Defer  # its end time is known once the grant is done
+            self._break_glass_started(view)
+        elif action in ("request.created", "extension.requested"):
+            self._request_opened(view)
+        elif action in ("approval.reminded", "approval.escalated"):
+            self._approval_overdue(view, 2 if action == "approval.escalated" else 1)
+        elif action == "expiry.warned":
+            self._expiry_warning(view)
+        elif action == "access.extended" and notice.actor == view.requester:
+            self.refresh_homes(view)  # extended without approval: the holder was answered
+        elif notice.to in PASSING or action.endswith(".taken_over"):
+            return
+        elif view.path == BREAK_GLASS_PATH and action == "grant.succeeded":
+            return  # the break-glass alert says it
+        else:
+            self._request_changed(view, notice)
+
+    def draw_home(self, user_id: str) -> dict[str, Any] | None:
+        """This user's App Home as it is now, or None if they may not use WardKey."""
+        try:
+            person = self.directory.person(user_id)
+        except NotAllowed:
             return None
-        return {"channel": answer["channel"], "ts": answer["ts"]}
+        service = self.service
+        mine = service.requests_of(person, (S.PENDING, S.APPROVED, S.GRANTING, S.ACTIVE))
+        high_risk = frozenset(
+            name for name, p in service.policy.paths.items() if p.risk in ("high", "critical")
+        )
+        return home_view(
+            active=[v for v in mine if v.state == S.ACTIVE],
+            pending=[v for v in mine if v.state != S.ACTIVE or v.extension is not None],
+            to_decide=service.awaiting_decision_by(person, limit=10),
+            now=service.clock.now(),
+            zone=self.zone,
+            high_risk_paths=high_risk,
+        )
+
+    # ------------------------------------------------------------------ after a change
+    # Listeners and sweeps call these once the change is committed; its notice is already
+    # in the outbox, so they only ask for delivery now.
+
+    def request_opened(self, view: RequestView) -> None:
+        self.outbox.kick()
+
+    def request_changed(self, view: RequestView) -> None:
+        self.outbox.kick()
+
+    def update_cards(self, view: RequestView) -> None:
+        self.outbox.kick()
+
+    def approval_overdue(self, view: RequestView, level: int) -> None:
+        self.outbox.kick()
+
+    def expiry_warning(self, view: RequestView) -> None:
+        self.outbox.kick()
+
+    def break_glass_started(self, view: RequestView) -> None:
+        self.outbox.kick()
+
+    def review_follow_up(self, request_id: int, step: ReviewStep) -> None:
+        self.outbox.kick()
+
+    def review_decided(self, view: RequestView) -> None:
+        self.outbox.kick()
 
     @property
     def zone(self) -> ZoneInfo:
@@ -120,7 +293,7 @@ class Notifier:
                 found.append(user_id)
         return found
 
-    def request_opened(self, view: RequestView) -> None:
+    def _request_opened(self, view: RequestView) -> None:
         """Send the card to every approver on duty now (DM) and to the path's channel."""
         now = self.service.clock.now()
         blocks = approver_card(view, self._context(view))
@@ -133,19 +306,14 @@ class Notifier:
         if path is not None and path.channel:
             channels.append(path.channel)
         for channel in channels:
-            answer = self._post(f"card request={view.id}", channel, text, blocks=blocks)
-            if answer is not None:
-                self.service.remember_message(view.id, answer["channel"], answer["ts"], CARD)
+            self._post(f"card request={view.id}", channel, text, blocks, remember=(view.id, CARD))
         if not channels:
             log.error("event=no_approver_reachable request=%s path=%s", view.id, view.path)
-        # A quick approver may decide while later copies are still being posted; the decision's
-        # card update then missed them. Every copy is remembered by now, so catch up.
-        current = self.service.get(view.id)
-        if current.state != view.state or current.decisions != view.decisions:
-            self.update_cards(current)
+        # A quick approver's decision is a later notice of this request: it is delivered after
+        # these posts, so it updates every copy.
         self.refresh_homes(view)
 
-    def approval_overdue(self, view: RequestView, level: int) -> None:
+    def _approval_overdue(self, view: RequestView, level: int) -> None:
         """Half the SLA: remind the approvers on duty. The whole SLA: the card goes to the
         escalation group too, every copy says "escalated", and the requester is told."""
         policy, now = self.service.policy, self.service.clock.now()
@@ -166,17 +334,15 @@ class Notifier:
         for user_id in self._slack_ids(view, rules.escalation_members(policy, view.path)):
             if user_id in on_duty:  # they have the card already
                 continue
-            answer = self._post(
+            self._post(
                 f"escalation request={view.id}",
                 user_id,
                 f"Escalated: access request #{view.id} has waited {waited} for approval",
-                blocks=blocks,
+                blocks,
+                remember=(view.id, CARD),
             )
-            if answer is None:
-                continue
-            self.service.remember_message(view.id, answer["channel"], answer["ts"], CARD)
             escalated_to += 1
-        self.update_cards(view)
+        self._update_cards(view)
         if escalated_to == 0:
             log.error("event=no_escalation_reachable request=%s path=%s", view.id, view.path)
         if view.requester_slack_id:
@@ -193,21 +359,23 @@ class Notifier:
                 ),
             )
 
-    def request_changed(self, view: RequestView) -> None:
-        """Update every copy of the card in place, tell the requester what happened and redraw
-        the homes it concerns; a failed revoke also alerts the security channel, at every
-        failed try."""
-        if view.state == S.REVOKE_FAILED:
-            self.revoke_failed(view)
-            if view.revoke_attempts > 1:
+    def _request_changed(self, view: RequestView, notice: Notice) -> None:
+        """Update every copy of the card in place (as it is now), tell the requester what
+        happened (as of this notice) and redraw the homes it concerns; a failed revoke also
+        alerts the security channel, at every failed try."""
+        to = S(notice.to or view.state)
+        attempts = int(notice.facts.get("revoke_attempts") or view.revoke_attempts)
+        if to == S.REVOKE_FAILED:
+            self.revoke_failed(view, attempts)
+            if attempts > 1:
                 return  # card and requester were told at the first failure
-        if view.state == S.GRANT_FAILED:
+        if to == S.GRANT_FAILED:
             self.grant_failed(view)  # the card and the requester's DM say admins are told
-        self.update_cards(view)
-        self.tell_requester(view)
+        self._update_cards(view)
+        self.tell_requester(view if view.state == to else replace(view, state=to))
         self.refresh_homes(view)
 
-    def update_cards(self, view: RequestView) -> None:
+    def _update_cards(self, view: RequestView) -> None:
         """Every copy of the approver card, updated in place."""
         blocks = approver_card(view, self._context(view))
         text = f"Access request #{view.id}: {outcome_line(view, self.zone)}"
@@ -216,28 +384,21 @@ class Notifier:
     def _update_in_place(
         self, request_id: int, purpose: str, text: str, blocks: Sequence[Block]
     ) -> None:
-        """Every posted copy of a card, updated; a copy Slack refuses is logged, not fatal."""
+        """Every posted copy of a card, updated (a copy Slack refuses is logged, not fatal)."""
         for channel, ts in self.service.messages_of(request_id, purpose):
-            try:
-                self.client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
-            except SlackApiError as exc:
-                log.warning(
-                    "event=card_update_failed request=%s card=%s channel=%s error=%s",
-                    request_id,
-                    purpose,
-                    channel,
-                    exc.response.get("error"),
-                )
+            args = {"channel": channel, "ts": ts, "text": text, "blocks": _json_blocks(blocks)}
+            self._emit(OutCall(UPDATE, args))
 
-    def expiry_warning(self, view: RequestView) -> None:
+    def _expiry_warning(self, view: RequestView) -> None:
         """DM the holder before the end: Extend (where the path allows) and Done, revoke now."""
         if not view.requester_slack_id:
             return
-        self.client.chat_postMessage(
-            channel=view.requester_slack_id,
-            text=f"Your access to {view.target}:{view.role} ends at "
+        self._post(
+            f"expiry_warning request={view.id}",
+            view.requester_slack_id,
+            f"Your access to {view.target}:{view.role} ends at "
             f"{clock_time(view.expires_at, self.zone)}",
-            blocks=expiry_warning(view, self.service.clock.now(), self.zone),
+            expiry_warning(view, self.service.clock.now(), self.zone),
         )
 
     def grant_failed(self, view: RequestView) -> None:
@@ -254,8 +415,9 @@ class Notifier:
         about = f"grant_failed request={view.id}"
         self._post(about, policy.channels.security_alerts, text)
         admins = self._slack_ids(view, rules.group_members(policy, policy.admins))
-        told = [user_id for user_id in admins if self._post(about, user_id, text) is not None]
-        if not told:  # the card says admins are told: make it loud that none could be
+        for user_id in admins:
+            self._post(about, user_id, text)
+        if not admins:  # the card says admins are told: make it loud that none could be
             log.error("event=no_admin_reachable request=%s", view.id)
             self._post(
                 about,
@@ -264,7 +426,7 @@ class Notifier:
                 "policy's admins group.",
             )
 
-    def break_glass_started(self, view: RequestView) -> None:
+    def _break_glass_started(self, view: RequestView) -> None:
         """Security and the reviewers on duty hear at once. Each recipient Slack accepted is
         remembered, and the review card lists those and only those as alerted."""
         policy, zone = self.service.policy, self.zone
@@ -281,27 +443,33 @@ class Notifier:
         for channel, text in [(policy.channels.security_alerts, to_security)] + [
             (user_id, to_reviewer) for user_id in reviewers
         ]:
-            answer = self._post(f"break_glass_alert request={view.id}", channel, text)
-            if answer is not None:
-                self.service.remember_message(view.id, channel, answer["ts"], ALERT_MESSAGE)
+            # Remembered once Slack takes it; one refused for good is logged and not listed.
+            self._post(
+                f"break_glass_alert request={view.id}",
+                channel,
+                text,
+                remember=(view.id, ALERT_MESSAGE),
+                as_addressed=True,
+            )
         self.tell_sponsor(view)
 
-    def revoke_failed(self, view: RequestView) -> None:
+    def revoke_failed(self, view: RequestView, attempts: int) -> None:
         policy = self.service.policy
         text = (
             f"🚨 Revoke failed: #{view.id} `{view.target}:{view.role}` for "
             f"{escape(view.account)} is still in place on the target after "
-            f"{view.revoke_attempts} attempt(s): {escape(view.revoke_detail or 'no detail')}. "
+            f"{attempts} attempt(s): {escape(view.revoke_detail or 'no detail')}. "
             "WardKey keeps retrying; check the target, and once access is gone a WardKey "
             f'admin can run `wardkey revoke resolve {view.id} "what you checked"`.'
         )
         about = f"revoke_failed request={view.id}"
-        if self._post(about, policy.channels.security_alerts, text) is None:
-            # The card says security is alerted: with the channel gone, the admins are.
+        # The card says security is alerted: with the channel gone, the admins are.
+        with self._aside() as admins:
             for user_id in self._slack_ids(view, rules.group_members(policy, policy.admins)):
                 self._post(about, user_id, text)
+        self._post(about, policy.channels.security_alerts, text, instead=admins)
 
-    def review_follow_up(self, request_id: int, step: ReviewStep) -> None:
+    def _review_follow_up(self, request_id: int, step: ReviewStep) -> None:
         """A break-glass use ended: its summary goes to the managers' channel with Justified /
         Not justified. Undecided: reviewers are reminded. Overdue: security and the WardKey
         admins are told."""
@@ -310,13 +478,14 @@ class Notifier:
         view = summary.view
         channel = policy.channels.manager_reviews
         if step == ReviewStep.REQUESTED:
-            answer = self.client.chat_postMessage(
-                channel=channel,
-                text=f"Break-glass review #{view.id}: {escape(view.requester)} used "
+            self._post(
+                f"review_requested request={view.id}",
+                channel,
+                f"Break-glass review #{view.id}: {escape(view.requester)} used "
                 f"{view.target}:{view.role}",
-                blocks=review_card(summary, self.zone),
+                review_card(summary, self.zone),
+                remember=(view.id, REVIEW_CARD),
             )
-            self.service.remember_message(view.id, answer["channel"], answer["ts"], REVIEW_CARD)
             return
         due = day_time(view.review.due_at if view.review else None, self.zone)
         now = self.service.clock.now()
@@ -338,6 +507,9 @@ class Notifier:
 
     def standing_found(self, report: StandingReport) -> None:
         """New standing access, and targets that could not be read, to the security channel."""
+        self._record("security", self._standing_found, report)
+
+    def _standing_found(self, report: StandingReport) -> None:
         lines = [
             f"• `{escape(f.target)}` {escape(f.entitlement)}: `{escape(f.account)}` "
             + (
@@ -353,14 +525,18 @@ class Notifier:
         ]
         if not lines:
             return
-        self.client.chat_postMessage(
-            channel=self.service.policy.channels.security_alerts,
-            text="🔎 Standing privilege: access that no WardKey grant covers\n" + "\n".join(lines),
+        self._post(
+            "standing_found",
+            self.service.policy.channels.security_alerts,
+            "🔎 Standing privilege: access that no WardKey grant covers\n" + "\n".join(lines),
         )
 
     def attestation_follow_up(self, name: str, step: AttestationStep) -> None:
         """Ask the owner to confirm a service account (a card with Still needed / Retire);
         past the deadline, tell security and remind the owner."""
+        self._record(f"identity:{name}", self._attestation_follow_up, name, step)
+
+    def _attestation_follow_up(self, name: str, step: AttestationStep) -> None:
         view = self.service.attestation(name)
         if view is None:
             return
@@ -370,10 +546,11 @@ class Notifier:
             if owner_id is None:
                 log.warning("event=owner_not_in_slack identity=%s owner=%s", name, view.owner)
                 return  # the hourly orphan check reports it
-            self.client.chat_postMessage(
-                channel=owner_id,
-                text=f"Is the service account {name} still needed?",
-                blocks=attestation_card(view, self.zone),
+            self._post(
+                f"attestation_asked identity={name}",
+                owner_id,
+                f"Is the service account {name} still needed?",
+                attestation_card(view, self.zone),
             )
             return
         blocked = policy.identities[name].block_unattested
@@ -390,9 +567,12 @@ class Notifier:
         if not orphans:
             return
         lines = [f"• `{escape(o.identity)}`: {escape(o.reason)}" for o in orphans]
-        self.client.chat_postMessage(
-            channel=self.service.policy.channels.security_alerts,
-            text="👤 Service accounts with no current owner:\n" + "\n".join(lines),
+        self._record(
+            "security",
+            self._post,
+            "orphans_found",
+            self.service.policy.channels.security_alerts,
+            "👤 Service accounts with no current owner:\n" + "\n".join(lines),
         )
 
     def owner_gone(self, member: str) -> str | None:
@@ -409,60 +589,42 @@ class Notifier:
     def attestation_answered(self, channel: str, ts: str, name: str) -> None:
         view = self.service.attestation(name)
         if view is not None:
-            self.client.chat_update(
-                channel=channel,
-                ts=ts,
-                text=f"{name}: answered",
-                blocks=attestation_card(view, self.zone),
-            )
+            args = {
+                "channel": channel,
+                "ts": ts,
+                "text": f"{name}: answered",
+                "blocks": _json_blocks(attestation_card(view, self.zone)),
+            }
+            self.outbox.enqueue(f"identity:{name}", [OutCall(UPDATE, args)])
 
     def digest(self, digest: Digest) -> None:
         """The daily summary, to the managers' channel."""
-        self.client.chat_postMessage(
-            channel=self.service.policy.channels.manager_reviews,
-            text=f"WardKey daily digest for {digest.day:%d %b}: {len(digest.break_glass)} "
+        self._record(
+            "digest",
+            self._post,
+            f"digest day={digest.day}",
+            self.service.policy.channels.manager_reviews,
+            f"WardKey daily digest for {digest.day:%d %b}: {len(digest.break_glass)} "
             f"break-glass use(s), {len(digest.overdue_reviews)} overdue review(s)",
-            blocks=digest_blocks(digest, self.zone),
+            digest_blocks(digest, self.zone),
         )
 
-    def review_decided(self, view: RequestView) -> None:
+    def _review_decided(self, view: RequestView) -> None:
         """Every copy of the review card shows the decision; the user is told the outcome."""
         summary = self.service.break_glass_summary(view.id)
         blocks = review_card(summary, self.zone)
         text = f"Break-glass review #{view.id}: {review_line(view, self.zone)}"
         self._update_in_place(view.id, REVIEW_CARD, text, blocks)
         if view.requester_slack_id:
-            self.client.chat_postMessage(
-                channel=view.requester_slack_id,
-                text=f"The review of your break-glass use #{view.id}: "
-                f"{review_line(view, self.zone)}",
+            self._post(
+                f"review_decided request={view.id}",
+                view.requester_slack_id,
+                f"The review of your break-glass use #{view.id}: {review_line(view, self.zone)}",
             )
 
     def publish_home(self, user_id: str) -> None:
-        """Redraw this user's App Home: their access, their requests, what waits for them."""
-        try:
-            person = self.directory.person(user_id)
-        except (NotAllowed, SlackApiError):
-            return
-        service = self.service
-        mine = service.requests_of(person, (S.PENDING, S.APPROVED, S.GRANTING, S.ACTIVE))
-        high_risk = frozenset(
-            name for name, p in service.policy.paths.items() if p.risk in ("high", "critical")
-        )
-        view = home_view(
-            active=[v for v in mine if v.state == S.ACTIVE],
-            pending=[v for v in mine if v.state != S.ACTIVE or v.extension is not None],
-            to_decide=service.awaiting_decision_by(person, limit=10),
-            now=service.clock.now(),
-            zone=self.zone,
-            high_risk_paths=high_risk,
-        )
-        try:
-            self.client.views_publish(user_id=user_id, view=view)
-        except SlackApiError as exc:
-            log.warning(
-                "event=home_publish_failed user=%s error=%s", user_id, exc.response.get("error")
-            )
+        """Redraw this user's App Home (drawn when sent, so it shows the latest state)."""
+        self.outbox.enqueue_home(user_id)
 
     def home_opened(self, user_id: str) -> None:
         self.service.remember_home_opened(user_id)
@@ -478,36 +640,14 @@ class Notifier:
             if user_id:
                 users.add(user_id)
         for user_id in sorted(self.service.recent_home_viewers(users, HOME_LIVE_FOR)):
-            self.refresh_home(user_id)
-
-    def refresh_home(self, user_id: str) -> None:
-        """Redraw one home, coalescing bursts: while a redraw for this user is running, later
-        calls only ask for one more redraw afterwards (it reads the latest state anyway), so a
-        wave of requests to one approver costs a few redraws, not one each."""
-        with self._homes:
-            if user_id in self._homes_drawing:
-                self._homes_again.add(user_id)
-                return
-            self._homes_drawing.add(user_id)
-        try:
-            while True:
-                self.publish_home(user_id)
-                with self._homes:
-                    if user_id not in self._homes_again:
-                        self._homes_drawing.discard(user_id)
-                        return
-                    self._homes_again.discard(user_id)
-        except BaseException:
-            with self._homes:
-                self._homes_drawing.discard(user_id)
-                self._homes_again.discard(user_id)
-            raise
+            self._emit(OutCall(HOME, {"user_id": user_id}))
 
     def tell_requester(self, view: RequestView) -> None:
         if view.requester_slack_id:
-            self.client.chat_postMessage(
-                channel=view.requester_slack_id,
-                text=f"Your request #{view.id} for `{view.target}:{view.role}`: "
+            self._post(
+                f"outcome request={view.id}",
+                view.requester_slack_id,
+                f"Your request #{view.id} for `{view.target}:{view.role}`: "
                 f"{outcome_line(view, self.zone)}",
             )
         self.tell_sponsor(view)
@@ -518,9 +658,10 @@ class Notifier:
         if sponsor is None or view.state not in (S.ACTIVE, S.ENDED, S.REVOKE_FAILED):
             return
         for user_id in self._slack_ids(view, [sponsor]):
-            self.client.chat_postMessage(
-                channel=user_id,
-                text=f"Vendor access you sponsor: {escape(view.requester)} on "
+            self._post(
+                f"sponsor request={view.id}",
+                user_id,
+                f"Vendor access you sponsor: {escape(view.requester)} on "
                 f"`{view.target}:{view.role}` (#{view.id}): {outcome_line(view, self.zone)}. "
                 f"Reason: {inert(view.reason)[:300]}",
             )
@@ -535,4 +676,4 @@ class Notifier:
         return vendor.sponsor if vendor is not None else None  # break-glass has no approval
 
     def say(self, user_id: str, text: str) -> None:
-        self.client.chat_postMessage(channel=user_id, text=escape(text))
+        self._record(f"user:{user_id}", self._post, "say", user_id, escape(text))

@@ -67,6 +67,12 @@ class Inbox(Protocol):
     def redeliver_due(self) -> list[str]: ...
 
 
+class Outbox(Protocol):
+    """Slack messages recorded with the changes that caused them (app/notify/outbox.py)."""
+
+    def deliver_due(self) -> int: ...
+
+
 class Sweeps:
     def __init__(
         self,
@@ -84,6 +90,7 @@ class Sweeps:
         *,
         background: bool = False,
         inbox: Inbox | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.service = service
         # In a running process, work on targets goes to each target's lane and is not waited
@@ -100,6 +107,7 @@ class Sweeps:
         self.on_orphans = on_orphans
         self.owner_gone = owner_gone or (lambda _member: None)
         self.inbox = inbox
+        self.outbox = outbox
 
     def _safely(self, event: str, call: Callable[[], object]) -> None:
         """Tell people; a failed message is logged and never stops the sweep (the state
@@ -143,6 +151,12 @@ class Sweeps:
         """Do the work of Slack requests that were acknowledged (so recorded) by a process
         that died before finishing it; every second, so a crash delays a click by seconds."""
         return self.inbox.redeliver_due() if self.inbox is not None else []
+
+    @sweep("expiry")
+    def deliver(self) -> int:
+        """Send the Slack messages waiting in the outbox (those whose process died, or that
+        wait out a Slack error); every second, so any serve or worker delivers them."""
+        return self.outbox.deliver_due() if self.outbox is not None else 0
 
     @sweep("sweep")
     def warn(self) -> list[int]:

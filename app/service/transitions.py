@@ -4,10 +4,16 @@ Every change is a conditional UPDATE (`WHERE id = :id AND state = :expected AND 
 followed by exactly one audit event, in the caller's transaction. If another click, delivery or
 worker got there first, the UPDATE matches no row and `StaleState` is raised, so nothing is
 applied twice.
+
+Each change also writes a notice to the outbox in the same transaction: what happened (the
+action), to which request, at which version. It names no message and no Slack channel; the
+deliverer (app/notify) decides who is told what and sends it later, so a message is never lost
+to a crash or a Slack outage and a grant or revoke never waits for Slack.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -17,7 +23,14 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app import audit
-from app.store.models import AccessRequest, RequestState, Review, ReviewState
+from app.store.models import (
+    AccessRequest,
+    OutboxItem,
+    OutboxState,
+    RequestState,
+    Review,
+    ReviewState,
+)
 
 S = RequestState
 # States in which a worker is calling a target: they are always entered with a lease
@@ -58,6 +71,47 @@ def request_facts(req: AccessRequest) -> dict[str, Any]:
     }
 
 
+def notice(
+    session: Session,
+    request_id: int,
+    version: int,
+    *,
+    at: datetime,
+    action: str,
+    facts: Mapping[str, Any],
+) -> None:
+    """Record in the outbox, in the caller's transaction, that `action` happened to the request
+    (one lane per request, so its messages go out in the order things happened)."""
+    session.add(
+        OutboxItem(
+            lane=f"request:{request_id}",
+            kind="notice",
+            action=action,
+            request_id=request_id,
+            version=version,
+            body=json.dumps(dict(facts), default=str),
+            state=OutboxState.NEW.value,
+            created_at=at,
+            due_at=at,
+            attempts=0,
+            uncertain=False,
+            step=0,
+        )
+    )
+
+
+def _facts(req: AccessRequest, actor: str, **more: object) -> dict[str, object]:
+    """What the deliverer needs to know of the request as it was at this version."""
+    return {
+        "actor": actor,
+        "to": req.state,
+        "path": req.path,
+        "revoke_attempts": req.revoke_attempts,
+        "escalation_level": req.escalation_level,
+        **more,
+    }
+
+
 def create(
     session: Session,
     req: AccessRequest,
@@ -82,6 +136,7 @@ def create(
         request_id=req.id,
         data={"to": req.state, **request_facts(req), **(data or {})},
     )
+    notice(session, req.id, req.version, at=at, action=action, facts=_facts(req, actor))
     return req
 
 
@@ -130,6 +185,14 @@ def transition(
         request_id=req.id,
         data={"from": current.value, "to": to.value, **request_facts(req), **(data or {})},
     )
+    notice(
+        session,
+        req.id,
+        req.version,
+        at=at,
+        action=action,
+        facts=_facts(req, actor, **{"from": current.value}),
+    )
     return req
 
 
@@ -172,6 +235,14 @@ def follow_up_review(
         request_id=review.request_id,
         data={"due_at": review.due_at, **(data or {})},
     )
+    notice(
+        session,
+        review.request_id,
+        review.version,
+        at=at,
+        action=action,
+        facts={"actor": "wardkey", "review": True},
+    )
     return review
 
 
@@ -203,5 +274,13 @@ def decide_review(
         actor=actor,
         request_id=review.request_id,
         data={"outcome": to.value, "note": note, "due_at": review.due_at, **(data or {})},
+    )
+    notice(
+        session,
+        review.request_id,
+        review.version,
+        at=at,
+        action="review.decided",
+        facts={"actor": actor, "review": True},
     )
     return review

@@ -335,3 +335,48 @@ class HomeView(Base):
 
     slack_user_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     opened_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class OutboxState(StrEnum):
+    NEW = "new"  # waiting to be sent (from due_at)
+    WORKING = "working"  # claimed by a process until lease_until
+    DONE = "done"  # sent (a notice: turned into its messages)
+    FAILED = "failed"  # Slack refused it for good (an archived channel, a deleted user)
+
+
+class OutboxItem(Base):
+    """The Slack outbox. A notice (what happened to a request, at which version) is written in
+    the transaction of the state change that causes it; the deliverer turns it into messages,
+    each its own row with a key, and sends them. Rows of one lane (one request, one person's
+    home, the security channel) go out in order: `COALESCE(parent, id)`, then `step`."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_state_due_at", "state", "due_at"),
+        Index("ix_outbox_lane", "lane", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    lane: Mapped[str] = mapped_column(String(100))
+    parent: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    step: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    kind: Mapped[str] = mapped_column(String(16))  # notice | call
+    key: Mapped[str | None] = mapped_column(String(100), unique=True)
+    action: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[int | None] = mapped_column(Integer)
+    version: Mapped[int | None] = mapped_column(Integer)
+    body: Mapped[str] = mapped_column(Text)  # JSON: a notice's facts, a call's method and args
+    state: Mapped[str] = mapped_column(String(16), default=OutboxState.NEW.value)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A try may have reached Slack (a 5xx, a lost answer, a crash): look before posting again.
+    uncertain: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    done_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    channel: Mapped[str | None] = mapped_column(String(32))
+    ts: Mapped[str | None] = mapped_column(String(32))

@@ -1,0 +1,708 @@
+"""The Slack outbox: every message WardKey sends goes through the database.
+
+A state change writes a notice (app/service/transitions.py) in its own transaction. The
+deliverer claims rows the way the inbox and the expiry sweep do (`FOR UPDATE SKIP LOCKED` on
+PostgreSQL, a conditional update on SQLite, with a lease): a notice is turned by the notifier
+into the messages it causes, each stored as its own row with a key, and those are sent. Only the
+first unfinished row of a lane (one request, one person's home, the security channel) is
+claimable, so a request's messages go out in the order things happened.
+
+Nothing is sent twice. Card updates and home redraws are idempotent. A post carries its key in
+Slack's message metadata; its row is marked sent in the same write that records its ts. If a
+try may have reached Slack (a 5xx, a lost answer, a process killed mid-call), the next try looks
+for the key in the conversation first and records what it finds instead of posting again.
+
+Nothing is lost. A Slack 5xx, 429 (Retry-After honoured) or outage puts the row back with a
+back-off; the outage is logged once, its end once, and a backlog older than `alert_after` is
+logged (event=outbox_backlog) and, once delivered, reported to the security channel with how
+long messages were delayed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import secrets
+import socket
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from sqlalchemy import TextClause, bindparam, func, select, text
+from sqlalchemy.exc import IntegrityError
+
+from app.clock import Clock
+from app.store.db import Database, is_database_error
+from app.store.models import OutboxItem, OutboxState, RequestMessage, UTCDateTime
+
+log = logging.getLogger(__name__)
+
+POST = "chat.postMessage"
+UPDATE = "chat.update"
+HOME = "home"  # views.publish, drawn when sent so it always shows the latest state
+METADATA_EVENT = "wardkey_outbox"
+# Slack errors that say "try again later", not "this message can never be sent".
+TRANSIENT_ERRORS = frozenset(
+    {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+)
+BACKOFF_FIRST = 1.0
+BACKOFF_CAP = 10.0  # while Slack is down, each lane tries about this often
+MAX_HISTORY = 200  # messages looked through for a key (Slack's page limit)
+
+
+@dataclass(frozen=True)
+class Notice:
+    """What happened to a request, as the transition recorded it."""
+
+    id: int
+    request_id: int
+    version: int
+    action: str
+    facts: Mapping[str, Any]
+
+    @property
+    def actor(self) -> str:
+        return str(self.facts.get("actor", ""))
+
+    @property
+    def to(self) -> str | None:
+        to = self.facts.get("to")
+        return str(to) if to is not None else None
+
+
+@dataclass
+class OutCall:
+    """One Slack call to make: a post, a card update or a home redraw."""
+
+    method: str
+    args: dict[str, Any]
+    # (request id, purpose): where a post's channel and ts are remembered once Slack took it.
+    remember: tuple[int, str] | None = None
+    about: str = ""  # what it is, for the log if Slack refuses it
+    # Remember the channel as addressed (a person's ID), not the DM Slack answers with.
+    as_addressed: bool = False
+    # Sent instead if Slack refuses this one for good (a gone security channel: the admins).
+    instead: list[OutCall] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(self._data())
+
+    def _data(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "args": self.args,
+            "remember": list(self.remember) if self.remember else None,
+            "about": self.about,
+            "as_addressed": self.as_addressed,
+            "instead": [c._data() for c in self.instead],
+        }
+
+    @classmethod
+    def from_json(cls, body: str) -> OutCall:
+        return cls._from(json.loads(body))
+
+    @classmethod
+    def _from(cls, data: dict[str, Any]) -> OutCall:
+        remember = data.get("remember")
+        return cls(
+            data["method"],
+            data["args"],
+            (int(remember[0]), str(remember[1])) if remember else None,
+            str(data.get("about") or ""),
+            bool(data.get("as_addressed")),
+            [cls._from(c) for c in data.get("instead") or []],
+        )
+
+
+class Defer(Exception):
+    """The notice cannot be rendered yet (its request is mid-grant): try again shortly."""
+
+
+class Renderer(Protocol):
+    """The notifier: turns a notice into the Slack calls it causes; draws a home."""
+
+    def expand(self, notice: Notice) -> list[OutCall]: ...
+
+    def draw_home(self, user_id: str) -> dict[str, Any] | None: ...
+
+
+class Transient(Exception):
+    """Slack did not take the call this time (5xx, 429, unreachable)."""
+
+    def __init__(self, error: str, *, retry_after: float | None = None, uncertain: bool) -> None:
+        super().__init__(error)
+        self.error = error
+        self.retry_after = retry_after
+        self.uncertain = uncertain
+
+
+class Refused(Exception):
+    """Slack refused the call for good (archived channel, unknown user, bad blocks)."""
+
+
+@dataclass
+class Claimed:
+    id: int
+    kind: str
+    lane: str
+    key: str | None
+    action: str | None
+    request_id: int | None
+    version: int | None
+    body: str
+    attempts: int
+    uncertain: bool
+    created_at: datetime
+
+
+@dataclass
+class Stats:
+    """What this process's deliverer did, for logs and tests."""
+
+    sent: int = 0
+    found_already_sent: int = 0
+    retried: int = 0
+    refused: int = 0
+    notices: int = 0
+    methods: dict[str, int] = field(default_factory=dict)
+
+
+_TIMES = ("now", "lease", "due")
+
+
+def _typed(statement: str) -> TextClause:
+    """A statement whose time parameters are stored as the models store them (UTC; naive on
+    SQLite), so comparisons with the columns hold on every backend."""
+    clause = text(statement)
+    names = [n for n in _TIMES if f":{n}" in statement]
+    return clause.bindparams(*[bindparam(n, type_=UTCDateTime()) for n in names])
+
+
+_SELECT_HEADS = (
+    "SELECT o.id FROM outbox o WHERE o.state IN ('new', 'working') AND o.due_at <= :now "
+    "AND (o.state = 'new' OR o.lease_until <= :now) "
+    "AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.lane = o.lane "
+    "AND p.state IN ('new', 'working') AND (COALESCE(p.parent, p.id) < COALESCE(o.parent, o.id) "
+    "OR (COALESCE(p.parent, p.id) = COALESCE(o.parent, o.id) AND p.step < o.step))) "
+    "ORDER BY o.id LIMIT :limit"
+)
+_CLAIM_SQL = _typed(
+    "UPDATE outbox SET uncertain = (uncertain OR state = 'working'), state = 'working', "
+    "claimed_by = :owner, lease_until = :lease, attempts = attempts + 1 "
+    "WHERE id IN :ids AND (state = 'new' OR (state = 'working' AND lease_until <= :now)) "
+    "RETURNING id, kind, lane, key, action, request_id, version, body, attempts, uncertain, "
+    "created_at"
+).bindparams(bindparam("ids", expanding=True))
+_CLAIM = _CLAIM_SQL.columns(created_at=UTCDateTime())
+_HELD = "id = :id AND state = 'working' AND claimed_by = :owner"
+_DONE = _typed(
+    "UPDATE outbox SET state = 'done', done_at = :now, lease_until = NULL, channel = :channel, "
+    f"ts = :ts, last_error = NULL WHERE {_HELD}"
+)
+_AGAIN = _typed(
+    "UPDATE outbox SET state = 'new', due_at = :due, lease_until = NULL, claimed_by = NULL, "
+    f"uncertain = :uncertain, last_error = :error WHERE {_HELD}"
+)
+_FAILED = _typed(
+    "UPDATE outbox SET state = 'failed', done_at = :now, lease_until = NULL, last_error = :error "
+    f"WHERE {_HELD}"
+)
+_RENEW = _typed(
+    "UPDATE outbox SET lease_until = :lease WHERE id = :id AND state = 'working' "
+    "AND claimed_by = :owner"
+)
+_SOON = _typed(
+    "UPDATE outbox SET due_at = :now WHERE state = 'new' AND due_at > :now "
+    "AND last_error IS NOT NULL AND last_error NOT LIKE 'ratelimited%'"
+)
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"[:100]
+
+
+class Outbox:
+    """Claims and sends outbox rows. `background`: kicks wake this process's delivery thread
+    (a running serve or worker); otherwise a kick delivers at once on the caller's thread
+    (tests, the demo), so a test sees the messages as soon as the work is done."""
+
+    LEASE = timedelta(seconds=20)  # longer than one Slack call's time-out (10 s)
+    BATCH = 50
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        client: WebClient,
+        renderer: Renderer,
+        *,
+        background: bool = False,
+        alert_after: timedelta = timedelta(seconds=60),
+        security_channel: Callable[[], str] | None = None,
+        lease: timedelta | None = None,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.client = client
+        self.renderer = renderer
+        self.background = background
+        self.alert_after = alert_after
+        self.security_channel = security_channel
+        self.lease = lease or self.LEASE
+        self.owner = _owner()
+        self.stats = Stats()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._inline = threading.local()
+        self._slack_down_since: datetime | None = None
+        self._slack_failures = 0
+        self._paused_until: dict[str, datetime] = {}  # a method Slack rate-limited
+        self._backlog_since: datetime | None = None  # oldest waiting row when alerted
+
+    # ------------------------------------------------------------------ entry points
+
+    def kick(self) -> None:
+        """Something was recorded: deliver it now (inline) or wake the delivery thread."""
+        if self.background:
+            self._ensure_thread()
+            self._wake.set()
+            return
+        if getattr(self._inline, "busy", False):
+            return  # a message's rendering asked for delivery: the loop running picks it up
+        self._inline.busy = True
+        try:
+            self.deliver_due()
+        except Exception as exc:
+            self._log_failure("outbox_delivery_failed", exc)
+        finally:
+            self._inline.busy = False
+
+    def enqueue(self, lane: str, calls: Sequence[OutCall], key: str | None = None) -> None:
+        """Record calls that no request's transition caused (digest, alerts, homes) and kick.
+        `key`: for a single call, refuse a second row with the same key (another process
+        recorded the same message)."""
+        if not calls:
+            return
+        now = self.clock.now()
+        try:
+            with self.db.transaction() as session:
+                first = self._row(lane, calls[0], now, key=key)
+                session.add(first)
+                session.flush()
+                for step, call in enumerate(calls[1:], start=1):
+                    row = self._row(lane, call, now)
+                    row.parent, row.step = first.id, step
+                    session.add(row)
+        except IntegrityError:
+            return  # the same keyed message is already recorded
+        self.kick()
+
+    def enqueue_home(self, user_id: str) -> None:
+        """A home redraw, unless one for this person is already waiting (it will draw the
+        latest state anyway)."""
+        lane = f"home:{user_id}"
+        with self.db.read() as session:
+            waiting = session.scalar(
+                select(func.count())
+                .select_from(OutboxItem)
+                .where(OutboxItem.lane == lane, OutboxItem.state == OutboxState.NEW.value)
+            )
+        if waiting:
+            self.kick()
+            return
+        self.enqueue(lane, [OutCall(HOME, {"user_id": user_id})])
+
+    def deliver_due(self) -> int:
+        """Claim and send what is due, lane head by lane head, until nothing is left; returns
+        the rows finished. Safe to run in many threads and processes at once."""
+        finished = 0
+        while True:
+            claimed = self._claim()
+            if not claimed:
+                break
+            for item in claimed:
+                finished += self._deliver(item)
+        self._watch_backlog()
+        return finished
+
+    # ------------------------------------------------------------------ claiming
+
+    def _claim(self) -> list[Claimed]:
+        now = self.clock.now()
+        heads = _SELECT_HEADS
+        if not self.db.is_sqlite:  # rows another process is claiming are skipped, not waited for
+            heads += " FOR UPDATE OF o SKIP LOCKED"
+        with self.db.transaction() as session:
+            ids = list(session.execute(_typed(heads), {"now": now, "limit": self.BATCH}).scalars())
+            if not ids:
+                return []
+            rows = session.execute(
+                _CLAIM, {"ids": ids, "owner": self.owner, "lease": now + self.lease, "now": now}
+            ).all()
+        return sorted((Claimed(*row) for row in rows), key=lambda c: c.id)
+
+    # ------------------------------------------------------------------ delivering
+
+    def _deliver(self, item: Claimed) -> int:
+        try:
+            if item.kind == "notice":
+                self._expand(item)
+            else:
+                self._send(item)
+        except Defer:
+            self._again(item, "deferred", 1.0, uncertain=False, count=False)
+            return 0
+        except Transient as exc:
+            self._slack_failed(exc.error)
+            wait = exc.retry_after if exc.retry_after is not None else self._backoff(item.attempts)
+            self._again(item, exc.error, wait, uncertain=exc.uncertain or item.uncertain)
+            return 0
+        except Refused as exc:
+            self._refused(item, str(exc))
+            return 1
+        except Exception as exc:
+            if is_database_error(exc):
+                self.db.outage.failed("outbox", exc)
+            else:
+                log.exception("event=outbox_item_failed id=%s lane=%s", item.id, item.lane)
+            self._again(item, type(exc).__name__, self._backoff(item.attempts), uncertain=True)
+            return 0
+        return 1
+
+    def _expand(self, item: Claimed) -> None:
+        """A notice becomes the messages it causes, each its own row, in one write."""
+        assert item.request_id is not None and item.action is not None
+        notice = Notice(
+            item.id, item.request_id, item.version or 0, item.action, json.loads(item.body)
+        )
+        try:
+            calls = self.renderer.expand(notice)
+        except SlackApiError as exc:
+            raise _classify(exc) from exc
+        except (OSError, TimeoutError) as exc:
+            raise Transient(f"unreachable: {type(exc).__name__}", uncertain=False) from exc
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            done = session.execute(
+                _DONE, {"id": item.id, "owner": self.owner, "now": now, "channel": None, "ts": None}
+            )
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                return  # the lease ran out and another process has it
+            for step, call in enumerate(calls, start=1):
+                row = self._row(item.lane, call, now, key=f"n{item.id}.{step}")
+                row.parent, row.step = item.id, step
+                session.add(row)
+        with self._lock:
+            self.stats.notices += 1
+
+    def _send(self, item: Claimed) -> None:
+        call = OutCall.from_json(item.body)
+        self._respect_rate_limit(call.method)
+        channel: str | None = None
+        ts: str | None = None
+        if call.method == POST:
+            found = self._already_posted(item, call) if item.uncertain else None
+            if found is not None:
+                channel, ts = found
+                with self._lock:
+                    self.stats.found_already_sent += 1
+            else:
+                args = dict(call.args)
+                args["metadata"] = {
+                    "event_type": METADATA_EVENT,
+                    "event_payload": {"key": item.key or f"o{item.id}"},
+                }
+                answer = self._call(lambda: self.client.chat_postMessage(**args))
+                channel, ts = str(answer["channel"]), str(answer["ts"])
+        elif call.method == UPDATE:
+            self._call(lambda: self.client.chat_update(**call.args))
+        elif call.method == HOME:
+            user_id = str(call.args["user_id"])
+            view = self.renderer.draw_home(user_id)
+            if view is not None:
+                self._call(lambda: self.client.views_publish(user_id=user_id, view=view))
+        else:
+            raise Refused(f"unknown method {call.method}")
+        self._slack_answered()
+        self._record_sent(item, call, channel, ts)
+
+    def _record_sent(
+        self, item: Claimed, call: OutCall, channel: str | None, ts: str | None
+    ) -> None:
+        """Sent: marked done in the same write that records where it went."""
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            done = session.execute(
+                _DONE,
+                {"id": item.id, "owner": self.owner, "now": now, "channel": channel, "ts": ts},
+            )
+            sent = done.rowcount == 1  # type: ignore[attr-defined]
+            if sent and call.remember and channel and ts:
+                request_id, purpose = call.remember
+                if call.as_addressed:
+                    channel = str(call.args["channel"])
+                session.add(
+                    RequestMessage(request_id=request_id, channel=channel, ts=ts, purpose=purpose)
+                )
+        with self._lock:
+            self.stats.sent += 1
+            self.stats.methods[call.method] = self.stats.methods.get(call.method, 0) + 1
+
+    def _already_posted(self, item: Claimed, call: OutCall) -> tuple[str, str] | None:
+        """A try may have reached Slack: look for this post's key in the conversation."""
+        key = item.key or f"o{item.id}"
+        channel = str(call.args["channel"])
+        if channel.startswith(("U", "W")):  # a post to a person lands in the DM with them
+            opened = self._call(lambda: self.client.conversations_open(users=channel))
+            channel = str(opened["channel"]["id"])
+        oldest = f"{(item.created_at - timedelta(minutes=1)).timestamp():.6f}"
+        thread = call.args.get("thread_ts")
+        if thread:
+            answer = self._call(
+                lambda: self.client.conversations_replies(
+                    channel=channel,
+                    ts=str(thread),
+                    oldest=oldest,
+                    limit=MAX_HISTORY,
+                    include_all_metadata=True,
+                )
+            )
+        else:
+            answer = self._call(
+                lambda: self.client.conversations_history(
+                    channel=channel, oldest=oldest, limit=MAX_HISTORY, include_all_metadata=True
+                )
+            )
+        for message in answer.get("messages") or []:
+            payload = (message.get("metadata") or {}).get("event_payload") or {}
+            if payload.get("key") == key:
+                return channel, str(message["ts"])
+        return None
+
+    def _call(self, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except SlackApiError as exc:
+            raise _classify(exc) from exc
+        except (OSError, TimeoutError) as exc:  # refused, reset, timed out: it may have landed
+            raise Transient(f"unreachable: {type(exc).__name__}", uncertain=True) from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith(("http", "urllib")):
+                raise Transient(f"unreachable: {type(exc).__name__}", uncertain=True) from exc
+            raise
+
+    def _respect_rate_limit(self, method: str) -> None:
+        until = self._paused_until.get(method)
+        if until is not None and self.clock.now() < until:
+            wait = (until - self.clock.now()).total_seconds()
+            raise Transient("ratelimited (waiting)", retry_after=wait, uncertain=False)
+
+    # ------------------------------------------------------------------ outcomes
+
+    def _again(
+        self, item: Claimed, error: str, wait: float, *, uncertain: bool, count: bool = True
+    ) -> None:
+        now = self.clock.now()
+        if error.startswith("ratelimited") and wait > 0:
+            method = _method_of(item)
+            if method:
+                self._paused_until[method] = now + timedelta(seconds=wait)
+        with self.db.transaction() as session:
+            session.execute(
+                _AGAIN,
+                {
+                    "id": item.id,
+                    "owner": self.owner,
+                    "due": now + timedelta(seconds=wait),
+                    "uncertain": uncertain,
+                    "error": error[:200],
+                },
+            )
+        if count:
+            with self._lock:
+                self.stats.retried += 1
+
+    def _refused(self, item: Claimed, error: str) -> None:
+        """Refused for good: logged, marked failed, and what was to go instead recorded (right
+        after it in its lane) in the same write."""
+        call = OutCall.from_json(item.body) if item.kind == "call" else None
+        log.error(
+            "event=message_failed about=%s channel=%s error=%s",
+            call.about if call else item.action,
+            call.args.get("channel") if call else None,
+            error[:100],
+        )
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            failed = session.execute(
+                _FAILED, {"id": item.id, "owner": self.owner, "now": now, "error": error[:200]}
+            )
+            if failed.rowcount == 1 and call is not None:  # type: ignore[attr-defined]
+                parent = session.get(OutboxItem, item.id)
+                assert parent is not None
+                for n, other in enumerate(call.instead, start=1):
+                    row = self._row(item.lane, other, now, key=f"{item.key or item.id}.i{n}")
+                    # Right after the refused row in its lane (steps between calls are spaced).
+                    row.parent = parent.parent or parent.id
+                    row.step = parent.step * 100 + n if parent.parent else n
+                    session.add(row)
+        with self._lock:
+            self.stats.refused += 1
+
+    @staticmethod
+    def _backoff(attempts: int) -> float:
+        """1 s, 2 s, 4 s… up to BACKOFF_CAP, with jitter so lanes do not retry in step."""
+        ceiling = min(BACKOFF_CAP, BACKOFF_FIRST * float(2 ** max(0, attempts - 1)))
+        return ceiling * (0.5 + random.random() / 2)
+
+    def _slack_failed(self, error: str) -> None:
+        with self._lock:
+            self._slack_failures += 1
+            first = self._slack_down_since is None
+            if first:
+                self._slack_down_since = self.clock.now()
+        if first:
+            log.error("event=slack_unreachable error=%s what=messages wait in the outbox", error)
+
+    def _slack_answered(self) -> None:
+        if self._slack_down_since is None:
+            return
+        with self._lock:
+            since, failures = self._slack_down_since, self._slack_failures
+            self._slack_down_since, self._slack_failures = None, 0
+        if since is None:
+            return
+        lasted = (self.clock.now() - since).total_seconds()
+        log.warning("event=slack_back down_seconds=%.1f failed_calls=%d", lasted, failures)
+        # Slack answers again: what waits for its back-off goes now, not in up to 10 s.
+        with self.db.transaction() as session:
+            session.execute(_SOON, {"now": self.clock.now()})
+
+    # ------------------------------------------------------------------ backlog
+
+    def backlog(self) -> tuple[int, datetime | None]:
+        """Rows not yet sent, and when the oldest was recorded."""
+        with self.db.read() as session:
+            count, oldest = session.execute(
+                select(func.count(), func.min(OutboxItem.created_at)).where(
+                    OutboxItem.state.in_([OutboxState.NEW.value, OutboxState.WORKING.value])
+                )
+            ).one()
+        return int(count or 0), oldest
+
+    def _watch_backlog(self) -> None:
+        """Past the threshold: log it once. Once delivered: tell security how long messages
+        were delayed (one message, whichever process sees it first)."""
+        count, oldest = self.backlog()
+        now = self.clock.now()
+        if oldest is not None and now - oldest >= self.alert_after:
+            if self._backlog_since is None or oldest < self._backlog_since:
+                first = self._backlog_since is None
+                self._backlog_since = oldest if first else self._backlog_since
+                if first:
+                    log.error(
+                        "event=outbox_backlog count=%d oldest_seconds=%.0f what=Slack messages "
+                        "are delayed; they are kept and sent when Slack answers",
+                        count,
+                        (now - oldest).total_seconds(),
+                    )
+            return
+        if self._backlog_since is None or count:
+            return
+        since, self._backlog_since = self._backlog_since, None
+        delayed = (now - since).total_seconds()
+        log.warning("event=outbox_backlog_cleared delayed_seconds=%.0f", delayed)
+        if self.security_channel is not None:
+            self.enqueue(
+                "security",
+                [
+                    OutCall(
+                        POST,
+                        {
+                            "channel": self.security_channel(),
+                            "text": f"📨 Slack messages from WardKey were delayed by up to "
+                            f"{_minutes(delayed)} (Slack did not take them). All have now been "
+                            "delivered; grants and revokes went ahead on time meanwhile.",
+                        },
+                    )
+                ],
+                key=f"delayed:{since.isoformat()}"[:100],
+            )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _row(self, lane: str, call: OutCall, now: datetime, key: str | None = None) -> OutboxItem:
+        return OutboxItem(
+            lane=lane,
+            kind="call",
+            key=key,
+            body=call.to_json(),
+            state=OutboxState.NEW.value,
+            created_at=now,
+            due_at=now,
+            attempts=0,
+            uncertain=False,
+            step=0,
+        )
+
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="wardkey-outbox", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            try:
+                self.deliver_due()
+                self.db.outage.answered()
+            except Exception as exc:
+                self._log_failure("outbox_delivery_failed", exc)
+
+    def _log_failure(self, event: str, exc: Exception) -> None:
+        if is_database_error(exc):
+            self.db.outage.failed("outbox", exc)
+        else:
+            log.exception("event=%s", event)
+
+
+def _classify(exc: SlackApiError) -> Exception:
+    response = exc.response
+    status = getattr(response, "status_code", 200)
+    error = str(response.get("error") or f"http_{status}") if response is not None else "unknown"
+    if status == 429 or error == "ratelimited":
+        headers = getattr(response, "headers", {}) or {}
+        retry = headers.get("Retry-After") or headers.get("retry-after") or "1"
+        try:
+            wait = float(retry[0] if isinstance(retry, list) else retry)
+        except ValueError:
+            wait = 1.0
+        return Transient("ratelimited", retry_after=wait, uncertain=False)
+    if status >= 500 or error in TRANSIENT_ERRORS:
+        return Transient(f"{error} (HTTP {status})", uncertain=True)
+    return Refused(error)
+
+
+def _method_of(item: Claimed) -> str | None:
+    if item.kind != "call":
+        return None
+    try:
+        return str(json.loads(item.body)["method"])
+    except (ValueError, KeyError):
+        return None
+
+
+def _minutes(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min"
