@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -216,6 +217,30 @@ class TestIdempotency:
         hook.grant("amira", "ORDERSET_ADMIN", UNTIL)  # a new request, same access and end time
         assert wire.keys("grant")[-1] != first
         assert hook.check("amira", "ORDERSET_ADMIN") is True
+
+    def test_a_read_after_one_that_failed_gets_a_fresh_answer(
+        self, epr: WebhookTarget, clock: ManualClock, wire: Wire
+    ) -> None:
+        """A check and a member list WardKey gave up waiting for (the console answered them
+        late and kept the answers), then access changes by hand: the next reads must see the
+        change, not be served the answers the console kept for the first ones."""
+        hook = adapter(epr.url, timeout=0.3, clock=clock, wire=wire)
+        hook.grant("amira", "ORDERSET_ADMIN", UNTIL)
+        epr.delay_seconds = 0.6
+        for late_read in (
+            lambda: hook.check("amira", "ORDERSET_ADMIN"),
+            lambda: hook.list_members("ORDERSET_ADMIN"),
+        ):
+            with pytest.raises(TransientAdapterError):
+                late_read()
+        epr.delay_seconds = 0.0
+        time.sleep(0.8)  # the console finishes both reads after WardKey stopped waiting
+        epr.members["ORDERSET_ADMIN"].discard("amira")
+        epr.members["ORDERSET_ADMIN"].add("mallory")
+        assert hook.check("amira", "ORDERSET_ADMIN") is False
+        assert hook.list_members("ORDERSET_ADMIN") == {"mallory"}
+        checks = wire.keys("check")
+        assert len(set(checks)) == len(checks)
 
     def test_a_retry_the_console_already_did_gets_the_first_answer_again(
         self, epr: WebhookTarget, clock: ManualClock

@@ -148,10 +148,12 @@ class WebhookAdapter:
         self._keys = _IdempotencyKeys()
 
     def _call(
-        self, operation: str, payload: dict[str, Any], slot: tuple[str, ...]
+        self, operation: str, payload: dict[str, Any], slot: tuple[str, ...] | None
     ) -> dict[str, Any]:
-        """POST one signed attempt. `slot` names what the operation acts on: grant and revoke of
-        the same access share one, so each takes over the other's pending key."""
+        """POST one signed attempt. `slot` names what a change acts on: grant and revoke of
+        the same access share one, so each takes over the other's pending key. A read has
+        none: every read gets a key of its own, so a receiver's answer cached for an earlier
+        read (one that timed out) is never served as the answer to a later one."""
         body = json.dumps({"operation": operation, **payload}, separators=(",", ":")).encode()
         url = f"{self.base}/{operation}"
         envelope = Envelope(
@@ -159,7 +161,7 @@ class WebhookAdapter:
             path=httpx.URL(url).raw_path.decode("ascii"),
             timestamp=str(int(self.clock.now().timestamp())),
             nonce=secrets.token_hex(16),
-            idempotency_key=self._keys.begin(slot, body),
+            idempotency_key=str(uuid.uuid4()) if slot is None else self._keys.begin(slot, body),
             body=body,
         )
         headers = envelope.headers(sign(self.key, envelope))
@@ -171,7 +173,8 @@ class WebhookAdapter:
             raise TransientAdapterError(f"{operation}: cannot reach {url} ({exc})") from None
         if response.status_code in (408, 425, 429) or response.status_code >= 500:
             raise TransientAdapterError(f"{operation}: HTTP {response.status_code}")
-        self._keys.answered(slot, envelope.idempotency_key)
+        if slot is not None:
+            self._keys.answered(slot, envelope.idempotency_key)
         if response.status_code >= 400:
             raise PermanentAdapterError(
                 f"{operation}: HTTP {response.status_code} {response.text[:200]}"
@@ -215,7 +218,7 @@ class WebhookAdapter:
         answer = self._call(
             "check",
             {"account": account, "entitlement": entitlement},
-            ("check", account, entitlement),
+            None,
         )
         if not isinstance(answer.get("present"), bool):
             raise PermanentAdapterError("check: the answer has no true/false 'present'")
@@ -226,5 +229,5 @@ class WebhookAdapter:
         return int(answer.get("sessions_ended", 0))
 
     def list_members(self, entitlement: str) -> set[str]:
-        answer = self._call("members", {"entitlement": entitlement}, ("members", entitlement))
+        answer = self._call("members", {"entitlement": entitlement}, None)
         return {str(a) for a in answer.get("accounts", [])}
