@@ -223,6 +223,39 @@ class TestGrantAndRevoke:
         recording.revoke(login, role)
         assert server.login_settings(login) == {}
 
+    def test_a_per_database_override_that_would_stop_recording_is_refused(
+        self, server: Server, adapter: PostgresAdapter
+    ) -> None:
+        """A DBA once set `log_statement = none` for the login in this database only: it beats
+        the login-wide setting, so a recorded role would go unrecorded. WardKey refuses."""
+        login, role = server.role("amira"), server.role("pharmacy_owner")
+        recording = PostgresAdapter(server.settings(), PASSWORD, recorded={role})
+        override = sql.SQL("ALTER ROLE {} IN DATABASE {} {}")
+        with server.connect(server.admin) as conn:
+            conn.execute(
+                override.format(
+                    sql.Identifier(login),
+                    sql.Identifier(server.dbname),
+                    sql.SQL("SET log_statement = 'none'"),
+                )
+            )
+        try:
+            with pytest.raises(PermanentAdapterError, match="would stop the session being"):
+                recording.grant(login, role, UNTIL)
+            assert not recording.check(login, role)
+            reader = server.role("pharmacy_read")
+            assert not adapter.grant(login, reader, UNTIL).already_present  # unrecorded: fine
+            adapter.revoke(login, reader)
+        finally:
+            with server.connect(server.admin) as conn:
+                conn.execute(
+                    override.format(
+                        sql.Identifier(login),
+                        sql.Identifier(server.dbname),
+                        sql.SQL("RESET log_statement"),
+                    )
+                )
+
 
 class TestSettingsSharedByGrants:
     """Two recorded grants on one login: the settings follow the last one out, and what the DBA

@@ -134,6 +134,7 @@ class PostgresAdapter:
                 self._require_role(conn, "role", role)
                 # Known before granting: a role that must be recorded is never granted unrecorded.
                 wanted = self._wanted(conn, role)
+                _refuse_database_overrides(conn, login, [p for p in wanted if p in RECORDERS])
                 present = _is_member(conn, login, role)
                 if not present:
                     conn.execute(
@@ -338,6 +339,29 @@ def _elevate(conn: psycopg.Connection[Any], login: str, role: str, wanted: dict[
     _set_login(conn, login, STATE_PARAMETER, state.dump())
     for parameter, value in wanted.items():
         _set_login(conn, login, parameter, value)
+
+
+def _refuse_database_overrides(
+    conn: psycopg.Connection[Any], login: str, recorders: list[str]
+) -> None:
+    """`ALTER ROLE login IN DATABASE d SET log_statement = 'none'` beats the login-wide setting
+    WardKey makes: a recorded role would be granted unrecorded while saying it is recorded."""
+    if not recorders:
+        return
+    rows = conn.execute(
+        "SELECT d.datname, c FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
+        "JOIN pg_database d ON d.oid = s.setdatabase, unnest(s.setconfig) AS c "
+        "WHERE r.rolname = %s AND s.setdatabase <> 0",
+        (login,),
+    ).fetchall()
+    for database, setting in rows:
+        name = str(setting).split("=", 1)[0].lower()
+        if name in recorders:
+            raise PermanentAdapterError(
+                f"grant: {login} has its own {name} in database {database}, which would stop "
+                f"the session being recorded; a DBA must remove it first (ALTER ROLE {login} "
+                f"IN DATABASE {database} RESET {name})"
+            )
 
 
 def _login_settings(conn: psycopg.Connection[Any], login: str) -> dict[str, str]:
