@@ -602,6 +602,13 @@ class TestCredentialsInErrorText:
                 "ldaps://***@dc1.ward.nhs.uk: refused",
             ),
             ("client_secret='s3 cret' rejected", "client_secret=*** rejected"),
+            (
+                'HTTP 400 {"client_secret": "s3 cret", "x": 1}',
+                'HTTP 400 {"client_secret": ***, "x": 1}',
+            ),
+            ("bind failed: password: s3cret", "bind failed: password: ***"),
+            ("sent Authorization: Bearer eyJs3cret.x", "sent Authorization: Bearer ***"),
+            ("?key=s3cret&x=1", "?key=***&x=1"),
         ],
     )
     def test_credentials_are_replaced(self, said: str, shown: str) -> None:
@@ -617,6 +624,7 @@ class TestCredentialsInErrorText:
             "find person: no person 'amira@ward.nhs.uk' under ou=people,dc=ward",
             "cannot reach ldaps://dc1.ward.nhs.uk:636: timed out",
             "grant: HTTP 400 design=wide assignment=ward12",
+            "grant: monkey=3 turkey=4",
         ],
     )
     def test_ordinary_errors_are_left_as_they_are(self, said: str) -> None:
