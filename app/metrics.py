@@ -7,6 +7,7 @@ the whole picture, and a restart loses nothing. Only counts go out: no names, no
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -25,9 +26,13 @@ from app.store.db import Database
 from app.store.models import (
     AccessRequest,
     AuditEvent,
+    InboxState,
+    OutboxItem,
+    OutboxState,
     RequestState,
     Review,
     ReviewState,
+    SeenRequest,
     StandingAccess,
 )
 
@@ -87,6 +92,20 @@ class WardKeyCollector(Collector):
                 .where(StandingAccess.cleared_at.is_(None))
                 .group_by(StandingAccess.target)
             ).all()
+            inbox_oldest = session.scalar(
+                select(func.min(SeenRequest.received_at)).where(
+                    SeenRequest.state.in_([InboxState.NEW.value, InboxState.WORKING.value])
+                )
+            )
+            waiting = [OutboxState.NEW.value, OutboxState.WORKING.value]
+            outbox_count, outbox_oldest = session.execute(
+                select(func.count(), func.min(OutboxItem.created_at)).where(
+                    OutboxItem.state.in_(waiting)
+                )
+            ).one()
+            outbox_failed = session.scalar(
+                select(func.count()).where(OutboxItem.state == OutboxState.FAILED.value)
+            )
 
         requests = GaugeMetricFamily(
             "wardkey_requests", "Requests by access path and state.", labels=["path", "state"]
@@ -141,6 +160,31 @@ class WardKeyCollector(Collector):
         for target, count in standing:
             standing_gauge.add_metric([target], count)
         yield standing_gauge
+
+        yield GaugeMetricFamily(
+            "wardkey_inbox_oldest_seconds",
+            "Age of the oldest acknowledged Slack request whose work is not done (0: none).",
+            value=_age(now, inbox_oldest),
+        )
+        yield GaugeMetricFamily(
+            "wardkey_outbox_backlog",
+            "Slack messages and notices recorded and not yet sent.",
+            value=int(outbox_count or 0),
+        )
+        yield GaugeMetricFamily(
+            "wardkey_outbox_oldest_seconds",
+            "Age of the oldest Slack message not yet sent (0: none): how late messages are.",
+            value=_age(now, outbox_oldest),
+        )
+        yield CounterMetricFamily(
+            "wardkey_outbox_refused",
+            "Slack messages Slack refused for good (archived channel, removed user), ever.",
+            value=int(outbox_failed or 0),
+        )
+
+
+def _age(now: datetime, since: datetime | None) -> float:
+    return max(0.0, (now - since).total_seconds()) if since is not None else 0.0
 
 
 def _le(bound: float) -> str:

@@ -14,6 +14,7 @@ from app.devtools.slack_driver import serving
 from app.metrics import metrics_text
 from app.service import AccessService
 from app.store import Database
+from app.store.models import UTCDateTime
 from app.web import WardKeyWSGI
 from tests.conftest import AMIRA, BEN, CHLOE
 from tests.fakes.memory_adapter import MemoryTarget
@@ -156,3 +157,35 @@ def test_a_scrape_does_not_read_the_whole_audit_trail(service: AccessService) ->
         for statement, parameters in on_audit:
             plan = conn.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars().all()
             assert not [line for line in plan if "Seq Scan on audit_events" in line], plan
+
+
+@pytest.mark.parametrize(
+    "db", [pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"], indirect=True
+)
+def test_every_delay_is_visible_waiting_slack_work_and_messages(
+    service: AccessService, clock: ManualClock
+) -> None:
+    """Nobody delivered the night's messages (no notifier ran) and a click's work is still
+    in hand: the backlog and the age of the oldest of each show it."""
+    got = samples(metrics_text(service.db, clock).decode())
+    assert got[("wardkey_outbox_backlog", ())] == 0
+    assert got[("wardkey_outbox_oldest_seconds", ())] == 0
+    assert got[("wardkey_inbox_oldest_seconds", ())] == 0
+
+    service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), WHY)
+    with service.db.transaction() as session:
+        session.execute(
+            sa.text(
+                "INSERT INTO seen_requests (signature, seen_until, state, received_at, attempts) "
+                "VALUES ('v0=click', :until, 'working', :now, 1)"
+            ).bindparams(
+                sa.bindparam("until", type_=UTCDateTime()), sa.bindparam("now", type_=UTCDateTime())
+            ),
+            {"until": clock.now() + timedelta(minutes=5), "now": clock.now()},
+        )
+    clock.advance(timedelta(seconds=90))
+    got = samples(metrics_text(service.db, clock).decode())
+    assert got[("wardkey_outbox_backlog", ())] == 1  # the new request's notice
+    assert got[("wardkey_outbox_oldest_seconds", ())] == 90
+    assert got[("wardkey_inbox_oldest_seconds", ())] == 90
+    assert got[("wardkey_outbox_refused_total", ())] == 0

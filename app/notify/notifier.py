@@ -50,7 +50,7 @@ from app.service.digest import Digest
 from app.service.identities import AttestationStep, OrphanView
 from app.service.reviews import ALERT_MESSAGE
 from app.service.standing import StandingReport
-from app.slack.people import SlackDirectory
+from app.slack.people import SlackDirectory, slack_unwell
 from app.store.models import RequestState as S
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,17 @@ def _json_blocks(blocks: Sequence[Block] | None) -> list[dict[str, Any]] | None:
     if blocks is None:
         return None
     return [b.to_dict() if isinstance(b, Block) else dict(b) for b in blocks]
+
+
+def delivery_client(client: WebClient) -> WebClient:
+    """The same Slack, without the SDK's own retries: the outbox retries (a retried post
+    whose answer was lost would be posted twice) and honours Retry-After without blocking."""
+    return WebClient(
+        token=client.token,
+        base_url=client.base_url,
+        timeout=min(client.timeout, 10),
+        retry_handlers=[],
+    )
 
 
 class Notifier:
@@ -96,7 +107,7 @@ class Notifier:
                 found = Outbox(
                     self.service.db,
                     self.service.clock,
-                    self.client,
+                    delivery_client(self.client),
                     self,
                     background=self.service.heartbeat is not None,
                     security_channel=lambda: policy.channels.security_alerts,
@@ -256,6 +267,8 @@ class Notifier:
                 profile = self.directory.profile(view.requester_slack_id)
                 name, title = profile.name, profile.title
             except SlackApiError as exc:
+                if slack_unwell(exc):
+                    raise  # the card is rendered again when Slack answers
                 log.warning(
                     "event=profile_lookup_failed user=%s error=%s",
                     view.requester_slack_id,

@@ -462,14 +462,12 @@ class Outbox:
         if channel.startswith(("U", "W")):  # a post to a person lands in the DM with them
             opened = self._call(lambda: self.client.conversations_open(users=channel))
             channel = str(opened["channel"]["id"])
-        oldest = f"{(item.created_at - timedelta(minutes=1)).timestamp():.6f}"
         thread = call.args.get("thread_ts")
         if thread:
             answer = self._call(
                 lambda: self.client.conversations_replies(
                     channel=channel,
                     ts=str(thread),
-                    oldest=oldest,
                     limit=MAX_HISTORY,
                     include_all_metadata=True,
                 )
@@ -477,7 +475,7 @@ class Outbox:
         else:
             answer = self._call(
                 lambda: self.client.conversations_history(
-                    channel=channel, oldest=oldest, limit=MAX_HISTORY, include_all_metadata=True
+                    channel=channel, limit=MAX_HISTORY, include_all_metadata=True
                 )
             )
         for message in answer.get("messages") or []:

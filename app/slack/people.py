@@ -175,7 +175,9 @@ class SlackDirectory:
         user_id: str | None = None
         try:
             found = SlackProfile.from_slack(self.client.users_lookupByEmail(email=member)["user"])
-        except SlackApiError:
+        except SlackApiError as exc:
+            if slack_unwell(exc):
+                raise  # Slack failed, not the look-up: never remembered as "nobody"
             found = None
         if found is not None:
             self._remember(found)
@@ -186,3 +188,10 @@ class SlackDirectory:
         with self._lock:
             self._by_email[member] = (self._now() + self.ttl, user_id)
         return user_id
+
+
+def slack_unwell(exc: SlackApiError) -> bool:
+    """Slack itself failed (5xx, rate limit): the answer says nothing about the question."""
+    status = getattr(exc.response, "status_code", 200)
+    error = exc.response.get("error") if exc.response is not None else None
+    return status >= 500 or status == 429 or error in ("ratelimited", "internal_error")

@@ -1,0 +1,262 @@
+"""Acknowledged means told: the messages a change causes are recorded with it and delivered
+once, in order, whatever Slack does (SQLite and PostgreSQL, the fake Slack, the service's
+clock; nothing here waits on the wall clock)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from app.clock import ManualClock
+from app.devtools.slack_fake import FakeSlack
+from app.metrics import metrics_text
+from app.notify.notifier import Notifier
+from app.notify.outbox import Outbox
+from app.scheduler import Sweeps
+from app.service import AccessService
+from app.slack.app import web_client
+from app.slack.people import SlackDirectory
+from app.store.models import OutboxItem
+from app.store.models import RequestState as S
+from tests.conftest import AMIRA, BEN, CHLOE
+from tests.fakes.memory_adapter import MemoryTarget
+from tests.slack_harness import WARD_USERS
+
+REASON = "month-end stock reconciliation for the ward"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSlack]:
+    slack = FakeSlack().start()
+    for user in WARD_USERS:
+        slack.add_user(user)
+    yield slack
+    slack.stop()
+
+
+@pytest.fixture
+def notifier(service: AccessService, fake: FakeSlack) -> Notifier:
+    client = web_client(fake.token, fake.api_url)
+    return Notifier(client, service, SlackDirectory(client))
+
+
+def sweeps(service: AccessService, notifier: Notifier) -> Sweeps:
+    """What a worker runs: the deliver sweep sends what waits in the outbox."""
+    n = notifier
+    return Sweeps(service, n.request_changed, n.expiry_warning, n.approval_overdue, outbox=n.outbox)
+
+
+def asked_and_approved(service: AccessService, notifier: Notifier) -> int:
+    """Amira asks for pharmacy-db:read; Ben, on call, approves; access is granted at once."""
+    view = service.request(AMIRA, "pharmacy-db", "read", timedelta(hours=1), REASON)
+    notifier.request_opened(view)
+    approved = service.approve(view.id, BEN)
+    notifier.request_changed(approved)
+    return view.id
+
+
+def posts_by_key(fake: FakeSlack) -> Counter[str]:
+    return Counter(m["metadata"]["event_payload"]["key"] for m in fake.posts() if m.get("metadata"))
+
+
+def waiting(service: AccessService) -> int:
+    with service.db.read() as session:
+        return int(
+            session.scalar(
+                sa.select(sa.func.count()).where(OutboxItem.state.in_(["new", "working"]))
+            )
+            or 0
+        )
+
+
+def card_history(fake: FakeSlack) -> dict[tuple[str, str], list[str]]:
+    """For each approver card: what Slack showed, in the order it was sent."""
+    cards: dict[tuple[str, str], list[str]] = {}
+    for call in fake.calls:
+        if call.status != 200 or call.method not in ("chat.postMessage", "chat.update"):
+            continue
+        if call.method == "chat.postMessage" and "Access request" not in call.args["text"]:
+            continue
+        key = (str(call.response["channel"]), str(call.response["ts"]))
+        if call.method == "chat.update" or key not in cards:
+            cards.setdefault(key, []).append(call.args["text"])
+    return cards
+
+
+def drain(outbox: Outbox, clock: ManualClock, seconds: int = 30) -> None:
+    """The deliver sweep, once a second on the service's clock, for `seconds`."""
+    for _ in range(seconds):
+        clock.advance(timedelta(seconds=1))
+        outbox.deliver_due()
+
+
+class TestSlackFailsWhileTheWardWorks:
+    def test_cards_that_met_slack_500s_are_sent_once_when_it_recovers(
+        self, service: AccessService, notifier: Notifier, fake: FakeSlack, clock: ManualClock
+    ) -> None:
+        # 03:00: Slack answers 500 to the next 6 calls, as Amira asks for access.
+        fake.fail(6)
+        view = service.request(AMIRA, "pharmacy-db", "read", timedelta(hours=1), REASON)
+        notifier.request_opened(view)
+        assert waiting(service) > 0  # kept, not lost
+        drain(notifier.outbox, clock, 60)  # back-off: 1 s, 2 s, 4 s… at most 10 s apart
+        assert waiting(service) == 0
+        # Ben and Chloe's DMs and the clinical channel: each card exactly once.
+        cards = [m for m in fake.posts() if f"Access request #{view.id}" in m["text"]]
+        assert len(cards) == len({m["channel"] for m in cards}) == 3
+        assert set(posts_by_key(fake).values()) == {1}
+        # Every copy is remembered, so the approval updates them all.
+        approved = service.approve(view.id, BEN)
+        notifier.request_changed(approved)
+        updated = {c.args["ts"] for c in fake.calls_to("chat.update")}
+        assert updated == {m["ts"] for m in cards}
+
+    def test_a_rate_limit_is_waited_out_as_slack_asks(
+        self, service: AccessService, notifier: Notifier, fake: FakeSlack, clock: ManualClock
+    ) -> None:
+        fake.rate_limit("chat.postMessage", times=1, retry_after=7)
+        view = service.request(AMIRA, "pharmacy-db", "read", timedelta(hours=1), REASON)
+        notifier.request_opened(view)
+        tried = len([c for c in fake.calls if c.method == "chat.postMessage"])
+        assert fake.calls_to("chat.postMessage") == []
+        clock.advance(timedelta(seconds=6))
+        notifier.outbox.deliver_due()
+        assert len([c for c in fake.calls if c.method == "chat.postMessage"]) == tried
+        clock.advance(timedelta(seconds=1))
+        notifier.outbox.deliver_due()
+        assert len(fake.calls_to("chat.postMessage")) == 3
+
+    def test_an_outage_delays_messages_never_grants_or_revokes_and_loses_none(
+        self,
+        service: AccessService,
+        notifier: Notifier,
+        fake: FakeSlack,
+        clock: ManualClock,
+        targets: dict[str, MemoryTarget],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        caplog.set_level(logging.INFO)
+        fake.unreachable = True  # Slack is down from 03:00
+        rid = asked_and_approved(service, notifier)
+        # The grant did not wait for Slack.
+        assert service.get(rid).state == S.ACTIVE
+        assert targets["pharmacy-db"].members
+        # An hour on, the access expires and is removed, Slack still down.
+        clock.advance(timedelta(hours=1))
+        ended = sweeps(service, notifier).expire()
+        assert ended == [rid] and service.get(rid).state == S.ENDED
+        assert not any(targets["pharmacy-db"].members.values())
+        assert fake.posts() == []
+        metrics = metrics_text(service.db, clock).decode()
+        assert "wardkey_outbox_backlog 1" not in metrics  # several notices wait
+        assert "wardkey_outbox_oldest_seconds 3600.0" in metrics
+        drain(notifier.outbox, clock, 2)
+        assert "event=outbox_backlog" in caplog.text
+        assert "event=slack_unreachable" in caplog.text
+
+        fake.unreachable = False  # 04:00: Slack is back
+        drain(notifier.outbox, clock)
+        assert waiting(service) == 0
+        assert "event=slack_back" in caplog.text
+        # Each card: posted once, then updated in the order things happened, ending "ended".
+        cards = card_history(fake)
+        assert len(cards) == 3
+        for shown in cards.values():
+            assert shown[0].startswith(f"Access request #{rid}: pharmacy-db:read")
+            assert "Ended" in shown[-1] or "ended" in shown[-1]
+        # Amira hears that access started, then that it ended, once each and in that order.
+        told = [m["text"] for m in fake.posts() if m["channel"] == "D0AMIRA"]
+        assert len(told) == 2
+        assert "until" in told[0] and "Ended" in told[1]
+        assert set(posts_by_key(fake).values()) == {1}
+        # Security hears how long messages were delayed.
+        delayed = [m["text"] for m in fake.posts() if "were delayed by up to" in m["text"]]
+        assert len(delayed) == 1 and "60 min" in delayed[0]
+        metrics = metrics_text(service.db, clock).decode()
+        assert "wardkey_outbox_backlog 0.0" in metrics
+
+
+class TestNeverTwice:
+    def test_a_post_slack_took_whose_answer_was_lost_is_found_not_posted_again(
+        self, service: AccessService, notifier: Notifier, fake: FakeSlack, clock: ManualClock
+    ) -> None:
+        fake.lose_answers(1)  # Slack keeps Ben's card but the answer never arrives
+        view = service.request(AMIRA, "pharmacy-db", "read", timedelta(hours=1), REASON)
+        notifier.request_opened(view)
+        drain(notifier.outbox, clock, 15)
+        assert waiting(service) == 0
+        assert len(fake.posts()) == 3 and set(posts_by_key(fake).values()) == {1}
+        assert fake.calls_to("conversations.history")  # it looked before posting again
+        # The found copy is remembered like the others: the decision updates all three.
+        notifier.request_changed(service.approve(view.id, BEN))
+        assert len({c.args["ts"] for c in fake.calls_to("chat.update")}) == 3
+
+    def test_a_process_that_died_mid_delivery_is_taken_over_without_doubles(
+        self, service: AccessService, notifier: Notifier, fake: FakeSlack, clock: ManualClock
+    ) -> None:
+        fake.unreachable = True
+        view = service.request(AMIRA, "pharmacy-db", "read", timedelta(hours=1), REASON)
+        notifier.request_opened(view)
+        fake.unreachable = False
+        drain(notifier.outbox, clock, 15)  # the notice becomes three posts; all sent
+        # A second request: a process claims its messages and dies mid-post (its claims stay).
+        other = service.request(CHLOE, "pharmacy-db", "read", timedelta(hours=1), REASON)
+        dead = Outbox(service.db, clock, notifier.outbox.client, notifier)
+        claimed = dead._claim()  # the notice
+        assert [c.request_id for c in claimed] == [other.id]
+        dead._deliver(claimed[0])
+        posts = dead._claim()
+        assert posts  # it claimed the first post
+        dead._send(posts[0])  # Slack took it; the process died before recording it
+        with service.db.transaction() as session:  # (as if: undo the record it made)
+            session.execute(
+                sa.update(OutboxItem)
+                .where(OutboxItem.id == posts[0].id)
+                .values(
+                    state="working",
+                    ts=None,
+                    channel=None,
+                    done_at=None,
+                    lease_until=clock.now() + Outbox.LEASE,
+                )
+            )
+        # Nobody else takes its claims before the lease runs out…
+        assert notifier.outbox.deliver_due() == 0
+        # …then the other process does, finds the post Slack has, and sends the rest once.
+        drain(notifier.outbox, clock, 30)
+        assert waiting(service) == 0
+        assert set(posts_by_key(fake).values()) == {1}
+        with service.db.read() as session:
+            rows = session.scalar(
+                sa.select(sa.func.count()).where(
+                    OutboxItem.request_id.is_(None), OutboxItem.parent == claimed[0].id
+                )
+            )
+        assert len([m for m in fake.posts() if f"#{other.id}:" in m["text"]]) == rows
+
+
+class TestRecordedWithTheChange:
+    def test_every_transition_leaves_its_notice_in_the_same_transaction(
+        self, service: AccessService
+    ) -> None:
+        view = service.request(AMIRA, "pharmacy-db", "read", timedelta(hours=1), REASON)
+        service.approve(view.id, BEN)
+        with service.db.read() as session:
+            notices = session.execute(
+                sa.select(OutboxItem.action, OutboxItem.version, OutboxItem.body)
+                .where(OutboxItem.kind == "notice")
+                .order_by(OutboxItem.id)
+            ).all()
+        assert [(a, v) for a, v, _ in notices] == [
+            ("request.created", 1),
+            ("request.approved", 2),
+            ("grant.started", 3),
+            ("grant.succeeded", 4),
+        ]
+        assert json.loads(notices[-1][2])["to"] == "active"
