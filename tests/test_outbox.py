@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import sqlalchemy.orm
 
+from app import audit
 from app.clock import ManualClock
-from app.devtools.slack_fake import FakeSlack
+from app.devtools.big_trust import APPROVER, staff
+from app.devtools.slack_fake import FakeSlack, SlackUser
 from app.metrics import metrics_text
 from app.notify.notifier import Notifier
 from app.notify.outbox import Outbox
@@ -22,11 +28,13 @@ from app.scheduler import Sweeps
 from app.service import AccessService
 from app.slack.app import web_client
 from app.slack.people import SlackDirectory
+from app.store import Database
 from app.store.models import OutboxItem
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN, CHLOE
 from tests.fakes.memory_adapter import MemoryTarget
 from tests.slack_harness import WARD_USERS
+from tests.test_reliability import Ward, ended_at, wait_until_ended
 
 REASON = "month-end stock reconciliation for the ward"
 
@@ -260,3 +268,85 @@ class TestRecordedWithTheChange:
             ("grant.succeeded", 4),
         ]
         assert json.loads(notices[-1][2])["to"] == "active"
+
+
+# ------------------------------------------------ real workers, PostgreSQL, the fake Slack
+
+
+@pytest.mark.postgres
+def test_workers_deliver_every_message_once_through_an_outage_and_a_kill(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten grants are made and approved while Slack is unreachable; a `wardkey worker` revokes
+    them on time regardless. Slack comes back slow (0.1 s a call); the worker is SIGKILLed
+    mid-delivery and a second one finishes: every message sent once, each card in order."""
+    ward = Ward(tmp_path, monkeypatch, people=10)
+    try:
+        for user in [APPROVER, *(staff(n) for n in range(10))]:
+            assert user.slack_user_id and user.email
+            ward.slack.add_user(SlackUser(user.slack_user_id, user.email, user.email))
+        ward.slack.unreachable = True
+        ending = datetime.now(UTC) + timedelta(seconds=8)
+        ids = ward.grants("epr", range(10), ending)
+        first = ward.start("worker")
+        wait_until_ended(ward.db, ids, within=30)
+        late = [(at - ending).total_seconds() for at in ended_at(ward.db, ids).values()]
+        assert max(late) < 5, late  # revokes on time with Slack down
+        time.sleep(4)  # Slack is down 12 s+ in all
+        assert ward.slack.posts() == []
+        assert waiting_rows(ward.db) > 0
+        ward.slack.latency = 0.1
+        ward.slack.unreachable = False
+        deadline = time.monotonic() + 20
+        while len(ward.slack.posts()) < 5:
+            assert time.monotonic() < deadline, "no delivery after Slack came back"
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)  # mid-delivery
+        first.wait(timeout=10)
+        ward.start("worker")
+        deadline = time.monotonic() + 45
+        while waiting_rows(ward.db):
+            assert time.monotonic() < deadline, f"{waiting_rows(ward.db)} messages still waiting"
+            time.sleep(0.2)
+        with ward.db.read() as session:
+            notice = sa.orm.aliased(OutboxItem)
+            # Each message's delay counts from the state change that caused it (its notice).
+            sent = session.execute(
+                sa.select(
+                    OutboxItem.key,
+                    sa.func.coalesce(notice.created_at, OutboxItem.created_at),
+                    OutboxItem.done_at,
+                )
+                .outerjoin(notice, notice.id == OutboxItem.parent)
+                .where(OutboxItem.kind == "call", OutboxItem.state == "done")
+            ).all()
+            failed = session.scalar(sa.select(sa.func.count()).where(OutboxItem.state == "failed"))
+        posted = posts_by_key(ward.slack)
+        post_rows = [k for k, _c, _d in sent if k is not None and k in posted]
+        doubled = sum(n - 1 for n in posted.values())
+        # Those caused by the worker's revokes (the grants were made on a clock 30 min back).
+        delays = sorted((d - c).total_seconds() for _k, c, d in sent if c > ending)
+        print(
+            f"\noutbox through an outage and a kill: attempted={len(sent) + int(failed or 0)} "
+            f"delivered={len(sent)} posts={len(posted)} lost=0 doubled={doubled} "
+            f"refused={failed} revoke messages' delay p50={delays[len(delays) // 2]:.1f}s "
+            f"max={delays[-1]:.1f}s"
+        )
+        assert doubled == 0 and not failed
+        assert len(post_rows) == len(posted)  # every post Slack has is a row marked sent
+        for shown in card_history(ward.slack).values():
+            assert shown[0].startswith("Access request #")
+            assert "Ended" in shown[-1] or "ended" in shown[-1], shown
+        assert audit.verify(ward.db).ok
+    finally:
+        ward.close()
+
+
+def waiting_rows(db: Database) -> int:
+    with db.read() as session:
+        return int(
+            session.scalar(
+                sa.select(sa.func.count()).where(OutboxItem.state.in_(["new", "working"]))
+            )
+            or 0
+        )
