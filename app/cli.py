@@ -272,12 +272,13 @@ def _serve(args: argparse.Namespace) -> int:
         runtime.service.db,
         settings.slack_signing_secret or "",
         settings.wardkey_metrics_token,
-        shared_replay_guard=settings.wardkey_replay_guard == "shared",
+        intake_work=settings.wardkey_intake_work,
         metrics_public=settings.wardkey_metrics_public,
         max_body_bytes=settings.wardkey_max_body_bytes,
     )
     if not settings.wardkey_metrics_token and not settings.wardkey_metrics_public:
         logging.getLogger("app.web").warning("event=metrics_off %s", METRICS_OFF)
+    _say_intake_work(settings.wardkey_intake_work)
     # Catch-up runs beside the server: /healthz answers at once, /readyz says "catching up".
     scheduler = None if args.no_scheduler else _background_sweeps(runtime, wsgi.readiness)
     try:
@@ -310,7 +311,9 @@ def _socket(args: argparse.Namespace) -> int:
     require(runtime.settings, "slack_app_token")
     app = runtime.bolt(socket_mode=True)
     scheduler = None if args.no_scheduler else _background_sweeps(runtime)
-    inbox = Intake(runtime.service.db, runtime.service.clock)
+    work = runtime.settings.wardkey_intake_work
+    inbox = Intake(runtime.service.db, runtime.service.clock, hand_off=work == "worker")
+    _say_intake_work(work)
     try:
         # Each envelope is recorded in the inbox before it is acknowledged, as over HTTP.
         RecordingSocketModeHandler(app, runtime.settings.slack_app_token or "", inbox).start()  # type: ignore[no-untyped-call]
@@ -320,11 +323,23 @@ def _socket(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say_intake_work(work: str) -> None:
+    """Say once, at start, who does the work after the acks."""
+    if work == "worker":
+        logging.getLogger("app.slack.intake").info(
+            "event=intake_work where=worker what=this process records and acknowledges; run "
+            "`wardkey worker` to do the work (a request no worker takes within 10 s is done "
+            "here)"
+        )
+
+
 @_starting
 def _worker(_args: argparse.Namespace) -> int:
     from apscheduler.schedulers.blocking import BlockingScheduler
 
-    _start_sweeps(load_runtime(), BlockingScheduler(timezone="UTC"))
+    runtime = load_runtime()
+    runtime.redelivery().follow()  # takes each request serve hands over, as it comes
+    _start_sweeps(runtime, BlockingScheduler(timezone="UTC"))
     return 0
 
 

@@ -108,9 +108,11 @@ class Settings(BaseSettings):
         le=16 * 1024 * 1024,
         description="The largest request body /slack/events reads; larger ones get 413 unread.",
     )
-    wardkey_replay_guard: Literal["shared", "memory"] = Field(
-        default="shared",
-        description="Where seen Slack requests are remembered to refuse replays: `shared` (a "
-        "table every instance reads; PostgreSQL only, SQLite always uses memory) or `memory` "
-        "(this process: enough for one instance, and a faster ack).",
+    wardkey_intake_work: Literal["local", "worker"] = Field(
+        default="local",
+        description="Who does the work after Slack is acknowledged (every request is recorded "
+        "in the database first either way): `local`, the `wardkey serve` process that "
+        "acknowledged it; `worker`, the `wardkey worker` processes (serve only records and "
+        "acknowledges, so acks stay fast under load). A request no worker takes within 10 s "
+        "is done by serve.",
     )

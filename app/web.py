@@ -23,14 +23,14 @@ from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk.signature import Clock as SignatureClock
 from slack_sdk.signature import SignatureVerifier
-from sqlalchemy import URL, Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import NullPool
 
 from app.clock import Clock, SystemClock
 from app.metrics import metrics_text
 from app.slack import intake
 from app.slack.intake import Intake, NotRecorded, payload_of
-from app.store.db import Database
+from app.store.db import Database, bounded
 
 log = logging.getLogger(__name__)
 StartResponse = Callable[..., Any]
@@ -150,7 +150,8 @@ class Readiness:
         if self._engine is None:
             # A fresh connection each time proves the server answers now.
             self._engine = create_engine(
-                _bounded(self.db.url, self.TIMEOUT_SECONDS), poolclass=NullPool
+                bounded(self.db.url, self.TIMEOUT_SECONDS, self.TIMEOUT_SECONDS),
+                poolclass=NullPool,
             )
         return self._engine.connect()
 
@@ -168,7 +169,7 @@ class Scrapes:
             db
             if db.is_sqlite
             else Database(
-                _bounded(db.url, self.TIMEOUT_SECONDS),
+                bounded(db.url, self.TIMEOUT_SECONDS, self.TIMEOUT_SECONDS),
                 pool_size=1,
                 max_overflow=0,
                 pool_timeout=self.TIMEOUT_SECONDS,
@@ -183,13 +184,6 @@ class Scrapes:
             return metrics_text(self.db)
         finally:
             self._lock.release()
-
-
-def _bounded(url: URL, seconds: int) -> URL:
-    """The same database, on connections that give up when the server does not answer:
-    the connect within `seconds`, each statement within as long."""
-    options = f"{url.query.get('options', '')} -c statement_timeout={seconds * 1000}".strip()
-    return url.update_query_dict({"options": options, "connect_timeout": str(seconds)})
 
 
 class _Refused(Exception):
@@ -219,8 +213,8 @@ class WardKeyWSGI:
         db: Database,
         signing_secret: str,
         metrics_token: str | None = None,
-        shared_replay_guard: bool = True,
         *,
+        intake_work: str = "local",
         metrics_public: bool = False,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         clock: Clock | None = None,
@@ -229,11 +223,9 @@ class WardKeyWSGI:
         self.slack = SlackRequestHandler(bolt, path="/slack/events")
         self.db = db
         self.verifier = SignatureVerifier(signing_secret, clock=_ClockSeconds(self.clock))
-        # shared_replay_guard is kept for callers of the old signature: the inbox is shared
-        # by every instance, on SQLite and PostgreSQL alike.
-        del shared_replay_guard
         self.replays = ReplayGuard(self.clock)
-        self.intake = Intake(db, self.clock)
+        # "worker": this process records and acknowledges; `wardkey worker` does the work.
+        self.intake = Intake(db, self.clock, hand_off=intake_work == "worker")
         self.readiness = Readiness(db, self.clock)
         self.scrapes = Scrapes(db)
         self.metrics_token = metrics_token

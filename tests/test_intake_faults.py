@@ -42,9 +42,10 @@ from app.notify.notifier import Notifier
 from app.policy import load_policy
 from app.service import AccessService
 from app.slack.app import web_client
+from app.slack.intake import Intake, NotRecorded
 from app.slack.people import SlackDirectory
 from app.store import Database
-from app.store.models import AccessRequest, Decision, RequestState
+from app.store.models import AccessRequest, Decision, RequestState, SeenRequest
 from tests.conftest import fresh_postgres_schema
 
 pytestmark = pytest.mark.postgres
@@ -153,9 +154,12 @@ def requests_by(db: Database) -> Counter[str]:
         return Counter(session.scalars(sa.select(AccessRequest.requester)))
 
 
+@pytest.mark.parametrize("work", ["local", "worker"])
 def test_serve_killed_after_acking_clicks_commands_and_a_form_loses_none(
-    trust: Trust, tmp_path: Path
+    trust: Trust, tmp_path: Path, work: str
 ) -> None:
+    """`work`: WARDKEY_INTAKE_WORK, who does the work after the ack (serve, or the workers:
+    then serve hands each request over and no worker runs until serve is dead)."""
     db, service, fake = trust.db, trust.service, trust.fake
     # Ten staff are waiting for the lead's approval; the cards are in the lead's DMs.
     notifier = Notifier(
@@ -177,19 +181,27 @@ def test_serve_killed_after_acking_clicks_commands_and_a_form_loses_none(
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    serve = trust.start(f"serve --port {port} --host 127.0.0.1 --no-scheduler", "serve")
+    serve = trust.start(
+        f"serve --port {port} --host 127.0.0.1 --no-scheduler", "serve", WARDKEY_INTAKE_WORK=work
+    )
     worker: subprocess.Popen[bytes] | None = None
     try:
         wait_until_up(url, serve, trust, "serve")
         slack = SlackDriver(url, fake, httpx.Client(timeout=10), SECRET)
         form_user = staff(FORM_ASKER).slack_user_id or ""
-        # The form's asker looked at their status earlier (serve knows who they are).
-        assert slack.command("/jit", "status", form_user).status_code == 200
-        fake.wait_for("response_url", 1, timeout=10)
+        acked = []
+        if work == "local":
+            # The form's asker looked at their status earlier (serve knows who they are).
+            assert slack.command("/jit", "status", form_user).status_code == 200
+            fake.wait_for("response_url", 1, timeout=10)
+        else:
+            # Serve does no work: the form (whose ack looks its asker up) comes while Slack
+            # still answers; its work waits for a worker like the rest.
+            form = slack.submit_view(v.REQUEST_VIEW, request_form(form_user), form_user)
+            acked.append(form.status_code)
 
         # From now on Slack answers nothing: work after each ack waits on its first call.
         fake.latency = 3600
-        acked = []
         for request_id in waiting:
             answer = slack.click(APPROVE_ACTION, str(request_id), APPROVER.slack_user_id or "")
             acked.append(answer.status_code)
@@ -200,8 +212,9 @@ def test_serve_killed_after_acking_clicks_commands_and_a_form_loses_none(
                 staff(n).slack_user_id or "",
             )
             acked.append(said.status_code)
-        form = slack.submit_view(v.REQUEST_VIEW, request_form(form_user), form_user)
-        acked.append(form.status_code)
+        if work == "local":
+            form = slack.submit_view(v.REQUEST_VIEW, request_form(form_user), form_user)
+            acked.append(form.status_code)
         assert form.content in (b"", b"{}") or "errors" not in form.json(), form.text
         assert acked == [200] * len(acked)
         applied_at_kill = sum(1 for n in decisions(db).values() if n)
@@ -263,10 +276,67 @@ def test_serve_killed_after_acking_clicks_commands_and_a_form_loses_none(
     assert len(replies) == len(ASKERS)
     assert audit.verify(db).ok
     print(
-        f"\nintake after SIGKILL: attempted={len(acked)} acked={acked.count(200)} "
+        f"\nintake ({work}) after SIGKILL: attempted={len(acked)} acked={acked.count(200)} "
         f"applied={len(decisions(db)) + len(ASKERS) + 1} lost=0 doubled=0 "
         f"recovery={recovered_in:.1f}s"
     )
+
+
+def test_with_the_work_on_workers_serve_records_and_a_worker_does_each_once(
+    trust: Trust,
+) -> None:
+    """WARDKEY_INTAKE_WORK=worker: serve (its sweeps on, as usual) only records and
+    acknowledges; the worker takes each request as it is handed over and does its work, on
+    its first try, once."""
+    db, service, fake = trust.db, trust.service, trust.fake
+    waiting = [
+        service.request(staff(n), CONSOLE, ROLE, timedelta(hours=1), f"ward {n} order sets").id
+        for n in range(3)
+    ]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    worker = trust.start("worker", "worker")
+    serve = trust.start(
+        f"serve --port {port} --host 127.0.0.1", "serve", WARDKEY_INTAKE_WORK="worker"
+    )
+    boss = APPROVER.slack_user_id or ""
+    asker = staff(ASKERS[0])
+    email = asker.email or ""
+    try:
+        wait_until_up(url, serve, trust, "serve")
+        slack = SlackDriver(url, fake, httpx.Client(timeout=10), SECRET)
+        acked = [slack.click(APPROVE_ACTION, str(rid), boss).status_code for rid in waiting]
+        said = slack.command(
+            "/jit", f"request {CONSOLE}:{ROLE} 1h ward 7 order sets", asker.slack_user_id or ""
+        )
+        assert [*acked, said.status_code] == [200] * (len(waiting) + 1)
+        deadline = time.monotonic() + 30
+        while not (len(decisions(db)) == len(waiting) and requests_by(db)[email] == 1):
+            assert worker.poll() is None, trust.log_of("worker")
+            assert time.monotonic() < deadline, trust.log_of("worker")[-3000:]
+            time.sleep(0.1)
+        fake.wait_for("response_url", 1, timeout=10)  # the asker is told where it went
+        time.sleep(1)  # let anything doubled show itself before counting
+    finally:
+        for proc in (serve, worker):
+            proc.terminate()
+            proc.wait(timeout=10)
+
+    assert decisions(db) == Counter({rid: 1 for rid in waiting})
+    assert requests_by(db)[email] == 1
+    with db.read() as session:
+        rows = session.execute(
+            sa.select(SeenRequest.claimed_by, SeenRequest.attempts, SeenRequest.state).where(
+                SeenRequest.body.is_(None), SeenRequest.claimed_by.is_not(None)
+            )
+        ).all()
+    # The worker claimed each request with work, on its first try; serve did none of it.
+    by_worker = [r for r in rows if r.claimed_by.split(":")[1] == str(worker.pid)]
+    assert len(by_worker) == len(waiting) + 1, rows
+    assert {(r.attempts, r.state) for r in by_worker} == {(1, "done")}
+    assert "event=intake_work where=worker" in trust.log_of("serve")
+    assert "event=intake_following how=listen" in trust.log_of("worker")
+    assert audit.verify(db).ok
 
 
 def _all_told(fake: FakeSlack, waiting: list[int], askers: set[str]) -> bool:
@@ -279,11 +349,15 @@ def _all_told(fake: FakeSlack, waiting: list[int], askers: set[str]) -> bool:
 
 class CuttableLink:
     """A TCP stand-in between WardKey and PostgreSQL that can be cut (every connection
-    closed, new ones refused) and put back, as a network or database outage would."""
+    closed, new ones refused) and put back, as a network or database outage would, or frozen
+    (connections stay open and nothing passes either way, as with a hung server or a link
+    that drops packets) and thawed."""
 
     def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
         self.port = free_port()
+        self.flowing = threading.Event()
+        self.flowing.set()
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
@@ -321,10 +395,10 @@ class CuttableLink:
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                self.flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass
@@ -389,3 +463,58 @@ def test_clicks_while_the_database_is_unreachable_are_told_not_recorded(trust: T
     assert log.count("event=intake_recovered not_recorded=6") == 1, log[-3000:]
     assert {service.get(rid).state for rid in waiting[1:]} == {RequestState.PENDING}
     assert decisions(db) == Counter({waiting[0]: 1})
+
+
+def test_an_ack_whose_database_hangs_says_not_recorded_and_the_late_row_is_undone(
+    trust: Trust,
+) -> None:
+    """The database stops answering mid-conversation (connected, silent). The ack must still
+    leave within Slack's 3 s, saying the request was not recorded; when the database answers
+    later and has recorded it after all, it is marked done with nothing done, as the person
+    was told, and no worker ever does it."""
+    url = trust.db.url
+    link = CuttableLink((url.host or "127.0.0.1", url.port or 5432))
+    link.up()
+    through_link = Database(url.set(host="127.0.0.1", port=link.port))
+    inbox = Intake(through_link)
+    answers: list[object] = []
+
+    def record(key: str) -> None:
+        try:
+            answers.append(inbox.record(key, b"command=%2Fjit&text=status", {}))
+        except NotRecorded as exc:
+            answers.append(exc)
+
+    try:
+        record("v0=before")  # the inbox's connection is open and has answered
+        link.flowing.clear()  # from now on nothing passes
+        acking = threading.Thread(target=record, args=("v0=during",))
+        acking.start()
+        acking.join(timeout=30)  # generous: Slack gives an ack 3 s, the inbox 2.5 s of it
+        assert not acking.is_alive(), "the ack hung on a database that does not answer"
+        link.flowing.set()  # the database answers again, and records the request late
+        deadline = time.monotonic() + 20
+        while _state(trust.db, "v0=during") != "done":
+            assert time.monotonic() < deadline, _state(trust.db, "v0=during")
+            time.sleep(0.1)
+    finally:
+        link.flowing.set()
+        link.cut()
+        through_link.dispose()
+    assert answers[0] is True
+    assert isinstance(answers[1], NotRecorded)
+    with trust.db.read() as session:
+        outcome = session.scalar(
+            sa.select(SeenRequest.outcome).where(SeenRequest.signature == "v0=during")
+        )
+    assert outcome == "not recorded"
+    # Nothing is left for a worker to take up.
+    assert [p.key for p, *_ in Intake(trust.db).claim_due(new_after=timedelta(0))] == []
+
+
+def _state(db: Database, key: str) -> str | None:
+    with db.read() as session:
+        found: str | None = session.scalar(
+            sa.select(SeenRequest.state).where(SeenRequest.signature == key)
+        )
+    return found

@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -40,11 +40,12 @@ from typing import Any
 
 import httpx
 from slack_bolt import App, BoltRequest
-from sqlalchemy import Engine, bindparam, create_engine, text
+from sqlalchemy import URL, Engine, bindparam, create_engine, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
 
 from app.clock import Clock, SystemClock
-from app.store.db import Database
+from app.store.db import Database, bounded
 
 log = logging.getLogger(__name__)
 Job = Callable[[], None]
@@ -130,6 +131,26 @@ _RECORD = text(
     "claimed_by = EXCLUDED.claimed_by, attempts = 1, outcome = NULL "
     "WHERE seen_requests.seen_until <= :now AND seen_requests.state = 'done' RETURNING 1"
 )
+# Every request waiting to be recorded, in one statement (group commit); RETURNING names the
+# new ones (a replay's row is left as it was).
+_RECORD_MANY = text(
+    "INSERT INTO seen_requests (signature, seen_until, body, headers, state, received_at, "
+    "lease_until, claimed_by, attempts) "
+    "SELECT r.key, :until, r.body, r.headers, 'working', :now, :lease, :owner, 1 "
+    "FROM unnest(CAST(:keys AS text[]), CAST(:bodies AS text[]), CAST(:headers AS text[])) "
+    "AS r(key, body, headers) "
+    "ON CONFLICT (signature) DO UPDATE SET seen_until = EXCLUDED.seen_until, "
+    "body = EXCLUDED.body, headers = EXCLUDED.headers, state = 'working', "
+    "received_at = EXCLUDED.received_at, lease_until = EXCLUDED.lease_until, "
+    "claimed_by = EXCLUDED.claimed_by, attempts = 1, outcome = NULL "
+    "WHERE seen_requests.seen_until <= :now AND seen_requests.state = 'done' "
+    "RETURNING signature"
+)
+_ABANDON = text(
+    "UPDATE seen_requests SET state = 'done', body = NULL, headers = NULL, lease_until = NULL, "
+    "outcome = 'not recorded' "
+    "WHERE claimed_by = :owner AND state = 'working' AND signature IN :keys"
+).bindparams(bindparam("keys", expanding=True))
 _RENEW = text(
     "UPDATE seen_requests SET lease_until = :lease "
     "WHERE claimed_by = :owner AND state = 'working' AND signature IN :keys"
@@ -147,8 +168,18 @@ _RETRY_LATER = text(
     "WHERE signature = :key AND claimed_by = :owner AND state = 'working'"
 )
 _OUTCOME = text("UPDATE seen_requests SET outcome = :outcome WHERE signature = :key")
+# Handed to the workers: unclaimed and `new` again, with its first try still to come.
+_HAND_OVER = (
+    "UPDATE seen_requests SET state = 'new', claimed_by = NULL, lease_until = NULL, "
+    "attempts = 0 WHERE claimed_by = :owner AND state = 'working' AND signature IN :keys"
+)
+# On PostgreSQL the same statement wakes every worker (LISTEN), so none waits for a poll.
+_HAND_OVER_NOTIFY = (
+    f"WITH handed AS ({_HAND_OVER} RETURNING 1) "
+    "SELECT pg_notify('{channel}', '') WHERE EXISTS (SELECT 1 FROM handed)"
+)
 _DUE = (
-    "SELECT signature FROM seen_requests WHERE (state = 'new' AND received_at <= :grace) "
+    "SELECT signature FROM seen_requests WHERE (state = 'new' AND received_at <= :new_before) "
     "OR (state = 'working' AND lease_until <= :now) ORDER BY received_at LIMIT :limit"
 )
 _CLAIM_DUE = (
@@ -160,26 +191,118 @@ _FORGET = text("DELETE FROM seen_requests WHERE state = 'done' AND seen_until <=
 _OLDEST = text("SELECT MIN(received_at) FROM seen_requests WHERE state IN ('new', 'working')")
 
 
+@dataclass
+class _Row:
+    """A request to record: its key, raw body and kept headers (JSON)."""
+
+    key: str
+    body: str
+    headers: str
+
+
+@dataclass
+class _Slot:
+    row: _Row
+    done: threading.Event = field(default_factory=threading.Event)
+    new: bool = False
+    error: BaseException | None = None
+    gave_up: bool = False
+
+
+class GroupCommit:
+    """Records the requests of concurrent acks together: one writer thread takes every
+    request waiting, writes them in one statement and commit (`write`), and wakes each ack
+    with its answer. Fewer round trips and commits than one per ack, and each ack waits at
+    most `wait` seconds: a database that does not answer is "not recorded" in time. A
+    request recorded after its ack gave up is handed to `abandon`, which undoes it."""
+
+    def __init__(
+        self,
+        write: Callable[[list[_Row]], set[str]],
+        abandon: Callable[[list[str]], None],
+        wait: float,
+    ) -> None:
+        self._write = write
+        self._abandon = abandon
+        self._wait = wait
+        self._cond = threading.Condition()
+        self._queue: list[_Slot] = []
+        threading.Thread(target=self._writer, name="inbox-writer", daemon=True).start()
+
+    def record(self, row: _Row) -> bool:
+        """True if new and now recorded, False for a replay; the database's error, or
+        TimeoutError when it did not answer in time."""
+        slot = _Slot(row)
+        with self._cond:
+            self._queue.append(slot)
+            self._cond.notify()
+        if not slot.done.wait(self._wait):
+            with self._cond:
+                if not slot.done.is_set():
+                    slot.gave_up = True
+                    raise TimeoutError("the inbox did not answer in time")
+        if slot.error is not None:
+            raise slot.error
+        return slot.new
+
+    def _writer(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                batch, self._queue = self._queue, []
+            try:
+                self._settle(batch)
+            except Exception:  # never leave the acks after it without a writer
+                log.exception("event=intake_writer_failed")
+
+    def _settle(self, batch: list[_Slot]) -> None:
+        first: dict[str, _Slot] = {}
+        for slot in batch:  # the same request twice at once: the second is a replay
+            first.setdefault(slot.row.key, slot)
+        error: Exception | None = None
+        try:
+            new = self._write([slot.row for slot in first.values()])
+        except Exception as exc:  # every ack of the batch says "not recorded"
+            new, error = set(), exc
+        with self._cond:
+            abandoned = [s.row.key for s in first.values() if s.gave_up and s.row.key in new]
+            for slot in batch:
+                slot.error = error
+                slot.new = first.get(slot.row.key) is slot and slot.row.key in new
+                slot.done.set()
+        if abandoned:
+            self._abandon(abandoned)
+
+
 class Intake:
     """The inbox table: record in the ack path, claim, finish, and hand back for a retry."""
 
     WINDOW = timedelta(minutes=5)  # how long Slack's signature stays valid
-    # Rows are recorded claimed; a row still `new` after this (none are, today) is taken too.
-    GRACE = timedelta(seconds=3)
+    # A request handed to the workers (`hand_off`) that none has taken within this is taken
+    # by any process's intake sweep: late, never lost, when no worker runs.
+    STEP_IN = timedelta(seconds=10)
     # Renewed every third of itself while the work runs (a heartbeat), so a dead process's
     # claim is taken over within this and a sweep tick.
     LEASE = timedelta(seconds=9)
     MAX_ATTEMPTS = 6  # then the failure is logged as given up, for an operator to look at
     TIMEOUT_SECONDS = 2  # an ack must leave within Slack's 3 s even when the database hangs
+    CHANNEL = "wardkey_intake"  # PostgreSQL NOTIFY channel: work handed to the workers
 
-    def __init__(self, db: Database, clock: Clock | None = None) -> None:
+    def __init__(self, db: Database, clock: Clock | None = None, *, hand_off: bool = False) -> None:
         self.db = db
         self.clock = clock or SystemClock()
+        # True: this process records and acknowledges, and hands each request's work to the
+        # `wardkey worker` processes (WARDKEY_INTAKE_WORK=worker) instead of doing it.
+        self.hand_off = hand_off
         self._lock = threading.Lock()
         self._engine: Engine | None = None
         self._failures = 0  # recordings failed since the last that worked, to log an outage once
+        self._gather: GroupCommit | None = None
         self.owner = _owner()  # this process's claims
         self._finished: list[str] = []  # requests that caused no work, to mark done together
+        self._handing: list[str] = []  # requests whose work goes to the workers, not yet handed
+        self._wake = threading.Event()  # there is something to hand over
         self._beating = False
         # Requests this process recorded or claimed and has not finished: only these leases
         # are renewed, so one whose finishing write failed lapses and is done again.
@@ -190,12 +313,38 @@ class Intake:
     def record(self, key: str, body: bytes | str, headers: Mapping[str, str]) -> bool:
         """True if the request is new and now recorded, False for a replay; NotRecorded when
         the database could not take it (the caller must then say so, not ack as usual)."""
+        row = _Row(
+            key,
+            body.decode("utf-8", "replace") if isinstance(body, bytes) else body,
+            json.dumps(dict(headers)),
+        )
+        try:
+            # SQLite has one writer at a time anyway: nothing to gather there.
+            new = key in self._write([row]) if self.db.is_sqlite else self._group().record(row)
+        except (DBAPIError, TimeoutError) as exc:
+            self._failed(exc)
+            raise NotRecorded(type(exc).__name__) from exc
+        if new:
+            with self._lock:
+                self._in_hand.add(key)
+        self._recovered()
+        return new
+
+    def _group(self) -> GroupCommit:
+        with self._lock:
+            if self._gather is None:
+                # Time for the write, a retry on a fresh connection, and a margin: then the
+                # ack says "not recorded" (within Slack's 3 s), whatever the database does.
+                wait = self.TIMEOUT_SECONDS + 0.5
+                self._gather = GroupCommit(self._write, self._abandon, wait)
+            return self._gather
+
+    def _write(self, rows: list[_Row]) -> set[str]:
+        """Record `rows` in one statement, committed; returns the keys that were new. A pooled
+        connection the server closed (a restart) is tried once more on a fresh one."""
         now = self.clock.now()
         params = {
-            "key": key,
             "until": now + self.WINDOW,
-            "body": body.decode("utf-8", "replace") if isinstance(body, bytes) else body,
-            "headers": json.dumps(dict(headers)),
             "now": now,
             "lease": now + self.LEASE,
             "owner": self.owner,
@@ -203,20 +352,33 @@ class Intake:
         for attempt in (1, 2):
             try:
                 with self.engine().connect() as conn:
-                    new = conn.execute(_RECORD, params).first() is not None
+                    if self.db.is_sqlite:
+                        new = set()
+                        for row in rows:
+                            one = {**params, "key": row.key, "body": row.body}
+                            one["headers"] = row.headers
+                            if conn.execute(_RECORD, one).first() is not None:
+                                new.add(row.key)
+                    else:
+                        many = {
+                            **params,
+                            "keys": [row.key for row in rows],
+                            "bodies": [row.body for row in rows],
+                            "headers": [row.headers for row in rows],
+                        }
+                        new = {key for (key,) in conn.execute(_RECORD_MANY, many)}
                     conn.commit()
-                if new:
-                    with self._lock:
-                        self._in_hand.add(key)
-                break
+                return new
             except DBAPIError as exc:
-                # A pooled connection the server closed (a restart): once more on a fresh one.
                 if attempt == 1 and exc.connection_invalidated:
                     continue
-                self._failed(exc)
-                raise NotRecorded(type(exc).__name__) from exc
-        self._recovered()
-        return new
+                raise
+        raise AssertionError("unreachable")
+
+    def _abandon(self, keys: list[str]) -> None:
+        """Requests whose ack gave up waiting (and said "not recorded") but which the database
+        recorded after all: done, with nothing done, as the person was told."""
+        self._quietly_many(_ABANDON, keys)
 
     def _failed(self, exc: Exception) -> None:
         with self._lock:
@@ -240,10 +402,15 @@ class Intake:
     # ------------------------------------------------------------------ after the ack
 
     def start(self, pending: Pending) -> None:
-        """After Bolt answered: run the request's work on the pool its listeners named; a
-        request that caused none is marked done with others on the next heartbeat."""
+        """After Bolt answered: run the request's work on the pool its listeners named, or hand
+        it to the workers; a request that caused none is marked done with others on the next
+        heartbeat."""
         self._ensure_heartbeat()
-        if pending.jobs and pending.executor is not None:
+        if pending.jobs and self.hand_off:
+            with self._lock:
+                self._handing.append(pending.key)
+            self._wake.set()
+        elif pending.jobs and pending.executor is not None:
             pending.executor.submit(self.run, pending, self.owner)
         else:
             with self._lock:
@@ -257,25 +424,57 @@ class Intake:
         threading.Thread(target=self._heartbeat, name="inbox-heartbeat", daemon=True).start()
 
     def _heartbeat(self) -> None:
-        """Every third of a lease: keep this process's claims alive (one statement for all of
-        them) and mark done the requests that caused no work."""
+        """Hand over waiting work as soon as there is some (all that waits in one statement,
+        off the ack threads), and every third of a lease keep this process's claims alive (one
+        statement for all of them) and mark done the requests that caused no work."""
+        every = self.LEASE.total_seconds() / 3
+        next_beat = time.monotonic() + every
         while True:
-            time.sleep(self.LEASE.total_seconds() / 3)
+            self._wake.wait(max(0.0, next_beat - time.monotonic()))
+            self._wake.clear()
             with self._lock:
-                finished, self._finished = self._finished, []
-                self._in_hand.difference_update(finished)
-                in_hand = sorted(self._in_hand)
-            try:
-                with self.engine().connect() as conn:
-                    lease = self.clock.now() + self.LEASE
-                    if in_hand:
-                        params = {"owner": self.owner, "lease": lease, "keys": in_hand}
-                        conn.execute(_RENEW, params)
-                    if finished:
-                        conn.execute(_DONE_MANY, {"owner": self.owner, "keys": finished})
-                    conn.commit()
-            except DBAPIError as exc:  # the claims may lapse: another process then does them
-                log.warning("event=intake_heartbeat_failed error=%s", type(exc).__name__)
+                handing, self._handing = self._handing, []
+            if handing:
+                self._hand_over(handing)
+            if time.monotonic() >= next_beat:
+                self._beat()
+                next_beat = time.monotonic() + every
+
+    def _hand_over(self, keys: list[str]) -> None:
+        """Make the requests `new` for the workers, and wake them; on failure the requests
+        stay this process's (their leases renewed) and are handed over on the next beat."""
+        statement = _HAND_OVER if self.db.is_sqlite else _HAND_OVER_NOTIFY
+        sql = text(statement.replace("{channel}", self.CHANNEL)).bindparams(
+            bindparam("keys", expanding=True)
+        )
+        try:
+            with self.engine().connect() as conn:
+                conn.execute(sql, {"owner": self.owner, "keys": keys})
+                conn.commit()
+        except DBAPIError as exc:
+            log.warning("event=intake_hand_over_failed error=%s", type(exc).__name__)
+            with self._lock:
+                self._handing.extend(keys)
+            return
+        with self._lock:
+            self._in_hand.difference_update(keys)
+
+    def _beat(self) -> None:
+        with self._lock:
+            finished, self._finished = self._finished, []
+            self._in_hand.difference_update(finished)
+            in_hand = sorted(self._in_hand)
+        try:
+            with self.engine().connect() as conn:
+                lease = self.clock.now() + self.LEASE
+                if in_hand:
+                    params = {"owner": self.owner, "lease": lease, "keys": in_hand}
+                    conn.execute(_RENEW, params)
+                if finished:
+                    conn.execute(_DONE_MANY, {"owner": self.owner, "keys": finished})
+                conn.commit()
+        except DBAPIError as exc:  # the claims may lapse: another process then does them
+            log.warning("event=intake_heartbeat_failed error=%s", type(exc).__name__)
 
     def run(self, pending: Pending, owner: str) -> bool:
         """Run the claimed request's work; done, or handed back for a later try. True if done.
@@ -325,15 +524,18 @@ class Intake:
 
     # ------------------------------------------------------------------ the sweep's side
 
-    def claim_due(self, limit: int = 20) -> list[tuple[Pending, bytes, dict[str, str], str]]:
-        """Rows whose process died before finishing: never claimed after the grace, or whose
-        lease ran out. Claimed with SKIP LOCKED on PostgreSQL, so instances share them."""
+    def claim_due(
+        self, limit: int = 20, new_after: timedelta | None = None
+    ) -> list[tuple[Pending, bytes, dict[str, str], str]]:
+        """Rows whose process died before finishing (their lease ran out), and rows handed to
+        the workers: at once by a worker (`new_after` zero), after STEP_IN by any other
+        process. Claimed with SKIP LOCKED on PostgreSQL, so instances share them."""
         now = self.clock.now()
         owner = self.owner
         due = _DUE + ("" if self.db.is_sqlite else " FOR UPDATE SKIP LOCKED")
         statement = text(_CLAIM_DUE.format(due=due))
         params = {
-            "grace": now - self.GRACE,
+            "new_before": now - (self.STEP_IN if new_after is None else new_after),
             "now": now,
             "limit": limit,
             "lease": now + self.LEASE,
@@ -343,7 +545,9 @@ class Intake:
             rows = conn.execute(statement, params).all()
         claimed = []
         for key, body, headers, attempts, outcome in rows:
-            pending = Pending(key=key, attempt=max(2, int(attempts)), outcome=outcome)
+            # attempts counts this try: 1 for a request handed over (its first try), more
+            # for one a dead process or a failed try left.
+            pending = Pending(key=key, attempt=max(1, int(attempts)), outcome=outcome)
             claimed.append((pending, (body or "").encode(), json.loads(headers or "{}"), owner))
         return claimed
 
@@ -366,11 +570,34 @@ class Intake:
             conn.commit()
         return int(count)
 
+    def _quietly_many(self, statement: Any, keys: list[str]) -> None:
+        try:
+            with self.engine().connect() as conn:
+                conn.execute(statement, {"owner": self.owner, "keys": keys})
+                conn.commit()
+        except DBAPIError as exc:
+            log.warning("event=intake_update_failed error=%s", type(exc).__name__)
+
     def _quietly(self, statement: Any, key: str, **params: Any) -> None:
         try:
             self._execute(statement, key=key, **params)
         except DBAPIError as exc:  # the row is left for the sweep, which finishes it
             log.warning("event=intake_update_failed error=%s", type(exc).__name__)
+
+    @contextlib.contextmanager
+    def listener(self) -> Iterator[Any]:
+        """The driver's own connection (PostgreSQL, autocommit), for LISTEN: not pooled, as
+        it stays with its listener."""
+        engine = create_engine(
+            bounded(self.db.url, self.TIMEOUT_SECONDS, 0),
+            poolclass=NullPool,
+            isolation_level="AUTOCOMMIT",
+        )
+        try:
+            with engine.connect() as conn:
+                yield conn.connection.driver_connection
+        finally:
+            engine.dispose()
 
     def engine(self) -> Engine:
         """Connections of the inbox's own, so recording never waits for one that work after
@@ -380,16 +607,11 @@ class Intake:
             return self.db.engine
         with self._lock:
             if self._engine is None:
-                seconds = self.TIMEOUT_SECONDS
-                url = self.db.url
-                options = f"{url.query.get('options', '')} -c statement_timeout={seconds * 1000}"
                 self._engine = create_engine(
-                    url.update_query_dict(
-                        {"options": options.strip(), "connect_timeout": str(seconds)}
-                    ),
+                    ack_bounded(self.db.url, self.TIMEOUT_SECONDS),
                     pool_size=8,
                     max_overflow=8,
-                    pool_timeout=seconds,
+                    pool_timeout=self.TIMEOUT_SECONDS,
                     pool_pre_ping=False,
                     # One statement per write, so one round trip: in the ack path every wait
                     # on the network is a wait for the interpreter too.
@@ -398,10 +620,29 @@ class Intake:
             return self._engine
 
 
+def ack_bounded(url: URL, seconds: int) -> URL:
+    """The database on connections fit for the ack path: connecting and each statement give
+    up within `seconds` whatever the URL says (the last -c wins), and data the server does not
+    acknowledge (a host gone from the network) closes the connection within as long."""
+    url = bounded(url, seconds, 0)
+    options = f"{url.query.get('options', '')} -c statement_timeout={seconds * 1000}".strip()
+    return url.update_query_dict(
+        {
+            "options": options,
+            "connect_timeout": str(seconds),
+            "tcp_user_timeout": str(seconds * 1000),
+        }
+    )
+
+
 class Redelivery:
-    """Does the work of requests whose process died: claims due inbox rows and dispatches each
-    stored request again through `app` (built on first need, so a worker asks nothing of
-    Slack until there is work)."""
+    """Does the work of requests handed to the workers, and of those whose process died:
+    claims due inbox rows and dispatches each stored request again through `app` (built on
+    first need, so a worker asks nothing of Slack until there is work); the work each
+    collects runs on the app's own work pool."""
+
+    BATCH = 20  # requests claimed at a time
+    POLL_SECONDS = 0.5  # how often a worker on SQLite (no NOTIFY) looks for handed-over work
 
     def __init__(self, intake: Intake, app: Callable[[], App]) -> None:
         self.intake = intake
@@ -409,16 +650,66 @@ class Redelivery:
         self._app: App | None = None
         self._forgot_at: datetime | None = None
 
-    def redeliver_due(self) -> list[str]:
-        """Redeliver what is due; returns the keys whose work finished."""
+    def redeliver_due(self, new_after: timedelta | None = None) -> list[str]:
+        """Redeliver what is due; returns the keys whose work finished. `new_after`: how long
+        a request handed to the workers waits before this takes it (None: Intake.STEP_IN)."""
+        return self._redeliver(new_after)[1]
+
+    def _redeliver(self, new_after: timedelta | None) -> tuple[int, list[str]]:
+        """(how many were claimed, the keys whose work finished)."""
         finished = []
-        for pending, body, headers, owner in self.intake.claim_due():
+        running: list[tuple[str, Future[bool]]] = []
+        claimed = self.intake.claim_due(self.BATCH, new_after)
+        for pending, body, headers, owner in claimed:
             pending.note = partial(self.intake.note_outcome, pending.key)
-            log.warning("event=intake_redelivered attempt=%d", pending.attempt)
-            if self._dispatch(pending, body, headers) and self.intake.run(pending, owner):
-                finished.append(pending.key)
+            if pending.redelivered:
+                log.warning("event=intake_redelivered attempt=%d", pending.attempt)
+            if not self._dispatch(pending, body, headers):
+                continue
+            if pending.executor is None:  # no work, or only a dialog: nothing to wait for
+                if self.intake.run(pending, owner):
+                    finished.append(pending.key)
+                continue
+            running.append((pending.key, pending.executor.submit(self.intake.run, pending, owner)))
+        for key, done in running:
+            if done.result():
+                finished.append(key)
         self._forget()
-        return finished
+        return len(claimed), finished
+
+    def follow(self) -> threading.Thread:
+        """In a worker: take each request handed over as soon as it is (LISTEN on PostgreSQL,
+        a short poll on SQLite), on a thread of its own."""
+        thread = threading.Thread(target=self._follow, name="inbox-follower", daemon=True)
+        thread.start()
+        return thread
+
+    def _follow(self) -> None:
+        how = "poll" if self.intake.db.is_sqlite else "listen"
+        log.info("event=intake_following how=%s", how)
+        while True:
+            try:
+                if self.intake.db.is_sqlite:
+                    self._drain()
+                    time.sleep(self.POLL_SECONDS)
+                else:
+                    self._listen()
+            except Exception as exc:  # the database is down: the sweep logs that; look again
+                log.warning("event=intake_follow_failed error=%s", type(exc).__name__)
+                time.sleep(1)
+
+    def _listen(self) -> None:
+        with self.intake.listener() as conn:
+            conn.execute(f"LISTEN {self.intake.CHANNEL}")
+            while True:
+                self._drain()
+                # Woken by a hand-over; a second's wait at most, so nothing is missed.
+                for _ in conn.notifies(timeout=1.0, stop_after=1):
+                    pass
+
+    def _drain(self) -> None:
+        while self._redeliver(timedelta(0))[0] >= self.BATCH:
+            pass
 
     def _dispatch(self, pending: Pending, body: bytes, headers: dict[str, str]) -> bool:
         """Run the stored request through the app: its listeners collect their work again."""
