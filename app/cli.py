@@ -328,8 +328,8 @@ def _say_intake_work(work: str) -> None:
     if work == "worker":
         logging.getLogger("app.slack.intake").info(
             "event=intake_work where=worker what=this process records and acknowledges; run "
-            "`wardkey worker` to do the work (a request no worker takes within 10 s is done "
-            "here)"
+            "`wardkey worker` to do the work (with the sweeps on, a request no worker takes "
+            "within 10 s is done here)"
         )
 
 

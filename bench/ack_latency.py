@@ -2,13 +2,18 @@
 
 Starts, as separate processes served the same way (waitress, same thread count):
   - bare:    a Bolt app whose `/jit` listener only calls ack() (the floor for Bolt + waitress);
-  - wardkey: `wardkey serve` on SQLite, and on PostgreSQL when reachable.
-Both talk to the local fake Slack Web API. Then sends N correctly signed `/jit request …`
+  - wardkey: `wardkey serve` on SQLite, and on PostgreSQL when reachable, in each intake mode
+             asked for: `local` (serve does the work after its acks and runs the sweeps) and
+             `worker` (`serve --no-scheduler` records and acks; a `wardkey worker` process
+             does the work and runs the sweeps, at --worker-nice).
+All talk to the local fake Slack Web API. Then sends N correctly signed `/jit request …`
 commands, C at a time, from distinct eligible people (so every one creates a real request, sends
 approver cards and writes the audit trail after the ack) and prints p50/p95/p99 of the time to
-the ack for each, and the ratio of WardKey to the bare app measured in the same run.
+the ack for each, the ratio of WardKey to the bare app measured in the same run, and the time
+from each command to its first approver card (so a faster ack cannot hide slower work).
 
     python bench/ack_latency.py [--requests 1000] [--concurrency 50] [--no-postgres]
+        [--modes local,worker] [--worker-nice N] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import secrets
+import signal
 import socket
 import statistics
 import subprocess
@@ -65,18 +72,20 @@ BARE_APP = textwrap.dedent(
 
 
 # Keep-alive connections, one per request in flight, each sending its next request as soon as
-# the previous ack arrives; prints the latencies (s) as JSON. Any answer but 200 is an error.
+# the previous ack arrives; prints [user, sent at (time.monotonic, the same clock in every
+# process on this machine), seconds to the ack] per request as JSON. Any answer but 200 is an
+# error.
 LOAD_CLIENT = textwrap.dedent(
     """
     import asyncio, json, sys, time
     spec = json.load(sys.stdin)
-    todo = [r.encode() for r in spec["raw"]]
+    todo = [(user, raw.encode()) for user, raw in spec["raw"]]
     latencies = []
     async def connection():
         reader, writer = await asyncio.open_connection(spec["host"], spec["port"])
         while todo:
-            request = todo.pop()
-            started = time.perf_counter()
+            user, request = todo.pop()
+            started = time.monotonic()
             writer.write(request)
             head = await reader.readuntil(b"\\r\\n\\r\\n")
             lines = head.decode().split("\\r\\n")
@@ -85,7 +94,7 @@ LOAD_CLIENT = textwrap.dedent(
                 if line.lower().startswith("content-length:")
             )
             await reader.readexactly(length)
-            latencies.append(time.perf_counter() - started)
+            latencies.append([user, started, time.monotonic() - started])
             if lines[0].split()[1] != "200":
                 sys.exit(f"answer {lines[0]!r}")
         writer.close()
@@ -136,7 +145,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def process(args: list[str], env: dict[str, str], port: int) -> Iterator[str]:
+def process(
+    args: list[str], env: dict[str, str], port: int
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     # The log goes to a file: a pipe nobody reads fills up, and then every thread that logs
     # (waitress's "task queue depth" warning in the accept loop, for one) would stall.
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finally
@@ -154,7 +165,7 @@ def process(args: list[str], env: dict[str, str], port: int) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise SystemExit(f"{args} did not start")
             time.sleep(0.2)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -177,9 +188,13 @@ def command_body(user: int, fake: FakeSlack, text: str | None) -> str:
 
 
 def measure(
-    url: str, fake: FakeSlack, requests: int, concurrency: int, text: str | None = None
-) -> list[float]:
-    """Seconds from sending each signed command to its ack, `concurrency` in flight at once.
+    url: str,
+    fake: FakeSlack,
+    users: range,
+    concurrency: int,
+    text: str | None = None,
+) -> list[tuple[int, float, float]]:
+    """(user, sent at, seconds to the ack) of each signed command, `concurrency` in flight.
 
     The requests are signed beforehand and sent by a small asyncio client in a process of its
     own, so neither the client's work nor the fakes serving the app's calls after the ack (in
@@ -187,7 +202,7 @@ def measure(
     verifier = SignatureVerifier(SECRET)
     host, port = url.removeprefix("http://").split(":")
     raw = []
-    for user in range(requests):
+    for user in users:
         body = command_body(user, fake, text)
         ts = str(int(time.time()))
         head = (
@@ -197,40 +212,136 @@ def measure(
             f"X-Slack-Signature: {verifier.generate_signature(timestamp=ts, body=body)}\r\n"
             f"Content-Length: {len(body.encode())}\r\n\r\n"
         )
-        raw.append(head + body)
+        raw.append((user, head + body))
     spec = json.dumps({"host": host, "port": int(port), "concurrency": concurrency, "raw": raw})
     done = subprocess.run(
         [sys.executable, "-c", LOAD_CLIENT], input=spec, capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
         raise SystemExit(f"load client failed: {done.stderr[-500:]}")
-    return [float(x) for x in json.loads(done.stdout)]
+    return [(int(u), float(at), float(took)) for u, at, took in json.loads(done.stdout)]
 
 
-def settle(fake: FakeSlack, cards: int, timeout: float = 900) -> None:
-    """Wait for the approver cards of every request: the app's work after the acks is done."""
+CARD = re.compile(r"^Access request #\d+: .* for p(\d+)@bench\.nhs\.uk")
+
+
+def settle(fake: FakeSlack, since: int, users: range, timeout: float = 900) -> dict[int, float]:
+    """Wait for an approver card of every request (the app's work after the acks is done);
+    returns when each user's first card was posted (time.monotonic)."""
     deadline = time.monotonic() + timeout
-    while len(fake.calls_to("chat.postMessage")) < cards:
+    first: dict[int, float] = {}
+    seen = since
+    while True:
+        calls = fake.calls[seen:]
+        seen += len(calls)
+        for call in calls:
+            found = CARD.match(str(call.args.get("text", ""))) if call.status == 200 else None
+            if found and int(found.group(1)) in users:
+                first.setdefault(int(found.group(1)), call.at)
+        if len(first) >= len(users):
+            return first
         if time.monotonic() > deadline:
-            raise SystemExit(f"only {len(fake.calls_to('chat.postMessage'))} of {cards} cards")
-        time.sleep(0.5)
+            raise SystemExit(f"only {len(first)} of {len(users)} requests have a card")
+        time.sleep(0.2)
 
 
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] * 1000
 
 
-def postgres_database() -> str | None:
+def postgres_database(name: str) -> str | None:
+    """A fresh database for one run (each run's requests are new to it)."""
     try:
         engine = sa.create_engine(POSTGRES_SERVER, isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)"))
-            conn.execute(sa.text(f"CREATE DATABASE {BENCH_DATABASE}"))
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            conn.execute(sa.text(f"CREATE DATABASE {name}"))
         engine.dispose()
     except sa.exc.OperationalError as exc:
         print(f"PostgreSQL not reachable ({type(exc).__name__}); skipping it")
         return None
-    return str(sa.make_url(POSTGRES_SERVER).set(database=BENCH_DATABASE).render_as_string(False))
+    return str(sa.make_url(POSTGRES_SERVER).set(database=name).render_as_string(False))
+
+
+@contextlib.contextmanager
+def worker(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """`wardkey worker`, running once it has scheduled its sweeps."""
+    log = tempfile.NamedTemporaryFile(suffix=".log")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while b"event=intake_following" not in Path(log.name).read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"worker did not start: {Path(log.name).read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
+@contextlib.contextmanager
+def profiling(procs: dict[str, int], profile: Path | None) -> Iterator[None]:
+    """While the block runs, sample every thread of each process (idle ones too) with py-spy
+    (pip install py-spy) and write collapsed stacks to profile/<name>.txt."""
+    if profile is None:
+        yield
+        return
+    sampler = ["py-spy", "record", "--idle", "--threads", "--nonblocking", "--rate", "200", "-f"]
+    spies = [
+        subprocess.Popen(
+            [*sampler, "raw", "--pid", str(pid), "--output", str(profile / f"{name}.txt")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in procs.items()
+    ]
+    time.sleep(1)  # attached
+    try:
+        yield
+    finally:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        for spy in spies:
+            spy.wait(timeout=60)
+
+
+Run = tuple[str, list[tuple[int, float, float]], list[float]]
+
+
+def run_wardkey(
+    name: str,
+    env: dict[str, str],
+    fake: FakeSlack,
+    users: range,
+    concurrency: int,
+    profile: Path | None,
+    worker_nice: int = 0,
+) -> Run:
+    """Acks of `wardkey serve` (with a worker in worker mode), and command-to-card times."""
+    subprocess.run([sys.executable, "-m", "app", "db", "upgrade"], env=env, check=True)
+    port = free_port()
+    slug = re.sub(r"[^a-z]+", "-", name.lower()).strip("-")
+    serve = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    with contextlib.ExitStack() as stack:
+        procs = {}
+        if env.get("WARDKEY_INTAKE_WORK") == "worker":
+            work = ["nice", "-n", str(worker_nice), sys.executable, "-m", "app", "worker"]
+            procs[f"{slug}-worker"] = stack.enter_context(worker(work, env)).pid
+        if env.get("WARDKEY_INTAKE_WORK") == "worker":
+            # As deployed with workers: the sweeps run there too, none in serve.
+            serve.append("--no-scheduler")
+        url, served = stack.enter_context(process([*serve, "--threads", str(THREADS)], env, port))
+        procs[slug] = served.pid
+        measure(url, fake, range(200), concurrency, text="help")  # warm up
+        since = len(fake.calls)
+        with profiling(procs, profile):
+            acks = measure(url, fake, users, concurrency)
+        # Let the work after the acks (cards, audit) finish before the next run starts.
+        cards = settle(fake, since, users)
+    sent = {user: at for user, at, _ in acks}
+    return name, acks, [cards[user] - sent[user] for user in users]
 
 
 def main() -> None:
@@ -240,6 +351,26 @@ def main() -> None:
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-sqlite", action="store_true")
     parser.add_argument(
+        "--modes",
+        default="local,worker",
+        help="intake modes to run wardkey in, comma-separated: local (serve does the work "
+        "after its acks), worker (serve records and acks, a wardkey worker does the work)",
+    )
+    parser.add_argument(
+        "--worker-nice",
+        type=int,
+        default=0,
+        help="run the worker at this nice level (10: serve's acks come first on a machine the "
+        "two share; 0: the same priority)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="run each wardkey process under py-spy (pip install py-spy) and write its "
+        "samples (collapsed stacks, every thread) to DIR",
+    )
+    parser.add_argument(
         "--slack-latency-ms",
         type=float,
         default=0,
@@ -247,16 +378,19 @@ def main() -> None:
         "second after the acks; Slack's own API takes about 100-300 ms)",
     )
     args = parser.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
 
     key = secrets.token_hex(32)
     console = WebhookTarget(key.encode(), name="epr").start()
     fake = FakeSlack(latency=args.slack_latency_ms / 1000).start()
-    for i in range(args.requests):
+    for i in range(args.requests * len(modes) * 2):
         fake.add_user(SlackUser(f"U0P{i}", f"p{i}@bench.nhs.uk", f"Person {i}", "Analyst"))
     for i in (1, 2):
         fake.add_user(SlackUser(f"U0L{i}", f"lead{i}@bench.nhs.uk", f"Lead {i}", "Lead"))
     work = Path(tempfile.mkdtemp(prefix="wardkey-bench-"))
-    (work / "policy.yaml").write_text(policy(args.requests, console.url))
+    (work / "policy.yaml").write_text(policy(args.requests * len(modes) * 2, console.url))
     env = {
         **os.environ,
         "SLACK_BOT_TOKEN": fake.token,
@@ -265,46 +399,60 @@ def main() -> None:
         "WARDKEY_POLICY": str(work / "policy.yaml"),
         "BENCH_EPR_KEY": key,
     }
-    stores = {} if args.no_sqlite else {"SQLite": f"sqlite:///{work / 'wardkey.db'}"}
-    if not args.no_postgres and (pg := postgres_database()):
-        stores["PostgreSQL"] = pg
+    runs: list[tuple[str, dict[str, str]]] = []
+    for mode in modes:
+        if not args.no_sqlite:
+            database = f"sqlite:///{work / f'wardkey-{mode}.db'}"
+            runs.append((f"wardkey {mode}, SQLite", {"DATABASE_URL": database}))
+        if not args.no_postgres and (pg := postgres_database(f"{BENCH_DATABASE}_{mode}")):
+            runs.append((f"wardkey {mode}, PostgreSQL", {"DATABASE_URL": pg}))
+        for _, extra in runs[-2:]:
+            extra.setdefault("WARDKEY_INTAKE_WORK", mode)
 
-    results: list[tuple[str, list[float]]] = []
-    concurrency, cards = args.concurrency, 0
+    concurrency = args.concurrency
     port = free_port()
     bare = [sys.executable, "-c", BARE_APP, str(port), str(THREADS)]
-    with process(bare, env, port) as url:
-        measure(url, fake, 200, args.concurrency, text="help")  # warm up
-        results.append(("bare Bolt (ack only)", measure(url, fake, args.requests, concurrency)))
-    for store, database in stores.items():
-        store_env = {**env, "DATABASE_URL": database}
-        subprocess.run([sys.executable, "-m", "app", "db", "upgrade"], env=store_env, check=True)
-        port = free_port()
-        serve = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)]
-        with process([*serve, "--threads", str(THREADS)], store_env, port) as url:
-            measure(url, fake, 200, args.concurrency, text="help")  # warm up
-            results.append(
-                (f"wardkey serve, {store}", measure(url, fake, args.requests, concurrency))
-            )
-            # Let the work after the acks (cards, audit) finish before the next run starts.
-            cards += args.requests * 2
-            settle(fake, cards)
+    with process(bare, env, port) as (url, _):
+        measure(url, fake, range(200), concurrency, text="help")  # warm up
+        bare_acks = measure(url, fake, range(args.requests), concurrency)
+    results: list[Run] = [("bare Bolt (ack only)", bare_acks, [])]
+    for i, (name, extra) in enumerate(runs):
+        users = range(i * args.requests, (i + 1) * args.requests)
+        run_env = {**env, **extra}
+        results.append(
+            run_wardkey(name, run_env, fake, users, concurrency, args.profile, args.worker_nice)
+        )
+    report(args, results)
+    console.stop()
+    fake.stop()
+
+
+def report(args: argparse.Namespace, results: list[Run]) -> None:
     print()
     print(
         f"{args.requests} signed /jit request commands, {args.concurrency} at a time, "
         f"{os.cpu_count()} cores, waitress {THREADS} threads, "
         f"fake Slack Web API answering in {args.slack_latency_ms:g} ms"
     )
-    print(f"{'app':<28}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'p99 ratio':>11}")
-    bare_p99 = pct(results[0][1], 99)
-    for name, values in results:
+    print("time to the ack:")
+    print(f"{'app':<30}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'p99 ratio':>11}")
+    bare_p99 = pct([took for _, _, took in results[0][1]], 99)
+    for name, acks, _ in results:
+        values = [took for _, _, took in acks]
         p99 = pct(values, 99)
         print(
-            f"{name:<28}{pct(values, 50):>9.1f}{pct(values, 95):>9.1f}{p99:>9.1f}"
+            f"{name:<30}{pct(values, 50):>9.1f}{pct(values, 95):>9.1f}{p99:>9.1f}"
             f"{max(values) * 1000:>9.1f}{p99 / bare_p99:>10.2f}x"
         )
-    console.stop()
-    fake.stop()
+    print("time from the command to its first approver card (the work after the ack):")
+    print(f"{'app':<30}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'all done s':>11}")
+    for name, acks, e2e in results[1:]:
+        first_sent = min(at for _, at, _ in acks)
+        last_card = max(at + took for (_, at, _), took in zip(sorted(acks), e2e, strict=True))
+        print(
+            f"{name:<30}{pct(e2e, 50):>9.1f}{pct(e2e, 95):>9.1f}{pct(e2e, 99):>9.1f}"
+            f"{max(e2e) * 1000:>9.1f}{last_card - first_sent:>11.2f}"
+        )
 
 
 if __name__ == "__main__":
