@@ -595,7 +595,13 @@ class Intake:
         )
         try:
             with engine.connect() as conn:
-                yield conn.connection.driver_connection
+                try:
+                    yield conn.connection.driver_connection
+                except BaseException:
+                    # A connection the server dropped: close it without the pool's reset,
+                    # which would log a traceback per outage for what the caller already logs.
+                    conn.invalidate()
+                    raise
         finally:
             engine.dispose()
 
