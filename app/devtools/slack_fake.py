@@ -7,7 +7,10 @@ Like Slack, it refuses a `views.open` whose trigger_id (made by `new_trigger_id`
 Faults for the outbox's tests: answer HTTP 500 (`fail`), be unreachable (`unreachable`: the
 connection is dropped unanswered), or take a post and drop the answer (`lose_answers`). Posts
 keep their `metadata`, which `conversations.history` / `.replies` return with
-`include_all_metadata`.
+`include_all_metadata`. Channels it knows (`add_channel`) answer `conversations.info` with their
+name; a post to a channel the bot is not in fails `not_in_channel`, to an archived one
+`is_archived`, to a user ID Slack does not know `channel_not_found`, and `refuse` scripts any other
+permanent refusal.
 """
 
 from __future__ import annotations
@@ -98,6 +101,44 @@ class SlackUser:
         return user
 
 
+@dataclass
+class SlackChannel:
+    id: str
+    name: str
+    is_private: bool = False
+    is_member: bool = True  # the bot is in it (else posts fail with `not_in_channel`)
+    created: int = 1764460800
+
+    def to_slack(self, archived: bool) -> JSON:
+        """The conversation as `conversations.info` returns it (Slack's shape)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "name_normalized": self.name,
+            "created": self.created,
+            "creator": "U0ADMIN",
+            "is_channel": not self.is_private,
+            "is_group": self.is_private,
+            "is_im": False,
+            "is_mpim": False,
+            "is_private": self.is_private,
+            "is_archived": archived,
+            "is_general": False,
+            "is_shared": False,
+            "is_ext_shared": False,
+            "is_org_shared": False,
+            "is_pending_ext_shared": False,
+            "is_member": self.is_member,
+            "is_read_only": False,
+            "unlinked": 0,
+            "parent_conversation": None,
+            "pending_shared": [],
+            "previous_names": [],
+            "topic": {"value": "", "creator": "", "last_set": 0},
+            "purpose": {"value": "", "creator": "", "last_set": 0},
+        }
+
+
 class FakeSlack(LoopbackServer):
     """Start with `start()`; point the app at `api_url`; read `calls` afterwards."""
 
@@ -120,6 +161,9 @@ class FakeSlack(LoopbackServer):
         self.messages: dict[tuple[str, str], JSON] = {}
         # Channels someone archived: posts to them fail with Slack's `is_archived`.
         self.archived: set[str] = set()
+        self.channels: dict[str, SlackChannel] = {}
+        # Posts to these channels (or user IDs) are refused for good with this error.
+        self.refusals: dict[str, str] = {}
         self.views: dict[str, JSON] = {}
         self.home: dict[str, JSON] = {}
         self.calls: list[Call] = []
@@ -131,6 +175,9 @@ class FakeSlack(LoopbackServer):
         self._ids = itertools.count(1)
         self._lock = threading.Condition()
         self.listeners: list[Callable[[Call], None]] = []
+        # Calls being answered now, and the most at once: shows a client sends in parallel.
+        self.in_flight = 0
+        self.most_in_flight = 0
         super().__init__()
 
     # ------------------------------------------------------------------------- lifecycle
@@ -163,6 +210,15 @@ class FakeSlack(LoopbackServer):
 
     def add_user(self, user: SlackUser) -> None:
         self.users[user.id] = user
+
+    def add_channel(self, channel: SlackChannel) -> None:
+        self.channels[channel.id] = channel
+
+    def refuse(self, channel: str, error: str) -> None:
+        """Refuse every post to `channel` (a channel or user ID) with Slack's `error`, as Slack
+        does for good: e.g. `user_not_found`, `channel_not_found`, `not_in_channel`."""
+        with self._lock:
+            self.refusals[channel] = error
 
     def rate_limit(self, method: str, times: int = 1, retry_after: int = 1) -> None:
         """Answer the next `times` calls of `method` with HTTP 429 and Retry-After."""
@@ -221,6 +277,16 @@ class FakeSlack(LoopbackServer):
     # ------------------------------------------------------------------------- handling
 
     def _handle(self, request: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            self._handle_one(request)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _handle_one(self, request: BaseHTTPRequestHandler) -> None:
         if self.latency:
             time.sleep(self.latency)
         if self.unreachable and not request.path.startswith("/response/"):
@@ -339,6 +405,24 @@ class FakeSlack(LoopbackServer):
             return {"ok": False, "error": "users_not_found"}
         return {"ok": True, "user": user.to_slack()}
 
+    def _m_conversations_info(self, args: JSON) -> JSON:
+        channel = str(args.get("channel", ""))
+        known = self.channels.get(channel)
+        if known is not None:
+            return {"ok": True, "channel": known.to_slack(channel in self.archived)}
+        if channel.startswith("D") and "U" + channel[1:] in self.users:
+            im = {
+                "id": channel,
+                "created": 1764460800,
+                "is_im": True,
+                "is_org_shared": False,
+                "user": "U" + channel[1:],
+                "is_user_deleted": self.users["U" + channel[1:]].deleted,
+                "priority": 0,
+            }
+            return {"ok": True, "channel": im}
+        return {"ok": False, "error": "channel_not_found"}
+
     def _m_conversations_open(self, args: JSON) -> JSON:
         users = str(args.get("users", "")).split(",")
         if not users or not users[0]:
@@ -363,8 +447,15 @@ class FakeSlack(LoopbackServer):
         if error:
             return {"ok": False, "error": error}
         channel = str(args["channel"])
+        if channel in self.refusals:
+            return {"ok": False, "error": self.refusals[channel]}
         if channel in self.archived:
             return {"ok": False, "error": "is_archived"}
+        known = self.channels.get(channel)
+        if known is not None and not known.is_member:
+            return {"ok": False, "error": "not_in_channel"}
+        if channel[0] in "UW" and channel not in self.users:
+            return {"ok": False, "error": "channel_not_found"}
         if channel.startswith("U"):  # posting to a user ID lands in the DM with them
             channel = "D" + channel[1:]
         ts = self._next_ts()
