@@ -429,11 +429,16 @@ class ServiceBase:
         fields: Mapping[str, object],
         data: Mapping[str, object],
         also: Callable[[Session, AccessRequest], None] | None = None,
+        before: Callable[[Session, str], tuple[int | None, Mapping[str, object]]] | None = None,
     ) -> RequestView:
-        """Insert a new request with its creation event, unless the access is already open."""
+        """Insert a new request with its creation event, unless the access is already open.
+        `before` runs first in the same transaction (break-glass cancels the person's own
+        pending request for the access there) and may give the new request's number and more
+        for its creation event."""
         key = person_key(self.policy, person)
         try:
             with self.db.transaction() as session:
+                new_id, more = before(session, key) if before is not None else (None, {})
                 self._refuse_duplicate(session, key, plan)
                 req = AccessRequest(
                     state=state.value,
@@ -453,7 +458,11 @@ class ServiceBase:
                     revoke_attempts=0,
                     **fields,
                 )
-                transitions.create(session, req, at=now, actor=key, action=action, data=data)
+                if new_id is not None:
+                    req.id = new_id
+                transitions.create(
+                    session, req, at=now, actor=key, action=action, data={**data, **more}
+                )
                 if also is not None:
                     also(session, req)
                 return self._view(session, req)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from app.policy import rules
@@ -29,12 +30,33 @@ from app.service.transitions import StaleState
 from app.service.views import RequestView
 from app.store.models import (
     AccessRequest,
+    AuditEvent,
     Decision,
     Review,
     ReviewState,
 )
 
 REMINDED, ESCALATED = 1, 2  # AccessRequest.escalation_level
+# Why a request that is no longer waiting cannot be cancelled, and what to do instead.
+_ASK_AGAIN = "If you need the access, ask again with `/jit request`."
+NOT_CANCELLABLE = {
+    S.APPROVED: "Request #{id} has already been approved and access is being set up, so it "
+    "can no longer be cancelled. Once it is active, end it with `/jit revoke {id}`.",
+    S.GRANTING: "Request #{id} has already been approved and access is being set up, so it "
+    "can no longer be cancelled. Once it is active, end it with `/jit revoke {id}`.",
+    S.ACTIVE: "Request #{id} has already been approved and access is active, so there is "
+    "nothing to cancel. To end the access now, use `/jit revoke {id}`.",
+    S.REVOKING: "Request #{id} is already ending, so there is nothing to cancel.",
+    S.REVOKE_FAILED: "Request #{id} is already ending (removing the access needs another try; "
+    "WardKey keeps trying), so there is nothing to cancel.",
+    S.ENDED: "Request #{id} has already ended, so there is nothing to cancel.",
+    S.DENIED: f"Request #{{id}} was denied, so there is nothing to cancel. {_ASK_AGAIN}",
+    S.CANCELLED: f"Request #{{id}} was already cancelled. {_ASK_AGAIN}",
+    S.TIMED_OUT: "Request #{id} timed out without a decision, so there is nothing to cancel. "
+    + _ASK_AGAIN,
+    S.GRANT_FAILED: "Request #{id} was approved but the target could not grant it, so there is "
+    "nothing to cancel; WardKey admins were told.",
+}
 
 
 class RequestCases(IdentityCases):
@@ -91,8 +113,10 @@ class RequestCases(IdentityCases):
         reason = clean_reason(reason)
         duration = within_cap(duration or plan.cap, plan)
         review_within = self.policy.paths[BREAK_GLASS_PATH].review_within or timedelta(days=1)
+        key = person_key(self.policy, person)
         with self.db.read() as session:  # refuse before touching the target
-            self._refuse_duplicate(session, person_key(self.policy, person), plan)
+            if self._own_pending(session, key, plan) is None:
+                self._refuse_duplicate(session, key, plan)
         preexisting = self._preexisting(plan.target, plan.account, plan.entitlement)
 
         def open_review(session: Session, req: AccessRequest) -> None:
@@ -105,23 +129,71 @@ class RequestCases(IdentityCases):
                 )
             )
 
-        view = self._open(
-            person,
-            plan,
-            reason,
-            duration,
-            now,
-            S.GRANTING,
-            "breakglass.started",
-            fields={"decided_at": now, "preexisting": preexisting, **self._lease(now)},
-            data={
-                "review_due_at": now + review_within,
-                "reviewers": rules.reviewers(self.policy, now),
-                "preexisting": preexisting,
-            },
-            also=open_review,
+        def replace_pending(session: Session, key: str) -> tuple[int | None, dict[str, object]]:
+            """In an emergency the person's own request for this access, still waiting for
+            approval, is replaced: cancelled in this transaction, each naming the other."""
+            pending = self._own_pending(session, key, plan)
+            if pending is None:
+                return None, {}
+            new_id = _reserve_request_id(session)
+            self._cancel_as(
+                session,
+                pending,
+                now,
+                key,
+                f"replaced by break-glass #{new_id}",
+                "replaced_by_break_glass",
+                {"replaced_by": new_id},
+            )
+            return new_id, {
+                "replaces": {"request": pending.id, "pending_since": pending.created_at}
+            }
+
+        view = self._retrying(
+            lambda: self._open(
+                person,
+                plan,
+                reason,
+                duration,
+                now,
+                S.GRANTING,
+                "breakglass.started",
+                fields={"decided_at": now, "preexisting": preexisting, **self._lease(now)},
+                data={
+                    "review_due_at": now + review_within,
+                    "reviewers": rules.reviewers(self.policy, now),
+                    "preexisting": preexisting,
+                },
+                also=open_review,
+                before=replace_pending,
+            )
         )
         return self._finish_grant(view.id)
+
+    def replaced_request(self, break_glass_id: int) -> tuple[int, datetime] | None:
+        """The request a break-glass use replaced (its number, and since when it had been
+        waiting), as the use's audit event records it; None if it replaced none."""
+        with self.db.read() as session:
+            body = session.scalar(
+                select(AuditEvent.body).where(
+                    AuditEvent.request_id == break_glass_id,
+                    AuditEvent.action == "breakglass.started",
+                )
+            )
+        return replaced_in(body)
+
+    @staticmethod
+    def _own_pending(session: Session, key: str, plan: rules.RequestPlan) -> AccessRequest | None:
+        """This person's own request for exactly this access, still waiting for approval."""
+        return session.scalars(
+            select(AccessRequest).where(
+                AccessRequest.target == plan.target,
+                AccessRequest.role == plan.role,
+                AccessRequest.account == plan.account,
+                AccessRequest.requester == key,
+                AccessRequest.state == S.PENDING.value,
+            )
+        ).first()
 
     # ---------------------------------------------------------------------------- decisions
 
@@ -290,17 +362,34 @@ class RequestCases(IdentityCases):
                 data=data,
             )
 
-    def cancel(self, request_id: int, person: Person) -> RequestView:
-        """The requester withdraws a request that has not been granted yet."""
+    def cancel(self, request_id: int, person: Person, reason: str = "") -> RequestView:
+        """The requester withdraws a request still waiting for approval (pending ->
+        cancelled); anything else is refused with what state it is in and what to do."""
+        why = (
+            clean_text(
+                reason,
+                what="reason",
+                min_words=0,
+                max_chars=MAX_NOTE_CHARS,
+                too_short="",
+                field="reason",
+            )
+            if reason.strip()
+            else None
+        )
 
         def attempt() -> RequestView:
             now = self.clock.now()
             with self.db.transaction() as session:
                 req = self._load(session, request_id)
-                if not self._is_requester(person, req) and not rules.is_admin(self.policy, person):
-                    raise NotAllowed("Only the person who asked can cancel this request.")
-                if req.state not in (S.PENDING, S.APPROVED):
-                    raise AlreadyDecided(f"Request #{req.id} {STATE_WORDS[S(req.state)]}.")
+                if not self._is_requester(person, req):
+                    raise NotAllowed(
+                        f"Only the person who asked for request #{req.id} can cancel it, so "
+                        "nothing was changed."
+                    )
+                if req.state != S.PENDING:
+                    refusal = NOT_CANCELLABLE.get(S(req.state), "Request #{id} is not waiting.")
+                    raise AlreadyDecided(refusal.format(id=req.id))
                 key = person_key(self.policy, person)
                 transitions.transition(
                     session,
@@ -309,7 +398,8 @@ class RequestCases(IdentityCases):
                     at=now,
                     actor=key,
                     action="request.cancelled",
-                    changes={"ended_at": now, "ended_by": key},
+                    changes={"ended_at": now, "ended_by": key, "end_reason": why},
+                    data={"by": key, "cause": "withdrawn_by_requester", "why": why},
                 )
                 return self._view(session, req)
 
@@ -455,3 +545,27 @@ class RequestCases(IdentityCases):
             if self._end_for(req.id, "wardkey", why, "contract_ended"):
                 changed.append(req.id)
         return changed
+
+
+def replaced_in(event_body: str | None) -> tuple[int, datetime] | None:
+    """From a `breakglass.started` event: the request it replaced and since when that one
+    had been waiting, or None."""
+    if not event_body:
+        return None
+    replaced = (json.loads(event_body).get("data") or {}).get("replaces")
+    if not isinstance(replaced, dict) or "request" not in replaced:
+        return None
+    return int(replaced["request"]), datetime.fromisoformat(str(replaced["pending_since"]))
+
+
+def _reserve_request_id(session: Session) -> int:
+    """The number the next request will have, taken now so that the request it replaces can
+    name it in its own event. PostgreSQL: from the id sequence. SQLite: write transactions
+    begin IMMEDIATE, so no other writer can take the same number before the insert."""
+    if session.get_bind().dialect.name == "postgresql":
+        reserved = session.scalar(
+            text("SELECT nextval(pg_get_serial_sequence('access_requests', 'id'))")
+        )
+    else:
+        reserved = session.scalar(select(func.coalesce(func.max(AccessRequest.id), 0) + 1))
+    return int(reserved or 0)

@@ -20,6 +20,7 @@ REQUEST_EXAMPLE = "/jit request pharmacy-db:read 30m fix stuck order set on ward
 BREAKGLASS_EXAMPLE = "/breakglass pharmacy-db:read pharmacy system down in ED"
 EXTEND_EXAMPLE = "/jit extend 42 30m"
 REVOKE_EXAMPLE = "/jit revoke 42"
+CANCEL_EXAMPLE = "/jit cancel 42"
 IDENTITY_EXAMPLE = (
     "/jit request lab-db:interface 1h replay stuck HL7 results INC0012345 for svc-lab-interface"
 )
@@ -86,13 +87,23 @@ class Revoke:
 
 
 @dataclass(frozen=True)
+class Cancel:
+    """Withdraw a request still waiting for approval; the words after the number say why."""
+
+    request_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class BreakGlass:
     target: str
     role: str
     reason: str
 
 
-JitCommand = OpenModal | Help | ListTargets | Status | Standing | RequestAccess | Extend | Revoke
+JitCommand = (
+    OpenModal | Help | ListTargets | Status | Standing | RequestAccess | Extend | Revoke | Cancel
+)
 
 
 def _clean(text: str, example: str) -> str:
@@ -161,8 +172,13 @@ def parse_jit(text: str) -> JitCommand:
         if not rest:
             raise UsageError("Give the number of the request to end.", REVOKE_EXAMPLE)
         return Revoke(_request_id(rest[0], REVOKE_EXAMPLE), " ".join(rest[1:]))
+    if verb == "cancel":
+        if not rest:
+            raise UsageError("Give the number of the request to cancel.", CANCEL_EXAMPLE)
+        return Cancel(_request_id(rest[0], CANCEL_EXAMPLE), " ".join(rest[1:]))
     raise UsageError(
-        f"I don't know '{words[0][:40]}'. Try request, status, extend, revoke, targets or help.",
+        f"I don't know '{words[0][:40]}'. Try request, status, cancel, extend, revoke, targets "
+        "or help.",
         REQUEST_EXAMPLE,
     )
 
