@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -127,6 +127,7 @@ class TestCsvExport:
         self,
         service: AccessService,
         pharmacy: MemoryTarget,
+        clock: ManualClock,
         policy_file: Path,
         monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str],
@@ -134,6 +135,7 @@ class TestCsvExport:
         from app.cli import main
 
         pharmacy.members[READ] |= {*self.HOSTILE, "\tTAB", "\rCR"}
+        clock.set(datetime.now(UTC))  # a look the report takes as recent (by the wall clock)
         service.find_standing()  # the hourly look records them
         monkeypatch.setenv("WARDKEY_POLICY", str(policy_file))
         monkeypatch.setenv("DATABASE_URL", service.db.url.render_as_string(hide_password=False))

@@ -9,12 +9,14 @@ it per hour: the hour is claimed like the digest's day.
 from __future__ import annotations
 
 import csv
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import IO
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import audit
@@ -24,7 +26,7 @@ from app.policy import rules
 from app.policy.people import Person
 from app.service.base import ServiceBase, describe_error, log
 from app.service.errors import NotAllowed
-from app.store.models import HOLDING_STATES, AccessRequest, StandingAccess
+from app.store.models import HOLDING_STATES, AccessRequest, StandingAccess, SweepRun
 
 STANDING_JOB = "standing"
 STANDING_EVERY = timedelta(hours=1)
@@ -123,6 +125,8 @@ class StandingCases(ServiceBase):
                     name, entitlement
                 )
                 self._record_standing(name, entitlement, uncovered, target.standing, report)
+            else:  # every entitlement read: the target was checked now
+                self._looked(name)
         return report
 
     def _members(self, target: str, entitlement: str) -> set[str]:
@@ -230,3 +234,42 @@ class StandingCases(ServiceBase):
                 "detail": finding.detail,
             },
         )
+
+    def standing_looks(self) -> dict[str, datetime | None]:
+        """Per target of the policy, when its members were last read in full (None: never), so
+        a report says how old its evidence is and never calls an unread target clean."""
+        keys = {name: _look_key(name) for name in self.policy.targets}
+        with self.db.read() as session:
+            done = {
+                row.period: row.done_at
+                for row in session.scalars(select(SweepRun).where(SweepRun.job == LOOK_JOB))
+            }
+        return {name: done.get(key) for name, key in keys.items()}
+
+    def _looked(self, target: str) -> None:
+        now = self.clock.now()
+        key = _look_key(target)
+        for _ in range(2):  # a second look at the same moment may insert first: then update
+            try:
+                with self.db.transaction() as session:
+                    row = session.get(SweepRun, (LOOK_JOB, key))
+                    if row is None:
+                        session.add(
+                            SweepRun(job=LOOK_JOB, period=key, done_at=now, done_by=self.worker)
+                        )
+                    elif row.done_at < now:
+                        row.done_at, row.done_by = now, self.worker
+                return
+            except IntegrityError:
+                continue
+
+
+# The last full read of each target is kept as a sweep run of this job, the target's name its
+# period (a long name is shortened with a digest to fit the column).
+LOOK_JOB = "standing_look"
+
+
+def _look_key(target: str) -> str:
+    if len(target) <= 50:
+        return target
+    return f"{target[:33]}~{hashlib.sha256(target.encode()).hexdigest()[:16]}"
