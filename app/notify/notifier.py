@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -49,7 +49,7 @@ from app.service import AccessService, NotAllowed, RequestView, ReviewStep
 from app.service.digest import Digest
 from app.service.identities import AttestationStep, OrphanView
 from app.service.reviews import ALERT_MESSAGE
-from app.service.standing import StandingReport
+from app.service.standing import StandingFinding, StandingReport
 from app.slack.people import SlackDirectory, slack_unwell
 from app.store.models import RequestState as S
 
@@ -177,7 +177,9 @@ class Notifier:
     def expand(self, notice: Notice) -> list[OutCall]:
         """The Slack calls a notice causes, rendered from the request as it is now."""
         with self._collecting() as calls:
-            if notice.facts.get("review"):
+            if notice.request_id is None:
+                self._subject_notice(notice)
+            elif notice.facts.get("review"):
                 if notice.action == "review.decided":
                     self._review_decided(self.service.get(notice.request_id))
                 else:
@@ -187,7 +189,29 @@ class Notifier:
                 self._request_notice(notice)
         return calls
 
+    def _subject_notice(self, notice: Notice) -> None:
+        """Notices no request caused, written with the change they report."""
+        facts, action = notice.facts, notice.action
+        if action == "digest.sent":
+            since, until = (datetime.fromisoformat(str(facts[k])) for k in ("since", "until"))
+            self._digest(self.service.digest(since, until, date.fromisoformat(str(facts["day"]))))
+        elif action == "standing.found":
+            self._standing_found(_standing_report([facts, *notice.more]))
+        elif action.startswith("attestation."):
+            step = AttestationStep(action.removeprefix("attestation."))
+            self._attestation_follow_up(str(facts["name"]), step)
+        elif action == "orphans.found":
+            self._orphans_found(
+                [
+                    OrphanView(str(f["identity"]), str(f["owner"]), str(f["reason"]))
+                    for f in [facts, *notice.more]
+                ]
+            )
+        else:
+            log.error("event=notice_unknown action=%s id=%s", action, notice.id)
+
     def _request_notice(self, notice: Notice) -> None:
+        assert notice.request_id is not None
         view, action = self.service.get(notice.request_id), notice.action
         if action == "breakglass.started":
             if view.state == S.GRANTING:
@@ -519,8 +543,9 @@ class Notifier:
             self._post(about, user_id, text)
 
     def standing_found(self, report: StandingReport) -> None:
-        """New standing access, and targets that could not be read, to the security channel."""
-        self._record("security", self._standing_found, report)
+        """New standing access, and targets that could not be read, to the security channel
+        (each recorded in the outbox with its finding: only delivery is asked for here)."""
+        self.outbox.kick()
 
     def _standing_found(self, report: StandingReport) -> None:
         lines = [
@@ -545,11 +570,12 @@ class Notifier:
         )
 
     def attestation_follow_up(self, name: str, step: AttestationStep) -> None:
-        """Ask the owner to confirm a service account (a card with Still needed / Retire);
-        past the deadline, tell security and remind the owner."""
-        self._record(f"identity:{name}", self._attestation_follow_up, name, step)
+        """The round was recorded with its notice: ask for delivery."""
+        self.outbox.kick()
 
     def _attestation_follow_up(self, name: str, step: AttestationStep) -> None:
+        """Ask the owner to confirm a service account (a card with Still needed / Retire);
+        past the deadline, tell security and remind the owner."""
         view = self.service.attestation(name)
         if view is None:
             return
@@ -577,12 +603,12 @@ class Notifier:
             self._post(f"attestation_overdue identity={name}", owner_id, text)
 
     def orphans_found(self, orphans: list[OrphanView]) -> None:
-        if not orphans:
-            return
+        """Each flag was recorded with its notice: ask for delivery."""
+        self.outbox.kick()
+
+    def _orphans_found(self, orphans: list[OrphanView]) -> None:
         lines = [f"• `{escape(o.identity)}`: {escape(o.reason)}" for o in orphans]
-        self._record(
-            "security",
-            self._post,
+        self._post(
             "orphans_found",
             self.service.policy.channels.security_alerts,
             "👤 Service accounts with no current owner:\n" + "\n".join(lines),
@@ -611,10 +637,12 @@ class Notifier:
             self.outbox.enqueue(f"identity:{name}", [OutCall(UPDATE, args)])
 
     def digest(self, digest: Digest) -> None:
+        """The day was claimed with its notice: ask for delivery."""
+        self.outbox.kick()
+
+    def _digest(self, digest: Digest) -> None:
         """The daily summary, to the managers' channel."""
-        self._record(
-            "digest",
-            self._post,
+        self._post(
             f"digest day={digest.day}",
             self.service.policy.channels.manager_reviews,
             f"WardKey daily digest for {digest.day:%d %b}: {len(digest.break_glass)} "
@@ -690,3 +718,22 @@ class Notifier:
 
     def say(self, user_id: str, text: str) -> None:
         self._record(f"user:{user_id}", self._post, "say", user_id, escape(text))
+
+
+def _standing_report(facts: list[Mapping[str, Any]]) -> StandingReport:
+    """One look's findings, as their notices recorded them."""
+    report = StandingReport()
+    for f in facts:
+        if "unreadable" in f:
+            report.unreadable[str(f["target"])] = str(f["unreadable"])
+        else:
+            report.found.append(
+                StandingFinding(
+                    str(f["target"]),
+                    str(f["entitlement"]),
+                    str(f["account"]),
+                    bool(f["removed"]),
+                    str(f.get("detail") or ""),
+                )
+            )
+    return report

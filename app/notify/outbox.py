@@ -27,7 +27,9 @@ import random
 import secrets
 import socket
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -58,13 +60,17 @@ MAX_HISTORY = 200  # messages looked through for a key (Slack's page limit)
 
 @dataclass(frozen=True)
 class Notice:
-    """What happened to a request, as the transition recorded it."""
+    """What happened, as the change recorded it: to a request (`request_id`, at `version`), or
+    with no request (a digest, a standing-access finding, an attestation round). Notices of a
+    coalesced kind waiting right behind this one in its lane come with it (`more`), so one
+    look's findings make one message."""
 
     id: int
-    request_id: int
+    request_id: int | None
     version: int
     action: str
     facts: Mapping[str, Any]
+    more: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def actor(self) -> str:
@@ -213,10 +219,20 @@ _FAILED = _typed(
     "UPDATE outbox SET state = 'failed', done_at = :now, lease_until = NULL, last_error = :error "
     f"WHERE {_HELD}"
 )
-_RENEW = _typed(
-    "UPDATE outbox SET lease_until = :lease WHERE id = :id AND state = 'working' "
+_RENEW_HELD = _typed(
+    "UPDATE outbox SET lease_until = :lease WHERE id IN :ids AND state = 'working' "
     "AND claimed_by = :owner"
+).bindparams(bindparam("ids", expanding=True))
+# Notices of these kinds waiting right behind one in its lane are rendered with it.
+COALESCED = frozenset({"standing.found", "orphans.found"})
+_FOLLOWING = _typed(
+    "SELECT id, kind, action, body FROM outbox WHERE lane = :lane AND state = 'new' "
+    "AND id > :id ORDER BY id LIMIT 200"
 )
+_ABSORB = _typed(
+    "UPDATE outbox SET state = 'done', done_at = :now, last_error = 'coalesced' "
+    "WHERE id IN :ids AND state = 'new'"
+).bindparams(bindparam("ids", expanding=True))
 _SOON = _typed(
     "UPDATE outbox SET due_at = :now WHERE state = 'new' AND due_at > :now "
     "AND last_error IS NOT NULL AND last_error NOT LIKE 'ratelimited%'"
@@ -228,12 +244,16 @@ def _owner() -> str:
 
 
 class Outbox:
-    """Claims and sends outbox rows. `background`: kicks wake this process's delivery thread
-    (a running serve or worker); otherwise a kick delivers at once on the caller's thread
-    (tests, the demo), so a test sees the messages as soon as the work is done."""
+    """Claims and sends outbox rows. `background`: kicks wake this process's delivery threads
+    (a running serve or worker), which send different lanes' messages at once; otherwise a
+    kick delivers at once on the caller's thread (tests, the demo), so a test sees the
+    messages as soon as the work is done. A heartbeat renews the claims on rows being worked
+    on, so a living deliverer keeps them through a slow Slack call and a dead one's lapse
+    within one lease."""
 
-    LEASE = timedelta(seconds=20)  # longer than one Slack call's time-out (10 s)
+    LEASE = timedelta(seconds=10)
     BATCH = 50
+    THREADS = 4  # Slack calls in flight at once from one process (different lanes)
 
     def __init__(
         self,
@@ -246,6 +266,7 @@ class Outbox:
         alert_after: timedelta = timedelta(seconds=60),
         security_channel: Callable[[], str] | None = None,
         lease: timedelta | None = None,
+        threads: int | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -255,11 +276,16 @@ class Outbox:
         self.alert_after = alert_after
         self.security_channel = security_channel
         self.lease = lease or self.LEASE
+        self.threads = max(
+            1, threads or int(os.environ.get("WARDKEY_OUTBOX_THREADS", "0") or 0) or self.THREADS
+        )
         self.owner = _owner()
         self.stats = Stats()
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._wake = threading.Condition(self._lock)
+        self._kicks = 0  # kicks not yet seen by a delivery thread
+        self._started = False
+        self._held: set[int] = set()  # rows this process is working on (the heartbeat's)
         self._inline = threading.local()
         self._slack_down_since: datetime | None = None
         self._slack_failures = 0
@@ -272,7 +298,9 @@ class Outbox:
         """Something was recorded: deliver it now (inline) or wake the delivery thread."""
         if self.background:
             self._ensure_thread()
-            self._wake.set()
+            with self._wake:
+                self._kicks += 1
+                self._wake.notify_all()
             return
         if getattr(self._inline, "busy", False):
             return  # a message's rendering asked for delivery: the loop running picks it up
@@ -283,6 +311,14 @@ class Outbox:
             self._log_failure("outbox_delivery_failed", exc)
         finally:
             self._inline.busy = False
+
+    def tick(self) -> int:
+        """The deliver sweep: in a process, wake the dispatcher (its senders work in
+        parallel); otherwise deliver here. Returns the rows finished here."""
+        if self.background:
+            self.kick()
+            return 0
+        return self.deliver_due()
 
     def enqueue(self, lane: str, calls: Sequence[OutCall], key: str | None = None) -> None:
         """Record calls that no request's transition caused (digest, alerts, homes) and kick.
@@ -319,34 +355,65 @@ class Outbox:
             return
         self.enqueue(lane, [OutCall(HOME, {"user_id": user_id})])
 
-    def deliver_due(self) -> int:
+    def deliver_due(self, batch: int | None = None) -> int:
         """Claim and send what is due, lane head by lane head, until nothing is left; returns
         the rows finished. Safe to run in many threads and processes at once."""
         finished = 0
         while True:
-            claimed = self._claim()
+            claimed = self._claim(batch or self.BATCH)
             if not claimed:
                 break
-            for item in claimed:
-                finished += self._deliver(item)
+            self._hold(item.id for item in claimed)
+            try:
+                for item in claimed:
+                    try:
+                        finished += self._deliver(item)
+                    finally:
+                        self._release([item.id])
+            finally:
+                self._release(item.id for item in claimed)
         self._watch_backlog()
         return finished
 
     # ------------------------------------------------------------------ claiming
 
-    def _claim(self) -> list[Claimed]:
+    def _claim(self, batch: int | None = None) -> list[Claimed]:
         now = self.clock.now()
         heads = _SELECT_HEADS
         if not self.db.is_sqlite:  # rows another process is claiming are skipped, not waited for
             heads += " FOR UPDATE OF o SKIP LOCKED"
         with self.db.transaction() as session:
-            ids = list(session.execute(_typed(heads), {"now": now, "limit": self.BATCH}).scalars())
+            ids = list(
+                session.execute(_typed(heads), {"now": now, "limit": batch or self.BATCH}).scalars()
+            )
             if not ids:
                 return []
             rows = session.execute(
                 _CLAIM, {"ids": ids, "owner": self.owner, "lease": now + self.lease, "now": now}
             ).all()
         return sorted((Claimed(*row) for row in rows), key=lambda c: c.id)
+
+    def _hold(self, ids: Iterable[int]) -> None:
+        with self._lock:
+            self._held.update(ids)
+
+    def _release(self, ids: Iterable[int]) -> None:
+        with self._lock:
+            self._held.difference_update(ids)
+
+    def renew_held(self) -> int:
+        """Push this process's claims on the rows it is still working on one lease further
+        (one UPDATE for all), so a slow Slack call never lets another process take them."""
+        with self._lock:
+            ids = sorted(self._held)
+        if not ids:
+            return 0
+        with self.db.transaction() as session:
+            renewed = session.execute(
+                _RENEW_HELD,
+                {"ids": ids, "owner": self.owner, "lease": self.clock.now() + self.lease},
+            )
+        return int(renewed.rowcount)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ delivering
 
@@ -377,10 +444,26 @@ class Outbox:
         return 1
 
     def _expand(self, item: Claimed) -> None:
-        """A notice becomes the messages it causes, each its own row, in one write."""
-        assert item.request_id is not None and item.action is not None
+        """A notice becomes the messages it causes, each its own row, in one write. Notices of
+        a coalesced kind right behind it in its lane are rendered with it and marked done in
+        that write (while this one is claimed, nothing behind it in its lane can be)."""
+        assert item.action is not None
+        absorbed: list[tuple[int, Mapping[str, Any]]] = []
+        if item.action in COALESCED:
+            with self.db.read() as session:
+                for row_id, kind, action, body in session.execute(
+                    _FOLLOWING, {"lane": item.lane, "id": item.id}
+                ):
+                    if kind != "notice" or action != item.action:
+                        break
+                    absorbed.append((int(row_id), json.loads(body)))
         notice = Notice(
-            item.id, item.request_id, item.version or 0, item.action, json.loads(item.body)
+            item.id,
+            item.request_id,
+            item.version or 0,
+            item.action,
+            json.loads(item.body),
+            tuple(facts for _, facts in absorbed),
         )
         try:
             calls = self.renderer.expand(notice)
@@ -395,6 +478,8 @@ class Outbox:
             )
             if done.rowcount != 1:  # type: ignore[attr-defined]
                 return  # the lease ran out and another process has it
+            if absorbed:
+                session.execute(_ABSORB, {"ids": [i for i, _ in absorbed], "now": now})
             for step, call in enumerate(calls, start=1):
                 row = self._row(item.lane, call, now, key=f"n{item.id}.{step}")
                 row.parent, row.step = item.id, step
@@ -652,20 +737,76 @@ class Outbox:
 
     def _ensure_thread(self) -> None:
         with self._lock:
-            if self._thread is not None:
+            if self._started:
                 return
-            self._thread = threading.Thread(target=self._run, name="wardkey-outbox", daemon=True)
-            self._thread.start()
+            self._started = True
+        threading.Thread(target=self._run, name="wardkey-outbox", daemon=True).start()
+        threading.Thread(target=self._heartbeat, name="wardkey-outbox-lease", daemon=True).start()
 
     def _run(self) -> None:
-        while True:
-            self._wake.wait(timeout=1.0)
-            self._wake.clear()
+        """The dispatcher: on a kick (or each second) claim as many lane heads as there are
+        free senders and hand each to one, until nothing is due. Different lanes' messages go
+        out at once; one lane's stay in order, as only its first unfinished row can be
+        claimed (a finished row wakes the dispatcher to claim its lane's next)."""
+        senders = ThreadPoolExecutor(self.threads, thread_name_prefix="wardkey-outbox-send")
+        busy = 0
+        seen = 0
+
+        def send(item: Claimed) -> None:
+            nonlocal busy
             try:
-                self.deliver_due()
+                self._deliver(item)
+            except Exception as exc:
+                self._log_failure("outbox_delivery_failed", exc)
+            finally:
+                self._release([item.id])
+                with self._wake:
+                    busy -= 1
+                    self._kicks += 1  # its lane's next row may be due
+                    self._wake.notify_all()
+
+        while True:
+            with self._wake:
+                while busy >= self.threads or (self._kicks == seen and not busy):
+                    if not self._wake.wait(timeout=1.0):
+                        break  # each second anyway: rows whose back-off is over
+                seen = self._kicks
+                free = self.threads - busy
+            if free <= 0:
+                continue
+            try:
+                claimed = self._claim(free)
                 self.db.outage.answered()
             except Exception as exc:
                 self._log_failure("outbox_delivery_failed", exc)
+                continue
+            if not claimed:
+                if not busy:
+                    self._watch_backlog_safely()
+                with self._wake:  # nothing due now: wait for a kick or a sender to finish
+                    if self._kicks == seen:
+                        self._wake.wait(timeout=1.0)
+                continue
+            self._hold(item.id for item in claimed)
+            with self._wake:
+                busy += len(claimed)
+            for item in claimed:
+                senders.submit(send, item)
+
+    def _watch_backlog_safely(self) -> None:
+        try:
+            self._watch_backlog()
+        except Exception as exc:
+            self._log_failure("outbox_backlog_check_failed", exc)
+
+    def _heartbeat(self) -> None:
+        every = max(self.lease.total_seconds() / 3, 0.05)
+        while True:
+            time.sleep(every)
+            try:
+                self.renew_held()
+            except Exception as exc:
+                self._log_failure("outbox_lease_renewal_failed", exc)
 
     def _log_failure(self, event: str, exc: Exception) -> None:
         if is_database_error(exc):

@@ -70,7 +70,7 @@ class Inbox(Protocol):
 class Outbox(Protocol):
     """Slack messages recorded with the changes that caused them (app/notify/outbox.py)."""
 
-    def deliver_due(self) -> int: ...
+    def tick(self) -> int: ...
 
 
 class Sweeps:
@@ -156,7 +156,7 @@ class Sweeps:
     def deliver(self) -> int:
         """Send the Slack messages waiting in the outbox (those whose process died, or that
         wait out a Slack error); every second, so any serve or worker delivers them."""
-        return self.outbox.deliver_due() if self.outbox is not None else 0
+        return self.outbox.tick() if self.outbox is not None else 0
 
     @sweep("sweep")
     def warn(self) -> list[int]:

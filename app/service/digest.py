@@ -21,6 +21,7 @@ from app import audit
 from app.audit.chain import hashed_time
 from app.policy.model import BREAK_GLASS_PATH
 from app.service.base import S, ServiceBase
+from app.service.transitions import announce
 from app.service.views import RequestView
 from app.store.models import AccessRequest, AuditEvent, Review, ReviewState, SweepRun
 
@@ -76,9 +77,17 @@ class DigestCases(ServiceBase):
         with self.db.read() as session:  # cheap look first: after 08:00, every tick asks
             if session.get(SweepRun, (DIGEST_JOB, period)) is not None:
                 return None
-        digest = self.digest(scheduled - timedelta(days=1), now, local.date())
+        since = scheduled - timedelta(days=1)
+        digest = self.digest(since, now, local.date())
         try:
             with self.db.transaction() as session:
+                announce(
+                    session,
+                    "digest",
+                    "digest.sent",
+                    {"since": since.isoformat(), "until": now.isoformat(), "day": period},
+                    at=now,
+                )
                 session.add(
                     SweepRun(
                         job=DIGEST_JOB,

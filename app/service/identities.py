@@ -22,6 +22,7 @@ from app.service.base import STILL_NEEDED as STILL_NEEDED
 from app.service.base import S
 from app.service.errors import AlreadyDecided, NotAllowed, NotEligible, NotFound
 from app.service.grants import GrantCases
+from app.service.transitions import announce
 from app.store.models import AccessRequest, Attestation, OrphanFlag
 
 
@@ -103,6 +104,7 @@ class IdentityCases(GrantCases):
                 if changed != 1:
                     return None
                 self._audit(session, "identity.attestation_overdue", name, identity, now)
+                announce(session, f"identity:{name}", "attestation.overdue", {"name": name}, at=now)
             elif step == AttestationStep.ASKED:
                 session.add(
                     Attestation(
@@ -115,6 +117,7 @@ class IdentityCases(GrantCases):
                 )
                 session.flush()
                 self._audit(session, "identity.attestation_requested", name, identity, now)
+                announce(session, f"identity:{name}", "attestation.asked", {"name": name}, at=now)
             return step
 
     def attest(self, name: str, person: Person, *, still_needed: bool) -> AttestationView:
@@ -206,6 +209,13 @@ class IdentityCases(GrantCases):
                         )
                     )
                     self._audit(session, "identity.orphaned", name, identity, now, reason=reason)
+                    announce(
+                        session,
+                        "security",
+                        "orphans.found",
+                        {"identity": name, "owner": identity.owner, "reason": reason},
+                        at=now,
+                    )
                     new.append(OrphanView(name, identity.owner, reason))
         return new
 

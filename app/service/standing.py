@@ -26,6 +26,7 @@ from app.policy import rules
 from app.policy.people import Person
 from app.service.base import ServiceBase, describe_error, log
 from app.service.errors import NotAllowed
+from app.service.transitions import announce
 from app.store.models import HOLDING_STATES, AccessRequest, StandingAccess, SweepRun
 
 STANDING_JOB = "standing"
@@ -118,6 +119,14 @@ class StandingCases(ServiceBase):
                 except AdapterError as exc:
                     report.unreadable[name] = describe_error(exc)
                     log.warning("event=standing_unreadable target=%s error=%s", name, exc)
+                    with self.db.transaction() as session:
+                        announce(
+                            session,
+                            "security",
+                            "standing.found",
+                            {"target": name, "unreadable": report.unreadable[name]},
+                            at=self.clock.now(),
+                        )
                     break
                 # Read the grants after the members, so a grant made meanwhile counts.
                 allowed = set(target.standing_allowed)
@@ -203,6 +212,19 @@ class StandingCases(ServiceBase):
                 self._audit_standing(session, "standing.found", finding, now)
                 if removed:
                     self._audit_standing(session, "standing.removed", finding, now)
+                announce(
+                    session,
+                    "security",
+                    "standing.found",
+                    {
+                        "target": target,
+                        "entitlement": entitlement,
+                        "account": account,
+                        "removed": removed,
+                        "detail": detail,
+                    },
+                    at=now,
+                )
             report.found.append(finding)
 
     def _remove_standing(self, target: str, entitlement: str, account: str) -> tuple[bool, str]:

@@ -100,6 +100,30 @@ def notice(
     )
 
 
+def announce(
+    session: Session, lane: str, action: str, facts: Mapping[str, Any], *, at: datetime
+) -> None:
+    """Record in the outbox, in the caller's transaction, something that happened to no one
+    request (a digest sent, standing access found, an owner asked to attest), so the message
+    about it cannot be lost between the change's commit and its sending."""
+    session.add(
+        OutboxItem(
+            lane=lane,
+            kind="notice",
+            action=action,
+            request_id=None,
+            version=0,
+            body=json.dumps(dict(facts), default=str),
+            state=OutboxState.NEW.value,
+            created_at=at,
+            due_at=at,
+            attempts=0,
+            uncertain=False,
+            step=0,
+        )
+    )
+
+
 def _facts(req: AccessRequest, actor: str, **more: object) -> dict[str, object]:
     """What the deliverer needs to know of the request as it was at this version."""
     return {
