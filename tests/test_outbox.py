@@ -34,7 +34,7 @@ from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN, CHLOE
 from tests.fakes.memory_adapter import MemoryTarget
 from tests.slack_harness import WARD_USERS
-from tests.test_reliability import Ward, ended_at, wait_until_ended
+from tests.test_reliability import SLACK_OUTAGE_SECONDS, Ward, ended_at, wait_until_ended
 
 REASON = "month-end stock reconciliation for the ward"
 
@@ -292,7 +292,7 @@ def test_workers_deliver_every_message_once_through_an_outage_and_a_kill(
         wait_until_ended(ward.db, ids, within=30)
         late = [(at - ending).total_seconds() for at in ended_at(ward.db, ids).values()]
         assert max(late) < 5, late  # revokes on time with Slack down
-        time.sleep(4)  # Slack is down 12 s+ in all
+        time.sleep(max(0.0, SLACK_OUTAGE_SECONDS - 8))  # Slack is down 12 s+ in all
         assert ward.slack.posts() == []
         assert waiting_rows(ward.db) > 0
         ward.slack.latency = 0.1
@@ -327,7 +327,8 @@ def test_workers_deliver_every_message_once_through_an_outage_and_a_kill(
         # Those caused by the worker's revokes (the grants were made on a clock 30 min back).
         delays = sorted((d - c).total_seconds() for _k, c, d in sent if c > ending)
         print(
-            f"\noutbox through an outage and a kill: attempted={len(sent) + int(failed or 0)} "
+            f"\noutbox through {SLACK_OUTAGE_SECONDS:.0f}s of Slack down and a kill: "
+            f"attempted={len(sent) + int(failed or 0)} "
             f"delivered={len(sent)} posts={len(posted)} lost=0 doubled={doubled} "
             f"refused={failed} revoke messages' delay p50={delays[len(delays) // 2]:.1f}s "
             f"max={delays[-1]:.1f}s"
