@@ -33,6 +33,7 @@ from app.store.models import ReviewState
 
 APPROVE_ACTION = "request_approve"
 DENY_ACTION = "request_deny"
+CANCEL_ACTION = "request_cancel"
 REVIEW_JUSTIFIED = "review_justified"
 REVIEW_NOT_JUSTIFIED = "review_not_justified"
 ATTEST_KEEP = "attest_still_needed"
@@ -184,6 +185,42 @@ def decision_buttons(view: RequestView, high_risk: bool) -> ActionsBlock:
     )
 
 
+def cancel_button(view: RequestView) -> ButtonElement:
+    """The requester's Cancel, while the request waits for approval; the value is only the
+    number (who may cancel is checked against the request as stored, at the click)."""
+    return ButtonElement(
+        text="Cancel request",
+        action_id=CANCEL_ACTION,
+        value=str(view.id),
+        confirm=ConfirmObject(
+            title=f"Cancel request #{view.id}?",
+            text=f"{view.target}:{view.role} stops waiting for approval, and its approvers' "
+            "cards say you cancelled it. You can ask again later.",
+            confirm="Cancel request",
+            deny="Keep waiting",
+        ),
+    )
+
+
+def requester_receipt(view: RequestView, zone: ZoneInfo) -> tuple[str, list[Block]]:
+    """The requester's own message about their request (text and blocks): what they asked
+    for and where it stands, with Cancel while it waits. Updated in place as it moves on."""
+    asked = (
+        f"Request #{view.id} for `{view.target}:{view.role}` "
+        f"({format_duration(view.requested)}: “{inert(view.reason)[:200]}”)"
+    )
+    waiting = view.state == S.PENDING and view.extension is None
+    if waiting:
+        text = f"{asked} is with the {view.path} approvers. I'll message you when someone decides."
+    else:
+        text = f"{asked}: {outcome_line(view, zone)}"
+    blocks: list[Block] = [SectionBlock(text=words(text))]
+    if waiting:
+        blocks.append(ContextBlock(elements=[words(outcome_line(view, zone))]))
+        blocks.append(ActionsBlock(block_id=f"cancel:{view.id}", elements=[cancel_button(view)]))
+    return text, blocks
+
+
 def outcome_line(view: RequestView, zone: ZoneInfo) -> str:
     """One line saying where the request stands, for cards and DMs."""
     approvals = view.approvals
@@ -215,8 +252,12 @@ def outcome_line(view: RequestView, zone: ZoneInfo) -> str:
             # WardKey, a retirement or a contract's end cancelled it: say why, as recorded.
             if view.end_reason and view.ended_by == "wardkey":
                 return f"↩️ Cancelled by WardKey: {inert(view.end_reason)}"
+            why = f": {inert(view.end_reason)}" if view.end_reason else ""
+            if view.ended_by == view.requester:  # withdrawn, or replaced by break-glass
+                who = mention(view.requester_slack_id, view.requester)
+                return f"↩️ Cancelled by {who} at {clock_time(view.ended_at, zone)}{why}"
             if view.end_reason:
-                return f"↩️ Cancelled: {inert(view.end_reason)}"
+                return f"↩️ Cancelled{why}"
             return "↩️ Cancelled by the requester"
         case S.TIMED_OUT:
             return (

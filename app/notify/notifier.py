@@ -36,6 +36,7 @@ from app.notify.blocks import (
     inert,
     mention,
     outcome_line,
+    requester_receipt,
     review_card,
     review_line,
 )
@@ -61,6 +62,8 @@ HOME_LIVE_FOR = timedelta(hours=12)
 # States a request passes through on its way somewhere (the grant or revoke is under way):
 # nobody is told of them; they are told where it lands.
 PASSING = frozenset({S.APPROVED.value, S.GRANTING.value, S.REVOKING.value})
+# The requester's own DM about their request (Cancel on it while it waits).
+RECEIPT = "requester_receipt"
 # One outbox per service (so per process): every Notifier built on it shares its delivery.
 _OUTBOXES: weakref.WeakKeyDictionary[AccessService, Outbox] = weakref.WeakKeyDictionary()
 _OUTBOXES_LOCK = threading.Lock()
@@ -262,6 +265,21 @@ class Notifier:
     def request_changed(self, view: RequestView) -> None:
         self.outbox.kick()
 
+    def request_received(self, view: RequestView) -> None:
+        """DM the requester what they asked for, with Cancel while it waits; every later
+        change updates it in place. Recorded once per request, however often this is asked
+        (a redelivered form), behind the request's own notices."""
+        if not view.requester_slack_id:
+            return
+        text, blocks = requester_receipt(view, self.zone)
+        args = {
+            "channel": view.requester_slack_id,
+            "text": text,
+            "blocks": _json_blocks(blocks),
+        }
+        call = OutCall(POST, args, (view.id, RECEIPT), about=f"receipt request={view.id}")
+        self.outbox.enqueue(f"request:{view.id}", [call], key=f"receipt:{view.id}")
+
     def update_cards(self, view: RequestView) -> None:
         self.outbox.kick()
 
@@ -409,14 +427,20 @@ class Notifier:
         if to == S.GRANT_FAILED:
             self.grant_failed(view)  # the card and the requester's DM say admins are told
         self._update_cards(view)
-        self.tell_requester(view if view.state == to else replace(view, state=to))
+        if not (notice.action == "request.cancelled" and notice.actor == view.requester):
+            # (A requester who cancelled was answered where they did it: the reply to
+            # /jit cancel or /breakglass, their DM about it updated in place, their home.)
+            self.tell_requester(view if view.state == to else replace(view, state=to))
         self.refresh_homes(view)
 
     def _update_cards(self, view: RequestView) -> None:
-        """Every copy of the approver card, updated in place."""
+        """Every copy of the approver card, and the requester's own DM about the request,
+        updated in place."""
         blocks = approver_card(view, self._context(view))
         text = f"Access request #{view.id}: {outcome_line(view, self.zone)}"
         self._update_in_place(view.id, CARD, text, blocks)
+        receipt_text, receipt = requester_receipt(view, self.zone)
+        self._update_in_place(view.id, RECEIPT, receipt_text, receipt)
 
     def _update_in_place(
         self, request_id: int, purpose: str, text: str, blocks: Sequence[Block]

@@ -25,10 +25,19 @@ from slack_sdk.models.blocks import (
 )
 from slack_sdk.models.views import View
 
-from app.notify.blocks import clock_time, decision_buttons, inert, mention, outcome_line, words
+from app.notify.blocks import (
+    cancel_button,
+    clock_time,
+    decision_buttons,
+    inert,
+    mention,
+    outcome_line,
+    words,
+)
 from app.policy.durations import format_duration
 from app.policy.rules import RequestPlan
 from app.service.views import RequestView
+from app.store.models import RequestState as S
 
 REQUEST_VIEW = "jit_request"
 ACCESS_BLOCK, ACCESS_ACTION = "access", "access_choice"
@@ -238,10 +247,13 @@ def home_view(
         )
         blocks.append(holder_buttons(v, block_id=f"home:{v.id}"))
     blocks += [DividerBlock(), HeaderBlock(text="Your pending requests")]
-    blocks += [
-        SectionBlock(text=words(f"*#{v.id}* `{v.target}:{v.role}` · {outcome_line(v, zone)}"))
-        for v in pending
-    ] or [ContextBlock(elements=[MarkdownTextObject(text="Nothing waiting.")])]
+    if not pending:
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(text="Nothing waiting.")]))
+    for v in pending:
+        line = f"*#{v.id}* `{v.target}:{v.role}` · {outcome_line(v, zone)}"
+        blocks.append(SectionBlock(text=words(line)))
+        if v.state == S.PENDING and v.extension is None:  # still waiting: it can be withdrawn
+            blocks.append(ActionsBlock(block_id=f"home_cancel:{v.id}", elements=[cancel_button(v)]))
     blocks += [DividerBlock(), HeaderBlock(text="Waiting for your approval")]
     if not to_decide:
         blocks.append(ContextBlock(elements=[MarkdownTextObject(text="Nothing to decide.")]))

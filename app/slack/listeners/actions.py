@@ -1,8 +1,10 @@
-"""Approve and Deny buttons on approver cards, and the deny-reason dialog.
+"""Approve and Deny buttons on approver cards, the deny-reason dialog, and the requester's
+Cancel (on their DM about the request, the reply to /jit request, and the App Home).
 
 A valid signature proves Slack sent the click, not that the clicker may decide: the service
-checks the clicker against the approvers of the path at this instant, loading the request from
-the database. The button's value is only the request number.
+checks the clicker against the approvers of the path at this instant (or, for Cancel, against
+the request's requester), loading the request from the database. The button's value is only the
+request number.
 """
 
 from __future__ import annotations
@@ -10,15 +12,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from slack_bolt import Ack, App, BoltContext
+from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 
-from app.notify.blocks import APPROVE_ACTION, DENY_ACTION, clock_time
+from app.notify.blocks import APPROVE_ACTION, CANCEL_ACTION, DENY_ACTION, clock_time
 from app.notify.views import HOME_EXTEND, HOME_EXTEND_BY, HOME_REVOKE, why_modal
 from app.service import AlreadyDecided, ServiceError
 from app.slack.deps import APPLIED, NOTIFIED, SlackDeps
 from app.slack.errors import reply_to_clicker, replying_on_error
 from app.slack.gate import caller
+from app.slack.listeners.commands import cancelled_text
 
 DENY_VIEW = "deny_reason"
 DENY_BLOCK = "reason"
@@ -60,6 +63,43 @@ def register(app: App, deps: SlackDeps) -> None:
                 progress.step(NOTIFIED)
 
         deps.after_ack(decide)
+
+    @app.action(CANCEL_ACTION)
+    def cancel(
+        ack: Ack,
+        body: dict[str, Any],
+        action: dict[str, Any],
+        client: WebClient,
+        context: BoltContext,
+        respond: Respond,
+    ) -> None:
+        ack()
+        progress = deps.progress()
+
+        def withdraw() -> None:
+            with replying_on_error(reply_to_clicker(client, body)):
+                request_id = int(action["value"])
+                if progress.outcome == NOTIFIED:
+                    return  # a redelivery of a click whose work was all done
+                if progress.outcome != APPLIED:
+                    try:
+                        view = deps.service.cancel(request_id, deps.person(context))
+                    except AlreadyDecided:
+                        if not progress.redelivered:
+                            raise  # a second click: told plainly what state it is in
+                        view = deps.service.get(request_id)  # its first try got this far
+                    progress.step(APPLIED)
+                else:
+                    view = deps.service.get(request_id)
+                deps.notifier.request_changed(view)  # cards and DM update from the outbox
+                container = body.get("container") or {}
+                if container.get("is_ephemeral"):  # the reply to /jit request: replace it
+                    respond(replace_original=True, text=cancelled_text(view))
+                elif container.get("type") == "view":  # the App Home: draw it again
+                    deps.notifier.publish_home(caller(context).user_id)
+                progress.step(NOTIFIED)
+
+        deps.after_ack(withdraw)
 
     @app.action(DENY_ACTION)
     def deny(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient) -> None:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
+from slack_sdk.models.blocks import Block
 
-from app.notify.blocks import clock_time, contract_line, escape, outcome_line
+from app.notify.blocks import (
+    clock_time,
+    contract_line,
+    escape,
+    outcome_line,
+    requester_receipt,
+)
 from app.notify.views import no_access_modal, request_modal
 from app.policy import Person, Policy, format_duration
 from app.policy.rules import requestable
@@ -18,6 +26,7 @@ from app.slack.errors import replying_on_error
 from app.slack.parsing import (
     IDENTITY_EXAMPLE,
     BreakGlass,
+    Cancel,
     Extend,
     Help,
     ListTargets,
@@ -36,12 +45,16 @@ HELP = (
     "*WardKey: just-in-time access*\n"
     "• `/jit request target:role 30m reason… [TICKET]` ask for access\n"
     "• `/jit status` your requests and access\n"
+    "• `/jit cancel 42` withdraw request 42 while it waits for approval\n"
     "• `/jit extend 42 30m` more time on request 42\n"
     "• `/jit revoke 42` end access now\n"
     "• `/jit targets` what you may ask for\n"
     "• `/jit request … for svc-name` elevate a service account you own\n"
     "• `/jit standing` (admins) access held without a grant\n"
     "• `/breakglass target:role reason…` emergency access now, reviewed afterwards"
+)
+BREAK_GLASS_ACK = (
+    "Break-glass request recorded. I'll answer here as soon as access is active, or say why not."
 )
 LIVE = (S.PENDING, S.APPROVED, S.GRANTING, S.ACTIVE, S.REVOKING, S.REVOKE_FAILED)
 
@@ -84,7 +97,8 @@ def register(app: App, deps: SlackDeps) -> None:
         except UsageError as exc:
             ack(response_type="ephemeral", text=exc.message)
             return
-        ack(response_type="ephemeral", text="Break-glass: granting now…")
+        # Only what is true now: the request is recorded (the inbox row), nothing decided.
+        ack(response_type="ephemeral", text=BREAK_GLASS_ACK)
         deps.after_ack(lambda: _break_glass(deps, parsed, context, respond))
 
 
@@ -106,14 +120,8 @@ def _answer_jit(deps: SlackDeps, parsed: object, context: BoltContext, respond: 
                     parsed.ticket,
                     identity=identity,
                 )
-                respond(
-                    response_type="ephemeral",
-                    text=(
-                        f"Request #{view.id} for `{view.target}:{view.role}` "
-                        f"({format_duration(view.requested)}) is with the {view.path} "
-                        "approvers. I'll message you when someone decides."
-                    ),
-                )
+                text, blocks = requester_receipt(view, zone)  # with Cancel while it waits
+                respond(response_type="ephemeral", text=text, blocks=_json(blocks))
                 notifier.request_opened(view)
             case Status():
                 views = service.requests_of(person, LIVE)
@@ -149,6 +157,10 @@ def _answer_jit(deps: SlackDeps, parsed: object, context: BoltContext, respond: 
                         response_type="ephemeral",
                         text=(f"#{view.id} now ends at {clock_time(view.expires_at, zone)}."),
                     )
+            case Cancel():
+                view = service.cancel(parsed.request_id, person, parsed.reason)
+                respond(response_type="ephemeral", text=cancelled_text(view))
+                notifier.request_changed(view)
             case Revoke():
                 view = service.revoke(parsed.request_id, person, parsed.reason)
                 respond(response_type="ephemeral", text=(f"#{view.id}: {outcome_line(view, zone)}"))
@@ -162,12 +174,15 @@ def _break_glass(
         person = deps.person(context)
         view = deps.service.break_glass(person, parsed.target, parsed.role, parsed.reason)
         zone = deps.service.policy.zone
-        respond(
-            response_type="ephemeral",
-            text=(
-                f"Break-glass #{view.id}: {outcome_line(view, zone)}. This use will be reviewed."
-            ),
-        )
+        text = f"Break-glass #{view.id}: {outcome_line(view, zone)}. This use will be reviewed."
+        replaced = deps.service.replaced_request(view.id)
+        if replaced is not None:
+            text += (
+                f" It replaces your request #{replaced[0]}, waiting since "
+                f"{clock_time(replaced[1], zone)}, which is now cancelled; its approvers' "
+                "cards will say so."
+            )
+        respond(response_type="ephemeral", text=text)
         deps.notifier.break_glass_started(view)
 
 
@@ -207,6 +222,18 @@ def _standing(holders: list[StandingHolder], zone: Any) -> str:
             f"(since {h.first_seen.astimezone(zone):%d %b %H:%M})"
         )
     return "\n".join(lines)[:3900]
+
+
+def cancelled_text(view: RequestView) -> str:
+    """What the requester is told when their cancel went through."""
+    return (
+        f"Request #{view.id} for `{view.target}:{view.role}` is cancelled: nothing was granted, "
+        "and its approvers' cards will show that you cancelled it."
+    )
+
+
+def _json(blocks: Sequence[Block]) -> list[dict[str, Any]]:
+    return [b.to_dict() for b in blocks]
 
 
 def _status(views: list[RequestView], zone: Any) -> str:

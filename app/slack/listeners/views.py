@@ -11,7 +11,6 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
 
-from app.notify.blocks import inert
 from app.notify.views import (
     ACCESS_ACTION,
     ACCESS_BLOCK,
@@ -22,11 +21,10 @@ from app.notify.views import (
     modal_values,
     request_modal,
 )
-from app.policy import DurationError, format_duration, parse_duration
+from app.policy import DurationError, parse_duration
 from app.policy.rules import requestable
 from app.service import ServiceError
 from app.slack.deps import SlackDeps
-from app.slack.gate import caller
 
 OPENED = "opened:"  # the form's request was made: "opened:42"
 _FIELD_BLOCKS = {
@@ -89,12 +87,9 @@ def register(app: App, deps: SlackDeps) -> None:
         ack()
 
         def tell() -> None:
-            deps.notifier.client.chat_postMessage(
-                channel=caller(context).user_id,
-                text=f"Request #{opened.id} for `{opened.target}:{opened.role}` "
-                f"({format_duration(opened.requested)}: “{inert(opened.reason)[:200]}”) is with "
-                f"the {opened.path} approvers. I'll message you when someone decides.",
-            )
+            # The requester's DM about it, with Cancel while it waits, through the outbox
+            # (recorded once, however often the form is redelivered).
+            deps.notifier.request_received(opened)
             deps.notifier.request_opened(opened)
 
         deps.after_ack(tell)
