@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
+import re
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -12,7 +15,9 @@ from pathlib import Path
 from typing import TextIO
 
 from apscheduler.schedulers.base import BaseScheduler
+from slack_bolt import App
 from slack_bolt.error import BoltError
+from sqlalchemy.engine import URL
 
 from app import __version__, audit
 from app.clock import SystemClock
@@ -20,10 +25,10 @@ from app.config import Settings
 from app.policy import Person, Policy, PolicyError, format_duration, load_policy
 from app.policy.checks import policy_warnings
 from app.policy.rules import approvers_at
-from app.runtime import Runtime, StartupError, database, load_runtime, require
+from app.runtime import MISSING, Runtime, StartupError, database, load_runtime
 from app.scheduler import guarded, schedule
 from app.store import Database, upgrade
-from app.store.db import is_database_error, unreachable
+from app.store.db import is_database_error, normalise_url, unreachable
 from app.web import CATCHING_UP, Readiness, WardKeyWSGI
 
 
@@ -40,8 +45,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
-    code: int = args.run(args)
+    try:
+        code: int = args.run(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`wardkey audit export | head -3`): stop quietly, as other
+        # command-line tools do, and say by the exit code that the output was cut short.
+        _quiet_stdout()
+        return BROKEN_PIPE
     return code
+
+
+BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a tool that a closed pipe stopped
+
+
+def _quiet_stdout() -> None:
+    """Point standard output at /dev/null, so Python's flush at exit finds no closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass  # not a real file (a test's capture): nothing will be flushed at exit
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,14 +75,28 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wardkey {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    policy = commands.add_parser("policy", help="check a policy manifest").add_subparsers(
-        metavar="ACTION"
+    policy = commands.add_parser(
+        "policy", help="check a policy manifest, or print its JSON Schema"
+    ).add_subparsers(metavar="ACTION")
+    check = policy.add_parser(
+        "check",
+        help="validate a manifest and print a summary",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit codes:\n"
+        "  0  the manifest is valid (and with --slack, everyone it names is a usable account)\n"
+        "  1  problems found: each is listed with its place and line\n"
+        "  2  --slack could not ask Slack (token, address, scopes)",
     )
-    check = policy.add_parser("check", help="validate a manifest and print a summary")
-    check.add_argument("file", type=Path)
+    check.add_argument("file", type=Path, help="the policy manifest (YAML) to check")
+    check.add_argument(
+        "--slack",
+        action="store_true",
+        help="also look up every person the policy names in Slack (SLACK_BOT_TOKEN, "
+        "SLACK_API_URL) and report the unknown, deactivated, guest and bot accounts",
+    )
     check.set_defaults(run=_policy_check)
 
-    db = commands.add_parser("db", help="database schema").add_subparsers(metavar="ACTION")
+    db = commands.add_parser("db", help="the database schema").add_subparsers(metavar="ACTION")
     db.add_parser("upgrade", help="apply migrations to DATABASE_URL").set_defaults(run=_db_upgrade)
 
     trail = commands.add_parser("audit", help="the audit trail").add_subparsers(metavar="ACTION")
@@ -91,23 +129,36 @@ def _parser() -> argparse.ArgumentParser:
     checkpoint.add_argument("--output", type=Path, help="file to write (default: standard output)")
     checkpoint.set_defaults(run=_audit_checkpoint)
     serve = commands.add_parser("serve", help="the HTTP app for Slack, with the scheduler")
-    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
-    serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--threads", type=int, default=8)
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("PORT", "3000")),
+        help="TCP port to listen on (default: $PORT, else 3000)",
+    )
+    serve.add_argument(
+        "--host", default="0.0.0.0", help="address to listen on (default: every interface)"
+    )
+    serve.add_argument(
+        "--threads", type=int, default=8, help="threads answering HTTP requests (default: 8)"
+    )
     serve.add_argument(
         "--no-scheduler", action="store_true", help="run the sweeps elsewhere (wardkey worker)"
     )
     serve.set_defaults(run=_serve)
     socket = commands.add_parser("socket", help="the app over Socket Mode (no public URL)")
-    socket.add_argument("--no-scheduler", action="store_true")
+    socket.add_argument(
+        "--no-scheduler", action="store_true", help="run the sweeps elsewhere (wardkey worker)"
+    )
     socket.set_defaults(run=_socket)
-    commands.add_parser("worker", help="the scheduler alone").set_defaults(run=_worker)
+    commands.add_parser(
+        "worker", help="the sweeps and the work handed over by serve, without a web server"
+    ).set_defaults(run=_worker)
 
     revoke = commands.add_parser("revoke", help="failed revokes").add_subparsers(metavar="ACTION")
     resolve = revoke.add_parser(
         "resolve", help="an admin confirms a failed revoke's access is gone from the target"
     )
-    resolve.add_argument("request_id", type=int)
+    resolve.add_argument("request_id", type=int, help="the request's number (#N)")
     resolve.add_argument("note", help="what you checked or did on the target")
     resolve.add_argument("--by", required=True, metavar="EMAIL", help="your e-mail (an admin)")
     resolve.set_defaults(run=_revoke_resolve)
@@ -143,7 +194,10 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="one night shift end to end, with a local fake Slack; prints the transcript"
     )
     demo.add_argument(
-        "--keep", type=Path, metavar="DIR", help="keep the demo's database in DIR to look at"
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="keep the demo's database and policy in DIR, and print the commands to explore them",
     )
     demo.set_defaults(run=_demo)
     return parser
@@ -168,7 +222,40 @@ def _demo(args: argparse.Namespace) -> int:
     finally:
         for name, level in before.items():
             logging.getLogger(name).setLevel(level)
+    if args.keep is not None:
+        _say_what_was_kept(args.keep.resolve(), sys.stdout)
     return 0
+
+
+DEMO_DATABASE = "wardkey-demo.db"  # the name app/devtools/demo.py gives it
+DEMO_POLICY = "policy.yaml"
+
+
+def _say_what_was_kept(folder: Path, out: TextIO) -> None:
+    """Where the kept demo is, and the exact commands that look at it."""
+    from importlib import resources
+
+    policy = folder / DEMO_POLICY
+    text = resources.files("app.devtools").joinpath("demo_policy.yaml").read_text("utf-8")
+    policy.write_text(text, encoding="utf-8")
+    database = folder / DEMO_DATABASE
+    url = f"sqlite:///{database}"
+    q = shlex.quote
+    print(
+        f"""
+── Kept ──────────────────────────────────────────────────────────────────
+   Database: {database} (SQLite)
+   Policy:   {policy} (the demo's; the stand-in EPR console it names has stopped)
+   Explore them (from any folder):
+     export DATABASE_URL={q(url)} WARDKEY_POLICY={q(str(policy))}
+     wardkey audit verify
+     wardkey audit export --format csv
+     wardkey policy check {q(str(policy))}
+     sqlite3 {q(str(database))} 'SELECT id, state, requester, target, role FROM access_requests'
+""".rstrip("\n")
+        + "\n",
+        file=out,
+    )
 
 
 def _instant(text: str) -> datetime:
@@ -197,7 +284,7 @@ def _starting(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
             if not is_database_error(exc):
                 raise
             # One line, within the connect time-out, not a traceback or a hang.
-            print(f"wardkey: {unreachable(Settings().database_url, exc)}", file=sys.stderr)
+            print(f"wardkey: {database_unreachable(Settings().database_url, exc)}", file=sys.stderr)
             return 2
 
     return wrapped
@@ -319,10 +406,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     from app.web import METRICS_OFF
 
-    runtime = load_runtime()
+    runtime = _ready("slack_bot_token", "slack_signing_secret")
     settings = runtime.settings
     wsgi = WardKeyWSGI(
-        runtime.bolt(),
+        _bolt(runtime),
         runtime.service.db,
         settings.slack_signing_secret or "",
         settings.wardkey_metrics_token,
@@ -361,9 +448,8 @@ def _socket(args: argparse.Namespace) -> int:
     from app.slack.intake import Intake
     from app.slack.socket_intake import RecordingSocketModeHandler
 
-    runtime = load_runtime()
-    require(runtime.settings, "slack_app_token")
-    app = runtime.bolt(socket_mode=True)
+    runtime = _ready("slack_bot_token", "slack_app_token")
+    app = _bolt(runtime, socket_mode=True)
     scheduler = None if args.no_scheduler else _background_sweeps(runtime)
     work = runtime.settings.wardkey_intake_work
     inbox = Intake(runtime.service.db, runtime.service.clock, hand_off=work == "worker")
@@ -375,6 +461,80 @@ def _socket(args: argparse.Namespace) -> int:
         if scheduler is not None:
             scheduler.shutdown(wait=False)
     return 0
+
+
+def _ready(*needed: str) -> Runtime:
+    """The runtime, once everything it needs is there; else every problem, one line each, so
+    an operator fixes them in one go rather than one per start."""
+    settings = Settings()
+    problems = [MISSING[name] for name in needed if not getattr(settings, name)]
+    if bool(settings.wardkey_checkpoint_dir) != bool(settings.wardkey_checkpoint_key):
+        problems.append(
+            "WARDKEY_CHECKPOINT_DIR and WARDKEY_CHECKPOINT_KEY go together: set both to write "
+            "signed audit checkpoints, or neither"
+        )
+    problems += _policy_problems(settings)
+    database = database_problem(settings)
+    if database is not None:
+        problems.append(database)
+    if len(problems) == 1:
+        raise StartupError(problems[0])
+    if problems:
+        raise StartupError(
+            f"{len(problems)} things to fix before WardKey can start:\n"
+            + "\n".join(f"wardkey: {p}" for p in problems)
+        )
+    return load_runtime(settings)
+
+
+def _policy_problems(settings: Settings) -> list[str]:
+    """The policy file: there, valid, and every secret its targets name set."""
+    from app.adapters.registry import AdapterConfigError, build_adapters
+
+    place = settings.wardkey_policy
+    if not os.path.exists(place):
+        return [
+            f"WARDKEY_POLICY: no policy file at {place}; start from manifests/policy.example.yaml"
+        ]
+    try:
+        policy = load_policy(place)
+    except PolicyError as exc:
+        return [
+            f"WARDKEY_POLICY: {place} has {_count(len(exc.issues), 'problem')}, the first: "
+            f"{exc.issues[0]}; run `wardkey policy check {place}`"
+        ]
+    found = []
+    registry = logging.getLogger("app.adapters.registry")
+    quiet, registry.disabled = registry.disabled, True  # start-up logs these once, later
+    try:
+        for name, target in policy.targets.items():
+            try:
+                build_adapters(policy.model_copy(update={"targets": {name: target}}))
+            except AdapterConfigError as exc:
+                found.append(str(exc))
+    finally:
+        registry.disabled = quiet
+    return found
+
+
+def _bolt(runtime: Runtime, socket_mode: bool = False) -> App:
+    """The Bolt app, which asks Slack who its token is (auth.test) first: if Slack does not
+    answer, one line saying where WardKey asked and what to check."""
+    sdk = logging.getLogger("slack_sdk.web.base_client")
+    level = sdk.level
+    sdk.setLevel(logging.CRITICAL)  # its line per failed try would bury the one below
+    try:
+        return runtime.bolt(socket_mode=socket_mode)
+    except OSError as exc:  # urllib's URLError, a time-out, a refused connection
+        url = runtime.client.base_url + "auth.test"
+        reason = getattr(exc, "reason", None) or exc
+        raise StartupError(
+            f"Slack did not answer at {url} ({reason}); check SLACK_API_URL (unset, it is "
+            "Slack's own https://slack.com/api/) and that this machine can reach it: a "
+            "firewall, or a proxy to set in HTTPS_PROXY"
+        ) from None
+    finally:
+        sdk.setLevel(level)
 
 
 def _say_intake_work(work: str) -> None:
@@ -391,7 +551,7 @@ def _say_intake_work(work: str) -> None:
 def _worker(_args: argparse.Namespace) -> int:
     from apscheduler.schedulers.blocking import BlockingScheduler
 
-    runtime = load_runtime()
+    runtime = _ready("slack_bot_token")
     runtime.redelivery().follow()  # takes each request serve hands over, as it comes
     _start_sweeps(runtime, BlockingScheduler(timezone="UTC"))
     return 0
@@ -437,7 +597,93 @@ def _start_sweeps(
 
 
 def _database() -> Database:
-    return database(Settings())
+    """The database of a set-up WardKey, or a StartupError saying what to run first. A SQLite
+    file that is not there is never created here (only `db upgrade` creates one)."""
+    settings = Settings()
+    problem = database_problem(settings)
+    if problem is not None:
+        raise StartupError(problem)
+    return database(settings)
+
+
+def database_problem(settings: Settings, *, creating: bool = False) -> str | None:
+    """What keeps WardKey from using DATABASE_URL, in one line, or None. `creating`: for
+    `db upgrade`, which may create the database's tables (and a SQLite file)."""
+    from sqlalchemy import inspect, text
+
+    url = normalise_url(settings.database_url)
+    where = url.render_as_string()
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        path = Path(url.database or "")
+        if not creating and not path.exists():
+            return (
+                f"DATABASE_URL: there is no database at {path.absolute()}; create it with "
+                "`wardkey db upgrade`, or point DATABASE_URL at yours"
+            )
+        if creating and not path.parent.exists():
+            return f"DATABASE_URL: there is no folder {path.parent} for the database {path.name}"
+    db = database(settings)
+    try:
+        with db.engine.connect() as conn:
+            if creating:
+                conn.execute(text("SELECT 1"))
+                return None
+            if not inspect(conn).has_table("alembic_version"):
+                return (
+                    f"DATABASE_URL: the database at {where} has no WardKey tables; create them "
+                    "with `wardkey db upgrade`"
+                )
+            found = set(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
+    except Exception as exc:
+        if not is_database_error(exc):
+            raise
+        return database_unreachable(url, exc)
+    finally:
+        db.dispose()
+    return _schema_behind(where, url, found)
+
+
+def _schema_behind(where: str, url: URL, found: set[str]) -> str | None:
+    from alembic.script import ScriptDirectory
+
+    from app.store.migrate import alembic_config
+
+    scripts = ScriptDirectory.from_config(alembic_config(url))
+    head = scripts.get_current_head()
+    if found == {head}:
+        return None
+    known = {revision.revision for revision in scripts.walk_revisions()}
+    if found - known:
+        return (
+            f"DATABASE_URL: the database at {where} was set up by a newer WardKey (schema "
+            f"{', '.join(sorted(found - known))}); run that version"
+        )
+    return (
+        f"DATABASE_URL: the database at {where} has an older schema "
+        f"({', '.join(sorted(found)) or 'none'}, this WardKey needs {head}); run `wardkey db "
+        "upgrade`"
+    )
+
+
+def database_unreachable(url: str | URL, exc: BaseException) -> str:
+    """One line for an operator: which database, what went wrong, what to do."""
+    parsed = normalise_url(url)
+    said = str(getattr(exc, "orig", None) or exc)
+    server = f"the PostgreSQL server at {parsed.host or 'localhost'}:{parsed.port or 5432}"
+    missing = re.search(r'database "([^"]+)" does not exist', said)
+    if missing:
+        name = missing.group(1)
+        return (
+            f"DATABASE_URL: {server} has no database '{name}'; create it (createdb {name}, or "
+            f"CREATE DATABASE {name}) or correct the name in DATABASE_URL"
+        )
+    refused = re.search(r'(password authentication failed|role "[^"]+" does not exist)', said)
+    if refused:
+        return (
+            f"DATABASE_URL: {server} refused the login for user '{parsed.username}' "
+            f"({refused.group(1)}); check the user and password in DATABASE_URL"
+        )
+    return f"DATABASE_URL: {unreachable(parsed, exc)}"
 
 
 def _policy_check(args: argparse.Namespace) -> int:
@@ -505,7 +751,10 @@ def print_summary(policy: Policy, out: TextIO) -> None:
 @_starting
 def _db_upgrade(_args: argparse.Namespace) -> int:
     settings = Settings()
-    _database().ping()  # fails in seconds where the migration tool would wait for ever
+    # Fails in seconds, in one line, where the migration tool would wait for ever.
+    problem = database_problem(settings, creating=True)
+    if problem is not None:
+        raise StartupError(problem)
     upgrade(settings.database_url)
     print(f"database at {Database(settings.database_url).url.render_as_string()} is up to date")
     return 0
