@@ -27,6 +27,15 @@ def test_the_demo_tells_the_whole_night_and_leaves_nothing_behind(
         "You are not an approver for the engineering path right now",
         "⏳ Waiting: 1 of 2 approvals (erin@demo.nhs.uk)",
         "EPR console: gave dev INTERFACE_ENGINE_ADMIN",
+        # Break-glass while her own request for the access waits: it replaces that request.
+        "Chloe Evans ▸ /jit request epr-console:ward-admin 30m ED admissions screen",
+        "[Cancel request] (asks to confirm)",
+        "Chloe Evans ▸ /breakglass epr-console:ward-admin",
+        # The ack says only what is true when Slack shows it: nothing is granted yet.
+        "Break-glass request recorded. I'll answer here as soon as access is active, or say",
+        "Break-glass #5: ✅",
+        "It replaces your request #4, waiting since 03:24, which is now cancelled",
+        "Access request #4: ↩️ Cancelled by @Chloe Evans at 03:26: replaced by break-glass #5",
         "WardKey → #security-alerts:",
         "ends in 10m, at 03:42",
         "[Extend 30m] [Revoke now] (asks to confirm)",
@@ -35,17 +44,30 @@ def test_the_demo_tells_the_whole_night_and_leaves_nothing_behind(
         "No active elevation.",
         "EPR console: took WARD_ADMIN from chloe",
         "WardKey → #manager-reviews:",
+        # ── the review card ─────────────────────────────────────────────────────────────
+        # (its richer form: names, earlier requests for the access, 30-day break-glass count)
+        "BREAK-GLASS REVIEW #5",
+        # ──────────────────────────────────────────────────────────────────────────────────
         "[Justified] [Not justified]",
         "WardKey → Chloe Evans (only they see this): You cannot review your own break-glass use.",
         "Hana Novak ▸ types the note",
-        "Break-glass review #4: ✅ Justified: hana@demo.nhs.uk",
+        "Break-glass review #5: ✅ Justified: hana@demo.nhs.uk",
+        # A request withdrawn from the App Home: every card says who and when, in place.
+        "Amira Khan ▸ /jit request epr-console:ward-admin 30m re-send ward 12 discharge",
+        "*#6* `epr-console:ward-admin` · ⏳ Waiting",
+        "[Cancel request] (asks to confirm)",
+        "Amira Khan clicks [Cancel request] for #6 on their App Home",
+        "WardKey updates the card in place for Ben Hughes (DM), Hana Novak (DM), Gita Rao (DM):",
+        "Access request #6: ↩️ Cancelled by @Amira Khan at 05:12",
+        "Nothing waiting.",
         "WARDKEY DAILY DIGEST, MON 30 NOV",
-        "• #4 chloe@demo.nhs.uk `epr-console:ward-admin` for 1h",
+        "• #5 chloe@demo.nhs.uk `epr-console:ward-admin` for 1h",
         "• clinical: p50 1m, p95 2m (2 decided)",
         "EPR console access still held: none",
         # ...and the review's steps (sent, decided) and the digest.
-        "Audit trail: OK: 23 events verified",
+        "Audit trail: OK: 27 events verified",
     ]
+    assert "granting now" not in transcript
     position = 0
     for line in scenes:
         found = transcript.find(line, position)

@@ -26,7 +26,7 @@ from app.devtools.slack_driver import SlackDriver, TrackingExecutor, serving
 from app.devtools.slack_fake import FakeSlack, SlackUser
 from app.devtools.transcript import Transcript
 from app.devtools.webhook_target import WebhookTarget
-from app.notify.blocks import APPROVE_ACTION, DENY_ACTION, REVIEW_JUSTIFIED
+from app.notify.blocks import APPROVE_ACTION, CANCEL_ACTION, DENY_ACTION, REVIEW_JUSTIFIED
 from app.notify.notifier import Notifier
 from app.policy import parse_policy
 from app.scheduler import Sweeps
@@ -172,6 +172,12 @@ class Scene:
         self.slack.click(action, str(request_id), user, channel=channel or "D" + user[1:])
         self._settle()
 
+    def click_home(self, user: str, action: str, request_id: int, label: str) -> None:
+        """A button on the person's own App Home."""
+        self.story.clicked(user, label, f"for #{request_id} on their App Home")
+        self.slack.click(action, str(request_id), user, channel=None, view={"id": "VHOME"})
+        self._settle()
+
     def open_home(self, user: str) -> None:
         self.story.opened_home(user)
         self._homes_opened += 1
@@ -267,8 +273,16 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
     scene.click("U0FARID", APPROVE_ACTION, engineering, "Approve", f"on card #{engineering}")
     expect(engineering, S.ACTIVE)
 
-    story.heading("4. Break-glass: access at once, security alerted, review to follow")
-    scene.at(5)
+    story.heading("4. Break-glass replaces a request still waiting; security alerted, review due")
+    scene.at(3)
+    scene.command(
+        "U0CHLOE",
+        "/jit",
+        "request epr-console:ward-admin 30m ED admissions screen rejects every nurse login",
+    )
+    waiting = latest("chloe@demo.nhs.uk")
+    expect(waiting, S.PENDING)
+    scene.at(2)  # nobody has decided yet, and now ED cannot admit at all
     scene.command(
         "U0CHLOE",
         "/breakglass",
@@ -276,6 +290,7 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
     )
     emergency = latest("chloe@demo.nhs.uk")
     expect(emergency, S.ACTIVE)
+    expect(waiting, S.CANCELLED)  # replaced: its cards say so, its audit names #emergency
 
     story.heading("5. Time passes: access ends on its own, on the target too")
     scene.at(6)
@@ -295,6 +310,11 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
     story.heading("6. The break-glass use is reviewed by a manager, never by its user")
     scene.at(1)
     scene.sweep("review", sweeps.review)
+    # ── The review card ─────────────────────────────────────────────────────────────────
+    # Its richer form (people and channels by name, the user's earlier requests for this
+    # access, such as the one this use replaced, and their break-glass count over 30 days)
+    # is printed by the sweep above; tests/test_demo.py checks it under "the review card".
+    # ─────────────────────────────────────────────────────────────────────────────────────
     where = f"on review card #{emergency} in #manager-reviews"
     scene.click("U0CHLOE", REVIEW_JUSTIFIED, emergency, "Justified", where, MANAGERS)
     scene.at(20)
@@ -303,7 +323,19 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
     if review is None or review.state != "justified":
         raise DemoFailed(f"the review of #{emergency} was not recorded")
 
-    story.heading("7. 08:00: the managers' daily digest")
+    story.heading("7. A request withdrawn before anyone decides")
+    scene.at(23)
+    scene.command(
+        "U0AMIRA",
+        "/jit",
+        "request epr-console:ward-admin 30m re-send ward 12 discharge letters that failed",
+    )
+    withdrawn = latest("amira@demo.nhs.uk")
+    scene.at(2)  # the letters went out after all: she withdraws it from her App Home
+    scene.click_home("U0AMIRA", CANCEL_ACTION, withdrawn, "Cancel request")
+    expect(withdrawn, S.CANCELLED)
+
+    story.heading("8. 08:00: the managers' daily digest")
     scene.until(8)
     scene.sweep("digest", sweeps.digest)
 

@@ -4,6 +4,7 @@ whom, what the cards showed and which buttons they carried."""
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, TextIO
@@ -14,26 +15,31 @@ from app.devtools.slack_fake import Call, FakeSlack
 # Calls that are plumbing rather than conversation.
 QUIET = frozenset({"auth.test", "users.info", "users.lookupByEmail", "conversations.open"})
 
+# A mention or channel link as WardKey writes them: <@U…>, <#C…> (an optional |label after).
+_MENTIONS = re.compile(r"<([@#])([UWCG][A-Z0-9]+)(?:\|[^>]*)?>")
+
 
 def _plain(text: str) -> str:
     return html.unescape(text)
 
 
-def render_blocks(blocks: Iterable[dict[str, Any]]) -> list[str]:
+def render_blocks(
+    blocks: Iterable[dict[str, Any]], plain: Callable[[str], str] = _plain
+) -> list[str]:
     """Block Kit as lines of text: headers, sections, fields, context and buttons."""
     lines: list[str] = []
     for block in blocks:
         kind = block.get("type")
         if kind == "header":
-            lines.append(_plain(block["text"]["text"]).upper())
+            lines.append(plain(block["text"]["text"]).upper())
         elif kind == "section":
             if block.get("fields"):
-                parts = [_plain(f["text"]).replace("\n", " ") for f in block["fields"]]
+                parts = [plain(f["text"]).replace("\n", " ") for f in block["fields"]]
                 lines.append(" · ".join(parts))
             if block.get("text"):
-                lines.extend(_plain(block["text"]["text"]).replace("*Why*\n", "Why: ").splitlines())
+                lines.extend(plain(block["text"]["text"]).replace("*Why*\n", "Why: ").splitlines())
         elif kind == "context":
-            lines.append(" · ".join(_plain(e.get("text", "")) for e in block.get("elements", [])))
+            lines.append(" · ".join(plain(e.get("text", "")) for e in block.get("elements", [])))
         elif kind == "actions":
             buttons = []
             for element in block.get("elements", []):
@@ -83,6 +89,17 @@ class Transcript:
             return f"{self.names.get(user, user)} (DM)"
         return channel
 
+    def _shown(self, text: str) -> str:
+        """Text as Slack shows it: mentions and channel links by name, entities decoded
+        (mentions first, so typed text that only looks like one stays as typed)."""
+
+        def name(found: re.Match[str]) -> str:
+            if found[1] == "@":
+                return "@" + self.names.get(found[2], found[2])
+            return self.channels.get(found[2], "#" + found[2])
+
+        return html.unescape(_MENTIONS.sub(name, text))
+
     def heading(self, text: str) -> None:
         self._print()
         self._print(f"── {text} " + "─" * max(0, 72 - len(text)))
@@ -119,7 +136,7 @@ class Transcript:
             if not pending_updates:
                 return
             where = ", ".join(self._who(str(c.args.get("channel", ""))) for c in pending_updates)
-            text = _plain(str(pending_updates[0].args.get("text", "")))
+            text = self._shown(str(pending_updates[0].args.get("text", "")))
             self._print(f"      WardKey updates the card in place for {where}:")
             self._print(f"        │ {text}")
             pending_updates.clear()
@@ -153,27 +170,29 @@ class Transcript:
         actor = self.names.get(self._actor, self._actor)
         if call.method == "chat.postMessage":
             self._print(f"      WardKey → {self._who(str(call.response.get('channel', '')))}:")
-            lines = render_blocks(args["blocks"]) if args.get("blocks") else []
-            for line in lines or _plain(str(args.get("text", ""))).splitlines():
+            lines = render_blocks(args["blocks"], self._shown) if args.get("blocks") else []
+            for line in lines or self._shown(str(args.get("text", ""))).splitlines():
                 self._print(f"        │ {line}")
         elif call.method == "chat.postEphemeral":
             who = self.names.get(str(args.get("user")), str(args.get("user")))
-            self._print(f"      WardKey → {who} (only they see this): {_plain(args['text'])}")
+            self._print(f"      WardKey → {who} (only they see this): {self._shown(args['text'])}")
         elif call.method == "response_url":
-            text = _plain(str(args.get("text", "")))
-            self._print(f"      WardKey → {actor} (only they see this):")
-            for line in text.splitlines():
+            text = self._shown(str(args.get("text", "")))
+            replaced = " (in place of its earlier reply)" if args.get("replace_original") else ""
+            self._print(f"      WardKey → {actor} (only they see this){replaced}:")
+            lines = render_blocks(args["blocks"], self._shown) if args.get("blocks") else []
+            for line in lines or text.splitlines():
                 self._print(f"        │ {line}")
         elif call.method == "views.publish":
             who = self.names.get(str(args.get("user_id")), str(args.get("user_id")))
             self._print(f"      WardKey draws the App Home of {who}:")
-            for line in render_blocks(args.get("view", {}).get("blocks", [])):
+            for line in render_blocks(args.get("view", {}).get("blocks", []), self._shown):
                 self._print(f"        │ {line}")
         elif call.method in ("views.open", "views.update"):
             view = args.get("view", {})
             title = view.get("title", {}).get("text", "")
             self._print(f"      WardKey opens a form for {actor}: “{title}”")
-            for line in render_blocks(view.get("blocks", [])):
+            for line in render_blocks(view.get("blocks", []), self._shown):
                 self._print(f"        │ {line}")
         else:
             self._print(f"      WardKey calls {call.method}")

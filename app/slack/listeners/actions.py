@@ -81,6 +81,11 @@ def register(app: App, deps: SlackDeps) -> None:
                 request_id = int(action["value"])
                 if progress.outcome == NOTIFIED:
                     return  # a redelivery of a click whose work was all done
+                container = body.get("container") or {}
+                if container.get("type") == "view":
+                    # Clicked on the App Home: the change redraws it (homes looked at lately
+                    # are redrawn with each change), once, after the cancel is recorded.
+                    deps.service.remember_home_opened(caller(context).user_id)
                 if progress.outcome != APPLIED:
                     try:
                         view = deps.service.cancel(request_id, deps.person(context))
@@ -91,12 +96,9 @@ def register(app: App, deps: SlackDeps) -> None:
                     progress.step(APPLIED)
                 else:
                     view = deps.service.get(request_id)
-                deps.notifier.request_changed(view)  # cards and DM update from the outbox
-                container = body.get("container") or {}
+                deps.notifier.request_changed(view)  # cards, DM and home, from the outbox
                 if container.get("is_ephemeral"):  # the reply to /jit request: replace it
                     respond(replace_original=True, text=cancelled_text(view))
-                elif container.get("type") == "view":  # the App Home: draw it again
-                    deps.notifier.publish_home(caller(context).user_id)
                 progress.step(NOTIFIED)
 
         deps.after_ack(withdraw)
