@@ -126,6 +126,8 @@ class TestCancelCommand(SlackOnSqlite):
         rid = ask(slack)
         slack.command("/jit", f"cancel {rid}", "U0BEN")  # Ben approves; he cannot withdraw it
         assert "Only the person who asked for request" in slack.replies(2)[-1]
+        slack.command("/jit", f"cancel {rid}", "U0GITA")  # nor can a WardKey admin
+        assert "Only the person who asked for request" in slack.replies(3)[-1]
         slack.settle()
         assert service.get(rid).state == S.PENDING
         assert card_updates(slack, rid) == []
