@@ -28,6 +28,7 @@ from sqlalchemy.pool import NullPool
 
 from app.clock import Clock, SystemClock
 from app.metrics import metrics_text
+from app.priority import ACKS
 from app.slack import intake
 from app.slack.intake import Intake, NotRecorded, payload_of
 from app.store.db import Database, bounded
@@ -244,7 +245,8 @@ class WardKeyWSGI:
         if path == "/metrics":
             return self._metrics(environ, start_response)
         if path == "/slack/events":
-            return self._slack_events(environ, start_response)
+            with ACKS.acking():
+                return self._slack_events(environ, start_response)
         return _text(start_response, "404 Not Found", "not found")
 
     def _slack_events(

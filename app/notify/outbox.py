@@ -40,6 +40,7 @@ from sqlalchemy import TextClause, bindparam, func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from app.clock import Clock
+from app.priority import ACKS
 from app.store.db import Database, is_database_error
 from app.store.models import OutboxItem, OutboxState, RequestMessage, UTCDateTime
 
@@ -517,6 +518,28 @@ class Outbox:
             raise Refused(f"unknown method {call.method}")
         self._slack_answered()
         self._record_sent(item, call, channel, ts)
+
+    def _draw_late(self, item: Claimed, call: OutCall) -> OutCall | None:
+        """A late call drawn now, from the calls before it in its group (all done or refused:
+        its lane sends them in order)."""
+        with self.db.read() as session:
+            parent, step = session.execute(
+                select(OutboxItem.parent, OutboxItem.step).where(OutboxItem.id == item.id)
+            ).one()
+            rows = session.execute(
+                select(OutboxItem.body, OutboxItem.state, OutboxItem.last_error)
+                .where(OutboxItem.parent == parent, OutboxItem.step < step)
+                .where(OutboxItem.kind == "call")
+                .order_by(OutboxItem.step)
+            ).all()
+        before = [
+            Delivered(OutCall.from_json(body), state == OutboxState.DONE.value, error)
+            for body, state, error in (rows if parent is not None else [])
+        ]
+        try:
+            return self.renderer.draw_late(call, before)
+        except SlackApiError as exc:
+            raise _classify(exc) from exc
 
     def _record_sent(
         self, item: Claimed, call: OutCall, channel: str | None, ts: str | None

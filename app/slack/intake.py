@@ -45,6 +45,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from app.clock import Clock, SystemClock
+from app.priority import ACKS
 from app.store.db import Database, bounded
 
 log = logging.getLogger(__name__)
@@ -484,6 +485,7 @@ class Intake:
         with self._lock:
             self._in_hand.add(pending.key)
         try:
+            ACKS.wait_turn()
             return self._run_jobs(pending, owner)
         finally:
             with self._lock:

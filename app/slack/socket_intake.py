@@ -14,6 +14,7 @@ from slack_sdk.socket_mode.client import BaseSocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
+from app.priority import ACKS
 from app.slack import intake
 from app.slack.intake import SOCKET_HEADER, Intake, NotRecorded
 
@@ -24,6 +25,10 @@ class RecordingSocketModeHandler(SocketModeHandler):
         self.inbox = inbox
 
     def handle(self, client: BaseSocketModeClient, req: SocketModeRequest) -> None:
+        with ACKS.acking():
+            self._handle(client, req)
+
+    def _handle(self, client: BaseSocketModeClient, req: SocketModeRequest) -> None:
         started = time.time()
         key = f"socket:{req.envelope_id}"[:100]
         headers = {SOCKET_HEADER: "1", "content-type": "application/json"}
