@@ -778,6 +778,7 @@ class Outbox:
         def send(item: Claimed) -> None:
             nonlocal busy
             try:
+                ACKS.wait_turn()
                 self._deliver(item)
             except Exception as exc:
                 self._log_failure("outbox_delivery_failed", exc)
