@@ -116,7 +116,11 @@ class TestValidation:
             )
             for p in found
         )
-        assert "targets.pharmacy-db.roles.read.colour: unknown field (check the spelling)" in found
+        assert (
+            "targets.pharmacy-db.roles.read.colour: unknown field 'colour'; a role has path, "
+            "entitlement, eligible, max_duration, break_glass, record_sessions, description"
+            in found
+        )
         assert any(p.startswith("groups.managers.2: 'not a person'") for p in found)
 
     def test_every_semantic_problem_at_once(self) -> None:
@@ -128,8 +132,14 @@ class TestValidation:
         data["paths"]["admin"]["approvers"] = [{"rota": "nobody"}]
         data["paths"]["engineering"]["approvals"] = 4
         found = problems(data)
-        assert "targets.pharmacy-db.roles.owner.path: unknown path 'enginering'" in found
-        assert "targets.pharmacy-db.roles.read.eligible.1: unknown group 'nurses'" in found
+        assert (
+            "targets.pharmacy-db.roles.owner.path: unknown path 'enginering' (did you mean "
+            "'engineering'?)" in found
+        )
+        assert (
+            "targets.pharmacy-db.roles.read.eligible.1: unknown group 'nurses'; the groups are "
+            "clinical-systems, infra-leads, infrastructure, managers, wardkey-admins" in found
+        )
         assert (
             "targets.pharmacy-db.roles.read.max_duration: is above the clinical path's cap of 2h"
             in found
@@ -138,7 +148,10 @@ class TestValidation:
             p.startswith("targets.pharmacy-db.settings.password: looks like an inline secret")
             for p in found
         )
-        assert "paths.admin.approvers.0.rota: unknown rota 'nobody'" in found
+        assert (
+            "paths.admin.approvers.0.rota: unknown rota 'nobody'; the rotas are clinical-oncall"
+            in found
+        )
         assert any(
             p.startswith("paths.engineering.approvals: needs 4 approvals but at most 3")
             for p in found
@@ -168,7 +181,10 @@ class TestValidation:
         ]
         found = problems(data)
         assert "oncall.clinical-oncall.members: lists the same member twice" in found
-        assert "oncall.clinical-oncall.escalation: unknown group 'bosses'" in found
+        assert any(
+            p.startswith("oncall.clinical-oncall.escalation: unknown group 'bosses'; the groups")
+            for p in found
+        )
         assert (
             "oncall.clinical-oncall.overrides.0.replaces: 'dev@ward.nhs.uk' is not a member of "
             "this rota" in found
@@ -222,8 +238,195 @@ class TestValidation:
     def test_yaml_syntax_error_gives_the_line(self) -> None:
         with pytest.raises(PolicyError) as caught:
             parse_policy("timezone: Europe/London\ngroups: [unclosed\n")
-        assert caught.value.issues[0].line is not None
-        assert "not valid YAML" in caught.value.issues[0].message
+        assert [str(i) for i in caught.value.issues] == [
+            "line 2: the '[' opened here is not closed: add ']' at its end, with commas between "
+            "the items"
+        ]
+
+
+def mistakes(text: str) -> list[str]:
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text)
+    return [str(i) for i in caught.value.issues]
+
+
+def line_of(text: str, fragment: str) -> int:
+    return next(n for n, line in enumerate(text.splitlines(), 1) if fragment in line)
+
+
+class TestWordingForPeople:
+    """`policy check` in WardKey's words: the nearest name for a typo, indentation explained,
+    never pydantic's "Field required" or "Input should be"."""
+
+    def test_a_typo_in_a_field_name_suggests_the_field_and_is_said_once(self) -> None:
+        text = WARD.read_text().replace("    max_duration: 2h\n", "    max_duraton: 2h\n", 1)
+        assert mistakes(text) == [
+            "paths.clinical.max_duraton: unknown field 'max_duraton' (did you mean "
+            f"'max_duration'?) (line {line_of(text, 'max_duraton')})"
+        ]
+
+    def test_a_typo_in_a_section_or_value_suggests_the_nearest(self) -> None:
+        text = WARD.read_text().replace("groups:", "grups:", 1).replace("daily", "dayly", 1)
+        found = mistakes(text)
+        assert (
+            f"grups: unknown field 'grups' (did you mean 'groups'?) (line {line_of(text, 'grups')})"
+            in found
+        )
+        assert (
+            "oncall.clinical-oncall.rotation: must be one of daily, weekly; found text 'dayly' "
+            f"(did you mean 'daily'?) (line {line_of(text, 'dayly')})" in found
+        )
+        assert not any("Field required" in f or "Input should" in f for f in found)
+
+    def test_unknown_target_and_role_of_a_service_account(self) -> None:
+        data = ward()
+        data["identities"] = {
+            "svc-lab": {
+                "owner": "dev@ward.nhs.uk",
+                "purpose": "lab feed",
+                "target": "pharmacy-dbb",
+                "role": "read",
+                "account": "svc_lab",
+                "max_duration": "1h",
+            },
+            "svc-two": {
+                "owner": "dev@ward.nhs.uk",
+                "purpose": "lab feed",
+                "target": "pharmacy-db",
+                "role": "onwer",
+                "account": "svc_two",
+                "max_duration": "1h",
+            },
+        }
+        found = problems(data)
+        assert (
+            "identities.svc-lab.target: unknown target 'pharmacy-dbb' (did you mean "
+            "'pharmacy-db'?)" in found
+        )
+        assert (
+            "identities.svc-two.role: pharmacy-db has no role 'onwer' (did you mean 'owner'?)"
+            in found
+        )
+
+    def test_a_missing_field_is_named_with_what_needs_it(self) -> None:
+        data = ward()
+        del data["paths"]["admin"]["risk"]
+        del data["channels"]
+        found = problems(data)
+        assert "paths.admin.risk: missing: an access path needs 'risk'" in found
+        assert "channels: missing: the policy (top level) needs 'channels'" in found
+
+    def test_a_key_indented_too_little_is_explained_once(self) -> None:
+        text = WARD.read_text().replace("    roles:\n", "  roles:\n", 1)
+        line = line_of(text, "  roles:")
+        target = line_of(text, "pharmacy-db:")
+        assert mistakes(text) == [
+            f"targets.pharmacy-db.roles: missing: a target needs 'roles'; 'roles' is on line "
+            f"{line}, one level further out: indent it under 'pharmacy-db' (line {target})"
+        ]
+
+    def test_a_field_at_the_wrong_level_says_where_it_belongs(self) -> None:
+        text = WARD.read_text().replace("    roles:\n", "    break_glass: true\n    roles:\n", 1)
+        assert mistakes(text) == [
+            "targets.pharmacy-db.break_glass: unknown field 'break_glass' for a target; it "
+            "belongs to a role (roles.<name>.break_glass): is it indented too little? "
+            f"(line {line_of(text, 'break_glass: true')})"
+        ]
+
+    @pytest.mark.parametrize(
+        ("text", "said"),
+        [
+            (
+                "groups:\n\tnurses: [a@b.cc]\n",
+                "line 2: starts with a tab: YAML indents with spaces",
+            ),
+            (
+                "groups:\n  nurses:\n    - a@b.cc\n   managers: [x@b.cc]\n",
+                "line 4: indented 3 spaces, which lines up with nothing above it: the block it "
+                "seems to continue (line 2) is indented 2 spaces",
+            ),
+            (
+                "paths:\n  admin:\n    risk high\n    approvals: 2\n",
+                "line 3: 'risk high' has no ':' after its key; write it as 'key: value'",
+            ),
+            (
+                "organisation: St Elsewhere: the trust\n",
+                "line 1: has ': ' inside a value; put the whole value in quotes",
+            ),
+            (
+                "paths:\n  admin:\n    risk: high\n  - x\n",
+                "line 4: a list item ('- …') where a 'key: value' line was expected",
+            ),
+            (
+                'organisation: "St Elsewhere\ntimezone: UTC\n',
+                "line 1: a quote opened here is never",
+            ),
+            ("", "(top level): the manifest is empty"),
+        ],
+    )
+    def test_yaml_mistakes_are_explained_in_words_at_their_line(self, text: str, said: str) -> None:
+        found = mistakes(text)
+        assert len(found) == 1 and found[0].startswith(said), found
+
+    def test_a_list_item_indented_too_far_is_pointed_out(self) -> None:
+        text = WARD.read_text().replace(
+            "  managers:",
+            "  managers:\n    - gita@ward.nhs.uk\n      - hana@ward.nhs.uk\n  old:",
+            1,
+        )
+        assert any("a '- ' item indented deeper than the one above it" in f for f in mistakes(text))
+
+    @pytest.mark.parametrize(
+        ("written", "said"),
+        [
+            (
+                "2 days",
+                "'2 days' is not a duration; write it like 15m, 2h, 1h30m or 7d "
+                "(did you mean '2d'?)",
+            ),
+            ("2 weeks", "(did you mean '14d'?)"),
+            ("1.5h", "(did you mean '1h30m'?)"),
+            ("90", "90 has no unit: write 90m, 90h or 90d"),
+        ],
+    )
+    def test_durations_hint_what_was_meant(self, written: str, said: str) -> None:
+        data = ward()
+        data["paths"]["engineering"]["max_duration"] = (
+            int(written) if written.isdigit() else written
+        )
+        found = problems(data)
+        assert any(f.startswith("paths.engineering.max_duration: ") and said in f for f in found), (
+            found
+        )
+
+    def test_days_are_accepted_where_days_make_sense(self) -> None:
+        data = ward()
+        data["paths"]["breakglass"]["review_within"] = "2d"
+        data["paths"]["engineering"]["max_total_duration"] = "1d"
+        policy = parse_policy(yaml.safe_dump(data, sort_keys=False))
+        assert policy.paths["breakglass"].review_within == timedelta(days=2)
+        assert policy.paths["engineering"].max_total_duration == timedelta(days=1)
+
+    def test_an_unquoted_time_is_refused_not_read_as_minutes(self) -> None:
+        text = WARD.read_text().replace("rotation: daily", "rotation: daily\n    handoff: 9:00", 1)
+        text = text.replace('    handoff: "08:00"\n', "", 1).replace(
+            "    handoff: '08:00'\n", "", 1
+        )
+        found = [f for f in mistakes(text) if "handoff" in f]
+        assert found and "write the time in quotes, like '09:00'" in found[0], found
+
+    def test_policy_check_prints_the_same_words(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        broken = tmp_path / "policy.yaml"
+        broken.write_text(EXAMPLE.read_text().replace("risk: high", "risk: hgh", 1))
+        assert main(["policy", "check", str(broken)]) == 1
+        err = capsys.readouterr().err
+        assert (
+            "must be one of low, medium, high, critical; found text 'hgh' (did you mean 'high'?)"
+            in err
+        )
+        assert "Input should" not in err
 
 
 def zone_policy(rotation: str, handoff: str, starts: str, **extra: Any) -> Policy:

@@ -6,12 +6,13 @@ list every problem at once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import combinations
 
 from app.adapters.registry import connection_problems, settings_problems
 from app.policy.durations import format_duration
+from app.policy.errors import did_you_mean
 from app.policy.model import BREAK_GLASS_PATH, REQUIRED_PATHS, WEEKDAYS, Policy
 from app.policy.rota import override_window
 
@@ -32,6 +33,8 @@ class PolicyIssue:
         return ".".join(str(part) for part in self.loc) or "(top level)"
 
     def __str__(self) -> str:
+        if not self.loc and self.line:  # the file as text (YAML syntax): the line is the place
+            return f"line {self.line}: {self.message}"
         suffix = f" (line {self.line})" if self.line else ""
         return f"{self.where}: {self.message}{suffix}"
 
@@ -84,9 +87,9 @@ def _source(
     policy: Policy, loc: Location, group: str | None, rota: str | None
 ) -> Iterator[PolicyIssue]:
     if group is not None and group not in policy.groups:
-        yield PolicyIssue((*loc, "group"), f"unknown group '{group}'")
+        yield PolicyIssue((*loc, "group"), _unknown("group", group, policy.groups))
     if rota is not None and rota not in policy.oncall:
-        yield PolicyIssue((*loc, "rota"), f"unknown rota '{rota}'")
+        yield PolicyIssue((*loc, "rota"), _unknown("rota", rota, policy.oncall))
 
 
 def _satisfiable(policy: Policy, name: str) -> Iterator[PolicyIssue]:
@@ -124,7 +127,7 @@ def _satisfiable(policy: Policy, name: str) -> Iterator[PolicyIssue]:
 
 def _people_and_groups(policy: Policy) -> Iterator[PolicyIssue]:
     if policy.admins not in policy.groups:
-        yield PolicyIssue(("admins",), f"unknown group '{policy.admins}'")
+        yield PolicyIssue(("admins",), _unknown("group", policy.admins, policy.groups))
     owner: dict[str, str] = {}
     for primary, aliases in policy.people.items():
         for account in (primary, *aliases.accounts):
@@ -162,7 +165,9 @@ def _rotas(policy: Policy) -> Iterator[PolicyIssue]:
                 f"{rota.handoff_day}s",
             )
         if rota.escalation is not None and rota.escalation not in policy.groups:
-            yield PolicyIssue((*loc, "escalation"), f"unknown group '{rota.escalation}'")
+            yield PolicyIssue(
+                (*loc, "escalation"), _unknown("group", rota.escalation, policy.groups)
+            )
         for i, override in enumerate(rota.overrides):
             if override.replaces is None and rota.on_call > 1:
                 yield PolicyIssue(
@@ -209,11 +214,13 @@ def _targets(policy: Policy) -> Iterator[PolicyIssue]:
                 )
                 continue
             if role.path not in policy.paths:
-                yield PolicyIssue((*role_loc, "path"), f"unknown path '{role.path}'")
+                yield PolicyIssue((*role_loc, "path"), _unknown("path", role.path, policy.paths))
                 continue
             for i, group in enumerate(role.eligible):
                 if group not in policy.groups:
-                    yield PolicyIssue((*role_loc, "eligible", i), f"unknown group '{group}'")
+                    yield PolicyIssue(
+                        (*role_loc, "eligible", i), _unknown("group", group, policy.groups)
+                    )
             cap = policy.paths[role.path].max_duration
             if role.max_duration is not None and role.max_duration > cap:
                 yield PolicyIssue(
@@ -243,11 +250,15 @@ def _identities(policy: Policy) -> Iterator[PolicyIssue]:
         loc: Location = ("identities", name)
         target = policy.targets.get(identity.target)
         if target is None:
-            yield PolicyIssue((*loc, "target"), f"unknown target '{identity.target}'")
+            yield PolicyIssue((*loc, "target"), _unknown("target", identity.target, policy.targets))
             continue
         role = target.roles.get(identity.role)
         if role is None:
-            yield PolicyIssue((*loc, "role"), f"{identity.target} has no role '{identity.role}'")
+            yield PolicyIssue(
+                (*loc, "role"),
+                f"{identity.target} has no role '{identity.role}'"
+                + did_you_mean(identity.role, target.roles),
+            )
             continue
         path = policy.paths.get(role.path)
         if path is not None and identity.max_duration > path.max_duration:
@@ -269,6 +280,17 @@ def _vendors(policy: Policy) -> Iterator[PolicyIssue]:
                     (*loc, "people"), f"'{person}' is already listed under vendor {seen[person]}"
                 )
             seen[person] = name
+
+
+def _unknown(kind: str, name: str, known: Iterable[str]) -> str:
+    """ "unknown group 'nurse' (did you mean 'nurses'?)", or with what there is."""
+    names = sorted(known)
+    hint = did_you_mean(name, names)
+    if not hint and names and len(names) <= 8:
+        hint = f"; the {kind}s are {', '.join(names)}"
+    elif not names:
+        hint = f"; no {kind}s are defined"
+    return f"unknown {kind} '{name}'{hint}"
 
 
 def _count(n: int, noun: str) -> str:

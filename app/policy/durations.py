@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import timedelta
 
 _DURATION = re.compile(r"^(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?$")
@@ -47,3 +48,35 @@ def format_duration(value: timedelta) -> str:
         f"{minutes}m" if minutes else "",
     ]
     return "".join(parts)
+
+
+_WORDS: tuple[tuple[re.Pattern[str], Callable[[str], str]], ...] = (
+    (re.compile(r"(\d+)\s*(?:weeks?|wks?|w)\b"), lambda n: f"{int(n) * 7}d"),
+    (re.compile(r"(\d+)\s*(?:days?|d)\b"), lambda n: f"{n}d"),
+    (re.compile(r"(\d+)\s*(?:hours?|hrs?|h)\b"), lambda n: f"{n}h"),
+    (re.compile(r"(\d+)\s*(?:minutes?|mins?|m)\b"), lambda n: f"{n}m"),
+)
+
+
+def _in(unit: Callable[[str], str]) -> Callable[[re.Match[str]], str]:
+    return lambda match: unit(match.group(1))
+
+
+def suggest_duration(text: str) -> str | None:
+    """What someone probably meant by a duration that does not parse: '2 weeks' -> '14d',
+    '1.5h' -> '1h30m', '3 days' -> '3d', '90' -> None (the unit cannot be guessed)."""
+    cleaned = text.strip().lower()
+    decimal = re.fullmatch(r"(\d+)\.(\d+)\s*(h|hours?|d|days?)", cleaned)
+    if decimal:
+        per = 60 if decimal.group(3).startswith("h") else 24 * 60
+        minutes = round(float(f"{decimal.group(1)}.{decimal.group(2)}") * per)
+        cleaned = f"{minutes}m"
+    else:
+        for pattern, unit in _WORDS:
+            cleaned = pattern.sub(_in(unit), cleaned)
+        cleaned = re.sub(r"[\s,]+|and", "", cleaned)
+    try:
+        value = parse_duration(cleaned)
+    except DurationError:
+        return None
+    return format_duration(value)

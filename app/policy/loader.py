@@ -9,6 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from app.policy.checks import Location, PolicyIssue, semantic_issues
+from app.policy.errors import MISPLACED, did_you_mean, pydantic_message, yaml_message
 from app.policy.model import Policy
 
 
@@ -38,18 +39,23 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise PolicyError(source, [PolicyIssue((), f"not valid YAML: {problem}", line)]) from None
+        line, message = yaml_message(exc, text)
+        raise PolicyError(source, [PolicyIssue((), message, line)]) from None
+    if data is None:
+        raise PolicyError(source, [PolicyIssue((), "the manifest is empty")])
     if not isinstance(data, dict):
-        raise PolicyError(source, [PolicyIssue((), "the manifest must be a YAML mapping")])
-    lines = _LineIndex(root)
+        raise PolicyError(
+            source,
+            [PolicyIssue((), "the manifest must be 'key: value' lines (timezone:, groups:, …)")],
+        )
+    lines = LineIndex(root)
     issues = lines.duplicate_keys()
     try:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
-        issues += [_issue_from_pydantic(err, lines) for err in exc.errors()]
+        issues += _misplaced_once(
+            [_issue_from_pydantic(err, lines) for err in _without_echoes(exc.errors())]
+        )
         issues.sort(key=lambda i: i.line or 0)
         raise PolicyError(source, issues, complete=False) from None
     issues += [PolicyIssue(i.loc, i.message, lines.line_of(i.loc)) for i in semantic_issues(policy)]
@@ -58,24 +64,76 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
     return policy
 
 
-def _issue_from_pydantic(error: Any, lines: _LineIndex) -> PolicyIssue:
-    loc = tuple(part for part in error["loc"] if part != "[key]")
-    message = str(error["msg"]).removeprefix("Value error, ")
-    kind = error["type"]
-    if kind == "missing":
-        message = "required, but missing"
-    elif kind == "extra_forbidden":
-        message = "unknown field (check the spelling)"
-    elif "[key]" in error["loc"]:
-        message = f"bad name: {message}"
-    return PolicyIssue(loc, message, lines.line_of(loc))
+def _issue_from_pydantic(error: Any, lines: LineIndex) -> PolicyIssue:
+    loc, message = pydantic_message(error, lines)
+    if error["type"] == "extra_forbidden":
+        line = lines.key_line(loc)
+    elif error["type"] == "missing":
+        line = lines.key_line(loc[:-1])  # the mapping that lacks it
+    else:
+        line = lines.line_of(loc)
+    return PolicyIssue(loc, message, line)
 
 
-class _LineIndex:
+def _misplaced_once(issues: list[PolicyIssue]) -> list[PolicyIssue]:
+    """A key written one level too far out is read as an entry of its own (a target called
+    'roles'): once that is said, the errors inside that entry are only its echoes."""
+    misplaced = {(*issue.loc[:-2], issue.loc[-1]) for issue in issues if MISPLACED in issue.message}
+    return [
+        issue
+        for issue in issues
+        if not any(len(issue.loc) > len(m) and issue.loc[: len(m)] == m for m in misplaced)
+    ]
+
+
+def _without_echoes(errors: list[Any]) -> list[Any]:
+    """A misspelt field is also a missing one: say it once, as the misspelling."""
+    misspelt = {
+        (tuple(e["loc"][:-1]), str(e["loc"][-1])) for e in errors if e["type"] == "extra_forbidden"
+    }
+
+    def echo(error: Any) -> bool:
+        parent, name = tuple(error["loc"][:-1]), str(error["loc"][-1])
+        return error["type"] == "missing" and any(
+            p == parent and did_you_mean(typo, [name]) for p, typo in misspelt
+        )
+
+    return [e for e in errors if not echo(e)]
+
+
+class LineIndex:
     """Maps a location such as ('targets', 'db', 'roles') to its line in the YAML text."""
 
     def __init__(self, root: yaml.Node | None) -> None:
         self.root = root
+
+    @classmethod
+    def of(cls, text: str) -> LineIndex:
+        """The lines of a manifest's text (which must be valid YAML)."""
+        return cls(yaml.compose(text, Loader=yaml.SafeLoader))
+
+    def _node(self, loc: Location) -> yaml.Node | None:
+        node = self.root
+        for part in loc:
+            node = self._child(node, part)
+            if node is None:
+                return None
+        return node
+
+    def has_key(self, loc: Location, key: str) -> bool:
+        node = self._node(loc)
+        return isinstance(node, yaml.MappingNode) and any(
+            str(k.value) == key for k, _ in node.value
+        )
+
+    def key_line(self, loc: Location) -> int | None:
+        """The line of the key that names `loc` (for a mapping entry), else of its value."""
+        parent = self._node(loc[:-1]) if loc else None
+        if isinstance(parent, yaml.MappingNode):
+            for key, _ in parent.value:
+                if str(key.value) == str(loc[-1]):
+                    return int(key.start_mark.line) + 1
+        return self.line_of(loc)
 
     def line_of(self, loc: Location) -> int | None:
         node = self.root

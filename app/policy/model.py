@@ -22,7 +22,12 @@ from pydantic import (
     model_validator,
 )
 
-from app.policy.durations import format_duration, parse_duration
+from app.policy.durations import (
+    DurationError,
+    format_duration,
+    parse_duration,
+    suggest_duration,
+)
 
 BREAK_GLASS_PATH = "breakglass"
 REQUIRED_PATHS = ("clinical", "admin", "engineering", BREAK_GLASS_PATH)
@@ -38,9 +43,20 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 def _duration(value: Any) -> timedelta:
     if isinstance(value, timedelta):
         return value
-    if not isinstance(value, str):
-        raise ValueError("write a duration as text like 15m, 2h or 1h30m")
-    return parse_duration(value)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError("write a duration like 15m, 2h, 1h30m or 7d")
+    if isinstance(value, int):
+        raise ValueError(f"{value} has no unit: write {value}m, {value}h or {value}d")
+    try:
+        return parse_duration(value)
+    except DurationError as exc:
+        if "more than a year" in str(exc):
+            raise
+        meant = suggest_duration(value)
+        hint = f" (did you mean '{meant}'?)" if meant else ""
+        raise ValueError(
+            f"'{value[:40]}' is not a duration; write it like 15m, 2h, 1h30m or 7d{hint}"
+        ) from None
 
 
 Duration = Annotated[
@@ -54,7 +70,14 @@ def _member(value: str) -> str:
         return cleaned
     if _EMAIL.match(cleaned):
         return cleaned.lower()
-    raise ValueError(f"'{value}' is neither a Slack user ID (U0123ABCD) nor an e-mail address")
+    hint = (
+        " (a '- ' item indented deeper than the one above it is read as part of it: line them up)"
+        if " - " in cleaned
+        else ""
+    )
+    raise ValueError(
+        f"'{value}' is neither a Slack user ID (U0123ABCD) nor an e-mail address{hint}"
+    )
 
 
 Member = Annotated[str, AfterValidator(_member)]
@@ -125,6 +148,17 @@ def _zone(value: str) -> str:
 TimeZoneName = Annotated[str, AfterValidator(_zone)]
 
 
+def _time_of_day(value: Any) -> Any:
+    # YAML 1.1 reads 9:00 unquoted as the number 540 (base 60), which pydantic would take as
+    # 00:09: a number is never a time of day here.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError("write the time in quotes, like '09:00' (YAML reads 9:00 as a number)")
+    return value
+
+
+TimeOfDay = Annotated[time, BeforeValidator(_time_of_day)]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -157,7 +191,7 @@ class RotaOverride(Strict):
 class Rota(Strict):
     members: list[Member]
     rotation: Literal["daily", "weekly"]
-    handoff: time = time(9, 0)
+    handoff: TimeOfDay = time(9, 0)
     handoff_day: Literal[
         "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"
     ] = "monday"
@@ -318,7 +352,7 @@ class Policy(Strict):
     targets: dict[Name, Target]
     identities: dict[Name, Identity] = {}
     vendors: dict[Name, Vendor] = {}
-    digest_at: time | None = Field(
+    digest_at: TimeOfDay | None = Field(
         default=time(8, 0),
         description="Local time of the daily digest to the managers' channel; null: none.",
     )
