@@ -253,7 +253,7 @@ def outcome_line(view: RequestView, zone: ZoneInfo) -> str:
             if view.end_reason and view.ended_by == "wardkey":
                 return f"↩️ Cancelled by WardKey: {inert(view.end_reason)}"
             why = f": {inert(view.end_reason)}" if view.end_reason else ""
-            if view.ended_by == view.requester:  # withdrawn, or replaced by break-glass
+            if view.cancelled_by_requester:  # withdrawn, or replaced by their break-glass
                 who = mention(view.requester_slack_id, view.requester)
                 return f"↩️ Cancelled by {who} at {clock_time(view.ended_at, zone)}{why}"
             if view.end_reason:

@@ -427,7 +427,7 @@ class Notifier:
         if to == S.GRANT_FAILED:
             self.grant_failed(view)  # the card and the requester's DM say admins are told
         self._update_cards(view)
-        if not (notice.action == "request.cancelled" and notice.actor == view.requester):
+        if not (notice.action == "request.cancelled" and view.cancelled_by_requester):
             # (A requester who cancelled was answered where they did it: the reply to
             # /jit cancel or /breakglass, their DM about it updated in place, their home.)
             self.tell_requester(view if view.state == to else replace(view, state=to))

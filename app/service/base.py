@@ -412,7 +412,7 @@ class ServiceBase:
             at=now,
             actor=actor,
             action="request.cancelled",
-            changes={"ended_at": now, "ended_by": actor, "end_reason": why},
+            changes={"ended_at": now, "ended_by": actor, "end_reason": why, "end_cause": cause},
             data={**(facts or {}), "by": actor, "cause": cause, "why": why},
         )
 

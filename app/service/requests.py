@@ -27,7 +27,7 @@ from app.service.errors import (
 )
 from app.service.identities import IdentityCases
 from app.service.transitions import StaleState
-from app.service.views import RequestView
+from app.service.views import REPLACED_BY_BREAK_GLASS, WITHDRAWN, RequestView
 from app.store.models import (
     AccessRequest,
     AuditEvent,
@@ -142,7 +142,7 @@ class RequestCases(IdentityCases):
                 now,
                 key,
                 f"replaced by break-glass #{new_id}",
-                "replaced_by_break_glass",
+                REPLACED_BY_BREAK_GLASS,
                 {"replaced_by": new_id},
             )
             return new_id, {
@@ -398,8 +398,13 @@ class RequestCases(IdentityCases):
                     at=now,
                     actor=key,
                     action="request.cancelled",
-                    changes={"ended_at": now, "ended_by": key, "end_reason": why},
-                    data={"by": key, "cause": "withdrawn_by_requester", "why": why},
+                    changes={
+                        "ended_at": now,
+                        "ended_by": key,
+                        "end_reason": why,
+                        "end_cause": WITHDRAWN,
+                    },
+                    data={"by": key, "cause": WITHDRAWN, "why": why},
                 )
                 return self._view(session, req)
 

@@ -7,6 +7,10 @@ from datetime import datetime, timedelta
 
 from app.store.models import AccessRequest, Decision, RequestState, Review
 
+# Causes of a cancellation the requester chose themselves (AccessRequest.end_cause).
+WITHDRAWN = "withdrawn_by_requester"
+REPLACED_BY_BREAK_GLASS = "replaced_by_break_glass"
+
 
 @dataclass(frozen=True)
 class DecisionView:
@@ -62,6 +66,7 @@ class RequestView:
     decisions: tuple[DecisionView, ...]
     review: ReviewView | None
     sponsor: str | None = None  # a vendor's sponsor, who must approve too
+    end_cause: str | None = None  # why it ended, as a word (see AccessRequest.end_cause)
 
     @property
     def approvals(self) -> tuple[DecisionView, ...]:
@@ -78,6 +83,14 @@ class RequestView:
         return any(
             d.as_sponsor and d.outcome == "approve" and d.round == self.approval_round
             for d in self.decisions
+        )
+
+    @property
+    def cancelled_by_requester(self) -> bool:
+        """Withdrawn by the requester, or replaced by their own break-glass."""
+        return self.state == RequestState.CANCELLED and self.end_cause in (
+            WITHDRAWN,
+            REPLACED_BY_BREAK_GLASS,
         )
 
     @property
@@ -142,4 +155,5 @@ class RequestView:
                 else None
             ),
             sponsor=req.sponsor,
+            end_cause=req.end_cause,
         )

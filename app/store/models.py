@@ -140,6 +140,9 @@ class AccessRequest(Base):
     escalation_level: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     ended_by: Mapped[str | None] = mapped_column(String(320))
     end_reason: Mapped[str | None] = mapped_column(Text)
+    # Why it ended, as a word WardKey acts on ("withdrawn_by_requester", "replaced_by_break_glass",
+    # "identity_retired"…); set by cancellations. The reason in words is `end_reason`.
+    end_cause: Mapped[str | None] = mapped_column(String(40))
     # A vendor's request also needs their sponsor's approval (a member of staff).
     sponsor: Mapped[str | None] = mapped_column(String(320))
     # The worker doing a grant or revoke right now, and until when; past that, another takes over.
