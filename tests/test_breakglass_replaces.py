@@ -77,6 +77,7 @@ class TestBreakGlassReplacesMyPendingRequest(SlackOnSqlite):
         replaced = service.get(waiting)
         assert replaced.state == S.CANCELLED
         assert replaced.end_reason == f"replaced by break-glass #{emergency}"
+        assert replaced.end_cause == "replaced_by_break_glass"
         # Linked both ways in the audit trail, in the same transaction as the break-glass.
         cancelled = last_event(service, waiting, "request.cancelled")
         assert cancelled["replaced_by"] == emergency

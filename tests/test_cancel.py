@@ -109,7 +109,8 @@ class TestCancelCommand(SlackOnSqlite):
         assert "nothing was granted" in reply
         slack.settle()
 
-        assert service.get(rid).state == S.CANCELLED
+        cancelled = service.get(rid)
+        assert cancelled.state == S.CANCELLED and cancelled.end_cause == "withdrawn_by_requester"
         updates = card_updates(slack, rid)
         assert {u.args["channel"] for u in updates} == APPROVERS
         for update in updates:
