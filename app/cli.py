@@ -95,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
         "SLACK_API_URL) and report the unknown, deactivated, guest and bot accounts",
     )
     check.set_defaults(run=_policy_check)
+    schema = policy.add_parser(
+        "schema",
+        help="print the manifest's JSON Schema, for editors that check policy.yaml as you type",
+    )
+    schema.add_argument("--output", type=Path, help="file to write (default: standard output)")
+    schema.set_defaults(run=_policy_schema)
 
     db = commands.add_parser("db", help="the database schema").add_subparsers(metavar="ACTION")
     db.add_parser("upgrade", help="apply migrations to DATABASE_URL").set_defaults(run=_db_upgrade)
@@ -702,6 +708,23 @@ def _policy_check(args: argparse.Namespace) -> int:
         print(f"warning: {issue}", file=sys.stderr)
     print("OK")
     print_summary(policy, sys.stdout)
+    return 0
+
+
+def _policy_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from app.policy.model import policy_schema
+
+    text = json.dumps(policy_schema(), indent=2, ensure_ascii=False) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        args.output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(f"wardkey: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -59,8 +60,19 @@ def _duration(value: Any) -> timedelta:
         ) from None
 
 
+# What editors check as people type (`wardkey policy schema`): the same shapes as the
+# validators below, as JSON Schema patterns.
+_DURATION_SCHEMA = {
+    "type": "string",
+    "pattern": r"^\s*(?=\d)(\d+\s*[dD])?\s*(\d+\s*[hH])?\s*(\d+\s*[mM])?\s*$",
+    "description": "A duration: 15m, 2h, 1h30m or 7d.",
+}
+
 Duration = Annotated[
-    timedelta, BeforeValidator(_duration), PlainSerializer(format_duration, return_type=str)
+    timedelta,
+    BeforeValidator(_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema(_DURATION_SCHEMA),
 ]
 
 
@@ -80,7 +92,17 @@ def _member(value: str) -> str:
     )
 
 
-Member = Annotated[str, AfterValidator(_member)]
+Member = Annotated[
+    str,
+    AfterValidator(_member),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\s*([UW][A-Z0-9]{2,}|[^@\s]+@[^@\s]+\.[^@\s]+)\s*$",
+            "description": "A Slack user ID (U0123ABCD) or an e-mail address.",
+        }
+    ),
+]
 
 
 def _channel(value: str) -> str:
@@ -89,7 +111,17 @@ def _channel(value: str) -> str:
     return value
 
 
-ChannelId = Annotated[str, AfterValidator(_channel)]
+ChannelId = Annotated[
+    str,
+    AfterValidator(_channel),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": _SLACK_CHANNEL.pattern,
+            "description": "A Slack channel ID (C0123ABCD).",
+        }
+    ),
+]
 
 
 def _env_var(value: str) -> str:
@@ -101,7 +133,17 @@ def _env_var(value: str) -> str:
     return value
 
 
-EnvVarName = Annotated[str, AfterValidator(_env_var)]
+EnvVarName = Annotated[
+    str,
+    AfterValidator(_env_var),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": _ENV_VAR.pattern,
+            "description": "The name of the environment variable that holds the secret.",
+        }
+    ),
+]
 
 
 def _name(value: str) -> str:
@@ -112,7 +154,11 @@ def _name(value: str) -> str:
     return value
 
 
-Name = Annotated[str, AfterValidator(_name)]
+Name = Annotated[
+    str,
+    AfterValidator(_name),
+    WithJsonSchema({"type": "string", "pattern": _NAME.pattern}),
+]
 
 
 def _local_datetime(value: Any) -> datetime:
@@ -132,7 +178,17 @@ def _local_datetime(value: Any) -> datetime:
     return parsed
 
 
-LocalDateTime = Annotated[datetime, BeforeValidator(_local_datetime)]
+LocalDateTime = Annotated[
+    datetime,
+    BeforeValidator(_local_datetime),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\s*\d{4}-\d{2}-\d{2}[ T]\d{1,2}:\d{2}(:\d{2})?\s*$",
+            "description": "A local date and time, like 2026-12-24 09:00.",
+        }
+    ),
+]
 
 
 def _zone(value: str) -> str:
@@ -156,7 +212,17 @@ def _time_of_day(value: Any) -> Any:
     return value
 
 
-TimeOfDay = Annotated[time, BeforeValidator(_time_of_day)]
+TimeOfDay = Annotated[
+    time,
+    BeforeValidator(_time_of_day),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\d{1,2}:\d{2}(:\d{2})?$",
+            "description": "A local time of day in quotes, like '09:00'.",
+        }
+    ),
+]
 
 
 class Strict(BaseModel):
@@ -360,3 +426,30 @@ class Policy(Strict):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+
+def policy_schema() -> dict[str, Any]:
+    """The manifest's JSON Schema (draft 2020-12), for editors that validate as people type."""
+    schema = Policy.model_json_schema(mode="validation")
+    _closed_names(schema)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://wardkey.example/policy.schema.json",
+        **schema,
+        "title": "WardKey policy manifest",
+        "description": "Who may ask for which access, who approves it, and for how long. "
+        "`wardkey policy check FILE` checks what a schema cannot (names that must exist, "
+        "caps, rotas).",
+    }
+
+
+def _closed_names(node: Any) -> None:
+    """A mapping whose names must match a pattern has no other names (as validation says)."""
+    if isinstance(node, dict):
+        if "patternProperties" in node:
+            node.setdefault("additionalProperties", False)
+        for value in node.values():
+            _closed_names(value)
+    elif isinstance(node, list):
+        for value in node:
+            _closed_names(value)
