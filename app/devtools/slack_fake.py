@@ -62,7 +62,8 @@ class SlackUser:
     title: str = ""
     team_id: str = "T0WARD"
     deleted: bool = False
-    is_restricted: bool = False
+    is_restricted: bool = False  # a multi-channel guest
+    is_ultra_restricted: bool = False  # a single-channel guest
     is_bot: bool = False
     tz: str = "Europe/London"
     # Slack Connect: an account of another organisation that Slack shows the app.
@@ -87,7 +88,7 @@ class SlackUser:
             "tz": self.tz,
             "is_bot": self.is_bot,
             "is_restricted": self.is_restricted,
-            "is_ultra_restricted": False,
+            "is_ultra_restricted": self.is_ultra_restricted,
             "is_stranger": self.is_stranger,
             "profile": profile,
         }
