@@ -18,6 +18,12 @@ class Settings(BaseSettings):
     wardkey_policy: str = Field(
         default="policy.yaml", description="Path to the policy manifest (YAML)."
     )
+    wardkey_policy_check_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often each process looks at the policy file for a change (one stat; "
+        "the file is read only when it changed). SIGHUP reloads it at once.",
+    )
     slack_bot_token: str | None = None
     slack_signing_secret: str | None = None
     slack_app_token: str | None = None

@@ -14,6 +14,7 @@ from app.adapters.registry import AdapterConfigError, build_adapters
 from app.config import Settings
 from app.notify.notifier import Notifier
 from app.policy import PolicyError, load_policy
+from app.policy_reload import PolicyReloader
 from app.scheduler import Sweeps
 from app.service import AccessService
 from app.slack.app import build_app, web_client
@@ -84,6 +85,16 @@ class Runtime:
     def workspace(self) -> Workspace | None:
         """Whose people may use WardKey, when configured; None: the bot token's workspace."""
         return Workspace.configured(self.settings.slack_team_ids, self.settings.slack_enterprise_id)
+
+    def watch_policy(self) -> PolicyReloader:
+        """Reload WARDKEY_POLICY on SIGHUP and when the file changes, checked first; a bad
+        file is refused, logged and told to the security channel (app/policy_reload.py)."""
+        return PolicyReloader(
+            self.settings.wardkey_policy,
+            self.service,
+            self.notifier.outbox,
+            every=self.settings.wardkey_policy_check_seconds,
+        ).start()
 
     def bolt(self, socket_mode: bool = False) -> App:
         if not socket_mode:

@@ -106,14 +106,15 @@ class Notifier:
         with _OUTBOXES_LOCK:
             found = _OUTBOXES.get(self.service)
             if found is None:
-                policy = self.service.policy
+                service = self.service
                 found = Outbox(
                     self.service.db,
                     self.service.clock,
                     delivery_client(self.client),
                     self,
                     background=self.service.heartbeat is not None,
-                    security_channel=lambda: policy.channels.security_alerts,
+                    # The policy in force when the message is sent (it may be reloaded).
+                    security_channel=lambda: service.policy.channels.security_alerts,
                 )
                 _OUTBOXES[self.service] = found
             return found
