@@ -252,7 +252,7 @@ class TestSocketMode:
             assert time.monotonic() < deadline, [c.args["text"] for c in last.values()]
             time.sleep(0.1)
         assert all(
-            "Approved by hana@ward.nhs.uk" in json.dumps(c.args["blocks"]) for c in last.values()
+            "Approved by Hana Novak" in json.dumps(c.args["blocks"]) for c in last.values()
         )
 
 

@@ -163,7 +163,7 @@ class TestInSlack(SlackOnSqlite):
         assert "contract ends on 30 Nov 2026: 21h left" in slack.replies()[-1]
         slack.command("/jit", f"request pharmacy-db:read 30m {WHY}", "U0VAL")
         card = slack.fake.wait_for("chat.postMessage", 1, channel="U0BEN")[0]
-        assert "vendor sponsor ben@ward.nhs.uk still to approve" in str(card.args["blocks"])
+        assert "vendor sponsor Ben Hughes still to approve" in str(card.args["blocks"])
         rid = service.requests_of(VAL)[0].id
         service.approve(rid, BEN)
         view = service.approve(rid, GITA)

@@ -130,7 +130,7 @@ class TestAnOverdueApproval(SlackOnSqlite):
                 card = slack.fake.wait_for("chat.postMessage", 1, channel=dm)[0]
                 assert f"Escalated: access request #{rid}" in card.args["text"]
             told = slack.fake.wait_for("chat.postMessage", 1, channel="U0AMIRA")[-1]
-            assert "has been escalated to 2 more approvers" in told.args["text"]
+            assert "so it has gone to Erin Walsh and Farid Rahman too" in told.args["text"]
         db.dispose()
 
 

@@ -117,7 +117,7 @@ def test_every_failed_try_alerts_security_and_the_holder_is_told_once(
     sweeps.retry_revokes()
     alerts = slack.fake.wait_for("chat.postMessage", 2, channel="C0SEC")
     assert all(f"Revoke failed: #{rid}" in a.args["text"] for a in alerts)
-    assert "after 2 attempt(s)" in alerts[1].args["text"]
+    assert "after 2 attempts" in alerts[1].args["text"]
     assert f"wardkey revoke resolve {rid}" in alerts[0].args["text"]
     to_holder = slack.fake.calls_to("chat.postMessage", channel="U0AMIRA")
     # Told once of the failure (the approval's "access active" DM came before it).

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from slack_sdk.models.blocks import (
@@ -22,14 +23,19 @@ from slack_sdk.models.blocks import (
 
 from app.policy import rules
 from app.policy.durations import format_duration
-from app.policy.model import Policy
+from app.policy.model import BREAK_GLASS_PATH, Policy
 from app.policy.people import Person
+from app.service.base import UNREACHABLE
 from app.service.digest import Digest
 from app.service.identities import RETIRED, STILL_NEEDED, AttestationView
 from app.service.reviews import BreakGlassSummary
 from app.service.views import RequestView
 from app.store.models import RequestState as S
 from app.store.models import ReviewState
+from app.wording import listed, plural
+
+if TYPE_CHECKING:
+    from app.slack.people import SlackDirectory
 
 APPROVE_ACTION = "request_approve"
 DENY_ACTION = "request_deny"
@@ -85,15 +91,51 @@ def mention(slack_user_id: str | None, fallback: str) -> str:
 _CHANNEL = re.compile(r"^[CG][A-Z0-9]{2,20}$")
 
 
-def alerted(recipients: tuple[str, ...]) -> str:
-    """Who the break-glass alert reached, as Slack shows them (IDs Slack itself gave us)."""
+class Names:
+    """How people and channels are shown. This one needs no look-up: a person's verified Slack
+    account as a mention (Slack shows its current name), a channel as a channel link, and
+    someone with no Slack account by the policy's name for them, made inert."""
+
+    def person(self, key: str, slack_user_id: str | None = None) -> str:
+        return mention(slack_user_id, key)
+
+    def channel(self, channel_id: str) -> str:
+        """A channel, or a person a message was addressed to (a user ID)."""
+        if _MENTION.match(channel_id):
+            return self.person(channel_id, channel_id)
+        if _CHANNEL.match(channel_id):
+            return f"<#{channel_id}>"
+        return escape(channel_id)
+
+
+SLACK_SHOWS = Names()
+
+
+class DirectoryNames(Names):
+    """People by their name in Slack ("Ben Hughes", not ben@…) and channels by name
+    ("#security-alerts", not C0…), looked up in the Slack directory (which caches them). Slack
+    failing (5xx, 429) is raised, so the message is rendered again once it answers."""
+
+    def __init__(self, directory: SlackDirectory) -> None:
+        self.directory = directory
+
+    def person(self, key: str, slack_user_id: str | None = None) -> str:
+        ident = slack_user_id if slack_user_id and _MENTION.match(slack_user_id) else None
+        name = self.directory.name_of(key, ident) if key or ident else None
+        return inert(name) if name else super().person(key, slack_user_id)
+
+    def channel(self, channel_id: str) -> str:
+        if _MENTION.match(channel_id):
+            return self.person("", channel_id)
+        name = self.directory.channel_name(channel_id) if _CHANNEL.match(channel_id) else None
+        return f"#{inert(name)}" if name else super().channel(channel_id)
+
+
+def alerted(recipients: tuple[str, ...], names: Names = SLACK_SHOWS) -> str:
+    """Who the break-glass alert reached (IDs Slack itself gave us), by name."""
     if not recipients:
         return "nobody: the alert could not be sent"
-    shown = [
-        f"<@{r}>" if _MENTION.match(r) else f"<#{r}>" if _CHANNEL.match(r) else escape(r)
-        for r in recipients
-    ]
-    return ", ".join(shown)
+    return ", ".join(names.channel(r) for r in recipients)
 
 
 def words(text: str) -> MarkdownTextObject:
@@ -115,6 +157,7 @@ class CardContext:
     elevations_30_days: int
     other_active: tuple[str, ...]
     zone: ZoneInfo
+    names: Names = SLACK_SHOWS
 
 
 def _summary(view: RequestView, ctx: CardContext) -> list[Block]:
@@ -136,9 +179,10 @@ def _summary(view: RequestView, ctx: CardContext) -> list[Block]:
         ),
         words(f"*Ticket*\n{inert(view.ticket) if view.ticket else 'none'}"),
     ]
-    history = f"{ctx.elevations_30_days} elevation(s) in the last 30 days"
+    history = plural(ctx.elevations_30_days, "elevation", zero="no elevations")
+    history = history[0].upper() + history[1:] + " in the last 30 days"
     others = (
-        "also holds " + ", ".join(escape(a) for a in ctx.other_active)
+        "also holds " + listed([escape(a) for a in ctx.other_active])
         if ctx.other_active
         else "holds no other elevation now"
     )
@@ -153,7 +197,7 @@ def _summary(view: RequestView, ctx: CardContext) -> list[Block]:
 def approver_card(view: RequestView, ctx: CardContext) -> list[Block]:
     """The card approvers see: context, progress and, while pending, Approve and Deny."""
     blocks = _summary(view, ctx)
-    blocks.append(ContextBlock(elements=[words(outcome_line(view, ctx.zone))]))
+    blocks.append(ContextBlock(elements=[words(outcome_line(view, ctx.zone, ctx.names))]))
     if view.state == S.PENDING:
         blocks.append(decision_buttons(view, high_risk=ctx.risk in ("high", "critical")))
     return blocks
@@ -202,7 +246,9 @@ def cancel_button(view: RequestView) -> ButtonElement:
     )
 
 
-def requester_receipt(view: RequestView, zone: ZoneInfo) -> tuple[str, list[Block]]:
+def requester_receipt(
+    view: RequestView, zone: ZoneInfo, names: Names = SLACK_SHOWS
+) -> tuple[str, list[Block]]:
     """The requester's own message about their request (text and blocks): what they asked
     for and where it stands, with Cancel while it waits. Updated in place as it moves on."""
     asked = (
@@ -210,44 +256,56 @@ def requester_receipt(view: RequestView, zone: ZoneInfo) -> tuple[str, list[Bloc
         f"({format_duration(view.requested)}: “{inert(view.reason)[:200]}”)"
     )
     waiting = view.state == S.PENDING and view.extension is None
-    if waiting:
+    if waiting and view.escalation_level >= UNREACHABLE:
+        text = (
+            f"{asked} could not reach any {view.path} approver in Slack, so it went straight "
+            "to the escalation group. My message to you says what you can do now."
+        )
+    elif waiting:
         text = f"{asked} is with the {view.path} approvers. I'll message you when someone decides."
     else:
-        text = f"{asked}: {outcome_line(view, zone)}"
+        text = f"{asked}: {outcome_line(view, zone, names)}"
     blocks: list[Block] = [SectionBlock(text=words(text))]
     if waiting:
-        blocks.append(ContextBlock(elements=[words(outcome_line(view, zone))]))
+        blocks.append(ContextBlock(elements=[words(outcome_line(view, zone, names))]))
         blocks.append(ActionsBlock(block_id=f"cancel:{view.id}", elements=[cancel_button(view)]))
     return text, blocks
 
 
-def outcome_line(view: RequestView, zone: ZoneInfo) -> str:
-    """One line saying where the request stands, for cards and DMs."""
+def outcome_line(view: RequestView, zone: ZoneInfo, names: Names = SLACK_SHOWS) -> str:
+    """One line saying where the request stands, for cards and DMs; people by name."""
     approvals = view.approvals
-    names = ", ".join(d.approver for d in approvals)
+    by = listed([names.person(d.approver, d.approver_slack_id) for d in approvals])
     decided = clock_time(view.decided_at, zone)
     match view.state:
         case S.PENDING:
-            progress = f"{len(approvals)} of {view.approvals_needed} approvals"
-            escalated = (
-                " · escalated: the approval is overdue" if view.escalation_level >= 2 else ""
-            )
+            needed = plural(view.approvals_needed, "approval")
+            if approvals:
+                waiting = f"⏳ Waiting: {len(approvals)} of {needed} ({by})"
+            else:
+                waiting = f"⏳ Waiting for {'approval' if view.approvals_needed == 1 else needed}"
             sponsor = ""
             if view.sponsor is not None and view.extension is None:
                 said = "approved" if view.sponsor_approved else "still to approve"
-                sponsor = f" · vendor sponsor {escape(view.sponsor)} {said}"
-            waiting = f"⏳ Waiting: {progress}" + (f" ({escape(names)})" if names else "")
+                sponsor = f" · vendor sponsor {names.person(view.sponsor)} {said}"
+            escalated = ""
+            if view.escalation_level >= UNREACHABLE:
+                escalated = " · no approver could be reached, so it was escalated at once"
+            elif view.escalation_level >= 2:
+                escalated = " · escalated: the approval is overdue"
             return waiting + sponsor + escalated
         case S.APPROVED | S.GRANTING:
-            return f"✅ Approved by {escape(names)} at {decided}; access is being set up"
+            return f"✅ Approved by {by} at {decided}; access is being set up"
         case S.ACTIVE:
-            by = f"Approved by {escape(names)} at {decided}" if names else "Break-glass"
-            return f"✅ {by}; access active until {clock_time(view.expires_at, zone)}"
+            until = clock_time(view.expires_at, zone)
+            if approvals:
+                return f"✅ Approved by {by} at {decided}; access active until {until}"
+            return f"✅ Access active until {until}"
         case S.DENIED:
             denier = next((d for d in view.decisions if d.outcome == "deny"), None)
-            who = escape(denier.approver) if denier else "an approver"
+            who = names.person(denier.approver, denier.approver_slack_id) if denier else None
             why = inert(view.end_reason or "")
-            return f"❌ Denied by {who} at {decided}: {why}"
+            return f"❌ Denied by {who or 'an approver'} at {decided}: {why}"
         case S.CANCELLED:
             # WardKey, a retirement or a contract's end cancelled it: say why, as recorded.
             if view.end_reason and view.ended_by == "wardkey":
@@ -265,8 +323,8 @@ def outcome_line(view: RequestView, zone: ZoneInfo) -> str:
                 "/jit request, or phone the on-call lead"
             )
         case S.GRANT_FAILED:
-            by = f" by {escape(names)} at {decided}" if names else ""
-            return f"⚠️ Approved{by}, but the target could not grant it; WardKey admins are told"
+            at = f" by {by} at {decided}" if by else ""
+            return f"⚠️ Approved{at}, but the target could not grant it; WardKey admins are told"
         case S.REVOKING | S.ENDED:
             why = inert(view.end_reason or "expired")
             return f"🔒 Ended at {clock_time(view.ended_at, zone)} ({why})"
@@ -279,20 +337,71 @@ def day_time(instant: datetime | None, zone: ZoneInfo) -> str:
     return "—" if instant is None else instant.astimezone(zone).strftime("%a %d %b %H:%M")
 
 
-def review_line(view: RequestView, zone: ZoneInfo) -> str:
+def review_line(view: RequestView, zone: ZoneInfo, names: Names = SLACK_SHOWS) -> str:
     review = view.review
     if review is None:
         return "No review"
     if review.state == ReviewState.OPEN:
         return f"⏳ Review due by {day_time(review.due_at, zone)}"
     mark = "✅ Justified" if review.state == ReviewState.JUSTIFIED else "❌ Not justified"
-    who = escape(review.reviewer or "a reviewer")
+    who = names.person(review.reviewer) if review.reviewer else "a reviewer"
     note = inert(review.note or "")
     return f"{mark}: {who} at {day_time(review.decided_at, zone)}: {note}"
 
 
-def review_card(summary: BreakGlassSummary, zone: ZoneInfo) -> list[Block]:
-    """The break-glass summary reviewers judge, with Justified / Not justified while open."""
+def _at(instant: datetime | None, near: datetime | None, zone: ZoneInfo) -> str:
+    """The time alone when it falls on the same local day as `near`, else day and time."""
+    if instant is None or near is None:
+        return clock_time(instant, zone)
+    same_day = instant.astimezone(zone).date() == near.astimezone(zone).date()
+    return clock_time(instant, zone) if same_day else day_time(instant, zone)
+
+
+def earlier_line(
+    earlier: RequestView, use: RequestView, zone: ZoneInfo, names: Names, replaced: bool = False
+) -> str:
+    """One of the user's other requests for the same access, for the reviewer: what became of
+    it, when and by whom, in the approver's own words. `replaced`: this use replaced it."""
+    asked = f"#{earlier.id} asked {_at(earlier.created_at, use.created_at, zone)}"
+    by = listed([names.person(d.approver, d.approver_slack_id) for d in earlier.approvals])
+    decided = _at(earlier.decided_at, use.created_at, zone)
+    ended = _at(earlier.ended_at, use.created_at, zone)
+    if earlier.path == BREAK_GLASS_PATH:
+        return f"#{earlier.id} break-glass at {_at(earlier.created_at, use.created_at, zone)}"
+    match earlier.state:
+        case S.DENIED:
+            denier = next((d for d in earlier.decisions if d.outcome == "deny"), None)
+            who = names.person(denier.approver, denier.approver_slack_id) if denier else None
+            why = inert(earlier.end_reason or "")[:300]
+            return f"{asked}, *denied* {decided} by {who or 'an approver'}: “{why}”"
+        case S.PENDING:
+            return f"{asked}, still waiting for approval"
+        case S.TIMED_OUT:
+            return f"{asked}: nobody decided in time"
+        case S.CANCELLED if replaced:
+            return f"{asked}, still waiting when this break-glass use replaced it"
+        case S.CANCELLED:
+            why = f": {inert(earlier.end_reason)[:300]}" if earlier.end_reason else ""
+            return f"{asked}, cancelled {ended}{why}"
+        case S.GRANT_FAILED:
+            return f"{asked}, approved {decided} by {by}, but the target could not grant it"
+        case S.APPROVED | S.GRANTING | S.ACTIVE | S.REVOKING | S.REVOKE_FAILED:
+            return f"{asked}, approved {decided} by {by}"
+        case S.ENDED:
+            return f"{asked}, approved {decided} by {by}, ended {ended}"
+    return f"{asked}: {earlier.state.value}"
+
+
+def review_card(
+    summary: BreakGlassSummary,
+    zone: ZoneInfo,
+    names: Names = SLACK_SHOWS,
+    requester_label: str = "",
+) -> list[Block]:
+    """The break-glass summary reviewers judge, with Justified / Not justified while open: who
+    (name and title), what, when, why in their words, who was alerted, what they asked for
+    before (a denial minutes earlier matters most), how often they used break-glass lately, and
+    what the target recorded. `requester_label`: the user's name and title in Slack."""
     view = summary.view
     used = format_duration(summary.used_for) if summary.used_for is not None else "—"
     if summary.recorded:
@@ -300,14 +409,35 @@ def review_card(summary: BreakGlassSummary, zone: ZoneInfo) -> list[Block]:
     else:
         record = "The target does not record sessions for this role."
     if summary.sessions_ended:
-        record += f" {summary.sessions_ended} open session(s) were ended at revoke."
+        record += f" Revoking ended {plural(summary.sessions_ended, 'open session')}."
     for note in summary.target_notes:
         record += f" {escape(note)[:300]}."
+    who = mention(view.requester_slack_id, view.requester)
+    if requester_label:
+        who += f" ({inert(requester_label)})"
+    before = [
+        f"• {earlier_line(e, view, zone, names, replaced=e.id == summary.replaces)}"
+        for e in summary.earlier
+    ]
+    if summary.replaces is not None and summary.replaces not in {e.id for e in summary.earlier}:
+        before.append(
+            f"• It replaced their request #{summary.replaces}, which was waiting for approval "
+            "(cancelled when break-glass began)."
+        )
+    if not before:
+        before = ["• No other request for this access in the 24 hours before."]
+    uses = summary.break_glass_30_days
+    often = (
+        "This is their only break-glass use in the last 30 days."
+        if uses <= 1
+        else f"{plural(uses, 'break-glass use')} in the last 30 days, this one included."
+    )
+    history = "\n".join([*before, often])
     blocks: list[Block] = [
         HeaderBlock(text=PlainTextObject(text=f"Break-glass review #{view.id}")),
         SectionBlock(
             fields=[
-                words(f"*Who*\n{mention(view.requester_slack_id, view.requester)}"),
+                words(f"*Who*\n{who}"),
                 MarkdownTextObject(
                     text=f"*Access*\n`{view.target}:{view.role}` as `{escape(view.account)}`"
                 ),
@@ -315,12 +445,13 @@ def review_card(summary: BreakGlassSummary, zone: ZoneInfo) -> list[Block]:
                     text=f"*When*\n{day_time(view.granted_at, zone)} to "
                     f"{clock_time(view.ended_at, zone)} ({used})"
                 ),
-                MarkdownTextObject(text=f"*Alerted*\n{alerted(summary.alerted)}"),
+                words(f"*Alerted*\n{alerted(summary.alerted, names)}"[:2000]),
             ]
         ),
         SectionBlock(text=words(f"*Why*, in their words\n{quoted(view.reason)}")),
+        SectionBlock(text=words(f"*Before this*, the last 24 hours\n{history}"[:2990])),
         SectionBlock(text=MarkdownTextObject(text=f"*On the target*\n{record[:2900]}")),
-        ContextBlock(elements=[words(review_line(view, zone))]),
+        ContextBlock(elements=[words(review_line(view, zone, names))]),
     ]
     if view.review is not None and view.review.state == ReviewState.OPEN:
         blocks.append(
@@ -350,21 +481,24 @@ def _short(value: timedelta) -> str:
     return f"{seconds:.0f}s" if seconds < 60 else format_duration(value)
 
 
-def digest_blocks(digest: Digest, zone: ZoneInfo) -> list[Block]:
+def digest_blocks(digest: Digest, zone: ZoneInfo, names: Names = SLACK_SHOWS) -> list[Block]:
     """The managers' daily summary: break-glass, overdue reviews, approval speed, failures,
     and who held access longest and most often."""
 
     def lines(items: list[str], empty: str) -> str:
         return "\n".join(f"• {i}" for i in items) if items else empty
 
+    def who(view: RequestView) -> str:
+        return names.person(view.requester, view.requester_slack_id)
+
     glass = [
-        f"#{e.view.id} {escape(e.view.requester)} `{e.view.target}:{e.view.role}` "
+        f"#{e.view.id} {who(e.view)} `{e.view.target}:{e.view.role}` "
         f"for {format_duration(e.held)}: “{inert(e.view.reason)[:150]}” · "
-        f"{review_line(e.view, zone)}"
+        f"{review_line(e.view, zone, names)}"
         for e in digest.break_glass
     ]
     overdue = [
-        f"#{v.id} {escape(v.requester)} `{v.target}:{v.role}` (due "
+        f"#{v.id} {who(v)} `{v.target}:{v.role}` (due "
         f"{day_time(v.review.due_at if v.review else None, zone)})"
         for v in digest.overdue_reviews
     ]
@@ -373,15 +507,17 @@ def digest_blocks(digest: Digest, zone: ZoneInfo) -> list[Block]:
         for p in digest.latency
     ]
     failures = [
-        f"#{v.id} `{v.target}:{v.role}` for {escape(v.account)}: {v.revoke_attempts} attempt(s)"
+        f"#{v.id} `{v.target}:{v.role}` for {escape(v.account)}: "
+        f"{plural(v.revoke_attempts, 'attempt')}"
         for v in digest.revoke_failures
     ]
     longest = [
-        f"#{e.view.id} {escape(e.view.requester)} `{e.view.target}:{e.view.role}` "
-        f"{format_duration(e.held)}"
+        f"#{e.view.id} {who(e.view)} `{e.view.target}:{e.view.role}` {format_duration(e.held)}"
         for e in digest.longest
     ]
-    frequent = [f"{escape(who)}: {count}" for who, count in digest.most_frequent]
+    frequent = [
+        f"{names.person(key)}: {plural(count, 'elevation')}" for key, count in digest.most_frequent
+    ]
     window = f"{day_time(digest.since, zone)} to {day_time(digest.until, zone)}"
     sections = [
         ("Break-glass uses", lines(glass, "None.")),
@@ -390,7 +526,7 @@ def digest_blocks(digest: Digest, zone: ZoneInfo) -> list[Block]:
         (
             "Revoke failures",
             lines(failures, "None outstanding.")
-            + f"\n{digest.failed_revoke_attempts} failed revoke attempt(s) in the window.",
+            + f"\n{plural(digest.failed_revoke_attempts, 'failed revoke attempt')} in the window.",
         ),
         ("Longest elevations", lines(longest, "None.")),
         ("Most frequent", lines(frequent, "None.")),
@@ -398,7 +534,9 @@ def digest_blocks(digest: Digest, zone: ZoneInfo) -> list[Block]:
     blocks: list[Block] = [
         HeaderBlock(text=PlainTextObject(text=f"WardKey daily digest, {digest.day:%a %d %b}")),
         ContextBlock(
-            elements=[MarkdownTextObject(text=f"{window} · {digest.granted} grant(s) given")]
+            elements=[
+                MarkdownTextObject(text=f"{window} · {plural(digest.granted, 'grant')} given")
+            ]
         ),
     ]
     for title, body in sections:
@@ -415,7 +553,7 @@ def contract_line(policy: Policy, person: Person, now: datetime) -> str | None:
     if left <= timedelta(0):
         return f"Your {escape(vendor.company)} contract ended on {vendor.contract_end:%d %b %Y}."
     days = left.days
-    remaining = f"{days} day(s)" if days >= 1 else format_duration(left)
+    remaining = plural(days, "day") if days >= 1 else format_duration(left)
     return (
         f"Your {escape(vendor.company)} contract ends on {vendor.contract_end:%d %b %Y}: "
         f"{remaining} left. No access can last beyond it."

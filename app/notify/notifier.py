@@ -27,6 +27,7 @@ from slack_sdk.models.blocks import Block
 
 from app.notify.blocks import (
     CardContext,
+    DirectoryNames,
     approver_card,
     attestation_card,
     clock_time,
@@ -40,19 +41,20 @@ from app.notify.blocks import (
     review_card,
     review_line,
 )
-from app.notify.outbox import HOME, POST, UPDATE, Defer, Notice, Outbox, OutCall
+from app.notify.outbox import HOME, POST, UPDATE, Defer, Delivered, Notice, Outbox, OutCall
 from app.notify.views import expiry_warning, home_view
 from app.policy import rules
 from app.policy.durations import format_duration
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person
-from app.service import AccessService, NotAllowed, RequestView, ReviewStep
+from app.service import AccessService, BreakGlassSummary, NotAllowed, RequestView, ReviewStep
 from app.service.digest import Digest
 from app.service.identities import AttestationStep, OrphanView
 from app.service.reviews import ALERT_MESSAGE
 from app.service.standing import StandingFinding, StandingReport
 from app.slack.people import SlackDirectory, slack_unwell
 from app.store.models import RequestState as S
+from app.wording import listed, plural
 
 log = logging.getLogger(__name__)
 CARD = "approver_card"
@@ -64,6 +66,8 @@ HOME_LIVE_FOR = timedelta(hours=12)
 PASSING = frozenset({S.APPROVED.value, S.GRANTING.value, S.REVOKING.value})
 # The requester's own DM about their request (Cancel on it while it waits).
 RECEIPT = "requester_receipt"
+# A call drawn when its turn comes, from what became of the calls before it (`draw_late`).
+LATE = "late"
 # One outbox per service (so per process): every Notifier built on it shares its delivery.
 _OUTBOXES: weakref.WeakKeyDictionary[AccessService, Outbox] = weakref.WeakKeyDictionary()
 _OUTBOXES_LOCK = threading.Lock()
@@ -97,6 +101,7 @@ class Notifier:
         self.client = client
         self.service = service
         self.directory = directory
+        self.names = DirectoryNames(directory)  # people by name, channels by name
         self._out = threading.local()
         self.outbox = outbox or self._shared_outbox()
 
@@ -225,6 +230,8 @@ class Notifier:
             self._request_opened(view)
         elif action in ("approval.reminded", "approval.escalated"):
             self._approval_overdue(view, 2 if action == "approval.escalated" else 1)
+        elif action == "approval.unreachable":
+            self._approvers_unreachable(view)
         elif action == "expiry.warned":
             self._expiry_warning(view)
         elif action == "access.extended" and notice.actor == view.requester:
@@ -254,6 +261,7 @@ class Notifier:
             now=service.clock.now(),
             zone=self.zone,
             high_risk_paths=high_risk,
+            names=self.names,
         )
 
     # ------------------------------------------------------------------ after a change
@@ -333,31 +341,69 @@ class Notifier:
             ),
             other_active=others,
             zone=self.zone,
+            names=self.names,
         )
 
-    def _slack_ids(self, view: RequestView, members: list[str]) -> list[str]:
-        """Slack user IDs of policy members, never the requester; members Slack does not know
-        are logged and left out."""
+    def _slack_ids(
+        self, view: RequestView, members: list[str], missing: list[str] | None = None
+    ) -> list[str]:
+        """Slack user IDs of policy members who can read and act on a message, never the
+        requester. Members Slack does not know, and deactivated, guest and bot accounts (Slack
+        takes a message to a deactivated account, and nobody reads it), are logged and left
+        out; `missing` collects why, in words."""
         found: list[str] = []
         for member in members:
             if member in (view.requester, view.requester_slack_id, view.requester_email):
                 continue
             user_id = self.directory.user_id_for(member)
-            if user_id is None:
+            if user_id == view.requester_slack_id and user_id is not None:
+                continue
+            profile = self.directory.profile_of(member) if user_id is not None else None
+            if profile is None:
                 log.warning("event=approver_not_in_slack member=%s request=%s", member, view.id)
-            elif user_id != view.requester_slack_id:
-                found.append(user_id)
+                if missing is not None:
+                    missing.append(f"{member} has no account in this Slack workspace")
+            elif not profile.can_act:
+                log.warning("event=member_cannot_act member=%s request=%s", member, view.id)
+                if missing is not None:
+                    what = "deactivated" if profile.deleted else "a guest or bot account"
+                    missing.append(f"{profile.name}'s Slack account is {what}")
+            else:
+                found.append(profile.user_id)
         return found
 
+    def _who_to_call(self, view: RequestView) -> str:
+        """The people a requester can phone when Slack reaches no approver: the path's
+        escalation group, else the WardKey admins, by name and title as Slack has them."""
+        policy = self.service.policy
+        members = rules.escalation_members(policy, view.path) or rules.group_members(
+            policy, policy.admins
+        )
+        people: list[str] = []
+        for member in members:
+            if member in (view.requester, view.requester_email, view.requester_slack_id):
+                continue
+            profile = self.directory.profile_of(member)
+            if profile is None:
+                people.append(escape(member))
+            elif not profile.deleted:
+                people.append(inert(profile.labelled))
+        return listed(people) or "the WardKey admins"
+
     def _request_opened(self, view: RequestView) -> None:
-        """Send the card to every approver on duty now (DM) and to the path's channel."""
+        """Send the card to every approver on duty now (DM) and to the path's channel. Once
+        Slack has answered for each, a check: if it took none (nobody on duty has a current
+        Slack account, or every card was refused for good), no approver can be reached and
+        the service escalates at once (`approval.unreachable`)."""
         now = self.service.clock.now()
         blocks = approver_card(view, self._context(view))
-        text = f"Access request #{view.id}: {view.target}:{view.role} for {escape(view.requester)}"
+        who = self.names.person(view.requester, view.requester_slack_id)
+        text = f"Access request #{view.id}: {view.target}:{view.role} for {who}"
         approvers = rules.approvers_at(self.service.policy, view.path, now)
         if view.sponsor is not None and view.extension is None:
             approvers.append(view.sponsor)  # a vendor's sponsor must approve too
-        channels = list(dict.fromkeys(self._slack_ids(view, approvers)))
+        missing: list[str] = []
+        channels = list(dict.fromkeys(self._slack_ids(view, approvers, missing)))
         path = self.service.policy.paths.get(view.path)
         if path is not None and path.channel:
             channels.append(path.channel)
@@ -365,6 +411,10 @@ class Notifier:
             self._post(f"card request={view.id}", channel, text, blocks, remember=(view.id, CARD))
         if not channels:
             log.error("event=no_approver_reachable request=%s path=%s", view.id, view.path)
+            if not approvers:
+                missing.append(f"nobody is on duty to approve the {view.path} path")
+        late = {"draw": "approvers_reached", "request_id": view.id, "missing": missing}
+        self._emit(OutCall(LATE, late, about=f"approvers_reached request={view.id}", late=True))
         # A quick approver's decision is a later notice of this request: it is delivered after
         # these posts, so it updates every copy.
         self.refresh_homes(view)
@@ -381,7 +431,8 @@ class Notifier:
                     f"reminder request={view.id}",
                     user_id,
                     f"⏰ Reminder: request #{view.id} (`{view.target}:{view.role}` for "
-                    f"{escape(view.requester)}) has waited {waited}. Its card, with Approve "
+                    f"{self.names.person(view.requester, view.requester_slack_id)}) has waited "
+                    f"{waited}. Its card, with Approve "
                     "and Deny, is in your messages.",
                 )
             return
@@ -402,18 +453,181 @@ class Notifier:
         if escalated_to == 0:
             log.error("event=no_escalation_reachable request=%s path=%s", view.id, view.path)
         if view.requester_slack_id:
-            self._post(
-                f"escalation request={view.id}",
-                view.requester_slack_id,
-                (
-                    f"Your request #{view.id} has waited {waited}; it has been escalated to "
-                    f"{escalated_to} more approver{'s' if escalated_to != 1 else ''}."
-                    if escalated_to
-                    else f"Your request #{view.id} has waited {waited} and there is nobody "
-                    "further to escalate it to. Phone the on-call lead; in an emergency use "
-                    "`/breakglass` if your role allows it."
-                ),
+            # Drawn once Slack has answered for each escalated card: it names only those it took.
+            late = {
+                "draw": "escalated",
+                "request_id": view.id,
+                "waited": waited,
+                "asked": escalated_to,  # cards sent to more approvers (Slack may refuse some)
+            }
+            self._emit(OutCall(LATE, late, about=f"escalation request={view.id}", late=True))
+
+    def _break_glass_hint(self, view: RequestView) -> str:
+        """The exact break-glass command for this access, where the role allows it."""
+        target = self.service.policy.targets.get(view.target)
+        role = target.roles.get(view.role) if target else None
+        if role is None or not role.break_glass:
+            return "Break-glass is not allowed for this access."
+        return (
+            "If patients are at risk now, use break-glass: "
+            f"`/breakglass {view.target}:{view.role} what is happening, in a few words`. It "
+            "gives you the access at once, alerts security and is reviewed afterwards."
+        )
+
+    def _approvers_unreachable(self, view: RequestView) -> None:
+        """No approver could be reached: the card goes at once to the escalation group (the
+        escalation sweep's targets), then security and every WardKey admin are alerted, then
+        the requester is told what happened and what they can do. The alerts and the
+        requester's message are drawn once Slack has answered for the cards, so each says
+        only who really has the request."""
+        policy = self.service.policy
+        if view.state == S.PENDING or view.extension is not None:
+            blocks = approver_card(view, self._context(view))
+            text = (
+                f"⚠️ Access request #{view.id}: no {view.path} approver could be reached in "
+                "Slack, so it comes to you at once"
             )
+            for user_id in self._slack_ids(view, rules.escalation_members(policy, view.path)):
+                self._post(
+                    f"unreachable request={view.id}",
+                    user_id,
+                    text,
+                    blocks,
+                    remember=(view.id, CARD),
+                )
+        self._update_cards(view)
+        about = f"unreachable request={view.id}"
+        alert = {"draw": "unreachable_alert", "request_id": view.id}
+        self._emit(
+            OutCall(
+                LATE, {**alert, "channel": policy.channels.security_alerts}, about=about, late=True
+            )
+        )
+        for user_id in self._slack_ids(view, rules.group_members(policy, policy.admins)):
+            self._emit(OutCall(LATE, {**alert, "channel": user_id}, about=about, late=True))
+        if view.requester_slack_id:
+            told = {"draw": "unreachable_requester", "request_id": view.id}
+            self._emit(OutCall(LATE, told, about=about, late=True))
+        self.refresh_homes(view)
+
+    # ------------------------------------------------------------------ drawn late
+
+    def draw_late(self, call: OutCall, before: Sequence[Delivered]) -> OutCall | None:
+        """A message drawn when its turn comes, from what became of the calls before it in
+        its group (`before`): it counts and names only what Slack took."""
+        args = call.args
+        view = self.service.get(int(args["request_id"]))
+        cards = [d for d in before if d.call.remember and d.call.remember[1] == CARD]
+        reached = [str(d.call.args["channel"]) for d in cards if d.sent]
+        draw = args["draw"]
+        if draw == "approvers_reached":
+            if reached:
+                return None
+            why = list(args.get("missing") or [])
+            why += [
+                f"Slack refused the card to {self._plain_name(str(d.call.args['channel']))} "
+                f"({_refusal_words(d.error)})"
+                for d in cards
+            ]
+            reason = "; ".join(why) or "nobody could be reached"
+            if self.service.approvers_unreachable(view.id, reason) is not None:
+                log.error("event=approval_unreachable request=%s why=%s", view.id, reason)
+            return None
+        with self._collecting() as calls:
+            if draw == "escalated":
+                asked = int(args.get("asked") or 0)
+                self._tell_escalated(view, reached, str(args.get("waited") or ""), asked)
+            elif draw == "unreachable_alert":
+                self._unreachable_alert(view, reached, str(args["channel"]))
+            elif draw == "unreachable_requester":
+                self._unreachable_requester(view, reached, before)
+        return calls[0] if calls else None
+
+    def _plain_name(self, channel: str) -> str:
+        """Who a message was addressed to, in plain words for the audit trail and alerts."""
+        name = self.directory.name_of("", channel) if channel[:1] in "UW" else None
+        if name:
+            return name
+        channel_name = self.directory.channel_name(channel) if channel[:1] in "CG" else None
+        return f"#{channel_name}" if channel_name else channel
+
+    def _reached_names(self, reached: list[str]) -> str:
+        return listed([self.names.channel(c) for c in reached])
+
+    def _tell_escalated(
+        self, view: RequestView, reached: list[str], waited: str, asked: int
+    ) -> None:
+        """The requester hears who the card reached, by name; if nobody further, what to do."""
+        if view.requester_slack_id is None or view.state != S.PENDING:
+            return  # decided meanwhile: that outcome is its own message
+        if reached:
+            text = (
+                f"Your request #{view.id} has waited {waited}, so it has gone to "
+                f"{self._reached_names(reached)} too."
+            )
+        else:
+            nobody = (
+                "nobody further could be reached in Slack"
+                if asked
+                else "there is nobody further to escalate it to"
+            )
+            text = (
+                f"Your request #{view.id} has waited {waited} and {nobody}. Phone "
+                f"{self._who_to_call(view)}. {self._break_glass_hint(view)}"
+            )
+        self._post(f"escalation request={view.id}", view.requester_slack_id, text)
+
+    def _unreachable_alert(self, view: RequestView, reached: list[str], channel: str) -> None:
+        why = self.service.unreachable_reason(view.id)
+        who = self.names.person(view.requester, view.requester_slack_id)
+        if reached:
+            escalated = f"It was escalated at once to {self._reached_names(reached)}."
+        elif view.state == S.PENDING:
+            escalated = "Nobody in the escalation group could be reached in Slack either."
+        else:
+            escalated = f"It is no longer waiting: {outcome_line(view, self.zone, self.names)}."
+        self._post(
+            f"unreachable request={view.id}",
+            channel,
+            f"🚨 No approver could be reached for request #{view.id}: {who} asked for "
+            f"`{view.target}:{view.role}` ({format_duration(view.extension or view.requested)}, "
+            f"{view.path} path): “{inert(view.reason)[:300]}”. Why: {inert(why)[:800]}. "
+            f"{escalated} Check the approvers the policy names for the {view.path} path "
+            "against Slack (`wardkey policy check --slack`).",
+        )
+
+    def _unreachable_requester(
+        self, view: RequestView, reached: list[str], before: Sequence[Delivered]
+    ) -> None:
+        if view.requester_slack_id is None:
+            return
+        waiting = view.state == S.PENDING or (view.state == S.ACTIVE and view.extension is not None)
+        if not waiting:
+            return  # decided meanwhile: that outcome is its own message
+        what = "extension of your access" if view.state == S.ACTIVE else "request"
+        lines = [
+            f"⚠️ No {view.path} approver could be reached in Slack for your {what} "
+            f"#{view.id} (`{view.target}:{view.role}`)."
+        ]
+        if reached:
+            lines.append(f"It has gone straight to {self._reached_names(reached)} instead.")
+        else:
+            lines.append("Nobody in the escalation group could be reached in Slack either.")
+        alerted = [
+            self.names.channel(str(d.call.args["channel"]))
+            for d in before
+            if d.sent and d.call.args.get("draw") == "unreachable_alert"
+        ]
+        if alerted:
+            lines.append(f"WardKey has alerted {listed(alerted)}.")
+        lines.append("*What you can do now*")
+        if view.state == S.ACTIVE:
+            until = clock_time(view.expires_at, self.zone)
+            lines.append(f"• Your access carries on until {until}.")
+        else:
+            lines.append(f"• {self._break_glass_hint(view)}")
+        lines.append(f"• Phone {self._who_to_call(view)}.")
+        self._post(f"unreachable request={view.id}", view.requester_slack_id, "\n".join(lines))
 
     def _request_changed(self, view: RequestView, notice: Notice) -> None:
         """Update every copy of the card in place (as it is now), tell the requester what
@@ -438,9 +652,9 @@ class Notifier:
         """Every copy of the approver card, and the requester's own DM about the request,
         updated in place."""
         blocks = approver_card(view, self._context(view))
-        text = f"Access request #{view.id}: {outcome_line(view, self.zone)}"
+        text = f"Access request #{view.id}: {outcome_line(view, self.zone, self.names)}"
         self._update_in_place(view.id, CARD, text, blocks)
-        receipt_text, receipt = requester_receipt(view, self.zone)
+        receipt_text, receipt = requester_receipt(view, self.zone, self.names)
         self._update_in_place(view.id, RECEIPT, receipt_text, receipt)
 
     def _update_in_place(
@@ -470,7 +684,8 @@ class Notifier:
         policy = self.service.policy
         text = (
             f"⚠️ Grant failed: #{view.id} `{view.target}:{view.role}` for "
-            f"{escape(view.requester)} was approved, but the target did not grant it: "
+            f"{self.names.person(view.requester, view.requester_slack_id)} was approved, but "
+            "the target did not grant it: "
             f"{inert(view.grant_detail or 'no detail')[:500]}. The requester has been told. "
             "Check the target; once it is fixed they can ask again."
         )
@@ -499,7 +714,7 @@ class Notifier:
         to_security = f"🔴 Break-glass #{view.id}: {who} took {access} until {until}. {reason}"
         to_reviewer = (
             f"🔴 Break-glass #{view.id}: {who} took {access} until {until}. Its review comes "
-            f"to <#{policy.channels.manager_reviews}> when it ends. {reason}"
+            f"to {self.names.channel(policy.channels.manager_reviews)} when it ends. {reason}"
         )
         reviewers = self._slack_ids(view, rules.reviewers(policy, self.service.clock.now()))
         for channel, text in [(policy.channels.security_alerts, to_security)] + [
@@ -520,7 +735,7 @@ class Notifier:
         text = (
             f"🚨 Revoke failed: #{view.id} `{view.target}:{view.role}` for "
             f"{escape(view.account)} is still in place on the target after "
-            f"{attempts} attempt(s): {escape(view.revoke_detail or 'no detail')}. "
+            f"{plural(attempts, 'attempt')}: {escape(view.revoke_detail or 'no detail')}. "
             "WardKey keeps retrying; check the target, and once access is gone a WardKey "
             f'admin can run `wardkey revoke resolve {view.id} "what you checked"`.'
         )
@@ -539,13 +754,13 @@ class Notifier:
         summary = self.service.break_glass_summary(request_id)
         view = summary.view
         channel = policy.channels.manager_reviews
+        who = self.names.person(view.requester, view.requester_slack_id)
         if step == ReviewStep.REQUESTED:
             self._post(
                 f"review_requested request={view.id}",
                 channel,
-                f"Break-glass review #{view.id}: {escape(view.requester)} used "
-                f"{view.target}:{view.role}",
-                review_card(summary, self.zone),
+                f"Break-glass review #{view.id}: {who} used {view.target}:{view.role}",
+                self._review_card(summary),
                 remember=(view.id, REVIEW_CARD),
             )
             return
@@ -556,7 +771,7 @@ class Notifier:
             people = rules.reviewers(policy, now)
         else:
             text = (
-                f"🚨 The review of break-glass #{view.id} ({escape(view.requester)}, "
+                f"🚨 The review of break-glass #{view.id} ({who}, "
                 f"`{view.target}:{view.role}`) is overdue: it was due {due}."
             )
             people = rules.group_members(policy, policy.admins)
@@ -620,7 +835,7 @@ class Notifier:
         blocked = policy.identities[name].block_unattested
         text = (
             f"⚠️ Service account `{escape(name)}` was not re-attested by its owner "
-            f"{escape(view.owner)} (due {day_time(view.due_at, self.zone)})"
+            f"{self.names.person(view.owner)} (due {day_time(view.due_at, self.zone)})"
             + (": elevations of it are blocked until they answer." if blocked else ".")
         )
         self._post(f"attestation_overdue identity={name}", policy.channels.security_alerts, text)
@@ -670,23 +885,36 @@ class Notifier:
         self._post(
             f"digest day={digest.day}",
             self.service.policy.channels.manager_reviews,
-            f"WardKey daily digest for {digest.day:%d %b}: {len(digest.break_glass)} "
-            f"break-glass use(s), {len(digest.overdue_reviews)} overdue review(s)",
-            digest_blocks(digest, self.zone),
+            f"WardKey daily digest for {digest.day:%d %b}: "
+            f"{plural(len(digest.break_glass), 'break-glass use')}, "
+            f"{plural(len(digest.overdue_reviews), 'overdue review')}",
+            digest_blocks(digest, self.zone, self.names),
         )
 
     def _review_decided(self, view: RequestView) -> None:
         """Every copy of the review card shows the decision; the user is told the outcome."""
         summary = self.service.break_glass_summary(view.id)
-        blocks = review_card(summary, self.zone)
-        text = f"Break-glass review #{view.id}: {review_line(view, self.zone)}"
+        blocks = self._review_card(summary)
+        line = review_line(view, self.zone, self.names)
+        text = f"Break-glass review #{view.id}: {line}"
         self._update_in_place(view.id, REVIEW_CARD, text, blocks)
         if view.requester_slack_id:
             self._post(
                 f"review_decided request={view.id}",
                 view.requester_slack_id,
-                f"The review of your break-glass use #{view.id}: {review_line(view, self.zone)}",
+                f"The review of your break-glass use #{view.id}: {line}",
             )
+
+    def _review_card(self, summary: BreakGlassSummary) -> list[Block]:
+        """The review card, people and channels by name, the user with their Slack title."""
+        view, label = summary.view, ""
+        if view.requester_slack_id:
+            try:
+                label = self.directory.profile(view.requester_slack_id).labelled
+            except SlackApiError as exc:
+                if slack_unwell(exc):
+                    raise  # drawn again when Slack answers
+        return review_card(summary, self.zone, self.names, label)
 
     def publish_home(self, user_id: str) -> None:
         """Redraw this user's App Home (drawn when sent, so it shows the latest state)."""
@@ -714,7 +942,7 @@ class Notifier:
                 f"outcome request={view.id}",
                 view.requester_slack_id,
                 f"Your request #{view.id} for `{view.target}:{view.role}`: "
-                f"{outcome_line(view, self.zone)}",
+                f"{outcome_line(view, self.zone, self.names)}",
             )
         self.tell_sponsor(view)
 
@@ -727,8 +955,10 @@ class Notifier:
             self._post(
                 f"sponsor request={view.id}",
                 user_id,
-                f"Vendor access you sponsor: {escape(view.requester)} on "
-                f"`{view.target}:{view.role}` (#{view.id}): {outcome_line(view, self.zone)}. "
+                f"Vendor access you sponsor: "
+                f"{self.names.person(view.requester, view.requester_slack_id)} on "
+                f"`{view.target}:{view.role}` (#{view.id}): "
+                f"{outcome_line(view, self.zone, self.names)}. "
                 f"Reason: {inert(view.reason)[:300]}",
             )
 
@@ -743,6 +973,23 @@ class Notifier:
 
     def say(self, user_id: str, text: str) -> None:
         self._record(f"user:{user_id}", self._post, "say", user_id, escape(text))
+
+
+# Slack's permanent refusals, in words for the people who must fix them.
+_REFUSALS = {
+    "user_not_found": "no such user",
+    "users_not_found": "no such user",
+    "account_inactive": "account deactivated",
+    "user_disabled": "account deactivated",
+    "channel_not_found": "no such channel, or WardKey cannot see it",
+    "is_archived": "the channel is archived",
+    "not_in_channel": "WardKey is not in the channel",
+    "cannot_dm_bot": "a bot account",
+}
+
+
+def _refusal_words(error: str | None) -> str:
+    return _REFUSALS.get(error or "", (error or "refused").replace("_", " "))
 
 
 def _standing_report(facts: list[Mapping[str, Any]]) -> StandingReport:

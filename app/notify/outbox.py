@@ -96,6 +96,9 @@ class OutCall:
     as_addressed: bool = False
     # Sent instead if Slack refuses this one for good (a gone security channel: the admins).
     instead: list[OutCall] = field(default_factory=list)
+    # Drawn when its turn comes (`Renderer.draw_late`), from what became of the calls before it
+    # in its group: says only what was delivered ("escalated to Hana Novak"), or is nothing.
+    late: bool = False
 
     def to_json(self) -> str:
         return json.dumps(self._data())
@@ -108,6 +111,7 @@ class OutCall:
             "about": self.about,
             "as_addressed": self.as_addressed,
             "instead": [c._data() for c in self.instead],
+            "late": self.late,
         }
 
     @classmethod
@@ -124,7 +128,17 @@ class OutCall:
             str(data.get("about") or ""),
             bool(data.get("as_addressed")),
             [cls._from(c) for c in data.get("instead") or []],
+            bool(data.get("late")),
         )
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """What became of a call sent before a late one in its group."""
+
+    call: OutCall
+    sent: bool  # Slack took it (else refused for good)
+    error: str | None
 
 
 class Defer(Exception):
@@ -137,6 +151,8 @@ class Renderer(Protocol):
     def expand(self, notice: Notice) -> list[OutCall]: ...
 
     def draw_home(self, user_id: str) -> dict[str, Any] | None: ...
+
+    def draw_late(self, call: OutCall, before: Sequence[Delivered]) -> OutCall | None: ...
 
 
 class Transient(Exception):
@@ -490,6 +506,15 @@ class Outbox:
 
     def _send(self, item: Claimed) -> None:
         call = OutCall.from_json(item.body)
+        if call.late:
+            drawn = self._draw_late(item, call)
+            if drawn is None:  # nothing to say after all
+                now = self.clock.now()
+                held = {"id": item.id, "owner": self.owner, "now": now}
+                with self.db.transaction() as session:
+                    session.execute(_DONE, {**held, "channel": None, "ts": None})
+                return
+            call = drawn
         self._respect_rate_limit(call.method)
         channel: str | None = None
         ts: str | None = None

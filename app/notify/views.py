@@ -26,11 +26,12 @@ from slack_sdk.models.blocks import (
 from slack_sdk.models.views import View
 
 from app.notify.blocks import (
+    SLACK_SHOWS,
+    Names,
     cancel_button,
     clock_time,
     decision_buttons,
     inert,
-    mention,
     outcome_line,
     words,
 )
@@ -231,10 +232,11 @@ def home_view(
     now: datetime,
     zone: ZoneInfo,
     high_risk_paths: frozenset[str] = frozenset(),
+    names: Names = SLACK_SHOWS,
 ) -> dict[str, Any]:
     blocks: list[Block] = [HeaderBlock(text="Your access")]
     if not active:
-        blocks.append(ContextBlock(elements=[MarkdownTextObject(text="No active elevation.")]))
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(text="No active access.")]))
     for v in active:
         left = max(timedelta(0), (v.expires_at or now) - now)
         blocks.append(
@@ -250,7 +252,7 @@ def home_view(
     if not pending:
         blocks.append(ContextBlock(elements=[MarkdownTextObject(text="Nothing waiting.")]))
     for v in pending:
-        line = f"*#{v.id}* `{v.target}:{v.role}` · {outcome_line(v, zone)}"
+        line = f"*#{v.id}* `{v.target}:{v.role}` · {outcome_line(v, zone, names)}"
         blocks.append(SectionBlock(text=words(line)))
         if v.state == S.PENDING and v.extension is None:  # still waiting: it can be withdrawn
             blocks.append(ActionsBlock(block_id=f"home_cancel:{v.id}", elements=[cancel_button(v)]))
@@ -259,7 +261,7 @@ def home_view(
         blocks.append(ContextBlock(elements=[MarkdownTextObject(text="Nothing to decide.")]))
     for v in to_decide[:10]:
         what = "extension of " if v.extension else ""
-        who = mention(v.requester_slack_id, v.requester)
+        who = names.person(v.requester, v.requester_slack_id)
         blocks.append(
             SectionBlock(
                 text=words(

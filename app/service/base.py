@@ -3,6 +3,7 @@ transitions."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -46,6 +47,7 @@ from app.store.models import (
     OPEN_STATES,
     AccessRequest,
     Attestation,
+    AuditEvent,
     Decision,
     HomeView,
     RequestMessage,
@@ -78,6 +80,9 @@ REVOKE_RETRY_MAX = timedelta(minutes=15)
 # a heartbeat renews its claims every third of this while it calls the target, however long the
 # call takes; so a crashed worker's work is taken over about this long after it died.
 DEFAULT_LEASE = timedelta(seconds=10)
+# AccessRequest.escalation_level past "escalated" (2): no approver could be reached, so the
+# request was escalated at once and security and the admins told (the sweep adds nothing more).
+UNREACHABLE = 3
 
 STATE_WORDS = {
     S.APPROVED: "has already been approved",
@@ -267,6 +272,56 @@ class ServiceBase:
                 .order_by(RequestMessage.id)
             ).all()
         return [(channel, ts) for channel, ts in rows]
+
+    def approvers_unreachable(self, request_id: int, why: str) -> RequestView | None:
+        """Slack could reach none of a waiting request's approvers (nobody on duty has a
+        current Slack account, or Slack refused every card for good): record it, once, and
+        escalate at once rather than at the SLA, so the escalation group may decide. The
+        notice this writes tells the requester, the escalation group, security and the
+        admins. None if the request no longer waits for approval or this was recorded."""
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            req = session.get(AccessRequest, request_id)
+            if req is None or req.escalation_level >= UNREACHABLE:
+                return None
+            waiting = req.state == S.PENDING or (
+                req.state == S.ACTIVE and req.extension_seconds is not None
+            )
+            if not waiting:
+                return None
+            try:
+                transitions.transition(
+                    session,
+                    req,
+                    S(req.state),
+                    at=now,
+                    actor="wardkey",
+                    action="approval.unreachable",
+                    changes={"escalation_level": UNREACHABLE},
+                    data={
+                        "why": why[:500],
+                        "escalated_to": rules.escalation_members(self.policy, req.path),
+                    },
+                )
+            except StaleState:
+                return None  # it changed meanwhile (decided, or recorded by another process)
+            return self._view(session, req)
+
+    def unreachable_reason(self, request_id: int) -> str:
+        """Why no approver of this request could be reached, as `approvers_unreachable`
+        recorded it (the latest time)."""
+        with self.db.read() as session:
+            body = session.scalar(
+                select(AuditEvent.body)
+                .where(
+                    AuditEvent.request_id == request_id,
+                    AuditEvent.action == "approval.unreachable",
+                )
+                .order_by(AuditEvent.seq.desc())
+                .limit(1)
+            )
+        data = (json.loads(body).get("data") or {}) if body else {}
+        return str(data.get("why") or "nobody could be reached")
 
     def remember_home_opened(self, slack_user_id: str) -> None:
         insert = sqlite_insert if self.db.is_sqlite else postgres_insert

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.policy import rules
 from app.policy.model import BREAK_GLASS_PATH, AccessPath
@@ -22,6 +22,7 @@ from app.service.errors import (
     NotFound,
     SelfApproval,
 )
+from app.service.requests import replaced_in
 from app.service.transitions import StaleState
 from app.service.views import RequestView
 from app.store.models import (
@@ -41,6 +42,10 @@ class ReviewStep(StrEnum):
 
 # The purpose under which the break-glass alert's recipients are remembered.
 ALERT_MESSAGE = "break_glass_alert"
+# How far back the review card looks for the same person's other requests for that access.
+EARLIER_WINDOW = timedelta(hours=24)
+# The period of the user's break-glass count on the review card.
+BREAK_GLASS_COUNT_WINDOW = timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,13 @@ class BreakGlassSummary:
     recorded: bool  # the target logged the session's statements
     sessions_ended: int | None
     target_notes: tuple[str, ...]
+    # The same person's other requests for the same access in the day before this use began
+    # (a denial minutes earlier is what a reviewer most needs to see), oldest first.
+    earlier: tuple[RequestView, ...] = ()
+    # Their break-glass uses in the 30 days up to this one's start, this one included.
+    break_glass_30_days: int = 1
+    # The pending request this use replaced (cancelled when it began), if any.
+    replaces: int | None = None
 
 
 def _event_data(body: str) -> dict[str, Any]:
@@ -190,6 +202,8 @@ class ReviewCases(ServiceBase):
             else None
         )
         notes = tuple(n for n in (view.grant_detail, view.revoke_detail) if n)
+        started = next((body for action, body in events if action == "breakglass.started"), None)
+        replaced = replaced_in(started)
         return BreakGlassSummary(
             view=view,
             used_for=used_for,
@@ -197,7 +211,43 @@ class ReviewCases(ServiceBase):
             recorded=bool(role and role.record_sessions),
             sessions_ended=sessions_ended,
             target_notes=notes,
+            earlier=self._earlier_requests(view),
+            break_glass_30_days=self._break_glass_count(view),
+            replaces=replaced[0] if replaced else None,
         )
+
+    def _earlier_requests(self, view: RequestView) -> tuple[RequestView, ...]:
+        """The same person's other requests for the same target and role made in the day
+        before this one (whatever became of them), oldest first."""
+        since = view.created_at - EARLIER_WINDOW
+        with self.db.read() as session:
+            rows = session.scalars(
+                select(AccessRequest)
+                .where(
+                    AccessRequest.requester == view.requester,
+                    AccessRequest.target == view.target,
+                    AccessRequest.role == view.role,
+                    AccessRequest.id != view.id,
+                    AccessRequest.created_at >= since,
+                    AccessRequest.created_at <= view.created_at,
+                )
+                .order_by(AccessRequest.created_at.desc(), AccessRequest.id.desc())
+                .limit(10)
+            ).all()
+            return tuple(self._views(session, list(reversed(rows))))
+
+    def _break_glass_count(self, view: RequestView) -> int:
+        """This person's break-glass uses in the 30 days up to this one, this one included."""
+        with self.db.read() as session:
+            count = session.scalar(
+                select(func.count()).where(
+                    AccessRequest.requester == view.requester,
+                    AccessRequest.path == BREAK_GLASS_PATH,
+                    AccessRequest.created_at > view.created_at - BREAK_GLASS_COUNT_WINDOW,
+                    AccessRequest.created_at <= view.created_at,
+                )
+            )
+        return int(count or 0)
 
 
 _REVIEW_CHANGES = {

@@ -71,7 +71,7 @@ class Workspace:
 class SlackProfile:
     user_id: str
     team_id: str | None
-    name: str
+    name: str  # the full name (real_name), else the display name, else the handle
     title: str
     email: str | None
     deleted: bool
@@ -89,7 +89,12 @@ class SlackProfile:
         return cls(
             user_id=user_id,
             team_id=user.get("team_id"),
-            name=profile.get("real_name") or user.get("real_name") or user.get("name", user_id),
+            name=(
+                profile.get("real_name")
+                or user.get("real_name")
+                or profile.get("display_name")
+                or user.get("name", user_id)
+            ),
             title=profile.get("title", ""),
             email=(profile.get("email") or None),
             deleted=bool(user.get("deleted")),
@@ -101,6 +106,17 @@ class SlackProfile:
 
     def person(self) -> Person:
         return Person(slack_user_id=self.user_id, email=self.email, team_id=self.team_id)
+
+    @property
+    def can_act(self) -> bool:
+        """A current member who may use WardKey: not deactivated, a guest or a bot. Slack still
+        takes a message to a deactivated account, so only this says nobody will read it."""
+        return not (self.deleted or self.restricted or self.is_bot)
+
+    @property
+    def labelled(self) -> str:
+        """Name and title, "Ben Hughes (Clinical systems lead)"; the name alone without one."""
+        return f"{self.name} ({self.title})" if self.title else self.name
 
 
 class SlackDirectory:
@@ -121,6 +137,7 @@ class SlackDirectory:
         self._now = monotonic
         self._cache: dict[str, tuple[float, SlackProfile]] = {}
         self._by_email: dict[str, tuple[float, str | None]] = {}
+        self._channels: dict[str, tuple[float, str | None]] = {}
         self._lock = threading.Lock()
 
     def workspace(self) -> Workspace:
@@ -188,6 +205,55 @@ class SlackDirectory:
         with self._lock:
             self._by_email[member] = (self._now() + self.ttl, user_id)
         return user_id
+
+    def profile_of(self, member: str) -> SlackProfile | None:
+        """A policy member's Slack profile (cached), or None when Slack knows no such account
+        in the trust's workspace. A Slack failure (5xx, 429) is raised, never taken as None."""
+        user_id = self.user_id_for(member)
+        if user_id is None:
+            return None
+        try:
+            return self.profile(user_id)
+        except SlackApiError as exc:
+            if slack_unwell(exc):
+                raise
+            return None
+
+    def name_of(self, member: str, slack_user_id: str | None = None) -> str | None:
+        """How Slack names a person (their full name), found from their Slack ID or a policy
+        member (e-mail or ID); None when Slack does not know them."""
+        try:
+            found = self.profile(slack_user_id) if slack_user_id else self.profile_of(member)
+        except SlackApiError as exc:
+            if slack_unwell(exc):
+                raise
+            found = None
+        return found.name if found is not None else None
+
+    def channel_name(self, channel_id: str) -> str | None:
+        """A channel's name without the #, from `conversations.info` (cached like profiles);
+        None for a direct message or a channel WardKey cannot see."""
+        with self._lock:
+            hit = self._channels.get(channel_id)
+            if hit is not None and hit[0] > self._now():
+                return hit[1]
+        name: str | None = None
+        try:
+            found = self.client.conversations_info(channel=channel_id)["channel"]
+        except SlackApiError as exc:
+            if slack_unwell(exc):
+                raise
+            log.warning(
+                "event=channel_lookup_failed channel=%s error=%s",
+                channel_id,
+                exc.response.get("error"),
+            )
+        else:
+            if not found.get("is_im") and found.get("name"):
+                name = str(found["name"])
+        with self._lock:
+            self._channels[channel_id] = (self._now() + self.ttl, name)
+        return name
 
 
 def slack_unwell(exc: SlackApiError) -> bool:
