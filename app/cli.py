@@ -710,7 +710,60 @@ def _policy_check(args: argparse.Namespace) -> int:
         print(f"warning: {issue}", file=sys.stderr)
     print("OK")
     print_summary(policy, sys.stdout)
+    if args.slack:
+        return _people_in_slack(policy, args.file)
     return 0
+
+
+def _people_in_slack(policy: Policy, file: Path) -> int:
+    """`policy check --slack`: everyone the policy names, looked up in Slack; each unusable
+    account at its place in the file. 0: all usable; 1: some are not; 2: Slack not asked."""
+    from app.policy.loader import LineIndex
+    from app.policy_slack import SlackCheckError, check_people
+    from app.slack.app import web_client
+    from app.slack.people import Workspace
+
+    settings = Settings()
+    if not settings.slack_bot_token:
+        print(f"wardkey: {MISSING['slack_bot_token']}", file=sys.stderr)
+        return 2
+    client = web_client(settings.slack_bot_token, settings.slack_api_url)
+    workspace = Workspace.configured(settings.slack_team_ids, settings.slack_enterprise_id)
+    sdk = logging.getLogger("slack_sdk")
+    level = sdk.level
+    sdk.setLevel(logging.CRITICAL)  # a line per retried call would bury the answer
+    try:
+        found = check_people(policy, client, workspace)
+    except SlackCheckError as exc:
+        print(f"wardkey: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        sdk.setLevel(level)
+    lines = LineIndex.of(file.read_text(encoding="utf-8"))
+    people = _count(found.looked_up, "account")
+    if not found.problems and not found.nobody_left:
+        print(f"Slack: all {people} the policy names are active people of this workspace.")
+        return 0
+    print(f"Slack: {people} looked up; {len(found.problems)} cannot use WardKey (below).")
+    print(
+        f"{file}: {_count(len(found.problems), 'account')} WardKey cannot act for", file=sys.stderr
+    )
+    for problem in found.problems:
+        for place in problem.places:
+            where = ".".join(str(part) for part in place.loc)
+            print(
+                f"  {where}: {problem.member} {problem.problem} (line {lines.key_line(place.loc)})",
+                file=sys.stderr,
+            )
+    for loc, paths in found.nobody_left.items():
+        kind = "group" if loc[0] == "groups" else "rota"
+        relies = f"; {', '.join(paths)} would find no approver from it" if paths else ""
+        print(
+            f"  {'.'.join(map(str, loc))}: nobody in this {kind} can act in Slack{relies} "
+            f"(line {lines.key_line(loc)})",
+            file=sys.stderr,
+        )
+    return 1
 
 
 def _policy_schema(args: argparse.Namespace) -> int:

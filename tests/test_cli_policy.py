@@ -4,6 +4,8 @@ against as people type. It must accept every manifest WardKey accepts and refuse
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,9 @@ import yaml
 from app.cli import main
 from app.devtools.big_trust import write_big_trust
 from app.devtools.demo import demo_policy_text
+from app.devtools.slack_fake import FakeSlack, SlackUser
 from app.policy import parse_policy
+from tests.slack_harness import WARD_USERS
 
 ROOT = Path(__file__).parent.parent
 MANIFESTS = [
@@ -119,3 +123,128 @@ class TestPolicySchema:
 
 def test_the_demo_policy_resource_is_packaged() -> None:
     assert resources.files("app.devtools").joinpath("demo_policy.yaml").is_file()
+
+
+WARD = ROOT / "tests" / "data" / "ward_policy.yaml"
+
+
+def line_of(fragment: str, after: str = "") -> int:
+    lines = WARD.read_text().splitlines()
+    start = next(n for n, text in enumerate(lines) if after in text) if after else 0
+    return next(n for n, text in enumerate(lines[start:], start + 1) if fragment in text)
+
+
+class TestPeopleInSlack:
+    """`policy check --slack`: before the night shift, find the rota nobody can act on."""
+
+    @pytest.fixture
+    def slack(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSlack]:
+        fake = FakeSlack().start()
+        for user in WARD_USERS:
+            fake.add_user(replace(user))  # copies: a test changes them
+        fake.add_user(SlackUser("U0GITA2ND", None, "Gita Rao (second account)"))
+        monkeypatch.setenv("SLACK_BOT_TOKEN", fake.token)
+        monkeypatch.setenv("SLACK_API_URL", fake.api_url)
+        for name in ("SLACK_TEAM_IDS", "SLACK_ENTERPRISE_ID"):
+            monkeypatch.delenv(name, raising=False)
+        yield fake
+        fake.stop()
+
+    def test_everyone_active_passes(
+        self, slack: FakeSlack, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert main(["policy", "check", str(WARD), "--slack"]) == 0
+        out = capsys.readouterr().out
+        assert "Slack: all 10 accounts the policy names are active people of this workspace." in out
+        # each person once: an e-mail by users.lookupByEmail, an ID by users.info
+        assert len(slack.calls_to("users.lookupByEmail")) == 8
+        assert {c.args["user"] for c in slack.calls_to("users.info")} == {"U0AMIRA", "U0GITA2ND"}
+
+    def test_unusable_accounts_are_named_at_each_place_with_the_line(
+        self, slack: FakeSlack, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        slack.users["U0BEN"].deleted = True  # left the trust
+        slack.users["U0CHLOE"].is_ultra_restricted = True  # a single-channel guest now
+        slack.users["U0HANA"].is_bot = True  # her address was put on an integration
+        del slack.users["U0ERIN"]  # never had Slack
+        slack.users["U0VAL"].team_id = "T0OTHER"  # a vendor's own workspace
+
+        assert main(["policy", "check", str(WARD), "--slack"]) == 1
+
+        captured = capsys.readouterr()
+        assert "Slack: 10 accounts looked up; 5 cannot use WardKey (below)." in captured.out
+        err = captured.err.splitlines()
+        assert err[0] == f"{WARD}: 5 accounts WardKey cannot act for"
+        rota = line_of("members: [ben@", after="clinical-oncall:")
+        assert (
+            "  oncall.clinical-oncall.members.0: ben@ward.nhs.uk is deactivated in Slack (Ben "
+            f"Hughes) (line {rota})" in err
+        )
+        assert (
+            f"  groups.clinical-systems.1: ben@ward.nhs.uk is deactivated in Slack (Ben Hughes) "
+            f"(line {line_of('clinical-systems: [')})" in err
+        )
+        assert (
+            f"  vendors.medisoft.sponsor: ben@ward.nhs.uk is deactivated in Slack (Ben Hughes) "
+            f"(line {line_of('sponsor: ben@')})" in err
+        )
+        assert (
+            "  oncall.clinical-oncall.members.1: chloe@ward.nhs.uk is a guest account (Chloe "
+            f"Evans): guests cannot use WardKey (line {rota})" in err
+        )
+        assert (
+            "  groups.managers.1: hana@ward.nhs.uk is a bot, not a person (Hana Novak) "
+            f"(line {line_of('managers: [')})" in err
+        )
+        assert (
+            "  groups.infra-leads.0: erin@ward.nhs.uk is not in Slack: no account has this "
+            f"e-mail address (line {line_of('infra-leads: [')})" in err
+        )
+        assert any(
+            line.startswith(
+                "  vendors.medisoft.people.0: val@vendor.example is an account of "
+                "another workspace or organisation (Val Stone)"
+            )
+            for line in err
+        )
+        # The consequence a night shift would meet: nobody on the clinical rota can approve.
+        assert (
+            "  oncall.clinical-oncall: nobody in this rota can act in Slack; clinical would find "
+            f"no approver from it (line {line_of('clinical-oncall:')})" in err
+        )
+
+    def test_an_unknown_slack_id_is_reported(
+        self, slack: FakeSlack, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        del slack.users["U0AMIRA"]
+        assert main(["policy", "check", str(WARD), "--slack"]) == 1
+        assert (
+            "  groups.clinical-systems.0: U0AMIRA is not in Slack: no account has this ID "
+            f"(line {line_of('clinical-systems: [')})" in capsys.readouterr().err.splitlines()
+        )
+
+    def test_slack_not_answering_or_refusing_the_token_is_one_line_and_exit_2(
+        self,
+        slack: FakeSlack,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-wrong")
+        assert main(["policy", "check", str(WARD), "--slack"]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            "wardkey: SLACK_BOT_TOKEN was refused by Slack (invalid_auth): copy the Bot User "
+            "OAuth Token (xoxb-…) again"
+        ]
+        monkeypatch.setenv("SLACK_BOT_TOKEN", slack.token)
+        slack.unreachable = True
+        assert main(["policy", "check", str(WARD), "--slack"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        assert err[0].startswith(f"wardkey: Slack did not answer at {slack.api_url}auth.test")
+
+    def test_without_a_token_says_what_to_set(
+        self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)
+        assert main(["policy", "check", str(WARD), "--slack"]) == 2
+        assert capsys.readouterr().err.startswith("wardkey: SLACK_BOT_TOKEN is not set")

@@ -48,3 +48,57 @@ def person_key(policy: Policy, person: Person) -> str:
 
 def same_person(policy: Policy, a: Person, b: Person) -> bool:
     return bool(identifiers(policy, a) & identifiers(policy, b))
+
+
+@dataclass(frozen=True)
+class Mention:
+    """One place the policy names a person: `loc` as in a PolicyIssue, `as_what` in words."""
+
+    member: str
+    loc: tuple[str | int, ...]
+    as_what: str
+
+
+def mentions(policy: Policy) -> list[Mention]:
+    """Every place the policy names a person (Slack user ID or e-mail), in manifest order."""
+    found: list[Mention] = []
+    for primary, aliases in policy.people.items():
+        found.append(Mention(primary, ("people", primary), "a person with other accounts"))
+        for i, account in enumerate(aliases.accounts):
+            found.append(Mention(account, ("people", primary, "accounts", i), "their account"))
+    for name, members in policy.groups.items():
+        for i, member in enumerate(members):
+            found.append(Mention(member, ("groups", name, i), f"in group {name}"))
+    for name, rota in policy.oncall.items():
+        for i, member in enumerate(rota.members):
+            found.append(Mention(member, ("oncall", name, "members", i), f"on rota {name}"))
+        for i, override in enumerate(rota.overrides):
+            cover = ("oncall", name, "overrides", i, "member")
+            found.append(Mention(override.member, cover, f"covering rota {name}"))
+    for name, target in policy.targets.items():
+        for member in target.account.overrides:
+            loc = ("targets", name, "account", "overrides", member)
+            found.append(Mention(member, loc, f"with an account on {name}"))
+    for name, identity in policy.identities.items():
+        found.append(
+            Mention(
+                identity.owner, ("identities", name, "owner"), f"owner of service account {name}"
+            )
+        )
+    for name, vendor in policy.vendors.items():
+        for i, person in enumerate(vendor.people):
+            found.append(Mention(person, ("vendors", name, "people", i), f"vendor {name}"))
+        found.append(Mention(vendor.sponsor, ("vendors", name, "sponsor"), f"sponsor of {name}"))
+    return found
+
+
+def approver_paths(policy: Policy, group: str | None = None, rota: str | None = None) -> list[str]:
+    """The paths whose approvers or reviewers come from this group or rota."""
+    return [
+        name
+        for name, path in policy.paths.items()
+        if any(
+            (group is not None and s.group == group) or (rota is not None and s.rota == rota)
+            for s in (*path.approvers, *path.reviewers)
+        )
+    ]
