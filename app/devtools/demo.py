@@ -23,7 +23,7 @@ from app.adapters.webhook import WebhookAdapter, WebhookSettings
 from app.audit import verify
 from app.clock import ManualClock
 from app.devtools.slack_driver import SlackDriver, TrackingExecutor, serving
-from app.devtools.slack_fake import FakeSlack, SlackUser
+from app.devtools.slack_fake import FakeSlack, SlackChannel, SlackUser
 from app.devtools.transcript import Transcript
 from app.devtools.webhook_target import WebhookTarget
 from app.notify.blocks import APPROVE_ACTION, CANCEL_ACTION, DENY_ACTION, REVIEW_JUSTIFIED
@@ -77,6 +77,8 @@ def _run(out: TextIO, workdir: Path) -> None:
     fake = FakeSlack(team_id=TEAM).start()
     for person in PEOPLE:
         fake.add_user(person)
+    for channel_id, name in CHANNELS.items():  # cards name them as Slack does
+        fake.add_channel(SlackChannel(channel_id, name.removeprefix("#")))
     url = f"sqlite:///{workdir / 'wardkey-demo.db'}"
     upgrade(url)
     db = Database(url)

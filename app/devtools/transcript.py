@@ -13,7 +13,9 @@ from zoneinfo import ZoneInfo
 from app.devtools.slack_fake import Call, FakeSlack
 
 # Calls that are plumbing rather than conversation.
-QUIET = frozenset({"auth.test", "users.info", "users.lookupByEmail", "conversations.open"})
+QUIET = frozenset(
+    {"auth.test", "users.info", "users.lookupByEmail", "conversations.open", "conversations.info"}
+)
 
 # A mention or channel link as WardKey writes them: <@U…>, <#C…> (an optional |label after).
 _MENTIONS = re.compile(r"<([@#])([UWCG][A-Z0-9]+)(?:\|[^>]*)?>")

@@ -312,7 +312,7 @@ def outcome_line(view: RequestView, zone: ZoneInfo, names: Names = SLACK_SHOWS) 
                 return f"↩️ Cancelled by WardKey: {inert(view.end_reason)}"
             why = f": {inert(view.end_reason)}" if view.end_reason else ""
             if view.cancelled_by_requester:  # withdrawn, or replaced by their break-glass
-                who = mention(view.requester_slack_id, view.requester)
+                who = names.person(view.requester, view.requester_slack_id)
                 return f"↩️ Cancelled by {who} at {clock_time(view.ended_at, zone)}{why}"
             if view.end_reason:
                 return f"↩️ Cancelled{why}"

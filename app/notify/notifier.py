@@ -910,7 +910,8 @@ class Notifier:
         view, label = summary.view, ""
         if view.requester_slack_id:
             try:
-                label = self.directory.profile(view.requester_slack_id).labelled
+                profile = self.directory.profile(view.requester_slack_id)
+                label = f"{profile.name}, {profile.title}" if profile.title else profile.name
             except SlackApiError as exc:
                 if slack_unwell(exc):
                     raise  # drawn again when Slack answers
