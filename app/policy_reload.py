@@ -32,7 +32,7 @@ from sqlalchemy import func, select
 
 from app.adapters.base import Adapter
 from app.adapters.registry import AdapterConfigError, build_adapters
-from app.notify.blocks import escape, inert
+from app.notify.blocks import escape
 from app.notify.outbox import POST, OutCall
 from app.policy import Policy, PolicyError, parse_policy
 from app.policy.checks import policy_warnings
@@ -79,6 +79,12 @@ def _stat(path: Path) -> tuple[int, int, int, int] | None:
     except OSError:
         return None
     return (found.st_mtime_ns, found.st_size, found.st_ino, found.st_dev)
+
+
+def _code(text: str) -> str:
+    """The operator's own words (a field of their file) in a code span, as they wrote them:
+    no mention or link, and no backtick to end the span early."""
+    return escape(text).replace("`", "\u02cb")
 
 
 def _changed_sections(old: Policy, new: Policy) -> list[str]:
@@ -208,6 +214,13 @@ class PolicyReloader:
         self.service.policy = new
         previous, self.digest, self._refused = self.digest, digest, None
         changed = _changed_sections(old, new)
+        # Told first, logged after: once every instance has logged it, all have told.
+        self._alert(
+            new,
+            f"policy-loaded:{digest[:40]}",
+            f"🔄 WardKey is now using a changed policy file (sha256 `{digest[:12]}`; changed: "
+            f"{escape(', '.join(changed) or 'formatting only')}). It was checked before use.",
+        )
         log.info(
             "event=policy_reloaded file=%s sha256=%s previous=%s changed=%s targets=%d paths=%d",
             self.path,
@@ -219,12 +232,6 @@ class PolicyReloader:
         )
         for issue in policy_warnings(new):
             log.warning("event=policy_warning file=%s %s", self.path, issue)
-        self._alert(
-            new,
-            f"policy-loaded:{digest[:40]}",
-            f"🔄 WardKey is now using a changed policy file (sha256 `{digest[:12]}`; changed: "
-            f"{escape(', '.join(changed) or 'formatting only')}). It was checked before use.",
-        )
         return "reloaded"
 
     def _removed_with_open_requests(self, old: Policy, new: Policy) -> Refusal | None:
@@ -253,6 +260,17 @@ class PolicyReloader:
     def _refuse(self, digest: str, refusal: Refusal, asked: bool) -> Outcome:
         again = digest == self._refused
         self._refused = digest
+        if not again or asked:
+            self._alert(
+                self.service.policy,
+                f"policy-refused:{digest[:40]}",
+                "⚠️ WardKey did not load the changed policy file "
+                f"{escape(str(self.path))}: `{_code(refusal.field)}`: {escape(refusal.reason)}"
+                + (f" (line {refusal.line})" if refusal.line else "")
+                + (f", and {refusal.problems - 1} more problem(s)" if refusal.problems > 1 else "")
+                + ". The previous policy stays in force on every instance. Fix the file "
+                f"(`wardkey policy check {escape(str(self.path))}` lists every problem).",
+            )
         log.error(
             "event=policy_reload_refused file=%s sha256=%s field=%s reason=%s line=%s "
             "problems=%d kept=%s what=the policy in force is unchanged; run `wardkey policy "
@@ -266,17 +284,6 @@ class PolicyReloader:
             self.digest[:12],
             self.path,
         )
-        if not again or asked:
-            self._alert(
-                self.service.policy,
-                f"policy-refused:{digest[:40]}",
-                "⚠️ WardKey did not load the changed policy file "
-                f"{escape(str(self.path))}: `{inert(refusal.field)}`: {inert(refusal.reason)}"
-                + (f" (line {refusal.line})" if refusal.line else "")
-                + (f", and {refusal.problems - 1} more problem(s)" if refusal.problems > 1 else "")
-                + ". The previous policy stays in force on every instance. Fix the file "
-                f"(`wardkey policy check {escape(str(self.path))}` lists every problem).",
-            )
         return "refused"
 
     def _alert(self, policy: Policy, key: str, text: str) -> None:
@@ -288,5 +295,5 @@ class PolicyReloader:
                 [OutCall(POST, {"channel": policy.channels.security_alerts, "text": text})],
                 key=key[:100],
             )
-        except Exception as exc:  # the log line above already says it; Slack hears on retry
+        except Exception as exc:  # the log line still says it
             log.warning("event=policy_alert_failed error=%s", type(exc).__name__)
