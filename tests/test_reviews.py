@@ -3,20 +3,23 @@ escalated when overdue, decided with a note by a reviewer who is not the user.""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
 
 from app.clock import ManualClock
-from app.notify.blocks import REVIEW_JUSTIFIED, REVIEW_NOT_JUSTIFIED
+from app.devtools.slack_fake import SlackChannel
+from app.notify.blocks import DENY_ACTION, REVIEW_JUSTIFIED, REVIEW_NOT_JUSTIFIED
 from app.notify.notifier import Notifier
 from app.scheduler import Sweeps
 from app.service import AccessService, ReviewStep
 from app.slack.app import web_client
+from app.slack.listeners.actions import DENY_BLOCK, DENY_INPUT, DENY_VIEW
 from app.slack.listeners.reviews import NOTE_BLOCK, NOTE_INPUT, REVIEW_VIEW
 from app.slack.people import SlackDirectory
 from app.store.models import RequestState as S
-from tests.conftest import AMIRA, BEN, GITA, HANA
+from tests.conftest import AMIRA, BEN, GITA, HANA, NIGHT_SHIFT
 from tests.conftest import audit_actions as actions
 from tests.fakes.memory_adapter import MemoryTarget
 from tests.slack_harness import RunningApp, SlackOnSqlite
@@ -175,3 +178,75 @@ class TestInSlack(SlackOnSqlite):
         assert "overdue" in alert.args["text"]
         # The WardKey admins (Gita) are told directly too.
         assert slack.fake.wait_for("chat.postMessage", 1, channel="U0GITA")
+
+
+class TestTheReviewCard(SlackOnSqlite):
+    """What a manager most needs to judge a break-glass use, on the card itself."""
+
+    def sweeps(self, slack: RunningApp, service: AccessService) -> Sweeps:
+        client = web_client(slack.fake.token, slack.fake.api_url)
+        notifier = Notifier(client, service, SlackDirectory(client))
+        return Sweeps(service, on_review=notifier.review_follow_up)
+
+    def test_the_card_shows_names_channels_an_earlier_denial_and_the_30_day_count(
+        self, slack: RunningApp, service: AccessService, clock: ManualClock
+    ) -> None:
+        slack.fake.add_channel(SlackChannel("C0SEC", "security-alerts", is_private=True))
+        slack.fake.add_channel(SlackChannel("C0MGR", "manager-reviews"))
+        # Ten days ago Amira used break-glass once already.
+        clock.set(NIGHT_SHIFT - timedelta(days=10))
+        used_and_ended(service, clock)
+        clock.set(NIGHT_SHIFT)
+        # 03:00 she asks for the access; Ben, on call, denies it at 03:05 with a reason.
+        assert slack.command("/jit", f"request pharmacy-db:read 30m {WHY}", "U0AMIRA")
+        slack.settle()
+        denied = max(v.id for v in service.requests_of_key("amira@ward.nhs.uk"))
+        clock.advance(timedelta(minutes=5))
+        slack.click(DENY_ACTION, str(denied), "U0BEN")
+        meta = slack.fake.wait_for("views.open", 1)[0].args["view"]["private_metadata"]
+        slack.submit_view(
+            DENY_VIEW, {DENY_BLOCK: {DENY_INPUT: {"value": "not on shift"}}}, "U0BEN", meta
+        )
+        slack.settle()
+        assert service.get(denied).state == S.DENIED
+        # 03:10 she breaks the glass for the same access; it ends an hour later.
+        clock.advance(timedelta(minutes=5))
+        slack.command("/breakglass", f"pharmacy-db:read {WHY}", "U0AMIRA")
+        slack.settle()
+        rid = max(v.id for v in service.requests_of_key("amira@ward.nhs.uk"))
+        assert service.get(rid).state == S.ACTIVE
+        clock.advance(timedelta(minutes=61))
+        service.expire_due()
+        self.sweeps(slack, service).review()
+
+        cards = slack.fake.wait_for("chat.postMessage", 2, channel="C0MGR")
+        card = next(c for c in cards if f"Break-glass review #{rid}" in c.args["text"])
+        assert card.args["text"] == f"Break-glass review #{rid}: Amira Khan used pharmacy-db:read"
+        shown = "\n".join(
+            text
+            for block in card.args["blocks"]
+            for text in [
+                (block.get("text") or {}).get("text", ""),
+                *[f.get("text", "") for f in block.get("fields") or []],
+            ]
+        )
+        assert "<@U0AMIRA> (Amira Khan, Clinical systems analyst)" in shown
+        # Who was alerted, by name: the security channel and the managers on duty.
+        assert "*Alerted*\n#security-alerts, Gita Rao, Hana Novak" in shown
+        assert f"#{denied} asked 03:00, *denied* 03:05 by Ben Hughes: “not on shift”" in shown
+        assert "2 break-glass uses in the last 30 days, this one included." in shown
+        assert "@ward.nhs.uk" not in json.dumps(card.args["blocks"])
+        assert "C0SEC" not in json.dumps(card.args["blocks"])
+
+    def test_a_first_use_with_nothing_before_says_so(
+        self, slack: RunningApp, service: AccessService, clock: ManualClock
+    ) -> None:
+        rid = used_and_ended(service, clock)
+        self.sweeps(slack, service).review()
+        card = slack.fake.wait_for("chat.postMessage", 1, channel="C0MGR")[0]
+        shown = json.dumps(card.args["blocks"], ensure_ascii=False)
+        assert f"Break-glass review #{rid}" in card.args["text"]
+        assert "No other request for this access in the 24 hours before." in shown
+        assert "This is their only break-glass use in the last 30 days." in shown
+        # A channel Slack does not name for WardKey is still shown as Slack would link it.
+        assert "<#C0SEC>" in shown

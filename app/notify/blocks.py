@@ -560,7 +560,9 @@ def contract_line(policy: Policy, person: Person, now: datetime) -> str | None:
     )
 
 
-def attestation_card(view: AttestationView, zone: ZoneInfo) -> list[Block]:
+def attestation_card(
+    view: AttestationView, zone: ZoneInfo, names: Names = SLACK_SHOWS
+) -> list[Block]:
     """The owner's card: is this service account still needed? Buttons while unanswered."""
     blocks: list[Block] = [
         HeaderBlock(text=PlainTextObject(text=f"Is {view.identity} still needed?")),
@@ -602,7 +604,7 @@ def attestation_card(view: AttestationView, zone: ZoneInfo) -> list[Block]:
         said = {STILL_NEEDED: "✅ Confirmed still needed", RETIRED: "🗄 Retired"}[view.outcome]
         blocks.append(
             ContextBlock(
-                elements=[MarkdownTextObject(text=f"{said} by {escape(view.decided_by or '')}")]
+                elements=[words(f"{said} by {names.person(view.decided_by or '')}")]
             )
         )
     return blocks

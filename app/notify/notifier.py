@@ -829,7 +829,7 @@ class Notifier:
                 f"attestation_asked identity={name}",
                 owner_id,
                 f"Is the service account {name} still needed?",
-                attestation_card(view, self.zone),
+                attestation_card(view, self.zone, self.names),
             )
             return
         blocked = policy.identities[name].block_unattested
@@ -872,7 +872,7 @@ class Notifier:
                 "channel": channel,
                 "ts": ts,
                 "text": f"{name}: answered",
-                "blocks": _json_blocks(attestation_card(view, self.zone)),
+                "blocks": _json_blocks(attestation_card(view, self.zone, self.names)),
             }
             self.outbox.enqueue(f"identity:{name}", [OutCall(UPDATE, args)])
 
