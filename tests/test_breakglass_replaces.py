@@ -12,8 +12,12 @@ from typing import Any
 from app import audit
 from app.clock import ManualClock
 from app.notify.blocks import APPROVE_ACTION, clock_time
+from app.notify.notifier import Notifier
+from app.scheduler import Sweeps
 from app.service import AccessService, InvalidRequest, ServiceError
+from app.slack.app import web_client
 from app.slack.listeners.commands import BREAK_GLASS_ACK
+from app.slack.people import SlackDirectory
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN, audit_actions
 from tests.fakes.memory_adapter import MemoryTarget
@@ -93,13 +97,34 @@ class TestBreakGlassReplacesMyPendingRequest(SlackOnSqlite):
         now = clock_time(clock.now(), zone)
         for update in updates:
             shown = json.dumps(update.args["blocks"], ensure_ascii=False)
-            assert f"↩️ Cancelled by <@U0AMIRA> at {now}: replaced by break-glass #{emergency}" in (
+            assert f"↩️ Cancelled by Amira Khan at {now}: replaced by break-glass #{emergency}" in (
                 shown
             )
             assert APPROVE_ACTION not in shown
         # Security hears of the break-glass as ever.
         alert = slack.fake.wait_for("chat.postMessage", 1, channel="C0SEC")[0]
         assert f"Break-glass #{emergency}" in alert.args["text"]
+
+    def test_the_review_card_shows_the_request_it_replaced(
+        self, slack: RunningApp, service: AccessService, clock: ManualClock
+    ) -> None:
+        zone = service.policy.zone
+        waiting = ask(slack)
+        asked_at = clock_time(clock.now(), zone)
+        clock.advance(timedelta(minutes=6))
+        _, reply = break_glass(slack, before=1)
+        emergency = int(reply.split("#")[1].split(":")[0])
+        clock.advance(timedelta(hours=2))  # the use is over; its review goes to the managers
+        client = web_client(slack.fake.token, slack.fake.api_url)
+        notifier = Notifier(client, service, SlackDirectory(client))
+        sweeps = Sweeps(service, on_review=notifier.review_follow_up)
+        sweeps.expire()
+        sweeps.review()
+        card = slack.fake.wait_for("chat.postMessage", 1, channel="C0MGR")[0]
+        shown = json.dumps(card.args["blocks"], ensure_ascii=False)
+        assert f"Break-glass review #{emergency}" in shown
+        replaced = f"#{waiting} asked {asked_at}, still waiting when this break-glass use replaced"
+        assert replaced in shown
 
     def test_a_late_approval_click_on_the_replaced_card_changes_nothing(
         self, slack: RunningApp, service: AccessService, targets: dict[str, MemoryTarget]

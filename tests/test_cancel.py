@@ -37,7 +37,7 @@ def ask(slack: RunningApp, user: str = "U0AMIRA") -> int:
     return int(reply.split("#")[1].split(" ")[0])
 
 
-def cancelled_by(service: AccessService, clock: ManualClock, who: str = "<@U0AMIRA>") -> str:
+def cancelled_by(service: AccessService, clock: ManualClock, who: str = "Amira Khan") -> str:
     return f"↩️ Cancelled by {who} at {clock_time(clock.now(), service.policy.zone)}"
 
 
