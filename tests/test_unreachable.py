@@ -24,7 +24,7 @@ from app.service import AccessService
 from app.slack.app import web_client
 from app.slack.people import SlackDirectory
 from app.store.models import RequestState as S
-from tests.conftest import HERE
+from tests.conftest import AMIRA, ERIN, HERE
 from tests.conftest import audit_actions as actions
 from tests.slack_harness import RunningApp, SlackOnSqlite
 
@@ -218,3 +218,27 @@ class TestEscalationSaysOnlyWhatWasDelivered(UnreachableStory):
         assert f"Your request #{rid} has waited 11m and nobody further could be reached" in told
         assert "`/breakglass pharmacy-db:read" in told
         assert "escalated to" not in told
+
+
+class TestRecordedOnce:
+    """The service's side, on SQLite and PostgreSQL: recorded once, audited, escalated."""
+
+    def test_recorded_once_and_only_while_waiting(
+        self, service: AccessService, clock: ManualClock
+    ) -> None:
+        view = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REQUEST)
+        marked = service.approvers_unreachable(view.id, "nobody is on duty")
+        assert marked is not None and marked.escalation_level == 3
+        assert service.approvers_unreachable(view.id, "again") is None
+        assert actions(service, view.id).count("approval.unreachable") == 1
+        assert service.unreachable_reason(view.id) == "nobody is on duty"
+        # Past the SLA, the escalation sweep adds nothing: it was escalated at once.
+        clock.advance(timedelta(minutes=11))
+        assert service.escalate_overdue() == []
+        # A request already decided is not marked.
+        other = service.request(
+            AMIRA, "directory", "helpdesk", timedelta(minutes=30), REQUEST, "INC0012345"
+        )
+        service.deny(other.id, ERIN, "not tonight")
+        assert service.approvers_unreachable(other.id, "too late") is None
+        assert "approval.unreachable" not in actions(service, other.id)
