@@ -220,6 +220,32 @@ class TestEscalationSaysOnlyWhatWasDelivered(UnreachableStory):
         assert "escalated to" not in told
 
 
+class TestAnExtensionNobodyCanApprove(UnreachableStory):
+    def test_the_holder_is_told_their_access_carries_on_and_whom_to_phone(
+        self, slack: RunningApp, service: AccessService, clock: ManualClock
+    ) -> None:
+        # Dev holds pharmacy-db:owner, approved by Erin and Farid (engineering asks for two).
+        rid = ask(slack, "pharmacy-db:owner 1h restart the results feed CHG0012345", "U0DEV")
+        for lead in ("U0ERIN", "U0FARID"):
+            slack.click(APPROVE_ACTION, str(rid), lead)
+            slack.settle()
+        assert service.get(rid).state == S.ACTIVE
+        # Later every infrastructure lead's DM is refused; Dev asks for 30 more minutes.
+        for lead in ("U0ERIN", "U0FARID", "U0GITA"):
+            slack.fake.refuse(lead, "account_inactive")
+        clock.advance(timedelta(minutes=40))
+        slack.command("/jit", f"extend {rid} 30m", "U0DEV")
+        slack.settle()
+        assert "approval.unreachable" in actions(service, rid)
+        told = texts(posts_to(slack, "U0DEV"))
+        assert f"for your extension of your access #{rid}" in told
+        assert "The engineering path has no escalation group to send it to." in told
+        assert "Your access carries on until 04:00." in told
+        assert "Phone Gita Rao (Head of IT operations)." in told  # the WardKey admins
+        alert = texts(posts_to(slack, "C0SEC"))
+        assert "Slack refused the card to Erin Walsh (account deactivated)" in alert
+
+
 class TestRecordedOnce:
     """The service's side, on SQLite and PostgreSQL: recorded once, audited, escalated."""
 

@@ -551,6 +551,11 @@ class Notifier:
         channel_name = self.directory.channel_name(channel) if channel[:1] in "CG" else None
         return f"#{channel_name}" if channel_name else channel
 
+    def _no_escalation(self, view: RequestView) -> str:
+        if rules.escalation_members(self.service.policy, view.path):
+            return "Nobody in the escalation group could be reached in Slack either."
+        return f"The {view.path} path has no escalation group to send it to."
+
     def _reached_names(self, reached: list[str]) -> str:
         return listed([self.names.channel(c) for c in reached])
 
@@ -583,7 +588,7 @@ class Notifier:
         if reached:
             escalated = f"It was escalated at once to {self._reached_names(reached)}."
         elif view.state == S.PENDING:
-            escalated = "Nobody in the escalation group could be reached in Slack either."
+            escalated = self._no_escalation(view)
         else:
             escalated = f"It is no longer waiting: {outcome_line(view, self.zone, self.names)}."
         self._post(
@@ -612,7 +617,7 @@ class Notifier:
         if reached:
             lines.append(f"It has gone straight to {self._reached_names(reached)} instead.")
         else:
-            lines.append("Nobody in the escalation group could be reached in Slack either.")
+            lines.append(self._no_escalation(view))
         alerted = [
             self.names.channel(str(d.call.args["channel"]))
             for d in before
