@@ -603,8 +603,6 @@ def attestation_card(
     else:
         said = {STILL_NEEDED: "✅ Confirmed still needed", RETIRED: "🗄 Retired"}[view.outcome]
         blocks.append(
-            ContextBlock(
-                elements=[words(f"{said} by {names.person(view.decided_by or '')}")]
-            )
+            ContextBlock(elements=[words(f"{said} by {names.person(view.decided_by or '')}")])
         )
     return blocks
