@@ -567,7 +567,7 @@ class Notifier:
             return  # decided meanwhile: that outcome is its own message
         if reached:
             text = (
-                f"Your request #{view.id} has waited {waited}, so it has gone to "
+                f"Your request #{view.id} has waited {waited}, so it has been escalated to "
                 f"{self._reached_names(reached)} too."
             )
         else:
