@@ -251,9 +251,7 @@ class TestSocketMode:
                 break
             assert time.monotonic() < deadline, [c.args["text"] for c in last.values()]
             time.sleep(0.1)
-        assert all(
-            "Approved by Hana Novak" in json.dumps(c.args["blocks"]) for c in last.values()
-        )
+        assert all("Approved by Hana Novak" in json.dumps(c.args["blocks"]) for c in last.values())
 
 
 class TestResolveFailedRevoke:
