@@ -66,6 +66,7 @@ class SlackDeps:
 # Steps a request's work records on its inbox row, so a redelivery skips what is done.
 APPLIED = "applied"  # the service call committed
 NOTIFIED = "notified"  # and everyone was told
+OPENED = "opened:"  # a request was made: "opened:42" (a redelivery answers about #42)
 
 
 class Progress:

@@ -21,7 +21,7 @@ from app.policy import Person, Policy, format_duration
 from app.policy.rules import requestable
 from app.service import InvalidRequest, RequestView
 from app.service.standing import StandingHolder
-from app.slack.deps import SlackDeps
+from app.slack.deps import OPENED, Progress, SlackDeps
 from app.slack.errors import replying_on_error
 from app.slack.parsing import (
     IDENTITY_EXAMPLE,
@@ -86,7 +86,8 @@ def register(app: App, deps: SlackDeps) -> None:
 
             deps.open_dialog(open_form)
             return
-        deps.after_ack(lambda: _answer_jit(deps, parsed, context, respond))
+        progress = deps.progress()  # read here, on the dispatching thread
+        deps.after_ack(lambda: _answer_jit(deps, parsed, context, respond, progress))
 
     @app.command("/breakglass")
     def breakglass(
@@ -102,7 +103,9 @@ def register(app: App, deps: SlackDeps) -> None:
         deps.after_ack(lambda: _break_glass(deps, parsed, context, respond))
 
 
-def _answer_jit(deps: SlackDeps, parsed: object, context: BoltContext, respond: Respond) -> None:
+def _answer_jit(
+    deps: SlackDeps, parsed: object, context: BoltContext, respond: Respond, progress: Progress
+) -> None:
     """Everything `/jit` does after the ack: the service call, the reply, the notifications."""
     with replying_on_error(respond):
         person = deps.person(context)
@@ -110,16 +113,22 @@ def _answer_jit(deps: SlackDeps, parsed: object, context: BoltContext, respond: 
         zone = service.policy.zone
         match parsed:
             case RequestAccess():
-                identity, reason = _identity_and_reason(service.policy, parsed)
-                view = service.request(
-                    person,
-                    parsed.target,
-                    parsed.role,
-                    parsed.duration,
-                    reason,
-                    parsed.ticket,
-                    identity=identity,
-                )
+                if progress.outcome and progress.outcome.startswith(OPENED):
+                    # Redelivered after a crash: the request was made by the first try (its
+                    # cards are in the outbox with it); answer about it, not "already open".
+                    view = service.get(int(progress.outcome.removeprefix(OPENED)))
+                else:
+                    identity, reason = _identity_and_reason(service.policy, parsed)
+                    view = service.request(
+                        person,
+                        parsed.target,
+                        parsed.role,
+                        parsed.duration,
+                        reason,
+                        parsed.ticket,
+                        identity=identity,
+                    )
+                    progress.step(f"{OPENED}{view.id}")
                 text, blocks = requester_receipt(view, zone)  # with Cancel while it waits
                 respond(response_type="ephemeral", text=text, blocks=_json(blocks))
                 notifier.request_opened(view)

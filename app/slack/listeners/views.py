@@ -24,9 +24,8 @@ from app.notify.views import (
 from app.policy import DurationError, parse_duration
 from app.policy.rules import requestable
 from app.service import ServiceError
-from app.slack.deps import SlackDeps
+from app.slack.deps import OPENED, SlackDeps
 
-OPENED = "opened:"  # the form's request was made: "opened:42"
 _FIELD_BLOCKS = {
     "access": ACCESS_BLOCK,
     "duration": DURATION_BLOCK,
