@@ -334,6 +334,9 @@ class Outbox:
         parallel); otherwise deliver here. Returns the rows finished here."""
         if self.background:
             self.kick()
+            # The backlog check is the tick's own work here (it also tells the sweep that the
+            # database answered: a kick alone would say so during an outage).
+            self._watch_backlog()
             return 0
         return self.deliver_due()
 
@@ -830,8 +833,6 @@ class Outbox:
                 self._log_failure("outbox_delivery_failed", exc)
                 continue
             if not claimed:
-                if not busy:
-                    self._watch_backlog_safely()
                 with self._wake:  # nothing due now: wait for a kick or a sender to finish
                     if self._kicks == seen:
                         self._wake.wait(timeout=1.0)
@@ -841,12 +842,6 @@ class Outbox:
                 busy += len(claimed)
             for item in claimed:
                 senders.submit(send, item)
-
-    def _watch_backlog_safely(self) -> None:
-        try:
-            self._watch_backlog()
-        except Exception as exc:
-            self._log_failure("outbox_backlog_check_failed", exc)
 
     def _heartbeat(self) -> None:
         every = max(self.lease.total_seconds() / 3, 0.05)
