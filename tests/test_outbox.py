@@ -300,6 +300,7 @@ def test_workers_deliver_every_message_once_through_an_outage_and_a_kill(
         assert waiting_rows(ward.db) > 0
         ward.slack.latency = 0.1
         ward.slack.unreachable = False
+        back = datetime.now(UTC)
         deadline = time.monotonic() + 20
         while len(ward.slack.posts()) < 5:
             assert time.monotonic() < deadline, "no delivery after Slack came back"
@@ -329,12 +330,14 @@ def test_workers_deliver_every_message_once_through_an_outage_and_a_kill(
         doubled = sum(n - 1 for n in posted.values())
         # Those caused by the worker's revokes (the grants were made on a clock 30 min back).
         delays = sorted((d - c).total_seconds() for _k, c, d in sent if c > ending)
+        last = max(d for _k, _c, d in sent)
         print(
             f"\noutbox through {SLACK_OUTAGE_SECONDS:.0f}s of Slack down and a kill: "
             f"attempted={len(sent) + int(failed or 0)} "
             f"delivered={len(sent)} posts={len(posted)} lost=0 doubled={doubled} "
             f"refused={failed} revoke messages' delay p50={delays[len(delays) // 2]:.1f}s "
-            f"max={delays[-1]:.1f}s"
+            f"max={delays[-1]:.1f}s; all sent {(last - back).total_seconds():.1f}s after "
+            "Slack came back"
         )
         assert doubled == 0 and not failed
         assert len(post_rows) == len(posted)  # every post Slack has is a row marked sent
