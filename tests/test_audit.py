@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from app import audit
-from app.cli import _parser, main
+from app.cli import build_parser, main
 from app.clock import ManualClock
 from app.store import AuditEvent, Database
 
@@ -297,7 +297,7 @@ class TestCommands:
         saved = json.loads(checkpoint.read_text())
         assert "signature" not in saved and saved["written_at"].endswith("Z")
         # The auditor reads it back by a clock of their own, four minutes later.
-        parsed = _parser().parse_args(["audit", "verify", "--checkpoint", str(checkpoint)])
+        parsed = build_parser().parse_args(["audit", "verify", "--checkpoint", str(checkpoint)])
         parsed.clock = ManualClock(
             audit.Checkpoint.from_json(checkpoint.read_text()).written_at + timedelta(minutes=4)
         )

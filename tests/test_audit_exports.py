@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from fhir.resources.R4B.auditevent import AuditEvent as FhirAuditEvent
 
 from app import audit
-from app.cli import _parser, main
+from app.cli import build_parser, main
 from app.clock import ManualClock
 from app.scheduler import Sweeps
 from app.service import AccessService
@@ -49,7 +49,7 @@ def exported(db: Database, fmt: str, since: datetime | None = None) -> str:
 
 def verify_at(clock: ManualClock, *args: str) -> int:
     """`wardkey audit verify ARGS` as the auditor runs it, at the clock's time."""
-    parsed = _parser().parse_args(["audit", "verify", *args])
+    parsed = build_parser().parse_args(["audit", "verify", *args])
     parsed.clock = clock
     code: int = parsed.run(parsed)
     return code

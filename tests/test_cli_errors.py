@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from app import audit
-from app.cli import _parser, main
+from app.cli import build_parser, main
 from app.devtools.slack_fake import FakeSlack
 from app.store import Database, upgrade
 from tests.conftest import HERE, NIGHT_SHIFT, POSTGRES_URL, TEST_SCHEMA, postgres_unreachable
@@ -224,7 +224,7 @@ def every_parser(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argpars
 class TestHelp:
     def test_every_command_and_option_says_what_it_is_for(self) -> None:
         undocumented = []
-        for prog, parser in every_parser(_parser()):
+        for prog, parser in every_parser(build_parser()):
             for action in parser._actions:
                 if isinstance(action, argparse._SubParsersAction):
                     named = {choice.dest for choice in action._choices_actions}
@@ -237,7 +237,7 @@ class TestHelp:
         assert undocumented == []
 
     def test_help_runs_for_every_command(self, capsys: pytest.CaptureFixture[str]) -> None:
-        for prog, _ in every_parser(_parser()):
+        for prog, _ in every_parser(build_parser()):
             with pytest.raises(SystemExit) as done:
                 main([*prog.split()[1:], "--help"])
             assert done.value.code == 0

@@ -21,7 +21,7 @@ import jsonschema
 import pytest
 import yaml
 
-from app.cli import _parser
+from app.cli import build_parser
 from app.devtools.slack_driver import serving
 from app.policy import load_policy, parse_policy
 from app.store import Database
@@ -41,7 +41,7 @@ Doc = dict[str, Any]
 def accepted(argv: list[str]) -> None:
     """`wardkey ARGV` is a command the CLI knows, with arguments it takes."""
     try:
-        args = _parser().parse_args(argv)
+        args = build_parser().parse_args(argv)
     except SystemExit as exc:
         raise AssertionError(f"`wardkey {shlex.join(argv)}` is refused by the CLI") from exc
     assert hasattr(args, "run"), f"`wardkey {shlex.join(argv)}` names a group, not a command"

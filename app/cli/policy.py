@@ -1,0 +1,170 @@
+"""`wardkey policy check FILE [--slack]` and `wardkey policy schema`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from app.cli.common import Commands, write_output
+from app.clock import SystemClock
+from app.config import Settings
+from app.policy import Policy, PolicyError, format_duration, load_policy
+from app.policy.checks import policy_warnings
+from app.policy.rules import approvers_at
+from app.runtime import MISSING
+from app.wording import plural
+
+
+def add_commands(commands: Commands) -> None:
+    policy = commands.add_parser(
+        "policy", help="check a policy manifest, or print its JSON Schema"
+    ).add_subparsers(metavar="ACTION")
+    check = policy.add_parser(
+        "check",
+        help="validate a manifest and print a summary",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit codes:\n"
+        "  0  the manifest is valid (and with --slack, everyone it names is a usable account)\n"
+        "  1  problems found: each is listed with its place and line\n"
+        "  2  --slack could not ask Slack (token, address, scopes)",
+    )
+    check.add_argument("file", type=Path, help="the policy manifest (YAML) to check")
+    check.add_argument(
+        "--slack",
+        action="store_true",
+        help="also look up every person the policy names in Slack (SLACK_BOT_TOKEN, "
+        "SLACK_API_URL) and report the unknown, deactivated, guest and bot accounts",
+    )
+    check.set_defaults(run=_check)
+    schema = policy.add_parser(
+        "schema",
+        help="print the manifest's JSON Schema, for editors that check policy.yaml as you type",
+    )
+    schema.add_argument("--output", type=Path, help="file to write (default: standard output)")
+    schema.set_defaults(run=_schema)
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(args.file)
+    except PolicyError as exc:
+        print(f"{exc.source}: {len(exc.issues)} problem(s)", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        if not exc.complete:
+            print(
+                "Names, caps and approval rules are checked once these are fixed.", file=sys.stderr
+            )
+        return 1
+    for issue in policy_warnings(policy):
+        print(f"warning: {issue}", file=sys.stderr)
+    print("OK")
+    print_summary(policy, sys.stdout)
+    if args.slack:
+        return _people_in_slack(policy, args.file)
+    return 0
+
+
+def _people_in_slack(policy: Policy, file: Path) -> int:
+    """`policy check --slack`: everyone the policy names, looked up in Slack; each unusable
+    account at its place in the file. 0: all usable; 1: some are not; 2: Slack not asked."""
+    from app.cli.policy_slack import SlackCheckError, check_people
+    from app.policy.loader import LineIndex
+    from app.slack.app import web_client
+    from app.slack.people import Workspace
+
+    settings = Settings()
+    if not settings.slack_bot_token:
+        print(f"wardkey: {MISSING['slack_bot_token']}", file=sys.stderr)
+        return 2
+    client = web_client(settings.slack_bot_token, settings.slack_api_url)
+    workspace = Workspace.configured(settings.slack_team_ids, settings.slack_enterprise_id)
+    sdk = logging.getLogger("slack_sdk")
+    level = sdk.level
+    sdk.setLevel(logging.CRITICAL)  # a line per retried call would bury the answer
+    try:
+        found = check_people(policy, client, workspace)
+    except SlackCheckError as exc:
+        print(f"wardkey: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        sdk.setLevel(level)
+    lines = LineIndex.of(file.read_text(encoding="utf-8"))
+    people = plural(found.looked_up, "account")
+    if not found.problems and not found.nobody_left:
+        print(f"Slack: all {people} the policy names are active people of this workspace.")
+        return 0
+    print(f"Slack: {people} looked up; {len(found.problems)} cannot use WardKey (below).")
+    print(
+        f"{file}: {plural(len(found.problems), 'account')} WardKey cannot act for", file=sys.stderr
+    )
+    for problem in found.problems:
+        for place in problem.places:
+            where = ".".join(str(part) for part in place.loc)
+            print(
+                f"  {where}: {problem.member} {problem.problem} (line {lines.key_line(place.loc)})",
+                file=sys.stderr,
+            )
+    for loc, paths in found.nobody_left.items():
+        kind = "group" if loc[0] == "groups" else "rota"
+        relies = f"; {', '.join(paths)} would find no approver from it" if paths else ""
+        print(
+            f"  {'.'.join(map(str, loc))}: nobody in this {kind} can act in Slack{relies} "
+            f"(line {lines.key_line(loc)})",
+            file=sys.stderr,
+        )
+    return 1
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from app.policy.model import policy_schema
+
+    text = json.dumps(policy_schema(), indent=2, ensure_ascii=False) + "\n"
+    return write_output(text, args.output)
+
+
+def print_summary(policy: Policy, out: TextIO) -> None:
+    now = SystemClock().now()
+    print(f"{policy.organisation or 'Policy'} ({policy.timezone})", file=out)
+    print(
+        f"  {len(policy.groups)} groups, {len(policy.oncall)} rotas, {len(policy.targets)} "
+        f"targets, {sum(len(t.roles) for t in policy.targets.values())} roles, "
+        f"{len(policy.identities)} service accounts, {len(policy.vendors)} vendors",
+        file=out,
+    )
+    print("  paths:", file=out)
+    for name, path in policy.paths.items():
+        who = ", ".join(
+            f"group {s.group}" if s.group else f"rota {s.rota}"
+            for s in (path.approvers or path.reviewers)
+        )
+        rule = (
+            f"reviewed by {who} within {format_duration(path.review_within)}"
+            if path.review_within
+            else f"{path.approvals} of {who}"
+        )
+        ticket = ", ticket" if path.ticket_required else ""
+        print(
+            f"    {name:<12} {path.risk:<8} max {format_duration(path.max_duration):<6} "
+            f"{rule}{ticket}",
+            file=out,
+        )
+    print("  targets:", file=out)
+    for name, target in policy.targets.items():
+        roles = ", ".join(
+            f"{r}→{role.path}{' (break-glass)' if role.break_glass else ''}"
+            for r, role in target.roles.items()
+        )
+        print(f"    {name:<20} {target.kind:<8} {roles}", file=out)
+    if policy.oncall:
+        print("  on call now:", file=out)
+        for name in policy.paths:
+            people = approvers_at(policy, name, now)
+            if people and any(s.rota for s in policy.paths[name].approvers):
+                print(f"    {name:<12} {', '.join(people)}", file=out)
+    for name, vendor in policy.vendors.items():
+        print(f"  vendor {name}: {vendor.company}, contract ends {vendor.contract_end}", file=out)

@@ -1,0 +1,136 @@
+"""`wardkey serve` (the HTTP app for Slack) and `wardkey socket` (Socket Mode)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from slack_bolt import App
+
+from app.cli.common import Commands, ready, starting
+from app.cli.worker import background_sweeps
+from app.runtime import Runtime, StartupError
+from app.web import WardKeyWSGI
+
+
+def add_commands(commands: Commands) -> None:
+    serve = commands.add_parser("serve", help="the HTTP app for Slack, with the scheduler")
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("PORT", "3000")),
+        help="TCP port to listen on (default: $PORT, else 3000)",
+    )
+    serve.add_argument(
+        "--host", default="0.0.0.0", help="address to listen on (default: every interface)"
+    )
+    serve.add_argument(
+        "--threads", type=int, default=8, help="threads answering HTTP requests (default: 8)"
+    )
+    serve.add_argument(
+        "--no-scheduler", action="store_true", help="run the sweeps elsewhere (wardkey worker)"
+    )
+    serve.set_defaults(run=_serve)
+    socket = commands.add_parser("socket", help="the app over Socket Mode (no public URL)")
+    socket.add_argument(
+        "--no-scheduler", action="store_true", help="run the sweeps elsewhere (wardkey worker)"
+    )
+    socket.set_defaults(run=_socket)
+
+
+CONNECTION_LIMIT = 500  # well under the usual 1,024 open files per process
+IDLE_CONNECTION_SECONDS = 15
+
+
+@starting
+def _serve(args: argparse.Namespace) -> int:
+    from waitress import serve
+
+    from app.web import METRICS_OFF
+
+    runtime = ready("slack_bot_token", "slack_signing_secret")
+    settings = runtime.settings
+    wsgi = WardKeyWSGI(
+        _bolt(runtime),
+        runtime.service.db,
+        settings.slack_signing_secret or "",
+        settings.wardkey_metrics_token,
+        intake_work=settings.wardkey_intake_work,
+        metrics_public=settings.wardkey_metrics_public,
+        max_body_bytes=settings.wardkey_max_body_bytes,
+    )
+    if not settings.wardkey_metrics_token and not settings.wardkey_metrics_public:
+        logging.getLogger("app.web").warning("event=metrics_off %s", METRICS_OFF)
+    _say_intake_work(settings.wardkey_intake_work)
+    # Catch-up runs beside the server: /healthz answers at once, /readyz says "catching up".
+    scheduler = None if args.no_scheduler else background_sweeps(runtime, wsgi.readiness)
+    try:
+        # waitress buffers a body before the app sees it: it must refuse big ones itself.
+        serve(
+            wsgi,
+            host=args.host,
+            port=args.port,
+            threads=args.threads,
+            ident="wardkey",
+            max_request_body_size=settings.wardkey_max_body_bytes,
+            # A client that sends half a request holds a connection, not a thread: allow many
+            # (waitress's 100 let 110 slow clients shut out Slack and /healthz) and drop the
+            # idle ones sooner. Behind a buffering proxy this never comes up (see README).
+            connection_limit=CONNECTION_LIMIT,
+            channel_timeout=IDLE_CONNECTION_SECONDS,
+        )
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+    return 0
+
+
+@starting
+def _socket(args: argparse.Namespace) -> int:
+    from app.slack.intake import Intake
+    from app.slack.socket_intake import RecordingSocketModeHandler
+
+    runtime = ready("slack_bot_token", "slack_app_token")
+    app = _bolt(runtime, socket_mode=True)
+    scheduler = None if args.no_scheduler else background_sweeps(runtime)
+    work = runtime.settings.wardkey_intake_work
+    inbox = Intake(runtime.service.db, runtime.service.clock, hand_off=work == "worker")
+    _say_intake_work(work)
+    try:
+        # Each envelope is recorded in the inbox before it is acknowledged, as over HTTP.
+        RecordingSocketModeHandler(app, runtime.settings.slack_app_token or "", inbox).start()  # type: ignore[no-untyped-call]
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+    return 0
+
+
+def _bolt(runtime: Runtime, socket_mode: bool = False) -> App:
+    """The Bolt app, which asks Slack who its token is (auth.test) first: if Slack does not
+    answer, one line saying where WardKey asked and what to check."""
+    sdk = logging.getLogger("slack_sdk.web.base_client")
+    level = sdk.level
+    sdk.setLevel(logging.CRITICAL)  # its line per failed try would bury the one below
+    try:
+        return runtime.bolt(socket_mode=socket_mode)
+    except OSError as exc:  # urllib's URLError, a time-out, a refused connection
+        url = runtime.client.base_url + "auth.test"
+        reason = getattr(exc, "reason", None) or exc
+        raise StartupError(
+            f"Slack did not answer at {url} ({reason}); check SLACK_API_URL (unset, it is "
+            "Slack's own https://slack.com/api/) and that this machine can reach it: a "
+            "firewall, or a proxy to set in HTTPS_PROXY"
+        ) from None
+    finally:
+        sdk.setLevel(level)
+
+
+def _say_intake_work(work: str) -> None:
+    """Say once, at start, who does the work after the acks."""
+    if work == "worker":
+        logging.getLogger("app.slack.intake").info(
+            "event=intake_work where=worker what=this process records and acknowledges; run "
+            "`wardkey worker` to do the work (with the sweeps on, a request no worker takes "
+            "within 10 s is done here)"
+        )

@@ -1,0 +1,68 @@
+"""`wardkey worker`: the sweeps, and the work `serve` hands over, without a web server. The
+sweeps run the same way in the background of `serve` and `socket` (`background_sweeps`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from apscheduler.schedulers.base import BaseScheduler
+
+from app.cli.common import Commands, ready, starting
+from app.runtime import Runtime
+from app.scheduler import guarded, schedule
+from app.web import CATCHING_UP, Readiness
+
+
+def add_commands(commands: Commands) -> None:
+    commands.add_parser(
+        "worker", help="the sweeps and the work handed over by serve, without a web server"
+    ).set_defaults(run=_worker)
+
+
+@starting
+def _worker(_args: argparse.Namespace) -> int:
+    from apscheduler.schedulers.blocking import BlockingScheduler
+
+    runtime = ready("slack_bot_token")
+    runtime.redelivery().follow()  # takes each request serve hands over, as it comes
+    start_sweeps(runtime, BlockingScheduler(timezone="UTC"))
+    return 0
+
+
+def background_sweeps(runtime: Runtime, readiness: Readiness | None = None) -> BaseScheduler:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    return start_sweeps(runtime, BackgroundScheduler(timezone="UTC"), readiness)
+
+
+def start_sweeps(
+    runtime: Runtime, scheduler: BaseScheduler, readiness: Readiness | None = None
+) -> BaseScheduler:
+    """Tick, and catch up (reconcile, then expire) as the first job, beside the ticks and the
+    server, so nothing waits for it; `readiness` says "catching up" until it is done. A
+    blocking scheduler runs here."""
+    sweeps = runtime.sweeps()
+    settings = runtime.settings
+    schedule(
+        scheduler,
+        sweeps,
+        settings.wardkey_sweep_seconds,
+        expiry_seconds=settings.wardkey_expiry_sweep_seconds,
+        checkpoint_seconds=settings.wardkey_checkpoint_seconds,
+        takeover_seconds=settings.wardkey_takeover_seconds,
+        probe_seconds=settings.wardkey_probe_seconds,
+    )
+    if readiness is not None:
+        readiness.waiting_for(CATCHING_UP)
+    catch_up = guarded(sweeps, "catch_up", sweeps.catch_up)
+
+    def catch_up_then_ready() -> None:
+        try:
+            catch_up()
+        finally:  # failed or not, the sweeps that tick now do the same work
+            if readiness is not None:
+                readiness.done(CATCHING_UP)
+
+    scheduler.add_job(catch_up_then_ready, id="catch_up", misfire_grace_time=None)
+    scheduler.start()
+    return scheduler
