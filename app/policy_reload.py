@@ -34,8 +34,8 @@ from app.adapters.base import Adapter
 from app.adapters.registry import AdapterConfigError, build_adapters
 from app.notify.blocks import escape
 from app.notify.outbox import POST, OutCall
-from app.policy import Policy, PolicyError, parse_policy
-from app.policy.checks import policy_warnings
+from app.policy import Policy, PolicyError
+from app.policy_targets import parse_policy, policy_warnings
 from app.service import AccessService
 from app.store.models import OPEN_STATES, AccessRequest
 

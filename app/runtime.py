@@ -13,8 +13,9 @@ from slack_sdk import WebClient
 from app.adapters.registry import AdapterConfigError, build_adapters
 from app.config import Settings
 from app.notify.notifier import Notifier
-from app.policy import PolicyError, load_policy
+from app.policy import PolicyError
 from app.policy_reload import PolicyReloader
+from app.policy_targets import load_policy
 from app.scheduler import Sweeps
 from app.service import AccessService
 from app.slack.app import build_app, web_client

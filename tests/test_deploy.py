@@ -23,7 +23,7 @@ import yaml
 
 from app.cli import build_parser
 from app.devtools.slack_driver import serving
-from app.policy import load_policy, parse_policy
+from app.policy_targets import load_policy, parse_policy
 from app.store import Database
 from app.web import WardKeyWSGI
 from tests.conftest import HERE, IN_CI

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.cli import main
-from app.policy import Person, Policy, PolicyError, parse_policy
+from app.policy import Person, Policy, PolicyError
 from app.policy.durations import DurationError, format_duration, parse_duration
 from app.policy.rota import on_call_at
 from app.policy.rules import (
@@ -23,6 +23,7 @@ from app.policy.rules import (
     plan_request,
     requestable,
 )
+from app.policy_targets import parse_policy
 from tests.conftest import AMIRA, DEV, GITA, GITA_2ND, VAL
 
 ROOT = Path(__file__).parent.parent

@@ -1,4 +1,8 @@
-"""Adapters for the policy's targets, built from their settings and secrets."""
+"""Adapters for the policy's targets, built from their settings and secrets.
+
+The registry reads a target through `TargetSpec`, the few fields it needs, and never imports
+the policy (DESIGN: adapters know nothing of policy); `app.policy.model.Target` has that shape.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ValidationError
@@ -17,9 +21,40 @@ from app.adapters.entra import EntraAdapter, EntraSettings
 from app.adapters.ldap import LdapAdapter, LdapSettings
 from app.adapters.postgres import PostgresAdapter, PostgresSettings
 from app.adapters.webhook import WebhookAdapter, WebhookSettings
-from app.policy.model import Policy, Target
 
 log = logging.getLogger(__name__)
+
+
+class RoleSpec(Protocol):
+    """What the registry reads of a target's role."""
+
+    @property
+    def entitlement(self) -> str: ...
+    @property
+    def record_sessions(self) -> bool: ...
+
+
+class TargetSpec(Protocol):
+    """What the registry reads of a target: its kind, settings, secrets (by environment
+    variable name), whether it is a test system (`insecure`) and its roles."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def settings(self) -> Mapping[str, Any]: ...
+    @property
+    def secrets(self) -> Mapping[str, str]: ...
+    @property
+    def insecure(self) -> bool: ...
+    @property
+    def roles(self) -> Mapping[str, RoleSpec]: ...
+
+
+class TargetsSpec(Protocol):
+    """Anything with named targets: a policy."""
+
+    @property
+    def targets(self) -> Mapping[str, TargetSpec]: ...
 
 
 class AdapterConfigError(Exception):
@@ -27,7 +62,7 @@ class AdapterConfigError(Exception):
 
 
 def _secret(
-    name: str, target: Target, env: Mapping[str, str], key: str, required: bool = True
+    name: str, target: TargetSpec, env: Mapping[str, str], key: str, required: bool = True
 ) -> str | None:
     """The secret the policy names by environment variable; never the secret in the policy."""
     variable = target.secrets.get(key)
@@ -41,33 +76,33 @@ def _secret(
     return value
 
 
-def _recorded(target: Target) -> set[str]:
+def _recorded(target: TargetSpec) -> set[str]:
     return {role.entitlement for role in target.roles.values() if role.record_sessions}
 
 
-def _webhook(name: str, target: Target, env: Mapping[str, str]) -> Adapter:
+def _webhook(name: str, target: TargetSpec, env: Mapping[str, str]) -> Adapter:
     key = _secret(name, target, env, "signing_key") or ""
     return WebhookAdapter(WebhookSettings.model_validate(target.settings), key.encode())
 
 
-def _postgres(name: str, target: Target, env: Mapping[str, str]) -> Adapter:
+def _postgres(name: str, target: TargetSpec, env: Mapping[str, str]) -> Adapter:
     # No password is right for peer, certificate or trust authentication.
     password = _secret(name, target, env, "password", required=False)
     settings = PostgresSettings.model_validate(target.settings)
     return PostgresAdapter(settings, password, recorded=_recorded(target))
 
 
-def _ldap(name: str, target: Target, env: Mapping[str, str]) -> Adapter:
+def _ldap(name: str, target: TargetSpec, env: Mapping[str, str]) -> Adapter:
     password = _secret(name, target, env, "bind_password") or ""
     return LdapAdapter(LdapSettings.model_validate(target.settings), password)
 
 
-def _entra(name: str, target: Target, env: Mapping[str, str]) -> Adapter:
+def _entra(name: str, target: TargetSpec, env: Mapping[str, str]) -> Adapter:
     secret = _secret(name, target, env, "client_secret") or ""
     return EntraAdapter(EntraSettings.model_validate(target.settings), secret)
 
 
-FACTORIES: dict[str, Callable[[str, Target, Mapping[str, str]], Adapter]] = {
+FACTORIES: dict[str, Callable[[str, TargetSpec, Mapping[str, str]], Adapter]] = {
     "webhook": _webhook,
     "postgres": _postgres,
     "ldap": _ldap,
@@ -81,7 +116,7 @@ SETTINGS: dict[str, type[BaseModel]] = {
 }
 
 
-def settings_problems(target: Target) -> list[tuple[tuple[str | int, ...], str]]:
+def settings_problems(target: TargetSpec) -> list[tuple[tuple[str | int, ...], str]]:
     """Shape errors in a target's settings, as (location under settings, message)."""
     model = SETTINGS.get(target.kind)
     if model is None:
@@ -143,7 +178,7 @@ class ConnectionProblem:
         return f"{self.danger} (accepted because insecure: true; a test system only)"
 
 
-def connection_problems(target: Target) -> list[ConnectionProblem]:
+def connection_problems(target: TargetSpec) -> list[ConnectionProblem]:
     """Every credential in the target's settings and every plaintext or unverified
     connection it would make; transport is judged once the settings have a valid shape."""
     found = list(_credentials(target))
@@ -158,7 +193,7 @@ def connection_problems(target: Target) -> list[ConnectionProblem]:
     return [*found, *transport(settings)]
 
 
-def _credentials(target: Target) -> Iterator[ConnectionProblem]:
+def _credentials(target: TargetSpec) -> Iterator[ConnectionProblem]:
     secret = SECRET_KEYS.get(target.kind, "password")
     fix = (
         "put the password in secrets:, by environment variable name "
@@ -276,7 +311,7 @@ TRANSPORT: dict[str, Callable[[BaseModel], Iterator[ConnectionProblem]]] = {
 }
 
 
-def _refuse_or_log(name: str, target: Target) -> None:
+def _refuse_or_log(name: str, target: TargetSpec) -> None:
     """At start-up, what `policy check` refuses is refused again (a policy can be built
     without it), and each insecure connection a test system accepts is logged."""
     for problem in connection_problems(target):
@@ -287,7 +322,7 @@ def _refuse_or_log(name: str, target: Target) -> None:
         )
 
 
-def build_adapters(policy: Policy, env: Mapping[str, str] | None = None) -> dict[str, Adapter]:
+def build_adapters(policy: TargetsSpec, env: Mapping[str, str] | None = None) -> dict[str, Adapter]:
     """One adapter per target this version can reach; others are left out and logged, so
     requests for them are refused with a clear message instead of failing at grant time."""
     env = os.environ if env is None else env

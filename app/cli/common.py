@@ -17,7 +17,8 @@ from sqlalchemy.engine import URL
 
 from app.clock import Clock, SystemClock
 from app.config import Settings
-from app.policy import Policy, PolicyError, load_policy
+from app.policy import Policy, PolicyError
+from app.policy_targets import load_policy
 from app.runtime import MISSING, Runtime, StartupError, database, load_runtime
 from app.store import Database
 from app.store.db import is_database_error, normalise_url, unreachable

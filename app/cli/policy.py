@@ -12,9 +12,9 @@ from typing import TextIO
 from app.cli.common import Commands, write_output
 from app.clock import SystemClock
 from app.config import Settings
-from app.policy import Policy, PolicyError, format_duration, load_policy
-from app.policy.checks import policy_warnings
+from app.policy import Policy, PolicyError, format_duration
 from app.policy.rules import approvers_at
+from app.policy_targets import load_policy, policy_warnings
 from app.runtime import MISSING
 from app.wording import plural
 

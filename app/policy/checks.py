@@ -1,22 +1,28 @@
 """Semantic checks of a policy: rules that relate one part of the manifest to another.
 
 Each check yields a `PolicyIssue` at the exact field it concerns, so `wardkey policy check` can
-list every problem at once.
+list every problem at once. What a target's settings need from its adapter (their shape, no
+credential, no plaintext connection) is not known here: callers above the policy pass those
+checks in as `target_checks` (app/policy_targets.py), so this package imports no adapter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
-from app.adapters.registry import connection_problems, settings_problems
 from app.policy.durations import format_duration
 from app.policy.errors import did_you_mean
-from app.policy.model import BREAK_GLASS_PATH, REQUIRED_PATHS, WEEKDAYS, Policy
+from app.policy.model import BREAK_GLASS_PATH, REQUIRED_PATHS, WEEKDAYS, Policy, Target
 from app.policy.rota import override_window
+from app.wording import plural
 
 Location = tuple[str | int, ...]
+
+# A check of one target that needs more than the policy knows: each problem as (its place
+# under the target, e.g. ("settings", "url"), message).
+TargetCheck = Callable[[Target], Iterable[tuple[Location, str]]]
 
 # Setting names that hold a secret; their values belong in `secrets:` as env var names.
 _SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "private_key", "passphrase")
@@ -39,12 +45,12 @@ class PolicyIssue:
         return f"{self.where}: {self.message}{suffix}"
 
 
-def semantic_issues(policy: Policy) -> list[PolicyIssue]:
+def semantic_issues(policy: Policy, target_checks: Sequence[TargetCheck] = ()) -> list[PolicyIssue]:
     return [
         *_paths(policy),
         *_people_and_groups(policy),
         *_rotas(policy),
-        *_targets(policy),
+        *_targets(policy, target_checks),
         *_identities(policy),
         *_vendors(policy),
     ]
@@ -119,8 +125,8 @@ def _satisfiable(policy: Policy, name: str) -> Iterator[PolicyIssue]:
     if available < path.approvals:
         yield PolicyIssue(
             ("paths", name, "approvals"),
-            f"needs {_count(path.approvals, 'approval')} but at most "
-            f"{_count(max(available, 0), 'distinct approver')} can be available once the "
+            f"needs {plural(path.approvals, 'approval')} but at most "
+            f"{plural(max(available, 0), 'distinct approver')} can be available once the "
             "requester is excluded",
         )
 
@@ -190,11 +196,12 @@ def _rotas(policy: Policy) -> Iterator[PolicyIssue]:
                 )
 
 
-def _targets(policy: Policy) -> Iterator[PolicyIssue]:
+def _targets(policy: Policy, target_checks: Sequence[TargetCheck]) -> Iterator[PolicyIssue]:
     for name, target in policy.targets.items():
         loc: Location = ("targets", name)
-        for where, message in settings_problems(target):
-            yield PolicyIssue((*loc, "settings", *where), message)
+        for check in target_checks:
+            for where, message in check(target):
+                yield PolicyIssue((*loc, *where), message)
         for key, value in target.settings.items():
             if any(word in key.lower() for word in _SECRET_WORDS) and isinstance(value, str):
                 yield PolicyIssue(
@@ -202,9 +209,6 @@ def _targets(policy: Policy) -> Iterator[PolicyIssue]:
                     "looks like an inline secret; put the name of the environment variable "
                     f"that holds it under secrets (secrets: {{{key}: SOME_ENV_VAR}})",
                 )
-        for problem in connection_problems(target):
-            if not (problem.excusable and target.insecure):
-                yield PolicyIssue((*loc, *problem.loc), problem.error)
         for role_name, role in target.roles.items():
             role_loc: Location = (*loc, "roles", role_name)
             if role.path == BREAK_GLASS_PATH:
@@ -227,22 +231,6 @@ def _targets(policy: Policy) -> Iterator[PolicyIssue]:
                     (*role_loc, "max_duration"),
                     f"is above the {role.path} path's cap of {format_duration(cap)}",
                 )
-
-
-def policy_warnings(policy: Policy) -> list[PolicyIssue]:
-    """What a valid policy allows but should not stay so: each insecure connection a target
-    marked `insecure: true` accepts (and the flag where nothing needs it)."""
-    found: list[PolicyIssue] = []
-    for name, target in policy.targets.items():
-        if not target.insecure:
-            continue
-        excused = [p for p in connection_problems(target) if p.excusable]
-        found += [PolicyIssue(("targets", name, *p.loc), p.warning) for p in excused]
-        if not excused:
-            found.append(
-                PolicyIssue(("targets", name, "insecure"), "nothing here needs it; remove it")
-            )
-    return found
 
 
 def _identities(policy: Policy) -> Iterator[PolicyIssue]:
@@ -291,7 +279,3 @@ def _unknown(kind: str, name: str, known: Iterable[str]) -> str:
     elif not names:
         hint = f"; no {kind}s are defined"
     return f"unknown {kind} '{name}'{hint}"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from app.policy.checks import Location, PolicyIssue, semantic_issues
+from app.policy.checks import Location, PolicyIssue, TargetCheck, semantic_issues
 from app.policy.errors import MISPLACED, did_you_mean, pydantic_message, yaml_message
 from app.policy.model import Policy
 
@@ -25,16 +26,20 @@ class PolicyError(Exception):
         super().__init__(f"{source}: {len(issues)} problem(s)\n{lines}")
 
 
-def load_policy(path: str | Path) -> Policy:
+def load_policy(path: str | Path, *, target_checks: Sequence[TargetCheck] = ()) -> Policy:
     source = Path(path)
     try:
         text = source.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError(str(source), [PolicyIssue((), f"cannot read the file: {exc}")]) from None
-    return parse_policy(text, str(source))
+    return parse_policy(text, str(source), target_checks=target_checks)
 
 
-def parse_policy(text: str, source: str = "<policy>") -> Policy:
+def parse_policy(
+    text: str, source: str = "<policy>", *, target_checks: Sequence[TargetCheck] = ()
+) -> Policy:
+    """The manifest's shape, then every rule relating its parts; `target_checks` add what a
+    target needs from outside the policy (its adapter's settings, app/policy_targets.py)."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -58,7 +63,10 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         )
         issues.sort(key=lambda i: i.line or 0)
         raise PolicyError(source, issues, complete=False) from None
-    issues += [PolicyIssue(i.loc, i.message, lines.line_of(i.loc)) for i in semantic_issues(policy)]
+    issues += [
+        PolicyIssue(i.loc, i.message, lines.line_of(i.loc))
+        for i in semantic_issues(policy, target_checks)
+    ]
     if issues:
         raise PolicyError(source, sorted(issues, key=lambda i: i.line or 0))
     return policy
