@@ -1,0 +1,1 @@
+"""Messages to Slack: Block Kit, the notifier and the outbox that delivers them."""
