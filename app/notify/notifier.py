@@ -977,9 +977,6 @@ class Notifier:
         vendor = rules.vendor_of(self.service.policy, person)
         return vendor.sponsor if vendor is not None else None  # break-glass has no approval
 
-    def say(self, user_id: str, text: str) -> None:
-        self._record(f"user:{user_id}", self._post, "say", user_id, escape(text))
-
 
 # Slack's permanent refusals, in words for the people who must fix them.
 _REFUSALS = {

@@ -190,17 +190,6 @@ class ServiceBase:
             rows = session.scalars(query.order_by(AccessRequest.id.desc()).limit(100)).all()
             return self._views(session, rows)
 
-    def ids_in_state(self, state: RequestState, limit: int = 500) -> list[int]:
-        with self.db.read() as session:
-            return list(
-                session.scalars(
-                    select(AccessRequest.id)
-                    .where(AccessRequest.state == state.value)
-                    .order_by(AccessRequest.id)
-                    .limit(limit)
-                )
-            )
-
     def awaiting_decision_by(self, person: Person, limit: int = 25) -> list[RequestView]:
         """Requests this person may decide on now, longest waiting first: pending ones, and
         extensions awaiting approval, on paths they approve at this instant, that they did not
