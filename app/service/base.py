@@ -246,13 +246,6 @@ class ServiceBase:
                 or 0
             )
 
-    def remember_message(self, request_id: int, channel: str, ts: str, purpose: str) -> None:
-        """Where a card about the request was posted, so every copy can be updated later."""
-        with self.db.transaction() as session:
-            session.add(
-                RequestMessage(request_id=request_id, channel=channel, ts=ts, purpose=purpose)
-            )
-
     def messages_of(self, request_id: int, purpose: str) -> list[tuple[str, str]]:
         with self.db.read() as session:
             rows = session.execute(

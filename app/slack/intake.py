@@ -51,14 +51,6 @@ from app.store.db import Database, bounded
 log = logging.getLogger(__name__)
 Job = Callable[[], None]
 
-# What Bolt needs to dispatch a stored request again; never the signature's secret parts.
-KEPT_HEADERS = (
-    "content-type",
-    "x-slack-request-timestamp",
-    "x-slack-signature",
-    "x-slack-retry-num",
-    "x-slack-retry-reason",
-)
 ATTEMPT_HEADER = "x-wardkey-attempt"
 SOCKET_HEADER = "x-wardkey-socket-mode"
 
@@ -104,16 +96,6 @@ def handling(pending: Pending) -> Iterator[Pending]:
 
 def current() -> Pending | None:
     return _current.get()
-
-
-def kept_headers(headers: Mapping[str, Any]) -> dict[str, str]:
-    """The headers worth storing, lower-cased, first value only."""
-    kept: dict[str, str] = {}
-    for name, value in headers.items():
-        if name.lower() in KEPT_HEADERS:
-            first = value[0] if isinstance(value, list | tuple) else value
-            kept[name.lower()] = str(first)
-    return kept
 
 
 def _owner() -> str:
@@ -189,7 +171,6 @@ _CLAIM_DUE = (
     "RETURNING signature, body, headers, attempts, outcome"
 )
 _FORGET = text("DELETE FROM seen_requests WHERE state = 'done' AND seen_until <= :now")
-_OLDEST = text("SELECT MIN(received_at) FROM seen_requests WHERE state IN ('new', 'working')")
 
 
 @dataclass
@@ -557,12 +538,6 @@ class Intake:
         """Delete done rows whose signature has expired (a replay would be refused as stale)."""
         with self.db.engine.begin() as conn:
             return conn.execute(_FORGET, {"now": self.clock.now()}).rowcount or 0
-
-    def oldest_unfinished(self) -> datetime | None:
-        """When the oldest request still waiting for its work was received, if any."""
-        with self.db.read() as session:
-            found: datetime | None = session.execute(_OLDEST).scalar()
-        return found
 
     # ------------------------------------------------------------------ connections
 

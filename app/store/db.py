@@ -86,10 +86,6 @@ class DatabaseOutage:
             failures, self.down_since, self.failures = self.failures, None, 0
         log.warning("event=database_back down_seconds=%.1f failed_calls=%s", lasted, failures)
 
-    @property
-    def down(self) -> bool:
-        return self.down_since is not None
-
 
 def is_database_error(exc: BaseException) -> bool:
     """The database could not be reached or did not answer in time (refused or lost
