@@ -6,74 +6,64 @@ request it had made itself and answered "You already have request #N"."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from urllib.parse import urlencode
 
-import pytest
 import sqlalchemy as sa
 
 from app.service import AccessService
 from app.slack.app import build_app, web_client
 from app.slack.intake import Intake, Redelivery
 from app.slack.people import Workspace
-from app.store import Database
 from app.store.models import AccessRequest
-from tests.conftest import sqlite_copy
-from tests.slack_harness import TEAM, RunningApp, run_app
+from tests.slack_harness import TEAM, RunningApp, SlackOnSqlite
 
 ASK = "request pharmacy-db:read 30m month-end stock check on ward 12"
 
 
-@pytest.fixture
-def db(tmp_path: Path, sqlite_template: Path) -> Iterator[Database]:
-    yield from sqlite_copy(tmp_path, sqlite_template)
-
-
-@pytest.fixture
-def slack(service: AccessService) -> Iterator[RunningApp]:
-    yield from run_app(service)
-
-
-def test_a_redelivered_request_is_answered_about_the_request_it_made(
-    slack: RunningApp, service: AccessService
-) -> None:
-    assert slack.command("/jit", ASK, "U0AMIRA").status_code == 200
-    slack.settle()
-    first = [c.args for c in slack.fake.calls_to("response_url")]
-    assert len(first) == 1 and "#1" in first[0]["text"]
-    # The process died after the request was made: its inbox row, as it was recorded (body and
-    # headers) with the progress it noted, is still its own and unfinished.
-    body = urlencode(
-        {
-            "team_id": TEAM,
-            "user_id": "U0AMIRA",
-            "command": "/jit",
-            "text": ASK,
-            "response_url": slack.fake.response_url("cmd"),
-            "trigger_id": "1.2.3",
-        }
-    )
-    headers = json.dumps({"content-type": "application/x-www-form-urlencoded"})
-    with service.db.transaction() as session:
-        session.execute(
-            sa.text(
-                "UPDATE seen_requests SET state = 'working', lease_until = :gone, body = :body, "
-                "headers = :headers WHERE outcome = 'opened:1'"
-            ),
-            {"gone": service.clock.now() - timedelta(minutes=1), "body": body, "headers": headers},
+class TestARequestRedelivered(SlackOnSqlite):
+    def test_a_redelivered_request_is_answered_about_the_request_it_made(
+        self, slack: RunningApp, service: AccessService
+    ) -> None:
+        assert slack.command("/jit", ASK, "U0AMIRA").status_code == 200
+        slack.settle()
+        first = [c.args for c in slack.fake.calls_to("response_url")]
+        assert len(first) == 1 and "#1" in first[0]["text"]
+        # The process died after the request was made: its inbox row, as it was recorded (body and
+        # headers) with the progress it noted, is still its own and unfinished.
+        body = urlencode(
+            {
+                "team_id": TEAM,
+                "user_id": "U0AMIRA",
+                "command": "/jit",
+                "text": ASK,
+                "response_url": slack.fake.response_url("cmd"),
+                "trigger_id": "1.2.3",
+            }
         )
-    client = web_client(slack.fake.token, slack.fake.api_url)
-    intake = Intake(service.db, service.clock)
-    workspace = Workspace.configured(TEAM, None)
-    redelivery = Redelivery(
-        intake, lambda: build_app(service, client, "", workspace=workspace, redelivery=True)
-    )
-    assert len(redelivery.redeliver_due()) == 1
-    again = [c.args for c in slack.fake.calls_to("response_url")][1:]
-    assert len(again) == 1, again
-    assert "#1" in again[0]["text"] and "already" not in again[0]["text"], again[0]["text"]
-    assert "Cancel" in str(again[0].get("blocks"))
-    with service.db.read() as session:
-        assert session.scalar(sa.select(sa.func.count()).select_from(AccessRequest)) == 1
+        headers = json.dumps({"content-type": "application/x-www-form-urlencoded"})
+        with service.db.transaction() as session:
+            session.execute(
+                sa.text(
+                    "UPDATE seen_requests SET state = 'working', lease_until = :gone, "
+                    "body = :body, headers = :headers WHERE outcome = 'opened:1'"
+                ),
+                {
+                    "gone": service.clock.now() - timedelta(minutes=1),
+                    "body": body,
+                    "headers": headers,
+                },
+            )
+        client = web_client(slack.fake.token, slack.fake.api_url)
+        intake = Intake(service.db, service.clock)
+        workspace = Workspace.configured(TEAM, None)
+        redelivery = Redelivery(
+            intake, lambda: build_app(service, client, "", workspace=workspace, redelivery=True)
+        )
+        assert len(redelivery.redeliver_due()) == 1
+        again = [c.args for c in slack.fake.calls_to("response_url")][1:]
+        assert len(again) == 1, again
+        assert "#1" in again[0]["text"] and "already" not in again[0]["text"], again[0]["text"]
+        assert "Cancel" in str(again[0].get("blocks"))
+        with service.db.read() as session:
+            assert session.scalar(sa.select(sa.func.count()).select_from(AccessRequest)) == 1

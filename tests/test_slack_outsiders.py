@@ -192,14 +192,8 @@ class TestCardsGoOnlyToOurPeople(SlackOnSqlite):
         assert service.get(rid).state == S.PENDING
 
 
-class TestConfiguredWorkspaces:
+class TestConfiguredWorkspaces(SlackOnSqlite):
     """SLACK_TEAM_IDS and SLACK_ENTERPRISE_ID: a trust on Enterprise Grid, with a second site."""
-
-    @pytest.fixture
-    def db(self, tmp_path: Any, sqlite_template: Any) -> Iterator[Any]:
-        from tests.conftest import sqlite_copy
-
-        yield from sqlite_copy(tmp_path, sqlite_template)
 
     @pytest.fixture
     def slack(self, service: AccessService) -> Iterator[RunningApp]:
