@@ -222,7 +222,8 @@ def measure(
     return [(int(u), float(at), float(took)) for u, at, took in json.loads(done.stdout)]
 
 
-CARD = re.compile(r"^Access request #\d+: .* for p(\d+)@bench\.nhs\.uk")
+# The card names the requester ("Person 12"), or their e-mail when Slack has no name.
+CARD = re.compile(r"^Access request #\d+: .* for (?:Person |p)(\d+)\b")
 
 
 def settle(fake: FakeSlack, since: int, users: range, timeout: float = 900) -> dict[int, float]:
