@@ -130,7 +130,9 @@ class TestAnOverdueApproval(SlackOnSqlite):
                 card = slack.fake.wait_for("chat.postMessage", 1, channel=dm)[0]
                 assert f"Escalated: access request #{rid}" in card.args["text"]
             told = slack.fake.wait_for("chat.postMessage", 1, channel="U0AMIRA")[-1]
-            assert "so it has been escalated to Erin Walsh and Farid Rahman too" in told.args["text"]
+            assert (
+                "so it has been escalated to Erin Walsh and Farid Rahman too" in told.args["text"]
+            )
         db.dispose()
 
 

@@ -204,7 +204,10 @@ class TestEscalationSaysOnlyWhatWasDelivered(UnreachableStory):
         clock.advance(timedelta(minutes=11))
         self.sweeps(slack, service).escalate()
         told = posts_to(slack, "U0AMIRA")[-1].args["text"]
-        assert told == f"Your request #{rid} has waited 11m, so it has been escalated to Hana Novak too."
+        assert (
+            told
+            == f"Your request #{rid} has waited 11m, so it has been escalated to Hana Novak too."
+        )
 
     def test_no_escalation_card_delivered_says_so_and_what_to_do(
         self, slack: RunningApp, service: AccessService, clock: ManualClock
