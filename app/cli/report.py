@@ -47,7 +47,7 @@ def _standing(args: argparse.Namespace) -> int:
     clean for a target it did not read: those are named, with their last full read."""
     from app.adapters.registry import AdapterConfigError, build_adapters
     from app.service import AccessService
-    from app.service.standing import STANDING_EVERY, write_csv
+    from app.service.standing import write_csv
 
     policy = configured_policy()
     try:
@@ -65,9 +65,8 @@ def _standing(args: argparse.Namespace) -> int:
             elif target in looked.unreadable:
                 why_not[target] = f"could not read it now ({looked.unreadable[target]})"
     last = service.standing_looks()
-    now = clock.now()
-    for target, at in last.items():
-        if target not in why_not and (at is None or now - at > 2 * STANDING_EVERY):
+    for target, at in service.unchecked_targets().items():
+        if target not in why_not:
             # --no-look: a look older than two hourly checks is no evidence of now
             why_not[target] = "no recent look" if at is not None else "never read"
     holders = service.standing_holders()

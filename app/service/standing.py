@@ -268,6 +268,16 @@ class StandingCases(ServiceBase):
             }
         return {name: done.get(key) for name, key in keys.items()}
 
+    def unchecked_targets(self) -> dict[str, datetime | None]:
+        """Targets with no full read in the last two hourly looks (None: never read), with
+        their last full read: nothing said about standing access covers them now."""
+        now = self.clock.now()
+        return {
+            target: at
+            for target, at in self.standing_looks().items()
+            if at is None or now - at > 2 * STANDING_EVERY
+        }
+
     def _looked(self, target: str) -> None:
         now = self.clock.now()
         key = _look_key(target)
