@@ -38,6 +38,7 @@ from app.policy import Policy, PolicyError
 from app.policy_targets import parse_policy, policy_warnings
 from app.service import AccessService
 from app.store.models import OPEN_STATES, AccessRequest
+from app.wording import plural
 
 log = logging.getLogger(__name__)
 Outcome = Literal["unchanged", "reloaded", "refused", "settling"]
@@ -252,7 +253,8 @@ class PolicyReloader:
         target, count = sorted(rows)[0]
         return Refusal(
             f"targets.{target}",
-            f"removed, but {count} request(s) on it are still open (pending or holding "
+            f"removed, but {plural(count, 'request')} on it {'is' if count == 1 else 'are'} "
+            "still open (pending or holding "
             "access); end them first, or keep the target until they have ended",
             problems=len(rows),
         )
@@ -267,7 +269,11 @@ class PolicyReloader:
                 "⚠️ WardKey did not load the changed policy file "
                 f"{escape(str(self.path))}: `{_code(refusal.field)}`: {escape(refusal.reason)}"
                 + (f" (line {refusal.line})" if refusal.line else "")
-                + (f", and {refusal.problems - 1} more problem(s)" if refusal.problems > 1 else "")
+                + (
+                    f", and {plural(refusal.problems - 1, 'more problem')}"
+                    if refusal.problems > 1
+                    else ""
+                )
                 + ". The previous policy stays in force on every instance. Fix the file "
                 f"(`wardkey policy check {escape(str(self.path))}` lists every problem).",
             )

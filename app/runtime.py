@@ -22,6 +22,7 @@ from app.slack.app import build_app, web_client
 from app.slack.intake import Intake, Redelivery
 from app.slack.people import SlackDirectory, Workspace
 from app.store import Database
+from app.wording import plural
 
 MISSING = {
     "slack_bot_token": "SLACK_BOT_TOKEN is not set: use the Bot User OAuth Token (xoxb-…) from "
@@ -121,7 +122,7 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
         policy = load_policy(settings.wardkey_policy)
     except PolicyError as exc:
         raise StartupError(
-            f"the policy has {len(exc.issues)} problem(s), the first: {exc.issues[0]}; "
+            f"the policy has {plural(len(exc.issues), 'problem')}, the first: {exc.issues[0]}; "
             f"run `wardkey policy check {settings.wardkey_policy}`"
         ) from None
     try:

@@ -159,7 +159,7 @@ class TestChain:
         assert audit.verify(db).ok, "without a checkpoint a clean cut is undetectable"
         result = audit.verify(db, audit.Checkpoint.from_json(checkpoint.to_json()))
         assert not result.ok
-        assert "3 event(s) were cut from the end" in result.problem
+        assert "3 events were cut from the end" in result.problem
 
     def test_history_rewritten_after_a_checkpoint_is_found(self, db: Database) -> None:
         write_events(db, 6)

@@ -246,7 +246,7 @@ class TestCheckpointsAnAuditorCanTrust:
             "PROBLEM: wardkey-checkpoint-999999999999.json is not signed; not used "
             "(with WARDKEY_CHECKPOINT_KEY set every checkpoint must be signed)"
         ) in out
-        assert f"checkpoint records event {top}: 2 event(s) were cut from the end" in out
+        assert f"checkpoint records event {top}: 2 events were cut from the end" in out
 
     def test_the_highest_signed_seq_is_used_whatever_the_files_are_called(
         self,
@@ -275,7 +275,7 @@ class TestCheckpointsAnAuditorCanTrust:
 
         assert verify_at(clock, "--checkpoint", str(vault)) == 1
         out = capsys.readouterr().out
-        assert "event(s) were cut from the end" in out and "PROBLEM" not in out
+        assert "were cut from the end" in out and "PROBLEM" not in out
 
     def test_a_stale_newest_checkpoint_is_a_warning_not_ok(
         self,

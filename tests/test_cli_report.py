@@ -94,7 +94,7 @@ class TestReportStanding:
         looks_now(monkeypatch, {**targets, "directory": BrokenTarget()})
         assert main(["report", "standing"]) == 3
         out = capsys.readouterr().out
-        assert "zoe" in out and "1 account(s) hold access without a WardKey grant." in out
+        assert "zoe" in out and "1 account holds access without a WardKey grant." in out
         assert "directory: not checked: could not read it now" in out
         assert "last full read never" in out
 

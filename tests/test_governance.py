@@ -239,7 +239,7 @@ class TestStandingReportCommand:
             out = capsys.readouterr().out
             assert "epr  WARD_ADMIN" in out
             assert "contractor7" in out and "dba_old" in out
-            assert "2 account(s) hold access without a WardKey grant" in out
+            assert "2 accounts hold access without a WardKey grant" in out
 
             console.members[ENTITLEMENT].discard("dba_old")  # removed by hand
             assert main(["report", "standing", "--no-look", "--format", "csv"]) == 0

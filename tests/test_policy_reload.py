@@ -196,7 +196,7 @@ class TestInOneProcess:
         policy_file.write_text(edited(policy_file, lambda d: d["targets"].pop("directory")))
         assert watcher.check() == "refused"
         assert "directory" in service.policy.targets
-        assert "removed, but 1 request(s) on it are still open" in told.texts()[0]
+        assert "removed, but 1 request on it is still open" in told.texts()[0]
 
 
 # ------------------------------------------------------------------- two real processes

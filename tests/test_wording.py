@@ -3,8 +3,10 @@ all of them), people by name, never an e-mail address where a name is known, no 
 
 from __future__ import annotations
 
+import ast
 import json
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +101,30 @@ class TestInSlack(SlackOnSqlite):
         assert "0 failed revoke attempts in the window" in shown
         assert "Amira Khan: 1 elevation" in shown
         assert "(s)" not in shown and "amira@ward.nhs.uk" not in shown
+
+
+def test_no_message_in_the_code_counts_with_a_bracketed_plural() -> None:
+    """Every count a person reads goes through app.wording.plural: no string in app/ (other
+    than docstrings, and the fake Slack's messages to test authors) says "(s)"."""
+    root = Path(__file__).resolve().parent.parent / "app"
+    found = []
+    for path in root.rglob("*.py"):
+        if path.name in ("slack_fake.py", "wording.py"):
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+        }
+        found += [
+            f"{path.relative_to(root)}:{node.lineno}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and "(s)" in node.value
+            and id(node) not in docstrings
+        ]
+    assert found == [], found

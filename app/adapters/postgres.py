@@ -35,6 +35,7 @@ from app.adapters.base import (
     RevokeResult,
     TransientAdapterError,
 )
+from app.wording import plural
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -150,7 +151,7 @@ class PostgresAdapter:
             ended = _terminate(conn, login) if recorder else 0
             detail = f"recorded: {recorder}=all" if recorder else ""
             if ended:
-                detail += f"; ended {ended} open session(s) so recording covers them"
+                detail += f"; ended {plural(ended, 'open session')} so recording covers them"
             return GrantResult(already_present=present, detail=detail.strip("; "))
 
         return self._run("grant", work)
@@ -270,7 +271,7 @@ class PostgresAdapter:
             f"{label}: {', '.join(names)}"
             for label, names in (
                 ("settings put back", restored),
-                ("kept for the login's other grant(s)", kept),
+                ("kept for the login's other grants", kept),
                 ("left as changed by hand", theirs),
             )
             if names

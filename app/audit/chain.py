@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from app.store.db import Database
 from app.store.models import AuditEvent
+from app.wording import plural
 
 GENESIS_HASH = "0" * 64
 # pg_advisory_xact_lock key that serialises appends, so concurrent writers cannot fork the chain.
@@ -326,7 +327,7 @@ def verify_links(
             head,
             checked + 1,
             f"the trail ends at event {checked} but the checkpoint records event "
-            f"{checkpoint.seq}: {checkpoint.seq - checked} event(s) were cut from the end",
+            f"{checkpoint.seq}: {plural(checkpoint.seq - checked, 'event')} were cut from the end",
             checkpoint,
         )
     return VerifyResult(True, checked, head, checkpoint=checkpoint)

@@ -52,7 +52,7 @@ def _check(args: argparse.Namespace) -> int:
     try:
         policy = load_policy(args.file)
     except PolicyError as exc:
-        print(f"{exc.source}: {len(exc.issues)} problem(s)", file=sys.stderr)
+        print(f"{exc.source}: {plural(len(exc.issues), 'problem')}", file=sys.stderr)
         for issue in exc.issues:
             print(f"  {issue}", file=sys.stderr)
         if not exc.complete:
@@ -133,7 +133,8 @@ def print_summary(policy: Policy, out: TextIO) -> None:
     print(
         f"  {len(policy.groups)} groups, {len(policy.oncall)} rotas, {len(policy.targets)} "
         f"targets, {sum(len(t.roles) for t in policy.targets.values())} roles, "
-        f"{len(policy.identities)} service accounts, {len(policy.vendors)} vendors",
+        f"{plural(len(policy.identities), 'service account')}, "
+        f"{plural(len(policy.vendors), 'vendor')}",
         file=out,
     )
     print("  paths:", file=out)

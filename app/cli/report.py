@@ -95,7 +95,10 @@ def _standing(args: argparse.Namespace) -> int:
             f"seen {h.last_seen.astimezone(zone):%Y-%m-%d %H:%M}"
         )
     if holders:
-        print(f"{len(holders)} account(s) hold access without a WardKey grant.")
+        print(
+            f"{plural(len(holders), 'account')} {'holds' if len(holders) == 1 else 'hold'} "
+            "access without a WardKey grant."
+        )
     elif not unchecked:
         print("No standing access: every account holding access on a target has a grant.")
     elif checked:

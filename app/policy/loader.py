@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from app.policy.checks import Location, PolicyIssue, TargetCheck, semantic_issues
 from app.policy.errors import MISPLACED, did_you_mean, pydantic_message, yaml_message
 from app.policy.model import Policy
+from app.wording import plural
 
 
 class PolicyError(Exception):
@@ -23,7 +24,7 @@ class PolicyError(Exception):
         # False when shape errors kept the cross-reference checks from running at all.
         self.complete = complete
         lines = "\n".join(f"  {issue}" for issue in issues)
-        super().__init__(f"{source}: {len(issues)} problem(s)\n{lines}")
+        super().__init__(f"{source}: {plural(len(issues), 'problem')}\n{lines}")
 
 
 def load_policy(path: str | Path, *, target_checks: Sequence[TargetCheck] = ()) -> Policy:
