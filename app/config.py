@@ -1,4 +1,4 @@
-"""Settings from the environment (see README, "Configuration")."""
+"""Settings from the environment (docs/configuration.md lists each, with its default)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 started on a free loopback port with a throw-away database and a seeded tree.
 
 WardKey binds as cn=wardkey,ou=services, which may write only the `member` attribute of entries
-under ou=groups: the least privilege README.md asks for. Given a certificate, it also listens
+under ou=groups: the least privilege docs/targets.md asks for. Given a certificate, it also listens
 for LDAPS and offers StartTLS on its plain port.
 """
 

@@ -1,6 +1,6 @@
 """Session recording with pgaudit, on a server of its own that has pgaudit loaded: the elevated
 login's statements reach the server log as AUDIT lines for the window, and stop at revoke.
-WardKey's login has only what README.md says it needs (CREATEROLE, pg_signal_backend and SET
+WardKey's login has only what docs/targets.md says it needs (CREATEROLE, pg_signal_backend and SET
 on the pgaudit.log and wardkey.state parameters), not superuser."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The PostgreSQL adapter against a real server: the elevated login really can (and then really
 cannot) use the role, open sessions are ended, recording is switched on and off, and hostile
 names are quoted or refused. WardKey's own login here is not a superuser: it has only what
-README.md says the adapter needs."""
+docs/targets.md says the adapter needs."""
 
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def server() -> Iterator[Server]:
         ("CREATE ROLE {} LOGIN PASSWORD 'wk-test-password'", "amira"),
         ("CREATE ROLE {} LOGIN PASSWORD 'wk-test-password'", "ben"),
         ("CREATE ROLE {} LOGIN PASSWORD 'wk-test-password'", odd),
-        # WardKey's own login: least privilege, as README.md lists it.
+        # WardKey's own login: least privilege, as docs/targets.md lists it.
         ("CREATE ROLE {} LOGIN CREATEROLE PASSWORD 'wk-test-password'", "adapter"),
         ("GRANT pg_signal_backend TO {}", "adapter"),
         ("GRANT SET ON PARAMETER log_statement TO {}", "adapter"),

@@ -217,7 +217,7 @@ class LdapAdapter:
 
     def end_sessions(self, account: str) -> int:
         # A directory has no sessions to end: logons and Kerberos tickets keep the old group
-        # list until they are renewed (see README, "LDAP and Active Directory").
+        # list until they are renewed (docs/targets.md, "LDAP and Active Directory").
         return 0
 
     def list_members(self, entitlement: str) -> set[str]:

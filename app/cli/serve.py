@@ -76,7 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_request_body_size=settings.wardkey_max_body_bytes,
             # A client that sends half a request holds a connection, not a thread: allow many
             # (waitress's 100 let 110 slow clients shut out Slack and /healthz) and drop the
-            # idle ones sooner. Behind a buffering proxy this never comes up (see README).
+            # idle ones sooner. Behind a buffering proxy this never comes up (docs/security.md).
             connection_limit=CONNECTION_LIMIT,
             channel_timeout=IDLE_CONNECTION_SECONDS,
         )
