@@ -287,6 +287,17 @@ class TestRequestForm(SlackOnSqlite):
         durations = [o["value"] for o in updated["blocks"][1]["element"]["options"]]
         assert durations[-1] in ("2h", "4h")
 
+    def test_a_refused_choice_in_the_form_is_told_to_the_chooser(self, slack: RunningApp) -> None:
+        # The form was opened before the account became a guest's: choosing a role must say
+        # why nothing happens rather than leave the form as it was without a word.
+        payload_view = {"id": "V0FORM", "hash": "1", "type": "modal"}
+        response = slack.click("access_choice", "", "U0GUEST", channel=None, view=payload_view)
+        assert response.status_code == 200
+        [told] = slack.fake.wait_for("chat.postMessage", 1, channel="U0GUEST")
+        assert "deactivated, a guest or a bot" in told.args["text"]
+        slack.settle()
+        assert slack.fake.calls_to("views.update") == []
+
     def test_errors_appear_on_the_field(self, slack: RunningApp, service: AccessService) -> None:
         too_long = self.submit(slack, "pharmacy-db:read", "4h", "fix stuck order set on ward 12")
         assert too_long["response_action"] == "errors"

@@ -10,8 +10,9 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from app.notify.notifier import Notifier
 from app.service import AccessService
+from app.slack import errors
 from app.slack.deps import SlackDeps
-from app.slack.gate import WorkspaceGate
+from app.slack.gate import PersonResolver, WorkspaceGate
 from app.slack.listeners import actions, commands, events, identities, reviews, views
 from app.slack.people import SlackDirectory, Workspace
 
@@ -66,8 +67,11 @@ def build_app(
         dialogs=dialogs or ThreadPoolExecutor(max_workers=2, thread_name_prefix="dialogs"),
         live=not redelivery,
     )
-    # Before every listener: refuse anyone outside the trust's workspace(s).
-    app.use(WorkspaceGate(directory, deps.after_ack))
+    # Before every listener: refuse anyone outside the trust's workspace(s), then say who is
+    # asking (resolved once per request, when first needed) and how to answer them.
+    app.use(WorkspaceGate(directory, deps.later))
+    app.use(PersonResolver(directory))
+    errors.register(app, deps.later)
     for listeners in (commands, actions, reviews, identities, views, events):
         listeners.register(app, deps)
     return app

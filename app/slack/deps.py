@@ -11,10 +11,9 @@ from slack_bolt import BoltContext
 from sqlalchemy.exc import DBAPIError
 
 from app.notify.notifier import Notifier
-from app.policy.people import Person
 from app.service import AccessService
 from app.slack import intake
-from app.slack.gate import caller
+from app.slack.errors import answered
 from app.slack.people import SlackDirectory
 
 log = logging.getLogger(__name__)
@@ -31,13 +30,12 @@ class SlackDeps:
     # trigger_ids have long expired, and the person already had their answer.
     live: bool = True
 
-    def person(self, context: BoltContext) -> Person:
-        """The person who sent this request, from the caller the workspace gate read (the one
-        source of who is asking), checked against their Slack account; or NotAllowed."""
-        who = caller(context)
-        return self.directory.person(who.user_id, who.request_team_id, who.enterprise_id)
+    def after_ack(self, context: BoltContext, job: Callable[[], None]) -> None:
+        """Do `job` after the ack of the request in `context`, answering the person who asked
+        when it is refused or fails (app/slack/errors.py)."""
+        self.later(answered(job, context))
 
-    def after_ack(self, job: Callable[[], None]) -> None:
+    def later(self, job: Callable[[], None]) -> None:
         """Do `job` after the ack, on the work pool, so the ack never waits for Slack API
         calls, adapters or other requests' work. For a request recorded in the inbox (every
         one over HTTP) the job is collected on it and run once the inbox row is claimed, so
@@ -50,12 +48,13 @@ class SlackDeps:
             return
         self.work.submit(_guarded(job))
 
-    def open_dialog(self, job: Callable[[], None]) -> None:
+    def open_dialog(self, context: BoltContext, job: Callable[[], None]) -> None:
         """Run `job`, which opens a modal, on a pool of its own: its trigger_id expires 3 s after
         the click, so it must never queue behind cards and adapter calls in the work pool.
-        Never recorded: a dialog that could not open is opened again by clicking again."""
+        Never recorded: a dialog that could not open is opened again by clicking again. A
+        refusal is answered to the person who asked, as after_ack's are."""
         if self.live:
-            self.dialogs.submit(_guarded(job))
+            self.dialogs.submit(_guarded(answered(job, context)))
 
     def progress(self) -> Progress:
         """How far earlier tries of the request being dispatched got; read it in the listener

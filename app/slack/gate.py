@@ -3,15 +3,20 @@
 A valid signature proves Slack sent a request, not that its sender belongs to the trust. The one
 global middleware here reads who sent it (`Caller`) from the signed payload, in one way for every
 kind of request, and refuses, with a short answer and before anything else happens, anyone whose
-workspace is not the trust's own. Listeners take the caller from the context and nowhere else;
-turning the caller into a person (`SlackDeps.person`) checks their Slack account as well (guest,
-Slack Connect stranger, another org), after the ack, so a `users.info` call never delays it.
+workspace is not the trust's own. Listeners take the caller from the context and nowhere else.
+
+The second middleware (`PersonResolver`) puts an `Asker` in the context of every request the gate
+lets through: the caller as a person of the trust, with their Slack account checked (guest, Slack
+Connect stranger, another org), resolved once for the request and only when first asked for,
+after the ack for commands and clicks, so a `users.info` call never delays it; and how to answer
+them (`Asker.reply`: an ephemeral reply to a command, an ephemeral or DM to a clicker).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,11 +25,12 @@ from slack_bolt import BoltContext, BoltRequest, BoltResponse
 from slack_bolt.middleware import Middleware
 from slack_sdk import WebClient
 
-from app.slack.errors import reply_to_clicker
+from app.policy.people import Person
 from app.slack.people import OUTSIDER, SlackDirectory
 
 log = logging.getLogger(__name__)
 CALLER = "wardkey_caller"
+ASKER = "wardkey_asker"
 _JSON: dict[str, str | Sequence[str]] = {"content-type": "application/json;charset=utf-8"}
 
 
@@ -78,14 +84,28 @@ def caller(context: BoltContext) -> Caller:
     return found
 
 
+def reply_to_clicker(client: WebClient, body: dict[str, Any]) -> Callable[..., None]:
+    """Ephemeral where the click happened; a DM when it came from the App Home or a form."""
+    channel = (body.get("channel") or {}).get("id")
+    user_id = body["user"]["id"]
+
+    def reply(text: str, **_: Any) -> None:
+        if channel:
+            client.chat_postEphemeral(channel=channel, user=user_id, text=text)
+        else:
+            client.chat_postMessage(channel=user_id, text=text)
+
+    return reply
+
+
 class WorkspaceGate(Middleware):
     """Lets through only requests from the trust's workspace(s); answers the rest itself."""
 
     def __init__(
-        self, directory: SlackDirectory, after_ack: Callable[[Callable[[], None]], None]
+        self, directory: SlackDirectory, later: Callable[[Callable[[], None]], None]
     ) -> None:
         self.directory = directory
-        self.after_ack = after_ack
+        self.later = later
 
     @property
     def name(self) -> str:
@@ -124,5 +144,82 @@ class WorkspaceGate(Middleware):
             return BoltResponse(status=200, body=json.dumps(answer), headers=_JSON)
         if kind == "block_actions" and client is not None and isinstance(body.get("user"), dict):
             tell = reply_to_clicker(client, body)
-            self.after_ack(lambda: tell(OUTSIDER))
+            self.later(lambda: tell(OUTSIDER))
         return BoltResponse(status=200, body="")  # an event, or nothing to answer on
+
+
+class Asker:
+    """Who sent a request, as a person of the trust, and how to answer them.
+
+    `person()` checks their Slack account once for the request, when first called (a refusal,
+    NotAllowed, is not kept: a later call asks the directory again, which caches profiles).
+    `reply` answers them where they asked: an ephemeral reply to a command (through its
+    response_url), an ephemeral where a click happened or a DM for one on the App Home or a
+    form; None for a form submission or an event, whose answer is the ack itself."""
+
+    def __init__(
+        self,
+        who: Caller,
+        directory: SlackDirectory,
+        reply: Callable[[str], None] | None,
+    ) -> None:
+        self.caller = who
+        self.reply = reply
+        self._directory = directory
+        self._lock = threading.Lock()
+        self._person: Person | None = None
+
+    def person(self) -> Person:
+        with self._lock:
+            if self._person is None:
+                who = self.caller
+                self._person = self._directory.person(
+                    who.user_id, who.request_team_id, who.enterprise_id
+                )
+            return self._person
+
+
+class PersonResolver(Middleware):
+    """After the gate: puts this request's `Asker` in the context (`asker(context)`)."""
+
+    def __init__(self, directory: SlackDirectory) -> None:
+        self.directory = directory
+
+    @property
+    def name(self) -> str:
+        return "PersonResolver"
+
+    def process(
+        self, *, req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]
+    ) -> BoltResponse:
+        req.context[ASKER] = Asker(caller(req.context), self.directory, _reply(req))
+        return next()
+
+
+def _reply(req: BoltRequest) -> Callable[[str], None] | None:
+    body, context = req.body, req.context
+    if body.get("command"):
+        respond = context.respond
+        if respond is None:
+            return None
+
+        def ephemeral(text: str) -> None:
+            respond(response_type="ephemeral", replace_original=False, text=text)
+
+        return ephemeral
+    if body.get("type") == "block_actions" and context.client is not None:
+        return reply_to_clicker(context.client, body)
+    return None
+
+
+def asker(context: BoltContext) -> Asker:
+    """The asker the person middleware put in the context (every listener runs behind it)."""
+    found = context.get(ASKER)
+    if not isinstance(found, Asker):
+        raise RuntimeError("listener reached without passing the person middleware")
+    return found
+
+
+def person_of(context: BoltContext) -> Person:
+    """The person who sent this request (resolved once per request), or NotAllowed."""
+    return asker(context).person()

@@ -17,10 +17,9 @@ from slack_sdk import WebClient
 
 from app.notify.blocks import APPROVE_ACTION, CANCEL_ACTION, DENY_ACTION, clock_time
 from app.notify.views import HOME_EXTEND, HOME_EXTEND_BY, HOME_REVOKE, why_modal
-from app.service import AlreadyDecided, ServiceError
+from app.service import AlreadyDecided
 from app.slack.deps import APPLIED, NOTIFIED, SlackDeps
-from app.slack.errors import reply_to_clicker, replying_on_error
-from app.slack.gate import caller
+from app.slack.gate import caller, person_of, reply_to_clicker
 from app.slack.listeners.commands import cancelled_text
 
 DENY_VIEW = "deny_reason"
@@ -30,46 +29,38 @@ DENY_INPUT = "reason_text"
 
 def register(app: App, deps: SlackDeps) -> None:
     @app.action(APPROVE_ACTION)
-    def approve(
-        ack: Ack,
-        body: dict[str, Any],
-        action: dict[str, Any],
-        client: WebClient,
-        context: BoltContext,
-    ) -> None:
+    def approve(ack: Ack, action: dict[str, Any], context: BoltContext) -> None:
         ack()
         progress = deps.progress()  # read here, on the thread that dispatches the request
 
         def decide() -> None:
-            with replying_on_error(reply_to_clicker(client, body)):
-                request_id = int(action["value"])
-                if progress.outcome == NOTIFIED:
-                    return  # a redelivery of a click whose work was all done
-                if progress.outcome != APPLIED:
-                    try:
-                        view = deps.service.approve(request_id, deps.person(context))
-                    except AlreadyDecided:
-                        if not progress.redelivered:
-                            raise
-                        # Its first try may have got this far before its process died: the
-                        # card shows the request as it is, and the approver is not told
-                        # "already decided" about their own click.
-                        deps.notifier.update_cards(deps.service.get(request_id))
-                        return
-                    progress.step(APPLIED)
-                else:
-                    view = deps.service.get(request_id)
-                deps.notifier.request_changed(view)
-                progress.step(NOTIFIED)
+            request_id = int(action["value"])
+            if progress.outcome == NOTIFIED:
+                return  # a redelivery of a click whose work was all done
+            if progress.outcome != APPLIED:
+                try:
+                    view = deps.service.approve(request_id, person_of(context))
+                except AlreadyDecided:
+                    if not progress.redelivered:
+                        raise
+                    # Its first try may have got this far before its process died: the
+                    # card shows the request as it is, and the approver is not told
+                    # "already decided" about their own click.
+                    deps.notifier.update_cards(deps.service.get(request_id))
+                    return
+                progress.step(APPLIED)
+            else:
+                view = deps.service.get(request_id)
+            deps.notifier.request_changed(view)
+            progress.step(NOTIFIED)
 
-        deps.after_ack(decide)
+        deps.after_ack(context, decide)
 
     @app.action(CANCEL_ACTION)
     def cancel(
         ack: Ack,
         body: dict[str, Any],
         action: dict[str, Any],
-        client: WebClient,
         context: BoltContext,
         respond: Respond,
     ) -> None:
@@ -77,36 +68,41 @@ def register(app: App, deps: SlackDeps) -> None:
         progress = deps.progress()
 
         def withdraw() -> None:
-            with replying_on_error(reply_to_clicker(client, body)):
-                request_id = int(action["value"])
-                if progress.outcome == NOTIFIED:
-                    return  # a redelivery of a click whose work was all done
-                container = body.get("container") or {}
-                if container.get("type") == "view":
-                    # Clicked on the App Home: the change redraws it (homes looked at lately
-                    # are redrawn with each change), once, after the cancel is recorded.
-                    deps.service.remember_home_opened(caller(context).user_id)
-                if progress.outcome != APPLIED:
-                    try:
-                        view = deps.service.cancel(request_id, deps.person(context))
-                    except AlreadyDecided:
-                        if not progress.redelivered:
-                            raise  # a second click: told plainly what state it is in
-                        view = deps.service.get(request_id)  # its first try got this far
-                    progress.step(APPLIED)
-                else:
-                    view = deps.service.get(request_id)
-                deps.notifier.request_changed(view)  # cards, DM and home, from the outbox
-                if container.get("is_ephemeral"):  # the reply to /jit request: replace it
-                    respond(replace_original=True, text=cancelled_text(view))
-                progress.step(NOTIFIED)
+            request_id = int(action["value"])
+            if progress.outcome == NOTIFIED:
+                return  # a redelivery of a click whose work was all done
+            container = body.get("container") or {}
+            if container.get("type") == "view":
+                # Clicked on the App Home: the change redraws it (homes looked at lately
+                # are redrawn with each change), once, after the cancel is recorded.
+                deps.service.remember_home_opened(caller(context).user_id)
+            if progress.outcome != APPLIED:
+                try:
+                    view = deps.service.cancel(request_id, person_of(context))
+                except AlreadyDecided:
+                    if not progress.redelivered:
+                        raise  # a second click: told plainly what state it is in
+                    view = deps.service.get(request_id)  # its first try got this far
+                progress.step(APPLIED)
+            else:
+                view = deps.service.get(request_id)
+            deps.notifier.request_changed(view)  # cards, DM and home, from the outbox
+            if container.get("is_ephemeral"):  # the reply to /jit request: replace it
+                respond(replace_original=True, text=cancelled_text(view))
+            progress.step(NOTIFIED)
 
-        deps.after_ack(withdraw)
+        deps.after_ack(context, withdraw)
 
     @app.action(DENY_ACTION)
-    def deny(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: WebClient) -> None:
+    def deny(
+        ack: Ack,
+        body: dict[str, Any],
+        action: dict[str, Any],
+        client: WebClient,
+        context: BoltContext,
+    ) -> None:
         ack()
-        deps.open_dialog(lambda: _ask_why(client, body, action))
+        deps.open_dialog(context, lambda: _ask_why(client, body, action))
 
     @app.action(HOME_EXTEND)
     def home_extend(
@@ -119,54 +115,41 @@ def register(app: App, deps: SlackDeps) -> None:
         ack()
 
         def extend() -> None:
-            with replying_on_error(reply_to_clicker(client, body)):
-                person = deps.person(context)
-                view = deps.service.extend(int(action["value"]), person, HOME_EXTEND_BY)
-                if view.extension is not None:
-                    deps.notifier.request_opened(view)
-                else:
-                    ends = clock_time(view.expires_at, deps.service.policy.zone)
-                    reply_to_clicker(client, body)(f"#{view.id} now ends at {ends}.")
-                    deps.notifier.publish_home(caller(context).user_id)
+            view = deps.service.extend(int(action["value"]), person_of(context), HOME_EXTEND_BY)
+            if view.extension is not None:
+                deps.notifier.request_opened(view)
+            else:
+                ends = clock_time(view.expires_at, deps.service.policy.zone)
+                reply_to_clicker(client, body)(f"#{view.id} now ends at {ends}.")
+                deps.notifier.publish_home(caller(context).user_id)
 
-        deps.after_ack(extend)
+        deps.after_ack(context, extend)
 
     @app.action(HOME_REVOKE)
-    def home_revoke(
-        ack: Ack,
-        body: dict[str, Any],
-        action: dict[str, Any],
-        client: WebClient,
-        context: BoltContext,
-    ) -> None:
+    def home_revoke(ack: Ack, action: dict[str, Any], context: BoltContext) -> None:
         ack()
 
         def revoke() -> None:
-            with replying_on_error(reply_to_clicker(client, body)):
-                person = deps.person(context)
-                view = deps.service.revoke(int(action["value"]), person, "revoked from App Home")
-                deps.notifier.request_changed(view)
+            by = person_of(context)
+            view = deps.service.revoke(int(action["value"]), by, "revoked from App Home")
+            deps.notifier.request_changed(view)
 
-        deps.after_ack(revoke)
+        deps.after_ack(context, revoke)
 
     @app.view(DENY_VIEW)
     def deny_submitted(ack: Ack, view: dict[str, Any], context: BoltContext) -> None:
-        # Deciding touches only the database, so it runs before the ack and a refusal can be
-        # shown on the field itself.
+        # Deciding touches only the database, so it runs before the ack and a refusal is
+        # shown on the field itself (by the error handler, app/slack/errors.py).
         meta = json.loads(view.get("private_metadata") or "{}")
         reason = view["state"]["values"][DENY_BLOCK][DENY_INPUT].get("value") or ""
         progress = deps.progress()
-        try:
-            if progress.outcome == APPLIED:  # redelivered: denied before the first ack
-                decided = deps.service.get(int(meta["id"]))
-            else:
-                decided = deps.service.deny(int(meta["id"]), deps.person(context), reason)
-                progress.step(APPLIED)
-        except ServiceError as exc:
-            ack(response_action="errors", errors={DENY_BLOCK: exc.message})
-            return
+        if progress.outcome == APPLIED:  # redelivered: denied before the first ack
+            decided = deps.service.get(int(meta["id"]))
+        else:
+            decided = deps.service.deny(int(meta["id"]), person_of(context), reason)
+            progress.step(APPLIED)
         ack()
-        deps.after_ack(lambda: deps.notifier.request_changed(decided))
+        deps.after_ack(context, lambda: deps.notifier.request_changed(decided))
 
 
 def _ask_why(client: WebClient, body: dict[str, Any], action: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from app.policy.rules import requestable
 from app.service import InvalidRequest, RequestView
 from app.service.standing import StandingHolder
 from app.slack.deps import OPENED, Progress, SlackDeps
-from app.slack.errors import replying_on_error
+from app.slack.gate import person_of
 from app.slack.parsing import (
     IDENTITY_EXAMPLE,
     BreakGlass,
@@ -81,13 +81,12 @@ def register(app: App, deps: SlackDeps) -> None:
             trigger_id = command["trigger_id"]
 
             def open_form() -> None:
-                with replying_on_error(respond):
-                    open_request_form(deps, client, deps.person(context), trigger_id)
+                open_request_form(deps, client, person_of(context), trigger_id)
 
-            deps.open_dialog(open_form)
+            deps.open_dialog(context, open_form)
             return
         progress = deps.progress()  # read here, on the dispatching thread
-        deps.after_ack(lambda: _answer_jit(deps, parsed, context, respond, progress))
+        deps.after_ack(context, lambda: _answer_jit(deps, parsed, context, respond, progress))
 
     @app.command("/breakglass")
     def breakglass(
@@ -100,99 +99,94 @@ def register(app: App, deps: SlackDeps) -> None:
             return
         # Only what is true now: the request is recorded (the inbox row), nothing decided.
         ack(response_type="ephemeral", text=BREAK_GLASS_ACK)
-        deps.after_ack(lambda: _break_glass(deps, parsed, context, respond))
+        deps.after_ack(context, lambda: _break_glass(deps, parsed, context, respond))
 
 
 def _answer_jit(
     deps: SlackDeps, parsed: object, context: BoltContext, respond: Respond, progress: Progress
 ) -> None:
     """Everything `/jit` does after the ack: the service call, the reply, the notifications."""
-    with replying_on_error(respond):
-        person = deps.person(context)
-        service, notifier = deps.service, deps.notifier
-        zone = service.policy.zone
-        match parsed:
-            case RequestAccess():
-                if progress.outcome and progress.outcome.startswith(OPENED):
-                    # Redelivered after a crash: the request was made by the first try (its
-                    # cards are in the outbox with it); answer about it, not "already open".
-                    view = service.get(int(progress.outcome.removeprefix(OPENED)))
-                else:
-                    identity, reason = _identity_and_reason(service.policy, parsed)
-                    view = service.request(
-                        person,
-                        parsed.target,
-                        parsed.role,
-                        parsed.duration,
-                        reason,
-                        parsed.ticket,
-                        identity=identity,
-                    )
-                    progress.step(f"{OPENED}{view.id}")
-                text, blocks = requester_receipt(view, zone)  # with Cancel while it waits
-                respond(response_type="ephemeral", text=text, blocks=_json(blocks))
-                notifier.request_opened(view)
-            case Status():
-                views = service.requests_of(person, LIVE)
-                text = _status(views, zone) or "You have no open requests and no active access."
-                respond(response_type="ephemeral", text=_with_contract(deps, person, text))
-            case Standing():
-                holders = service.standing_holders(person)
-                respond(response_type="ephemeral", text=_standing(holders, zone))
-            case ListTargets():
-                plans = requestable(service.policy, person, service.clock.now())
-                lines = [
-                    f"• `{p.target}:{p.role}` ({p.path}, up to "
-                    f"{format_duration(p.cap)}{', ticket' if p.ticket_required else ''})"
-                    for p in plans
-                ]
-                text = (
-                    "\n".join(lines) or "You are not eligible for any access yet; ask your manager."
+    person = person_of(context)
+    service, notifier = deps.service, deps.notifier
+    zone = service.policy.zone
+    match parsed:
+        case RequestAccess():
+            if progress.outcome and progress.outcome.startswith(OPENED):
+                # Redelivered after a crash: the request was made by the first try (its
+                # cards are in the outbox with it); answer about it, not "already open".
+                view = service.get(int(progress.outcome.removeprefix(OPENED)))
+            else:
+                identity, reason = _identity_and_reason(service.policy, parsed)
+                view = service.request(
+                    person,
+                    parsed.target,
+                    parsed.role,
+                    parsed.duration,
+                    reason,
+                    parsed.ticket,
+                    identity=identity,
                 )
-                respond(response_type="ephemeral", text=_with_contract(deps, person, text))
-            case Extend():
-                view = service.extend(parsed.request_id, person, parsed.duration)
-                if view.extension is not None:
-                    respond(
-                        response_type="ephemeral",
-                        text=(
-                            f"Extension of #{view.id} by {format_duration(view.extension)} is "
-                            f"with the {view.path} approvers; your access carries on meanwhile."
-                        ),
-                    )
-                    notifier.request_opened(view)
-                else:
-                    respond(
-                        response_type="ephemeral",
-                        text=(f"#{view.id} now ends at {clock_time(view.expires_at, zone)}."),
-                    )
-            case Cancel():
-                view = service.cancel(parsed.request_id, person, parsed.reason)
-                respond(response_type="ephemeral", text=cancelled_text(view))
-                notifier.request_changed(view)
-            case Revoke():
-                view = service.revoke(parsed.request_id, person, parsed.reason)
-                respond(response_type="ephemeral", text=(f"#{view.id}: {outcome_line(view, zone)}"))
-                notifier.request_changed(view)
+                progress.step(f"{OPENED}{view.id}")
+            text, blocks = requester_receipt(view, zone)  # with Cancel while it waits
+            respond(response_type="ephemeral", text=text, blocks=_json(blocks))
+            notifier.request_opened(view)
+        case Status():
+            views = service.requests_of(person, LIVE)
+            text = _status(views, zone) or "You have no open requests and no active access."
+            respond(response_type="ephemeral", text=_with_contract(deps, person, text))
+        case Standing():
+            holders = service.standing_holders(person)
+            respond(response_type="ephemeral", text=_standing(holders, zone))
+        case ListTargets():
+            plans = requestable(service.policy, person, service.clock.now())
+            lines = [
+                f"• `{p.target}:{p.role}` ({p.path}, up to "
+                f"{format_duration(p.cap)}{', ticket' if p.ticket_required else ''})"
+                for p in plans
+            ]
+            text = "\n".join(lines) or "You are not eligible for any access yet; ask your manager."
+            respond(response_type="ephemeral", text=_with_contract(deps, person, text))
+        case Extend():
+            view = service.extend(parsed.request_id, person, parsed.duration)
+            if view.extension is not None:
+                respond(
+                    response_type="ephemeral",
+                    text=(
+                        f"Extension of #{view.id} by {format_duration(view.extension)} is "
+                        f"with the {view.path} approvers; your access carries on meanwhile."
+                    ),
+                )
+                notifier.request_opened(view)
+            else:
+                respond(
+                    response_type="ephemeral",
+                    text=(f"#{view.id} now ends at {clock_time(view.expires_at, zone)}."),
+                )
+        case Cancel():
+            view = service.cancel(parsed.request_id, person, parsed.reason)
+            respond(response_type="ephemeral", text=cancelled_text(view))
+            notifier.request_changed(view)
+        case Revoke():
+            view = service.revoke(parsed.request_id, person, parsed.reason)
+            respond(response_type="ephemeral", text=(f"#{view.id}: {outcome_line(view, zone)}"))
+            notifier.request_changed(view)
 
 
 def _break_glass(
     deps: SlackDeps, parsed: BreakGlass, context: BoltContext, respond: Respond
 ) -> None:
-    with replying_on_error(respond):
-        person = deps.person(context)
-        view = deps.service.break_glass(person, parsed.target, parsed.role, parsed.reason)
-        zone = deps.service.policy.zone
-        text = f"Break-glass #{view.id}: {outcome_line(view, zone)}. This use will be reviewed."
-        replaced = deps.service.replaced_request(view.id)
-        if replaced is not None:
-            text += (
-                f" It replaces your request #{replaced[0]}, waiting since "
-                f"{clock_time(replaced[1], zone)}, which is now cancelled; its approvers' "
-                "cards will say so."
-            )
-        respond(response_type="ephemeral", text=text)
-        deps.notifier.break_glass_started(view)
+    view = deps.service.break_glass(person_of(context), parsed.target, parsed.role, parsed.reason)
+    zone = deps.service.policy.zone
+    text = f"Break-glass #{view.id}: {outcome_line(view, zone)}. This use will be reviewed."
+    replaced = deps.service.replaced_request(view.id)
+    if replaced is not None:
+        text += (
+            f" It replaces your request #{replaced[0]}, waiting since "
+            f"{clock_time(replaced[1], zone)}, which is now cancelled; its approvers' "
+            "cards will say so."
+        )
+    respond(response_type="ephemeral", text=text)
+    deps.notifier.break_glass_started(view)
 
 
 def open_request_form(deps: SlackDeps, client: WebClient, person: Person, trigger_id: str) -> None:

@@ -40,4 +40,4 @@ def register(app: App, deps: SlackDeps) -> None:
         if not seen.first_time(str(body.get("event_id", ""))):
             return
         user_id = caller(context).user_id
-        deps.after_ack(lambda: deps.notifier.home_opened(user_id))
+        deps.after_ack(context, lambda: deps.notifier.home_opened(user_id))

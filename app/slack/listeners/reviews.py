@@ -14,9 +14,8 @@ from slack_sdk import WebClient
 
 from app.notify.blocks import REVIEW_JUSTIFIED, REVIEW_NOT_JUSTIFIED
 from app.notify.views import why_modal
-from app.service import ServiceError
 from app.slack.deps import SlackDeps
-from app.slack.errors import reply_to_clicker, replying_on_error
+from app.slack.gate import person_of, reply_to_clicker
 
 REVIEW_VIEW = "review_note"
 NOTE_BLOCK = "note"
@@ -35,19 +34,16 @@ def register(app: App, deps: SlackDeps) -> None:
             ack()
 
             def ask_for_note() -> None:
-                reply = reply_to_clicker(client, body)
-                with replying_on_error(reply):
-                    person = deps.person(context)
-                    request_id = int(action["value"])
-                    refusal = deps.service.review_refusal(request_id, person)
-                    if refusal is not None:
-                        reply(refusal)
-                        return
-                    client.views_open(
-                        trigger_id=body["trigger_id"], view=note_modal(request_id, justified)
-                    )
+                request_id = int(action["value"])
+                refusal = deps.service.review_refusal(request_id, person_of(context))
+                if refusal is not None:
+                    reply_to_clicker(client, body)(refusal)
+                    return
+                client.views_open(
+                    trigger_id=body["trigger_id"], view=note_modal(request_id, justified)
+                )
 
-            deps.open_dialog(ask_for_note)
+            deps.open_dialog(context, ask_for_note)
 
         return on_click
 
@@ -57,19 +53,14 @@ def register(app: App, deps: SlackDeps) -> None:
     @app.view(REVIEW_VIEW)
     def note_submitted(ack: Ack, view: dict[str, Any], context: BoltContext) -> None:
         # Deciding touches only the database, so it runs before the ack and a refusal is shown
-        # on the note field itself.
+        # on the note field itself (by the error handler, app/slack/errors.py).
         meta = json.loads(view.get("private_metadata") or "{}")
         note = view["state"]["values"][NOTE_BLOCK][NOTE_INPUT].get("value") or ""
-        try:
-            person = deps.person(context)
-            decided = deps.service.decide_review(
-                int(meta["id"]), person, justified=bool(meta["justified"]), note=note
-            )
-        except ServiceError as exc:
-            ack(response_action="errors", errors={NOTE_BLOCK: exc.message[:150]})
-            return
+        decided = deps.service.decide_review(
+            int(meta["id"]), person_of(context), justified=bool(meta["justified"]), note=note
+        )
         ack()
-        deps.after_ack(lambda: deps.notifier.review_decided(decided))
+        deps.after_ack(context, lambda: deps.notifier.review_decided(decided))
 
 
 def note_modal(request_id: int, justified: bool) -> dict[str, Any]:

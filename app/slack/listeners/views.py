@@ -1,7 +1,8 @@
 """The request form: choosing a role narrows its durations; submitting asks for the access.
 
 Requesting touches only the database, so it runs before the ack and any refusal is shown on the
-field it concerns; the approvers are told after the ack.
+field it concerns (by the error handler, app/slack/errors.py); the approvers are told after the
+ack.
 """
 
 from __future__ import annotations
@@ -15,23 +16,14 @@ from app.notify.views import (
     ACCESS_ACTION,
     ACCESS_BLOCK,
     DURATION_BLOCK,
-    REASON_BLOCK,
     REQUEST_VIEW,
-    TICKET_BLOCK,
     modal_values,
     request_modal,
 )
 from app.policy import DurationError, parse_duration
 from app.policy.rules import requestable
-from app.service import ServiceError
 from app.slack.deps import OPENED, SlackDeps
-
-_FIELD_BLOCKS = {
-    "access": ACCESS_BLOCK,
-    "duration": DURATION_BLOCK,
-    "reason": REASON_BLOCK,
-    "ticket": TICKET_BLOCK,
-}
+from app.slack.gate import person_of
 
 
 def register(app: App, deps: SlackDeps) -> None:
@@ -46,15 +38,14 @@ def register(app: App, deps: SlackDeps) -> None:
         ack()
 
         def narrow() -> None:
-            person = deps.person(context)
-            plans = requestable(deps.service.policy, person, deps.service.clock.now())
+            plans = requestable(deps.service.policy, person_of(context), deps.service.clock.now())
             chosen = (action.get("selected_option") or {}).get("value")
             view = body["view"]
             client.views_update(
                 view_id=view["id"], hash=view.get("hash"), view=request_modal(plans, chosen)
             )
 
-        deps.after_ack(narrow)
+        deps.after_ack(context, narrow)  # a refusal is told to the chooser (errors.py)
 
     @app.view(REQUEST_VIEW)
     def request_submitted(ack: Ack, view: dict[str, Any], context: BoltContext) -> None:
@@ -69,20 +60,19 @@ def register(app: App, deps: SlackDeps) -> None:
             ack(response_action="errors", errors={DURATION_BLOCK: str(exc)})
             return
         progress = deps.progress()
-        try:
-            if progress.outcome and progress.outcome.startswith(OPENED):
-                # Redelivered after a crash: the request was made before the first ack.
-                opened = deps.service.get(int(progress.outcome.removeprefix(OPENED)))
-            else:
-                person = deps.person(context)
-                opened = deps.service.request(
-                    person, target, role, duration, values["reason"], values["ticket"] or None
-                )
-                progress.step(f"{OPENED}{opened.id}")  # recorded before the ack
-        except ServiceError as exc:
-            block = _FIELD_BLOCKS.get(exc.field or "", ACCESS_BLOCK)
-            ack(response_action="errors", errors={block: exc.message[:150]})
-            return
+        if progress.outcome and progress.outcome.startswith(OPENED):
+            # Redelivered after a crash: the request was made before the first ack.
+            opened = deps.service.get(int(progress.outcome.removeprefix(OPENED)))
+        else:
+            opened = deps.service.request(
+                person_of(context),
+                target,
+                role,
+                duration,
+                values["reason"],
+                values["ticket"] or None,
+            )
+            progress.step(f"{OPENED}{opened.id}")  # recorded before the ack
         ack()
 
         def tell() -> None:
@@ -91,4 +81,4 @@ def register(app: App, deps: SlackDeps) -> None:
             deps.notifier.request_received(opened)
             deps.notifier.request_opened(opened)
 
-        deps.after_ack(tell)
+        deps.after_ack(context, tell)
