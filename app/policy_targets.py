@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from app.adapters.registry import connection_problems, settings_problems
+from app.oncall import with_sources
 from app.policy import Policy, PolicyIssue
 from app.policy import load_policy as load_manifest
 from app.policy import parse_policy as parse_manifest
@@ -31,13 +32,15 @@ def target_problems(target: Target) -> Iterator[tuple[Location, str]]:
 
 
 def load_policy(path: str | Path) -> Policy:
-    """`app.policy.load_policy`, with each target checked by its adapter too."""
-    return load_manifest(path, target_checks=[target_problems])
+    """`app.policy.load_policy`, with each target checked by its adapter too, and the rotas
+    that name a source read from it (app.oncall)."""
+    return with_sources(load_manifest(path, target_checks=[target_problems]))
 
 
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
-    """`app.policy.parse_policy`, with each target checked by its adapter too."""
-    return parse_manifest(text, source, target_checks=[target_problems])
+    """`app.policy.parse_policy`, with each target checked by its adapter too, and the rotas
+    that name a source read from it (app.oncall)."""
+    return with_sources(parse_manifest(text, source, target_checks=[target_problems]))
 
 
 def policy_warnings(policy: Policy) -> list[PolicyIssue]:

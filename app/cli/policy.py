@@ -12,6 +12,7 @@ from typing import TextIO
 from app.cli.common import Commands, write_output
 from app.clock import SystemClock
 from app.config import Settings
+from app.oncall import describe as describe_rota
 from app.policy import Policy, PolicyError, format_duration
 from app.policy.rules import approvers_at
 from app.policy_targets import load_policy, policy_warnings
@@ -167,5 +168,8 @@ def print_summary(policy: Policy, out: TextIO) -> None:
             people = approvers_at(policy, name, now)
             if people and any(s.rota for s in policy.paths[name].approvers):
                 print(f"    {name:<12} {', '.join(people)}", file=out)
+        print("  rotas:", file=out)
+        for name in policy.oncall:
+            print(f"    {name:<20} {describe_rota(policy, name)}", file=out)
     for name, vendor in policy.vendors.items():
         print(f"  vendor {name}: {vendor.company}, contract ends {vendor.contract_end}", file=out)

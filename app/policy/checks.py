@@ -14,7 +14,7 @@ from itertools import combinations
 
 from app.policy.durations import format_duration
 from app.policy.errors import did_you_mean
-from app.policy.model import BREAK_GLASS_PATH, REQUIRED_PATHS, WEEKDAYS, Policy, Target
+from app.policy.model import BREAK_GLASS_PATH, REQUIRED_PATHS, WEEKDAYS, Policy, RotaSource, Target
 from app.policy.rota import override_window
 from app.wording import plural
 
@@ -109,6 +109,8 @@ def _satisfiable(policy: Policy, name: str) -> Iterator[PolicyIssue]:
             group_people |= set(policy.groups[source.group])
         elif source.rota in policy.oncall:
             rota = policy.oncall[source.rota]
+            if rota.source is not None:
+                return  # who the source names is known only when it is read
             rota_people |= set(rota.members)
             on_call_count += min(rota.on_call, len(set(rota.members)))
     possible = len(group_people) + on_call_count
@@ -150,10 +152,42 @@ def _people_and_groups(policy: Policy) -> Iterator[PolicyIssue]:
             yield PolicyIssue(("groups", name), "lists the same member twice")
 
 
+def _source_urls(loc: Location, source: RotaSource) -> Iterator[PolicyIssue]:
+    """A source is read over HTTPS unless the policy says it is a test system."""
+    if source.roster is not None and source.roster.url is not None:
+        url, insecure, field = source.roster.url, source.roster.insecure, ("roster", "url")
+    elif source.pagerduty is not None:
+        pagerduty = source.pagerduty
+        url, insecure, field = pagerduty.api_url, pagerduty.insecure, ("pagerduty", "api_url")
+    else:
+        return
+    if not url.startswith("https://") and not (insecure and url.startswith("http://")):
+        yield PolicyIssue(
+            (*loc, "source", *field),
+            f"'{url[:60]}' is not an https:// URL (insecure: true allows http:// on a test system)",
+        )
+
+
 def _rotas(policy: Policy) -> Iterator[PolicyIssue]:
     zone = policy.zone
     for name, rota in policy.oncall.items():
         loc: Location = ("oncall", name)
+        if rota.source is not None:
+            yield from _source_urls(loc, rota.source)
+            for field in ("members", "rotation", "starts", "overrides"):
+                if getattr(rota, field):
+                    yield PolicyIssue(
+                        (*loc, field),
+                        f"a rota with a source takes no '{field}': its source says who is on call",
+                    )
+            if rota.escalation is not None and rota.escalation not in policy.groups:
+                yield PolicyIssue(
+                    (*loc, "escalation"), _unknown("group", rota.escalation, policy.groups)
+                )
+            continue
+        for field in ("rotation", "starts"):
+            if getattr(rota, field) is None:
+                yield PolicyIssue((*loc, field), f"'{field}' is required (or give a 'source')")
         if not rota.members:
             yield PolicyIssue((*loc, "members"), "rota has no members")
             continue
@@ -164,7 +198,11 @@ def _rotas(policy: Policy) -> Iterator[PolicyIssue]:
                 (*loc, "on_call"),
                 f"{rota.on_call} on call at once but only {len(rota.members)} members",
             )
-        if rota.rotation == "weekly" and rota.starts.weekday() != WEEKDAYS.index(rota.handoff_day):
+        if (
+            rota.rotation == "weekly"
+            and rota.starts
+            and rota.starts.weekday() != WEEKDAYS.index(rota.handoff_day)
+        ):
             yield PolicyIssue(
                 (*loc, "starts"),
                 f"{rota.starts} is a {WEEKDAYS[rota.starts.weekday()]}, but hand-off is on "

@@ -8,6 +8,7 @@ them is reported with its own location instead of stopping at the first.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -19,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PrivateAttr,
     WithJsonSchema,
     model_validator,
 )
@@ -254,14 +256,82 @@ class RotaOverride(Strict):
         return self
 
 
+class RosterSource(Strict):
+    """A rostering export (CSV or iCalendar), as a file or an HTTPS URL."""
+
+    file: str | None = Field(default=None, description="Path of the export on this machine.")
+    url: str | None = Field(default=None, description="HTTPS URL the export is published at.")
+    format: Literal["csv", "ics"] = Field(description="csv or ics (iCalendar).")
+    role: str | None = Field(
+        default=None,
+        description="Only shifts with this role (the CSV's role column, an iCalendar "
+        "event's CATEGORIES); none: every shift in the export.",
+    )
+    insecure: bool = Field(default=False, description="A test system only: accept an http:// URL.")
+
+    @model_validator(mode="after")
+    def _one_place(self) -> RosterSource:
+        if (self.file is None) == (self.url is None):
+            raise ValueError("give exactly one of 'file' or 'url'")
+        return self
+
+
+class PagerDutySource(Strict):
+    """A PagerDuty schedule, read with the REST API v2 (GET /oncalls)."""
+
+    schedule: str = Field(pattern=r"^[A-Z0-9]{3,20}$", description="The schedule's ID (PABC123).")
+    token_env: EnvVarName = Field(
+        description="Environment variable that holds a read-only REST API token."
+    )
+    api_url: str = Field(
+        default="https://api.pagerduty.com",
+        description="REST API base URL (https://api.eu.pagerduty.com for the EU service region).",
+    )
+    insecure: bool = Field(
+        default=False, description="A test system only: accept an http:// api_url."
+    )
+
+
+class RotaSource(Strict):
+    """Where a rota's on-call people come from, instead of members and a rotation."""
+
+    roster: RosterSource | None = Field(
+        default=None, description="A rostering export: CSV or iCalendar, a file or an HTTPS URL."
+    )
+    pagerduty: PagerDutySource | None = Field(
+        default=None, description="A PagerDuty schedule, read with its REST API."
+    )
+    refresh_every: Duration = Field(
+        default=timedelta(minutes=5), description="How long a read is used before reading again."
+    )
+    stale_after: Duration = Field(
+        default=timedelta(hours=2),
+        description="How long the last good read is used while the source cannot be read; "
+        "after that nobody from this rota may approve (its escalation group is told).",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RotaSource:
+        if (self.roster is None) == (self.pagerduty is None):
+            raise ValueError("give exactly one of 'roster' or 'pagerduty'")
+        return self
+
+
 class Rota(Strict):
-    members: list[Member]
-    rotation: Literal["daily", "weekly"]
+    members: list[Member] = []
+    rotation: Literal["daily", "weekly"] | None = None
+    source: RotaSource | None = Field(
+        default=None,
+        description="Read who is on call from a rostering export or PagerDuty instead of "
+        "members and a rotation.",
+    )
     handoff: TimeOfDay = time(9, 0)
     handoff_day: Literal[
         "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"
     ] = "monday"
-    starts: date = Field(description="Date of the first shift, which members[0] takes.")
+    starts: date | None = Field(
+        default=None, description="Date of the first shift, which members[0] takes."
+    )
     on_call: int = Field(default=1, ge=1, description="How many members are on call at once.")
     overrides: list[RotaOverride] = []
     escalation: Name | None = Field(default=None, description="Group to escalate to.")
@@ -405,6 +475,10 @@ class Vendor(Strict):
     contract_end: date
 
 
+# (rota name, instant) -> the people on call then, per the rota's source.
+OnCallLookup = Callable[[str, datetime], list[str]]
+
+
 class Policy(Strict):
     version: Literal[1] = 1
     organisation: str = ""
@@ -423,9 +497,27 @@ class Policy(Strict):
         description="Local time of the daily digest to the managers' channel; null: none.",
     )
 
+    # Who is on call in a rota with a source, read outside app/policy and injected here
+    # (app.oncall); without one, such a rota names nobody (fail closed).
+    _on_call: OnCallLookup | None = PrivateAttr(default=None)
+
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    def with_on_call(self, lookup: OnCallLookup | None) -> Policy:
+        """This policy, reading the rotas that have a source through `lookup`."""
+        copy = self.model_copy()
+        copy._on_call = lookup
+        return copy
+
+    @property
+    def on_call_lookup(self) -> OnCallLookup | None:
+        return self._on_call
+
+    def on_call_from_source(self, rota: str, at: datetime) -> list[str]:
+        """Who the rota's source says is on call at `at`; nobody when it cannot say."""
+        return [] if self._on_call is None else self._on_call(rota, at)
 
 
 def policy_schema() -> dict[str, Any]:

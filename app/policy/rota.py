@@ -25,13 +25,15 @@ def shift_start_date(rota: Rota, local: datetime) -> date:
 
 
 def shift_index(rota: Rota, local: datetime) -> int:
+    if rota.starts is None:
+        raise ValueError("a rota without 'starts' has no shifts of its own")
     elapsed = (shift_start_date(rota, local) - rota.starts).days
     return elapsed if rota.rotation == "daily" else elapsed // 7
 
 
 def scheduled_at(rota: Rota, at: datetime, zone: ZoneInfo) -> list[str]:
     """Members on call by the rotation alone, ignoring overrides."""
-    if not rota.members:
+    if not rota.members or rota.rotation is None or rota.starts is None:
         return []
     count = min(rota.on_call, len(rota.members))
     first = shift_index(rota, at.astimezone(zone)) * count

@@ -49,7 +49,13 @@ def resolve_sources(policy: Policy, sources: Iterable[ApproverSource], at: datet
         if source.group is not None:
             found.update(dict.fromkeys(group_members(policy, source.group)))
         elif source.rota is not None and source.rota in policy.oncall:
-            found.update(dict.fromkeys(on_call_at(policy.oncall[source.rota], at, policy.zone)))
+            rota = policy.oncall[source.rota]
+            people = (
+                policy.on_call_from_source(source.rota, at)
+                if rota.source is not None
+                else on_call_at(rota, at, policy.zone)
+            )
+            found.update(dict.fromkeys(people))
     return list(found)
 
 

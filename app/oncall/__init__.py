@@ -1,0 +1,22 @@
+"""On-call from the source: rotas read from a rostering export or PagerDuty (issue 16).
+
+app/policy describes a rota's source and asks an injected lookup who is on call; this package
+reads the sources, caches the answer with a time to live, and falls back as the policy says.
+"""
+
+from app.oncall.cache import OnCall, describe, where_from, with_sources
+from app.oncall.shifts import RosterError, Shift, on_call, parse_csv, parse_ics
+from app.oncall.sources import SourceUnreadable
+
+__all__ = [
+    "OnCall",
+    "RosterError",
+    "Shift",
+    "SourceUnreadable",
+    "describe",
+    "on_call",
+    "parse_csv",
+    "parse_ics",
+    "where_from",
+    "with_sources",
+]

@@ -1,0 +1,119 @@
+"""Reading a rota's source: a rostering export (file or URL) or a PagerDuty schedule.
+
+Every failure is a `SourceUnreadable` whose message says what went wrong without any token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+
+from app.oncall.shifts import RosterError, Shift, parse_csv, parse_ics, with_role
+from app.policy.model import PagerDutySource, RosterSource
+
+TIMEOUT = httpx.Timeout(10.0)
+# How far either side of now a PagerDuty read reaches: wide enough that a lookup at any
+# instant until the next refresh is answered from one read.
+PAGERDUTY_BEHIND = timedelta(hours=1)
+PAGERDUTY_AHEAD = timedelta(hours=36)
+PAGERDUTY_PAGE = 100
+
+
+class SourceUnreadable(Exception):
+    """The source could not be read or did not make sense; the message is safe to log."""
+
+
+def read_roster(source: RosterSource, zone: ZoneInfo, client: httpx.Client) -> list[Shift]:
+    if source.file is not None:
+        try:
+            data = Path(source.file).read_bytes()
+        except OSError as exc:
+            raise SourceUnreadable(f"cannot read {source.file}: {exc.strerror}") from None
+        where = source.file
+    else:
+        assert source.url is not None
+        where = source.url
+        try:
+            response = client.get(source.url, timeout=TIMEOUT)
+        except httpx.HTTPError as exc:
+            raise SourceUnreadable(f"cannot fetch {where}: {type(exc).__name__}") from None
+        if response.status_code != 200:
+            raise SourceUnreadable(f"{where} answered HTTP {response.status_code}")
+        data = response.content
+    try:
+        if source.format == "csv":
+            shifts = parse_csv(data.decode("utf-8-sig"))
+        else:
+            shifts = parse_ics(data, zone)
+    except (RosterError, UnicodeDecodeError) as exc:
+        raise SourceUnreadable(f"{where}: {exc}") from None
+    return with_role(shifts, source.role)
+
+
+def _instant(value: Any) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(str(value))
+
+
+def read_pagerduty(
+    source: PagerDutySource, now: datetime, env: Mapping[str, str], client: httpx.Client
+) -> list[Shift]:
+    """The schedule's on-call entries around `now` (GET /oncalls, every page)."""
+    token = env.get(source.token_env, "")
+    if not token:
+        raise SourceUnreadable(f"{source.token_env} is not set")
+    url = source.api_url.rstrip("/") + "/oncalls"
+    headers = {
+        "Authorization": f"Token token={token}",
+        "Accept": "application/vnd.pagerduty+json;version=2",
+    }
+    shifts: list[Shift] = []
+    offset = 0
+    while True:
+        params: list[tuple[str, str | int | float | bool | None]] = [
+            ("schedule_ids[]", source.schedule),
+            ("include[]", "users"),
+            ("since", (now - PAGERDUTY_BEHIND).isoformat()),
+            ("until", (now + PAGERDUTY_AHEAD).isoformat()),
+            ("time_zone", "UTC"),
+            ("limit", PAGERDUTY_PAGE),
+            ("offset", offset),
+        ]
+        try:
+            response = client.get(url, params=params, headers=headers, timeout=TIMEOUT)
+        except httpx.HTTPError as exc:
+            raise SourceUnreadable(f"PagerDuty: {type(exc).__name__}") from None
+        if response.status_code != 200:
+            raise SourceUnreadable(
+                f"PagerDuty answered HTTP {response.status_code}: {_error(response)}"
+            )
+        try:
+            body = response.json()
+            entries = body["oncalls"]
+            for entry in entries:
+                user = entry["user"]
+                person = user.get("email")
+                if not person:
+                    raise SourceUnreadable(f"PagerDuty user {user.get('id')} has no e-mail")
+                shifts.append(
+                    Shift(_instant(entry.get("start")), _instant(entry.get("end")), person)
+                )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SourceUnreadable(
+                f"PagerDuty: unexpected response ({type(exc).__name__})"
+            ) from None
+        if not body.get("more") or not entries:
+            return shifts
+        offset += len(entries)
+
+
+def _error(response: httpx.Response) -> str:
+    try:
+        error = response.json().get("error", {})
+        return str(error.get("message", ""))[:200] or response.reason_phrase
+    except (ValueError, AttributeError):
+        return response.reason_phrase

@@ -1,0 +1,404 @@
+"""On call from the source: rotas read from a rostering export (CSV or iCalendar, a file or a URL)
+or a PagerDuty schedule, cached, and failing closed once the source has been unreadable too long.
+
+Every clock here is a ManualClock; every instant is written out, so nothing depends on today's
+date, the time of day or the machine's time zone.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+import yaml
+
+from app.cli import main
+from app.clock import ManualClock
+from app.oncall import OnCall, RosterError, parse_csv, parse_ics
+from app.oncall.shifts import on_call
+from app.policy import Policy, PolicyError
+from app.policy.rules import approvers_at, escalation_members
+from app.policy_targets import parse_policy
+from tests.fakes.pagerduty import FakePagerDuty, FileServer
+
+DATA = Path(__file__).parent / "data"
+CSV = DATA / "ward7_roster.csv"
+ICS = DATA / "ward7_roster.ics"
+WARD = DATA / "ward_policy.yaml"
+LONDON = ZoneInfo("Europe/London")
+TOKEN = "u+pd-test-token"
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def ward_with(source: dict[str, Any]) -> dict[str, Any]:
+    """The test trust, its clinical on-call rota read from `source`."""
+    data: dict[str, Any] = yaml.safe_load(WARD.read_text())
+    data["oncall"]["clinical-oncall"] = {"source": source, "escalation": "managers"}
+    return data
+
+
+def load(data: dict[str, Any]) -> Policy:
+    return parse_policy(yaml.safe_dump(data, sort_keys=False))
+
+
+def problems(data: dict[str, Any]) -> list[str]:
+    with pytest.raises(PolicyError) as caught:
+        load(data)
+    return [f"{i.where}: {i.message}" for i in caught.value.issues]
+
+
+def sourced(
+    source: dict[str, Any], clock: ManualClock, env: dict[str, str] | None = None
+) -> tuple[Policy, OnCall]:
+    policy = load(ward_with(source))
+    cache = OnCall(policy, clock, client=httpx.Client(), env=env or {})
+    return policy.with_on_call(cache), cache
+
+
+@pytest.fixture
+def files() -> Iterator[FileServer]:
+    server = FileServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pagerduty() -> Iterator[FakePagerDuty]:
+    server = FakePagerDuty(TOKEN).start()
+    yield server
+    server.stop()
+
+
+class TestRosterExportFormats:
+    def test_the_csv_sample_reads_each_shift_with_its_offset(self) -> None:
+        shifts = parse_csv(CSV.read_text())
+        assert len(shifts) == 5
+        night = shifts[1]
+        assert (night.person, night.role) == ("chloe@ward.nhs.uk", "nurse-in-charge")
+        # 20:00 GMT to 08:00 BST: eleven hours, the night the clocks go forward.
+        assert night.end is not None and night.start is not None
+        assert night.end - night.start == timedelta(hours=11)
+
+    def test_the_ics_sample_reads_attendees_the_person_property_and_categories(self) -> None:
+        shifts = parse_ics(ICS.read_bytes(), LONDON)
+        people = [(s.person, s.role) for s in shifts]
+        assert ("ben@ward.nhs.uk", "nurse-in-charge") in people  # X-WARDKEY-PERSON
+        assert ("erin@ward.nhs.uk", "site-manager") in people
+        # The cancelled swap is left out: chloe has only her two nights.
+        assert sum(1 for p, _ in people if p == "chloe@ward.nhs.uk") == 2
+
+    @pytest.mark.parametrize("parse", ["csv", "ics"])
+    def test_the_handover_instant_belongs_to_the_next_shift(self, parse: str) -> None:
+        shifts = (
+            parse_csv(CSV.read_text()) if parse == "csv" else parse_ics(ICS.read_bytes(), LONDON)
+        )
+        nurses = [s for s in shifts if s.role == "nurse-in-charge"]
+        # 08:00 BST on 29 March is 07:00 UTC: chloe's night ends, ben's day begins.
+        assert on_call(nurses, utc("2026-03-29T06:59:59+00:00")) == ["chloe@ward.nhs.uk"]
+        assert on_call(nurses, utc("2026-03-29T07:00:00+00:00")) == ["ben@ward.nhs.uk"]
+
+    @pytest.mark.parametrize("parse", ["csv", "ics"])
+    def test_overlapping_shifts_put_both_on_call_earliest_first(self, parse: str) -> None:
+        shifts = (
+            parse_csv(CSV.read_text()) if parse == "csv" else parse_ics(ICS.read_bytes(), LONDON)
+        )
+        nurses = [s for s in shifts if s.role == "nurse-in-charge"]
+        at = utc("2026-03-29T13:00:00+01:00")
+        assert on_call(nurses, at) == ["ben@ward.nhs.uk", "dan@ward.nhs.uk"]
+        assert on_call(nurses, utc("2026-03-29T16:00:00+01:00")) == ["ben@ward.nhs.uk"]
+
+    def test_a_night_across_the_clocks_going_forward_ends_at_local_eight(self) -> None:
+        shifts = parse_ics(ICS.read_bytes(), LONDON)
+        # 00:30 GMT (before the change) and 07:30 BST (after it) are both chloe's night.
+        assert "chloe@ward.nhs.uk" in on_call(shifts, utc("2026-03-29T00:30:00+00:00"))
+        assert "chloe@ward.nhs.uk" in on_call(shifts, utc("2026-03-29T07:30:00+01:00"))
+        assert "chloe@ward.nhs.uk" not in on_call(shifts, utc("2026-03-29T08:00:00+01:00"))
+
+    def test_a_night_across_the_clocks_going_back_is_thirteen_hours(self) -> None:
+        shifts = parse_ics(ICS.read_bytes(), LONDON)
+        night = next(s for s in shifts if s.start == utc("2026-10-24T20:00:00+01:00"))
+        assert night.end == utc("2026-10-25T08:00:00+00:00")
+        # Both 01:30s of the repeated hour are inside the night; 08:00 GMT is ben's.
+        assert on_call(shifts, utc("2026-10-25T01:30:00+01:00")) == ["chloe@ward.nhs.uk"]
+        assert on_call(shifts, utc("2026-10-25T01:30:00+00:00")) == ["chloe@ward.nhs.uk"]
+        assert on_call(shifts, utc("2026-10-25T08:00:00+00:00")) == ["ben@ward.nhs.uk"]
+
+    def test_a_csv_time_without_an_offset_is_refused_naming_line_and_column(self) -> None:
+        text = "start,end,email\n2026-03-28T08:00:00,2026-03-28T20:00:00+00:00,ben@ward.nhs.uk\n"
+        with pytest.raises(RosterError, match=r"^line 2, start: .* has no UTC offset"):
+            parse_csv(text)
+
+    def test_a_csv_without_an_email_column_is_refused(self) -> None:
+        with pytest.raises(RosterError, match="line 1: the header has no email column"):
+            parse_csv("start,end,name\n")
+
+    def test_a_repeating_event_is_refused_rather_than_half_read(self) -> None:
+        text = ICS.read_text().replace(
+            "SUMMARY:Ward 7 extra cover", "SUMMARY:Ward 7 extra cover\r\nRRULE:FREQ=DAILY"
+        )
+        with pytest.raises(RosterError, match=r"w7-20260329-cover.*RRULE"):
+            parse_ics(text.encode(), LONDON)
+
+
+class TestRosterSource:
+    def test_a_file_source_names_the_nurse_in_charge_as_approver(self) -> None:
+        clock = ManualClock(utc("2026-03-29T07:30:00+01:00"))
+        policy, _ = sourced(
+            {"roster": {"file": str(ICS), "format": "ics", "role": "nurse-in-charge"}}, clock
+        )
+        # The rota's source, then the managers group, as the clinical path lists them.
+        people = approvers_at(policy, "clinical", clock.now())
+        assert people[0] == "chloe@ward.nhs.uk"
+        assert "erin@ward.nhs.uk" not in people  # site manager: another role
+
+    def test_a_url_source_is_read_once_per_refresh_and_a_swap_takes_effect(
+        self, files: FileServer
+    ) -> None:
+        files.files["/ward7.csv"] = CSV.read_bytes()
+        clock = ManualClock(utc("2026-03-29T13:00:00+01:00"))
+        source = {
+            "roster": {
+                "url": f"{files.base_url}/ward7.csv",
+                "format": "csv",
+                "role": "nurse-in-charge",
+                "insecure": True,
+            },
+            "refresh_every": "5m",
+        }
+        policy, cache = sourced(source, clock)
+        assert approvers_at(policy, "clinical", clock.now())[:2] == [
+            "ben@ward.nhs.uk",
+            "dan@ward.nhs.uk",
+        ]
+        approvers_at(policy, "clinical", clock.now())
+        assert files.hits == 1
+        # The roster office swaps dan's cover to frank; seen at the next refresh.
+        files.files["/ward7.csv"] = CSV.read_bytes().replace(b"dan@", b"frank@")
+        clock.advance(timedelta(minutes=5))
+        assert "frank@ward.nhs.uk" in approvers_at(policy, "clinical", clock.now())
+        assert files.hits == 2
+        assert cache.describe("clinical-oncall") == (
+            f"from roster export {files.base_url}/ward7.csv, read 13:05"
+        )
+
+
+class TestUnreadableSource:
+    def test_last_good_answer_within_stale_after_then_nobody_from_the_rota(
+        self, files: FileServer, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        files.files["/ward7.csv"] = CSV.read_bytes()
+        clock = ManualClock(utc("2026-03-29T13:00:00+01:00"))
+        roster = {"url": f"{files.base_url}/ward7.csv", "format": "csv", "insecure": True}
+        source = {"roster": roster, "stale_after": "2h"}
+        policy, cache = sourced(source, clock)
+        assert "ben@ward.nhs.uk" in approvers_at(policy, "clinical", clock.now())
+
+        files.status = 503
+        caplog.set_level(logging.WARNING, logger="app.oncall.cache")
+        for _ in range(3):  # three refreshes, each failing, within two hours
+            clock.advance(timedelta(minutes=30))
+            assert "ben@ward.nhs.uk" in approvers_at(policy, "clinical", clock.now())
+        assert files.hits == 4
+        unreadable = [r for r in caplog.records if "oncall_source_unreadable" in r.getMessage()]
+        assert len(unreadable) == 1  # logged once, not at every refresh
+        assert "HTTP 503" in unreadable[0].getMessage()
+        assert cache.describe("clinical-oncall").endswith("read 13:00 (unreadable since 13:30)")
+
+        # Two hours and a minute after the last good read: nobody from the rota (fail closed);
+        # the managers group, listed on the path too, remains, and the rota's escalation
+        # group is who the no-approver-reachable path turns to.
+        clock.advance(timedelta(minutes=31))
+        people = approvers_at(policy, "clinical", clock.now())
+        assert not {"ben@ward.nhs.uk", "dan@ward.nhs.uk"} & set(people)
+        assert people == load(ward_with(source)).groups["managers"]
+        assert escalation_members(policy, "clinical") == policy.groups["managers"]
+        assert cache.stale("clinical-oncall")
+        assert cache.describe("clinical-oncall") == (
+            f"from roster export {files.base_url}/ward7.csv: last read 13:00, unreadable since "
+            "13:30, so nobody from this rota can approve"
+        )
+
+        # The source comes back: the rota answers again at the next refresh.
+        files.status = None
+        clock.advance(timedelta(minutes=5))
+        assert "ben@ward.nhs.uk" in approvers_at(policy, "clinical", clock.now())
+
+    def test_a_source_never_read_names_nobody(self, tmp_path: Path) -> None:
+        clock = ManualClock(utc("2026-03-29T13:00:00+01:00"))
+        missing = tmp_path / "not-there.csv"
+        policy, cache = sourced({"roster": {"file": str(missing), "format": "csv"}}, clock)
+        assert approvers_at(policy, "clinical", clock.now()) == policy.groups["managers"]
+        assert "not read (cannot read" in cache.describe("clinical-oncall")
+
+    def test_a_policy_with_no_on_call_reader_names_nobody_from_a_sourced_rota(self) -> None:
+        policy = load(ward_with({"roster": {"file": str(CSV), "format": "csv"}}))
+        bare = policy.with_on_call(None)
+        at = utc("2026-03-29T13:00:00+01:00")
+        assert approvers_at(bare, "clinical", at) == bare.groups["managers"]
+
+
+class TestPagerDuty:
+    def source(self, fake: FakePagerDuty) -> dict[str, Any]:
+        return {
+            "pagerduty": {
+                "schedule": "PWARD07",
+                "token_env": "PAGERDUTY_TOKEN",
+                "api_url": fake.base_url,
+                "insecure": True,
+            }
+        }
+
+    def test_the_on_call_lead_comes_from_the_schedule_across_pages(
+        self, pagerduty: FakePagerDuty
+    ) -> None:
+        handover = utc("2026-03-29T08:00:00+01:00")
+        for hour in range(-3, 0):  # earlier short shifts fill the first pages
+            start = handover + timedelta(hours=hour)
+            pagerduty.on_call(
+                "PWARD07",
+                f"PU{hour + 9}",
+                f"early{hour + 9}@ward.nhs.uk",
+                start,
+                start + timedelta(hours=1),
+            )
+        pagerduty.on_call(
+            "PWARD07", "PCHLOE1", "chloe@ward.nhs.uk", handover - timedelta(hours=11), handover
+        )
+        pagerduty.on_call(
+            "PWARD07", "PBEN001", "ben@ward.nhs.uk", handover, handover + timedelta(hours=12)
+        )
+        pagerduty.on_call("POTHER1", "PDAN001", "dan@ward.nhs.uk", handover, None)
+        pagerduty.max_limit = 2
+        clock = ManualClock(handover - timedelta(minutes=1))
+        policy, cache = sourced(self.source(pagerduty), clock, {"PAGERDUTY_TOKEN": TOKEN})
+
+        assert approvers_at(policy, "clinical", clock.now())[0] == "chloe@ward.nhs.uk"
+        assert approvers_at(policy, "clinical", handover)[0] == "ben@ward.nhs.uk"
+        assert "dan@ward.nhs.uk" not in approvers_at(policy, "clinical", handover)
+        # The read reaches an hour back, so the 05:00 shift is left out: four entries of this
+        # schedule remain, two a page, all read; then no more requests until the refresh.
+        assert [q["offset"] for q in pagerduty.requests] == [["0"], ["2"]]
+        assert "early6@ward.nhs.uk" not in approvers_at(
+            policy, "clinical", handover - timedelta(minutes=61)
+        )
+        assert "early8@ward.nhs.uk" in approvers_at(
+            policy, "clinical", handover - timedelta(minutes=30)
+        )
+        assert len(pagerduty.requests) == 2
+        first = pagerduty.requests[0]
+        assert first["schedule_ids[]"] == ["PWARD07"]
+        assert first["include[]"] == ["users"]
+        assert utc(first["since"][0]) <= clock.now() < utc(first["until"][0])
+        assert cache.describe("clinical-oncall") == "from PagerDuty schedule PWARD07, read 07:59"
+
+    def test_a_wrong_token_is_unreadable_and_named_without_the_token(
+        self, pagerduty: FakePagerDuty, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        pagerduty.on_call("PWARD07", "PBEN001", "ben@ward.nhs.uk", None, None)
+        clock = ManualClock(utc("2026-03-29T08:00:00+01:00"))
+        caplog.set_level(logging.WARNING, logger="app.oncall.cache")
+        policy, _ = sourced(self.source(pagerduty), clock, {"PAGERDUTY_TOKEN": "wrong-token"})
+        assert approvers_at(policy, "clinical", clock.now()) == policy.groups["managers"]
+        assert "PagerDuty answered HTTP 401: Unauthorized" in caplog.text
+        assert "wrong-token" not in caplog.text
+
+    def test_a_missing_token_variable_is_unreadable(self, pagerduty: FakePagerDuty) -> None:
+        clock = ManualClock(utc("2026-03-29T08:00:00+01:00"))
+        policy, cache = sourced(self.source(pagerduty), clock, {})
+        assert approvers_at(policy, "clinical", clock.now()) == policy.groups["managers"]
+        assert "PAGERDUTY_TOKEN is not set" in cache.describe("clinical-oncall")
+        assert pagerduty.requests == []
+
+    def test_an_outage_keeps_the_last_answer_until_stale_after(
+        self, pagerduty: FakePagerDuty
+    ) -> None:
+        pagerduty.on_call("PWARD07", "PBEN001", "ben@ward.nhs.uk", None, None)
+        clock = ManualClock(utc("2026-03-29T08:00:00+01:00"))
+        source = {**self.source(pagerduty), "stale_after": "1h", "refresh_every": "10m"}
+        policy, _ = sourced(source, clock, {"PAGERDUTY_TOKEN": TOKEN})
+        assert approvers_at(policy, "clinical", clock.now())[0] == "ben@ward.nhs.uk"
+        pagerduty.failures = [500] * 10
+        clock.advance(timedelta(hours=1))
+        assert approvers_at(policy, "clinical", clock.now())[0] == "ben@ward.nhs.uk"
+        clock.advance(timedelta(minutes=1))
+        assert "ben@ward.nhs.uk" not in approvers_at(policy, "clinical", clock.now())
+
+
+class TestPolicyValidation:
+    def test_a_roster_with_file_and_url_names_the_source(self) -> None:
+        data = ward_with(
+            {"roster": {"file": "a.csv", "url": "https://roster.example/a.csv", "format": "csv"}}
+        )
+        assert problems(data) == [
+            "oncall.clinical-oncall.source.roster: give exactly one of 'file' or 'url'"
+        ]
+
+    def test_a_plain_http_url_is_refused_at_the_url(self) -> None:
+        data = ward_with({"roster": {"url": "http://roster.example/a.ics", "format": "ics"}})
+        [problem] = problems(data)
+        assert problem.startswith("oncall.clinical-oncall.source.roster.url: ")
+        assert "not an https:// URL" in problem
+
+    def test_a_token_in_place_of_its_variable_is_refused_at_token_env(self) -> None:
+        data = ward_with({"pagerduty": {"schedule": "PWARD07", "token_env": "u+abc123"}})
+        [problem] = problems(data)
+        assert problem.startswith("oncall.clinical-oncall.source.pagerduty.token_env: ")
+
+    def test_members_beside_a_source_are_refused_at_members(self) -> None:
+        data = ward_with({"roster": {"file": "a.csv", "format": "csv"}})
+        data["oncall"]["clinical-oncall"]["members"] = ["ben@ward.nhs.uk"]
+        assert problems(data) == [
+            "oncall.clinical-oncall.members: a rota with a source takes no 'members': its "
+            "source says who is on call"
+        ]
+
+    def test_a_literal_rota_still_needs_its_rotation(self) -> None:
+        data: dict[str, Any] = yaml.safe_load(WARD.read_text())
+        del data["oncall"]["clinical-oncall"]["rotation"]
+        assert problems(data) == [
+            "oncall.clinical-oncall.rotation: 'rotation' is required (or give a 'source')"
+        ]
+
+    def test_an_unknown_format_names_the_format(self) -> None:
+        data = ward_with({"roster": {"file": "a.xlsx", "format": "xlsx"}})
+        [problem] = problems(data)
+        assert problem.startswith("oncall.clinical-oncall.source.roster.format: ")
+
+
+class TestPolicyCheckSummary:
+    def test_policy_check_says_where_each_rota_comes_from(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        data = ward_with({"roster": {"file": str(CSV), "format": "csv"}})
+        data["oncall"]["theatre-oncall"] = {
+            "source": {"pagerduty": {"schedule": "PTHEA01", "token_env": "WARDKEY_TEST_NO_TOKEN"}}
+        }
+        data["oncall"]["pharmacy-oncall"] = {
+            "members": ["ben@ward.nhs.uk", "chloe@ward.nhs.uk"],
+            "rotation": "weekly",
+            "starts": "2026-11-02",
+        }
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(yaml.safe_dump(data, sort_keys=False))
+        assert main(["policy", "check", str(policy)]) == 0
+        out = capsys.readouterr().out
+        rotas = out[out.index("  rotas:") :].splitlines()[1:4]
+        assert re.fullmatch(
+            rf"    clinical-oncall +from roster export {re.escape(str(CSV))}, read \d\d:\d\d",
+            rotas[0],
+        )
+        assert rotas[1] == (
+            "    theatre-oncall       from PagerDuty schedule PTHEA01: not read "
+            "(WARDKEY_TEST_NO_TOKEN is not set), so nobody from this rota can approve"
+        )
+        assert rotas[2] == "    pharmacy-oncall      from the policy (weekly rotation of 2)"
