@@ -12,6 +12,7 @@ from slack_sdk import WebClient
 
 from app.adapters.registry import AdapterConfigError, build_adapters
 from app.config import Settings
+from app.directory import SlackDirectory, Workspace
 from app.notify.notifier import Notifier
 from app.policy import PolicyError
 from app.policy_reload import PolicyReloader
@@ -20,7 +21,6 @@ from app.scheduler import Sweeps
 from app.service import AccessService
 from app.slack.app import build_app, web_client
 from app.slack.intake import Intake, Redelivery
-from app.slack.people import SlackDirectory, Workspace
 from app.store import Database
 from app.wording import plural
 

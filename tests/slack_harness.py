@@ -11,9 +11,9 @@ import pytest
 
 from app.devtools.slack_driver import SlackDriver, TrackingExecutor, serving
 from app.devtools.slack_fake import FakeSlack, SlackUser
+from app.directory import Workspace
 from app.service import AccessService
 from app.slack.app import build_app, web_client
-from app.slack.people import Workspace
 from app.store import Database
 from app.web import WardKeyWSGI
 from tests.conftest import sqlite_copy

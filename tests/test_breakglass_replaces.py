@@ -11,13 +11,13 @@ from typing import Any
 
 from app import audit
 from app.clock import ManualClock
-from app.notify.blocks import APPROVE_ACTION, clock_time
+from app.directory import SlackDirectory
+from app.messages.blocks import APPROVE_ACTION, clock_time
 from app.notify.notifier import Notifier
 from app.scheduler import Sweeps
 from app.service import AccessService, InvalidRequest, ServiceError
 from app.slack.app import web_client
 from app.slack.listeners.commands import BREAK_GLASS_ACK
-from app.slack.people import SlackDirectory
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN, audit_actions
 from tests.fakes.memory_adapter import MemoryTarget

@@ -13,8 +13,8 @@ from urllib.parse import urlencode
 
 from app import audit
 from app.clock import ManualClock
-from app.notify import views as v
-from app.notify.blocks import APPROVE_ACTION, CANCEL_ACTION, clock_time
+from app.messages import views as v
+from app.messages.blocks import APPROVE_ACTION, CANCEL_ACTION, clock_time
 from app.service import AccessService, AlreadyDecided
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN, audit_actions

@@ -18,7 +18,7 @@ import pytest
 from app.clock import ManualClock
 from app.devtools.slack_driver import SlackDriver
 from app.devtools.slack_fake import FakeSlack, new_trigger_id
-from app.notify.blocks import APPROVE_ACTION
+from app.messages.blocks import APPROVE_ACTION
 from app.policy import Policy
 from app.policy.rules import approvers_at
 from app.service import AccessService

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from app.clock import ManualClock
-from app.notify.blocks import ATTEST_KEEP, ATTEST_RETIRE
+from app.directory import SlackDirectory
+from app.messages.blocks import ATTEST_KEEP, ATTEST_RETIRE
 from app.notify.notifier import Notifier
 from app.policy import Person, Policy
 from app.scheduler import Sweeps
 from app.service import AccessService, NotAllowed, NotEligible, RequestView
 from app.service.identities import RETIRED, STILL_NEEDED, AttestationStep
 from app.slack.app import web_client
-from app.slack.people import SlackDirectory
 from app.store import Database
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN, DEV, ERIN, FARID, GITA, VAL, audit_actions

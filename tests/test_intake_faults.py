@@ -36,14 +36,14 @@ from app.devtools.big_trust import APPROVER, CONSOLE, KEY_VARIABLE, ROLE, staff,
 from app.devtools.slack_driver import SlackDriver
 from app.devtools.slack_fake import FakeSlack, SlackUser
 from app.devtools.webhook_target import WebhookTarget
-from app.notify import views as v
-from app.notify.blocks import APPROVE_ACTION
+from app.directory import SlackDirectory
+from app.messages import views as v
+from app.messages.blocks import APPROVE_ACTION
 from app.notify.notifier import Notifier
 from app.policy import load_policy
 from app.service import AccessService
 from app.slack.app import web_client
 from app.slack.intake import Intake, NotRecorded
-from app.slack.people import SlackDirectory
 from app.store import Database
 from app.store.models import AccessRequest, Decision, RequestState, SeenRequest
 from tests.conftest import fresh_postgres_schema

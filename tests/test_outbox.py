@@ -21,13 +21,13 @@ from app import audit
 from app.clock import ManualClock
 from app.devtools.big_trust import APPROVER, staff
 from app.devtools.slack_fake import FakeSlack, SlackUser
+from app.directory import SlackDirectory
 from app.metrics import metrics_text
 from app.notify.notifier import Notifier
 from app.notify.outbox import Outbox
 from app.scheduler import Sweeps
 from app.service import AccessService
 from app.slack.app import web_client
-from app.slack.people import SlackDirectory
 from app.store import Database
 from app.store.models import OutboxItem
 from app.store.models import RequestState as S

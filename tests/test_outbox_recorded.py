@@ -14,11 +14,11 @@ import sqlalchemy as sa
 
 from app.clock import ManualClock
 from app.devtools.slack_fake import FakeSlack
+from app.directory import SlackDirectory
 from app.notify.notifier import Notifier
 from app.notify.outbox import Outbox
 from app.service import AccessService
 from app.slack.app import web_client
-from app.slack.people import SlackDirectory
 from app.store.models import OutboxItem
 from tests.conftest import AMIRA, CHLOE, DEV
 from tests.fakes.memory_adapter import MemoryTarget

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from app.clock import ManualClock
-from app.notify.blocks import APPROVE_ACTION, ATTEST_RETIRE
+from app.directory import SlackDirectory
+from app.messages.blocks import APPROVE_ACTION, ATTEST_RETIRE
 from app.notify.notifier import Notifier
 from app.policy import Policy, load_policy
 from app.scheduler import Sweeps
 from app.service import AccessService
 from app.slack.app import web_client
-from app.slack.people import SlackDirectory
 from app.store.models import RequestState as S
 from tests.conftest import HERE, sqlite_copy
 from tests.fakes.memory_adapter import MemoryTarget

@@ -11,10 +11,10 @@ from urllib.parse import urlencode
 
 import sqlalchemy as sa
 
+from app.directory import Workspace
 from app.service import AccessService
 from app.slack.app import build_app, web_client
 from app.slack.intake import Intake, Redelivery
-from app.slack.people import Workspace
 from app.store.models import AccessRequest
 from tests.slack_harness import TEAM, RunningApp, SlackOnSqlite
 

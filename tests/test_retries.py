@@ -103,9 +103,9 @@ def test_every_failed_try_alerts_security_and_the_holder_is_told_once(
     targets: dict[str, MemoryTarget],
     clock: ManualClock,
 ) -> None:
+    from app.directory import SlackDirectory
     from app.notify.notifier import Notifier
     from app.slack.app import web_client
-    from app.slack.people import SlackDirectory
 
     client = web_client(slack.fake.token, slack.fake.api_url)
     sweeps = Sweeps(service, Notifier(client, service, SlackDirectory(client)).request_changed)

@@ -10,14 +10,20 @@ import pytest
 
 from app.clock import ManualClock
 from app.devtools.slack_fake import SlackChannel
-from app.notify.blocks import DENY_ACTION, REVIEW_JUSTIFIED, REVIEW_NOT_JUSTIFIED
+from app.directory import SlackDirectory
+from app.messages.blocks import DENY_ACTION, REVIEW_JUSTIFIED, REVIEW_NOT_JUSTIFIED
+from app.messages.views import (
+    DENY_BLOCK,
+    DENY_INPUT,
+    DENY_VIEW,
+    NOTE_BLOCK,
+    NOTE_INPUT,
+    REVIEW_VIEW,
+)
 from app.notify.notifier import Notifier
 from app.scheduler import Sweeps
 from app.service import AccessService, ReviewStep
 from app.slack.app import web_client
-from app.slack.listeners.actions import DENY_BLOCK, DENY_INPUT, DENY_VIEW
-from app.slack.listeners.reviews import NOTE_BLOCK, NOTE_INPUT, REVIEW_VIEW
-from app.slack.people import SlackDirectory
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN, GITA, HANA, NIGHT_SHIFT
 from tests.conftest import audit_actions as actions

@@ -11,12 +11,12 @@ import pytest
 from slack_sdk.errors import SlackApiError
 
 from app.clock import ManualClock
-from app.notify.blocks import APPROVE_ACTION, DENY_ACTION
+from app.directory import SlackDirectory
+from app.messages.blocks import APPROVE_ACTION, DENY_ACTION
+from app.messages.views import DENY_BLOCK, DENY_INPUT, DENY_VIEW
 from app.notify.notifier import Notifier
 from app.service import AccessService
 from app.slack.app import web_client
-from app.slack.listeners.actions import DENY_BLOCK, DENY_INPUT, DENY_VIEW
-from app.slack.people import SlackDirectory
 from app.store.models import RequestState as S
 from tests.fakes.memory_adapter import MemoryTarget
 from tests.slack_harness import RunningApp, SlackOnSqlite
@@ -231,7 +231,7 @@ class TestRequestForm(SlackOnSqlite):
         ticket: str = "",
         user: str = "U0AMIRA",
     ) -> dict[str, Any]:
-        from app.notify import views as v
+        from app.messages import views as v
 
         values = {
             v.ACCESS_BLOCK: {v.ACCESS_ACTION: {"selected_option": {"value": access}}},
@@ -497,7 +497,7 @@ class TestMalformedAndHostileText(SlackOnSqlite):
         assert "<@U0AMIRA>" in alert
         assert "“\u2217CLEARED BY SECURITY\u2217 see https:\u2215\u2215x\u2024example”" in alert
 
-        from app.notify import views as v
+        from app.messages import views as v
 
         values = {
             v.ACCESS_BLOCK: {v.ACCESS_ACTION: {"selected_option": {"value": "pharmacy-db:read"}}},

@@ -18,10 +18,10 @@ import pytest
 
 from app.devtools.slack_driver import SlackDriver
 from app.devtools.slack_fake import SlackUser, new_trigger_id
-from app.notify.blocks import APPROVE_ACTION, REVIEW_JUSTIFIED
+from app.directory import OUTSIDER, Workspace
+from app.messages.blocks import APPROVE_ACTION, REVIEW_JUSTIFIED
+from app.messages.views import DENY_BLOCK, DENY_INPUT, DENY_VIEW
 from app.service import AccessService
-from app.slack.listeners.actions import DENY_BLOCK, DENY_INPUT, DENY_VIEW
-from app.slack.people import OUTSIDER, Workspace
 from app.store.models import RequestState as S
 from tests.slack_harness import RunningApp, SlackOnSqlite, run_app
 

@@ -11,12 +11,12 @@ from datetime import timedelta
 import pytest
 
 from app.clock import ManualClock
+from app.directory import SlackDirectory
+from app.messages.views import HOME_EXTEND
 from app.notify.notifier import Notifier
-from app.notify.views import HOME_EXTEND
 from app.scheduler import Sweeps
 from app.service import AccessService
 from app.slack.app import web_client
-from app.slack.people import SlackDirectory
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN
 from tests.slack_harness import RunningApp, run_app

@@ -42,7 +42,7 @@ from app.devtools.big_trust import (
 from app.devtools.slack_driver import SlackDriver
 from app.devtools.slack_fake import FakeSlack, SlackUser
 from app.devtools.webhook_target import WebhookTarget
-from app.notify.blocks import APPROVE_ACTION
+from app.messages.blocks import APPROVE_ACTION
 from app.policy import load_policy
 from app.service import AccessService
 from app.store import AuditEvent, Database

@@ -16,13 +16,13 @@ import yaml
 
 from app.clock import ManualClock
 from app.devtools.slack_fake import Call, SlackChannel, SlackUser
-from app.notify.blocks import APPROVE_ACTION, inert
+from app.directory import SlackDirectory
+from app.messages.blocks import APPROVE_ACTION, inert
 from app.notify.notifier import Notifier
 from app.policy import Policy, parse_policy
 from app.scheduler import Sweeps
 from app.service import AccessService
 from app.slack.app import web_client
-from app.slack.people import SlackDirectory
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, ERIN, HERE
 from tests.conftest import audit_actions as actions

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from app.clock import ManualClock
-from app.notify.blocks import APPROVE_ACTION
+from app.directory import SlackDirectory
+from app.messages.blocks import APPROVE_ACTION
 from app.notify.notifier import Notifier
 from app.scheduler import Sweeps
 from app.service import AccessService
 from app.slack.app import web_client
-from app.slack.people import SlackDirectory
 from app.wording import listed, plural
 from tests.slack_harness import RunningApp, SlackOnSqlite
 

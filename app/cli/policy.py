@@ -74,9 +74,9 @@ def _people_in_slack(policy: Policy, file: Path) -> int:
     """`policy check --slack`: everyone the policy names, looked up in Slack; each unusable
     account at its place in the file. 0: all usable; 1: some are not; 2: Slack not asked."""
     from app.cli.policy_slack import SlackCheckError, check_people
+    from app.directory import Workspace
     from app.policy.loader import LineIndex
     from app.slack.app import web_client
-    from app.slack.people import Workspace
 
     settings = Settings()
     if not settings.slack_bot_token:

@@ -16,10 +16,10 @@ from typing import Any
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from app.directory import SlackProfile, Workspace, slack_unwell
 from app.policy import Policy
 from app.policy.checks import Location
 from app.policy.people import Mention, approver_paths, mentions
-from app.slack.people import SlackProfile, Workspace, slack_unwell
 
 # What a Slack error says about the check itself (not about one person), and what to do.
 _SETUP = {

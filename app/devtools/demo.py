@@ -26,15 +26,21 @@ from app.devtools.slack_driver import SlackDriver, TrackingExecutor, serving
 from app.devtools.slack_fake import FakeSlack, SlackChannel, SlackUser
 from app.devtools.transcript import Transcript
 from app.devtools.webhook_target import WebhookTarget
-from app.notify.blocks import APPROVE_ACTION, CANCEL_ACTION, DENY_ACTION, REVIEW_JUSTIFIED
+from app.directory import SlackDirectory
+from app.messages.blocks import APPROVE_ACTION, CANCEL_ACTION, DENY_ACTION, REVIEW_JUSTIFIED
+from app.messages.views import (
+    DENY_BLOCK,
+    DENY_INPUT,
+    DENY_VIEW,
+    NOTE_BLOCK,
+    NOTE_INPUT,
+    REVIEW_VIEW,
+)
 from app.notify.notifier import Notifier
 from app.policy import parse_policy
 from app.scheduler import Sweeps
 from app.service import AccessService
 from app.slack.app import build_app, web_client
-from app.slack.listeners.actions import DENY_BLOCK, DENY_INPUT, DENY_VIEW
-from app.slack.listeners.reviews import NOTE_BLOCK, NOTE_INPUT, REVIEW_VIEW
-from app.slack.people import SlackDirectory
 from app.store import Database, upgrade
 from app.store.models import RequestState as S
 from app.web import WardKeyWSGI

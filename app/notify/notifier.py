@@ -25,7 +25,8 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import Block
 
-from app.notify.blocks import (
+from app.directory import SlackDirectory, slack_unwell
+from app.messages.blocks import (
     CardContext,
     DirectoryNames,
     approver_card,
@@ -41,8 +42,8 @@ from app.notify.blocks import (
     review_card,
     review_line,
 )
+from app.messages.views import expiry_warning, home_view
 from app.notify.outbox import HOME, POST, UPDATE, Defer, Delivered, Notice, Outbox, OutCall
-from app.notify.views import expiry_warning, home_view
 from app.policy import rules
 from app.policy.durations import format_duration
 from app.policy.model import BREAK_GLASS_PATH
@@ -52,7 +53,6 @@ from app.service.digest import Digest
 from app.service.identities import AttestationStep, OrphanView
 from app.service.reviews import ALERT_MESSAGE
 from app.service.standing import StandingFinding, StandingReport
-from app.slack.people import SlackDirectory, slack_unwell
 from app.store.models import RequestState as S
 from app.wording import listed, plural
 

@@ -8,13 +8,13 @@ from slack_bolt import App
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
+from app.directory import SlackDirectory, Workspace
 from app.notify.notifier import Notifier
 from app.service import AccessService
 from app.slack import errors
 from app.slack.deps import SlackDeps
 from app.slack.gate import PersonResolver, WorkspaceGate
 from app.slack.listeners import actions, commands, events, identities, reviews, views
-from app.slack.people import SlackDirectory, Workspace
 
 
 def web_client(token: str, api_url: str) -> WebClient:

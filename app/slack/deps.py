@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from slack_bolt import BoltContext
 from sqlalchemy.exc import DBAPIError
 
+from app.directory import SlackDirectory
 from app.notify.notifier import Notifier
 from app.service import AccessService
 from app.slack import intake
 from app.slack.errors import answered
-from app.slack.people import SlackDirectory
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from slack_bolt import BoltContext, BoltRequest, BoltResponse
 from slack_bolt.middleware import Middleware
 from slack_sdk import WebClient
 
+from app.directory import OUTSIDER, SlackDirectory
 from app.policy.people import Person
-from app.slack.people import OUTSIDER, SlackDirectory
 
 log = logging.getLogger(__name__)
 CALLER = "wardkey_caller"

@@ -15,16 +15,20 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 
-from app.notify.blocks import APPROVE_ACTION, CANCEL_ACTION, DENY_ACTION, clock_time
-from app.notify.views import HOME_EXTEND, HOME_EXTEND_BY, HOME_REVOKE, why_modal
+from app.messages.blocks import APPROVE_ACTION, CANCEL_ACTION, DENY_ACTION, clock_time
+from app.messages.views import (
+    DENY_BLOCK,
+    DENY_INPUT,
+    DENY_VIEW,
+    HOME_EXTEND,
+    HOME_EXTEND_BY,
+    HOME_REVOKE,
+    deny_modal,
+)
 from app.service import AlreadyDecided
 from app.slack.deps import APPLIED, NOTIFIED, SlackDeps
 from app.slack.gate import caller, person_of, reply_to_clicker
 from app.slack.listeners.commands import cancelled_text
-
-DENY_VIEW = "deny_reason"
-DENY_BLOCK = "reason"
-DENY_INPUT = "reason_text"
 
 
 def register(app: App, deps: SlackDeps) -> None:
@@ -155,15 +159,4 @@ def register(app: App, deps: SlackDeps) -> None:
 def _ask_why(client: WebClient, body: dict[str, Any], action: dict[str, Any]) -> None:
     """Deny opens a dialog for the reason; the requester sees it."""
     channel = (body.get("channel") or {}).get("id")
-    client.views_open(
-        trigger_id=body["trigger_id"],
-        view=why_modal(
-            DENY_VIEW,
-            {"id": int(action["value"]), "channel": channel},
-            title="Deny request",
-            submit="Deny",
-            question="Why? The requester will see this.",
-            block_id=DENY_BLOCK,
-            action_id=DENY_INPUT,
-        ),
-    )
+    client.views_open(trigger_id=body["trigger_id"], view=deny_modal(int(action["value"]), channel))

@@ -9,14 +9,14 @@ from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 from slack_sdk.models.blocks import Block
 
-from app.notify.blocks import (
+from app.messages.blocks import (
     clock_time,
     contract_line,
     escape,
     outcome_line,
     requester_receipt,
 )
-from app.notify.views import no_access_modal, request_modal
+from app.messages.views import no_access_modal, request_modal
 from app.policy import Person, Policy, format_duration
 from app.policy.rules import requestable
 from app.service import InvalidRequest, RequestView

@@ -6,7 +6,7 @@ from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
 
-from app.notify.blocks import ATTEST_KEEP, ATTEST_RETIRE
+from app.messages.blocks import ATTEST_KEEP, ATTEST_RETIRE
 from app.slack.deps import SlackDeps
 from app.slack.gate import person_of
 

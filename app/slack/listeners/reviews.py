@@ -12,14 +12,10 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
 
-from app.notify.blocks import REVIEW_JUSTIFIED, REVIEW_NOT_JUSTIFIED
-from app.notify.views import why_modal
+from app.messages.blocks import REVIEW_JUSTIFIED, REVIEW_NOT_JUSTIFIED
+from app.messages.views import NOTE_BLOCK, NOTE_INPUT, REVIEW_VIEW, note_modal
 from app.slack.deps import SlackDeps
 from app.slack.gate import person_of, reply_to_clicker
-
-REVIEW_VIEW = "review_note"
-NOTE_BLOCK = "note"
-NOTE_INPUT = "note_text"
 
 
 def register(app: App, deps: SlackDeps) -> None:
@@ -61,16 +57,3 @@ def register(app: App, deps: SlackDeps) -> None:
         )
         ack()
         deps.after_ack(context, lambda: deps.notifier.review_decided(decided))
-
-
-def note_modal(request_id: int, justified: bool) -> dict[str, Any]:
-    verdict = "Justified" if justified else "Not justified"
-    return why_modal(
-        REVIEW_VIEW,
-        {"id": request_id, "justified": justified},
-        title=f"Review #{request_id}",
-        submit=verdict,
-        question=f"{verdict}: why? This goes in the audit trail.",
-        block_id=NOTE_BLOCK,
-        action_id=NOTE_INPUT,
-    )

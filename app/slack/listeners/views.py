@@ -12,7 +12,7 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
 
-from app.notify.views import (
+from app.messages.views import (
     ACCESS_ACTION,
     ACCESS_BLOCK,
     DURATION_BLOCK,

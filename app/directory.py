@@ -1,4 +1,9 @@
-"""Slack user -> person: `users.info` (cached for a while), refusing accounts that cannot ask.
+"""The Slack directory: who a Slack user is (`users.info`, cached for a while) and whether they
+may act, profiles and names for messages, policy members by e-mail, channels by name.
+
+Both the Slack shell (app/slack: who is asking) and the messages and notifier (app/messages,
+app/notify: whom to tell, by name) read it, so it sits below both and imports neither.
+Slack user -> person refuses accounts that cannot ask.
 
 Policy members are matched by e-mail, and an e-mail is only as good as the workspace that set it:
 anyone can put an approver's address on an account in a workspace of their own. So a person is

@@ -35,7 +35,7 @@ from app.store.models import ReviewState
 from app.wording import listed, plural
 
 if TYPE_CHECKING:
-    from app.slack.people import SlackDirectory
+    from app.directory import SlackDirectory
 
 APPROVE_ACTION = "request_approve"
 DENY_ACTION = "request_deny"
