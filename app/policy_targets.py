@@ -44,8 +44,8 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
 
 
 def policy_warnings(policy: Policy) -> list[PolicyIssue]:
-    """What a valid policy allows but should not stay so: each insecure connection a target
-    marked `insecure: true` accepts (and the flag where nothing needs it)."""
+    """What a valid policy allows but should not stay so: each insecure connection a target or
+    a rota's source marked `insecure: true` accepts (and the flag where nothing needs it)."""
     found: list[PolicyIssue] = []
     for name, target in policy.targets.items():
         if not target.insecure:
@@ -56,4 +56,23 @@ def policy_warnings(policy: Policy) -> list[PolicyIssue]:
             found.append(
                 PolicyIssue(("targets", name, "insecure"), "nothing here needs it; remove it")
             )
+    for name, rota in policy.oncall.items():
+        if rota.source is None:
+            continue
+        roster, pagerduty = rota.source.roster, rota.source.pagerduty
+        if roster is not None:
+            kind, insecure, url = "roster", roster.insecure, roster.url or ""
+        elif pagerduty is not None:
+            kind, insecure, url = "pagerduty", pagerduty.insecure, pagerduty.api_url
+        else:
+            continue
+        if not insecure:
+            continue
+        where = ("oncall", name, "source", kind, "insecure")
+        if url.startswith("http://"):
+            found.append(
+                PolicyIssue(where, f"who is on call is read over plain http:// ({url[:60]})")
+            )
+        else:
+            found.append(PolicyIssue(where, "nothing here needs it; remove it"))
     return found

@@ -25,7 +25,7 @@ from app.oncall import OnCall, RosterError, parse_csv, parse_ics
 from app.oncall.shifts import on_call
 from app.policy import Policy, PolicyError
 from app.policy.rules import approvers_at, escalation_members
-from app.policy_targets import parse_policy
+from app.policy_targets import parse_policy, policy_warnings
 from tests.fakes.pagerduty import FakePagerDuty, FileServer
 
 DATA = Path(__file__).parent / "data"
@@ -402,3 +402,26 @@ class TestPolicyCheckSummary:
             "(WARDKEY_TEST_NO_TOKEN is not set), so nobody from this rota can approve"
         )
         assert rotas[2] == "    pharmacy-oncall      from the policy (weekly rotation of 2)"
+
+
+class TestInsecureSourceWarnings:
+    def test_an_http_roster_url_is_warned_about_at_insecure(self) -> None:
+        policy = load(
+            ward_with(
+                {"roster": {"url": "http://roster.test/a.csv", "format": "csv", "insecure": True}}
+            )
+        )
+        assert [f"{i.where}: {i.message}" for i in policy_warnings(policy)] == [
+            "oncall.clinical-oncall.source.roster.insecure: who is on call is read over plain "
+            "http:// (http://roster.test/a.csv)"
+        ]
+
+    def test_insecure_where_nothing_needs_it_is_flagged(self) -> None:
+        policy = load(
+            ward_with(
+                {"pagerduty": {"schedule": "PWARD07", "token_env": "PD_TOKEN", "insecure": True}}
+            )
+        )
+        assert [f"{i.where}: {i.message}" for i in policy_warnings(policy)] == [
+            "oncall.clinical-oncall.source.pagerduty.insecure: nothing here needs it; remove it"
+        ]
