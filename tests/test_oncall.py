@@ -21,9 +21,10 @@ import yaml
 
 from app.cli import main
 from app.clock import ManualClock
-from app.oncall import OnCall, RosterError, parse_csv, parse_ics
+from app.oncall import OnCall, RosterError, parse_csv, parse_ics, with_sources
 from app.oncall.shifts import on_call
 from app.policy import Policy, PolicyError
+from app.policy import parse_policy as parse_manifest
 from app.policy.rules import approvers_at, escalation_members
 from app.policy_targets import parse_policy, policy_warnings
 from tests.fakes.pagerduty import FakePagerDuty, FileServer
@@ -232,6 +233,26 @@ class TestUnreadableSource:
         files.status = None
         clock.advance(timedelta(minutes=5))
         assert "ben@ward.nhs.uk" in approvers_at(policy, "clinical", clock.now())
+
+    def test_a_policy_reload_during_an_outage_keeps_the_last_good_read(
+        self, tmp_path: Path
+    ) -> None:
+        export = tmp_path / "ward7.csv"
+        export.write_bytes(CSV.read_bytes())
+        clock = ManualClock(utc("2026-03-29T13:00:00+01:00"))
+        text = yaml.safe_dump(ward_with({"roster": {"file": str(export), "format": "csv"}}))
+        kept: dict[Any, Any] = {}
+        before = with_sources(parse_manifest(text), clock, kept)
+        assert "ben@ward.nhs.uk" in approvers_at(before, "clinical", clock.now())
+        export.unlink()  # the roster share goes away
+        clock.advance(timedelta(minutes=30))
+        edited = text.replace("pending_timeout: 30m", "pending_timeout: 45m")
+        assert edited != text  # a reload for an unrelated edit
+        after = with_sources(parse_manifest(edited), clock, kept)
+        assert "ben@ward.nhs.uk" in approvers_at(after, "clinical", clock.now())
+        # The stale_after clock runs from the read before the reload, not from the reload.
+        clock.advance(timedelta(minutes=91))
+        assert "ben@ward.nhs.uk" not in approvers_at(after, "clinical", clock.now())
 
     def test_a_source_never_read_names_nobody(self, tmp_path: Path) -> None:
         clock = ManualClock(utc("2026-03-29T13:00:00+01:00"))

@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import httpx
@@ -32,6 +32,14 @@ class _State:
     tried_at: datetime | None = None
     failing_since: datetime | None = None
     problem: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+# What the running process has read, by rota and source, kept across policy reloads: a reload
+# while a source is down keeps its last good read (and its stale_after clock) instead of
+# starting from nothing, and an unchanged source is not read again at once.
+_KEPT: dict[tuple[str, str], _State] = {}
+_KEPT_LOCK = threading.Lock()
 
 
 def where_from(source: RotaSource) -> str:
@@ -54,14 +62,22 @@ class OnCall:
         *,
         client: httpx.Client | None = None,
         env: Mapping[str, str] | None = None,
+        kept: dict[tuple[str, str], _State] | None = None,
     ) -> None:
+        """`kept`: states shared with earlier caches (a reload); none: this cache's own."""
         self.rotas: dict[str, Rota] = {n: r for n, r in policy.oncall.items() if r.source}
         self.zone = policy.zone
         self.clock = clock or SystemClock()
         self.client = client or httpx.Client(follow_redirects=False)
         self.env = os.environ if env is None else env
-        self._states = {name: _State() for name in self.rotas}
-        self._lock = threading.Lock()
+        if kept is None:
+            self._states = {name: _State() for name in self.rotas}
+        else:
+            with _KEPT_LOCK:
+                self._states = {
+                    name: kept.setdefault((name, _key(rota)), _State())
+                    for name, rota in self.rotas.items()
+                }
 
     def lookup(self, rota: str, at: datetime) -> list[str]:
         """Who the rota's source says is on call at `at`; nobody once the answer is stale."""
@@ -75,8 +91,8 @@ class OnCall:
     def _fresh(self, name: str) -> list[Shift] | None:
         source = self.rotas[name].source
         assert source is not None
-        with self._lock:
-            state = self._states[name]
+        state = self._states[name]
+        with state.lock:
             now = self.clock.now()
             if state.tried_at is None or now - state.tried_at >= source.refresh_every:
                 state.tried_at = now
@@ -137,11 +153,28 @@ class OnCall:
         return "?" if at is None else at.astimezone(self.zone).strftime("%H:%M")
 
 
-def with_sources(policy: Policy, clock: Clock | None = None) -> Policy:
-    """The policy, reading its sourced rotas through a new cache (unchanged when it has none)."""
+def _key(rota: Rota) -> str:
+    assert rota.source is not None
+    return rota.source.model_dump_json()
+
+
+_client: httpx.Client | None = None
+
+
+def with_sources(
+    policy: Policy, clock: Clock | None = None, kept: dict[tuple[str, str], _State] | None = None
+) -> Policy:
+    """The policy, reading its sourced rotas through a cache that keeps what this process has
+    already read of the same rota and source (`kept`, by default the process's own), so a
+    reload neither forgets a last good read nor reads again at once."""
+    global _client
     if not any(r.source for r in policy.oncall.values()):
         return policy
-    return policy.with_on_call(OnCall(policy, clock))
+    if _client is None:
+        _client = httpx.Client(follow_redirects=False)
+    return policy.with_on_call(
+        OnCall(policy, clock, client=_client, kept=_KEPT if kept is None else kept)
+    )
 
 
 def describe(policy: Policy, rota: str) -> str:
