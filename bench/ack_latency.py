@@ -42,8 +42,8 @@ from slack_sdk.signature import SignatureVerifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.devtools.slack_fake import FakeSlack, SlackUser
-from app.devtools.webhook_target import WebhookTarget
+from app.demo.slack_fake import FakeSlack, SlackUser
+from app.demo.webhook_target import WebhookTarget
 
 POSTGRES_SERVER = os.environ.get(
     "WARDKEY_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

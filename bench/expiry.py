@@ -35,7 +35,11 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.devtools.big_trust import (
+from app.demo.slack_fake import FakeSlack
+from app.demo.webhook_target import WebhookTarget
+from app.store import Database, upgrade
+from app.store.models import AccessRequest, RequestState
+from tests.fakes.big_trust import (
     CONSOLE,
     ENTITLEMENT,
     KEY_VARIABLE,
@@ -44,10 +48,6 @@ from app.devtools.big_trust import (
     staff,
     write_big_trust,
 )
-from app.devtools.slack_fake import FakeSlack
-from app.devtools.webhook_target import WebhookTarget
-from app.store import Database, upgrade
-from app.store.models import AccessRequest, RequestState
 
 POSTGRES_SERVER = os.environ.get(
     "WARDKEY_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

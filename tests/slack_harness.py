@@ -1,5 +1,5 @@
 """Run the real app over HTTP against the fake Slack Web API, and talk to it as Slack does
-(through `app.devtools.slack_driver`, which the demo uses too)."""
+(through `app.demo.slack_driver`, which the demo uses too)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.devtools.slack_driver import SlackDriver, TrackingExecutor, serving
-from app.devtools.slack_fake import FakeSlack, SlackUser
+from app.demo.slack_driver import SlackDriver, TrackingExecutor, serving
+from app.demo.slack_fake import FakeSlack, SlackUser
 from app.directory import Workspace
 from app.service import AccessService
 from app.slack.app import build_app, web_client

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from app import audit
 from app.cli import build_parser, main
-from app.devtools.slack_fake import FakeSlack
+from app.demo.slack_fake import FakeSlack
 from app.store import Database, upgrade
 from tests.conftest import HERE, NIGHT_SHIFT, POSTGRES_URL, TEST_SCHEMA, postgres_unreachable
 

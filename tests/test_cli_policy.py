@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from app.cli import main
-from app.devtools.big_trust import write_big_trust
-from app.devtools.demo import demo_policy_text
-from app.devtools.slack_fake import FakeSlack, SlackUser
+from app.demo.run import demo_policy_text
+from app.demo.slack_fake import FakeSlack, SlackUser
 from app.policy import parse_policy
+from tests.fakes.big_trust import write_big_trust
 from tests.slack_harness import WARD_USERS
 
 ROOT = Path(__file__).parent.parent
@@ -122,7 +122,7 @@ class TestPolicySchema:
 
 
 def test_the_demo_policy_resource_is_packaged() -> None:
-    assert resources.files("app.devtools").joinpath("demo_policy.yaml").is_file()
+    assert resources.files("app.demo").joinpath("demo_policy.yaml").is_file()
 
 
 WARD = ROOT / "tests" / "data" / "ward_policy.yaml"

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from app.clock import ManualClock
-from app.devtools.slack_driver import SlackDriver
-from app.devtools.slack_fake import FakeSlack, new_trigger_id
+from app.demo.slack_driver import SlackDriver
+from app.demo.slack_fake import FakeSlack, new_trigger_id
 from app.messages.blocks import APPROVE_ACTION
 from app.policy import Policy
 from app.policy.rules import approvers_at

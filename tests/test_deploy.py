@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from app.cli import build_parser
-from app.devtools.slack_driver import serving
+from app.demo.slack_driver import serving
 from app.policy_targets import load_policy, parse_policy
 from app.store import Database
 from app.web import WardKeyWSGI

@@ -142,5 +142,5 @@ def test_the_readme_sections_the_code_points_to_exist() -> None:
         for line in README.read_text(encoding="utf-8").splitlines()
         if line.startswith("#")
     }
-    pointed = re.findall(r'README\.md[\s"]*“([^”]+)”', (ROOT / "app/devtools/demo.py").read_text())
+    pointed = re.findall(r'README\.md[\s"]*“([^”]+)”', (ROOT / "app/demo/run.py").read_text())
     assert pointed and set(pointed) <= headings, pointed

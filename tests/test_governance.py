@@ -222,8 +222,8 @@ class TestStandingReportCommand:
         capsys: pytest.CaptureFixture[str],
     ) -> None:
         from app.cli import main
-        from app.devtools.big_trust import ENTITLEMENT, KEY_VARIABLE, write_big_trust
-        from app.devtools.webhook_target import WebhookTarget
+        from app.demo.webhook_target import WebhookTarget
+        from tests.fakes.big_trust import ENTITLEMENT, KEY_VARIABLE, write_big_trust
 
         key = "k" * 32
         console = WebhookTarget(key.encode()).start()

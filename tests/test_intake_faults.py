@@ -32,10 +32,9 @@ import sqlalchemy as sa
 
 from app import audit
 from app.adapters.registry import build_adapters
-from app.devtools.big_trust import APPROVER, CONSOLE, KEY_VARIABLE, ROLE, staff, write_big_trust
-from app.devtools.slack_driver import SlackDriver
-from app.devtools.slack_fake import FakeSlack, SlackUser
-from app.devtools.webhook_target import WebhookTarget
+from app.demo.slack_driver import SlackDriver
+from app.demo.slack_fake import FakeSlack, SlackUser
+from app.demo.webhook_target import WebhookTarget
 from app.directory import SlackDirectory
 from app.messages import views as v
 from app.messages.blocks import APPROVE_ACTION
@@ -47,6 +46,7 @@ from app.slack.intake import Intake, NotRecorded
 from app.store import Database
 from app.store.models import AccessRequest, Decision, RequestState, SeenRequest
 from tests.conftest import fresh_postgres_schema
+from tests.fakes.big_trust import APPROVER, CONSOLE, KEY_VARIABLE, ROLE, staff, write_big_trust
 
 pytestmark = pytest.mark.postgres
 

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.clock import ManualClock
-from app.devtools.slack_driver import serving
+from app.demo.slack_driver import serving
 from app.metrics import metrics_text
 from app.service import AccessService
 from app.store import Database

@@ -19,8 +19,7 @@ import sqlalchemy.orm
 
 from app import audit
 from app.clock import ManualClock
-from app.devtools.big_trust import APPROVER, staff
-from app.devtools.slack_fake import FakeSlack, SlackUser
+from app.demo.slack_fake import FakeSlack, SlackUser
 from app.directory import SlackDirectory
 from app.metrics import metrics_text
 from app.notify.notifier import Notifier
@@ -32,6 +31,7 @@ from app.store import Database
 from app.store.models import OutboxItem
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN, CHLOE
+from tests.fakes.big_trust import APPROVER, staff
 from tests.fakes.memory_adapter import MemoryTarget
 from tests.slack_harness import WARD_USERS
 from tests.test_reliability import SLACK_OUTAGE_SECONDS, Ward, ended_at, wait_until_ended

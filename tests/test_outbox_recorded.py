@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from app.clock import ManualClock
-from app.devtools.slack_fake import FakeSlack
+from app.demo.slack_fake import FakeSlack
 from app.directory import SlackDirectory
 from app.notify.notifier import Notifier
 from app.notify.outbox import Outbox

@@ -22,10 +22,9 @@ import sqlalchemy as sa
 import yaml
 
 from app.adapters.registry import build_adapters
-from app.devtools.big_trust import APPROVER, staff
-from app.devtools.slack_driver import SlackDriver
-from app.devtools.slack_fake import FakeSlack, SlackUser
-from app.devtools.webhook_target import WebhookTarget
+from app.demo.slack_driver import SlackDriver
+from app.demo.slack_fake import FakeSlack, SlackUser
+from app.demo.webhook_target import WebhookTarget
 from app.notify.outbox import OutCall
 from app.policy import Policy
 from app.policy_reload import PolicyReloader, digest_of
@@ -33,6 +32,7 @@ from app.service import AccessService
 from app.store import Database
 from app.store.models import OutboxItem
 from tests.conftest import AMIRA, HERE, fresh_postgres_schema, sqlite_copy
+from tests.fakes.big_trust import APPROVER, staff
 from tests.fakes.memory_adapter import MemoryTarget
 from tests.test_cli_serve import free_port
 

@@ -25,15 +25,15 @@ import yaml
 from app import audit
 from app.adapters.registry import build_adapters
 from app.clock import ManualClock
-from app.devtools.big_trust import APPROVER, staff
-from app.devtools.slack_fake import FakeSlack
-from app.devtools.webhook_target import WebhookTarget
+from app.demo.slack_fake import FakeSlack
+from app.demo.webhook_target import WebhookTarget
 from app.policy import load_policy
 from app.service import AccessService
 from app.store import AuditEvent, Database
 from app.store.models import AccessRequest, RequestState
 from app.web import WardKeyWSGI
 from tests.conftest import HERE, fresh_postgres_schema
+from tests.fakes.big_trust import APPROVER, staff
 
 SCHEMA = os.environ.get("WARDKEY_TEST_SCHEMA", "wardkey") + "_reliability"
 KEYS = {"epr": "e" * 32, "lab": "l" * 32}

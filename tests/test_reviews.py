@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from app.clock import ManualClock
-from app.devtools.slack_fake import SlackChannel
+from app.demo.slack_fake import SlackChannel
 from app.directory import SlackDirectory
 from app.messages.blocks import DENY_ACTION, REVIEW_JUSTIFIED, REVIEW_NOT_JUSTIFIED
 from app.messages.views import (

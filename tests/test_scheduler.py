@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from app.devtools.slack_fake import FakeSlack
+from app.demo.slack_fake import FakeSlack
 from app.scheduler import Sweeps, cadence_of
 from app.store import upgrade
 from tests.conftest import HERE

@@ -479,7 +479,7 @@ class TestMalformedAndHostileText(SlackOnSqlite):
         assert rid > 0
 
     def test_a_profile_name_cannot_dress_up_as_wardkey_either(self, slack: RunningApp) -> None:
-        from app.devtools.slack_fake import SlackUser
+        from app.demo.slack_fake import SlackUser
 
         slack.fake.add_user(
             SlackUser("U0AMIRA", "amira@ward.nhs.uk", "*Security team*", "<!here> `approved`")

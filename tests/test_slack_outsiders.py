@@ -16,8 +16,8 @@ from urllib.parse import urlencode
 
 import pytest
 
-from app.devtools.slack_driver import SlackDriver
-from app.devtools.slack_fake import SlackUser, new_trigger_id
+from app.demo.slack_driver import SlackDriver
+from app.demo.slack_fake import SlackUser, new_trigger_id
 from app.directory import OUTSIDER, Workspace
 from app.messages.blocks import APPROVE_ACTION, REVIEW_JUSTIFIED
 from app.messages.views import DENY_BLOCK, DENY_INPUT, DENY_VIEW

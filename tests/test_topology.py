@@ -29,7 +29,16 @@ import sqlalchemy as sa
 from app import audit
 from app.adapters.registry import build_adapters
 from app.clock import ManualClock
-from app.devtools.big_trust import (
+from app.demo.slack_driver import SlackDriver
+from app.demo.slack_fake import FakeSlack, SlackUser
+from app.demo.webhook_target import WebhookTarget
+from app.messages.blocks import APPROVE_ACTION
+from app.policy import load_policy
+from app.service import AccessService
+from app.store import AuditEvent, Database
+from app.store.models import AccessRequest, RequestState
+from tests.conftest import fresh_postgres_schema
+from tests.fakes.big_trust import (
     APPROVER,
     CONSOLE,
     ENTITLEMENT,
@@ -39,15 +48,6 @@ from app.devtools.big_trust import (
     staff,
     write_big_trust,
 )
-from app.devtools.slack_driver import SlackDriver
-from app.devtools.slack_fake import FakeSlack, SlackUser
-from app.devtools.webhook_target import WebhookTarget
-from app.messages.blocks import APPROVE_ACTION
-from app.policy import load_policy
-from app.service import AccessService
-from app.store import AuditEvent, Database
-from app.store.models import AccessRequest, RequestState
-from tests.conftest import fresh_postgres_schema
 from tests.test_cli_serve import free_port
 
 pytestmark = pytest.mark.postgres

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from app.clock import ManualClock
-from app.devtools.slack_fake import Call, SlackChannel, SlackUser
+from app.demo.slack_fake import Call, SlackChannel, SlackUser
 from app.directory import SlackDirectory
 from app.messages.blocks import APPROVE_ACTION, inert
 from app.notify.notifier import Notifier

@@ -22,8 +22,8 @@ import pytest
 from slack_sdk.signature import SignatureVerifier
 
 from app.clock import ManualClock
-from app.devtools.slack_driver import serving
-from app.devtools.slack_fake import FakeSlack
+from app.demo.slack_driver import serving
+from app.demo.slack_fake import FakeSlack
 from app.policy import Policy
 from app.service import AccessService
 from app.slack.app import build_app, web_client

@@ -25,7 +25,7 @@ from app.adapters.webhook import (
     verify,
 )
 from app.clock import ManualClock
-from app.devtools.webhook_target import WebhookTarget
+from app.demo.webhook_target import WebhookTarget
 from app.policy import parse_policy
 from tests.conftest import NIGHT_SHIFT
 from tests.test_policy import ward

@@ -21,7 +21,14 @@ import sqlalchemy as sa
 from app import audit
 from app.adapters.registry import build_adapters
 from app.clock import ManualClock
-from app.devtools.big_trust import (
+from app.demo.slack_fake import FakeSlack
+from app.demo.webhook_target import WebhookTarget
+from app.policy import load_policy
+from app.service import AccessService
+from app.store import AuditEvent, Database
+from app.store.models import AccessRequest, RequestState
+from tests.conftest import fresh_postgres_schema
+from tests.fakes.big_trust import (
     APPROVER,
     CONSOLE,
     ENTITLEMENT,
@@ -30,13 +37,6 @@ from app.devtools.big_trust import (
     staff,
     write_big_trust,
 )
-from app.devtools.slack_fake import FakeSlack
-from app.devtools.webhook_target import WebhookTarget
-from app.policy import load_policy
-from app.service import AccessService
-from app.store import AuditEvent, Database
-from app.store.models import AccessRequest, RequestState
-from tests.conftest import fresh_postgres_schema
 
 pytestmark = pytest.mark.postgres
 

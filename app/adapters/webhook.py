@@ -92,7 +92,7 @@ def verify(
 ) -> bool:
     """What a receiver does first: a timestamp within `max_age` seconds of its own clock and a
     signature that matches, compared in constant time. (It must then refuse a nonce it has seen
-    and a body whose `operation` is not the path's: see app/devtools/webhook_target.py.)"""
+    and a body whose `operation` is not the path's: see app/demo/webhook_target.py.)"""
     if any("\n" in field or "\r" in field for field in envelope[:5]):
         return False
     if not (envelope.timestamp.isascii() and envelope.timestamp.isdigit()):

@@ -26,7 +26,7 @@ def add_commands(commands: Commands) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from app.devtools.demo import DemoFailed, run_demo
+    from app.demo.run import DemoFailed, run_demo
 
     # The transcript is the output; the app's own log lines would only get in its way. The
     # levels are put back afterwards, for callers that run the demo inside their own process.
@@ -49,7 +49,7 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_DATABASE = "wardkey-demo.db"  # the name app/devtools/demo.py gives it
+DEMO_DATABASE = "wardkey-demo.db"  # the name app/demo/run.py gives it
 DEMO_POLICY = "policy.yaml"
 
 
@@ -58,7 +58,7 @@ def _say_what_was_kept(folder: Path, out: TextIO) -> None:
     from importlib import resources
 
     policy = folder / DEMO_POLICY
-    text = resources.files("app.devtools").joinpath("demo_policy.yaml").read_text("utf-8")
+    text = resources.files("app.demo").joinpath("demo_policy.yaml").read_text("utf-8")
     policy.write_text(text, encoding="utf-8")
     database = folder / DEMO_DATABASE
     url = f"sqlite:///{database}"

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
-from app.devtools.loopback import LoopbackServer
+from app.demo.loopback import LoopbackServer
 
 PAGE_SIZE = 2  # small, so paging through @odata.nextLink is exercised
 

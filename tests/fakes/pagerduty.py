@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from app.devtools.loopback import LoopbackServer
+from app.demo.loopback import LoopbackServer
 
 API = "https://api.pagerduty.com"
 

@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from app.devtools.loopback import LoopbackServer
+from app.demo.loopback import LoopbackServer
 
 JSON = dict[str, Any]
 TRIGGER_LIFETIME_NS = 3_000_000_000

@@ -22,10 +22,10 @@ import httpx
 from app.adapters.webhook import WebhookAdapter, WebhookSettings
 from app.audit import verify
 from app.clock import ManualClock
-from app.devtools.slack_driver import SlackDriver, TrackingExecutor, serving
-from app.devtools.slack_fake import FakeSlack, SlackChannel, SlackUser
-from app.devtools.transcript import Transcript
-from app.devtools.webhook_target import WebhookTarget
+from app.demo.slack_driver import SlackDriver, TrackingExecutor, serving
+from app.demo.slack_fake import FakeSlack, SlackChannel, SlackUser
+from app.demo.transcript import Transcript
+from app.demo.webhook_target import WebhookTarget
 from app.directory import SlackDirectory
 from app.messages.blocks import APPROVE_ACTION, CANCEL_ACTION, DENY_ACTION, REVIEW_JUSTIFIED
 from app.messages.views import (
@@ -68,7 +68,7 @@ class DemoFailed(Exception):
 
 
 def demo_policy_text(console_url: str) -> str:
-    text = resources.files("app.devtools").joinpath("demo_policy.yaml").read_text()
+    text = resources.files("app.demo").joinpath("demo_policy.yaml").read_text()
     return text.replace("http://127.0.0.1:1/wardkey", console_url)
 
 

@@ -17,7 +17,7 @@ import httpx
 from slack_sdk.signature import SignatureVerifier
 from waitress.server import create_server
 
-from app.devtools.slack_fake import FakeSlack, new_trigger_id
+from app.demo.slack_fake import FakeSlack, new_trigger_id
 
 
 @dataclass

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
-from app.devtools.slack_fake import Call, FakeSlack
+from app.demo.slack_fake import Call, FakeSlack
 
 # Calls that are plumbing rather than conversation.
 QUIET = frozenset(

@@ -28,7 +28,7 @@ from app.adapters.webhook import (
     verify,
 )
 from app.clock import Clock, SystemClock
-from app.devtools.loopback import LoopbackServer
+from app.demo.loopback import LoopbackServer
 
 BASE_PATH = "/wardkey"
 OPERATIONS = frozenset({"grant", "revoke", "check", "end-sessions", "members"})
