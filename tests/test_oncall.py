@@ -354,6 +354,27 @@ class TestPagerDuty:
         clock.advance(timedelta(minutes=1))
         assert "ben@ward.nhs.uk" not in approvers_at(policy, "clinical", clock.now())
 
+    def test_a_rate_limit_is_waited_out_for_as_long_as_pagerduty_asks(
+        self, pagerduty: FakePagerDuty, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        pagerduty.on_call("PWARD07", "PBEN001", "ben@ward.nhs.uk", None, None)
+        clock = ManualClock(utc("2026-03-29T08:00:00+01:00"))
+        source = {**self.source(pagerduty), "refresh_every": "5m"}
+        policy, _ = sourced(source, clock, {"PAGERDUTY_TOKEN": TOKEN})
+        assert approvers_at(policy, "clinical", clock.now())[0] == "ben@ward.nhs.uk"
+        pagerduty.failures, pagerduty.retry_after = [429], 900
+        caplog.set_level(logging.WARNING, logger="app.oncall.cache")
+        clock.advance(timedelta(minutes=5))
+        assert approvers_at(policy, "clinical", clock.now())[0] == "ben@ward.nhs.uk"
+        assert "HTTP 429: Rate Limit Exceeded" in caplog.text
+        asked = len(pagerduty.requests)
+        clock.advance(timedelta(minutes=14))  # refresh_every has passed, Retry-After has not
+        approvers_at(policy, "clinical", clock.now())
+        assert len(pagerduty.requests) == asked
+        clock.advance(timedelta(minutes=1))
+        approvers_at(policy, "clinical", clock.now())
+        assert len(pagerduty.requests) == asked + 1
+
 
 class TestPolicyValidation:
     def test_a_roster_with_file_and_url_names_the_source(self) -> None:

@@ -1,6 +1,7 @@
 """Who is on call in the rotas that have a source, read through a cache the policy consults.
 
-Each rota's source is read again once `refresh_every` has passed since the last try. When a read
+Each rota's source is read again once `refresh_every` has passed since the last try (or the
+longer Retry-After of a source that answered 429). When a read
 fails, the last good answer is used until `stale_after` has passed since it was read (logged once);
 after that the rota names nobody, so approval fails closed and a request waiting on that rota is
 escalated to the rota's escalation group as when no approver is reachable.
@@ -13,7 +14,7 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import httpx
 
@@ -32,6 +33,7 @@ class _State:
     tried_at: datetime | None = None
     failing_since: datetime | None = None
     problem: str = ""
+    wait: timedelta = timedelta(0)  # longer than refresh_every when the source asked (429)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -94,11 +96,14 @@ class OnCall:
         state = self._states[name]
         with state.lock:
             now = self.clock.now()
-            if state.tried_at is None or now - state.tried_at >= source.refresh_every:
+            if state.tried_at is None or now - state.tried_at >= max(
+                source.refresh_every, state.wait
+            ):
                 state.tried_at = now
                 try:
                     shifts = self._read(source, now)
                 except SourceUnreadable as exc:
+                    state.wait = exc.retry_after or timedelta(0)
                     if state.failing_since is None:
                         state.failing_since = now
                         log.warning(
@@ -111,7 +116,7 @@ class OnCall:
                 else:
                     if state.failing_since is not None:
                         log.info("event=oncall_source_recovered rota=%s", name)
-                    state.shifts, state.read_at = shifts, now
+                    state.shifts, state.read_at, state.wait = shifts, now, timedelta(0)
                     state.failing_since, state.problem = None, ""
             if state.read_at is None or now - state.read_at > source.stale_after:
                 return None

@@ -25,7 +25,17 @@ PAGERDUTY_PAGE = 100
 
 
 class SourceUnreadable(Exception):
-    """The source could not be read or did not make sense; the message is safe to log."""
+    """The source could not be read or did not make sense; the message is safe to log.
+    `retry_after`: how long the source asked us to wait (HTTP 429's Retry-After)."""
+
+    def __init__(self, message: str, retry_after: timedelta | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _retry_after(response: httpx.Response) -> timedelta | None:
+    value = response.headers.get("Retry-After", "")
+    return timedelta(seconds=int(value)) if value.isdigit() else None
 
 
 def read_roster(source: RosterSource, zone: ZoneInfo, client: httpx.Client) -> list[Shift]:
@@ -89,7 +99,8 @@ def read_pagerduty(
             raise SourceUnreadable(f"PagerDuty: {type(exc).__name__}") from None
         if response.status_code != 200:
             raise SourceUnreadable(
-                f"PagerDuty answered HTTP {response.status_code}: {_error(response)}"
+                f"PagerDuty answered HTTP {response.status_code}: {_error(response)}",
+                _retry_after(response) if response.status_code == 429 else None,
             )
         try:
             body = response.json()

@@ -4,7 +4,8 @@ rostering exports published at a URL.
 A real HTTP server on loopback with PagerDuty's shapes: `Authorization: Token token=…` (401 with
 PagerDuty's error body otherwise), `schedule_ids[]`, `since`/`until` (entries overlapping the
 window), `include[]=users` (full user objects with `email`; otherwise `user_reference`s),
-classic pagination (`limit`, `offset`, `more`, `total: null`), and scripted failures.
+classic pagination (`limit`, `offset`, `more`, `total: null`), and scripted failures (a 429 with
+Retry-After, or any status with PagerDuty's error body).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class _Handler(BaseHTTPRequestHandler):
         status, body, content_type = self.fake.handle(self.path, self.headers)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        if status == 429:
+            self.send_header("Retry-After", str(self.fake.retry_after))
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -53,6 +56,7 @@ class FakePagerDuty(LoopbackServer):
         self.requests: list[dict[str, list[str]]] = []
         self.failures: list[int] = []  # statuses to answer the next calls with
         self.max_limit = 100  # PagerDuty's largest page; a test makes it small
+        self.retry_after = 900  # seconds, sent with a scripted 429
         self._lock = threading.Lock()
 
     def on_call(
@@ -90,6 +94,9 @@ class FakePagerDuty(LoopbackServer):
             self.requests.append(query)
             if self.failures:
                 status = self.failures.pop(0)
+                if status == 429:  # PagerDuty's rate limit, with how long to wait
+                    body = {"error": {"message": "Rate Limit Exceeded", "code": 2020}}
+                    return status, json.dumps(body).encode(), "application/json"
                 body = {"error": {"message": "Internal Server Error", "code": 2001}}
                 return status, json.dumps(body).encode(), "application/json"
         if headers.get("Authorization") != f"Token token={self.token}":
