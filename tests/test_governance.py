@@ -188,7 +188,7 @@ class TestInSlack(SlackOnSqlite):
         self, slack: RunningApp, service: AccessService
     ) -> None:
         notifier = self.notifier(slack, service)
-        Sweeps(service, on_attestation=notifier.attestation_follow_up).identities()
+        Sweeps(service, notifier.outbox).identities()
         card = slack.fake.wait_for("chat.postMessage", 1, channel="U0DEV")[0]
         assert ATTEST_KEEP in str(card.args["blocks"]) and ATTEST_RETIRE in str(card.args["blocks"])
         slack.click(ATTEST_KEEP, "svc-lab", "U0ERIN", channel="D0ERIN")
@@ -210,7 +210,18 @@ class TestInSlack(SlackOnSqlite):
         slack.command("/jit", "standing", "U0GITA")
         replies = slack.replies(2)
         assert any("Only WardKey admins" in r for r in replies)
-        assert any("No standing access found" in r for r in replies)
+        # No look was ever made: nothing is called clean, each target is named as unread.
+        (told,) = [r for r in replies if "Only WardKey admins" not in r]
+        assert "every holder had a grant" not in told
+        assert "Not checked" in told and "`pharmacy-db` (never read)" in told
+
+    def test_standing_command_after_a_look_says_clean_only_for_what_it_read(
+        self, slack: RunningApp, service: AccessService
+    ) -> None:
+        service.find_standing()  # the hourly look reads every target
+        slack.command("/jit", "standing", "U0GITA")
+        (told,) = slack.replies(1)
+        assert "No standing access found at the last look" in told and "Not checked" not in told
 
 
 class TestStandingReportCommand:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from slack_bolt import Ack, App, BoltContext, Respond
@@ -40,6 +41,7 @@ from app.slack.parsing import (
     parse_jit,
 )
 from app.store.models import RequestState as S
+from app.wording import plural
 
 HELP = (
     "*WardKey: just-in-time access*\n"
@@ -136,7 +138,8 @@ def _answer_jit(
             respond(response_type="ephemeral", text=_with_contract(deps, person, text))
         case Standing():
             holders = service.standing_holders(person)
-            respond(response_type="ephemeral", text=_standing(holders, zone))
+            unchecked = service.unchecked_targets()
+            respond(response_type="ephemeral", text=_standing(holders, unchecked, zone))
         case ListTargets():
             plans = requestable(service.policy, person, service.clock.now())
             lines = [
@@ -215,14 +218,33 @@ def _with_contract(deps: SlackDeps, person: Person, text: str) -> str:
     return f"{text}\n{line}" if line else text
 
 
-def _standing(holders: list[StandingHolder], zone: Any) -> str:
-    if not holders:
-        return "No standing access found at the last look: every holder had a grant."
-    lines = ["*Standing access (held with no WardKey grant), at the last hourly look*"]
-    for h in holders:
+def _standing(
+    holders: list[StandingHolder], unchecked: dict[str, datetime | None], zone: Any
+) -> str:
+    """The last hourly look's findings; never "none found" for a target it did not read."""
+    lines = []
+    if holders:
+        lines.append("*Standing access (held with no WardKey grant), at the last hourly look*")
+        for h in holders:
+            lines.append(
+                f"• `{escape(h.target)}` {escape(h.entitlement)}: `{escape(h.account)}` "
+                f"(since {h.first_seen.astimezone(zone):%d %b %H:%M})"
+            )
+    elif not unchecked:
+        lines.append("No standing access found at the last look: every holder had a grant.")
+    else:
+        lines.append("No standing access found on the targets that were read.")
+    if unchecked:
         lines.append(
-            f"• `{escape(h.target)}` {escape(h.entitlement)}: `{escape(h.account)}` "
-            f"(since {h.first_seen.astimezone(zone):%d %b %H:%M})"
+            f"⚠️ *Not checked* ({plural(len(unchecked), 'target')}; nothing is known of them "
+            "now): "
+            + ", ".join(
+                f"`{escape(t)}` ("
+                + (f"last read {at.astimezone(zone):%d %b %H:%M}" if at else "never read")
+                + ")"
+                for t, at in sorted(unchecked.items())
+            )
+            + ". `wardkey report standing` reads them and says why not."
         )
     return "\n".join(lines)[:3900]
 
