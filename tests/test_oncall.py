@@ -21,7 +21,7 @@ import yaml
 
 from app.cli import main
 from app.clock import ManualClock
-from app.oncall import OnCall, RosterError, parse_csv, parse_ics, with_sources
+from app.oncall import OnCall, RosterError, parse_csv, parse_ics, path_sources, with_sources
 from app.oncall.shifts import on_call
 from app.policy import Policy, PolicyError
 from app.policy import parse_policy as parse_manifest
@@ -191,6 +191,11 @@ class TestRosterSource:
         assert cache.describe("clinical-oncall") == (
             f"from roster export {files.base_url}/ward7.csv, read 13:05"
         )
+        # The line the approver card shows under who is on call; other paths have none.
+        assert path_sources(policy, "clinical") == [
+            f"clinical-oncall on call from roster export {files.base_url}/ward7.csv, read 13:05"
+        ]
+        assert path_sources(policy, "admin") == []
 
 
 class TestUnreadableSource:

@@ -194,3 +194,16 @@ def describe(policy: Policy, rota: str) -> str:
     if isinstance(lookup, OnCall):
         return lookup.describe(rota)
     return f"from {where_from(spec.source)}: not read here, so nobody from this rota can approve"
+
+
+def path_sources(policy: Policy, path: str) -> list[str]:
+    """One line for each rota with a source among the approvers of `path`, for the approver
+    card under who is on call: 'ward7-nic on call from roster export ward7.ics, read 03:55'.
+    Rotas the policy lists itself, and groups, add nothing."""
+    spec = policy.paths.get(path)
+    lines: list[str] = []
+    for approver in spec.approvers if spec else []:
+        rota = policy.oncall.get(approver.rota or "")
+        if rota is not None and rota.source is not None and approver.rota:
+            lines.append(f"{approver.rota} on call {describe(policy, approver.rota)}")
+    return list(dict.fromkeys(lines))
