@@ -46,6 +46,9 @@ def require(settings: Settings, *names: str) -> None:
 
 @dataclass
 class Runtime:
+    """One process's WardKey: its one Notifier (and Slack directory) serves the Bolt app, the
+    redelivery app and the sweeps."""
+
     settings: Settings
     service: AccessService
     client: WebClient
@@ -60,18 +63,10 @@ class Runtime:
         )
         return Sweeps(
             self.service,
-            n.request_changed,
-            n.expiry_warning,
-            n.approval_overdue,
-            n.review_follow_up,
-            n.digest,
-            n.standing_found,
-            checkpoint_to=signing,
-            on_attestation=n.attestation_follow_up,
-            on_orphans=n.orphans_found,
+            n.outbox,
             owner_gone=n.owner_gone,
+            checkpoint_to=signing,
             inbox=self.redelivery(),
-            outbox=n.outbox,
             background=True,
         )
 
@@ -80,7 +75,7 @@ class Runtime:
         return Redelivery(
             Intake(self.service.db, self.service.clock),
             lambda: build_app(
-                self.service, self.client, "", workspace=self.workspace(), redelivery=True
+                self.service, self.client, "", notifier=self.notifier, redelivery=True
             ),
         )
 
@@ -102,7 +97,7 @@ class Runtime:
         if not socket_mode:
             require(self.settings, "slack_signing_secret")
         secret = "" if socket_mode else self.settings.slack_signing_secret or ""
-        return build_app(self.service, self.client, secret, workspace=self.workspace())
+        return build_app(self.service, self.client, secret, notifier=self.notifier)
 
 
 def load_runtime(settings: Settings | None = None) -> Runtime:

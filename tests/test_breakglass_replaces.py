@@ -117,7 +117,7 @@ class TestBreakGlassReplacesMyPendingRequest(SlackOnSqlite):
         clock.advance(timedelta(hours=2))  # the use is over; its review goes to the managers
         client = web_client(slack.fake.token, slack.fake.api_url)
         notifier = Notifier(client, service, SlackDirectory(client))
-        sweeps = Sweeps(service, on_review=notifier.review_follow_up)
+        sweeps = Sweeps(service, notifier.outbox)
         sweeps.expire()
         sweeps.review()
         card = slack.fake.wait_for("chat.postMessage", 1, channel="C0MGR")[0]

@@ -57,7 +57,7 @@ def notifier(service: AccessService, fake: FakeSlack) -> Notifier:
 def sweeps(service: AccessService, notifier: Notifier) -> Sweeps:
     """What a worker runs: the deliver sweep sends what waits in the outbox."""
     n = notifier
-    return Sweeps(service, n.request_changed, n.expiry_warning, n.approval_overdue, outbox=n.outbox)
+    return Sweeps(service, n.outbox)
 
 
 def asked_and_approved(service: AccessService, notifier: Notifier) -> int:

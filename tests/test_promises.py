@@ -95,7 +95,7 @@ class TestAnOverdueApproval(SlackOnSqlite):
         rid = ask(slack)
         slack.fake.wait_for("chat.postMessage", 3)
         clock.advance(timedelta(minutes=11))  # past the clinical path's 10-minute SLA
-        Sweeps(service, on_escalate=notifier_for(slack, service).approval_overdue).escalate()
+        Sweeps(service, notifier_for(slack, service).outbox).escalate()
 
         told = slack.fake.wait_for("chat.postMessage", 1, channel="U0AMIRA")[-1].args["text"]
         assert f"Your request #{rid} has waited 11m" in told
@@ -124,7 +124,7 @@ class TestAnOverdueApproval(SlackOnSqlite):
             rid = ask(slack)
             slack.fake.wait_for("chat.postMessage", 3)
             clock.advance(timedelta(minutes=11))
-            Sweeps(service, on_escalate=notifier_for(slack, service).approval_overdue).escalate()
+            Sweeps(service, notifier_for(slack, service).outbox).escalate()
             # Erin, Farid and Gita lead infrastructure; Gita has the card already.
             for dm in ("U0ERIN", "U0FARID"):
                 card = slack.fake.wait_for("chat.postMessage", 1, channel=dm)[0]
@@ -202,7 +202,7 @@ class TestRetiringAServiceAccount(SlackOnSqlite):
         slack.settle()
         [request] = service.requests_of_key("dev@ward.nhs.uk", (S.PENDING,))
         notifier = notifier_for(slack, service)
-        Sweeps(service, on_attestation=notifier.attestation_follow_up).identities()
+        Sweeps(service, notifier.outbox).identities()
         card = slack.fake.wait_for("chat.postMessage", 1, channel="U0DEV")[0]
         slack.click(
             ATTEST_RETIRE,
@@ -234,7 +234,7 @@ class TestAVendorsContractEnds(SlackOnSqlite):
         [request] = service.requests_of_key("val@vendor.example", (S.PENDING,))
         clock.advance(timedelta(days=1))  # Medisoft's contract ended on 30 November
         notifier = notifier_for(slack, service)
-        assert Sweeps(service, on_change=notifier.request_changed).contracts() == [request.id]
+        assert Sweeps(service, notifier.outbox).contracts() == [request.id]
         assert service.get(request.id).state == S.CANCELLED
         told = slack.fake.wait_for("chat.postMessage", 1, channel="U0VAL")[-1].args["text"]
         assert f"Your request #{request.id}" in told and "Cancelled by WardKey" in told, told

@@ -108,7 +108,7 @@ def test_every_failed_try_alerts_security_and_the_holder_is_told_once(
     from app.slack.app import web_client
 
     client = web_client(slack.fake.token, slack.fake.api_url)
-    sweeps = Sweeps(service, Notifier(client, service, SlackDirectory(client)).request_changed)
+    sweeps = Sweeps(service, Notifier(client, service, SlackDirectory(client)).outbox)
     rid = approved(service)
     targets["pharmacy-db"].down = True
     clock.advance(timedelta(minutes=30))

@@ -122,7 +122,7 @@ class TestInSlack(SlackOnSqlite):
     def sweeps(self, slack: RunningApp, service: AccessService) -> Sweeps:
         client = web_client(slack.fake.token, slack.fake.api_url)
         notifier = Notifier(client, service, SlackDirectory(client))
-        return Sweeps(service, on_review=notifier.review_follow_up)
+        return Sweeps(service, notifier.outbox)
 
     def test_card_in_the_managers_channel_refusals_then_a_decision_with_a_note(
         self, slack: RunningApp, service: AccessService, clock: ManualClock
@@ -192,7 +192,7 @@ class TestTheReviewCard(SlackOnSqlite):
     def sweeps(self, slack: RunningApp, service: AccessService) -> Sweeps:
         client = web_client(slack.fake.token, slack.fake.api_url)
         notifier = Notifier(client, service, SlackDirectory(client))
-        return Sweeps(service, on_review=notifier.review_follow_up)
+        return Sweeps(service, notifier.outbox)
 
     def test_the_card_shows_names_channels_an_earlier_denial_and_the_30_day_count(
         self, slack: RunningApp, service: AccessService, clock: ManualClock

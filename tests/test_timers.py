@@ -82,7 +82,7 @@ def test_the_holder_gets_a_dm_and_extends_from_it(
 ) -> None:
     client = web_client(slack.fake.token, slack.fake.api_url)
     notifier = Notifier(client, service, SlackDirectory(client))
-    sweeps = Sweeps(service, notifier.request_changed, notifier.expiry_warning)
+    sweeps = Sweeps(service, notifier.outbox)
     rid = approved(service)
     clock.advance(timedelta(minutes=22))
     assert sweeps.warn() == [rid]
@@ -147,7 +147,7 @@ class TestEscalation:
         for slack in run_app(rota_only):
             client = web_client(slack.fake.token, slack.fake.api_url)
             notifier = Notifier(client, rota_only, SlackDirectory(client))
-            sweeps = Sweeps(rota_only, on_escalate=notifier.approval_overdue)
+            sweeps = Sweeps(rota_only, notifier.outbox)
             req = rota_only.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REASON)
             notifier.request_opened(req)
             clock.advance(timedelta(minutes=5))

@@ -74,7 +74,7 @@ class UnreachableStory(SlackOnSqlite):
     def sweeps(self, slack: RunningApp, service: AccessService) -> Sweeps:
         client = web_client(slack.fake.token, slack.fake.api_url)
         notifier = Notifier(client, service, SlackDirectory(client))
-        return Sweeps(service, on_escalate=notifier.approval_overdue)
+        return Sweeps(service, notifier.outbox)
 
     def assert_nobody_reached_story(
         self, slack: RunningApp, service: AccessService, rid: int, why: str

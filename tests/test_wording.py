@@ -91,7 +91,7 @@ class TestInSlack(SlackOnSqlite):
         clock.set(clock.now().replace(hour=8, minute=0))
         client = web_client(slack.fake.token, slack.fake.api_url)
         notifier = Notifier(client, service, SlackDirectory(client))
-        assert Sweeps(service, on_digest=notifier.digest).digest() is not None
+        assert Sweeps(service, notifier.outbox).digest() is not None
         posts = slack.fake.calls_to("chat.postMessage", channel="C0MGR")
         digest = next(c for c in posts if "daily digest" in c.args["text"])
         assert digest.args["text"].endswith(": 1 break-glass use, 0 overdue reviews")

@@ -98,16 +98,11 @@ def _run(out: TextIO, workdir: Path) -> None:
     signing_secret = secrets.token_hex(16)
     listeners = TrackingExecutor(max_workers=4)
     # One pool for work and dialogs, so waiting for it to be idle covers both.
-    bolt = build_app(service, client, signing_secret, listeners, dialogs=listeners)
     notifier = Notifier(client, service, SlackDirectory(client))
-    sweeps = Sweeps(
-        service,
-        notifier.request_changed,
-        notifier.expiry_warning,
-        notifier.approval_overdue,
-        notifier.review_follow_up,
-        notifier.digest,
+    bolt = build_app(
+        service, client, signing_secret, listeners, dialogs=listeners, notifier=notifier
     )
+    sweeps = Sweeps(service, notifier.outbox)
     names = {p.id: p.real_name for p in PEOPLE}
     story = Transcript(fake, out, names, CHANNELS, clock.now, ZONE, console.log)
     http = httpx.Client(timeout=10)

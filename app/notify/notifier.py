@@ -265,8 +265,8 @@ class Notifier:
         )
 
     # ------------------------------------------------------------------ after a change
-    # Listeners and sweeps call these once the change is committed; its notice is already
-    # in the outbox, so they only ask for delivery now.
+    # Listeners call these once the change is committed; its notice is already in the outbox,
+    # so they only ask for delivery now (sweeps kick the outbox themselves).
 
     def request_opened(self, view: RequestView) -> None:
         self.outbox.kick()
@@ -292,16 +292,7 @@ class Notifier:
     def update_cards(self, view: RequestView) -> None:
         self.outbox.kick()
 
-    def approval_overdue(self, view: RequestView, level: int) -> None:
-        self.outbox.kick()
-
-    def expiry_warning(self, view: RequestView) -> None:
-        self.outbox.kick()
-
     def break_glass_started(self, view: RequestView) -> None:
-        self.outbox.kick()
-
-    def review_follow_up(self, request_id: int, step: ReviewStep) -> None:
         self.outbox.kick()
 
     def review_decided(self, view: RequestView) -> None:
@@ -787,11 +778,6 @@ class Notifier:
         for user_id in self._slack_ids(view, people):
             self._post(about, user_id, text)
 
-    def standing_found(self, report: StandingReport) -> None:
-        """New standing access, and targets that could not be read, to the security channel
-        (each recorded in the outbox with its finding: only delivery is asked for here)."""
-        self.outbox.kick()
-
     def _standing_found(self, report: StandingReport) -> None:
         lines = [
             f"• `{escape(f.target)}` {escape(f.entitlement)}: `{escape(f.account)}` "
@@ -813,10 +799,6 @@ class Notifier:
             self.service.policy.channels.security_alerts,
             "🔎 Standing privilege: access that no WardKey grant covers\n" + "\n".join(lines),
         )
-
-    def attestation_follow_up(self, name: str, step: AttestationStep) -> None:
-        """The round was recorded with its notice: ask for delivery."""
-        self.outbox.kick()
 
     def _attestation_follow_up(self, name: str, step: AttestationStep) -> None:
         """Ask the owner to confirm a service account (a card with Still needed / Retire);
@@ -847,10 +829,6 @@ class Notifier:
         if owner_id is not None:
             self._post(f"attestation_overdue identity={name}", owner_id, text)
 
-    def orphans_found(self, orphans: list[OrphanView]) -> None:
-        """Each flag was recorded with its notice: ask for delivery."""
-        self.outbox.kick()
-
     def _orphans_found(self, orphans: list[OrphanView]) -> None:
         lines = [f"• `{escape(o.identity)}`: {escape(o.reason)}" for o in orphans]
         self._post(
@@ -880,10 +858,6 @@ class Notifier:
                 "blocks": _json_blocks(attestation_card(view, self.zone, self.names)),
             }
             self.outbox.enqueue(f"identity:{name}", [OutCall(UPDATE, args)])
-
-    def digest(self, digest: Digest) -> None:
-        """The day was claimed with its notice: ask for delivery."""
-        self.outbox.kick()
 
     def _digest(self, digest: Digest) -> None:
         """The daily summary, to the managers' channel."""

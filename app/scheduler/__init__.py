@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
-from functools import partial
+from collections.abc import Callable, Sized
 from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 
 from apscheduler.schedulers.base import BaseScheduler
 
 from app import audit
-from app.service import AccessService, RequestView, ReviewStep
+from app.service import AccessService, ReviewStep
 from app.service.digest import Digest
-from app.service.identities import AttestationStep, OrphanView
+from app.service.identities import AttestationStep
 from app.service.standing import StandingReport
 from app.store.db import is_database_error
 from app.store.models import RequestState
@@ -50,13 +49,6 @@ def cadence_of(job: object) -> Cadence | None:
     return found
 
 
-OnChange = Callable[[RequestView], None]
-OnEscalate = Callable[[RequestView, int], None]
-OnReview = Callable[[int, ReviewStep], None]
-OnDigest = Callable[[Digest], None]
-OnStanding = Callable[[StandingReport], None]
-OnAttestation = Callable[[str, AttestationStep], None]
-OnOrphans = Callable[[list[OrphanView]], None]
 OwnerGone = Callable[[str], str | None]
 
 
@@ -68,7 +60,11 @@ class Inbox(Protocol):
 
 
 class Outbox(Protocol):
-    """Slack messages recorded with the changes that caused them (app/notify/outbox.py)."""
+    """Slack messages recorded with the changes that caused them (app/notify/outbox.py):
+    every notice a sweep causes is written with its change, so a sweep only asks for delivery
+    (`kick`); `tick` is the delivery sweep itself."""
+
+    def kick(self) -> None: ...
 
     def tick(self) -> int: ...
 
@@ -77,61 +73,40 @@ class Sweeps:
     def __init__(
         self,
         service: AccessService,
-        on_change: OnChange | None = None,
-        on_warn: OnChange | None = None,
-        on_escalate: OnEscalate | None = None,
-        on_review: OnReview | None = None,
-        on_digest: OnDigest | None = None,
-        on_standing: OnStanding | None = None,
-        checkpoint_to: tuple[Path, bytes] | None = None,
-        on_attestation: OnAttestation | None = None,
-        on_orphans: OnOrphans | None = None,
-        owner_gone: OwnerGone | None = None,
-        *,
-        background: bool = False,
-        inbox: Inbox | None = None,
         outbox: Outbox | None = None,
+        *,
+        owner_gone: OwnerGone | None = None,
+        checkpoint_to: tuple[Path, bytes] | None = None,
+        inbox: Inbox | None = None,
+        background: bool = False,
     ) -> None:
+        """`outbox`: where the notices the sweeps' changes wrote wait; asked to deliver after
+        each change (None: nobody is told, as in tests of the changes alone). `owner_gone`:
+        why a service account's owner is no longer a current person (Slack), or None.
+        `checkpoint_to`: (directory, key) for signed audit checkpoints. `inbox`: Slack
+        requests to redeliver."""
         self.service = service
+        self.outbox = outbox
+        self.owner_gone = owner_gone or (lambda _member: None)
+        self.checkpoint_to = checkpoint_to
+        self.inbox = inbox
         # In a running process, work on targets goes to each target's lane and is not waited
         # for (each is told as it is recorded); tests run it through and look at the result.
         self.background = background
-        self.on_change = on_change
-        self.on_warn = on_warn
-        self.on_escalate = on_escalate
-        self.on_review = on_review
-        self.on_digest = on_digest
-        self.on_standing = on_standing
-        self.checkpoint_to = checkpoint_to  # (directory, key) for signed audit checkpoints
-        self.on_attestation = on_attestation
-        self.on_orphans = on_orphans
-        self.owner_gone = owner_gone or (lambda _member: None)
-        self.inbox = inbox
-        self.outbox = outbox
 
-    def _safely(self, event: str, call: Callable[[], object]) -> None:
-        """Tell people; a failed message is logged and never stops the sweep (the state
-        change it reports is already committed). A database outage is logged once."""
+    def _tell(self, changed: Sized) -> None:
+        """Deliver the notices of what changed (written with each change); a failed delivery
+        is logged and never stops the sweep (the change is already committed). A database
+        outage is logged once."""
+        if not changed or self.outbox is None:
+            return
         try:
-            call()
+            self.outbox.kick()
         except Exception as exc:
             if is_database_error(exc):
-                self.service.db.outage.failed(event.split()[0], exc)
+                self.service.db.outage.failed("notify_failed", exc)
             else:
-                log.exception("event=%s", event)
-
-    def _with_view(self, call: Callable[..., None], request_id: int, *more: object) -> None:
-        call(self.service.get(request_id), *more)
-
-    def _tell(self, ids: list[int]) -> None:
-        if self.on_change is None:
-            return
-        tell = self.on_change
-        for request_id in ids:
-            self._safely(
-                f"notify_failed request={request_id}",
-                partial(self._with_view, tell, request_id),
-            )
+                log.exception("event=notify_failed")
 
     def _tell_one(self, request_id: int) -> None:
         self._tell([request_id])
@@ -162,57 +137,35 @@ class Sweeps:
     def warn(self) -> list[int]:
         """Tell holders their access ends soon, with Extend and Revoke-now buttons."""
         ids = self.service.warn_expiring()
-        if self.on_warn is not None:
-            warn = self.on_warn
-            for request_id in ids:
-                self._safely(
-                    f"warning_failed request={request_id}",
-                    partial(self._with_view, warn, request_id),
-                )
+        self._tell(ids)
         return ids
 
     @sweep("sweep")
     def escalate(self) -> list[tuple[int, int]]:
         """Remind approvers at half the approval SLA; escalate at the SLA."""
         reached = self.service.escalate_overdue()
-        if self.on_escalate is not None:
-            escalate = self.on_escalate
-            for request_id, level in reached:
-                self._safely(
-                    f"escalation_notice_failed request={request_id}",
-                    partial(self._with_view, escalate, request_id, level),
-                )
+        self._tell(reached)
         return reached
 
     @sweep("sweep")
     def review(self) -> list[tuple[int, ReviewStep]]:
         """Send ended break-glass uses for review, remind reviewers, escalate overdue reviews."""
         steps = self.service.review_follow_ups()
-        if self.on_review is not None:
-            review = self.on_review
-            for request_id, step in steps:
-                self._safely(
-                    f"review_notice_failed request={request_id}",
-                    partial(review, request_id, step),
-                )
+        self._tell(steps)
         return steps
 
     @sweep("sweep")
     def digest(self) -> Digest | None:
         """Once a day at the policy's time, by one worker: the managers' summary."""
         digest = self.service.digest_due()
-        if digest is not None and self.on_digest is not None:
-            on_digest = self.on_digest
-            self._safely(f"digest_failed day={digest.day}", lambda: on_digest(digest))
+        self._tell([digest] if digest is not None else [])
         return digest
 
     @sweep("sweep")
     def standing(self) -> StandingReport | None:
         """Once an hour, by one worker: access on the targets that no grant covers."""
         report = self.service.standing_due()
-        if report is not None and self.on_standing is not None:
-            on_standing = self.on_standing
-            self._safely("standing_notice_failed", lambda: on_standing(report))
+        self._tell([report] if report is not None else [])
         return report
 
     @sweep("sweep")
@@ -220,17 +173,8 @@ class Sweeps:
         """Service accounts: owners asked to re-attest, overdue ones reported; once an hour,
         one worker flags those whose owner is gone."""
         steps = self.service.attestation_follow_ups()
-        if self.on_attestation is not None:
-            attest = self.on_attestation
-            for name, step in steps:
-                self._safely(
-                    f"attestation_notice_failed identity={name}",
-                    partial(attest, name, step),
-                )
-        orphans = self.service.orphans_due(self.owner_gone)
-        if orphans and self.on_orphans is not None:
-            on_orphans = self.on_orphans
-            self._safely("orphan_notice_failed", lambda: on_orphans(orphans))
+        self._tell(steps)
+        self._tell(self.service.orphans_due(self.owner_gone) or [])
         return steps
 
     @sweep("sweep")

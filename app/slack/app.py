@@ -33,10 +33,14 @@ def build_app(
     dialogs: Executor | None = None,
     workspace: Workspace | None = None,
     *,
+    notifier: Notifier | None = None,
     redelivery: bool = False,
 ) -> App:
     """`workspace`: whose people may use WardKey (SLACK_TEAM_IDS, SLACK_ENTERPRISE_ID); None
     means the workspace the bot token belongs to, asked of Slack now.
+
+    `notifier`: the process's one Notifier, whose Slack directory (and workspace) the app
+    uses too; None builds both here (tests, the demo).
 
     `redelivery`: the app that does again the work of requests recorded in the inbox whose
     process died (app/slack/intake.py): it checks no signature (each was checked when it was
@@ -56,13 +60,15 @@ def build_app(
         request_verification_enabled=not redelivery,
         token_verification_enabled=not redelivery,
     )
-    directory = SlackDirectory(client, workspace)
+    if notifier is None:
+        notifier = Notifier(client, service, SlackDirectory(client, workspace))
+    directory = notifier.directory
     if not redelivery:
         directory.workspace()  # learnt now, at start-up, never in a request's ack path
     deps = SlackDeps(
         service=service,
         directory=directory,
-        notifier=Notifier(client, service, directory),
+        notifier=notifier,
         work=work or ThreadPoolExecutor(max_workers=4, thread_name_prefix="after-ack"),
         dialogs=dialogs or ThreadPoolExecutor(max_workers=2, thread_name_prefix="dialogs"),
         live=not redelivery,
