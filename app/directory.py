@@ -23,8 +23,8 @@ from typing import Any
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from app.lifecycle.errors import NotAllowed
 from app.policy.people import Person
-from app.service.errors import NotAllowed
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Messages out: approver cards, in-place card updates and the requester's DMs.
 
 Nothing here calls Slack to send. A state change leaves a notice in the outbox (written by
-app/service/transitions.py in the same transaction); `expand` turns a notice into the Slack
+app/lifecycle/transitions.py in the same transaction); `expand` turns a notice into the Slack
 calls it causes, rendered from the request as it is now (the same version or later), and the
 outbox (app/notify/outbox.py) sends each once, in order, through Slack errors and outages. The
 public methods that listeners and sweeps call after a change only ask the outbox to deliver now.

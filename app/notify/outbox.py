@@ -1,6 +1,6 @@
 """The Slack outbox: every message WardKey sends goes through the database.
 
-A state change writes a notice (app/service/transitions.py) in its own transaction. The
+A state change writes a notice (app/lifecycle/transitions.py) in its own transaction. The
 deliverer claims rows the way the inbox and the expiry sweep do (`FOR UPDATE SKIP LOCKED` on
 PostgreSQL, a conditional update on SQLite, with a lease): a notice is turned by the notifier
 into the messages it causes, each stored as its own row with a key, and those are sent. Only the

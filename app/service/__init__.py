@@ -1,7 +1,6 @@
 """Use cases of the request lifecycle; the only writer of request state."""
 
-from app.service.access import AccessService
-from app.service.errors import (
+from app.lifecycle.errors import (
     AlreadyDecided,
     InvalidRequest,
     NotAllowed,
@@ -10,6 +9,7 @@ from app.service.errors import (
     SelfApproval,
     ServiceError,
 )
+from app.service.access import AccessService
 from app.service.grants import ReconcileReport
 from app.service.reviews import BreakGlassSummary, ReviewStep
 from app.service.views import DecisionView, RequestView, ReviewView

@@ -1,6 +1,6 @@
 """The request lifecycle: every use case is one method, with time from the injected clock.
 
-State only changes through `app.service.transitions`. The use cases are grouped by concern in
+State only changes through `app.lifecycle.transitions`. The use cases are grouped by concern in
 `requests` (asking and deciding), `identities` (service-account attestation and orphans),
 `grants` (access on the target), `reviews` (break-glass)
 `digest` (the managers' daily summary) and `standing` (access no grant covers).

@@ -10,17 +10,15 @@ import random
 import re
 import secrets
 import socket
-import threading
 import time
 import unicodedata
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, func, select
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -28,20 +26,21 @@ from sqlalchemy.orm import Session
 
 from app.adapters.base import Adapter, AdapterError
 from app.clock import Clock, SystemClock
-from app.policy import rules
-from app.policy.durations import format_duration
-from app.policy.model import BREAK_GLASS_PATH, Policy
-from app.policy.people import Person, person_key, same_person
-from app.service import transitions
-from app.service.errors import (
+from app.lifecycle import transitions
+from app.lifecycle.errors import (
     AlreadyDecided,
     InvalidRequest,
     NotEligible,
     NotFound,
 )
-from app.service.transitions import StaleState
+from app.lifecycle.leases import Heartbeat, TargetLanes
+from app.lifecycle.transitions import StaleState
+from app.policy import rules
+from app.policy.durations import format_duration
+from app.policy.model import BREAK_GLASS_PATH, Policy
+from app.policy.people import Person, person_key, same_person
 from app.service.views import RequestView
-from app.store.db import Database, is_database_error
+from app.store.db import Database
 from app.store.models import (
     HOLDING_STATES,
     OPEN_STATES,
@@ -757,102 +756,3 @@ def within_cap(duration: timedelta, plan: rules.RequestPlan) -> timedelta:
             field="duration",
         )
     return duration
-
-
-class TargetLanes:
-    """Each target's own threads for its calls: a slow or hung target fills only its own lane,
-    never another's. `room` says how many more calls a target's lane takes now."""
-
-    def __init__(self, per_target: int) -> None:
-        self.per_target = per_target
-        self._lock = threading.Lock()
-        self._pools: dict[str, ThreadPoolExecutor] = {}
-        self._busy: dict[str, int] = defaultdict(int)
-
-    def room(self, target: str) -> int:
-        with self._lock:
-            return self.per_target - self._busy[target]
-
-    def full(self, targets: Iterable[str]) -> list[str]:
-        with self._lock:
-            return [t for t in targets if self._busy[t] >= self.per_target]
-
-    def submit(self, target: str, call: Callable[[], T]) -> Future[T]:
-        with self._lock:
-            pool = self._pools.get(target)
-            if pool is None:
-                pool = self._pools[target] = ThreadPoolExecutor(
-                    self.per_target, thread_name_prefix=f"lane-{target}"[:40]
-                )
-            self._busy[target] += 1
-        future = pool.submit(call)
-        future.add_done_callback(lambda _f: self._done(target))
-        return future
-
-    def _done(self, target: str) -> None:
-        with self._lock:
-            self._busy[target] -= 1
-
-
-class Heartbeat:
-    """Renews this worker's leases on the rows it is working on, every third of the lease,
-    in one UPDATE for all of them; so a claim outlives any slow call of a living worker and
-    lapses within one lease of its worker's death."""
-
-    def __init__(self, service: ServiceBase) -> None:
-        self.service = service
-        self.every = max(service.lease.total_seconds() / 3, 0.05)
-        self._lock = threading.Lock()
-        self._held: dict[int, int] = defaultdict(int)  # request -> holders in this process
-        self._thread: threading.Thread | None = None
-
-    def hold(self, request_ids: Iterable[int]) -> None:
-        with self._lock:
-            for rid in request_ids:
-                self._held[rid] += 1
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="lease-heartbeat")
-                self._thread.daemon = True
-                self._thread.start()
-
-    def release(self, request_ids: Iterable[int]) -> None:
-        with self._lock:
-            for rid in request_ids:
-                self._held[rid] -= 1
-                if self._held[rid] <= 0:
-                    del self._held[rid]
-
-    def held(self) -> list[int]:
-        with self._lock:
-            return sorted(self._held)
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(self.every)
-            ids = self.held()
-            if ids:
-                self.renew(ids)
-
-    def renew(self, ids: list[int]) -> int:
-        """Push the claims this worker still holds on these rows one lease further."""
-        svc = self.service
-        try:
-            with svc.db.transaction() as session:
-                result = session.execute(
-                    update(AccessRequest)
-                    .where(
-                        AccessRequest.id.in_(ids),
-                        AccessRequest.claimed_by == svc.worker,
-                        AccessRequest.state.in_([S.GRANTING.value, S.REVOKING.value]),
-                    )
-                    .values(claimed_until=svc.clock.now() + svc.lease)
-                    .execution_options(synchronize_session=False)
-                )
-        except Exception as exc:
-            if not is_database_error(exc):
-                log.exception("event=lease_renewal_failed")
-            else:
-                svc.db.outage.failed("lease_renewal", exc)
-            return 0
-        svc.db.outage.answered()
-        return int(result.rowcount)  # type: ignore[attr-defined]

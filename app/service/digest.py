@@ -19,9 +19,9 @@ from sqlalchemy.exc import IntegrityError
 
 from app import audit
 from app.audit.chain import hashed_time
+from app.lifecycle.transitions import announce
 from app.policy.model import BREAK_GLASS_PATH
 from app.service.base import S, ServiceBase
-from app.service.transitions import announce
 from app.service.views import RequestView
 from app.store.models import AccessRequest, AuditEvent, Review, ReviewState, SweepRun
 

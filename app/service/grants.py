@@ -16,11 +16,18 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from app.adapters.base import AdapterError
+from app.lifecycle import transitions
+from app.lifecycle.errors import (
+    AlreadyDecided,
+    InvalidRequest,
+    NotAllowed,
+    NotEligible,
+)
+from app.lifecycle.transitions import StaleState
 from app.policy import rules
 from app.policy.durations import LONGEST, format_duration
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person, person_key
-from app.service import transitions
 from app.service.base import (
     MAX_NOTE_CHARS,
     REVOKE_RETRY_FIRST,
@@ -33,13 +40,6 @@ from app.service.base import (
     describe_error,
     log,
 )
-from app.service.errors import (
-    AlreadyDecided,
-    InvalidRequest,
-    NotAllowed,
-    NotEligible,
-)
-from app.service.transitions import StaleState
 from app.service.views import RequestView
 from app.store.db import is_database_error
 from app.store.models import (

@@ -14,15 +14,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import audit
+from app.lifecycle.errors import AlreadyDecided, NotAllowed, NotEligible, NotFound
+from app.lifecycle.transitions import announce
 from app.policy import rules
 from app.policy.model import Identity
 from app.policy.people import Person, person_key
 from app.service.base import RETIRED as RETIRED
 from app.service.base import STILL_NEEDED as STILL_NEEDED
 from app.service.base import S
-from app.service.errors import AlreadyDecided, NotAllowed, NotEligible, NotFound
 from app.service.grants import GrantCases
-from app.service.transitions import announce
 from app.store.models import AccessRequest, Attestation, OrphanFlag
 
 

@@ -8,10 +8,16 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from app.lifecycle import transitions
+from app.lifecycle.errors import (
+    AlreadyDecided,
+    NotAllowed,
+    SelfApproval,
+)
+from app.lifecycle.transitions import StaleState
 from app.policy import rules
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person, person_key
-from app.service import transitions
 from app.service.base import (
     MAX_NOTE_CHARS,
     STATE_WORDS,
@@ -20,13 +26,7 @@ from app.service.base import (
     clean_text,
     within_cap,
 )
-from app.service.errors import (
-    AlreadyDecided,
-    NotAllowed,
-    SelfApproval,
-)
 from app.service.identities import IdentityCases
-from app.service.transitions import StaleState
 from app.service.views import REPLACED_BY_BREAK_GLASS, WITHDRAWN, RequestView
 from app.store.models import (
     AccessRequest,

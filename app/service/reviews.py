@@ -11,19 +11,19 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from app.policy import rules
-from app.policy.model import BREAK_GLASS_PATH, AccessPath
-from app.policy.people import Person, person_key
-from app.service import transitions
-from app.service.base import ServiceBase, clean_note
-from app.service.errors import (
+from app.lifecycle import transitions
+from app.lifecycle.errors import (
     AlreadyDecided,
     NotAllowed,
     NotFound,
     SelfApproval,
 )
+from app.lifecycle.transitions import StaleState
+from app.policy import rules
+from app.policy.model import BREAK_GLASS_PATH, AccessPath
+from app.policy.people import Person, person_key
+from app.service.base import ServiceBase, clean_note
 from app.service.requests import replaced_in
-from app.service.transitions import StaleState
 from app.service.views import RequestView
 from app.store.models import (
     FINAL_STATES,

@@ -22,11 +22,11 @@ from sqlalchemy.orm import Session
 from app import audit
 from app.adapters.base import AdapterError
 from app.audit.export import _no_formula
+from app.lifecycle.errors import NotAllowed
+from app.lifecycle.transitions import announce
 from app.policy import rules
 from app.policy.people import Person
 from app.service.base import ServiceBase, describe_error, log
-from app.service.errors import NotAllowed
-from app.service.transitions import announce
 from app.store.models import HOLDING_STATES, AccessRequest, StandingAccess, SweepRun
 
 STANDING_JOB = "standing"

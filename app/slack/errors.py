@@ -1,6 +1,6 @@
 """The one place that turns service refusals into what the user sees.
 
-A refusal is a ServiceError (app/service/errors.py): its `message` is written for the person who
+A refusal is a ServiceError (app/lifecycle/errors.py): its `message` is written for the person who
 acted, its `field` names the input it concerns. Listeners raise it and never format it:
 
 - before the ack (a form's submission is decided there), Bolt hands it to the one `@app.error`

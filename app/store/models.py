@@ -1,4 +1,4 @@
-"""Tables. Requests and reviews change only through `app.service.transitions`."""
+"""Tables. Requests and reviews change only through `app.lifecycle.transitions`."""
 
 from __future__ import annotations
 
