@@ -7,11 +7,9 @@ import json
 import logging
 import os
 import random
-import re
 import secrets
 import socket
 import time
-import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,8 +33,8 @@ from app.lifecycle.errors import (
 )
 from app.lifecycle.leases import Heartbeat, TargetLanes
 from app.lifecycle.transitions import StaleState
+from app.lifecycle.validation import refuse_control_characters
 from app.policy import rules
-from app.policy.durations import format_duration
 from app.policy.model import BREAK_GLASS_PATH, Policy
 from app.policy.people import Person, person_key, same_person
 from app.service.views import RequestView
@@ -60,14 +58,10 @@ S = RequestState
 T = TypeVar("T")
 T_row = TypeVar("T_row", bound=tuple[Any, ...])
 
-MIN_REASON_WORDS = 3
 DEFAULT_PENDING_TIMEOUT = timedelta(hours=24)
-MAX_REASON_CHARS = 2000
-MAX_NOTE_CHARS = 1000
 # Outcomes of a service account's attestation round.
 STILL_NEEDED = "still_needed"
 RETIRED = "retired"
-WORD = re.compile(r"\w{2,}")
 _STALE_RETRIES = 8
 RETRY_BASE_SECONDS = 0.25  # first wait up to 0.5 s, then 1 s, 2 s… (full jitter)
 RETRY_CAP_SECONDS = 8.0
@@ -687,72 +681,3 @@ class StillPresent(Exception):
 
 def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:1000]
-
-
-def refuse_control_characters(text: str, what: str, field: str | None = None) -> None:
-    """PostgreSQL cannot store NUL, and other control characters garble logs and cards:
-    refuse them the same way on every database."""
-    if any(unicodedata.category(c) == "Cc" and not c.isspace() for c in text):
-        raise InvalidRequest(f"Remove the control character from the {what}.", field=field)
-
-
-def clean_text(
-    text: str,
-    *,
-    what: str,
-    min_words: int,
-    max_chars: int,
-    too_short: str,
-    field: str | None = None,
-) -> str:
-    """The one check of every reason and note a person types (request and break-glass
-    reasons, deny reasons, review and revoke notes): whitespace collapsed, control characters
-    refused, at least `min_words` words (0: not empty) and at most `max_chars` characters."""
-    refuse_control_characters(text, what, field)
-    cleaned = " ".join(text.split())
-    if not cleaned or len(WORD.findall(cleaned)) < min_words:
-        raise InvalidRequest(too_short, field=field)
-    if len(cleaned) > max_chars:
-        raise InvalidRequest(f"Keep the {what} under {max_chars} characters.", field=field)
-    return cleaned
-
-
-def clean_reason(reason: str) -> str:
-    """Why someone asks for access (a request or break-glass)."""
-    return clean_text(
-        reason,
-        what="reason",
-        min_words=MIN_REASON_WORDS,
-        max_chars=MAX_REASON_CHARS,
-        too_short=f"Give a reason of at least {MIN_REASON_WORDS} words, e.g. "
-        '"fix stuck order set on ward 12".',
-        field="reason",
-    )
-
-
-def clean_note(note: str, too_short: str) -> str:
-    """A note for the record: a review's verdict, or what an admin checked on the target."""
-    return clean_text(
-        note,
-        what="note",
-        min_words=MIN_REASON_WORDS,
-        max_chars=MAX_REASON_CHARS,
-        too_short=too_short,
-        field="note",
-    )
-
-
-def within_cap(duration: timedelta, plan: rules.RequestPlan) -> timedelta:
-    if duration <= timedelta(0):
-        raise InvalidRequest("Ask for at least 1m.", field="duration")
-    if plan.cap <= timedelta(0):
-        raise NotEligible(
-            f"No time is left for {plan.target}:{plan.role} (contract ended).", field="access"
-        )
-    if duration > plan.cap:
-        raise InvalidRequest(
-            f"{format_duration(duration)} is more than the {format_duration(plan.cap)} allowed "
-            f"for {plan.target}:{plan.role}; ask for {format_duration(plan.cap)} or less.",
-            field="duration",
-        )
-    return duration

@@ -24,19 +24,17 @@ from app.lifecycle.errors import (
     NotEligible,
 )
 from app.lifecycle.transitions import StaleState
+from app.lifecycle.validation import MAX_NOTE_CHARS, clean_note, clean_text
 from app.policy import rules
 from app.policy.durations import LONGEST, format_duration
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person, person_key
 from app.service.base import (
-    MAX_NOTE_CHARS,
     REVOKE_RETRY_FIRST,
     REVOKE_RETRY_MAX,
     S,
     ServiceBase,
     StillPresent,
-    clean_note,
-    clean_text,
     describe_error,
     log,
 )

@@ -15,17 +15,11 @@ from app.lifecycle.errors import (
     SelfApproval,
 )
 from app.lifecycle.transitions import StaleState
+from app.lifecycle.validation import MAX_NOTE_CHARS, clean_reason, clean_text, within_cap
 from app.policy import rules
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person, person_key
-from app.service.base import (
-    MAX_NOTE_CHARS,
-    STATE_WORDS,
-    S,
-    clean_reason,
-    clean_text,
-    within_cap,
-)
+from app.service.base import STATE_WORDS, S
 from app.service.identities import IdentityCases
 from app.service.views import REPLACED_BY_BREAK_GLASS, WITHDRAWN, RequestView
 from app.store.models import (

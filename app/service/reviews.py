@@ -19,10 +19,11 @@ from app.lifecycle.errors import (
     SelfApproval,
 )
 from app.lifecycle.transitions import StaleState
+from app.lifecycle.validation import clean_note
 from app.policy import rules
 from app.policy.model import BREAK_GLASS_PATH, AccessPath
 from app.policy.people import Person, person_key
-from app.service.base import ServiceBase, clean_note
+from app.service.base import ServiceBase
 from app.service.requests import replaced_in
 from app.service.views import RequestView
 from app.store.models import (
