@@ -1,0 +1,134 @@
+"""Claims and leases: a worker calling a target holds the request's row (`claimed_by`,
+`claimed_until`) and renews it while the call runs (`Heartbeat`), so a claim outlives any slow
+call of a living worker and lapses within one lease of its death, when another takes the work
+over; and each target's calls run in its own lane (`TargetLanes`), so a hung target holds up
+only its own work."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import timedelta
+from typing import Protocol, TypeVar
+
+from sqlalchemy import update
+
+from app.clock import Clock
+from app.store.db import Database, is_database_error
+from app.store.models import AccessRequest
+from app.store.models import RequestState as S
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Leaseholder(Protocol):
+    """What a heartbeat renews claims for: this worker's name, its lease, the database."""
+
+    db: Database
+    clock: Clock
+    lease: timedelta
+    worker: str
+
+
+class TargetLanes:
+    """Each target's own threads for its calls: a slow or hung target fills only its own lane,
+    never another's. `room` says how many more calls a target's lane takes now."""
+
+    def __init__(self, per_target: int) -> None:
+        self.per_target = per_target
+        self._lock = threading.Lock()
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._busy: dict[str, int] = defaultdict(int)
+
+    def room(self, target: str) -> int:
+        with self._lock:
+            return self.per_target - self._busy[target]
+
+    def full(self, targets: Iterable[str]) -> list[str]:
+        with self._lock:
+            return [t for t in targets if self._busy[t] >= self.per_target]
+
+    def submit(self, target: str, call: Callable[[], T]) -> Future[T]:
+        with self._lock:
+            pool = self._pools.get(target)
+            if pool is None:
+                pool = self._pools[target] = ThreadPoolExecutor(
+                    self.per_target, thread_name_prefix=f"lane-{target}"[:40]
+                )
+            self._busy[target] += 1
+        future = pool.submit(call)
+        future.add_done_callback(lambda _f: self._done(target))
+        return future
+
+    def _done(self, target: str) -> None:
+        with self._lock:
+            self._busy[target] -= 1
+
+
+class Heartbeat:
+    """Renews this worker's leases on the rows it is working on, every third of the lease,
+    in one UPDATE for all of them; so a claim outlives any slow call of a living worker and
+    lapses within one lease of its worker's death."""
+
+    def __init__(self, service: Leaseholder) -> None:
+        self.service = service
+        self.every = max(service.lease.total_seconds() / 3, 0.05)
+        self._lock = threading.Lock()
+        self._held: dict[int, int] = defaultdict(int)  # request -> holders in this process
+        self._thread: threading.Thread | None = None
+
+    def hold(self, request_ids: Iterable[int]) -> None:
+        with self._lock:
+            for rid in request_ids:
+                self._held[rid] += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="lease-heartbeat")
+                self._thread.daemon = True
+                self._thread.start()
+
+    def release(self, request_ids: Iterable[int]) -> None:
+        with self._lock:
+            for rid in request_ids:
+                self._held[rid] -= 1
+                if self._held[rid] <= 0:
+                    del self._held[rid]
+
+    def held(self) -> list[int]:
+        with self._lock:
+            return sorted(self._held)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.every)
+            ids = self.held()
+            if ids:
+                self.renew(ids)
+
+    def renew(self, ids: list[int]) -> int:
+        """Push the claims this worker still holds on these rows one lease further."""
+        svc = self.service
+        try:
+            with svc.db.transaction() as session:
+                result = session.execute(
+                    update(AccessRequest)
+                    .where(
+                        AccessRequest.id.in_(ids),
+                        AccessRequest.claimed_by == svc.worker,
+                        AccessRequest.state.in_([S.GRANTING.value, S.REVOKING.value]),
+                    )
+                    .values(claimed_until=svc.clock.now() + svc.lease)
+                    .execution_options(synchronize_session=False)
+                )
+        except Exception as exc:
+            if not is_database_error(exc):
+                log.exception("event=lease_renewal_failed")
+            else:
+                svc.db.outage.failed("lease_renewal", exc)
+            return 0
+        svc.db.outage.answered()
+        return int(result.rowcount)  # type: ignore[attr-defined]
