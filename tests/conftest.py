@@ -76,6 +76,17 @@ def fresh_postgres_schema(schema: str) -> Database:
     admin = sa.create_engine(sa.engine.make_url(POSTGRES_URL).set(drivername="postgresql+psycopg"))
     try:
         with admin.begin() as conn:
+            # A process an earlier test killed or cut off may have left its session idle in a
+            # transaction, holding locks in the schema: end it, or the DROP waits for it.
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(l.pid) FROM pg_locks l "
+                    "JOIN pg_class c ON c.oid = l.relation "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = :schema AND l.pid <> pg_backend_pid()"
+                ),
+                {"schema": schema},
+            )
             conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
             conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
     except sa.exc.OperationalError as exc:

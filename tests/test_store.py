@@ -73,3 +73,14 @@ def test_plain_postgresql_urls_use_psycopg_3() -> None:
     assert normalise_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
     assert normalise_url("postgres://u@h/db").drivername == "postgresql+psycopg"
     assert normalise_url("sqlite:///x.db").drivername == "sqlite"
+
+
+@pytest.mark.postgres
+def test_a_session_left_idle_in_a_transaction_is_ended_by_the_server(
+    postgres_database: Database,
+) -> None:
+    """A client that dies or is cut off mid-transaction must not hold its locks for the hours
+    TCP takes to notice: WardKey's connections ask the server to end such a session."""
+    with postgres_database.engine.connect() as conn:
+        shown = conn.execute(sa.text("SHOW idle_in_transaction_session_timeout")).scalar()
+    assert shown == "5min"

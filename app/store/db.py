@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 # connecting gives up after this long, and the server ends any statement that runs longer.
 CONNECT_TIMEOUT_SECONDS = 5
 STATEMENT_TIMEOUT_SECONDS = 30
+# A client that died or was cut off mid-transaction leaves its server session holding locks until
+# TCP notices (hours, by default): the server ends such a session after this long idle.
+IDLE_IN_TRANSACTION_SECONDS = 300
 # How long a thread waits for a pooled connection before it is told the database is busy.
 POOL_TIMEOUT_SECONDS = 10
 
@@ -35,13 +38,17 @@ def normalise_url(url: str | URL) -> URL:
 def bounded(url: str | URL, connect_seconds: float, statement_seconds: float) -> URL:
     """The same PostgreSQL database on connections that give up when the server does not
     answer: the connect within `connect_seconds`, each statement within `statement_seconds`
-    (0: no limit), and TCP keepalives so a silently dropped connection is noticed. Values the
-    URL sets itself are kept."""
+    (0: no limit), a server-side end to a session left idle in a transaction (a client that
+    died mid-transaction holds no locks for long), and TCP keepalives so a silently dropped
+    connection is noticed. Values the URL sets itself are kept."""
     parsed = normalise_url(url)
     query = dict(parsed.query)
     options = str(query.get("options", ""))
     if statement_seconds and "statement_timeout" not in options:
         options = f"{options} -c statement_timeout={int(statement_seconds * 1000)}".strip()
+    if "idle_in_transaction_session_timeout" not in options:
+        idle = int(IDLE_IN_TRANSACTION_SECONDS * 1000)
+        options = f"{options} -c idle_in_transaction_session_timeout={idle}".strip()
     extra = {
         "connect_timeout": str(max(1, round(connect_seconds))),
         "keepalives": "1",
