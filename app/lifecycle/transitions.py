@@ -82,22 +82,7 @@ def notice(
 ) -> None:
     """Record in the outbox, in the caller's transaction, that `action` happened to the request
     (one lane per request, so its messages go out in the order things happened)."""
-    session.add(
-        OutboxItem(
-            lane=f"request:{request_id}",
-            kind="notice",
-            action=action,
-            request_id=request_id,
-            version=version,
-            body=json.dumps(dict(facts), default=str),
-            state=OutboxState.NEW.value,
-            created_at=at,
-            due_at=at,
-            attempts=0,
-            uncertain=False,
-            step=0,
-        )
-    )
+    session.add(_notice_row(f"request:{request_id}", action, facts, at, request_id, version))
 
 
 def announce(
@@ -106,21 +91,30 @@ def announce(
     """Record in the outbox, in the caller's transaction, something that happened to no one
     request (a digest sent, standing access found, an owner asked to attest), so the message
     about it cannot be lost between the change's commit and its sending."""
-    session.add(
-        OutboxItem(
-            lane=lane,
-            kind="notice",
-            action=action,
-            request_id=None,
-            version=0,
-            body=json.dumps(dict(facts), default=str),
-            state=OutboxState.NEW.value,
-            created_at=at,
-            due_at=at,
-            attempts=0,
-            uncertain=False,
-            step=0,
-        )
+    session.add(_notice_row(lane, action, facts, at, None, 0))
+
+
+def _notice_row(
+    lane: str,
+    action: str,
+    facts: Mapping[str, Any],
+    at: datetime,
+    request_id: int | None,
+    version: int,
+) -> OutboxItem:
+    return OutboxItem(
+        lane=lane,
+        kind="notice",
+        action=action,
+        request_id=request_id,
+        version=version,
+        body=json.dumps(dict(facts), default=str),
+        state=OutboxState.NEW.value,
+        created_at=at,
+        due_at=at,
+        attempts=0,
+        uncertain=False,
+        step=0,
     )
 
 
