@@ -13,8 +13,12 @@ import pytest
 import sqlalchemy as sa
 
 from app.clock import ManualClock
+from app.demo.slack_fake import FakeSlack
+from app.directory import SlackDirectory
+from app.notify.notifier import Notifier
 from app.policy import Person, Policy, load_policy
 from app.service import AccessService
+from app.slack.app import web_client
 from app.store import AuditEvent, Database, upgrade
 from tests.fakes.memory_adapter import MemoryTarget
 
@@ -167,3 +171,22 @@ def audit_actions(service: AccessService, request_id: int | None = None) -> list
         query = query.where(AuditEvent.request_id == request_id)
     with service.db.read() as session:
         return list(session.scalars(query))
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSlack]:
+    """The local fake of the Slack Web API, knowing the ward's people."""
+    from tests.slack_harness import WARD_USERS  # (it imports this module)
+
+    slack = FakeSlack().start()
+    for user in WARD_USERS:
+        slack.add_user(user)
+    yield slack
+    slack.stop()
+
+
+@pytest.fixture
+def notifier(service: AccessService, fake: FakeSlack) -> Notifier:
+    """What a process tells Slack with: its notifier (and outbox) on the fake."""
+    client = web_client(fake.token, fake.api_url)
+    return Notifier(client, service, SlackDirectory(client))

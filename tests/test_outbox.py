@@ -9,7 +9,6 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,38 +19,20 @@ import sqlalchemy.orm
 from app import audit
 from app.clock import ManualClock
 from app.demo.slack_fake import FakeSlack, SlackUser
-from app.directory import SlackDirectory
 from app.metrics import metrics_text
 from app.notify.notifier import Notifier
 from app.notify.outbox import Outbox
 from app.scheduler import Sweeps
 from app.service import AccessService
-from app.slack.app import web_client
 from app.store import Database
 from app.store.models import OutboxItem
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN, CHLOE
 from tests.fakes.big_trust import APPROVER, staff
 from tests.fakes.memory_adapter import MemoryTarget
-from tests.slack_harness import WARD_USERS
 from tests.test_reliability import SLACK_OUTAGE_SECONDS, Ward, ended_at, wait_until_ended
 
 REASON = "month-end stock reconciliation for the ward"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeSlack]:
-    slack = FakeSlack().start()
-    for user in WARD_USERS:
-        slack.add_user(user)
-    yield slack
-    slack.stop()
-
-
-@pytest.fixture
-def notifier(service: AccessService, fake: FakeSlack) -> Notifier:
-    client = web_client(fake.token, fake.api_url)
-    return Notifier(client, service, SlackDirectory(client))
 
 
 def sweeps(service: AccessService, notifier: Notifier) -> Sweeps:

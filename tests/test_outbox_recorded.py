@@ -6,7 +6,6 @@ it works, and sends different lanes' messages at once."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -27,20 +26,6 @@ from tests.test_digest import at_eight
 from tests.test_outbox import REASON, waiting
 
 READ = "pharmacy_read"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeSlack]:
-    slack = FakeSlack().start()
-    for user in WARD_USERS:
-        slack.add_user(user)
-    yield slack
-    slack.stop()
-
-
-@pytest.fixture
-def notifier(service: AccessService, fake: FakeSlack) -> Notifier:
-    return another_process(service, fake)
 
 
 def notices(service: AccessService) -> list[tuple[str, str]]:
