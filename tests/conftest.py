@@ -26,8 +26,12 @@ HERE = Path(__file__).parent
 POSTGRES_URL = os.environ.get(
     "WARDKEY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-# Its own schema per run where runs share a server (WARDKEY_TEST_SCHEMA=wardkey_test_mine).
-TEST_SCHEMA = os.environ.get("WARDKEY_TEST_SCHEMA", "wardkey_test")
+# Every run has schemas of its own (named after its process), so two runs on one server never
+# drop each other's tables; modules that make more schemas build their names from this variable.
+# WARDKEY_TEST_SCHEMA names them yourself.
+RUN_SCHEMA_PREFIX = "wardkey_run"
+os.environ.setdefault("WARDKEY_TEST_SCHEMA", f"{RUN_SCHEMA_PREFIX}{os.getpid()}")
+TEST_SCHEMA = os.environ["WARDKEY_TEST_SCHEMA"]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # The people of the test trust (tests/data/ward_policy.yaml).
@@ -190,3 +194,36 @@ def notifier(service: AccessService, fake: FakeSlack) -> Notifier:
     """What a process tells Slack with: its notifier (and outbox) on the fake."""
     client = web_client(fake.token, fake.api_url)
     return Notifier(client, service, SlackDirectory(client))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Drop this run's schemas, and those of earlier runs whose process is gone."""
+    if not TEST_SCHEMA.startswith(RUN_SCHEMA_PREFIX):
+        return  # named by the person running the tests: theirs to keep
+    admin = sa.create_engine(sa.engine.make_url(POSTGRES_URL).set(drivername="postgresql+psycopg"))
+    try:
+        with admin.begin() as conn:
+            names = conn.execute(
+                sa.text("SELECT nspname FROM pg_namespace WHERE nspname LIKE :prefix"),
+                {"prefix": RUN_SCHEMA_PREFIX + "%"},
+            ).scalars()
+            for name in list(names):
+                if name.startswith(TEST_SCHEMA) or not _process_alive(name):
+                    conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+    except sa.exc.OperationalError:
+        pass  # no server: nothing was made
+    finally:
+        admin.dispose()
+
+
+def _process_alive(schema: str) -> bool:
+    digits = schema.removeprefix(RUN_SCHEMA_PREFIX).split("_")[0]
+    if not digits.isdigit():
+        return True
+    try:
+        os.kill(int(digits), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
