@@ -83,6 +83,28 @@ class TestCapsOnExtensions:
         with pytest.raises(InvalidRequest, match="limit for pharmacy-db:owner is 2h"):
             service.extend(req.id, DEV, timedelta(hours=2))
 
+    def test_a_service_accounts_1h_cap_holds_for_its_extensions(
+        self, service: AccessService
+    ) -> None:
+        # svc-lab may be elevated for 1h; the owner role it is elevated to allows 2h and the
+        # engineering path 6h in all: the service account's own cap is the one that counts.
+        req = service.request(
+            DEV,
+            "pharmacy-db",
+            "owner",
+            timedelta(minutes=45),
+            WHY,
+            "CHG0012345",
+            identity="svc-lab",
+        )
+        service.approve(req.id, ERIN)
+        assert service.approve(req.id, FARID).state == S.ACTIVE
+        with pytest.raises(InvalidRequest, match="limit for pharmacy-db:owner is 1h"):
+            service.extend(req.id, DEV, timedelta(minutes=30))
+        assert service.get(req.id).extension is None
+        # Up to the 1h is allowed (the engineering path asks its approvers again).
+        assert service.extend(req.id, DEV, timedelta(minutes=15)).extension == timedelta(minutes=15)
+
     def test_a_vendors_extension_never_runs_past_the_contract(
         self, service: AccessService, clock: ManualClock
     ) -> None:
