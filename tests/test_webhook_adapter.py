@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -196,6 +197,39 @@ class TestCapturedRequests:
         answer = httpx.post(f"{epr.url}/grant", content=body, headers=sent.headers(sign(KEY, sent)))
         assert answer.status_code == 400
         assert not epr.members["X"]
+
+
+class TestBodiesAStrangerSends:
+    """Anyone who can reach the receiver can send it a body; it must cost little to refuse."""
+
+    @staticmethod
+    def raw_post(epr: WebhookTarget, length: str, body: bytes) -> bytes:
+        """POST with this Content-Length as written, the body, then end the sending side; the
+        whole answer."""
+        url = httpx.URL(epr.url)
+        with socket.create_connection((url.host, url.port or 80)) as conn:
+            head = f"POST {url.path}/grant HTTP/1.1\r\nHost: {url.host}\r\n"
+            conn.sendall(f"{head}Content-Length: {length}\r\n\r\n".encode() + body)
+            conn.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+        return answer
+
+    @pytest.mark.parametrize("length", ["-1", "+5", "abc", "1e3"])
+    def test_a_length_that_is_not_a_count_of_bytes_is_refused_unread(
+        self, epr: WebhookTarget, length: str
+    ) -> None:
+        # "-1" read to the end of the connection: 200 MiB sent that way took 200 MB.
+        answer = self.raw_post(epr, length, b'{"operation":"grant"}')
+        assert answer.startswith(b"HTTP/1.0 400 ") or answer.startswith(b"HTTP/1.1 400 ")
+        assert b"bad Content-Length" in answer
+        assert epr.refused == 0  # never got as far as reading and checking the body
+
+    def test_a_body_over_the_limit_is_refused_from_its_length(self, epr: WebhookTarget) -> None:
+        answer = self.raw_post(epr, str(10 * 1024 * 1024), b"x" * 10)
+        assert b" 413 " in answer.split(b"\r\n", 1)[0]
+        assert epr.refused == 0
 
 
 class TestIdempotency:

@@ -74,8 +74,16 @@ class WebhookTarget(LoopbackServer):
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
+                # Only a plain count of bytes: "-1" would read to the end of the connection,
+                # however much a stranger sends, and a word would be a traceback.
+                declared = self.headers.get("Content-Length") or ""
+                if not (declared.isascii() and declared.isdigit()):
+                    self.close_connection = True  # what follows is not a body we can skip
+                    self._answer(411 if not declared else 400, {"error": "bad Content-Length"})
+                    return
+                length = int(declared)
                 if length > MAX_BODY_BYTES:  # refused before reading: no memory for strangers
+                    self.close_connection = True
                     self._answer(413, {"error": "body too large"})
                     return
                 body = self.rfile.read(length)
