@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
+from app.policy.model import PagerDutySource, RosterSource, Target
 
 ROOT = Path(__file__).parent.parent
 README = ROOT / "README.md"
@@ -144,3 +145,40 @@ def test_the_readme_sections_the_code_points_to_exist() -> None:
     }
     pointed = re.findall(r'README\.md[\s"]*“([^”]+)”', (ROOT / "app/demo/run.py").read_text())
     assert pointed and set(pointed) <= headings, pointed
+
+
+def test_the_readme_security_section_lists_each_setting_with_its_real_default() -> None:
+    """The settings that loosen what WardKey refuses are in the README with their defaults, and
+    the defaults it states are the code's."""
+    readme = README.read_text(encoding="utf-8")
+    assert "\n## Security\n" in readme, "README.md has no Security section"
+    section = readme.split("\n## Security\n", 1)[1].split("\n## ", 1)[0]
+    rows = {
+        row.split("|")[1].strip(): row.split("|")[2].strip()
+        for row in section.splitlines()
+        if row.startswith("| `")
+    }
+    assert set(rows) == {
+        "`SLACK_TEAM_IDS`, `SLACK_ENTERPRISE_ID`",
+        "`WARDKEY_METRICS_TOKEN`",
+        "`insecure: true` on a target or rota source",
+        "`WARDKEY_MAX_BODY_BYTES`",
+        "`WARDKEY_CHECKPOINT_KEY`, `WARDKEY_CHECKPOINT_DIR`",
+    }
+    fields = Settings.model_fields
+    # Empty or unset where the README says so, and the stated sizes and intervals are the code's.
+    assert fields["slack_team_ids"].default == "" and fields["slack_enterprise_id"].default is None
+    assert rows["`SLACK_TEAM_IDS`, `SLACK_ENTERPRISE_ID`"].startswith("empty: only the bot")
+    assert fields["wardkey_metrics_token"].default is None
+    assert rows["`WARDKEY_METRICS_TOKEN`"].startswith("unset: `/metrics` is off (403)")
+    assert fields["wardkey_metrics_public"].default is False
+    assert "`WARDKEY_METRICS_PUBLIC=true` (default `false`)" in section
+    mib = int(rows["`WARDKEY_MAX_BODY_BYTES`"].split(" MiB", 1)[0])
+    assert fields["wardkey_max_body_bytes"].default == mib * 1024 * 1024
+    assert fields["wardkey_checkpoint_key"].default is None
+    assert f"`WARDKEY_CHECKPOINT_SECONDS` ({fields['wardkey_checkpoint_seconds'].default:g})" in (
+        section
+    )
+    assert rows["`insecure: true` on a target or rota source"].startswith("`false`")
+    for flagged in (Target, RosterSource, PagerDutySource):
+        assert flagged.model_fields["insecure"].default is False
