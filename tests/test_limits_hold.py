@@ -389,3 +389,31 @@ class TestNotesWithControlCharacters:
         assert service.get(used.id).state == S.ACTIVE
         with pytest.raises(InvalidRequest, match="Remove the control character from the ticket"):
             service.request(AMIRA, "directory", "helpdesk", timedelta(hours=1), WHY, "INC\x00")
+
+    def test_through_slack_a_nul_gets_a_plain_answer_never_a_server_error(
+        self, service: AccessService
+    ) -> None:
+        """The issue's case end to end: a NUL typed into a command and into the deny dialog,
+        through signed requests to the running app, on SQLite and PostgreSQL alike."""
+        from app.messages.blocks import DENY_ACTION
+        from app.messages.views import DENY_BLOCK, DENY_INPUT, DENY_VIEW
+        from tests.slack_harness import run_app
+        from tests.test_slack_app import ask
+
+        for slack in run_app(service):
+            asked = slack.command(
+                "/jit", "request pharmacy-db:read 30m fix\x00 the ward", "U0AMIRA"
+            )
+            assert asked.status_code == 200
+            assert "Remove the control character from the reason" in slack.replies(1)[-1]
+            rid = ask(slack)
+            slack.click(DENY_ACTION, str(rid), "U0BEN")
+            meta = slack.fake.wait_for("views.open", 1)[0].args["view"]["private_metadata"]
+            values = {DENY_BLOCK: {DENY_INPUT: {"value": "not\x00 now"}}}
+            denied = slack.submit_view(DENY_VIEW, values, "U0BEN", meta)
+            assert denied.status_code == 200
+            answer = denied.json()
+            assert answer["response_action"] == "errors"
+            assert "Remove the control character" in json.dumps(answer["errors"])
+            slack.settle()
+            assert service.get(rid).state == S.PENDING
