@@ -10,12 +10,15 @@ above it).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from app.adapters.registry import connection_problems, settings_problems
+from app.groups import with_directory_groups
 from app.oncall import with_sources
-from app.policy import Policy, PolicyIssue
+from app.policy import Policy, PolicyError, PolicyIssue
 from app.policy import load_policy as load_manifest
 from app.policy import parse_policy as parse_manifest
 from app.policy.checks import Location
@@ -31,16 +34,58 @@ def target_problems(target: Target) -> Iterator[tuple[Location, str]]:
             yield problem.loc, problem.error
 
 
+@dataclass(frozen=True)
+class _GroupConnection:
+    """A directory group's own connection, read by the registry as a target of its kind."""
+
+    kind: str
+    settings: Mapping[str, Any]
+    secrets: Mapping[str, str]
+    insecure: bool
+    roles: Mapping[str, Any]
+
+
+def _own_connections(policy: Policy) -> Iterator[tuple[Location, _GroupConnection]]:
+    for name, group in policy.directory_groups().items():
+        source = group.source
+        if source.target is None and source.settings:
+            spec = _GroupConnection(
+                group.kind, source.settings, source.secrets, source.insecure, {}
+            )
+            yield ("groups", name, group.kind), spec
+
+
+def group_problems(policy: Policy) -> list[PolicyIssue]:
+    """What a directory group's own connection settings get wrong, as for a target: their
+    shape, a credential in them, and a plaintext or unverified connection unless the group
+    says `insecure: true`."""
+    found: list[PolicyIssue] = []
+    for loc, spec in _own_connections(policy):
+        for where, message in settings_problems(spec):
+            found.append(PolicyIssue((*loc, "settings", *where), message))
+        for problem in connection_problems(spec):
+            if not (problem.excusable and spec.insecure):
+                found.append(PolicyIssue((*loc, *problem.loc), problem.error))
+    return found
+
+
+def _checked(policy: Policy, source: str) -> Policy:
+    problems = group_problems(policy)
+    if problems:
+        raise PolicyError(source, problems)
+    return with_directory_groups(with_sources(policy))
+
+
 def load_policy(path: str | Path) -> Policy:
-    """`app.policy.load_policy`, with each target checked by its adapter too, and the rotas
-    that name a source read from it (app.oncall)."""
-    return with_sources(load_manifest(path, target_checks=[target_problems]))
+    """`app.policy.load_policy`, with each target checked by its adapter too, the rotas
+    that name a source read from it (app.oncall) and the groups from the directory (app.groups)."""
+    return _checked(load_manifest(path, target_checks=[target_problems]), str(path))
 
 
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
     """`app.policy.parse_policy`, with each target checked by its adapter too, and the rotas
     that name a source read from it (app.oncall)."""
-    return with_sources(parse_manifest(text, source, target_checks=[target_problems]))
+    return _checked(parse_manifest(text, source, target_checks=[target_problems]), source)
 
 
 def policy_warnings(policy: Policy) -> list[PolicyIssue]:
@@ -56,6 +101,12 @@ def policy_warnings(policy: Policy) -> list[PolicyIssue]:
             found.append(
                 PolicyIssue(("targets", name, "insecure"), "nothing here needs it; remove it")
             )
+    for loc, spec in _own_connections(policy):
+        if spec.insecure:
+            excused = [p for p in connection_problems(spec) if p.excusable]
+            found += [PolicyIssue((*loc, *p.loc), p.warning) for p in excused]
+            if not excused:
+                found.append(PolicyIssue((*loc, "insecure"), "nothing here needs it; remove it"))
     for name, rota in policy.oncall.items():
         if rota.source is None:
             continue

@@ -32,7 +32,7 @@ CONFIG = """
 include /etc/ldap/schema/core.schema
 include /etc/ldap/schema/cosine.schema
 include /etc/ldap/schema/inetorgperson.schema
-modulepath /usr/lib/ldap
+{extra_schemas}modulepath /usr/lib/ldap
 moduleload back_mdb
 pidfile {work}/slapd.pid
 database mdb
@@ -97,7 +97,11 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running(work: Path, tls: TlsFiles | None = None) -> Iterator[Slapd]:
+def running(
+    work: Path, tls: TlsFiles | None = None, schemas: tuple[Path, ...] = ()
+) -> Iterator[Slapd]:
+    """`schemas`: more schema files to include (tests/data/directory-accounts.schema gives
+    people Active Directory's userAccountControl and 389 DS's nsAccountLock)."""
     (work / "data").mkdir(parents=True)
     config = work / "slapd.conf"
     tls_config = TLS_CONFIG.format(ca=tls.ca, cert=tls.cert, key=tls.key) if tls else ""
@@ -109,6 +113,7 @@ def running(work: Path, tls: TlsFiles | None = None) -> Iterator[Slapd]:
             root_dn=ROOT_DN,
             root_password=ROOT_PASSWORD,
             wardkey_dn=WARDKEY_DN,
+            extra_schemas="".join(f"include {schema}\n" for schema in schemas),
         )
     )
     url = f"ldap://127.0.0.1:{_free_port()}"

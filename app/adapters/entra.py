@@ -31,6 +31,14 @@ _THROTTLED = (429, 503, 504)
 _TOKEN_MARGIN_SECONDS = 120  # renew this long before the token's stated expiry
 
 
+class Throttled(TransientAdapterError):
+    """Graph kept throttling (429/503/504); `retry_after`: the seconds it last asked for."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class EntraSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -116,8 +124,9 @@ class EntraAdapter:
             ):
                 break
             self._sleep(wait)
-        raise TransientAdapterError(
-            f"{operation}: Graph is throttling or unavailable (HTTP {answer.status_code})"
+        raise Throttled(
+            f"{operation}: Graph is throttling or unavailable (HTTP {answer.status_code})",
+            wait,
         )
 
     def _api(self, operation: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -214,6 +223,39 @@ class EntraAdapter:
             link = page.get("@odata.nextLink")
             path = link.removeprefix(self.graph) if link else None
         return members
+
+    def group_people(self, group: str, select: list[str]) -> list[dict[str, Any]]:
+        """The users in the group, nested groups included (transitiveMembers cast to users),
+        with the properties in `select`, following every @odata.nextLink page. Throttling is
+        waited out for its Retry-After up to `max_retry_after_seconds`, then an error."""
+        group = self._group(group)
+        fields = ",".join(["id", *select])
+        path: str | None = (
+            f"/groups/{group}/transitiveMembers/microsoft.graph.user?$select={fields}&$top=999"
+        )
+        people: list[dict[str, Any]] = []
+        while path is not None:
+            answer = self._api("read group", "GET", path)
+            if answer.status_code == 404:
+                raise PermanentAdapterError(f"read group: there is no group {group}")
+            if answer.status_code != 200:
+                raise PermanentAdapterError(f"read group: {_graph_error(answer)}")
+            try:
+                page = answer.json()
+                people += [dict(p) for p in page["value"]]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise PermanentAdapterError(
+                    f"read group: unexpected answer ({type(exc).__name__})"
+                ) from None
+            link = page.get("@odata.nextLink")
+            path = _next_path(str(link), self.graph) if link else None
+        return people
+
+
+def _next_path(link: str, graph: str) -> str:
+    if not link.startswith(graph + "/"):
+        raise PermanentAdapterError("Graph's @odata.nextLink points outside the Graph URL")
+    return link.removeprefix(graph)
 
 
 def urlroot(url: str) -> str:

@@ -13,10 +13,20 @@ import contextlib
 import math
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, TypeVar
 
-from ldap3 import BASE, MODIFY_ADD, MODIFY_DELETE, SUBTREE, Connection, Server, Tls
+from ldap3 import (
+    ALL_ATTRIBUTES,
+    BASE,
+    MODIFY_ADD,
+    MODIFY_DELETE,
+    SUBTREE,
+    Connection,
+    Server,
+    Tls,
+)
 from ldap3.core import exceptions as ldap_errors
 from ldap3.utils.conv import escape_filter_chars
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -238,6 +248,74 @@ class LdapAdapter:
             return accounts
 
         return self._run("list members", work)
+
+    # ------------------------------------------------------------- groups of people
+
+    def group_people(self, group: str, *, nested: bool = True) -> list[DirectoryEntry]:
+        """The people in `group` (by its `member` attribute), with every attribute of theirs
+        (user and operational, so a lock attribute is seen); member groups are followed when
+        `nested` (each once, so a loop of groups ends). A member DN that names no entry is
+        skipped (a dangling reference); a group that does not exist is an error."""
+
+        def work(conn: Connection) -> list[DirectoryEntry]:
+            people: dict[str, DirectoryEntry] = {}
+            seen: set[str] = set()
+            waiting = [group]
+            while waiting:
+                dn = waiting.pop()
+                if dn.lower() in seen:
+                    continue
+                seen.add(dn.lower())
+                if len(seen) + len(people) > _MAX_GROUP_ENTRIES:
+                    raise PermanentAdapterError(
+                        f"{group} has more than {_MAX_GROUP_ENTRIES} entries; refusing to read it"
+                    )
+                entry = self._entry(conn, dn, required=dn == group)
+                if entry is None:
+                    continue
+                classes = {c.lower() for c in entry.attributes.get("objectClass", [])}
+                if dn == group or (classes & _GROUP_CLASSES):
+                    if dn != group and not nested:
+                        continue
+                    waiting += entry.attributes.get("member", [])
+                    continue
+                people[dn.lower()] = entry
+            return list(people.values())
+
+        return self._run("read group", work)
+
+    def _entry(self, conn: Connection, dn: str, *, required: bool) -> DirectoryEntry | None:
+        if not conn.search(dn, "(objectClass=*)", BASE, attributes=[ALL_ATTRIBUTES, "+"]):
+            code = conn.result.get("result")
+            if code == 32:  # noSuchObject
+                if required:
+                    raise PermanentAdapterError(f"there is no group '{dn}' in the directory")
+                return None
+            if code == 0:
+                return None
+            raise self._error("read group", code, conn.result.get("description", ""))
+        found = conn.response[0] if conn.response else None
+        if not found or "attributes" not in found:
+            return None
+        attributes = {
+            name: [str(v) for v in (value if isinstance(value, list) else [value])]
+            for name, value in found["attributes"].items()
+        }
+        return DirectoryEntry(str(found["dn"]), attributes)
+
+
+@dataclass(frozen=True)
+class DirectoryEntry:
+    """A person found in a group: their DN and the attributes asked for (first value each)."""
+
+    dn: str
+    attributes: dict[str, list[str]]
+
+
+_GROUP_CLASSES = {"groupofnames", "groupofuniquenames", "group"}
+# Enough for a hospital's largest group with nesting; a group beyond it is a misconfiguration
+# (a whole-directory group), refused rather than read for minutes.
+_MAX_GROUP_ENTRIES = 50_000
 
 
 def _close(conn: Connection) -> None:

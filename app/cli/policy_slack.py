@@ -68,7 +68,8 @@ def check_people(
         if problem is not None:
             unusable.add(member)
             result.problems.append(PersonProblem(member, problem, where))
-    for name, members in policy.groups.items():
+    for name in policy.groups:
+        members = policy.listed(name)
         if members and set(members) <= unusable:
             result.nobody_left[("groups", name)] = approver_paths(policy, group=name)
     for name, rota in policy.oncall.items():

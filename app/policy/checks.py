@@ -14,7 +14,15 @@ from itertools import combinations
 
 from app.policy.durations import format_duration
 from app.policy.errors import did_you_mean
-from app.policy.model import BREAK_GLASS_PATH, REQUIRED_PATHS, WEEKDAYS, Policy, RotaSource, Target
+from app.policy.model import (
+    BREAK_GLASS_PATH,
+    REQUIRED_PATHS,
+    WEEKDAYS,
+    DirectoryGroup,
+    Policy,
+    RotaSource,
+    Target,
+)
 from app.policy.rota import override_window
 from app.wording import plural
 
@@ -106,7 +114,9 @@ def _satisfiable(policy: Policy, name: str) -> Iterator[PolicyIssue]:
     on_call_count = 0
     for source in path.approvers:
         if source.group in policy.groups:
-            group_people |= set(policy.groups[source.group])
+            if source.group in policy.directory_groups():
+                return  # who is in it is known only when the directory is read
+            group_people |= set(policy.listed(source.group))
         elif source.rota in policy.oncall:
             rota = policy.oncall[source.rota]
             if rota.source is not None:
@@ -120,7 +130,7 @@ def _satisfiable(policy: Policy, name: str) -> Iterator[PolicyIssue]:
         for role in target.roles.values()
         if role.path == name
         for group in role.eligible
-        for member in policy.groups.get(group, [])
+        for member in policy.listed(group)
     }
     requester_may_approve = bool(requesters & (group_people | rota_people))
     available = possible - (1 if requester_may_approve else 0)
@@ -146,10 +156,41 @@ def _people_and_groups(policy: Policy) -> Iterator[PolicyIssue]:
                 )
             owner[account] = primary
     for name, members in policy.groups.items():
+        if not isinstance(members, list):
+            yield from _directory_group(policy, name, members)
+            continue
         if not members:
             yield PolicyIssue(("groups", name), "group has no members")
         if len(set(members)) != len(members):
             yield PolicyIssue(("groups", name), "lists the same member twice")
+
+
+def _directory_group(policy: Policy, name: str, group: DirectoryGroup) -> Iterator[PolicyIssue]:
+    """A directory group names a target of its own kind, or brings its own connection."""
+    source = group.source
+    loc: Location = ("groups", name, group.kind)
+    if source.target is not None:
+        target = policy.targets.get(source.target)
+        if target is None:
+            yield PolicyIssue((*loc, "target"), _unknown("target", source.target, policy.targets))
+        elif target.kind != group.kind:
+            yield PolicyIssue(
+                (*loc, "target"),
+                f"'{source.target}' is a {target.kind} target; name an {group.kind} target",
+            )
+    elif not source.settings:
+        kinds = sorted(n for n, t in policy.targets.items() if t.kind == group.kind)
+        hint = f" (the policy's {group.kind} targets: {', '.join(kinds)})" if kinds else ""
+        yield PolicyIssue(
+            loc,
+            f"say how to read it: 'target' naming an {group.kind} target{hint}, or "
+            "your own 'settings' and 'secrets'",
+        )
+    if group.stale_after < group.refresh_every:
+        yield PolicyIssue(
+            ("groups", name, "stale_after"),
+            "is shorter than refresh_every, so the group would go stale between reads",
+        )
 
 
 def _source_urls(loc: Location, source: RotaSource) -> Iterator[PolicyIssue]:

@@ -46,7 +46,15 @@ _NOUNS = {
     "Target": "a target",
     "Identity": "a service account (identities)",
     "Vendor": "a vendor",
+    "DirectoryGroup": "a group from the directory",
+    "LdapGroup": "an LDAP group",
+    "EntraGroup": "an Entra ID group",
 }
+
+
+# Parts of a pydantic location that are no place in the manifest: a key's own check, and the
+# tags of a union (a group: listed, or read from the directory).
+_NOT_PLACES = {"[key]", "[listed]", "[directory-group]"}
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -69,7 +77,7 @@ def shape_at(loc: Location) -> Any:
     where the location leaves the model (a typo'd key, settings)."""
     current: Any = Policy
     for part in loc:
-        current = _unwrap(current)
+        current = _branch(_unwrap(current), part)
         origin = get_origin(current)
         if isinstance(current, type) and issubclass(current, BaseModel):
             field = current.model_fields.get(str(part))
@@ -83,6 +91,18 @@ def shape_at(loc: Location) -> Any:
         else:
             return None
     return _unwrap(current)
+
+
+def _branch(current: Any, part: str | int) -> Any:
+    """In a union (a group: a list, or a directory group), the branch `part` goes into: a list
+    for a position, a model for a name."""
+    if get_origin(current) not in (Union, types.UnionType):
+        return current
+    for option in (_unwrap(a) for a in get_args(current)):
+        is_list = get_origin(option) is list
+        if is_list == isinstance(part, int):
+            return option
+    return current
 
 
 def model_at(loc: Location) -> type[BaseModel] | None:
@@ -140,7 +160,7 @@ def _indented_elsewhere(loc: Location, key: str, lines: Any) -> str:
 
 def pydantic_message(error: Any, lines: Any) -> tuple[Location, str]:
     """One pydantic error as (location, WardKey's sentence)."""
-    loc: Location = tuple(part for part in error["loc"] if part != "[key]")
+    loc: Location = tuple(part for part in error["loc"] if part not in _NOT_PLACES)
     kind: str = error["type"]
     value = error.get("input")
     ctx = error.get("ctx") or {}

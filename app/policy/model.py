@@ -18,9 +18,11 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PlainSerializer,
     PrivateAttr,
+    Tag,
     WithJsonSchema,
     model_validator,
 )
@@ -337,6 +339,153 @@ class Rota(Strict):
     escalation: Name | None = Field(default=None, description="Group to escalate to.")
 
 
+_ATTRIBUTE = r"^[A-Za-z][A-Za-z0-9-]*$"
+
+
+class LdapGroup(Strict):
+    """A group in Active Directory or OpenLDAP, read with the LDAP protocol."""
+
+    group: str = Field(min_length=3, description="The group's DN (cn=ward7-nurses,ou=groups,…).")
+    target: Name | None = Field(
+        default=None,
+        description="An ldap target whose connection settings and bind password are used; "
+        "none: this group's own settings and secrets.",
+    )
+    settings: dict[str, Any] = Field(
+        default={},
+        description="Own connection settings, as an ldap target's (url, bind_dn, user_base, …).",
+    )
+    secrets: dict[str, EnvVarName] = Field(
+        default={}, description="Own secrets by environment variable name: bind_password."
+    )
+    insecure: bool = Field(
+        default=False, description="A test system only: accept ldap:// without StartTLS."
+    )
+    membership: Literal["member", "memberOf"] = Field(
+        default="member",
+        description="member: the group's member attribute lists people (and groups); "
+        "memberOf: people under user_base carry memberOf naming the group.",
+    )
+    nested: bool = Field(
+        default=True,
+        description="Members of member groups count too (Active Directory reads nesting with "
+        "its in-chain matching rule; OpenLDAP by following member groups).",
+    )
+    email_attribute: str = Field(
+        default="mail", pattern=_ATTRIBUTE, description="The attribute holding the e-mail."
+    )
+    slack_attribute: str | None = Field(
+        default=None,
+        pattern=_ATTRIBUTE,
+        description="An attribute holding the person's Slack user ID, used before the e-mail.",
+    )
+    disabled_attribute: str | None = Field(
+        default=None,
+        pattern=_ATTRIBUTE,
+        description="An attribute whose presence (other than FALSE) marks a disabled account, "
+        "e.g. nsAccountLock or pwdAccountLockedTime. userAccountControl's ACCOUNTDISABLE bit is "
+        "always read.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"group": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_connection(self) -> LdapGroup:
+        if self.target is not None and (self.settings or self.secrets):
+            raise ValueError("give either 'target' or your own 'settings' and 'secrets', not both")
+        return self
+
+
+class EntraGroup(Strict):
+    """A Microsoft Entra ID group, read with Microsoft Graph (transitive members)."""
+
+    group: str = Field(
+        pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        description="The group's object ID.",
+    )
+    target: Name | None = Field(
+        default=None,
+        description="An entra target whose tenant, app registration and secret are used; none: "
+        "this group's own settings and secrets.",
+    )
+    settings: dict[str, Any] = Field(
+        default={}, description="Own settings, as an entra target's (tenant_id, client_id, …)."
+    )
+    secrets: dict[str, EnvVarName] = Field(
+        default={}, description="Own secrets by environment variable name: client_secret."
+    )
+    insecure: bool = Field(default=False, description="A test system only: accept http://.")
+    email_attribute: Literal["mail", "userPrincipalName"] = Field(
+        default="mail", description="Which user property is the person's e-mail in Slack."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"group": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_connection(self) -> EntraGroup:
+        if self.target is not None and (self.settings or self.secrets):
+            raise ValueError("give either 'target' or your own 'settings' and 'secrets', not both")
+        return self
+
+
+class DirectoryGroup(Strict):
+    """A group whose members are read from the trust's directory instead of listed."""
+
+    ldap: LdapGroup | None = Field(
+        default=None, description="An Active Directory or OpenLDAP group (its DN)."
+    )
+    entra: EntraGroup | None = Field(
+        default=None, description="A Microsoft Entra ID group (its object ID)."
+    )
+    refresh_every: Duration = Field(
+        default=timedelta(minutes=5), description="How long a read is used before reading again."
+    )
+    stale_after: Duration = Field(
+        default=timedelta(hours=2),
+        description="How long the last good read is used while the directory cannot be read; "
+        "after that the group has nobody in it (fail closed).",
+    )
+    revoke_leavers: bool = Field(
+        default=False,
+        description="End the active access of someone who left the group or was disabled, "
+        "when no other group still makes them eligible.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DirectoryGroup:
+        if (self.ldap is None) == (self.entra is None):
+            raise ValueError("give exactly one of 'ldap' or 'entra'")
+        return self
+
+    @property
+    def kind(self) -> Literal["ldap", "entra"]:
+        return "ldap" if self.ldap is not None else "entra"
+
+    @property
+    def source(self) -> LdapGroup | EntraGroup:
+        found = self.ldap or self.entra
+        assert found is not None
+        return found
+
+
+def _group_kind(value: Any) -> str:
+    return "[directory-group]" if isinstance(value, dict | DirectoryGroup) else "[listed]"
+
+
+# A group is a list of people or a group read from the directory; the tags keep an error in
+# one from being reported against the other too (app/policy/errors.py leaves them out).
+GroupSpec = Annotated[
+    Annotated[list[Member], Tag("[listed]")] | Annotated[DirectoryGroup, Tag("[directory-group]")],
+    Discriminator(_group_kind),
+]
+
+
 class ApproverSource(Strict):
     group: Name | None = None
     rota: Name | None = None
@@ -477,6 +626,8 @@ class Vendor(Strict):
 
 # (rota name, instant) -> the people on call then, per the rota's source.
 OnCallLookup = Callable[[str, datetime], list[str]]
+# group name -> its members now, per the directory (app.groups); [] when it cannot say.
+GroupLookup = Callable[[str], list[str]]
 
 
 class Policy(Strict):
@@ -486,7 +637,9 @@ class Policy(Strict):
     channels: Channels
     admins: Name = Field(description="Group that may revoke any grant and resolve failures.")
     people: dict[Member, PersonAliases] = {}
-    groups: dict[Name, list[Member]]
+    groups: dict[Name, GroupSpec] = Field(
+        description="Named groups of people: a list, or a group read from the directory."
+    )
     oncall: dict[Name, Rota] = {}
     paths: dict[Name, AccessPath]
     targets: dict[Name, Target]
@@ -500,6 +653,9 @@ class Policy(Strict):
     # Who is on call in a rota with a source, read outside app/policy and injected here
     # (app.oncall); without one, such a rota names nobody (fail closed).
     _on_call: OnCallLookup | None = PrivateAttr(default=None)
+    # Who is in a group read from the directory, read outside app/policy and injected here
+    # (app.groups); without one, such a group has nobody in it (fail closed).
+    _groups: GroupLookup | None = PrivateAttr(default=None)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -518,6 +674,33 @@ class Policy(Strict):
     def on_call_from_source(self, rota: str, at: datetime) -> list[str]:
         """Who the rota's source says is on call at `at`; nobody when it cannot say."""
         return [] if self._on_call is None else self._on_call(rota, at)
+
+    def with_groups(self, lookup: GroupLookup | None) -> Policy:
+        """This policy, reading the groups that come from the directory through `lookup`."""
+        copy = self.model_copy()
+        copy._groups = lookup
+        return copy
+
+    @property
+    def group_lookup(self) -> GroupLookup | None:
+        return self._groups
+
+    def directory_groups(self) -> dict[str, DirectoryGroup]:
+        """The groups read from the directory, by name."""
+        return {n: g for n, g in self.groups.items() if isinstance(g, DirectoryGroup)}
+
+    def listed(self, group: str) -> list[str]:
+        """The members the policy itself lists for `group` (none for a directory group)."""
+        found = self.groups.get(group)
+        return list(found) if isinstance(found, list) else []
+
+    def members_of(self, group: str) -> list[str]:
+        """Who is in `group` now: the policy's list, or what the directory says (nobody when
+        it cannot say: fail closed)."""
+        found = self.groups.get(group)
+        if isinstance(found, DirectoryGroup):
+            return [] if self._groups is None else self._groups(group)
+        return list(found or [])
 
 
 def policy_schema() -> dict[str, Any]:

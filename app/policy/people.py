@@ -66,8 +66,8 @@ def mentions(policy: Policy) -> list[Mention]:
         found.append(Mention(primary, ("people", primary), "a person with other accounts"))
         for i, account in enumerate(aliases.accounts):
             found.append(Mention(account, ("people", primary, "accounts", i), "their account"))
-    for name, members in policy.groups.items():
-        for i, member in enumerate(members):
+    for name in policy.groups:
+        for i, member in enumerate(policy.listed(name)):
             found.append(Mention(member, ("groups", name, i), f"in group {name}"))
     for name, rota in policy.oncall.items():
         for i, member in enumerate(rota.members):

@@ -35,7 +35,8 @@ class RequestPlan:
 
 
 def group_members(policy: Policy, group: str) -> list[str]:
-    return list(policy.groups.get(group, []))
+    """Who is in the group now (a directory group: as last read; nobody once stale)."""
+    return policy.members_of(group)
 
 
 def is_member(policy: Policy, person: Person, members: Iterable[str]) -> bool:

@@ -189,7 +189,7 @@ class IdentityCases(GrantCases):
         or (`owner_gone`, from the directory) deleted or unknown. New flags are recorded,
         audited and returned; flags whose owner is back are cleared."""
         now = self.clock.now()
-        members = {m for group in self.policy.groups.values() for m in group}
+        members = {m for group in self.policy.groups for m in self.policy.members_of(group)}
         new: list[OrphanView] = []
         for name, identity in sorted(self.policy.identities.items()):
             reason = (

@@ -4,6 +4,12 @@ A real HTTP server on loopback with Graph's response shapes: client-credentials 
 expire, users looked up by UPN, group members added by `$ref` (400 "already exist" for a
 duplicate), removed by `$ref` (404 when absent), `checkMemberGroups`, paged member lists, and
 scripted throttling (429 or 503 with Retry-After).
+
+For groups read from the directory (app/groups): users carry `mail`, `userPrincipalName` and
+`accountEnabled`; a group may hold groups; `GET /groups/{id}/transitiveMembers` (and its
+`/microsoft.graph.user` cast) lists every nested member once, with `$select` honoured (`id` and
+`@odata.type` always come, as Graph sends them) and `@odata.nextLink` paging; `unavailable`
+answers every call 503 as an outage would.
 """
 
 from __future__ import annotations
@@ -28,19 +34,56 @@ class FakeGraph(LoopbackServer):
         super().__init__()
         self.tenant_id, self.client_id, self.client_secret = tenant_id, client_id, client_secret
         self.users: dict[str, str] = {}  # UPN -> object ID
+        self.profiles: dict[str, dict[str, Any]] = {}  # object ID -> user properties
+        self.unavailable = False
         self.groups: dict[str, set[str]] = {}  # group ID -> member object IDs
         self.tokens: dict[str, float] = {}  # token -> monotonic expiry
         self.token_lifetime = 3599
         self.token_requests = 0
         self.requests: list[tuple[str, str]] = []
+        self.queries: list[dict[str, list[str]]] = []  # each request's query, parsed
         self._throttle: list[tuple[int, int]] = []  # (status, retry_after) for the next calls
         self._lock = threading.Lock()
 
     # --------------------------------------------------------------------- scripting
 
-    def add_user(self, upn: str) -> str:
-        self.users[upn.lower()] = str(uuid.uuid4())
-        return self.users[upn.lower()]
+    def add_user(self, upn: str, mail: str | None = None, enabled: bool = True) -> str:
+        user = str(uuid.uuid4())
+        self.users[upn.lower()] = user
+        self.profiles[user] = {
+            "displayName": upn.split("@")[0].title(),
+            "userPrincipalName": upn,
+            "mail": mail,
+            "accountEnabled": enabled,
+        }
+        return user
+
+    def set_enabled(self, user: str, enabled: bool) -> None:
+        self.profiles[user]["accountEnabled"] = enabled
+
+    def nest(self, parent: str, child: str) -> None:
+        """Make group `child` a member of group `parent`."""
+        self.groups[parent].add(child)
+
+    def _transitive(self, group: str) -> list[str]:
+        """Every user and group under `group`, each once (a loop of groups ends)."""
+        found: dict[str, None] = {}
+        waiting = sorted(self.groups[group])
+        while waiting:
+            member = waiting.pop(0)
+            if member in found:
+                continue
+            found[member] = None
+            if member in self.groups:
+                waiting += sorted(self.groups[member])
+        return list(found)
+
+    def _directory_object(self, object_id: str, select: list[str]) -> dict[str, Any]:
+        if object_id in self.groups:
+            return {"@odata.type": "#microsoft.graph.group", "id": object_id}
+        profile = self.profiles.get(object_id, {"userPrincipalName": self.upn_of(object_id)})
+        shown = {k: profile.get(k) for k in select if k != "id"} if select else dict(profile)
+        return {"@odata.type": "#microsoft.graph.user", "id": object_id, **shown}
 
     def add_group(self) -> str:
         group = str(uuid.uuid4())
@@ -97,6 +140,9 @@ class FakeGraph(LoopbackServer):
         path = unquote(url.path)
         with self._lock:
             self.requests.append((method, path))
+            self.queries.append(parse_qs(url.query))
+            if self.unavailable:
+                return 503, _error("ServiceUnavailable", "Service unavailable"), {}
             if self._throttle:
                 status, retry_after = self._throttle.pop(0)
                 return (
@@ -168,6 +214,35 @@ class FakeGraph(LoopbackServer):
             if skip + PAGE_SIZE < len(ids):
                 answer["@odata.nextLink"] = (
                     f"{self.graph_url}/groups/{m[1]}/members?$skiptoken={skip + PAGE_SIZE}"
+                )
+            return 200, answer, {}
+        if m := re.fullmatch(r"/groups/([^/]+)/transitiveMembers(/microsoft\.graph\.user)?", path):
+            if m[1] not in self.groups:
+                return (
+                    404,
+                    _error(
+                        "Request_ResourceNotFound",
+                        f"Resource '{m[1]}' does not exist or one of its queried reference-"
+                        "property objects are not present.",
+                    ),
+                    {},
+                )
+            query_args = parse_qs(query)
+            select = [f for f in query_args.get("$select", [""])[0].split(",") if f]
+            top = min(int(query_args.get("$top", ["100"])[0]), PAGE_SIZE)
+            members = self._transitive(m[1])
+            if m[2]:  # the cast: users only
+                members = [i for i in members if i not in self.groups]
+            skip = int(query_args.get("$skiptoken", ["0"])[0])
+            page = [self._directory_object(i, select) for i in members[skip:][:top]]
+            answer = {
+                "@odata.context": f"{self.graph_url}/$metadata#directoryObjects",
+                "value": page,
+            }
+            if skip + top < len(members):
+                rest = f"$select={','.join(select)}&" if select else ""
+                answer["@odata.nextLink"] = (
+                    f"{self.graph_url}{path}?{rest}$top={top}&$skiptoken={skip + top}"
                 )
             return 200, answer, {}
         if re.fullmatch(r"/users/([^/]+)/revokeSignInSessions", path):

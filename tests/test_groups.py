@@ -1,0 +1,470 @@
+"""Groups from the directory (app/groups): a policy group read from OpenLDAP (a real slapd,
+tests/slapd.py) or Microsoft Entra ID (the Graph stand-in, tests/fakes/graph.py), cached with a
+time to live, failing closed once the last good read is stale, and leavers (disabled in the
+directory, or gone from the group) losing eligibility and approval at the next read."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import yaml
+from ldap3 import MODIFY_ADD, MODIFY_DELETE, MODIFY_REPLACE
+
+from app.clock import ManualClock
+from app.groups import DirectoryGroups, describe
+from app.policy import Policy, PolicyError
+from app.policy.rules import PolicyRefusal, approvers_at, plan_request
+from app.policy_targets import parse_policy, policy_warnings
+from tests import slapd
+from tests.conftest import AMIRA, BEN, CHLOE, HERE, NIGHT_SHIFT
+from tests.fakes.graph import FakeGraph
+from tests.test_ldap_adapter import need_slapd
+
+SCHEMA = HERE / "data" / "directory-accounts.schema"
+NURSES = slapd.group_dn("ward7-nurses")
+LEADS = slapd.group_dn("ward7-leads")
+TENANT, CLIENT, SECRET = str(uuid.uuid4()), str(uuid.uuid4()), "graph-secret"
+ENV = {"DIRECTORY_PASSWORD": slapd.WARDKEY_PASSWORD, "GRAPH_SECRET": SECRET}
+
+
+def seed_ward7(admin: Any) -> None:
+    """Ward 7's nurses (Amira, and Ben through the nested leads group) and Chloe, in a group
+    of their own; every person with a mail attribute and an account that can be disabled."""
+    people = [
+        ("amira7", "amira@ward.nhs.uk", "U0AMIRA"),
+        ("ben7", "ben@ward.nhs.uk", None),
+        ("chloe7", "chloe@ward.nhs.uk", None),
+        ("nomail7", None, None),
+    ]
+    for uid, mail, slack in people:
+        attributes: dict[str, Any] = {"uid": uid, "cn": uid, "sn": uid, "userAccountControl": 512}
+        if mail:
+            attributes["mail"] = mail
+        if slack:
+            attributes["employeeNumber"] = slack
+        assert admin.add(slapd.person_dn(uid), ["inetOrgPerson", "wardAccount"], attributes), (
+            admin.result
+        )
+    assert admin.add(
+        LEADS, ["groupOfNames"], {"cn": "ward7-leads", "member": [slapd.person_dn("ben7")]}
+    )
+    assert admin.add(
+        NURSES,
+        ["groupOfNames"],
+        {
+            "cn": "ward7-nurses",
+            "member": [
+                slapd.person_dn("amira7"),
+                LEADS,
+                slapd.person_dn("nomail7"),
+                f"uid=gone,ou=people,{slapd.SUFFIX}",  # a dangling reference: skipped
+            ],
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[slapd.Slapd]:
+    need_slapd()
+    with slapd.running(tmp_path_factory.mktemp("slapd-groups"), schemas=(SCHEMA,)) as server:
+        seed_ward7(server.admin())
+        yield server
+
+
+@pytest.fixture
+def ward7(directory: slapd.Slapd) -> Iterator[slapd.Slapd]:
+    yield directory
+    admin = directory.admin()  # put everyone back as seeded
+    for uid in ("amira7", "ben7", "chloe7"):
+        admin.modify(slapd.person_dn(uid), {"userAccountControl": [(MODIFY_REPLACE, [512])]})
+        admin.modify(slapd.person_dn(uid), {"nsAccountLock": [(MODIFY_REPLACE, [])]})
+    admin.modify(NURSES, {"member": [(MODIFY_ADD, [slapd.person_dn("amira7")])]})
+
+
+def ldap_target(url: str) -> dict[str, Any]:
+    return {
+        "kind": "ldap",
+        "insecure": True,
+        "settings": {
+            "url": url,
+            "bind_dn": slapd.WARDKEY_DN,
+            "user_base": f"ou=people,{slapd.SUFFIX}",
+            "timeout_seconds": 3,
+        },
+        "secrets": {"bind_password": "DIRECTORY_PASSWORD"},
+        "roles": {
+            "helpdesk": {"path": "admin", "entitlement": "cn=helpdesk", "eligible": ["managers"]}
+        },
+    }
+
+
+def ward_policy(groups: dict[str, Any], targets: dict[str, Any] | None = None, **paths: Any) -> str:
+    """The test trust with clinical-systems (who may read pharmacy-db) replaced by `groups`."""
+    data = yaml.safe_load((HERE / "data" / "ward_policy.yaml").read_text())
+    data["groups"].update(groups)
+    data["targets"].update(targets or {})
+    for name, approvers in paths.items():
+        data["paths"][name]["approvers"] = approvers
+    return yaml.safe_dump(data)
+
+
+def problems(refused: pytest.ExceptionInfo[PolicyError]) -> list[str]:
+    return [f"{i.where}: {i.message}" for i in refused.value.issues]
+
+
+def cached(
+    text: str, clock: ManualClock, env: dict[str, str] = ENV
+) -> tuple[Policy, DirectoryGroups]:
+    policy = parse_policy(text, "test policy")
+    cache = DirectoryGroups(policy, clock, env=env, sleep=lambda _s: None)
+    return policy.with_groups(cache), cache
+
+
+def eligible(policy: Policy, person: Any, clock: ManualClock) -> bool:
+    try:
+        plan_request(policy, person, "pharmacy-db", "read", clock.now())
+    except PolicyRefusal:
+        return False
+    return True
+
+
+class TestPolicyShape:
+    def test_a_directory_group_is_a_dn_or_an_object_id_beside_literal_lists(self) -> None:
+        text = ward_policy(
+            {
+                "clinical-systems": {"ldap": {"group": NURSES, "target": "directory"}},
+                "ward8": {"ldap": "cn=ward8,ou=groups,dc=ward"},  # shorthand: the DN alone
+                "cloud-nurses": {"entra": {"group": str(uuid.uuid4()), "target": "cloud"}},
+            },
+            {
+                "cloud": entra_target(
+                    "https://login.microsoftonline.com", "https://graph.microsoft.com/v1.0"
+                )
+            },
+        )
+        with pytest.raises(PolicyError) as refused:
+            parse_policy(text, "test policy")
+        # The shorthand says which group but not how to read it, and the policy has one ldap
+        # target: the error names the field and the target to name.
+        assert problems(refused) == [
+            "groups.ward8.ldap: say how to read it: 'target' naming an ldap target (the "
+            "policy's ldap targets: directory), or your own 'settings' and 'secrets'"
+        ]
+
+    def test_problems_name_the_field(self) -> None:
+        text = ward_policy(
+            {
+                "a": {"ldap": {"group": NURSES, "target": "pharmacy-db"}},
+                "b": {"entra": {"group": "not-an-id", "target": "directory"}},
+                "c": {"ldap": {"group": NURSES, "target": "nowhere"}},
+                "d": {
+                    "ldap": {"group": NURSES, "target": "directory"},
+                    "entra": {"group": str(uuid.uuid4())},
+                },
+                "e": {
+                    "ldap": {"group": NURSES, "target": "directory"},
+                    "refresh_every": "1h",
+                    "stale_after": "30m",
+                },
+            }
+        )
+        with pytest.raises(PolicyError) as refused:
+            parse_policy(text, "test policy")
+        found = problems(refused)
+        assert any(p.startswith("groups.b") and "pattern" in p for p in found), found
+        assert any(
+            p.startswith("groups.d") and "exactly one of 'ldap' or 'entra'" in p for p in found
+        ), found
+
+    def test_cross_checks(self) -> None:
+        text = ward_policy(
+            {
+                "a": {"ldap": {"group": NURSES, "target": "pharmacy-db"}},
+                "c": {"ldap": {"group": NURSES, "target": "nowhere"}},
+                "e": {
+                    "ldap": {"group": NURSES, "target": "directory"},
+                    "refresh_every": "1h",
+                    "stale_after": "30m",
+                },
+            }
+        )
+        with pytest.raises(PolicyError) as refused:
+            parse_policy(text, "test policy")
+        assert problems(refused) == [
+            "groups.a.ldap.target: 'pharmacy-db' is a postgres target; name an ldap target",
+            "groups.c.ldap.target: unknown target 'nowhere'; the targets are directory, "
+            "pharmacy-db",
+            "groups.e.stale_after: is shorter than refresh_every, so the group would go stale "
+            "between reads",
+        ]
+
+    def test_own_settings_are_checked_as_a_targets_are(self) -> None:
+        own = {
+            "settings": {
+                "url": "ldap://dc1.ward.nhs.uk",
+                "bind_dn": "cn=x,dc=ward",
+                "user_base": "dc=ward",
+            },
+            "secrets": {"bind_password": "DIRECTORY_PASSWORD"},
+        }
+        with pytest.raises(PolicyError) as refused:
+            parse_policy(ward_policy({"a": {"ldap": {"group": NURSES, **own}}}), "test policy")
+        [issue] = problems(refused)
+        assert issue.startswith("groups.a.ldap.settings.url: ")
+        assert "insecure: true" in issue
+        # Marked insecure (a test system): accepted, and policy check warns at the flag.
+        policy = parse_policy(
+            ward_policy({"a": {"ldap": {"group": NURSES, **own, "insecure": True}}}), "test policy"
+        )
+        assert [str(w).split(":")[0] for w in policy_warnings(policy)] == [
+            "groups.a.ldap.settings.url"
+        ]
+
+
+class TestLdapGroups:
+    def policy(self, directory: slapd.Slapd, **group: Any) -> str:
+        source = {
+            "group": NURSES,
+            "target": "ward-directory",
+            "slack_attribute": "employeeNumber",
+            **group,
+        }
+        return ward_policy(
+            {"clinical-systems": {"ldap": source, "refresh_every": "5m", "stale_after": "1h"}},
+            {"ward-directory": ldap_target(directory.url)},
+        )
+
+    def test_members_nested_groups_and_mapping(
+        self, ward7: slapd.Slapd, clock: ManualClock
+    ) -> None:
+        policy, _ = cached(self.policy(ward7), clock)
+        # Amira by her mail and the Slack ID the directory holds; Ben through the nested
+        # leads group; nobody without a mail; the dangling member DN skipped.
+        assert policy.members_of("clinical-systems") == [
+            "U0AMIRA",
+            "amira@ward.nhs.uk",
+            "ben@ward.nhs.uk",
+        ]
+        assert eligible(policy, AMIRA, clock) and eligible(policy, BEN, clock)
+        assert not eligible(policy, CHLOE, clock)
+        assert describe(policy, "clinical-systems") == (
+            f"from LDAP group {NURSES}: 2 people, read 03:00"
+        )
+
+    def test_not_nested_reads_direct_members_only(
+        self, ward7: slapd.Slapd, clock: ManualClock
+    ) -> None:
+        policy, _ = cached(self.policy(ward7, nested=False), clock)
+        assert policy.members_of("clinical-systems") == ["U0AMIRA", "amira@ward.nhs.uk"]
+
+    def test_a_disabled_leaver_loses_eligibility_at_the_next_refresh_not_before(
+        self, ward7: slapd.Slapd, clock: ManualClock
+    ) -> None:
+        policy, cache = cached(self.policy(ward7), clock)
+        assert eligible(policy, BEN, clock)
+        # Ben leaves the trust: AD sets ACCOUNTDISABLE (0x2) in his userAccountControl.
+        ward7.admin().modify(
+            slapd.person_dn("ben7"), {"userAccountControl": [(MODIFY_REPLACE, [514])]}
+        )
+        clock.advance(timedelta(minutes=4))
+        assert eligible(policy, BEN, clock)  # the read of 03:00 still stands
+        clock.advance(timedelta(minutes=1))
+        assert not eligible(policy, BEN, clock)
+        assert cache.disabled("clinical-systems") == frozenset({"ben@ward.nhs.uk"})
+        assert "1 disabled account left out" in describe(policy, "clinical-systems")
+
+    def test_a_lock_attribute_the_policy_names(
+        self, ward7: slapd.Slapd, clock: ManualClock
+    ) -> None:
+        policy, _ = cached(self.policy(ward7, disabled_attribute="nsAccountLock"), clock)
+        ward7.admin().modify(
+            slapd.person_dn("amira7"), {"nsAccountLock": [(MODIFY_REPLACE, ["TRUE"])]}
+        )
+        clock.advance(timedelta(minutes=5))
+        assert not eligible(policy, AMIRA, clock)
+        assert eligible(policy, BEN, clock)
+
+    def test_removed_from_the_group_loses_approval_too(
+        self, ward7: slapd.Slapd, clock: ManualClock
+    ) -> None:
+        text = self.policy(ward7)
+        data = yaml.safe_load(text)
+        data["paths"]["clinical"]["approvers"] = [{"group": "clinical-systems"}]
+        policy, _ = cached(yaml.safe_dump(data), clock)
+        assert "U0AMIRA" in approvers_at(policy, "clinical", clock.now())
+        ward7.admin().modify(NURSES, {"member": [(MODIFY_DELETE, [slapd.person_dn("amira7")])]})
+        clock.advance(timedelta(minutes=5))
+        assert approvers_at(policy, "clinical", clock.now()) == ["ben@ward.nhs.uk"]
+
+    def test_a_group_that_does_not_exist_is_nobody(
+        self, ward7: slapd.Slapd, clock: ManualClock
+    ) -> None:
+        policy, _ = cached(self.policy(ward7, group=slapd.group_dn("no-such")), clock)
+        assert policy.members_of("clinical-systems") == []
+        assert "there is no group" in describe(policy, "clinical-systems")
+
+    def test_a_wrong_password_is_nobody_and_never_open(
+        self, ward7: slapd.Slapd, clock: ManualClock
+    ) -> None:
+        policy, _ = cached(self.policy(ward7), clock, {"DIRECTORY_PASSWORD": "wrong"})
+        assert policy.members_of("clinical-systems") == []
+        assert not eligible(policy, AMIRA, clock)
+
+
+def entra_target(authority: str, graph_url: str) -> dict[str, Any]:
+    return {
+        "kind": "entra",
+        "insecure": True,
+        "settings": {
+            "tenant_id": TENANT,
+            "client_id": CLIENT,
+            "authority": authority,
+            "graph_url": graph_url,
+            "timeout_seconds": 3,
+            "max_retry_after_seconds": 5,
+        },
+        "secrets": {"client_secret": "GRAPH_SECRET"},
+        "roles": {
+            "admin": {"path": "admin", "entitlement": str(uuid.uuid4()), "eligible": ["managers"]}
+        },
+    }
+
+
+@pytest.fixture
+def graph() -> Iterator[FakeGraph]:
+    fake = FakeGraph(TENANT, CLIENT, SECRET).start()
+    yield fake
+    fake.stop()
+
+
+class TestEntraGroups:
+    def setup(
+        self, graph: FakeGraph, clock: ManualClock, **group: Any
+    ) -> tuple[Policy, DirectoryGroups, dict[str, str]]:
+        nurses, leads = graph.add_group(), graph.add_group()
+        ids = {
+            "amira": graph.add_user("amira.khan@wardtrust.onmicrosoft.com", "amira@ward.nhs.uk"),
+            "ben": graph.add_user("ben.hughes@wardtrust.onmicrosoft.com", "ben@ward.nhs.uk"),
+            "chloe": graph.add_user("chloe.evans@wardtrust.onmicrosoft.com", "chloe@ward.nhs.uk"),
+            "nomail": graph.add_user("kiosk@wardtrust.onmicrosoft.com", None),
+        }
+        graph.groups[nurses] |= {ids["amira"], ids["nomail"]}
+        graph.groups[leads] |= {ids["ben"], ids["chloe"]}
+        graph.nest(nurses, leads)
+        source = {"group": nurses, "target": "cloud", **group}
+        text = ward_policy(
+            {"clinical-systems": {"entra": source, "refresh_every": "5m", "stale_after": "1h"}},
+            {"cloud": entra_target(graph.authority, graph.graph_url)},
+        )
+        policy, cache = cached(text, clock)
+        return policy, cache, ids
+
+    def test_transitive_members_paged_with_select(
+        self, graph: FakeGraph, clock: ManualClock
+    ) -> None:
+        policy, _, _ = self.setup(graph, clock)
+        # Amira directly, Ben and Chloe through the nested group; the kiosk account has no
+        # mail, so nobody to know it by. Four users, two pages of two.
+        assert policy.members_of("clinical-systems") == [
+            "amira@ward.nhs.uk",
+            "ben@ward.nhs.uk",
+            "chloe@ward.nhs.uk",
+        ]
+        reads = [
+            (path, query)
+            for (_, path), query in zip(graph.requests, graph.queries, strict=True)
+            if "transitiveMembers" in path
+        ]
+        assert len(reads) == 2
+        assert all(p.endswith("/transitiveMembers/microsoft.graph.user") for p, _ in reads)
+        assert reads[0][1]["$select"] == ["id,mail,userPrincipalName,accountEnabled"]
+        assert reads[1][1]["$skiptoken"] == ["2"]
+
+    def test_by_user_principal_name(self, graph: FakeGraph, clock: ManualClock) -> None:
+        policy, _, _ = self.setup(graph, clock, email_attribute="userPrincipalName")
+        assert "kiosk@wardtrust.onmicrosoft.com" in policy.members_of("clinical-systems")
+
+    def test_account_enabled_false_is_a_leaver(self, graph: FakeGraph, clock: ManualClock) -> None:
+        policy, cache, ids = self.setup(graph, clock)
+        assert eligible(policy, CHLOE, clock)
+        graph.set_enabled(ids["chloe"], False)
+        clock.advance(timedelta(minutes=5))
+        assert not eligible(policy, CHLOE, clock)
+        assert cache.disabled("clinical-systems") == frozenset({"chloe@ward.nhs.uk"})
+
+    def test_throttled_waits_out_retry_after_then_reads(
+        self, graph: FakeGraph, clock: ManualClock
+    ) -> None:
+        graph.throttle(2, status=429, retry_after=3)
+        policy, _, _ = self.setup(graph, clock)
+        assert len(policy.members_of("clinical-systems")) == 3
+
+    def test_a_retry_after_longer_than_refresh_every_is_respected(
+        self, graph: FakeGraph, clock: ManualClock
+    ) -> None:
+        policy, _cache, ids = self.setup(graph, clock)
+        assert eligible(policy, CHLOE, clock)
+        graph.set_enabled(ids["chloe"], False)
+        clock.advance(timedelta(minutes=5))
+        graph.throttle(1, status=429, retry_after=900)  # 15 minutes: beyond what is waited
+        assert eligible(policy, CHLOE, clock)  # last good read (03:00) still answers
+        before = len(graph.requests)
+        clock.advance(timedelta(minutes=5))
+        assert eligible(policy, CHLOE, clock)
+        assert len(graph.requests) == before  # not asked again before its Retry-After
+        clock.advance(timedelta(minutes=10))
+        assert not eligible(policy, CHLOE, clock)
+
+    def test_outage_keeps_the_last_good_read_until_stale_after_then_nobody(
+        self, graph: FakeGraph, clock: ManualClock
+    ) -> None:
+        policy, cache, _ = self.setup(graph, clock)
+        assert eligible(policy, AMIRA, clock)
+        graph.unavailable = True
+        clock.advance(timedelta(minutes=30))
+        assert eligible(policy, AMIRA, clock)
+        [change] = cache.watch()
+        assert change.down and change.last_read == NIGHT_SHIFT
+        assert change.stale_at == NIGHT_SHIFT + timedelta(hours=1)
+        cache.told(change)
+        assert cache.watch() == []  # told once per outage
+        clock.advance(timedelta(minutes=30, seconds=1))
+        assert not eligible(policy, AMIRA, clock)  # stale: fail closed, never open
+        assert policy.members_of("clinical-systems") == []
+        assert "so nobody is in it" in describe(policy, "clinical-systems")
+        assert [(s.up, s.fresh) for s in cache.status()] == [(False, False)]
+        graph.unavailable = False
+        clock.advance(timedelta(minutes=5))
+        assert eligible(policy, AMIRA, clock)
+        [back] = cache.watch()
+        assert not back.down
+        cache.told(back)
+        assert cache.watch() == []
+
+    def test_the_first_read_failing_means_nobody(
+        self, graph: FakeGraph, clock: ManualClock
+    ) -> None:
+        graph.unavailable = True
+        policy, cache, _ = self.setup(graph, clock)
+        assert policy.members_of("clinical-systems") == []
+        [change] = cache.watch()
+        assert change.down and change.last_read is None
+
+    def test_an_unknown_group_is_nobody(self, graph: FakeGraph, clock: ManualClock) -> None:
+        policy, _cache, _ = self.setup(graph, clock, group=str(uuid.uuid4()))
+        assert policy.members_of("clinical-systems") == []
+        assert "there is no group" in describe(policy, "clinical-systems")
+
+
+class TestWithoutACache:
+    def test_a_directory_group_without_a_reader_has_nobody(self) -> None:
+        from app.policy import parse_policy as parse_manifest
+
+        text = ward_policy({"clinical-systems": {"ldap": {"group": NURSES, "target": "directory"}}})
+        policy = parse_manifest(text, "test policy")
+        assert policy.members_of("clinical-systems") == []
+        assert not eligible(policy, AMIRA, ManualClock(NIGHT_SHIFT))
