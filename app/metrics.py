@@ -2,6 +2,8 @@
 
 The database is the source of truth shared by every worker, so any one `wardkey serve` gives
 the whole picture, and a restart loses nothing. Only counts go out: no names, no reasons.
+The one exception is the on-call sources (`wardkey_oncall_source_*`): each process reads them
+itself, so these say how this process last read them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sqlalchemy import case, func, literal, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.clock import Clock, SystemClock
+from app.oncall import sources_now
 from app.store.db import Database
 from app.store.models import (
     AccessRequest,
@@ -181,6 +184,35 @@ class WardKeyCollector(Collector):
             "Slack messages Slack refused for good (archived channel, removed user), ever.",
             value=int(outbox_failed or 0),
         )
+        yield from _oncall_sources(now)
+
+
+def _oncall_sources(now: datetime) -> Iterator[Metric]:
+    """The rotas read from a source, as this process last read them."""
+    labels = ["rota", "kind"]
+    up = GaugeMetricFamily(
+        "wardkey_oncall_source_up",
+        "1 when this process's last read of the rota's source succeeded, else 0.",
+        labels=labels,
+    )
+    stale = GaugeMetricFamily(
+        "wardkey_oncall_source_stale",
+        "1 when the rota names nobody: its source has not been read within stale_after.",
+        labels=labels,
+    )
+    age = GaugeMetricFamily(
+        "wardkey_oncall_source_read_age_seconds",
+        "Seconds since the rota's source was last read successfully (-1: never).",
+        labels=labels,
+    )
+    for status in sources_now():
+        at = [status.rota, status.kind]
+        up.add_metric(at, 1.0 if status.readable else 0.0)
+        stale.add_metric(at, 1.0 if status.stale else 0.0)
+        age.add_metric(at, -1.0 if status.read_at is None else _age(now, status.read_at))
+    yield up
+    yield stale
+    yield age
 
 
 def _age(now: datetime, since: datetime | None) -> float:

@@ -68,6 +68,7 @@ class Runtime:
             checkpoint_to=signing,
             inbox=self.redelivery(),
             background=True,
+            oncall=n.oncall_sources,
         )
 
     def redelivery(self) -> Redelivery:

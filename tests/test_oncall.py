@@ -18,15 +18,19 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.cli import main
 from app.clock import ManualClock
+from app.metrics import metrics_text
 from app.oncall import OnCall, RosterError, parse_csv, parse_ics, path_sources, with_sources
 from app.oncall.shifts import on_call
 from app.policy import Policy, PolicyError
 from app.policy import parse_policy as parse_manifest
 from app.policy.rules import approvers_at, escalation_members
 from app.policy_targets import parse_policy, policy_warnings
+from app.store import Database
+from tests.conftest import sqlite_copy
 from tests.fakes.pagerduty import FakePagerDuty, FileServer
 
 DATA = Path(__file__).parent / "data"
@@ -191,11 +195,16 @@ class TestRosterSource:
         assert cache.describe("clinical-oncall") == (
             f"from roster export {files.base_url}/ward7.csv, read 13:05"
         )
-        # The line the approver card shows under who is on call; other paths have none.
+        # The line the approver card shows (the export's URL left out: it may carry a key);
+        # a path approved by groups alone has none.
         assert path_sources(policy, "clinical") == [
-            f"clinical-oncall on call from roster export {files.base_url}/ward7.csv, read 13:05"
+            "clinical-oncall on call per rostering export (csv), read 13:05"
         ]
         assert path_sources(policy, "admin") == []
+        literal = load(yaml.safe_load(WARD.read_text()))
+        assert path_sources(literal, "clinical") == [
+            "clinical-oncall on call per the policy's rota"
+        ]
 
 
 class TestUnreadableSource:
@@ -229,6 +238,12 @@ class TestUnreadableSource:
         assert people == load(ward_with(source)).groups["managers"]
         assert escalation_members(policy, "clinical") == policy.groups["managers"]
         assert cache.stale("clinical-oncall")
+        assert path_sources(policy, "clinical") == [
+            "clinical-oncall on call per rostering export (csv): unreadable since 13:30, last "
+            "read 13:00, so nobody from this rota can approve"
+        ]
+        stale = [r for r in caplog.records if "oncall_source_stale" in r.getMessage()]
+        assert len(stale) == 1 and "last_read=2026-03-29T12:00:00+00:00" in stale[0].getMessage()
         assert cache.describe("clinical-oncall") == (
             f"from roster export {files.base_url}/ward7.csv: last read 13:00, unreadable since "
             "13:30, so nobody from this rota can approve"
@@ -472,3 +487,46 @@ class TestInsecureSourceWarnings:
         assert [f"{i.where}: {i.message}" for i in policy_warnings(policy)] == [
             "oncall.clinical-oncall.source.pagerduty.insecure: nothing here needs it; remove it"
         ]
+
+
+class TestMetrics:
+    @pytest.fixture
+    def db(self, tmp_path: Path, sqlite_template: Path) -> Iterator[Database]:
+        yield from sqlite_copy(tmp_path, sqlite_template)
+        # The process's own policy again has no sourced rota (metrics show none).
+        with_sources(parse_manifest(WARD.read_text()))
+
+    def test_the_scrape_shows_each_source_up_stale_and_how_old_its_read_is(
+        self, tmp_path: Path, db: Database
+    ) -> None:
+        export = tmp_path / "ward7.csv"
+        export.write_bytes(CSV.read_bytes())
+        clock = ManualClock(utc("2026-03-29T13:00:00+01:00"))
+        source = {"roster": {"file": str(export), "format": "csv"}, "stale_after": "1h"}
+        policy = with_sources(parse_manifest(yaml.safe_dump(ward_with(source))), clock)
+
+        def gauges() -> dict[str, float]:
+            text = metrics_text(db, clock).decode()
+            return {
+                sample.name: sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name.startswith("wardkey_oncall_source")
+                and sample.labels == {"rota": "clinical-oncall", "kind": "roster"}
+            }
+
+        approvers_at(policy, "clinical", clock.now())
+        clock.advance(timedelta(minutes=10))
+        assert gauges() == {
+            "wardkey_oncall_source_up": 1.0,
+            "wardkey_oncall_source_stale": 0.0,
+            "wardkey_oncall_source_read_age_seconds": 600.0,
+        }
+        export.unlink()
+        clock.advance(timedelta(minutes=51))
+        approvers_at(policy, "clinical", clock.now())
+        assert gauges() == {
+            "wardkey_oncall_source_up": 0.0,
+            "wardkey_oncall_source_stale": 1.0,
+            "wardkey_oncall_source_read_age_seconds": 3660.0,
+        }

@@ -158,6 +158,8 @@ class CardContext:
     other_active: tuple[str, ...]
     zone: ZoneInfo
     names: Names = SLACK_SHOWS
+    # Where "on call now" came from and how fresh, one line per rota approving the path.
+    on_call_from: tuple[str, ...] = ()
 
 
 def _summary(view: RequestView, ctx: CardContext) -> list[Block]:
@@ -197,6 +199,9 @@ def _summary(view: RequestView, ctx: CardContext) -> list[Block]:
 def approver_card(view: RequestView, ctx: CardContext) -> list[Block]:
     """The card approvers see: context, progress and, while pending, Approve and Deny."""
     blocks = _summary(view, ctx)
+    if ctx.on_call_from:
+        lines = "\n".join(f"📅 {inert(line)}" for line in ctx.on_call_from)
+        blocks.append(ContextBlock(elements=[words(lines)]))
     blocks.append(ContextBlock(elements=[words(outcome_line(view, ctx.zone, ctx.names))]))
     if view.state == S.PENDING:
         blocks.append(decision_buttons(view, high_risk=ctx.risk in ("high", "critical")))

@@ -44,6 +44,7 @@ from app.messages.blocks import (
 )
 from app.messages.views import expiry_warning, home_view
 from app.notify.outbox import HOME, POST, UPDATE, Defer, Delivered, Notice, Outbox, OutCall
+from app.oncall import OnCall, SourceChange, path_sources, unread_sources
 from app.policy import rules
 from app.policy.durations import format_duration
 from app.policy.model import BREAK_GLASS_PATH
@@ -333,6 +334,7 @@ class Notifier:
             other_active=others,
             zone=self.zone,
             names=self.names,
+            on_call_from=tuple(path_sources(self.service.policy, view.path)),
         )
 
     def _slack_ids(
@@ -404,6 +406,7 @@ class Notifier:
             log.error("event=no_approver_reachable request=%s path=%s", view.id, view.path)
             if not approvers:
                 missing.append(f"nobody is on duty to approve the {view.path} path")
+                missing.extend(unread_sources(self.service.policy, view.path))
         late = {"draw": "approvers_reached", "request_id": view.id, "missing": missing}
         self._emit(OutCall(LATE, late, about=f"approvers_reached request={view.id}", late=True))
         # A quick approver's decision is a later notice of this request: it is delivered after
@@ -847,6 +850,52 @@ class Notifier:
         except SlackApiError as exc:
             return f"owner {member} is not found in Slack ({exc.response.get('error')})"
         return f"owner {member} is deactivated in Slack" if profile.deleted else None
+
+    def oncall_sources(self) -> list[SourceChange]:
+        """Read the rotas' sources that are due and tell the security channel, once each, of
+        a source that stopped answering and of one that answers again (through the outbox).
+        Returns what was told."""
+        lookup = self.service.policy.on_call_lookup
+        if not isinstance(lookup, OnCall):
+            return []
+        told: list[SourceChange] = []
+        channel = self.service.policy.channels.security_alerts
+        for change in lookup.watch():
+            call = OutCall(POST, {"channel": channel, "text": self._source_words(change)})
+            kind = "down" if change.down else "back"
+            key = f"oncall:{change.rota}:{kind}:{change.since.isoformat()}"[:100]
+            self.outbox.enqueue("security", [call], key=key)
+            lookup.told(change)
+            told.append(change)
+        return told
+
+    def _source_words(self, change: SourceChange) -> str:
+        at = clock_time(change.since, self.zone)
+        if not change.down:
+            return (
+                f"✅ Who is on call for {change.rota} is read from {change.source} again "
+                f"(read {at}): its on-call people approve again."
+            )
+        escalation = change.escalation
+        goes = (
+            f"requests with no other approver go at once to its escalation group {escalation}"
+            if escalation
+            else "requests with no other approver have no escalation group to go to (set "
+            f"`escalation` on the {change.rota} rota); WardKey admins are alerted for each"
+        )
+        if change.last_read is None:
+            now = "Nobody from this rota can approve until it is read"
+        else:
+            now = (
+                f"WardKey uses its last good read ({clock_time(change.last_read, self.zone)}) "
+                f"until {clock_time(change.stale_at, self.zone)}; after that nobody from this "
+                "rota can approve"
+            )
+        return (
+            f"📅 Who is on call for {change.rota} cannot be read from {change.source} since "
+            f"{at} ({inert(change.problem)}). {now}, and {goes}. WardKey tries again every "
+            "few minutes and says here when it reads it again."
+        )
 
     def attestation_answered(self, channel: str, ts: str, name: str) -> None:
         view = self.service.attestation(name)

@@ -4,7 +4,17 @@ app/policy describes a rota's source and asks an injected lookup who is on call;
 reads the sources, caches the answer with a time to live, and falls back as the policy says.
 """
 
-from app.oncall.cache import OnCall, describe, path_sources, where_from, with_sources
+from app.oncall.cache import (
+    OnCall,
+    SourceChange,
+    SourceStatus,
+    describe,
+    path_sources,
+    sources_now,
+    unread_sources,
+    where_from,
+    with_sources,
+)
 from app.oncall.shifts import RosterError, Shift, on_call, parse_csv, parse_ics
 from app.oncall.sources import SourceUnreadable
 
@@ -12,12 +22,16 @@ __all__ = [
     "OnCall",
     "RosterError",
     "Shift",
+    "SourceChange",
+    "SourceStatus",
     "SourceUnreadable",
     "describe",
     "on_call",
     "parse_csv",
     "parse_ics",
     "path_sources",
+    "sources_now",
+    "unread_sources",
     "where_from",
     "with_sources",
 ]

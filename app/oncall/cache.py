@@ -34,8 +34,40 @@ class _State:
     failing_since: datetime | None = None
     problem: str = ""
     wait: timedelta = timedelta(0)  # longer than refresh_every when the source asked (429)
+    told: datetime | None = None  # the outage (its failing_since) security was told of
+    stale_logged: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+
+@dataclass(frozen=True)
+class SourceChange:
+    """A rota's source stopped answering (`down`) or answers again, for security to be told
+    once of each: `since` is when it failed (down) or was read again (back)."""
+
+    rota: str
+    source: str  # where_from's words
+    down: bool
+    since: datetime
+    last_read: datetime | None  # the last good read (None: never read)
+    stale_at: datetime | None  # when that read stops counting (None: never read)
+    problem: str
+    escalation: str | None  # the rota's escalation group
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    """How a sourced rota stands in this process, for metrics."""
+
+    rota: str
+    kind: str  # roster, pagerduty, opsgenie
+    readable: bool  # the last try succeeded
+    read_at: datetime | None
+    stale: bool  # names nobody: never read, or the last good read is older than stale_after
+
+
+# The cache of the policy this process loaded last (with the process's own `_KEPT`), for
+# metrics and the sweep that tells security of outages.
+_CURRENT: OnCall | None = None
 
 # What the running process has read, by rota and source, kept across policy reloads: a reload
 # while a source is down keeps its last good read (and its stale_after clock) instead of
@@ -119,7 +151,17 @@ class OnCall:
                     state.shifts, state.read_at, state.wait = shifts, now, timedelta(0)
                     state.failing_since, state.problem = None, ""
             if state.read_at is None or now - state.read_at > source.stale_after:
+                if state.read_at is not None and not state.stale_logged:
+                    state.stale_logged = True
+                    log.error(
+                        "event=oncall_source_stale rota=%s source=%r last_read=%s what=nobody "
+                        "from this rota can approve until its source is read again",
+                        name,
+                        where_from(source),
+                        state.read_at.isoformat(),
+                    )
                 return None
+            state.stale_logged = False
             return state.shifts
 
     def _read(self, source: RotaSource, now: datetime) -> list[Shift]:
@@ -127,6 +169,86 @@ class OnCall:
             return read_pagerduty(source.pagerduty, now, self.env, self.client)
         assert source.roster is not None
         return read_roster(source.roster, self.zone, self.client)
+
+    def watch(self) -> list[SourceChange]:
+        """Read each source that is due, and say which have stopped answering or answer again
+        since security was last told (`told` marks one as told)."""
+        changes: list[SourceChange] = []
+        for name, rota in self.rotas.items():
+            self._fresh(name)
+            source = rota.source
+            assert source is not None
+            state = self._states[name]
+            with state.lock:
+                if state.failing_since is not None and state.told != state.failing_since:
+                    since, down = state.failing_since, True
+                elif state.failing_since is None and state.told is not None:
+                    since, down = state.read_at or self.clock.now(), False
+                else:
+                    continue
+                changes.append(
+                    SourceChange(
+                        rota=name,
+                        source=where_from(source),
+                        down=down,
+                        since=since,
+                        last_read=state.read_at,
+                        stale_at=None
+                        if state.read_at is None
+                        else state.read_at + source.stale_after,
+                        problem=state.problem,
+                        escalation=rota.escalation,
+                    )
+                )
+        return changes
+
+    def told(self, change: SourceChange) -> None:
+        """Security has been told of `change`: not again for the same outage."""
+        state = self._states.get(change.rota)
+        if state is not None:
+            with state.lock:
+                state.told = change.since if change.down else None
+
+    def status(self) -> list[SourceStatus]:
+        """Each sourced rota as this process last read it (reads nothing)."""
+        found: list[SourceStatus] = []
+        now = self.clock.now()
+        for name, rota in self.rotas.items():
+            source = rota.source
+            assert source is not None
+            state = self._states[name]
+            with state.lock:
+                stale = state.read_at is None or now - state.read_at > source.stale_after
+                found.append(
+                    SourceStatus(
+                        name,
+                        kind_of(source),
+                        state.tried_at is not None and state.failing_since is None,
+                        state.read_at,
+                        stale,
+                    )
+                )
+        return found
+
+    def card_line(self, rota: str) -> str:
+        """Where the rota's on-call people came from and how fresh, in the approver card's
+        words: 'on call per PagerDuty schedule PABC123, read 03:12'."""
+        source = self.rotas[rota].source
+        assert source is not None
+        shifts = self._fresh(rota)
+        state = self._states[rota]
+        origin = f"on call per {card_words(source)}"
+        if state.read_at is None:
+            return f"{origin}: not read yet, so nobody from this rota can approve"
+        read = self._local(state.read_at)
+        if shifts is None:
+            return (
+                f"{origin}: unreadable since {self._local(state.failing_since)}, last read "
+                f"{read}, so nobody from this rota can approve"
+            )
+        if state.failing_since is not None:
+            return f"{origin}, read {read} (unreadable since {self._local(state.failing_since)})"
+        return f"{origin}, read {read}"
 
     def stale(self, rota: str) -> bool:
         """True when the rota names nobody because its source has not been read in time."""
@@ -158,6 +280,19 @@ class OnCall:
         return "?" if at is None else at.astimezone(self.zone).strftime("%H:%M")
 
 
+def kind_of(source: RotaSource) -> str:
+    return "pagerduty" if source.pagerduty is not None else "roster"
+
+
+def card_words(source: RotaSource) -> str:
+    """The source for the approver card, with nothing a URL or path might carry:
+    'PagerDuty schedule PABC123', 'rostering export (ics)'."""
+    if source.pagerduty is not None:
+        return f"PagerDuty schedule {source.pagerduty.schedule}"
+    assert source.roster is not None
+    return f"rostering export ({source.roster.format})"
+
+
 def _key(rota: Rota) -> str:
     assert rota.source is not None
     return rota.source.model_dump_json()
@@ -172,14 +307,23 @@ def with_sources(
     """The policy, reading its sourced rotas through a cache that keeps what this process has
     already read of the same rota and source (`kept`, by default the process's own), so a
     reload neither forgets a last good read nor reads again at once."""
-    global _client
+    global _client, _CURRENT
     if not any(r.source for r in policy.oncall.values()):
+        if kept is None:
+            _CURRENT = None
         return policy
     if _client is None:
         _client = httpx.Client(follow_redirects=False)
-    return policy.with_on_call(
-        OnCall(policy, clock, client=_client, kept=_KEPT if kept is None else kept)
-    )
+    cache = OnCall(policy, clock, client=_client, kept=_KEPT if kept is None else kept)
+    if kept is None:
+        _CURRENT = cache
+    return policy.with_on_call(cache)
+
+
+def sources_now() -> list[SourceStatus]:
+    """The sourced rotas of the policy this process loaded last, as read here, for metrics."""
+    current = _CURRENT
+    return [] if current is None else current.status()
 
 
 def describe(policy: Policy, rota: str) -> str:
@@ -197,13 +341,42 @@ def describe(policy: Policy, rota: str) -> str:
 
 
 def path_sources(policy: Policy, path: str) -> list[str]:
-    """One line for each rota with a source among the approvers of `path`, for the approver
-    card under who is on call: 'ward7-nic on call from roster export ward7.ics, read 03:55'.
-    Rotas the policy lists itself, and groups, add nothing."""
+    """One line for each rota among the approvers of `path`, for the approver card: where
+    "on call now" came from and how fresh it is, 'ward7-nic on call per rostering export
+    (ics), read 03:55' or 'clinical-oncall on call per the policy's rota'. Groups add nothing."""
     spec = policy.paths.get(path)
     lines: list[str] = []
+    lookup = policy.on_call_lookup
     for approver in spec.approvers if spec else []:
-        rota = policy.oncall.get(approver.rota or "")
-        if rota is not None and rota.source is not None and approver.rota:
-            lines.append(f"{approver.rota} on call {describe(policy, approver.rota)}")
+        name = approver.rota
+        rota = policy.oncall.get(name or "")
+        if rota is None or name is None:
+            continue
+        if rota.source is None:
+            lines.append(f"{name} on call per the policy's rota")
+        elif isinstance(lookup, OnCall) and name in lookup.rotas:
+            lines.append(f"{name} {lookup.card_line(name)}")
+        else:
+            lines.append(
+                f"{name} on call per {card_words(rota.source)}: not read here, so nobody "
+                "from this rota can approve"
+            )
     return list(dict.fromkeys(lines))
+
+
+def unread_sources(policy: Policy, path: str) -> list[str]:
+    """Why rotas approving `path` name nobody because their source has not been read in
+    time, in words for the no-approver-reachable alert."""
+    spec = policy.paths.get(path)
+    lookup = policy.on_call_lookup
+    found: list[str] = []
+    for approver in spec.approvers if spec else []:
+        name = approver.rota or ""
+        rota = policy.oncall.get(name)
+        if rota is None or rota.source is None:
+            continue
+        if not isinstance(lookup, OnCall) or lookup.stale(name):
+            found.append(
+                f"who is on call for {name} could not be read from {card_words(rota.source)}"
+            )
+    return list(dict.fromkeys(found))

@@ -79,17 +79,21 @@ class Sweeps:
         checkpoint_to: tuple[Path, bytes] | None = None,
         inbox: Inbox | None = None,
         background: bool = False,
+        oncall: Callable[[], Sized] | None = None,
     ) -> None:
         """`outbox`: where the notices the sweeps' changes wrote wait; asked to deliver after
         each change (None: nobody is told, as in tests of the changes alone). `owner_gone`:
         why a service account's owner is no longer a current person (Slack), or None.
         `checkpoint_to`: (directory, key) for signed audit checkpoints. `inbox`: Slack
-        requests to redeliver."""
+        requests to redeliver. `oncall`: reads the rotas' sources that are due and tells
+        security of one that stopped answering or answers again (the notifier's
+        `oncall_sources`)."""
         self.service = service
         self.outbox = outbox
         self.owner_gone = owner_gone or (lambda _member: None)
         self.checkpoint_to = checkpoint_to
         self.inbox = inbox
+        self.oncall = oncall
         # In a running process, work on targets goes to each target's lane and is not waited
         # for (each is told as it is recorded); tests run it through and look at the result.
         self.background = background
@@ -176,6 +180,12 @@ class Sweeps:
         self._tell(steps)
         self._tell(self.service.orphans_due(self.owner_gone) or [])
         return steps
+
+    @sweep("sweep")
+    def oncall_sources(self) -> int:
+        """Read the rotas' sources that are due, so an outage is seen (and security told)
+        while nobody asks for access; returns how many changes were told."""
+        return 0 if self.oncall is None else len(self.oncall())
 
     @sweep("sweep")
     def time_out(self) -> list[int]:
