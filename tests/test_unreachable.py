@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -19,7 +21,9 @@ from app.demo.slack_fake import Call, SlackChannel, SlackUser
 from app.directory import SlackDirectory
 from app.messages.blocks import APPROVE_ACTION, inert
 from app.notify.notifier import Notifier
+from app.oncall import OnCall
 from app.policy import Policy, parse_policy
+from app.policy.rules import approvers_at
 from app.scheduler import Sweeps
 from app.service import AccessService
 from app.slack.app import web_client
@@ -129,6 +133,47 @@ class TestNobodyOnCallIsInSlack(UnreachableStory):
         slack.settle()
         assert service.get(rid).state == S.ACTIVE
         assert "Approved by Hana Novak" in posts_to(slack, "U0AMIRA")[-1].args["text"]
+
+
+class TestARotaWhoseSourceCannotBeRead(UnreachableStory):
+    """The policy reference's promise for a rota read from a rostering export: once the last
+    good read is older than `stale_after`, nobody from the rota may approve and its escalation
+    group is told, by the request's card at once."""
+
+    AT = datetime(2026, 3, 29, 13, 0, tzinfo=UTC)  # 14:00 in London: Ben on the roster
+
+    @pytest.fixture
+    def roster(self, tmp_path: Path) -> Path:
+        export = tmp_path / "ward7.csv"
+        export.write_bytes((HERE / "data" / "ward7_roster.csv").read_bytes())
+        return export
+
+    @pytest.fixture
+    def clock(self) -> ManualClock:
+        return ManualClock(self.AT)
+
+    @pytest.fixture
+    def policy(self, roster: Path, clock: ManualClock) -> Iterator[Policy]:
+        data = yaml.safe_load((HERE / "data" / "ward_policy.yaml").read_text())
+        data["paths"]["clinical"]["approvers"] = [{"rota": "clinical-oncall"}]
+        source = {"roster": {"file": str(roster), "format": "csv"}, "stale_after": "1h"}
+        data["oncall"]["clinical-oncall"] = {"source": source, "escalation": "managers"}
+        policy = parse_policy(yaml.safe_dump(data), "test policy")
+        with httpx.Client() as client:
+            yield policy.with_on_call(OnCall(policy, clock, client=client, env={}))
+
+    def test_past_stale_after_the_escalation_group_gets_the_request_at_once(
+        self, slack: RunningApp, service: AccessService, clock: ManualClock, roster: Path
+    ) -> None:
+        assert "ben@ward.nhs.uk" in approvers_at(service.policy, "clinical", clock.now())
+        roster.unlink()  # the export is no longer published
+        clock.advance(timedelta(hours=1, minutes=6))  # reads failing since; the last is stale
+        assert approvers_at(service.policy, "clinical", clock.now()) == []
+        rid = ask(slack)
+        self.assert_nobody_reached_story(
+            slack, service, rid, "nobody is on duty to approve the clinical path"
+        )
+        assert "U0BEN" not in {c.args["channel"] for c in slack.fake.calls_to("chat.postMessage")}
 
 
 class TestEveryApproverIsDeactivated(UnreachableStory):

@@ -309,7 +309,8 @@ class RotaSource(Strict):
     stale_after: Duration = Field(
         default=timedelta(hours=2),
         description="How long the last good read is used while the source cannot be read; "
-        "after that nobody from this rota may approve (its escalation group is told).",
+        "after that nobody from this rota may approve, and a request nobody else can approve "
+        "goes at once to its escalation group.",
     )
 
     @model_validator(mode="after")
