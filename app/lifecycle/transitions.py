@@ -38,7 +38,8 @@ S = RequestState
 CLAIMED_STATES = frozenset({S.GRANTING, S.REVOKING})
 ALLOWED: dict[RequestState, frozenset[RequestState]] = {
     # pending -> pending records one approval of several (N-of-M); the version still moves.
-    S.PENDING: frozenset({S.PENDING, S.APPROVED, S.DENIED, S.CANCELLED, S.TIMED_OUT}),
+    # pending -> granting: a held break-glass use confirmed by a second person (granted at once).
+    S.PENDING: frozenset({S.PENDING, S.APPROVED, S.GRANTING, S.DENIED, S.CANCELLED, S.TIMED_OUT}),
     S.APPROVED: frozenset({S.GRANTING, S.CANCELLED, S.GRANT_FAILED}),
     # granting -> granting and revoking -> revoking: a worker takes over a crashed one's claim.
     # granting -> cancelled: the requester may no longer have it (checked just before the grant).

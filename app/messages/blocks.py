@@ -455,6 +455,7 @@ def review_card(
         ),
         SectionBlock(text=words(f"*Why*, in their words\n{quoted(view.reason)}")),
         SectionBlock(text=words(f"*Before this*, the last 24 hours\n{history}"[:2990])),
+        *_break_glass_flags(summary, names),
         SectionBlock(text=MarkdownTextObject(text=f"*On the target*\n{record[:2900]}")),
         ContextBlock(elements=[words(review_line(view, zone, names))]),
     ]
@@ -479,6 +480,19 @@ def review_card(
             )
         )
     return blocks
+
+
+def _break_glass_flags(summary: BreakGlassSummary, names: Names) -> list[Block]:
+    """The use's flags, and the second person who confirmed it if it was held."""
+    lines = [f"• ⚑ {inert(text)}" for _code, text in summary.flags]
+    if summary.confirmed_by is not None:
+        who = names.person(summary.confirmed_by, summary.confirmed_by)
+        lines.append(
+            f"• Needed a second person ({inert('; '.join(summary.held_for))}); confirmed by {who}."
+        )
+    if not lines:
+        return [SectionBlock(text=words("*Flags*\nNone: nothing unusual was found."))]
+    return [SectionBlock(text=words(("*Flags*\n" + "\n".join(lines))[:2990]))]
 
 
 def _short(value: timedelta) -> str:

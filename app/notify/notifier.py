@@ -42,6 +42,14 @@ from app.messages.blocks import (
     review_card,
     review_line,
 )
+from app.messages.breakglass import (
+    CONFIRM_CARD,
+    WAIT_LINE,
+    confirm_card,
+    flag_lines,
+    wait_line,
+    waited_words,
+)
 from app.messages.views import expiry_warning, home_view
 from app.notify.outbox import HOME, POST, UPDATE, Defer, Delivered, Notice, Outbox, OutCall
 from app.oncall import OnCall, SourceChange, path_sources, unread_sources
@@ -50,6 +58,7 @@ from app.policy.durations import format_duration
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person
 from app.service import AccessService, BreakGlassSummary, NotAllowed, RequestView, ReviewStep
+from app.service.breakglass import HELD, WAITING, BreakGlassStart
 from app.service.digest import Digest
 from app.service.identities import AttestationStep, OrphanView
 from app.service.reviews import ALERT_MESSAGE
@@ -210,6 +219,8 @@ class Notifier:
         elif action.startswith("attestation."):
             step = AttestationStep(action.removeprefix("attestation."))
             self._attestation_follow_up(str(facts["name"]), step)
+        elif action == WAITING:
+            self._break_glass_waiting(int(facts["request"]))
         elif action == "orphans.found":
             self._orphans_found(
                 [
@@ -227,6 +238,8 @@ class Notifier:
             if view.state == S.GRANTING:
                 raise Defer  # its end time is known once the grant is done
             self._break_glass_started(view)
+        elif action == HELD:
+            self._break_glass_held(view)
         elif action in ("request.created", "extension.requested"):
             self._request_opened(view)
         elif action in ("approval.reminded", "approval.escalated"):
@@ -242,6 +255,8 @@ class Notifier:
         elif view.path == BREAK_GLASS_PATH and action == "grant.succeeded":
             return  # the break-glass alert says it
         else:
+            if view.path == BREAK_GLASS_PATH and notice.facts.get("from") == S.PENDING.value:
+                self._break_glass_unconfirmed(view)  # held, then timed out or cancelled
             self._request_changed(view, notice)
 
     def draw_home(self, user_id: str) -> dict[str, Any] | None:
@@ -715,6 +730,19 @@ class Notifier:
             f"🔴 Break-glass #{view.id}: {who} took {access} until {until}. Its review comes "
             f"to {self.names.channel(policy.channels.manager_reviews)} when it ends. {reason}"
         )
+        start = self.service.break_glass_start(view.id)
+        if start.confirmed_by is not None:
+            confirmed = (
+                f" Confirmed by {self.names.person(start.confirmed_by, start.confirmed_by)} "
+                f"after {waited_words(start.waited or timedelta(0))} (it needed a second "
+                f"person: {inert('; '.join(start.held_for))[:600]})."
+            )
+            to_security += confirmed
+            to_reviewer += confirmed
+        if start.flags:
+            flagged = f"\n*Flags*\n{flag_lines(start.flags)}"
+            to_security += flagged
+            to_reviewer += flagged
         reviewers = self._slack_ids(view, rules.reviewers(policy, self.service.clock.now()))
         for channel, text in [(policy.channels.security_alerts, to_security)] + [
             (user_id, to_reviewer) for user_id in reviewers
@@ -728,6 +756,60 @@ class Notifier:
                 as_addressed=True,
             )
         self.tell_sponsor(view)
+        if start.confirmed_by is not None:
+            self._held_update(view, start)
+            if view.requester_slack_id:
+                self._post(
+                    f"breakglass_confirmed request={view.id}",
+                    view.requester_slack_id,
+                    f"Break-glass #{view.id}: "
+                    f"{self.names.person(start.confirmed_by, start.confirmed_by)} confirmed it. "
+                    f"{outcome_line(view, zone, self.names)}. This use will be reviewed.",
+                )
+
+    # ------------------------------------------------------------------ held break-glass
+    # A use over its limits, or by someone with an overdue review, waits for a second person
+    # (app/service/breakglass.py): a Confirm card to each confirmer, a line in the security
+    # channel showing the wait (updated by the sweep), both updated in place when it ends.
+
+    def _break_glass_held(self, view: RequestView) -> None:
+        start = self.service.break_glass_start(view.id)
+        text, blocks = confirm_card(view, start, self.zone, self.names)
+        about = f"breakglass_confirm request={view.id}"
+        for user_id in self._slack_ids(view, list(start.confirmers)):
+            self._post(about, user_id, text, blocks, remember=(view.id, CONFIRM_CARD))
+        waited = self.service.clock.now() - view.created_at
+        self._post(
+            f"breakglass_wait request={view.id}",
+            self.service.policy.channels.security_alerts,
+            wait_line(view, start, waited, self.zone, self.names),
+            remember=(view.id, WAIT_LINE),
+        )
+
+    def _break_glass_waiting(self, request_id: int) -> None:
+        """The security channel's line about a held use, with the wait so far."""
+        view = self.service.get(request_id)
+        if view.state != S.PENDING:
+            return  # its end updated the line
+        start = self.service.break_glass_start(view.id)
+        waited = self.service.clock.now() - view.created_at
+        line = wait_line(view, start, waited, self.zone, self.names)
+        for channel, ts in self.service.messages_of(view.id, WAIT_LINE):
+            self._emit(OutCall(UPDATE, {"channel": channel, "ts": ts, "text": line}))
+
+    def _break_glass_unconfirmed(self, view: RequestView) -> None:
+        start = self.service.break_glass_start(view.id)
+        if start.held_at is not None:
+            self._held_update(view, start)
+
+    def _held_update(self, view: RequestView, start: BreakGlassStart) -> None:
+        """The confirm cards and the security channel's wait line, as the use now stands."""
+        text, blocks = confirm_card(view, start, self.zone, self.names)
+        self._update_in_place(view.id, CONFIRM_CARD, text, blocks)
+        waited = (start.waited or timedelta(0)) if start.confirmed_by else timedelta(0)
+        line = wait_line(view, start, waited, self.zone, self.names)
+        for channel, ts in self.service.messages_of(view.id, WAIT_LINE):
+            self._emit(OutCall(UPDATE, {"channel": channel, "ts": ts, "text": line}))
 
     def revoke_failed(self, view: RequestView, attempts: int) -> None:
         policy = self.service.policy

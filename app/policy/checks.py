@@ -61,6 +61,7 @@ def semantic_issues(policy: Policy, target_checks: Sequence[TargetCheck] = ()) -
         *_targets(policy, target_checks),
         *_identities(policy),
         *_vendors(policy),
+        *_break_glass_budgets(policy),
     ]
 
 
@@ -358,3 +359,26 @@ def _unknown(kind: str, name: str, known: Iterable[str]) -> str:
     elif not names:
         hint = f"; no {kind}s are defined"
     return f"unknown {kind} '{name}'{hint}"
+
+
+def _break_glass_budgets(policy: Policy) -> Iterator[PolicyIssue]:
+    """Break-glass limits, confirmers and review escalation: on the breakglass path only,
+    naming groups and rotas that exist."""
+    for name, path in policy.paths.items():
+        loc: Location = ("paths", name)
+        if name != BREAK_GLASS_PATH:
+            for field in ("limits", "review_escalate_to", "review_escalate_channel"):
+                if getattr(path, field):
+                    yield PolicyIssue((*loc, field), "only the breakglass path has this")
+            continue
+        for i, source in enumerate(path.review_escalate_to):
+            yield from _source(policy, (*loc, "review_escalate_to", i), source.group, source.rota)
+        if path.limits is None:
+            continue
+        for i, source in enumerate(path.limits.confirmers):
+            yield from _source(policy, (*loc, "limits", "confirmers", i), source.group, source.rota)
+        for group in path.limits.per_group:
+            if group not in policy.groups:
+                yield PolicyIssue(
+                    (*loc, "limits", "per_group", group), _unknown("group", group, policy.groups)
+                )

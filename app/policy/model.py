@@ -238,6 +238,121 @@ class Channels(Strict):
     manager_reviews: ChannelId = Field(description="Channel for break-glass reviews and digests.")
 
 
+class UseLimits(Strict):
+    """Break-glass limits over rolling windows (a day: the 24 hours before; a week: the 7 days
+    before). Each is optional; none set: no limit."""
+
+    uses_per_day: int | None = Field(
+        default=None, ge=1, description="Break-glass uses allowed in any 24 hours."
+    )
+    uses_per_week: int | None = Field(
+        default=None, ge=1, description="Break-glass uses allowed in any 7 days."
+    )
+    cooldown: Duration | None = Field(
+        default=None, description="Least time from the start of one use to the next."
+    )
+    time_per_day: Duration | None = Field(
+        default=None,
+        description="Most break-glass access time (from grant to end) in any 24 hours, this "
+        "use's full length included.",
+    )
+    time_per_week: Duration | None = Field(
+        default=None, description="Most break-glass access time in any 7 days, as time_per_day."
+    )
+
+
+class BreakGlassLimits(Strict):
+    """Budgets on break-glass (the breakglass path only). A use over a limit, or by someone
+    with an overdue review, needs a second person's confirmation in Slack (or, with
+    over_limit: refuse, is refused; an overdue review always asks for a confirmation)."""
+
+    per_person: UseLimits | None = Field(default=None, description="Limits on each person.")
+    per_group: dict[Name, UseLimits] = Field(
+        default={},
+        description="Limits on each named group (a ward, a team): its members' uses together.",
+    )
+    over_limit: Literal["confirm", "refuse"] = Field(
+        default="confirm",
+        description="confirm: a use over a limit waits for a second person to confirm it in "
+        "Slack; refuse: it is refused.",
+    )
+    confirmers: list[ApproverSource] = Field(
+        default=[],
+        description="Who may confirm a held use; none: the approvers on duty of the role's own "
+        "path, else the break-glass reviewers, else the WardKey admins (never the person "
+        "themself or their other accounts).",
+    )
+
+
+def _hours(value: Any) -> tuple[time, time]:
+    if isinstance(value, tuple):
+        return value
+    found = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", str(value))
+    if (
+        not found
+        or int(found[1]) > 23
+        or int(found[3]) > 23
+        or max(int(found[2]), int(found[4])) > 59
+    ):
+        raise ValueError(f"'{value}' is not a range of local times like '07:00-19:00'")
+    start, end = time(int(found[1]), int(found[2])), time(int(found[3]), int(found[4]))
+    if start == end:
+        raise ValueError("usual_hours needs a start and an end that differ")
+    return start, end
+
+
+HourRange = Annotated[
+    tuple[time, time],
+    BeforeValidator(_hours),
+    PlainSerializer(lambda v: f"{v[0]:%H:%M}-{v[1]:%H:%M}", return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\d{1,2}:\d{2}-\d{1,2}:\d{2}$",
+            "description": "Local times, start-end, like '07:00-19:00' (may pass midnight).",
+        }
+    ),
+]
+
+
+class BreakGlassFlags(Strict):
+    """When the security alert and the review card flag a break-glass use."""
+
+    after_denial_within: Duration = Field(
+        default=timedelta(hours=2),
+        description="Flag a use this soon after a denial of the same person's request for the "
+        "same access.",
+    )
+    usual_hours: HourRange | None = Field(
+        default=None,
+        description="Local working hours, like '07:00-19:00': a use outside them is flagged. "
+        "None: usual hours are learnt from the person's own requests (see history_days).",
+    )
+    history_days: int = Field(
+        default=30,
+        ge=1,
+        le=365,
+        description="Without usual_hours: a use is flagged when the person made at least "
+        "history_min_requests requests in these days and none within an hour of this time "
+        "of day.",
+    )
+    history_min_requests: int = Field(
+        default=5, ge=1, description="Fewer earlier requests than this: too little to judge."
+    )
+    unusual_target_days: int = Field(
+        default=30,
+        ge=1,
+        le=365,
+        description="Flag a target no one in the person's groups asked for in these days.",
+    )
+    crowd_window: Duration = Field(
+        default=timedelta(minutes=15),
+        description="Flag a use when crowd_size or more people broke glass on the same target "
+        "within this time.",
+    )
+    crowd_size: int = Field(default=2, ge=2, description="People, this one included.")
+
+
 class PersonAliases(Strict):
     """Other accounts of one person, so a second Slack account can never approve its twin."""
 
@@ -516,6 +631,20 @@ class AccessPath(Strict):
     channel: ChannelId | None = None
     reviewers: list[ApproverSource] = []
     review_within: Duration | None = None
+    review_escalate_to: list[ApproverSource] = Field(
+        default=[],
+        description="Break-glass: who is told, once, when a review passes review_within (e.g. "
+        "the Caldicott Guardian), besides security and the WardKey admins.",
+    )
+    review_escalate_channel: ChannelId | None = Field(
+        default=None, description="Break-glass: a channel told, once, when a review is overdue."
+    )
+    limits: BreakGlassLimits | None = Field(
+        default=None, description="Break-glass budgets (per person, per group)."
+    )
+    flags: BreakGlassFlags = Field(
+        default=BreakGlassFlags(), description="When break-glass uses are flagged."
+    )
     review_reminder_every: Duration = Field(
         default=timedelta(hours=4),
         description="How often reviewers are reminded of an undecided break-glass review.",

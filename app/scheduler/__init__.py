@@ -159,6 +159,14 @@ class Sweeps:
         return steps
 
     @sweep("sweep")
+    def break_glass_waits(self) -> list[int]:
+        """Break-glass held for a second person: the security channel's line about each shows
+        how long it has waited so far (updated in place every sweep)."""
+        ids = self.service.break_glass_waits()
+        self._tell(ids)
+        return ids
+
+    @sweep("sweep")
     def digest(self) -> Digest | None:
         """Once a day at the policy's time, by one worker: the managers' summary."""
         digest = self.service.digest_due()

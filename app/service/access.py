@@ -2,17 +2,18 @@
 
 State only changes through `app.lifecycle.transitions`. The use cases are grouped by concern in
 `requests` (asking and deciding), `identities` (service-account attestation and orphans),
-`grants` (access on the target), `reviews` (break-glass)
+`grants` (access on the target), `breakglass` (budgets and the second person's
+confirmation), `reviews` (break-glass)
 `digest` (the managers' daily summary) and `standing` (access no grant covers).
 """
 
 from __future__ import annotations
 
+from app.service.breakglass import BreakGlassCases
 from app.service.digest import DigestCases
-from app.service.requests import RequestCases
 from app.service.reviews import ReviewCases
 from app.service.standing import StandingCases
 
 
-class AccessService(RequestCases, ReviewCases, DigestCases, StandingCases):
+class AccessService(BreakGlassCases, ReviewCases, DigestCases, StandingCases):
     """Use cases of the request lifecycle. Safe to share between threads and processes."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, text
@@ -100,8 +101,10 @@ class RequestCases(IdentityCases):
         role: str,
         reason: str,
         duration: timedelta | None = None,
+        extra: Mapping[str, object] | None = None,
     ) -> RequestView:
-        """Emergency access: granted at once within the break-glass cap, reviewed afterwards."""
+        """Emergency access: granted at once within the break-glass cap, reviewed afterwards.
+        `extra`: more for its `breakglass.started` event (its flags and budget use)."""
         now = self.clock.now()
         plan = self._plan(person, target, role, now, break_glass=True)
         reason = clean_reason(reason)
@@ -157,6 +160,7 @@ class RequestCases(IdentityCases):
                     "review_due_at": now + review_within,
                     "reviewers": rules.reviewers(self.policy, now),
                     "preexisting": preexisting,
+                    **(extra or {}),
                 },
                 also=open_review,
                 before=replace_pending,

@@ -66,6 +66,11 @@ class BreakGlassSummary:
     break_glass_30_days: int = 1
     # The pending request this use replaced (cancelled when it began), if any.
     replaces: int | None = None
+    # What was unusual about the use when it began (app/breakglass/rules.py): (code, words).
+    flags: tuple[tuple[str, str], ...] = ()
+    # Held for a second person: why, and who confirmed it (their key or Slack ID).
+    held_for: tuple[str, ...] = ()
+    confirmed_by: str | None = None
 
 
 def _event_data(body: str) -> dict[str, Any]:
@@ -205,6 +210,7 @@ class ReviewCases(ServiceBase):
         notes = tuple(n for n in (view.grant_detail, view.revoke_detail) if n)
         started = next((body for action, body in events if action == "breakglass.started"), None)
         replaced = replaced_in(started)
+        begun = _event_data(started) if started else {}
         return BreakGlassSummary(
             view=view,
             used_for=used_for,
@@ -215,6 +221,9 @@ class ReviewCases(ServiceBase):
             earlier=self._earlier_requests(view),
             break_glass_30_days=self._break_glass_count(view),
             replaces=replaced[0] if replaced else None,
+            flags=tuple((str(f["code"]), str(f["words"])) for f in begun.get("flags") or []),
+            held_for=tuple(str(w) for w in begun.get("held_for") or []),
+            confirmed_by=begun.get("confirmed_by_slack_id") or begun.get("confirmed_by"),
         )
 
     def _earlier_requests(self, view: RequestView) -> tuple[RequestView, ...]:

@@ -15,6 +15,7 @@ from app.slack import errors
 from app.slack.deps import SlackDeps
 from app.slack.gate import PersonResolver, WorkspaceGate
 from app.slack.listeners import actions, commands, events, identities, reviews, views
+from app.slack.listeners import breakglass as breakglass_listeners
 
 
 def web_client(token: str, api_url: str) -> WebClient:
@@ -80,4 +81,5 @@ def build_app(
     errors.register(app, deps.later)
     for listeners in (commands, actions, reviews, identities, views, events):
         listeners.register(app, deps)
+    breakglass_listeners.register(app, deps)  # Confirm on a held break-glass use
     return app

@@ -41,7 +41,7 @@ from app.slack.parsing import (
     parse_jit,
 )
 from app.store.models import RequestState as S
-from app.wording import plural
+from app.wording import listed, plural
 
 HELP = (
     "*WardKey: just-in-time access*\n"
@@ -180,6 +180,10 @@ def _break_glass(
 ) -> None:
     view = deps.service.break_glass(person_of(context), parsed.target, parsed.role, parsed.reason)
     zone = deps.service.policy.zone
+    if view.state == S.PENDING:  # held for a second person (app/service/breakglass.py)
+        respond(response_type="ephemeral", text=held_text(deps, view))
+        deps.notifier.break_glass_started(view)
+        return
     text = f"Break-glass #{view.id}: {outcome_line(view, zone)}. This use will be reviewed."
     replaced = deps.service.replaced_request(view.id)
     if replaced is not None:
@@ -190,6 +194,19 @@ def _break_glass(
         )
     respond(response_type="ephemeral", text=text)
     deps.notifier.break_glass_started(view)
+
+
+def held_text(deps: SlackDeps, view: RequestView) -> str:
+    """What the person who broke glass is told at once when it needs a second person."""
+    start = deps.service.break_glass_start(view.id)
+    names = deps.notifier.names
+    asked = listed([names.person(m, m) for m in start.confirmers], "or")
+    return (
+        f"Break-glass #{view.id} needs a second person before access is given: "
+        f"{escape('; '.join(start.held_for))}. I have asked {asked} to confirm it in Slack; "
+        "the first to confirm grants it at once, and I will message you the moment it is "
+        "active. The security team can see the wait."
+    )
 
 
 def open_request_form(deps: SlackDeps, client: WebClient, person: Person, trigger_id: str) -> None:

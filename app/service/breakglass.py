@@ -1,0 +1,473 @@
+"""Break-glass within budget, and the second person's confirmation when it is not.
+
+A use within the policy's limits is granted at once, as always. A use over a limit, or by
+someone with a break-glass review past its deadline, is held (`breakglass.held`, state
+pending) and the eligible confirmers get a Confirm card; the first to confirm grants it at
+once: one transition (pending -> granting, `breakglass.started`, naming who confirmed), the
+review opened in the same transaction. The rules themselves are pure (app/breakglass/rules.py);
+this reads the facts they need in one read transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from app.breakglass.rules import Breach, Budget, Flag, FlagFacts, Use, budget_breaches, flags
+from app.breakglass.rules import usage as usage_of
+from app.lifecycle import transitions
+from app.lifecycle.errors import AlreadyDecided, NotAllowed, NotFound, SelfApproval
+from app.lifecycle.validation import clean_reason, within_cap
+from app.policy import rules
+from app.policy.model import BREAK_GLASS_PATH
+from app.policy.people import Person, person_key, same_person
+from app.service.base import STATE_WORDS, S
+from app.service.requests import RequestCases, _reserve_request_id
+from app.service.views import REPLACED_BY_BREAK_GLASS, RequestView
+from app.store.models import AccessRequest, AuditEvent, Review, ReviewState
+
+HELD = "breakglass.held"
+STARTED = "breakglass.started"
+WAITING = "breakglass.waiting"
+WEEK = timedelta(days=7)
+# States in which a break-glass use has begun (granted, being granted, or since ended).
+_BEGUN = (S.GRANTING, S.ACTIVE, S.REVOKING, S.REVOKE_FAILED, S.ENDED)
+
+
+@dataclass(frozen=True)
+class BreakGlassCheck:
+    """What the policy's limits and the person's reviews say of a new use, and its flags."""
+
+    breaches: tuple[Breach, ...]
+    # The person's reviews past due: (use, due, in the policy's time zone).
+    overdue: tuple[tuple[int, datetime], ...]
+    flags: tuple[Flag, ...]
+    budgets: tuple[Budget, ...]  # the person's and their limited groups' use so far
+
+    @property
+    def held_for(self) -> list[str]:
+        """Why the use needs a second person, in words."""
+        return [b.words for b in self.breaches] + [
+            f"the review of your break-glass #{rid} was due {due:%d %b %H:%M} and is not done"
+            for rid, due in self.overdue
+        ]
+
+
+@dataclass(frozen=True)
+class BreakGlassStart:
+    """How a use began, as its events record it: its flags and, if it was held, why, whom
+    WardKey asked, who confirmed it and after how long."""
+
+    flags: tuple[tuple[str, str], ...] = ()  # (code, words)
+    held_for: tuple[str, ...] = ()
+    confirmers: tuple[str, ...] = ()
+    confirmed_by: str | None = None
+    waited: timedelta | None = None
+    held_at: datetime | None = None
+
+
+def _event_data(body: str | None) -> dict[str, Any]:
+    if not body:
+        return {}
+    data: dict[str, Any] = json.loads(body).get("data") or {}
+    return data
+
+
+def _as_person(member: str) -> Person:
+    return Person(email=member) if "@" in member else Person(slack_user_id=member)
+
+
+class BreakGlassCases(RequestCases):
+    # ------------------------------------------------------------------------- break-glass
+
+    def break_glass(
+        self,
+        person: Person,
+        target: str,
+        role: str,
+        reason: str,
+        duration: timedelta | None = None,
+        extra: Mapping[str, object] | None = None,
+    ) -> RequestView:
+        """Emergency access: at once within the limits, else held for a second person's
+        confirmation (or refused, where the policy says so)."""
+        now = self.clock.now()
+        plan = self._plan(person, target, role, now, break_glass=True)
+        reason = clean_reason(reason)
+        duration = within_cap(duration or plan.cap, plan)
+        check = self.check_break_glass(person, plan.target, plan.role, duration)
+        facts = {
+            "flags": [{"code": f.code, "words": f.words} for f in check.flags],
+            "budget": _budget_facts(check.budgets),
+            **(extra or {}),
+        }
+        if not check.breaches and not check.overdue:
+            return super().break_glass(person, target, role, reason, duration, extra=facts)
+        limits = self.policy.paths[BREAK_GLASS_PATH].limits
+        if not check.overdue and limits is not None and limits.over_limit == "refuse":
+            raise NotAllowed(
+                f"Break-glass refused: {'; '.join(check.held_for)}. The policy refuses "
+                "break-glass over its limits, so nothing was granted; ask for it with "
+                f"`/jit request {plan.target}:{plan.role} …` and the approvers on duty."
+            )
+        confirmers = self.confirmers_for(person, plan.target, plan.role, now)
+        if not confirmers:
+            raise NotAllowed(
+                f"Break-glass needs a second person ({'; '.join(check.held_for)}), but nobody "
+                "other than you can confirm it now, so nothing was granted. Call the security "
+                "team or a WardKey admin."
+            )
+        return self._hold(person, plan, reason, duration, now, check, confirmers, facts)
+
+    def _hold(
+        self,
+        person: Person,
+        plan: rules.RequestPlan,
+        reason: str,
+        duration: timedelta,
+        now: datetime,
+        check: BreakGlassCheck,
+        confirmers: list[str],
+        facts: Mapping[str, object],
+    ) -> RequestView:
+        def replace_pending(session: Session, key: str) -> tuple[int | None, dict[str, object]]:
+            """The person's own request for this access, still waiting for approval, is
+            replaced as an immediate break-glass would replace it."""
+            pending = self._own_pending(session, key, plan)
+            if pending is None or pending.path == BREAK_GLASS_PATH:
+                return None, {}
+            new_id = _reserve_request_id(session)
+            self._cancel_as(
+                session,
+                pending,
+                now,
+                key,
+                f"replaced by break-glass #{new_id}",
+                REPLACED_BY_BREAK_GLASS,
+                {"replaced_by": new_id},
+            )
+            return new_id, {
+                "replaces": {"request": pending.id, "pending_since": pending.created_at}
+            }
+
+        return self._retrying(
+            lambda: self._open(
+                person,
+                plan,
+                reason,
+                duration,
+                now,
+                S.PENDING,
+                HELD,
+                fields={},
+                data={
+                    **facts,
+                    "held_for": check.held_for,
+                    "breaches": [b.field for b in check.breaches],
+                    "overdue_reviews": [rid for rid, _due in check.overdue],
+                    "confirmers": confirmers,
+                },
+                before=replace_pending,
+            )
+        )
+
+    def check_break_glass(
+        self, person: Person, target: str, role: str, duration: timedelta
+    ) -> BreakGlassCheck:
+        """The limits a use now would pass, the person's overdue reviews and the use's flags,
+        from one read of the database."""
+        now = self.clock.now()
+        spec = self.policy.paths[BREAK_GLASS_PATH]
+        flag_spec = spec.flags
+        key = person_key(self.policy, person)
+        my_groups = self._groups_of(person)
+        with self.db.read() as session:
+            begun = [s.value for s in _BEGUN]
+            rows = session.execute(
+                select(
+                    AccessRequest.id,
+                    AccessRequest.requester,
+                    AccessRequest.requester_slack_id,
+                    AccessRequest.requester_email,
+                    AccessRequest.target,
+                    AccessRequest.decided_at,
+                    AccessRequest.created_at,
+                    AccessRequest.granted_at,
+                    AccessRequest.ended_at,
+                    AccessRequest.expires_at,
+                ).where(
+                    AccessRequest.path == BREAK_GLASS_PATH,
+                    AccessRequest.state.in_(begun),
+                    or_(
+                        AccessRequest.decided_at > now - WEEK,
+                        AccessRequest.ended_at.is_(None),
+                        AccessRequest.ended_at > now - WEEK,
+                    ),
+                )
+            ).all()
+            overdue = session.execute(
+                select(Review.request_id, Review.due_at)
+                .join(AccessRequest, AccessRequest.id == Review.request_id)
+                .where(
+                    AccessRequest.requester == key,
+                    Review.state == ReviewState.OPEN.value,
+                    Review.due_at < now,
+                )
+                .order_by(Review.due_at)
+            ).all()
+            denials = session.execute(
+                select(AccessRequest.id, AccessRequest.ended_at).where(
+                    AccessRequest.requester == key,
+                    AccessRequest.target == target,
+                    AccessRequest.role == role,
+                    AccessRequest.state == S.DENIED.value,
+                    AccessRequest.ended_at >= now - flag_spec.after_denial_within,
+                )
+            ).all()
+            own = session.scalars(
+                select(AccessRequest.created_at).where(
+                    AccessRequest.requester == key,
+                    AccessRequest.created_at >= now - timedelta(days=flag_spec.history_days),
+                )
+            ).all()
+            on_target = session.execute(
+                select(
+                    AccessRequest.requester,
+                    AccessRequest.requester_slack_id,
+                    AccessRequest.requester_email,
+                ).where(
+                    AccessRequest.target == target,
+                    AccessRequest.created_at >= now - timedelta(days=flag_spec.unusual_target_days),
+                )
+            ).all()
+        groups_of: dict[str, frozenset[str]] = {key: my_groups}
+
+        def groups(requester: str, slack_id: str | None, email: str | None) -> frozenset[str]:
+            if requester not in groups_of:
+                who = Person(slack_user_id=slack_id, email=email)
+                groups_of[requester] = self._groups_of(who) if (slack_id or email) else frozenset()
+            return groups_of[requester]
+
+        uses = [
+            Use(
+                r.id,
+                r.requester,
+                groups(r.requester, r.requester_slack_id, r.requester_email),
+                r.target,
+                r.decided_at or r.created_at,
+                r.granted_at,
+                r.ended_at or r.expires_at,
+            )
+            for r in rows
+        ]
+        limits = spec.limits
+        breaches = budget_breaches(limits, key, my_groups, uses, now, duration)
+        budgets = [usage_of(key, [u for u in uses if u.requester == key], now)]
+        if limits is not None:
+            budgets += [
+                usage_of(g, [u for u in uses if g in u.groups], now)
+                for g in limits.per_group
+                if g in my_groups
+            ]
+        crowd = [
+            u.requester
+            for u in uses
+            if u.target == target
+            and u.requester != key
+            and u.started > now - flag_spec.crowd_window
+        ]
+        group_requests = sum(
+            1 for requester, sid, email in on_target if groups(requester, sid, email) & my_groups
+        )
+        found = flags(
+            flag_spec,
+            FlagFacts(
+                now=now,
+                zone=self.policy.zone,
+                target=target,
+                denials=[(rid, at) for rid, at in denials if at is not None],
+                own_requests=list(own),
+                groups=my_groups,
+                group_requests_for_target=group_requests,
+                crowd=crowd,
+            ),
+        )
+        return BreakGlassCheck(
+            tuple(breaches),
+            tuple((rid, due.astimezone(self.policy.zone)) for rid, due in overdue),
+            tuple(found),
+            tuple(budgets),
+        )
+
+    def _groups_of(self, person: Person) -> frozenset[str]:
+        return frozenset(
+            g
+            for g in self.policy.groups
+            if rules.is_member(self.policy, person, rules.group_members(self.policy, g))
+        )
+
+    def confirmers_for(self, requester: Person, target: str, role: str, now: datetime) -> list[str]:
+        """Who may confirm a held use now: the policy's confirmers, else the approvers on duty
+        of the role's own path, else the break-glass reviewers, else the WardKey admins;
+        never the person themself or another account of theirs."""
+        policy = self.policy
+        limits = policy.paths[BREAK_GLASS_PATH].limits
+        role_spec = policy.targets[target].roles.get(role) if target in policy.targets else None
+        if limits is not None and limits.confirmers:
+            chain = [rules.resolve_sources(policy, limits.confirmers, now)]
+        else:
+            chain = [
+                rules.approvers_at(policy, role_spec.path, now) if role_spec else [],
+                rules.reviewers(policy, now),
+                rules.group_members(policy, policy.admins),
+            ]
+        for members in chain:
+            others = [m for m in members if not same_person(policy, requester, _as_person(m))]
+            if others:
+                return others
+        return []
+
+    def confirm_break_glass(self, request_id: int, person: Person) -> RequestView:
+        """A second person confirms a held break-glass use: granted at once."""
+        with self.db.read() as session:
+            req = self._load(session, request_id)
+            target, account, entitlement = req.target, req.account, req.entitlement
+            held = session.scalar(
+                select(AuditEvent.body).where(
+                    AuditEvent.request_id == request_id, AuditEvent.action == HELD
+                )
+            )
+        if req.path != BREAK_GLASS_PATH or held is None:
+            raise NotFound(
+                f"Request #{request_id} is not a break-glass use waiting to be confirmed."
+            )
+        if self._is_requester(person, req):
+            raise SelfApproval(
+                "You cannot confirm your own break-glass use, from this account or another of "
+                "yours: it needs a second person."
+            )
+        if req.state != S.PENDING:
+            raise AlreadyDecided(
+                f"Break-glass #{req.id} {STATE_WORDS.get(S(req.state), 'changed')}."
+            )
+        preexisting = self._preexisting(target, account, entitlement)
+        held_data = _event_data(held)
+
+        def attempt() -> RequestView:
+            now = self.clock.now()
+            with self.db.transaction() as session:
+                req = self._load(session, request_id)
+                if req.state != S.PENDING:
+                    raise AlreadyDecided(
+                        f"Break-glass #{req.id} {STATE_WORDS.get(S(req.state), 'changed')}."
+                    )
+                if now >= req.created_at + self._pending_timeout(req.path):
+                    raise AlreadyDecided(
+                        f"Break-glass #{req.id} waited too long and is closing; they can break "
+                        "glass again."
+                    )
+                requester = self._requester(req)
+                allowed = self.confirmers_for(requester, req.target, req.role, now)
+                if not rules.is_member(self.policy, person, allowed):
+                    raise NotAllowed(
+                        f"You cannot confirm break-glass #{req.id}: only the people WardKey "
+                        "asked (on duty now) can, so nothing was changed."
+                    )
+                spec = self.policy.paths[BREAK_GLASS_PATH]
+                review_within = spec.review_within or timedelta(days=1)
+                key = person_key(self.policy, person)
+                transitions.transition(
+                    session,
+                    req,
+                    S.GRANTING,
+                    at=now,
+                    actor=key,
+                    action=STARTED,
+                    changes={"decided_at": now, "preexisting": preexisting, **self._lease(now)},
+                    data={
+                        "confirmed_by": key,
+                        "confirmed_by_slack_id": person.slack_user_id,
+                        "waited_seconds": int((now - req.created_at).total_seconds()),
+                        "held_for": held_data.get("held_for", []),
+                        "flags": held_data.get("flags", []),
+                        "budget": held_data.get("budget", {}),
+                        "review_due_at": now + review_within,
+                        "reviewers": rules.reviewers(self.policy, now),
+                        "preexisting": preexisting,
+                    },
+                )
+                session.add(
+                    Review(
+                        request_id=req.id,
+                        state=ReviewState.OPEN.value,
+                        version=1,
+                        due_at=now + review_within,
+                    )
+                )
+                return self._view(session, req)
+
+        view = self._retrying(attempt)
+        return self._finish_grant(view.id)
+
+    def break_glass_start(self, request_id: int) -> BreakGlassStart:
+        """How this use began (its flags; if held: why, whom WardKey asked, who confirmed)."""
+        with self.db.read() as session:
+            events: dict[str, str] = {
+                action: body
+                for action, body in session.execute(
+                    select(AuditEvent.action, AuditEvent.body).where(
+                        AuditEvent.request_id == request_id,
+                        AuditEvent.action.in_([HELD, STARTED]),
+                    )
+                ).all()
+            }
+            held_at = session.scalar(
+                select(AuditEvent.at).where(
+                    AuditEvent.request_id == request_id, AuditEvent.action == HELD
+                )
+            )
+        held, started = _event_data(events.get(HELD)), _event_data(events.get(STARTED))
+        source = started or held
+        waited = started.get("waited_seconds")
+        return BreakGlassStart(
+            flags=tuple((str(f["code"]), str(f["words"])) for f in source.get("flags") or []),
+            held_for=tuple(str(w) for w in held.get("held_for") or []),
+            confirmers=tuple(str(m) for m in held.get("confirmers") or []),
+            confirmed_by=started.get("confirmed_by_slack_id") or started.get("confirmed_by"),
+            waited=timedelta(seconds=int(waited)) if waited is not None else None,
+            held_at=held_at,
+        )
+
+    def break_glass_waits(self) -> list[int]:
+        """Held uses still waiting for a second person: a notice for each (no state changes),
+        so the security channel's message about it shows how long it has waited."""
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            waiting = session.scalars(
+                select(AccessRequest.id).where(
+                    AccessRequest.path == BREAK_GLASS_PATH,
+                    AccessRequest.state == S.PENDING.value,
+                )
+            ).all()
+            for rid in waiting:
+                transitions.announce(session, f"request:{rid}", WAITING, {"request": rid}, at=now)
+        return list(waiting)
+
+
+def _budget_facts(budgets: Sequence[Budget]) -> dict[str, object]:
+    """The person's (and their limited groups') use before this one, for the audit trail."""
+    return {
+        b.who: {
+            "uses_day": b.uses_day,
+            "uses_week": b.uses_week,
+            "seconds_day": int(b.time_day.total_seconds()),
+            "seconds_week": int(b.time_week.total_seconds()),
+        }
+        for b in budgets
+    }
