@@ -149,7 +149,8 @@ def _breaches(
 @dataclass(frozen=True)
 class Flag:
     code: str
-    words: str
+    words: str  # names no person: it is shown in channels
+    people: tuple[str, ...] = ()  # the others concerned (their keys), for the audit trail
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,8 @@ def flags(spec: BreakGlassFlags, facts: FlagFacts) -> list[Flag]:
             Flag(
                 CROWD,
                 f"{len(others) + 1} people broke glass on {facts.target} within "
-                f"{format_duration(spec.crowd_window)} (also {listed(others)})",
+                f"{format_duration(spec.crowd_window)}",
+                tuple(others),
             )
         )
     return found

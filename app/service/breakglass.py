@@ -103,7 +103,10 @@ class BreakGlassCases(RequestCases):
         duration = within_cap(duration or plan.cap, plan)
         check = self.check_break_glass(person, plan.target, plan.role, duration)
         facts = {
-            "flags": [{"code": f.code, "words": f.words} for f in check.flags],
+            "flags": [
+                {"code": f.code, "words": f.words, **({"people": f.people} if f.people else {})}
+                for f in check.flags
+            ],
             "budget": _budget_facts(check.budgets),
             **(extra or {}),
         }
