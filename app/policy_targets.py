@@ -115,6 +115,9 @@ def policy_warnings(policy: Policy) -> list[PolicyIssue]:
             kind, insecure, url = "roster", roster.insecure, roster.url or ""
         elif pagerduty is not None:
             kind, insecure, url = "pagerduty", pagerduty.insecure, pagerduty.api_url
+        elif rota.source.opsgenie is not None:
+            opsgenie = rota.source.opsgenie
+            kind, insecure, url = "opsgenie", opsgenie.insecure, opsgenie.api_url
         else:
             continue
         if not insecure:

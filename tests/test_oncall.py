@@ -31,6 +31,7 @@ from app.policy.rules import approvers_at, escalation_members
 from app.policy_targets import parse_policy, policy_warnings
 from app.store import Database
 from tests.conftest import sqlite_copy
+from tests.fakes.opsgenie import FakeOpsgenie
 from tests.fakes.pagerduty import FakePagerDuty, FileServer
 
 DATA = Path(__file__).parent / "data"
@@ -39,6 +40,7 @@ ICS = DATA / "ward7_roster.ics"
 WARD = DATA / "ward_policy.yaml"
 LONDON = ZoneInfo("Europe/London")
 TOKEN = "u+pd-test-token"
+GENIE_KEY = "eb243592-faa2-4ba2-a551-1afdf565c889"
 
 
 def utc(text: str) -> datetime:
@@ -396,6 +398,167 @@ class TestPagerDuty:
         assert len(pagerduty.requests) == asked + 1
 
 
+class TestPagerDutyEscalationPolicy:
+    def source(self, fake: FakePagerDuty, level: int = 1) -> dict[str, Any]:
+        return {
+            "pagerduty": {
+                "escalation_policy": "PEPWARD",
+                "level": level,
+                "token_env": "PAGERDUTY_TOKEN",
+                "api_url": fake.base_url,
+                "insecure": True,
+            }
+        }
+
+    @pytest.fixture
+    def handover(self, pagerduty: FakePagerDuty) -> datetime:
+        """Level 1 of the ward's escalation policy is its lead's schedule (Chloe's night, then
+        Ben's day); level 2 names Gita herself; Dev is on another policy."""
+        at = utc("2026-03-29T08:00:00+01:00")
+        night, day = (at - timedelta(hours=11), at), (at, at + timedelta(hours=12))
+        pagerduty.on_call(
+            "PWARD07", "PCHLOE1", "chloe@ward.nhs.uk", *night, escalation_policy="PEPWARD"
+        )
+        pagerduty.on_call(
+            "PWARD07", "PBEN001", "ben@ward.nhs.uk", *day, escalation_policy="PEPWARD"
+        )
+        pagerduty.on_call(
+            None, "PGITA01", "gita@ward.nhs.uk", None, None, escalation_policy="PEPWARD", level=2
+        )
+        pagerduty.on_call(
+            "POTHER1", "PDEV001", "dev@ward.nhs.uk", None, None, escalation_policy="PEPOTH"
+        )
+        return at
+
+    def test_the_first_level_is_on_call_through_its_schedule(
+        self, pagerduty: FakePagerDuty, handover: datetime
+    ) -> None:
+        clock = ManualClock(handover - timedelta(minutes=1))
+        policy, cache = sourced(self.source(pagerduty), clock, {"PAGERDUTY_TOKEN": TOKEN})
+        assert approvers_at(policy, "clinical", clock.now())[0] == "chloe@ward.nhs.uk"
+        people = approvers_at(policy, "clinical", handover)
+        assert people[0] == "ben@ward.nhs.uk"
+        assert not {"gita@ward.nhs.uk", "dev@ward.nhs.uk"} & set(people[:1])
+        [asked] = pagerduty.requests
+        assert asked["escalation_policy_ids[]"] == ["PEPWARD"]
+        assert "schedule_ids[]" not in asked and asked["include[]"] == ["users"]
+        assert cache.describe("clinical-oncall") == (
+            "from PagerDuty escalation policy PEPWARD (level 1), read 07:59"
+        )
+        assert path_sources(policy, "clinical") == [
+            "clinical-oncall on call per PagerDuty escalation policy PEPWARD (level 1), read 07:59"
+        ]
+
+    def test_a_later_level_names_who_is_on_it_for_ever(
+        self, pagerduty: FakePagerDuty, handover: datetime
+    ) -> None:
+        clock = ManualClock(handover)
+        policy, _ = sourced(self.source(pagerduty, level=2), clock, {"PAGERDUTY_TOKEN": TOKEN})
+        people = approvers_at(policy, "clinical", clock.now())
+        assert people[0] == "gita@ward.nhs.uk"
+        assert "ben@ward.nhs.uk" not in people
+
+
+@pytest.fixture
+def opsgenie() -> Iterator[FakeOpsgenie]:
+    server = FakeOpsgenie(GENIE_KEY).start()
+    yield server
+    server.stop()
+
+
+class TestOpsgenie:
+    def source(
+        self, fake: FakeOpsgenie, schedule: str = "ward7-nic", **more: Any
+    ) -> dict[str, Any]:
+        return {
+            "opsgenie": {
+                "schedule": schedule,
+                "token_env": "OPSGENIE_KEY",
+                "api_url": fake.base_url,
+                "insecure": True,
+            },
+            **more,
+        }
+
+    @pytest.fixture
+    def handover(self, opsgenie: FakeOpsgenie) -> datetime:
+        at = utc("2026-03-29T08:00:00+01:00")
+        opsgenie.on_call("ward7-nic", "chloe@ward.nhs.uk", at - timedelta(hours=11), at)
+        opsgenie.on_call("ward7-nic", "ben@ward.nhs.uk", at, at + timedelta(hours=12))
+        opsgenie.on_call("theatres", "dev@ward.nhs.uk", at - timedelta(hours=11), at)
+        return at
+
+    def test_the_schedule_by_name_says_who_is_on_call_now(
+        self, opsgenie: FakeOpsgenie, handover: datetime
+    ) -> None:
+        clock = ManualClock(handover - timedelta(minutes=1))
+        policy, cache = sourced(self.source(opsgenie), clock, {"OPSGENIE_KEY": GENIE_KEY})
+        people = approvers_at(policy, "clinical", clock.now())
+        assert people[0] == "chloe@ward.nhs.uk" and "dev@ward.nhs.uk" not in people
+        [(path, query)] = opsgenie.requests
+        assert path == "/v2/schedules/ward7-nic/on-calls"
+        assert query["scheduleIdentifierType"] == ["name"] and query["flat"] == ["true"]
+        assert utc(query["date"][0]) == clock.now()
+        assert cache.describe("clinical-oncall") == "from Opsgenie schedule ward7-nic, read 07:59"
+
+    def test_the_schedule_by_id_and_a_hand_off_seen_at_the_next_read(
+        self, opsgenie: FakeOpsgenie, handover: datetime
+    ) -> None:
+        ident = opsgenie.schedule("ward7-nic")
+        clock = ManualClock(handover - timedelta(minutes=1))
+        source = self.source(opsgenie, ident, refresh_every="2m")
+        policy, _ = sourced(source, clock, {"OPSGENIE_KEY": GENIE_KEY})
+        assert approvers_at(policy, "clinical", clock.now())[0] == "chloe@ward.nhs.uk"
+        assert opsgenie.requests[0][0] == f"/v2/schedules/{ident}/on-calls"
+        assert "scheduleIdentifierType" not in opsgenie.requests[0][1]
+        # Opsgenie answers for an instant: the hand-off is seen at the first read after it.
+        clock.advance(timedelta(minutes=2))
+        assert approvers_at(policy, "clinical", clock.now())[0] == "ben@ward.nhs.uk"
+        assert "chloe@ward.nhs.uk" not in approvers_at(policy, "clinical", clock.now())
+
+    def test_a_wrong_key_is_unreadable_and_named_without_the_key(
+        self, opsgenie: FakeOpsgenie, handover: datetime, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        clock = ManualClock(handover)
+        caplog.set_level(logging.WARNING, logger="app.oncall.cache")
+        policy, _ = sourced(self.source(opsgenie), clock, {"OPSGENIE_KEY": "wrong-genie-key"})
+        assert approvers_at(policy, "clinical", clock.now()) == policy.groups["managers"]
+        assert "Opsgenie answered HTTP 401: Could not authenticate" in caplog.text
+        assert "wrong-genie-key" not in caplog.text
+
+    def test_an_unknown_schedule_is_unreadable_with_opsgenies_words(
+        self, opsgenie: FakeOpsgenie, handover: datetime
+    ) -> None:
+        clock = ManualClock(handover)
+        policy, cache = sourced(
+            self.source(opsgenie, "ward9-nic"), clock, {"OPSGENIE_KEY": GENIE_KEY}
+        )
+        assert approvers_at(policy, "clinical", clock.now()) == policy.groups["managers"]
+        assert "HTTP 404: No schedule exists with name [ward9-nic]" in cache.describe(
+            "clinical-oncall"
+        )
+
+    def test_a_rate_limit_is_waited_out_and_the_last_answer_used_meanwhile(
+        self, opsgenie: FakeOpsgenie, handover: datetime, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.WARNING, logger="app.oncall.cache")
+        clock = ManualClock(handover)
+        source = self.source(opsgenie, refresh_every="1m")
+        policy, _ = sourced(source, clock, {"OPSGENIE_KEY": GENIE_KEY})
+        assert approvers_at(policy, "clinical", clock.now())[0] == "ben@ward.nhs.uk"
+        opsgenie.failures, opsgenie.retry_after = [429], 600
+        clock.advance(timedelta(minutes=1))
+        assert approvers_at(policy, "clinical", clock.now())[0] == "ben@ward.nhs.uk"
+        assert "Opsgenie answered HTTP 429: Too many requests" in caplog.text
+        asked = len(opsgenie.requests)
+        clock.advance(timedelta(minutes=9))  # refresh_every has passed, Retry-After has not
+        approvers_at(policy, "clinical", clock.now())
+        assert len(opsgenie.requests) == asked
+        clock.advance(timedelta(minutes=1))
+        approvers_at(policy, "clinical", clock.now())
+        assert len(opsgenie.requests) == asked + 1
+
+
 class TestPolicyValidation:
     def test_a_roster_with_file_and_url_names_the_source(self) -> None:
         data = ward_with(
@@ -430,6 +593,40 @@ class TestPolicyValidation:
         assert problems(data) == [
             "oncall.clinical-oncall.rotation: 'rotation' is required (or give a 'source')"
         ]
+
+    def test_a_pagerduty_source_takes_a_schedule_or_an_escalation_policy_not_both(
+        self,
+    ) -> None:
+        both = {"schedule": "PWARD07", "escalation_policy": "PEPWARD", "token_env": "PD"}
+        assert problems(ward_with({"pagerduty": both})) == [
+            "oncall.clinical-oncall.source.pagerduty: give exactly one of 'schedule' or "
+            "'escalation_policy'"
+        ]
+        level = {"schedule": "PWARD07", "level": 2, "token_env": "PD"}
+        assert problems(ward_with({"pagerduty": level})) == [
+            "oncall.clinical-oncall.source.pagerduty: 'level' goes with 'escalation_policy', "
+            "not 'schedule'"
+        ]
+
+    def test_two_sources_for_one_rota_are_refused(self) -> None:
+        data = ward_with(
+            {
+                "roster": {"file": "a.csv", "format": "csv"},
+                "opsgenie": {"schedule": "ward7-nic", "token_env": "OPSGENIE_KEY"},
+            }
+        )
+        assert problems(data) == [
+            "oncall.clinical-oncall.source: give exactly one of 'roster', 'pagerduty' or 'opsgenie'"
+        ]
+
+    def test_opsgenie_takes_the_eu_instance_and_refuses_plain_http(self) -> None:
+        eu = {"schedule": "ward7-nic", "token_env": "OPSGENIE_KEY"}
+        eu["api_url"] = "https://api.eu.opsgenie.com"
+        assert load(ward_with({"opsgenie": eu})).oncall["clinical-oncall"].source is not None
+        plain = {**eu, "api_url": "http://api.eu.opsgenie.com"}
+        [problem] = problems(ward_with({"opsgenie": plain}))
+        assert problem.startswith("oncall.clinical-oncall.source.opsgenie.api_url: ")
+        assert "not an https:// URL" in problem
 
     def test_an_unknown_format_names_the_format(self) -> None:
         data = ward_with({"roster": {"file": "a.xlsx", "format": "xlsx"}})

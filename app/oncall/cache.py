@@ -20,7 +20,7 @@ import httpx
 
 from app.clock import Clock, SystemClock
 from app.oncall.shifts import Shift, on_call
-from app.oncall.sources import SourceUnreadable, read_pagerduty, read_roster
+from app.oncall.sources import SourceUnreadable, read_opsgenie, read_pagerduty, read_roster
 from app.policy.model import Policy, Rota, RotaSource
 
 log = logging.getLogger(__name__)
@@ -77,13 +77,13 @@ _KEPT_LOCK = threading.Lock()
 
 
 def where_from(source: RotaSource) -> str:
-    """The source in a person's words: 'PagerDuty schedule PABC123', 'roster export ward7.csv'."""
-    if source.pagerduty is not None:
-        return f"PagerDuty schedule {source.pagerduty.schedule}"
-    roster = source.roster
-    assert roster is not None
-    place = roster.file if roster.file is not None else roster.url
-    return f"roster export {place}"
+    """The source in a person's words: 'PagerDuty schedule PABC123', 'roster export ward7.csv',
+    'Opsgenie schedule ward7-nic'."""
+    if source.roster is not None:
+        roster = source.roster
+        place = roster.file if roster.file is not None else roster.url
+        return f"roster export {place}"
+    return card_words(source)
 
 
 class OnCall:
@@ -167,6 +167,8 @@ class OnCall:
     def _read(self, source: RotaSource, now: datetime) -> list[Shift]:
         if source.pagerduty is not None:
             return read_pagerduty(source.pagerduty, now, self.env, self.client)
+        if source.opsgenie is not None:
+            return read_opsgenie(source.opsgenie, now, self.env, self.client)
         assert source.roster is not None
         return read_roster(source.roster, self.zone, self.client)
 
@@ -281,14 +283,24 @@ class OnCall:
 
 
 def kind_of(source: RotaSource) -> str:
-    return "pagerduty" if source.pagerduty is not None else "roster"
+    if source.pagerduty is not None:
+        return "pagerduty"
+    return "opsgenie" if source.opsgenie is not None else "roster"
 
 
 def card_words(source: RotaSource) -> str:
     """The source for the approver card, with nothing a URL or path might carry:
-    'PagerDuty schedule PABC123', 'rostering export (ics)'."""
+    'PagerDuty schedule PABC123', 'PagerDuty escalation policy PXYZ789 (level 1)',
+    'Opsgenie schedule ward7-nic', 'rostering export (ics)'."""
     if source.pagerduty is not None:
-        return f"PagerDuty schedule {source.pagerduty.schedule}"
+        pagerduty = source.pagerduty
+        if pagerduty.schedule is not None:
+            return f"PagerDuty schedule {pagerduty.schedule}"
+        return (
+            f"PagerDuty escalation policy {pagerduty.escalation_policy} (level {pagerduty.level})"
+        )
+    if source.opsgenie is not None:
+        return f"Opsgenie schedule {source.opsgenie.schedule}"
     assert source.roster is not None
     return f"rostering export ({source.roster.format})"
 

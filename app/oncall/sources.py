@@ -1,20 +1,23 @@
-"""Reading a rota's source: a rostering export (file or URL) or a PagerDuty schedule.
+"""Reading a rota's source: a rostering export (file or URL), a PagerDuty schedule or
+escalation policy, or an Opsgenie schedule.
 
 Every failure is a `SourceUnreadable` whose message says what went wrong without any token.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import httpx
 
 from app.oncall.shifts import RosterError, Shift, parse_csv, parse_ics, with_role
-from app.policy.model import PagerDutySource, RosterSource
+from app.policy.model import OpsgenieSource, PagerDutySource, RosterSource
 
 TIMEOUT = httpx.Timeout(10.0)
 # How far either side of now a PagerDuty read reaches: wide enough that a lookup at any
@@ -22,6 +25,10 @@ TIMEOUT = httpx.Timeout(10.0)
 PAGERDUTY_BEHIND = timedelta(hours=1)
 PAGERDUTY_AHEAD = timedelta(hours=36)
 PAGERDUTY_PAGE = 100
+# An Opsgenie schedule ID (a UUID); anything else is read as the schedule's name.
+OPSGENIE_ID = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
 
 
 class SourceUnreadable(Exception):
@@ -72,7 +79,8 @@ def _instant(value: Any) -> datetime | None:
 def read_pagerduty(
     source: PagerDutySource, now: datetime, env: Mapping[str, str], client: httpx.Client
 ) -> list[Shift]:
-    """The schedule's on-call entries around `now` (GET /oncalls, every page)."""
+    """The on-call entries around `now` of the schedule, or of the escalation policy's level
+    (GET /oncalls, every page)."""
     token = env.get(source.token_env, "")
     if not token:
         raise SourceUnreadable(f"{source.token_env} is not set")
@@ -84,8 +92,13 @@ def read_pagerduty(
     shifts: list[Shift] = []
     offset = 0
     while True:
+        which = (
+            ("schedule_ids[]", source.schedule)
+            if source.schedule is not None
+            else ("escalation_policy_ids[]", source.escalation_policy)
+        )
         params: list[tuple[str, str | int | float | bool | None]] = [
-            ("schedule_ids[]", source.schedule),
+            which,
             ("include[]", "users"),
             ("since", (now - PAGERDUTY_BEHIND).isoformat()),
             ("until", (now + PAGERDUTY_AHEAD).isoformat()),
@@ -106,6 +119,10 @@ def read_pagerduty(
             body = response.json()
             entries = body["oncalls"]
             for entry in entries:
+                if source.escalation_policy is not None and entry["escalation_level"] != (
+                    source.level
+                ):
+                    continue
                 user = entry["user"]
                 person = user.get("email")
                 if not person:
@@ -120,6 +137,50 @@ def read_pagerduty(
         if not body.get("more") or not entries:
             return shifts
         offset += len(entries)
+
+
+def read_opsgenie(
+    source: OpsgenieSource, now: datetime, env: Mapping[str, str], client: httpx.Client
+) -> list[Shift]:
+    """Who the schedule has on call at `now` (GET /v2/schedules/{schedule}/on-calls, flat:
+    each recipient's username, which in Opsgenie is their e-mail address). Opsgenie answers
+    for an instant, so each is on call until the next read."""
+    key = env.get(source.token_env, "")
+    if not key:
+        raise SourceUnreadable(f"{source.token_env} is not set")
+    url = f"{source.api_url.rstrip('/')}/v2/schedules/{quote(source.schedule, safe='')}/on-calls"
+    params: list[tuple[str, str | int | float | bool | None]] = [
+        ("flat", "true"),
+        ("date", now.astimezone(UTC).isoformat(timespec="seconds")),
+    ]
+    if not OPSGENIE_ID.fullmatch(source.schedule):
+        params.append(("scheduleIdentifierType", "name"))
+    try:
+        response = client.get(
+            url, params=params, headers={"Authorization": f"GenieKey {key}"}, timeout=TIMEOUT
+        )
+    except httpx.HTTPError as exc:
+        raise SourceUnreadable(f"Opsgenie: {type(exc).__name__}") from None
+    if response.status_code != 200:
+        raise SourceUnreadable(
+            f"Opsgenie answered HTTP {response.status_code}: {_message(response)}",
+            _retry_after(response) if response.status_code == 429 else None,
+        )
+    try:
+        recipients = response.json()["data"]["onCallRecipients"]
+        people = [str(r).strip() for r in recipients]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SourceUnreadable(f"Opsgenie: unexpected response ({type(exc).__name__})") from None
+    if any(not p for p in people):
+        raise SourceUnreadable("Opsgenie: an on-call recipient with no username")
+    return [Shift(None, None, person) for person in dict.fromkeys(people)]
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("message", ""))[:200] or response.reason_phrase
+    except (ValueError, AttributeError):
+        return response.reason_phrase
 
 
 def _error(response: httpx.Response) -> str:

@@ -201,6 +201,9 @@ def _source_urls(loc: Location, source: RotaSource) -> Iterator[PolicyIssue]:
     elif source.pagerduty is not None:
         pagerduty = source.pagerduty
         url, insecure, field = pagerduty.api_url, pagerduty.insecure, ("pagerduty", "api_url")
+    elif source.opsgenie is not None:
+        opsgenie = source.opsgenie
+        url, insecure, field = opsgenie.api_url, opsgenie.insecure, ("opsgenie", "api_url")
     else:
         return
     if not url.startswith("https://") and not (insecure and url.startswith("http://")):

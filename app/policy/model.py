@@ -394,15 +394,62 @@ class RosterSource(Strict):
 
 
 class PagerDutySource(Strict):
-    """A PagerDuty schedule, read with the REST API v2 (GET /oncalls)."""
+    """A PagerDuty schedule or escalation policy, read with the REST API v2 (GET /oncalls)."""
 
-    schedule: str = Field(pattern=r"^[A-Z0-9]{3,20}$", description="The schedule's ID (PABC123).")
+    schedule: str | None = Field(
+        default=None,
+        pattern=r"^[A-Z0-9]{3,20}$",
+        description="The schedule's ID (PABC123); or give escalation_policy.",
+    )
+    escalation_policy: str | None = Field(
+        default=None,
+        pattern=r"^[A-Z0-9]{3,20}$",
+        description="An escalation policy's ID (PXYZ789): the people on call at its `level`, "
+        "through whichever schedules it names; or give schedule.",
+    )
+    level: int = Field(
+        default=1,
+        ge=1,
+        le=20,
+        description="With escalation_policy: the escalation level whose on-call people approve "
+        "(1: the first responders).",
+    )
     token_env: EnvVarName = Field(
         description="Environment variable that holds a read-only REST API token."
     )
     api_url: str = Field(
         default="https://api.pagerduty.com",
         description="REST API base URL (https://api.eu.pagerduty.com for the EU service region).",
+    )
+    insecure: bool = Field(
+        default=False, description="A test system only: accept an http:// api_url."
+    )
+
+    @model_validator(mode="after")
+    def _schedule_or_policy(self) -> PagerDutySource:
+        if (self.schedule is None) == (self.escalation_policy is None):
+            raise ValueError("give exactly one of 'schedule' or 'escalation_policy'")
+        if self.schedule is not None and self.level != 1:
+            raise ValueError("'level' goes with 'escalation_policy', not 'schedule'")
+        return self
+
+
+class OpsgenieSource(Strict):
+    """An Opsgenie schedule, read with the Who is On Call API (GET /v2/schedules/…/on-calls)."""
+
+    schedule: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[^/?#\\]+$",
+        description="The schedule's ID (a UUID) or its name.",
+    )
+    token_env: EnvVarName = Field(
+        description="Environment variable that holds the API key (GenieKey) of an API "
+        "integration allowed to read the schedule."
+    )
+    api_url: str = Field(
+        default="https://api.opsgenie.com",
+        description="API base URL (https://api.eu.opsgenie.com for the EU instance).",
     )
     insecure: bool = Field(
         default=False, description="A test system only: accept an http:// api_url."
@@ -416,7 +463,11 @@ class RotaSource(Strict):
         default=None, description="A rostering export: CSV or iCalendar, a file or an HTTPS URL."
     )
     pagerduty: PagerDutySource | None = Field(
-        default=None, description="A PagerDuty schedule, read with its REST API."
+        default=None,
+        description="A PagerDuty schedule or escalation policy, read with its REST API.",
+    )
+    opsgenie: OpsgenieSource | None = Field(
+        default=None, description="An Opsgenie schedule, read with its Who is On Call API."
     )
     refresh_every: Duration = Field(
         default=timedelta(minutes=5), description="How long a read is used before reading again."
@@ -430,8 +481,9 @@ class RotaSource(Strict):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> RotaSource:
-        if (self.roster is None) == (self.pagerduty is None):
-            raise ValueError("give exactly one of 'roster' or 'pagerduty'")
+        given = [s for s in (self.roster, self.pagerduty, self.opsgenie) if s is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'roster', 'pagerduty' or 'opsgenie'")
         return self
 
 
@@ -440,8 +492,8 @@ class Rota(Strict):
     rotation: Literal["daily", "weekly"] | None = None
     source: RotaSource | None = Field(
         default=None,
-        description="Read who is on call from a rostering export or PagerDuty instead of "
-        "members and a rotation.",
+        description="Read who is on call from a rostering export, PagerDuty or Opsgenie "
+        "instead of members and a rotation.",
     )
     handoff: TimeOfDay = time(9, 0)
     handoff_day: Literal[

@@ -2,9 +2,10 @@
 rostering exports published at a URL.
 
 A real HTTP server on loopback with PagerDuty's shapes: `Authorization: Token token=…` (401 with
-PagerDuty's error body otherwise), `schedule_ids[]`, `since`/`until` (entries overlapping the
-window), `include[]=users` (full user objects with `email`; otherwise `user_reference`s),
-classic pagination (`limit`, `offset`, `more`, `total: null`), and scripted failures (a 429 with
+PagerDuty's error body otherwise), `schedule_ids[]` and `escalation_policy_ids[]` (each entry
+carries its `escalation_level`), `since`/`until` (entries overlapping the window),
+`include[]=users` (full user objects with `email`; otherwise `user_reference`s), classic
+pagination (`limit`, `offset`, `more`, `total: null`), and scripted failures (a 429 with
 Retry-After, or any status with PagerDuty's error body).
 """
 
@@ -60,14 +61,28 @@ class FakePagerDuty(LoopbackServer):
         self._lock = threading.Lock()
 
     def on_call(
-        self, schedule: str, user_id: str, email: str, start: datetime | None, end: datetime | None
+        self,
+        schedule: str | None,
+        user_id: str,
+        email: str,
+        start: datetime | None,
+        end: datetime | None,
+        *,
+        escalation_policy: str = "PEP0001",
+        level: int = 1,
     ) -> None:
-        """An on-call entry as PagerDuty computes it from the schedule's layers."""
+        """An on-call entry as PagerDuty computes it from the escalation policy's levels and
+        the schedules' layers (`schedule` None: a user named on the level itself, on call
+        for ever, as PagerDuty shows them: no schedule, null start and end)."""
         self.entries.append(
             {
-                "escalation_policy": _reference("escalation_policy", "PEP0001", "Ward on-call"),
-                "escalation_level": 1,
-                "schedule": _reference("schedule", schedule, "Ward lead"),
+                "escalation_policy": _reference(
+                    "escalation_policy", escalation_policy, "Ward on-call"
+                ),
+                "escalation_level": level,
+                "schedule": None
+                if schedule is None
+                else _reference("schedule", schedule, "Ward lead"),
                 "user": {
                     **_reference("user", user_id, email.split("@")[0]),
                     "type": "user",
@@ -109,6 +124,7 @@ class FakePagerDuty(LoopbackServer):
                 ("application/json"),
             )
         schedules = set(query.get("schedule_ids[]", []))
+        policies = set(query.get("escalation_policy_ids[]", []))
         since = datetime.fromisoformat(query["since"][0])
         until = datetime.fromisoformat(query["until"][0])
         full_users = "users" in query.get("include[]", [])
@@ -116,7 +132,9 @@ class FakePagerDuty(LoopbackServer):
         for entry in self.entries:
             start = entry["start"] and datetime.fromisoformat(entry["start"])
             end = entry["end"] and datetime.fromisoformat(entry["end"])
-            if schedules and entry["schedule"]["id"] not in schedules:
+            if schedules and (entry["schedule"] or {}).get("id") not in schedules:
+                continue
+            if policies and entry["escalation_policy"]["id"] not in policies:
                 continue
             if (start and start >= until) or (end and end <= since):
                 continue
