@@ -24,6 +24,7 @@ from sqlalchemy import case, func, literal, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.clock import Clock, SystemClock
+from app.groups import groups_now
 from app.oncall import sources_now
 from app.store.db import Database
 from app.store.models import (
@@ -184,6 +185,7 @@ class WardKeyCollector(Collector):
             "Slack messages Slack refused for good (archived channel, removed user), ever.",
             value=int(outbox_failed or 0),
         )
+        yield from _directory_groups(now)
         yield from _oncall_sources(now)
 
 
@@ -213,6 +215,39 @@ def _oncall_sources(now: datetime) -> Iterator[Metric]:
     yield up
     yield stale
     yield age
+
+
+def _directory_groups(now: datetime) -> Iterator[Metric]:
+    """The groups read from the directory, as this process last read them (each process
+    reads them itself)."""
+    labels = ["group", "kind"]
+    up = GaugeMetricFamily(
+        "wardkey_directory_group_up",
+        "1 when this process's last read of the directory group succeeded, else 0.",
+        labels=labels,
+    )
+    stale = GaugeMetricFamily(
+        "wardkey_directory_group_stale",
+        "1 when the group has nobody in it because it was not read within stale_after.",
+        labels=labels,
+    )
+    age = GaugeMetricFamily(
+        "wardkey_directory_group_read_age_seconds",
+        "Seconds since the directory group was last read successfully (-1: never).",
+        labels=labels,
+    )
+    people = GaugeMetricFamily(
+        "wardkey_directory_group_members",
+        "Enabled people in the directory group at its last good read.",
+        labels=labels,
+    )
+    for status in groups_now():
+        at = [status.group, status.kind]
+        up.add_metric(at, 1.0 if status.up else 0.0)
+        stale.add_metric(at, 0.0 if status.fresh else 1.0)
+        age.add_metric(at, -1.0 if status.read_at is None else _age(now, status.read_at))
+        people.add_metric(at, float(status.people))
+    yield from (up, stale, age, people)
 
 
 def _age(now: datetime, since: datetime | None) -> float:

@@ -8,19 +8,26 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import yaml
 from ldap3 import MODIFY_ADD, MODIFY_DELETE, MODIFY_REPLACE
+from prometheus_client import CollectorRegistry, generate_latest
 
 from app.clock import ManualClock
-from app.groups import DirectoryGroups, describe
+from app.groups import DirectoryGroups, describe, with_directory_groups
+from app.groups.jobs import Ended, GroupsJob
+from app.metrics import WardKeyCollector
 from app.policy import Policy, PolicyError
 from app.policy.rules import PolicyRefusal, approvers_at, plan_request
 from app.policy_targets import parse_policy, policy_warnings
+from app.service import AccessService
+from app.store.models import OutboxItem, RequestState
 from tests import slapd
-from tests.conftest import AMIRA, BEN, CHLOE, HERE, NIGHT_SHIFT
+from tests.conftest import AMIRA, BEN, CHLOE, HERE, NIGHT_SHIFT, sqlite_copy
 from tests.fakes.graph import FakeGraph
 from tests.test_ldap_adapter import need_slapd
 
@@ -468,3 +475,121 @@ class TestWithoutACache:
         policy = parse_manifest(text, "test policy")
         assert policy.members_of("clinical-systems") == []
         assert not eligible(policy, AMIRA, ManualClock(NIGHT_SHIFT))
+
+
+REASON = "fix stuck order set on ward 7"
+
+
+class TestLeavers:
+    """The refresh job ends the access of people the directory no longer puts in a group
+    that makes them eligible, where that group says revoke_leavers; never on an outage."""
+
+    @pytest.fixture
+    def policy(self, ward7: slapd.Slapd, clock: ManualClock) -> Policy:
+        return self.make(ward7, clock, revoke_leavers=True)
+
+    @staticmethod
+    def make(
+        directory: slapd.Slapd, clock: ManualClock, eligible: list[str] | None = None, **more: Any
+    ) -> Policy:
+        group = {
+            "ldap": {"group": NURSES, "target": "ward-directory"},
+            "refresh_every": "5m",
+            **more,
+        }
+        data = yaml.safe_load(
+            ward_policy(
+                {"clinical-systems": group, "bank-staff": ["amira@ward.nhs.uk"]},
+                {"ward-directory": ldap_target(directory.url)},
+            )
+        )
+        if eligible is not None:
+            data["targets"]["pharmacy-db"]["roles"]["read"]["eligible"] = eligible
+        policy = parse_policy(yaml.safe_dump(data), "test policy")
+        return policy.with_groups(DirectoryGroups(policy, clock, env=ENV))
+
+    def active_grant(self, service: AccessService) -> int:
+        req = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REASON)
+        assert service.approve(req.id, BEN).state == RequestState.ACTIVE
+        return req.id
+
+    def test_removed_from_the_group_is_revoked_at_the_next_read(
+        self, service: AccessService, clock: ManualClock, ward7: slapd.Slapd
+    ) -> None:
+        rid = self.active_grant(service)
+        job = GroupsJob(service, None)
+        assert job() == []
+        ward7.admin().modify(NURSES, {"member": [(MODIFY_DELETE, [slapd.person_dn("amira7")])]})
+        clock.advance(timedelta(minutes=5))
+        [ended] = job()
+        assert ended == Ended(rid, "amira@ward.nhs.uk", ("clinical-systems",), False)
+        view = service.get(rid)
+        assert view.state == RequestState.ENDED
+        assert view.end_reason == "the directory no longer has you in clinical-systems"
+        with service.db.read() as session:
+            [row] = session.scalars(sa.select(OutboxItem).where(OutboxItem.key.like("groups:%")))
+        assert "is no longer in clinical-systems" in row.body
+        assert "C0SEC" in row.body
+
+    def test_a_waiting_request_of_a_leaver_is_cancelled(
+        self, service: AccessService, clock: ManualClock, ward7: slapd.Slapd
+    ) -> None:
+        req = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REASON)
+        ward7.admin().modify(
+            slapd.person_dn("amira7"), {"userAccountControl": [(MODIFY_REPLACE, [514])]}
+        )
+        clock.advance(timedelta(minutes=5))
+        [ended] = GroupsJob(service, None)()
+        assert ended.disabled
+        assert service.get(req.id).state == RequestState.CANCELLED
+
+    @pytest.mark.parametrize("why", ["revoke_leavers is off", "eligible through another group"])
+    def test_kept_when_the_policy_does_not_say_so_or_another_group_covers_them(
+        self, db: Any, clock: ManualClock, ward7: slapd.Slapd, targets: Any, why: str
+    ) -> None:
+        if why == "revoke_leavers is off":
+            policy = self.make(ward7, clock)
+        else:
+            policy = self.make(
+                ward7, clock, ["clinical-systems", "bank-staff"], revoke_leavers=True
+            )
+        service = AccessService(db, policy, targets, clock)
+        rid = self.active_grant(service)
+        ward7.admin().modify(NURSES, {"member": [(MODIFY_DELETE, [slapd.person_dn("amira7")])]})
+        clock.advance(timedelta(minutes=5))
+        assert GroupsJob(service, None)() == []
+        assert service.get(rid).state == RequestState.ACTIVE
+
+    def test_an_outage_revokes_nobody(
+        self, service: AccessService, clock: ManualClock, ward7: slapd.Slapd
+    ) -> None:
+        rid = self.active_grant(service)
+        service.policy.group_lookup.env = {"DIRECTORY_PASSWORD": "rotated"}  # type: ignore[union-attr]
+        for state in service.policy.group_lookup._states.values():  # type: ignore[union-attr]
+            state.reader = None  # the next read binds with the rotated (wrong) password
+        for _ in range(20):  # well past stale_after (2h): the group is nobody, and yet
+            clock.advance(timedelta(minutes=10))
+            assert [c for c in GroupsJob(service, None)() if not hasattr(c, "down")] == []
+        assert service.policy.members_of("clinical-systems") == []
+        assert service.get(rid).state == RequestState.ACTIVE
+
+
+class TestMetrics:
+    def test_each_group_as_this_process_last_read_it(
+        self, ward7: slapd.Slapd, clock: ManualClock, tmp_path: Path, sqlite_template: Path
+    ) -> None:
+        text = ward_policy(
+            {"clinical-systems": {"ldap": {"group": NURSES, "target": "ward-directory"}}},
+            {"ward-directory": ldap_target(ward7.url)},
+        )
+        policy = with_directory_groups(parse_policy(text, "test policy"), clock, kept={})
+        policy.members_of("clinical-systems")
+        [database] = list(sqlite_copy(tmp_path, sqlite_template))
+        registry = CollectorRegistry()
+        registry.register(WardKeyCollector(database, clock))
+        text = generate_latest(registry).decode()
+        labels = '{group="clinical-systems",kind="ldap"}'
+        # The password is not in this test's environment: never read, so stale and nobody.
+        assert f"wardkey_directory_group_up{labels} 0.0" in text
+        assert f"wardkey_directory_group_stale{labels} 1.0" in text
+        assert f"wardkey_directory_group_read_age_seconds{labels} -1.0" in text

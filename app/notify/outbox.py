@@ -773,18 +773,7 @@ class Outbox:
     # ------------------------------------------------------------------ helpers
 
     def _row(self, lane: str, call: OutCall, now: datetime, key: str | None = None) -> OutboxItem:
-        return OutboxItem(
-            lane=lane,
-            kind="call",
-            key=key,
-            body=call.to_json(),
-            state=OutboxState.NEW.value,
-            created_at=now,
-            due_at=now,
-            attempts=0,
-            uncertain=False,
-            step=0,
-        )
+        return call_row(lane, call, now, key)
 
     def _ensure_thread(self) -> None:
         with self._lock:
@@ -889,3 +878,20 @@ def _minutes(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min"
+
+
+def call_row(lane: str, call: OutCall, now: datetime, key: str | None = None) -> OutboxItem:
+    """An outbox row for one Slack call, for a caller to add in the transaction of the change
+    that causes it (`key`: a second row with the same key is refused)."""
+    return OutboxItem(
+        lane=lane,
+        kind="call",
+        key=key,
+        body=call.to_json(),
+        state=OutboxState.NEW.value,
+        created_at=now,
+        due_at=now,
+        attempts=0,
+        uncertain=False,
+        step=0,
+    )

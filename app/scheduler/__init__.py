@@ -19,6 +19,7 @@ from typing import Literal, Protocol, TypeVar
 from apscheduler.schedulers.base import BaseScheduler
 
 from app import audit
+from app.groups.jobs import Alerts, GroupsJob
 from app.service import AccessService, ReviewStep
 from app.service.digest import Digest
 from app.service.identities import AttestationStep
@@ -208,6 +209,15 @@ class Sweeps:
         ids = self.service.end_lapsed_contracts()
         self._tell(ids)
         return ids
+
+    @sweep("sweep")
+    def directory_groups(self) -> list[object]:
+        """Read the directory groups that are due; tell security of an outage once and when
+        it ends; end the access of leavers where the group says revoke_leavers."""
+        alerts = self.outbox if isinstance(self.outbox, Alerts) else None
+        changed = GroupsJob(self.service, alerts)()
+        self._tell(changed)
+        return changed
 
     @sweep("sweep")
     def retry_revokes(self) -> list[int]:

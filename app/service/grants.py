@@ -476,11 +476,33 @@ class GrantCases(ServiceBase):
         self._retrying(attempt)
         return self._finish_revoke(request_id)
 
-    def _end_for(self, request_id: int, actor: str, why: str, cause: str) -> bool:
+    def end_access(
+        self,
+        request_id: int,
+        why: str,
+        cause: str,
+        also: Callable[[Session, AccessRequest], None] | None = None,
+    ) -> bool:
+        """End a request because its requester may no longer have it, for a feature outside
+        the service (a leaver in the directory: app.groups); see `_end_for`."""
+        return self._end_for(request_id, "wardkey", why, cause, also)
+
+    def requester_of(self, req: AccessRequest) -> Person:
+        """Who asked, as the policy is checked against."""
+        return self._requester(req)
+
+    def _end_for(
+        self,
+        request_id: int,
+        actor: str,
+        why: str,
+        cause: str,
+        also: Callable[[Session, AccessRequest], None] | None = None,
+    ) -> bool:
         """End a request because its requester may no longer have it (a contract ended, a
         service account retired): a waiting one is cancelled, active access is revoked, and
         `why` is recorded for the requester and the audit trail. False if it had already
-        moved on."""
+        moved on. `also`: more to write in the same transaction (a message to security)."""
         now = self.clock.now()
         try:
             with self.db.transaction() as session:
@@ -489,9 +511,13 @@ class GrantCases(ServiceBase):
                     return False
                 if req.state in (S.PENDING, S.APPROVED):
                     self._cancel_as(session, req, now, actor, why, cause)
+                    if also is not None:
+                        also(session, req)
                     return True
                 if req.state != S.ACTIVE:
                     return False
+                if also is not None:
+                    also(session, req)
                 transitions.transition(
                     session,
                     req,
