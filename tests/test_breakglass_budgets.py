@@ -35,10 +35,13 @@ EMERGENCY = "pharmacy-db:read pharmacy system down in ED"
 WHY = "pharmacy system down in ED"
 
 
-def ward_policy(tmp_path: Path, **breakglass: Any) -> Policy:
-    """The ward's policy with these settings on the breakglass path (and managers, Gita
-    among them, may break glass on pharmacy-db too)."""
+def ward_policy(
+    tmp_path: Path, groups: dict[str, list[str]] | None = None, **breakglass: Any
+) -> Policy:
+    """The ward's policy with these settings on the breakglass path, and these groups more
+    (managers, Gita among them, may break glass on pharmacy-db too)."""
     doc = yaml.safe_load((HERE / "data" / "ward_policy.yaml").read_text())
+    doc["groups"].update(groups or {})
     doc["paths"]["breakglass"].update(breakglass)
     doc["targets"]["pharmacy-db"]["roles"]["read"]["eligible"].append("managers")
     path = tmp_path / "policy.yaml"

@@ -240,7 +240,7 @@ class TestTheReviewCard(SlackOnSqlite):
         service.expire_due()
         self.sweeps(slack, service).review()
 
-        cards = slack.fake.wait_for("chat.postMessage", 2, channel="C0MGR")
+        cards = slack.fake.wait_for("chat.postMessage", 1, channel="C0MGR")
         card = next(c for c in cards if f"Break-glass review #{rid}" in c.args["text"])
         assert card.args["text"] == f"Break-glass review #{rid}: Amira Khan used pharmacy-db:read"
         shown = "\n".join(

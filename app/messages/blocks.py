@@ -538,8 +538,11 @@ def digest_blocks(digest: Digest, zone: ZoneInfo, names: Names = SLACK_SHOWS) ->
         f"{names.person(key)}: {plural(count, 'elevation')}" for key, count in digest.most_frequent
     ]
     window = f"{day_time(digest.since, zone)} to {day_time(digest.until, zone)}"
+    budgets, flagged = _break_glass_day(digest, names)
     sections = [
         ("Break-glass uses", lines(glass, "None.")),
+        ("Break-glass budgets used", lines(budgets, "None used.")),
+        ("Break-glass flags raised", lines(flagged, "None.")),
         ("Overdue reviews", lines(overdue, "None.")),
         ("Approval latency per path", lines(latency, "No decisions.")),
         (
@@ -561,6 +564,34 @@ def digest_blocks(digest: Digest, zone: ZoneInfo, names: Names = SLACK_SHOWS) ->
     for title, body in sections:
         blocks.append(SectionBlock(text=words(f"*{title}*\n{body}"[:2990])))
     return blocks
+
+
+def _break_glass_day(digest: Digest, names: Names) -> tuple[list[str], list[str]]:
+    """The digest's break-glass budget lines (each person and limited group, against its
+    daily limits, and how many uses needed a second person) and its flag lines."""
+    day = digest.break_glass_day
+    if day is None:
+        return [], []
+    budgets = []
+    for b in day.budgets:
+        who = f"{escape(b.who)} (group)" if b.group else names.person(b.who, b.slack_id)
+        limits = [
+            *([f"{b.uses_limit} a day"] if b.uses_limit is not None else []),
+            *([f"{format_duration(b.time_limit)} a day"] if b.time_limit is not None else []),
+        ]
+        budgets.append(
+            f"{who}: {plural(b.uses, 'use')}, {format_duration(b.held)}"
+            + (f" (limit {listed(limits)})" if limits else " (no limit set)")
+        )
+    if day.held:
+        budgets.append(
+            f"{plural(day.held, 'use')} needed a second person; {day.confirmed} confirmed."
+        )
+    flags = [
+        f"#{f.request_id} {names.person(f.requester, f.slack_id)}: ⚑ {inert(f.words)}"
+        for f in day.flags
+    ]
+    return budgets, flags
 
 
 def contract_line(policy: Policy, person: Person, now: datetime) -> str | None:

@@ -857,11 +857,24 @@ class Notifier:
             )
             people = rules.group_members(policy, policy.admins)
             self._post(f"review_overdue request={view.id}", policy.channels.security_alerts, text)
+            people = list(dict.fromkeys([*people, *self._review_escalation(view.id, text)]))
         about = f"review_{step.value} request={view.id}"
         for card_channel, ts in self.service.messages_of(view.id, REVIEW_CARD):
             self._post(about, card_channel, text, thread_ts=ts)
         for user_id in self._slack_ids(view, people):
             self._post(about, user_id, text)
+
+    def _review_escalation(self, request_id: int, text: str) -> list[str]:
+        """An overdue review goes, once, to whom the policy escalates it (review_escalate_to,
+        e.g. the Caldicott Guardian, as the escalation recorded them) and its channel; returns
+        those people, to be told by DM with the admins."""
+        escalated = self.service.review_escalation(request_id)
+        if escalated is None:
+            return []
+        people, channel = escalated
+        if channel:
+            self._post(f"review_escalated request={request_id}", channel, text)
+        return people
 
     def _standing_found(self, report: StandingReport) -> None:
         lines = [

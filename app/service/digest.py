@@ -20,7 +20,9 @@ from sqlalchemy.exc import IntegrityError
 from app import audit
 from app.audit.chain import hashed_time
 from app.lifecycle.transitions import announce
+from app.policy import rules
 from app.policy.model import BREAK_GLASS_PATH
+from app.policy.people import Person
 from app.service.base import S, ServiceBase
 from app.service.views import RequestView
 from app.store.models import AccessRequest, AuditEvent, Review, ReviewState, SweepRun
@@ -56,6 +58,39 @@ class Digest:
     longest: tuple[Elevation, ...]
     most_frequent: tuple[tuple[str, int], ...]
     granted: int
+    # Break-glass budgets used in the window, per person and per limited group, and the flags
+    # its uses raised (app/breakglass): see BreakGlassDay.
+    break_glass_day: BreakGlassDay | None = None
+
+
+@dataclass(frozen=True)
+class BudgetUse:
+    """One person's (or limited group's) break-glass in the window, against its daily limits."""
+
+    who: str  # a person's key or a group's name
+    slack_id: str | None
+    group: bool
+    uses: int
+    held: timedelta
+    uses_limit: int | None
+    time_limit: timedelta | None
+
+
+@dataclass(frozen=True)
+class RaisedFlag:
+    request_id: int
+    requester: str
+    slack_id: str | None
+    code: str
+    words: str
+
+
+@dataclass(frozen=True)
+class BreakGlassDay:
+    budgets: tuple[BudgetUse, ...]
+    flags: tuple[RaisedFlag, ...]
+    held: int  # uses that needed a second person
+    confirmed: int  # of those, confirmed (so granted)
 
 
 def _nearest_rank(ordered: list[float], q: float) -> float:
@@ -109,6 +144,7 @@ class DigestCases(ServiceBase):
                         "overdue_reviews": len(digest.overdue_reviews),
                         "revoke_failures": len(digest.revoke_failures),
                         "granted": digest.granted,
+                        **_break_glass_counts(digest.break_glass_day),
                     },
                 )
         except IntegrityError:  # another worker sent today's
@@ -192,4 +228,97 @@ class DigestCases(ServiceBase):
             longest=tuple(sorted(elevations, key=lambda e: e.held, reverse=True)[:3]),
             most_frequent=tuple(frequent),
             granted=len(granted_views),
+            break_glass_day=self._break_glass_day(
+                [e for e in elevations if e.view.path == BREAK_GLASS_PATH], since, until
+            ),
         )
+
+    def _break_glass_day(
+        self, uses: list[Elevation], since: datetime, until: datetime
+    ) -> BreakGlassDay:
+        """Budgets used by each person (and limited group) who broke glass in the window,
+        and the flags, holds and confirmations its uses' events recorded."""
+        spec = self.policy.paths.get(BREAK_GLASS_PATH)
+        limits = spec.limits if spec is not None else None
+        mine = limits.per_person if limits is not None else None
+        people: dict[str, list[Elevation]] = {}
+        for e in uses:
+            people.setdefault(e.view.requester, []).append(e)
+        budgets = [
+            BudgetUse(
+                key,
+                used[0].view.requester_slack_id,
+                False,
+                len(used),
+                sum((e.held for e in used), timedelta(0)),
+                mine.uses_per_day if mine else None,
+                mine.time_per_day if mine else None,
+            )
+            for key, used in sorted(people.items())
+        ]
+        for group, group_limits in (limits.per_group if limits is not None else {}).items():
+            members = rules.group_members(self.policy, group)
+            theirs = [
+                e
+                for e in uses
+                if rules.is_member(
+                    self.policy,
+                    Person(slack_user_id=e.view.requester_slack_id, email=e.view.requester_email),
+                    members,
+                )
+            ]
+            if theirs:
+                budgets.append(
+                    BudgetUse(
+                        group,
+                        None,
+                        True,
+                        len(theirs),
+                        sum((e.held for e in theirs), timedelta(0)),
+                        group_limits.uses_per_day,
+                        group_limits.time_per_day,
+                    )
+                )
+        with self.db.read() as session:
+            events = session.execute(
+                select(
+                    AuditEvent.request_id,
+                    AuditEvent.action,
+                    AuditEvent.body,
+                    AccessRequest.requester,
+                    AccessRequest.requester_slack_id,
+                )
+                .join(AccessRequest, AccessRequest.id == AuditEvent.request_id)
+                .where(
+                    AuditEvent.at >= since,
+                    AuditEvent.at < until,
+                    AuditEvent.action.in_(["breakglass.held", "breakglass.started"]),
+                )
+                .order_by(AuditEvent.seq)
+            ).all()
+        flags: list[RaisedFlag] = []
+        held = confirmed = 0
+        for rid, action, body, requester, slack_id in events:
+            at = hashed_time(body)
+            if at is None or not since <= at < until or rid is None:
+                continue
+            data: dict[str, Any] = json.loads(body).get("data") or {}
+            if action == "breakglass.held":
+                held += 1
+                continue
+            confirmed += 1 if data.get("confirmed_by") else 0
+            flags += [
+                RaisedFlag(rid, requester, slack_id, str(f["code"]), str(f["words"]))
+                for f in data.get("flags") or []
+            ]
+        return BreakGlassDay(tuple(budgets), tuple(flags), held, confirmed)
+
+
+def _break_glass_counts(day: BreakGlassDay | None) -> dict[str, int]:
+    if day is None:
+        return {}
+    return {
+        "break_glass_flags": len(day.flags),
+        "break_glass_held": day.held,
+        "break_glass_confirmed": day.confirmed,
+    }

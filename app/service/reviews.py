@@ -164,10 +164,20 @@ class ReviewCases(ServiceBase):
                     at=now,
                     action=f"review.{step.value}",
                     changes=_REVIEW_CHANGES[step](review, now),
-                    data={"reminders": review.reminders},
+                    data={"reminders": review.reminders, **self._escalation(step, spec, now)},
                 )
                 steps.append((review.request_id, step))
         return steps
+
+    def _escalation(self, step: ReviewStep, spec: AccessPath, now: datetime) -> dict[str, Any]:
+        """Whom an overdue review is escalated to, besides security and the WardKey admins:
+        the policy's review_escalate_to (e.g. the Caldicott Guardian) and channel."""
+        if step != ReviewStep.OVERDUE:
+            return {}
+        return {
+            "escalated_to": rules.resolve_sources(self.policy, spec.review_escalate_to, now),
+            "escalated_channel": spec.review_escalate_channel,
+        }
 
     @staticmethod
     def _next_review_step(
@@ -181,6 +191,20 @@ class ReviewCases(ServiceBase):
         if now >= last + spec.review_reminder_every:
             return ReviewStep.REMINDED
         return None
+
+    def review_escalation(self, request_id: int) -> tuple[list[str], str | None] | None:
+        """Whom the overdue review of this use was escalated to (people, channel), as its
+        `review.overdue` event recorded them; None if it was not escalated."""
+        with self.db.read() as session:
+            body = session.scalar(
+                select(AuditEvent.body).where(
+                    AuditEvent.request_id == request_id, AuditEvent.action == "review.overdue"
+                )
+            )
+        if body is None:
+            return None
+        data = _event_data(body)
+        return [str(m) for m in data.get("escalated_to") or []], data.get("escalated_channel")
 
     def break_glass_summary(self, request_id: int) -> BreakGlassSummary:
         """Who, what, why, how long, who was alerted and what the target recorded."""
