@@ -114,6 +114,13 @@ class Settings(BaseSettings):
         le=16 * 1024 * 1024,
         description="The largest request body /slack/events reads; larger ones get 413 unread.",
     )
+    wardkey_public_url: str | None = Field(
+        default=None,
+        description="The https:// address people reach this WardKey at (e.g. "
+        "https://wardkey.trust.nhs.uk): step-up sign-in links and the identity provider's "
+        "redirect URI (<this>/step-up/callback) are made from it. Needed when a path has "
+        "step_up.",
+    )
     wardkey_intake_work: Literal["local", "worker"] = Field(
         default="local",
         description="Who does the work after Slack is acknowledged (every request is recorded "

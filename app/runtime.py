@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,15 +14,16 @@ from app.adapters.registry import AdapterConfigError, build_adapters
 from app.config import Settings
 from app.directory import SlackDirectory, Workspace
 from app.notify.notifier import Notifier
-from app.policy import PolicyError
+from app.policy import Policy, PolicyError
 from app.policy_reload import PolicyReloader
 from app.policy_targets import load_policy
 from app.scheduler import Sweeps
 from app.service import AccessService
 from app.slack.app import build_app, web_client
 from app.slack.intake import Intake, Redelivery
+from app.stepup.service import StepUpService
 from app.store import Database
-from app.wording import plural
+from app.wording import listed, plural
 
 MISSING = {
     "slack_bot_token": "SLACK_BOT_TOKEN is not set: use the Bot User OAuth Token (xoxb-…) from "
@@ -53,6 +54,7 @@ class Runtime:
     service: AccessService
     client: WebClient
     notifier: Notifier
+    _stepup: StepUpService | None = field(default=None, init=False, repr=False)
 
     def sweeps(self) -> Sweeps:
         n, s = self.notifier, self.settings
@@ -71,12 +73,26 @@ class Runtime:
             oncall=n.oncall_sources,
         )
 
+    def stepup(self) -> StepUpService | None:
+        """Step-up sign-ins, when the policy has an identity provider (load_runtime checked
+        WARDKEY_PUBLIC_URL and the client secret); one per process."""
+        if self.service.policy.identity_provider is None:
+            return None
+        if self._stepup is None:
+            self._stepup = StepUpService(self.service, self.settings.wardkey_public_url or "")
+        return self._stepup
+
     def redelivery(self) -> Redelivery:
         """Does the work of Slack requests whose process died after acknowledging them."""
         return Redelivery(
             Intake(self.service.db, self.service.clock),
             lambda: build_app(
-                self.service, self.client, "", notifier=self.notifier, redelivery=True
+                self.service,
+                self.client,
+                "",
+                notifier=self.notifier,
+                redelivery=True,
+                stepup=self.stepup(),
             ),
         )
 
@@ -98,7 +114,9 @@ class Runtime:
         if not socket_mode:
             require(self.settings, "slack_signing_secret")
         secret = "" if socket_mode else self.settings.slack_signing_secret or ""
-        return build_app(self.service, self.client, secret, notifier=self.notifier)
+        return build_app(
+            self.service, self.client, secret, notifier=self.notifier, stepup=self.stepup()
+        )
 
 
 def load_runtime(settings: Settings | None = None) -> Runtime:
@@ -121,6 +139,7 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
             f"the policy has {plural(len(exc.issues), 'problem')}, the first: {exc.issues[0]}; "
             f"run `wardkey policy check {settings.wardkey_policy}`"
         ) from None
+    check_step_up(settings, policy)
     try:
         adapters = build_adapters(policy)
     except AdapterConfigError as exc:
@@ -142,6 +161,33 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
     workspace = Workspace.configured(settings.slack_team_ids, settings.slack_enterprise_id)
     directory = SlackDirectory(client, workspace)
     return Runtime(settings, service, client, Notifier(client, service, directory))
+
+
+def check_step_up(settings: Settings, policy: Policy) -> None:
+    """A policy with step-up needs the address sign-in links point at, and the client secret."""
+    provider = policy.identity_provider
+    needing = [name for name, path in policy.paths.items() if path.step_up]
+    if provider is None:
+        return
+    url = (settings.wardkey_public_url or "").strip()
+    if not url:
+        raise StartupError(
+            "WARDKEY_PUBLIC_URL is not set, and "
+            + (f"the {listed(needing)} path" if needing else "the policy's identity_provider")
+            + " needs it for step-up sign-in links: set it to the https:// address people "
+            "reach WardKey at (the identity provider's redirect URI is <it>/step-up/callback)"
+        )
+    if not url.startswith("https://") and not provider.insecure:
+        raise StartupError(
+            f"WARDKEY_PUBLIC_URL is {url}: step-up sign-in links must be https:// (the "
+            "identity provider sends the sign-in's code to it)"
+        )
+    if not os.environ.get(provider.client_secret_env):
+        raise StartupError(
+            f"{provider.client_secret_env} is not set: the identity_provider's "
+            "client_secret_env names it; put WardKey's client secret from the identity "
+            "provider there"
+        )
 
 
 def database(settings: Settings) -> Database:

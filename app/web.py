@@ -31,6 +31,7 @@ from app.metrics import metrics_text
 from app.priority import ACKS
 from app.slack import intake
 from app.slack.intake import Intake, NotRecorded, payload_of
+from app.stepup.pages import StepUpPages
 from app.store.db import Database, bounded
 
 log = logging.getLogger(__name__)
@@ -219,6 +220,7 @@ class WardKeyWSGI:
         metrics_public: bool = False,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         clock: Clock | None = None,
+        step_up: StepUpPages | None = None,
     ) -> None:
         self.clock = clock or SystemClock()
         self.slack = SlackRequestHandler(bolt, path="/slack/events")
@@ -232,6 +234,8 @@ class WardKeyWSGI:
         self.metrics_token = metrics_token
         self.metrics_public = metrics_public
         self.max_body_bytes = max_body_bytes
+        # Step-up sign-in pages (app/stepup), when a path needs them.
+        self.step_up = step_up
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -247,6 +251,8 @@ class WardKeyWSGI:
         if path == "/slack/events":
             with ACKS.acking():
                 return self._slack_events(environ, start_response)
+        if self.step_up is not None and self.step_up.handles(path):
+            return self.step_up(environ, start_response)
         return _text(start_response, "404 Not Found", "not found")
 
     def _slack_events(

@@ -11,6 +11,7 @@ from slack_bolt import App
 from app.cli.common import Commands, ready, starting
 from app.cli.worker import background_sweeps
 from app.runtime import Runtime, StartupError
+from app.stepup.pages import StepUpPages
 from app.web import WardKeyWSGI
 
 
@@ -59,6 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
         intake_work=settings.wardkey_intake_work,
         metrics_public=settings.wardkey_metrics_public,
         max_body_bytes=settings.wardkey_max_body_bytes,
+        step_up=_step_up_pages(runtime),
     )
     if not settings.wardkey_metrics_token and not settings.wardkey_metrics_public:
         logging.getLogger("app.web").warning("event=metrics_off %s", METRICS_OFF)
@@ -92,6 +94,11 @@ def _socket(args: argparse.Namespace) -> int:
     from app.slack.socket_intake import RecordingSocketModeHandler
 
     runtime = ready("slack_bot_token", "slack_app_token")
+    if runtime.stepup() is not None:
+        raise StartupError(
+            "the policy has an identity_provider for step-up approval, whose sign-in pages "
+            "are served over HTTP: run `wardkey serve` behind WARDKEY_PUBLIC_URL instead"
+        )
     app = _bolt(runtime, socket_mode=True)
     scheduler = None if args.no_scheduler else background_sweeps(runtime)
     work = runtime.settings.wardkey_intake_work
@@ -124,6 +131,14 @@ def _bolt(runtime: Runtime, socket_mode: bool = False) -> App:
         ) from None
     finally:
         sdk.setLevel(level)
+
+
+def _step_up_pages(runtime: Runtime) -> StepUpPages | None:
+    """The sign-in pages of step-up approval, when the policy has an identity provider."""
+    stepup = runtime.stepup()
+    if stepup is None:
+        return None
+    return StepUpPages(stepup, runtime.notifier.request_changed)
 
 
 def _say_intake_work(work: str) -> None:

@@ -36,3 +36,7 @@ class SelfApproval(NotAllowed):
 
 class AlreadyDecided(ServiceError):
     """The request is no longer in a state where this action applies."""
+
+
+class StepUpNeeded(NotAllowed):
+    """The path needs a fresh sign-in with the identity provider before an approval counts."""

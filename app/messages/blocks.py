@@ -160,6 +160,8 @@ class CardContext:
     names: Names = SLACK_SHOWS
     # Where "on call now" came from and how fresh, one line per rota approving the path.
     on_call_from: tuple[str, ...] = ()
+    # The path needs a fresh sign-in with the identity provider to approve (step_up).
+    step_up: bool = False
 
 
 def _summary(view: RequestView, ctx: CardContext) -> list[Block]:
@@ -204,8 +206,17 @@ def approver_card(view: RequestView, ctx: CardContext) -> list[Block]:
         blocks.append(ContextBlock(elements=[words(lines)]))
     blocks.append(ContextBlock(elements=[words(outcome_line(view, ctx.zone, ctx.names))]))
     if view.state == S.PENDING:
+        if ctx.step_up:
+            blocks.append(ContextBlock(elements=[words(STEP_UP_LINE)]))
         blocks.append(decision_buttons(view, high_risk=ctx.risk in ("high", "critical")))
     return blocks
+
+
+# On the card of a path with step_up (app/stepup): what Approve does there.
+STEP_UP_LINE = (
+    "🔐 *Approval needs sign-in:* Approve sends you a one-time link to sign in with the "
+    "trust's identity provider (with MFA); the approval counts only then."
+)
 
 
 def decision_buttons(view: RequestView, high_risk: bool) -> ActionsBlock:

@@ -350,6 +350,7 @@ class Notifier:
             zone=self.zone,
             names=self.names,
             on_call_from=tuple(path_sources(self.service.policy, view.path)),
+            step_up=path.step_up if path else False,
         )
 
     def _slack_ids(

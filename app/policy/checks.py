@@ -61,8 +61,38 @@ def semantic_issues(policy: Policy, target_checks: Sequence[TargetCheck] = ()) -
         *_targets(policy, target_checks),
         *_identities(policy),
         *_vendors(policy),
+        *_step_up(policy),
         *_break_glass_budgets(policy),
     ]
+
+
+def _step_up(policy: Policy) -> Iterator[PolicyIssue]:
+    """Paths that need step-up need an identity provider to sign in with."""
+    provider = policy.identity_provider
+    for name, path in policy.paths.items():
+        if not path.step_up:
+            continue
+        if name == BREAK_GLASS_PATH:
+            yield PolicyIssue(
+                ("paths", name, "step_up"), "break-glass is never approved, so it has no step-up"
+            )
+        elif provider is None:
+            yield PolicyIssue(
+                ("paths", name, "step_up"),
+                "step-up needs an identity_provider at the top level to sign in with",
+            )
+    if provider is not None:
+        loc: Location = ("identity_provider", "issuer")
+        if provider.issuer.startswith("http://") and not provider.insecure:
+            yield PolicyIssue(
+                loc,
+                f"{provider.issuer} is plain http://: sign-ins and tokens would cross the "
+                "network readable; use https:// (insecure: true only for a test system)",
+            )
+        if provider.issuer.endswith("/.well-known/openid-configuration"):
+            yield PolicyIssue(
+                loc, "give the issuer itself, without /.well-known/openid-configuration"
+            )
 
 
 def _paths(policy: Policy) -> Iterator[PolicyIssue]:

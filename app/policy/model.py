@@ -701,6 +701,12 @@ class AccessPath(Strict):
         default=timedelta(hours=4),
         description="How often reviewers are reminded of an undecided break-glass review.",
     )
+    step_up: bool = Field(
+        default=False,
+        description="An approval needs a fresh sign-in with the identity provider "
+        "(identity_provider), as the same person, with the MFA it asks for: Approve in Slack "
+        "sends the approver a sign-in link instead of approving.",
+    )
 
     @model_validator(mode="after")
     def _pattern_compiles(self) -> AccessPath:
@@ -812,6 +818,50 @@ OnCallLookup = Callable[[str, datetime], list[str]]
 GroupLookup = Callable[[str], list[str]]
 
 
+IdTokenClaim = Literal["email", "upn", "preferred_username"]
+
+
+class IdentityProvider(Strict):
+    """The trust's OpenID Connect provider, for step-up approval (docs/step-up.md)."""
+
+    issuer: str = Field(
+        pattern=r"^https?://[^\s]+$",
+        description="The provider's issuer URL exactly as its ID tokens say it (Entra ID: "
+        "https://login.microsoftonline.com/<tenant-id>/v2.0); its discovery document is read "
+        "from <issuer>/.well-known/openid-configuration.",
+    )
+    client_id: str = Field(min_length=1, description="WardKey's application (client) ID.")
+    client_secret_env: EnvVarName = Field(
+        description="Environment variable holding WardKey's client secret."
+    )
+    claim: IdTokenClaim = Field(
+        default="email",
+        description="The ID token claim that names the person: it must equal the e-mail of "
+        "the approver's Slack account (email, upn or preferred_username).",
+    )
+    max_age: Duration = Field(
+        default=timedelta(minutes=5),
+        description="How recent the sign-in must be (auth_time); also sent as max_age.",
+    )
+    amr: list[str] = Field(
+        default=["mfa"],
+        description="Authentication methods the ID token's amr must all include (e.g. "
+        "[mfa], or [mfa, pwd]); [] checks none.",
+    )
+    acr_values: list[str] = Field(
+        default=[],
+        description="Authentication context classes to ask for; when given, the ID token's "
+        "acr must be one of them.",
+    )
+    link_valid_for: Duration = Field(
+        default=timedelta(minutes=5),
+        description="How long the sign-in link sent to the approver can be used (once).",
+    )
+    insecure: bool = Field(
+        default=False, description="A test system only: accept an http:// issuer."
+    )
+
+
 class Policy(Strict):
     version: Literal[1] = 1
     organisation: str = ""
@@ -827,6 +877,11 @@ class Policy(Strict):
     targets: dict[Name, Target]
     identities: dict[Name, Identity] = {}
     vendors: dict[Name, Vendor] = {}
+    identity_provider: IdentityProvider | None = Field(
+        default=None,
+        description="The OpenID Connect provider approvers sign in with on paths that have "
+        "step_up (docs/step-up.md).",
+    )
     digest_at: TimeOfDay | None = Field(
         default=time(8, 0),
         description="Local time of the daily digest to the managers' channel; null: none.",

@@ -14,6 +14,7 @@ from app.lifecycle.errors import (
     AlreadyDecided,
     NotAllowed,
     SelfApproval,
+    StepUpNeeded,
 )
 from app.lifecycle.transitions import StaleState
 from app.lifecycle.validation import MAX_NOTE_CHARS, clean_reason, clean_text, within_cap
@@ -195,9 +196,15 @@ class RequestCases(IdentityCases):
 
     # ---------------------------------------------------------------------------- decisions
 
-    def approve(self, request_id: int, approver: Person) -> RequestView:
-        """Record an approval; with enough distinct approvals the access is granted at once."""
-        outcome = self._retrying(lambda: self._decide(request_id, approver, approve=True))
+    def approve(
+        self, request_id: int, approver: Person, step_up: dict[str, object] | None = None
+    ) -> RequestView:
+        """Record an approval; with enough distinct approvals the access is granted at once.
+        On a path with `step_up`, only with `step_up`: what the identity provider proved about
+        the approver's fresh sign-in (app/stepup), recorded in the approval's audit event."""
+        outcome = self._retrying(
+            lambda: self._decide(request_id, approver, approve=True, step_up=step_up)
+        )
         if outcome.state == S.APPROVED:
             return self.grant(request_id)
         extended = outcome.state == S.ACTIVE and outcome.extension is None
@@ -218,8 +225,61 @@ class RequestCases(IdentityCases):
             lambda: self._decide(request_id, approver, approve=False, reason=cleaned)
         )
 
+    def may_decide(self, request_id: int, approver: Person) -> RequestView:
+        """The request, if `approver` may decide on it now (as `approve` and `deny` check);
+        otherwise the same refusal they would give. Changes nothing (a step-up sign-in is
+        offered only to someone who could approve at that moment)."""
+        now = self.clock.now()
+        with self.db.read() as session:
+            req = self._load(session, request_id)
+            in_extension = req.state == S.ACTIVE and req.extension_seconds is not None
+            if req.state != S.PENDING and not in_extension:
+                raise AlreadyDecided(f"Request #{req.id} {STATE_WORDS[S(req.state)]}.")
+            if req.state == S.PENDING and now >= req.created_at + self._pending_timeout(req.path):
+                raise AlreadyDecided(f"Request #{req.id} is past its time to be decided.")
+            self._decider_check(req, approver, now, in_extension)
+            earlier = session.scalars(
+                select(Decision.approver).where(
+                    Decision.request_id == req.id, Decision.round == req.approval_round
+                )
+            ).all()
+            if person_key(self.policy, approver) in earlier:
+                raise AlreadyDecided(f"You have already decided on request #{req.id}.")
+            return self._view(session, req)
+
+    def _decider_check(
+        self, req: AccessRequest, approver: Person, now: datetime, in_extension: bool
+    ) -> bool:
+        """Refuses (SelfApproval, NotAllowed) anyone who may not decide on `req` now; True
+        when they decide as the vendor's sponsor."""
+        if self._is_requester(approver, req):
+            raise SelfApproval("You cannot approve or deny your own request.")
+        escalated_to_me = req.escalation_level >= ESCALATED and rules.is_member(
+            self.policy, approver, rules.escalation_members(self.policy, req.path)
+        )
+        # A vendor's sponsor decides as sponsor, apart from the path's approvers; their
+        # approval is needed on top of the path's, and one click never counts twice.
+        as_sponsor = (
+            not in_extension
+            and req.sponsor is not None
+            and rules.is_member(self.policy, approver, [req.sponsor])
+        )
+        approver_now = rules.is_approver(self.policy, req.path, approver, now)
+        if not (approver_now or escalated_to_me or as_sponsor):
+            raise NotAllowed(
+                f"You are not an approver for the {req.path} path right now, so nothing "
+                "was changed."
+            )
+        return as_sponsor
+
     def _decide(
-        self, request_id: int, approver: Person, *, approve: bool, reason: str | None = None
+        self,
+        request_id: int,
+        approver: Person,
+        *,
+        approve: bool,
+        reason: str | None = None,
+        step_up: dict[str, object] | None = None,
     ) -> RequestView:
         now = self.clock.now()
         with self.db.transaction() as session:
@@ -231,23 +291,12 @@ class RequestCases(IdentityCases):
                 # Past its time-out, though the sweep has not closed it yet: too late to decide.
                 self._apply_time_out(session, req, now)
                 return self._view(session, req)
-            if self._is_requester(approver, req):
-                raise SelfApproval("You cannot approve or deny your own request.")
-            escalated_to_me = req.escalation_level >= ESCALATED and rules.is_member(
-                self.policy, approver, rules.escalation_members(self.policy, req.path)
-            )
-            # A vendor's sponsor decides as sponsor, apart from the path's approvers; their
-            # approval is needed on top of the path's, and one click never counts twice.
-            as_sponsor = (
-                not in_extension
-                and req.sponsor is not None
-                and rules.is_member(self.policy, approver, [req.sponsor])
-            )
-            approver_now = rules.is_approver(self.policy, req.path, approver, now)
-            if not (approver_now or escalated_to_me or as_sponsor):
-                raise NotAllowed(
-                    f"You are not an approver for the {req.path} path right now, so nothing "
-                    "was changed."
+            as_sponsor = self._decider_check(req, approver, now, in_extension)
+            path = self.policy.paths.get(req.path)
+            if approve and step_up is None and path is not None and path.step_up:
+                raise StepUpNeeded(
+                    f"The {req.path} path needs you to sign in to approve: use the link "
+                    "WardKey sent you when you clicked Approve."
                 )
             key = person_key(self.policy, approver)
             earlier = session.scalars(
@@ -293,6 +342,8 @@ class RequestCases(IdentityCases):
                 )
             if not in_extension:  # approval latency, for the digest's p50/p95 per path
                 facts["waited_seconds"] = int((now - req.created_at).total_seconds())
+            if approve and step_up is not None:  # who the identity provider said signed in
+                facts["step_up"] = step_up
             if not approve:
                 self._apply_denial(session, req, now, key, reason, in_extension, facts)
             elif len(approvals) < req.approvals_needed or not sponsor_ok:

@@ -16,6 +16,7 @@ from app.slack.deps import SlackDeps
 from app.slack.gate import PersonResolver, WorkspaceGate
 from app.slack.listeners import actions, commands, events, identities, reviews, views
 from app.slack.listeners import breakglass as breakglass_listeners
+from app.stepup.service import StepUpService
 
 
 def web_client(token: str, api_url: str) -> WebClient:
@@ -36,6 +37,7 @@ def build_app(
     *,
     notifier: Notifier | None = None,
     redelivery: bool = False,
+    stepup: StepUpService | None = None,
 ) -> App:
     """`workspace`: whose people may use WardKey (SLACK_TEAM_IDS, SLACK_ENTERPRISE_ID); None
     means the workspace the bot token belongs to, asked of Slack now.
@@ -73,6 +75,7 @@ def build_app(
         work=work or ThreadPoolExecutor(max_workers=4, thread_name_prefix="after-ack"),
         dialogs=dialogs or ThreadPoolExecutor(max_workers=2, thread_name_prefix="dialogs"),
         live=not redelivery,
+        stepup=stepup,
     )
     # Before every listener: refuse anyone outside the trust's workspace(s), then say who is
     # asking (resolved once per request, when first needed) and how to answer them.

@@ -15,6 +15,7 @@ from app.notify.notifier import Notifier
 from app.service import AccessService
 from app.slack import intake
 from app.slack.errors import answered
+from app.stepup.service import StepUpService
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ class SlackDeps:
     # False in the app that redelivers recorded requests after a crash: their dialogs'
     # trigger_ids have long expired, and the person already had their answer.
     live: bool = True
+    # Step-up sign-ins for paths that need them (app/stepup); None: no path does.
+    stepup: StepUpService | None = None
 
     def after_ack(self, context: BoltContext, job: Callable[[], None]) -> None:
         """Do `job` after the ack of the request in `context`, answering the person who asked

@@ -383,3 +383,30 @@ class OutboxItem(Base):
     done_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     channel: Mapped[str | None] = mapped_column(String(32))
     ts: Mapped[str | None] = mapped_column(String(32))
+
+
+class StepUpSignIn(Base):
+    """One step-up sign-in for one approval (app/stepup): made when an approver clicks Approve
+    on a path that needs step-up, bound to that approver and that request. The link is used
+    once (`opened_at`), the identity provider's answer taken once (`finished_at`); only
+    hashes of the link and state are kept, so a database read cannot replay them."""
+
+    __tablename__ = "step_up_sign_ins"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    link_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    state_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    nonce: Mapped[str] = mapped_column(String(100))
+    code_verifier: Mapped[str] = mapped_column(String(128))
+    request_id: Mapped[int] = mapped_column(Integer, ForeignKey("access_requests.id"), index=True)
+    approver: Mapped[str] = mapped_column(String(320))  # the person key
+    approver_slack_id: Mapped[str | None] = mapped_column(String(32))
+    approver_email: Mapped[str | None] = mapped_column(String(320))
+    approver_team_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    outcome: Mapped[str | None] = mapped_column(String(200))

@@ -27,8 +27,9 @@ from app.messages.views import (
 )
 from app.service import AlreadyDecided
 from app.slack.deps import APPLIED, NOTIFIED, SlackDeps
-from app.slack.gate import caller, person_of, reply_to_clicker
+from app.slack.gate import asker, caller, person_of, reply_to_clicker
 from app.slack.listeners.commands import cancelled_text
+from app.stepup.service import StepUpService
 
 
 def register(app: App, deps: SlackDeps) -> None:
@@ -41,6 +42,11 @@ def register(app: App, deps: SlackDeps) -> None:
             request_id = int(action["value"])
             if progress.outcome == NOTIFIED:
                 return  # a redelivery of a click whose work was all done
+            if deps.stepup is not None and deps.stepup.needs_step_up(request_id):
+                # Approving here needs a fresh sign-in: the click only sends the link.
+                offer_sign_in(deps.stepup, request_id, context)
+                progress.step(NOTIFIED)
+                return
             if progress.outcome != APPLIED:
                 try:
                     view = deps.service.approve(request_id, person_of(context))
@@ -154,6 +160,20 @@ def register(app: App, deps: SlackDeps) -> None:
             progress.step(APPLIED)
         ack()
         deps.after_ack(context, lambda: deps.notifier.request_changed(decided))
+
+
+def offer_sign_in(stepup: StepUpService, request_id: int, context: BoltContext) -> None:
+    """Answer an Approve click on a path with step_up: a one-time sign-in link, for the
+    clicker's eyes only. Refused at once (as an approval would be) if they could not approve."""
+    who = asker(context)
+    offer = stepup.offer(request_id, who.person())
+    until = clock_time(offer.expires_at, stepup.access.policy.zone)
+    if who.reply is not None:
+        who.reply(
+            f"Approving request #{request_id} needs you to sign in: <{offer.url}|sign in to "
+            f"approve> (the link works once, until {until}, and only for you). Nothing is "
+            "approved until you have signed in."
+        )
 
 
 def _ask_why(client: WebClient, body: dict[str, Any], action: dict[str, Any]) -> None:

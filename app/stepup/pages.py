@@ -1,0 +1,129 @@
+"""The approver's browser: `GET /step-up/<link>` sends it to the identity provider, and
+`GET /step-up/callback` takes the answer and shows a page that says plainly what happened.
+Slack is told through `announce` (the process's notifier: the outbox), never from here."""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qs
+
+from app.policy.durations import format_duration
+from app.service import RequestView
+from app.stepup.oidc import SignInRefused
+from app.stepup.service import CALLBACK_PATH, LINK_PATH, Finished, StepUpService
+from app.store.models import RequestState as S
+
+log = logging.getLogger(__name__)
+StartResponse = Callable[..., Any]
+
+# Nothing on these pages is cached, framed, sent on as a referrer or loaded from elsewhere.
+_HEADERS = [
+    ("Cache-Control", "no-store"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),
+]
+
+
+class StepUpPages:
+    """WSGI for the paths under /step-up/."""
+
+    def __init__(self, service: StepUpService, announce: Callable[[RequestView], None]) -> None:
+        self.service = service
+        self.announce = announce
+
+    @staticmethod
+    def handles(path: str) -> bool:
+        return path.startswith(LINK_PATH)
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return _page(start_response, "405 Method Not Allowed", "Not here", "GET only.")
+        path = environ.get("PATH_INFO", "")
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        if path == CALLBACK_PATH:
+            return self._callback(query, start_response)
+        link = path[len(LINK_PATH) :]
+        if not link or "/" in link:
+            return _page(start_response, "404 Not Found", "Not found", "No such page.")
+        try:
+            target = self.service.open(link)
+        except SignInRefused as refused:
+            log.warning("event=step_up_link_refused reason=%s", refused.reason)
+            return _page(start_response, "410 Gone", "Nothing was approved", refused.message)
+        start_response("302 Found", [("Location", target), ("Content-Length", "0"), *_HEADERS])
+        return [b""]
+
+    def _callback(
+        self, query: dict[str, list[str]], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        def one(name: str) -> str | None:
+            values = query.get(name) or []
+            return values[0] if values else None
+
+        state = one("state")
+        if not state:
+            return _page(
+                start_response,
+                "400 Bad Request",
+                "Nothing was approved",
+                "This address is missing its sign-in state. Click Approve in Slack to start again.",
+            )
+        finished = self.service.finish(state, one("code"), one("error"))
+        if finished.view is None:
+            return _page(
+                start_response, "403 Forbidden", "Nothing was approved", finished.refusal or ""
+            )
+        self.announce(finished.view)  # the cards, DMs and home, through the outbox
+        return _page(start_response, "200 OK", *_approved(finished, self.service))
+
+
+def _approved(finished: Finished, service: StepUpService) -> tuple[str, str]:
+    view = finished.view
+    assert view is not None
+    zone = service.access.policy.zone
+    what = f"{view.target}:{view.role} for {format_duration(view.requested)}"
+    if view.state == S.PENDING:
+        return (
+            "Approval recorded",
+            f"Your approval of request #{view.id} ({what}) is recorded. It needs more "
+            "approvals before access is given; the Slack card shows who else has approved.",
+        )
+    if view.state == S.ACTIVE and view.expires_at is not None:
+        until = view.expires_at.astimezone(zone).strftime("%H:%M")
+        return (
+            "Approved",
+            f"You approved request #{view.id}: {view.requester} has {what}, until {until}. "
+            "The Slack card is being updated. You can close this page.",
+        )
+    return (
+        "Approved",
+        f"You approved request #{view.id} ({what}); it is now "
+        f"{view.state.value.replace('_', ' ')}. The Slack card shows what happens next. You "
+        "can close this page.",
+    )
+
+
+def _page(start_response: StartResponse, status: str, title: str, message: str) -> list[bytes]:
+    body = (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width,initial-scale=1">'
+        f"<title>WardKey: {html.escape(title)}</title>"
+        "<style>body{font:16px/1.5 system-ui,sans-serif;max-width:36em;margin:3em auto;"
+        "padding:0 1em}</style></head><body>"
+        f"<h1>{html.escape(title, quote=False)}</h1><p>{html.escape(message, quote=False)}</p>"
+        "</body></html>"
+    ).encode()
+    start_response(
+        status,
+        [
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            *_HEADERS,
+        ],
+    )
+    return [body]

@@ -1,0 +1,308 @@
+"""Step-up sign-ins: offered when an approver clicks Approve on a path that needs one, opened
+once from the link, finished once by the identity provider's answer; the approval then goes
+through the same decide use case as any other (`AccessService.approve`), with what the sign-in
+proved recorded in its audit event.
+
+Every sign-in is a row (`StepUpSignIn`), so a link made by one instance works on another and
+after a restart. Each step is a conditional update (`… WHERE opened_at IS NULL`, `… WHERE
+finished_at IS NULL`): a link opens once and an answer is taken once, on any instance."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import httpx
+from sqlalchemy import select, update
+
+from app.clock import Clock
+from app.lifecycle.errors import NotAllowed, ServiceError
+from app.policy.model import IdentityProvider
+from app.policy.people import Person, person_key, same_person
+from app.service import AccessService, RequestView
+from app.stepup.oidc import OpenIDProvider, SignInRefused, new_secret
+from app.store.models import StepUpSignIn
+
+log = logging.getLogger(__name__)
+
+LINK_PATH = "/step-up/"
+CALLBACK_PATH = "/step-up/callback"
+APPROVED = "approved"
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Offer:
+    """The link sent to the approver, and until when it can be opened."""
+
+    url: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What became of a sign-in: the request after the approval, or why nothing happened."""
+
+    request_id: int | None
+    view: RequestView | None  # set when the approval was recorded
+    refusal: str | None = None
+    reason: str = APPROVED
+
+
+class StepUpService:
+    """Offers, opens and finishes step-up sign-ins for `access`'s policy (read afresh each
+    time, so a policy reload applies at once)."""
+
+    def __init__(
+        self,
+        access: AccessService,
+        public_url: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.access = access
+        self.public_url = public_url.rstrip("/")
+        self.env = os.environ if env is None else env
+        self.http = http or httpx.Client(timeout=10, follow_redirects=False)
+        self._lock = threading.Lock()
+        self._provider: tuple[IdentityProvider, OpenIDProvider] | None = None
+
+    @property
+    def clock(self) -> Clock:
+        return self.access.clock
+
+    @property
+    def redirect_uri(self) -> str:
+        return self.public_url + CALLBACK_PATH
+
+    def needs_step_up(self, request_id: int) -> bool:
+        """Whether an approval of this request needs a sign-in (its path's `step_up`)."""
+        path = self.access.policy.paths.get(self.access.get(request_id).path)
+        return path is not None and path.step_up
+
+    def provider(self) -> OpenIDProvider:
+        settings = self.access.policy.identity_provider
+        if settings is None:
+            raise SignInRefused(
+                "Step-up sign-in is not set up (the policy has no identity_provider); tell the "
+                "WardKey admins. Nothing was approved.",
+                "no_provider",
+            )
+        with self._lock:
+            if self._provider is None or self._provider[0] != settings:
+                secret = self.env.get(settings.client_secret_env) or ""
+                self._provider = (
+                    settings,
+                    OpenIDProvider(settings, secret, self.http, self.clock),
+                )
+            return self._provider[1]
+
+    # ------------------------------------------------------------------------- offer
+
+    def offer(self, request_id: int, approver: Person) -> Offer:
+        """A one-time link for `approver` to sign in and so approve `request_id`; refused at
+        once (as an approval would be) if they could not approve it now."""
+        self.access.may_decide(request_id, approver)
+        settings = self.access.policy.identity_provider
+        if settings is None:
+            raise NotAllowed(
+                "This path needs a sign-in to approve, but no identity provider is set up; "
+                "tell the WardKey admins. Nothing was approved."
+            )
+        if not approver.email:
+            raise NotAllowed(
+                "Slack does not show WardKey your e-mail address, so a sign-in cannot be "
+                "matched to you; ask a Slack admin to show e-mails to apps. Nothing was approved."
+            )
+        now = self.clock.now()
+        link = new_secret()
+        expires = now + settings.link_valid_for
+        with self.access.db.transaction() as session:
+            session.add(
+                StepUpSignIn(
+                    link_hash=_hash(link),
+                    state_hash=_hash(new_secret()),  # replaced when the link is opened
+                    nonce="",
+                    code_verifier="",
+                    request_id=request_id,
+                    approver=person_key(self.access.policy, approver),
+                    approver_slack_id=approver.slack_user_id,
+                    approver_email=approver.email,
+                    approver_team_id=approver.team_id,
+                    created_at=now,
+                    expires_at=expires,
+                )
+            )
+        log.info("event=step_up_offered request=%s approver=%s", request_id, approver.label)
+        return Offer(f"{self.public_url}{LINK_PATH}{link}", expires)
+
+    # -------------------------------------------------------------------------- open
+
+    def open(self, link: str) -> str:
+        """Where to send the browser that opened `link`: the identity provider's sign-in, with
+        a fresh state, nonce and PKCE verifier kept for the answer. SignInRefused if the link
+        is unknown, used or expired."""
+        now = self.clock.now()
+        state, nonce, verifier = new_secret(), new_secret(), new_secret()
+        with self.access.db.transaction() as session:
+            opened = session.execute(
+                update(StepUpSignIn)
+                .where(
+                    StepUpSignIn.link_hash == _hash(link),
+                    StepUpSignIn.opened_at.is_(None),
+                    StepUpSignIn.expires_at > now,
+                )
+                .values(
+                    opened_at=now,
+                    state_hash=_hash(state),
+                    nonce=nonce,
+                    code_verifier=verifier,
+                )
+            )
+            row = session.scalars(
+                select(StepUpSignIn).where(StepUpSignIn.link_hash == _hash(link))
+            ).first()
+            if row is None:
+                raise SignInRefused(
+                    "This is not a sign-in link WardKey made (or it was copied wrongly). Click "
+                    "Approve on the request in Slack for a new one. Nothing was approved.",
+                    "unknown_link",
+                )
+            if opened.rowcount != 1:  # type: ignore[attr-defined]
+                if row.opened_at is not None:
+                    raise SignInRefused(
+                        f"This sign-in link for request #{row.request_id} was used already; a "
+                        "link works once. Click Approve in Slack for a new one. Nothing was "
+                        "approved.",
+                        "link_reused",
+                    )
+                raise SignInRefused(
+                    f"This sign-in link for request #{row.request_id} has expired (links work "
+                    "for a few minutes). Click Approve in Slack for a new one. Nothing was "
+                    "approved.",
+                    "link_expired",
+                )
+            request_id, hint = row.request_id, row.approver_email
+        try:
+            return self.provider().authorization_url(
+                self.redirect_uri, state, nonce, verifier, hint
+            )
+        except SignInRefused as refused:
+            self._record(request_id, state, refused.reason)
+            raise
+
+    # ------------------------------------------------------------------------ finish
+
+    def finish(self, state: str, code: str | None, error: str | None = None) -> Finished:
+        """The identity provider's answer: taken once; the approval applies only if the ID
+        token passes every check, names the person who clicked Approve, and that person may
+        still approve the request now."""
+        now = self.clock.now()
+        with self.access.db.transaction() as session:
+            taken = session.execute(
+                update(StepUpSignIn)
+                .where(
+                    StepUpSignIn.state_hash == _hash(state),
+                    StepUpSignIn.opened_at.is_not(None),
+                    StepUpSignIn.finished_at.is_(None),
+                )
+                .values(finished_at=now)
+            )
+            row = session.scalars(
+                select(StepUpSignIn).where(StepUpSignIn.state_hash == _hash(state))
+            ).first()
+            if row is None or row.opened_at is None:
+                return self._refused(
+                    None,
+                    None,
+                    "This sign-in answer is not for a sign-in WardKey started. Click Approve "
+                    "on the request in Slack to start one. Nothing was approved.",
+                    "unknown_state",
+                )
+            if taken.rowcount != 1:  # type: ignore[attr-defined]
+                return self._refused(
+                    row.request_id,
+                    None,
+                    f"This sign-in for request #{row.request_id} was finished already (a page "
+                    "reloaded, or its address sent again); each sign-in counts once. Nothing "
+                    "more was done.",
+                    "state_replayed",
+                )
+            settings = self.access.policy.identity_provider
+            window = settings.link_valid_for if settings is not None else None
+            if window is None or now > row.opened_at + window:
+                return self._refused(
+                    row.request_id,
+                    state,
+                    f"The sign-in for request #{row.request_id} took too long to finish. Click "
+                    "Approve in Slack for a new link. Nothing was approved.",
+                    "sign_in_expired",
+                )
+            request_id = row.request_id
+            approver = Person(
+                slack_user_id=row.approver_slack_id,
+                email=row.approver_email,
+                team_id=row.approver_team_id,
+            )
+            nonce, verifier = row.nonce, row.code_verifier
+        if error or not code:
+            return self._refused(
+                request_id,
+                state,
+                f"The identity provider did not sign you in ({error or 'no code'}). Click "
+                "Approve in Slack to try again. Nothing was approved.",
+                "provider_error",
+            )
+        try:
+            provider = self.provider()
+            proof = provider.verify(provider.exchange(code, verifier, self.redirect_uri), nonce)
+        except SignInRefused as refused:
+            return self._refused(request_id, state, refused.message, refused.reason)
+        signer = Person(email=proof.name)
+        if not same_person(self.access.policy, approver, signer):
+            return self._refused(
+                request_id,
+                state,
+                f"You signed in as {proof.name}, but Approve was clicked by the Slack account "
+                f"of {approver.label}. Only the person who clicked can approve, signed in as "
+                "themselves. Nothing was approved.",
+                "wrong_person",
+            )
+        try:
+            view = self.access.approve(request_id, approver, step_up=proof.audit())
+        except ServiceError as exc:
+            return self._refused(request_id, state, f"{exc.message}", "not_allowed")
+        self._record(request_id, state, APPROVED)
+        log.info(
+            "event=step_up_approved request=%s approver=%s subject=%s amr=%s",
+            request_id,
+            approver.label,
+            proof.subject,
+            ",".join(proof.amr),
+        )
+        return Finished(request_id, view)
+
+    def _refused(
+        self, request_id: int | None, state: str | None, message: str, reason: str
+    ) -> Finished:
+        log.warning("event=step_up_refused request=%s reason=%s", request_id or "-", reason)
+        if state is not None:
+            self._record(request_id, state, reason)
+        return Finished(request_id, None, message, reason)
+
+    def _record(self, request_id: int | None, state: str, outcome: str) -> None:
+        with self.access.db.transaction() as session:
+            session.execute(
+                update(StepUpSignIn)
+                .where(StepUpSignIn.state_hash == _hash(state))
+                .values(outcome=outcome[:200])
+            )

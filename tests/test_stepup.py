@@ -1,0 +1,509 @@
+"""Step-up approval, end to end: a signed Approve click to the running app answers with a
+one-time link; the link goes to a local OpenID provider that issues real RS256 ID tokens; its
+answer comes back to WardKey's callback, and only a sign-in that proves the same person, fresh,
+with MFA, who may still approve, approves the request (through the same decide use case as any
+approval). Every refusal leaves nothing granted and says why on the page."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from app.clock import ManualClock
+from app.config import Settings
+from app.demo.slack_driver import SlackDriver, TrackingExecutor, serving
+from app.demo.slack_fake import FakeSlack
+from app.directory import SlackDirectory
+from app.lifecycle.errors import StepUpNeeded
+from app.messages.blocks import APPROVE_ACTION
+from app.notify.notifier import Notifier
+from app.policy import Policy, PolicyError, parse_policy
+from app.runtime import StartupError, check_step_up
+from app.service import AccessService
+from app.slack.app import build_app, web_client
+from app.stepup.pages import StepUpPages
+from app.stepup.service import StepUpService
+from app.store import AuditEvent, Database
+from app.store.models import RequestState as S
+from app.store.models import StepUpSignIn
+from app.web import WardKeyWSGI
+from tests.conftest import AMIRA, BEN, HERE, sqlite_copy
+from tests.fakes.memory_adapter import MemoryTarget
+from tests.fakes.oidc_provider import FakeOpenIDProvider
+from tests.slack_harness import SIGNING_SECRET, TEAM, WARD_USERS
+
+CLIENT_ID = "3f9c1a52-wardkey-test"
+CLIENT_SECRET = "idp-client-secret-for-tests"
+SECRET_ENV = "WARDKEY_TEST_IDP_SECRET"
+REQUEST = "pharmacy-db:read 30m fix stuck order set on ward 12"
+LINK = re.compile(r"<(http://[^|>]+/step-up/[^|>]+)\|")
+
+
+def ward_policy_with(**provider: Any) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((HERE / "data" / "ward_policy.yaml").read_text())
+    data["paths"]["clinical"]["step_up"] = True
+    data["identity_provider"] = {
+        "client_id": CLIENT_ID,
+        "client_secret_env": SECRET_ENV,
+        "max_age": "5m",
+        "amr": ["mfa"],
+        "insecure": True,
+        **provider,
+    }
+    return data
+
+
+@pytest.fixture
+def idp(clock: ManualClock) -> Iterator[FakeOpenIDProvider]:
+    provider = FakeOpenIDProvider(clock, CLIENT_ID, CLIENT_SECRET).start()
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture
+def policy(idp: FakeOpenIDProvider) -> Policy:
+    """The ward's policy, with the clinical path needing step-up with the fake provider."""
+    return parse_policy(yaml.safe_dump(ward_policy_with(issuer=idp.issuer)))
+
+
+@pytest.fixture
+def db(tmp_path: Path, sqlite_template: Path) -> Iterator[Database]:
+    yield from sqlite_copy(tmp_path, sqlite_template)
+
+
+class App:
+    """The running app, its step-up service and a browser."""
+
+    def __init__(self, slack: SlackDriver, stepup: StepUpService, browser: httpx.Client) -> None:
+        self.slack = slack
+        self.stepup = stepup
+        self.browser = browser
+
+    def ask(self, user: str = "U0AMIRA") -> int:
+        before = len(self.slack.fake.calls_to("response_url"))
+        assert self.slack.command("/jit", f"request {REQUEST}", user).status_code == 200
+        reply = self.slack.replies(before + 1)[-1]
+        assert reply.startswith("Request #"), reply
+        self.slack.settle()
+        self.slack.fake.wait_for("chat.postMessage", 3)
+        return int(reply.split("#")[1].split(" ")[0])
+
+    def click_approve(self, rid: int, user: str = "U0BEN") -> str:
+        """The approver clicks Approve; the ephemeral answer they get (its text)."""
+        before = len(self.slack.fake.calls_to("chat.postEphemeral", user=user))
+        assert self.slack.click(APPROVE_ACTION, str(rid), user).status_code == 200
+        self.slack.settle()
+        notes = self.slack.fake.wait_for("chat.postEphemeral", before + 1, user=user)
+        return str(notes[-1].args["text"])
+
+    def link_for(self, rid: int, user: str = "U0BEN") -> str:
+        text = self.click_approve(rid, user)
+        found = LINK.search(text)
+        assert found, text
+        return found[1]
+
+    def sign_in(self, link: str) -> httpx.Response:
+        """The approver's browser follows the link: to the provider, which signs them in at
+        once, and back to WardKey's callback; the page they land on."""
+        page = self.browser.get(link)
+        self.slack.settle()
+        return page
+
+
+@pytest.fixture
+def app(
+    service: AccessService, idp: FakeOpenIDProvider, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[App]:
+    fake = FakeSlack().start()
+    for user in WARD_USERS:
+        fake.add_user(user)
+    client = web_client(fake.token, fake.api_url)
+    listeners, dialogs = TrackingExecutor(max_workers=4), TrackingExecutor(max_workers=2)
+    stepup = StepUpService(service, "http://unset", env={SECRET_ENV: CLIENT_SECRET})
+    notifier = Notifier(client, service, SlackDirectory(client))
+    bolt = build_app(
+        service, client, SIGNING_SECRET, listeners, dialogs, notifier=notifier, stepup=stepup
+    )
+    pages = StepUpPages(stepup, notifier.request_changed)
+    browser = httpx.Client(timeout=10, follow_redirects=True)
+    http = httpx.Client(timeout=10)
+    try:
+        with serving(WardKeyWSGI(bolt, service.db, SIGNING_SECRET, step_up=pages)) as url:
+            stepup.public_url = url
+            idp.redirect_uris.append(stepup.redirect_uri)
+            driver = SlackDriver(url, fake, http, SIGNING_SECRET, TEAM, (listeners, dialogs))
+            yield App(driver, stepup, browser)
+    finally:
+        browser.close()
+        http.close()
+        for pool in (dialogs, listeners):
+            pool.shutdown(wait=True)
+        fake.stop()
+
+
+def step_up_events(service: AccessService, rid: int) -> list[dict[str, Any]]:
+    with service.db.read() as session:
+        bodies = session.scalars(
+            sa.select(AuditEvent.body).where(AuditEvent.request_id == rid).order_by(AuditEvent.seq)
+        ).all()
+    return [json.loads(b) for b in bodies]
+
+
+def sign_ins(service: AccessService, rid: int) -> list[StepUpSignIn]:
+    with service.db.read() as session:
+        return list(
+            session.scalars(sa.select(StepUpSignIn).where(StepUpSignIn.request_id == rid)).all()
+        )
+
+
+NOTHING = "Nothing was approved"
+
+
+def assert_nothing_granted(
+    service: AccessService, targets: dict[str, MemoryTarget], rid: int
+) -> None:
+    view = service.get(rid)
+    assert view.state == S.PENDING
+    assert not view.approvals
+    assert not targets["pharmacy-db"].holds("amira", "pharmacy_read")
+    actions = [e["action"] for e in step_up_events(service, rid)]
+    assert "request.approved" not in actions and "request.approval_recorded" not in actions
+
+
+class TestStepUpApproval:
+    def test_the_card_says_approval_needs_sign_in(self, app: App) -> None:
+        app.ask()
+        cards = app.slack.fake.wait_for("chat.postMessage", 3)
+        assert all("Approval needs sign-in" in json.dumps(c.args["blocks"]) for c in cards)
+
+    def test_on_call_lead_signs_in_with_mfa_and_the_request_is_approved(
+        self,
+        app: App,
+        service: AccessService,
+        idp: FakeOpenIDProvider,
+        targets: dict[str, MemoryTarget],
+    ) -> None:
+        rid = app.ask()
+        said = app.click_approve(rid)
+        assert f"Approving request #{rid} needs you to sign in" in said
+        assert "until 03:05" in said  # the link works five minutes, once
+        # The click approved nothing.
+        assert_nothing_granted(service, targets, rid)
+        link = LINK.search(said)
+        assert link is not None
+
+        idp.sign_in_as("ben@ward.nhs.uk", amr=["pwd", "mfa"])
+        page = app.sign_in(link[1])
+
+        assert page.status_code == 200, page.text
+        assert f"You approved request #{rid}" in page.text
+        assert "until 03:30" in page.text
+        view = service.get(rid)
+        assert view.state == S.ACTIVE
+        assert targets["pharmacy-db"].holds("amira", "pharmacy_read")
+        # The browser went to the provider with a fresh sign-in asked for, PKCE S256, a
+        # nonce and the approver's e-mail as a hint; and came back to WardKey's callback.
+        asked = idp.authorize_requests[-1]
+        assert asked["code_challenge_method"] == "S256" and len(asked["code_challenge"]) == 43
+        assert asked["prompt"] == "login" and asked["max_age"] == "300"
+        assert asked["nonce"] and asked["state"] and asked["login_hint"] == "ben@ward.nhs.uk"
+        assert idp.token_requests[-1]["code_verifier"]
+        # The audit trail says who the provider vouched for, and how they signed in.
+        approved = [e for e in step_up_events(service, rid) if e["action"] == "request.approved"]
+        proof = approved[0]["data"]["step_up"]
+        assert proof["issuer"] == idp.issuer
+        assert proof["subject"] and proof["signed_in_as"] == "ben@ward.nhs.uk"
+        assert proof["amr"] == ["pwd", "mfa"]
+        assert proof["auth_time"] == "2026-11-30T03:00:00+00:00"
+        # Every card says so, through the outbox.
+        updates = app.slack.fake.wait_for("chat.update", 3)
+        assert {u.args["channel"] for u in updates} == {"D0BEN", "D0GITA", "D0HANA"}
+        assert all("Approved by Ben Hughes" in json.dumps(u.args["blocks"]) for u in updates)
+        assert [s.outcome for s in sign_ins(service, rid)] == ["approved"]
+
+    def test_someone_else_signing_in_approves_nothing(
+        self,
+        app: App,
+        service: AccessService,
+        idp: FakeOpenIDProvider,
+        targets: dict[str, MemoryTarget],
+    ) -> None:
+        rid = app.ask()
+        link = app.link_for(rid)
+        idp.sign_in_as("chloe@ward.nhs.uk")  # Ben's link, Chloe's sign-in
+        page = app.sign_in(link)
+        assert page.status_code == 403
+        assert "You signed in as chloe@ward.nhs.uk" in page.text
+        assert "Slack account of ben@ward.nhs.uk" in page.text and NOTHING in page.text
+        assert_nothing_granted(service, targets, rid)
+
+    def test_a_sign_in_without_mfa_approves_nothing(
+        self,
+        app: App,
+        service: AccessService,
+        idp: FakeOpenIDProvider,
+        targets: dict[str, MemoryTarget],
+    ) -> None:
+        rid = app.ask()
+        idp.sign_in_as("ben@ward.nhs.uk", amr=["pwd"])
+        page = app.sign_in(app.link_for(rid))
+        assert page.status_code == 403
+        assert "did not use what approving on this path needs (mfa" in page.text
+        assert_nothing_granted(service, targets, rid)
+
+    def test_a_stale_sign_in_approves_nothing(
+        self,
+        app: App,
+        service: AccessService,
+        idp: FakeOpenIDProvider,
+        clock: ManualClock,
+        targets: dict[str, MemoryTarget],
+    ) -> None:
+        rid = app.ask()
+        # The provider kept an old session: Ben signed in 6 minutes ago, max_age is 5.
+        idp.sign_in_as("ben@ward.nhs.uk", auth_time=clock.now() - timedelta(minutes=6))
+        page = app.sign_in(app.link_for(rid))
+        assert page.status_code == 403
+        assert "Your sign-in was not fresh" in page.text and "within 5 minutes" in page.text
+        assert_nothing_granted(service, targets, rid)
+
+    def test_a_sign_in_just_within_max_age_counts(
+        self, app: App, service: AccessService, idp: FakeOpenIDProvider, clock: ManualClock
+    ) -> None:
+        rid = app.ask()
+        idp.sign_in_as("ben@ward.nhs.uk", auth_time=clock.now() - timedelta(minutes=5))
+        assert app.sign_in(app.link_for(rid)).status_code == 200
+        assert service.get(rid).state == S.ACTIVE
+
+    def test_a_replayed_callback_is_refused_and_approves_once(
+        self,
+        app: App,
+        service: AccessService,
+        idp: FakeOpenIDProvider,
+    ) -> None:
+        rid = app.ask()
+        idp.sign_in_as("ben@ward.nhs.uk")
+        page = app.sign_in(app.link_for(rid))
+        assert page.status_code == 200
+        callback = str(page.url)  # /step-up/callback?code=…&state=…, as a proxy log keeps it
+        again = app.browser.get(callback)
+        assert again.status_code == 403
+        assert "was finished already" in again.text
+        assert len(service.get(rid).approvals) == 1
+        actions = [e["action"] for e in step_up_events(service, rid)]
+        assert actions.count("request.approved") == 1
+
+    def test_a_replayed_state_with_a_new_code_is_refused(
+        self,
+        app: App,
+        service: AccessService,
+        idp: FakeOpenIDProvider,
+        targets: dict[str, MemoryTarget],
+    ) -> None:
+        """Someone who saw a refused sign-in's state cannot finish it later with a code of
+        their own: the state counts once, whatever came of it."""
+        rid = app.ask()
+        idp.sign_in_as("ben@ward.nhs.uk", amr=["pwd"])
+        first = app.sign_in(app.link_for(rid))
+        assert first.status_code == 403
+        state = dict(httpx.URL(str(first.url)).params)["state"]
+        idp.sign_in_as("ben@ward.nhs.uk")
+        again = app.browser.get(
+            f"{app.stepup.redirect_uri}?{httpx.QueryParams(code='fresh-code', state=state)}"
+        )
+        assert again.status_code == 403 and "was finished already" in again.text
+        assert_nothing_granted(service, targets, rid)
+
+    def test_a_forged_id_token_approves_nothing(
+        self,
+        app: App,
+        service: AccessService,
+        idp: FakeOpenIDProvider,
+        targets: dict[str, MemoryTarget],
+    ) -> None:
+        rid = app.ask()
+        idp.sign_in_as("ben@ward.nhs.uk")
+        idp.forge = True  # signed with a key the provider's JWKS does not hold (same kid)
+        page = app.sign_in(app.link_for(rid))
+        assert page.status_code == 403
+        assert "not signed by the identity provider's keys" in page.text
+        assert_nothing_granted(service, targets, rid)
+
+    def test_a_token_for_another_application_approves_nothing(
+        self,
+        app: App,
+        service: AccessService,
+        idp: FakeOpenIDProvider,
+        targets: dict[str, MemoryTarget],
+    ) -> None:
+        rid = app.ask()
+        idp.sign_in_as("ben@ward.nhs.uk")
+        idp.audience = "00000003-another-app"
+        page = app.sign_in(app.link_for(rid))
+        assert page.status_code == 403
+        assert "was issued for another application" in page.text
+        assert_nothing_granted(service, targets, rid)
+
+    def test_a_token_from_another_issuer_approves_nothing(
+        self,
+        app: App,
+        service: AccessService,
+        idp: FakeOpenIDProvider,
+        targets: dict[str, MemoryTarget],
+    ) -> None:
+        rid = app.ask()
+        idp.sign_in_as("ben@ward.nhs.uk")
+        idp.issuer_in_token = "https://login.example.org/another-tenant/v2.0"
+        page = app.sign_in(app.link_for(rid))
+        assert page.status_code == 403
+        assert "was issued by another identity provider" in page.text
+        assert_nothing_granted(service, targets, rid)
+
+    def test_an_expired_link_approves_nothing(
+        self,
+        app: App,
+        service: AccessService,
+        idp: FakeOpenIDProvider,
+        clock: ManualClock,
+        targets: dict[str, MemoryTarget],
+    ) -> None:
+        rid = app.ask()
+        link = app.link_for(rid)
+        clock.advance(timedelta(minutes=5, seconds=1))
+        idp.sign_in_as("ben@ward.nhs.uk")
+        page = app.sign_in(link)
+        assert page.status_code == 410
+        assert f"This sign-in link for request #{rid} has expired" in page.text
+        assert not idp.authorize_requests  # never sent to sign in
+        assert_nothing_granted(service, targets, rid)
+
+    def test_a_link_opens_once(
+        self, app: App, service: AccessService, idp: FakeOpenIDProvider
+    ) -> None:
+        rid = app.ask()
+        link = app.link_for(rid)
+        idp.sign_in_as("ben@ward.nhs.uk")
+        assert app.sign_in(link).status_code == 200
+        again = app.browser.get(link)
+        assert again.status_code == 410 and "was used already" in again.text
+        assert len(idp.authorize_requests) == 1
+
+    def test_an_approver_no_longer_on_call_when_signed_in_approves_nothing(
+        self,
+        app: App,
+        service: AccessService,
+        idp: FakeOpenIDProvider,
+        clock: ManualClock,
+        targets: dict[str, MemoryTarget],
+    ) -> None:
+        clock.set(datetime(2026, 11, 30, 7, 57, tzinfo=UTC))  # Ben's shift ends at 08:00
+        rid = app.ask()
+        link = app.link_for(rid)
+        clock.set(datetime(2026, 11, 30, 8, 1, tzinfo=UTC))  # Chloe's shift now
+        idp.sign_in_as("ben@ward.nhs.uk")
+        page = app.sign_in(link)
+        assert page.status_code == 403
+        assert "You are not an approver for the clinical path right now" in page.text
+        assert_nothing_granted(service, targets, rid)
+
+    def test_the_requester_cannot_approve_their_own_request(
+        self, app: App, service: AccessService, idp: FakeOpenIDProvider
+    ) -> None:
+        rid = app.ask(user="U0CHLOE")  # Chloe asks; Chloe clicks her own card's Approve
+        said = app.click_approve(rid, user="U0CHLOE")
+        assert "You cannot approve or deny your own request" in said
+        assert "step-up" not in said and not sign_ins(service, rid)  # no link was made
+        assert service.get(rid).state == S.PENDING
+
+    def test_a_non_approver_gets_no_link(self, app: App, service: AccessService) -> None:
+        rid = app.ask()
+        said = app.click_approve(rid, user="U0CHLOE")  # not on call at 03:00
+        assert "You are not an approver for the clinical path right now" in said
+        assert not sign_ins(service, rid)
+
+    def test_a_bad_or_missing_state_approves_nothing(self, app: App) -> None:
+        page = app.browser.get(f"{app.stepup.redirect_uri}?code=abc&state=made-up")
+        assert page.status_code == 403 and "not for a sign-in WardKey started" in page.text
+        page = app.browser.get(f"{app.stepup.redirect_uri}?code=abc")
+        assert page.status_code == 400 and "missing its sign-in state" in page.text
+        page = app.browser.get(app.stepup.public_url + "/step-up/not-a-link")
+        assert page.status_code == 410 and "not a sign-in link WardKey made" in page.text
+
+
+class TestStepUpRules:
+    def test_an_approval_without_a_sign_in_is_refused_by_the_service(
+        self, service: AccessService, targets: dict[str, MemoryTarget]
+    ) -> None:
+        rid = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REQUEST).id
+        with pytest.raises(StepUpNeeded, match="needs you to sign in"):
+            service.approve(rid, BEN)
+        assert_nothing_granted(service, targets, rid)
+
+    def test_a_sign_in_begun_on_one_instance_finishes_on_another(
+        self, service: AccessService, idp: FakeOpenIDProvider, db: Database, clock: ManualClock
+    ) -> None:
+        """Nothing of a sign-in is kept in memory: a second process (or the first, restarted)
+        on the same database opens the link and takes the provider's answer."""
+        rid = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REQUEST).id
+        env = {SECRET_ENV: CLIENT_SECRET}
+        first = StepUpService(service, "https://wardkey.ward.nhs.uk", env=env)
+        idp.redirect_uris.append(first.redirect_uri)
+        offer = first.offer(rid, BEN)
+
+        other = AccessService(db, service.policy, service.adapters, clock)
+        second = StepUpService(other, "https://wardkey.ward.nhs.uk", env=env)
+        idp.sign_in_as("ben@ward.nhs.uk")
+        to_provider = second.open(offer.url.rsplit("/", 1)[1])
+        back = httpx.get(to_provider)  # the provider signs Ben in and sends him back
+        answer = dict(httpx.URL(back.headers["Location"]).params)
+        third = StepUpService(
+            AccessService(db, service.policy, service.adapters, clock),
+            "https://wardkey.ward.nhs.uk",
+            env=env,
+        )
+        finished = third.finish(answer["state"], answer["code"])
+        assert finished.refusal is None
+        assert service.get(rid).state == S.ACTIVE
+
+    def test_step_up_needs_an_identity_provider(self) -> None:
+        data = ward_policy_with(issuer="https://login.example.org/t/v2.0")
+        del data["identity_provider"]
+        with pytest.raises(PolicyError) as caught:
+            parse_policy(yaml.safe_dump(data))
+        assert [(i.where, i.message) for i in caught.value.issues] == [
+            (
+                "paths.clinical.step_up",
+                "step-up needs an identity_provider at the top level to sign in with",
+            )
+        ]
+
+    def test_a_plain_http_issuer_is_refused_unless_marked_insecure(self) -> None:
+        data = ward_policy_with(issuer="http://idp.ward.nhs.uk/t/v2.0", insecure=False)
+        with pytest.raises(PolicyError) as caught:
+            parse_policy(yaml.safe_dump(data))
+        assert [i.where for i in caught.value.issues] == ["identity_provider.issuer"]
+        assert "plain http://" in str(caught.value.issues[0])
+
+    def test_break_glass_has_no_step_up(self) -> None:
+        data = ward_policy_with(issuer="https://login.example.org/t/v2.0")
+        data["paths"]["breakglass"]["step_up"] = True
+        with pytest.raises(PolicyError) as caught:
+            parse_policy(yaml.safe_dump(data))
+        assert [i.where for i in caught.value.issues] == ["paths.breakglass.step_up"]
+
+    def test_serve_will_not_start_without_a_public_url_or_the_secret(
+        self, policy: Policy, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        with pytest.raises(StartupError, match="WARDKEY_PUBLIC_URL is not set, and the clinical"):
+            check_step_up(Settings(wardkey_public_url=None), policy)
+        with pytest.raises(StartupError, match=f"{SECRET_ENV} is not set"):
+            check_step_up(Settings(wardkey_public_url="https://wardkey.ward.nhs.uk"), policy)
