@@ -129,4 +129,29 @@ def policy_warnings(policy: Policy) -> list[PolicyIssue]:
             )
         else:
             found.append(PolicyIssue(where, "nothing here needs it; remove it"))
+    found += ticket_system_warnings(policy)
+    return found
+
+
+def ticket_system_warnings(policy: Policy) -> list[PolicyIssue]:
+    """A ticket system marked `insecure: true`: tickets (and its credentials) cross plain
+    http://, or nothing there needs the flag."""
+    found: list[PolicyIssue] = []
+    for name, system in policy.ticket_systems.items():
+        if system.servicenow is not None:
+            servicenow = system.servicenow
+            kind, insecure, url = "servicenow", servicenow.insecure, servicenow.instance_url
+        elif system.jira is not None:
+            kind, insecure, url = "jira", system.jira.insecure, system.jira.url
+        else:
+            continue
+        if not insecure:
+            continue
+        where = ("ticket_systems", name, kind, "insecure")
+        if url.startswith("http://"):
+            found.append(
+                PolicyIssue(where, f"tickets and credentials cross plain http:// ({url[:60]})")
+            )
+        else:
+            found.append(PolicyIssue(where, "nothing here needs it; remove it"))
     return found

@@ -14,6 +14,7 @@ from app.clock import SystemClock
 from app.config import Settings
 from app.oncall import describe as describe_rota
 from app.policy import Policy, PolicyError, format_duration
+from app.policy.model import TicketSystem
 from app.policy.rules import approvers_at
 from app.policy_targets import load_policy, policy_warnings
 from app.runtime import MISSING
@@ -150,6 +151,8 @@ def print_summary(policy: Policy, out: TextIO) -> None:
             else f"{path.approvals} of {who}"
         )
         ticket = ", ticket" if path.ticket_required else ""
+        if path.ticket is not None:
+            ticket = f", ticket checked in {path.ticket.system}"
         print(
             f"    {name:<12} {path.risk:<8} max {format_duration(path.max_duration):<6} "
             f"{rule}{ticket}",
@@ -173,3 +176,39 @@ def print_summary(policy: Policy, out: TextIO) -> None:
             print(f"    {name:<20} {describe_rota(policy, name)}", file=out)
     for name, vendor in policy.vendors.items():
         print(f"  vendor {name}: {vendor.company}, contract ends {vendor.contract_end}", file=out)
+    if policy.ticket_systems:
+        print("  ticket systems:", file=out)
+        for name, system in policy.ticket_systems.items():
+            print(f"    {name:<20} {describe_ticket_system(policy, name, system)}", file=out)
+
+
+def describe_ticket_system(policy: Policy, name: str, system: TicketSystem) -> str:
+    """'ServiceNow https://trust.service-now.com, table incident, basic auth; clinical (open,
+    assigned to the requester or their group; access ends with the ticket; notes)'."""
+    if system.servicenow is not None:
+        sn = system.servicenow
+        where = f"{sn.instance_url}, table {sn.table}"
+        auth = "OAuth token" if sn.token_env else "basic auth"
+    else:
+        assert system.jira is not None
+        where = f"{system.jira.url}, REST API v{system.jira.api_version}"
+        auth = "API token" if system.jira.email_env else "bearer token"
+    rules = {
+        "any": "open",
+        "requester": "open, assigned to the requester",
+        "requester_or_group": "open, assigned to the requester or their group",
+    }
+    uses = []
+    for path_name, path in policy.paths.items():
+        if path.ticket is None or path.ticket.system != name:
+            continue
+        more = [rules[path.ticket.assigned]]
+        if path.ticket.ends_access:
+            more.append("access ends with the ticket")
+        if path.ticket.notes:
+            more.append("notes on the ticket")
+        if path.ticket.when_down == "approver_checks":
+            more.append("approvers check it when it does not answer")
+        uses.append(f"{path_name} ({'; '.join(more)})")
+    used = "; ".join(uses) if uses else "no path uses it"
+    return f"{system.label} {where}, {auth}; {used}"

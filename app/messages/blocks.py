@@ -143,6 +143,26 @@ def words(text: str) -> MarkdownTextObject:
     return MarkdownTextObject(text=text, verbatim=True)
 
 
+def ticket_field(view: RequestView) -> str:
+    """The card's ticket: as typed; or, checked in the path's ticket system, a link to it with
+    its state and title as the system showed them; or marked for the approver to check, when
+    the system did not answer and the path lets the request go on."""
+    if not view.ticket:
+        return "*Ticket*\nnone"
+    check = view.ticket_check
+    if check is None:
+        return f"*Ticket*\n{inert(view.ticket)}"
+    name = inert(view.ticket)
+    if check.url.startswith(("https://", "http://")):
+        url = check.url.replace("|", "%7C").replace("<", "%3C").replace(">", "%3E")
+        name = f"<{url}|{escape(view.ticket)}>"
+    if check.checked_at is None:
+        return f"*Ticket*\n{name}\n:warning: {escape(check.state)}; check it before approving"
+    state = f" · {inert(check.state)}" if check.state else ""
+    title = f"\n{inert(check.title)}" if check.title else ""
+    return f"*Ticket*\n{name}{state}{title}"
+
+
 def clock_time(instant: datetime | None, zone: ZoneInfo) -> str:
     return "—" if instant is None else instant.astimezone(zone).strftime("%H:%M")
 
@@ -181,7 +201,7 @@ def _summary(view: RequestView, ctx: CardContext) -> list[Block]:
         MarkdownTextObject(
             text=f"*Path*\n{_RISK_ICON.get(ctx.risk, '')} {view.path} ({ctx.risk} risk)"
         ),
-        words(f"*Ticket*\n{inert(view.ticket) if view.ticket else 'none'}"),
+        words(ticket_field(view)),
     ]
     history = plural(ctx.elevations_30_days, "elevation", zero="no elevations")
     history = history[0].upper() + history[1:] + " in the last 30 days"

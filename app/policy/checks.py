@@ -126,6 +126,7 @@ def _paths(policy: Policy) -> Iterator[PolicyIssue]:
                 (*loc, "approval_sla"), "is longer than pending_timeout, so it would never escalate"
             )
         yield from _satisfiable(policy, name)
+    yield from _ticket_systems(policy)
 
 
 def _source(
@@ -381,6 +382,43 @@ def _vendors(policy: Policy) -> Iterator[PolicyIssue]:
                     (*loc, "people"), f"'{person}' is already listed under vendor {seen[person]}"
                 )
             seen[person] = name
+
+
+def _ticket_systems(policy: Policy) -> Iterator[PolicyIssue]:
+    """Each path's ticket names a declared system; systems are reached over HTTPS."""
+    for name, declared in policy.ticket_systems.items():
+        if declared.servicenow is not None:
+            servicenow = declared.servicenow
+            url, insecure = servicenow.instance_url, servicenow.insecure
+            field: tuple[str, str] = ("servicenow", "instance_url")
+        elif declared.jira is not None:
+            url, insecure, field = declared.jira.url, declared.jira.insecure, ("jira", "url")
+        else:
+            continue
+        if not url.startswith("https://") and not (insecure and url.startswith("http://")):
+            yield PolicyIssue(
+                ("ticket_systems", name, *field),
+                f"'{url[:60]}' is not an https:// URL (insecure: true allows http:// on a "
+                "test system)",
+            )
+    for name, path in policy.paths.items():
+        if path.ticket is None:
+            continue
+        loc: Location = ("paths", name, "ticket")
+        system = policy.ticket_systems.get(path.ticket.system)
+        if system is None:
+            yield PolicyIssue(
+                (*loc, "system"),
+                _unknown("ticket system", path.ticket.system, policy.ticket_systems),
+            )
+            continue
+        if path.ticket.assigned == "requester_or_group" and system.jira is not None:
+            yield PolicyIssue(
+                (*loc, "assigned"),
+                "Jira issues have no assignment group; use requester or any",
+            )
+        if name == BREAK_GLASS_PATH:
+            yield PolicyIssue(loc, "break-glass never waits on a ticket system")
 
 
 def _unknown(kind: str, name: str, known: Iterable[str]) -> str:

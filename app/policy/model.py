@@ -665,6 +665,104 @@ class ApproverSource(Strict):
         return self
 
 
+class ServiceNowSystem(Strict):
+    """A ServiceNow instance, read with the Table API (GET /api/now/table/{table})."""
+
+    instance_url: str = Field(
+        description="The instance's base URL, like https://trust.service-now.com."
+    )
+    table: str = Field(
+        default="incident",
+        pattern=r"^[a-z0-9_]{1,80}$",
+        description="The table tickets are looked up in by number (incident, sc_req_item…).",
+    )
+    user_env: EnvVarName | None = Field(
+        default=None, description="Environment variable that holds the user name (basic auth)."
+    )
+    password_env: EnvVarName | None = Field(
+        default=None, description="Environment variable that holds the password (basic auth)."
+    )
+    token_env: EnvVarName | None = Field(
+        default=None,
+        description="Environment variable that holds an OAuth access token (instead of a user "
+        "name and password).",
+    )
+    insecure: bool = Field(
+        default=False, description="A test system only: accept an http:// instance_url."
+    )
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> ServiceNowSystem:
+        basic = self.user_env is not None or self.password_env is not None
+        if basic and (self.user_env is None or self.password_env is None):
+            raise ValueError("basic auth needs both user_env and password_env")
+        if basic == (self.token_env is not None):
+            raise ValueError("give either user_env and password_env, or token_env")
+        return self
+
+
+class JiraSystem(Strict):
+    """A Jira site, read with its REST API (GET /rest/api/{2,3}/issue/{key})."""
+
+    url: str = Field(description="The site's base URL, like https://trust.atlassian.net.")
+    api_version: Literal[2, 3] = Field(
+        default=3, description="REST API version: 3 (Jira Cloud) or 2 (Jira Data Center)."
+    )
+    email_env: EnvVarName | None = Field(
+        default=None,
+        description="Environment variable that holds the account's e-mail address (basic auth "
+        "with an API token).",
+    )
+    token_env: EnvVarName = Field(
+        description="Environment variable that holds the API token (with email_env) or a "
+        "personal access token, sent as a bearer token (without)."
+    )
+    insecure: bool = Field(default=False, description="A test system only: accept an http:// url.")
+
+
+class TicketSystem(Strict):
+    """A ticket system requests name tickets in: ServiceNow or Jira."""
+
+    servicenow: ServiceNowSystem | None = Field(default=None, description="A ServiceNow instance.")
+    jira: JiraSystem | None = Field(default=None, description="A Jira site.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TicketSystem:
+        if (self.servicenow is None) == (self.jira is None):
+            raise ValueError("give exactly one of 'servicenow' or 'jira'")
+        return self
+
+    @property
+    def label(self) -> str:
+        return "ServiceNow" if self.servicenow is not None else "Jira"
+
+
+class PathTicket(Strict):
+    """The ticket a path's requests name, checked in a ticket system."""
+
+    system: Name = Field(description="The ticket system (under ticket_systems) it is in.")
+    assigned: Literal["any", "requester", "requester_or_group"] = Field(
+        default="any",
+        description="Whom the ticket must be assigned to: anyone, the requester (by e-mail), "
+        "or the requester or an assignment group they belong to (ServiceNow only).",
+    )
+    ends_access: bool = Field(
+        default=False,
+        description="End the access when the ticket is resolved or closed (checked by a sweep).",
+    )
+    notes: bool = Field(
+        default=False,
+        description="Add a work note (ServiceNow) or comment (Jira) to the ticket when access "
+        "is granted and when it ends.",
+    )
+    when_down: Literal["refuse", "approver_checks"] = Field(
+        default="refuse",
+        description="When the ticket system does not answer at request time: refuse the "
+        "request (the default), or send it to the approvers marked 'not checked' for them to "
+        "check the ticket themselves.",
+    )
+
+
 class AccessPath(Strict):
     description: str = ""
     risk: Literal["low", "medium", "high", "critical"]
@@ -677,6 +775,11 @@ class AccessPath(Strict):
     reapprove_extensions: bool = False
     ticket_required: bool = False
     ticket_pattern: str | None = None
+    ticket: PathTicket | None = Field(
+        default=None,
+        description="Check the ticket in a ticket system: it must exist and be open (a "
+        "ticket is then required).",
+    )
     approval_sla: Duration | None = None
     pending_timeout: Duration = timedelta(hours=24)
     warn_before: Duration = timedelta(minutes=10)
@@ -877,6 +980,9 @@ class Policy(Strict):
     targets: dict[Name, Target]
     identities: dict[Name, Identity] = {}
     vendors: dict[Name, Vendor] = {}
+    ticket_systems: dict[Name, TicketSystem] = Field(
+        default={}, description="Ticket systems paths check tickets in (ServiceNow, Jira)."
+    )
     identity_provider: IdentityProvider | None = Field(
         default=None,
         description="The OpenID Connect provider approvers sign in with on paths that have "

@@ -249,7 +249,7 @@ def plan_request(
         account=account_for(policy, target, person, identity),
         cap=duration_cap(policy, person, target, role, path, at, identity),
         approvals_needed=0 if break_glass else path_spec.approvals,
-        ticket_required=path_spec.ticket_required,
+        ticket_required=path_spec.ticket_required or path_spec.ticket is not None,
         identity=identity,
     )
 
@@ -271,7 +271,7 @@ def check_ticket(policy: Policy, path: str, ticket: str | None) -> str | None:
     spec = policy.paths[path]
     cleaned = (ticket or "").strip() or None
     if cleaned is None:
-        if spec.ticket_required:
+        if spec.ticket_required or spec.ticket is not None:
             raise PolicyRefusal(f"The {path} path needs a ticket number, like INC0012345.")
         return None
     if spec.ticket_pattern is not None and not re.fullmatch(spec.ticket_pattern, cleaned):

@@ -220,6 +220,21 @@ class Sweeps:
         return changed
 
     @sweep("sweep")
+    def tickets(self) -> list[int]:
+        """Access on paths with `ticket.ends_access` ends when its ticket is resolved or
+        closed in the ticket system (each requester is told why)."""
+        ids = self.service.end_with_closed_tickets()
+        self._tell(ids)
+        return ids
+
+    @sweep("sweep")
+    def ticket_notes(self) -> list[int]:
+        """Write the notes due on tickets (access granted, access ended) and send those due,
+        retrying those the ticket system did not take."""
+        self.service.queue_ticket_notes()
+        return self.service.deliver_ticket_notes()
+
+    @sweep("sweep")
     def retry_revokes(self) -> list[int]:
         """Try failed revokes again when their back-off is over, each in its target's lane;
         returns those that ended (in a process, those tried). Every try is told, so a revoke

@@ -13,7 +13,8 @@ from app.service.breakglass import BreakGlassCases
 from app.service.digest import DigestCases
 from app.service.reviews import ReviewCases
 from app.service.standing import StandingCases
+from app.service.tickets import TicketCases
 
 
-class AccessService(BreakGlassCases, ReviewCases, DigestCases, StandingCases):
+class AccessService(BreakGlassCases, ReviewCases, DigestCases, StandingCases, TicketCases):
     """Use cases of the request lifecycle. Safe to share between threads and processes."""

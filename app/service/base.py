@@ -37,6 +37,8 @@ from app.lifecycle.validation import refuse_control_characters
 from app.policy import rules
 from app.policy.model import BREAK_GLASS_PATH, Policy
 from app.policy.people import Person, person_key, same_person
+from app.policy.tickets import TicketFacts, unanswered
+from app.policy.tickets import refusal as ticket_refusal
 from app.service.views import RequestView
 from app.store.db import Database
 from app.store.models import (
@@ -52,6 +54,7 @@ from app.store.models import (
     Review,
     SweepRun,
 )
+from app.tickets import TicketDesk, TicketNotFound, TicketUnreadable, down_message
 
 log = logging.getLogger(__name__)
 S = RequestState
@@ -106,6 +109,7 @@ class ServiceBase:
         lease: timedelta = DEFAULT_LEASE,
         concurrency: int = 8,
         heartbeat: bool = False,
+        tickets: TicketDesk | None = None,
     ) -> None:
         self.db = db
         self.policy = policy
@@ -118,6 +122,8 @@ class ServiceBase:
         self.lanes = TargetLanes(concurrency)
         # Processes renew their claims while they work; tests on a ManualClock need not.
         self.heartbeat = Heartbeat(self) if heartbeat else None
+        # Reads tickets in the systems paths name (ServiceNow, Jira) and writes notes on them.
+        self.tickets = tickets or TicketDesk()
 
     @contextmanager
     def _holding(self, *request_ids: int) -> Iterator[None]:
@@ -352,6 +358,34 @@ class ServiceBase:
             return rules.check_ticket(self.policy, path, ticket)
         except rules.PolicyRefusal as exc:
             raise InvalidRequest(str(exc), field="ticket") from None
+
+    def _checked_ticket(self, path: str, ticket: str | None, person: Person) -> TicketFacts | None:
+        """The ticket as the path's ticket system has it, when the path names one; refused
+        (InvalidRequest on the ticket field) when it is not there, not open or not assigned as
+        the path asks, and when the system does not answer (never accepted unchecked)."""
+        spec = self.policy.paths[path].ticket
+        if spec is None or ticket is None:
+            return None
+        system = self.policy.ticket_systems.get(spec.system)
+        label = system.label if system is not None else spec.system
+        try:
+            facts = self.tickets.find(
+                self.policy,
+                spec.system,
+                ticket,
+                person.email,
+                need_group=spec.assigned == "requester_or_group",
+            )
+        except TicketNotFound as exc:
+            raise InvalidRequest(f"{exc}; check the number.", field="ticket") from None
+        except TicketUnreadable:
+            if spec.when_down == "approver_checks":
+                return unanswered(spec.system, label, ticket)
+            raise InvalidRequest(down_message(label), field="ticket") from None
+        why = ticket_refusal(spec, facts, person.email)
+        if why is not None:
+            raise InvalidRequest(why, field="ticket")
+        return facts
 
     def _requester(self, req: AccessRequest) -> Person:
         """Who asked, as the policy is checked against (at approval, grant and extension)."""

@@ -23,6 +23,7 @@ from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person, person_key
 from app.service.base import STATE_WORDS, S
 from app.service.identities import IdentityCases
+from app.service.tickets import TICKET_CLOSED, closed_since_asked, ticket_audit, ticket_fields
 from app.service.views import REPLACED_BY_BREAK_GLASS, WITHDRAWN, RequestView
 from app.store.models import (
     AccessRequest,
@@ -76,6 +77,7 @@ class RequestCases(IdentityCases):
         reason = clean_reason(reason)
         duration = within_cap(duration, plan)
         ticket = self._ticket(plan.path, ticket)
+        checked = self._checked_ticket(plan.path, ticket, person)
         vendor = rules.vendor_of(self.policy, person)
         sponsor = vendor.sponsor if vendor is not None else None
         return self._open(
@@ -86,12 +88,13 @@ class RequestCases(IdentityCases):
             now,
             S.PENDING,
             "request.created",
-            fields={"ticket": ticket, "sponsor": sponsor},
+            fields={"ticket": ticket, "sponsor": sponsor, **ticket_fields(checked, now)},
             data={
                 "approvals_needed": plan.approvals_needed,
                 "approvers": rules.approvers_at(self.policy, plan.path, now),
                 "sponsor": sponsor,
                 "vendor": vendor.company if vendor is not None else None,
+                **ticket_audit(checked),
             },
         )
 
@@ -206,6 +209,9 @@ class RequestCases(IdentityCases):
             lambda: self._decide(request_id, approver, approve=True, step_up=step_up)
         )
         if outcome.state == S.APPROVED:
+            if (why := closed_since_asked(self, request_id)) is not None:
+                self._end_for(request_id, "wardkey", why, TICKET_CLOSED)
+                return self.get(request_id)
             return self.grant(request_id)
         extended = outcome.state == S.ACTIVE and outcome.extension is None
         if extended and len(outcome.approvals) >= outcome.approvals_needed:

@@ -33,6 +33,17 @@ class ReviewView:
 
 
 @dataclass(frozen=True)
+class TicketView:
+    """The ticket as its system showed it when WardKey last checked."""
+
+    system: str
+    title: str
+    state: str
+    url: str
+    checked_at: datetime | None
+
+
+@dataclass(frozen=True)
 class RequestView:
     id: int
     state: RequestState
@@ -67,6 +78,7 @@ class RequestView:
     review: ReviewView | None
     sponsor: str | None = None  # a vendor's sponsor, who must approve too
     end_cause: str | None = None  # why it ended, as a word (see AccessRequest.end_cause)
+    ticket_check: TicketView | None = None  # what the path's ticket system said of the ticket
 
     @property
     def approvals(self) -> tuple[DecisionView, ...]:
@@ -156,4 +168,15 @@ class RequestView:
             ),
             sponsor=req.sponsor,
             end_cause=req.end_cause,
+            ticket_check=(
+                TicketView(
+                    system=req.ticket_system,
+                    title=req.ticket_title or "",
+                    state=req.ticket_state or "",
+                    url=req.ticket_url or "",
+                    checked_at=req.ticket_checked_at,
+                )
+                if req.ticket_system
+                else None
+            ),
         )

@@ -13,7 +13,11 @@ MAX_TEXT = 2000
 # Characters that change how text looks without being visible: zero-width and direction marks.
 _INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 _ACCESS = re.compile(r"^(?P<target>[a-z0-9][a-z0-9_.-]*):(?P<role>[a-z0-9][a-z0-9_.-]*)$")
-_TICKET = re.compile(r"^\[?(?P<ticket>[A-Z]{2,10}[0-9]{4,12})\]?$")
+# A ticket at the end of a request: INC0012345 (bracketed or not), or a Jira key in brackets,
+# [WARD-42] (bare, it could be the reason's last word: "COVID-19").
+_TICKET = re.compile(
+    r"^(\[?(?P<ticket>[A-Z]{2,10}[0-9]{4,12})\]?|\[(?P<key>[A-Z][A-Z0-9_]{1,9}-[0-9]{1,9})\])$"
+)
 _ID = re.compile(r"^#?(?P<id>[0-9]{1,12})$")
 
 REQUEST_EXAMPLE = "/jit request pharmacy-db:read 30m fix stuck order set on ward 12 INC0012345"
@@ -158,7 +162,7 @@ def parse_jit(text: str) -> JitCommand:
         ticket, for_identity = None, None
         for _ in range(2):  # `[TICKET] for svc-x` or `for svc-x [TICKET]`, at the end
             if ticket is None and reason_words and (last := _TICKET.match(reason_words[-1])):
-                ticket, reason_words = last["ticket"], reason_words[:-1]
+                ticket, reason_words = last["ticket"] or last["key"], reason_words[:-1]
             if for_identity is None and len(reason_words) >= 2 and reason_words[-2] == "for":
                 for_identity, reason_words = reason_words[-1], reason_words[:-2]
         if not reason_words:

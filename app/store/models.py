@@ -114,6 +114,13 @@ class AccessRequest(Base):
     account: Mapped[str] = mapped_column(String(320))
     reason: Mapped[str] = mapped_column(Text)
     ticket: Mapped[str | None] = mapped_column(String(100))
+    # What the path's ticket system said about the ticket when it was last checked (app/tickets):
+    # shown on the approver card; the sweep that ends access when it closes updates it.
+    ticket_system: Mapped[str | None] = mapped_column(String(50))
+    ticket_title: Mapped[str | None] = mapped_column(String(300))
+    ticket_state: Mapped[str | None] = mapped_column(String(100))
+    ticket_url: Mapped[str | None] = mapped_column(String(500))
+    ticket_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     requested_seconds: Mapped[int] = mapped_column(Integer)
     approvals_needed: Mapped[int] = mapped_column(Integer)
@@ -410,3 +417,27 @@ class StepUpSignIn(Base):
     opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     outcome: Mapped[str | None] = mapped_column(String(200))
+
+
+class TicketNote(Base):
+    """A work note (ServiceNow) or comment (Jira) to write on a request's ticket when access is
+    granted or ends, written with that state change and delivered by a sweep with retries until
+    the ticket system takes it (app/tickets); never lost, and a grant never waits for it."""
+
+    __tablename__ = "ticket_notes"
+    __table_args__ = (
+        UniqueConstraint("request_id", "event", name="uq_ticket_notes_request_event"),
+        Index("ix_ticket_notes_due", "delivered_at", "due_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("access_requests.id"))
+    event: Mapped[str] = mapped_column(String(20))  # granted | ended
+    system: Mapped[str] = mapped_column(String(50))
+    ticket: Mapped[str] = mapped_column(String(100))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(String(300))
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -1,0 +1,12 @@
+"""Tickets that exist: a path's ticket is checked in ServiceNow or Jira when access is asked
+for (and again at the final approval), the approver card shows it, access may end when it
+closes, and it gets a note when access is granted and ends (issue 16).
+
+app/policy holds the rules (`app.policy.tickets.refusal`, pure); this package reads the
+systems and writes the notes.
+"""
+
+from app.tickets.clients import TicketNotFound, TicketUnreadable
+from app.tickets.desk import TicketDesk, down_message
+
+__all__ = ["TicketDesk", "TicketNotFound", "TicketUnreadable", "down_message"]
