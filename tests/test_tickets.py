@@ -473,6 +473,55 @@ class TestAccessEndsWithTheTicket(TicketStory):
         assert "granted to amira@ward.nhs.uk" in texts[0] and "ended at" in texts[1]
 
 
+class TestOnEachDatabase:
+    """The sweeps' queries on SQLite and PostgreSQL (the Slack stories run on SQLite)."""
+
+    @pytest.fixture
+    def policy(self, servicenow: FakeServiceNow, jira: FakeJira) -> Policy:
+        return ticketed(servicenow, jira, ends_access=True, notes=True)
+
+    @pytest.fixture
+    def service(
+        self,
+        db: Database,
+        policy: Policy,
+        targets: dict[str, MemoryTarget],
+        clock: ManualClock,
+        pauses: list[float],
+    ) -> Iterator[AccessService]:
+        http = httpx.Client()
+        yield AccessService(
+            db, policy, targets, clock, pause=pauses.append, tickets=TicketDesk(ENV, http)
+        )
+        http.close()
+
+    def test_notes_once_each_and_access_ends_with_the_issue(
+        self, service: AccessService, jira: FakeJira, clock: ManualClock
+    ) -> None:
+        from tests.conftest import AMIRA, ERIN
+
+        asked = service.request(
+            AMIRA,
+            "directory",
+            "helpdesk",
+            timedelta(hours=1),
+            "reset locked ward accounts",
+            "WARD-42",
+        )
+        assert service.approve(asked.id, ERIN).state == S.ACTIVE
+        assert service.queue_ticket_notes() == 1
+        assert service.queue_ticket_notes() == 0
+        assert len(service.deliver_ticket_notes()) == 1
+        assert service.deliver_ticket_notes() == []
+        jira.move("WARD-42", "Done", "done")
+        clock.advance(timedelta(minutes=2))
+        assert service.end_with_closed_tickets() == [asked.id]
+        assert service.end_with_closed_tickets() == []
+        assert service.queue_ticket_notes() == 1
+        assert len(service.deliver_ticket_notes()) == 1
+        assert len(jira.comments("WARD-42")) == 2
+
+
 class TestTheRule:
     """`app.policy.tickets.refusal`, the pure rule, on facts a system could return."""
 
