@@ -356,9 +356,7 @@ class BreakGlassCases(RequestCases):
                 "yours: it needs a second person."
             )
         if req.state != S.PENDING:
-            raise AlreadyDecided(
-                f"Break-glass #{req.id} {STATE_WORDS.get(S(req.state), 'changed')}."
-            )
+            raise AlreadyDecided(_not_waiting(req))
         preexisting = self._preexisting(target, account, entitlement)
         held_data = _event_data(held)
 
@@ -367,9 +365,7 @@ class BreakGlassCases(RequestCases):
             with self.db.transaction() as session:
                 req = self._load(session, request_id)
                 if req.state != S.PENDING:
-                    raise AlreadyDecided(
-                        f"Break-glass #{req.id} {STATE_WORDS.get(S(req.state), 'changed')}."
-                    )
+                    raise AlreadyDecided(_not_waiting(req))
                 if now >= req.created_at + self._pending_timeout(req.path):
                     raise AlreadyDecided(
                         f"Break-glass #{req.id} waited too long and is closing; they can break "
@@ -461,6 +457,15 @@ class BreakGlassCases(RequestCases):
             for rid in waiting:
                 transitions.announce(session, f"request:{rid}", WAITING, {"request": rid}, at=now)
         return list(waiting)
+
+
+def _not_waiting(req: AccessRequest) -> str:
+    """Why a held use can no longer be confirmed."""
+    if S(req.state) in _BEGUN or S(req.state) == S.GRANT_FAILED:
+        return f"Break-glass #{req.id} was already confirmed, so nothing was changed."
+    return (
+        f"Break-glass #{req.id} {STATE_WORDS.get(S(req.state), 'changed')}, so nothing was changed."
+    )
 
 
 def _budget_facts(budgets: Sequence[Budget]) -> dict[str, object]:
