@@ -29,6 +29,7 @@ from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN, GITA, HANA, HERE, audit_actions
 from tests.fakes.memory_adapter import MemoryTarget
 from tests.slack_harness import RunningApp, SlackOnSqlite
+from tests.test_concurrency import all_at_once
 from tests.test_limits_hold import last_event
 
 EMERGENCY = "pharmacy-db:read pharmacy system down in ED"
@@ -145,6 +146,30 @@ class TestBudgetRules:
         clock.advance(timedelta(days=1))  # the first use is now more than 7 days back
         check = service.check_break_glass(AMIRA, "pharmacy-db", "read", timedelta(minutes=10))
         assert check.breaches == ()
+
+
+class TestConfirmersAtOnce:
+    @pytest.fixture
+    def policy(self, tmp_path: Path) -> Policy:
+        return ward_policy(tmp_path, **ONE_A_DAY)
+
+    def test_three_confirmers_clicking_at_once_grant_it_once(
+        self, service: AccessService, clock: ManualClock, targets: dict[str, MemoryTarget]
+    ) -> None:
+        used_and_ended(service, clock)
+        held = service.break_glass(AMIRA, "pharmacy-db", "read", WHY, timedelta(minutes=30))
+        assert held.state == S.PENDING
+        confirmers = [BEN, GITA, HANA]
+        results, errors = all_at_once(
+            3, lambda n: service.confirm_break_glass(held.id, confirmers[n])
+        )
+        assert len(results) == 1, (results, errors)
+        assert [str(e) for e in errors] == [
+            f"Break-glass #{held.id} was already confirmed, so nothing was changed."
+        ] * 2
+        assert service.get(held.id).state == S.ACTIVE
+        assert audit_actions(service, held.id).count("breakglass.started") == 1
+        assert targets["pharmacy-db"].holds("amira", "pharmacy_read")
 
 
 class TestRefusePolicy:
