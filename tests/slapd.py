@@ -51,6 +51,13 @@ access to * by * read
 """
 
 
+# Loaded after the database it applies to (slapd.conf reads overlays in order).
+MEMBEROF = """
+moduleload memberof
+overlay memberof
+"""
+
+
 # With TLS, a simple bind without it is refused ("confidentiality required"), as a trust's
 # directory should be set up: so a test that binds proves the channel was encrypted.
 TLS_CONFIG = """
@@ -98,10 +105,14 @@ def _free_port() -> int:
 
 @contextmanager
 def running(
-    work: Path, tls: TlsFiles | None = None, schemas: tuple[Path, ...] = ()
+    work: Path,
+    tls: TlsFiles | None = None,
+    schemas: tuple[Path, ...] = (),
+    memberof: bool = False,
 ) -> Iterator[Slapd]:
     """`schemas`: more schema files to include (tests/data/directory-accounts.schema gives
-    people Active Directory's userAccountControl and 389 DS's nsAccountLock)."""
+    people Active Directory's userAccountControl and 389 DS's nsAccountLock). `memberof`: the
+    memberof overlay, which keeps each member's memberOf in step with groupOfNames' member."""
     (work / "data").mkdir(parents=True)
     config = work / "slapd.conf"
     tls_config = TLS_CONFIG.format(ca=tls.ca, cert=tls.cert, key=tls.key) if tls else ""
@@ -115,6 +126,7 @@ def running(
             wardkey_dn=WARDKEY_DN,
             extra_schemas="".join(f"include {schema}\n" for schema in schemas),
         )
+        + (MEMBEROF if memberof else "")
     )
     url = f"ldap://127.0.0.1:{_free_port()}"
     ldaps_url = f"ldaps://127.0.0.1:{_free_port()}" if tls else None

@@ -5,6 +5,7 @@ directory, or gone from the group) losing eligibility and approval at the next r
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -17,6 +18,7 @@ import yaml
 from ldap3 import MODIFY_ADD, MODIFY_DELETE, MODIFY_REPLACE
 from prometheus_client import CollectorRegistry, generate_latest
 
+from app.cli import main
 from app.clock import ManualClock
 from app.groups import DirectoryGroups, describe, with_directory_groups
 from app.groups.jobs import Ended, GroupsJob
@@ -322,6 +324,51 @@ class TestLdapGroups:
         assert not eligible(policy, AMIRA, clock)
 
 
+@pytest.fixture(scope="module")
+def overlay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[slapd.Slapd]:
+    need_slapd()
+    work = tmp_path_factory.mktemp("slapd-memberof")
+    with slapd.running(work, schemas=(SCHEMA,), memberof=True) as server:
+        seed_ward7(server.admin())
+        yield server
+
+
+class TestMemberOf:
+    """membership: memberOf, against a slapd with the memberof overlay (as Active Directory
+    keeps memberOf itself)."""
+
+    def test_direct_members_by_their_member_of(
+        self, overlay: slapd.Slapd, clock: ManualClock
+    ) -> None:
+        source = {
+            "group": NURSES,
+            "target": "ward-directory",
+            "membership": "memberOf",
+            "nested": False,
+        }
+        text = ward_policy(
+            {"clinical-systems": {"ldap": source}}, {"ward-directory": ldap_target(overlay.url)}
+        )
+        policy, _ = cached(text, clock)
+        # Amira is a direct member; Ben is in ward7-leads, a member group, which memberOf
+        # does not follow.
+        assert policy.members_of("clinical-systems") == ["amira@ward.nhs.uk"]
+        overlay.admin().modify(
+            slapd.person_dn("amira7"), {"userAccountControl": [(MODIFY_REPLACE, [514])]}
+        )
+        clock.advance(timedelta(minutes=5))
+        assert policy.members_of("clinical-systems") == []
+
+    def test_member_of_with_nested_is_refused_with_the_reason(self) -> None:
+        source = {"group": NURSES, "target": "directory", "membership": "memberOf"}
+        with pytest.raises(PolicyError) as refused:
+            parse_policy(ward_policy({"clinical-systems": {"ldap": source}}), "test policy")
+        assert problems(refused) == [
+            "groups.clinical-systems.ldap: membership: memberOf reads direct members only: "
+            "set nested: false, or use membership: member to follow member groups"
+        ]
+
+
 def entra_target(authority: str, graph_url: str) -> dict[str, Any]:
     return {
         "kind": "entra",
@@ -593,3 +640,46 @@ class TestMetrics:
         assert f"wardkey_directory_group_up{labels} 0.0" in text
         assert f"wardkey_directory_group_stale{labels} 1.0" in text
         assert f"wardkey_directory_group_read_age_seconds{labels} -1.0" in text
+
+
+class TestPolicyCheck:
+    """`wardkey policy check` lists each directory group with where it is read from, and
+    reads it once: how many people, or why not."""
+
+    def write(self, tmp_path: Path, directory: slapd.Slapd, refresh: str) -> Path:
+        group = {"ldap": {"group": NURSES, "target": "ward-directory"}, "refresh_every": refresh}
+        path = tmp_path / "policy.yaml"
+        path.write_text(
+            ward_policy({"clinical-systems": group}, {"ward-directory": ldap_target(directory.url)})
+        )
+        return path
+
+    def test_read_once_with_how_many_people(
+        self,
+        ward7: slapd.Slapd,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.setenv("DIRECTORY_PASSWORD", slapd.WARDKEY_PASSWORD)
+        assert main(["policy", "check", str(self.write(tmp_path, ward7, "6m"))]) == 0
+        out = capsys.readouterr().out
+        assert "  groups from the directory:\n" in out
+        assert re.search(
+            rf"\n    clinical-systems     from LDAP group {NURSES}: 2 people, read \d\d:\d\d\n", out
+        ), out
+
+    def test_why_it_could_not_be_read(
+        self,
+        ward7: slapd.Slapd,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.delenv("DIRECTORY_PASSWORD", raising=False)
+        assert main(["policy", "check", str(self.write(tmp_path, ward7, "7m"))]) == 0
+        out = capsys.readouterr().out
+        assert (
+            f"    clinical-systems     from LDAP group {NURSES}: not read (DIRECTORY_PASSWORD "
+            "is not set), so nobody is in it\n"
+        ) in out

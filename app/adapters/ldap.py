@@ -284,6 +284,38 @@ class LdapAdapter:
 
         return self._run("read group", work)
 
+    def people_with_member_of(self, group: str) -> list[DirectoryEntry]:
+        """The people under `user_base` (and `user_filter`) whose memberOf names `group`:
+        direct members only, as Active Directory and OpenLDAP's memberof overlay keep it."""
+
+        def work(conn: Connection) -> list[DirectoryEntry]:
+            self._entry(conn, group, required=True)
+            s = self.settings
+            search = f"(&(memberOf={escape_filter_chars(group)}){s.user_filter})"
+            found = conn.extend.standard.paged_search(
+                s.user_base,
+                search,
+                SUBTREE,
+                attributes=[ALL_ATTRIBUTES, "+"],
+                paged_size=500,
+                generator=False,
+            )
+            code = conn.result.get("result")
+            if code not in (0, None):
+                raise self._error("read group", code, conn.result.get("description", ""))
+            people = [
+                DirectoryEntry(str(e["dn"]), _values(e["attributes"]))
+                for e in found
+                if e.get("type") == "searchResEntry"
+            ]
+            if len(people) > _MAX_GROUP_ENTRIES:
+                raise PermanentAdapterError(
+                    f"{group} has more than {_MAX_GROUP_ENTRIES} entries; refusing to read it"
+                )
+            return people
+
+        return self._run("read group", work)
+
     def _entry(self, conn: Connection, dn: str, *, required: bool) -> DirectoryEntry | None:
         if not conn.search(dn, "(objectClass=*)", BASE, attributes=[ALL_ATTRIBUTES, "+"]):
             code = conn.result.get("result")
@@ -297,11 +329,7 @@ class LdapAdapter:
         found = conn.response[0] if conn.response else None
         if not found or "attributes" not in found:
             return None
-        attributes = {
-            name: [str(v) for v in (value if isinstance(value, list) else [value])]
-            for name, value in found["attributes"].items()
-        }
-        return DirectoryEntry(str(found["dn"]), attributes)
+        return DirectoryEntry(str(found["dn"]), _values(found["attributes"]))
 
 
 @dataclass(frozen=True)
@@ -316,6 +344,13 @@ _GROUP_CLASSES = {"groupofnames", "groupofuniquenames", "group"}
 # Enough for a hospital's largest group with nesting; a group beyond it is a misconfiguration
 # (a whole-directory group), refused rather than read for minutes.
 _MAX_GROUP_ENTRIES = 50_000
+
+
+def _values(attributes: dict[str, object]) -> dict[str, list[str]]:
+    return {
+        name: [str(v) for v in (value if isinstance(value, list) else [value])]
+        for name, value in attributes.items()
+    }
 
 
 def _close(conn: Connection) -> None:

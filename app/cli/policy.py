@@ -12,6 +12,7 @@ from typing import TextIO
 from app.cli.common import Commands, write_output
 from app.clock import SystemClock
 from app.config import Settings
+from app.groups import describe as describe_group
 from app.oncall import describe as describe_rota
 from app.policy import Policy, PolicyError, format_duration
 from app.policy.model import TicketSystem
@@ -174,6 +175,10 @@ def print_summary(policy: Policy, out: TextIO) -> None:
         print("  rotas:", file=out)
         for name in policy.oncall:
             print(f"    {name:<20} {describe_rota(policy, name)}", file=out)
+    if policy.directory_groups():
+        print("  groups from the directory:", file=out)
+        for name in policy.directory_groups():
+            print(f"    {name:<20} {describe_group(policy, name)}", file=out)
     for name, vendor in policy.vendors.items():
         print(f"  vendor {name}: {vendor.company}, contract ends {vendor.contract_end}", file=out)
     if policy.ticket_systems:

@@ -111,7 +111,10 @@ class GroupReader:
         except ValidationError as exc:
             raise GroupUnreadable(f"connection settings: {exc.errors()[0]['msg']}") from None
         adapter = LdapAdapter(parsed, _secret(secrets, "bind_password", self.env))
-        entries = adapter.group_people(source.group, nested=source.nested)
+        if source.membership == "memberOf":
+            entries = adapter.people_with_member_of(source.group)
+        else:
+            entries = adapter.group_people(source.group, nested=source.nested)
         found = _Found()
         for entry in entries:
             ids = _ldap_ids(entry, source)

@@ -532,12 +532,13 @@ class LdapGroup(Strict):
     membership: Literal["member", "memberOf"] = Field(
         default="member",
         description="member: the group's member attribute lists people (and groups); "
-        "memberOf: people under user_base carry memberOf naming the group.",
+        "memberOf: the people under user_base whose memberOf names the group (direct "
+        "members only).",
     )
     nested: bool = Field(
         default=True,
-        description="Members of member groups count too (Active Directory reads nesting with "
-        "its in-chain matching rule; OpenLDAP by following member groups).",
+        description="With membership: member, people in member groups count too (each group "
+        "followed once). memberOf reads direct members only: set nested: false with it.",
     )
     email_attribute: str = Field(
         default="mail", pattern=_ATTRIBUTE, description="The attribute holding the e-mail."
@@ -564,6 +565,11 @@ class LdapGroup(Strict):
     def _one_connection(self) -> LdapGroup:
         if self.target is not None and (self.settings or self.secrets):
             raise ValueError("give either 'target' or your own 'settings' and 'secrets', not both")
+        if self.membership == "memberOf" and self.nested:
+            raise ValueError(
+                "membership: memberOf reads direct members only: set nested: false, or use "
+                "membership: member to follow member groups"
+            )
         return self
 
 
