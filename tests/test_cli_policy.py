@@ -123,6 +123,7 @@ class TestPolicySchema:
 
 def test_the_demo_policy_resource_is_packaged() -> None:
     assert resources.files("app.demo").joinpath("demo_policy.yaml").is_file()
+    assert resources.files("app.demo").joinpath("clinical_roster.csv").is_file()
 
 
 WARD = ROOT / "tests" / "data" / "ward_policy.yaml"

@@ -14,8 +14,11 @@ def test_the_demo_tells_the_whole_night_and_leaves_nothing_behind(
     transcript = capsys.readouterr().out
     # Each scene, in order, with the people and buttons a reader would see in Slack.
     scenes = [
+        # The on-call lead is read from the ward's rostering export; the card says so.
+        "who is on call comes from the ward's e-rostering export, clinical_roster.csv",
         "Amira Khan ▸ /jit request epr-console:ward-admin 30m",
         "WardKey → Ben Hughes (DM):",
+        "📅 clinical-oncall on call per rostering export (csv), read 03:10",
         "[Approve] [Deny]",
         "Ben Hughes clicks [Approve] on card #1",
         "EPR console: gave amira WARD_ADMIN",

@@ -43,11 +43,16 @@ REQUEST = "pharmacy-db:read 30m fix stuck order set on ward 12"
 NIGHT = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
 
 
-def sourced_policy(source: dict[str, Any], clock: ManualClock, env: dict[str, str]) -> Policy:
+def sourced_policy(
+    source: dict[str, Any], clock: ManualClock, env: dict[str, str], sla: bool = True
+) -> Policy:
     """The test trust with the clinical path approved by its on-call rota alone, the rota read
-    from `source` (the managers are its escalation group), read through a cache of its own."""
+    from `source` (the managers are its escalation group), read through a cache of its own;
+    `sla` False: no approval SLA, so nothing but the source escalates a waiting request."""
     data = yaml.safe_load((HERE / "data" / "ward_policy.yaml").read_text())
     data["paths"]["clinical"]["approvers"] = [{"rota": "clinical-oncall"}]
+    if not sla:
+        del data["paths"]["clinical"]["approval_sla"]
     data["oncall"]["clinical-oncall"] = {"source": source, "escalation": "managers"}
     policy = parse_policy(yaml.safe_dump(data), "test policy")
     return policy.with_on_call(OnCall(policy, clock, client=httpx.Client(), env=env))
@@ -241,7 +246,7 @@ class TestPagerDutyDown(SourcedStory):
             NIGHT + timedelta(hours=5),
         )
         source = pagerduty_source(pagerduty, refresh_every="5m", stale_after="1h")
-        return sourced_policy(source, clock, {"PAGERDUTY_TOKEN": TOKEN})
+        return sourced_policy(source, clock, {"PAGERDUTY_TOKEN": TOKEN}, sla=False)
 
     def test_last_good_read_until_stale_after_then_the_escalation_group_and_security_told(
         self,
@@ -311,3 +316,47 @@ class TestPagerDutyDown(SourcedStory):
             "again (read 04:06): its on-call people approve again."
         ]
         assert approvers_at(service.policy, "clinical", clock.now()) == ["ben@ward.nhs.uk"]
+
+    def test_a_request_waiting_when_the_source_goes_stale_goes_to_the_escalation_group(
+        self,
+        slack: RunningApp,
+        service: AccessService,
+        clock: ManualClock,
+        pagerduty: FakePagerDuty,
+    ) -> None:
+        sweeps = self.sweeps(slack, service)
+        sweeps.oncall_sources()  # read at 03:00
+        pagerduty.failures = [500] * 1000
+        clock.advance(timedelta(minutes=45))
+        assert sweeps.oncall_sources() == 1  # security told of the outage
+        rid = ask(slack)  # 03:45: to Ben, from the read of 03:00; nobody decides
+        assert list(cards(slack, rid)) == ["U0BEN"]
+        clock.advance(timedelta(minutes=14))
+        assert sweeps.oncall_sources() == 0  # 03:59: the last good read still counts
+        assert "approval.unreachable" not in actions(service, rid)
+
+        # 04:01: the read of 03:00 no longer counts and the path names nobody. The sweep
+        # sends the waiting request to the managers at once, and security hears why.
+        clock.advance(timedelta(minutes=2))
+        assert sweeps.oncall_sources() == 1
+        slack.settle()
+        assert "approval.unreachable" in actions(service, rid)
+        assert sorted(cards(slack, rid)) == ["U0BEN", "U0GITA", "U0HANA"]
+        assert (
+            "no clinical approver could be reached" in cards(slack, rid)["U0HANA"][0].args["text"]
+        )
+        alert = "\n".join(posts_to(slack, "C0SEC"))
+        assert f"No approver could be reached for request #{rid}" in alert
+        assert "could not be read from PagerDuty schedule PWARD07" in alert
+        told = "\n".join(posts_to(slack, "U0AMIRA"))
+        assert f"No clinical approver could be reached in Slack for your request #{rid}" in told
+        # Once only: the next sweep escalates nothing more.
+        clock.advance(timedelta(minutes=1))
+        assert sweeps.oncall_sources() == 0
+        # Ben's card is no longer one he may act on; a manager's is.
+        assert slack.click(APPROVE_ACTION, str(rid), "U0BEN").status_code == 200
+        slack.settle()
+        assert service.get(rid).state == S.PENDING
+        assert slack.click(APPROVE_ACTION, str(rid), "U0GITA").status_code == 200
+        slack.settle()
+        assert service.get(rid).state == S.ACTIVE

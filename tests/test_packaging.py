@@ -131,6 +131,7 @@ def test_the_wheel_carries_the_migrations_and_data_and_nothing_of_the_tests(
     for path in [*migrations, ROOT / "app/store/migrations/script.py.mako"]:
         assert path.relative_to(ROOT).as_posix() in names, path
     assert "app/demo/demo_policy.yaml" in names
+    assert "app/demo/clinical_roster.csv" in names
     assert not [n for n in names if n.startswith("tests/")]
     assert any(n.endswith(".dist-info/entry_points.txt") for n in names)
     (license_file,) = [n for n in names if n.rsplit("/", 1)[-1] == "LICENSE"]

@@ -55,10 +55,11 @@ DEMO_POLICY = "policy.yaml"
 
 def _say_what_was_kept(folder: Path, out: TextIO) -> None:
     """Where the kept demo is, and the exact commands that look at it."""
-    from importlib import resources
+    from app.demo.run import demo_policy_text, write_demo_roster
 
     policy = folder / DEMO_POLICY
-    text = resources.files("app.demo").joinpath("demo_policy.yaml").read_text("utf-8")
+    # The demo's policy as it ran, its rota read from the roster export copied beside it.
+    text = demo_policy_text("http://127.0.0.1:1/wardkey", write_demo_roster(folder))
     policy.write_text(text, encoding="utf-8")
     database = folder / DEMO_DATABASE
     url = f"sqlite:///{database}"

@@ -37,6 +37,7 @@ from app.messages.views import (
     REVIEW_VIEW,
 )
 from app.notify.notifier import Notifier
+from app.oncall import OnCall
 from app.policy import parse_policy
 from app.scheduler import Sweeps
 from app.service import AccessService
@@ -67,8 +68,23 @@ class DemoFailed(Exception):
     """The scenario did not go as it should: a bug, said plainly instead of a happy transcript."""
 
 
-def demo_policy_text(console_url: str) -> str:
+# The on-call rota's rostering export, shipped with the demo and copied beside its database.
+ROSTER = "clinical_roster.csv"
+ROSTER_IN_POLICY = "/wardkey-demo/clinical_roster.csv"
+
+
+def write_demo_roster(folder: Path) -> Path:
+    """The demo's rostering export, written into `folder`; returns where."""
+    path = folder / ROSTER
+    path.write_bytes(resources.files("app.demo").joinpath(ROSTER).read_bytes())
+    return path
+
+
+def demo_policy_text(console_url: str, roster: Path | None = None) -> str:
+    """The demo's policy, naming the local console and (when given) the roster export's path."""
     text = resources.files("app.demo").joinpath("demo_policy.yaml").read_text()
+    if roster is not None:
+        text = text.replace(ROSTER_IN_POLICY, str(roster))
     return text.replace("http://127.0.0.1:1/wardkey", console_url)
 
 
@@ -88,8 +104,9 @@ def _run(out: TextIO, workdir: Path) -> None:
     url = f"sqlite:///{workdir / 'wardkey-demo.db'}"
     upgrade(url)
     db = Database(url)
-    policy = parse_policy(demo_policy_text(console.url), "demo policy")
+    policy = parse_policy(demo_policy_text(console.url, write_demo_roster(workdir)), "demo policy")
     clock = ManualClock(START)
+    policy = policy.with_on_call(OnCall(policy, clock))  # the roster read on the demo's clock
     console_settings = WebhookSettings.model_validate(policy.targets["epr-console"].settings)
     service = AccessService(
         db, policy, {"epr-console": WebhookAdapter(console_settings, key)}, clock
@@ -237,6 +254,7 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
             raise DemoFailed(f"request #{request_id} is {actual.value}, expected {state.value}")
 
     story.heading("1. A clinical request, approved by the on-call lead at 3 am")
+    story.note("who is on call comes from the ward's e-rostering export, clinical_roster.csv")
     scene.command(
         "U0AMIRA",
         "/jit",

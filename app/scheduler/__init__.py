@@ -20,6 +20,7 @@ from apscheduler.schedulers.base import BaseScheduler
 
 from app import audit
 from app.groups.jobs import Alerts, GroupsJob
+from app.oncall import unread_sources
 from app.service import AccessService, ReviewStep
 from app.service.digest import Digest
 from app.service.identities import AttestationStep
@@ -193,8 +194,20 @@ class Sweeps:
     @sweep("sweep")
     def oncall_sources(self) -> int:
         """Read the rotas' sources that are due, so an outage is seen (and security told)
-        while nobody asks for access; returns how many changes were told."""
-        return 0 if self.oncall is None else len(self.oncall())
+        while nobody asks for access; then a request waiting on a path that now names nobody
+        (its rota's source unread past stale_after) goes at once to the escalation group.
+        Returns how many changes were told and requests escalated."""
+        told = 0 if self.oncall is None else len(self.oncall())
+        escalated = self.service.nobody_to_approve(
+            lambda path: "; ".join(
+                [
+                    f"nobody is on duty to approve the {path} path",
+                    *unread_sources(self.service.policy, path),
+                ]
+            )
+        )
+        self._tell(escalated)
+        return told + len(escalated)
 
     @sweep("sweep")
     def time_out(self) -> list[int]:

@@ -288,6 +288,35 @@ class ServiceBase:
                 return None  # it changed meanwhile (decided, or recorded by another process)
             return self._view(session, req)
 
+    def nobody_to_approve(self, why: Callable[[str], str]) -> list[int]:
+        """Requests waiting for approval on a path that now names nobody (a rota whose source
+        has not been read within stale_after, and no one else on the path): each recorded
+        as unreachable once and escalated at once (`approvers_unreachable`), rather than left
+        with cards nobody may act on. `why(path)` says why, for the audit and the alerts."""
+        now = self.clock.now()
+        paths = [
+            name
+            for name in self.policy.paths
+            if name != BREAK_GLASS_PATH and not rules.approvers_at(self.policy, name, now)
+        ]
+        if not paths:
+            return []
+        with self.db.read() as session:
+            rows = session.execute(
+                select(AccessRequest.id, AccessRequest.path)
+                .where(
+                    AccessRequest.path.in_(paths),
+                    AccessRequest.escalation_level < UNREACHABLE,
+                    (AccessRequest.state == S.PENDING.value)
+                    | (
+                        (AccessRequest.state == S.ACTIVE.value)
+                        & AccessRequest.extension_seconds.is_not(None)
+                    ),
+                )
+                .order_by(AccessRequest.id)
+            ).all()
+        return [rid for rid, path in rows if self.approvers_unreachable(rid, why(path))]
+
     def unreachable_reason(self, request_id: int) -> str:
         """Why no approver of this request could be reached, as `approvers_unreachable`
         recorded it (the latest time)."""
