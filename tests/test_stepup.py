@@ -36,7 +36,7 @@ from app.store import AuditEvent, Database
 from app.store.models import RequestState as S
 from app.store.models import StepUpSignIn
 from app.web import WardKeyWSGI
-from tests.conftest import AMIRA, BEN, HERE, sqlite_copy
+from tests.conftest import AMIRA, BEN, HERE, _empty_postgres, sqlite_copy
 from tests.fakes.memory_adapter import MemoryTarget
 from tests.fakes.oidc_provider import FakeOpenIDProvider
 from tests.slack_harness import SIGNING_SECRET, TEAM, WARD_USERS
@@ -169,14 +169,23 @@ NOTHING = "Nothing was approved"
 
 
 def assert_nothing_granted(
-    service: AccessService, targets: dict[str, MemoryTarget], rid: int
-) -> None:
+    service: AccessService, targets: dict[str, MemoryTarget], rid: int, refused: str | None = None
+) -> dict[str, Any]:
+    """Nothing approved or granted; with `refused`, the refusal is on the request's audit trail
+    with that reason (its data returned)."""
     view = service.get(rid)
     assert view.state == S.PENDING
     assert not view.approvals
     assert not targets["pharmacy-db"].holds("amira", "pharmacy_read")
-    actions = [e["action"] for e in step_up_events(service, rid)]
+    events = step_up_events(service, rid)
+    actions = [e["action"] for e in events]
     assert "request.approved" not in actions and "request.approval_recorded" not in actions
+    if refused is None:
+        return {}
+    refusals = [e for e in events if e["action"] == "stepup.refused"]
+    assert [e["data"]["reason"] for e in refusals][-1:] == [refused], refusals
+    assert refusals[-1]["actor"] == "ben@ward.nhs.uk"
+    return dict(refusals[-1]["data"])
 
 
 class TestStepUpApproval:
@@ -244,7 +253,8 @@ class TestStepUpApproval:
         assert page.status_code == 403
         assert "You signed in as chloe@ward.nhs.uk" in page.text
         assert "Slack account of ben@ward.nhs.uk" in page.text and NOTHING in page.text
-        assert_nothing_granted(service, targets, rid)
+        said = assert_nothing_granted(service, targets, rid, refused="wrong_person")
+        assert said["signed_in_as"] == "chloe@ward.nhs.uk" and said["issuer"] == idp.issuer
 
     def test_a_sign_in_without_mfa_approves_nothing(
         self,
@@ -258,7 +268,7 @@ class TestStepUpApproval:
         page = app.sign_in(app.link_for(rid))
         assert page.status_code == 403
         assert "did not use what approving on this path needs (mfa" in page.text
-        assert_nothing_granted(service, targets, rid)
+        assert_nothing_granted(service, targets, rid, refused="amr_missing")
 
     def test_a_stale_sign_in_approves_nothing(
         self,
@@ -274,7 +284,7 @@ class TestStepUpApproval:
         page = app.sign_in(app.link_for(rid))
         assert page.status_code == 403
         assert "Your sign-in was not fresh" in page.text and "within 5 minutes" in page.text
-        assert_nothing_granted(service, targets, rid)
+        assert_nothing_granted(service, targets, rid, refused="stale_sign_in")
 
     def test_a_sign_in_just_within_max_age_counts(
         self, app: App, service: AccessService, idp: FakeOpenIDProvider, clock: ManualClock
@@ -321,7 +331,7 @@ class TestStepUpApproval:
             f"{app.stepup.redirect_uri}?{httpx.QueryParams(code='fresh-code', state=state)}"
         )
         assert again.status_code == 403 and "was finished already" in again.text
-        assert_nothing_granted(service, targets, rid)
+        assert_nothing_granted(service, targets, rid, refused="state_replayed")
 
     def test_a_forged_id_token_approves_nothing(
         self,
@@ -336,7 +346,7 @@ class TestStepUpApproval:
         page = app.sign_in(app.link_for(rid))
         assert page.status_code == 403
         assert "not signed by the identity provider's keys" in page.text
-        assert_nothing_granted(service, targets, rid)
+        assert_nothing_granted(service, targets, rid, refused="bad_signature:bad_signature")
 
     def test_a_token_for_another_application_approves_nothing(
         self,
@@ -351,7 +361,7 @@ class TestStepUpApproval:
         page = app.sign_in(app.link_for(rid))
         assert page.status_code == 403
         assert "was issued for another application" in page.text
-        assert_nothing_granted(service, targets, rid)
+        assert_nothing_granted(service, targets, rid, refused="bad_claim:aud")
 
     def test_a_token_from_another_issuer_approves_nothing(
         self,
@@ -366,7 +376,7 @@ class TestStepUpApproval:
         page = app.sign_in(app.link_for(rid))
         assert page.status_code == 403
         assert "was issued by another identity provider" in page.text
-        assert_nothing_granted(service, targets, rid)
+        assert_nothing_granted(service, targets, rid, refused="bad_claim:iss")
 
     def test_an_expired_link_approves_nothing(
         self,
@@ -384,7 +394,27 @@ class TestStepUpApproval:
         assert page.status_code == 410
         assert f"This sign-in link for request #{rid} has expired" in page.text
         assert not idp.authorize_requests  # never sent to sign in
-        assert_nothing_granted(service, targets, rid)
+        assert_nothing_granted(service, targets, rid, refused="link_expired")
+
+    def test_a_sign_in_finished_after_the_link_window_approves_nothing(
+        self,
+        app: App,
+        service: AccessService,
+        idp: FakeOpenIDProvider,
+        clock: ManualClock,
+        targets: dict[str, MemoryTarget],
+    ) -> None:
+        rid = app.ask()
+        link = app.link_for(rid)
+        idp.sign_in_as("ben@ward.nhs.uk")
+        to_provider = app.browser.get(link, follow_redirects=False).headers["Location"]
+        back = app.browser.get(to_provider, follow_redirects=False).headers["Location"]
+        clock.advance(timedelta(minutes=5, seconds=1))  # the approver left the page open
+        idp.sign_in_as("ben@ward.nhs.uk", auth_time=clock.now())
+        page = app.browser.get(back)
+        assert page.status_code == 403
+        assert f"The sign-in for request #{rid} took too long to finish" in page.text
+        assert_nothing_granted(service, targets, rid, refused="sign_in_expired")
 
     def test_a_link_opens_once(
         self, app: App, service: AccessService, idp: FakeOpenIDProvider
@@ -413,7 +443,7 @@ class TestStepUpApproval:
         page = app.sign_in(link)
         assert page.status_code == 403
         assert "You are not an approver for the clinical path right now" in page.text
-        assert_nothing_granted(service, targets, rid)
+        assert_nothing_granted(service, targets, rid, refused="not_allowed")
 
     def test_the_requester_cannot_approve_their_own_request(
         self, app: App, service: AccessService, idp: FakeOpenIDProvider
@@ -449,30 +479,23 @@ class TestStepUpRules:
         assert_nothing_granted(service, targets, rid)
 
     def test_a_sign_in_begun_on_one_instance_finishes_on_another(
-        self, service: AccessService, idp: FakeOpenIDProvider, db: Database, clock: ManualClock
+        self, service: AccessService, idp: FakeOpenIDProvider, clock: ManualClock
     ) -> None:
         """Nothing of a sign-in is kept in memory: a second process (or the first, restarted)
-        on the same database opens the link and takes the provider's answer."""
-        rid = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REQUEST).id
-        env = {SECRET_ENV: CLIENT_SECRET}
-        first = StepUpService(service, "https://wardkey.ward.nhs.uk", env=env)
-        idp.redirect_uris.append(first.redirect_uri)
-        offer = first.offer(rid, BEN)
+        on the same database opens the link, and a third takes the provider's answer."""
+        across_instances(service, idp, clock)
 
-        other = AccessService(db, service.policy, service.adapters, clock)
-        second = StepUpService(other, "https://wardkey.ward.nhs.uk", env=env)
-        idp.sign_in_as("ben@ward.nhs.uk")
-        to_provider = second.open(offer.url.rsplit("/", 1)[1])
-        back = httpx.get(to_provider)  # the provider signs Ben in and sends him back
-        answer = dict(httpx.URL(back.headers["Location"]).params)
-        third = StepUpService(
-            AccessService(db, service.policy, service.adapters, clock),
-            "https://wardkey.ward.nhs.uk",
-            env=env,
-        )
-        finished = third.finish(answer["state"], answer["code"])
-        assert finished.refusal is None
-        assert service.get(rid).state == S.ACTIVE
+    @pytest.mark.postgres
+    def test_on_postgresql_too(
+        self,
+        postgres_database: Database,
+        policy: Policy,
+        targets: dict[str, MemoryTarget],
+        idp: FakeOpenIDProvider,
+        clock: ManualClock,
+    ) -> None:
+        _empty_postgres(postgres_database)
+        across_instances(AccessService(postgres_database, policy, targets, clock), idp, clock)
 
     def test_step_up_needs_an_identity_provider(self) -> None:
         data = ward_policy_with(issuer="https://login.example.org/t/v2.0")
@@ -507,3 +530,25 @@ class TestStepUpRules:
             check_step_up(Settings(wardkey_public_url=None), policy)
         with pytest.raises(StartupError, match=f"{SECRET_ENV} is not set"):
             check_step_up(Settings(wardkey_public_url="https://wardkey.ward.nhs.uk"), policy)
+
+
+def across_instances(service: AccessService, idp: FakeOpenIDProvider, clock: ManualClock) -> None:
+    rid = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REQUEST).id
+    env = {SECRET_ENV: CLIENT_SECRET}
+
+    def instance() -> StepUpService:
+        fresh = AccessService(service.db, service.policy, service.adapters, clock)
+        return StepUpService(fresh, "https://wardkey.ward.nhs.uk", env=env)
+
+    first = instance()
+    idp.redirect_uris.append(first.redirect_uri)
+    offer = first.offer(rid, BEN)
+    idp.sign_in_as("ben@ward.nhs.uk")
+    to_provider = instance().open(offer.url.rsplit("/", 1)[1])
+    back = httpx.get(to_provider)  # the provider signs Ben in and sends him back
+    answer = dict(httpx.URL(back.headers["Location"]).params)
+    finished = instance().finish(answer["state"], answer["code"])
+    assert finished.refusal is None
+    assert service.get(rid).state == S.ACTIVE
+    again = instance().finish(answer["state"], answer["code"])
+    assert again.reason == "state_replayed"

@@ -19,7 +19,9 @@ from datetime import datetime
 
 import httpx
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
+from app import audit
 from app.clock import Clock
 from app.lifecycle.errors import NotAllowed, ServiceError
 from app.policy.model import IdentityProvider
@@ -150,7 +152,7 @@ class StepUpService:
     def open(self, link: str) -> str:
         """Where to send the browser that opened `link`: the identity provider's sign-in, with
         a fresh state, nonce and PKCE verifier kept for the answer. SignInRefused if the link
-        is unknown, used or expired."""
+        is unknown, used or expired (audited, with the request and approver it was for)."""
         now = self.clock.now()
         state, nonce, verifier = new_secret(), new_secret(), new_secret()
         with self.access.db.transaction() as session:
@@ -177,27 +179,31 @@ class StepUpService:
                     "Approve on the request in Slack for a new one. Nothing was approved.",
                     "unknown_link",
                 )
-            if opened.rowcount != 1:  # type: ignore[attr-defined]
-                if row.opened_at is not None:
-                    raise SignInRefused(
-                        f"This sign-in link for request #{row.request_id} was used already; a "
-                        "link works once. Click Approve in Slack for a new one. Nothing was "
-                        "approved.",
-                        "link_reused",
-                    )
-                raise SignInRefused(
-                    f"This sign-in link for request #{row.request_id} has expired (links work "
-                    "for a few minutes). Click Approve in Slack for a new one. Nothing was "
-                    "approved.",
+            request_id, approver, hint = row.request_id, row.approver, row.approver_email
+            used = row.opened_at is not None
+            refused = opened.rowcount != 1  # type: ignore[attr-defined]
+        if refused:
+            failure = (
+                SignInRefused(
+                    f"This sign-in link for request #{request_id} was used already; a link "
+                    "works once. Click Approve in Slack for a new one. Nothing was approved.",
+                    "link_reused",
+                )
+                if used
+                else SignInRefused(
+                    f"This sign-in link for request #{request_id} has expired (links work for "
+                    "a few minutes). Click Approve in Slack for a new one. Nothing was approved.",
                     "link_expired",
                 )
-            request_id, hint = row.request_id, row.approver_email
+            )
+            self._refused(request_id, approver, None, failure.message, failure.reason)
+            raise failure
         try:
             return self.provider().authorization_url(
                 self.redirect_uri, state, nonce, verifier, hint
             )
-        except SignInRefused as refused:
-            self._record(request_id, state, refused.reason)
+        except SignInRefused as failure:
+            self._refused(request_id, approver, state, failure.message, failure.reason)
             raise
 
     # ------------------------------------------------------------------------ finish
@@ -205,7 +211,7 @@ class StepUpService:
     def finish(self, state: str, code: str | None, error: str | None = None) -> Finished:
         """The identity provider's answer: taken once; the approval applies only if the ID
         token passes every check, names the person who clicked Approve, and that person may
-        still approve the request now."""
+        still approve the request now. Every refusal is audited (`stepup.refused`)."""
         now = self.clock.now()
         with self.access.db.transaction() as session:
             taken = session.execute(
@@ -224,39 +230,44 @@ class StepUpService:
                 return self._refused(
                     None,
                     None,
+                    None,
                     "This sign-in answer is not for a sign-in WardKey started. Click Approve "
                     "on the request in Slack to start one. Nothing was approved.",
                     "unknown_state",
                 )
-            if taken.rowcount != 1:  # type: ignore[attr-defined]
-                return self._refused(
-                    row.request_id,
-                    None,
-                    f"This sign-in for request #{row.request_id} was finished already (a page "
-                    "reloaded, or its address sent again); each sign-in counts once. Nothing "
-                    "more was done.",
-                    "state_replayed",
-                )
+            request_id, key = row.request_id, row.approver
+            replayed = taken.rowcount != 1  # type: ignore[attr-defined]
             settings = self.access.policy.identity_provider
-            window = settings.link_valid_for if settings is not None else None
-            if window is None or now > row.opened_at + window:
-                return self._refused(
-                    row.request_id,
-                    state,
-                    f"The sign-in for request #{row.request_id} took too long to finish. Click "
-                    "Approve in Slack for a new link. Nothing was approved.",
-                    "sign_in_expired",
-                )
-            request_id = row.request_id
+            late = settings is None or now > row.opened_at + settings.link_valid_for
             approver = Person(
                 slack_user_id=row.approver_slack_id,
                 email=row.approver_email,
                 team_id=row.approver_team_id,
             )
             nonce, verifier = row.nonce, row.code_verifier
+        if replayed:
+            return self._refused(
+                request_id,
+                key,
+                None,  # its first answer's outcome stands
+                f"This sign-in for request #{request_id} was finished already (a page "
+                "reloaded, or its address sent again); each sign-in counts once. Nothing "
+                "more was done.",
+                "state_replayed",
+            )
+        if late:
+            return self._refused(
+                request_id,
+                key,
+                state,
+                f"The sign-in for request #{request_id} took too long to finish. Click "
+                "Approve in Slack for a new link. Nothing was approved.",
+                "sign_in_expired",
+            )
         if error or not code:
             return self._refused(
                 request_id,
+                key,
                 state,
                 f"The identity provider did not sign you in ({error or 'no code'}). Click "
                 "Approve in Slack to try again. Nothing was approved.",
@@ -266,22 +277,25 @@ class StepUpService:
             provider = self.provider()
             proof = provider.verify(provider.exchange(code, verifier, self.redirect_uri), nonce)
         except SignInRefused as refused:
-            return self._refused(request_id, state, refused.message, refused.reason)
+            return self._refused(request_id, key, state, refused.message, refused.reason)
+        signed_in = {"signed_in_as": proof.name, "subject": proof.subject, "issuer": proof.issuer}
         signer = Person(email=proof.name)
         if not same_person(self.access.policy, approver, signer):
             return self._refused(
                 request_id,
+                key,
                 state,
                 f"You signed in as {proof.name}, but Approve was clicked by the Slack account "
                 f"of {approver.label}. Only the person who clicked can approve, signed in as "
                 "themselves. Nothing was approved.",
                 "wrong_person",
+                signed_in,
             )
         try:
             view = self.access.approve(request_id, approver, step_up=proof.audit())
         except ServiceError as exc:
-            return self._refused(request_id, state, f"{exc.message}", "not_allowed")
-        self._record(request_id, state, APPROVED)
+            return self._refused(request_id, key, state, exc.message, "not_allowed", signed_in)
+        self._record(state, APPROVED)
         log.info(
             "event=step_up_approved request=%s approver=%s subject=%s amr=%s",
             request_id,
@@ -292,17 +306,40 @@ class StepUpService:
         return Finished(request_id, view)
 
     def _refused(
-        self, request_id: int | None, state: str | None, message: str, reason: str
+        self,
+        request_id: int | None,
+        approver: str | None,
+        state: str | None,
+        message: str,
+        reason: str,
+        detail: Mapping[str, object] | None = None,
     ) -> Finished:
+        """Log and audit a refusal (`stepup.refused`, on the request's trail, with the reason
+        and who the provider said signed in, if it got that far), and keep it on the sign-in's
+        row; nothing else changes."""
         log.warning("event=step_up_refused request=%s reason=%s", request_id or "-", reason)
-        if state is not None:
-            self._record(request_id, state, reason)
+        if request_id is not None:
+            with self.access.db.transaction() as session:
+                if state is not None:
+                    self._set_outcome(session, state, reason)
+                audit.append(
+                    session,
+                    at=self.clock.now(),
+                    action="stepup.refused",
+                    actor=approver or "wardkey",
+                    request_id=request_id,
+                    data={"reason": reason, "said": message, **(detail or {})},
+                )
         return Finished(request_id, None, message, reason)
 
-    def _record(self, request_id: int | None, state: str, outcome: str) -> None:
+    def _record(self, state: str, outcome: str) -> None:
         with self.access.db.transaction() as session:
-            session.execute(
-                update(StepUpSignIn)
-                .where(StepUpSignIn.state_hash == _hash(state))
-                .values(outcome=outcome[:200])
-            )
+            self._set_outcome(session, state, outcome)
+
+    @staticmethod
+    def _set_outcome(session: Session, state: str, outcome: str) -> None:
+        session.execute(
+            update(StepUpSignIn)
+            .where(StepUpSignIn.state_hash == _hash(state))
+            .values(outcome=outcome[:200])
+        )
