@@ -7,6 +7,7 @@ alone. Failures are typed: transient ones are worth retrying, permanent ones nee
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -69,3 +70,17 @@ class Adapter(Protocol):
     def list_members(self, entitlement: str) -> set[str]:
         """Every account holding the entitlement, for reconciliation."""
         ...
+
+
+@runtime_checkable
+class BatchRevoker(Protocol):
+    """Optionally, an adapter that can take many grants away in one call (a lockdown, a wave
+    of expiries). It answers for each item, in order: its RevokeResult (sessions ended too, as
+    `revoke` does), or the AdapterError that item met. An error raised for the whole call
+    (the target unreachable) means none is known to be done; retrying is safe, every item
+    being idempotent. `None` from `revoke_many` means the target has no batch call: the caller
+    falls back to one `revoke` per grant."""
+
+    def revoke_many(
+        self, items: Sequence[tuple[str, str]]
+    ) -> list[RevokeResult | AdapterError] | None: ...

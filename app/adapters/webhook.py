@@ -18,6 +18,7 @@ import secrets
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -25,6 +26,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from app.adapters.base import (
+    AdapterError,
     GrantResult,
     PermanentAdapterError,
     RevokeResult,
@@ -39,6 +41,9 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 SIGNATURE_VERSION = "v2"  # v1 signed only the timestamp and body; receivers must refuse it
 MAX_AGE_SECONDS = 300
 MAX_PENDING_KEYS = 1000  # operations waiting for a retry, remembered per adapter
+MAX_BATCH = 200  # revokes in one /revoke-batch call (about 15 kB of JSON)
+# Answers to /revoke-batch that say the receiver has no such operation: use single calls.
+NO_BATCH = frozenset({400, 404, 405, 501})
 
 
 class WebhookSettings(BaseModel):
@@ -101,6 +106,10 @@ def verify(
     return age <= max_age and hmac.compare_digest(sign(key, envelope), signature)
 
 
+class _Unsupported(Exception):
+    """The receiver has no such operation (an optional one, e.g. /revoke-batch)."""
+
+
 class _IdempotencyKeys:
     """One key per operation: an attempt that got no answer (a time-out, a 5xx) leaves the key
     for the retry of the same call; an answer retires it, so the next operation on the same
@@ -146,9 +155,14 @@ class WebhookAdapter:
             timeout=settings.timeout_seconds, verify=settings.verify_tls
         )
         self._keys = _IdempotencyKeys()
+        self.batches = True  # until the receiver says it has no /revoke-batch
 
     def _call(
-        self, operation: str, payload: dict[str, Any], slot: tuple[str, ...] | None
+        self,
+        operation: str,
+        payload: dict[str, Any],
+        slot: tuple[str, ...] | None,
+        unsupported: frozenset[int] = frozenset(),
     ) -> dict[str, Any]:
         """POST one signed attempt. `slot` names what a change acts on: grant and revoke of
         the same access share one, so each takes over the other's pending key. A read has
@@ -171,6 +185,10 @@ class WebhookAdapter:
             raise TransientAdapterError(f"{operation}: no answer in time ({exc})") from None
         except httpx.TransportError as exc:
             raise TransientAdapterError(f"{operation}: cannot reach {url} ({exc})") from None
+        if response.status_code in unsupported:
+            if slot is not None:
+                self._keys.answered(slot, envelope.idempotency_key)
+            raise _Unsupported(operation)
         if response.status_code in (408, 425, 429) or response.status_code >= 500:
             raise TransientAdapterError(f"{operation}: HTTP {response.status_code}")
         if slot is not None:
@@ -213,6 +231,44 @@ class WebhookAdapter:
             detail=str(answer.get("detail", ""))[:500],
             sessions_ended=int(answer.get("sessions_ended", 0)),
         )
+
+    def revoke_many(
+        self, items: Sequence[tuple[str, str]]
+    ) -> list[RevokeResult | AdapterError] | None:
+        """Up to MAX_BATCH revokes in one call to `/revoke-batch` (docs/webhook.md); None when
+        the receiver has no such operation (then never asked again by this adapter)."""
+        if not self.batches:
+            return None
+        if len(items) > MAX_BATCH:
+            raise ValueError(f"at most {MAX_BATCH} revokes in one batch")
+        payload = {"items": [{"account": a, "entitlement": e} for a, e in items]}
+        body = json.dumps(payload, sort_keys=True).encode()
+        slot = ("revoke-batch", hashlib.sha256(body).hexdigest())
+        try:
+            answer = self._call("revoke-batch", payload, slot, unsupported=NO_BATCH)
+        except _Unsupported:
+            self.batches = False
+            return None
+        results = answer.get("results")
+        if not isinstance(results, list) or len(results) != len(items):
+            raise PermanentAdapterError("revoke-batch: the answer has no result for every item")
+        out: list[RevokeResult | AdapterError] = []
+        for result in results:
+            if not isinstance(result, dict):
+                out.append(PermanentAdapterError("revoke-batch: an item's result is not an object"))
+            elif result.get("error"):
+                error = str(result["error"])[:500]
+                kind = TransientAdapterError if result.get("transient") else PermanentAdapterError
+                out.append(kind(f"revoke: {error}"))
+            else:
+                out.append(
+                    RevokeResult(
+                        already_absent=bool(result.get("already_absent")),
+                        detail=str(result.get("detail", ""))[:500],
+                        sessions_ended=int(result.get("sessions_ended", 0)),
+                    )
+                )
+        return out
 
     def check(self, account: str, entitlement: str) -> bool:
         answer = self._call(

@@ -72,8 +72,42 @@ def append(
     data: Mapping[str, Any] | None = None,
 ) -> AuditEvent:
     """Add one event to the chain inside the caller's transaction (commit makes it durable)."""
-    details = dict(data or {})
-    _check_no_secrets(details)
+    return append_many(
+        session, [Entry(at=at, action=action, actor=actor, request_id=request_id, data=data)]
+    )[0]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One event to append (`append_many`)."""
+
+    at: datetime
+    action: str
+    actor: str
+    request_id: int | None = None
+    data: Mapping[str, Any] | None = None
+
+
+def append_many(session: Session, entries: Iterable[Entry]) -> list[AuditEvent]:
+    """Add events to the chain in order, inside the caller's transaction: one lock and one read
+    of the head for all of them, each event still holding its predecessor's hash (a lockdown or
+    a wave of expiries writes hundreds in one transaction)."""
+    bodies = []
+    for entry in entries:
+        details = dict(entry.data or {})
+        _check_no_secrets(details)
+        body = canonical_json(
+            {
+                "action": entry.action,
+                "actor": entry.actor,
+                "at": entry.at,
+                "request_id": entry.request_id,
+                "data": details,
+            }
+        )
+        bodies.append((entry, body))
+    if not bodies:
+        return []
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPEND_LOCK_KEY})
     # SQLite transactions here begin IMMEDIATE, so writers are already serialised.
@@ -81,21 +115,24 @@ def append(
         select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
     ).first()
     seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
-    body = canonical_json(
-        {"action": action, "actor": actor, "at": at, "request_id": request_id, "data": details}
-    )
-    event = AuditEvent(
-        seq=seq,
-        at=at,
-        action=action,
-        request_id=request_id,
-        prev_hash=prev_hash,
-        hash=event_hash(seq, prev_hash, action, request_id, body),
-        body=body,
-    )
-    session.add(event)
+    events = []
+    for entry, body in bodies:
+        digest = event_hash(seq, prev_hash, entry.action, entry.request_id, body)
+        events.append(
+            AuditEvent(
+                seq=seq,
+                at=entry.at,
+                action=entry.action,
+                request_id=entry.request_id,
+                prev_hash=prev_hash,
+                hash=digest,
+                body=body,
+            )
+        )
+        seq, prev_hash = seq + 1, digest
+    session.add_all(events)
     session.flush()
-    return event
+    return events
 
 
 class CheckpointError(ValueError):

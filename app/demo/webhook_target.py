@@ -31,8 +31,9 @@ from app.clock import Clock, SystemClock
 from app.demo.loopback import LoopbackServer
 
 BASE_PATH = "/wardkey"
-OPERATIONS = frozenset({"grant", "revoke", "check", "end-sessions", "members"})
-MAX_BODY_BYTES = 64 * 1024  # WardKey's calls are a few hundred bytes
+OPERATIONS = frozenset({"grant", "revoke", "check", "end-sessions", "members", "revoke-batch"})
+MAX_BODY_BYTES = 64 * 1024  # WardKey's calls are a few hundred bytes; a batch of 200, 15 kB
+MAX_BATCH_ITEMS = 200
 ANSWERS_KEPT_SECONDS = 24 * 3600
 MAX_TOKEN_CHARS = 200  # a nonce or idempotency key longer than this is not WardKey's
 
@@ -59,6 +60,9 @@ class WebhookTarget(LoopbackServer):
         self.refused = 0  # bad signature, stale timestamp or a replayed nonce
         self.fail_with: int | None = None  # answer every call with this HTTP status
         self.delay_seconds = 0.0  # answer this late (to test time-outs)
+        self.batch = True  # answer /revoke-batch (False: 404, as a receiver without it does)
+        self.batch_calls = 0  # /revoke-batch calls acted on
+        self.refuse_revoke: set[str] = set()  # accounts whose revoke is refused (kept access)
         self._nonces: dict[str, float] = {}  # nonce -> when it is stale anyway
         self._answers: dict[str, _Answer] = {}  # idempotency key -> the answer given
         self._next_sweep = 0.0
@@ -126,6 +130,8 @@ class WebhookTarget(LoopbackServer):
         if self.fail_with is not None:
             return self.fail_with, {"error": "target is failing on purpose"}
         operation, call = _operation(path, body)
+        if operation == "revoke-batch" and not self.batch:
+            return 404, {"error": "no such operation"}
         if operation is None:
             return 400, {"error": "the body's operation is not the one the path names"}
         asked = hashlib.sha256(method.encode() + b"\n" + path.encode() + b"\n" + body).hexdigest()
@@ -167,6 +173,14 @@ class WebhookTarget(LoopbackServer):
             return True
 
     def _apply(self, operation: str, call: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if operation == "revoke-batch":
+            items = call.get("items")
+            if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH_ITEMS:
+                return 400, {"error": f"items: a list of 1 to {MAX_BATCH_ITEMS} revokes"}
+            if not all(isinstance(item, dict) for item in items):
+                return 400, {"error": "items: each one an object"}
+            self.batch_calls += 1
+            return 200, {"results": [self._apply("revoke", item)[1] for item in items]}
         account, entitlement = str(call.get("account", "")), str(call.get("entitlement", ""))
         holders = self.members[entitlement]
         match operation:
@@ -176,6 +190,9 @@ class WebhookTarget(LoopbackServer):
                 self.log.append(f"{self.name}: gave {account} {entitlement}")
                 return 200, {"already_present": present}
             case "revoke":
+                if account in self.refuse_revoke:
+                    self.log.append(f"{self.name}: refused to take {entitlement} from {account}")
+                    return 422, {"error": f"{account} is locked by the console", "transient": False}
                 absent = account not in holders
                 holders.discard(account)
                 self.revoke_calls[(entitlement, account)] += 1

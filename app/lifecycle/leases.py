@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from typing import Protocol, TypeVar
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from app.clock import Clock
 from app.store.db import Database, is_database_error
@@ -114,16 +114,30 @@ class Heartbeat:
         svc = self.service
         try:
             with svc.db.transaction() as session:
-                result = session.execute(
-                    update(AccessRequest)
-                    .where(
-                        AccessRequest.id.in_(ids),
-                        AccessRequest.claimed_by == svc.worker,
-                        AccessRequest.state.in_([S.GRANTING.value, S.REVOKING.value]),
-                    )
-                    .values(claimed_until=svc.clock.now() + svc.lease)
-                    .execution_options(synchronize_session=False)
+                mine = (
+                    AccessRequest.id.in_(ids),
+                    AccessRequest.claimed_by == svc.worker,
+                    AccessRequest.state.in_([S.GRANTING.value, S.REVOKING.value]),
                 )
+                # The rows locked in id order first, as every multi-row write of requests
+                # does (recording a batch of revokes): no two can deadlock.
+                locked = list(
+                    session.scalars(
+                        select(AccessRequest.id)
+                        .where(*mine)
+                        .order_by(AccessRequest.id)
+                        .with_for_update()
+                    )
+                )
+                renewed = 0
+                if locked:
+                    result = session.execute(
+                        update(AccessRequest)
+                        .where(AccessRequest.id.in_(locked), *mine)
+                        .values(claimed_until=svc.clock.now() + svc.lease)
+                        .execution_options(synchronize_session=False)
+                    )
+                    renewed = int(result.rowcount)  # type: ignore[attr-defined]
         except Exception as exc:
             if not is_database_error(exc):
                 log.exception("event=lease_renewal_failed")
@@ -131,4 +145,4 @@ class Heartbeat:
                 svc.db.outage.failed("lease_renewal", exc)
             return 0
         svc.db.outage.answered()
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        return renewed

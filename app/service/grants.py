@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from app.adapters.base import AdapterError
+from app.adapters.base import Adapter, AdapterError, BatchRevoker, RevokeResult
 from app.lifecycle import transitions
 from app.lifecycle.errors import (
     AlreadyDecided,
@@ -45,6 +45,14 @@ from app.store.models import (
 )
 
 OnDone = Callable[[int], None]
+# Revokes claimed, called on a target and recorded together: one batch call where the target
+# has one (app/adapters/base.py BatchRevoker), and one transaction for their outcomes.
+REVOKE_BATCH = 200
+# Expiries go in smaller batches: several workers share a wave (each holds at most its lanes'
+# worth of claims), and a worker that dies leaves few claims to take over.
+EXPIRY_BATCH = 20
+# Outcomes of one-call-per-grant revokes recorded together (or fewer, once no call is left).
+RECORD_EVERY = 25
 
 
 @dataclass(frozen=True)
@@ -540,33 +548,34 @@ class GrantCases(ServiceBase):
 
     def expire_due(
         self,
-        batch: int = 16,
+        batch: int = EXPIRY_BATCH,
         limit: int = 1000,
         *,
         wait: bool = True,
         on_done: OnDone | None = None,
     ) -> list[int]:
-        """Revoke every grant whose time is up (the expiry sweep calls this). Claims a small
-        batch at a time, skipping rows other workers hold, so several workers share a wave of
+        """Revoke every grant whose time is up (the expiry sweep calls this). Claims a batch at
+        a time, skipping rows other workers hold, so several workers share a wave of
         expiries; returns the requests it took. Each target's revokes run in that target's own
-        lane and each outcome is recorded as it comes, so a hung target delays only its own
-        grants; a target whose lane is full is left for the next tick (or another worker).
-        With `wait` it returns once they are recorded (ended, or failed and to be retried);
-        without, at once, and `on_done` is called as each is recorded."""
+        lane (`revoke_claimed`) and are recorded as they come, so a hung target delays only
+        its own grants; a target whose lane is full is left for the next tick (or another
+        worker). With `wait` it returns once they are recorded (ended, or failed and to be
+        retried); without, at once, and `on_done` is called as each is recorded."""
         taken: list[int] = []
         while len(taken) < limit:
-            work = self._claim_due(min(batch, limit - len(taken)))
+            work, others = self._claim_due(min(batch, limit - len(taken)))
             if not work:
                 break
-            futures = [self._in_lane(req, other, on_done) for req, other in work]
-            taken += [req.id for req, _ in work]
+            futures = self.revoke_claimed(work, others, on_done=on_done, batch=EXPIRY_BATCH)
+            taken += [req.id for req in work]
             if wait:
                 for future in futures:
                     future.result()
         return taken
 
-    def _claim_due(self, batch: int) -> list[tuple[AccessRequest, int | None]]:
-        """Take up to `batch` due grants on targets whose lane has room, marked revoking."""
+    def _claim_due(self, batch: int) -> tuple[list[AccessRequest], dict[int, int | None]]:
+        """Take up to `batch` due grants on targets whose lane has room, marked revoking in
+        one statement (`transitions.transition_many`)."""
         now = self.clock.now()
         full = self.lanes.full(self.adapters)
         query = select(AccessRequest).where(
@@ -574,59 +583,214 @@ class GrantCases(ServiceBase):
         )
         if full:
             query = query.where(AccessRequest.target.not_in(full))
-        work: list[tuple[AccessRequest, int | None]] = []
         with self.db.transaction() as session:
             due = session.scalars(
                 self._claim(query.order_by(AccessRequest.expires_at).limit(batch))
             ).all()
-            room = {t: self.lanes.room(t) for t in {r.target for r in due}}
+            # A lane slot takes one grant, or a whole batch where the target revokes in batches.
+            room = {
+                t: self.lanes.room(t) * (EXPIRY_BATCH if self._batches(t) else 1)
+                for t in {r.target for r in due}
+            }
+            work: list[AccessRequest] = []
             for req in due:
                 if room[req.target] <= 0:
                     continue  # left active: the next tick takes it when the lane has room
                 room[req.target] -= 1
-                self._start_expiry(session, req, now)
-                work.append((req, self._other_holder(session, req)))
-        return work
+                work.append(req)
+            self._start_revokes(
+                session,
+                work,
+                now,
+                actor="wardkey",
+                why="expired",
+                data={"cause": "expired", "worker": self.worker},
+            )
+            others = self._other_holders(session, work)
+        return work, others
 
-    def _in_lane(
-        self, req: AccessRequest, other: int | None, on_done: OnDone | None
-    ) -> Future[None]:
-        """Revoke on the target in its own lane and record the outcome at once."""
-        if self.heartbeat is not None:
-            self.heartbeat.hold([req.id])
+    def _start_revokes(
+        self,
+        session: Session,
+        reqs: list[AccessRequest],
+        now: datetime,
+        *,
+        actor: str,
+        why: str,
+        data: Mapping[str, object],
+        more: Mapping[str, object] | None = None,
+    ) -> None:
+        """Mark active grants revoking, with this worker's lease, in one statement."""
+        transitions.transition_many(
+            session,
+            reqs,
+            S.REVOKING,
+            at=now,
+            actor=actor,
+            action="revoke.started",
+            changes={
+                "ended_by": actor,
+                "end_reason": why,
+                "extension_seconds": None,
+                **(more or {}),
+                **self._lease(now),
+            },
+            data=lambda _req: data,
+        )
 
+    def _other_holders(self, session: Session, reqs: list[AccessRequest]) -> dict[int, int | None]:
+        """`_other_holder` of each request, in one query per target."""
+        found: dict[int, int | None] = {r.id: None for r in reqs}
+        by_target: dict[str, list[AccessRequest]] = {}
+        for req in reqs:
+            by_target.setdefault(req.target, []).append(req)
+        for target, rows in by_target.items():
+            ids = {r.id for r in rows}
+            for start in range(0, len(rows), 500):
+                chunk = rows[start : start + 500]
+                holders = session.execute(
+                    select(AccessRequest.id, AccessRequest.account, AccessRequest.entitlement)
+                    .where(
+                        AccessRequest.target == target,
+                        AccessRequest.account.in_({r.account for r in chunk}),
+                        AccessRequest.state.in_([S.GRANTING.value, S.ACTIVE.value]),
+                    )
+                    .order_by(AccessRequest.id)
+                ).all()
+                held: dict[tuple[str, str], int] = {}
+                for rid, account, entitlement in holders:
+                    if rid not in ids:
+                        held.setdefault((account, entitlement), rid)
+                for req in chunk:
+                    found[req.id] = held.get((req.account, req.entitlement))
+        return found
+
+    def _batches(self, target: str) -> bool:
+        """Does this target's adapter take many revokes in one call (and has not said no)?"""
+        adapter = self.adapters.get(target)
+        return isinstance(adapter, BatchRevoker) and getattr(adapter, "batches", True)
+
+    def revoke_claimed(
+        self,
+        reqs: list[AccessRequest],
+        others: Mapping[int, int | None],
+        *,
+        on_done: OnDone | None = None,
+        on_recorded: Callable[[list[int]], None] | None = None,
+        batch: int = REVOKE_BATCH,
+    ) -> list[Future[None]]:
+        """Take away on their targets grants this worker has claimed (revoking), each target
+        in its own lane: in batches of REVOKE_BATCH where the target has a batch call (one
+        call, then one read of who still holds the entitlement; `batch` at most to a call and
+        to a lane slot), else one call per grant,
+        `concurrency` at once. Outcomes are recorded as they come, many to a transaction
+        (`_record_outcomes`); `on_done(id)` after each is recorded, `on_recorded(ids)` after
+        each transaction. The futures end when everything is recorded."""
+        by_target: dict[str, list[AccessRequest]] = {}
+        for req in reqs:
+            by_target.setdefault(req.target, []).append(req)
+        futures: list[Future[None]] = []
+        for target, rows in by_target.items():
+            recorder = _Recorder(self, len(rows), on_done, on_recorded)
+            if self.heartbeat is not None:
+                self.heartbeat.hold([r.id for r in rows])
+            size = min(batch, REVOKE_BATCH) if self._batches(target) else 1
+            work = self._batch_job if size > 1 else self._one_job
+            for start in range(0, len(rows), size):
+                job = self._job(work, rows[start : start + size], others, recorder)
+                futures.append(self.lanes.submit(target, job))
+        return futures
+
+    def _job(
+        self,
+        work: Callable[[list[AccessRequest], Mapping[int, int | None], _Recorder], None],
+        reqs: list[AccessRequest],
+        others: Mapping[int, int | None],
+        recorder: _Recorder,
+    ) -> Callable[[], None]:
         def run() -> None:
             try:
-                outcome = self._revoke_on_target(req, other)
-                self._record_outcomes([(req.id, outcome)])
+                work(reqs, others, recorder)
             except Exception as exc:
                 # Left revoking: its lease lapses and it is taken over, so log and go on.
+                recorder.lost(len(reqs))
                 self._log_failure("expiry", exc)
                 return
             finally:
                 if self.heartbeat is not None:
-                    self.heartbeat.release([req.id])
+                    self.heartbeat.release([r.id for r in reqs])
             self.db.outage.answered()
-            if on_done is not None:
-                on_done(req.id)
 
-        return self.lanes.submit(req.target, run)
+        return run
 
-    def _start_expiry(self, session: Session, req: AccessRequest, now: datetime) -> None:
-        transitions.transition(
-            session,
-            req,
-            S.REVOKING,
-            at=now,
-            actor="wardkey",
-            action="revoke.started",
-            changes={
-                "ended_by": "wardkey",
-                "end_reason": "expired",
-                "extension_seconds": None,
-                **self._lease(now),
+    def _one_job(
+        self, reqs: list[AccessRequest], others: Mapping[int, int | None], recorder: _Recorder
+    ) -> None:
+        for req in reqs:
+            recorder.add([(req.id, self._revoke_on_target(req, others.get(req.id)))])
+
+    def _batch_job(
+        self, reqs: list[AccessRequest], others: Mapping[int, int | None], recorder: _Recorder
+    ) -> None:
+        outcomes = self._revoke_batch_on_target(reqs, others)
+        if outcomes is None:  # the target has no batch call after all: one call per grant
+            outcomes = [(r.id, self._revoke_on_target(r, others.get(r.id))) for r in reqs]
+        recorder.add(outcomes)
+
+    def _revoke_batch_on_target(
+        self, reqs: list[AccessRequest], others: Mapping[int, int | None]
+    ) -> list[tuple[int, RevokeOutcome]] | None:
+        """`_revoke_on_target` for many grants on one target in one batch call, then one read
+        of each entitlement's holders to check the access is gone. None if the target has no
+        batch call. A failure of the whole call fails each grant (retried like any)."""
+        target = reqs[0].target
+        outcomes: dict[int, RevokeOutcome] = {}
+        calls: list[AccessRequest] = []
+        for req in reqs:
+            if req.preexisting or others.get(req.id) is not None:
+                outcomes[req.id] = self._revoke_on_target(req, others.get(req.id))
+            else:
+                calls.append(req)
+        if calls:
+            items = [(r.account, r.entitlement) for r in calls]
+            answers: list[RevokeResult | AdapterError] | None
+            holders: dict[str, set[str]] = {}
+            try:
+                answers = self._on_target(target, lambda a: _batch_revoker(a).revoke_many(items))
+                if answers is None:
+                    return None
+                for entitlement in sorted({r.entitlement for r in calls}):
+                    holders[entitlement] = self._on_target(target, _members_of(entitlement))
+            except AdapterError as exc:
+                answers = [exc] * len(calls)
+            for req, answer in zip(calls, answers, strict=True):
+                outcomes[req.id] = self._batch_outcome(req, answer, holders)
+        return [(r.id, outcomes[r.id]) for r in reqs]
+
+    def _batch_outcome(
+        self,
+        req: AccessRequest,
+        answer: RevokeResult | AdapterError,
+        holders: Mapping[str, set[str]],
+    ) -> RevokeOutcome:
+        if isinstance(answer, AdapterError):
+            return self._revoke_failure(req, answer)
+        if req.account in holders.get(req.entitlement, set()):
+            return self._revoke_failure(
+                req, StillPresent("the target still shows the access after the revoke")
+            )
+        now = self.clock.now()
+        return RevokeOutcome(
+            S.ENDED,
+            "revoke.succeeded",
+            changes={"ended_at": now, "revoke_detail": answer.detail or None},
+            data={
+                "target_said_absent": answer.already_absent,
+                "sessions_ended": answer.sessions_ended,
+                "verified": True,
+                "batch": True,
             },
-            data={"cause": "expired", "worker": self.worker},
+            at=now,
         )
 
     def warn_expiring(self, limit: int = 500) -> list[int]:
@@ -863,27 +1027,7 @@ class GrantCases(ServiceBase):
             if self._on_target(req.target, lambda a: a.check(req.account, req.entitlement)):
                 raise StillPresent("the target still shows the access after the revoke")
         except (AdapterError, StillPresent) as exc:
-            transient = exc.transient if isinstance(exc, AdapterError) else False
-            log.error(
-                "event=revoke_failed request=%s target=%s error=%s",
-                req.id,
-                req.target,
-                describe_error(exc),
-            )
-            return RevokeOutcome(
-                S.REVOKE_FAILED,
-                "revoke.failed",
-                changes={
-                    "revoke_detail": describe_error(exc),
-                    "revoke_attempts": req.revoke_attempts + 1,
-                },
-                data={
-                    "error": describe_error(exc),
-                    "transient": transient,
-                    "attempt": req.revoke_attempts + 1,
-                },
-                at=self.clock.now(),
-            )
+            return self._revoke_failure(req, exc)
         now = self.clock.now()
         return RevokeOutcome(
             S.ENDED,
@@ -897,32 +1041,84 @@ class GrantCases(ServiceBase):
             at=now,
         )
 
-    def _record_outcomes(self, outcomes: list[tuple[int, RevokeOutcome]]) -> None:
-        """Record a batch's results in one transaction (one commit, not one per grant); a row
-        another worker took over meanwhile is left to that worker."""
-        ids = [rid for rid, _ in outcomes]
-        with self.db.transaction() as session:
-            rows = {
-                r.id: r
-                for r in session.scalars(select(AccessRequest).where(AccessRequest.id.in_(ids)))
-            }
-            for rid, outcome in outcomes:
-                req = rows[rid]
-                if req.state != S.REVOKING or not self._holds_claim(req):
-                    continue
+    def _revoke_failure(
+        self, req: AccessRequest, exc: AdapterError | StillPresent
+    ) -> RevokeOutcome:
+        transient = exc.transient if isinstance(exc, AdapterError) else False
+        log.error(
+            "event=revoke_failed request=%s target=%s error=%s",
+            req.id,
+            req.target,
+            describe_error(exc),
+        )
+        return RevokeOutcome(
+            S.REVOKE_FAILED,
+            "revoke.failed",
+            changes={
+                "revoke_detail": describe_error(exc),
+                "revoke_attempts": req.revoke_attempts + 1,
+            },
+            data={
+                "error": describe_error(exc),
+                "transient": transient,
+                "attempt": req.revoke_attempts + 1,
+            },
+            at=self.clock.now(),
+        )
+
+    def _record_outcomes(self, outcomes: list[tuple[int, RevokeOutcome]]) -> list[int]:
+        """Record a batch's results in one transaction (one commit, not one per grant), those
+        with the same changes in one statement; a row another worker took over meanwhile is
+        left to that worker. Returns those recorded."""
+        try:
+            return self._record_together(outcomes)
+        except StaleState:  # one changed under us: the others one by one
+            recorded: list[int] = []
+            for one in outcomes:
                 try:
-                    transitions.transition(
-                        session,
-                        req,
-                        outcome.to,
-                        at=outcome.at,
-                        actor="wardkey",
-                        action=outcome.action,
-                        changes=outcome.changes,
-                        data=outcome.data,
-                    )
+                    recorded += self._record_together([one])
                 except StaleState:
                     continue
+            return recorded
+
+    def _record_together(self, outcomes: list[tuple[int, RevokeOutcome]]) -> list[int]:
+        ids = [rid for rid, _ in outcomes]
+        recorded: list[int] = []
+        with self.db.transaction() as session:
+            # Locked in id order, as the heartbeat locks the claims it renews: two multi-row
+            # writes that took the same rows in different orders could deadlock.
+            rows = {
+                r.id: r
+                for r in session.scalars(
+                    select(AccessRequest)
+                    .where(AccessRequest.id.in_(ids))
+                    .order_by(AccessRequest.id)
+                    .with_for_update()
+                )
+            }
+            groups: dict[str, list[tuple[AccessRequest, RevokeOutcome]]] = {}
+            for rid, outcome in outcomes:
+                req = rows.get(rid)
+                if req is None or req.state != S.REVOKING or not self._holds_claim(req):
+                    continue
+                changes = sorted(outcome.changes.items())
+                same = repr((outcome.to, outcome.action, outcome.at, changes))
+                groups.setdefault(same, []).append((req, outcome))
+            for group in groups.values():
+                first = group[0][1]
+                data = {req.id: outcome.data for req, outcome in group}
+                transitions.transition_many(
+                    session,
+                    [req for req, _ in group],
+                    first.to,
+                    at=first.at,
+                    actor="wardkey",
+                    action=first.action,
+                    changes=first.changes,
+                    data=lambda req, data=data: data[req.id],  # type: ignore[misc]
+                )
+                recorded += [req.id for req, _ in group]
+        return recorded
 
     # ---------------------------------------------------------------------------- reconcile
 
@@ -1048,3 +1244,57 @@ class GrantCases(ServiceBase):
             changes={"grant_detail": detail, "ended_at": self.clock.now()},
             data={"error": detail, "transient": False},
         )
+
+
+def _members_of(entitlement: str) -> Callable[[Adapter], set[str]]:
+    return lambda adapter: adapter.list_members(entitlement)
+
+
+def _batch_revoker(adapter: Adapter) -> BatchRevoker:
+    assert isinstance(adapter, BatchRevoker)
+    return adapter
+
+
+class _Recorder:
+    """Outcomes of one target's revokes of one claim, recorded many to a transaction: every
+    RECORD_EVERY, and whatever is left once the last call is done (or lost)."""
+
+    def __init__(
+        self,
+        service: GrantCases,
+        expected: int,
+        on_done: OnDone | None,
+        on_recorded: Callable[[list[int]], None] | None,
+    ) -> None:
+        self.service = service
+        self.left = expected
+        self.on_done = on_done
+        self.on_recorded = on_recorded
+        self._lock = threading.Lock()
+        self._pending: list[tuple[int, RevokeOutcome]] = []
+
+    def add(self, outcomes: list[tuple[int, RevokeOutcome]]) -> None:
+        with self._lock:
+            self._pending += outcomes
+            self.left -= len(outcomes)
+            if len(self._pending) < RECORD_EVERY and self.left > 0:
+                return
+            batch, self._pending = self._pending, []
+        self._write(batch)
+
+    def lost(self, count: int) -> None:
+        """Calls that raised: nothing to record of them (they are taken over later)."""
+        with self._lock:
+            self.left -= count
+            if self.left > 0 or not self._pending:
+                return
+            batch, self._pending = self._pending, []
+        self._write(batch)
+
+    def _write(self, batch: list[tuple[int, RevokeOutcome]]) -> None:
+        recorded = self.service._record_outcomes(batch)
+        if self.on_recorded is not None:
+            self.on_recorded(recorded)
+        if self.on_done is not None:
+            for rid in recorded:
+                self.on_done(rid)
