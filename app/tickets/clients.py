@@ -8,6 +8,7 @@ without any credential; a ticket the system does not have is `TicketNotFound`.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -17,8 +18,10 @@ import httpx
 from app.policy.model import JiraSystem, ServiceNowSystem, TicketSystem
 from app.policy.tickets import TicketFacts
 
-# The request form is answered within Slack's 3 seconds, the ticket check included.
-TIMEOUT = httpx.Timeout(2.0)
+# The request form is answered within Slack's 3 seconds, the ticket check included: each call
+# may take 2 s, and a look-up with its group membership check 2.5 s in all.
+TIMEOUT = 2.0
+LOOKUP_BUDGET = 2.5
 # What a ticket number may look like before it goes into a query (a ServiceNow encoded query
 # joins conditions with ^, so anything else could widen it).
 SERVICENOW_NUMBER = re.compile(r"^[A-Z]{2,10}[0-9]{4,12}$")
@@ -59,9 +62,21 @@ def _failed(where: str, response: httpx.Response, detail: str) -> TicketUnreadab
     return TicketUnreadable(f"{where} answered HTTP {response.status_code}: {detail}")
 
 
-def _send(client: httpx.Client, method: str, url: str, where: str, **kwargs: Any) -> httpx.Response:
+def _send(
+    client: httpx.Client,
+    method: str,
+    url: str,
+    where: str,
+    deadline: float | None = None,
+    **kwargs: Any,
+) -> httpx.Response:
+    timeout = TIMEOUT
+    if deadline is not None:
+        timeout = min(TIMEOUT, deadline - time.monotonic())
+        if timeout < 0.05:
+            raise TicketUnreadable(f"{where} did not answer within {LOOKUP_BUDGET:g} s")
     try:
-        return client.request(method, url, timeout=TIMEOUT, **kwargs)
+        return client.request(method, url, timeout=httpx.Timeout(timeout), **kwargs)
     except httpx.HTTPError as exc:
         raise TicketUnreadable(f"{where} did not answer ({type(exc).__name__})") from None
 
@@ -82,13 +97,16 @@ class ServiceNow:
         password = _secret(self.env, self.cfg.password_env)
         return {"auth": (user, password), "headers": {"Accept": "application/json"}}
 
-    def _get(self, table: str, params: dict[str, str]) -> list[dict[str, Any]]:
+    def _get(
+        self, table: str, params: dict[str, str], deadline: float | None = None
+    ) -> list[dict[str, Any]]:
         where = f"ServiceNow ({self.base})"
         response = _send(
             self.client,
             "GET",
             f"{self.base}/api/now/table/{table}",
             where,
+            deadline,
             params=params,
             **self._auth(),
         )
@@ -105,6 +123,7 @@ class ServiceNow:
     def find(self, key: str, requester_email: str | None, need_group: bool) -> TicketFacts:
         if not SERVICENOW_NUMBER.match(key):
             raise TicketNotFound(f"'{key}' is not a ServiceNow ticket number (like INC0012345)")
+        deadline = time.monotonic() + LOOKUP_BUDGET
         fields = (
             "sys_id,number,short_description,state,active,assigned_to.email,assigned_to.name,"
             "assignment_group"
@@ -118,6 +137,7 @@ class ServiceNow:
                 "sysparm_exclude_reference_link": "true",
                 "sysparm_limit": "1",
             },
+            deadline,
         )
         if not rows:
             raise TicketNotFound(f"{key} was not found in ServiceNow ({self.cfg.table})")
@@ -137,7 +157,7 @@ class ServiceNow:
         group_id = value("assignment_group")
         in_group: bool | None = None
         if need_group and group_id and requester_email:
-            in_group = self._member(group_id, requester_email)
+            in_group = self._member(group_id, requester_email, deadline)
         return TicketFacts(
             system="",
             label="ServiceNow",
@@ -153,7 +173,7 @@ class ServiceNow:
             ref=sys_id,
         )
 
-    def _member(self, group_id: str, email: str) -> bool:
+    def _member(self, group_id: str, email: str, deadline: float) -> bool:
         if _QUERY_UNSAFE.search(email) or _QUERY_UNSAFE.search(group_id):
             return False
         rows = self._get(
@@ -163,6 +183,7 @@ class ServiceNow:
                 "sysparm_fields": "sys_id",
                 "sysparm_limit": "1",
             },
+            deadline,
         )
         return bool(rows)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -69,6 +70,7 @@ class JsonApiFake(LoopbackServer):
         self.failures: list[int] = []  # statuses to answer the next calls with, in order
         self.retry_after = 30  # seconds, sent with a scripted 429
         self.credentials: set[str] = set()  # accepted Authorization header values
+        self.delay = 0.0  # seconds each answer takes (a slow instance)
         self._lock = threading.Lock()
 
     def start(self) -> JsonApiFake:
@@ -87,6 +89,8 @@ class JsonApiFake(LoopbackServer):
             return [c for c in self.calls if c.method == method and path_part in c.path]
 
     def dispatch(self, call: Call) -> Answer:
+        if self.delay:
+            time.sleep(self.delay)
         with self._lock:
             self.calls.append(call)
             failure = self.failures.pop(0) if self.failures else None
