@@ -34,10 +34,12 @@ from app.slack.app import web_client
 from app.store.models import RequestState as S
 from tests.conftest import HERE
 from tests.conftest import audit_actions as actions
+from tests.fakes.opsgenie import FakeOpsgenie
 from tests.fakes.pagerduty import FakePagerDuty
 from tests.slack_harness import RunningApp, SlackOnSqlite, run_app
 
 TOKEN = "u+pd-ward-token"
+GENIE_KEY = "eb243592-faa2-4ba2-a551-1afdf565c889"
 REQUEST = "pharmacy-db:read 30m fix stuck order set on ward 12"
 # Monday 30 November 2026, 03:00 in London (GMT, so UTC too).
 NIGHT = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
@@ -164,6 +166,44 @@ class TestRoutedToThePagerDutyOnCall(SourcedStory):
         slack.settle()
         assert service.get(rid).state == S.PENDING
         assert slack.click(APPROVE_ACTION, str(rid), "U0BEN").status_code == 200
+        slack.settle()
+        assert service.get(rid).state == S.ACTIVE
+
+
+class TestRoutedToTheOpsgenieOnCall(SourcedStory):
+    @pytest.fixture
+    def opsgenie(self) -> Iterator[FakeOpsgenie]:
+        server = FakeOpsgenie(GENIE_KEY).start()
+        yield server
+        server.stop()
+
+    @pytest.fixture
+    def policy(self, opsgenie: FakeOpsgenie, clock: ManualClock) -> Policy:
+        opsgenie.on_call("ward7-nic", "chloe@ward.nhs.uk", NIGHT - timedelta(hours=7), NIGHT)
+        opsgenie.on_call("ward7-nic", "erin@ward.nhs.uk", NIGHT, NIGHT + timedelta(hours=5))
+        source = {
+            "opsgenie": {
+                "schedule": "ward7-nic",
+                "token_env": "OPSGENIE_KEY",
+                "api_url": opsgenie.base_url,
+                "insecure": True,
+            }
+        }
+        return sourced_policy(source, clock, {"OPSGENIE_KEY": GENIE_KEY})
+
+    def test_the_request_reaches_the_person_opsgenie_has_on_call_by_e_mail(
+        self, slack: RunningApp, service: AccessService
+    ) -> None:
+        rid = ask(slack)
+        sent = cards(slack, rid)
+        assert list(sent) == ["U0ERIN"]  # erin@ward.nhs.uk in Opsgenie is U0ERIN in Slack
+        assert "clinical-oncall on call per Opsgenie schedule ward7-nic, read 03:00" in (
+            card_text(sent["U0ERIN"][0])
+        )
+        assert slack.click(APPROVE_ACTION, str(rid), "U0CHLOE").status_code == 200
+        slack.settle()
+        assert service.get(rid).state == S.PENDING  # her shift ended at 03:00
+        assert slack.click(APPROVE_ACTION, str(rid), "U0ERIN").status_code == 200
         slack.settle()
         assert service.get(rid).state == S.ACTIVE
 
