@@ -552,3 +552,70 @@ def across_instances(service: AccessService, idp: FakeOpenIDProvider, clock: Man
     assert service.get(rid).state == S.ACTIVE
     again = instance().finish(answer["state"], answer["code"])
     assert again.reason == "state_replayed"
+
+
+class TestTheProvider:
+    def test_keys_rolled_by_the_provider_are_read_again(
+        self, app: App, service: AccessService, idp: FakeOpenIDProvider
+    ) -> None:
+        """Entra ID rolls its signing keys: a token signed with a key WardKey has not seen
+        makes it read the JWKS again (once), and the new key then verifies."""
+        first, second = app.ask(), app.ask(user="U0CHLOE")
+        idp.sign_in_as("ben@ward.nhs.uk")
+        assert app.sign_in(app.link_for(first)).status_code == 200
+        idp.key = idp.new_key("wardkey-test-2")  # the provider publishes only the new key now
+        assert app.sign_in(app.link_for(second)).status_code == 200
+        assert service.get(second).state == S.ACTIVE
+        assert idp.jwks_reads == 2
+
+    def test_a_provider_that_signs_nobody_in_approves_nothing(
+        self,
+        app: App,
+        service: AccessService,
+        idp: FakeOpenIDProvider,
+        targets: dict[str, MemoryTarget],
+    ) -> None:
+        rid = app.ask()
+        idp.next_sign_in = None  # the approver cancelled at the provider
+        page = app.sign_in(app.link_for(rid))
+        assert page.status_code == 403
+        assert "The identity provider did not sign you in (access_denied)" in page.text
+        assert_nothing_granted(service, targets, rid, refused="provider_error")
+
+    def test_acr_values_are_asked_for_and_the_token_must_carry_one(
+        self,
+        db: Database,
+        idp: FakeOpenIDProvider,
+        targets: dict[str, MemoryTarget],
+        clock: ManualClock,
+    ) -> None:
+        strict = parse_policy(
+            yaml.safe_dump(
+                ward_policy_with(issuer=idp.issuer, acr_values=["urn:ward:acr:phishing-resistant"])
+            )
+        )
+        service = AccessService(db, strict, targets, clock)
+        stepup = StepUpService(
+            service, "https://wardkey.ward.nhs.uk", env={SECRET_ENV: CLIENT_SECRET}
+        )
+        idp.redirect_uris.append(stepup.redirect_uri)
+
+        def sign_in(acr: str | None) -> Any:
+            rid = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REQUEST).id
+            offer = stepup.offer(rid, BEN)
+            idp.sign_in_as("ben@ward.nhs.uk", acr=acr)
+            to_provider = stepup.open(offer.url.rsplit("/", 1)[1])
+            assert dict(httpx.URL(to_provider).params)["acr_values"] == (
+                "urn:ward:acr:phishing-resistant"
+            )
+            back = dict(httpx.URL(httpx.get(to_provider).headers["Location"]).params)
+            return rid, stepup.finish(back["state"], back["code"])
+
+        rid, weak = sign_in("urn:ward:acr:password")
+        assert weak.reason == "acr_missing" and weak.refusal is not None
+        assert "not at the level approving on this path needs" in weak.refusal
+        service.cancel(rid, AMIRA)
+        rid, strong = sign_in("urn:ward:acr:phishing-resistant")
+        assert strong.refusal is None and service.get(rid).state == S.ACTIVE
+        approved = [e for e in step_up_events(service, rid) if e["action"] == "request.approved"]
+        assert approved[0]["data"]["step_up"]["acr"] == "urn:ward:acr:phishing-resistant"

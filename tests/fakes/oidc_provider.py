@@ -98,6 +98,7 @@ class FakeOpenIDProvider(LoopbackServer):
         self.client_secret = client_secret
         self.redirect_uris: list[str] = []
         self.key = _key("wardkey-test-1")
+        self.jwks_reads = 0
         self.next_sign_in: SignIn | None = None
         self.forge = False  # sign ID tokens with a key not in the JWKS (same kid)
         self.audience: str | None = None  # another `aud` in the ID token
@@ -116,6 +117,11 @@ class FakeOpenIDProvider(LoopbackServer):
     def issuer(self) -> str:
         return self.base_url + f"/{TENANT}/v2.0"
 
+    @staticmethod
+    def new_key(kid: str) -> RSAKey:
+        """A fresh signing key (set it as `key` to roll the provider's keys)."""
+        return _key(kid)
+
     def sign_in_as(self, email: str, **how: Any) -> SignIn:
         self.next_sign_in = SignIn(email, **how)
         return self.next_sign_in
@@ -127,6 +133,7 @@ class FakeOpenIDProvider(LoopbackServer):
         if url.path == f"/{TENANT}/v2.0/.well-known/openid-configuration":
             return 200, self.discovery(), None
         if url.path == f"/{TENANT}/discovery/v2.0/keys":
+            self.jwks_reads += 1
             return 200, KeySet([self.key]).as_dict(private=False), None
         if url.path == f"/{TENANT}/oauth2/v2.0/authorize":
             return self.authorize({k: v[0] for k, v in parse_qs(url.query).items()})
