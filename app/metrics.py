@@ -38,6 +38,7 @@ from app.store.models import (
     ReviewState,
     SeenRequest,
     StandingAccess,
+    TicketNote,
 )
 
 # Approval latency buckets, in seconds: clinical approvals should land in the first few.
@@ -187,6 +188,27 @@ class WardKeyCollector(Collector):
         )
         yield from _directory_groups(now)
         yield from _oncall_sources(now)
+        yield from _ticket_notes(self.db, now)
+
+
+def _ticket_notes(db: Database, now: datetime) -> Iterator[Metric]:
+    """Notes WardKey owes tickets (app/tickets): how many, and how late the oldest is."""
+    with db.read() as session:
+        waiting, oldest = session.execute(
+            select(func.count(TicketNote.id), func.min(TicketNote.created_at)).where(
+                TicketNote.delivered_at.is_(None)
+            )
+        ).one()
+    yield GaugeMetricFamily(
+        "wardkey_ticket_notes_waiting",
+        "Work notes and comments for tickets recorded and not yet taken by the ticket system.",
+        value=int(waiting or 0),
+    )
+    yield GaugeMetricFamily(
+        "wardkey_ticket_notes_oldest_seconds",
+        "Age of the oldest ticket note not yet taken (0: none): how late the notes are.",
+        value=_age(now, oldest),
+    )
 
 
 def _oncall_sources(now: datetime) -> Iterator[Metric]:

@@ -27,6 +27,7 @@ from app.demo.slack_fake import Call
 from app.directory import SlackDirectory
 from app.messages import views as v
 from app.messages.blocks import APPROVE_ACTION
+from app.metrics import metrics_text
 from app.notify.notifier import Notifier
 from app.policy import Policy, parse_policy
 from app.policy.model import PathTicket
@@ -42,6 +43,7 @@ from tests.fakes.jira import FakeJira, adf_text
 from tests.fakes.memory_adapter import MemoryTarget
 from tests.fakes.servicenow import FakeServiceNow
 from tests.slack_harness import RunningApp, SlackOnSqlite
+from tests.test_metrics import samples
 
 ENV = {
     "SERVICENOW_USER": "svc_wardkey",
@@ -466,11 +468,18 @@ class TestAccessEndsWithTheTicket(TicketStory):
         assert sweeps.tickets() == []  # rate limited: nothing is ended on no answer
         assert service.get(rid).state == S.ACTIVE
         assert jira.comments("WARD-42") == []
+        owed = samples(metrics_text(service.db, clock).decode())
+        assert owed[("wardkey_ticket_notes_waiting", ())] == 1
+        assert owed[("wardkey_ticket_notes_oldest_seconds", ())] == 60
         clock.advance(timedelta(seconds=30))  # the first retry
         assert sweeps.tickets() == [rid]
         assert len(sweeps.ticket_notes()) == 2  # the grant's note, then the end's
         texts = [adf_text(c) for c in jira.comments("WARD-42")]
         assert "granted to amira@ward.nhs.uk" in texts[0] and "ended at" in texts[1]
+        assert (
+            samples(metrics_text(service.db, clock).decode())[("wardkey_ticket_notes_waiting", ())]
+            == 0
+        )
 
 
 class TestOnEachDatabase:
