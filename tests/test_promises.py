@@ -70,6 +70,21 @@ class TestAGrantTheTargetRefuses(SlackOnSqlite):
 
 
 class TestARevokeThatFails(SlackOnSqlite):
+    def test_the_card_says_security_is_alerted_and_the_security_channel_is(
+        self, slack: RunningApp, service: AccessService, targets: dict[str, MemoryTarget]
+    ) -> None:
+        rid = ask(slack)
+        slack.click(APPROVE_ACTION, str(rid), "U0BEN")
+        slack.settle()
+        targets["pharmacy-db"].down = True
+        slack.command("/jit", f"revoke {rid} done early", "U0AMIRA")
+        slack.settle()
+        assert service.get(rid).state == S.REVOKE_FAILED
+        cards = [c for c in slack.fake.calls_to("chat.update") if "Ending failed" in str(c.args)]
+        assert cards and all("alerts the security channel" in str(c.args) for c in cards)
+        alert = slack.fake.wait_for("chat.postMessage", 1, channel="C0SEC")
+        assert any(f"Revoke failed: #{rid}" in m.args["text"] for m in alert)
+
     def test_with_the_security_channel_archived_the_admins_are_alerted_instead(
         self, slack: RunningApp, service: AccessService, targets: dict[str, MemoryTarget]
     ) -> None:

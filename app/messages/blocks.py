@@ -365,7 +365,10 @@ def outcome_line(view: RequestView, zone: ZoneInfo, names: Names = SLACK_SHOWS) 
             why = inert(view.end_reason or "expired")
             return f"🔒 Ended at {clock_time(view.ended_at, zone)} ({why})"
         case S.REVOKE_FAILED:
-            return "⚠️ Ending failed on the target; WardKey keeps trying and has alerted security"
+            return (
+                "⚠️ Ending failed on the target; WardKey keeps trying and alerts the security "
+                "channel (the WardKey admins if that channel cannot be reached)"
+            )
     return view.state.value
 
 
