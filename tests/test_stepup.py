@@ -7,7 +7,12 @@ approval). Every refusal leaves nothing granted and says why on the page."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,7 +37,7 @@ from app.service import AccessService
 from app.slack.app import build_app, web_client
 from app.stepup.pages import StepUpPages
 from app.stepup.service import StepUpService
-from app.store import AuditEvent, Database
+from app.store import AuditEvent, Database, upgrade
 from app.store.models import RequestState as S
 from app.store.models import StepUpSignIn
 from app.web import WardKeyWSGI
@@ -619,3 +624,91 @@ class TestTheProvider:
         assert strong.refusal is None and service.get(rid).state == S.ACTIVE
         approved = [e for e in step_up_events(service, rid) if e["action"] == "request.approved"]
         assert approved[0]["data"]["step_up"]["acr"] == "urn:ward:acr:phishing-resistant"
+
+
+class TestWardkeyServe:
+    """`wardkey serve` as deployed: it will not start without what step-up needs, and once
+    started it serves the sign-in pages beside /slack/events."""
+
+    @pytest.fixture
+    def env(self, tmp_path: Path, idp: FakeOpenIDProvider, fake: FakeSlack) -> dict[str, str]:
+        policy_file = tmp_path / "policy.yaml"
+        policy_file.write_text(yaml.safe_dump(ward_policy_with(issuer=idp.issuer)))
+        database = f"sqlite:///{tmp_path / 'wardkey.db'}"
+        upgrade(database)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "WARDKEY_"))}
+        env.update(
+            DATABASE_URL=database,
+            WARDKEY_POLICY=str(policy_file),
+            PHARMACY_DB_PASSWORD="not-used-here",
+            DIRECTORY_PASSWORD="not-used-here",
+            SLACK_BOT_TOKEN=fake.token,
+            SLACK_SIGNING_SECRET=SIGNING_SECRET,
+            SLACK_APP_TOKEN=fake.app_token,
+            SLACK_API_URL=fake.api_url,
+        )
+        return env
+
+    @staticmethod
+    def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "app", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def test_serve_will_not_start_without_the_public_url(self, env: dict[str, str]) -> None:
+        result = self.run(["serve"], {**env, SECRET_ENV: CLIENT_SECRET})
+        assert result.returncode == 2
+        assert "wardkey: WARDKEY_PUBLIC_URL is not set, and the clinical path needs it" in (
+            result.stderr
+        )
+        assert "Traceback" not in result.stderr
+
+    def test_nor_without_the_client_secret(self, env: dict[str, str]) -> None:
+        result = self.run(["serve"], {**env, "WARDKEY_PUBLIC_URL": "https://wardkey.example"})
+        assert result.returncode == 2
+        assert f"wardkey: {SECRET_ENV} is not set" in result.stderr
+
+    def test_socket_mode_refuses_step_up(self, env: dict[str, str]) -> None:
+        given = {**env, SECRET_ENV: CLIENT_SECRET, "WARDKEY_PUBLIC_URL": "https://w.example"}
+        result = self.run(["socket", "--no-scheduler"], given)
+        assert result.returncode == 2
+        assert "run `wardkey serve` behind WARDKEY_PUBLIC_URL instead" in result.stderr
+
+    def test_serve_serves_the_sign_in_pages(self, env: dict[str, str], fake: FakeSlack) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        url = f"http://127.0.0.1:{port}"
+        given = {**env, SECRET_ENV: CLIENT_SECRET, "WARDKEY_PUBLIC_URL": url}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve", "--port", str(port), "--host", "127.0.0.1",
+             "--no-scheduler"],
+            env=given,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(f"{url}/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert process.poll() is None, "serve stopped"
+                assert time.monotonic() < deadline, "serve did not start"
+                time.sleep(0.1)
+            page = httpx.get(f"{url}/step-up/not-a-link-wardkey-made")
+            assert page.status_code == 410
+            assert "not a sign-in link WardKey made" in page.text
+            assert page.headers["cache-control"] == "no-store"
+            assert page.headers["referrer-policy"] == "no-referrer"
+            answer = httpx.get(f"{url}/step-up/callback", params={"state": "x", "code": "y"})
+            assert answer.status_code == 403 and "Nothing was approved" in answer.text
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
