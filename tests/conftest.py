@@ -120,7 +120,7 @@ def _empty_postgres(database: Database) -> None:
             sa.text(
                 "TRUNCATE audit_events, request_messages, reviews, decisions, access_requests, "
                 "sweep_runs, standing_access, attestations, orphan_flags, seen_requests, "
-                "home_views, outbox "
+                "home_views, outbox, lockdowns "
                 "RESTART IDENTITY CASCADE"
             )
         )

@@ -26,6 +26,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import Block
 
 from app.directory import SlackDirectory, slack_unwell
+from app.lockdown import messages as lockdown_messages
+from app.lockdown.service import Lockdowns
 from app.messages.blocks import (
     CardContext,
     DirectoryNames,
@@ -228,8 +230,41 @@ class Notifier:
                     for f in [facts, *notice.more]
                 ]
             )
+        elif action.startswith("lockdown."):
+            self._lockdown_notice(notice)
         else:
             log.error("event=notice_unknown action=%s id=%s", action, notice.id)
+
+    def _lockdown_notice(self, notice: Notice) -> None:
+        """A lockdown started, moved on or was lifted: its one message in the security
+        channel, posted first and then updated in place with the counts as they are now."""
+        lockdowns = Lockdowns(self.service)
+        lockdown_id = int(notice.facts["lockdown"])
+        progress = lockdowns.progress(lockdown_id)
+        text, blocks = lockdown_messages.progress_message(progress, self.zone, self.names)
+        channel = self.service.policy.channels.security_alerts
+        about = f"lockdown={lockdown_id}"
+        posted = lockdowns.progress_message(lockdown_id)
+        if posted is None:
+            # The admins hear instead if the security channel is gone.
+            with self._aside() as admins:
+                policy = self.service.policy
+                for member in rules.group_members(policy, policy.admins):
+                    user_id = self.directory.user_id_for(member)
+                    if user_id:
+                        self._post(about, user_id, text, blocks)
+            self._post(about, channel, text, blocks, instead=admins)
+        else:
+            args = {
+                "channel": posted[0],
+                "ts": posted[1],
+                "text": text,
+                "blocks": _json_blocks(blocks),
+            }
+            self._emit(OutCall(UPDATE, args))
+        if notice.action == "lockdown.lifted":
+            view = lockdowns.get(lockdown_id)
+            self._post(about, channel, lockdown_messages.lifted_text(view, self.zone, self.names))
 
     def _request_notice(self, notice: Notice) -> None:
         assert notice.request_id is not None

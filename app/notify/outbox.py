@@ -241,7 +241,7 @@ _RENEW_HELD = _typed(
     "AND claimed_by = :owner"
 ).bindparams(bindparam("ids", expanding=True))
 # Notices of these kinds waiting right behind one in its lane are rendered with it.
-COALESCED = frozenset({"standing.found", "orphans.found"})
+COALESCED = frozenset({"standing.found", "orphans.found", "lockdown.progress"})
 _FOLLOWING = _typed(
     "SELECT id, kind, action, body FROM outbox WHERE lane = :lane AND state = 'new' "
     "AND id > :id ORDER BY id LIMIT 200"

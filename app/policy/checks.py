@@ -178,6 +178,10 @@ def _satisfiable(policy: Policy, name: str) -> Iterator[PolicyIssue]:
 def _people_and_groups(policy: Policy) -> Iterator[PolicyIssue]:
     if policy.admins not in policy.groups:
         yield PolicyIssue(("admins",), _unknown("group", policy.admins, policy.groups))
+    if policy.security_admins is not None and policy.security_admins not in policy.groups:
+        yield PolicyIssue(
+            ("security_admins",), _unknown("group", policy.security_admins, policy.groups)
+        )
     owner: dict[str, str] = {}
     for primary, aliases in policy.people.items():
         for account in (primary, *aliases.accounts):

@@ -977,6 +977,10 @@ class Policy(Strict):
     timezone: TimeZoneName
     channels: Channels
     admins: Name = Field(description="Group that may revoke any grant and resolve failures.")
+    security_admins: Name | None = Field(
+        default=None,
+        description="Group that may lock a target down (/jit lockdown); default: the admins.",
+    )
     people: dict[Member, PersonAliases] = {}
     groups: dict[Name, GroupSpec] = Field(
         description="Named groups of people: a list, or a group read from the directory."

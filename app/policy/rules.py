@@ -93,6 +93,15 @@ def is_admin(policy: Policy, person: Person) -> bool:
     return is_member(policy, person, group_members(policy, policy.admins))
 
 
+def security_admins(policy: Policy) -> list[str]:
+    """Who may lock a target down: the `security_admins` group, or the admins without one."""
+    return group_members(policy, policy.security_admins or policy.admins)
+
+
+def is_security_admin(policy: Policy, person: Person) -> bool:
+    return is_member(policy, person, security_admins(policy))
+
+
 def vendor_of(policy: Policy, person: Person) -> Vendor | None:
     ids = identifiers(policy, person)
     return next((v for v in policy.vendors.values() if ids & set(v.people)), None)

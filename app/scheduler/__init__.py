@@ -20,6 +20,7 @@ from apscheduler.schedulers.base import BaseScheduler
 
 from app import audit
 from app.groups.jobs import Alerts, GroupsJob
+from app.lockdown.service import Lockdowns
 from app.oncall import unread_sources
 from app.service import AccessService, ReviewStep
 from app.service.digest import Digest
@@ -126,6 +127,14 @@ class Sweeps:
         ids = self.service.expire_due()
         self._tell(ids)
         return ids
+
+    @sweep("expiry")
+    def lockdowns(self) -> list[int]:
+        """Every lockdown in force applied again (a grant that finished after its round, a
+        round whose process died) and its progress told when it changed (a failed revoke
+        retried); every second, so a lockdown holds within a second on every instance."""
+        kick = self.outbox.kick if self.outbox is not None else None
+        return Lockdowns(self.service).enforce(on_progress=kick)
 
     @sweep("expiry")
     def intake(self) -> list[str]:

@@ -49,6 +49,7 @@ from app.store.models import (
     AuditEvent,
     Decision,
     HomeView,
+    Lockdown,
     RequestMessage,
     RequestState,
     Review,
@@ -379,7 +380,26 @@ class ServiceBase:
             raise NotEligible(
                 f"{target} is not connected to WardKey yet; ask a WardKey admin.", field="access"
             )
+        with self.db.read() as session:  # refused before anything else, even the target
+            locked = self._lockdown_refusal(session, plan.target)
+        if locked is not None:
+            raise NotEligible(locked, field="access")
         return plan
+
+    def _lockdown_refusal(self, session: Session, target: str) -> str | None:
+        """Why nobody may have access to `target` now: it is locked down (app/lockdown), until
+        a security admin lifts it. None when it is not."""
+        found = session.scalars(
+            select(Lockdown).where(Lockdown.target == target, Lockdown.lifted_at.is_(None))
+        ).first()
+        if found is None:
+            return None
+        since = found.started_at.astimezone(self.policy.zone)
+        return (
+            f"🔒 {target} is locked down by security (since {since:%H:%M %d %b}): "
+            f"{found.reason}. Nobody can ask for, extend or break glass on it until a security "
+            "admin lifts the lockdown."
+        )
 
     def _ticket(self, path: str, ticket: str | None) -> str | None:
         refuse_control_characters(ticket or "", "ticket", "ticket")
@@ -447,6 +467,9 @@ class ServiceBase:
             )
         except rules.PolicyRefusal as exc:
             return str(exc)
+        locked = self._lockdown_refusal(session, req.target)
+        if locked is not None:
+            return locked
         if plan.path != req.path:
             return (
                 f"The policy now puts {req.target}:{req.role} on the {plan.path} path, so it "
@@ -531,6 +554,9 @@ class ServiceBase:
         key = person_key(self.policy, person)
         try:
             with self.db.transaction() as session:
+                locked = self._lockdown_refusal(session, plan.target)
+                if locked is not None:  # locked down since the first look
+                    raise NotEligible(locked, field="access")
                 new_id, more = before(session, key) if before is not None else (None, {})
                 self._refuse_duplicate(session, key, plan)
                 req = AccessRequest(

@@ -9,6 +9,7 @@ from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from app.directory import SlackDirectory, Workspace
+from app.lockdown import listeners as lockdown_listeners
 from app.notify.notifier import Notifier
 from app.service import AccessService
 from app.slack import errors
@@ -84,5 +85,6 @@ def build_app(
     errors.register(app, deps.later)
     for listeners in (commands, actions, reviews, identities, views, events):
         listeners.register(app, deps)
+    lockdown_listeners.register(app, deps)  # the lockdown dialog's Lock down
     breakglass_listeners.register(app, deps)  # Confirm on a held break-glass use
     return app

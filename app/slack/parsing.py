@@ -25,6 +25,9 @@ BREAKGLASS_EXAMPLE = "/breakglass pharmacy-db:read pharmacy system down in ED"
 EXTEND_EXAMPLE = "/jit extend 42 30m"
 REVOKE_EXAMPLE = "/jit revoke 42"
 CANCEL_EXAMPLE = "/jit cancel 42"
+LOCKDOWN_EXAMPLE = '/jit lockdown pharmacy-db "suspected compromise of the admin account"'
+LIFT_EXAMPLE = "/jit lockdown lift pharmacy-db checked with the vendor, safe again"
+_TARGET = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 IDENTITY_EXAMPLE = (
     "/jit request lab-db:interface 1h replay stuck HL7 results INC0012345 for svc-lab-interface"
 )
@@ -99,6 +102,20 @@ class Cancel:
 
 
 @dataclass(frozen=True)
+class Lockdown:
+    """Security admins: revoke every grant on a target and refuse new ones until lifted."""
+
+    target: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class LiftLockdown:
+    target: str
+    note: str
+
+
+@dataclass(frozen=True)
 class BreakGlass:
     target: str
     role: str
@@ -106,7 +123,17 @@ class BreakGlass:
 
 
 JitCommand = (
-    OpenModal | Help | ListTargets | Status | Standing | RequestAccess | Extend | Revoke | Cancel
+    OpenModal
+    | Help
+    | ListTargets
+    | Status
+    | Standing
+    | RequestAccess
+    | Extend
+    | Revoke
+    | Cancel
+    | Lockdown
+    | LiftLockdown
 )
 
 
@@ -180,11 +207,44 @@ def parse_jit(text: str) -> JitCommand:
         if not rest:
             raise UsageError("Give the number of the request to cancel.", CANCEL_EXAMPLE)
         return Cancel(_request_id(rest[0], CANCEL_EXAMPLE), " ".join(rest[1:]))
+    if verb == "lockdown":
+        return _lockdown(rest)
     raise UsageError(
         f"I don't know '{words[0][:40]}'. Try request, status, cancel, extend, revoke, targets "
         "or help.",
         REQUEST_EXAMPLE,
     )
+
+
+def _lockdown(rest: list[str]) -> Lockdown | LiftLockdown:
+    """`lockdown TARGET reason…` or `lockdown lift TARGET [note…]`; a reason in quotes is
+    taken without them."""
+    if rest and rest[0].lower() == "lift":
+        if len(rest) < 2:
+            raise UsageError("Name the target whose lockdown to lift.", LIFT_EXAMPLE)
+        return LiftLockdown(_target(rest[1], LIFT_EXAMPLE), _unquoted(rest[2:]))
+    if not rest:
+        raise UsageError("Name the target to lock down, then say why.", LOCKDOWN_EXAMPLE)
+    target = _target(rest[0], LOCKDOWN_EXAMPLE)
+    reason = _unquoted(rest[1:])
+    if not reason:
+        raise UsageError(f"Say why {target} is being locked down.", LOCKDOWN_EXAMPLE)
+    return Lockdown(target, reason)
+
+
+def _target(word: str, example: str) -> str:
+    name = word.lower()
+    if ":" in name or _TARGET.match(name) is None:
+        raise UsageError(f"'{word[:60]}' is not a target name (a whole target, no role).", example)
+    return name
+
+
+def _unquoted(words: list[str]) -> str:
+    text = " ".join(words).strip()
+    for left, right in (('"', '"'), ("“", "”"), ("'", "'")):
+        if len(text) >= 2 and text.startswith(left) and text.endswith(right):
+            return text[1:-1].strip()
+    return text
 
 
 def parse_breakglass(text: str) -> BreakGlass:

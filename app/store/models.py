@@ -155,6 +155,8 @@ class AccessRequest(Base):
     # The worker doing a grant or revoke right now, and until when; past that, another takes over.
     claimed_by: Mapped[str | None] = mapped_column(String(100))
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The lockdown that ended this grant or cancelled this request (app/lockdown), if one did.
+    lockdown_id: Mapped[int | None] = mapped_column(Integer, index=True)
 
     __table_args__ = (
         Index("ix_access_requests_state_expires_at", "state", "expires_at"),
@@ -210,6 +212,35 @@ class Review(Base):
     reminders: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     reminded_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     escalated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Lockdown(Base):
+    """A target locked down by a security admin during an incident: every grant on it revoked,
+    and every request, extension and break-glass for it refused until it is lifted. At most one
+    is in force (not lifted) per target, so a second lockdown of the same target is the first."""
+
+    __tablename__ = "lockdowns"
+    __table_args__ = (
+        Index(
+            "uq_lockdowns_in_force",
+            "target",
+            unique=True,
+            sqlite_where=text("lifted_at IS NULL"),
+            postgresql_where=text("lifted_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(Text)
+    started_by: Mapped[str] = mapped_column(String(320))  # person key
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    grants: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # at the start
+    lifted_by: Mapped[str | None] = mapped_column(String(320))
+    lifted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lift_reason: Mapped[str | None] = mapped_column(Text)
+    # The progress last reported to the security channel (app/lockdown: said again on change).
+    reported: Mapped[str | None] = mapped_column(String(100))
 
 
 class RequestMessage(Base):

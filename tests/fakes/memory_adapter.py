@@ -34,6 +34,8 @@ class MemoryTarget:
     # fail permanently.
     fail_next: int = 0
     refuse: set[str] = field(default_factory=set)
+    # Accounts whose revoke the target refuses (permanently) while they are listed.
+    refuse_revoke_of: set[str] = field(default_factory=set)
     # Operations the target performs but whose answer is lost (a time-out after the fact).
     lose_answer: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -66,6 +68,8 @@ class MemoryTarget:
     def revoke(self, account: str, entitlement: str) -> RevokeResult:
         with self._lock:
             self._enter("revoke", account, entitlement)
+            if account in self.refuse_revoke_of:
+                raise PermanentAdapterError(f"target refuses to revoke {account}: account locked")
             absent = account not in self.members[entitlement]
             if not self.sticky:
                 self.members[entitlement].discard(account)

@@ -10,6 +10,8 @@ from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 from slack_sdk.models.blocks import Block
 
+from app.lockdown.listeners import flows as lockdown_flows
+from app.lockdown.messages import already_text, confirm_modal
 from app.messages.blocks import (
     clock_time,
     contract_line,
@@ -30,7 +32,9 @@ from app.slack.parsing import (
     Cancel,
     Extend,
     Help,
+    LiftLockdown,
     ListTargets,
+    Lockdown,
     OpenModal,
     RequestAccess,
     Revoke,
@@ -53,6 +57,8 @@ HELP = (
     "• `/jit targets` what you may ask for\n"
     "• `/jit request … for svc-name` elevate a service account you own\n"
     "• `/jit standing` (admins) access held without a grant\n"
+    '• `/jit lockdown target "reason"` (security admins) remove all access to a target now '
+    "and refuse new access until `/jit lockdown lift target`\n"
     "• `/breakglass target:role reason…` emergency access now, reviewed afterwards"
 )
 BREAK_GLASS_ACK = (
@@ -79,6 +85,12 @@ def register(app: App, deps: SlackDeps) -> None:
             ack(response_type="ephemeral", text=HELP)
             return
         ack()
+        if isinstance(parsed, Lockdown):
+            trigger = command["trigger_id"]
+            deps.open_dialog(
+                context, lambda: _confirm_lockdown(deps, parsed, context, respond, trigger)
+            )
+            return
         if isinstance(parsed, OpenModal):
             trigger_id = command["trigger_id"]
 
@@ -173,6 +185,15 @@ def _answer_jit(
             view = service.revoke(parsed.request_id, person, parsed.reason)
             respond(response_type="ephemeral", text=(f"#{view.id}: {outcome_line(view, zone)}"))
             notifier.request_changed(view)
+        case LiftLockdown():
+            lifted = lockdown_flows(deps).lift(person, parsed.target, parsed.note)
+            respond(
+                response_type="ephemeral",
+                text=(
+                    f"🔓 Lockdown of `{escape(lifted.target)}` lifted: people may ask for it "
+                    "again. The security channel has been told."
+                ),
+            )
 
 
 def _break_glass(
@@ -207,6 +228,21 @@ def held_text(deps: SlackDeps, view: RequestView) -> str:
         "the first to confirm grants it at once, and I will message you the moment it is "
         "active. The security team can see the wait."
     )
+
+
+def _confirm_lockdown(
+    deps: SlackDeps, parsed: Lockdown, context: BoltContext, respond: Respond, trigger_id: str
+) -> None:
+    """The confirmation dialog, with how many grants the lockdown removes now; a target
+    already locked down is answered with how it stands (a second lockdown changes nothing)."""
+    preview = lockdown_flows(deps).preview(person_of(context), parsed.target)
+    if preview.in_force is not None:
+        found = preview.in_force
+        progress = lockdown_flows(deps).lockdowns.progress(found.id)
+        zone, names = deps.service.policy.zone, deps.notifier.names
+        respond(response_type="ephemeral", text=already_text(found, progress, zone, names))
+        return
+    context.client.views_open(trigger_id=trigger_id, view=confirm_modal(preview, parsed.reason))
 
 
 def open_request_form(deps: SlackDeps, client: WebClient, person: Person, trigger_id: str) -> None:
