@@ -400,3 +400,33 @@ class TestPagerDutyDown(SourcedStory):
         assert slack.click(APPROVE_ACTION, str(rid), "U0GITA").status_code == 200
         slack.settle()
         assert service.get(rid).state == S.ACTIVE
+
+    def test_two_processes_reading_the_source_tell_security_once_per_outage(
+        self,
+        slack: RunningApp,
+        service: AccessService,
+        clock: ManualClock,
+        pagerduty: FakePagerDuty,
+    ) -> None:
+        # A second worker on the same database reads PagerDuty for itself.
+        source = pagerduty_source(pagerduty, refresh_every="5m", stale_after="1h")
+        other_policy = sourced_policy(source, clock, {"PAGERDUTY_TOKEN": TOKEN}, sla=False)
+        other = AccessService(service.db, other_policy, service.adapters, clock)
+        workers = [self.sweeps(slack, service), self.sweeps(slack, other)]
+
+        def tick(minutes: int) -> list[int]:
+            clock.advance(timedelta(minutes=minutes))
+            return [worker.oncall_sources() for worker in workers]
+
+        assert tick(0) == [0, 0]  # both read PagerDuty at 03:00
+        pagerduty.failures = [500] * 1000
+        assert tick(5) == [1, 0]  # the second finds the outage already told
+        assert tick(5) == [0, 0]
+        pagerduty.failures = []
+        assert tick(5) == [1, 0]  # and its end
+        slack.settle()
+        said = [t.split(" from ")[0] for t in posts_to(slack, "C0SEC")]
+        assert said == [
+            "📅 Who is on call for clinical-oncall cannot be read",
+            "✅ Who is on call for clinical-oncall is read",
+        ]

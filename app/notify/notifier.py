@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import Block
+from sqlalchemy import select
 
 from app.directory import SlackDirectory, slack_unwell
 from app.lockdown import messages as lockdown_messages
@@ -65,6 +66,7 @@ from app.service.digest import Digest
 from app.service.identities import AttestationStep, OrphanView
 from app.service.reviews import ALERT_MESSAGE
 from app.service.standing import StandingFinding, StandingReport
+from app.store.models import OutboxItem
 from app.store.models import RequestState as S
 from app.wording import listed, plural
 
@@ -985,20 +987,36 @@ class Notifier:
     def oncall_sources(self) -> list[SourceChange]:
         """Read the rotas' sources that are due and tell the security channel, once each, of
         a source that stopped answering and of one that answers again (through the outbox).
-        Returns what was told."""
+        Every process that runs the sweeps reads the sources itself: one that finds the
+        outage already told by another (the rota's latest alert in the outbox says so) adds
+        nothing. Returns what was told here."""
         lookup = self.service.policy.on_call_lookup
         if not isinstance(lookup, OnCall):
             return []
         told: list[SourceChange] = []
         channel = self.service.policy.channels.security_alerts
         for change in lookup.watch():
-            call = OutCall(POST, {"channel": channel, "text": self._source_words(change)})
             kind = "down" if change.down else "back"
-            key = f"oncall:{change.rota}:{kind}:{change.since.isoformat()}"[:100]
-            self.outbox.enqueue("security", [call], key=key)
+            if self._source_told(change.rota) != kind:
+                call = OutCall(POST, {"channel": channel, "text": self._source_words(change)})
+                key = f"oncall:{change.rota}:{kind}:{change.since.isoformat()}"[:100]
+                self.outbox.enqueue("security", [call], key=key)
+                told.append(change)
             lookup.told(change)
-            told.append(change)
         return told
+
+    def _source_told(self, rota: str) -> str | None:
+        """What security was last told of the rota's source by any process: 'down', 'back',
+        or None (never)."""
+        prefix = "oncall:" + rota.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        with self.service.db.read() as session:
+            key = session.scalar(
+                select(OutboxItem.key)
+                .where(OutboxItem.key.like(prefix + ":%", escape="\\"))
+                .order_by(OutboxItem.id.desc())
+                .limit(1)
+            )
+        return None if key is None else key.split(":")[2]
 
     def _source_words(self, change: SourceChange) -> str:
         at = clock_time(change.since, self.zone)
