@@ -14,6 +14,10 @@ def test_the_demo_tells_the_whole_night_and_leaves_nothing_behind(
     transcript = capsys.readouterr().out
     # Each scene, in order, with the people and buttons a reader would see in Slack.
     scenes = [
+        # Who may ask is read from the trust's Entra ID group (a Graph stand-in); the leaver
+        # disabled there is left out.
+        "(clinical-systems, who may ask for ward-admin, is read from Entra ID group "
+        "3b8f2c4d-5e6a-4b7c-8d9e-0f1a2b3c4d5e: 3 people, 1 disabled account left out, read 03:10)",
         # The on-call lead is read from the ward's rostering export; the card says so.
         "who is on call comes from the ward's e-rostering export, clinical_roster.csv",
         "Amira Khan ▸ /jit request epr-console:ward-admin 30m",

@@ -22,11 +22,14 @@ import httpx
 from app.adapters.webhook import WebhookAdapter, WebhookSettings
 from app.audit import verify
 from app.clock import ManualClock
+from app.demo.entra_directory import DemoEntra
 from app.demo.slack_driver import SlackDriver, TrackingExecutor, serving
 from app.demo.slack_fake import FakeSlack, SlackChannel, SlackUser
 from app.demo.transcript import Transcript
 from app.demo.webhook_target import WebhookTarget
 from app.directory import SlackDirectory
+from app.groups import DirectoryGroups
+from app.groups import describe as describe_group
 from app.messages.blocks import APPROVE_ACTION, CANCEL_ACTION, DENY_ACTION, REVIEW_JUSTIFIED
 from app.messages.views import (
     DENY_BLOCK,
@@ -64,6 +67,17 @@ MANAGERS = "C0MANAGERS"
 CHANNELS = {"C0SECURITY": "#security-alerts", MANAGERS: "#manager-reviews"}
 
 
+# The clinical systems team as the trust's Entra ID group has it: a leaver's account is disabled.
+DIRECTORY_PEOPLE = [
+    ("amira@demo.nhs.uk", True),
+    ("ben@demo.nhs.uk", True),
+    ("chloe@demo.nhs.uk", True),
+    ("kai@demo.nhs.uk", False),
+]
+DIRECTORY_IN_POLICY = "http://127.0.0.1:1/entra"
+GRAPH_SECRET_ENV = "WARDKEY_DEMO_GRAPH_SECRET"
+
+
 class DemoFailed(Exception):
     """The scenario did not go as it should: a bug, said plainly instead of a happy transcript."""
 
@@ -96,6 +110,8 @@ def run_demo(out: TextIO, workdir: Path | None = None) -> None:
 def _run(out: TextIO, workdir: Path) -> None:
     key = secrets.token_bytes(32)
     console = WebhookTarget(key, name="EPR console").start()
+    graph_secret = secrets.token_urlsafe(24)
+    entra = DemoEntra(graph_secret, DIRECTORY_PEOPLE).start()
     fake = FakeSlack(team_id=TEAM).start()
     for person in PEOPLE:
         fake.add_user(person)
@@ -104,8 +120,13 @@ def _run(out: TextIO, workdir: Path) -> None:
     url = f"sqlite:///{workdir / 'wardkey-demo.db'}"
     upgrade(url)
     db = Database(url)
-    policy = parse_policy(demo_policy_text(console.url, write_demo_roster(workdir)), "demo policy")
+    text = demo_policy_text(console.url, write_demo_roster(workdir))
+    policy = parse_policy(text.replace(DIRECTORY_IN_POLICY, entra.url), "demo policy")
     clock = ManualClock(START)
+    # The clinical systems group read from the Entra ID stand-in, on the demo's clock.
+    policy = policy.with_groups(
+        DirectoryGroups(policy, clock, env={GRAPH_SECRET_ENV: graph_secret})
+    )
     policy = policy.with_on_call(OnCall(policy, clock))  # the roster read on the demo's clock
     console_settings = WebhookSettings.model_validate(policy.targets["epr-console"].settings)
     service = AccessService(
@@ -136,6 +157,7 @@ def _run(out: TextIO, workdir: Path) -> None:
         listeners.shutdown(wait=True)
         fake.stop()
         console.stop()
+        entra.stop()
         db.engine.dispose()
 
 
@@ -254,6 +276,10 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
             raise DemoFailed(f"request #{request_id} is {actual.value}, expected {state.value}")
 
     story.heading("1. A clinical request, approved by the on-call lead at 3 am")
+    story.note(
+        "clinical-systems, who may ask for ward-admin, is read "
+        + describe_group(service.policy, "clinical-systems")
+    )
     story.note("who is on call comes from the ward's e-rostering export, clinical_roster.csv")
     scene.command(
         "U0AMIRA",
