@@ -23,14 +23,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.cli import main
 from app.clock import ManualClock
 from app.metrics import metrics_text
+from app.notify.notifier import Notifier
 from app.oncall import OnCall, RosterError, parse_csv, parse_ics, path_sources, with_sources
 from app.oncall.shifts import on_call
 from app.policy import Policy, PolicyError
 from app.policy import parse_policy as parse_manifest
 from app.policy.rules import approvers_at, escalation_members
 from app.policy_targets import parse_policy, policy_warnings
+from app.scheduler import Sweeps
+from app.service import AccessService
 from app.store import Database
-from tests.conftest import sqlite_copy
+from tests.conftest import AMIRA, audit_actions, sqlite_copy
 from tests.fakes.opsgenie import FakeOpsgenie
 from tests.fakes.pagerduty import FakePagerDuty, FileServer
 
@@ -727,3 +730,65 @@ class TestMetrics:
             "wardkey_oncall_source_stale": 1.0,
             "wardkey_oncall_source_read_age_seconds": 3660.0,
         }
+
+
+class TestOnEachDatabase:
+    """The sweep's work on SQLite and PostgreSQL: waiting requests of a rota gone stale are
+    escalated once, and an outage told by one process is not told again by another."""
+
+    @pytest.fixture
+    def export(self, tmp_path: Path) -> Path:
+        path = tmp_path / "ward7.csv"
+        path.write_bytes(CSV.read_bytes())
+        return path
+
+    @pytest.fixture
+    def clock(self) -> ManualClock:
+        return ManualClock(utc("2026-03-29T13:00:00+01:00"))
+
+    @pytest.fixture
+    def policy(self, export: Path, clock: ManualClock) -> Policy:
+        data = ward_with({"roster": {"file": str(export), "format": "csv"}, "stale_after": "1h"})
+        data["paths"]["clinical"]["approvers"] = [{"rota": "clinical-oncall"}]
+        del data["paths"]["clinical"]["approval_sla"]
+        policy = load(data)
+        return policy.with_on_call(OnCall(policy, clock, client=httpx.Client(), env={}))
+
+    def test_a_waiting_request_goes_to_the_escalation_group_once_the_rota_is_stale(
+        self, service: AccessService, notifier: Notifier, clock: ManualClock, export: Path
+    ) -> None:
+        sweeps = Sweeps(service, notifier.outbox, oncall=notifier.oncall_sources)
+        view = service.request(
+            AMIRA, "pharmacy-db", "read", timedelta(minutes=30), "fix the stuck order set"
+        )
+        export.unlink()  # the roster share goes away at 13:00
+        clock.advance(timedelta(minutes=5))
+        assert sweeps.oncall_sources() == 1  # security told
+        assert service.get(view.id).escalation_level == 0
+        clock.advance(timedelta(minutes=56))  # 14:01: the read of 13:00 no longer counts
+        assert sweeps.oncall_sources() == 1  # the waiting request escalated
+        assert "approval.unreachable" in audit_actions(service, view.id)
+        why = service.unreachable_reason(view.id)
+        assert "could not be read from rostering export (csv)" in why
+        clock.advance(timedelta(minutes=1))
+        assert sweeps.oncall_sources() == 0
+        assert audit_actions(service, view.id).count("approval.unreachable") == 1
+
+    def test_an_outage_told_by_one_process_is_not_told_by_another(
+        self, service: AccessService, notifier: Notifier, clock: ManualClock, export: Path
+    ) -> None:
+        other = service.policy.with_on_call(
+            OnCall(service.policy, clock, client=httpx.Client(), env={})
+        )
+        second = Notifier(
+            notifier.client,
+            AccessService(service.db, other, service.adapters, clock),
+            notifier.directory,
+        )
+        assert [notifier.oncall_sources(), second.oncall_sources()] == [[], []]
+        export.unlink()
+        clock.advance(timedelta(minutes=5))
+        assert [len(notifier.oncall_sources()), len(second.oncall_sources())] == [1, 0]
+        export.write_bytes(CSV.read_bytes())
+        clock.advance(timedelta(minutes=5))
+        assert [len(second.oncall_sources()), len(notifier.oncall_sources())] == [1, 0]
