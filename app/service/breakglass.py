@@ -233,18 +233,25 @@ class BreakGlassCases(RequestCases):
                     AccessRequest.ended_at >= now - flag_spec.after_denial_within,
                 )
             ).all()
-            own = session.scalars(
-                select(AccessRequest.created_at).where(
-                    AccessRequest.requester == key,
-                    AccessRequest.created_at >= now - timedelta(days=flag_spec.history_days),
-                )
-            ).all()
+            # Their usual hours are learnt from their own requests unless the policy sets them.
+            own = (
+                session.scalars(
+                    select(AccessRequest.created_at).where(
+                        AccessRequest.requester == key,
+                        AccessRequest.created_at >= now - timedelta(days=flag_spec.history_days),
+                    )
+                ).all()
+                if flag_spec.usual_hours is None
+                else []
+            )
             on_target = session.execute(
                 select(
                     AccessRequest.requester,
                     AccessRequest.requester_slack_id,
                     AccessRequest.requester_email,
-                ).where(
+                )
+                .distinct()
+                .where(
                     AccessRequest.target == target,
                     AccessRequest.created_at >= now - timedelta(days=flag_spec.unusual_target_days),
                 )
