@@ -683,3 +683,32 @@ class TestPolicyCheck:
             f"    clinical-systems     from LDAP group {NURSES}: not read (DIRECTORY_PASSWORD "
             "is not set), so nobody is in it\n"
         ) in out
+
+
+class TestReload:
+    def test_a_reload_during_an_outage_keeps_the_last_good_read(
+        self, graph: FakeGraph, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("GRAPH_SECRET", SECRET)
+        nurses = graph.add_group()
+        graph.groups[nurses].add(
+            graph.add_user("amira.k@ward.onmicrosoft.com", "amira@ward.nhs.uk")
+        )
+        cloud = entra_target(graph.authority, graph.graph_url)
+        cloud["settings"]["max_attempts"] = 1  # an outage is an outage at once: no waiting here
+        text = ward_policy(
+            {"clinical-systems": {"entra": {"group": nurses, "target": "cloud"}}}, {"cloud": cloud}
+        )
+        kept: dict[Any, Any] = {}
+        before = with_directory_groups(parse_policy(text, "test policy"), clock, kept=kept)
+        assert before.members_of("clinical-systems") == ["amira@ward.nhs.uk"]
+        reads = len(graph.requests)
+        graph.unavailable = True
+        clock.advance(timedelta(minutes=1))
+        after = with_directory_groups(parse_policy(text, "test policy"), clock, kept=kept)
+        # Reloaded within refresh_every: not read again, and the read of 03:00 still answers.
+        assert after.members_of("clinical-systems") == ["amira@ward.nhs.uk"]
+        assert len(graph.requests) == reads
+        clock.advance(timedelta(minutes=5))
+        assert after.members_of("clinical-systems") == ["amira@ward.nhs.uk"]  # within stale_after
+        assert "unreadable since 03:06" in describe(after, "clinical-systems")
