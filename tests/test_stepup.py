@@ -38,8 +38,8 @@ from app.slack.app import build_app, web_client
 from app.stepup.pages import StepUpPages
 from app.stepup.service import StepUpService
 from app.store import AuditEvent, Database, upgrade
+from app.store.models import OutboxItem, StepUpSignIn
 from app.store.models import RequestState as S
-from app.store.models import StepUpSignIn
 from app.web import WardKeyWSGI
 from tests.conftest import AMIRA, BEN, HERE, _empty_postgres, sqlite_copy
 from tests.fakes.memory_adapter import MemoryTarget
@@ -138,7 +138,7 @@ def app(
     bolt = build_app(
         service, client, SIGNING_SECRET, listeners, dialogs, notifier=notifier, stepup=stepup
     )
-    pages = StepUpPages(stepup, notifier.request_changed)
+    pages = StepUpPages(stepup, notifier.request_changed, notifier.outbox.kick)
     browser = httpx.Client(timeout=10, follow_redirects=True)
     http = httpx.Client(timeout=10)
     try:
@@ -191,6 +191,25 @@ def assert_nothing_granted(
     assert [e["data"]["reason"] for e in refusals][-1:] == [refused], refusals
     assert refusals[-1]["actor"] == "ben@ward.nhs.uk"
     return dict(refusals[-1]["data"])
+
+
+def security_alert(app: App, rid: int) -> str:
+    """The security channel's message about a refused sign-in for request `rid`."""
+    posts = app.slack.fake.wait_for("chat.postMessage", 1, channel="C0SEC")
+    said = [str(p.args["text"]) for p in posts if f"refused on request #{rid}" in p.args["text"]]
+    assert len(said) == 1, [p.args["text"] for p in posts]
+    return said[0]
+
+
+def no_alert_recorded(service: AccessService, rid: int) -> None:
+    """No security alert was written for this request's refusals (an ordinary mistake)."""
+    with service.db.read() as session:
+        alerts = session.scalars(
+            sa.select(OutboxItem.id).where(
+                OutboxItem.action == "stepup.refused", OutboxItem.lane == f"stepup:{rid}"
+            )
+        ).all()
+    assert alerts == []
 
 
 class TestStepUpApproval:
@@ -260,6 +279,9 @@ class TestStepUpApproval:
         assert "Slack account of ben@ward.nhs.uk" in page.text and NOTHING in page.text
         said = assert_nothing_granted(service, targets, rid, refused="wrong_person")
         assert said["signed_in_as"] == "chloe@ward.nhs.uk" and said["issuer"] == idp.issuer
+        alert = security_alert(app, rid)
+        assert "the identity provider signed in chloe@ward.nhs.uk, not the approver" in alert
+        assert "Approve was clicked by Ben Hughes" in alert and "for Amira Khan" in alert
 
     def test_a_sign_in_without_mfa_approves_nothing(
         self,
@@ -274,6 +296,7 @@ class TestStepUpApproval:
         assert page.status_code == 403
         assert "did not use what approving on this path needs (mfa" in page.text
         assert_nothing_granted(service, targets, rid, refused="amr_missing")
+        no_alert_recorded(service, rid)
 
     def test_a_stale_sign_in_approves_nothing(
         self,
@@ -290,6 +313,7 @@ class TestStepUpApproval:
         assert page.status_code == 403
         assert "Your sign-in was not fresh" in page.text and "within 5 minutes" in page.text
         assert_nothing_granted(service, targets, rid, refused="stale_sign_in")
+        no_alert_recorded(service, rid)
 
     def test_a_sign_in_just_within_max_age_counts(
         self, app: App, service: AccessService, idp: FakeOpenIDProvider, clock: ManualClock
@@ -316,6 +340,7 @@ class TestStepUpApproval:
         assert len(service.get(rid).approvals) == 1
         actions = [e["action"] for e in step_up_events(service, rid)]
         assert actions.count("request.approved") == 1
+        assert "answer was sent a second time (replayed)" in security_alert(app, rid)
 
     def test_a_replayed_state_with_a_new_code_is_refused(
         self,
@@ -352,6 +377,7 @@ class TestStepUpApproval:
         assert page.status_code == 403
         assert "not signed by the identity provider's keys" in page.text
         assert_nothing_granted(service, targets, rid, refused="bad_signature:bad_signature")
+        assert "not signed by the identity provider's keys (forged?)" in security_alert(app, rid)
 
     def test_a_token_for_another_application_approves_nothing(
         self,
@@ -367,6 +393,7 @@ class TestStepUpApproval:
         assert page.status_code == 403
         assert "was issued for another application" in page.text
         assert_nothing_granted(service, targets, rid, refused="bad_claim:aud")
+        assert "issued for another application" in security_alert(app, rid)
 
     def test_a_token_from_another_issuer_approves_nothing(
         self,
@@ -382,6 +409,7 @@ class TestStepUpApproval:
         assert page.status_code == 403
         assert "was issued by another identity provider" in page.text
         assert_nothing_granted(service, targets, rid, refused="bad_claim:iss")
+        assert "came from another identity provider" in security_alert(app, rid)
 
     def test_an_expired_link_approves_nothing(
         self,
@@ -449,6 +477,7 @@ class TestStepUpApproval:
         assert page.status_code == 403
         assert "You are not an approver for the clinical path right now" in page.text
         assert_nothing_granted(service, targets, rid, refused="not_allowed")
+        no_alert_recorded(service, rid)
 
     def test_the_requester_cannot_approve_their_own_request(
         self, app: App, service: AccessService, idp: FakeOpenIDProvider

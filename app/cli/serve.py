@@ -138,7 +138,8 @@ def _step_up_pages(runtime: Runtime) -> StepUpPages | None:
     stepup = runtime.stepup()
     if stepup is None:
         return None
-    return StepUpPages(stepup, runtime.notifier.request_changed)
+    notifier = runtime.notifier
+    return StepUpPages(stepup, notifier.request_changed, notifier.outbox.kick)
 
 
 def _say_intake_work(work: str) -> None:

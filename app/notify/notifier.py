@@ -53,6 +53,7 @@ from app.messages.breakglass import (
     wait_line,
     waited_words,
 )
+from app.messages.stepup import refusal_alert
 from app.messages.views import expiry_warning, home_view
 from app.notify.outbox import HOME, POST, UPDATE, Defer, Delivered, Notice, Outbox, OutCall
 from app.oncall import OnCall, SourceChange, path_sources, unread_sources
@@ -66,6 +67,7 @@ from app.service.digest import Digest
 from app.service.identities import AttestationStep, OrphanView
 from app.service.reviews import ALERT_MESSAGE
 from app.service.standing import StandingFinding, StandingReport
+from app.stepup.service import ALERT as STEP_UP_REFUSED
 from app.store.models import OutboxItem
 from app.store.models import RequestState as S
 from app.wording import listed, plural
@@ -234,6 +236,13 @@ class Notifier:
             )
         elif action.startswith("lockdown."):
             self._lockdown_notice(notice)
+        elif action == STEP_UP_REFUSED:
+            view = self.service.get(int(facts["request"]))
+            self._post(
+                "step_up_refused",
+                self.service.policy.channels.security_alerts,
+                refusal_alert(facts, view, self.names),
+            )
         else:
             log.error("event=notice_unknown action=%s id=%s", action, notice.id)
 

@@ -32,9 +32,15 @@ _HEADERS = [
 class StepUpPages:
     """WSGI for the paths under /step-up/."""
 
-    def __init__(self, service: StepUpService, announce: Callable[[RequestView], None]) -> None:
+    def __init__(
+        self,
+        service: StepUpService,
+        announce: Callable[[RequestView], None],
+        deliver: Callable[[], None],
+    ) -> None:
         self.service = service
-        self.announce = announce
+        self.announce = announce  # the notifier's request_changed: cards, DMs, homes
+        self.deliver = deliver  # the outbox's kick: a security alert written with a refusal
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -75,6 +81,8 @@ class StepUpPages:
             )
         finished = self.service.finish(state, one("code"), one("error"))
         if finished.view is None:
+            if finished.alerted:
+                self.deliver()
             return _page(
                 start_response, "403 Forbidden", "Nothing was approved", finished.refusal or ""
             )

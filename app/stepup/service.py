@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from app import audit
 from app.clock import Clock
+from app.lifecycle import transitions
 from app.lifecycle.errors import NotAllowed, ServiceError
 from app.policy.model import IdentityProvider
 from app.policy.people import Person, person_key, same_person
@@ -32,6 +33,19 @@ from app.store.models import StepUpSignIn
 
 log = logging.getLogger(__name__)
 
+# The refusals the security channel is told of, as they may be an attack: someone else signed
+# in for the approver, a token not the provider's (or not for WardKey, or for another sign-in),
+# an answer sent twice. The others (a stale sign-in, no MFA, an expired link, an approver no
+# longer on call) are ordinary mistakes, in the audit trail only.
+ALERTED = (
+    "wrong_person",
+    "bad_signature",
+    "bad_claim:iss",
+    "bad_claim:aud",
+    "bad_claim:nonce",
+    "state_replayed",
+)
+ALERT = "stepup.refused"
 LINK_PATH = "/step-up/"
 CALLBACK_PATH = "/step-up/callback"
 APPROVED = "approved"
@@ -57,6 +71,7 @@ class Finished:
     view: RequestView | None  # set when the approval was recorded
     refusal: str | None = None
     reason: str = APPROVED
+    alerted: bool = False  # the security channel is to be told (an outbox notice was written)
 
 
 class StepUpService:
@@ -249,11 +264,12 @@ class StepUpService:
             return self._refused(
                 request_id,
                 key,
-                None,  # its first answer's outcome stands
+                state,
                 f"This sign-in for request #{request_id} was finished already (a page "
                 "reloaded, or its address sent again); each sign-in counts once. Nothing "
                 "more was done.",
                 "state_replayed",
+                record=False,  # its first answer's outcome stands
             )
         if late:
             return self._refused(
@@ -313,24 +329,52 @@ class StepUpService:
         message: str,
         reason: str,
         detail: Mapping[str, object] | None = None,
+        *,
+        record: bool = True,
     ) -> Finished:
         """Log and audit a refusal (`stepup.refused`, on the request's trail, with the reason
         and who the provider said signed in, if it got that far), and keep it on the sign-in's
         row; nothing else changes."""
         log.warning("event=step_up_refused request=%s reason=%s", request_id or "-", reason)
+        alert = False
         if request_id is not None:
+            now = self.clock.now()
             with self.access.db.transaction() as session:
-                if state is not None:
+                if state is not None and record:
                     self._set_outcome(session, state, reason)
                 audit.append(
                     session,
-                    at=self.clock.now(),
-                    action="stepup.refused",
+                    at=now,
+                    action=ALERT,
                     actor=approver or "wardkey",
                     request_id=request_id,
                     data={"reason": reason, "said": message, **(detail or {})},
                 )
-        return Finished(request_id, None, message, reason)
+                if any(reason == a or reason.startswith(a + ":") for a in ALERTED):
+                    # The security channel hears of it, through the outbox, with the refusal.
+                    transitions.announce(
+                        session,
+                        f"stepup:{request_id}",
+                        ALERT,
+                        {
+                            "request": request_id,
+                            "reason": reason,
+                            "approver": approver,
+                            "approver_slack_id": self._slack_id_of(session, state, request_id),
+                            **(detail or {}),
+                        },
+                        at=now,
+                    )
+                    alert = True
+        return Finished(request_id, None, message, reason, alerted=alert)
+
+    @staticmethod
+    def _slack_id_of(session: Session, state: str | None, request_id: int) -> str | None:
+        """The Slack account that clicked Approve for this sign-in (for the alert's mention)."""
+        query = select(StepUpSignIn.approver_slack_id).where(StepUpSignIn.request_id == request_id)
+        if state is not None:
+            query = query.where(StepUpSignIn.state_hash == _hash(state))
+        return session.scalars(query.order_by(StepUpSignIn.id.desc())).first()
 
     def _record(self, state: str, outcome: str) -> None:
         with self.access.db.transaction() as session:
