@@ -58,7 +58,7 @@ class GroupsJob:
         cache = policy.group_lookup
         if not isinstance(cache, DirectoryGroups):
             return []
-        cache.refresh()
+        read = cache.refresh()
         told: list[object] = []
         for change in cache.watch():
             if self.alerts is not None:
@@ -72,7 +72,8 @@ class GroupsJob:
                 )
             cache.told(change)
             told.append(change)
-        return told + list(end_leavers(self.service, cache))
+        # Leavers are looked for after a group is read well: between reads nothing changes.
+        return told + list(end_leavers(self.service, cache) if read else [])
 
 
 def _leaving(
