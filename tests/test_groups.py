@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from app.cli import main
 from app.clock import ManualClock
+from app.demo.slack_fake import FakeSlack, SlackUser
 from app.groups import DirectoryGroups, describe, with_directory_groups
 from app.groups.jobs import Ended, GroupsJob
 from app.metrics import WardKeyCollector
@@ -31,6 +32,7 @@ from app.store.models import OutboxItem, RequestState
 from tests import slapd
 from tests.conftest import AMIRA, BEN, CHLOE, HERE, NIGHT_SHIFT, sqlite_copy
 from tests.fakes.graph import FakeGraph
+from tests.slack_harness import WARD_USERS
 from tests.test_ldap_adapter import need_slapd
 
 SCHEMA = HERE / "data" / "directory-accounts.schema"
@@ -735,3 +737,47 @@ class TestReload:
         clock.advance(timedelta(minutes=5))
         assert after.members_of("clinical-systems") == ["amira@ward.nhs.uk"]  # within stale_after
         assert "unreadable since 03:06" in describe(after, "clinical-systems")
+
+
+class TestPeopleInSlack:
+    """`policy check --slack` looks up the people a directory group has now, too: a nurse
+    whose directory e-mail Slack does not know cannot ask or approve."""
+
+    def test_directory_members_are_looked_up_in_slack(
+        self,
+        ward7: slapd.Slapd,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        fake = FakeSlack().start()
+        try:
+            for user in WARD_USERS:
+                fake.add_user(user)
+            fake.add_user(SlackUser("U0GITA2ND", None, "Gita Rao (second account)"))
+            monkeypatch.setenv("SLACK_BOT_TOKEN", fake.token)
+            monkeypatch.setenv("SLACK_API_URL", fake.api_url)
+            monkeypatch.setenv("DIRECTORY_PASSWORD", slapd.WARDKEY_PASSWORD)
+            for name in ("SLACK_TEAM_IDS", "SLACK_ENTERPRISE_ID"):
+                monkeypatch.delenv(name, raising=False)
+            # The kiosk account in ward 7's group is given the address of someone who left.
+            admin = ward7.admin()
+            admin.modify(
+                slapd.person_dn("nomail7"), {"mail": [(MODIFY_REPLACE, ["gone@ward.nhs.uk"])]}
+            )
+            group = {"ldap": {"group": NURSES, "target": "ward-directory"}, "refresh_every": "8m"}
+            path = tmp_path / "policy.yaml"
+            path.write_text(
+                ward_policy({"clinical-systems": group}, {"ward-directory": ldap_target(ward7.url)})
+            )
+            assert main(["policy", "check", str(path), "--slack"]) == 1
+            err = capsys.readouterr().err
+            assert (
+                "  groups.clinical-systems: gone@ward.nhs.uk is deactivated in Slack (Left Trust)"
+                in err
+            ), err
+            looked_up = {c.args["email"] for c in fake.calls_to("users.lookupByEmail")}
+            assert {"amira@ward.nhs.uk", "ben@ward.nhs.uk", "gone@ward.nhs.uk"} <= looked_up
+        finally:
+            ward7.admin().modify(slapd.person_dn("nomail7"), {"mail": [(MODIFY_REPLACE, [])]})
+            fake.stop()

@@ -1,4 +1,5 @@
-"""`wardkey policy check FILE --slack`: every person the policy names, looked up in Slack.
+"""`wardkey policy check FILE --slack`: every person the policy names (and everyone its directory
+groups have now), looked up in Slack.
 
 A rota of people WardKey cannot reach is found before a night shift, not during it: each member
 is looked up (`users.lookupByEmail` for an e-mail, `users.info` for a U… ID) and every one that
@@ -60,6 +61,11 @@ def check_people(
     places: dict[str, list[Mention]] = defaultdict(list)
     for mention in mentions(policy):
         places[mention.member].append(mention)
+    # The people a directory group has now, as read from the directory (their e-mail, and a
+    # Slack ID where the directory holds one): someone Slack does not know cannot act.
+    for name in policy.directory_groups():
+        for member in policy.members_of(name):
+            places[member].append(Mention(member, ("groups", name), f"in directory group {name}"))
     ours = workspace or Workspace.of_token(_ask(client, "auth.test", client.auth_test))
     result = SlackCheck(looked_up=len(places))
     unusable: set[str] = set()
@@ -69,7 +75,7 @@ def check_people(
             unusable.add(member)
             result.problems.append(PersonProblem(member, problem, where))
     for name in policy.groups:
-        members = policy.listed(name)
+        members = policy.members_of(name)
         if members and set(members) <= unusable:
             result.nobody_left[("groups", name)] = approver_paths(policy, group=name)
     for name, rota in policy.oncall.items():
