@@ -1,9 +1,9 @@
 """Reading a directory group: Active Directory / OpenLDAP with ldap3 (app.adapters.ldap) or
 Microsoft Entra ID through Microsoft Graph (app.adapters.entra).
 
-A read gives the identifiers the policy matches people by (the e-mail, lower-cased, and a Slack
-user ID where the directory holds one) of everyone in the group whose account is enabled, and
-apart those whose account is disabled. Every failure is a `GroupUnreadable` whose message says
+A read gives the identifier the policy matches each person by (a Slack user ID where the
+directory holds one, else the e-mail, lower-cased) of everyone in the group whose account is
+enabled, and apart those whose account is disabled. Every failure is a `GroupUnreadable` whose message says
 what went wrong without any secret.
 """
 
@@ -179,15 +179,14 @@ def _first(entry: DirectoryEntry, attribute: str) -> str:
 
 
 def _ldap_ids(entry: DirectoryEntry, source: LdapGroup) -> set[str]:
-    ids = set()
-    email = _first(entry, source.email_attribute).lower()
-    if "@" in email:
-        ids.add(email)
+    """One identifier per person (so nobody gets two cards): the Slack user ID the directory
+    holds, else the e-mail; none when it has neither."""
     if source.slack_attribute:
         slack = _first(entry, source.slack_attribute).upper()
         if slack:
-            ids.add(slack)
-    return ids
+            return {slack}
+    email = _first(entry, source.email_attribute).lower()
+    return {email} if "@" in email else set()
 
 
 def _ldap_disabled(entry: DirectoryEntry, source: LdapGroup) -> bool:

@@ -546,7 +546,8 @@ class LdapGroup(Strict):
     slack_attribute: str | None = Field(
         default=None,
         pattern=_ATTRIBUTE,
-        description="An attribute holding the person's Slack user ID, used before the e-mail.",
+        description="An attribute holding the person's Slack user ID, used instead of the "
+        "e-mail when it has one.",
     )
     disabled_attribute: str | None = Field(
         default=None,
