@@ -44,7 +44,7 @@ from app.web import WardKeyWSGI
 from tests.conftest import AMIRA, BEN, HERE, _empty_postgres, sqlite_copy
 from tests.fakes.memory_adapter import MemoryTarget
 from tests.fakes.oidc_provider import FakeOpenIDProvider
-from tests.slack_harness import SIGNING_SECRET, TEAM, WARD_USERS
+from tests.slack_harness import SIGNING_SECRET, TEAM, WARD_USERS, run_app
 
 CLIENT_ID = "3f9c1a52-wardkey-test"
 CLIENT_SECRET = "idp-client-secret-for-tests"
@@ -508,9 +508,25 @@ class TestStepUpRules:
         self, service: AccessService, targets: dict[str, MemoryTarget]
     ) -> None:
         rid = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REQUEST).id
-        with pytest.raises(StepUpNeeded, match="needs you to sign in"):
+        with pytest.raises(StepUpNeeded, match="needs a fresh sign-in"):
             service.approve(rid, BEN)
         assert_nothing_granted(service, targets, rid)
+
+    def test_a_wardkey_started_without_step_up_approves_nothing_on_such_a_path(
+        self, service: AccessService, targets: dict[str, MemoryTarget]
+    ) -> None:
+        """A reload turned step_up on, but this process was started without an identity
+        provider (so without WARDKEY_PUBLIC_URL): Approve says why nothing happened."""
+        for slack in run_app(service):  # the app as started with no step-up
+            rid = App(slack, StepUpService(service, "http://unused"), slack.http).ask()
+            slack.click(APPROVE_ACTION, str(rid), "U0BEN")
+            slack.settle()
+            note = slack.fake.wait_for("chat.postEphemeral", 1, user="U0BEN")[0]
+            assert (
+                "needs a fresh sign-in, and WardKey could not send you a sign-in link"
+                in (note.args["text"])
+            )
+            assert_nothing_granted(service, targets, rid)
 
     def test_a_sign_in_begun_on_one_instance_finishes_on_another(
         self, service: AccessService, idp: FakeOpenIDProvider, clock: ManualClock

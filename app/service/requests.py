@@ -300,9 +300,12 @@ class RequestCases(IdentityCases):
             as_sponsor = self._decider_check(req, approver, now, in_extension)
             path = self.policy.paths.get(req.path)
             if approve and step_up is None and path is not None and path.step_up:
+                # The Approve button sends a sign-in link instead of coming here; this is
+                # reached only when none could be sent (or by a caller other than Slack).
                 raise StepUpNeeded(
-                    f"The {req.path} path needs you to sign in to approve: use the link "
-                    "WardKey sent you when you clicked Approve."
+                    f"Approving on the {req.path} path needs a fresh sign-in, and WardKey could "
+                    "not send you a sign-in link: tell the WardKey admins (step-up needs "
+                    "WARDKEY_PUBLIC_URL and a restart). Nothing was approved."
                 )
             key = person_key(self.policy, approver)
             earlier = session.scalars(
