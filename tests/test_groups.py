@@ -170,7 +170,7 @@ class TestPolicyShape:
         text = ward_policy(
             {
                 "a": {"ldap": {"group": NURSES, "target": "pharmacy-db"}},
-                "b": {"entra": {"group": "not-an-id", "target": "directory"}},
+                "b": {"entra": {"group": "", "target": "directory"}},
                 "c": {"ldap": {"group": NURSES, "target": "nowhere"}},
                 "d": {
                     "ldap": {"group": NURSES, "target": "directory"},
@@ -186,7 +186,7 @@ class TestPolicyShape:
         with pytest.raises(PolicyError) as refused:
             parse_policy(text, "test policy")
         found = problems(refused)
-        assert any(p.startswith("groups.b") and "pattern" in p for p in found), found
+        assert any(p.startswith("groups.b.entra.group") for p in found), found
         assert any(
             p.startswith("groups.d") and "exactly one of 'ldap' or 'entra'" in p for p in found
         ), found
@@ -505,6 +505,30 @@ class TestEntraGroups:
         assert policy.members_of("clinical-systems") == []
         [change] = cache.watch()
         assert change.down and change.last_read is None
+
+    def test_a_group_by_its_display_name(self, graph: FakeGraph, clock: ManualClock) -> None:
+        graph.add_group("Ward 7 Nurses")
+        named = graph.add_group("Ward 7 Nurses' Bank")  # a quote, as OData doubles it
+        graph.groups[named].add(graph.add_user("dee@ward.onmicrosoft.com", "dee@ward.nhs.uk"))
+        policy, _, _ = self.setup(graph, clock, group="Ward 7 Nurses' Bank")
+        assert policy.members_of("clinical-systems") == ["dee@ward.nhs.uk"]
+        clock.advance(timedelta(minutes=5))
+        looked_up = len([p for _, p in graph.requests if p == "/v1.0/groups"])
+        assert policy.members_of("clinical-systems") == ["dee@ward.nhs.uk"]
+        assert len([p for _, p in graph.requests if p == "/v1.0/groups"]) == looked_up == 1
+
+    def test_a_name_two_groups_share_is_refused_with_the_reason(
+        self, graph: FakeGraph, clock: ManualClock
+    ) -> None:
+        graph.add_group("Ward 7 Nurses")
+        graph.add_group("Ward 7 Nurses")
+        policy, _, _ = self.setup(graph, clock, group="Ward 7 Nurses")
+        assert policy.members_of("clinical-systems") == []
+        assert (
+            describe(policy, "clinical-systems") == "from Entra ID group Ward 7 Nurses: not "
+            "read (2 groups are named 'Ward 7 Nurses'; name it by its object ID), so nobody is "
+            "in it"
+        )
 
     def test_an_unknown_group_is_nobody(self, graph: FakeGraph, clock: ManualClock) -> None:
         policy, _cache, _ = self.setup(graph, clock, group=str(uuid.uuid4()))

@@ -224,6 +224,24 @@ class EntraAdapter:
             path = link.removeprefix(self.graph) if link else None
         return members
 
+    def group_named(self, name: str) -> str:
+        """The object ID of the one group whose displayName is `name` exactly."""
+        if not name or any(c in name for c in "\x00\r\n"):
+            raise PermanentAdapterError("a group name must be one line of text")
+        literal = name.replace("'", "''")  # OData: a quote in a string literal is doubled
+        query = quote(f"displayName eq '{literal}'", safe="")
+        answer = self._api("find group", "GET", f"/groups?$filter={query}&$select=id,displayName")
+        if answer.status_code != 200:
+            raise PermanentAdapterError(f"find group: {_graph_error(answer)}")
+        found = [g for g in answer.json().get("value", []) if g.get("displayName") == name]
+        if not found:
+            raise PermanentAdapterError(f"there is no group named '{name[:80]}' in the tenant")
+        if len(found) > 1:
+            raise PermanentAdapterError(
+                f"{len(found)} groups are named '{name[:80]}'; name it by its object ID"
+            )
+        return str(found[0]["id"])
+
     def group_people(self, group: str, select: list[str]) -> list[dict[str, Any]]:
         """The users in the group, nested groups included (transitiveMembers cast to users),
         with the properties in `select`, following every @odata.nextLink page. Throttling is

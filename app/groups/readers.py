@@ -3,13 +3,14 @@ Microsoft Entra ID through Microsoft Graph (app.adapters.entra).
 
 A read gives the identifier the policy matches each person by (a Slack user ID where the
 directory holds one, else the e-mail, lower-cased) of everyone in the group whose account is
-enabled, and apart those whose account is disabled. Every failure is a `GroupUnreadable` whose message says
-what went wrong without any secret.
+enabled, and apart those whose account is disabled. Every failure is a `GroupUnreadable`
+whose message says what went wrong without any secret.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from app.policy.model import DirectoryGroup, EntraGroup, LdapGroup, Policy
 log = logging.getLogger(__name__)
 # Active Directory's userAccountControl flag for a disabled account (ADS_UF_ACCOUNTDISABLE).
 ACCOUNTDISABLE = 0x2
+_OBJECT_ID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _NOT_SET = {"", "false", "0", "no"}
 
 
@@ -90,6 +92,7 @@ class GroupReader:
         self.env = env
         self.sleep = sleep
         self._entra: EntraAdapter | None = None
+        self._group_id: str | None = None
 
     def read(self) -> Membership:
         try:
@@ -138,8 +141,11 @@ class GroupReader:
                 raise GroupUnreadable(f"connection settings: {exc.errors()[0]['msg']}") from None
             secret = _secret(secrets, "client_secret", self.env)
             self._entra = EntraAdapter(parsed, secret, sleep=self.sleep)
+        if self._group_id is None:  # a name is looked up once, then its ID is read
+            is_id = re.fullmatch(_OBJECT_ID, source.group) is not None
+            self._group_id = source.group if is_id else self._entra.group_named(source.group)
         users = self._entra.group_people(
-            source.group, ["mail", "userPrincipalName", "accountEnabled"]
+            self._group_id, ["mail", "userPrincipalName", "accountEnabled"]
         )
         found = _Found()
         for user in users:

@@ -578,8 +578,10 @@ class EntraGroup(Strict):
     """A Microsoft Entra ID group, read with Microsoft Graph (transitive members)."""
 
     group: str = Field(
-        pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
-        description="The group's object ID.",
+        min_length=1,
+        max_length=256,
+        description="The group's object ID, or its display name exactly (looked up once; "
+        "refused if several groups have it).",
     )
     target: Name | None = Field(
         default=None,

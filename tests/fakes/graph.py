@@ -6,7 +6,8 @@ duplicate), removed by `$ref` (404 when absent), `checkMemberGroups`, paged memb
 scripted throttling (429 or 503 with Retry-After).
 
 For groups read from the directory (app/groups): users carry `mail`, `userPrincipalName` and
-`accountEnabled`; a group may hold groups; `GET /groups/{id}/transitiveMembers` (and its
+`accountEnabled`; groups have a displayName (`GET /groups?$filter=displayName eq '…'`, a quote
+doubled as OData writes it); a group may hold groups; `GET /groups/{id}/transitiveMembers` (and its
 `/microsoft.graph.user` cast) lists every nested member once, with `$select` honoured (`id` and
 `@odata.type` always come, as Graph sends them) and `@odata.nextLink` paging; `unavailable`
 answers every call 503 as an outage would.
@@ -35,6 +36,7 @@ class FakeGraph(LoopbackServer):
         self.tenant_id, self.client_id, self.client_secret = tenant_id, client_id, client_secret
         self.users: dict[str, str] = {}  # UPN -> object ID
         self.profiles: dict[str, dict[str, Any]] = {}  # object ID -> user properties
+        self.group_names: dict[str, str] = {}  # group ID -> displayName
         self.unavailable = False
         self.groups: dict[str, set[str]] = {}  # group ID -> member object IDs
         self.tokens: dict[str, float] = {}  # token -> monotonic expiry
@@ -85,9 +87,10 @@ class FakeGraph(LoopbackServer):
         shown = {k: profile.get(k) for k in select if k != "id"} if select else dict(profile)
         return {"@odata.type": "#microsoft.graph.user", "id": object_id, **shown}
 
-    def add_group(self) -> str:
+    def add_group(self, name: str | None = None) -> str:
         group = str(uuid.uuid4())
         self.groups[group] = set()
+        self.group_names[group] = name or f"group {group[:8]}"
         return group
 
     def throttle(self, times: int, status: int = 429, retry_after: int = 1) -> None:
@@ -216,6 +219,13 @@ class FakeGraph(LoopbackServer):
                     f"{self.graph_url}/groups/{m[1]}/members?$skiptoken={skip + PAGE_SIZE}"
                 )
             return 200, answer, {}
+        if path == "/groups":  # only the displayName filter WardKey sends
+            wanted = re.fullmatch(r"displayName eq '((?:[^']|'')*)'", parse_qs(query)["$filter"][0])
+            if wanted is None:
+                return 400, _error("Request_UnsupportedQuery", "Unsupported query."), {}
+            name = wanted[1].replace("''", "'")
+            found = [{"id": g, "displayName": n} for g, n in self.group_names.items() if n == name]
+            return 200, {"value": found}, {}
         if m := re.fullmatch(r"/groups/([^/]+)/transitiveMembers(/microsoft\.graph\.user)?", path):
             if m[1] not in self.groups:
                 return (
