@@ -39,6 +39,7 @@ SCHEMA = HERE / "data" / "directory-accounts.schema"
 NURSES = slapd.group_dn("ward7-nurses")
 LEADS = slapd.group_dn("ward7-leads")
 TENANT, CLIENT, SECRET = str(uuid.uuid4()), str(uuid.uuid4()), "graph-secret"
+GRAPH = "https://graph.microsoft.com/v1.0"
 ENV = {"DIRECTORY_PASSWORD": slapd.WARDKEY_PASSWORD, "GRAPH_SECRET": SECRET}
 
 
@@ -151,19 +152,23 @@ class TestPolicyShape:
                 "ward8": {"ldap": "cn=ward8,ou=groups,dc=ward"},  # shorthand: the DN alone
                 "cloud-nurses": {"entra": {"group": str(uuid.uuid4()), "target": "cloud"}},
             },
-            {
-                "cloud": entra_target(
-                    "https://login.microsoftonline.com", "https://graph.microsoft.com/v1.0"
-                )
-            },
+            {"cloud": entra_target("https://login.microsoftonline.com", GRAPH)},
         )
+        policy = parse_policy(text, "test policy")
+        assert sorted(policy.directory_groups()) == ["clinical-systems", "cloud-nurses", "ward8"]
+        assert policy.listed("managers") == ["gita@ward.nhs.uk", "hana@ward.nhs.uk"]
+        # The shorthand is read through the policy's only ldap target.
+        assert policy.directory_target("ward8") == "directory"
+
+    def test_the_shorthand_needs_a_single_target_of_its_kind(self) -> None:
+        second = ldap_target("ldaps://dc2.ward.nhs.uk")
+        text = ward_policy({"ward8": {"ldap": "cn=ward8,ou=groups,dc=ward"}}, {"dc2": second})
         with pytest.raises(PolicyError) as refused:
             parse_policy(text, "test policy")
-        # The shorthand says which group but not how to read it, and the policy has one ldap
-        # target: the error names the field and the target to name.
+        # Two ldap targets: the error names the field and the targets to choose from.
         assert problems(refused) == [
             "groups.ward8.ldap: say how to read it: 'target' naming an ldap target (the "
-            "policy's ldap targets: directory), or your own 'settings' and 'secrets'"
+            "policy's ldap targets: dc2, directory), or your own 'settings' and 'secrets'"
         ]
 
     def test_problems_name_the_field(self) -> None:
@@ -261,6 +266,15 @@ class TestLdapGroups:
         assert describe(policy, "clinical-systems") == (
             f"from LDAP group {NURSES}: 2 people, read 03:00"
         )
+
+    def test_the_shorthand_is_read_through_the_only_ldap_target(
+        self, ward7: slapd.Slapd, clock: ManualClock
+    ) -> None:
+        data = yaml.safe_load(ward_policy({"clinical-systems": {"ldap": NURSES}}))
+        roles = data["targets"]["directory"]["roles"]
+        data["targets"]["directory"] = {**ldap_target(ward7.url), "roles": roles}
+        policy, _ = cached(yaml.safe_dump(data), clock)
+        assert policy.members_of("clinical-systems") == ["amira@ward.nhs.uk", "ben@ward.nhs.uk"]
 
     def test_not_nested_reads_direct_members_only(
         self, ward7: slapd.Slapd, clock: ManualClock

@@ -160,7 +160,7 @@ class DirectoryGroups:
             return
         state.tried_at = now
         if state.reader is None:
-            state.reader = GroupReader(group, self._policy, self.env, self._sleep)
+            state.reader = GroupReader(name, group, self._policy, self.env, self._sleep)
         try:
             read = state.reader.read()
         except GroupUnreadable as exc:

@@ -59,11 +59,13 @@ def where_from(group: DirectoryGroup) -> str:
 
 
 def _connection(
-    source: LdapGroup | EntraGroup, policy: Policy
+    name: str, source: LdapGroup | EntraGroup, policy: Policy
 ) -> tuple[Mapping[str, Any], Mapping[str, str]]:
-    if source.target is not None:
-        target = policy.targets[source.target]
-        return target.settings, target.secrets
+    """The target's settings and secrets (the one named, or the only one of the kind), or the
+    group's own."""
+    target = policy.directory_target(name)
+    if target is not None:
+        return policy.targets[target].settings, policy.targets[target].secrets
     return source.settings, source.secrets
 
 
@@ -82,11 +84,13 @@ class GroupReader:
 
     def __init__(
         self,
+        name: str,
         group: DirectoryGroup,
         policy: Policy,
         env: Mapping[str, str],
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        self.name = name
         self.group = group
         self.policy = policy
         self.env = env
@@ -108,7 +112,7 @@ class GroupReader:
     # ------------------------------------------------------------------------ LDAP
 
     def _read_ldap(self, source: LdapGroup) -> Membership:
-        settings, secrets = _connection(source, self.policy)
+        settings, secrets = _connection(self.name, source, self.policy)
         try:
             parsed = LdapSettings.model_validate(settings)
         except ValidationError as exc:
@@ -134,7 +138,7 @@ class GroupReader:
 
     def _read_entra(self, source: EntraGroup) -> Membership:
         if self._entra is None:
-            settings, secrets = _connection(source, self.policy)
+            settings, secrets = _connection(self.name, source, self.policy)
             try:
                 parsed = EntraSettings.model_validate(settings)
             except ValidationError as exc:

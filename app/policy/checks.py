@@ -214,7 +214,7 @@ def _directory_group(policy: Policy, name: str, group: DirectoryGroup) -> Iterat
                 (*loc, "target"),
                 f"'{source.target}' is a {target.kind} target; name an {group.kind} target",
             )
-    elif not source.settings:
+    elif not source.settings and policy.directory_target(name) is None:
         kinds = sorted(n for n, t in policy.targets.items() if t.kind == group.kind)
         hint = f" (the policy's {group.kind} targets: {', '.join(kinds)})" if kinds else ""
         yield PolicyIssue(

@@ -1045,6 +1045,21 @@ class Policy(Strict):
         """The groups read from the directory, by name."""
         return {n: g for n, g in self.groups.items() if isinstance(g, DirectoryGroup)}
 
+    def directory_target(self, group: str) -> str | None:
+        """The target whose connection a directory group is read with: the one it names, or,
+        when it names none and brings no settings of its own, the policy's only target of its
+        kind (`ldap: "CN=…"` alone). None: its own settings, or no single such target."""
+        found = self.directory_groups().get(group)
+        if found is None:
+            return None
+        source = found.source
+        if source.target is not None:
+            return source.target
+        if source.settings:
+            return None
+        kinds = [n for n, t in self.targets.items() if t.kind == found.kind]
+        return kinds[0] if len(kinds) == 1 else None
+
     def listed(self, group: str) -> list[str]:
         """The members the policy itself lists for `group` (none for a directory group)."""
         found = self.groups.get(group)
