@@ -328,6 +328,19 @@ class TestLdapGroups:
         assert policy.members_of("clinical-systems") == []
         assert "there is no group" in describe(policy, "clinical-systems")
 
+    def test_a_directory_that_does_not_answer_is_nobody_and_says_why(
+        self, clock: ManualClock
+    ) -> None:
+        text = ward_policy(
+            {"clinical-systems": {"ldap": {"group": NURSES, "target": "ward-directory"}}},
+            {"ward-directory": ldap_target("ldap://127.0.0.1:1")},  # nothing listens there
+        )
+        policy, cache = cached(text, clock)
+        assert policy.members_of("clinical-systems") == []
+        assert not eligible(policy, AMIRA, clock)
+        [change] = cache.watch()
+        assert change.down and "cannot reach ldap://127.0.0.1:1" in change.problem
+
     def test_a_wrong_password_is_nobody_and_never_open(
         self, ward7: slapd.Slapd, clock: ManualClock
     ) -> None:
