@@ -6,6 +6,7 @@ directory, or gone from the group) losing eligibility and approval at the next r
 from __future__ import annotations
 
 import re
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -523,6 +524,50 @@ class TestEntraGroups:
         assert not back.down
         cache.told(back)
         assert cache.watch() == []
+
+    def test_a_lookup_while_the_group_is_being_read_answers_from_the_last_good_read(
+        self, graph: FakeGraph, clock: ManualClock
+    ) -> None:
+        policy, cache, _ = self.setup(graph, clock)
+        assert len(policy.members_of("clinical-systems")) == 3  # read at 03:00
+        clock.advance(timedelta(minutes=5))
+        graph.hold = threading.Event()
+        refresh = threading.Thread(target=cache.refresh)
+        refresh.start()
+        try:
+            assert graph.held.wait(10)  # the refresh job is waiting on Graph now
+            # A request meanwhile is answered at once from the read of 03:00...
+            assert len(policy.members_of("clinical-systems")) == 3
+            assert refresh.is_alive()  # ...without waiting for the read in progress
+        finally:
+            graph.hold.set()
+            refresh.join(10)
+        assert [s.read_at for s in cache.status()] == [clock.now()]
+
+    def test_a_lookup_during_the_first_read_waits_for_its_answer_not_nobody(
+        self, graph: FakeGraph, clock: ManualClock
+    ) -> None:
+        policy, cache, _ = self.setup(graph, clock)
+        graph.hold = threading.Event()
+        refresh = threading.Thread(target=cache.refresh)
+        refresh.start()
+        answers: list[list[str]] = []
+        asked = threading.Event()
+
+        def ask() -> None:
+            asked.set()
+            answers.append(policy.members_of("clinical-systems"))
+
+        asking = threading.Thread(target=ask)
+        try:
+            assert graph.held.wait(10)  # the first read is waiting on Graph
+            asking.start()
+            assert asked.wait(10)
+        finally:
+            graph.hold.set()
+            refresh.join(10)
+            asking.join(10)
+        assert [len(a) for a in answers] == [3]
 
     def test_the_first_read_failing_means_nobody(
         self, graph: FakeGraph, clock: ManualClock

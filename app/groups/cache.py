@@ -38,7 +38,8 @@ class _State:
     told_down: datetime | None = None  # the outage security has been told of
     stale_logged: bool = False
     reader: GroupReader | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # the fields above
+    reading: threading.Lock = field(default_factory=threading.Lock)  # one read at a time
 
 
 @dataclass(frozen=True)
@@ -130,16 +131,17 @@ class DirectoryGroups:
         state = self._states[name]
         with state.lock:
             before = state.read_at
-            self._read_if_due(name, state, self.clock.now())
+        self._read_if_due(name, state, wait=True)
+        with state.lock:
             return state.read_at is not None and state.read_at != before
 
     def _fresh(self, name: str, *, read_if_due: bool) -> Membership | None:
         group = self.groups[name]
         state = self._states[name]
+        if read_if_due:
+            self._read_if_due(name, state, wait=False)
         with state.lock:
             now = self.clock.now()
-            if read_if_due:
-                self._read_if_due(name, state, now)
             if state.read_at is None or now - state.read_at > group.stale_after:
                 if state.read_at is not None and not state.stale_logged:
                     state.stale_logged = True
@@ -153,28 +155,61 @@ class DirectoryGroups:
                 return None
             return state.read
 
-    def _read_if_due(self, name: str, state: _State, now: datetime) -> None:
+    @staticmethod
+    def _due(group: DirectoryGroup, state: _State, now: datetime) -> bool:
+        wait = max(group.refresh_every, state.wait)
+        return state.tried_at is None or now - state.tried_at >= wait
+
+    def _read_if_due(self, name: str, state: _State, *, wait: bool) -> None:
+        """Read the group if refresh_every (or Graph's longer Retry-After) has passed since the
+        last try. One read at a time, and never under the lock that answers: a lookup that
+        finds another thread reading answers from the last good read (when it is not stale)
+        instead of waiting on the directory; the refresh job (`wait`) waits its turn."""
         group = self.groups[name]
-        due = max(group.refresh_every, state.wait)
-        if state.tried_at is not None and now - state.tried_at < due:
+        with state.lock:
+            now = self.clock.now()
+            due = self._due(group, state, now)
+            usable = state.read_at is not None and now - state.read_at <= group.stale_after
+        if not due:
+            if not usable:  # a read may be under way (the first one): its answer, not nobody
+                with state.reading:
+                    pass
             return
-        state.tried_at = now
-        if state.reader is None:
-            state.reader = GroupReader(name, group, self._policy, self.env, self._sleep)
+        if not state.reading.acquire(blocking=wait or not usable):
+            return  # another thread is reading it now
         try:
-            read = state.reader.read()
-        except GroupUnreadable as exc:
-            state.wait = exc.retry_after or timedelta(0)
-            if state.failing_since is None:
-                state.failing_since = now
-                log.warning(
-                    "event=directory_group_unreadable group=%s source=%r problem=%r",
-                    name,
-                    where_from(group),
-                    str(exc),
-                )
-            state.problem = str(exc)
-            return
+            with state.lock:
+                now = self.clock.now()
+                if not self._due(group, state, now):
+                    return  # the thread we waited for has just read it
+                state.tried_at = now
+                if state.reader is None:
+                    state.reader = GroupReader(name, group, self._policy, self.env, self._sleep)
+                reader = state.reader
+            try:
+                read = reader.read()
+            except GroupUnreadable as exc:
+                with state.lock:
+                    self._failed(name, state, now, exc)
+                return
+            with state.lock:
+                self._succeeded(name, state, now, read)
+        finally:
+            state.reading.release()
+
+    def _failed(self, name: str, state: _State, now: datetime, exc: GroupUnreadable) -> None:
+        state.wait = exc.retry_after or timedelta(0)
+        if state.failing_since is None:
+            state.failing_since = now
+            log.warning(
+                "event=directory_group_unreadable group=%s source=%r problem=%r",
+                name,
+                where_from(self.groups[name]),
+                str(exc),
+            )
+        state.problem = str(exc)
+
+    def _succeeded(self, name: str, state: _State, now: datetime, read: Membership) -> None:
         if state.failing_since is not None:
             log.info("event=directory_group_recovered group=%s", name)
         if read.unmapped:

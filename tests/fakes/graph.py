@@ -38,6 +38,10 @@ class FakeGraph(LoopbackServer):
         self.profiles: dict[str, dict[str, Any]] = {}  # object ID -> user properties
         self.group_names: dict[str, str] = {}  # group ID -> displayName
         self.unavailable = False
+        # Set `hold` to an Event to keep reads of group members waiting until it is set;
+        # `held` is set once one is waiting (a read in progress, for a test to act during).
+        self.hold: threading.Event | None = None
+        self.held = threading.Event()
         self.groups: dict[str, set[str]] = {}  # group ID -> member object IDs
         self.tokens: dict[str, float] = {}  # token -> monotonic expiry
         self.token_lifetime = 3599
@@ -141,6 +145,9 @@ class FakeGraph(LoopbackServer):
     ) -> tuple[int, Any, dict[str, str]]:
         url = urlparse(raw_path)
         path = unquote(url.path)
+        if self.hold is not None and "transitiveMembers" in path:
+            self.held.set()
+            self.hold.wait(30)
         with self._lock:
             self.requests.append((method, path))
             self.queries.append(parse_qs(url.query))
