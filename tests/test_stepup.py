@@ -449,6 +449,52 @@ class TestStepUpApproval:
         assert f"The sign-in for request #{rid} took too long to finish" in page.text
         assert_nothing_granted(service, targets, rid, refused="sign_in_expired")
 
+    def test_a_sign_in_finished_in_another_browser_than_opened_the_link_approves_nothing(
+        self,
+        app: App,
+        service: AccessService,
+        idp: FakeOpenIDProvider,
+        targets: dict[str, MemoryTarget],
+    ) -> None:
+        """Someone with Ben's Slack session (but not his password or MFA) clicks Approve,
+        opens the link in their own browser and sends Ben the provider's sign-in address it
+        led to ("please sign in"). Ben signs in properly, with MFA, in his own browser; its
+        answer comes back to WardKey from a browser that never opened the link, and approves
+        nothing (RFC 9700 section 4.7: the state is bound to the browser that began it)."""
+        rid = app.ask()
+        link = app.link_for(rid)
+        with httpx.Client(timeout=10) as attacker:
+            opened = attacker.get(link, follow_redirects=False)
+        to_provider = opened.headers["Location"]
+        # The browser that opened the link was given the sign-in's cookie, for the callback
+        # only, not readable by scripts, sent back when the provider redirects to WardKey.
+        given = opened.headers["set-cookie"]
+        assert given.startswith("wardkey_step_up_") and "Path=/step-up/callback" in given
+        assert "HttpOnly" in given and "SameSite=Lax" in given and "Max-Age=300" in given
+        idp.sign_in_as("ben@ward.nhs.uk", amr=["pwd", "mfa"])
+        page = app.browser.get(to_provider)  # Ben's browser: the provider, then the callback
+        assert "/step-up/callback" in str(page.url)
+        assert page.status_code == 403, page.text
+        assert "finished in another browser than the one that opened" in page.text
+        assert NOTHING in page.text
+        assert_nothing_granted(service, targets, rid, refused="other_browser")
+        assert not idp.token_requests  # the code was never even exchanged
+        assert "finished in another browser than opened the link" in security_alert(app, rid)
+
+    def test_two_sign_ins_at_once_in_one_browser_both_count(
+        self, app: App, service: AccessService, idp: FakeOpenIDProvider
+    ) -> None:
+        """Each sign-in has its own browser binding: Ben opens two links (two tabs) before
+        finishing either, and both approvals apply."""
+        first, second = app.ask(), app.ask(user="U0CHLOE")
+        to_first = app.browser.get(app.link_for(first), follow_redirects=False)
+        to_second = app.browser.get(app.link_for(second), follow_redirects=False)
+        idp.sign_in_as("ben@ward.nhs.uk")
+        for opened in (to_second, to_first):
+            assert app.browser.get(opened.headers["Location"]).status_code == 200
+        app.slack.settle()
+        assert service.get(first).state == S.ACTIVE and service.get(second).state == S.ACTIVE
+
     def test_a_link_opens_once(
         self, app: App, service: AccessService, idp: FakeOpenIDProvider
     ) -> None:
@@ -594,13 +640,13 @@ def across_instances(service: AccessService, idp: FakeOpenIDProvider, clock: Man
     idp.redirect_uris.append(first.redirect_uri)
     offer = first.offer(rid, BEN)
     idp.sign_in_as("ben@ward.nhs.uk")
-    to_provider = instance().open(offer.url.rsplit("/", 1)[1])
-    back = httpx.get(to_provider)  # the provider signs Ben in and sends him back
+    opened = instance().open(offer.url.rsplit("/", 1)[1])
+    back = httpx.get(opened.url)  # the provider signs Ben in and sends him back
     answer = dict(httpx.URL(back.headers["Location"]).params)
-    finished = instance().finish(answer["state"], answer["code"])
+    finished = instance().finish(answer["state"], answer["code"], browser=opened.browser)
     assert finished.refusal is None
     assert service.get(rid).state == S.ACTIVE
-    again = instance().finish(answer["state"], answer["code"])
+    again = instance().finish(answer["state"], answer["code"], browser=opened.browser)
     assert again.reason == "state_replayed"
 
 
@@ -654,12 +700,12 @@ class TestTheProvider:
             rid = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REQUEST).id
             offer = stepup.offer(rid, BEN)
             idp.sign_in_as("ben@ward.nhs.uk", acr=acr)
-            to_provider = stepup.open(offer.url.rsplit("/", 1)[1])
-            assert dict(httpx.URL(to_provider).params)["acr_values"] == (
+            opened = stepup.open(offer.url.rsplit("/", 1)[1])
+            assert dict(httpx.URL(opened.url).params)["acr_values"] == (
                 "urn:ward:acr:phishing-resistant"
             )
-            back = dict(httpx.URL(httpx.get(to_provider).headers["Location"]).params)
-            return rid, stepup.finish(back["state"], back["code"])
+            back = dict(httpx.URL(httpx.get(opened.url).headers["Location"]).params)
+            return rid, stepup.finish(back["state"], back["code"], browser=opened.browser)
 
         rid, weak = sign_in("urn:ward:acr:password")
         assert weak.reason == "acr_missing" and weak.refusal is not None

@@ -16,6 +16,10 @@ _WHY = {
     "bad_claim:aud": "the ID token was issued for another application",
     "bad_claim:nonce": "the ID token belonged to another sign-in",
     "state_replayed": "the identity provider's answer was sent a second time (replayed)",
+    "other_browser": (
+        "the sign-in was finished in another browser than opened the link (someone may have "
+        "sent the approver a sign-in address to approve with their sign-in)"
+    ),
 }
 
 

@@ -7,13 +7,20 @@ from __future__ import annotations
 import html
 import logging
 from collections.abc import Callable, Iterable
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
 
 from app.policy.durations import format_duration
 from app.service import RequestView
 from app.stepup.oidc import SignInRefused
-from app.stepup.service import CALLBACK_PATH, LINK_PATH, Finished, StepUpService
+from app.stepup.service import (
+    CALLBACK_PATH,
+    LINK_PATH,
+    Finished,
+    StepUpService,
+    cookie_name,
+)
 from app.store.models import RequestState as S
 
 log = logging.getLogger(__name__)
@@ -52,20 +59,33 @@ class StepUpPages:
         path = environ.get("PATH_INFO", "")
         query = parse_qs(environ.get("QUERY_STRING", ""))
         if path == CALLBACK_PATH:
-            return self._callback(query, start_response)
+            return self._callback(query, _cookies(environ), start_response)
         link = path[len(LINK_PATH) :]
         if not link or "/" in link:
             return _page(start_response, "404 Not Found", "Not found", "No such page.")
         try:
-            target = self.service.open(link)
+            opened = self.service.open(link)
         except SignInRefused as refused:
             log.warning("event=step_up_link_refused reason=%s", refused.reason)
             return _page(start_response, "410 Gone", "Nothing was approved", refused.message)
-        start_response("302 Found", [("Location", target), ("Content-Length", "0"), *_HEADERS])
+        # Only this browser can finish the sign-in: the callback wants this cookie back. Lax,
+        # as the provider sends the browser back with a top-level GET from its own site.
+        cookie = (
+            f"{opened.cookie}={opened.browser}; Path={CALLBACK_PATH}; Max-Age={opened.max_age}; "
+            "HttpOnly; SameSite=Lax" + ("; Secure" if self._secure else "")
+        )
+        start_response(
+            "302 Found",
+            [("Location", opened.url), ("Set-Cookie", cookie), ("Content-Length", "0"), *_HEADERS],
+        )
         return [b""]
 
+    @property
+    def _secure(self) -> bool:
+        return self.service.public_url.startswith("https://")
+
     def _callback(
-        self, query: dict[str, list[str]], start_response: StartResponse
+        self, query: dict[str, list[str]], cookies: dict[str, str], start_response: StartResponse
     ) -> Iterable[bytes]:
         def one(name: str) -> str | None:
             values = query.get(name) or []
@@ -79,7 +99,9 @@ class StepUpPages:
                 "Nothing was approved",
                 "This address is missing its sign-in state. Click Approve in Slack to start again.",
             )
-        finished = self.service.finish(state, one("code"), one("error"))
+        finished = self.service.finish(
+            state, one("code"), one("error"), browser=cookies.get(cookie_name(state))
+        )
         if finished.view is None:
             if finished.alerted:
                 self.deliver()
@@ -114,6 +136,16 @@ def _approved(finished: Finished, service: StepUpService) -> tuple[str, str]:
         f"{view.state.value.replace('_', ' ')}. The Slack card shows what happens next. You "
         "can close this page.",
     )
+
+
+def _cookies(environ: dict[str, Any]) -> dict[str, str]:
+    """The request's cookies (none, if the header cannot be read)."""
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(str(environ.get("HTTP_COOKIE", "")))
+    except CookieError:
+        return {}
+    return {name: morsel.value for name, morsel in jar.items()}
 
 
 def _page(start_response: StartResponse, status: str, title: str, message: str) -> list[bytes]:

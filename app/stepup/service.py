@@ -9,7 +9,9 @@ finished_at IS NULL`): a link opens once and an answer is taken once, on any ins
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import logging
 import os
 import threading
@@ -44,6 +46,7 @@ ALERTED = (
     "bad_claim:aud",
     "bad_claim:nonce",
     "state_replayed",
+    "other_browser",
 )
 ALERT = "stepup.refused"
 LINK_PATH = "/step-up/"
@@ -55,12 +58,37 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def browser_secret(verifier: str) -> str:
+    """What the browser that opened a link keeps in a cookie, so that only that browser can
+    finish its sign-in: derived from the sign-in's PKCE verifier (kept in the database, never
+    sent to the provider), so any instance can check it and the cookie does not reveal it."""
+    mac = hmac.new(verifier.encode(), b"wardkey step-up browser", hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+
+
+def cookie_name(state: str) -> str:
+    """The cookie for one sign-in (one per sign-in, so two tabs signing in at once each keep
+    theirs); named from the state's hash, never the state."""
+    return "wardkey_step_up_" + _hash(state)[:16]
+
+
 @dataclass(frozen=True)
 class Offer:
     """The link sent to the approver, and until when it can be opened."""
 
     url: str
     expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Opened:
+    """Where the browser that opened a link goes to sign in, and the cookie it must carry
+    back to the callback (RFC 9700 section 4.7: the sign-in is bound to that browser)."""
+
+    url: str
+    cookie: str  # its name
+    browser: str  # its value
+    max_age: int  # seconds
 
 
 @dataclass(frozen=True)
@@ -164,10 +192,11 @@ class StepUpService:
 
     # -------------------------------------------------------------------------- open
 
-    def open(self, link: str) -> str:
+    def open(self, link: str) -> Opened:
         """Where to send the browser that opened `link`: the identity provider's sign-in, with
-        a fresh state, nonce and PKCE verifier kept for the answer. SignInRefused if the link
-        is unknown, used or expired (audited, with the request and approver it was for)."""
+        a fresh state, nonce and PKCE verifier kept for the answer, and the cookie that browser
+        must bring back. SignInRefused if the link is unknown, used or expired (audited, with
+        the request and approver it was for)."""
         now = self.clock.now()
         state, nonce, verifier = new_secret(), new_secret(), new_secret()
         with self.access.db.transaction() as session:
@@ -214,19 +243,23 @@ class StepUpService:
             self._refused(request_id, approver, None, failure.message, failure.reason)
             raise failure
         try:
-            return self.provider().authorization_url(
-                self.redirect_uri, state, nonce, verifier, hint
-            )
+            url = self.provider().authorization_url(self.redirect_uri, state, nonce, verifier, hint)
+            settings = self.access.policy.identity_provider
+            lifetime = int(settings.link_valid_for.total_seconds()) if settings else 0
+            return Opened(url, cookie_name(state), browser_secret(verifier), lifetime)
         except SignInRefused as failure:
             self._refused(request_id, approver, state, failure.message, failure.reason)
             raise
 
     # ------------------------------------------------------------------------ finish
 
-    def finish(self, state: str, code: str | None, error: str | None = None) -> Finished:
-        """The identity provider's answer: taken once; the approval applies only if the ID
-        token passes every check, names the person who clicked Approve, and that person may
-        still approve the request now. Every refusal is audited (`stepup.refused`)."""
+    def finish(
+        self, state: str, code: str | None, error: str | None = None, *, browser: str | None
+    ) -> Finished:
+        """The identity provider's answer: taken once; the approval applies only if it came
+        back to the browser that opened the link (`browser`: its cookie), the ID token passes
+        every check, names the person who clicked Approve, and that person may still approve
+        the request now. Every refusal is audited (`stepup.refused`)."""
         now = self.clock.now()
         with self.access.db.transaction() as session:
             taken = session.execute(
@@ -270,6 +303,22 @@ class StepUpService:
                 "more was done.",
                 "state_replayed",
                 record=False,  # its first answer's outcome stands
+            )
+        if browser is None or not hmac.compare_digest(
+            browser.encode(), browser_secret(verifier).encode()
+        ):
+            # Someone else opened the link and sent the approver the sign-in it led to (or
+            # the answer was copied to another browser): the code is not even exchanged.
+            return self._refused(
+                request_id,
+                key,
+                state,
+                f"This sign-in for request #{request_id} was finished in another browser than "
+                "the one that opened the sign-in link from Slack. If you did not click Approve "
+                "and open that link yourself just now, someone may be trying to approve with "
+                "your sign-in: tell security. Otherwise click Approve in Slack again and sign "
+                "in in the browser the link opens. Nothing was approved.",
+                "other_browser",
             )
         if late:
             return self._refused(
