@@ -317,3 +317,32 @@ class TestEntraDown(DirectoryStory):
         assert slack.click(APPROVE_ACTION, str(chloe), "U0BEN").status_code == 200
         slack.settle()
         assert service.get(chloe).state == S.ACTIVE
+
+    def test_two_processes_reading_the_directory_tell_security_once_per_outage(
+        self, slack: RunningApp, service: AccessService, clock: ManualClock, graph: FakeGraph
+    ) -> None:
+        # A second worker on the same database reads Graph for itself, through its own cache.
+        other_policy = service.policy.with_groups(
+            DirectoryGroups(service.policy, clock, env=ENV, sleep=lambda _s: None)
+        )
+        other = AccessService(service.db, other_policy, service.adapters, clock)
+        workers = [self.sweeps(slack, service), self.sweeps(slack, other)]
+
+        def tick(minutes: int) -> list[int]:
+            clock.advance(timedelta(minutes=minutes))
+            return [len(worker.directory_groups()) for worker in workers]
+
+        assert tick(0) == [0, 0]  # both read both groups at 03:00
+        graph.unavailable = True
+        assert tick(5) == [2, 0]  # the second finds each outage already told
+        assert tick(5) == [0, 0]
+        graph.unavailable = False
+        assert tick(5) == [2, 0]  # and each end
+        graph.unavailable = True  # a second outage is told again, once
+        assert tick(5) == [2, 0]
+        slack.settle()
+        said = [t.split(" from ")[0] for t in posts_to(slack, "C0SEC")]
+        assert sorted(said) == sorted(
+            [f"📇 Group {g} cannot be read" for g in ("clinical-systems", "ward7-leads")] * 2
+            + [f"✅ Group {g} is read" for g in ("clinical-systems", "ward7-leads")]
+        )

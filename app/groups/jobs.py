@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from app.groups import messages
@@ -22,7 +22,7 @@ from app.policy import rules
 from app.policy.model import Policy
 from app.policy.people import Person, identifiers
 from app.service import AccessService
-from app.store.models import AccessRequest, RequestState
+from app.store.models import AccessRequest, OutboxItem, RequestState
 
 log = logging.getLogger(__name__)
 LANE = "security"
@@ -61,19 +61,44 @@ class GroupsJob:
         read = cache.refresh()
         told: list[object] = []
         for change in cache.watch():
-            if self.alerts is not None:
-                text = messages.outage(change, policy.zone)
-                kind = "down" if change.down else "back"
-                key = f"groups:{change.group}:{kind}:{change.since.isoformat()}"[:100]
-                self.alerts.enqueue(
-                    LANE,
-                    [OutCall(POST, {"channel": policy.channels.security_alerts, "text": text})],
-                    key=key,
-                )
+            kind = "down" if change.down else "back"
+            if self.alerts is None:
+                told.append(change)
+            else:
+                # Every process reads the groups itself. What security was last told of this
+                # group, by any process, is in the outbox: an outage (or its end) already told
+                # is not told again. The key numbers the group's alerts, so two processes that
+                # find the same change at once write the same key and the outbox keeps one.
+                last, count = _last_told(self.service, change.group)
+                if last != kind:
+                    text = messages.outage(change, policy.zone)
+                    self.alerts.enqueue(
+                        LANE,
+                        [OutCall(POST, {"channel": policy.channels.security_alerts, "text": text})],
+                        key=f"groups:{change.group}:{kind}:{count + 1}"[:100],
+                    )
+                    told.append(change)
             cache.told(change)
-            told.append(change)
         # Leavers are looked for after a group is read well: between reads nothing changes.
         return told + list(end_leavers(self.service, cache) if read else [])
+
+
+def _last_told(service: AccessService, group: str) -> tuple[str | None, int]:
+    """What the security channel was last told of the group's outages by any process ('down',
+    'back', or None) and how many such alerts there have been."""
+    prefix = "groups:" + group.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ":"
+    ours = or_(
+        OutboxItem.key.like(prefix + "down:%", escape="\\"),
+        OutboxItem.key.like(prefix + "back:%", escape="\\"),
+    )
+    with service.db.read() as session:
+        count = session.scalar(select(func.count()).select_from(OutboxItem).where(ours)) or 0
+        key = session.scalar(
+            select(OutboxItem.key).where(ours).order_by(OutboxItem.id.desc()).limit(1)
+        )
+    if key is None:
+        return None, count
+    return key[len("groups:" + group) + 1 :].split(":")[0], count
 
 
 def _leaving(
