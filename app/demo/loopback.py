@@ -8,6 +8,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class _QuietServer(ThreadingHTTPServer):
+    # Connections waiting to be accepted. The default, 5, is overrun by a worker's calls
+    # to one target at once while the accepting thread waits for the interpreter: the kernel
+    # drops the connection and the client tries again a second later.
+    request_queue_size = 128
+
     def handle_error(self, request: object, client_address: object) -> None:
         # A client that gave up (a time-out under test) is expected; anything else is shown.
         if isinstance(sys.exc_info()[1], ConnectionError):

@@ -44,6 +44,7 @@ class TargetLanes:
         self._lock = threading.Lock()
         self._pools: dict[str, ThreadPoolExecutor] = {}
         self._busy: dict[str, int] = defaultdict(int)
+        self._freed = threading.Condition(self._lock)
 
     def room(self, target: str) -> int:
         with self._lock:
@@ -65,9 +66,18 @@ class TargetLanes:
         future.add_done_callback(lambda _f: self._done(target))
         return future
 
+    def wait_for_room(self, targets: Iterable[str], timeout: float) -> bool:
+        """Wait up to `timeout` seconds until one of these targets' lanes has room."""
+        wanted = list(targets)
+        with self._freed:
+            return self._freed.wait_for(
+                lambda: any(self._busy[t] < self.per_target for t in wanted), timeout
+            )
+
     def _done(self, target: str) -> None:
-        with self._lock:
+        with self._freed:
             self._busy[target] -= 1
+            self._freed.notify_all()
 
 
 class Heartbeat:

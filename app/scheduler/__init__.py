@@ -30,6 +30,7 @@ from app.store.db import is_database_error
 from app.store.models import RequestState
 
 log = logging.getLogger(__name__)
+EXPIRY_HOLD = 1.0  # seconds the expiry sweep goes on claiming a wave as target lanes free up
 # How often a sweep ticks: every second (expiry), every few seconds (takeover of lapsed claims;
 # probes of targets with failed revokes), on the sweep interval, or on the checkpoint interval.
 # Every public method of Sweeps but catch_up carries one (a test checks it), and `schedule`
@@ -123,7 +124,9 @@ class Sweeps:
         """Revoke grants whose time is up; in a process, returns those taken (each is told
         once recorded); in a test, those recorded."""
         if self.background:
-            return self.service.expire_due(wait=False, on_done=self._tell_one)
+            # Claiming goes on as lanes free up, for up to a second (the tick): a wave is not
+            # held to one lane's worth of grants a tick.
+            return self.service.expire_due(wait=False, on_done=self._tell_one, hold=EXPIRY_HOLD)
         ids = self.service.expire_due()
         self._tell(ids)
         return ids

@@ -7,6 +7,7 @@ so a crash in between is found and finished by `reconcile`.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -51,6 +52,9 @@ REVOKE_BATCH = 200
 # Expiries go in smaller batches: several workers share a wave (each holds at most its lanes'
 # worth of claims), and a worker that dies leaves few claims to take over.
 EXPIRY_BATCH = 20
+# An expiry on a target without batches: this many revokes, one after another, to a lane slot
+# (each still one call per grant), so a claim takes more than one grant per slot.
+EXPIRY_CHUNK = 5
 # Outcomes of one-call-per-grant revokes recorded together (or fewer, once no call is left).
 RECORD_EVERY = 25
 
@@ -553,6 +557,7 @@ class GrantCases(ServiceBase):
         *,
         wait: bool = True,
         on_done: OnDone | None = None,
+        hold: float = 0.0,
     ) -> list[int]:
         """Revoke every grant whose time is up (the expiry sweep calls this). Claims a batch at
         a time, skipping rows other workers hold, so several workers share a wave of
@@ -560,18 +565,45 @@ class GrantCases(ServiceBase):
         lane (`revoke_claimed`) and are recorded as they come, so a hung target delays only
         its own grants; a target whose lane is full is left for the next tick (or another
         worker). With `wait` it returns once they are recorded (ended, or failed and to be
-        retried); without, at once, and `on_done` is called as each is recorded."""
+        retried); without, once they are handed to the lanes, and `on_done` is called as each
+        is recorded. `hold`: without `wait`, go on claiming for up to this long as lanes free
+        up (a wave is not capped at one lane's worth per tick); with it, each batch is waited
+        for anyway."""
         taken: list[int] = []
+        until = time.monotonic() + hold
         while len(taken) < limit:
             work, others = self._claim_due(min(batch, limit - len(taken)))
             if not work:
-                break
-            futures = self.revoke_claimed(work, others, on_done=on_done, batch=EXPIRY_BATCH)
+                full = self.lanes.full(self.adapters)
+                left = until - time.monotonic()
+                if wait or not full or left <= 0 or not self._due_on(full):
+                    break
+                self.lanes.wait_for_room(full, left)
+                continue
+            futures = self.revoke_claimed(
+                work, others, on_done=on_done, batch=EXPIRY_BATCH, chunk=EXPIRY_CHUNK
+            )
             taken += [req.id for req in work]
             if wait:
                 for future in futures:
                     future.result()
         return taken
+
+    def _due_on(self, targets: list[str]) -> bool:
+        """Is any grant on these targets due now (waiting for their lanes)?"""
+        with self.db.read() as session:
+            return (
+                session.scalar(
+                    select(AccessRequest.id)
+                    .where(
+                        AccessRequest.state == S.ACTIVE.value,
+                        AccessRequest.expires_at <= self.clock.now(),
+                        AccessRequest.target.in_(targets),
+                    )
+                    .limit(1)
+                )
+                is not None
+            )
 
     def _claim_due(self, batch: int) -> tuple[list[AccessRequest], dict[int, int | None]]:
         """Take up to `batch` due grants on targets whose lane has room, marked revoking in
@@ -589,7 +621,7 @@ class GrantCases(ServiceBase):
             ).all()
             # A lane slot takes one grant, or a whole batch where the target revokes in batches.
             room = {
-                t: self.lanes.room(t) * (EXPIRY_BATCH if self._batches(t) else 1)
+                t: self.lanes.room(t) * (EXPIRY_BATCH if self._batches(t) else EXPIRY_CHUNK)
                 for t in {r.target for r in due}
             }
             work: list[AccessRequest] = []
@@ -678,11 +710,13 @@ class GrantCases(ServiceBase):
         on_done: OnDone | None = None,
         on_recorded: Callable[[list[int]], None] | None = None,
         batch: int = REVOKE_BATCH,
+        chunk: int = 1,
     ) -> list[Future[None]]:
         """Take away on their targets grants this worker has claimed (revoking), each target
         in its own lane: in batches of REVOKE_BATCH where the target has a batch call (one
         call, then one read of who still holds the entitlement; `batch` at most to a call and
-        to a lane slot), else one call per grant,
+        to a lane slot), else one call per grant (`chunk` of them, one after another, to a
+        lane slot),
         `concurrency` at once. Outcomes are recorded as they come, many to a transaction
         (`_record_outcomes`); `on_done(id)` after each is recorded, `on_recorded(ids)` after
         each transaction. The futures end when everything is recorded."""
@@ -694,8 +728,8 @@ class GrantCases(ServiceBase):
             recorder = _Recorder(self, len(rows), on_done, on_recorded)
             if self.heartbeat is not None:
                 self.heartbeat.hold([r.id for r in rows])
-            size = min(batch, REVOKE_BATCH) if self._batches(target) else 1
-            work = self._batch_job if size > 1 else self._one_job
+            size = min(batch, REVOKE_BATCH) if self._batches(target) else chunk
+            work = self._batch_job if self._batches(target) else self._one_job
             for start in range(0, len(rows), size):
                 job = self._job(work, rows[start : start + size], others, recorder)
                 futures.append(self.lanes.submit(target, job))
