@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from app.cli import main
 from app.clock import ManualClock
 from app.demo.slack_fake import FakeSlack, SlackUser
-from app.groups import DirectoryGroups, describe, with_directory_groups
+from app.groups import DirectoryGroups, describe, path_groups, with_directory_groups
 from app.groups.jobs import Ended, GroupsJob
 from app.metrics import WardKeyCollector
 from app.policy import Policy, PolicyError
@@ -606,6 +606,55 @@ class TestEntraGroups:
         policy, _cache, _ = self.setup(graph, clock, group=str(uuid.uuid4()))
         assert policy.members_of("clinical-systems") == []
         assert "there is no group" in describe(policy, "clinical-systems")
+
+
+class TestCardLine:
+    """The approver card says where a directory group's approvers came from and how fresh."""
+
+    def test_fresh_then_unreadable_then_stale_and_never_open(
+        self, graph: FakeGraph, clock: ManualClock
+    ) -> None:
+        leads = graph.add_group()
+        graph.groups[leads].add(
+            graph.add_user("ben.h@wardtrust.onmicrosoft.com", "ben@ward.nhs.uk")
+        )
+        group = {"entra": {"group": leads, "target": "cloud"}, "stale_after": "1h"}
+        text = ward_policy(
+            {"ward7-leads": group},
+            {"cloud": entra_target(graph.authority, graph.graph_url)},
+            clinical=[{"group": "ward7-leads"}, {"group": "managers"}],
+        )
+        policy, cache = cached(text, clock)
+        origin = f"ward7-leads per Entra ID group {leads}"
+        # Drawing a card never waits on the directory: before the first read it says so.
+        assert path_groups(policy, "clinical") == [
+            f"{origin}: not read yet, so nobody in it can approve"
+        ]
+        assert graph.requests == []
+        cache.refresh()  # 03:00
+        assert path_groups(policy, "clinical") == [f"{origin}, read 03:00"]
+        assert path_groups(policy, "admin") == []  # listed groups add nothing
+        graph.unavailable = True
+        clock.advance(timedelta(minutes=30))
+        cache.refresh()
+        assert path_groups(policy, "clinical") == [f"{origin}, read 03:00 (unreadable since 03:30)"]
+        clock.advance(timedelta(minutes=31))
+        assert path_groups(policy, "clinical") == [
+            f"{origin}: unreadable since 03:30, last read 03:00, so nobody in it can approve"
+        ]
+        assert policy.members_of("ward7-leads") == []
+
+    def test_a_process_that_does_not_read_the_directory_says_so(self) -> None:
+        from app.policy import parse_policy as parse_manifest
+
+        text = ward_policy(
+            {"ward7-leads": {"ldap": {"group": LEADS, "target": "directory"}}},
+            clinical=[{"group": "ward7-leads"}],
+        )
+        policy = parse_manifest(text, "test policy")
+        assert path_groups(policy, "clinical") == [
+            f"ward7-leads per LDAP group {LEADS}: not read here, so nobody in it can approve"
+        ]
 
 
 class TestWithoutACache:

@@ -346,3 +346,26 @@ class TestEntraDown(DirectoryStory):
             [f"📇 Group {g} cannot be read" for g in ("clinical-systems", "ward7-leads")] * 2
             + [f"✅ Group {g} is read" for g in ("clinical-systems", "ward7-leads")]
         )
+
+    def test_the_card_says_where_directory_approvers_came_from_and_how_fresh(
+        self, slack: RunningApp, service: AccessService, clock: ManualClock, graph: FakeGraph
+    ) -> None:
+        leads = service.policy.directory_groups()["ward7-leads"].entra
+        assert leads is not None
+        origin = f"📇 ward7-leads per Entra ID group {leads.group}"
+
+        def card_lines(rid: int) -> list[str]:
+            [card] = cards(slack, rid)["U0BEN"]
+            text = json.dumps(card.args["blocks"], ensure_ascii=False)
+            return [line for line in text.replace('"', "\\n").split("\\n") if "📇" in line]
+
+        sweeps = self.sweeps(slack, service)
+        assert sweeps.directory_groups() == []  # read at 03:00
+        first = request_id(ask(slack))
+        assert card_lines(first) == [f"{origin}, read 03:00"]
+        graph.unavailable = True  # Graph goes down at 03:05
+        clock.advance(timedelta(minutes=5))
+        sweeps.directory_groups()
+        clock.advance(timedelta(minutes=45))  # 03:50: the last good read still answers
+        second = request_id(ask(slack, "U0CHLOE"))
+        assert card_lines(second) == [f"{origin}, read 03:00 (unreadable since 03:05)"]

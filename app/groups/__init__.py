@@ -12,6 +12,7 @@ from app.groups.cache import (
     GroupStatus,
     describe,
     groups_now,
+    path_groups,
     with_directory_groups,
 )
 from app.groups.readers import GroupReader, GroupUnreadable, Membership, where_from
@@ -25,6 +26,7 @@ __all__ = [
     "Membership",
     "describe",
     "groups_now",
+    "path_groups",
     "where_from",
     "with_directory_groups",
 ]

@@ -302,8 +302,52 @@ class DirectoryGroups:
             )
         return f"{origin}: {people}{off}, read {at}"
 
+    def card_line(self, name: str) -> str:
+        """Where the group's approvers came from and how fresh, in the approver card's words
+        ('per Entra ID group 1b2c…, read 03:12'), without asking the directory."""
+        origin = f"per {where_from(self.groups[name])}"
+        read = self._fresh(name, read_if_due=False)
+        state = self._states[name]
+        with state.lock:
+            read_at, failing_since = state.read_at, state.failing_since
+        if read_at is None:
+            return f"{origin}: not read yet, so nobody in it can approve"
+        if read is None:
+            return (
+                f"{origin}: unreadable since {self._local(failing_since)}, last read "
+                f"{self._local(read_at)}, so nobody in it can approve"
+            )
+        if failing_since is not None:
+            return (
+                f"{origin}, read {self._local(read_at)} (unreadable since "
+                f"{self._local(failing_since)})"
+            )
+        return f"{origin}, read {self._local(read_at)}"
+
     def _local(self, at: datetime | None) -> str:
         return "?" if at is None else at.astimezone(self.zone).strftime("%H:%M")
+
+
+def path_groups(policy: Policy, path: str) -> list[str]:
+    """One line for each directory group among the approvers of `path`, for the approver
+    card: where its approvers came from and how fresh that is, 'ward7-leads per LDAP group
+    CN=Ward 7 Leads,…, read 03:55'. Listed groups add nothing."""
+    spec = policy.paths.get(path)
+    directory = policy.directory_groups()
+    lookup = policy.group_lookup
+    lines: list[str] = []
+    for approver in spec.approvers if spec else []:
+        name = approver.group
+        if name is None or name not in directory:
+            continue
+        if isinstance(lookup, DirectoryGroups) and name in lookup.groups:
+            lines.append(f"{name} {lookup.card_line(name)}")
+        else:
+            lines.append(
+                f"{name} per {where_from(directory[name])}: not read here, so nobody in it "
+                "can approve"
+            )
+    return list(dict.fromkeys(lines))
 
 
 def with_directory_groups(

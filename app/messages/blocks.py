@@ -180,6 +180,8 @@ class CardContext:
     names: Names = SLACK_SHOWS
     # Where "on call now" came from and how fresh, one line per rota approving the path.
     on_call_from: tuple[str, ...] = ()
+    # Where the approvers of each directory group approving the path came from, and how fresh.
+    groups_from: tuple[str, ...] = ()
     # The path needs a fresh sign-in with the identity provider to approve (step_up).
     step_up: bool = False
 
@@ -221,8 +223,11 @@ def _summary(view: RequestView, ctx: CardContext) -> list[Block]:
 def approver_card(view: RequestView, ctx: CardContext) -> list[Block]:
     """The card approvers see: context, progress and, while pending, Approve and Deny."""
     blocks = _summary(view, ctx)
-    if ctx.on_call_from:
-        lines = "\n".join(f"📅 {inert(line)}" for line in ctx.on_call_from)
+    if ctx.on_call_from or ctx.groups_from:
+        lines = "\n".join(
+            [f"📅 {inert(line)}" for line in ctx.on_call_from]
+            + [f"📇 {inert(line)}" for line in ctx.groups_from]
+        )
         blocks.append(ContextBlock(elements=[words(lines)]))
     blocks.append(ContextBlock(elements=[words(outcome_line(view, ctx.zone, ctx.names))]))
     if view.state == S.PENDING:

@@ -27,6 +27,7 @@ from slack_sdk.models.blocks import Block
 from sqlalchemy import select
 
 from app.directory import SlackDirectory, slack_unwell
+from app.groups import path_groups
 from app.lockdown import messages as lockdown_messages
 from app.lockdown.service import Lockdowns
 from app.messages.blocks import (
@@ -396,6 +397,7 @@ class Notifier:
             zone=self.zone,
             names=self.names,
             on_call_from=tuple(path_sources(self.service.policy, view.path)),
+            groups_from=tuple(path_groups(self.service.policy, view.path)),
             step_up=path.step_up if path else False,
         )
 
