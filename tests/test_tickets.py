@@ -38,7 +38,7 @@ from app.slack.app import web_client
 from app.store import AuditEvent, Database
 from app.store.models import RequestState as S
 from app.tickets import TicketDesk, TicketNotFound, TicketUnreadable
-from tests.conftest import HERE
+from tests.conftest import HERE, audit_actions
 from tests.fakes.jira import FakeJira, adf_text
 from tests.fakes.memory_adapter import MemoryTarget
 from tests.fakes.servicenow import FakeServiceNow
@@ -281,6 +281,19 @@ class TestCheckedAgainAtApproval(TicketStory):
         slack.settle()
         assert service.get(rid).state == S.ACTIVE
         assert "ticket.recheck_unanswered" in caplog.text
+        # The audit trail says the grant went ahead on the check made at request, and why.
+        trail = audit_actions(service, rid)
+        assert trail.index("ticket.recheck_unanswered") < trail.index("grant.succeeded"), trail
+        with service.db.read() as session:
+            body = session.scalars(
+                select(AuditEvent.body).where(
+                    AuditEvent.request_id == rid,
+                    AuditEvent.action == "ticket.recheck_unanswered",
+                )
+            ).one()
+        data = json.loads(body)["data"]
+        assert (data["system"], data["ticket"]) == ("servicenow", "INC0012345")
+        assert data["reason"]
 
 
 class TestServiceNowDown(TicketStory):

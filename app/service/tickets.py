@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app import audit
 from app.policy.tickets import TicketFacts, refusal
 from app.service.grants import GrantCases
 from app.store.models import AccessRequest, Decision, RequestState, TicketNote
@@ -287,8 +288,19 @@ def closed_since_asked(service: GrantCases, request_id: int) -> str | None:
         )
     except TicketNotFound:
         return f"{ticket} was no longer in the ticket system when the request was approved"
-    except TicketUnreadable:
+    except TicketUnreadable as exc:
+        # The access is granted on the check made when it was asked for: the audit trail
+        # says the ticket could not be checked again, and why.
         log.warning("ticket.recheck_unanswered request=%s ticket=%s", request_id, ticket)
+        with service.db.transaction() as session:
+            audit.append(
+                session,
+                at=service.clock.now(),
+                action="ticket.recheck_unanswered",
+                actor="wardkey",
+                request_id=request_id,
+                data={"system": system, "ticket": ticket, "reason": str(exc)[:300]},
+            )
         return None
     if not facts.open:
         return f"{facts.key} was {facts.state} in {facts.label} when the request was approved"
