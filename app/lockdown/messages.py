@@ -90,7 +90,7 @@ def progress_message(progress: Progress, zone: ZoneInfo, names: Names) -> tuple[
         f"🔒 *Lockdown of `{target}`* by {who} at {clock_time(view.started_at, zone)}: "
         f"{inert(view.reason)[:1000]}"
     )
-    if progress.done and progress.total == progress.removed:
+    if progress.done:
         state = f"✅ All {progress.total:,} removed and checked on the target."
         if not progress.total:
             state = "✅ No active grant to remove."

@@ -92,7 +92,7 @@ class Progress:
     lockdown: LockdownView
     total: int  # grants this lockdown is taking away
     removed: int  # ended, with the target read back
-    working: int  # being revoked now
+    working: int  # being revoked now, or still to be taken
     failed: list[FailedRevoke] = field(default_factory=list)
     cancelled: int = 0  # waiting requests cancelled
 
@@ -184,9 +184,22 @@ class Lockdowns:
                 )
             ]
             view = LockdownView.of(row)
+            # Grants on the target not taken yet (the round is about to claim them, or a grant
+            # under way when the lockdown came has just finished): still to remove.
+            left = 0
+            if view.in_force:
+                left = int(
+                    session.scalar(
+                        select(func.count()).where(
+                            AccessRequest.target == view.target,
+                            AccessRequest.state.in_([S.ACTIVE.value, S.GRANTING.value]),
+                        )
+                    )
+                    or 0
+                )
         removed = counts.get(S.ENDED.value, 0)
-        working = counts.get(S.REVOKING.value, 0)
-        total = max(view.grants, removed + working + len(failed))
+        working = counts.get(S.REVOKING.value, 0) + left
+        total = removed + working + len(failed)
         return Progress(view, total, removed, working, failed, counts.get(S.CANCELLED.value, 0))
 
     def progress_message(self, lockdown_id: int) -> tuple[str, str] | None:
