@@ -31,6 +31,7 @@ from app.store.models import (
     AccessRequest,
     AuditEvent,
     InboxState,
+    Lockdown,
     OutboxItem,
     OutboxState,
     RequestState,
@@ -187,8 +188,26 @@ class WardKeyCollector(Collector):
             value=int(outbox_failed or 0),
         )
         yield from _directory_groups(now)
+        yield from _lockdowns(self.db, now)
         yield from _oncall_sources(now)
         yield from _ticket_notes(self.db, now)
+
+
+def _lockdowns(db: Database, now: datetime) -> Iterator[Metric]:
+    """Targets locked down now (app/lockdown), and for how long: a lockdown left in force
+    after the incident keeps everyone off the target."""
+    with db.read() as session:
+        rows = session.execute(
+            select(Lockdown.target, Lockdown.started_at).where(Lockdown.lifted_at.is_(None))
+        ).all()
+    seconds = GaugeMetricFamily(
+        "wardkey_lockdown_seconds",
+        "Targets locked down now (/jit lockdown), by how long they have been.",
+        labels=["target"],
+    )
+    for target, started_at in rows:
+        seconds.add_metric([target], _age(now, started_at))
+    yield seconds
 
 
 def _ticket_notes(db: Database, now: datetime) -> Iterator[Metric]:

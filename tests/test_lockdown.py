@@ -27,6 +27,7 @@ from app.demo.webhook_target import WebhookTarget
 from app.directory import SlackDirectory
 from app.lockdown.messages import CONFIRM_VIEW, REASON_ACTION, REASON_BLOCK
 from app.lockdown.service import Lockdowns
+from app.metrics import metrics_text
 from app.notify.notifier import Notifier
 from app.policy import Policy, load_policy
 from app.scheduler import Sweeps
@@ -49,6 +50,7 @@ from tests.fakes.big_trust import (
 from tests.fakes.memory_adapter import MemoryTarget
 from tests.slack_harness import RunningApp, run_app
 from tests.test_concurrency import all_at_once
+from tests.test_metrics import samples
 
 REASON = "fix stuck order set on ward 12"
 WHY = "suspected compromise of the pharmacy admin account"
@@ -301,6 +303,17 @@ class TestTheLockdownHolds:
         assert len({view.id for view, _ in results}) == 1
         assert sorted(new for _, new in results) == [False, False, False, True]
         assert len(events(service, "lockdown.started")) == 1
+
+    def test_metrics_say_which_targets_are_locked_down_and_for_how_long(
+        self, service: AccessService, clock: ManualClock
+    ) -> None:
+        Lockdowns(service).start(GITA, "pharmacy-db", WHY)
+        clock.advance(timedelta(minutes=20))
+        got = samples(metrics_text(service.db, clock).decode())
+        assert got[("wardkey_lockdown_seconds", (("target", "pharmacy-db"),))] == 1200
+        Lockdowns(service).lift(GITA, "pharmacy-db")
+        got = samples(metrics_text(service.db, clock).decode())
+        assert not [key for key in got if key[0] == "wardkey_lockdown_seconds"]
 
     def test_lockdown_and_lift_are_for_security_admins_with_a_reason(
         self, service: AccessService
