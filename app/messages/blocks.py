@@ -143,10 +143,11 @@ def words(text: str) -> MarkdownTextObject:
     return MarkdownTextObject(text=text, verbatim=True)
 
 
-def ticket_field(view: RequestView) -> str:
+def ticket_field(view: RequestView, zone: ZoneInfo) -> str:
     """The card's ticket: as typed; or, checked in the path's ticket system, a link to it with
-    its state and title as the system showed them; or marked for the approver to check, when
-    the system did not answer and the path lets the request go on."""
+    its state and title as the system showed them, and when it was checked (the state is not
+    followed while the request waits: the final approval checks it again); or marked for the
+    approver to check, when the system did not answer and the path lets the request go on."""
     if not view.ticket:
         return "*Ticket*\nnone"
     check = view.ticket_check
@@ -159,6 +160,7 @@ def ticket_field(view: RequestView) -> str:
     if check.checked_at is None:
         return f"*Ticket*\n{name}\n:warning: {escape(check.state)}; check it before approving"
     state = f" · {inert(check.state)}" if check.state else ""
+    state += f" (checked {clock_time(check.checked_at, zone)})"
     title = f"\n{inert(check.title)}" if check.title else ""
     return f"*Ticket*\n{name}{state}{title}"
 
@@ -203,7 +205,7 @@ def _summary(view: RequestView, ctx: CardContext) -> list[Block]:
         MarkdownTextObject(
             text=f"*Path*\n{_RISK_ICON.get(ctx.risk, '')} {view.path} ({ctx.risk} risk)"
         ),
-        words(ticket_field(view)),
+        words(ticket_field(view, ctx.zone)),
     ]
     history = plural(ctx.elevations_30_days, "elevation", zero="no elevations")
     history = history[0].upper() + history[1:] + " in the last 30 days"
