@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 import yaml
@@ -27,6 +28,7 @@ from app.directory import SlackDirectory
 from app.groups import DirectoryGroups
 from app.messages.blocks import APPROVE_ACTION
 from app.notify.notifier import Notifier
+from app.oncall import OnCall
 from app.policy import Policy
 from app.policy_targets import parse_policy
 from app.scheduler import Sweeps
@@ -38,6 +40,7 @@ from tests import slapd
 from tests.conftest import HERE
 from tests.conftest import audit_actions as actions
 from tests.fakes.graph import FakeGraph
+from tests.fakes.pagerduty import FakePagerDuty
 from tests.slack_harness import RunningApp, SlackOnSqlite, run_app
 from tests.test_groups import (
     CLIENT,
@@ -52,6 +55,8 @@ from tests.test_groups import (
     seed_ward7,
 )
 from tests.test_ldap_adapter import need_slapd
+from tests.test_oncall_slack import TOKEN as PD_TOKEN
+from tests.test_oncall_slack import pagerduty_source
 
 REQUEST = "pharmacy-db:read 30m fix stuck order set on ward 7"
 
@@ -369,3 +374,62 @@ class TestEntraDown(DirectoryStory):
         clock.advance(timedelta(minutes=45))  # 03:50: the last good read still answers
         second = request_id(ask(slack, "U0CHLOE"))
         assert card_lines(second) == [f"{origin}, read 03:00 (unreadable since 03:05)"]
+
+
+class TestAdNurseRoutedToThePagerDutyOnCall(DirectoryStory):
+    """The issue's first story whole: a nurse in an AD group (read from slapd) asks, and the
+    request goes to whoever PagerDuty has on call, nobody else."""
+
+    @pytest.fixture
+    def pagerduty(self) -> Iterator[FakePagerDuty]:
+        server = FakePagerDuty(PD_TOKEN).start()
+        yield server
+        server.stop()
+
+    @pytest.fixture
+    def policy(
+        self, directory: slapd.Slapd, pagerduty: FakePagerDuty, clock: ManualClock
+    ) -> Policy:
+        now = clock.now()
+        pagerduty.on_call(
+            "PWARD07",
+            "PCHLOE1",
+            "chloe@ward.nhs.uk",
+            now - timedelta(hours=1),
+            now + timedelta(hours=5),
+        )
+        pagerduty.on_call("POTHER1", "PDEV001", "dev@ward.nhs.uk", now - timedelta(hours=1), None)
+        data = yaml.safe_load((HERE / "data" / "ward_policy.yaml").read_text())
+        data["groups"]["clinical-systems"] = {
+            "ldap": {"group": NURSES, "target": "ward-directory"},
+            "refresh_every": "5m",
+            "stale_after": "1h",
+        }
+        data["targets"]["ward-directory"] = ldap_target(directory.url)
+        data["paths"]["clinical"]["approvers"] = [{"rota": "clinical-oncall"}]
+        data["oncall"]["clinical-oncall"] = {
+            "source": pagerduty_source(pagerduty),
+            "escalation": "managers",
+        }
+        policy = parse_policy(yaml.safe_dump(data), "test policy")
+        env = {**ENV, "PAGERDUTY_TOKEN": PD_TOKEN}
+        groups = DirectoryGroups(policy, clock, env=env, sleep=lambda _s: None)
+        on_call = OnCall(policy, clock, client=httpx.Client(), env=env)
+        return policy.with_groups(groups).with_on_call(on_call)
+
+    def test_the_ad_nurse_reaches_exactly_the_pagerduty_on_call(
+        self, slack: RunningApp, service: AccessService, pagerduty: FakePagerDuty
+    ) -> None:
+        rid = request_id(ask(slack))
+        sent = cards(slack, rid)
+        assert list(sent) == ["U0CHLOE"]  # Amira is in the AD group; Chloe is on call
+        text = json.dumps(sent["U0CHLOE"][0].args["blocks"])
+        assert "clinical-oncall on call per PagerDuty schedule PWARD07, read 03:00" in text
+        assert slack.click(APPROVE_ACTION, str(rid), "U0DEV").status_code == 200
+        slack.settle()
+        assert service.get(rid).state == S.PENDING  # on call elsewhere: not an approver here
+        assert slack.click(APPROVE_ACTION, str(rid), "U0CHLOE").status_code == 200
+        slack.settle()
+        assert service.get(rid).state == S.ACTIVE
+        # Chloe, on call but in no ward 7 nurses group in AD, may not ask for it herself.
+        assert "not eligible for pharmacy-db:read" in ask(slack, "U0CHLOE")
