@@ -433,3 +433,61 @@ class TestAdNurseRoutedToThePagerDutyOnCall(DirectoryStory):
         assert service.get(rid).state == S.ACTIVE
         # Chloe, on call but in no ward 7 nurses group in AD, may not ask for it herself.
         assert "not eligible for pharmacy-db:read" in ask(slack, "U0CHLOE")
+
+
+class TestLdapDown(DirectoryStory):
+    """An LDAP directory that stops answering (here: it refuses WardKey's bind, as after a
+    password change nobody told WardKey of) takes the documented path: the last good read
+    until stale_after, security told once, then nobody in the group: never open."""
+
+    env: dict[str, str]
+
+    @pytest.fixture
+    def policy(self, directory: slapd.Slapd, clock: ManualClock) -> Policy:
+        self.env = dict(ENV)
+
+        def group(dn: str) -> dict[str, Any]:
+            return {
+                "ldap": {"group": dn, "target": "ward-directory"},
+                "refresh_every": "5m",
+                "stale_after": "1h",
+                "revoke_leavers": True,
+            }
+
+        return directory_policy(
+            {"clinical-systems": group(NURSES), "ward7-leads": group(LEADS)},
+            {"ward-directory": ldap_target(directory.url)},
+            clock,
+            self.env,
+        )
+
+    def test_last_good_read_until_stale_after_then_nobody_never_open(
+        self, slack: RunningApp, service: AccessService, clock: ManualClock
+    ) -> None:
+        sweeps = self.sweeps(slack, service)
+        assert sweeps.directory_groups() == []  # read at 03:00
+        self.env["DIRECTORY_PASSWORD"] = "rotated-elsewhere"  # the bind is refused from 03:05
+        clock.advance(timedelta(minutes=5))
+        assert len(sweeps.directory_groups()) == 2  # one message for each group
+        clock.advance(timedelta(minutes=5))
+        assert sweeps.directory_groups() == []
+        down = [t for t in posts_to(slack, "C0SEC") if "cannot be read" in t]
+        assert len(down) == 2 and all("last good read (03:00) until 04:00" in t for t in down)
+        # 03:50: Amira asks, and her card goes to Ben, both from the last good read.
+        clock.advance(timedelta(minutes=40))
+        rid = request_id(ask(slack))
+        assert list(cards(slack, rid)) == ["U0BEN"]
+        # 04:01: stale: nobody is in either group, so Ben may not approve and nobody may ask.
+        clock.advance(timedelta(minutes=11))
+        assert slack.click(APPROVE_ACTION, str(rid), "U0BEN").status_code == 200
+        slack.settle()
+        assert service.get(rid).state == S.PENDING
+        assert service.policy.members_of("clinical-systems") == []
+        assert service.policy.members_of("ward7-leads") == []
+        # The directory answers again (the password put right): Ben approves.
+        self.env["DIRECTORY_PASSWORD"] = ENV["DIRECTORY_PASSWORD"]
+        clock.advance(timedelta(minutes=5))
+        assert len(sweeps.directory_groups()) == 2  # security told once for each group
+        assert slack.click(APPROVE_ACTION, str(rid), "U0BEN").status_code == 200
+        slack.settle()
+        assert service.get(rid).state == S.ACTIVE

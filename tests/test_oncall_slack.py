@@ -430,3 +430,85 @@ class TestPagerDutyDown(SourcedStory):
             "📅 Who is on call for clinical-oncall cannot be read",
             "✅ Who is on call for clinical-oncall is read",
         ]
+
+
+class TestEachSourceDownFallsBackThenEscalates(SourcedStory):
+    """Opsgenie and a rostering export going down take the same documented path as PagerDuty:
+    the last good read until `stale_after` (security told once), then nobody from the rota,
+    the escalation group at once, never open."""
+
+    @pytest.fixture(params=["opsgenie", "roster"])
+    def kind(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    @pytest.fixture
+    def opsgenie(self) -> Iterator[FakeOpsgenie]:
+        server = FakeOpsgenie(GENIE_KEY).start()
+        yield server
+        server.stop()
+
+    @pytest.fixture
+    def export(self, tmp_path: Path) -> Path:
+        path = tmp_path / "ward7.ics"
+        path.write_text(
+            ROSTER_HEAD
+            + shift("night", "20261129T200000", "20261130T080000", "ben@ward.nhs.uk")
+            + "END:VCALENDAR\r\n"
+        )
+        return path
+
+    @pytest.fixture
+    def policy(self, kind: str, opsgenie: FakeOpsgenie, export: Path, clock: ManualClock) -> Policy:
+        timing = {"refresh_every": "5m", "stale_after": "1h"}
+        if kind == "roster":
+            source = {"roster": {"file": str(export), "format": "ics"}, **timing}
+            return sourced_policy(source, clock, {}, sla=False)
+        opsgenie.on_call("ward7-nic", "ben@ward.nhs.uk", NIGHT - timedelta(hours=1), NIGHT)
+        opsgenie.on_call("ward7-nic", "ben@ward.nhs.uk", NIGHT, NIGHT + timedelta(hours=5))
+        source = {
+            "opsgenie": {
+                "schedule": "ward7-nic",
+                "token_env": "OPSGENIE_KEY",
+                "api_url": opsgenie.base_url,
+                "insecure": True,
+            },
+            **timing,
+        }
+        return sourced_policy(source, clock, {"OPSGENIE_KEY": GENIE_KEY}, sla=False)
+
+    def test_last_good_read_then_the_escalation_group_never_open(
+        self,
+        kind: str,
+        slack: RunningApp,
+        service: AccessService,
+        clock: ManualClock,
+        opsgenie: FakeOpsgenie,
+        export: Path,
+    ) -> None:
+        sweeps = self.sweeps(slack, service)
+        assert sweeps.oncall_sources() == 0  # read at 03:00
+        if kind == "roster":
+            export.write_text("BEGIN:VCALENDAR\r\nthe e-roster's export job died here")
+        else:
+            opsgenie.failures = [500] * 1000
+        clock.advance(timedelta(minutes=5))
+        assert sweeps.oncall_sources() == 1  # security told once
+        clock.advance(timedelta(minutes=5))
+        assert sweeps.oncall_sources() == 0
+        [down] = [t for t in posts_to(slack, "C0SEC") if "cannot be read" in t]
+        assert "since 03:05" in down and "last good read (03:00) until 04:00" in down
+        # 03:50: the last good read still answers.
+        clock.advance(timedelta(minutes=40))
+        rid = ask(slack)
+        assert list(cards(slack, rid)) == ["U0BEN"]
+        # 04:01: stale. Nobody from the rota; the managers get the card at once.
+        clock.advance(timedelta(minutes=11))
+        late = ask(slack, "U0CHLOE")
+        assert sorted(cards(slack, late)) == ["U0GITA", "U0HANA"]
+        assert "approval.unreachable" in actions(service, late)
+        assert slack.click(APPROVE_ACTION, str(late), "U0BEN").status_code == 200
+        slack.settle()
+        assert service.get(late).state == S.PENDING  # never open
+        assert slack.click(APPROVE_ACTION, str(late), "U0HANA").status_code == 200
+        slack.settle()
+        assert service.get(late).state == S.ACTIVE
