@@ -172,6 +172,39 @@ class TestConfirmersAtOnce:
         assert targets["pharmacy-db"].holds("amira", "pharmacy_read")
 
 
+class TestBudgetsAtOnce:
+    """The limits hold when uses come at the same instant: each use is checked against the
+    uses before it, so two at once cannot both slip under a limit that allows one."""
+
+    @pytest.fixture
+    def policy(self, tmp_path: Path) -> Policy:
+        return ward_policy(
+            tmp_path, limits={"per_group": {"clinical-systems": {"uses_per_day": 1}}}
+        )
+
+    def test_two_people_breaking_glass_at_once_on_a_one_a_day_budget_get_one_use_one_hold(
+        self, service: AccessService, targets: dict[str, MemoryTarget]
+    ) -> None:
+        people = [AMIRA, BEN]  # both clinical-systems: one break-glass a day between them
+        results, errors = all_at_once(
+            2,
+            lambda n: service.break_glass(
+                people[n], "pharmacy-db", "read", WHY, timedelta(minutes=30)
+            ),
+        )
+        assert not errors, errors
+        views = {v.state: v for v in results}  # type: ignore[attr-defined]
+        assert sorted(views) == sorted([S.ACTIVE, S.PENDING]), results
+        held = views[S.PENDING]
+        words = last_event(service, held.id, "breakglass.held")["held_for"]
+        assert "per_group.clinical-systems.uses_per_day allows 1" in words[0], words
+        holders = [
+            who for who in ("amira", "ben") if targets["pharmacy-db"].holds(who, "pharmacy_read")
+        ]
+        assert len(holders) == 1, holders
+        assert audit_actions(service).count("breakglass.started") == 1
+
+
 class TestRefusePolicy:
     @pytest.fixture
     def policy(self, tmp_path: Path) -> Policy:

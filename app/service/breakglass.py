@@ -11,12 +11,12 @@ this reads the facts they need in one read transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, text
 from sqlalchemy.orm import Session
 
 from app.breakglass.rules import Breach, Budget, Flag, FlagFacts, Use, budget_breaches, flags
@@ -38,6 +38,18 @@ WAITING = "breakglass.waiting"
 WEEK = timedelta(days=7)
 # States in which a break-glass use has begun (granted, being granted, or since ended).
 _BEGUN = (S.GRANTING, S.ACTIVE, S.REVOKING, S.REVOKE_FAILED, S.ENDED)
+# pg_advisory_xact_lock key that serialises uses granted at once, so each is checked against
+# the budgets with every use before it counted ("WKBGLASS"). SQLite writers are serialised.
+_USE_LOCK_KEY = 0x574B42474C415353
+
+
+class _LimitReachedMeanwhile(Exception):
+    """A use that was within the limits when checked is not, now that the uses granted in
+    the meantime count: it is held (or refused) like any other over a limit."""
+
+    def __init__(self, check: BreakGlassCheck) -> None:
+        super().__init__("break-glass limit reached meanwhile")
+        self.check = check
 
 
 @dataclass(frozen=True)
@@ -94,24 +106,44 @@ class BreakGlassCases(RequestCases):
         reason: str,
         duration: timedelta | None = None,
         extra: Mapping[str, object] | None = None,
+        guard: Callable[[Session], None] | None = None,
     ) -> RequestView:
         """Emergency access: at once within the limits, else held for a second person's
-        confirmation (or refused, where the policy says so)."""
+        confirmation (or refused, where the policy says so). The limits are checked again in
+        the transaction that opens a use at once, after any `guard`."""
         now = self.clock.now()
         plan = self._plan(person, target, role, now, break_glass=True)
         reason = clean_reason(reason)
         duration = within_cap(duration or plan.cap, plan)
         check = self.check_break_glass(person, plan.target, plan.role, duration)
-        facts = {
-            "flags": [
-                {"code": f.code, "words": f.words, **({"people": f.people} if f.people else {})}
-                for f in check.flags
-            ],
-            "budget": _budget_facts(check.budgets),
-            **(extra or {}),
-        }
         if not check.breaches and not check.overdue:
-            return super().break_glass(person, target, role, reason, duration, extra=facts)
+
+            def still_within(session: Session) -> None:
+                """Checked again where the use is opened, with the uses opened at the same
+                time by others (or by this person on another target) counted."""
+                if guard is not None:
+                    guard(session)
+                if session.get_bind().dialect.name == "postgresql":
+                    session.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _USE_LOCK_KEY}
+                    )
+                again = self._check_break_glass(session, person, plan.target, plan.role, duration)
+                if again.breaches or again.overdue:
+                    raise _LimitReachedMeanwhile(again)
+
+            try:
+                return super().break_glass(
+                    person,
+                    target,
+                    role,
+                    reason,
+                    duration,
+                    extra=_use_facts(check, extra),
+                    guard=still_within,
+                )
+            except _LimitReachedMeanwhile as meanwhile:
+                check = meanwhile.check
+        facts = _use_facts(check, extra)
         limits = self.policy.paths[BREAK_GLASS_PATH].limits
         if not check.overdue and limits is not None and limits.over_limit == "refuse":
             raise NotAllowed(
@@ -185,77 +217,82 @@ class BreakGlassCases(RequestCases):
     ) -> BreakGlassCheck:
         """The limits a use now would pass, the person's overdue reviews and the use's flags,
         from one read of the database."""
+        with self.db.read() as session:
+            return self._check_break_glass(session, person, target, role, duration)
+
+    def _check_break_glass(
+        self, session: Session, person: Person, target: str, role: str, duration: timedelta
+    ) -> BreakGlassCheck:
         now = self.clock.now()
         spec = self.policy.paths[BREAK_GLASS_PATH]
         flag_spec = spec.flags
         key = person_key(self.policy, person)
         my_groups = self._groups_of(person)
-        with self.db.read() as session:
-            begun = [s.value for s in _BEGUN]
-            rows = session.execute(
-                select(
-                    AccessRequest.id,
-                    AccessRequest.requester,
-                    AccessRequest.requester_slack_id,
-                    AccessRequest.requester_email,
-                    AccessRequest.target,
-                    AccessRequest.decided_at,
-                    AccessRequest.created_at,
-                    AccessRequest.granted_at,
-                    AccessRequest.ended_at,
-                    AccessRequest.expires_at,
-                ).where(
-                    AccessRequest.path == BREAK_GLASS_PATH,
-                    AccessRequest.state.in_(begun),
-                    or_(
-                        AccessRequest.decided_at > now - WEEK,
-                        AccessRequest.ended_at.is_(None),
-                        AccessRequest.ended_at > now - WEEK,
-                    ),
-                )
-            ).all()
-            overdue = session.execute(
-                select(Review.request_id, Review.due_at)
-                .join(AccessRequest, AccessRequest.id == Review.request_id)
-                .where(
-                    AccessRequest.requester == key,
-                    Review.state == ReviewState.OPEN.value,
-                    Review.due_at < now,
-                )
-                .order_by(Review.due_at)
-            ).all()
-            denials = session.execute(
-                select(AccessRequest.id, AccessRequest.ended_at).where(
-                    AccessRequest.requester == key,
-                    AccessRequest.target == target,
-                    AccessRequest.role == role,
-                    AccessRequest.state == S.DENIED.value,
-                    AccessRequest.ended_at >= now - flag_spec.after_denial_within,
-                )
-            ).all()
-            # Their usual hours are learnt from their own requests unless the policy sets them.
-            own = (
-                session.scalars(
-                    select(AccessRequest.created_at).where(
-                        AccessRequest.requester == key,
-                        AccessRequest.created_at >= now - timedelta(days=flag_spec.history_days),
-                    )
-                ).all()
-                if flag_spec.usual_hours is None
-                else []
+        begun = [s.value for s in _BEGUN]
+        rows = session.execute(
+            select(
+                AccessRequest.id,
+                AccessRequest.requester,
+                AccessRequest.requester_slack_id,
+                AccessRequest.requester_email,
+                AccessRequest.target,
+                AccessRequest.decided_at,
+                AccessRequest.created_at,
+                AccessRequest.granted_at,
+                AccessRequest.ended_at,
+                AccessRequest.expires_at,
+            ).where(
+                AccessRequest.path == BREAK_GLASS_PATH,
+                AccessRequest.state.in_(begun),
+                or_(
+                    AccessRequest.decided_at > now - WEEK,
+                    AccessRequest.ended_at.is_(None),
+                    AccessRequest.ended_at > now - WEEK,
+                ),
             )
-            on_target = session.execute(
-                select(
-                    AccessRequest.requester,
-                    AccessRequest.requester_slack_id,
-                    AccessRequest.requester_email,
-                )
-                .distinct()
-                .where(
-                    AccessRequest.target == target,
-                    AccessRequest.created_at >= now - timedelta(days=flag_spec.unusual_target_days),
+        ).all()
+        overdue = session.execute(
+            select(Review.request_id, Review.due_at)
+            .join(AccessRequest, AccessRequest.id == Review.request_id)
+            .where(
+                AccessRequest.requester == key,
+                Review.state == ReviewState.OPEN.value,
+                Review.due_at < now,
+            )
+            .order_by(Review.due_at)
+        ).all()
+        denials = session.execute(
+            select(AccessRequest.id, AccessRequest.ended_at).where(
+                AccessRequest.requester == key,
+                AccessRequest.target == target,
+                AccessRequest.role == role,
+                AccessRequest.state == S.DENIED.value,
+                AccessRequest.ended_at >= now - flag_spec.after_denial_within,
+            )
+        ).all()
+        # Their usual hours are learnt from their own requests unless the policy sets them.
+        own = (
+            session.scalars(
+                select(AccessRequest.created_at).where(
+                    AccessRequest.requester == key,
+                    AccessRequest.created_at >= now - timedelta(days=flag_spec.history_days),
                 )
             ).all()
+            if flag_spec.usual_hours is None
+            else []
+        )
+        on_target = session.execute(
+            select(
+                AccessRequest.requester,
+                AccessRequest.requester_slack_id,
+                AccessRequest.requester_email,
+            )
+            .distinct()
+            .where(
+                AccessRequest.target == target,
+                AccessRequest.created_at >= now - timedelta(days=flag_spec.unusual_target_days),
+            )
+        ).all()
         groups_of: dict[str, frozenset[str]] = {key: my_groups}
 
         def groups(requester: str, slack_id: str | None, email: str | None) -> frozenset[str]:
@@ -473,6 +510,18 @@ def _not_waiting(req: AccessRequest) -> str:
     return (
         f"Break-glass #{req.id} {STATE_WORDS.get(S(req.state), 'changed')}, so nothing was changed."
     )
+
+
+def _use_facts(check: BreakGlassCheck, extra: Mapping[str, object] | None) -> dict[str, object]:
+    """A use's flags and budget, for its audit event."""
+    return {
+        "flags": [
+            {"code": f.code, "words": f.words, **({"people": f.people} if f.people else {})}
+            for f in check.flags
+        ],
+        "budget": _budget_facts(check.budgets),
+        **(extra or {}),
+    }
 
 
 def _budget_facts(budgets: Sequence[Budget]) -> dict[str, object]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, text
@@ -106,9 +106,12 @@ class RequestCases(IdentityCases):
         reason: str,
         duration: timedelta | None = None,
         extra: Mapping[str, object] | None = None,
+        guard: Callable[[Session], None] | None = None,
     ) -> RequestView:
         """Emergency access: granted at once within the break-glass cap, reviewed afterwards.
-        `extra`: more for its `breakglass.started` event (its flags and budget use)."""
+        `extra`: more for its `breakglass.started` event (its flags and budget use); `guard`
+        runs first in the transaction that opens the use, and may refuse it there (the
+        budgets, checked again against every use before this one)."""
         now = self.clock.now()
         plan = self._plan(person, target, role, now, break_glass=True)
         reason = clean_reason(reason)
@@ -133,6 +136,8 @@ class RequestCases(IdentityCases):
         def replace_pending(session: Session, key: str) -> tuple[int | None, dict[str, object]]:
             """In an emergency the person's own request for this access, still waiting for
             approval, is replaced: cancelled in this transaction, each naming the other."""
+            if guard is not None:
+                guard(session)
             pending = self._own_pending(session, key, plan)
             if pending is None:
                 return None, {}
