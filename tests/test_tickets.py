@@ -23,7 +23,7 @@ import yaml
 from sqlalchemy import select
 
 from app.clock import ManualClock
-from app.demo.slack_fake import Call
+from app.demo.slack_fake import Call, SlackChannel
 from app.directory import SlackDirectory
 from app.messages import views as v
 from app.messages.blocks import APPROVE_ACTION
@@ -38,6 +38,7 @@ from app.slack.app import web_client
 from app.store import AuditEvent, Database
 from app.store.models import RequestState as S
 from app.tickets import TicketDesk, TicketNotFound, TicketUnreadable
+from app.tickets.overdue import tell_overdue_notes
 from tests.conftest import HERE, audit_actions
 from tests.fakes.jira import FakeJira, adf_text
 from tests.fakes.memory_adapter import MemoryTarget
@@ -495,6 +496,47 @@ class TestAccessEndsWithTheTicket(TicketStory):
             == 0
         )
 
+    def test_notes_a_system_has_not_taken_for_an_hour_are_told_to_security_once(
+        self, slack: RunningApp, service: AccessService, jira: FakeJira, clock: ManualClock
+    ) -> None:
+        slack.fake.add_channel(SlackChannel("C0SEC", "security-alerts", is_private=True))
+        self.granted(slack, service)
+        sweeps = self.sweeps(slack, service)
+        jira.failures = [503] * 1000  # Jira refuses the comment from 03:00
+
+        def security() -> list[str]:
+            slack.settle()
+            return [
+                str(c.args.get("text", ""))
+                for c in slack.fake.calls_to("chat.postMessage", channel="C0SEC")
+            ]
+
+        assert sweeps.ticket_notes() == []
+        clock.advance(timedelta(minutes=59))
+        assert sweeps.ticket_notes() == []
+        assert security() == []  # retrying: not yet an hour late
+        clock.advance(timedelta(minutes=2))
+        sweeps.ticket_notes()
+        clock.advance(timedelta(hours=1))
+        sweeps.ticket_notes()  # still failing: not told again
+        assert security() == [
+            "📝 WardKey cannot write its notes on Jira tickets: 1 note waiting, the oldest "
+            f"since 03:00 (Jira ({jira.base_url}) answered HTTP 503: Internal server error). "
+            "Until they are "
+            "written, those tickets lack WardKey's record of who had access. WardKey keeps "
+            "trying (at least once an hour) and says here when none is late."
+        ]
+        # Jira takes it again: the note is written, and security told once.
+        jira.failures = []
+        clock.advance(timedelta(hours=1))
+        assert sweeps.ticket_notes() != []
+        assert "granted to amira@ward.nhs.uk" in adf_text(jira.comments("WARD-42")[0])
+        clock.advance(timedelta(minutes=5))
+        sweeps.ticket_notes()
+        assert security()[1:] == [
+            "✅ WardKey writes its notes on Jira tickets again: none is an hour late."
+        ]
+
 
 class TestOnEachDatabase:
     """The sweeps' queries on SQLite and PostgreSQL (the Slack stories run on SQLite)."""
@@ -543,6 +585,29 @@ class TestOnEachDatabase:
         assert service.queue_ticket_notes() == 1
         assert len(service.deliver_ticket_notes()) == 1
         assert len(jira.comments("WARD-42")) == 2
+
+    def test_overdue_notes_told_once_and_their_end_once(
+        self, service: AccessService, notifier: Notifier, jira: FakeJira, clock: ManualClock
+    ) -> None:
+        from tests.conftest import AMIRA, ERIN
+
+        asked = service.request(
+            AMIRA, "directory", "helpdesk", timedelta(hours=1), "reset locked accounts", "WARD-42"
+        )
+        assert service.approve(asked.id, ERIN).state == S.ACTIVE
+        assert service.queue_ticket_notes() == 1
+        jira.failures = [503] * 1000
+        assert service.deliver_ticket_notes() == []
+        assert tell_overdue_notes(service, notifier.outbox) == []
+        clock.advance(timedelta(minutes=61))
+        assert service.deliver_ticket_notes() == []
+        assert tell_overdue_notes(service, notifier.outbox) == ["jira down"]
+        assert tell_overdue_notes(service, notifier.outbox) == []
+        jira.failures = []
+        clock.advance(timedelta(hours=1))
+        assert len(service.deliver_ticket_notes()) == 1
+        assert tell_overdue_notes(service, notifier.outbox) == ["jira back"]
+        assert tell_overdue_notes(service, notifier.outbox) == []
 
 
 class TestTheRule:

@@ -28,6 +28,7 @@ from app.service.identities import AttestationStep
 from app.service.standing import StandingReport
 from app.store.db import is_database_error
 from app.store.models import RequestState
+from app.tickets.overdue import tell_overdue_notes
 
 log = logging.getLogger(__name__)
 EXPIRY_HOLD = 1.0  # seconds the expiry sweep goes on claiming a wave as target lanes free up
@@ -257,7 +258,11 @@ class Sweeps:
         """Write the notes due on tickets (access granted, access ended) and send those due,
         retrying those the ticket system did not take."""
         self.service.queue_ticket_notes()
-        return self.service.deliver_ticket_notes()
+        delivered = self.service.deliver_ticket_notes()
+        if isinstance(self.outbox, Alerts):
+            # A system that has not taken a note for an hour is told of once (and its end).
+            self._tell(tell_overdue_notes(self.service, self.outbox))
+        return delivered
 
     @sweep("sweep")
     def retry_revokes(self) -> list[int]:
