@@ -411,6 +411,23 @@ class TestStepUpApproval:
         assert_nothing_granted(service, targets, rid, refused="bad_claim:iss")
         assert "came from another identity provider" in security_alert(app, rid)
 
+    def test_a_token_whose_nonce_is_an_array_approves_nothing(
+        self,
+        app: App,
+        service: AccessService,
+        idp: FakeOpenIDProvider,
+        targets: dict[str, MemoryTarget],
+    ) -> None:
+        """OpenID Connect Core 1.0 section 2: the `nonce` is a string. An array holding this
+        sign-in's nonce is not it (a check that asks "is it among them" would pass it)."""
+        rid = app.ask()
+        idp.sign_in_as("ben@ward.nhs.uk")
+        idp.nonce_as_list = True
+        page = app.sign_in(app.link_for(rid))
+        assert page.status_code == 403
+        assert "does not belong to this sign-in (its nonce differs)" in page.text
+        assert_nothing_granted(service, targets, rid, refused="bad_claim:nonce")
+
     def test_an_expired_link_approves_nothing(
         self,
         app: App,

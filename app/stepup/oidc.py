@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import secrets
 import threading
 from dataclasses import dataclass
@@ -237,6 +238,12 @@ class OpenIDProvider:
             raise SignInRefused(
                 _claim_refusal(claim, exc), f"bad_claim:{claim or exc.error}"
             ) from None
+        if not isinstance(claims.get("nonce"), str) or not hmac.compare_digest(
+            str(claims["nonce"]).encode(), nonce.encode()
+        ):
+            # A string, and exactly this sign-in's: joserfc's value check passes an array
+            # that merely holds it (OpenID Connect Core 1.0 section 2: nonce is a string).
+            raise SignInRefused(_claim_refusal("nonce", None), "bad_claim:nonce")
         audience = claims["aud"]
         if (
             isinstance(audience, list)

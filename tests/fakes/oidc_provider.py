@@ -103,6 +103,7 @@ class FakeOpenIDProvider(LoopbackServer):
         self.forge = False  # sign ID tokens with a key not in the JWKS (same kid)
         self.audience: str | None = None  # another `aud` in the ID token
         self.issuer_in_token: str | None = None  # another `iss` in the ID token
+        self.nonce_as_list = False  # the `nonce` as a one-item array, not a string
         self.authorize_requests: list[dict[str, str]] = []
         self.token_requests: list[dict[str, str]] = []
         self._grants: dict[str, _Grant] = {}
@@ -265,6 +266,8 @@ class FakeOpenIDProvider(LoopbackServer):
         }
         if grant.nonce is not None:
             claims["nonce"] = grant.nonce
+        if self.nonce_as_list:
+            claims["nonce"] = [claims.get("nonce")]
         if who.acr is not None:
             claims["acr"] = who.acr
         key = _key(self.key.kid or "") if self.forge else self.key
