@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import Block
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.directory import SlackDirectory, slack_unwell
 from app.groups import path_groups
@@ -1008,26 +1008,28 @@ class Notifier:
         channel = self.service.policy.channels.security_alerts
         for change in lookup.watch():
             kind = "down" if change.down else "back"
-            if self._source_told(change.rota) != kind:
+            last, count = self._source_told(change.rota)
+            if last != kind:
                 call = OutCall(POST, {"channel": channel, "text": self._source_words(change)})
-                key = f"oncall:{change.rota}:{kind}:{change.since.isoformat()}"[:100]
+                # Numbered per rota: two processes that find the same change at once write
+                # the same key, and the outbox keeps one.
+                key = f"oncall:{change.rota}:{kind}:{count + 1}"[:100]
                 self.outbox.enqueue("security", [call], key=key)
                 told.append(change)
             lookup.told(change)
         return told
 
-    def _source_told(self, rota: str) -> str | None:
-        """What security was last told of the rota's source by any process: 'down', 'back',
-        or None (never)."""
+    def _source_told(self, rota: str) -> tuple[str | None, int]:
+        """What security was last told of the rota's source by any process ('down', 'back',
+        or None: never), and how many such alerts there have been."""
         prefix = "oncall:" + rota.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        ours = OutboxItem.key.like(prefix + ":%", escape="\\")
         with self.service.db.read() as session:
+            count = session.scalar(select(func.count()).select_from(OutboxItem).where(ours)) or 0
             key = session.scalar(
-                select(OutboxItem.key)
-                .where(OutboxItem.key.like(prefix + ":%", escape="\\"))
-                .order_by(OutboxItem.id.desc())
-                .limit(1)
+                select(OutboxItem.key).where(ours).order_by(OutboxItem.id.desc()).limit(1)
             )
-        return None if key is None else key.split(":")[2]
+        return (None if key is None else key.split(":")[2]), count
 
     def _source_words(self, change: SourceChange) -> str:
         at = clock_time(change.since, self.zone)
