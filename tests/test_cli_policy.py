@@ -249,3 +249,17 @@ class TestPeopleInSlack:
         monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)
         assert main(["policy", "check", str(WARD), "--slack"]) == 2
         assert capsys.readouterr().err.startswith("wardkey: SLACK_BOT_TOKEN is not set")
+
+
+def test_the_summary_counts_in_words() -> None:
+    """One rota is "1 rota", as every count the summary gives (app.wording.plural)."""
+    from io import StringIO
+
+    from app.cli.policy import print_summary
+
+    policy = parse_policy((Path(__file__).parent / "data" / "ward_policy.yaml").read_text(), "t")
+    out = StringIO()
+    print_summary(policy, out)
+    counts = out.getvalue().splitlines()[1]
+    assert ", 1 rota, " in counts, counts
+    assert "1 rotas" not in counts and "1 targets" not in counts

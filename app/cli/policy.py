@@ -134,8 +134,9 @@ def print_summary(policy: Policy, out: TextIO) -> None:
     now = SystemClock().now()
     print(f"{policy.organisation or 'Policy'} ({policy.timezone})", file=out)
     print(
-        f"  {len(policy.groups)} groups, {len(policy.oncall)} rotas, {len(policy.targets)} "
-        f"targets, {sum(len(t.roles) for t in policy.targets.values())} roles, "
+        f"  {plural(len(policy.groups), 'group')}, {plural(len(policy.oncall), 'rota')}, "
+        f"{plural(len(policy.targets), 'target')}, "
+        f"{plural(sum(len(t.roles) for t in policy.targets.values()), 'role')}, "
         f"{plural(len(policy.identities), 'service account')}, "
         f"{plural(len(policy.vendors), 'vendor')}",
         file=out,
