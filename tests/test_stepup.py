@@ -498,6 +498,16 @@ class TestStepUpApproval:
         assert not idp.token_requests  # the code was never even exchanged
         assert "finished in another browser than opened the link" in security_alert(app, rid)
 
+    def test_the_cookie_is_secure_when_wardkey_is_reached_over_https(
+        self, app: App, idp: FakeOpenIDProvider
+    ) -> None:
+        rid = app.ask()
+        link = app.link_for(rid)
+        app.stepup.public_url = "https://wardkey.ward.nhs.uk"  # as behind the trust's proxy
+        opened = app.browser.get(link, follow_redirects=False)
+        assert opened.status_code == 302
+        assert "; Secure" in opened.headers["set-cookie"]
+
     def test_two_sign_ins_at_once_in_one_browser_both_count(
         self, app: App, service: AccessService, idp: FakeOpenIDProvider
     ) -> None:
