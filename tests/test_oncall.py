@@ -792,3 +792,50 @@ class TestOnEachDatabase:
         export.write_bytes(CSV.read_bytes())
         clock.advance(timedelta(minutes=5))
         assert [len(second.oncall_sources()), len(notifier.oncall_sources())] == [1, 0]
+
+
+class TestPeopleInSlack:
+    """`policy check --slack` looks up the people a rota's source has on call now or later:
+    someone whose e-mail in the roster is not their Slack one would never get the card."""
+
+    def test_on_call_people_from_the_source_are_looked_up_in_slack(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from app.demo.slack_fake import FakeSlack
+        from tests.slack_harness import WARD_USERS
+
+        now = datetime.now(UTC).replace(microsecond=0)  # policy check reads at the real time
+
+        def row(start: datetime, hours: int, email: str) -> str:
+            end = start + timedelta(hours=hours)
+            return f"{start.isoformat()},{end.isoformat()},{email}\n"
+
+        export = tmp_path / "roster.csv"
+        export.write_text(
+            "start,end,email\n"
+            + row(now - timedelta(days=2), 12, "left@ward.nhs.uk")  # an old shift: not asked
+            + row(now - timedelta(hours=1), 12, "ben@ward.nhs.uk")
+            + row(now + timedelta(hours=11), 12, "typo@ward.nhs.uk")  # tonight's, mistyped
+        )
+        data = ward_with({"roster": {"file": str(export), "format": "csv"}})
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(yaml.safe_dump(data, sort_keys=False))
+        fake = FakeSlack().start()
+        try:
+            for user in WARD_USERS:
+                fake.add_user(user)
+            monkeypatch.setenv("SLACK_BOT_TOKEN", fake.token)
+            monkeypatch.setenv("SLACK_API_URL", fake.api_url)
+            for name in ("SLACK_TEAM_IDS", "SLACK_ENTERPRISE_ID"):
+                monkeypatch.delenv(name, raising=False)
+            assert main(["policy", "check", str(policy), "--slack"]) == 1
+            err = capsys.readouterr().err
+            assert (
+                "  oncall.clinical-oncall: typo@ward.nhs.uk is not in Slack: no account has this "
+                "e-mail address" in err
+            ), err
+            looked_up = {c.args["email"] for c in fake.calls_to("users.lookupByEmail")}
+            assert {"ben@ward.nhs.uk", "typo@ward.nhs.uk"} <= looked_up
+            assert "left@ward.nhs.uk" not in looked_up
+        finally:
+            fake.stop()

@@ -122,6 +122,16 @@ class OnCall:
 
     __call__ = lookup
 
+    def people(self, rota: str) -> list[str]:
+        """Everyone the rota's source has on call now or later, as last read well (nobody once
+        that is stale), for `policy check --slack`."""
+        if rota not in self.rotas:
+            return []
+        shifts = self._fresh(rota)
+        now = self.clock.now()
+        found = {s.person for s in shifts or [] if s.end is None or s.end > now}
+        return sorted(found)
+
     def _fresh(self, name: str) -> list[Shift] | None:
         source = self.rotas[name].source
         assert source is not None
