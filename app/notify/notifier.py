@@ -278,9 +278,31 @@ class Notifier:
             view = lockdowns.get(lockdown_id)
             self._post(about, channel, lockdown_messages.lifted_text(view, self.zone, self.names))
 
+    # Notices that say something whatever state they lead to; any other notice of a passing
+    # state (or of a takeover) tells nobody, and is settled without reading the request.
+    _TOLD_ANYWAY = frozenset(
+        {
+            "breakglass.started",
+            HELD,
+            "request.created",
+            "extension.requested",
+            "approval.reminded",
+            "approval.escalated",
+            "approval.unreachable",
+            "expiry.warned",
+            "access.extended",
+        }
+    )
+
     def _request_notice(self, notice: Notice) -> None:
         assert notice.request_id is not None
-        view, action = self.service.get(notice.request_id), notice.action
+        action = notice.action
+        if action not in self._TOLD_ANYWAY and (
+            notice.to in PASSING or action.endswith(".taken_over")
+        ):
+            return  # a revoke or grant under way: told where it lands (a wave of expiries
+            # would otherwise read every request twice for nothing)
+        view = self.service.get(notice.request_id)
         if action == "breakglass.started":
             if view.state == S.GRANTING:
                 raise Defer  # its end time is known once the grant is done
