@@ -342,6 +342,27 @@ class TestStepUpApproval:
         assert actions.count("request.approved") == 1
         assert "answer was sent a second time (replayed)" in security_alert(app, rid)
 
+    def test_replays_of_one_answer_are_each_audited_and_told_to_security_once(
+        self, app: App, service: AccessService, idp: FakeOpenIDProvider
+    ) -> None:
+        """An address kept in a browser's history, reloaded again and again, must not flood
+        the security channel; every replay stays on the request's trail."""
+        rid = app.ask()
+        idp.sign_in_as("ben@ward.nhs.uk")
+        callback = str(app.sign_in(app.link_for(rid)).url)
+        for _ in range(5):
+            assert app.browser.get(callback).status_code == 403
+        refusals = [e for e in step_up_events(service, rid) if e["action"] == "stepup.refused"]
+        assert len(refusals) == 5
+        with service.db.read() as session:
+            alerts = session.scalars(
+                sa.select(OutboxItem.id).where(
+                    OutboxItem.action == "stepup.refused", OutboxItem.lane == f"stepup:{rid}"
+                )
+            ).all()
+        assert len(alerts) == 1
+        assert "answer was sent a second time (replayed)" in security_alert(app, rid)
+
     def test_a_replayed_state_with_a_new_code_is_refused(
         self,
         app: App,

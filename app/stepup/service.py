@@ -31,7 +31,7 @@ from app.policy.model import IdentityProvider
 from app.policy.people import Person, person_key, same_person
 from app.service import AccessService, RequestView
 from app.stepup.oidc import OpenIDProvider, SignInRefused, new_secret
-from app.store.models import StepUpSignIn
+from app.store.models import OutboxItem, StepUpSignIn
 
 log = logging.getLogger(__name__)
 
@@ -399,7 +399,9 @@ class StepUpService:
                     request_id=request_id,
                     data={"reason": reason, "said": message, **(detail or {})},
                 )
-                if any(reason == a or reason.startswith(a + ":") for a in ALERTED):
+                if any(reason == a or reason.startswith(a + ":") for a in ALERTED) and not (
+                    reason == "state_replayed" and self._replay_told(session, request_id)
+                ):
                     # The security channel hears of it, through the outbox, with the refusal.
                     transitions.announce(
                         session,
@@ -428,6 +430,18 @@ class StepUpService:
     def _record(self, state: str, outcome: str) -> None:
         with self.access.db.transaction() as session:
             self._set_outcome(session, state, outcome)
+
+    @staticmethod
+    def _replay_told(session: Session, request_id: int) -> bool:
+        """Security has been told of a replayed answer for this request already: each replay
+        is audited, but one address kept in a browser's history must not flood the channel."""
+        told = session.scalars(
+            select(OutboxItem.id)
+            .where(OutboxItem.lane == f"stepup:{request_id}", OutboxItem.action == ALERT)
+            .where(OutboxItem.body.contains('"reason": "state_replayed"'))
+            .limit(1)
+        ).first()
+        return told is not None
 
     @staticmethod
     def _set_outcome(session: Session, state: str, outcome: str) -> None:
