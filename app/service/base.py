@@ -22,7 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.adapters.base import Adapter, AdapterError
+from app.adapters.base import Adapter, AdapterError, RevokeResult
 from app.clock import Clock, SystemClock
 from app.lifecycle import transitions
 from app.lifecycle.errors import (
@@ -169,6 +169,20 @@ class ServiceBase:
                 )
                 self.pause(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _take_away(
+        self, target: str, account: str, entitlement: str, *, read_back: bool = True
+    ) -> tuple[RevokeResult, int]:
+        """Remove the access on the target and end the account's live sessions, then (unless
+        `read_back` is False) read the target back: StillPresent if it still shows the access.
+        Returns the target's answer and how many sessions it said it ended. Every removal
+        (expiry, revoke, lockdown, standing access, an uncertain grant undone) goes through
+        here, so none of them can forget the sessions or the read-back."""
+        result = self._on_target(target, lambda a: a.revoke(account, entitlement))
+        sessions = self._on_target(target, lambda a: a.end_sessions(account))
+        if read_back and self._on_target(target, lambda a: a.check(account, entitlement)):
+            raise StillPresent("the target still shows the access after the revoke")
+        return result, sessions
 
     # -------------------------------------------------------------------------------- reads
 

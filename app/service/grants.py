@@ -277,8 +277,7 @@ class GrantCases(ServiceBase):
         if req.preexisting or other is not None:
             return ""
         try:
-            self._on_target(req.target, lambda a: a.revoke(req.account, req.entitlement))
-            self._on_target(req.target, lambda a: a.end_sessions(req.account))
+            self._take_away(req.target, req.account, req.entitlement, read_back=False)
         except AdapterError as exc:
             return (
                 f"; removing any access it may have given failed too ({describe_error(exc)}): "
@@ -1056,10 +1055,7 @@ class GrantCases(ServiceBase):
                 at=now,
             )
         try:
-            result = self._on_target(req.target, lambda a: a.revoke(req.account, req.entitlement))
-            sessions = self._on_target(req.target, lambda a: a.end_sessions(req.account))
-            if self._on_target(req.target, lambda a: a.check(req.account, req.entitlement)):
-                raise StillPresent("the target still shows the access after the revoke")
+            result, sessions = self._take_away(req.target, req.account, req.entitlement)
         except (AdapterError, StillPresent) as exc:
             return self._revoke_failure(req, exc)
         now = self.clock.now()

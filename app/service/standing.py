@@ -26,7 +26,7 @@ from app.lifecycle.errors import NotAllowed
 from app.lifecycle.transitions import announce
 from app.policy import rules
 from app.policy.people import Person
-from app.service.base import ServiceBase, describe_error, log
+from app.service.base import ServiceBase, StillPresent, describe_error, log
 from app.store.models import HOLDING_STATES, AccessRequest, StandingAccess, SweepRun
 
 STANDING_JOB = "standing"
@@ -231,10 +231,9 @@ class StandingCases(ServiceBase):
         if account in self._holders(target, entitlement):  # a grant arrived meanwhile
             return False, "a grant now covers it"
         try:
-            self._on_target(target, lambda a: a.revoke(account, entitlement))
-            self._on_target(target, lambda a: a.end_sessions(account))
-            if self._on_target(target, lambda a: a.check(account, entitlement)):
-                return False, "the target still shows it after the revoke"
+            self._take_away(target, account, entitlement)
+        except StillPresent:
+            return False, "the target still shows it after the revoke"
         except AdapterError as exc:
             return False, f"removing it failed: {describe_error(exc)}"
         return True, "removed"
