@@ -46,7 +46,7 @@ from app.scheduler import Sweeps
 from app.service import AccessService
 from app.slack.app import build_app, web_client
 from app.store import Database, upgrade
-from app.store.models import RequestState as S
+from app.store.models import RequestState
 from app.web import WardKeyWSGI
 
 ZONE = ZoneInfo("Europe/London")
@@ -270,7 +270,7 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
             raise DemoFailed(f"no request from {requester} was recorded")
         return max(v.id for v in views)
 
-    def expect(request_id: int, state: S) -> None:
+    def expect(request_id: int, state: RequestState) -> None:
         actual = service.get(request_id).state
         if actual != state:
             raise DemoFailed(f"request #{request_id} is {actual.value}, expected {state.value}")
@@ -289,7 +289,7 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
     clinical = latest("amira@demo.nhs.uk")
     scene.at(2)
     scene.click("U0BEN", APPROVE_ACTION, clinical, "Approve", f"on card #{clinical}")
-    expect(clinical, S.ACTIVE)
+    expect(clinical, RequestState.ACTIVE)
     scene.open_home("U0AMIRA")
 
     story.heading("2. A request that is refused, with the reason")
@@ -300,7 +300,7 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
     denied = latest("chloe@demo.nhs.uk")
     scene.at(1)
     scene.deny("U0BEN", denied, "bulk edits go through the change board; raise a CHG please")
-    expect(denied, S.DENIED)
+    expect(denied, RequestState.DENIED)
 
     story.heading("3. High-risk engineering work: a ticket and two approvers")
     scene.at(3)
@@ -315,10 +315,10 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
     scene.at(1)
     scene.click("U0CHLOE", APPROVE_ACTION, engineering, "Approve", "on a forwarded card")
     scene.click("U0ERIN", APPROVE_ACTION, engineering, "Approve", f"on card #{engineering}")
-    expect(engineering, S.PENDING)
+    expect(engineering, RequestState.PENDING)
     scene.at(2)
     scene.click("U0FARID", APPROVE_ACTION, engineering, "Approve", f"on card #{engineering}")
-    expect(engineering, S.ACTIVE)
+    expect(engineering, RequestState.ACTIVE)
 
     story.heading("4. Break-glass replaces a request still waiting; security alerted, review due")
     scene.at(3)
@@ -328,7 +328,7 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
         "request epr-console:ward-admin 30m ED admissions screen rejects every nurse login",
     )
     waiting = latest("chloe@demo.nhs.uk")
-    expect(waiting, S.PENDING)
+    expect(waiting, RequestState.PENDING)
     scene.at(2)  # nobody has decided yet, and now ED cannot admit at all
     scene.command(
         "U0CHLOE",
@@ -336,8 +336,10 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
         "epr-console:ward-admin ED cannot admit patients: EPR locked every nurse out",
     )
     emergency = latest("chloe@demo.nhs.uk")
-    expect(emergency, S.ACTIVE)
-    expect(waiting, S.CANCELLED)  # replaced: its cards say so, its audit names #emergency
+    expect(emergency, RequestState.ACTIVE)
+    expect(
+        waiting, RequestState.CANCELLED
+    )  # replaced: its cards say so, its audit names #emergency
 
     story.heading("5. Time passes: access ends on its own, on the target too")
     scene.at(6)
@@ -346,13 +348,13 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
     scene.command("U0AMIRA", "/jit", "status")
     scene.at(2)
     scene.sweep("expiry", sweeps.expire)
-    expect(clinical, S.ENDED)
+    expect(clinical, RequestState.ENDED)
     scene.at(39)
     scene.sweep("expiry", sweeps.expire)
-    expect(engineering, S.ENDED)
+    expect(engineering, RequestState.ENDED)
     scene.at(5)
     scene.sweep("expiry", sweeps.expire)
-    expect(emergency, S.ENDED)
+    expect(emergency, RequestState.ENDED)
 
     story.heading("6. The break-glass use is reviewed by a manager, never by its user")
     scene.at(1)
@@ -380,7 +382,7 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
     withdrawn = latest("amira@demo.nhs.uk")
     scene.at(2)  # the letters went out after all: she withdraws it from her App Home
     scene.click_home("U0AMIRA", CANCEL_ACTION, withdrawn, "Cancel request")
-    expect(withdrawn, S.CANCELLED)
+    expect(withdrawn, RequestState.CANCELLED)
 
     story.heading("8. 08:00: the managers' daily digest")
     scene.until(8)

@@ -19,8 +19,7 @@ from sqlalchemy import select, update
 
 from app.clock import Clock
 from app.store.db import Database, is_database_error
-from app.store.models import AccessRequest
-from app.store.models import RequestState as S
+from app.store.models import AccessRequest, RequestState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -127,7 +126,9 @@ class Heartbeat:
                 mine = (
                     AccessRequest.id.in_(ids),
                     AccessRequest.claimed_by == svc.worker,
-                    AccessRequest.state.in_([S.GRANTING.value, S.REVOKING.value]),
+                    AccessRequest.state.in_(
+                        [RequestState.GRANTING.value, RequestState.REVOKING.value]
+                    ),
                 )
                 # The rows locked in id order first, as every multi-row write of requests
                 # does (recording a batch of revokes): no two can deadlock.

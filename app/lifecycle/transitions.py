@@ -32,22 +32,41 @@ from app.store.models import (
     ReviewState,
 )
 
-S = RequestState
 # States in which a worker is calling a target: they are always entered with a lease
 # (`claimed_by`, `claimed_until`), so a crashed worker's work is found and taken over.
-CLAIMED_STATES = frozenset({S.GRANTING, S.REVOKING})
+CLAIMED_STATES = frozenset({RequestState.GRANTING, RequestState.REVOKING})
 ALLOWED: dict[RequestState, frozenset[RequestState]] = {
     # pending -> pending records one approval of several (N-of-M); the version still moves.
     # pending -> granting: a held break-glass use confirmed by a second person (granted at once).
-    S.PENDING: frozenset({S.PENDING, S.APPROVED, S.GRANTING, S.DENIED, S.CANCELLED, S.TIMED_OUT}),
-    S.APPROVED: frozenset({S.GRANTING, S.CANCELLED, S.GRANT_FAILED}),
+    RequestState.PENDING: frozenset(
+        {
+            RequestState.PENDING,
+            RequestState.APPROVED,
+            RequestState.GRANTING,
+            RequestState.DENIED,
+            RequestState.CANCELLED,
+            RequestState.TIMED_OUT,
+        }
+    ),
+    RequestState.APPROVED: frozenset(
+        {RequestState.GRANTING, RequestState.CANCELLED, RequestState.GRANT_FAILED}
+    ),
     # granting -> granting and revoking -> revoking: a worker takes over a crashed one's claim.
     # granting -> cancelled: the requester may no longer have it (checked just before the grant).
-    S.GRANTING: frozenset({S.GRANTING, S.ACTIVE, S.GRANT_FAILED, S.CANCELLED}),
+    RequestState.GRANTING: frozenset(
+        {
+            RequestState.GRANTING,
+            RequestState.ACTIVE,
+            RequestState.GRANT_FAILED,
+            RequestState.CANCELLED,
+        }
+    ),
     # active -> active: an extension asked for, approved, denied or applied.
-    S.ACTIVE: frozenset({S.ACTIVE, S.REVOKING}),
-    S.REVOKING: frozenset({S.REVOKING, S.ENDED, S.REVOKE_FAILED}),
-    S.REVOKE_FAILED: frozenset({S.REVOKING, S.ENDED}),
+    RequestState.ACTIVE: frozenset({RequestState.ACTIVE, RequestState.REVOKING}),
+    RequestState.REVOKING: frozenset(
+        {RequestState.REVOKING, RequestState.ENDED, RequestState.REVOKE_FAILED}
+    ),
+    RequestState.REVOKE_FAILED: frozenset({RequestState.REVOKING, RequestState.ENDED}),
 }
 
 

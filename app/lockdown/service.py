@@ -23,8 +23,7 @@ from app.lifecycle.validation import MAX_NOTE_CHARS, clean_text
 from app.policy import rules
 from app.policy.people import Person, person_key
 from app.service import AccessService
-from app.store.models import AccessRequest, Lockdown, OutboxItem
-from app.store.models import RequestState as S
+from app.store.models import AccessRequest, Lockdown, OutboxItem, RequestState
 
 LOCKDOWN_CAUSE = "lockdown"
 # Active grants claimed per round of a lockdown (more are found by the next round).
@@ -140,7 +139,12 @@ class Lockdowns:
                     .where(
                         AccessRequest.target == target,
                         AccessRequest.state.in_(
-                            [S.ACTIVE.value, S.PENDING.value, S.APPROVED.value, S.GRANTING.value]
+                            [
+                                RequestState.ACTIVE.value,
+                                RequestState.PENDING.value,
+                                RequestState.APPROVED.value,
+                                RequestState.GRANTING.value,
+                            ]
                         ),
                     )
                     .group_by(AccessRequest.state)
@@ -149,8 +153,10 @@ class Lockdowns:
         found = self.in_force(target)
         return Preview(
             target,
-            grants=counts.get(S.ACTIVE.value, 0) + counts.get(S.GRANTING.value, 0),
-            waiting=counts.get(S.PENDING.value, 0) + counts.get(S.APPROVED.value, 0),
+            grants=counts.get(RequestState.ACTIVE.value, 0)
+            + counts.get(RequestState.GRANTING.value, 0),
+            waiting=counts.get(RequestState.PENDING.value, 0)
+            + counts.get(RequestState.APPROVED.value, 0),
             in_force=found[0] if found else None,
         )
 
@@ -178,7 +184,7 @@ class Lockdowns:
                     )
                     .where(
                         AccessRequest.lockdown_id == lockdown_id,
-                        AccessRequest.state == S.REVOKE_FAILED.value,
+                        AccessRequest.state == RequestState.REVOKE_FAILED.value,
                     )
                     .order_by(AccessRequest.id)
                 )
@@ -192,15 +198,19 @@ class Lockdowns:
                     session.scalar(
                         select(func.count()).where(
                             AccessRequest.target == view.target,
-                            AccessRequest.state.in_([S.ACTIVE.value, S.GRANTING.value]),
+                            AccessRequest.state.in_(
+                                [RequestState.ACTIVE.value, RequestState.GRANTING.value]
+                            ),
                         )
                     )
                     or 0
                 )
-        removed = counts.get(S.ENDED.value, 0)
-        working = counts.get(S.REVOKING.value, 0) + left
+        removed = counts.get(RequestState.ENDED.value, 0)
+        working = counts.get(RequestState.REVOKING.value, 0) + left
         total = removed + working + len(failed)
-        return Progress(view, total, removed, working, failed, counts.get(S.CANCELLED.value, 0))
+        return Progress(
+            view, total, removed, working, failed, counts.get(RequestState.CANCELLED.value, 0)
+        )
 
     def progress_message(self, lockdown_id: int) -> tuple[str, str] | None:
         """Where the lockdown's progress message was posted (channel, ts), once it was."""
@@ -243,7 +253,9 @@ class Lockdowns:
                 grants = session.scalar(
                     select(func.count()).where(
                         AccessRequest.target == target,
-                        AccessRequest.state.in_([S.ACTIVE.value, S.GRANTING.value]),
+                        AccessRequest.state.in_(
+                            [RequestState.ACTIVE.value, RequestState.GRANTING.value]
+                        ),
                     )
                 )
                 row = Lockdown(
@@ -312,7 +324,7 @@ class Lockdowns:
             row = session.get(Lockdown, view.id)
             if row is None or row.lifted_at is not None:
                 return [], {}
-            for state in (S.PENDING, S.APPROVED):
+            for state in (RequestState.PENDING, RequestState.APPROVED):
                 waiting = list(
                     session.scalars(
                         service._claim(
@@ -328,7 +340,7 @@ class Lockdowns:
                 transitions.transition_many(
                     session,
                     waiting,
-                    S.CANCELLED,
+                    RequestState.CANCELLED,
                     at=now,
                     actor=view.started_by,
                     action="request.cancelled",
@@ -352,7 +364,7 @@ class Lockdowns:
                         select(AccessRequest)
                         .where(
                             AccessRequest.target == view.target,
-                            AccessRequest.state == S.ACTIVE.value,
+                            AccessRequest.state == RequestState.ACTIVE.value,
                         )
                         .order_by(AccessRequest.id)
                         .limit(ROUND)
@@ -480,7 +492,9 @@ class Lockdowns:
                     select(func.coalesce(AccessRequest.lockdown_id, 0))
                     .where(
                         AccessRequest.lockdown_id.is_not(None),
-                        AccessRequest.state.in_([S.REVOKING.value, S.REVOKE_FAILED.value]),
+                        AccessRequest.state.in_(
+                            [RequestState.REVOKING.value, RequestState.REVOKE_FAILED.value]
+                        ),
                     )
                     .distinct()
                 )
@@ -492,7 +506,11 @@ class Lockdowns:
                     select(func.count()).where(
                         AccessRequest.target == target,
                         AccessRequest.state.in_(
-                            [S.ACTIVE.value, S.PENDING.value, S.APPROVED.value]
+                            [
+                                RequestState.ACTIVE.value,
+                                RequestState.PENDING.value,
+                                RequestState.APPROVED.value,
+                            ]
                         ),
                     )
                 )

@@ -30,8 +30,7 @@ from app.service.digest import Digest
 from app.service.identities import RETIRED, STILL_NEEDED, AttestationView
 from app.service.reviews import BreakGlassSummary
 from app.service.views import RequestView
-from app.store.models import RequestState as S
-from app.store.models import ReviewState
+from app.store.models import RequestState, ReviewState
 from app.wording import listed, plural
 
 if TYPE_CHECKING:
@@ -232,7 +231,7 @@ def approver_card(view: RequestView, ctx: CardContext) -> list[Block]:
         )
         blocks.append(ContextBlock(elements=[words(lines)]))
     blocks.append(ContextBlock(elements=[words(outcome_line(view, ctx.zone, ctx.names))]))
-    if view.state == S.PENDING:
+    if view.state == RequestState.PENDING:
         if ctx.step_up:
             blocks.append(ContextBlock(elements=[words(STEP_UP_LINE)]))
         blocks.append(decision_buttons(view, high_risk=ctx.risk in ("high", "critical")))
@@ -298,7 +297,7 @@ def requester_receipt(
         f"Request #{view.id} for `{view.target}:{view.role}` "
         f"({format_duration(view.requested)}: “{inert(view.reason)[:200]}”)"
     )
-    waiting = view.state == S.PENDING and view.extension is None
+    waiting = view.state == RequestState.PENDING and view.extension is None
     if waiting and view.escalation_level >= UNREACHABLE:
         text = (
             f"{asked} could not reach any {view.path} approver in Slack, so it went straight "
@@ -321,7 +320,7 @@ def outcome_line(view: RequestView, zone: ZoneInfo, names: Names = SLACK_SHOWS) 
     by = listed([names.person(d.approver, d.approver_slack_id) for d in approvals])
     decided = clock_time(view.decided_at, zone)
     match view.state:
-        case S.PENDING:
+        case RequestState.PENDING:
             needed = plural(view.approvals_needed, "approval")
             if approvals:
                 waiting = f"⏳ Waiting: {len(approvals)} of {needed} ({by})"
@@ -337,19 +336,19 @@ def outcome_line(view: RequestView, zone: ZoneInfo, names: Names = SLACK_SHOWS) 
             elif view.escalation_level >= 2:
                 escalated = " · escalated: the approval is overdue"
             return waiting + sponsor + escalated
-        case S.APPROVED | S.GRANTING:
+        case RequestState.APPROVED | RequestState.GRANTING:
             return f"✅ Approved by {by} at {decided}; access is being set up"
-        case S.ACTIVE:
+        case RequestState.ACTIVE:
             until = clock_time(view.expires_at, zone)
             if approvals:
                 return f"✅ Approved by {by} at {decided}; access active until {until}"
             return f"✅ Access active until {until}"
-        case S.DENIED:
+        case RequestState.DENIED:
             denier = next((d for d in view.decisions if d.outcome == "deny"), None)
             who = names.person(denier.approver, denier.approver_slack_id) if denier else None
             why = inert(view.end_reason or "")
             return f"❌ Denied by {who or 'an approver'} at {decided}: {why}"
-        case S.CANCELLED:
+        case RequestState.CANCELLED:
             # WardKey, a retirement or a contract's end cancelled it: say why, as recorded.
             if view.end_reason and view.ended_by == "wardkey":
                 return f"↩️ Cancelled by WardKey: {inert(view.end_reason)}"
@@ -360,18 +359,18 @@ def outcome_line(view: RequestView, zone: ZoneInfo, names: Names = SLACK_SHOWS) 
             if view.end_reason:
                 return f"↩️ Cancelled{why}"
             return "↩️ Cancelled by the requester"
-        case S.TIMED_OUT:
+        case RequestState.TIMED_OUT:
             return (
                 "⌛ Timed out: nobody decided in time. If you still need it, ask again with "
                 "/jit request, or phone the on-call lead"
             )
-        case S.GRANT_FAILED:
+        case RequestState.GRANT_FAILED:
             at = f" by {by} at {decided}" if by else ""
             return f"⚠️ Approved{at}, but the target could not grant it; WardKey admins are told"
-        case S.REVOKING | S.ENDED:
+        case RequestState.REVOKING | RequestState.ENDED:
             why = inert(view.end_reason or "expired")
             return f"🔒 Ended at {clock_time(view.ended_at, zone)} ({why})"
-        case S.REVOKE_FAILED:
+        case RequestState.REVOKE_FAILED:
             return (
                 "⚠️ Ending failed on the target; WardKey keeps trying and alerts the security "
                 "channel (the WardKey admins if that channel cannot be reached)"
@@ -415,25 +414,31 @@ def earlier_line(
     if earlier.path == BREAK_GLASS_PATH:
         return f"#{earlier.id} break-glass at {_at(earlier.created_at, use.created_at, zone)}"
     match earlier.state:
-        case S.DENIED:
+        case RequestState.DENIED:
             denier = next((d for d in earlier.decisions if d.outcome == "deny"), None)
             who = names.person(denier.approver, denier.approver_slack_id) if denier else None
             why = inert(earlier.end_reason or "")[:300]
             return f"{asked}, *denied* {decided} by {who or 'an approver'}: “{why}”"
-        case S.PENDING:
+        case RequestState.PENDING:
             return f"{asked}, still waiting for approval"
-        case S.TIMED_OUT:
+        case RequestState.TIMED_OUT:
             return f"{asked}: nobody decided in time"
-        case S.CANCELLED if replaced:
+        case RequestState.CANCELLED if replaced:
             return f"{asked}, still waiting when this break-glass use replaced it"
-        case S.CANCELLED:
+        case RequestState.CANCELLED:
             why = f": {inert(earlier.end_reason)[:300]}" if earlier.end_reason else ""
             return f"{asked}, cancelled {ended}{why}"
-        case S.GRANT_FAILED:
+        case RequestState.GRANT_FAILED:
             return f"{asked}, approved {decided} by {by}, but the target could not grant it"
-        case S.APPROVED | S.GRANTING | S.ACTIVE | S.REVOKING | S.REVOKE_FAILED:
+        case (
+            RequestState.APPROVED
+            | RequestState.GRANTING
+            | RequestState.ACTIVE
+            | RequestState.REVOKING
+            | RequestState.REVOKE_FAILED
+        ):
             return f"{asked}, approved {decided} by {by}"
-        case S.ENDED:
+        case RequestState.ENDED:
             return f"{asked}, approved {decided} by {by}, ended {ended}"
     return f"{asked}: {earlier.state.value}"
 

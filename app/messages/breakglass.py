@@ -21,7 +21,7 @@ from app.messages.blocks import Names, clock_time, inert, quoted, words
 from app.policy.durations import format_duration
 from app.service.breakglass import BreakGlassStart
 from app.service.views import RequestView
-from app.store.models import RequestState as S
+from app.store.models import RequestState
 
 CONFIRM_ACTION = "breakglass_confirm"
 # The purposes under which the confirm cards and the security channel's wait line are
@@ -53,14 +53,14 @@ def _ending(view: RequestView, start: BreakGlassStart, zone: ZoneInfo, names: Na
         line = (
             f"✅ Confirmed by {names.person(start.confirmed_by, start.confirmed_by)} after {waited}"
         )
-        if view.state == S.ACTIVE:
+        if view.state == RequestState.ACTIVE:
             return f"{line}: access granted until {clock_time(view.expires_at, zone)}."
-        if view.state == S.GRANT_FAILED:
+        if view.state == RequestState.GRANT_FAILED:
             return f"{line}, but the target did not grant it; security and the admins were told."
         return f"{line}."
-    if view.state == S.TIMED_OUT:
+    if view.state == RequestState.TIMED_OUT:
         return "Nobody confirmed it in time; it was closed. They can break glass again."
-    if view.state == S.CANCELLED:
+    if view.state == RequestState.CANCELLED:
         return f"Closed without access: {inert(view.end_reason or 'cancelled')}."
     return ""
 
@@ -88,7 +88,7 @@ def confirm_card(
     if start.flags:
         blocks.append(SectionBlock(text=words(f"*Flags*\n{flag_lines(start.flags)}"[:2990])))
     ending = _ending(view, start, zone, names)
-    if view.state == S.PENDING:
+    if view.state == RequestState.PENDING:
         blocks.append(
             ContextBlock(
                 elements=[
@@ -130,7 +130,7 @@ def wait_line(
     head = f"Break-glass #{view.id}: {who} needs `{view.target}:{view.role}`"
     why = "; ".join(inert(r) for r in start.held_for)
     asked = ", ".join(names.person(m, m) for m in start.confirmers)
-    if view.state == S.PENDING:
+    if view.state == RequestState.PENDING:
         line = (
             f"⏳ {head}: waiting {waited_words(waited)} for a second person ({why}). "
             f"Asked to confirm: {asked}."

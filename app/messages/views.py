@@ -38,7 +38,7 @@ from app.messages.blocks import (
 from app.policy.durations import format_duration
 from app.policy.rules import RequestPlan
 from app.service.views import RequestView
-from app.store.models import RequestState as S
+from app.store.models import RequestState
 
 REQUEST_VIEW = "jit_request"
 ACCESS_BLOCK, ACCESS_ACTION = "access", "access_choice"
@@ -285,7 +285,9 @@ def home_view(
     for v in pending:
         line = f"*#{v.id}* `{v.target}:{v.role}` · {outcome_line(v, zone, names)}"
         blocks.append(SectionBlock(text=words(line)))
-        if v.state == S.PENDING and v.extension is None:  # still waiting: it can be withdrawn
+        if (
+            v.state == RequestState.PENDING and v.extension is None
+        ):  # still waiting: it can be withdrawn
             blocks.append(ActionsBlock(block_id=f"home_cancel:{v.id}", elements=[cancel_button(v)]))
     blocks += [DividerBlock(), HeaderBlock(text="Waiting for your approval")]
     if not to_decide:

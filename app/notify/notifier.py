@@ -69,8 +69,7 @@ from app.service.identities import AttestationStep, OrphanView
 from app.service.reviews import ALERT_MESSAGE
 from app.service.standing import StandingFinding, StandingReport
 from app.stepup.service import ALERT as STEP_UP_REFUSED
-from app.store.models import OutboxItem
-from app.store.models import RequestState as S
+from app.store.models import OutboxItem, RequestState
 from app.wording import listed, plural
 
 log = logging.getLogger(__name__)
@@ -80,7 +79,9 @@ REVIEW_CARD = "review_card"
 HOME_LIVE_FOR = timedelta(hours=12)
 # States a request passes through on its way somewhere (the grant or revoke is under way):
 # nobody is told of them; they are told where it lands.
-PASSING = frozenset({S.APPROVED.value, S.GRANTING.value, S.REVOKING.value})
+PASSING = frozenset(
+    {RequestState.APPROVED.value, RequestState.GRANTING.value, RequestState.REVOKING.value}
+)
 # The requester's own DM about their request (Cancel on it while it waits).
 RECEIPT = "requester_receipt"
 # A call drawn when its turn comes, from what became of the calls before it (`draw_late`).
@@ -304,7 +305,7 @@ class Notifier:
             # would otherwise read every request twice for nothing)
         view = self.service.get(notice.request_id)
         if action == "breakglass.started":
-            if view.state == S.GRANTING:
+            if view.state == RequestState.GRANTING:
                 raise Defer  # its end time is known once the grant is done
             self._break_glass_started(view)
         elif action == HELD:
@@ -324,7 +325,10 @@ class Notifier:
         elif view.path == BREAK_GLASS_PATH and action == "grant.succeeded":
             return  # the break-glass alert says it
         else:
-            if view.path == BREAK_GLASS_PATH and notice.facts.get("from") == S.PENDING.value:
+            if (
+                view.path == BREAK_GLASS_PATH
+                and notice.facts.get("from") == RequestState.PENDING.value
+            ):
                 self._break_glass_unconfirmed(view)  # held, then timed out or cancelled
             self._request_changed(view, notice)
 
@@ -335,13 +339,21 @@ class Notifier:
         except NotAllowed:
             return None
         service = self.service
-        mine = service.requests_of(person, (S.PENDING, S.APPROVED, S.GRANTING, S.ACTIVE))
+        mine = service.requests_of(
+            person,
+            (
+                RequestState.PENDING,
+                RequestState.APPROVED,
+                RequestState.GRANTING,
+                RequestState.ACTIVE,
+            ),
+        )
         high_risk = frozenset(
             name for name, p in service.policy.paths.items() if p.risk in ("high", "critical")
         )
         return home_view(
-            active=[v for v in mine if v.state == S.ACTIVE],
-            pending=[v for v in mine if v.state != S.ACTIVE or v.extension is not None],
+            active=[v for v in mine if v.state == RequestState.ACTIVE],
+            pending=[v for v in mine if v.state != RequestState.ACTIVE or v.extension is not None],
             to_decide=service.awaiting_decision_by(person, limit=10),
             now=service.clock.now(),
             zone=self.zone,
@@ -404,7 +416,7 @@ class Notifier:
         now = self.service.clock.now()
         others = tuple(
             f"{v.target}:{v.role} until {clock_time(v.expires_at, self.zone)}"
-            for v in self.service.requests_of_key(view.requester, (S.ACTIVE,))
+            for v in self.service.requests_of_key(view.requester, (RequestState.ACTIVE,))
             if v.id != view.id
         )
         path = self.service.policy.paths.get(view.path)
@@ -561,7 +573,7 @@ class Notifier:
         requester's message are drawn once Slack has answered for the cards, so each says
         only who really has the request."""
         policy = self.service.policy
-        if view.state == S.PENDING or view.extension is not None:
+        if view.state == RequestState.PENDING or view.extension is not None:
             blocks = approver_card(view, self._context(view))
             text = (
                 f"⚠️ Access request #{view.id}: no {view.path} approver could be reached in "
@@ -643,7 +655,7 @@ class Notifier:
         self, view: RequestView, reached: list[str], waited: str, asked: int
     ) -> None:
         """The requester hears who the card reached, by name; if nobody further, what to do."""
-        if view.requester_slack_id is None or view.state != S.PENDING:
+        if view.requester_slack_id is None or view.state != RequestState.PENDING:
             return  # decided meanwhile: that outcome is its own message
         if reached:
             text = (
@@ -667,7 +679,7 @@ class Notifier:
         who = self.names.person(view.requester, view.requester_slack_id)
         if reached:
             escalated = f"It was escalated at once to {self._reached_names(reached)}."
-        elif view.state == S.PENDING:
+        elif view.state == RequestState.PENDING:
             escalated = self._no_escalation(view)
         else:
             escalated = f"It is no longer waiting: {outcome_line(view, self.zone, self.names)}."
@@ -686,10 +698,12 @@ class Notifier:
     ) -> None:
         if view.requester_slack_id is None:
             return
-        waiting = view.state == S.PENDING or (view.state == S.ACTIVE and view.extension is not None)
+        waiting = view.state == RequestState.PENDING or (
+            view.state == RequestState.ACTIVE and view.extension is not None
+        )
         if not waiting:
             return  # decided meanwhile: that outcome is its own message
-        what = "extension of your access" if view.state == S.ACTIVE else "request"
+        what = "extension of your access" if view.state == RequestState.ACTIVE else "request"
         lines = [
             f"⚠️ No {view.path} approver could be reached in Slack for your {what} "
             f"#{view.id} (`{view.target}:{view.role}`)."
@@ -706,7 +720,7 @@ class Notifier:
         if alerted:
             lines.append(f"WardKey has alerted {listed(alerted)}.")
         lines.append("*What you can do now*")
-        if view.state == S.ACTIVE:
+        if view.state == RequestState.ACTIVE:
             until = clock_time(view.expires_at, self.zone)
             lines.append(f"• Your access carries on until {until}.")
         else:
@@ -718,13 +732,13 @@ class Notifier:
         """Update every copy of the card in place (as it is now), tell the requester what
         happened (as of this notice) and redraw the homes it concerns; a failed revoke also
         alerts the security channel, at every failed try."""
-        to = S(notice.to or view.state)
+        to = RequestState(notice.to or view.state)
         attempts = int(notice.facts.get("revoke_attempts") or view.revoke_attempts)
-        if to == S.REVOKE_FAILED:
+        if to == RequestState.REVOKE_FAILED:
             self.revoke_failed(view, attempts)
             if attempts > 1:
                 return  # card and requester were told at the first failure
-        if to == S.GRANT_FAILED:
+        if to == RequestState.GRANT_FAILED:
             self.grant_failed(view)  # the card and the requester's DM say admins are told
         self._update_cards(view)
         if not (notice.action == "request.cancelled" and view.cancelled_by_requester):
@@ -860,7 +874,7 @@ class Notifier:
     def _break_glass_waiting(self, request_id: int) -> None:
         """The security channel's line about a held use, with the wait so far."""
         view = self.service.get(request_id)
-        if view.state != S.PENDING:
+        if view.state != RequestState.PENDING:
             return  # its end updated the line
         start = self.service.break_glass_start(view.id)
         waited = self.service.clock.now() - view.created_at
@@ -1162,7 +1176,11 @@ class Notifier:
     def tell_sponsor(self, view: RequestView) -> None:
         """A vendor's sponsor hears of each use: when access starts and when it ends."""
         sponsor = self._vendor_sponsor(view)
-        if sponsor is None or view.state not in (S.ACTIVE, S.ENDED, S.REVOKE_FAILED):
+        if sponsor is None or view.state not in (
+            RequestState.ACTIVE,
+            RequestState.ENDED,
+            RequestState.REVOKE_FAILED,
+        ):
             return
         for user_id in self._slack_ids(view, [sponsor]):
             self._post(

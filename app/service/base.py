@@ -58,7 +58,6 @@ from app.store.models import (
 from app.tickets import TicketDesk, TicketNotFound, TicketUnreadable, down_message
 
 log = logging.getLogger(__name__)
-S = RequestState
 T = TypeVar("T")
 T_row = TypeVar("T_row", bound=tuple[Any, ...])
 
@@ -82,16 +81,16 @@ DEFAULT_LEASE = timedelta(seconds=10)
 UNREACHABLE = 3
 
 STATE_WORDS = {
-    S.APPROVED: "has already been approved",
-    S.GRANTING: "has already been approved and access is being set up",
-    S.ACTIVE: "has already been approved and access is active",
-    S.REVOKING: "is ending",
-    S.ENDED: "has ended",
-    S.DENIED: "has already been denied",
-    S.CANCELLED: "was cancelled",
-    S.TIMED_OUT: "timed out without a decision",
-    S.GRANT_FAILED: "failed when access was being set up",
-    S.REVOKE_FAILED: "is ending (removing access needs another try)",
+    RequestState.APPROVED: "has already been approved",
+    RequestState.GRANTING: "has already been approved and access is being set up",
+    RequestState.ACTIVE: "has already been approved and access is active",
+    RequestState.REVOKING: "is ending",
+    RequestState.ENDED: "has ended",
+    RequestState.DENIED: "has already been denied",
+    RequestState.CANCELLED: "was cancelled",
+    RequestState.TIMED_OUT: "timed out without a decision",
+    RequestState.GRANT_FAILED: "failed when access was being set up",
+    RequestState.REVOKE_FAILED: "is ending (removing access needs another try)",
 }
 
 
@@ -232,13 +231,13 @@ class ServiceBase:
                     AccessRequest.path.in_(paths)
                     | (
                         AccessRequest.sponsor.in_(sponsoring)
-                        & (AccessRequest.state == S.PENDING.value)
+                        & (AccessRequest.state == RequestState.PENDING.value)
                     ),
                     AccessRequest.requester != key,
                     ~decided_by_me.exists(),
-                    (AccessRequest.state == S.PENDING.value)
+                    (AccessRequest.state == RequestState.PENDING.value)
                     | (
-                        (AccessRequest.state == S.ACTIVE.value)
+                        (AccessRequest.state == RequestState.ACTIVE.value)
                         & AccessRequest.extension_seconds.is_not(None)
                     ),
                 )
@@ -280,8 +279,8 @@ class ServiceBase:
             req = session.get(AccessRequest, request_id)
             if req is None or req.escalation_level >= UNREACHABLE:
                 return None
-            waiting = req.state == S.PENDING or (
-                req.state == S.ACTIVE and req.extension_seconds is not None
+            waiting = req.state == RequestState.PENDING or (
+                req.state == RequestState.ACTIVE and req.extension_seconds is not None
             )
             if not waiting:
                 return None
@@ -289,7 +288,7 @@ class ServiceBase:
                 transitions.transition(
                     session,
                     req,
-                    S(req.state),
+                    RequestState(req.state),
                     at=now,
                     actor="wardkey",
                     action="approval.unreachable",
@@ -322,9 +321,9 @@ class ServiceBase:
                 .where(
                     AccessRequest.path.in_(paths),
                     AccessRequest.escalation_level < UNREACHABLE,
-                    (AccessRequest.state == S.PENDING.value)
+                    (AccessRequest.state == RequestState.PENDING.value)
                     | (
-                        (AccessRequest.state == S.ACTIVE.value)
+                        (AccessRequest.state == RequestState.ACTIVE.value)
                         & AccessRequest.extension_seconds.is_not(None)
                     ),
                 )
@@ -538,7 +537,7 @@ class ServiceBase:
         transitions.transition(
             session,
             req,
-            S.CANCELLED,
+            RequestState.CANCELLED,
             at=now,
             actor=actor,
             action="request.cancelled",
@@ -631,7 +630,7 @@ class ServiceBase:
             )
         hint = (
             f" Use /jit extend {existing.id} <duration> for more time."
-            if existing.state == S.ACTIVE
+            if existing.state == RequestState.ACTIVE
             else ""
         )
         raise InvalidRequest(
@@ -667,7 +666,7 @@ class ServiceBase:
                 AccessRequest.target == req.target,
                 AccessRequest.account == req.account,
                 AccessRequest.entitlement == req.entitlement,
-                AccessRequest.state.in_([S.GRANTING.value, S.ACTIVE.value]),
+                AccessRequest.state.in_([RequestState.GRANTING.value, RequestState.ACTIVE.value]),
             )
             .limit(1)
         )
@@ -699,7 +698,7 @@ class ServiceBase:
             req = self._load(session, request_id)
             if req.state != expected:
                 raise AlreadyDecided(
-                    f"Request #{req.id} {STATE_WORDS.get(S(req.state), 'changed')}."
+                    f"Request #{req.id} {STATE_WORDS.get(RequestState(req.state), 'changed')}."
                 )
             try:
                 transitions.transition(

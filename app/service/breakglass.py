@@ -27,17 +27,23 @@ from app.lifecycle.validation import clean_reason, within_cap
 from app.policy import rules
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person, person_key, same_person
-from app.service.base import STATE_WORDS, S
+from app.service.base import STATE_WORDS
 from app.service.requests import RequestCases, _reserve_request_id
 from app.service.views import REPLACED_BY_BREAK_GLASS, RequestView
-from app.store.models import AccessRequest, AuditEvent, Review, ReviewState
+from app.store.models import AccessRequest, AuditEvent, RequestState, Review, ReviewState
 
 HELD = "breakglass.held"
 STARTED = "breakglass.started"
 WAITING = "breakglass.waiting"
 WEEK = timedelta(days=7)
 # States in which a break-glass use has begun (granted, being granted, or since ended).
-_BEGUN = (S.GRANTING, S.ACTIVE, S.REVOKING, S.REVOKE_FAILED, S.ENDED)
+_BEGUN = (
+    RequestState.GRANTING,
+    RequestState.ACTIVE,
+    RequestState.REVOKING,
+    RequestState.REVOKE_FAILED,
+    RequestState.ENDED,
+)
 # pg_advisory_xact_lock key that serialises uses granted at once, so each is checked against
 # the budgets with every use before it counted ("WKBGLASS"). SQLite writers are serialised.
 _USE_LOCK_KEY = 0x574B42474C415353
@@ -198,7 +204,7 @@ class BreakGlassCases(RequestCases):
                 reason,
                 duration,
                 now,
-                S.PENDING,
+                RequestState.PENDING,
                 HELD,
                 fields={},
                 data={
@@ -266,7 +272,7 @@ class BreakGlassCases(RequestCases):
                 AccessRequest.requester == key,
                 AccessRequest.target == target,
                 AccessRequest.role == role,
-                AccessRequest.state == S.DENIED.value,
+                AccessRequest.state == RequestState.DENIED.value,
                 AccessRequest.ended_at >= now - flag_spec.after_denial_within,
             )
         ).all()
@@ -399,7 +405,7 @@ class BreakGlassCases(RequestCases):
                 "You cannot confirm your own break-glass use, from this account or another of "
                 "yours: it needs a second person."
             )
-        if req.state != S.PENDING:
+        if req.state != RequestState.PENDING:
             raise AlreadyDecided(_not_waiting(req))
         preexisting = self._preexisting(target, account, entitlement)
         held_data = _event_data(held)
@@ -408,7 +414,7 @@ class BreakGlassCases(RequestCases):
             now = self.clock.now()
             with self.db.transaction() as session:
                 req = self._load(session, request_id)
-                if req.state != S.PENDING:
+                if req.state != RequestState.PENDING:
                     raise AlreadyDecided(_not_waiting(req))
                 if now >= req.created_at + self._pending_timeout(req.path):
                     raise AlreadyDecided(
@@ -428,7 +434,7 @@ class BreakGlassCases(RequestCases):
                 transitions.transition(
                     session,
                     req,
-                    S.GRANTING,
+                    RequestState.GRANTING,
                     at=now,
                     actor=key,
                     action=STARTED,
@@ -495,7 +501,7 @@ class BreakGlassCases(RequestCases):
             waiting = session.scalars(
                 select(AccessRequest.id).where(
                     AccessRequest.path == BREAK_GLASS_PATH,
-                    AccessRequest.state == S.PENDING.value,
+                    AccessRequest.state == RequestState.PENDING.value,
                 )
             ).all()
             for rid in waiting:
@@ -505,11 +511,10 @@ class BreakGlassCases(RequestCases):
 
 def _not_waiting(req: AccessRequest) -> str:
     """Why a held use can no longer be confirmed."""
-    if S(req.state) in _BEGUN or S(req.state) == S.GRANT_FAILED:
+    state = RequestState(req.state)
+    if state in _BEGUN or state == RequestState.GRANT_FAILED:
         return f"Break-glass #{req.id} was already confirmed, so nothing was changed."
-    return (
-        f"Break-glass #{req.id} {STATE_WORDS.get(S(req.state), 'changed')}, so nothing was changed."
-    )
+    return f"Break-glass #{req.id} {STATE_WORDS.get(state, 'changed')}, so nothing was changed."
 
 
 def _use_facts(check: BreakGlassCheck, extra: Mapping[str, object] | None) -> dict[str, object]:

@@ -23,9 +23,9 @@ from app.lifecycle.transitions import announce
 from app.policy import rules
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person
-from app.service.base import S, ServiceBase
+from app.service.base import ServiceBase
 from app.service.views import RequestView
-from app.store.models import AccessRequest, AuditEvent, Review, ReviewState, SweepRun
+from app.store.models import AccessRequest, AuditEvent, RequestState, Review, ReviewState, SweepRun
 
 DIGEST_JOB = "digest"
 _DECIDED = ("request.approved", "request.denied")
@@ -173,7 +173,7 @@ class DigestCases(ServiceBase):
             failing = list(
                 session.scalars(
                     select(AccessRequest)
-                    .where(AccessRequest.state == S.REVOKE_FAILED.value)
+                    .where(AccessRequest.state == RequestState.REVOKE_FAILED.value)
                     .order_by(AccessRequest.id)
                 )
             )

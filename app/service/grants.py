@@ -33,7 +33,6 @@ from app.policy.people import Person, person_key
 from app.service.base import (
     REVOKE_RETRY_FIRST,
     REVOKE_RETRY_MAX,
-    S,
     ServiceBase,
     StillPresent,
     describe_error,
@@ -41,9 +40,7 @@ from app.service.base import (
 )
 from app.service.views import RequestView
 from app.store.db import is_database_error
-from app.store.models import (
-    AccessRequest,
-)
+from app.store.models import AccessRequest, RequestState
 
 OnDone = Callable[[int], None]
 # Revokes claimed, called on a target and recorded together: one batch call where the target
@@ -71,7 +68,7 @@ class ReconcileReport:
 class RevokeOutcome:
     """What a revoke on the target came to, to be recorded: ended, or failed."""
 
-    to: S
+    to: RequestState
     action: str
     changes: dict[str, object]
     data: dict[str, object]
@@ -131,7 +128,7 @@ class GrantCases(ServiceBase):
         """Give approved access on the target: record intent, call the adapter, record result."""
         with self.db.read() as session:
             req = self._load(session, request_id)
-            if req.state != S.APPROVED:
+            if req.state != RequestState.APPROVED:
                 return self._view(session, req)
             target, account, entitlement = req.target, req.account, req.entitlement
         now = self.clock.now()
@@ -140,11 +137,11 @@ class GrantCases(ServiceBase):
         except AdapterError as exc:
             with self.db.transaction() as session:
                 req = self._load(session, request_id)
-                if req.state == S.APPROVED:
+                if req.state == RequestState.APPROVED:
                     transitions.transition(
                         session,
                         req,
-                        S.GRANT_FAILED,
+                        RequestState.GRANT_FAILED,
                         at=now,
                         actor="wardkey",
                         action="grant.failed",
@@ -155,7 +152,7 @@ class GrantCases(ServiceBase):
         try:
             with self.db.transaction() as session:
                 req = self._load(session, request_id)
-                if req.state != S.APPROVED:
+                if req.state != RequestState.APPROVED:
                     return self._view(session, req)
                 refusal = self._refusal(session, req, now)
                 if refusal is not None:  # something changed since the approval
@@ -164,7 +161,7 @@ class GrantCases(ServiceBase):
                 transitions.transition(
                     session,
                     req,
-                    S.GRANTING,
+                    RequestState.GRANTING,
                     at=now,
                     actor="wardkey",
                     action="grant.started",
@@ -183,7 +180,7 @@ class GrantCases(ServiceBase):
         now = self.clock.now()
         with self.db.read() as session:
             req = self._load(session, request_id)
-            if req.state != S.GRANTING or not self._holds_claim(req):
+            if req.state != RequestState.GRANTING or not self._holds_claim(req):
                 return self._view(session, req)
             # Checked again at the last moment: a grant taken over from a crashed worker may
             # come long after the approval.
@@ -214,16 +211,16 @@ class GrantCases(ServiceBase):
                 detail += self._undo_uncertain_grant(req)
             return self._finish(
                 request_id,
-                S.GRANTING,
-                S.GRANT_FAILED,
+                RequestState.GRANTING,
+                RequestState.GRANT_FAILED,
                 "grant.failed",
                 changes={"grant_detail": detail, "ended_at": self.clock.now()},
                 data={"error": detail, "transient": exc.transient},
             )
         return self._finish(
             request_id,
-            S.GRANTING,
-            S.ACTIVE,
+            RequestState.GRANTING,
+            RequestState.ACTIVE,
             "grant.succeeded",
             changes={"granted_at": now, "expires_at": until, "grant_detail": result.detail or None},
             data={
@@ -241,7 +238,7 @@ class GrantCases(ServiceBase):
         try:
             with self.db.transaction() as session:
                 current = self._load(session, req.id)
-                if current.state == S.GRANTING and self._holds_claim(current):
+                if current.state == RequestState.GRANTING and self._holds_claim(current):
                     facts = {"target_cleanup": detail} if detail else {}
                     self._cancel_as(
                         session, current, now, "wardkey", why, "recheck_at_grant", facts
@@ -253,8 +250,8 @@ class GrantCases(ServiceBase):
     def _finish(
         self,
         request_id: int,
-        expected: S,
-        to: S,
+        expected: RequestState,
+        to: RequestState,
         action: str,
         *,
         changes: Mapping[str, object],
@@ -300,7 +297,7 @@ class GrantCases(ServiceBase):
                 req = self._load(session, request_id)
                 if not self._is_requester(person, req):
                     raise NotAllowed("Only the person holding this access can extend it.")
-                if req.state != S.ACTIVE:
+                if req.state != RequestState.ACTIVE:
                     raise AlreadyDecided(
                         f"Request #{req.id} is not active, so it cannot be extended."
                     )
@@ -321,7 +318,7 @@ class GrantCases(ServiceBase):
                     transitions.transition(
                         session,
                         req,
-                        S.ACTIVE,
+                        RequestState.ACTIVE,
                         at=now,
                         actor=key,
                         action="extension.requested",
@@ -384,7 +381,7 @@ class GrantCases(ServiceBase):
         transitions.transition(
             session,
             req,
-            S.ACTIVE,
+            RequestState.ACTIVE,
             at=now,
             actor="wardkey",
             action="extension.refused",
@@ -406,7 +403,7 @@ class GrantCases(ServiceBase):
         transitions.transition(
             session,
             req,
-            S.ACTIVE,
+            RequestState.ACTIVE,
             at=now,
             actor=actor,
             action="access.extended",
@@ -465,13 +462,13 @@ class GrantCases(ServiceBase):
                         "Only the holder, an approver of its path or a WardKey admin can "
                         "revoke this."
                     )
-                if req.state != S.ACTIVE:
+                if req.state != RequestState.ACTIVE:
                     raise AlreadyDecided(f"Request #{req.id} is not active.")
                 key = person_key(self.policy, person)
                 transitions.transition(
                     session,
                     req,
-                    S.REVOKING,
+                    RequestState.REVOKING,
                     at=now,
                     actor=key,
                     action="revoke.started",
@@ -520,19 +517,19 @@ class GrantCases(ServiceBase):
                 req = self._claim_one(session, request_id)
                 if req is None:
                     return False
-                if req.state in (S.PENDING, S.APPROVED):
+                if req.state in (RequestState.PENDING, RequestState.APPROVED):
                     self._cancel_as(session, req, now, actor, why, cause)
                     if also is not None:
                         also(session, req)
                     return True
-                if req.state != S.ACTIVE:
+                if req.state != RequestState.ACTIVE:
                     return False
                 if also is not None:
                     also(session, req)
                 transitions.transition(
                     session,
                     req,
-                    S.REVOKING,
+                    RequestState.REVOKING,
                     at=now,
                     actor=actor,
                     action="revoke.started",
@@ -595,7 +592,7 @@ class GrantCases(ServiceBase):
                 session.scalar(
                     select(AccessRequest.id)
                     .where(
-                        AccessRequest.state == S.ACTIVE.value,
+                        AccessRequest.state == RequestState.ACTIVE.value,
                         AccessRequest.expires_at <= self.clock.now(),
                         AccessRequest.target.in_(targets),
                     )
@@ -610,7 +607,7 @@ class GrantCases(ServiceBase):
         now = self.clock.now()
         full = self.lanes.full(self.adapters)
         query = select(AccessRequest).where(
-            AccessRequest.state == S.ACTIVE.value, AccessRequest.expires_at <= now
+            AccessRequest.state == RequestState.ACTIVE.value, AccessRequest.expires_at <= now
         )
         if full:
             query = query.where(AccessRequest.target.not_in(full))
@@ -655,7 +652,7 @@ class GrantCases(ServiceBase):
         transitions.transition_many(
             session,
             reqs,
-            S.REVOKING,
+            RequestState.REVOKING,
             at=now,
             actor=actor,
             action="revoke.started",
@@ -684,7 +681,9 @@ class GrantCases(ServiceBase):
                     .where(
                         AccessRequest.target == target,
                         AccessRequest.account.in_({r.account for r in chunk}),
-                        AccessRequest.state.in_([S.GRANTING.value, S.ACTIVE.value]),
+                        AccessRequest.state.in_(
+                            [RequestState.GRANTING.value, RequestState.ACTIVE.value]
+                        ),
                     )
                     .order_by(AccessRequest.id)
                 ).all()
@@ -814,7 +813,7 @@ class GrantCases(ServiceBase):
             )
         now = self.clock.now()
         return RevokeOutcome(
-            S.ENDED,
+            RequestState.ENDED,
             "revoke.succeeded",
             changes={"ended_at": now, "revoke_detail": answer.detail or None},
             data={
@@ -841,7 +840,7 @@ class GrantCases(ServiceBase):
                     AccessRequest.expiry_warned_for,
                 )
                 .where(
-                    AccessRequest.state == S.ACTIVE.value,
+                    AccessRequest.state == RequestState.ACTIVE.value,
                     AccessRequest.expires_at > now,
                     AccessRequest.expires_at <= horizon,
                 )
@@ -859,12 +858,16 @@ class GrantCases(ServiceBase):
         try:
             with self.db.transaction() as session:
                 req = self._claim_one(session, request_id)
-                if req is None or req.state != S.ACTIVE or req.expiry_warned_for == req.expires_at:
+                if (
+                    req is None
+                    or req.state != RequestState.ACTIVE
+                    or req.expiry_warned_for == req.expires_at
+                ):
                     return False
                 transitions.transition(
                     session,
                     req,
-                    S.ACTIVE,
+                    RequestState.ACTIVE,
                     at=now,
                     actor="wardkey",
                     action="expiry.warned",
@@ -881,8 +884,8 @@ class GrantCases(ServiceBase):
         try:
             self._record(
                 request_id,
-                S.REVOKE_FAILED,
-                S.REVOKING,
+                RequestState.REVOKE_FAILED,
+                RequestState.REVOKING,
                 "revoke.retried",
                 changes=self._lease(now),
                 data={"attempt": self.get(request_id).revoke_attempts + 1, "worker": self.worker},
@@ -929,7 +932,7 @@ class GrantCases(ServiceBase):
         with self.db.read() as session:
             rows = session.execute(
                 select(AccessRequest.target, AccessRequest.account, AccessRequest.entitlement)
-                .where(AccessRequest.state == S.REVOKE_FAILED.value)
+                .where(AccessRequest.state == RequestState.REVOKE_FAILED.value)
                 .order_by(AccessRequest.state_changed_at)
             ).all()
         samples: dict[str, tuple[str, str]] = {}
@@ -973,7 +976,7 @@ class GrantCases(ServiceBase):
                     session.scalars(
                         select(AccessRequest.id)
                         .where(
-                            AccessRequest.state == S.REVOKE_FAILED.value,
+                            AccessRequest.state == RequestState.REVOKE_FAILED.value,
                             AccessRequest.target == target,
                         )
                         .order_by(AccessRequest.id)
@@ -998,7 +1001,7 @@ class GrantCases(ServiceBase):
                 select(
                     AccessRequest.id, AccessRequest.state_changed_at, AccessRequest.revoke_attempts
                 )
-                .where(AccessRequest.state == S.REVOKE_FAILED.value)
+                .where(AccessRequest.state == RequestState.REVOKE_FAILED.value)
                 .order_by(AccessRequest.state_changed_at)
                 .limit(limit)
             ).all()
@@ -1012,8 +1015,8 @@ class GrantCases(ServiceBase):
         key = person_key(self.policy, person)
         return self._record(
             request_id,
-            S.REVOKE_FAILED,
-            S.ENDED,
+            RequestState.REVOKE_FAILED,
+            RequestState.ENDED,
             "revoke.resolved_by_person",
             actor=key,
             changes={"ended_at": self.clock.now(), "revoke_detail": cleaned},
@@ -1023,14 +1026,14 @@ class GrantCases(ServiceBase):
     def _finish_revoke(self, request_id: int) -> RequestView:
         with self.db.read() as session:
             req = self._load(session, request_id)
-            if req.state != S.REVOKING or not self._holds_claim(req):
+            if req.state != RequestState.REVOKING or not self._holds_claim(req):
                 return self._view(session, req)
             other = self._other_holder(session, req)
         with self._holding(request_id):
             outcome = self._revoke_on_target(req, other)
         return self._finish(
             request_id,
-            S.REVOKING,
+            RequestState.REVOKING,
             outcome.to,
             outcome.action,
             changes=outcome.changes,
@@ -1048,7 +1051,7 @@ class GrantCases(ServiceBase):
             )
             now = self.clock.now()
             return RevokeOutcome(
-                S.ENDED,
+                RequestState.ENDED,
                 "revoke.succeeded",
                 changes={"ended_at": now, "revoke_detail": why},
                 data={"left_in_place": why},
@@ -1060,7 +1063,7 @@ class GrantCases(ServiceBase):
             return self._revoke_failure(req, exc)
         now = self.clock.now()
         return RevokeOutcome(
-            S.ENDED,
+            RequestState.ENDED,
             "revoke.succeeded",
             changes={"ended_at": now, "revoke_detail": result.detail or None},
             data={
@@ -1082,7 +1085,7 @@ class GrantCases(ServiceBase):
             describe_error(exc),
         )
         return RevokeOutcome(
-            S.REVOKE_FAILED,
+            RequestState.REVOKE_FAILED,
             "revoke.failed",
             changes={
                 "revoke_detail": describe_error(exc),
@@ -1129,7 +1132,7 @@ class GrantCases(ServiceBase):
             groups: dict[str, list[tuple[AccessRequest, RevokeOutcome]]] = {}
             for rid, outcome in outcomes:
                 req = rows.get(rid)
-                if req is None or req.state != S.REVOKING or not self._holds_claim(req):
+                if req is None or req.state != RequestState.REVOKING or not self._holds_claim(req):
                     continue
                 changes = sorted(outcome.changes.items())
                 same = repr((outcome.to, outcome.action, outcome.at, changes))
@@ -1162,19 +1165,21 @@ class GrantCases(ServiceBase):
         now = self.clock.now()
         revokes: list[tuple[int, Future[RequestView]]] = []
         for rid, state, started, seconds, target in self._take_over_stalled(now):
-            if state == S.REVOKING:
+            if state == RequestState.REVOKING:
                 revokes.append((rid, self._finish_revoke_in_lane(rid, target, on_done)))
-            elif state == S.GRANTING and now >= started + timedelta(seconds=seconds):
+            elif state == RequestState.GRANTING and now >= started + timedelta(seconds=seconds):
                 # Too late to give the access now: make sure it is not on the target.
                 self._abandon_grant(rid)
                 report.abandoned.append(rid)
             else:
-                view = self.grant(rid) if state == S.APPROVED else self._finish_grant(rid)
-                if view.state == S.ACTIVE:
+                view = (
+                    self.grant(rid) if state == RequestState.APPROVED else self._finish_grant(rid)
+                )
+                if view.state == RequestState.ACTIVE:
                     report.granted.append(rid)
         if wait:
             for rid, future in revokes:
-                ended = future.result().state == S.ENDED
+                ended = future.result().state == RequestState.ENDED
                 (report.revoked if ended else report.still_failing).append(rid)
         return report
 
@@ -1222,17 +1227,17 @@ class GrantCases(ServiceBase):
 
     def _take_over_stalled(
         self, now: datetime, limit: int = 200
-    ) -> list[tuple[int, S, datetime, int, str]]:
+    ) -> list[tuple[int, RequestState, datetime, int, str]]:
         stalled_work = and_(
-            AccessRequest.state.in_([S.GRANTING.value, S.REVOKING.value]),
+            AccessRequest.state.in_([RequestState.GRANTING.value, RequestState.REVOKING.value]),
             or_(AccessRequest.claimed_until.is_(None), AccessRequest.claimed_until <= now),
         )
         # An approval commits before its grant starts; one left that long had its worker die.
         stalled_approval = and_(
-            AccessRequest.state == S.APPROVED.value,
+            AccessRequest.state == RequestState.APPROVED.value,
             AccessRequest.state_changed_at <= now - self.lease,
         )
-        taken: list[tuple[int, S, datetime, int, str]] = []
+        taken: list[tuple[int, RequestState, datetime, int, str]] = []
         with self.db.transaction() as session:
             rows = session.scalars(
                 self._claim(
@@ -1243,10 +1248,10 @@ class GrantCases(ServiceBase):
                 )
             ).all()
             for req in rows:
-                state = S(req.state)
+                state = RequestState(req.state)
                 started = window_start(req, now)
-                if state in (S.GRANTING, S.REVOKING):
-                    verb = "grant" if state == S.GRANTING else "revoke"
+                if state in (RequestState.GRANTING, RequestState.REVOKING):
+                    verb = "grant" if state == RequestState.GRANTING else "revoke"
                     transitions.transition(
                         session,
                         req,
@@ -1268,8 +1273,8 @@ class GrantCases(ServiceBase):
             detail += self._undo_uncertain_grant(req)
         return self._finish(
             request_id,
-            S.GRANTING,
-            S.GRANT_FAILED,
+            RequestState.GRANTING,
+            RequestState.GRANT_FAILED,
             "grant.failed",
             changes={"grant_detail": detail, "ended_at": self.clock.now()},
             data={"error": detail, "transient": False},

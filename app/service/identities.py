@@ -21,9 +21,8 @@ from app.policy.model import Identity
 from app.policy.people import Person, person_key
 from app.service.base import RETIRED as RETIRED
 from app.service.base import STILL_NEEDED as STILL_NEEDED
-from app.service.base import S
 from app.service.grants import GrantCases
-from app.store.models import AccessRequest, Attestation, OrphanFlag
+from app.store.models import AccessRequest, Attestation, OrphanFlag, RequestState
 
 
 class AttestationStep(StrEnum):
@@ -159,7 +158,13 @@ class IdentityCases(GrantCases):
                 select(AccessRequest.id)
                 .where(
                     AccessRequest.identity == name,
-                    AccessRequest.state.in_([S.PENDING.value, S.APPROVED.value, S.ACTIVE.value]),
+                    AccessRequest.state.in_(
+                        [
+                            RequestState.PENDING.value,
+                            RequestState.APPROVED.value,
+                            RequestState.ACTIVE.value,
+                        ]
+                    ),
                 )
                 .order_by(AccessRequest.id)
             ).all()

@@ -21,7 +21,7 @@ from app.lifecycle.validation import MAX_NOTE_CHARS, clean_reason, clean_text, w
 from app.policy import rules
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person, person_key
-from app.service.base import STATE_WORDS, S
+from app.service.base import STATE_WORDS
 from app.service.identities import IdentityCases
 from app.service.tickets import TICKET_CLOSED, closed_since_asked, ticket_audit, ticket_fields
 from app.service.views import REPLACED_BY_BREAK_GLASS, WITHDRAWN, RequestView
@@ -29,6 +29,7 @@ from app.store.models import (
     AccessRequest,
     AuditEvent,
     Decision,
+    RequestState,
     Review,
     ReviewState,
 )
@@ -36,23 +37,25 @@ from app.store.models import (
 REMINDED, ESCALATED = 1, 2  # AccessRequest.escalation_level
 # Why a request that is no longer waiting cannot be cancelled, and what to do instead.
 _ASK_AGAIN = "If you need the access, ask again with `/jit request`."
+_BEING_SET_UP = (
+    "Request #{id} has already been approved and access is being set up, so it can no longer be "
+    "cancelled. Once it is active, end it with `/jit revoke {id}`."
+)
 NOT_CANCELLABLE = {
-    S.APPROVED: "Request #{id} has already been approved and access is being set up, so it "
-    "can no longer be cancelled. Once it is active, end it with `/jit revoke {id}`.",
-    S.GRANTING: "Request #{id} has already been approved and access is being set up, so it "
-    "can no longer be cancelled. Once it is active, end it with `/jit revoke {id}`.",
-    S.ACTIVE: "Request #{id} has already been approved and access is active, so there is "
-    "nothing to cancel. To end the access now, use `/jit revoke {id}`.",
-    S.REVOKING: "Request #{id} is already ending, so there is nothing to cancel.",
-    S.REVOKE_FAILED: "Request #{id} is already ending (removing the access needs another try; "
-    "WardKey keeps trying), so there is nothing to cancel.",
-    S.ENDED: "Request #{id} has already ended, so there is nothing to cancel.",
-    S.DENIED: f"Request #{{id}} was denied, so there is nothing to cancel. {_ASK_AGAIN}",
-    S.CANCELLED: f"Request #{{id}} was already cancelled. {_ASK_AGAIN}",
-    S.TIMED_OUT: "Request #{id} timed out without a decision, so there is nothing to cancel. "
-    + _ASK_AGAIN,
-    S.GRANT_FAILED: "Request #{id} was approved but the target could not grant it, so there is "
-    "nothing to cancel; WardKey admins were told.",
+    RequestState.APPROVED: _BEING_SET_UP,
+    RequestState.GRANTING: _BEING_SET_UP,
+    RequestState.ACTIVE: "Request #{id} has already been approved and access is active, so "
+    "there is nothing to cancel. To end the access now, use `/jit revoke {id}`.",
+    RequestState.REVOKING: "Request #{id} is already ending, so there is nothing to cancel.",
+    RequestState.REVOKE_FAILED: "Request #{id} is already ending (removing the access needs "
+    "another try; WardKey keeps trying), so there is nothing to cancel.",
+    RequestState.ENDED: "Request #{id} has already ended, so there is nothing to cancel.",
+    RequestState.DENIED: f"Request #{{id}} was denied, so there is nothing to cancel. {_ASK_AGAIN}",
+    RequestState.CANCELLED: f"Request #{{id}} was already cancelled. {_ASK_AGAIN}",
+    RequestState.TIMED_OUT: "Request #{id} timed out without a decision, so there is nothing to "
+    "cancel. " + _ASK_AGAIN,
+    RequestState.GRANT_FAILED: "Request #{id} was approved but the target could not grant it, so "
+    "there is nothing to cancel; WardKey admins were told.",
 }
 
 
@@ -86,7 +89,7 @@ class RequestCases(IdentityCases):
             reason,
             duration,
             now,
-            S.PENDING,
+            RequestState.PENDING,
             "request.created",
             fields={"ticket": ticket, "sponsor": sponsor, **ticket_fields(checked, now)},
             data={
@@ -162,7 +165,7 @@ class RequestCases(IdentityCases):
                 reason,
                 duration,
                 now,
-                S.GRANTING,
+                RequestState.GRANTING,
                 "breakglass.started",
                 fields={"decided_at": now, "preexisting": preexisting, **self._lease(now)},
                 data={
@@ -198,7 +201,7 @@ class RequestCases(IdentityCases):
                 AccessRequest.role == plan.role,
                 AccessRequest.account == plan.account,
                 AccessRequest.requester == key,
-                AccessRequest.state == S.PENDING.value,
+                AccessRequest.state == RequestState.PENDING.value,
             )
         ).first()
 
@@ -213,12 +216,12 @@ class RequestCases(IdentityCases):
         outcome = self._retrying(
             lambda: self._decide(request_id, approver, approve=True, step_up=step_up)
         )
-        if outcome.state == S.APPROVED:
+        if outcome.state == RequestState.APPROVED:
             if (why := closed_since_asked(self, request_id)) is not None:
                 self._end_for(request_id, "wardkey", why, TICKET_CLOSED)
                 return self.get(request_id)
             return self.grant(request_id)
-        extended = outcome.state == S.ACTIVE and outcome.extension is None
+        extended = outcome.state == RequestState.ACTIVE and outcome.extension is None
         if extended and len(outcome.approvals) >= outcome.approvals_needed:
             self._refresh_target(outcome)
         return outcome
@@ -243,10 +246,12 @@ class RequestCases(IdentityCases):
         now = self.clock.now()
         with self.db.read() as session:
             req = self._load(session, request_id)
-            in_extension = req.state == S.ACTIVE and req.extension_seconds is not None
-            if req.state != S.PENDING and not in_extension:
-                raise AlreadyDecided(f"Request #{req.id} {STATE_WORDS[S(req.state)]}.")
-            if req.state == S.PENDING and now >= req.created_at + self._pending_timeout(req.path):
+            in_extension = req.state == RequestState.ACTIVE and req.extension_seconds is not None
+            if req.state != RequestState.PENDING and not in_extension:
+                raise AlreadyDecided(f"Request #{req.id} {STATE_WORDS[RequestState(req.state)]}.")
+            if req.state == RequestState.PENDING and now >= req.created_at + self._pending_timeout(
+                req.path
+            ):
                 raise AlreadyDecided(f"Request #{req.id} is past its time to be decided.")
             self._decider_check(req, approver, now, in_extension)
             earlier = session.scalars(
@@ -295,10 +300,12 @@ class RequestCases(IdentityCases):
         now = self.clock.now()
         with self.db.transaction() as session:
             req = self._load(session, request_id)
-            in_extension = req.state == S.ACTIVE and req.extension_seconds is not None
-            if req.state != S.PENDING and not in_extension:
-                raise AlreadyDecided(f"Request #{req.id} {STATE_WORDS[S(req.state)]}.")
-            if req.state == S.PENDING and now >= req.created_at + self._pending_timeout(req.path):
+            in_extension = req.state == RequestState.ACTIVE and req.extension_seconds is not None
+            if req.state != RequestState.PENDING and not in_extension:
+                raise AlreadyDecided(f"Request #{req.id} {STATE_WORDS[RequestState(req.state)]}.")
+            if req.state == RequestState.PENDING and now >= req.created_at + self._pending_timeout(
+                req.path
+            ):
                 # Past its time-out, though the sweep has not closed it yet: too late to decide.
                 self._apply_time_out(session, req, now)
                 return self._view(session, req)
@@ -364,7 +371,7 @@ class RequestCases(IdentityCases):
                 transitions.transition(
                     session,
                     req,
-                    S(req.state),
+                    RequestState(req.state),
                     at=now,
                     actor=key,
                     action="extension.approval_recorded"
@@ -382,7 +389,7 @@ class RequestCases(IdentityCases):
                 transitions.transition(
                     session,
                     req,
-                    S.APPROVED,
+                    RequestState.APPROVED,
                     at=now,
                     actor=key,
                     action="request.approved",
@@ -406,7 +413,7 @@ class RequestCases(IdentityCases):
             transitions.transition(
                 session,
                 req,
-                S.ACTIVE,
+                RequestState.ACTIVE,
                 at=now,
                 actor=key,
                 action="extension.denied",
@@ -417,7 +424,7 @@ class RequestCases(IdentityCases):
             transitions.transition(
                 session,
                 req,
-                S.DENIED,
+                RequestState.DENIED,
                 at=now,
                 actor=key,
                 action="request.denied",
@@ -450,14 +457,16 @@ class RequestCases(IdentityCases):
                         f"Only the person who asked for request #{req.id} can cancel it, so "
                         "nothing was changed."
                     )
-                if req.state != S.PENDING:
-                    refusal = NOT_CANCELLABLE.get(S(req.state), "Request #{id} is not waiting.")
+                if req.state != RequestState.PENDING:
+                    refusal = NOT_CANCELLABLE.get(
+                        RequestState(req.state), "Request #{id} is not waiting."
+                    )
                     raise AlreadyDecided(refusal.format(id=req.id))
                 key = person_key(self.policy, person)
                 transitions.transition(
                     session,
                     req,
-                    S.CANCELLED,
+                    RequestState.CANCELLED,
                     at=now,
                     actor=key,
                     action="request.cancelled",
@@ -478,7 +487,7 @@ class RequestCases(IdentityCases):
         now = self.clock.now()
         with self.db.transaction() as session:
             req = self._claim_one(session, request_id)
-            if req is None or req.state != S.PENDING:
+            if req is None or req.state != RequestState.PENDING:
                 return None
             if now < req.created_at + self._pending_timeout(req.path):
                 return None
@@ -493,7 +502,7 @@ class RequestCases(IdentityCases):
         transitions.transition(
             session,
             req,
-            S.TIMED_OUT,
+            RequestState.TIMED_OUT,
             at=now,
             actor="wardkey",
             action="request.timed_out",
@@ -527,7 +536,7 @@ class RequestCases(IdentityCases):
                     AccessRequest.path,
                     AccessRequest.created_at,
                     AccessRequest.escalation_level,
-                ).where(AccessRequest.state == S.PENDING.value)
+                ).where(AccessRequest.state == RequestState.PENDING.value)
             ).all()
         reached: list[tuple[int, int]] = []
         for rid, path, created, level in pending:
@@ -543,7 +552,11 @@ class RequestCases(IdentityCases):
         try:
             with self.db.transaction() as session:
                 req = self._claim_one(session, request_id)
-                if req is None or req.state != S.PENDING or req.escalation_level >= level:
+                if (
+                    req is None
+                    or req.state != RequestState.PENDING
+                    or req.escalation_level >= level
+                ):
                     return False
                 data: dict[str, object] = {
                     "waited_seconds": int((now - req.created_at).total_seconds()),
@@ -553,7 +566,7 @@ class RequestCases(IdentityCases):
                 transitions.transition(
                     session,
                     req,
-                    S.PENDING,
+                    RequestState.PENDING,
                     at=now,
                     actor="wardkey",
                     action="approval.escalated" if level == ESCALATED else "approval.reminded",
@@ -569,7 +582,7 @@ class RequestCases(IdentityCases):
         with self.db.read() as session:
             pending = session.execute(
                 select(AccessRequest.id, AccessRequest.path, AccessRequest.created_at).where(
-                    AccessRequest.state == S.PENDING.value
+                    AccessRequest.state == RequestState.PENDING.value
                 )
             ).all()
         due = [
@@ -596,7 +609,13 @@ class RequestCases(IdentityCases):
             rows = session.scalars(
                 select(AccessRequest)
                 .where(
-                    AccessRequest.state.in_([S.PENDING.value, S.APPROVED.value, S.ACTIVE.value]),
+                    AccessRequest.state.in_(
+                        [
+                            RequestState.PENDING.value,
+                            RequestState.APPROVED.value,
+                            RequestState.ACTIVE.value,
+                        ]
+                    ),
                     AccessRequest.requester.in_(known)
                     | AccessRequest.requester_email.in_(known)
                     | AccessRequest.requester_slack_id.in_(known),

@@ -17,7 +17,6 @@ from app.store.models import AccessRequest, Decision, RequestState, TicketNote
 from app.tickets import TicketNotFound, TicketUnreadable
 
 log = logging.getLogger(__name__)
-S = RequestState
 # Why a request ended, as a word (AccessRequest.end_cause): its ticket was resolved or closed.
 TICKET_CLOSED = "ticket_closed"
 # How often an active grant's ticket is asked about again (paths with ticket.ends_access).
@@ -79,7 +78,7 @@ class TicketCases(GrantCases):
             rows = session.execute(
                 select(AccessRequest.id, AccessRequest.ticket_system, AccessRequest.ticket)
                 .where(
-                    AccessRequest.state == S.ACTIVE.value,
+                    AccessRequest.state == RequestState.ACTIVE.value,
                     AccessRequest.path.in_(paths),
                     AccessRequest.ticket_system.is_not(None),
                     AccessRequest.ticket.is_not(None),
@@ -105,7 +104,9 @@ class TicketCases(GrantCases):
             with self.db.transaction() as session:
                 session.execute(
                     update(AccessRequest)
-                    .where(AccessRequest.id.in_(ids), AccessRequest.state == S.ACTIVE.value)
+                    .where(
+                        AccessRequest.id.in_(ids), AccessRequest.state == RequestState.ACTIVE.value
+                    )
                     .values(
                         ticket_checked_at=now,
                         **({"ticket_state": facts.state[:100]} if facts is not None else {}),
@@ -158,7 +159,7 @@ class TicketCases(GrantCases):
                 .limit(limit)
             )
             if event == "ended":
-                query = query.where(AccessRequest.state == S.ENDED.value)
+                query = query.where(AccessRequest.state == RequestState.ENDED.value)
             with self.db.read() as session:
                 rows = session.scalars(query).all()
                 notes = [(req, self._note_text(session, req, event)) for req in rows]

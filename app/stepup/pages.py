@@ -21,7 +21,7 @@ from app.stepup.service import (
     StepUpService,
     cookie_name,
 )
-from app.store.models import RequestState as S
+from app.store.models import RequestState
 
 log = logging.getLogger(__name__)
 StartResponse = Callable[..., Any]
@@ -117,13 +117,13 @@ def _approved(finished: Finished, service: StepUpService) -> tuple[str, str]:
     assert view is not None
     zone = service.access.policy.zone
     what = f"{view.target}:{view.role} for {format_duration(view.requested)}"
-    if view.state == S.PENDING:
+    if view.state == RequestState.PENDING:
         return (
             "Approval recorded",
             f"Your approval of request #{view.id} ({what}) is recorded. It needs more "
             "approvals before access is given; the Slack card shows who else has approved.",
         )
-    if view.state == S.ACTIVE and view.expires_at is not None:
+    if view.state == RequestState.ACTIVE and view.expires_at is not None:
         until = view.expires_at.astimezone(zone).strftime("%H:%M")
         return (
             "Approved",

@@ -44,7 +44,7 @@ from app.slack.parsing import (
     parse_breakglass,
     parse_jit,
 )
-from app.store.models import RequestState as S
+from app.store.models import RequestState
 from app.wording import listed, plural
 
 HELP = (
@@ -64,7 +64,14 @@ HELP = (
 BREAK_GLASS_ACK = (
     "Break-glass request recorded. I'll answer here as soon as access is active, or say why not."
 )
-LIVE = (S.PENDING, S.APPROVED, S.GRANTING, S.ACTIVE, S.REVOKING, S.REVOKE_FAILED)
+LIVE = (
+    RequestState.PENDING,
+    RequestState.APPROVED,
+    RequestState.GRANTING,
+    RequestState.ACTIVE,
+    RequestState.REVOKING,
+    RequestState.REVOKE_FAILED,
+)
 
 
 def register(app: App, deps: SlackDeps) -> None:
@@ -201,7 +208,7 @@ def _break_glass(
 ) -> None:
     view = deps.service.break_glass(person_of(context), parsed.target, parsed.role, parsed.reason)
     zone = deps.service.policy.zone
-    if view.state == S.PENDING:  # held for a second person (app/service/breakglass.py)
+    if view.state == RequestState.PENDING:  # held for a second person (app/service/breakglass.py)
         respond(response_type="ephemeral", text=held_text(deps, view))
         deps.notifier.break_glass_started(view)
         return
