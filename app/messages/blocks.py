@@ -21,6 +21,7 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
+from app.lifecycle.snapshots import RequestView
 from app.policy import rules
 from app.policy.durations import format_duration
 from app.policy.model import BREAK_GLASS_PATH, Policy
@@ -29,7 +30,6 @@ from app.service.base import UNREACHABLE
 from app.service.digest import Digest
 from app.service.identities import RETIRED, STILL_NEEDED, AttestationView
 from app.service.reviews import BreakGlassSummary
-from app.service.views import RequestView
 from app.store.models import RequestState, ReviewState
 from app.wording import listed, plural
 

@@ -25,6 +25,7 @@ from slack_sdk.models.blocks import (
 )
 from slack_sdk.models.views import View
 
+from app.lifecycle.snapshots import RequestView
 from app.messages.blocks import (
     SLACK_SHOWS,
     Names,
@@ -37,7 +38,6 @@ from app.messages.blocks import (
 )
 from app.policy.durations import format_duration
 from app.policy.rules import RequestPlan
-from app.service.views import RequestView
 from app.store.models import RequestState
 
 REQUEST_VIEW = "jit_request"

@@ -9,10 +9,10 @@ from app.lifecycle.errors import (
     SelfApproval,
     ServiceError,
 )
+from app.lifecycle.snapshots import DecisionView, RequestView, ReviewView
 from app.service.access import AccessService
 from app.service.grants import ReconcileReport
 from app.service.reviews import BreakGlassSummary, ReviewStep
-from app.service.views import DecisionView, RequestView, ReviewView
 
 __all__ = [
     "AccessService",

@@ -32,6 +32,7 @@ from app.lifecycle.errors import (
     NotFound,
 )
 from app.lifecycle.leases import Heartbeat, TargetLanes
+from app.lifecycle.snapshots import RequestView
 from app.lifecycle.transitions import StaleState
 from app.lifecycle.validation import refuse_control_characters
 from app.policy import rules
@@ -39,7 +40,6 @@ from app.policy.model import BREAK_GLASS_PATH, Policy
 from app.policy.people import Person, person_key, same_person
 from app.policy.tickets import TicketFacts, unanswered
 from app.policy.tickets import refusal as ticket_refusal
-from app.service.views import RequestView
 from app.store.db import Database
 from app.store.models import (
     HOLDING_STATES,

@@ -23,13 +23,13 @@ from app.breakglass.rules import Breach, Budget, Flag, FlagFacts, Use, budget_br
 from app.breakglass.rules import usage as usage_of
 from app.lifecycle import transitions
 from app.lifecycle.errors import AlreadyDecided, NotAllowed, NotFound, SelfApproval
+from app.lifecycle.snapshots import REPLACED_BY_BREAK_GLASS, RequestView
 from app.lifecycle.validation import clean_reason, within_cap
 from app.policy import rules
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person, person_key, same_person
 from app.service.base import STATE_WORDS
 from app.service.requests import RequestCases, _reserve_request_id
-from app.service.views import REPLACED_BY_BREAK_GLASS, RequestView
 from app.store.models import AccessRequest, AuditEvent, RequestState, Review, ReviewState
 
 HELD = "breakglass.held"

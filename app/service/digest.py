@@ -19,12 +19,12 @@ from sqlalchemy.exc import IntegrityError
 
 from app import audit
 from app.audit.chain import hashed_time
+from app.lifecycle.snapshots import RequestView
 from app.lifecycle.transitions import announce
 from app.policy import rules
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person
 from app.service.base import ServiceBase
-from app.service.views import RequestView
 from app.store.models import AccessRequest, AuditEvent, RequestState, Review, ReviewState, SweepRun
 
 DIGEST_JOB = "digest"

@@ -24,6 +24,7 @@ from app.lifecycle.errors import (
     NotAllowed,
     NotEligible,
 )
+from app.lifecycle.snapshots import RequestView
 from app.lifecycle.transitions import StaleState
 from app.lifecycle.validation import MAX_NOTE_CHARS, clean_note, clean_text
 from app.policy import rules
@@ -38,7 +39,6 @@ from app.service.base import (
     describe_error,
     log,
 )
-from app.service.views import RequestView
 from app.store.db import is_database_error
 from app.store.models import AccessRequest, RequestState
 

@@ -16,6 +16,7 @@ from app.lifecycle.errors import (
     SelfApproval,
     StepUpNeeded,
 )
+from app.lifecycle.snapshots import REPLACED_BY_BREAK_GLASS, WITHDRAWN, RequestView
 from app.lifecycle.transitions import StaleState
 from app.lifecycle.validation import MAX_NOTE_CHARS, clean_reason, clean_text, within_cap
 from app.policy import rules
@@ -24,7 +25,6 @@ from app.policy.people import Person, person_key
 from app.service.base import STATE_WORDS
 from app.service.identities import IdentityCases
 from app.service.tickets import TICKET_CLOSED, closed_since_asked, ticket_audit, ticket_fields
-from app.service.views import REPLACED_BY_BREAK_GLASS, WITHDRAWN, RequestView
 from app.store.models import (
     AccessRequest,
     AuditEvent,

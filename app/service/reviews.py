@@ -18,6 +18,7 @@ from app.lifecycle.errors import (
     NotFound,
     SelfApproval,
 )
+from app.lifecycle.snapshots import RequestView
 from app.lifecycle.transitions import StaleState
 from app.lifecycle.validation import clean_note
 from app.policy import rules
@@ -25,7 +26,6 @@ from app.policy.model import BREAK_GLASS_PATH, AccessPath
 from app.policy.people import Person, person_key
 from app.service.base import ServiceBase
 from app.service.requests import replaced_in
-from app.service.views import RequestView
 from app.store.models import (
     FINAL_STATES,
     AccessRequest,

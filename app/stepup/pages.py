@@ -11,8 +11,8 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
 
+from app.lifecycle.snapshots import RequestView
 from app.policy.durations import format_duration
-from app.service import RequestView
 from app.stepup.oidc import SignInRefused
 from app.stepup.service import (
     CALLBACK_PATH,
