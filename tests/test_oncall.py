@@ -590,6 +590,17 @@ class TestPolicyValidation:
             "source says who is on call"
         ]
 
+    def test_on_call_and_hand_off_beside_a_source_are_refused_not_ignored(self) -> None:
+        # The source says how many are on call and when shifts change: `on_call: 2` there
+        # would be silently ignored, so it is refused at its field (even at its default).
+        data = ward_with({"pagerduty": {"schedule": "PWARD07", "token_env": "PD"}})
+        data["oncall"]["clinical-oncall"].update(on_call=2, handoff="08:00", handoff_day="monday")
+        assert problems(data) == [
+            f"oncall.clinical-oncall.{field}: a rota with a source takes no '{field}': its "
+            "source says who is on call"
+            for field in ("on_call", "handoff", "handoff_day")
+        ]
+
     def test_a_literal_rota_still_needs_its_rotation(self) -> None:
         data: dict[str, Any] = yaml.safe_load(WARD.read_text())
         del data["oncall"]["clinical-oncall"]["rotation"]

@@ -34,6 +34,16 @@ TargetCheck = Callable[[Target], Iterable[tuple[Location, str]]]
 
 # Setting names that hold a secret; their values belong in `secrets:` as env var names.
 _SECRET_WORDS = ("password", "secret", "token", "api_key", "apikey", "private_key", "passphrase")
+# A rota with a source ignores these: given at all (even at its default), they are refused.
+_LISTED_ROTA_ONLY = (
+    "members",
+    "rotation",
+    "starts",
+    "overrides",
+    "on_call",
+    "handoff",
+    "handoff_day",
+)
 
 
 @dataclass(frozen=True)
@@ -254,8 +264,8 @@ def _rotas(policy: Policy) -> Iterator[PolicyIssue]:
         loc: Location = ("oncall", name)
         if rota.source is not None:
             yield from _source_urls(loc, rota.source)
-            for field in ("members", "rotation", "starts", "overrides"):
-                if getattr(rota, field):
+            for field in _LISTED_ROTA_ONLY:
+                if field in rota.model_fields_set:
                     yield PolicyIssue(
                         (*loc, field),
                         f"a rota with a source takes no '{field}': its source says who is on call",
