@@ -23,13 +23,13 @@ from app.breakglass.rules import Breach, Budget, Flag, FlagFacts, Use, budget_br
 from app.breakglass.rules import usage as usage_of
 from app.lifecycle import transitions
 from app.lifecycle.errors import AlreadyDecided, NotAllowed, NotFound, SelfApproval
-from app.lifecycle.snapshots import REPLACED_BY_BREAK_GLASS, RequestView
+from app.lifecycle.snapshots import RequestView
 from app.lifecycle.validation import clean_reason, within_cap
 from app.policy import rules
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person, person_key, same_person
 from app.service.base import STATE_WORDS
-from app.service.requests import RequestCases, _reserve_request_id
+from app.service.requests import RequestCases
 from app.store.models import AccessRequest, AuditEvent, RequestState, Review, ReviewState
 
 HELD = "breakglass.held"
@@ -180,22 +180,7 @@ class BreakGlassCases(RequestCases):
         def replace_pending(session: Session, key: str) -> tuple[int | None, dict[str, object]]:
             """The person's own request for this access, still waiting for approval, is
             replaced as an immediate break-glass would replace it."""
-            pending = self._own_pending(session, key, plan)
-            if pending is None or pending.path == BREAK_GLASS_PATH:
-                return None, {}
-            new_id = _reserve_request_id(session)
-            self._cancel_as(
-                session,
-                pending,
-                now,
-                key,
-                f"replaced by break-glass #{new_id}",
-                REPLACED_BY_BREAK_GLASS,
-                {"replaced_by": new_id},
-            )
-            return new_id, {
-                "replaces": {"request": pending.id, "pending_since": pending.created_at}
-            }
+            return self._replace_own_pending(session, key, plan, now, keep_break_glass=True)
 
         return self._retrying(
             lambda: self._open(

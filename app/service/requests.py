@@ -141,22 +141,7 @@ class RequestCases(IdentityCases):
             approval, is replaced: cancelled in this transaction, each naming the other."""
             if guard is not None:
                 guard(session)
-            pending = self._own_pending(session, key, plan)
-            if pending is None:
-                return None, {}
-            new_id = _reserve_request_id(session)
-            self._cancel_as(
-                session,
-                pending,
-                now,
-                key,
-                f"replaced by break-glass #{new_id}",
-                REPLACED_BY_BREAK_GLASS,
-                {"replaced_by": new_id},
-            )
-            return new_id, {
-                "replaces": {"request": pending.id, "pending_since": pending.created_at}
-            }
+            return self._replace_own_pending(session, key, plan, now)
 
         view = self._retrying(
             lambda: self._open(
@@ -204,6 +189,34 @@ class RequestCases(IdentityCases):
                 AccessRequest.state == RequestState.PENDING.value,
             )
         ).first()
+
+    def _replace_own_pending(
+        self,
+        session: Session,
+        key: str,
+        plan: rules.RequestPlan,
+        now: datetime,
+        *,
+        keep_break_glass: bool = False,
+    ) -> tuple[int | None, dict[str, object]]:
+        """A break-glass replaces the person's own request for the same access that is still
+        waiting for approval: it is cancelled in the caller's transaction, each naming the
+        other. Returns the id reserved for the break-glass (None: nothing was replaced) and
+        what its audit event records. `keep_break_glass`: a waiting break-glass stays."""
+        pending = self._own_pending(session, key, plan)
+        if pending is None or (keep_break_glass and pending.path == BREAK_GLASS_PATH):
+            return None, {}
+        new_id = _reserve_request_id(session)
+        self._cancel_as(
+            session,
+            pending,
+            now,
+            key,
+            f"replaced by break-glass #{new_id}",
+            REPLACED_BY_BREAK_GLASS,
+            {"replaced_by": new_id},
+        )
+        return new_id, {"replaces": {"request": pending.id, "pending_since": pending.created_at}}
 
     # ---------------------------------------------------------------------------- decisions
 
