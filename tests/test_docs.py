@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from app.policy.model import PagerDutySource, RosterSource, Target
+from app.policy.model import (
+    EntraGroup,
+    JiraSystem,
+    LdapGroup,
+    OpsgenieSource,
+    PagerDutySource,
+    RosterSource,
+    ServiceNowSystem,
+    Target,
+)
 
 ROOT = Path(__file__).parent.parent
 README = ROOT / "README.md"
@@ -147,6 +156,9 @@ def test_the_readme_sections_the_code_points_to_exist() -> None:
     assert pointed and set(pointed) <= headings, pointed
 
 
+INSECURE = "`insecure: true` on a target, rota source, directory group or ticket system"
+
+
 def test_the_readme_security_section_lists_each_setting_with_its_real_default() -> None:
     """The settings that loosen what WardKey refuses are in the README with their defaults, and
     the defaults it states are the code's."""
@@ -161,7 +173,7 @@ def test_the_readme_security_section_lists_each_setting_with_its_real_default() 
     assert set(rows) == {
         "`SLACK_TEAM_IDS`, `SLACK_ENTERPRISE_ID`",
         "`WARDKEY_METRICS_TOKEN`",
-        "`insecure: true` on a target or rota source",
+        INSECURE,
         "`WARDKEY_MAX_BODY_BYTES`",
         "`WARDKEY_CHECKPOINT_KEY`, `WARDKEY_CHECKPOINT_DIR`",
     }
@@ -179,6 +191,7 @@ def test_the_readme_security_section_lists_each_setting_with_its_real_default() 
     assert f"`WARDKEY_CHECKPOINT_SECONDS` ({fields['wardkey_checkpoint_seconds'].default:g})" in (
         section
     )
-    assert rows["`insecure: true` on a target or rota source"].startswith("`false`")
-    for flagged in (Target, RosterSource, PagerDutySource):
+    assert rows[INSECURE].startswith("`false`")
+    every = (Target, RosterSource, PagerDutySource, OpsgenieSource, LdapGroup, EntraGroup)
+    for flagged in (*every, ServiceNowSystem, JiraSystem):
         assert flagged.model_fields["insecure"].default is False
