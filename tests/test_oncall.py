@@ -213,6 +213,27 @@ class TestRosterSource:
 
 
 class TestUnreadableSource:
+    def test_a_key_in_a_roster_url_is_never_shown(
+        self, files: FileServer, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """E-rostering systems publish exports at links that carry their key: the key stays
+        out of the log, `policy check`'s words and the security channel's alert."""
+        files.files["/ward7.csv"] = CSV.read_bytes()
+        clock = ManualClock(utc("2026-03-29T13:00:00+01:00"))
+        url = f"{files.base_url}/ward7.csv?token=SECRET123"
+        policy, cache = sourced({"roster": {"url": url, "format": "csv", "insecure": True}}, clock)
+        caplog.set_level(logging.WARNING, logger="app.oncall.cache")
+        assert "ben@ward.nhs.uk" in approvers_at(policy, "clinical", clock.now())
+        assert "ward7.csv?…" in cache.describe("clinical-oncall")
+
+        files.status = 503
+        clock.advance(timedelta(minutes=30))
+        approvers_at(policy, "clinical", clock.now())
+        said = [cache.describe("clinical-oncall"), *path_sources(policy, "clinical")]
+        said += [r.getMessage() for r in caplog.records]
+        assert any("HTTP 503" in line for line in said)
+        assert not [line for line in said if "SECRET123" in line]
+
     def test_last_good_answer_within_stale_after_then_nobody_from_the_rota(
         self, files: FileServer, caplog: pytest.LogCaptureFixture
     ) -> None:

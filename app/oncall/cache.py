@@ -20,7 +20,13 @@ import httpx
 
 from app.clock import Clock, SystemClock
 from app.oncall.shifts import Shift, on_call
-from app.oncall.sources import SourceUnreadable, read_opsgenie, read_pagerduty, read_roster
+from app.oncall.sources import (
+    SourceUnreadable,
+    read_opsgenie,
+    read_pagerduty,
+    read_roster,
+    shown_url,
+)
 from app.policy.model import Policy, Rota, RotaSource
 
 log = logging.getLogger(__name__)
@@ -81,7 +87,7 @@ def where_from(source: RotaSource) -> str:
     'Opsgenie schedule ward7-nic'."""
     if source.roster is not None:
         roster = source.roster
-        place = roster.file if roster.file is not None else roster.url
+        place = roster.file if roster.file is not None else shown_url(roster.url or "")
         return f"roster export {place}"
     return card_words(source)
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -45,6 +45,17 @@ def _retry_after(response: httpx.Response) -> timedelta | None:
     return timedelta(seconds=int(value)) if value.isdigit() else None
 
 
+def shown_url(url: str) -> str:
+    """A URL as WardKey shows it in logs, alerts and `policy check`: a rostering system's
+    export link often carries its key in the query string or the user part, so only the
+    scheme, host and path are shown (a query is marked `?…`)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "…" if parts.query else "", ""))
+
+
 def read_roster(source: RosterSource, zone: ZoneInfo, client: httpx.Client) -> list[Shift]:
     if source.file is not None:
         try:
@@ -54,7 +65,7 @@ def read_roster(source: RosterSource, zone: ZoneInfo, client: httpx.Client) -> l
         where = source.file
     else:
         assert source.url is not None
-        where = source.url
+        where = shown_url(source.url)
         try:
             response = client.get(source.url, timeout=TIMEOUT)
         except httpx.HTTPError as exc:
