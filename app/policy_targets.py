@@ -89,8 +89,9 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
 
 
 def policy_warnings(policy: Policy) -> list[PolicyIssue]:
-    """What a valid policy allows but should not stay so: each insecure connection a target or
-    a rota's source marked `insecure: true` accepts (and the flag where nothing needs it)."""
+    """What a valid policy allows but should not stay so: each insecure connection a target, a
+    directory group, a rota's source, a ticket system or the identity provider marked
+    `insecure: true` accepts (and the flag where nothing needs it)."""
     found: list[PolicyIssue] = []
     for name, target in policy.targets.items():
         if not target.insecure:
@@ -129,6 +130,19 @@ def policy_warnings(policy: Policy) -> list[PolicyIssue]:
             )
         else:
             found.append(PolicyIssue(where, "nothing here needs it; remove it"))
+    provider = policy.identity_provider
+    if provider is not None and provider.insecure:
+        provider_at: tuple[str, ...] = ("identity_provider", "insecure")
+        if provider.issuer.startswith("http://"):
+            found.append(
+                PolicyIssue(
+                    provider_at,
+                    "approvers' sign-ins (codes and ID tokens) cross plain http:// "
+                    f"({provider.issuer[:60]})",
+                )
+            )
+        else:
+            found.append(PolicyIssue(provider_at, "nothing here needs it; remove it"))
     found += ticket_system_warnings(policy)
     return found
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -16,7 +17,7 @@ from app.directory import SlackDirectory, Workspace
 from app.notify.notifier import Notifier
 from app.policy import Policy, PolicyError
 from app.policy_reload import PolicyReloader
-from app.policy_targets import load_policy
+from app.policy_targets import load_policy, policy_warnings
 from app.scheduler import Sweeps
 from app.service import AccessService
 from app.slack.app import build_app, web_client
@@ -24,6 +25,8 @@ from app.slack.intake import Intake, Redelivery
 from app.stepup.service import StepUpService
 from app.store import Database
 from app.wording import listed, plural
+
+log = logging.getLogger(__name__)
 
 MISSING = {
     "slack_bot_token": "SLACK_BOT_TOKEN is not set: use the Bot User OAuth Token (xoxb-…) from "
@@ -141,9 +144,12 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
         ) from None
     check_step_up(settings, policy)
     try:
-        adapters = build_adapters(policy)
+        adapters = build_adapters(policy)  # logs each target's insecure connection itself
     except AdapterConfigError as exc:
         raise StartupError(str(exc)) from None
+    for issue in policy_warnings(policy):
+        if issue.loc[:1] != ("targets",):
+            log.warning("event=policy_warning file=%s %s", settings.wardkey_policy, issue)
     db = database(settings)
     try:
         db.ping()

@@ -17,6 +17,7 @@ import pytest
 from app.config import Settings
 from app.policy.model import (
     EntraGroup,
+    IdentityProvider,
     JiraSystem,
     LdapGroup,
     OpsgenieSource,
@@ -156,7 +157,9 @@ def test_the_readme_sections_the_code_points_to_exist() -> None:
     assert pointed and set(pointed) <= headings, pointed
 
 
-INSECURE = "`insecure: true` on a target, rota source, directory group or ticket system"
+INSECURE = (
+    "`insecure: true` on a target, rota source, directory group, ticket system or identity provider"
+)
 
 
 def test_the_readme_security_section_lists_each_setting_with_its_real_default() -> None:
@@ -193,5 +196,5 @@ def test_the_readme_security_section_lists_each_setting_with_its_real_default() 
     )
     assert rows[INSECURE].startswith("`false`")
     every = (Target, RosterSource, PagerDutySource, OpsgenieSource, LdapGroup, EntraGroup)
-    for flagged in (*every, ServiceNowSystem, JiraSystem):
+    for flagged in (*every, ServiceNowSystem, JiraSystem, IdentityProvider):
         assert flagged.model_fields["insecure"].default is False

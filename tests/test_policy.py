@@ -775,6 +775,46 @@ class TestTargetConnectionsAtStartUp:
             "event=target_insecure target=epr field=settings.verify_tls risk=unverified",
         ]
 
+    def test_start_up_logs_the_insecure_flags_of_rota_sources_and_the_identity_provider(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Not only targets: a rota read over http:// and a sign-in provider reached over
+        http:// are logged when serve or worker starts, as policy check warns of them."""
+        from app.config import Settings
+        from app.runtime import load_runtime
+
+        data = ward()
+        data["oncall"]["clinical-oncall"] = {
+            "source": {
+                "roster": {"url": "http://roster.test/ward7.csv", "format": "csv", "insecure": True}
+            },
+            "escalation": "managers",
+        }
+        data["identity_provider"] = {
+            "issuer": "http://idp.test",
+            "client_id": "wardkey",
+            "client_secret_env": "WARDKEY_TEST_IDP_SECRET",
+            "insecure": True,
+        }
+        file = tmp_path / "policy.yaml"
+        file.write_text(yaml.safe_dump(data))
+        for name, value in {**self.SECRETS, "WARDKEY_TEST_IDP_SECRET": "s"}.items():
+            monkeypatch.setenv(name, value)
+        settings = Settings(
+            slack_bot_token="xoxb-1",
+            wardkey_policy=str(file),
+            wardkey_public_url="https://wardkey.test",
+            database_url=f"sqlite:///{tmp_path / 'wardkey.db'}",
+        )
+        with caplog.at_level("WARNING", logger="app.runtime"):
+            load_runtime(settings).service.db.dispose()
+        lines = [r.getMessage() for r in caplog.records if "policy_warning" in r.getMessage()]
+        assert any("oncall.clinical-oncall.source.roster.insecure" in line for line in lines)
+        assert any(
+            "identity_provider.insecure" in line and "plain http://" in line for line in lines
+        )
+        assert not [line for line in lines if "targets." in line]  # logged by the adapters
+
 
 class TestCredentialsInErrorText:
     """If a password slips into a target's settings anyway, adapter error text (logged,
