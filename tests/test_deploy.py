@@ -295,7 +295,8 @@ def test_the_topology_is_two_web_pods_two_workers_and_a_migration(
     assert web_box["ports"] == [{"name": "http", "containerPort": int(port), "protocol": "TCP"}]
     assert web_box["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert web_box["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    # The Service and the Ingress reach the web pods, and Slack reaches /slack/events only.
+    # The Service and the Ingress reach the web pods; Slack reaches /slack/events and approvers'
+    # browsers /step-up (the step-up sign-in pages), nothing else.
     service = by_kind(docs, "Service")["wardkey-web"]
     assert selects(service["spec"]["selector"], web["spec"]["template"]["metadata"]["labels"])
     assert not selects(
@@ -303,10 +304,14 @@ def test_the_topology_is_two_web_pods_two_workers_and_a_migration(
     )
     (ingress,) = by_kind(docs, "Ingress").values()
     paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
-    assert [(p["path"], p["pathType"]) for p in paths] == [("/slack/events", "Exact")]
-    backend = paths[0]["backend"]["service"]
-    assert backend["name"] == "wardkey-web"
-    assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+    assert [(p["path"], p["pathType"]) for p in paths] == [
+        ("/slack/events", "Exact"),
+        ("/step-up", "Prefix"),
+    ]
+    for path in paths:
+        backend = path["backend"]["service"]
+        assert backend["name"] == "wardkey-web"
+        assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
     assert ingress["spec"]["tls"]
     # A drain leaves one of each running.
     budgets = by_kind(docs, "PodDisruptionBudget")
