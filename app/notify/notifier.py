@@ -608,12 +608,12 @@ class Notifier:
         """A message drawn when its turn comes, from what became of the calls before it in
         its group (`before`): it counts and names only what Slack took."""
         args = call.args
-        view = self.service.get(int(args["request_id"]))
+        request_id = int(args["request_id"])
         cards = [d for d in before if d.call.remember and d.call.remember[1] == CARD]
         reached = [str(d.call.args["channel"]) for d in cards if d.sent]
         draw = args["draw"]
         if draw == "approvers_reached":
-            if reached:
+            if reached:  # the usual case: nothing to say, and no need to read the request
                 return None
             why = list(args.get("missing") or [])
             why += [
@@ -622,9 +622,10 @@ class Notifier:
                 for d in cards
             ]
             reason = "; ".join(why) or "nobody could be reached"
-            if self.service.approvers_unreachable(view.id, reason) is not None:
-                log.error("event=approval_unreachable request=%s why=%s", view.id, reason)
+            if self.service.approvers_unreachable(request_id, reason) is not None:
+                log.error("event=approval_unreachable request=%s why=%s", request_id, reason)
             return None
+        view = self.service.get(request_id)
         with self._collecting() as calls:
             if draw == "escalated":
                 asked = int(args.get("asked") or 0)
