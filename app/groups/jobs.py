@@ -12,17 +12,17 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.groups import messages
 from app.groups.cache import DirectoryGroups
-from app.notify.outbox import POST, OutCall, call_row
+from app.notify.outbox import POST, OutCall, call_row, last_alert
 from app.policy import rules
 from app.policy.model import Policy
 from app.policy.people import Person, identifiers
 from app.service import AccessService
-from app.store.models import AccessRequest, OutboxItem, RequestState
+from app.store.models import AccessRequest, RequestState
 
 log = logging.getLogger(__name__)
 LANE = "security"
@@ -69,7 +69,7 @@ class GroupsJob:
                 # group, by any process, is in the outbox: an outage (or its end) already told
                 # is not told again. The key numbers the group's alerts, so two processes that
                 # find the same change at once write the same key and the outbox keeps one.
-                last, count = _last_told(self.service, change.group)
+                last, count = last_alert(self.service.db, f"groups:{change.group}")
                 if last != kind:
                     text = messages.outage(change, policy.zone)
                     self.alerts.enqueue(
@@ -81,24 +81,6 @@ class GroupsJob:
             cache.told(change)
         # Leavers are looked for after a group is read well: between reads nothing changes.
         return told + list(end_leavers(self.service, cache) if read else [])
-
-
-def _last_told(service: AccessService, group: str) -> tuple[str | None, int]:
-    """What the security channel was last told of the group's outages by any process ('down',
-    'back', or None) and how many such alerts there have been."""
-    prefix = "groups:" + group.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ":"
-    ours = or_(
-        OutboxItem.key.like(prefix + "down:%", escape="\\"),
-        OutboxItem.key.like(prefix + "back:%", escape="\\"),
-    )
-    with service.db.read() as session:
-        count = session.scalar(select(func.count()).select_from(OutboxItem).where(ours)) or 0
-        key = session.scalar(
-            select(OutboxItem.key).where(ours).order_by(OutboxItem.id.desc()).limit(1)
-        )
-    if key is None:
-        return None, count
-    return key[len("groups:" + group) + 1 :].split(":")[0], count
 
 
 def _leaving(

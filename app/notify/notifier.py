@@ -24,7 +24,6 @@ from zoneinfo import ZoneInfo
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import Block
-from sqlalchemy import func, select
 
 from app.directory import SlackDirectory, slack_unwell
 from app.groups import path_groups
@@ -56,7 +55,17 @@ from app.messages.breakglass import (
 )
 from app.messages.stepup import refusal_alert
 from app.messages.views import expiry_warning, home_view
-from app.notify.outbox import HOME, POST, UPDATE, Defer, Delivered, Notice, Outbox, OutCall
+from app.notify.outbox import (
+    HOME,
+    POST,
+    UPDATE,
+    Defer,
+    Delivered,
+    Notice,
+    Outbox,
+    OutCall,
+    last_alert,
+)
 from app.oncall import OnCall, SourceChange, path_sources, unread_sources
 from app.policy import rules
 from app.policy.durations import format_duration
@@ -69,7 +78,7 @@ from app.service.identities import AttestationStep, OrphanView
 from app.service.reviews import ALERT_MESSAGE
 from app.service.standing import StandingFinding, StandingReport
 from app.stepup.service import ALERT as STEP_UP_REFUSED
-from app.store.models import OutboxItem, RequestState
+from app.store.models import RequestState
 from app.wording import listed, plural
 
 log = logging.getLogger(__name__)
@@ -1045,7 +1054,7 @@ class Notifier:
         channel = self.service.policy.channels.security_alerts
         for change in lookup.watch():
             kind = "down" if change.down else "back"
-            last, count = self._source_told(change.rota)
+            last, count = last_alert(self.service.db, f"oncall:{change.rota}")
             if last != kind:
                 call = OutCall(POST, {"channel": channel, "text": self._source_words(change)})
                 # Numbered per rota: two processes that find the same change at once write
@@ -1055,18 +1064,6 @@ class Notifier:
                 told.append(change)
             lookup.told(change)
         return told
-
-    def _source_told(self, rota: str) -> tuple[str | None, int]:
-        """What security was last told of the rota's source by any process ('down', 'back',
-        or None: never), and how many such alerts there have been."""
-        prefix = "oncall:" + rota.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        ours = OutboxItem.key.like(prefix + ":%", escape="\\")
-        with self.service.db.read() as session:
-            count = session.scalar(select(func.count()).select_from(OutboxItem).where(ours)) or 0
-            key = session.scalar(
-                select(OutboxItem.key).where(ours).order_by(OutboxItem.id.desc()).limit(1)
-            )
-        return (None if key is None else key.split(":")[2]), count
 
     def _source_words(self, change: SourceChange) -> str:
         at = clock_time(change.since, self.zone)

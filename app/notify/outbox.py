@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from sqlalchemy import TextClause, bindparam, func, select, text
+from sqlalchemy import TextClause, bindparam, func, or_, select, text
 from sqlalchemy.exc import IntegrityError
 
 from app.clock import Clock
@@ -895,3 +895,20 @@ def call_row(lane: str, call: OutCall, now: datetime, key: str | None = None) ->
         uncertain=False,
         step=0,
     )
+
+
+def last_alert(db: Database, subject: str) -> tuple[str | None, int]:
+    """Alerts told once per outage and once per recovery are keyed `<subject>:down:<n>` and
+    `<subject>:back:<n>`, numbered, so processes that find the same change at once write the
+    same key and the outbox keeps one. Returns the word of the last one ('down' or 'back';
+    None: never told) and how many there have been."""
+    escaped = subject.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    ours = or_(
+        *(OutboxItem.key.like(f"{escaped}:{word}:%", escape="\\") for word in ("down", "back"))
+    )
+    with db.read() as session:
+        count = session.scalar(select(func.count()).select_from(OutboxItem).where(ours)) or 0
+        key = session.scalar(
+            select(OutboxItem.key).where(ours).order_by(OutboxItem.id.desc()).limit(1)
+        )
+    return (None if key is None else key[len(subject) + 1 :].split(":")[0]), count

@@ -14,12 +14,12 @@ import logging
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 
 from app.messages.blocks import clock_time, escape
-from app.notify.outbox import POST, OutCall
+from app.notify.outbox import POST, OutCall, last_alert
 from app.service import AccessService
-from app.store.models import OutboxItem, TicketNote
+from app.store.models import TicketNote
 from app.wording import plural
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def tell_overdue_notes(service: AccessService, alerts: Alerts) -> list[str]:
     # (every process that runs the sweeps sees a late system, so one of them tells its end).
     for system in sorted(set(late) | _SEEN_LATE):
         kind = "down" if system in late else "back"
-        last, count = _last_told(service, system)
+        last, count = last_alert(service.db, f"ticket-notes:{system}")
         if kind == "down":
             _SEEN_LATE.add(system)
         else:
@@ -98,22 +98,3 @@ def _label(service: AccessService, system: str) -> str:
     spec = service.policy.ticket_systems.get(system)
     kind = "Jira" if spec is not None and spec.jira is not None else "ServiceNow"
     return kind if spec is None or system.lower() == kind.lower() else f"{system} ({kind})"
-
-
-def _last_told(service: AccessService, system: str) -> tuple[str | None, int]:
-    """What security was last told of the system's notes by any process ('down', 'back' or
-    None) and how many such alerts there have been."""
-    escaped = system.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    prefix = f"ticket-notes:{escaped}:"
-    ours = or_(
-        OutboxItem.key.like(prefix + "down:%", escape="\\"),
-        OutboxItem.key.like(prefix + "back:%", escape="\\"),
-    )
-    with service.db.read() as session:
-        count = session.scalar(select(func.count()).select_from(OutboxItem).where(ours)) or 0
-        key = session.scalar(
-            select(OutboxItem.key).where(ours).order_by(OutboxItem.id.desc()).limit(1)
-        )
-    if key is None:
-        return None, count
-    return key[len(f"ticket-notes:{system}:") :].split(":")[0], count
