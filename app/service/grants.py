@@ -465,19 +465,12 @@ class GrantCases(ServiceBase):
                 if req.state != RequestState.ACTIVE:
                     raise AlreadyDecided(f"Request #{req.id} is not active.")
                 key = person_key(self.policy, person)
-                transitions.transition(
+                self._start_revokes(
                     session,
-                    req,
-                    RequestState.REVOKING,
-                    at=now,
+                    [req],
+                    now,
                     actor=key,
-                    action="revoke.started",
-                    changes={
-                        "ended_by": key,
-                        "end_reason": why,
-                        "extension_seconds": None,
-                        **self._lease(now),
-                    },
+                    why=why,
                     data={"cause": "early", "note": why, "worker": self.worker},
                 )
 
@@ -526,19 +519,12 @@ class GrantCases(ServiceBase):
                     return False
                 if also is not None:
                     also(session, req)
-                transitions.transition(
+                self._start_revokes(
                     session,
-                    req,
-                    RequestState.REVOKING,
-                    at=now,
+                    [req],
+                    now,
                     actor=actor,
-                    action="revoke.started",
-                    changes={
-                        "ended_by": actor,
-                        "end_reason": why,
-                        "extension_seconds": None,
-                        **self._lease(now),
-                    },
+                    why=why,
                     data={"cause": cause, "note": why, "worker": self.worker},
                 )
         except StaleState:
@@ -648,7 +634,8 @@ class GrantCases(ServiceBase):
         data: Mapping[str, object],
         more: Mapping[str, object] | None = None,
     ) -> None:
-        """Mark active grants revoking, with this worker's lease, in one statement."""
+        """Mark active grants revoking, with this worker's lease, in one statement: every
+        revoke starts here (a holder's, an end of eligibility, an expiry wave, a lockdown)."""
         transitions.transition_many(
             session,
             reqs,
