@@ -237,6 +237,10 @@ class WardKeyWSGI:
         # Step-up sign-in pages (app/stepup), when a path needs them.
         self.step_up = step_up
 
+    def close(self) -> None:
+        """After the server stops: the inbox's last beat, its heartbeat and connections."""
+        self.intake.close()
+
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/healthz":

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +81,23 @@ def postgres_unreachable(exc: Exception) -> None:
     pytest.skip(reason)
 
 
+_SESSIONS_IN_SCHEMA = sa.text(
+    "SELECT DISTINCT l.pid, a.query FROM pg_locks l "
+    "JOIN pg_class c ON c.oid = l.relation "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE n.nspname = :schema AND l.pid <> pg_backend_pid()"
+)
+
+
+def _end_sessions_in(conn: sa.Connection, schema: str) -> list[str]:
+    """End every other session holding locks in `schema`; returns their last statements."""
+    lingering = conn.execute(_SESSIONS_IN_SCHEMA, {"schema": schema}).all()
+    for pid, _query in lingering:
+        conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    return [query for _pid, query in lingering]
+
+
 def fresh_postgres_schema(schema: str) -> Database:
     """An empty, migrated schema on the real server; skipped (or failed, in CI) if absent."""
     admin = sa.create_engine(sa.engine.make_url(POSTGRES_URL).set(drivername="postgresql+psycopg"))
@@ -86,15 +105,7 @@ def fresh_postgres_schema(schema: str) -> Database:
         with admin.begin() as conn:
             # A process an earlier test killed or cut off may have left its session idle in a
             # transaction, holding locks in the schema: end it, or the DROP waits for it.
-            conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(l.pid) FROM pg_locks l "
-                    "JOIN pg_class c ON c.oid = l.relation "
-                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE n.nspname = :schema AND l.pid <> pg_backend_pid()"
-                ),
-                {"schema": schema},
-            )
+            _end_sessions_in(conn, schema)
             conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
             conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
     except sa.exc.OperationalError as exc:
@@ -114,16 +125,35 @@ def postgres_database() -> Iterator[Database]:
     database.dispose()
 
 
+_EMPTY_ALL = sa.text(
+    "TRUNCATE audit_events, request_messages, reviews, decisions, access_requests, "
+    "sweep_runs, standing_access, attestations, orphan_flags, seen_requests, "
+    "home_views, outbox, lockdowns "
+    "RESTART IDENTITY CASCADE"
+)
+
+
 def _empty_postgres(database: Database) -> None:
-    with database.engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                "TRUNCATE audit_events, request_messages, reviews, decisions, access_requests, "
-                "sweep_runs, standing_access, attestations, orphan_flags, seen_requests, "
-                "home_views, outbox, lockdowns "
-                "RESTART IDENTITY CASCADE"
-            )
-        )
+    """Empty the session's schema for the next test. A thread an earlier test left running
+    (a heartbeat, a worker) can hold a lock the TRUNCATE waits for, or deadlock with it: its
+    session is ended, with a warning naming its statement so the leak gets mended, and the
+    TRUNCATE tried again."""
+    for attempt in (1, 2, 3):
+        try:
+            with database.engine.begin() as conn:
+                conn.execute(sa.text("SET LOCAL lock_timeout = '2s'"))
+                conn.execute(_EMPTY_ALL)
+            return
+        except sa.exc.OperationalError:
+            if attempt == 3:
+                raise
+            with database.engine.begin() as conn:
+                for query in _end_sessions_in(conn, TEST_SCHEMA):
+                    warnings.warn(
+                        f"a session an earlier test left running held locks in the test "
+                        f"schema and was ended; its last statement: {query[:200]}",
+                        stacklevel=2,
+                    )
 
 
 def sqlite_copy(tmp_path: Path, sqlite_template: Path) -> Iterator[Database]:
@@ -194,6 +224,16 @@ def notifier(service: AccessService, fake: FakeSlack) -> Notifier:
     """What a process tells Slack with: its notifier (and outbox) on the fake."""
     client = web_client(fake.token, fake.api_url)
     return Notifier(client, service, SlackDirectory(client))
+
+
+@pytest.fixture(autouse=True)
+def no_heartbeat_left_running() -> Iterator[None]:
+    """A test that starts an inbox (an app served, an Intake) closes it: a heartbeat left
+    running writes to the next test's tables, and once deadlocked with their emptying."""
+    before = {t for t in threading.enumerate() if t.name == "inbox-heartbeat"}
+    yield
+    left = [t for t in threading.enumerate() if t.name == "inbox-heartbeat" and t not in before]
+    assert not left, "the test left an inbox heartbeat running: close the Intake or WardKeyWSGI"
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

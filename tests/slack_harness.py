@@ -51,13 +51,15 @@ def run_app(service: AccessService, workspace: Workspace | None = None) -> Itera
     dialogs = TrackingExecutor(max_workers=2)
     bolt = build_app(service, client, SIGNING_SECRET, listeners, dialogs, workspace)
     http = httpx.Client(timeout=10)
+    wsgi = WardKeyWSGI(bolt, service.db, SIGNING_SECRET)
     try:
-        with serving(WardKeyWSGI(bolt, service.db, SIGNING_SECRET)) as url:
+        with serving(wsgi) as url:
             yield RunningApp(url, fake, http, SIGNING_SECRET, TEAM, (listeners, dialogs))
     finally:
         http.close()
         for pool in (dialogs, listeners):  # let work after the ack finish before the fake goes
             pool.shutdown(wait=True)
+        wsgi.close()  # its inbox heartbeat would write to the next test's tables
         fake.stop()
 
 

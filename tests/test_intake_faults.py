@@ -498,6 +498,7 @@ def test_an_ack_whose_database_hangs_says_not_recorded_and_the_late_row_is_undon
             assert time.monotonic() < deadline, _state(trust.db, "v0=during")
             time.sleep(0.1)
     finally:
+        inbox.close()
         link.flowing.set()
         link.cut()
         through_link.dispose()

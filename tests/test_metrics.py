@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import closing
 from datetime import timedelta
 
 import httpx
@@ -82,7 +83,7 @@ def test_served_over_http_behind_a_bearer_token(service: AccessService) -> None:
         signing_secret="not-used-here",
         metrics_token="scrape-me",
     )
-    with serving(app) as url, httpx.Client() as http:
+    with closing(app), serving(app) as url, httpx.Client() as http:
         assert http.get(f"{url}/metrics").status_code == 401
         assert (
             http.get(f"{url}/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -95,7 +96,7 @@ def test_served_over_http_behind_a_bearer_token(service: AccessService) -> None:
 
 def test_metrics_stay_off_until_the_operator_sets_a_token(service: AccessService) -> None:
     app = WardKeyWSGI(bolt=None, db=service.db, signing_secret="not-used-here")  # type: ignore[arg-type]
-    with serving(app) as url, httpx.Client() as http:
+    with closing(app), serving(app) as url, httpx.Client() as http:
         answer = http.get(f"{url}/metrics")
     assert answer.status_code == 403
     assert "set WARDKEY_METRICS_TOKEN" in answer.text
@@ -109,7 +110,7 @@ def test_an_operator_on_a_closed_network_may_open_them_to_anyone(service: Access
         signing_secret="not-used-here",
         metrics_public=True,
     )
-    with serving(app) as url, httpx.Client() as http:
+    with closing(app), serving(app) as url, httpx.Client() as http:
         answer = http.get(f"{url}/metrics")
     assert answer.status_code == 200
     assert "wardkey_active_grants" in answer.text

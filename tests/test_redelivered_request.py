@@ -6,6 +6,7 @@ request it had made itself and answered "You already have request #N"."""
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from datetime import timedelta
 from urllib.parse import urlencode
 
@@ -60,7 +61,8 @@ class TestARequestRedelivered(SlackOnSqlite):
         redelivery = Redelivery(
             intake, lambda: build_app(service, client, "", workspace=workspace, redelivery=True)
         )
-        assert len(redelivery.redeliver_due()) == 1
+        with closing(intake):
+            assert len(redelivery.redeliver_due()) == 1
         again = [c.args for c in slack.fake.calls_to("response_url")][1:]
         assert len(again) == 1, again
         assert "#1" in again[0]["text"] and "already" not in again[0]["text"], again[0]["text"]

@@ -8,16 +8,18 @@ is sent (app/slack/intake.py)."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import func, select
 
 from app.service import AccessService
-from app.slack.intake import Intake
+from app.slack.intake import Intake, Pending
 from app.store.models import SeenRequest
 from tests.slack_harness import RunningApp, run_app
 
@@ -112,7 +114,28 @@ def test_a_wave_recorded_from_many_threads_takes_each_signature_once(
             answers = pool.map(lambda s: inbox.record(s, b"command=%2Fjit", {}), signatures)
         return {s for s, answer in zip(signatures, answers, strict=True) if answer}
 
-    assert new(one, first) == set(first)
-    assert new(other, second) == set(second[100:])
+    with closing(one), closing(other):  # their heartbeats renew the claims until closed
+        assert new(one, first) == set(first)
+        assert new(other, second) == set(second[100:])
     with service.db.read() as session:
         assert session.scalar(select(func.count()).select_from(SeenRequest)) == 300
+
+
+def test_an_inbox_closed_at_shutdown_marks_done_what_finished_and_stops_its_heartbeat(
+    service: AccessService,
+) -> None:
+    """A heartbeat left running after its process stopped serving would renew its claims for
+    ever, so no other process could take them over."""
+    inbox = Intake(service.db, service.clock)
+    key = "v0=" + "a" * 64
+    assert inbox.record(key, b"command=%2Fjit", {})
+    before = set(threading.enumerate())
+    inbox.start(Pending(key=key))  # caused no work: marked done with others on the next beat
+    heartbeats = [t for t in threading.enumerate() if t not in before]
+    assert [t.name for t in heartbeats] == ["inbox-heartbeat"]
+    inbox.close()
+    assert not heartbeats[0].is_alive()
+    with service.db.read() as session:
+        assert session.scalar(select(SeenRequest.state).where(SeenRequest.signature == key)) == (
+            "done"
+        )

@@ -141,8 +141,9 @@ def app(
     pages = StepUpPages(stepup, notifier.request_changed, notifier.outbox.kick)
     browser = httpx.Client(timeout=10, follow_redirects=True)
     http = httpx.Client(timeout=10)
+    wsgi = WardKeyWSGI(bolt, service.db, SIGNING_SECRET, step_up=pages)
     try:
-        with serving(WardKeyWSGI(bolt, service.db, SIGNING_SECRET, step_up=pages)) as url:
+        with serving(wsgi) as url:
             stepup.public_url = url
             idp.redirect_uris.append(stepup.redirect_uri)
             driver = SlackDriver(url, fake, http, SIGNING_SECRET, TEAM, (listeners, dialogs))
@@ -152,6 +153,7 @@ def app(
         http.close()
         for pool in (dialogs, listeners):
             pool.shutdown(wait=True)
+        wsgi.close()
         fake.stop()
 
 

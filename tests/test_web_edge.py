@@ -94,9 +94,11 @@ def edge(db: Database, policy: Policy, clock: ManualClock) -> Iterator[WardKeyWS
         fake.add_user(user)
     service = AccessService(db, policy, {"pharmacy-db": MemoryTarget()}, clock)
     bolt = build_app(service, web_client(fake.token, fake.api_url), SIGNING_SECRET)
+    wsgi = WardKeyWSGI(bolt, db, SIGNING_SECRET, clock=clock, max_body_bytes=MiB)
     try:
-        yield WardKeyWSGI(bolt, db, SIGNING_SECRET, clock=clock, max_body_bytes=MiB)
+        yield wsgi
     finally:
+        wsgi.close()
         fake.stop()
 
 

@@ -83,6 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
             channel_timeout=IDLE_CONNECTION_SECONDS,
         )
     finally:
+        wsgi.close()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
     return 0
@@ -108,6 +109,7 @@ def _socket(args: argparse.Namespace) -> int:
         # Each envelope is recorded in the inbox before it is acknowledged, as over HTTP.
         RecordingSocketModeHandler(app, runtime.settings.slack_app_token or "", inbox).start()  # type: ignore[no-untyped-call]
     finally:
+        inbox.close()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
     return 0

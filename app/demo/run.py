@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 import tempfile
 from collections.abc import Callable
+from contextlib import closing
 from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -145,7 +146,8 @@ def _run(out: TextIO, workdir: Path) -> None:
     story = Transcript(fake, out, names, CHANNELS, clock.now, ZONE, console.log)
     http = httpx.Client(timeout=10)
     try:
-        with serving(WardKeyWSGI(bolt, db, signing_secret), threads=4) as app_url:
+        wsgi = WardKeyWSGI(bolt, db, signing_secret)
+        with closing(wsgi), serving(wsgi, threads=4) as app_url:
             slack = SlackDriver(app_url, fake, http, signing_secret, TEAM, (listeners,))
             try:
                 _night_shift(Scene(slack, story, clock), service, sweeps)

@@ -285,7 +285,8 @@ class Intake:
         self._finished: list[str] = []  # requests that caused no work, to mark done together
         self._handing: list[str] = []  # requests whose work goes to the workers, not yet handed
         self._wake = threading.Event()  # there is something to hand over
-        self._beating = False
+        self._beating: threading.Thread | None = None
+        self._closing = False
         # Requests this process recorded or claimed and has not finished: only these leases
         # are renewed, so one whose finishing write failed lapses and is done again.
         self._in_hand: set[str] = set()
@@ -400,10 +401,27 @@ class Intake:
 
     def _ensure_heartbeat(self) -> None:
         with self._lock:
-            if self._beating:
+            if self._beating is not None or self._closing:
                 return
-            self._beating = True
-        threading.Thread(target=self._heartbeat, name="inbox-heartbeat", daemon=True).start()
+            self._beating = threading.Thread(
+                target=self._heartbeat, name="inbox-heartbeat", daemon=True
+            )
+            self._beating.start()
+
+    def close(self, wait_seconds: float = 5.0) -> None:
+        """At shutdown: hand over and mark done what is waiting (one last beat), stop the
+        heartbeat and close the inbox's connections. Leases of work still running lapse, so
+        another process takes it over; a heartbeat left running would renew them for ever."""
+        with self._lock:
+            self._closing = True
+            beating = self._beating
+        self._wake.set()
+        if beating is not None:
+            beating.join(wait_seconds)
+        with self._lock:
+            engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.dispose()
 
     def _heartbeat(self) -> None:
         """Hand over waiting work as soon as there is some (all that waits in one statement,
@@ -416,8 +434,12 @@ class Intake:
             self._wake.clear()
             with self._lock:
                 handing, self._handing = self._handing, []
+                closing = self._closing
             if handing:
                 self._hand_over(handing)
+            if closing:
+                self._beat(renew=False)
+                return
             if time.monotonic() >= next_beat:
                 self._beat()
                 next_beat = time.monotonic() + every
@@ -441,11 +463,13 @@ class Intake:
         with self._lock:
             self._in_hand.difference_update(keys)
 
-    def _beat(self) -> None:
+    def _beat(self, renew: bool = True) -> None:
         with self._lock:
             finished, self._finished = self._finished, []
             self._in_hand.difference_update(finished)
-            in_hand = sorted(self._in_hand)
+            in_hand = sorted(self._in_hand) if renew else []
+        if not (in_hand or finished):
+            return
         try:
             with self.engine().connect() as conn:
                 lease = self.clock.now() + self.LEASE
