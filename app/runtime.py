@@ -13,6 +13,7 @@ from slack_sdk import WebClient
 
 from app.adapters.registry import AdapterConfigError, build_adapters
 from app.config import Settings
+from app.digest.service import DigestService
 from app.directory import SlackDirectory, Workspace
 from app.notify.notifier import Notifier
 from app.policy import Policy, PolicyError
@@ -57,6 +58,7 @@ class Runtime:
     service: AccessService
     client: WebClient
     notifier: Notifier
+    digests: DigestService
     _stepup: StepUpService | None = field(default=None, init=False, repr=False)
 
     def sweeps(self) -> Sweeps:
@@ -74,6 +76,7 @@ class Runtime:
             inbox=self.redelivery(),
             background=True,
             oncall=n.oncall_sources,
+            digests=self.digests,
         )
 
     def stepup(self) -> StepUpService | None:
@@ -166,7 +169,9 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
     client = web_client(settings.slack_bot_token or "", settings.slack_api_url)
     workspace = Workspace.configured(settings.slack_team_ids, settings.slack_enterprise_id)
     directory = SlackDirectory(client, workspace)
-    return Runtime(settings, service, client, Notifier(client, service, directory))
+    digests = DigestService(service)
+    notifier = Notifier(client, service, directory, digests=digests)
+    return Runtime(settings, service, client, notifier, digests)
 
 
 def check_step_up(settings: Settings, policy: Policy) -> None:

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from app.clock import ManualClock
+from app.digest.service import DigestService
 from app.policy import Policy
 from app.service import AccessService
 from app.store.models import AuditEvent
@@ -22,6 +23,11 @@ from tests.test_concurrency import all_at_once
 WHY = "fix stuck order set on ward 12"
 
 
+@pytest.fixture
+def digests(service: AccessService) -> DigestService:
+    return DigestService(service)
+
+
 def at_eight(clock: ManualClock) -> None:
     """The ward policy says nothing, so the digest comes at the default 08:00 (London)."""
     now = clock.now()
@@ -30,33 +36,33 @@ def at_eight(clock: ManualClock) -> None:
 
 class TestOncePerDay:
     def test_not_before_its_time_then_once(
-        self, service: AccessService, clock: ManualClock
+        self, digests: DigestService, clock: ManualClock
     ) -> None:
-        assert service.digest_due() is None  # 03:00
+        assert digests.digest_due() is None  # 03:00
         clock.set(clock.now().replace(hour=7, minute=59))
-        assert service.digest_due() is None
+        assert digests.digest_due() is None
         at_eight(clock)
-        digest = service.digest_due()
+        digest = digests.digest_due()
         assert digest is not None
         assert digest.until - digest.since >= timedelta(hours=24)
-        assert service.digest_due() is None
+        assert digests.digest_due() is None
         clock.advance(timedelta(hours=2))
-        assert service.digest_due() is None
+        assert digests.digest_due() is None
         clock.advance(timedelta(days=1))
-        assert service.digest_due() is not None  # tomorrow's
+        assert digests.digest_due() is not None  # tomorrow's
 
     def test_a_worker_that_was_down_at_eight_sends_it_when_back(
-        self, service: AccessService, clock: ManualClock
+        self, digests: DigestService, clock: ManualClock
     ) -> None:
         clock.set(clock.now().replace(hour=11, minute=30))
-        assert service.digest_due() is not None
+        assert digests.digest_due() is not None
 
     def test_no_digest_when_the_policy_turns_it_off(
         self, db, policy: Policy, targets: dict[str, MemoryTarget], clock: ManualClock
     ) -> None:  # type: ignore[no-untyped-def]
         quiet = policy.model_copy(update={"digest_at": None})
         at_eight(clock)
-        assert AccessService(db, quiet, targets, clock).digest_due() is None
+        assert DigestService(AccessService(db, quiet, targets, clock)).digest_due() is None
 
     @pytest.mark.parametrize(
         "db", [pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"], indirect=True
@@ -66,7 +72,7 @@ class TestOncePerDay:
     ) -> None:
         at_eight(clock)
         workers = [
-            AccessService(service.db, service.policy, targets, clock, worker=f"w{n}")
+            DigestService(AccessService(service.db, service.policy, targets, clock, worker=f"w{n}"))
             for n in range(4)
         ]
         results, errors = all_at_once(4, lambda n: workers[n].digest_due())
@@ -76,7 +82,11 @@ class TestOncePerDay:
 
 class TestContent:
     def test_what_the_managers_read(
-        self, service: AccessService, clock: ManualClock, targets: dict[str, MemoryTarget]
+        self,
+        service: AccessService,
+        digests: DigestService,
+        clock: ManualClock,
+        targets: dict[str, MemoryTarget],
     ) -> None:
         clock.set(clock.now().replace(hour=8, minute=30))  # after yesterday's digest
         # Clinical: one approved after 2 minutes, one denied after 4.
@@ -104,7 +114,7 @@ class TestContent:
         clock.advance(timedelta(days=1))
         at_eight(clock)
 
-        digest = service.digest_due()
+        digest = digests.digest_due()
 
         assert digest is not None
         assert [e.view.id for e in digest.break_glass] == [glass.id]
@@ -121,13 +131,17 @@ class TestContent:
         assert digest.granted == 3
 
         clock.advance(timedelta(hours=2))
-        later = service.digest(digest.since, clock.now(), digest.day)
+        later = digests.digest(digest.since, clock.now(), digest.day)
         assert [v.id for v in later.overdue_reviews] == [glass.id]
 
 
 class TestEditedTimes:
     def test_an_event_whose_time_column_was_edited_is_not_counted_in_a_day_it_was_not(
-        self, service: AccessService, clock: ManualClock, targets: dict[str, MemoryTarget]
+        self,
+        service: AccessService,
+        digests: DigestService,
+        clock: ManualClock,
+        targets: dict[str, MemoryTarget],
     ) -> None:
         """Someone with database rights moves yesterday's failed revoke into today by its
         indexed time: the digest goes by the hashed time (and `audit verify` names the edit)."""
@@ -143,5 +157,5 @@ class TestEditedTimes:
             conn.execute(
                 sa.update(AuditEvent).where(AuditEvent.action == "revoke.failed").values(at=today)
             )
-        digest = service.digest(clock.now() - timedelta(days=1), clock.now(), clock.now().date())
+        digest = digests.digest(clock.now() - timedelta(days=1), clock.now(), clock.now().date())
         assert digest.failed_revoke_attempts == 0

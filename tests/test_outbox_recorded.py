@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from app.clock import ManualClock
 from app.demo.slack_fake import FakeSlack
+from app.digest.service import DigestService
 from app.directory import SlackDirectory
 from app.notify.notifier import Notifier
 from app.notify.outbox import Outbox
@@ -51,7 +52,8 @@ class TestRecordedWithWhatTheyReport:
         self, service: AccessService, fake: FakeSlack, clock: ManualClock
     ) -> None:
         at_eight(clock)
-        assert service.digest_due() is not None  # the sweep's process dies here, untold
+        # The sweep's process dies here, untold.
+        assert DigestService(service).digest_due() is not None
         assert notices(service) == [("digest", "digest.sent")]
         another_process(service, fake).outbox.deliver_due()
         channel = service.policy.channels.manager_reviews

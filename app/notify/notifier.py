@@ -25,6 +25,8 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import Block
 
+from app.digest.messages import digest_blocks, digest_text
+from app.digest.service import Digest, DigestService
 from app.directory import SlackDirectory, slack_unwell
 from app.groups import path_groups
 from app.lockdown import messages as lockdown_messages
@@ -36,7 +38,6 @@ from app.messages.blocks import (
     attestation_card,
     clock_time,
     day_time,
-    digest_blocks,
     escape,
     inert,
     mention,
@@ -73,7 +74,6 @@ from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person
 from app.service import AccessService, BreakGlassSummary, NotAllowed, RequestView, ReviewStep
 from app.service.breakglass import HELD, WAITING, BreakGlassStart
-from app.service.digest import Digest
 from app.service.identities import AttestationStep, OrphanView
 from app.service.reviews import ALERT_MESSAGE
 from app.service.standing import StandingFinding, StandingReport
@@ -124,9 +124,14 @@ class Notifier:
         service: AccessService,
         directory: SlackDirectory,
         outbox: Outbox | None = None,
+        *,
+        digests: DigestService | None = None,
     ) -> None:
+        """`digests`: the process's digest service, which a digest is read again from when
+        it is sent (None: one on `service`, as in tests and the demo)."""
         self.client = client
         self.service = service
+        self.digests = digests or DigestService(service)
         self.directory = directory
         self.names = DirectoryNames(directory)  # people by name, channels by name
         self._out = threading.local()
@@ -230,7 +235,7 @@ class Notifier:
         facts, action = notice.facts, notice.action
         if action == "digest.sent":
             since, until = (datetime.fromisoformat(str(facts[k])) for k in ("since", "until"))
-            self._digest(self.service.digest(since, until, date.fromisoformat(str(facts["day"]))))
+            self._digest(self.digests.digest(since, until, date.fromisoformat(str(facts["day"]))))
         elif action == "standing.found":
             self._standing_found(_standing_report([facts, *notice.more]))
         elif action.startswith("attestation."):
@@ -1109,9 +1114,7 @@ class Notifier:
         self._post(
             f"digest day={digest.day}",
             self.service.policy.channels.manager_reviews,
-            f"WardKey daily digest for {digest.day:%d %b}: "
-            f"{plural(len(digest.break_glass), 'break-glass use')}, "
-            f"{plural(len(digest.overdue_reviews), 'overdue review')}",
+            digest_text(digest),
             digest_blocks(digest, self.zone, self.names),
         )
 

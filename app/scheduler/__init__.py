@@ -19,11 +19,11 @@ from typing import Literal, Protocol, TypeVar
 from apscheduler.schedulers.base import BaseScheduler
 
 from app import audit
+from app.digest.service import Digest, DigestService
 from app.groups.jobs import Alerts, GroupsJob
 from app.lockdown.service import Lockdowns
 from app.oncall import unread_sources
 from app.service import AccessService, ReviewStep
-from app.service.digest import Digest
 from app.service.identities import AttestationStep
 from app.service.standing import StandingReport
 from app.store.db import is_database_error
@@ -85,6 +85,7 @@ class Sweeps:
         inbox: Inbox | None = None,
         background: bool = False,
         oncall: Callable[[], Sized] | None = None,
+        digests: DigestService | None = None,
     ) -> None:
         """`outbox`: where the notices the sweeps' changes wrote wait; asked to deliver after
         each change (None: nobody is told, as in tests of the changes alone). `owner_gone`:
@@ -92,8 +93,9 @@ class Sweeps:
         `checkpoint_to`: (directory, key) for signed audit checkpoints. `inbox`: Slack
         requests to redeliver. `oncall`: reads the rotas' sources that are due and tells
         security of one that stopped answering or answers again (the notifier's
-        `oncall_sources`)."""
+        `oncall_sources`). `digests`: the process's digest service (None: one on `service`)."""
         self.service = service
+        self.digests = digests or DigestService(service)
         self.outbox = outbox
         self.owner_gone = owner_gone or (lambda _member: None)
         self.checkpoint_to = checkpoint_to
@@ -184,7 +186,7 @@ class Sweeps:
     @sweep("sweep")
     def digest(self) -> Digest | None:
         """Once a day at the policy's time, by one worker: the managers' summary."""
-        digest = self.service.digest_due()
+        digest = self.digests.digest_due()
         self._tell([digest] if digest is not None else [])
         return digest
 

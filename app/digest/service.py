@@ -3,6 +3,9 @@
 Sent once a day at the policy's `digest_at` (local time), by whichever worker gets there first:
 the day is claimed by inserting a row keyed on it, in the same transaction as its audit event.
 A worker that was down at that time sends it when it comes back.
+
+`DigestService` reads through the request core it is given (`AccessService`): its database,
+clock and worker name, and the policy in force (a policy reload replaces the core's).
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ from app.audit.chain import hashed_time
 from app.lifecycle.snapshots import RequestView
 from app.lifecycle.transitions import announce
 from app.policy import rules
-from app.policy.model import BREAK_GLASS_PATH
+from app.policy.model import BREAK_GLASS_PATH, Policy
 from app.policy.people import Person
-from app.service.base import ServiceBase
+from app.service import AccessService
 from app.store.models import AccessRequest, AuditEvent, RequestState, Review, ReviewState, SweepRun
 
 DIGEST_JOB = "digest"
@@ -97,7 +100,19 @@ def _nearest_rank(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
 
 
-class DigestCases(ServiceBase):
+class DigestService:
+    """The daily digest's use cases."""
+
+    def __init__(self, core: AccessService) -> None:
+        self.core = core
+        self.db = core.db
+        self.clock = core.clock
+
+    @property
+    def policy(self) -> Policy:
+        """The policy in force now (a reload replaces the core's)."""
+        return self.core.policy
+
     def digest_due(self) -> Digest | None:
         """Today's digest if its time has come and no worker has sent it yet; claims the day."""
         at = self.policy.digest_at
@@ -128,7 +143,7 @@ class DigestCases(ServiceBase):
                         job=DIGEST_JOB,
                         period=period,
                         done_at=now,
-                        done_by=self.worker,
+                        done_by=self.core.worker,
                     )
                 )
                 session.flush()
@@ -184,9 +199,9 @@ class DigestCases(ServiceBase):
                     AuditEvent.action.in_([*_DECIDED, "revoke.failed"]),
                 )
             ).all()
-            granted_views = self._views(session, granted)
-            overdue_views = self._views(session, overdue)
-            failing_views = self._views(session, failing)
+            granted_views = self.core._views(session, granted)
+            overdue_views = self.core._views(session, overdue)
+            failing_views = self.core._views(session, failing)
 
         waits: dict[str, list[float]] = {}
         failed_attempts = 0
