@@ -23,6 +23,7 @@ from app.scheduler import Sweeps
 from app.service import AccessService
 from app.slack.app import build_app, web_client
 from app.slack.intake import Intake, Redelivery
+from app.standing.service import StandingService
 from app.stepup.service import StepUpService
 from app.store import Database
 from app.wording import listed, plural
@@ -52,13 +53,15 @@ def require(settings: Settings, *names: str) -> None:
 @dataclass
 class Runtime:
     """One process's WardKey: its one Notifier (and Slack directory) serves the Bolt app, the
-    redelivery app and the sweeps."""
+    redelivery app and the sweeps, and so do its feature services, each built once here on the
+    request core (`service`): the digest's and standing privilege's."""
 
     settings: Settings
     service: AccessService
     client: WebClient
     notifier: Notifier
     digests: DigestService
+    standing: StandingService
     _stepup: StepUpService | None = field(default=None, init=False, repr=False)
 
     def sweeps(self) -> Sweeps:
@@ -77,6 +80,7 @@ class Runtime:
             background=True,
             oncall=n.oncall_sources,
             digests=self.digests,
+            standing=self.standing,
         )
 
     def stepup(self) -> StepUpService | None:
@@ -99,6 +103,7 @@ class Runtime:
                 notifier=self.notifier,
                 redelivery=True,
                 stepup=self.stepup(),
+                standing=self.standing,
             ),
         )
 
@@ -121,7 +126,12 @@ class Runtime:
             require(self.settings, "slack_signing_secret")
         secret = "" if socket_mode else self.settings.slack_signing_secret or ""
         return build_app(
-            self.service, self.client, secret, notifier=self.notifier, stepup=self.stepup()
+            self.service,
+            self.client,
+            secret,
+            notifier=self.notifier,
+            stepup=self.stepup(),
+            standing=self.standing,
         )
 
 
@@ -171,7 +181,7 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
     directory = SlackDirectory(client, workspace)
     digests = DigestService(service)
     notifier = Notifier(client, service, directory, digests=digests)
-    return Runtime(settings, service, client, notifier, digests)
+    return Runtime(settings, service, client, notifier, digests, StandingService(service))
 
 
 def check_step_up(settings: Settings, policy: Policy) -> None:

@@ -19,6 +19,7 @@ from app.clock import ManualClock
 from app.demo.webhook_target import WebhookTarget
 from app.policy import Policy, load_policy
 from app.service import AccessService
+from app.standing.service import StandingService
 from app.store import Database
 
 POLICY = Path(__file__).parent / "data" / "ward_policy.yaml"
@@ -72,10 +73,13 @@ def now_clock(clock: ManualClock) -> ManualClock:
 
 
 @pytest.fixture
-def service(db: Database, console_policy: Path, clock: ManualClock, cli_env: None) -> AccessService:
-    """The service reading the same consoles the command line does."""
+def standing(
+    db: Database, console_policy: Path, clock: ManualClock, cli_env: None
+) -> StandingService:
+    """The standing-privilege service reading the same consoles the command line does."""
     policy: Policy = load_policy(console_policy)
-    return AccessService(db, policy, build_adapters(policy), clock, pause=lambda _: None)
+    core = AccessService(db, policy, build_adapters(policy), clock, pause=lambda _: None)
+    return StandingService(core)
 
 
 @pytest.mark.usefixtures("cli_env")
@@ -92,14 +96,14 @@ class TestReportStanding:
     def test_an_unreadable_target_is_named_with_its_last_read_and_exits_3(
         self,
         capsys: pytest.CaptureFixture[str],
-        service: AccessService,
+        standing: StandingService,
         directory: WebhookTarget,
         now_clock: ManualClock,
     ) -> None:
         # Read in full an hour ago; now the directory is down.
         now_clock.advance(timedelta(hours=-1))
-        service.find_standing()
-        earlier = now_clock.now().astimezone(service.policy.zone)
+        standing.find_standing()
+        earlier = now_clock.now().astimezone(standing.policy.zone)
         directory.stop()
 
         assert main(["report", "standing"]) == 3
@@ -138,25 +142,25 @@ class TestReportStanding:
     def test_no_look_after_a_recent_look_is_its_evidence(
         self,
         capsys: pytest.CaptureFixture[str],
-        service: AccessService,
+        standing: StandingService,
         now_clock: ManualClock,
     ) -> None:
-        service.find_standing()
+        standing.find_standing()
         assert main(["report", "standing", "--no-look"]) == 0
         out = capsys.readouterr().out
         assert "No standing access: every account holding access on a target has a grant." in out
-        at = now_clock.now().astimezone(service.policy.zone)
+        at = now_clock.now().astimezone(standing.policy.zone)
         assert f"pharmacy-db ({at:%Y-%m-%d %H:%M})" in out
 
     def test_no_look_at_an_old_look_says_since_when(
         self,
         capsys: pytest.CaptureFixture[str],
-        service: AccessService,
+        standing: StandingService,
         now_clock: ManualClock,
     ) -> None:
         now_clock.advance(timedelta(hours=-3))  # the hourly check has stopped since
-        service.find_standing()
-        then = now_clock.now().astimezone(service.policy.zone)
+        standing.find_standing()
+        then = now_clock.now().astimezone(standing.policy.zone)
         assert main(["report", "standing", "--no-look", "--format", "csv"]) == 3
         captured = capsys.readouterr()
         assert captured.out.splitlines() == ["target,entitlement,account,first_seen,last_seen"]

@@ -1,10 +1,10 @@
 """Vendors, contractors and service accounts under the same discipline as staff: sponsors,
-contract limits, owners, attestation, orphans; and the standing-privilege report."""
+contract limits, owners, attestation, orphans. (The standing-privilege report is
+tests/test_standing.py's.)"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +19,7 @@ from app.service.identities import RETIRED, STILL_NEEDED, AttestationStep
 from app.slack.app import web_client
 from app.store import Database
 from app.store.models import RequestState as S
-from tests.conftest import AMIRA, BEN, DEV, ERIN, FARID, GITA, VAL, audit_actions
+from tests.conftest import BEN, DEV, ERIN, FARID, GITA, VAL, audit_actions
 from tests.fakes.memory_adapter import MemoryTarget
 from tests.slack_harness import RunningApp, SlackOnSqlite
 
@@ -144,13 +144,6 @@ class TestServiceAccounts:
         assert "in no group of the policy" in service.flag_orphans(lambda _m: None)[0].reason
 
 
-class TestStandingReport:
-    def test_only_admins_may_see_it(self, service: AccessService) -> None:
-        with pytest.raises(NotAllowed):
-            service.standing_holders(AMIRA)
-        assert service.standing_holders(GITA) == []
-
-
 class TestInSlack(SlackOnSqlite):
     def notifier(self, slack: RunningApp, service: AccessService) -> Notifier:
         client = web_client(slack.fake.token, slack.fake.api_url)
@@ -204,60 +197,3 @@ class TestInSlack(SlackOnSqlite):
         updated = slack.fake.wait_for("chat.update", 1)[0]
         assert "Confirmed still needed" in str(updated.args["blocks"])
         assert service.attestation("svc-lab").outcome == STILL_NEEDED  # type: ignore[union-attr]
-
-    def test_standing_command_for_admins(self, slack: RunningApp, service: AccessService) -> None:
-        slack.command("/jit", "standing", "U0AMIRA")
-        slack.command("/jit", "standing", "U0GITA")
-        replies = slack.replies(2)
-        assert any("Only WardKey admins" in r for r in replies)
-        # No look was ever made: nothing is called clean, each target is named as unread.
-        (told,) = [r for r in replies if "Only WardKey admins" not in r]
-        assert "every holder had a grant" not in told
-        assert "Not checked" in told and "`pharmacy-db` (never read)" in told
-
-    def test_standing_command_after_a_look_says_clean_only_for_what_it_read(
-        self, slack: RunningApp, service: AccessService
-    ) -> None:
-        service.find_standing()  # the hourly look reads every target
-        slack.command("/jit", "standing", "U0GITA")
-        (told,) = slack.replies(1)
-        assert "No standing access found at the last look" in told and "Not checked" not in told
-
-
-class TestStandingReportCommand:
-    def test_reads_the_targets_and_lists_holders_without_a_grant(
-        self,
-        db: Database,
-        tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str],
-    ) -> None:
-        from app.cli import main
-        from app.demo.webhook_target import WebhookTarget
-        from tests.fakes.big_trust import ENTITLEMENT, KEY_VARIABLE, write_big_trust
-
-        key = "k" * 32
-        console = WebhookTarget(key.encode()).start()
-        try:
-            console.members[ENTITLEMENT] |= {"dba_old", "contractor7"}
-            policy = tmp_path / "policy.yaml"
-            write_big_trust(policy, console.url, people=2)
-            monkeypatch.setenv("WARDKEY_POLICY", str(policy))
-            monkeypatch.setenv("DATABASE_URL", db.url.render_as_string(hide_password=False))
-            monkeypatch.setenv(KEY_VARIABLE, key)
-
-            assert main(["report", "standing"]) == 0
-            out = capsys.readouterr().out
-            assert "epr  WARD_ADMIN" in out
-            assert "contractor7" in out and "dba_old" in out
-            assert "2 accounts hold access without a WardKey grant" in out
-
-            console.members[ENTITLEMENT].discard("dba_old")  # removed by hand
-            assert main(["report", "standing", "--no-look", "--format", "csv"]) == 0
-            assert "dba_old" in capsys.readouterr().out  # the last look still had it
-            assert main(["report", "standing", "--format", "csv"]) == 0
-            rows = capsys.readouterr().out.splitlines()
-            assert rows[0] == "target,entitlement,account,first_seen,last_seen"
-            assert [r.split(",")[2] for r in rows[1:]] == ["contractor7"]
-        finally:
-            console.stop()

@@ -19,6 +19,7 @@ from app.notify.notifier import Notifier
 from app.notify.outbox import Outbox
 from app.service import AccessService
 from app.slack.app import web_client
+from app.standing.service import StandingService
 from app.store.models import OutboxItem
 from tests.conftest import AMIRA, CHLOE, DEV
 from tests.fakes.memory_adapter import MemoryTarget
@@ -65,7 +66,8 @@ class TestRecordedWithWhatTheyReport:
         self, service: AccessService, fake: FakeSlack, targets: dict[str, MemoryTarget]
     ) -> None:
         targets["pharmacy-db"].members[READ] |= {"zoe", "wardkey_svc", "yusuf"}
-        report = service.find_standing()
+        standing = StandingService(service)
+        report = standing.find_standing()
         assert sorted(f.account for f in report.found) == ["wardkey_svc", "yusuf", "zoe"]
         assert notices(service) == [("security", "standing.found")] * 3
         another_process(service, fake).outbox.deliver_due()
@@ -77,7 +79,7 @@ class TestRecordedWithWhatTheyReport:
             assert f"`{account}`" in alerts[0]["text"]
         assert waiting(service) == 0
         # Found again next hour: known, so not reported again.
-        service.find_standing()
+        standing.find_standing()
         assert len(notices(service)) == 3
 
     def test_an_attestation_round_and_an_orphan_flag_carry_their_messages(

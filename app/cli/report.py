@@ -47,7 +47,7 @@ def _standing(args: argparse.Namespace) -> int:
     clean for a target it did not read: those are named, with their last full read."""
     from app.adapters.registry import AdapterConfigError, build_adapters
     from app.service import AccessService
-    from app.service.standing import write_csv
+    from app.standing.service import StandingService, write_csv
 
     policy = configured_policy()
     try:
@@ -55,21 +55,21 @@ def _standing(args: argparse.Namespace) -> int:
     except AdapterConfigError as exc:
         raise StartupError(str(exc)) from None
     clock = clock_of(args)
-    service = AccessService(open_database(), policy, adapters, clock)
+    standing = StandingService(AccessService(open_database(), policy, adapters, clock))
     why_not: dict[str, str] = {}
     if not args.no_look:
-        looked = service.find_standing()
+        looked = standing.find_standing()
         for target in policy.targets:
             if target not in adapters:
                 why_not[target] = "WardKey has no way to read this kind of target"
             elif target in looked.unreadable:
                 why_not[target] = f"could not read it now ({looked.unreadable[target]})"
-    last = service.standing_looks()
-    for target, at in service.unchecked_targets().items():
+    last = standing.standing_looks()
+    for target, at in standing.unchecked_targets().items():
         if target not in why_not:
             # --no-look: a look older than two hourly checks is no evidence of now
             why_not[target] = "no recent look" if at is not None else "never read"
-    holders = service.standing_holders()
+    holders = standing.standing_holders()
     zone = policy.zone
 
     def when(at: datetime | None) -> str:

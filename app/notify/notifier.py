@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import date, datetime, timedelta
@@ -76,7 +76,8 @@ from app.service import AccessService, BreakGlassSummary, NotAllowed, RequestVie
 from app.service.breakglass import HELD, WAITING, BreakGlassStart
 from app.service.identities import AttestationStep, OrphanView
 from app.service.reviews import ALERT_MESSAGE
-from app.service.standing import StandingFinding, StandingReport
+from app.standing.messages import found_text
+from app.standing.service import StandingReport, report_of_notices
 from app.stepup.service import ALERT as STEP_UP_REFUSED
 from app.store.models import RequestState
 from app.wording import listed, plural
@@ -237,7 +238,7 @@ class Notifier:
             since, until = (datetime.fromisoformat(str(facts[k])) for k in ("since", "until"))
             self._digest(self.digests.digest(since, until, date.fromisoformat(str(facts["day"]))))
         elif action == "standing.found":
-            self._standing_found(_standing_report([facts, *notice.more]))
+            self._standing_found(report_of_notices([facts, *notice.more]))
         elif action.startswith("attestation."):
             step = AttestationStep(action.removeprefix("attestation."))
             self._attestation_follow_up(str(facts["name"]), step)
@@ -977,26 +978,9 @@ class Notifier:
         return people
 
     def _standing_found(self, report: StandingReport) -> None:
-        lines = [
-            f"• `{escape(f.target)}` {escape(f.entitlement)}: `{escape(f.account)}` "
-            + (
-                "removed"
-                if f.removed
-                else f"left in place{f' ({escape(f.detail)})' if f.detail else ''}"
-            )
-            for f in report.found
-        ]
-        lines += [
-            f"• `{escape(t)}` could not be read: {escape(why)}"
-            for t, why in report.unreadable.items()
-        ]
-        if not lines:
-            return
-        self._post(
-            "standing_found",
-            self.service.policy.channels.security_alerts,
-            "🔎 Standing privilege: access that no WardKey grant covers\n" + "\n".join(lines),
-        )
+        text = found_text(report)
+        if text is not None:
+            self._post("standing_found", self.service.policy.channels.security_alerts, text)
 
     def _attestation_follow_up(self, name: str, step: AttestationStep) -> None:
         """Ask the owner to confirm a service account (a card with Still needed / Retire);
@@ -1219,22 +1203,3 @@ _REFUSALS = {
 
 def _refusal_words(error: str | None) -> str:
     return _REFUSALS.get(error or "", (error or "refused").replace("_", " "))
-
-
-def _standing_report(facts: list[Mapping[str, Any]]) -> StandingReport:
-    """One look's findings, as their notices recorded them."""
-    report = StandingReport()
-    for f in facts:
-        if "unreadable" in f:
-            report.unreadable[str(f["target"])] = str(f["unreadable"])
-        else:
-            report.found.append(
-                StandingFinding(
-                    str(f["target"]),
-                    str(f["entitlement"]),
-                    str(f["account"]),
-                    bool(f["removed"]),
-                    str(f.get("detail") or ""),
-                )
-            )
-    return report

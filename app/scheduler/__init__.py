@@ -25,7 +25,7 @@ from app.lockdown.service import Lockdowns
 from app.oncall import unread_sources
 from app.service import AccessService, ReviewStep
 from app.service.identities import AttestationStep
-from app.service.standing import StandingReport
+from app.standing.service import StandingReport, StandingService
 from app.store.db import is_database_error
 from app.store.models import RequestState
 from app.tickets.overdue import tell_overdue_notes
@@ -86,6 +86,7 @@ class Sweeps:
         background: bool = False,
         oncall: Callable[[], Sized] | None = None,
         digests: DigestService | None = None,
+        standing: StandingService | None = None,
     ) -> None:
         """`outbox`: where the notices the sweeps' changes wrote wait; asked to deliver after
         each change (None: nobody is told, as in tests of the changes alone). `owner_gone`:
@@ -93,9 +94,11 @@ class Sweeps:
         `checkpoint_to`: (directory, key) for signed audit checkpoints. `inbox`: Slack
         requests to redeliver. `oncall`: reads the rotas' sources that are due and tells
         security of one that stopped answering or answers again (the notifier's
-        `oncall_sources`). `digests`: the process's digest service (None: one on `service`)."""
+        `oncall_sources`). `digests`, `standing`: the process's digest and standing-privilege
+        services (None: each built on `service`)."""
         self.service = service
         self.digests = digests or DigestService(service)
+        self._standing = standing or StandingService(service)
         self.outbox = outbox
         self.owner_gone = owner_gone or (lambda _member: None)
         self.checkpoint_to = checkpoint_to
@@ -193,7 +196,7 @@ class Sweeps:
     @sweep("sweep")
     def standing(self) -> StandingReport | None:
         """Once an hour, by one worker: access on the targets that no grant covers."""
-        report = self.service.standing_due()
+        report = self._standing.standing_due()
         self._tell([report] if report is not None else [])
         return report
 

@@ -3,18 +3,17 @@
 State only changes through `app.lifecycle.transitions`. The use cases are grouped by concern in
 `requests` (asking and deciding), `identities` (service-account attestation and orphans),
 `grants` (access on the target), `breakglass` (budgets and the second person's
-confirmation), `reviews` (break-glass), `standing` (access no grant covers) and `tickets`
-(access that ends with its ticket, notes on tickets). The daily digest is a feature of its own
-(app/digest) that reads through this service.
+confirmation), `reviews` (break-glass) and `tickets` (access that ends with its ticket,
+notes on tickets). The daily digest (app/digest) and standing privilege (app/standing) are
+features of their own that work through this service.
 """
 
 from __future__ import annotations
 
 from app.service.breakglass import BreakGlassCases
 from app.service.reviews import ReviewCases
-from app.service.standing import StandingCases
 from app.service.tickets import TicketCases
 
 
-class AccessService(BreakGlassCases, ReviewCases, StandingCases, TicketCases):
+class AccessService(BreakGlassCases, ReviewCases, TicketCases):
     """Use cases of the request lifecycle. Safe to share between threads and processes."""

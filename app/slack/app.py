@@ -17,6 +17,7 @@ from app.slack.deps import SlackDeps
 from app.slack.gate import PersonResolver, WorkspaceGate
 from app.slack.listeners import actions, commands, events, identities, reviews, views
 from app.slack.listeners import breakglass as breakglass_listeners
+from app.standing.service import StandingService
 from app.stepup.service import StepUpService
 
 
@@ -39,6 +40,7 @@ def build_app(
     notifier: Notifier | None = None,
     redelivery: bool = False,
     stepup: StepUpService | None = None,
+    standing: StandingService | None = None,
 ) -> App:
     """`workspace`: whose people may use WardKey (SLACK_TEAM_IDS, SLACK_ENTERPRISE_ID); None
     means the workspace the bot token belongs to, asked of Slack now.
@@ -49,7 +51,9 @@ def build_app(
     `redelivery`: the app that does again the work of requests recorded in the inbox whose
     process died (app/slack/intake.py): it checks no signature (each was checked when it was
     recorded, and may be older than Slack's five minutes by now), asks Slack nothing at start
-    and opens no dialogs."""
+    and opens no dialogs.
+
+    `standing`: the process's standing-privilege service (None: one on `service`)."""
     # App(client=…) checks the token with auth.test now, so a bad token fails at start-up.
     # Listeners only parse, ack and hand the rest to `work` (SlackDeps.after_ack), so they run
     # on the HTTP thread (process_before_response) and the ack never queues behind other
@@ -71,6 +75,7 @@ def build_app(
         directory.workspace()  # learnt now, at start-up, never in a request's ack path
     deps = SlackDeps(
         service=service,
+        standing=standing or StandingService(service),
         directory=directory,
         notifier=notifier,
         work=work or ThreadPoolExecutor(max_workers=4, thread_name_prefix="after-ack"),

@@ -15,6 +15,7 @@ from app.notify.notifier import Notifier
 from app.service import AccessService
 from app.slack import intake
 from app.slack.errors import answered
+from app.standing.service import StandingService
 from app.stepup.service import StepUpService
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SlackDeps:
     service: AccessService
+    standing: StandingService
     directory: SlackDirectory
     notifier: Notifier
     work: Executor

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from slack_bolt import Ack, App, BoltContext, Respond
@@ -23,7 +22,6 @@ from app.messages.views import no_access_modal, request_modal
 from app.policy import Person, Policy, format_duration
 from app.policy.rules import requestable
 from app.service import InvalidRequest, RequestView
-from app.service.standing import StandingHolder
 from app.slack.deps import OPENED, Progress, SlackDeps
 from app.slack.gate import person_of
 from app.slack.parsing import (
@@ -44,8 +42,9 @@ from app.slack.parsing import (
     parse_breakglass,
     parse_jit,
 )
+from app.standing.messages import holders_text
 from app.store.models import RequestState
-from app.wording import listed, plural
+from app.wording import listed
 
 HELP = (
     "*WardKey: just-in-time access*\n"
@@ -156,9 +155,9 @@ def _answer_jit(
             text = _status(views, zone) or "You have no open requests and no active access."
             respond(response_type="ephemeral", text=_with_contract(deps, person, text))
         case Standing():
-            holders = service.standing_holders(person)
-            unchecked = service.unchecked_targets()
-            respond(response_type="ephemeral", text=_standing(holders, unchecked, zone))
+            holders = deps.standing.standing_holders(person)
+            unchecked = deps.standing.unchecked_targets()
+            respond(response_type="ephemeral", text=holders_text(holders, unchecked, zone))
         case ListTargets():
             plans = requestable(service.policy, person, service.clock.now())
             lines = [
@@ -276,37 +275,6 @@ def _identity_and_reason(policy: Policy, parsed: RequestAccess) -> tuple[str | N
 def _with_contract(deps: SlackDeps, person: Person, text: str) -> str:
     line = contract_line(deps.service.policy, person, deps.service.clock.now())
     return f"{text}\n{line}" if line else text
-
-
-def _standing(
-    holders: list[StandingHolder], unchecked: dict[str, datetime | None], zone: Any
-) -> str:
-    """The last hourly look's findings; never "none found" for a target it did not read."""
-    lines = []
-    if holders:
-        lines.append("*Standing access (held with no WardKey grant), at the last hourly look*")
-        for h in holders:
-            lines.append(
-                f"• `{escape(h.target)}` {escape(h.entitlement)}: `{escape(h.account)}` "
-                f"(since {h.first_seen.astimezone(zone):%d %b %H:%M})"
-            )
-    elif not unchecked:
-        lines.append("No standing access found at the last look: every holder had a grant.")
-    else:
-        lines.append("No standing access found on the targets that were read.")
-    if unchecked:
-        lines.append(
-            f"⚠️ *Not checked* ({plural(len(unchecked), 'target')}; nothing is known of them "
-            "now): "
-            + ", ".join(
-                f"`{escape(t)}` ("
-                + (f"last read {at.astimezone(zone):%d %b %H:%M}" if at else "never read")
-                + ")"
-                for t, at in sorted(unchecked.items())
-            )
-            + ". `wardkey report standing` reads them and says why not."
-        )
-    return "\n".join(lines)[:3900]
 
 
 def cancelled_text(view: RequestView) -> str:

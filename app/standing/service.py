@@ -4,16 +4,21 @@ Reconcile reads each target's member lists and compares them with the grants tha
 now. What is found is recorded (first and last seen), audited, and by the target's policy either
 only reported or removed. Access found earlier and now gone is marked cleared. One worker does
 it per hour: the hour is claimed like the digest's day.
+
+`StandingService` works through the request core it is given (`AccessService`): its database,
+clock and worker name, the targets' adapters (with the core's retries) and the policy in force
+(a policy reload replaces the core's).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import IO
+from typing import IO, Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -25,10 +30,13 @@ from app.audit.export import _no_formula
 from app.lifecycle.errors import NotAllowed
 from app.lifecycle.transitions import announce
 from app.policy import rules
+from app.policy.model import Policy
 from app.policy.people import Person
-from app.service.base import ServiceBase, StillPresent, describe_error, log
+from app.service import AccessService
+from app.service.base import StillPresent, describe_error
 from app.store.models import HOLDING_STATES, AccessRequest, StandingAccess, SweepRun
 
+log = logging.getLogger(__name__)
 STANDING_JOB = "standing"
 STANDING_EVERY = timedelta(hours=1)
 
@@ -82,7 +90,19 @@ def write_csv(holders: Iterable[StandingHolder], out: IO[str]) -> int:
     return count
 
 
-class StandingCases(ServiceBase):
+class StandingService:
+    """Standing privilege's use cases: the hourly look, the report, and removal by policy."""
+
+    def __init__(self, core: AccessService) -> None:
+        self.core = core
+        self.db = core.db
+        self.clock = core.clock
+
+    @property
+    def policy(self) -> Policy:
+        """The policy in force now (a reload replaces the core's)."""
+        return self.core.policy
+
     def standing_holders(self, person: Person | None = None) -> list[StandingHolder]:
         """Who holds access on a target without a grant, as of the last look, per target and
         entitlement. From Slack only a WardKey admin may ask (`person` given)."""
@@ -103,14 +123,14 @@ class StandingCases(ServiceBase):
         """This hour's look for standing access, unless another worker has taken it."""
         now = self.clock.now()
         period = now.replace(minute=0, second=0, microsecond=0).isoformat()
-        if not self._claim_period(STANDING_JOB, period, now):
+        if not self.core._claim_period(STANDING_JOB, period, now):
             return None
         return self.find_standing()
 
     def find_standing(self) -> StandingReport:
         report = StandingReport()
         for name, target in self.policy.targets.items():
-            if name not in self.adapters:
+            if name not in self.core.adapters:
                 continue
             entitlements = sorted({role.entitlement for role in target.roles.values()})
             for entitlement in entitlements:
@@ -139,7 +159,7 @@ class StandingCases(ServiceBase):
         return report
 
     def _members(self, target: str, entitlement: str) -> set[str]:
-        return self._on_target(target, lambda a: a.list_members(entitlement))
+        return self.core._on_target(target, lambda a: a.list_members(entitlement))
 
     def _holders(self, target: str, entitlement: str) -> set[str]:
         with self.db.read() as session:
@@ -231,7 +251,7 @@ class StandingCases(ServiceBase):
         if account in self._holders(target, entitlement):  # a grant arrived meanwhile
             return False, "a grant now covers it"
         try:
-            self._take_away(target, account, entitlement)
+            self.core._take_away(target, account, entitlement)
         except StillPresent:
             return False, "the target still shows it after the revoke"
         except AdapterError as exc:
@@ -286,10 +306,12 @@ class StandingCases(ServiceBase):
                     row = session.get(SweepRun, (LOOK_JOB, key))
                     if row is None:
                         session.add(
-                            SweepRun(job=LOOK_JOB, period=key, done_at=now, done_by=self.worker)
+                            SweepRun(
+                                job=LOOK_JOB, period=key, done_at=now, done_by=self.core.worker
+                            )
                         )
                     elif row.done_at < now:
-                        row.done_at, row.done_by = now, self.worker
+                        row.done_at, row.done_by = now, self.core.worker
                 return
             except IntegrityError:
                 continue
@@ -304,3 +326,23 @@ def _look_key(target: str) -> str:
     if len(target) <= 50:
         return target
     return f"{target[:33]}~{hashlib.sha256(target.encode()).hexdigest()[:16]}"
+
+
+def report_of_notices(facts: Iterable[Mapping[str, Any]]) -> StandingReport:
+    """One look's findings, as the notices it wrote with them recorded them (`find_standing`:
+    a target it could not read; `_record_standing`: an account found)."""
+    report = StandingReport()
+    for f in facts:
+        if "unreadable" in f:
+            report.unreadable[str(f["target"])] = str(f["unreadable"])
+        else:
+            report.found.append(
+                StandingFinding(
+                    str(f["target"]),
+                    str(f["entitlement"]),
+                    str(f["account"]),
+                    bool(f["removed"]),
+                    str(f.get("detail") or ""),
+                )
+            )
+    return report
