@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from app.clock import ManualClock
+from app.digest import jobs as digest_jobs
 from app.messages.breakglass import CONFIRM_ACTION
 from app.policy import Policy
 from app.service import AccessService, ReviewStep
@@ -111,7 +112,7 @@ class TestDigest(SlackOnSqlite):
         clock.advance(timedelta(minutes=20))
         service.revoke(held, AMIRA, "pharmacy back up")
         clock.set(NIGHT_SHIFT.replace(hour=8))  # 08:00 in London: the digest's time
-        sweeps(slack, service).digest()
+        digest_jobs.digest(sweeps(slack, service).deps)
 
         digest = next(
             c

@@ -1,9 +1,11 @@
-"""The sweeps a real `wardkey worker` and `wardkey serve` run: every sweep the code defines is
-registered with its interval, and the controls the docs promise (service-account attestation,
-signed audit checkpoints) really happen in a running worker, not only when a test calls them."""
+"""The sweeps a real `wardkey worker` and `wardkey serve` run: every sweep the code defines (a
+feature's declared job, or a marked method of Sweeps) is registered with its interval, and the
+controls the docs promise (service-account attestation, signed audit checkpoints) really happen
+in a running worker, not only when a test calls them."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import re
@@ -12,15 +14,18 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
 from app.demo.slack_fake import FakeSlack
+from app.jobs import Cadence, Job
 from app.scheduler import Sweeps, cadence_of
 from app.store import upgrade
 from tests.conftest import HERE
 from tests.slack_harness import SIGNING_SECRET, WARD_USERS
 
+ROOT = HERE.parent
 # Not a sweep: what a process does once, before the sweeps start ticking.
 AT_START_UP = {"catch_up"}
 SWEEP_SECONDS, EXPIRY_SECONDS, CHECKPOINT_SECONDS = 1, 2, 1
@@ -43,11 +48,28 @@ def public_sweeps() -> dict[str, str | None]:
     }
 
 
+def declared_jobs() -> dict[str, list[str]]:
+    """Every job a feature declares next to its code (`JOBS` in any app/…/jobs.py), found here
+    by reading app/ and not through the scheduler, so a job it fails to gather is missed:
+    {name: [its cadence, once per declaration]}."""
+    found: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "app").rglob("jobs.py")):
+        module = importlib.import_module(".".join(path.relative_to(ROOT).with_suffix("").parts))
+        for job in getattr(module, "JOBS", ()):
+            assert isinstance(job, Job), f"{module.__name__}.JOBS holds {job!r}, not a Job"
+            found.setdefault(job.name, []).append(job.cadence)
+    return found
+
+
 def expected_jobs(checkpoints: bool) -> dict[str, float]:
+    every = {
+        **{name: cadence for name, cadence in public_sweeps().items() if cadence is not None},
+        **{name: cadences[0] for name, cadences in declared_jobs().items()},
+    }
     return {
         name: SECONDS[cadence]
-        for name, cadence in public_sweeps().items()
-        if cadence is not None and (checkpoints or cadence != "checkpoint")
+        for name, cadence in every.items()
+        if checkpoints or cadence != "checkpoint"
     }
 
 
@@ -112,6 +134,16 @@ class TestEverySweepIsScheduled:
         assert unmarked == [], f"mark these with @sweep(...) so they are scheduled: {unmarked}"
         # The controls the docs promise are among them.
         assert {"identities", "checkpoint", "contracts", "expire"} <= set(public_sweeps())
+
+    def test_every_feature_job_has_a_name_of_its_own_and_a_cadence(self) -> None:
+        declared = declared_jobs()
+        assert {"digest", "standing"} <= set(declared)  # the features that declare jobs today
+        twice = [name for name, cadences in declared.items() if len(cadences) > 1]
+        assert twice == [], f"declared more than once: {twice}"
+        clash = sorted(set(declared) & set(public_sweeps()))
+        assert clash == [], f"a feature's job and a sweep of Sweeps share a name: {clash}"
+        unknown = {n: c for n, (c,) in declared.items() if c not in get_args(Cadence)}
+        assert unknown == {}, unknown
 
     def test_a_worker_runs_every_sweep_and_writes_signed_checkpoints(
         self, env: dict[str, str], fake: FakeSlack, tmp_path: Path

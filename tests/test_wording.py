@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.clock import ManualClock
+from app.digest import jobs as digest_jobs
 from app.directory import SlackDirectory
 from app.messages.blocks import APPROVE_ACTION
 from app.notify.notifier import Notifier
@@ -91,7 +92,7 @@ class TestInSlack(SlackOnSqlite):
         clock.set(clock.now().replace(hour=8, minute=0))
         client = web_client(slack.fake.token, slack.fake.api_url)
         notifier = Notifier(client, service, SlackDirectory(client))
-        assert Sweeps(service, notifier.outbox).digest() is not None
+        assert digest_jobs.digest(Sweeps(service, notifier.outbox).deps) is not None
         posts = slack.fake.calls_to("chat.postMessage", channel="C0MGR")
         digest = next(c for c in posts if "daily digest" in c.args["text"])
         assert digest.args["text"].endswith(": 1 break-glass use, 0 overdue reviews")

@@ -28,6 +28,7 @@ from app.demo.slack_driver import SlackDriver, TrackingExecutor, serving
 from app.demo.slack_fake import FakeSlack, SlackChannel, SlackUser
 from app.demo.transcript import Transcript
 from app.demo.webhook_target import WebhookTarget
+from app.digest import jobs as digest_jobs
 from app.directory import SlackDirectory
 from app.groups import DirectoryGroups
 from app.groups import describe as describe_group
@@ -388,7 +389,7 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
 
     story.heading("8. 08:00: the managers' daily digest")
     scene.until(8)
-    scene.sweep("digest", sweeps.digest)
+    scene.sweep("digest", lambda: digest_jobs.digest(sweeps.deps))
 
 
 def _closing(out: TextIO, service: AccessService, db: Database, console: WebhookTarget) -> None:

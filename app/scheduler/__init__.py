@@ -1,5 +1,7 @@
-"""Timers: sweeps that call service functions. The database is the source of truth; APScheduler
-only ticks, with one interval job per sweep (never one stored job per grant).
+"""Timers: every feature's jobs (declared next to its code, app/<feature>/jobs.py, and gathered
+here) and the sweeps not yet moved to a feature (the methods of `Sweeps`). The database is the
+source of truth; APScheduler only ticks, with one interval job per job or sweep (never one stored
+job per grant).
 
 Several processes may run the sweeps at once. Each sweep claims the rows it works on with
 `SELECT … FOR UPDATE SKIP LOCKED` (PostgreSQL), so workers share a wave of expiries instead of
@@ -13,36 +15,39 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Sized
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Literal, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from apscheduler.schedulers.base import BaseScheduler
 
 from app import audit
-from app.digest.service import Digest, DigestService
+from app.digest import jobs as digest_jobs
+from app.digest.service import DigestService
 from app.groups.jobs import Alerts, GroupsJob
+from app.jobs import Cadence, Job
 from app.lockdown.service import Lockdowns
 from app.oncall import unread_sources
 from app.service import AccessService, ReviewStep
 from app.service.identities import AttestationStep
-from app.standing.service import StandingReport, StandingService
+from app.standing import jobs as standing_jobs
+from app.standing.service import StandingService
 from app.store.db import is_database_error
 from app.store.models import RequestState
 from app.tickets.overdue import tell_overdue_notes
 
 log = logging.getLogger(__name__)
 EXPIRY_HOLD = 1.0  # seconds the expiry sweep goes on claiming a wave as target lanes free up
-# How often a sweep ticks: every second (expiry), every few seconds (takeover of lapsed claims;
-# probes of targets with failed revokes), on the sweep interval, or on the checkpoint interval.
-# Every public method of Sweeps but catch_up carries one (a test checks it), and `schedule`
-# registers exactly the marked ones, so a new sweep cannot be forgotten.
-Cadence = Literal["expiry", "takeover", "probe", "sweep", "checkpoint"]
+# How often a sweep ticks (app/jobs.py `Cadence`). Every public method of Sweeps but catch_up
+# carries one (a test checks it), and `schedule` registers exactly the marked ones and every
+# feature's declared jobs (FEATURE_JOBS), so neither can be forgotten.
 _CADENCE = "_wardkey_cadence"
-Job = TypeVar("Job", bound=Callable[..., object])
+Method = TypeVar("Method", bound=Callable[..., object])
 
 
-def sweep(cadence: Cadence) -> Callable[[Job], Job]:
-    def mark(job: Job) -> Job:
+def sweep(cadence: Cadence) -> Callable[[Method], Method]:
+    def mark(job: Method) -> Method:
         setattr(job, _CADENCE, cadence)
         return job
 
@@ -55,6 +60,21 @@ def cadence_of(job: object) -> Cadence | None:
 
 
 OwnerGone = Callable[[str], str | None]
+
+
+@dataclass(frozen=True)
+class JobDeps:
+    """What the features' jobs are given: this process's feature services, and `tell`, which
+    asks the outbox to deliver what a tick recorded (a failure is logged, never raised)."""
+
+    digests: DigestService
+    standing: StandingService
+    tell: Callable[[Sized], None]
+
+
+# Every feature's jobs (each feature's jobs.py, JOBS). A feature's job runs with JobDeps, so
+# mypy checks here that JobDeps gives each what it needs.
+FEATURE_JOBS: tuple[Job[JobDeps], ...] = (*digest_jobs.JOBS, *standing_jobs.JOBS)
 
 
 class Inbox(Protocol):
@@ -95,10 +115,11 @@ class Sweeps:
         requests to redeliver. `oncall`: reads the rotas' sources that are due and tells
         security of one that stopped answering or answers again (the notifier's
         `oncall_sources`). `digests`, `standing`: the process's digest and standing-privilege
-        services (None: each built on `service`)."""
+        services, for the features' jobs (None: each built on `service`)."""
         self.service = service
-        self.digests = digests or DigestService(service)
-        self._standing = standing or StandingService(service)
+        self.deps = JobDeps(
+            digests or DigestService(service), standing or StandingService(service), self._tell
+        )
         self.outbox = outbox
         self.owner_gone = owner_gone or (lambda _member: None)
         self.checkpoint_to = checkpoint_to
@@ -185,20 +206,6 @@ class Sweeps:
         ids = self.service.break_glass_waits()
         self._tell(ids)
         return ids
-
-    @sweep("sweep")
-    def digest(self) -> Digest | None:
-        """Once a day at the policy's time, by one worker: the managers' summary."""
-        digest = self.digests.digest_due()
-        self._tell([digest] if digest is not None else [])
-        return digest
-
-    @sweep("sweep")
-    def standing(self) -> StandingReport | None:
-        """Once an hour, by one worker: access on the targets that no grant covers."""
-        report = self._standing.standing_due()
-        self._tell([report] if report is not None else [])
-        return report
 
     @sweep("sweep")
     def identities(self) -> list[tuple[str, AttestationStep]]:
@@ -318,6 +325,21 @@ class Sweeps:
         self.expire()
 
 
+def jobs(sweeps: Sweeps) -> dict[str, tuple[Cadence, Callable[[], object]]]:
+    """Every job a process runs, by name, with its cadence: each marked method of `sweeps`, and
+    each feature's declared job given `sweeps.deps`."""
+    found: dict[str, tuple[Cadence, Callable[[], object]]] = {}
+    for name, method in inspect.getmembers(sweeps, inspect.ismethod):
+        cadence = cadence_of(method)
+        if cadence is not None:
+            found[name] = (cadence, method)
+    for job in FEATURE_JOBS:
+        if job.name in found:
+            raise ValueError(f"two jobs are called {job.name}")
+        found[job.name] = (job.cadence, partial(job.run, sweeps.deps))
+    return found
+
+
 def schedule(
     scheduler: BaseScheduler,
     sweeps: Sweeps,
@@ -328,10 +350,11 @@ def schedule(
     takeover_seconds: float = 2.0,
     probe_seconds: float = 5.0,
 ) -> dict[str, float]:
-    """One interval job per marked sweep; returns {job name: seconds} and logs it once, so an
-    operator (and a test) can see what this process will run. Expiry runs every second: its
-    query reads only the rows that are due (an index range scan), so a quiet tick costs one
-    cheap query. Checkpoints are written only where a directory and key are configured."""
+    """One interval job per feature job and marked sweep (`jobs`); returns {job name: seconds}
+    and logs it once, so an operator (and a test) can see what this process will run. Expiry
+    runs every second: its query reads only the rows that are due (an index range scan), so a
+    quiet tick costs one cheap query. Checkpoints are written only where a directory and key
+    are configured."""
     seconds_of: dict[Cadence, float] = {
         "expiry": expiry_seconds,
         "takeover": takeover_seconds,
@@ -340,10 +363,7 @@ def schedule(
         "checkpoint": checkpoint_seconds,
     }
     registered: dict[str, float] = {}
-    for name, job in inspect.getmembers(sweeps, inspect.ismethod):
-        cadence = cadence_of(job)
-        if cadence is None:
-            continue
+    for name, (cadence, job) in sorted(jobs(sweeps).items()):
         if cadence == "checkpoint" and sweeps.checkpoint_to is None:
             continue
         # max_instances=1 and coalesce: a slow sweep is never run twice at once or queued
