@@ -15,6 +15,7 @@ from app.adapters.registry import AdapterConfigError, build_adapters
 from app.config import Settings
 from app.digest.service import DigestService
 from app.directory import SlackDirectory, Workspace
+from app.identities.service import IdentityService
 from app.notify.notifier import Notifier
 from app.policy import Policy, PolicyError
 from app.policy_reload import PolicyReloader
@@ -54,7 +55,7 @@ def require(settings: Settings, *names: str) -> None:
 class Runtime:
     """One process's WardKey: its one Notifier (and Slack directory) serves the Bolt app, the
     redelivery app and the sweeps, and so do its feature services, each built once here on the
-    request core (`service`): the digest's and standing privilege's."""
+    request core (`service`): the digest's, standing privilege's and service accounts'."""
 
     settings: Settings
     service: AccessService
@@ -62,6 +63,7 @@ class Runtime:
     notifier: Notifier
     digests: DigestService
     standing: StandingService
+    identities: IdentityService
     _stepup: StepUpService | None = field(default=None, init=False, repr=False)
 
     def sweeps(self) -> Sweeps:
@@ -81,6 +83,7 @@ class Runtime:
             oncall=n.oncall_sources,
             digests=self.digests,
             standing=self.standing,
+            identities=self.identities,
         )
 
     def stepup(self) -> StepUpService | None:
@@ -104,6 +107,7 @@ class Runtime:
                 redelivery=True,
                 stepup=self.stepup(),
                 standing=self.standing,
+                identities=self.identities,
             ),
         )
 
@@ -132,6 +136,7 @@ class Runtime:
             notifier=self.notifier,
             stepup=self.stepup(),
             standing=self.standing,
+            identities=self.identities,
         )
 
 
@@ -180,8 +185,10 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
     workspace = Workspace.configured(settings.slack_team_ids, settings.slack_enterprise_id)
     directory = SlackDirectory(client, workspace)
     digests = DigestService(service)
-    notifier = Notifier(client, service, directory, digests=digests)
-    return Runtime(settings, service, client, notifier, digests, StandingService(service))
+    identities = IdentityService(service)
+    notifier = Notifier(client, service, directory, digests=digests, identities=identities)
+    standing = StandingService(service)
+    return Runtime(settings, service, client, notifier, digests, standing, identities)
 
 
 def check_step_up(settings: Settings, policy: Policy) -> None:

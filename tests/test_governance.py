@@ -10,12 +10,12 @@ import pytest
 
 from app.clock import ManualClock
 from app.directory import SlackDirectory
-from app.messages.blocks import ATTEST_KEEP, ATTEST_RETIRE
+from app.identities.messages import ATTEST_KEEP, ATTEST_RETIRE
+from app.identities.service import RETIRED, STILL_NEEDED, AttestationStep, IdentityService
 from app.notify.notifier import Notifier
 from app.policy import Person, Policy
 from app.scheduler import Sweeps
 from app.service import AccessService, NotAllowed, NotEligible, RequestView
-from app.service.identities import RETIRED, STILL_NEEDED, AttestationStep
 from app.slack.app import web_client
 from app.store import Database
 from app.store.models import RequestState as S
@@ -30,6 +30,11 @@ def elevate_svc_lab(service: AccessService, person: Person = DEV) -> RequestView
     return service.request(
         person, "pharmacy-db", "owner", timedelta(hours=1), WHY, "CHG0012345", identity="svc-lab"
     )
+
+
+@pytest.fixture
+def identities(service: AccessService) -> IdentityService:
+    return IdentityService(service)
 
 
 def with_identity(policy: Policy, **changes: object) -> Policy:
@@ -78,17 +83,17 @@ class TestServiceAccounts:
         assert targets["pharmacy-db"].holds("svc_lab", "pharmacy_owner")
 
     def test_attestation_asked_once_kept_then_asked_again_after_the_period(
-        self, service: AccessService, clock: ManualClock
+        self, identities: IdentityService, clock: ManualClock
     ) -> None:
-        assert service.attestation_follow_ups() == [("svc-lab", AttestationStep.ASKED)]
-        assert service.attestation_follow_ups() == []
+        assert identities.attestation_follow_ups() == [("svc-lab", AttestationStep.ASKED)]
+        assert identities.attestation_follow_ups() == []
         with pytest.raises(NotAllowed, match="Only the owner"):
-            service.attest("svc-lab", ERIN, still_needed=True)
-        assert service.attest("svc-lab", DEV, still_needed=True).outcome == STILL_NEEDED
+            identities.attest("svc-lab", ERIN, still_needed=True)
+        assert identities.attest("svc-lab", DEV, still_needed=True).outcome == STILL_NEEDED
         clock.advance(timedelta(days=89))
-        assert service.attestation_follow_ups() == []
+        assert identities.attestation_follow_ups() == []
         clock.advance(timedelta(days=1))
-        assert service.attestation_follow_ups() == [("svc-lab", AttestationStep.ASKED)]
+        assert identities.attestation_follow_ups() == [("svc-lab", AttestationStep.ASKED)]
 
     def test_unattested_is_reported_once_and_blocked_when_the_policy_says(
         self,
@@ -98,23 +103,27 @@ class TestServiceAccounts:
         clock: ManualClock,
     ) -> None:
         strict = AccessService(db, with_identity(policy, block_unattested=True), targets, clock)
-        strict.attestation_follow_ups()
+        accounts = IdentityService(strict)
+        accounts.attestation_follow_ups()
         clock.advance(timedelta(days=8))
-        assert strict.attestation_follow_ups() == [("svc-lab", AttestationStep.OVERDUE)]
-        assert strict.attestation_follow_ups() == []
+        assert accounts.attestation_follow_ups() == [("svc-lab", AttestationStep.OVERDUE)]
+        assert accounts.attestation_follow_ups() == []
         with pytest.raises(NotEligible, match="svc-lab is blocked"):
             elevate_svc_lab(strict)
-        strict.attest("svc-lab", DEV, still_needed=True)
+        accounts.attest("svc-lab", DEV, still_needed=True)
         elevate_svc_lab(strict)
 
     def test_retiring_ends_its_elevations_and_refuses_new_ones(
-        self, service: AccessService, targets: dict[str, MemoryTarget]
+        self,
+        service: AccessService,
+        identities: IdentityService,
+        targets: dict[str, MemoryTarget],
     ) -> None:
         req = elevate_svc_lab(service)
         service.approve(req.id, ERIN)
         service.approve(req.id, FARID)
-        service.attestation_follow_ups()
-        assert service.attest("svc-lab", DEV, still_needed=False).outcome == RETIRED
+        identities.attestation_follow_ups()
+        assert identities.attest("svc-lab", DEV, still_needed=False).outcome == RETIRED
         assert service.get(req.id).state == S.ENDED
         assert not targets["pharmacy-db"].holds("svc_lab", "pharmacy_owner")
         with pytest.raises(NotEligible, match="retired"):
@@ -124,15 +133,15 @@ class TestServiceAccounts:
         "db", [pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"], indirect=True
     )
     def test_orphans_flagged_once_and_cleared_when_the_owner_is_back(
-        self, service: AccessService
+        self, service: AccessService, identities: IdentityService
     ) -> None:
         gone = {"dev@ward.nhs.uk": "owner dev@ward.nhs.uk is deactivated in Slack"}
-        found = service.flag_orphans(gone.get)
+        found = identities.flag_orphans(gone.get)
         assert [(o.identity, o.reason) for o in found] == [("svc-lab", gone["dev@ward.nhs.uk"])]
-        assert service.flag_orphans(gone.get) == []
-        assert [o.identity for o in service.orphans()] == ["svc-lab"]
-        assert service.flag_orphans(lambda _m: None) == []
-        assert service.orphans() == []
+        assert identities.flag_orphans(gone.get) == []
+        assert [o.identity for o in identities.orphans()] == ["svc-lab"]
+        assert identities.flag_orphans(lambda _m: None) == []
+        assert identities.orphans() == []
         assert audit_actions(service).count("identity.orphaned") == 1
         assert "identity.owner_restored" in audit_actions(service)
 
@@ -140,8 +149,8 @@ class TestServiceAccounts:
         self, db: Database, policy: Policy, targets: dict[str, MemoryTarget], clock: ManualClock
     ) -> None:
         left = with_identity(policy, owner="left.trust@ward.nhs.uk")
-        service = AccessService(db, left, targets, clock)
-        assert "in no group of the policy" in service.flag_orphans(lambda _m: None)[0].reason
+        accounts = IdentityService(AccessService(db, left, targets, clock))
+        assert "in no group of the policy" in accounts.flag_orphans(lambda _m: None)[0].reason
 
 
 class TestInSlack(SlackOnSqlite):
@@ -196,4 +205,5 @@ class TestInSlack(SlackOnSqlite):
         )
         updated = slack.fake.wait_for("chat.update", 1)[0]
         assert "Confirmed still needed" in str(updated.args["blocks"])
-        assert service.attestation("svc-lab").outcome == STILL_NEEDED  # type: ignore[union-attr]
+        answered = IdentityService(service).attestation("svc-lab")
+        assert answered is not None and answered.outcome == STILL_NEEDED

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import select
 
 from app.clock import ManualClock
+from app.identities.service import RETIRED, IdentityService
 from app.policy import Policy
 from app.service import AccessService, AlreadyDecided, InvalidRequest, NotEligible
-from app.service.identities import RETIRED
 from app.store import AuditEvent, Database
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN, CHLOE, DEV, ERIN, FARID, GITA, HANA, VAL, audit_actions
@@ -220,7 +220,7 @@ class TestRecheckedAtApproval:
         self, db: Database, policy: Policy, targets: dict[str, MemoryTarget], clock: ManualClock
     ) -> None:
         strict = AccessService(db, with_identity(policy, block_unattested=True), targets, clock)
-        strict.attestation_follow_ups()  # the owner is asked; seven days to answer
+        IdentityService(strict).attestation_follow_ups()  # the owner is asked; 7 days to answer
         clock.advance(timedelta(days=7) - timedelta(minutes=30))
         req = strict.request(
             DEV, "pharmacy-db", "owner", timedelta(hours=1), WHY, "CHG0012345", identity="svc-lab"
@@ -305,8 +305,9 @@ class TestEndsWhenTheRequesterGoes:
         waiting = service.request(
             DEV, "pharmacy-db", "owner", timedelta(hours=1), WHY, "CHG0012345", identity="svc-lab"
         )
-        service.attestation_follow_ups()
-        answer = service.attest("svc-lab", DEV, still_needed=False)
+        accounts = IdentityService(service)
+        accounts.attestation_follow_ups()
+        answer = accounts.attest("svc-lab", DEV, still_needed=False)
         assert answer.outcome == RETIRED
         assert answer.changed_requests == (waiting.id,)
         view = service.get(waiting.id)
@@ -324,8 +325,9 @@ class TestEndsWhenTheRequesterGoes:
         )
         service.approve(req.id, ERIN)
         service.approve(req.id, FARID)
-        service.attestation_follow_ups()
-        answer = service.attest("svc-lab", DEV, still_needed=False)
+        accounts = IdentityService(service)
+        accounts.attestation_follow_ups()
+        answer = accounts.attest("svc-lab", DEV, still_needed=False)
         assert answer.changed_requests == (req.id,)
         assert service.get(req.id).state == S.ENDED
 

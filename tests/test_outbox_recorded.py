@@ -15,6 +15,7 @@ from app.clock import ManualClock
 from app.demo.slack_fake import FakeSlack
 from app.digest.service import DigestService
 from app.directory import SlackDirectory
+from app.identities.service import IdentityService
 from app.notify.notifier import Notifier
 from app.notify.outbox import Outbox
 from app.service import AccessService
@@ -85,8 +86,9 @@ class TestRecordedWithWhatTheyReport:
     def test_an_attestation_round_and_an_orphan_flag_carry_their_messages(
         self, service: AccessService, fake: FakeSlack
     ) -> None:
-        service.attestation_follow_ups()
-        service.flag_orphans({DEV.email or "": "owner is deactivated in Slack"}.get)
+        accounts = IdentityService(service)
+        accounts.attestation_follow_ups()
+        accounts.flag_orphans({DEV.email or "": "owner is deactivated in Slack"}.get)
         assert notices(service) == [
             ("identity:svc-lab", "attestation.asked"),
             ("security", "orphans.found"),

@@ -12,7 +12,8 @@ import pytest
 
 from app.clock import ManualClock
 from app.directory import SlackDirectory
-from app.messages.blocks import APPROVE_ACTION, ATTEST_RETIRE
+from app.identities.messages import ATTEST_RETIRE
+from app.messages.blocks import APPROVE_ACTION
 from app.notify.notifier import Notifier
 from app.policy import Policy, load_policy
 from app.scheduler import Sweeps

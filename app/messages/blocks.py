@@ -27,7 +27,6 @@ from app.policy.durations import format_duration
 from app.policy.model import BREAK_GLASS_PATH, Policy
 from app.policy.people import Person
 from app.service.base import UNREACHABLE
-from app.service.identities import RETIRED, STILL_NEEDED, AttestationView
 from app.service.reviews import BreakGlassSummary
 from app.store.models import RequestState, ReviewState
 from app.wording import listed, plural
@@ -40,8 +39,6 @@ DENY_ACTION = "request_deny"
 CANCEL_ACTION = "request_cancel"
 REVIEW_JUSTIFIED = "review_justified"
 REVIEW_NOT_JUSTIFIED = "review_not_justified"
-ATTEST_KEEP = "attest_still_needed"
-ATTEST_RETIRE = "attest_retire"
 _RISK_ICON = {"low": "🟢", "medium": "🟡", "high": "🟠", "critical": "🔴"}
 
 
@@ -554,51 +551,3 @@ def contract_line(policy: Policy, person: Person, now: datetime) -> str | None:
         f"Your {escape(vendor.company)} contract ends on {vendor.contract_end:%d %b %Y}: "
         f"{remaining} left. No access can last beyond it."
     )
-
-
-def attestation_card(
-    view: AttestationView, zone: ZoneInfo, names: Names = SLACK_SHOWS
-) -> list[Block]:
-    """The owner's card: is this service account still needed? Buttons while unanswered."""
-    blocks: list[Block] = [
-        HeaderBlock(text=PlainTextObject(text=f"Is {view.identity} still needed?")),
-        SectionBlock(
-            text=MarkdownTextObject(
-                text=f"You own the service account `{escape(view.identity)}`: "
-                f"{escape(view.purpose)}. Please confirm it is still needed by "
-                f"{day_time(view.due_at, zone)}, or retire it (its elevations end at once)."
-            )
-        ),
-    ]
-    if view.outcome is None:
-        blocks.append(
-            ActionsBlock(
-                block_id=f"attest:{view.identity}",
-                elements=[
-                    ButtonElement(
-                        text="Still needed",
-                        action_id=ATTEST_KEEP,
-                        value=view.identity,
-                        style="primary",
-                    ),
-                    ButtonElement(
-                        text="Retire",
-                        action_id=ATTEST_RETIRE,
-                        value=view.identity,
-                        style="danger",
-                        confirm=ConfirmObject(
-                            title=f"Retire {view.identity}?",
-                            text="It can no longer be elevated, and any elevation now active ends.",
-                            confirm="Retire",
-                            deny="Back",
-                        ),
-                    ),
-                ],
-            )
-        )
-    else:
-        said = {STILL_NEEDED: "✅ Confirmed still needed", RETIRED: "🗄 Retired"}[view.outcome]
-        blocks.append(
-            ContextBlock(elements=[words(f"{said} by {names.person(view.decided_by or '')}")])
-        )
-    return blocks

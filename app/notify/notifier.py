@@ -29,13 +29,14 @@ from app.digest.messages import digest_blocks, digest_text
 from app.digest.service import Digest, DigestService
 from app.directory import SlackDirectory, slack_unwell
 from app.groups import path_groups
+from app.identities import messages as identity_messages
+from app.identities.service import AttestationStep, IdentityService, OrphanView, orphans_of_notices
 from app.lockdown import messages as lockdown_messages
 from app.lockdown.service import Lockdowns
 from app.messages.blocks import (
     CardContext,
     DirectoryNames,
     approver_card,
-    attestation_card,
     clock_time,
     day_time,
     escape,
@@ -74,7 +75,6 @@ from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person
 from app.service import AccessService, BreakGlassSummary, NotAllowed, RequestView, ReviewStep
 from app.service.breakglass import HELD, WAITING, BreakGlassStart
-from app.service.identities import AttestationStep, OrphanView
 from app.service.reviews import ALERT_MESSAGE
 from app.standing.messages import found_text
 from app.standing.service import StandingReport, report_of_notices
@@ -127,12 +127,15 @@ class Notifier:
         outbox: Outbox | None = None,
         *,
         digests: DigestService | None = None,
+        identities: IdentityService | None = None,
     ) -> None:
         """`digests`: the process's digest service, which a digest is read again from when
-        it is sent (None: one on `service`, as in tests and the demo)."""
+        it is sent; `identities`: its service-account service, which an attestation round is
+        read from (None: each one on `service`, as in tests and the demo)."""
         self.client = client
         self.service = service
         self.digests = digests or DigestService(service)
+        self.identities = identities or IdentityService(service)
         self.directory = directory
         self.names = DirectoryNames(directory)  # people by name, channels by name
         self._out = threading.local()
@@ -245,12 +248,7 @@ class Notifier:
         elif action == WAITING:
             self._break_glass_waiting(int(facts["request"]))
         elif action == "orphans.found":
-            self._orphans_found(
-                [
-                    OrphanView(str(f["identity"]), str(f["owner"]), str(f["reason"]))
-                    for f in [facts, *notice.more]
-                ]
-            )
+            self._orphans_found(orphans_of_notices([facts, *notice.more]))
         elif action.startswith("lockdown."):
             self._lockdown_notice(notice)
         elif action == STEP_UP_REFUSED:
@@ -985,7 +983,7 @@ class Notifier:
     def _attestation_follow_up(self, name: str, step: AttestationStep) -> None:
         """Ask the owner to confirm a service account (a card with Still needed / Retire);
         past the deadline, tell security and remind the owner."""
-        view = self.service.attestation(name)
+        view = self.identities.attestation(name)
         if view is None:
             return
         owner_id = self.directory.user_id_for(view.owner)
@@ -997,26 +995,21 @@ class Notifier:
             self._post(
                 f"attestation_asked identity={name}",
                 owner_id,
-                f"Is the service account {name} still needed?",
-                attestation_card(view, self.zone, self.names),
+                identity_messages.asked_text(name),
+                identity_messages.attestation_card(view, self.zone, self.names),
             )
             return
         blocked = policy.identities[name].block_unattested
-        text = (
-            f"⚠️ Service account `{escape(name)}` was not re-attested by its owner "
-            f"{self.names.person(view.owner)} (due {day_time(view.due_at, self.zone)})"
-            + (": elevations of it are blocked until they answer." if blocked else ".")
-        )
+        text = identity_messages.overdue_text(view, blocked, self.zone, self.names)
         self._post(f"attestation_overdue identity={name}", policy.channels.security_alerts, text)
         if owner_id is not None:
             self._post(f"attestation_overdue identity={name}", owner_id, text)
 
     def _orphans_found(self, orphans: list[OrphanView]) -> None:
-        lines = [f"• `{escape(o.identity)}`: {escape(o.reason)}" for o in orphans]
         self._post(
             "orphans_found",
             self.service.policy.channels.security_alerts,
-            "👤 Service accounts with no current owner:\n" + "\n".join(lines),
+            identity_messages.orphans_text(orphans),
         )
 
     def owner_gone(self, member: str) -> str | None:
@@ -1083,13 +1076,15 @@ class Notifier:
         )
 
     def attestation_answered(self, channel: str, ts: str, name: str) -> None:
-        view = self.service.attestation(name)
+        view = self.identities.attestation(name)
         if view is not None:
             args = {
                 "channel": channel,
                 "ts": ts,
                 "text": f"{name}: answered",
-                "blocks": _json_blocks(attestation_card(view, self.zone, self.names)),
+                "blocks": _json_blocks(
+                    identity_messages.attestation_card(view, self.zone, self.names)
+                ),
             }
             self.outbox.enqueue(f"identity:{name}", [OutCall(UPDATE, args)])
 

@@ -26,11 +26,11 @@ from app import audit
 from app.digest import jobs as digest_jobs
 from app.digest.service import DigestService
 from app.groups.jobs import Alerts, GroupsJob
+from app.identities.service import AttestationStep, IdentityService
 from app.jobs import Cadence, Job
 from app.lockdown.service import Lockdowns
 from app.oncall import unread_sources
 from app.service import AccessService, ReviewStep
-from app.service.identities import AttestationStep
 from app.standing import jobs as standing_jobs
 from app.standing.service import StandingService
 from app.store.db import is_database_error
@@ -70,6 +70,7 @@ class JobDeps:
     digests: DigestService
     standing: StandingService
     tell: Callable[[Sized], None]
+    identities: IdentityService
 
 
 # Every feature's jobs (each feature's jobs.py, JOBS). A feature's job runs with JobDeps, so
@@ -107,6 +108,7 @@ class Sweeps:
         oncall: Callable[[], Sized] | None = None,
         digests: DigestService | None = None,
         standing: StandingService | None = None,
+        identities: IdentityService | None = None,
     ) -> None:
         """`outbox`: where the notices the sweeps' changes wrote wait; asked to deliver after
         each change (None: nobody is told, as in tests of the changes alone). `owner_gone`:
@@ -114,11 +116,15 @@ class Sweeps:
         `checkpoint_to`: (directory, key) for signed audit checkpoints. `inbox`: Slack
         requests to redeliver. `oncall`: reads the rotas' sources that are due and tells
         security of one that stopped answering or answers again (the notifier's
-        `oncall_sources`). `digests`, `standing`: the process's digest and standing-privilege
-        services, for the features' jobs (None: each built on `service`)."""
+        `oncall_sources`). `digests`, `standing`, `identities`: the process's digest,
+        standing-privilege and service-account services, for the features' jobs (None: each
+        built on `service`)."""
         self.service = service
         self.deps = JobDeps(
-            digests or DigestService(service), standing or StandingService(service), self._tell
+            digests or DigestService(service),
+            standing or StandingService(service),
+            self._tell,
+            identities or IdentityService(service),
         )
         self.outbox = outbox
         self.owner_gone = owner_gone or (lambda _member: None)
@@ -211,9 +217,9 @@ class Sweeps:
     def identities(self) -> list[tuple[str, AttestationStep]]:
         """Service accounts: owners asked to re-attest, overdue ones reported; once an hour,
         one worker flags those whose owner is gone."""
-        steps = self.service.attestation_follow_ups()
+        steps = self.deps.identities.attestation_follow_ups()
         self._tell(steps)
-        self._tell(self.service.orphans_due(self.owner_gone) or [])
+        self._tell(self.deps.identities.orphans_due(self.owner_gone) or [])
         return steps
 
     @sweep("sweep")

@@ -1,11 +1,10 @@
 """The request lifecycle: every use case is one method, with time from the injected clock.
 
 State only changes through `app.lifecycle.transitions`. The use cases are grouped by concern in
-`requests` (asking and deciding), `identities` (service-account attestation and orphans),
-`grants` (access on the target), `breakglass` (budgets and the second person's
-confirmation), `reviews` (break-glass) and `tickets` (access that ends with its ticket,
-notes on tickets). The daily digest (app/digest) and standing privilege (app/standing) are
-features of their own that work through this service.
+`requests` (asking and deciding), `grants` (access on the target), `breakglass` (budgets and
+the second person's confirmation), `reviews` (break-glass) and `tickets` (access that ends with
+its ticket, notes on tickets). The daily digest (app/digest), standing privilege (app/standing)
+and service accounts (app/identities) are features of their own that work through this service.
 """
 
 from __future__ import annotations

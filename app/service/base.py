@@ -94,6 +94,16 @@ STATE_WORDS = {
 }
 
 
+def latest_attestation(session: Session, name: str) -> Attestation | None:
+    """A service account's latest attestation round (app/identities opens and answers them)."""
+    return session.scalars(
+        select(Attestation)
+        .where(Attestation.identity == name)
+        .order_by(Attestation.id.desc())
+        .limit(1)
+    ).first()
+
+
 class ServiceBase:
     """Dependencies and helpers of the use cases (see AccessService)."""
 
@@ -497,15 +507,19 @@ class ServiceBase:
             return self._attestation_refusal(session, req.identity, now)
         return None
 
+    def refuse_unattested(self, name: str) -> None:
+        """Called before an elevation of `name`: a retired identity is refused, and so is an
+        overdue one whose policy says `block_unattested`. (The rounds are app/identities'; the
+        request path only reads the latest, so the core needs nothing of that feature.)"""
+        with self.db.read() as session:
+            refusal = self._attestation_refusal(session, name, self.clock.now())
+        if refusal is not None:
+            raise NotEligible(refusal, field="access")
+
     def _attestation_refusal(self, session: Session, name: str, now: datetime) -> str | None:
         """A retired service account may not be elevated, nor an overdue one whose policy
         says `block_unattested`; None when it may."""
-        latest = session.scalars(
-            select(Attestation)
-            .where(Attestation.identity == name)
-            .order_by(Attestation.id.desc())
-            .limit(1)
-        ).first()
+        latest = latest_attestation(session, name)
         if latest is None:
             return None
         if latest.outcome == RETIRED:

@@ -23,7 +23,7 @@ from app.policy import rules
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person, person_key
 from app.service.base import STATE_WORDS
-from app.service.identities import IdentityCases
+from app.service.grants import GrantCases
 from app.service.tickets import TICKET_CLOSED, closed_since_asked, ticket_audit, ticket_fields
 from app.store.models import (
     AccessRequest,
@@ -59,7 +59,7 @@ NOT_CANCELLABLE = {
 }
 
 
-class RequestCases(IdentityCases):
+class RequestCases(GrantCases):
     # ----------------------------------------------------------------------------- requests
 
     def request(

@@ -9,13 +9,15 @@ from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from app.directory import SlackDirectory, Workspace
+from app.identities import listeners as identity_listeners
+from app.identities.service import IdentityService
 from app.lockdown import listeners as lockdown_listeners
 from app.notify.notifier import Notifier
 from app.service import AccessService
 from app.slack import errors
 from app.slack.deps import SlackDeps
 from app.slack.gate import PersonResolver, WorkspaceGate
-from app.slack.listeners import actions, commands, events, identities, reviews, views
+from app.slack.listeners import actions, commands, events, reviews, views
 from app.slack.listeners import breakglass as breakglass_listeners
 from app.standing.service import StandingService
 from app.stepup.service import StepUpService
@@ -41,6 +43,7 @@ def build_app(
     redelivery: bool = False,
     stepup: StepUpService | None = None,
     standing: StandingService | None = None,
+    identities: IdentityService | None = None,
 ) -> App:
     """`workspace`: whose people may use WardKey (SLACK_TEAM_IDS, SLACK_ENTERPRISE_ID); None
     means the workspace the bot token belongs to, asked of Slack now.
@@ -53,7 +56,8 @@ def build_app(
     recorded, and may be older than Slack's five minutes by now), asks Slack nothing at start
     and opens no dialogs.
 
-    `standing`: the process's standing-privilege service (None: one on `service`)."""
+    `standing`, `identities`: the process's standing-privilege and service-account services
+    (None: each one on `service`)."""
     # App(client=…) checks the token with auth.test now, so a bad token fails at start-up.
     # Listeners only parse, ack and hand the rest to `work` (SlackDeps.after_ack), so they run
     # on the HTTP thread (process_before_response) and the ack never queues behind other
@@ -76,6 +80,7 @@ def build_app(
     deps = SlackDeps(
         service=service,
         standing=standing or StandingService(service),
+        identities=identities or IdentityService(service),
         directory=directory,
         notifier=notifier,
         work=work or ThreadPoolExecutor(max_workers=4, thread_name_prefix="after-ack"),
@@ -88,8 +93,9 @@ def build_app(
     app.use(WorkspaceGate(directory, deps.later))
     app.use(PersonResolver(directory))
     errors.register(app, deps.later)
-    for listeners in (commands, actions, reviews, identities, views, events):
+    for listeners in (commands, actions, reviews, views, events):
         listeners.register(app, deps)
+    identity_listeners.register(app, deps)  # Still needed / Retire on an attestation card
     lockdown_listeners.register(app, deps)  # the lockdown dialog's Lock down
     breakglass_listeners.register(app, deps)  # Confirm on a held break-glass use
     return app

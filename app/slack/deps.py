@@ -11,6 +11,7 @@ from slack_bolt import BoltContext
 from sqlalchemy.exc import DBAPIError
 
 from app.directory import SlackDirectory
+from app.identities.service import IdentityService
 from app.notify.notifier import Notifier
 from app.service import AccessService
 from app.slack import intake
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 class SlackDeps:
     service: AccessService
     standing: StandingService
+    identities: IdentityService
     directory: SlackDirectory
     notifier: Notifier
     work: Executor

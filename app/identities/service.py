@@ -1,10 +1,18 @@
 """Service accounts (non-human identities) under the same discipline as people: an owner, a
 purpose, a time limit on every elevation, and an owner who confirms on a schedule that the
-account is still needed (or retires it). An account whose owner is gone is flagged."""
+account is still needed (or retires it). An account whose owner is gone is flagged.
+
+`IdentityService` works through the request core it is given (`AccessService`): its database
+and clock, its claims of the hour, its ending of a retired account's requests, and the policy in
+force (a policy reload replaces the core's). The check the request path makes before elevating
+a service account (retired, or overdue where `block_unattested`) is the core's own
+(`AccessService.refuse_unattested`, `_attestation_refusal`): it is about the request, reads the
+rounds this service writes, and so needs nothing of this package.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -14,14 +22,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import audit
-from app.lifecycle.errors import AlreadyDecided, NotAllowed, NotEligible, NotFound
+from app.lifecycle.errors import AlreadyDecided, NotAllowed, NotFound
 from app.lifecycle.transitions import announce
 from app.policy import rules
-from app.policy.model import Identity
+from app.policy.model import Identity, Policy
 from app.policy.people import Person, person_key
+from app.service import AccessService
 from app.service.base import RETIRED as RETIRED
 from app.service.base import STILL_NEEDED as STILL_NEEDED
-from app.service.grants import GrantCases
+from app.service.base import latest_attestation
 from app.store.models import AccessRequest, Attestation, OrphanFlag, RequestState
 
 
@@ -50,6 +59,11 @@ class OrphanView:
     reason: str
 
 
+def orphans_of_notices(facts: Sequence[Mapping[str, object]]) -> list[OrphanView]:
+    """One look's new orphan flags, as their notices (`orphans.found`) recorded them."""
+    return [OrphanView(str(f["identity"]), str(f["owner"]), str(f["reason"])) for f in facts]
+
+
 def _due_step(
     latest: Attestation | None, identity: Identity, now: datetime
 ) -> AttestationStep | None:
@@ -65,7 +79,19 @@ def _due_step(
     return AttestationStep.ASKED if now >= latest.decided_at + identity.attest_every else None
 
 
-class IdentityCases(GrantCases):
+class IdentityService:
+    """Service accounts' use cases: attestation rounds, the owner's answer, orphan flags."""
+
+    def __init__(self, core: AccessService) -> None:
+        self.core = core
+        self.db = core.db
+        self.clock = core.clock
+
+    @property
+    def policy(self) -> Policy:
+        """The policy in force now (a reload replaces the core's)."""
+        return self.core.policy
+
     # ---------------------------------------------------------------------- attestations
 
     def attestation_follow_ups(self) -> list[tuple[str, AttestationStep]]:
@@ -87,10 +113,10 @@ class IdentityCases(GrantCases):
         self, name: str, identity: Identity, now: datetime
     ) -> AttestationStep | None:
         with self.db.read() as session:  # most ticks find nothing due: no write lock
-            if _due_step(self._latest_round(session, name), identity, now) is None:
+            if _due_step(latest_attestation(session, name), identity, now) is None:
                 return None
         with self.db.transaction() as session:
-            latest = self._latest_round(session, name)
+            latest = latest_attestation(session, name)
             step = _due_step(latest, identity, now)
             if step == AttestationStep.OVERDUE:
                 assert latest is not None
@@ -130,7 +156,7 @@ class IdentityCases(GrantCases):
         key = person_key(self.policy, person)
         outcome = STILL_NEEDED if still_needed else RETIRED
         with self.db.transaction() as session:
-            latest = self._latest_round(session, name)
+            latest = latest_attestation(session, name)
             if latest is None or latest.outcome is not None:
                 raise AlreadyDecided(f"{name} has no open attestation; nothing was changed.")
             changed = session.execute(
@@ -144,7 +170,7 @@ class IdentityCases(GrantCases):
             action = "identity.attested" if still_needed else "identity.retired"
             self._audit(session, action, name, identity, now, actor=key)
             session.expire(latest)
-            view = self._attestation_view(self._latest_round(session, name), identity)
+            view = self._attestation_view(latest_attestation(session, name), identity)
         if not still_needed:
             view = replace(view, changed_requests=self._end_elevations(name, key))
         return view
@@ -169,23 +195,15 @@ class IdentityCases(GrantCases):
                 .order_by(AccessRequest.id)
             ).all()
         why = f"{name} was retired by its owner"
-        return tuple(rid for rid in live if self._end_for(rid, owner, why, "identity_retired"))
+        return tuple(rid for rid in live if self.core._end_for(rid, owner, why, "identity_retired"))
 
     def attestation(self, name: str) -> AttestationView | None:
         identity = self.policy.identities.get(name)
         if identity is None:
             return None
         with self.db.read() as session:
-            latest = self._latest_round(session, name)
+            latest = latest_attestation(session, name)
             return self._attestation_view(latest, identity) if latest is not None else None
-
-    def refuse_unattested(self, name: str) -> None:
-        """Called before an elevation of `name`: a retired identity is refused, and so is an
-        overdue one whose policy says `block_unattested`."""
-        with self.db.read() as session:
-            refusal = self._attestation_refusal(session, name, self.clock.now())
-        if refusal is not None:
-            raise NotEligible(refusal, field="access")
 
     # --------------------------------------------------------------------------- orphans
 
@@ -228,7 +246,7 @@ class IdentityCases(GrantCases):
         """This hour's look for orphaned identities, unless another worker has taken it."""
         now = self.clock.now()
         period = now.replace(minute=0, second=0, microsecond=0).isoformat()
-        if not self._claim_period("orphans", period, now):
+        if not self.core._claim_period("orphans", period, now):
             return None
         return self.flag_orphans(owner_gone)
 
@@ -240,15 +258,6 @@ class IdentityCases(GrantCases):
             ]
 
     # --------------------------------------------------------------------------- helpers
-
-    @staticmethod
-    def _latest_round(session: Session, name: str) -> Attestation | None:
-        return session.scalars(
-            select(Attestation)
-            .where(Attestation.identity == name)
-            .order_by(Attestation.id.desc())
-            .limit(1)
-        ).first()
 
     def _attestation_view(self, row: Attestation | None, identity: Identity) -> AttestationView:
         assert row is not None

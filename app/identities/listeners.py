@@ -6,7 +6,7 @@ from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
 
-from app.messages.blocks import ATTEST_KEEP, ATTEST_RETIRE
+from app.identities.messages import ATTEST_KEEP, ATTEST_RETIRE
 from app.slack.deps import SlackDeps
 from app.slack.gate import person_of
 
@@ -21,7 +21,7 @@ def register(app: App, deps: SlackDeps) -> None:
             def answer() -> None:
                 name = str(action["value"])
                 by = person_of(context)
-                attested = deps.service.attest(name, by, still_needed=still_needed)
+                attested = deps.identities.attest(name, by, still_needed=still_needed)
                 # Retiring cancels its waiting requests and ends its elevations: every
                 # card and requester hears of each.
                 for request_id in attested.changed_requests:
