@@ -10,6 +10,7 @@ import pytest
 
 from app.clock import ManualClock
 from app.directory import SlackDirectory
+from app.identities import jobs as identity_jobs
 from app.identities.messages import ATTEST_KEEP, ATTEST_RETIRE
 from app.identities.service import RETIRED, STILL_NEEDED, AttestationStep, IdentityService
 from app.notify.notifier import Notifier
@@ -190,7 +191,7 @@ class TestInSlack(SlackOnSqlite):
         self, slack: RunningApp, service: AccessService
     ) -> None:
         notifier = self.notifier(slack, service)
-        Sweeps(service, notifier.outbox).identities()
+        identity_jobs.identities(Sweeps(service, notifier.outbox).deps)
         card = slack.fake.wait_for("chat.postMessage", 1, channel="U0DEV")[0]
         assert ATTEST_KEEP in str(card.args["blocks"]) and ATTEST_RETIRE in str(card.args["blocks"])
         slack.click(ATTEST_KEEP, "svc-lab", "U0ERIN", channel="D0ERIN")

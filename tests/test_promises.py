@@ -12,6 +12,7 @@ import pytest
 
 from app.clock import ManualClock
 from app.directory import SlackDirectory
+from app.identities import jobs as identity_jobs
 from app.identities.messages import ATTEST_RETIRE
 from app.messages.blocks import APPROVE_ACTION
 from app.notify.notifier import Notifier
@@ -218,7 +219,7 @@ class TestRetiringAServiceAccount(SlackOnSqlite):
         slack.settle()
         [request] = service.requests_of_key("dev@ward.nhs.uk", (S.PENDING,))
         notifier = notifier_for(slack, service)
-        Sweeps(service, notifier.outbox).identities()
+        identity_jobs.identities(Sweeps(service, notifier.outbox).deps)
         card = slack.fake.wait_for("chat.postMessage", 1, channel="U0DEV")[0]
         slack.click(
             ATTEST_RETIRE,

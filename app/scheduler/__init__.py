@@ -26,7 +26,8 @@ from app import audit
 from app.digest import jobs as digest_jobs
 from app.digest.service import DigestService
 from app.groups.jobs import Alerts, GroupsJob
-from app.identities.service import AttestationStep, IdentityService
+from app.identities import jobs as identity_jobs
+from app.identities.service import IdentityService
 from app.jobs import Cadence, Job
 from app.lockdown.service import Lockdowns
 from app.oncall import unread_sources
@@ -71,11 +72,16 @@ class JobDeps:
     standing: StandingService
     tell: Callable[[Sized], None]
     identities: IdentityService
+    owner_gone: OwnerGone
 
 
 # Every feature's jobs (each feature's jobs.py, JOBS). A feature's job runs with JobDeps, so
 # mypy checks here that JobDeps gives each what it needs.
-FEATURE_JOBS: tuple[Job[JobDeps], ...] = (*digest_jobs.JOBS, *standing_jobs.JOBS)
+FEATURE_JOBS: tuple[Job[JobDeps], ...] = (
+    *digest_jobs.JOBS,
+    *standing_jobs.JOBS,
+    *identity_jobs.JOBS,
+)
 
 
 class Inbox(Protocol):
@@ -125,9 +131,9 @@ class Sweeps:
             standing or StandingService(service),
             self._tell,
             identities or IdentityService(service),
+            owner_gone=owner_gone or (lambda _member: None),
         )
         self.outbox = outbox
-        self.owner_gone = owner_gone or (lambda _member: None)
         self.checkpoint_to = checkpoint_to
         self.inbox = inbox
         self.oncall = oncall
@@ -212,15 +218,6 @@ class Sweeps:
         ids = self.service.break_glass_waits()
         self._tell(ids)
         return ids
-
-    @sweep("sweep")
-    def identities(self) -> list[tuple[str, AttestationStep]]:
-        """Service accounts: owners asked to re-attest, overdue ones reported; once an hour,
-        one worker flags those whose owner is gone."""
-        steps = self.deps.identities.attestation_follow_ups()
-        self._tell(steps)
-        self._tell(self.deps.identities.orphans_due(self.owner_gone) or [])
-        return steps
 
     @sweep("sweep")
     def oncall_sources(self) -> int:

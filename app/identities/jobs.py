@@ -1,0 +1,41 @@
+"""Service accounts' job: on every sweep tick, ask the owners whose account is due to confirm it
+and report rounds past their deadline (once each; one open round per account, so two workers
+never ask twice), then, once an hour by one worker (the hour is claimed in the database), flag
+accounts whose owner is gone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sized
+from typing import Protocol
+
+from app.identities.service import AttestationStep, IdentityService
+from app.jobs import Job
+
+
+class Needs(Protocol):
+    """What the service accounts' job is given (app/scheduler `JobDeps`)."""
+
+    @property
+    def identities(self) -> IdentityService: ...
+
+    @property
+    def owner_gone(self) -> Callable[[str], str | None]:
+        """Why an owner is no longer a current person (deleted or unknown in Slack), or None."""
+        ...
+
+    @property
+    def tell(self) -> Callable[[Sized], None]:
+        """Ask the outbox to deliver what was recorded (the owners' cards, security's alerts)."""
+        ...
+
+
+def identities(given: Needs) -> list[tuple[str, AttestationStep]]:
+    """Service accounts: owners asked to re-attest, overdue ones reported; once an hour,
+    one worker flags those whose owner is gone."""
+    steps = given.identities.attestation_follow_ups()
+    given.tell(steps)
+    given.tell(given.identities.orphans_due(given.owner_gone) or [])
+    return steps
+
+
+JOBS = (Job("identities", "sweep", identities),)
