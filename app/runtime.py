@@ -20,6 +20,7 @@ from app.notify.notifier import Notifier
 from app.policy import Policy, PolicyError
 from app.policy_reload import PolicyReloader
 from app.policy_targets import load_policy, policy_warnings
+from app.reviews.service import ReviewService
 from app.scheduler import Sweeps
 from app.service import AccessService
 from app.slack.app import build_app, web_client
@@ -55,7 +56,8 @@ def require(settings: Settings, *names: str) -> None:
 class Runtime:
     """One process's WardKey: its one Notifier (and Slack directory) serves the Bolt app, the
     redelivery app and the sweeps, and so do its feature services, each built once here on the
-    request core (`service`): the digest's, standing privilege's and service accounts'."""
+    request core (`service`): the digest's, standing privilege's, service accounts' and break-glass
+    reviews'."""
 
     settings: Settings
     service: AccessService
@@ -64,6 +66,7 @@ class Runtime:
     digests: DigestService
     standing: StandingService
     identities: IdentityService
+    reviews: ReviewService
     _stepup: StepUpService | None = field(default=None, init=False, repr=False)
 
     def sweeps(self) -> Sweeps:
@@ -83,6 +86,7 @@ class Runtime:
             oncall=n.oncall_sources,
             digests=self.digests,
             standing=self.standing,
+            reviews=self.reviews,
             identities=self.identities,
         )
 
@@ -107,6 +111,7 @@ class Runtime:
                 redelivery=True,
                 stepup=self.stepup(),
                 standing=self.standing,
+                reviews=self.reviews,
                 identities=self.identities,
             ),
         )
@@ -136,6 +141,7 @@ class Runtime:
             notifier=self.notifier,
             stepup=self.stepup(),
             standing=self.standing,
+            reviews=self.reviews,
             identities=self.identities,
         )
 
@@ -186,9 +192,14 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
     directory = SlackDirectory(client, workspace)
     digests = DigestService(service)
     identities = IdentityService(service)
-    notifier = Notifier(client, service, directory, digests=digests, identities=identities)
+    reviews = ReviewService(service)
+    notifier = Notifier(
+        client, service, directory, digests=digests, identities=identities, reviews=reviews
+    )
     standing = StandingService(service)
-    return Runtime(settings, service, client, notifier, digests, standing, identities)
+    return Runtime(
+        settings, service, client, notifier, digests, standing, identities, reviews=reviews
+    )
 
 
 def check_step_up(settings: Settings, policy: Policy) -> None:

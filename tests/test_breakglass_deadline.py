@@ -15,7 +15,9 @@ from app.clock import ManualClock
 from app.digest import jobs as digest_jobs
 from app.messages.breakglass import CONFIRM_ACTION
 from app.policy import Policy
-from app.service import AccessService, ReviewStep
+from app.reviews import jobs as review_jobs
+from app.reviews.service import ReviewStep
+from app.service import AccessService
 from app.store.models import AuditEvent
 from tests.conftest import AMIRA, NIGHT_SHIFT, audit_actions
 from tests.slack_harness import RunningApp, SlackOnSqlite
@@ -46,9 +48,9 @@ class TestCaldicottDeadline(SlackOnSqlite):
         clock.advance(timedelta(minutes=31))
         service.expire_due()
         jobs = sweeps(slack, service)
-        jobs.review()  # sent to the reviewers
+        review_jobs.review(jobs.deps)  # sent to the reviewers
         clock.advance(timedelta(hours=71))
-        jobs.review()
+        review_jobs.review(jobs.deps)
         assert slack.fake.calls_to("chat.postMessage", channel="C0CALD") == []
         assert not [
             c
@@ -57,7 +59,7 @@ class TestCaldicottDeadline(SlackOnSqlite):
         ]
 
         clock.advance(timedelta(hours=1))  # 72 h 31 m after it began: past due
-        steps = jobs.review()
+        steps = review_jobs.review(jobs.deps)
         assert (view.id, ReviewStep.OVERDUE) in steps
         escalated = last_event(service, view.id, "review.overdue")
         assert escalated["escalated_to"] == ["farid@ward.nhs.uk"]
@@ -75,7 +77,7 @@ class TestCaldicottDeadline(SlackOnSqlite):
         # Once: later sweeps remind the reviewers, never escalate again.
         for _ in range(3):
             clock.advance(timedelta(days=1))
-            jobs.review()
+            review_jobs.review(jobs.deps)
         assert audit_actions(service, view.id).count("review.overdue") == 1
         assert len(slack.fake.calls_to("chat.postMessage", channel="C0CALD")) == 1
         assert (

@@ -16,6 +16,8 @@ from app.clock import ManualClock
 from app.messages.blocks import DENY_ACTION
 from app.messages.views import DENY_BLOCK, DENY_INPUT, DENY_VIEW
 from app.policy import Policy
+from app.reviews import jobs as review_jobs
+from app.reviews.service import ReviewService
 from app.service import AccessService
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN, HANA, NIGHT_SHIFT
@@ -82,7 +84,7 @@ class TestAfterADenial(SlackOnSqlite):
         # Its review card, when the use ends, shows the same flag.
         clock.advance(timedelta(hours=1, minutes=1))
         service.expire_due()
-        sweeps(slack, service).review()
+        review_jobs.review(sweeps(slack, service).deps)
         card = slack.fake.wait_for("chat.postMessage", 1, channel="C0MGR")[-1]
         assert f"⚑ {words}" in json.dumps(card.args["blocks"], ensure_ascii=False)
 
@@ -121,7 +123,9 @@ class TestOutsideUsualHours(SlackOnSqlite):
         assert "outside_hours" not in recorded(service, rid)
         clock.advance(timedelta(hours=2))
         service.revoke(rid, AMIRA)
-        service.decide_review(rid, HANA, justified=True, note="pharmacy outage, confirmed")
+        ReviewService(service).decide_review(
+            rid, HANA, justified=True, note="pharmacy outage, confirmed"
+        )
         # Five now (the use itself is one of her requests), all near 03:00: 03:30 is usual.
         clock.advance(timedelta(days=1, hours=-2, minutes=30))
         again, alert = break_glass(slack)

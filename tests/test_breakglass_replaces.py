@@ -14,6 +14,7 @@ from app.clock import ManualClock
 from app.directory import SlackDirectory
 from app.messages.blocks import APPROVE_ACTION, clock_time
 from app.notify.notifier import Notifier
+from app.reviews import jobs as review_jobs
 from app.scheduler import Sweeps
 from app.service import AccessService, InvalidRequest, ServiceError
 from app.slack.app import web_client
@@ -119,7 +120,7 @@ class TestBreakGlassReplacesMyPendingRequest(SlackOnSqlite):
         notifier = Notifier(client, service, SlackDirectory(client))
         sweeps = Sweeps(service, notifier.outbox)
         sweeps.expire()
-        sweeps.review()
+        review_jobs.review(sweeps.deps)
         card = slack.fake.wait_for("chat.postMessage", 1, channel="C0MGR")[0]
         shown = json.dumps(card.args["blocks"], ensure_ascii=False)
         assert f"Break-glass review #{emergency}" in shown

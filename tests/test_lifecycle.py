@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 
 from app import audit
 from app.clock import ManualClock
+from app.reviews.service import ReviewService
 from app.service import (
     AccessService,
     AlreadyDecided,
@@ -394,19 +395,20 @@ class TestBreakGlass:
 
     def test_reviewed_by_a_manager_never_by_the_user(self, service: AccessService) -> None:
         used = service.break_glass(AMIRA, "pharmacy-db", "read", "pharmacy system down in ED now")
+        reviews = ReviewService(service)
         with pytest.raises(SelfApproval):
-            service.decide_review(used.id, AMIRA, justified=True, note="it was really needed")
+            reviews.decide_review(used.id, AMIRA, justified=True, note="it was really needed")
         with pytest.raises(NotAllowed):
-            service.decide_review(used.id, BEN, justified=True, note="it was really needed")
+            reviews.decide_review(used.id, BEN, justified=True, note="it was really needed")
         with pytest.raises(InvalidRequest):
-            service.decide_review(used.id, HANA, justified=True, note="ok")
-        done = service.decide_review(
+            reviews.decide_review(used.id, HANA, justified=True, note="ok")
+        done = reviews.decide_review(
             used.id, HANA, justified=True, note="ED outage confirmed by CAD"
         )
         assert done.review is not None and done.review.state == "justified"
         assert done.review.reviewer == "hana@ward.nhs.uk"
         with pytest.raises(AlreadyDecided):
-            service.decide_review(
+            reviews.decide_review(
                 used.id, GITA, justified=False, note="second opinion differs here"
             )
 

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from app.clock import ManualClock
 from app.identities.service import RETIRED, IdentityService
 from app.policy import Policy
+from app.reviews.service import ReviewService
 from app.service import AccessService, AlreadyDecided, InvalidRequest, NotEligible
 from app.store import AuditEvent, Database
 from app.store.models import RequestState as S
@@ -385,7 +386,9 @@ class TestNotesWithControlCharacters:
     ) -> None:
         used = service.break_glass(CHLOE, "pharmacy-db", "read", "pharmacy system down in ED")
         with pytest.raises(InvalidRequest, match="Remove the control character from the note"):
-            service.decide_review(used.id, HANA, justified=True, note="ED was down\x00 all night")
+            ReviewService(service).decide_review(
+                used.id, HANA, justified=True, note="ED was down\x00 all night"
+            )
         with pytest.raises(InvalidRequest, match="Remove the control character from the reason"):
             service.revoke(used.id, CHLOE, "done\x00")
         assert service.get(used.id).state == S.ACTIVE

@@ -11,18 +11,20 @@ import pytest
 from app.clock import ManualClock
 from app.demo.slack_fake import SlackChannel
 from app.directory import SlackDirectory
-from app.messages.blocks import DENY_ACTION, REVIEW_JUSTIFIED, REVIEW_NOT_JUSTIFIED
-from app.messages.views import (
-    DENY_BLOCK,
-    DENY_INPUT,
-    DENY_VIEW,
+from app.messages.blocks import DENY_ACTION
+from app.messages.views import DENY_BLOCK, DENY_INPUT, DENY_VIEW
+from app.notify.notifier import Notifier
+from app.reviews import jobs as review_jobs
+from app.reviews.messages import (
     NOTE_BLOCK,
     NOTE_INPUT,
+    REVIEW_JUSTIFIED,
+    REVIEW_NOT_JUSTIFIED,
     REVIEW_VIEW,
 )
-from app.notify.notifier import Notifier
+from app.reviews.service import ReviewService, ReviewStep
 from app.scheduler import Sweeps
-from app.service import AccessService, ReviewStep
+from app.service import AccessService
 from app.slack.app import web_client
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN, GITA, HANA, NIGHT_SHIFT
@@ -32,6 +34,11 @@ from tests.slack_harness import RunningApp, SlackOnSqlite
 from tests.test_concurrency import all_at_once
 
 WHY = "pharmacy system down, patients waiting on ward 12"
+
+
+@pytest.fixture
+def reviews(service: AccessService) -> ReviewService:
+    return ReviewService(service)
 
 
 def used_and_ended(service: AccessService, clock: ManualClock) -> int:
@@ -46,38 +53,38 @@ def used_and_ended(service: AccessService, clock: ManualClock) -> int:
 
 class TestFollowUps:
     def test_a_review_is_sent_once_the_use_ends_and_only_once(
-        self, service: AccessService, clock: ManualClock
+        self, service: AccessService, reviews: ReviewService, clock: ManualClock
     ) -> None:
         view = service.break_glass(AMIRA, "pharmacy-db", "read", WHY, timedelta(minutes=30))
-        assert service.review_follow_ups() == []  # still in use: nothing to review yet
+        assert reviews.review_follow_ups() == []  # still in use: nothing to review yet
         clock.advance(timedelta(minutes=31))
         service.expire_due()
 
-        assert service.review_follow_ups() == [(view.id, ReviewStep.REQUESTED)]
-        assert service.review_follow_ups() == []
+        assert reviews.review_follow_ups() == [(view.id, ReviewStep.REQUESTED)]
+        assert reviews.review_follow_ups() == []
         assert actions(service, view.id).count("review.requested") == 1
 
     def test_reminders_until_decided_then_one_escalation_when_overdue(
-        self, service: AccessService, clock: ManualClock
+        self, service: AccessService, reviews: ReviewService, clock: ManualClock
     ) -> None:
         rid = used_and_ended(service, clock)
-        service.review_follow_ups()  # sent; the ward policy: due 24 h after the start
+        reviews.review_follow_ups()  # sent; the ward policy: due 24 h after the start
         clock.advance(timedelta(hours=3, minutes=59))
-        assert service.review_follow_ups() == []
+        assert reviews.review_follow_ups() == []
         clock.advance(timedelta(minutes=1))
-        assert service.review_follow_ups() == [(rid, ReviewStep.REMINDED)]
+        assert reviews.review_follow_ups() == [(rid, ReviewStep.REMINDED)]
         clock.advance(timedelta(hours=4))
-        assert service.review_follow_ups() == [(rid, ReviewStep.REMINDED)]
+        assert reviews.review_follow_ups() == [(rid, ReviewStep.REMINDED)]
         clock.advance(timedelta(hours=17))  # 25 h after the start: overdue
-        assert service.review_follow_ups() == [(rid, ReviewStep.OVERDUE)]
-        assert service.review_follow_ups() == [(rid, ReviewStep.REMINDED)]
+        assert reviews.review_follow_ups() == [(rid, ReviewStep.OVERDUE)]
+        assert reviews.review_follow_ups() == [(rid, ReviewStep.REMINDED)]
         clock.advance(timedelta(hours=1))
-        assert service.review_follow_ups() == []  # escalated once; reminders go on
-        service.decide_review(
+        assert reviews.review_follow_ups() == []  # escalated once; reminders go on
+        reviews.decide_review(
             rid, GITA, justified=True, note="pharmacy outage, INC0001234 confirms"
         )
         clock.advance(timedelta(days=2))
-        assert service.review_follow_ups() == []
+        assert reviews.review_follow_ups() == []
         assert actions(service, rid).count("review.escalated") == 0
         assert actions(service, rid).count("review.overdue") == 1
         assert actions(service, rid).count("review.reminded") == 3
@@ -96,7 +103,7 @@ class TestFollowUps:
             AccessService(service.db, service.policy, targets, clock, worker=f"w{n}")
             for n in range(4)
         ]
-        results, errors = all_at_once(4, lambda n: others[n].review_follow_ups())
+        results, errors = all_at_once(4, lambda n: ReviewService(others[n]).review_follow_ups())
         assert errors == []
         assert sorted(map(len, results)) == [0, 0, 0, 1]  # type: ignore[arg-type]
         assert actions(service, rid).count("review.requested") == 1
@@ -104,18 +111,20 @@ class TestFollowUps:
 
 class TestWhoMayDecide:
     def test_only_reviewers_other_than_the_user_and_only_once(
-        self, service: AccessService, clock: ManualClock
+        self, service: AccessService, reviews: ReviewService, clock: ManualClock
     ) -> None:
         rid = used_and_ended(service, clock)
-        assert service.review_refusal(rid, AMIRA) == "You cannot review your own break-glass use."
-        assert "Only the policy's break-glass reviewers" in (service.review_refusal(rid, BEN) or "")
-        assert service.review_refusal(rid, HANA) is None
-        service.decide_review(rid, HANA, justified=False, note="should have used the rota first")
-        assert "already decided (not_justified)" in (service.review_refusal(rid, GITA) or "")
+        assert reviews.review_refusal(rid, AMIRA) == "You cannot review your own break-glass use."
+        assert "Only the policy's break-glass reviewers" in (reviews.review_refusal(rid, BEN) or "")
+        assert reviews.review_refusal(rid, HANA) is None
+        reviews.decide_review(rid, HANA, justified=False, note="should have used the rota first")
+        assert "already decided (not_justified)" in (reviews.review_refusal(rid, GITA) or "")
 
-    def test_a_request_that_was_not_break_glass_has_no_review(self, service: AccessService) -> None:
+    def test_a_request_that_was_not_break_glass_has_no_review(
+        self, service: AccessService, reviews: ReviewService
+    ) -> None:
         req = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), WHY)
-        assert "not a break-glass use" in (service.review_refusal(req.id, HANA) or "")
+        assert "not a break-glass use" in (reviews.review_refusal(req.id, HANA) or "")
 
 
 class TestInSlack(SlackOnSqlite):
@@ -128,7 +137,7 @@ class TestInSlack(SlackOnSqlite):
         self, slack: RunningApp, service: AccessService, clock: ManualClock
     ) -> None:
         rid = used_and_ended(service, clock)
-        self.sweeps(slack, service).review()
+        review_jobs.review(self.sweeps(slack, service).deps)
         card = slack.fake.wait_for("chat.postMessage", 1, channel="C0MGR")[0]
         text = str(card.args["blocks"])
         assert "Break-glass review" in text and WHY in text
@@ -170,17 +179,17 @@ class TestInSlack(SlackOnSqlite):
     ) -> None:
         rid = used_and_ended(service, clock)
         sweeps = self.sweeps(slack, service)
-        sweeps.review()
+        review_jobs.review(sweeps.deps)
         card = slack.fake.wait_for("chat.postMessage", 1, channel="C0MGR")[0]
         clock.advance(timedelta(hours=4))
-        sweeps.review()
+        review_jobs.review(sweeps.deps)
         reminder = slack.fake.wait_for("chat.postMessage", 2, channel="C0MGR")[1]
         assert reminder.args["thread_ts"] == card.response["ts"]
         assert f"review of break-glass #{rid} is waiting" in reminder.args["text"]
         # …and by DM to each reviewer on duty (Hana is a manager, not an admin).
         assert self.dms(slack, "U0HANA", f"review of break-glass #{rid} is waiting") == 1
         clock.advance(timedelta(hours=21))
-        sweeps.review()
+        review_jobs.review(sweeps.deps)
         # The first alert to security was the break-glass use itself; the overdue one follows.
         alert = slack.fake.wait_for("chat.postMessage", 2, channel="C0SEC")[-1]
         assert "overdue" in alert.args["text"]
@@ -208,7 +217,7 @@ class TestTheReviewCard(SlackOnSqlite):
         return Sweeps(service, notifier.outbox)
 
     def test_the_card_shows_names_channels_an_earlier_denial_and_the_30_day_count(
-        self, slack: RunningApp, service: AccessService, clock: ManualClock
+        self, slack: RunningApp, service: AccessService, reviews: ReviewService, clock: ManualClock
     ) -> None:
         slack.fake.add_channel(SlackChannel("C0SEC", "security-alerts", is_private=True))
         slack.fake.add_channel(SlackChannel("C0MGR", "manager-reviews"))
@@ -216,7 +225,7 @@ class TestTheReviewCard(SlackOnSqlite):
         # review would hold this use for a second person, tests/test_breakglass_budgets.py).
         clock.set(NIGHT_SHIFT - timedelta(days=10))
         earlier = used_and_ended(service, clock)
-        service.decide_review(earlier, GITA, justified=True, note="pharmacy outage, confirmed")
+        reviews.decide_review(earlier, GITA, justified=True, note="pharmacy outage, confirmed")
         clock.set(NIGHT_SHIFT)
         # 03:00 she asks for the access; Ben, on call, denies it at 03:05 with a reason.
         assert slack.command("/jit", f"request pharmacy-db:read 30m {WHY}", "U0AMIRA")
@@ -238,7 +247,7 @@ class TestTheReviewCard(SlackOnSqlite):
         assert service.get(rid).state == S.ACTIVE
         clock.advance(timedelta(minutes=61))
         service.expire_due()
-        self.sweeps(slack, service).review()
+        review_jobs.review(self.sweeps(slack, service).deps)
 
         cards = slack.fake.wait_for("chat.postMessage", 1, channel="C0MGR")
         card = next(c for c in cards if f"Break-glass review #{rid}" in c.args["text"])
@@ -263,7 +272,7 @@ class TestTheReviewCard(SlackOnSqlite):
         self, slack: RunningApp, service: AccessService, clock: ManualClock
     ) -> None:
         rid = used_and_ended(service, clock)
-        self.sweeps(slack, service).review()
+        review_jobs.review(self.sweeps(slack, service).deps)
         card = slack.fake.wait_for("chat.postMessage", 1, channel="C0MGR")[0]
         shown = json.dumps(card.args["blocks"], ensure_ascii=False)
         assert f"Break-glass review #{rid}" in card.args["text"]

@@ -32,18 +32,17 @@ from app.digest import jobs as digest_jobs
 from app.directory import SlackDirectory
 from app.groups import DirectoryGroups
 from app.groups import describe as describe_group
-from app.messages.blocks import APPROVE_ACTION, CANCEL_ACTION, DENY_ACTION, REVIEW_JUSTIFIED
+from app.messages.blocks import APPROVE_ACTION, CANCEL_ACTION, DENY_ACTION
 from app.messages.views import (
     DENY_BLOCK,
     DENY_INPUT,
     DENY_VIEW,
-    NOTE_BLOCK,
-    NOTE_INPUT,
-    REVIEW_VIEW,
 )
 from app.notify.notifier import Notifier
 from app.oncall import OnCall
 from app.policy import parse_policy
+from app.reviews import jobs as review_jobs
+from app.reviews.messages import NOTE_BLOCK, NOTE_INPUT, REVIEW_JUSTIFIED, REVIEW_VIEW
 from app.scheduler import Sweeps
 from app.service import AccessService
 from app.slack.app import build_app, web_client
@@ -361,7 +360,7 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
 
     story.heading("6. The break-glass use is reviewed by a manager, never by its user")
     scene.at(1)
-    scene.sweep("review", sweeps.review)
+    scene.sweep("review", lambda: review_jobs.review(sweeps.deps))
     # ── The review card ─────────────────────────────────────────────────────────────────
     # Its richer form (people and channels by name, the user's earlier requests for this
     # access, such as the one this use replaced, and their break-glass count over 30 days)

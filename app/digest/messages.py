@@ -16,8 +16,9 @@ from slack_sdk.models.blocks import (
 
 from app.digest.service import Digest
 from app.lifecycle.snapshots import RequestView
-from app.messages.blocks import SLACK_SHOWS, Names, day_time, escape, inert, review_line, words
+from app.messages.blocks import SLACK_SHOWS, Names, day_time, escape, inert, words
 from app.policy.durations import format_duration
+from app.reviews.messages import review_line
 from app.wording import listed, plural
 
 

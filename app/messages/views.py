@@ -164,7 +164,6 @@ def why_modal(
 
 
 DENY_VIEW, DENY_BLOCK, DENY_INPUT = "deny_reason", "reason", "reason_text"
-REVIEW_VIEW, NOTE_BLOCK, NOTE_INPUT = "review_note", "note", "note_text"
 
 
 def deny_modal(request_id: int, channel: str | None) -> dict[str, Any]:
@@ -177,20 +176,6 @@ def deny_modal(request_id: int, channel: str | None) -> dict[str, Any]:
         question="Why? The requester will see this.",
         block_id=DENY_BLOCK,
         action_id=DENY_INPUT,
-    )
-
-
-def note_modal(request_id: int, justified: bool) -> dict[str, Any]:
-    """A break-glass review verdict asks why; it goes in the audit trail."""
-    verdict = "Justified" if justified else "Not justified"
-    return why_modal(
-        REVIEW_VIEW,
-        {"id": request_id, "justified": justified},
-        title=f"Review #{request_id}",
-        submit=verdict,
-        question=f"{verdict}: why? This goes in the audit trail.",
-        block_id=NOTE_BLOCK,
-        action_id=NOTE_INPUT,
     )
 
 

@@ -38,14 +38,11 @@ from app.messages.blocks import (
     DirectoryNames,
     approver_card,
     clock_time,
-    day_time,
     escape,
     inert,
     mention,
     outcome_line,
     requester_receipt,
-    review_card,
-    review_line,
 )
 from app.messages.breakglass import (
     CONFIRM_CARD,
@@ -73,9 +70,10 @@ from app.policy import rules
 from app.policy.durations import format_duration
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person
-from app.service import AccessService, BreakGlassSummary, NotAllowed, RequestView, ReviewStep
+from app.reviews import messages as review_messages
+from app.reviews.service import ALERT_MESSAGE, BreakGlassSummary, ReviewService, ReviewStep
+from app.service import AccessService, NotAllowed, RequestView
 from app.service.breakglass import HELD, WAITING, BreakGlassStart
-from app.service.reviews import ALERT_MESSAGE
 from app.standing.messages import found_text
 from app.standing.service import StandingReport, report_of_notices
 from app.stepup.service import ALERT as STEP_UP_REFUSED
@@ -128,14 +126,18 @@ class Notifier:
         *,
         digests: DigestService | None = None,
         identities: IdentityService | None = None,
+        reviews: ReviewService | None = None,
     ) -> None:
         """`digests`: the process's digest service, which a digest is read again from when
         it is sent; `identities`: its service-account service, which an attestation round is
-        read from (None: each one on `service`, as in tests and the demo)."""
+        read from (None: each one on `service`, as in tests and the demo).
+        `reviews`: its break-glass review service, which review cards are drawn from
+        (None: one on `service`)."""
         self.client = client
         self.service = service
         self.digests = digests or DigestService(service)
         self.identities = identities or IdentityService(service)
+        self.reviews = reviews or ReviewService(service)
         self.directory = directory
         self.names = DirectoryNames(directory)  # people by name, channels by name
         self._out = threading.local()
@@ -931,29 +933,23 @@ class Notifier:
         Not justified. Undecided: reviewers are reminded. Overdue: security and the WardKey
         admins are told."""
         policy = self.service.policy
-        summary = self.service.break_glass_summary(request_id)
+        summary = self.reviews.break_glass_summary(request_id)
         view = summary.view
-        channel = policy.channels.manager_reviews
-        who = self.names.person(view.requester, view.requester_slack_id)
         if step == ReviewStep.REQUESTED:
             self._post(
                 f"review_requested request={view.id}",
-                channel,
-                f"Break-glass review #{view.id}: {who} used {view.target}:{view.role}",
+                policy.channels.manager_reviews,
+                review_messages.requested_text(view, self.names),
                 self._review_card(summary),
                 remember=(view.id, REVIEW_CARD),
             )
             return
-        due = day_time(view.review.due_at if view.review else None, self.zone)
         now = self.service.clock.now()
         if step == ReviewStep.REMINDED:
-            text = f"⏰ Reminder: the review of break-glass #{view.id} is waiting (due {due})."
+            text = review_messages.reminder_text(view, self.zone)
             people = rules.reviewers(policy, now)
         else:
-            text = (
-                f"🚨 The review of break-glass #{view.id} ({who}, "
-                f"`{view.target}:{view.role}`) is overdue: it was due {due}."
-            )
+            text = review_messages.overdue_text(view, self.zone, self.names)
             people = rules.group_members(policy, policy.admins)
             self._post(f"review_overdue request={view.id}", policy.channels.security_alerts, text)
             people = list(dict.fromkeys([*people, *self._review_escalation(view.id, text)]))
@@ -967,7 +963,7 @@ class Notifier:
         """An overdue review goes, once, to whom the policy escalates it (review_escalate_to,
         e.g. the Caldicott Guardian, as the escalation recorded them) and its channel; returns
         those people, to be told by DM with the admins."""
-        escalated = self.service.review_escalation(request_id)
+        escalated = self.reviews.review_escalation(request_id)
         if escalated is None:
             return []
         people, channel = escalated
@@ -1099,16 +1095,15 @@ class Notifier:
 
     def _review_decided(self, view: RequestView) -> None:
         """Every copy of the review card shows the decision; the user is told the outcome."""
-        summary = self.service.break_glass_summary(view.id)
+        summary = self.reviews.break_glass_summary(view.id)
         blocks = self._review_card(summary)
-        line = review_line(view, self.zone, self.names)
-        text = f"Break-glass review #{view.id}: {line}"
+        text = review_messages.decided_text(view, self.zone, self.names)
         self._update_in_place(view.id, REVIEW_CARD, text, blocks)
         if view.requester_slack_id:
             self._post(
                 f"review_decided request={view.id}",
                 view.requester_slack_id,
-                f"The review of your break-glass use #{view.id}: {line}",
+                review_messages.outcome_text(view, self.zone, self.names),
             )
 
     def _review_card(self, summary: BreakGlassSummary) -> list[Block]:
@@ -1121,7 +1116,7 @@ class Notifier:
             except SlackApiError as exc:
                 if slack_unwell(exc):
                     raise  # drawn again when Slack answers
-        return review_card(summary, self.zone, self.names, label)
+        return review_messages.review_card(summary, self.zone, self.names, label)
 
     def publish_home(self, user_id: str) -> None:
         """Redraw this user's App Home (drawn when sent, so it shows the latest state)."""

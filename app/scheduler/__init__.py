@@ -31,7 +31,9 @@ from app.identities.service import IdentityService
 from app.jobs import Cadence, Job
 from app.lockdown.service import Lockdowns
 from app.oncall import unread_sources
-from app.service import AccessService, ReviewStep
+from app.reviews import jobs as review_jobs
+from app.reviews.service import ReviewService
+from app.service import AccessService
 from app.standing import jobs as standing_jobs
 from app.standing.service import StandingService
 from app.store.db import is_database_error
@@ -73,6 +75,7 @@ class JobDeps:
     tell: Callable[[Sized], None]
     identities: IdentityService
     owner_gone: OwnerGone
+    reviews: ReviewService
 
 
 # Every feature's jobs (each feature's jobs.py, JOBS). A feature's job runs with JobDeps, so
@@ -81,6 +84,7 @@ FEATURE_JOBS: tuple[Job[JobDeps], ...] = (
     *digest_jobs.JOBS,
     *standing_jobs.JOBS,
     *identity_jobs.JOBS,
+    *review_jobs.JOBS,
 )
 
 
@@ -115,6 +119,7 @@ class Sweeps:
         digests: DigestService | None = None,
         standing: StandingService | None = None,
         identities: IdentityService | None = None,
+        reviews: ReviewService | None = None,
     ) -> None:
         """`outbox`: where the notices the sweeps' changes wrote wait; asked to deliver after
         each change (None: nobody is told, as in tests of the changes alone). `owner_gone`:
@@ -124,7 +129,9 @@ class Sweeps:
         security of one that stopped answering or answers again (the notifier's
         `oncall_sources`). `digests`, `standing`, `identities`: the process's digest,
         standing-privilege and service-account services, for the features' jobs (None: each
-        built on `service`)."""
+        built on `service`).
+        `reviews`: the process's break-glass review service, for its job (None: one on
+        `service`)."""
         self.service = service
         self.deps = JobDeps(
             digests or DigestService(service),
@@ -132,6 +139,7 @@ class Sweeps:
             self._tell,
             identities or IdentityService(service),
             owner_gone=owner_gone or (lambda _member: None),
+            reviews=reviews or ReviewService(service),
         )
         self.outbox = outbox
         self.checkpoint_to = checkpoint_to
@@ -203,13 +211,6 @@ class Sweeps:
         reached = self.service.escalate_overdue()
         self._tell(reached)
         return reached
-
-    @sweep("sweep")
-    def review(self) -> list[tuple[int, ReviewStep]]:
-        """Send ended break-glass uses for review, remind reviewers, escalate overdue reviews."""
-        steps = self.service.review_follow_ups()
-        self._tell(steps)
-        return steps
 
     @sweep("sweep")
     def break_glass_waits(self) -> list[int]:

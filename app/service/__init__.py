@@ -12,12 +12,10 @@ from app.lifecycle.errors import (
 from app.lifecycle.snapshots import DecisionView, RequestView, ReviewView
 from app.service.access import AccessService
 from app.service.grants import ReconcileReport
-from app.service.reviews import BreakGlassSummary, ReviewStep
 
 __all__ = [
     "AccessService",
     "AlreadyDecided",
-    "BreakGlassSummary",
     "DecisionView",
     "InvalidRequest",
     "NotAllowed",
@@ -25,7 +23,6 @@ __all__ = [
     "NotFound",
     "ReconcileReport",
     "RequestView",
-    "ReviewStep",
     "ReviewView",
     "SelfApproval",
     "ServiceError",

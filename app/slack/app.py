@@ -13,11 +13,13 @@ from app.identities import listeners as identity_listeners
 from app.identities.service import IdentityService
 from app.lockdown import listeners as lockdown_listeners
 from app.notify.notifier import Notifier
+from app.reviews import listeners as review_listeners
+from app.reviews.service import ReviewService
 from app.service import AccessService
 from app.slack import errors
 from app.slack.deps import SlackDeps
 from app.slack.gate import PersonResolver, WorkspaceGate
-from app.slack.listeners import actions, commands, events, reviews, views
+from app.slack.listeners import actions, commands, events, views
 from app.slack.listeners import breakglass as breakglass_listeners
 from app.standing.service import StandingService
 from app.stepup.service import StepUpService
@@ -44,6 +46,7 @@ def build_app(
     stepup: StepUpService | None = None,
     standing: StandingService | None = None,
     identities: IdentityService | None = None,
+    reviews: ReviewService | None = None,
 ) -> App:
     """`workspace`: whose people may use WardKey (SLACK_TEAM_IDS, SLACK_ENTERPRISE_ID); None
     means the workspace the bot token belongs to, asked of Slack now.
@@ -57,7 +60,9 @@ def build_app(
     and opens no dialogs.
 
     `standing`, `identities`: the process's standing-privilege and service-account services
-    (None: each one on `service`)."""
+    (None: each one on `service`).
+
+    `reviews`: the process's break-glass review service (None: one on `service`)."""
     # App(client=…) checks the token with auth.test now, so a bad token fails at start-up.
     # Listeners only parse, ack and hand the rest to `work` (SlackDeps.after_ack), so they run
     # on the HTTP thread (process_before_response) and the ack never queues behind other
@@ -81,6 +86,7 @@ def build_app(
         service=service,
         standing=standing or StandingService(service),
         identities=identities or IdentityService(service),
+        reviews=reviews or ReviewService(service),
         directory=directory,
         notifier=notifier,
         work=work or ThreadPoolExecutor(max_workers=4, thread_name_prefix="after-ack"),
@@ -93,9 +99,10 @@ def build_app(
     app.use(WorkspaceGate(directory, deps.later))
     app.use(PersonResolver(directory))
     errors.register(app, deps.later)
-    for listeners in (commands, actions, reviews, views, events):
+    for listeners in (commands, actions, views, events):
         listeners.register(app, deps)
     identity_listeners.register(app, deps)  # Still needed / Retire on an attestation card
+    review_listeners.register(app, deps)  # Justified / Not justified, and the note
     lockdown_listeners.register(app, deps)  # the lockdown dialog's Lock down
     breakglass_listeners.register(app, deps)  # Confirm on a held break-glass use
     return app

@@ -13,6 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from app.directory import SlackDirectory
 from app.identities.service import IdentityService
 from app.notify.notifier import Notifier
+from app.reviews.service import ReviewService
 from app.service import AccessService
 from app.slack import intake
 from app.slack.errors import answered
@@ -27,6 +28,7 @@ class SlackDeps:
     service: AccessService
     standing: StandingService
     identities: IdentityService
+    reviews: ReviewService
     directory: SlackDirectory
     notifier: Notifier
     work: Executor

@@ -1,5 +1,10 @@
 """The review every break-glass use gets: sent to the reviewers when the use ends, reminded
-until decided, escalated when overdue, and decided by a reviewer who is not the user."""
+until decided, escalated when overdue, and decided by a reviewer who is not the user.
+
+`ReviewService` works through the request core it is given (`AccessService`): its database,
+clock, reads of requests and of the messages Slack accepted, and the policy in force (a policy
+reload replaces the core's).
+"""
 
 from __future__ import annotations
 
@@ -22,9 +27,9 @@ from app.lifecycle.snapshots import RequestView
 from app.lifecycle.transitions import StaleState
 from app.lifecycle.validation import clean_note
 from app.policy import rules
-from app.policy.model import BREAK_GLASS_PATH, AccessPath
+from app.policy.model import BREAK_GLASS_PATH, AccessPath, Policy
 from app.policy.people import Person, person_key
-from app.service.base import ServiceBase
+from app.service import AccessService
 from app.service.requests import replaced_in
 from app.store.models import (
     FINAL_STATES,
@@ -78,8 +83,18 @@ def _event_data(body: str) -> dict[str, Any]:
     return data
 
 
-class ReviewCases(ServiceBase):
-    # ------------------------------------------------------------------------------ reviews
+class ReviewService:
+    """Break-glass reviews' use cases."""
+
+    def __init__(self, core: AccessService) -> None:
+        self.core = core
+        self.db = core.db
+        self.clock = core.clock
+
+    @property
+    def policy(self) -> Policy:
+        """The policy in force now (a reload replaces the core's)."""
+        return self.core.policy
 
     def decide_review(
         self, request_id: int, reviewer: Person, *, justified: bool, note: str
@@ -88,11 +103,11 @@ class ReviewCases(ServiceBase):
         now = self.clock.now()
         cleaned = clean_note(note, "Add a short note (a few words) on why, for the record.")
         with self.db.transaction() as session:
-            req = self._load(session, request_id)
+            req = self.core._load(session, request_id)
             review = session.scalars(select(Review).where(Review.request_id == req.id)).first()
             if review is None:
                 raise NotFound(f"Request #{req.id} is not a break-glass use; it has no review.")
-            if self._is_requester(reviewer, req):
+            if self.core._is_requester(reviewer, req):
                 raise SelfApproval("You cannot review your own break-glass use.")
             if not rules.is_reviewer(self.policy, reviewer, now):
                 raise NotAllowed("Only the policy's break-glass reviewers can decide this review.")
@@ -117,18 +132,18 @@ class ReviewCases(ServiceBase):
                 raise AlreadyDecided(
                     f"The review of request #{req.id} was already decided."
                 ) from None
-            return self._view(session, req)
+            return self.core._view(session, req)
 
     def review_refusal(self, request_id: int, person: Person) -> str | None:
         """Why this person may not decide this review now (None: they may), so a click can be
         answered before a note is asked for. `decide_review` checks again on submission."""
         now = self.clock.now()
         with self.db.read() as session:
-            req = self._load(session, request_id)
+            req = self.core._load(session, request_id)
             review = session.scalars(select(Review).where(Review.request_id == req.id)).first()
         if review is None:
             return f"Request #{req.id} is not a break-glass use; it has no review."
-        if self._is_requester(person, req):
+        if self.core._is_requester(person, req):
             return "You cannot review your own break-glass use."
         if not rules.is_reviewer(self.policy, person, now):
             return "Only the policy's break-glass reviewers can decide this review."
@@ -209,8 +224,8 @@ class ReviewCases(ServiceBase):
     def break_glass_summary(self, request_id: int) -> BreakGlassSummary:
         """Who, what, why, how long, who was alerted and what the target recorded."""
         with self.db.read() as session:
-            req = self._load(session, request_id)
-            view = self._view(session, req)
+            req = self.core._load(session, request_id)
+            view = self.core._view(session, req)
             events = session.execute(
                 select(AuditEvent.action, AuditEvent.body)
                 .where(AuditEvent.request_id == request_id)
@@ -218,7 +233,7 @@ class ReviewCases(ServiceBase):
             ).all()
         # Only who was really told: the recipients of alerts Slack accepted (recorded by the
         # notifier as it posts), never the people who should have been.
-        alerted = [recipient for recipient, _ts in self.messages_of(request_id, ALERT_MESSAGE)]
+        alerted = [recipient for recipient, _ts in self.core.messages_of(request_id, ALERT_MESSAGE)]
         sessions_ended: int | None = None
         for action, body in events:
             data = _event_data(body)
@@ -268,7 +283,7 @@ class ReviewCases(ServiceBase):
                 .order_by(AccessRequest.created_at.desc(), AccessRequest.id.desc())
                 .limit(10)
             ).all()
-            return tuple(self._views(session, list(reversed(rows))))
+            return tuple(self.core._views(session, list(reversed(rows))))
 
     def _break_glass_count(self, view: RequestView) -> int:
         """This person's break-glass uses in the 30 days up to this one, this one included."""

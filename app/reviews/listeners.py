@@ -12,8 +12,14 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
 
-from app.messages.blocks import REVIEW_JUSTIFIED, REVIEW_NOT_JUSTIFIED
-from app.messages.views import NOTE_BLOCK, NOTE_INPUT, REVIEW_VIEW, note_modal
+from app.reviews.messages import (
+    NOTE_BLOCK,
+    NOTE_INPUT,
+    REVIEW_JUSTIFIED,
+    REVIEW_NOT_JUSTIFIED,
+    REVIEW_VIEW,
+    note_modal,
+)
 from app.slack.deps import SlackDeps
 from app.slack.gate import person_of, reply_to_clicker
 
@@ -31,7 +37,7 @@ def register(app: App, deps: SlackDeps) -> None:
 
             def ask_for_note() -> None:
                 request_id = int(action["value"])
-                refusal = deps.service.review_refusal(request_id, person_of(context))
+                refusal = deps.reviews.review_refusal(request_id, person_of(context))
                 if refusal is not None:
                     reply_to_clicker(client, body)(refusal)
                     return
@@ -52,7 +58,7 @@ def register(app: App, deps: SlackDeps) -> None:
         # on the note field itself (by the error handler, app/slack/errors.py).
         meta = json.loads(view.get("private_metadata") or "{}")
         note = view["state"]["values"][NOTE_BLOCK][NOTE_INPUT].get("value") or ""
-        decided = deps.service.decide_review(
+        decided = deps.reviews.decide_review(
             int(meta["id"]), person_of(context), justified=bool(meta["justified"]), note=note
         )
         ack()
