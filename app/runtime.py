@@ -28,6 +28,7 @@ from app.slack.intake import Intake, Redelivery
 from app.standing.service import StandingService
 from app.stepup.service import StepUpService
 from app.store import Database
+from app.tickets.service import TicketService
 from app.wording import listed, plural
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,8 @@ def require(settings: Settings, *names: str) -> None:
 class Runtime:
     """One process's WardKey: its one Notifier (and Slack directory) serves the Bolt app, the
     redelivery app and the sweeps, and so do its feature services, each built once here on the
-    request core (`service`): the digest's, standing privilege's, service accounts' and break-glass
-    reviews'."""
+    request core (`service`): the digest's, standing privilege's, service accounts', break-glass
+    reviews' and tickets' (the sweeps only)."""
 
     settings: Settings
     service: AccessService
@@ -67,6 +68,7 @@ class Runtime:
     standing: StandingService
     identities: IdentityService
     reviews: ReviewService
+    tickets: TicketService
     _stepup: StepUpService | None = field(default=None, init=False, repr=False)
 
     def sweeps(self) -> Sweeps:
@@ -88,6 +90,7 @@ class Runtime:
             standing=self.standing,
             reviews=self.reviews,
             identities=self.identities,
+            tickets=self.tickets,
         )
 
     def stepup(self) -> StepUpService | None:
@@ -198,7 +201,15 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
     )
     standing = StandingService(service)
     return Runtime(
-        settings, service, client, notifier, digests, standing, identities, reviews=reviews
+        settings,
+        service,
+        client,
+        notifier,
+        digests,
+        standing,
+        identities,
+        reviews=reviews,
+        tickets=TicketService(service),
     )
 
 

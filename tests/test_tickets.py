@@ -32,13 +32,15 @@ from app.notify.notifier import Notifier
 from app.policy import Policy, parse_policy
 from app.policy.model import PathTicket
 from app.policy.tickets import TicketFacts, refusal
-from app.scheduler import Sweeps
+from app.scheduler import JobDeps, Sweeps
 from app.service import AccessService
 from app.slack.app import web_client
 from app.store import AuditEvent, Database
 from app.store.models import RequestState as S
 from app.tickets import TicketDesk, TicketNotFound, TicketUnreadable
+from app.tickets import jobs as ticket_jobs
 from app.tickets.overdue import tell_overdue_notes
+from app.tickets.service import TicketService
 from tests.conftest import HERE, audit_actions
 from tests.fakes.jira import FakeJira, adf_text
 from tests.fakes.memory_adapter import MemoryTarget
@@ -403,9 +405,10 @@ class TestAccessEndsWithTheTicket(TicketStory):
     def policy(self, servicenow: FakeServiceNow, jira: FakeJira) -> Policy:
         return ticketed(servicenow, jira, ends_access=True, notes=True)
 
-    def sweeps(self, slack: RunningApp, service: AccessService) -> Sweeps:
+    def deps(self, slack: RunningApp, service: AccessService) -> JobDeps:
+        """What the tickets' jobs are given in a process whose notifier delivers to Slack."""
         client = web_client(slack.fake.token, slack.fake.api_url)
-        return Sweeps(service, Notifier(client, service, SlackDirectory(client)).outbox)
+        return Sweeps(service, Notifier(client, service, SlackDirectory(client)).outbox).deps
 
     def granted(self, slack: RunningApp, service: AccessService) -> int:
         """Amira asks for directory:helpdesk on WARD-42; Erin, an infra lead, approves."""
@@ -426,8 +429,8 @@ class TestAccessEndsWithTheTicket(TicketStory):
         targets: dict[str, MemoryTarget],
     ) -> None:
         rid = self.granted(slack, service)
-        sweeps = self.sweeps(slack, service)
-        assert sweeps.ticket_notes() != []
+        deps = self.deps(slack, service)
+        assert ticket_jobs.ticket_notes(deps) != []
         [granted] = [adf_text(c) for c in jira.comments("WARD-42")]
         assert granted == (
             f"WardKey request #{rid}: directory:helpdesk granted to amira@ward.nhs.uk "
@@ -436,13 +439,13 @@ class TestAccessEndsWithTheTicket(TicketStory):
         )
         # Still open a minute on: nothing ends, and the note is not written twice.
         clock.advance(timedelta(minutes=1))
-        assert sweeps.tickets() == [] and sweeps.ticket_notes() == []
+        assert ticket_jobs.tickets(deps) == [] and ticket_jobs.ticket_notes(deps) == []
         assert service.get(rid).state == S.ACTIVE
 
         jira.move("WARD-42", "Resolved", "done")
-        assert sweeps.tickets() == []  # asked at most once a minute
+        assert ticket_jobs.tickets(deps) == []  # asked at most once a minute
         clock.advance(timedelta(minutes=1))
-        assert sweeps.tickets() == [rid]
+        assert ticket_jobs.tickets(deps) == [rid]
         view = service.get(rid)
         assert view.state == S.ENDED and view.end_reason == "WARD-42 was Resolved in Jira"
         with service.db.read() as session:
@@ -457,7 +460,7 @@ class TestAccessEndsWithTheTicket(TicketStory):
         assert any("WARD-42 was Resolved in Jira" in str(c.args.get("text")) for c in told), [
             c.args.get("text") for c in slack.fake.calls_to("chat.postMessage")
         ]
-        assert sweeps.ticket_notes() != []
+        assert ticket_jobs.ticket_notes(deps) != []
         ended = adf_text(jira.comments("WARD-42")[-1])
         assert ended == (
             f"WardKey request #{rid}: directory:helpdesk for amira@ward.nhs.uk ended "
@@ -473,22 +476,22 @@ class TestAccessEndsWithTheTicket(TicketStory):
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         rid = self.granted(slack, service)
-        sweeps = self.sweeps(slack, service)
+        deps = self.deps(slack, service)
         jira.failures = [503, 429]
         jira.retry_after = 300
-        assert sweeps.ticket_notes() == []  # the comment failed: kept, logged, tried again
+        assert ticket_jobs.ticket_notes(deps) == []  # the comment failed: kept, logged, tried again
         assert "ticket.note_failed" in caplog.text and "HTTP 503" in caplog.text
         jira.move("WARD-42", "Resolved", "done")
         clock.advance(timedelta(minutes=1))
-        assert sweeps.tickets() == []  # rate limited: nothing is ended on no answer
+        assert ticket_jobs.tickets(deps) == []  # rate limited: nothing is ended on no answer
         assert service.get(rid).state == S.ACTIVE
         assert jira.comments("WARD-42") == []
         owed = samples(metrics_text(service.db, clock).decode())
         assert owed[("wardkey_ticket_notes_waiting", ())] == 1
         assert owed[("wardkey_ticket_notes_oldest_seconds", ())] == 60
         clock.advance(timedelta(seconds=30))  # the first retry
-        assert sweeps.tickets() == [rid]
-        assert len(sweeps.ticket_notes()) == 2  # the grant's note, then the end's
+        assert ticket_jobs.tickets(deps) == [rid]
+        assert len(ticket_jobs.ticket_notes(deps)) == 2  # the grant's note, then the end's
         texts = [adf_text(c) for c in jira.comments("WARD-42")]
         assert "granted to amira@ward.nhs.uk" in texts[0] and "ended at" in texts[1]
         assert (
@@ -501,7 +504,7 @@ class TestAccessEndsWithTheTicket(TicketStory):
     ) -> None:
         slack.fake.add_channel(SlackChannel("C0SEC", "security-alerts", is_private=True))
         self.granted(slack, service)
-        sweeps = self.sweeps(slack, service)
+        deps = self.deps(slack, service)
         jira.failures = [503] * 1000  # Jira refuses the comment from 03:00
 
         def security() -> list[str]:
@@ -511,14 +514,14 @@ class TestAccessEndsWithTheTicket(TicketStory):
                 for c in slack.fake.calls_to("chat.postMessage", channel="C0SEC")
             ]
 
-        assert sweeps.ticket_notes() == []
+        assert ticket_jobs.ticket_notes(deps) == []
         clock.advance(timedelta(minutes=59))
-        assert sweeps.ticket_notes() == []
+        assert ticket_jobs.ticket_notes(deps) == []
         assert security() == []  # retrying: not yet an hour late
         clock.advance(timedelta(minutes=2))
-        sweeps.ticket_notes()
+        ticket_jobs.ticket_notes(deps)
         clock.advance(timedelta(hours=1))
-        sweeps.ticket_notes()  # still failing: not told again
+        ticket_jobs.ticket_notes(deps)  # still failing: not told again
         assert security() == [
             "📝 WardKey cannot write its notes on Jira tickets: 1 note waiting, the oldest "
             f"since 03:00 (Jira ({jira.base_url}) answered HTTP 503: Internal server error). "
@@ -529,10 +532,10 @@ class TestAccessEndsWithTheTicket(TicketStory):
         # Jira takes it again: the note is written, and security told once.
         jira.failures = []
         clock.advance(timedelta(hours=1))
-        assert sweeps.ticket_notes() != []
+        assert ticket_jobs.ticket_notes(deps) != []
         assert "granted to amira@ward.nhs.uk" in adf_text(jira.comments("WARD-42")[0])
         clock.advance(timedelta(minutes=5))
-        sweeps.ticket_notes()
+        ticket_jobs.ticket_notes(deps)
         assert security()[1:] == [
             "✅ WardKey writes its notes on Jira tickets again: none is an hour late."
         ]
@@ -565,6 +568,7 @@ class TestOnEachDatabase:
     ) -> None:
         from tests.conftest import AMIRA, ERIN
 
+        tickets = TicketService(service)
         asked = service.request(
             AMIRA,
             "directory",
@@ -574,16 +578,16 @@ class TestOnEachDatabase:
             "WARD-42",
         )
         assert service.approve(asked.id, ERIN).state == S.ACTIVE
-        assert service.queue_ticket_notes() == 1
-        assert service.queue_ticket_notes() == 0
-        assert len(service.deliver_ticket_notes()) == 1
-        assert service.deliver_ticket_notes() == []
+        assert tickets.queue_ticket_notes() == 1
+        assert tickets.queue_ticket_notes() == 0
+        assert len(tickets.deliver_ticket_notes()) == 1
+        assert tickets.deliver_ticket_notes() == []
         jira.move("WARD-42", "Done", "done")
         clock.advance(timedelta(minutes=2))
-        assert service.end_with_closed_tickets() == [asked.id]
-        assert service.end_with_closed_tickets() == []
-        assert service.queue_ticket_notes() == 1
-        assert len(service.deliver_ticket_notes()) == 1
+        assert tickets.end_with_closed_tickets() == [asked.id]
+        assert tickets.end_with_closed_tickets() == []
+        assert tickets.queue_ticket_notes() == 1
+        assert len(tickets.deliver_ticket_notes()) == 1
         assert len(jira.comments("WARD-42")) == 2
 
     def test_overdue_notes_told_once_and_their_end_once(
@@ -591,21 +595,22 @@ class TestOnEachDatabase:
     ) -> None:
         from tests.conftest import AMIRA, ERIN
 
+        tickets = TicketService(service)
         asked = service.request(
             AMIRA, "directory", "helpdesk", timedelta(hours=1), "reset locked accounts", "WARD-42"
         )
         assert service.approve(asked.id, ERIN).state == S.ACTIVE
-        assert service.queue_ticket_notes() == 1
+        assert tickets.queue_ticket_notes() == 1
         jira.failures = [503] * 1000
-        assert service.deliver_ticket_notes() == []
+        assert tickets.deliver_ticket_notes() == []
         assert tell_overdue_notes(service, notifier.outbox) == []
         clock.advance(timedelta(minutes=61))
-        assert service.deliver_ticket_notes() == []
+        assert tickets.deliver_ticket_notes() == []
         assert tell_overdue_notes(service, notifier.outbox) == ["jira down"]
         assert tell_overdue_notes(service, notifier.outbox) == []
         jira.failures = []
         clock.advance(timedelta(hours=1))
-        assert len(service.deliver_ticket_notes()) == 1
+        assert len(tickets.deliver_ticket_notes()) == 1
         assert tell_overdue_notes(service, notifier.outbox) == ["jira back"]
         assert tell_overdue_notes(service, notifier.outbox) == []
 

@@ -38,7 +38,8 @@ from app.standing import jobs as standing_jobs
 from app.standing.service import StandingService
 from app.store.db import is_database_error
 from app.store.models import RequestState
-from app.tickets.overdue import tell_overdue_notes
+from app.tickets import jobs as ticket_jobs
+from app.tickets.service import TicketService
 
 log = logging.getLogger(__name__)
 EXPIRY_HOLD = 1.0  # seconds the expiry sweep goes on claiming a wave as target lanes free up
@@ -76,6 +77,8 @@ class JobDeps:
     identities: IdentityService
     owner_gone: OwnerGone
     reviews: ReviewService
+    tickets: TicketService
+    alerts: Alerts | None
 
 
 # Every feature's jobs (each feature's jobs.py, JOBS). A feature's job runs with JobDeps, so
@@ -85,6 +88,7 @@ FEATURE_JOBS: tuple[Job[JobDeps], ...] = (
     *standing_jobs.JOBS,
     *identity_jobs.JOBS,
     *review_jobs.JOBS,
+    *ticket_jobs.JOBS,
 )
 
 
@@ -120,6 +124,7 @@ class Sweeps:
         standing: StandingService | None = None,
         identities: IdentityService | None = None,
         reviews: ReviewService | None = None,
+        tickets: TicketService | None = None,
     ) -> None:
         """`outbox`: where the notices the sweeps' changes wrote wait; asked to deliver after
         each change (None: nobody is told, as in tests of the changes alone). `owner_gone`:
@@ -131,7 +136,7 @@ class Sweeps:
         standing-privilege and service-account services, for the features' jobs (None: each
         built on `service`).
         `reviews`: the process's break-glass review service, for its job (None: one on
-        `service`)."""
+        `service`); `tickets`: its tickets' service, likewise."""
         self.service = service
         self.deps = JobDeps(
             digests or DigestService(service),
@@ -140,6 +145,8 @@ class Sweeps:
             identities or IdentityService(service),
             owner_gone=owner_gone or (lambda _member: None),
             reviews=reviews or ReviewService(service),
+            tickets=tickets or TicketService(service),
+            alerts=outbox if isinstance(outbox, Alerts) else None,
         )
         self.outbox = outbox
         self.checkpoint_to = checkpoint_to
@@ -260,25 +267,6 @@ class Sweeps:
         changed = GroupsJob(self.service, alerts)()
         self._tell(changed)
         return changed
-
-    @sweep("sweep")
-    def tickets(self) -> list[int]:
-        """Access on paths with `ticket.ends_access` ends when its ticket is resolved or
-        closed in the ticket system (each requester is told why)."""
-        ids = self.service.end_with_closed_tickets()
-        self._tell(ids)
-        return ids
-
-    @sweep("sweep")
-    def ticket_notes(self) -> list[int]:
-        """Write the notes due on tickets (access granted, access ended) and send those due,
-        retrying those the ticket system did not take."""
-        self.service.queue_ticket_notes()
-        delivered = self.service.deliver_ticket_notes()
-        if isinstance(self.outbox, Alerts):
-            # A system that has not taken a note for an hour is told of once (and its end).
-            self._tell(tell_overdue_notes(self.service, self.outbox))
-        return delivered
 
     @sweep("sweep")
     def retry_revokes(self) -> list[int]:

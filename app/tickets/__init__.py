@@ -3,7 +3,9 @@ for (and again at the final approval), the approver card shows it, access may en
 closes, and it gets a note when access is granted and ends (issue 16).
 
 app/policy holds the rules (`app.policy.tickets.refusal`, pure); this package reads the
-systems and writes the notes.
+systems (clients.py, desk.py) and, after the request, ends the access whose ticket closed and
+writes the notes (service.py, on every sweep: jobs.py; a system that keeps refusing them is told
+to security: overdue.py).
 """
 
 from app.tickets.clients import TicketNotFound, TicketUnreadable

@@ -1,7 +1,7 @@
 """Notes WardKey owes a ticket system for too long: the security channel is told once when a
 system has not taken a note for OVERDUE (the tickets lack WardKey's record of who had access),
 and once when none is that late any more. The notes themselves are retried for ever
-(app/service/tickets.py); this only makes a ticket system that keeps refusing them seen.
+(app/tickets/service.py); this only makes a ticket system that keeps refusing them seen.
 
 Every process that runs the sweeps looks; what security was last told of a system, by any
 process, is in the outbox, and the alerts are numbered per system, so two processes that find
