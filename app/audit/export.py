@@ -88,7 +88,7 @@ def events(db: Database, since: datetime | None = None) -> Iterator[ExportedEven
     query = select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=2000)
     if since is not None:
         query = query.where(_may_be_since(db, since))
-    with db.read() as session:
+    with db.read(streamed=True) as session:
         for row in session.scalars(query):
             body = _body(row)
             at = parse_time(body.get("at"))

@@ -148,8 +148,16 @@ class Database:
             _configure_sqlite(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # Reads take no write lock, so on SQLite they run beside a writer (WAL) instead of
-        # queueing behind it.
+        # queueing behind it. On PostgreSQL they run outside a transaction: at READ COMMITTED
+        # each statement sees its own snapshot anyway, and BEGIN and ROLLBACK would be two
+        # round trips for nothing.
+        reading: dict[str, object] = {"wardkey_read_only": True}
+        if not self.is_sqlite:
+            reading["isolation_level"] = "AUTOCOMMIT"
         self._read_sessions = sessionmaker(
+            self.engine.execution_options(**reading), expire_on_commit=False
+        )
+        self._streamed_read_sessions = sessionmaker(
             self.engine.execution_options(wardkey_read_only=True), expire_on_commit=False
         )
 
@@ -160,9 +168,10 @@ class Database:
             yield session
 
     @contextmanager
-    def read(self) -> Iterator[Session]:
-        """A session for reading only (it is rolled back, never committed)."""
-        with self._read_sessions() as session:
+    def read(self, streamed: bool = False) -> Iterator[Session]:
+        """A session for reading only (never committed). `streamed`: the read goes through a
+        server-side cursor (`yield_per`), which PostgreSQL keeps only inside a transaction."""
+        with (self._streamed_read_sessions if streamed else self._read_sessions)() as session:
             yield session
 
     def ping(self) -> None:
