@@ -38,6 +38,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from sqlalchemy import TextClause, bindparam, func, or_, select, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from app.clock import Clock
 from app.priority import ACKS
@@ -215,14 +216,28 @@ _SELECT_HEADS = (
     "OR (COALESCE(p.parent, p.id) = COALESCE(o.parent, o.id) AND p.step < o.step))) "
     "ORDER BY o.id LIMIT :limit"
 )
-_CLAIM_SQL = _typed(
+_CLAIMING = (
     "UPDATE outbox SET uncertain = (uncertain OR state = 'working'), state = 'working', "
     "claimed_by = :owner, lease_until = :lease, attempts = attempts + 1 "
     "WHERE id IN :ids AND (state = 'new' OR (state = 'working' AND lease_until <= :now)) "
-    "RETURNING id, kind, lane, key, action, request_id, version, body, attempts, uncertain, "
-    "created_at"
-).bindparams(bindparam("ids", expanding=True))
-_CLAIM = _CLAIM_SQL.columns(created_at=UTCDateTime())
+    "{due}RETURNING id, kind, lane, key, action, request_id, version, body, attempts, "
+    "uncertain, created_at"
+)
+_CLAIM = (
+    _typed(_CLAIMING.format(due=""))
+    .bindparams(bindparam("ids", expanding=True))
+    .columns(created_at=UTCDateTime())
+)
+# A lane's next row, taken by the write that finishes the one before it (if it is due).
+_LANE_HEAD = (
+    "SELECT id FROM outbox WHERE lane = :lane AND state IN ('new', 'working') "
+    "ORDER BY COALESCE(parent, id), step LIMIT 1"
+)
+_CLAIM_DUE = (
+    _typed(_CLAIMING.format(due="AND due_at <= :now "))
+    .bindparams(bindparam("ids", expanding=True))
+    .columns(created_at=UTCDateTime())
+)
 _HELD = "id = :id AND state = 'working' AND claimed_by = :owner"
 _DONE = _typed(
     "UPDATE outbox SET state = 'done', done_at = :now, lease_until = NULL, channel = :channel, "
@@ -303,6 +318,9 @@ class Outbox:
         self._kicks = 0  # kicks not yet seen by a delivery thread
         self._started = False
         self._held: set[int] = set()  # rows this process is working on (the heartbeat's)
+        # A finished row's lane's next row, claimed in the write that finished it: the same
+        # sender delivers it next (one transaction per message, not a claim and a finish).
+        self._continued: dict[int, Claimed] = {}
         self._inline = threading.local()
         self._slack_down_since: datetime | None = None
         self._slack_failures = 0
@@ -386,10 +404,7 @@ class Outbox:
             self._hold(item.id for item in claimed)
             try:
                 for item in claimed:
-                    try:
-                        finished += self._deliver(item)
-                    finally:
-                        self._release([item.id])
+                    finished += self._deliver_lane(item)
             finally:
                 self._release(item.id for item in claimed)
         self._watch_backlog()
@@ -412,6 +427,39 @@ class Outbox:
                 _CLAIM, {"ids": ids, "owner": self.owner, "lease": now + self.lease, "now": now}
             ).all()
         return sorted((Claimed(*row) for row in rows), key=lambda c: c.id)
+
+    def _take_next(self, session: Session, item: Claimed, now: datetime) -> None:
+        """In the write that finished `item`: claim its lane's next row if it is due, for the
+        same sender to deliver next."""
+        head = _LANE_HEAD if self.db.is_sqlite else _LANE_HEAD + " FOR UPDATE SKIP LOCKED"
+        next_id = session.execute(text(head), {"lane": item.lane}).scalar()
+        if next_id is None:
+            return
+        params = {"ids": [next_id], "owner": self.owner, "lease": now + self.lease, "now": now}
+        row = session.execute(_CLAIM_DUE, params).first()
+        if row is not None:
+            with self._lock:
+                self._continued[item.id] = Claimed(*row)
+
+    def _deliver_lane(self, item: Claimed, wait_turn: bool = False) -> int:
+        """Deliver `item`, then each row of its lane that the write finishing the one before
+        claimed; returns the rows finished. `wait_turn`: acks in flight go first, each time."""
+        finished = 0
+        current: Claimed | None = item
+        while current is not None:
+            self._hold([current.id])
+            try:
+                if wait_turn:
+                    ACKS.wait_turn()
+                finished += self._deliver(current)
+            finally:
+                self._release([current.id])
+                # If delivery raised, the next row is dropped here: its claim lapses and any
+                # deliverer takes it again.
+                with self._lock:
+                    following = self._continued.pop(current.id, None)
+            current = following
+        return finished
 
     def _hold(self, ids: Iterable[int]) -> None:
         with self._lock:
@@ -504,6 +552,8 @@ class Outbox:
                 row = self._row(item.lane, call, now, key=f"n{item.id}.{step}")
                 row.parent, row.step = item.id, step
                 session.add(row)
+            session.flush()
+            self._take_next(session, item, now)
         with self._lock:
             self.stats.notices += 1
 
@@ -515,7 +565,9 @@ class Outbox:
                 now = self.clock.now()
                 held = {"id": item.id, "owner": self.owner, "now": now}
                 with self.db.transaction() as session:
-                    session.execute(_DONE, {**held, "channel": None, "ts": None})
+                    done = session.execute(_DONE, {**held, "channel": None, "ts": None})
+                    if done.rowcount == 1:  # type: ignore[attr-defined]
+                        self._take_next(session, item, now)
                 return
             call = drawn
         self._respect_rate_limit(call.method)
@@ -587,6 +639,8 @@ class Outbox:
                 session.add(
                     RequestMessage(request_id=request_id, channel=channel, ts=ts, purpose=purpose)
                 )
+            if sent:
+                self._take_next(session, item, now)
         with self._lock:
             self.stats.sent += 1
             self.stats.methods[call.method] = self.stats.methods.get(call.method, 0) + 1
@@ -795,8 +849,7 @@ class Outbox:
         def send(item: Claimed) -> None:
             nonlocal busy
             try:
-                ACKS.wait_turn()
-                self._deliver(item)
+                self._deliver_lane(item, wait_turn=True)
             except Exception as exc:
                 self._log_failure("outbox_delivery_failed", exc)
             finally:
