@@ -284,12 +284,12 @@ def worker(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[by
 
 @contextlib.contextmanager
 def profiling(procs: dict[str, int], profile: Path | None) -> Iterator[None]:
-    """While the block runs, sample every thread of each process (idle ones too) with py-spy
-    (pip install py-spy) and write collapsed stacks to profile/<name>.txt."""
+    """While the block runs, sample every thread of each process while it is on the CPU with
+    py-spy (pip install py-spy) and write collapsed stacks to profile/<name>.txt."""
     if profile is None:
         yield
         return
-    sampler = ["py-spy", "record", "--idle", "--threads", "--nonblocking", "--rate", "200", "-f"]
+    sampler = ["py-spy", "record", "--threads", "--nonblocking", "--rate", "200", "-f"]
     spies = [
         subprocess.Popen(
             [*sampler, "raw", "--pid", str(pid), "--output", str(profile / f"{name}.txt")],
@@ -337,10 +337,11 @@ def run_wardkey(
         procs[slug] = served.pid
         measure(url, fake, range(200), concurrency, text="help")  # warm up
         since = len(fake.calls)
+        # Profiled until the work after the acks (cards, audit) is done: what it costs is
+        # what the acks compete with on a shared machine.
         with profiling(procs, profile):
             acks = measure(url, fake, users, concurrency)
-        # Let the work after the acks (cards, audit) finish before the next run starts.
-        cards = settle(fake, since, users)
+            cards = settle(fake, since, users)
     sent = {user: at for user, at, _ in acks}
     return name, acks, [cards[user] - sent[user] for user in users]
 
