@@ -84,3 +84,18 @@ def test_a_session_left_idle_in_a_transaction_is_ended_by_the_server(
     with postgres_database.engine.connect() as conn:
         shown = conn.execute(sa.text("SHOW idle_in_transaction_session_timeout")).scalar()
     assert shown == "5min"
+
+
+@pytest.mark.postgres
+def test_reads_on_postgresql_run_outside_a_transaction_and_streamed_ones_inside(
+    postgres_database: Database,
+) -> None:
+    """Outside a transaction each statement starts its own, so now() (its start) is the
+    statement's own start; inside one, a second statement starts after now()."""
+    began_before_this_statement = sa.text("SELECT now() < statement_timestamp()")
+    with postgres_database.read() as session:
+        session.execute(sa.text("SELECT 1"))
+        assert session.scalar(began_before_this_statement) is False
+    with postgres_database.read(streamed=True) as session:
+        session.execute(sa.text("SELECT 1"))
+        assert session.scalar(began_before_this_statement) is True
