@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from sqlalchemy import TextClause, bindparam, func, or_, select, text
+from sqlalchemy import Row, TextClause, bindparam, func, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -183,6 +183,8 @@ class Claimed:
     attempts: int
     uncertain: bool
     created_at: datetime
+    parent: int | None = None  # the notice this call came from, and its place among its calls
+    step: int = 0
 
 
 @dataclass
@@ -221,7 +223,7 @@ _CLAIMING = (
     "claimed_by = :owner, lease_until = :lease, attempts = attempts + 1 "
     "WHERE id IN :ids AND (state = 'new' OR (state = 'working' AND lease_until <= :now)) "
     "{due}RETURNING id, kind, lane, key, action, request_id, version, body, attempts, "
-    "uncertain, created_at"
+    "uncertain, created_at, parent, step"
 )
 _CLAIM = (
     _typed(_CLAIMING.format(due=""))
@@ -602,19 +604,18 @@ class Outbox:
     def _draw_late(self, item: Claimed, call: OutCall) -> OutCall | None:
         """A late call drawn now, from the calls before it in its group (all done or refused:
         its lane sends them in order)."""
-        with self.db.read() as session:
-            parent, step = session.execute(
-                select(OutboxItem.parent, OutboxItem.step).where(OutboxItem.id == item.id)
-            ).one()
-            rows = session.execute(
-                select(OutboxItem.body, OutboxItem.state, OutboxItem.last_error)
-                .where(OutboxItem.parent == parent, OutboxItem.step < step)
-                .where(OutboxItem.kind == "call")
-                .order_by(OutboxItem.step)
-            ).all()
+        rows: Sequence[Row[tuple[str, str, str | None]]] = ()
+        if item.parent is not None:
+            with self.db.read() as session:
+                rows = session.execute(
+                    select(OutboxItem.body, OutboxItem.state, OutboxItem.last_error)
+                    .where(OutboxItem.parent == item.parent, OutboxItem.step < item.step)
+                    .where(OutboxItem.kind == "call")
+                    .order_by(OutboxItem.step)
+                ).all()
         before = [
             Delivered(OutCall.from_json(body), state == OutboxState.DONE.value, error)
-            for body, state, error in (rows if parent is not None else [])
+            for body, state, error in rows
         ]
         try:
             return self.renderer.draw_late(call, before)

@@ -611,6 +611,9 @@ class ServiceBase:
                 )
                 if also is not None:
                     also(session, req)
+                    return self._view(session, req)
+                if new_id is None:  # a number never used before: no decisions, no review yet
+                    return RequestView.of(req, [], None)
                 return self._view(session, req)
         except IntegrityError:
             # The same access was asked for at the same moment; the unique index kept one.
