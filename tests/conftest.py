@@ -226,14 +226,18 @@ def notifier(service: AccessService, fake: FakeSlack) -> Notifier:
     return Notifier(client, service, SlackDirectory(client))
 
 
+_BACKGROUND = ("inbox-heartbeat", "wardkey-outbox", "wardkey-outbox-lease")
+
+
 @pytest.fixture(autouse=True)
-def no_heartbeat_left_running() -> Iterator[None]:
-    """A test that starts an inbox (an app served, an Intake) closes it: a heartbeat left
-    running writes to the next test's tables, and once deadlocked with their emptying."""
-    before = {t for t in threading.enumerate() if t.name == "inbox-heartbeat"}
+def no_background_thread_left_running() -> Iterator[None]:
+    """A test that starts an inbox (an app served, an Intake) or a background outbox closes
+    it: a thread left running writes to the next test's tables, and once deadlocked with
+    their emptying."""
+    before = {t for t in threading.enumerate() if t.name in _BACKGROUND}
     yield
-    left = [t for t in threading.enumerate() if t.name == "inbox-heartbeat" and t not in before]
-    assert not left, "the test left an inbox heartbeat running: close the Intake or WardKeyWSGI"
+    left = [t.name for t in threading.enumerate() if t.name in _BACKGROUND and t not in before]
+    assert not left, f"the test left {left} running: close the Intake, WardKeyWSGI or Outbox"
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -140,6 +140,8 @@ def test_background_threads_send_different_requests_messages_at_once(
         deadline = time.monotonic() + 60
         while waiting(service) and time.monotonic() < deadline:
             time.sleep(0.05)
+        outbox.close()
+        assert not any(t.is_alive() for t in outbox._threads)
         assert waiting(service) == 0
         assert slow.most_in_flight >= 2  # two lanes' messages were in Slack's hands at once
         # And each request's own messages still went out in order, once each.

@@ -27,7 +27,6 @@ import random
 import secrets
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -319,6 +318,8 @@ class Outbox:
         self._wake = threading.Condition(self._lock)
         self._kicks = 0  # kicks not yet seen by a delivery thread
         self._started = False
+        self._closing = False
+        self._threads: list[threading.Thread] = []
         self._held: set[int] = set()  # rows this process is working on (the heartbeat's)
         # A finished row's lane's next row, claimed in the write that finished it: the same
         # sender delivers it next (one transaction per message, not a claim and a finish).
@@ -832,11 +833,24 @@ class Outbox:
 
     def _ensure_thread(self) -> None:
         with self._lock:
-            if self._started:
+            if self._started or self._closing:
                 return
             self._started = True
-        threading.Thread(target=self._run, name="wardkey-outbox", daemon=True).start()
-        threading.Thread(target=self._heartbeat, name="wardkey-outbox-lease", daemon=True).start()
+            self._threads = [
+                threading.Thread(target=self._run, name="wardkey-outbox", daemon=True),
+                threading.Thread(target=self._heartbeat, name="wardkey-outbox-lease", daemon=True),
+            ]
+        for thread in self._threads:
+            thread.start()
+
+    def close(self, wait_seconds: float = 10.0) -> None:
+        """At shutdown: the dispatcher stops claiming, the messages being sent finish, and the
+        heartbeat stops. What is still waiting stays in the table for another process."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify_all()
+        for thread in self._threads:
+            thread.join(wait_seconds)
 
     def _run(self) -> None:
         """The dispatcher: on a kick (or each second) claim as many lane heads as there are
@@ -862,9 +876,13 @@ class Outbox:
 
         while True:
             with self._wake:
-                while busy >= self.threads or (self._kicks == seen and not busy):
+                while not self._closing and (
+                    busy >= self.threads or (self._kicks == seen and not busy)
+                ):
                     if not self._wake.wait(timeout=1.0):
                         break  # each second anyway: rows whose back-off is over
+                if self._closing:
+                    break
                 seen = self._kicks
                 free = self.threads - busy
             if free <= 0:
@@ -885,11 +903,14 @@ class Outbox:
                 busy += len(claimed)
             for item in claimed:
                 senders.submit(send, item)
+        senders.shutdown(wait=True)
 
     def _heartbeat(self) -> None:
         every = max(self.lease.total_seconds() / 3, 0.05)
         while True:
-            time.sleep(every)
+            with self._wake:
+                if self._wake.wait_for(lambda: self._closing, timeout=every):
+                    return
             try:
                 self.renew_held()
             except Exception as exc:
