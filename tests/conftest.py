@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, settings
 
 from app.clock import ManualClock
 from app.demo.slack_fake import FakeSlack
@@ -35,6 +36,10 @@ RUN_SCHEMA_PREFIX = "wardkey_run"
 os.environ.setdefault("WARDKEY_TEST_SCHEMA", f"{RUN_SCHEMA_PREFIX}{os.getpid()}")
 TEST_SCHEMA = os.environ["WARDKEY_TEST_SCHEMA"]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# No timing thresholds in tests: Hypothesis's default 200 ms deadline per example (and its
+# too-slow check) failed property tests on a busy machine, not on a fault in the code.
+settings.register_profile("wardkey", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("wardkey")
 
 # The people of the test trust (tests/data/ward_policy.yaml).
 AMIRA = Person(slack_user_id="U0AMIRA", email="amira@ward.nhs.uk")  # clinical systems analyst
