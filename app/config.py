@@ -121,6 +121,15 @@ class Settings(BaseSettings):
         "redirect URI (<this>/step-up/callback) are made from it. Needed when a path has "
         "step_up.",
     )
+    wardkey_worker_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="How much lower a `wardkey worker` sets its own CPU priority (Unix nice, "
+        "0-19) at start. On a host it shares with `serve` (and the database), Slack's acks come "
+        "first and the work after them, already recorded, waits; alone on its host it loses "
+        "nothing. 0 leaves it as started.",
+    )
     wardkey_intake_work: Literal["local", "worker"] = Field(
         default="local",
         description="Who does the work after Slack is acknowledged (every request is recorded "

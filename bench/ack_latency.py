@@ -5,7 +5,8 @@ Starts, as separate processes served the same way (waitress, same thread count):
   - wardkey: `wardkey serve` on SQLite, and on PostgreSQL when reachable, in each intake mode
              asked for: `local` (serve does the work after its acks and runs the sweeps) and
              `worker` (`serve --no-scheduler` records and acks; a `wardkey worker` process
-             does the work and runs the sweeps, at --worker-nice).
+             does the work and runs the sweeps; it lowers its own priority as shipped,
+             WARDKEY_WORKER_NICE=10, unless --worker-nice says otherwise).
 All talk to the local fake Slack Web API. Then sends N correctly signed `/jit request …`
 commands, C at a time, from distinct eligible people (so every one creates a real request, sends
 approver cards and writes the audit trail after the ack) and prints p50/p95/p99 of the time to
@@ -318,7 +319,7 @@ def run_wardkey(
     users: range,
     concurrency: int,
     profile: Path | None,
-    worker_nice: int = 0,
+    worker_nice: int | None = None,
 ) -> Run:
     """Acks of `wardkey serve` (with a worker in worker mode), and command-to-card times."""
     subprocess.run([sys.executable, "-m", "app", "db", "upgrade"], env=env, check=True)
@@ -328,7 +329,9 @@ def run_wardkey(
     with contextlib.ExitStack() as stack:
         procs = {}
         if env.get("WARDKEY_INTAKE_WORK") == "worker":
-            work = ["nice", "-n", str(worker_nice), sys.executable, "-m", "app", "worker"]
+            work = [sys.executable, "-m", "app", "worker"]
+            if worker_nice is not None:
+                env = {**env, "WARDKEY_WORKER_NICE": str(worker_nice)}
             procs[f"{slug}-worker"] = stack.enter_context(worker(work, env)).pid
         if env.get("WARDKEY_INTAKE_WORK") == "worker":
             # As deployed with workers: the sweeps run there too, none in serve.
@@ -361,9 +364,9 @@ def main() -> None:
     parser.add_argument(
         "--worker-nice",
         type=int,
-        default=0,
-        help="run the worker at this nice level (10: serve's acks come first on a machine the "
-        "two share; 0: the same priority)",
+        default=None,
+        help="WARDKEY_WORKER_NICE for the worker (unset: as shipped, 10, so serve's acks come "
+        "first on a machine the two share; 0: the same priority as serve)",
     )
     parser.add_argument(
         "--profile",

@@ -4,6 +4,8 @@ sweeps run the same way in the background of `serve` and `socket` (`background_s
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 
 from apscheduler.schedulers.base import BaseScheduler
 
@@ -24,9 +26,18 @@ def _worker(_args: argparse.Namespace) -> int:
     from apscheduler.schedulers.blocking import BlockingScheduler
 
     runtime = ready("slack_bot_token")
+    lower_priority(runtime.settings.wardkey_worker_nice)
     runtime.redelivery().follow()  # takes each request serve hands over, as it comes
     start_sweeps(runtime, BlockingScheduler(timezone="UTC"))
     return 0
+
+
+def lower_priority(by: int) -> None:
+    """Acks first across processes, as `app.priority` does within one: on a shared host the
+    worker's work (recorded before it was acknowledged) gives way to serve's acks."""
+    if by:
+        now = os.nice(by)
+        logging.getLogger("app.cli.worker").info("event=worker_priority nice=%d", now)
 
 
 def background_sweeps(runtime: Runtime, readiness: Readiness | None = None) -> BaseScheduler:
