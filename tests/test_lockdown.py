@@ -25,6 +25,7 @@ from app.adapters.webhook import WebhookAdapter, WebhookSettings
 from app.clock import ManualClock
 from app.demo.webhook_target import WebhookTarget
 from app.directory import SlackDirectory
+from app.lockdown import jobs as lockdown_jobs
 from app.lockdown.messages import CONFIRM_VIEW, REASON_ACTION, REASON_BLOCK
 from app.lockdown.service import Lockdowns
 from app.metrics import metrics_text
@@ -245,7 +246,7 @@ class TestThroughSlack:
         sweeps = Sweeps(service, Notifier(client, service, SlackDirectory(client)).outbox)
         clock.advance(timedelta(seconds=31))
         sweeps.retry_revokes()
-        sweeps.lockdowns()  # the lockdown's message follows
+        lockdown_jobs.lockdowns(sweeps.deps)  # the lockdown's message follows
         assert service.get(chloe).state == S.ENDED
         assert not pharmacy.holds("chloe", "pharmacy_read")
         assert lockdown_message(slack)[0] == "Lockdown of pharmacy-db: 2 of 2 removed"
@@ -342,7 +343,7 @@ class TestTheLockdownHolds:
         lockdowns.run(view.id)
         # As if its grant finished just now (seeded past the checks, straight into active).
         amira = _seed_active(service, "amira")
-        assert Sweeps(service).lockdowns() == [view.id]
+        assert lockdown_jobs.lockdowns(Sweeps(service).deps) == [view.id]
         assert service.get(amira).state == S.ENDED
         assert not targets["pharmacy-db"].holds("amira", "pharmacy_read")
         assert lockdowns.progress(view.id).removed == 1

@@ -5,4 +5,5 @@ service.py  start, run (revoke everything on the target), lift, progress; no Sla
 flows.py    do it, then tell: the security channel's progress message, through the outbox
 messages.py the confirmation dialog and the progress message (Block Kit)
 listeners.py the confirmation dialog's submission
+jobs.py     every second, each lockdown in force applied again and its progress told
 """

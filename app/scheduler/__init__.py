@@ -29,6 +29,7 @@ from app.groups.jobs import Alerts, GroupsJob
 from app.identities import jobs as identity_jobs
 from app.identities.service import IdentityService
 from app.jobs import Cadence, Job
+from app.lockdown import jobs as lockdown_jobs
 from app.lockdown.service import Lockdowns
 from app.oncall import unread_sources
 from app.reviews import jobs as review_jobs
@@ -69,7 +70,8 @@ OwnerGone = Callable[[str], str | None]
 @dataclass(frozen=True)
 class JobDeps:
     """What the features' jobs are given: this process's feature services, and `tell`, which
-    asks the outbox to deliver what a tick recorded (a failure is logged, never raised)."""
+    asks the outbox to deliver what a tick recorded (a failure is logged, never raised); `kick`
+    asks it directly (None without an outbox)."""
 
     digests: DigestService
     standing: StandingService
@@ -79,6 +81,8 @@ class JobDeps:
     reviews: ReviewService
     tickets: TicketService
     alerts: Alerts | None
+    lockdowns: Lockdowns
+    kick: Callable[[], None] | None
 
 
 # Every feature's jobs (each feature's jobs.py, JOBS). A feature's job runs with JobDeps, so
@@ -89,6 +93,7 @@ FEATURE_JOBS: tuple[Job[JobDeps], ...] = (
     *identity_jobs.JOBS,
     *review_jobs.JOBS,
     *ticket_jobs.JOBS,
+    *lockdown_jobs.JOBS,
 )
 
 
@@ -147,6 +152,8 @@ class Sweeps:
             reviews=reviews or ReviewService(service),
             tickets=tickets or TicketService(service),
             alerts=outbox if isinstance(outbox, Alerts) else None,
+            lockdowns=Lockdowns(service),
+            kick=outbox.kick if outbox is not None else None,
         )
         self.outbox = outbox
         self.checkpoint_to = checkpoint_to
@@ -184,14 +191,6 @@ class Sweeps:
         ids = self.service.expire_due()
         self._tell(ids)
         return ids
-
-    @sweep("expiry")
-    def lockdowns(self) -> list[int]:
-        """Every lockdown in force applied again (a grant that finished after its round, a
-        round whose process died) and its progress told when it changed (a failed revoke
-        retried); every second, so a lockdown holds within a second on every instance."""
-        kick = self.outbox.kick if self.outbox is not None else None
-        return Lockdowns(self.service).enforce(on_progress=kick)
 
     @sweep("expiry")
     def intake(self) -> list[str]:
