@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from app.breakglass import jobs as breakglass_jobs
 from app.clock import ManualClock
 from app.demo.slack_fake import SlackUser
 from app.directory import SlackDirectory
@@ -322,7 +323,7 @@ class TestSecondPersonInSlack(SlackOnSqlite):
 
         # Two minutes ten later, nobody yet: the line says so, updated in place.
         clock.advance(timedelta(minutes=2, seconds=10))
-        assert sweeps(slack, service).break_glass_waits() == [held]
+        assert breakglass_jobs.break_glass_waits(sweeps(slack, service).deps) == [held]
         update = slack.fake.wait_for("chat.update", 1, channel="C0SEC")[-1]
         assert update.args["ts"] == wait.response["ts"]
         assert "waiting 2m 10s for a second person" in update.args["text"]

@@ -23,6 +23,7 @@ from typing import Protocol, TypeVar
 from apscheduler.schedulers.base import BaseScheduler
 
 from app import audit
+from app.breakglass import jobs as breakglass_jobs
 from app.digest import jobs as digest_jobs
 from app.digest.service import DigestService
 from app.groups.jobs import Alerts, GroupsJob
@@ -69,9 +70,9 @@ OwnerGone = Callable[[str], str | None]
 
 @dataclass(frozen=True)
 class JobDeps:
-    """What the features' jobs are given: this process's feature services, and `tell`, which
-    asks the outbox to deliver what a tick recorded (a failure is logged, never raised); `kick`
-    asks it directly (None without an outbox)."""
+    """What the features' jobs are given: this process's feature services, the request core
+    (`core`), and `tell`, which asks the outbox to deliver what a tick recorded (a failure is
+    logged, never raised); `kick` asks it directly (None without an outbox)."""
 
     digests: DigestService
     standing: StandingService
@@ -81,6 +82,7 @@ class JobDeps:
     reviews: ReviewService
     tickets: TicketService
     alerts: Alerts | None
+    core: AccessService
     lockdowns: Lockdowns
     kick: Callable[[], None] | None
 
@@ -94,6 +96,7 @@ FEATURE_JOBS: tuple[Job[JobDeps], ...] = (
     *review_jobs.JOBS,
     *ticket_jobs.JOBS,
     *lockdown_jobs.JOBS,
+    *breakglass_jobs.JOBS,
 )
 
 
@@ -152,6 +155,7 @@ class Sweeps:
             reviews=reviews or ReviewService(service),
             tickets=tickets or TicketService(service),
             alerts=outbox if isinstance(outbox, Alerts) else None,
+            core=service,
             lockdowns=Lockdowns(service),
             kick=outbox.kick if outbox is not None else None,
         )
@@ -217,14 +221,6 @@ class Sweeps:
         reached = self.service.escalate_overdue()
         self._tell(reached)
         return reached
-
-    @sweep("sweep")
-    def break_glass_waits(self) -> list[int]:
-        """Break-glass held for a second person: the security channel's line about each shows
-        how long it has waited so far (updated in place every sweep)."""
-        ids = self.service.break_glass_waits()
-        self._tell(ids)
-        return ids
 
     @sweep("sweep")
     def oncall_sources(self) -> int:
