@@ -25,6 +25,7 @@ from app.clock import ManualClock
 from app.metrics import metrics_text
 from app.notify.notifier import Notifier
 from app.oncall import OnCall, RosterError, parse_csv, parse_ics, path_sources, with_sources
+from app.oncall import jobs as oncall_jobs
 from app.oncall.shifts import on_call
 from app.policy import Policy, PolicyError
 from app.policy import parse_policy as parse_manifest
@@ -795,15 +796,15 @@ class TestOnEachDatabase:
         )
         export.unlink()  # the roster share goes away at 13:00
         clock.advance(timedelta(minutes=5))
-        assert sweeps.oncall_sources() == 1  # security told
+        assert oncall_jobs.oncall_sources(sweeps.deps) == 1  # security told
         assert service.get(view.id).escalation_level == 0
         clock.advance(timedelta(minutes=56))  # 14:01: the read of 13:00 no longer counts
-        assert sweeps.oncall_sources() == 1  # the waiting request escalated
+        assert oncall_jobs.oncall_sources(sweeps.deps) == 1  # the waiting request escalated
         assert "approval.unreachable" in audit_actions(service, view.id)
         why = service.unreachable_reason(view.id)
         assert "could not be read from rostering export (csv)" in why
         clock.advance(timedelta(minutes=1))
-        assert sweeps.oncall_sources() == 0
+        assert oncall_jobs.oncall_sources(sweeps.deps) == 0
         assert audit_actions(service, view.id).count("approval.unreachable") == 1
 
     def test_an_outage_told_by_one_process_is_not_told_by_another(

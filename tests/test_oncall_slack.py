@@ -26,6 +26,7 @@ from app.directory import SlackDirectory
 from app.messages.blocks import APPROVE_ACTION
 from app.notify.notifier import Notifier
 from app.oncall import OnCall
+from app.oncall.jobs import oncall_sources
 from app.policy import Policy, parse_policy
 from app.policy.rules import approvers_at
 from app.scheduler import Sweeps
@@ -296,13 +297,13 @@ class TestPagerDutyDown(SourcedStory):
         pagerduty: FakePagerDuty,
     ) -> None:
         sweeps = self.sweeps(slack, service)
-        assert sweeps.oncall_sources() == 0  # read at 03:00; nothing to tell
+        assert oncall_sources(sweeps.deps) == 0  # read at 03:00; nothing to tell
         pagerduty.failures = [500] * 1000  # PagerDuty goes down at 03:05
         clock.advance(timedelta(minutes=5))
-        assert sweeps.oncall_sources() == 1
+        assert oncall_sources(sweeps.deps) == 1
         for _ in range(4):  # the sweep keeps trying: security is told once per outage
             clock.advance(timedelta(minutes=5))
-            assert sweeps.oncall_sources() == 0
+            assert oncall_sources(sweeps.deps) == 0
         down = [t for t in posts_to(slack, "C0SEC") if "cannot be read" in t]
         assert down == [
             "📅 Who is on call for clinical-oncall cannot be read from PagerDuty schedule "
@@ -347,9 +348,9 @@ class TestPagerDutyDown(SourcedStory):
         # PagerDuty answers again: security is told once, and Ben approves again.
         pagerduty.failures = []
         clock.advance(timedelta(minutes=5))
-        assert sweeps.oncall_sources() == 1
+        assert oncall_sources(sweeps.deps) == 1
         clock.advance(timedelta(minutes=5))
-        assert sweeps.oncall_sources() == 0
+        assert oncall_sources(sweeps.deps) == 0
         back = [t for t in posts_to(slack, "C0SEC") if "again" in t and t.startswith("✅")]
         assert back == [
             "✅ Who is on call for clinical-oncall is read from PagerDuty schedule PWARD07 "
@@ -365,20 +366,20 @@ class TestPagerDutyDown(SourcedStory):
         pagerduty: FakePagerDuty,
     ) -> None:
         sweeps = self.sweeps(slack, service)
-        sweeps.oncall_sources()  # read at 03:00
+        oncall_sources(sweeps.deps)  # read at 03:00
         pagerduty.failures = [500] * 1000
         clock.advance(timedelta(minutes=45))
-        assert sweeps.oncall_sources() == 1  # security told of the outage
+        assert oncall_sources(sweeps.deps) == 1  # security told of the outage
         rid = ask(slack)  # 03:45: to Ben, from the read of 03:00; nobody decides
         assert list(cards(slack, rid)) == ["U0BEN"]
         clock.advance(timedelta(minutes=14))
-        assert sweeps.oncall_sources() == 0  # 03:59: the last good read still counts
+        assert oncall_sources(sweeps.deps) == 0  # 03:59: the last good read still counts
         assert "approval.unreachable" not in actions(service, rid)
 
         # 04:01: the read of 03:00 no longer counts and the path names nobody. The sweep
         # sends the waiting request to the managers at once, and security hears why.
         clock.advance(timedelta(minutes=2))
-        assert sweeps.oncall_sources() == 1
+        assert oncall_sources(sweeps.deps) == 1
         slack.settle()
         assert "approval.unreachable" in actions(service, rid)
         assert sorted(cards(slack, rid)) == ["U0BEN", "U0GITA", "U0HANA"]
@@ -392,7 +393,7 @@ class TestPagerDutyDown(SourcedStory):
         assert f"No clinical approver could be reached in Slack for your request #{rid}" in told
         # Once only: the next sweep escalates nothing more.
         clock.advance(timedelta(minutes=1))
-        assert sweeps.oncall_sources() == 0
+        assert oncall_sources(sweeps.deps) == 0
         # Ben's card is no longer one he may act on; a manager's is.
         assert slack.click(APPROVE_ACTION, str(rid), "U0BEN").status_code == 200
         slack.settle()
@@ -416,7 +417,7 @@ class TestPagerDutyDown(SourcedStory):
 
         def tick(minutes: int) -> list[int]:
             clock.advance(timedelta(minutes=minutes))
-            return [worker.oncall_sources() for worker in workers]
+            return [oncall_sources(worker.deps) for worker in workers]
 
         assert tick(0) == [0, 0]  # both read PagerDuty at 03:00
         pagerduty.failures = [500] * 1000
@@ -486,15 +487,15 @@ class TestEachSourceDownFallsBackThenEscalates(SourcedStory):
         export: Path,
     ) -> None:
         sweeps = self.sweeps(slack, service)
-        assert sweeps.oncall_sources() == 0  # read at 03:00
+        assert oncall_sources(sweeps.deps) == 0  # read at 03:00
         if kind == "roster":
             export.write_text("BEGIN:VCALENDAR\r\nthe e-roster's export job died here")
         else:
             opsgenie.failures = [500] * 1000
         clock.advance(timedelta(minutes=5))
-        assert sweeps.oncall_sources() == 1  # security told once
+        assert oncall_sources(sweeps.deps) == 1  # security told once
         clock.advance(timedelta(minutes=5))
-        assert sweeps.oncall_sources() == 0
+        assert oncall_sources(sweeps.deps) == 0
         [down] = [t for t in posts_to(slack, "C0SEC") if "cannot be read" in t]
         assert "since 03:05" in down and "last good read (03:00) until 04:00" in down
         # 03:50: the last good read still answers.

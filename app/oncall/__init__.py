@@ -1,7 +1,8 @@
 """On-call from the source: rotas read from a rostering export or PagerDuty (issue 16).
 
 app/policy describes a rota's source and asks an injected lookup who is on call; this package
-reads the sources, caches the answer with a time to live, and falls back as the policy says.
+reads the sources, caches the answer with a time to live, and falls back as the policy says; its
+sweep (jobs.py) reads them while nobody asks and escalates requests nobody may approve.
 """
 
 from app.oncall.cache import (

@@ -32,7 +32,7 @@ from app.identities.service import IdentityService
 from app.jobs import Cadence, Job
 from app.lockdown import jobs as lockdown_jobs
 from app.lockdown.service import Lockdowns
-from app.oncall import unread_sources
+from app.oncall import jobs as oncall_jobs
 from app.reviews import jobs as review_jobs
 from app.reviews.service import ReviewService
 from app.service import AccessService
@@ -85,6 +85,7 @@ class JobDeps:
     core: AccessService
     lockdowns: Lockdowns
     kick: Callable[[], None] | None
+    oncall: Callable[[], Sized] | None
 
 
 # Every feature's jobs (each feature's jobs.py, JOBS). A feature's job runs with JobDeps, so
@@ -97,6 +98,7 @@ FEATURE_JOBS: tuple[Job[JobDeps], ...] = (
     *ticket_jobs.JOBS,
     *lockdown_jobs.JOBS,
     *breakglass_jobs.JOBS,
+    *oncall_jobs.JOBS,
 )
 
 
@@ -158,11 +160,11 @@ class Sweeps:
             core=service,
             lockdowns=Lockdowns(service),
             kick=outbox.kick if outbox is not None else None,
+            oncall=oncall,
         )
         self.outbox = outbox
         self.checkpoint_to = checkpoint_to
         self.inbox = inbox
-        self.oncall = oncall
         # In a running process, work on targets goes to each target's lane and is not waited
         # for (each is told as it is recorded); tests run it through and look at the result.
         self.background = background
@@ -221,24 +223,6 @@ class Sweeps:
         reached = self.service.escalate_overdue()
         self._tell(reached)
         return reached
-
-    @sweep("sweep")
-    def oncall_sources(self) -> int:
-        """Read the rotas' sources that are due, so an outage is seen (and security told)
-        while nobody asks for access; then a request waiting on a path that now names nobody
-        (its rota's source unread past stale_after) goes at once to the escalation group.
-        Returns how many changes were told and requests escalated."""
-        told = 0 if self.oncall is None else len(self.oncall())
-        escalated = self.service.nobody_to_approve(
-            lambda path: "; ".join(
-                [
-                    f"nobody is on duty to approve the {path} path",
-                    *unread_sources(self.service.policy, path),
-                ]
-            )
-        )
-        self._tell(escalated)
-        return told + len(escalated)
 
     @sweep("sweep")
     def time_out(self) -> list[int]:
