@@ -23,11 +23,13 @@ from app.cli import main
 from app.clock import ManualClock
 from app.demo.slack_fake import FakeSlack, SlackUser
 from app.groups import DirectoryGroups, describe, path_groups, with_directory_groups
-from app.groups.jobs import Ended, GroupsJob
+from app.groups import jobs as groups_jobs
+from app.groups.jobs import Ended
 from app.metrics import WardKeyCollector
 from app.policy import Policy, PolicyError
 from app.policy.rules import PolicyRefusal, approvers_at, plan_request
 from app.policy_targets import parse_policy, policy_warnings
+from app.scheduler import Sweeps
 from app.service import AccessService
 from app.store.models import OutboxItem, RequestState
 from tests import slapd
@@ -719,11 +721,11 @@ class TestLeavers:
         self, service: AccessService, clock: ManualClock, ward7: slapd.Slapd
     ) -> None:
         rid = self.active_grant(service)
-        job = GroupsJob(service, None)
-        assert leavers(job()) == []
+        deps = Sweeps(service).deps  # nobody is told
+        assert leavers(groups_jobs.directory_groups(deps)) == []
         ward7.admin().modify(NURSES, {"member": [(MODIFY_DELETE, [slapd.person_dn("amira7")])]})
         clock.advance(timedelta(minutes=5))
-        [ended] = leavers(job())
+        [ended] = leavers(groups_jobs.directory_groups(deps))
         assert ended == Ended(rid, "amira@ward.nhs.uk", ("clinical-systems",), False)
         view = service.get(rid)
         assert view.state == RequestState.ENDED
@@ -741,7 +743,7 @@ class TestLeavers:
             slapd.person_dn("amira7"), {"userAccountControl": [(MODIFY_REPLACE, [514])]}
         )
         clock.advance(timedelta(minutes=5))
-        [ended] = leavers(GroupsJob(service, None)())
+        [ended] = leavers(groups_jobs.directory_groups(Sweeps(service).deps))
         assert ended.disabled
         assert service.get(req.id).state == RequestState.CANCELLED
 
@@ -770,7 +772,7 @@ class TestLeavers:
         rid = self.active_grant(service)
         ward7.admin().modify(NURSES, {"member": [(MODIFY_DELETE, [slapd.person_dn("amira7")])]})
         clock.advance(timedelta(minutes=5))
-        assert leavers(GroupsJob(service, None)()) == []
+        assert leavers(groups_jobs.directory_groups(Sweeps(service).deps)) == []
         assert service.get(rid).state == RequestState.ACTIVE
 
     def test_an_outage_revokes_nobody(
@@ -782,7 +784,7 @@ class TestLeavers:
             state.reader = None  # the next read binds with the rotated (wrong) password
         for _ in range(20):  # well past stale_after (2h): the group is nobody, and yet
             clock.advance(timedelta(minutes=10))
-            assert leavers(GroupsJob(service, None)()) == []
+            assert leavers(groups_jobs.directory_groups(Sweeps(service).deps)) == []
         assert service.policy.members_of("clinical-systems") == []
         assert service.get(rid).state == RequestState.ACTIVE
 

@@ -139,7 +139,7 @@ class TestEverySweepIsScheduled:
         declared = declared_jobs()
         # The features that declare jobs today; identities is a control the docs promise.
         features = {"digest", "standing", "identities", "review", "tickets", "ticket_notes"}
-        features |= {"lockdowns", "break_glass_waits", "oncall_sources"}
+        features |= {"lockdowns", "break_glass_waits", "oncall_sources", "directory_groups"}
         assert features <= set(declared)
         twice = [name for name, cadences in declared.items() if len(cadences) > 1]
         assert twice == [], f"declared more than once: {twice}"

@@ -1,6 +1,7 @@
-"""The refresh job: read the directory groups that are due, tell security of an outage once
-(and once when it ends), and, where a group says `revoke_leavers`, end the access of people the
-directory no longer puts in any group that makes them eligible.
+"""The refresh job (`directory_groups`, on every sweep tick): read the directory groups that are
+due, tell security of an outage once (and once when it ends), and, where a group says
+`revoke_leavers`, end the access of people the directory no longer puts in any group that makes
+them eligible.
 
 A leaver is decided only from groups read well (fresh): a directory outage never revokes
 anyone, it only stops new requests and approvals once the last good read is stale.
@@ -9,6 +10,7 @@ anyone, it only stops new requests and approvals once the last good read is stal
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -17,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.groups import messages
 from app.groups.cache import DirectoryGroups
+from app.jobs import Job
 from app.notify.outbox import POST, OutCall, call_row, last_alert
 from app.policy import rules
 from app.policy.model import Policy
@@ -46,41 +49,60 @@ class Ended:
     disabled: bool
 
 
-class GroupsJob:
-    """`Sweeps(groups=GroupsJob(service, outbox))`: one tick of the refresh job."""
+class Needs(Protocol):
+    """What the refresh job is given (app/scheduler `JobDeps`)."""
 
-    def __init__(self, service: AccessService, alerts: Alerts | None) -> None:
-        self.service = service
-        self.alerts = alerts
+    @property
+    def core(self) -> AccessService:
+        """The request core: its policy (the groups and their cache), database and clock, and
+        the ending of a leaver's access through the normal lifecycle."""
+        ...
 
-    def __call__(self) -> list[object]:
-        policy = self.service.policy
-        cache = policy.group_lookup
-        if not isinstance(cache, DirectoryGroups):
-            return []
-        read = cache.refresh()
-        told: list[object] = []
-        for change in cache.watch():
-            kind = "down" if change.down else "back"
-            if self.alerts is None:
+    @property
+    def alerts(self) -> Alerts | None:
+        """Where security's alerts are recorded (the outbox; None: nobody is told)."""
+        ...
+
+    @property
+    def tell(self) -> Callable[[Sized], None]:
+        """Ask the outbox to deliver what was recorded (security's alerts, leavers told)."""
+        ...
+
+
+def directory_groups(given: Needs) -> list[object]:
+    """Read the directory groups that are due; tell security of an outage once and when it
+    ends; end the access of leavers where the group says revoke_leavers. Returns the changes
+    told (or found, when nobody is told) and the leavers ended."""
+    service, alerts = given.core, given.alerts
+    policy = service.policy
+    cache = policy.group_lookup
+    if not isinstance(cache, DirectoryGroups):
+        return []
+    read = cache.refresh()
+    told: list[object] = []
+    for change in cache.watch():
+        kind = "down" if change.down else "back"
+        if alerts is None:
+            told.append(change)
+        else:
+            # Every process reads the groups itself. What security was last told of this group,
+            # by any process, is in the outbox: an outage (or its end) already told is not told
+            # again. The key numbers the group's alerts, so two processes that find the same
+            # change at once write the same key and the outbox keeps one.
+            last, count = last_alert(service.db, f"groups:{change.group}")
+            if last != kind:
+                text = messages.outage(change, policy.zone)
+                alerts.enqueue(
+                    LANE,
+                    [OutCall(POST, {"channel": policy.channels.security_alerts, "text": text})],
+                    key=f"groups:{change.group}:{kind}:{count + 1}"[:100],
+                )
                 told.append(change)
-            else:
-                # Every process reads the groups itself. What security was last told of this
-                # group, by any process, is in the outbox: an outage (or its end) already told
-                # is not told again. The key numbers the group's alerts, so two processes that
-                # find the same change at once write the same key and the outbox keeps one.
-                last, count = last_alert(self.service.db, f"groups:{change.group}")
-                if last != kind:
-                    text = messages.outage(change, policy.zone)
-                    self.alerts.enqueue(
-                        LANE,
-                        [OutCall(POST, {"channel": policy.channels.security_alerts, "text": text})],
-                        key=f"groups:{change.group}:{kind}:{count + 1}"[:100],
-                    )
-                    told.append(change)
-            cache.told(change)
-        # Leavers are looked for after a group is read well: between reads nothing changes.
-        return told + list(end_leavers(self.service, cache) if read else [])
+        cache.told(change)
+    # Leavers are looked for after a group is read well: between reads nothing changes.
+    changed = told + list(end_leavers(service, cache) if read else [])
+    given.tell(changed)
+    return changed
 
 
 def _leaving(
@@ -161,3 +183,6 @@ def end_leavers(service: AccessService, cache: DirectoryGroups) -> list[Ended]:
             )
             ended.append(Ended(req.id, person.label, groups, disabled))
     return ended
+
+
+JOBS = (Job("directory_groups", "sweep", directory_groups),)

@@ -26,7 +26,8 @@ from app import audit
 from app.breakglass import jobs as breakglass_jobs
 from app.digest import jobs as digest_jobs
 from app.digest.service import DigestService
-from app.groups.jobs import Alerts, GroupsJob
+from app.groups import jobs as groups_jobs
+from app.groups.jobs import Alerts
 from app.identities import jobs as identity_jobs
 from app.identities.service import IdentityService
 from app.jobs import Cadence, Job
@@ -99,6 +100,7 @@ FEATURE_JOBS: tuple[Job[JobDeps], ...] = (
     *lockdown_jobs.JOBS,
     *breakglass_jobs.JOBS,
     *oncall_jobs.JOBS,
+    *groups_jobs.JOBS,
 )
 
 
@@ -237,15 +239,6 @@ class Sweeps:
         ids = self.service.end_lapsed_contracts()
         self._tell(ids)
         return ids
-
-    @sweep("sweep")
-    def directory_groups(self) -> list[object]:
-        """Read the directory groups that are due; tell security of an outage once and when
-        it ends; end the access of leavers where the group says revoke_leavers."""
-        alerts = self.outbox if isinstance(self.outbox, Alerts) else None
-        changed = GroupsJob(self.service, alerts)()
-        self._tell(changed)
-        return changed
 
     @sweep("sweep")
     def retry_revokes(self) -> list[int]:
