@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -99,3 +100,28 @@ def test_reads_on_postgresql_run_outside_a_transaction_and_streamed_ones_inside(
     with postgres_database.read(streamed=True) as session:
         session.execute(sa.text("SELECT 1"))
         assert session.scalar(began_before_this_statement) is True
+
+
+@pytest.mark.postgres
+def test_a_pooled_connection_the_server_ended_is_replaced_before_use(
+    postgres_database: Database,
+) -> None:
+    """Pooled connections are not pinged before every transaction; one the server has ended
+    since its last use (a restart, a terminated session) is noticed and replaced, so the next
+    transaction does not fail on it."""
+    db = Database(postgres_database.url, pool_size=1, max_overflow=0)
+    backend = sa.text("SELECT pg_backend_pid()")
+    try:
+        with db.transaction() as session:
+            ended = session.scalar(backend)
+        with postgres_database.engine.begin() as admin:
+            admin.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": ended})
+            for _ in range(100):  # the server ends it a moment later
+                gone = sa.text("SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = :pid")
+                if admin.scalar(gone, {"pid": ended}):
+                    break
+                time.sleep(0.05)
+        with db.transaction() as session:
+            assert session.scalar(backend) != ended
+    finally:
+        db.dispose()

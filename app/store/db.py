@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import select
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,6 +26,9 @@ STATEMENT_TIMEOUT_SECONDS = 30
 IDLE_IN_TRANSACTION_SECONDS = 300
 # How long a thread waits for a pooled connection before it is told the database is busy.
 POOL_TIMEOUT_SECONDS = 10
+# A pooled connection idle longer than this is pinged before use (a firewall or a network that
+# dropped it silently says nothing); a busier one only when the server wrote to it meanwhile.
+PING_IDLE_SECONDS = 5.0
 
 
 def normalise_url(url: str | URL) -> URL:
@@ -139,13 +143,14 @@ class Database:
             engine_options.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
         else:
             connect_url = bounded(self.url, connect_timeout, statement_timeout)
-            engine_options.setdefault("pool_pre_ping", True)
             engine_options.setdefault("pool_size", 10)
             engine_options.setdefault("max_overflow", 20)
             engine_options.setdefault("pool_timeout", POOL_TIMEOUT_SECONDS)
         self.engine: Engine = create_engine(connect_url, **engine_options)
         if self.is_sqlite:
             _configure_sqlite(self.engine)
+        elif not engine_options.get("pool_pre_ping"):
+            _ping_when_doubtful(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # Reads take no write lock, so on SQLite they run beside a writer (WAL) instead of
         # queueing behind it. On PostgreSQL they run outside a transaction: at READ COMMITTED
@@ -183,6 +188,38 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _ping_when_doubtful(engine: Engine) -> None:
+    """Ping a pooled connection before use only when it may be dead, not before every
+    transaction (a round trip each: a fifth of a request's statements). A server that restarts
+    or ends the session writes to it first, so its socket turns readable; a connection idle for
+    long may have been dropped without a word. A failed ping makes the pool connect afresh."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.pop("idle_since", None)
+        if idle_since is None:
+            return  # just connected
+        if time.monotonic() - idle_since < PING_IDLE_SECONDS and not _readable(dbapi_conn):
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            raise DisconnectionError(f"a pooled connection was dead: {_short(exc)}") from exc
+
+
+def _readable(dbapi_conn: Any) -> bool:
+    """Has the server written to this idle connection (a goodbye, or the end of the stream)?"""
+    try:
+        ready, _, _ = select.select([dbapi_conn.fileno()], [], [], 0)
+    except (OSError, ValueError):  # closed already
+        return True
+    return bool(ready)
 
 
 def _configure_sqlite(engine: Engine) -> None:
