@@ -25,9 +25,9 @@ from app.audit.chain import hashed_time
 from app.lifecycle.snapshots import RequestView
 from app.lifecycle.transitions import announce
 from app.policy import rules
-from app.policy.model import BREAK_GLASS_PATH, Policy
+from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person
-from app.service import AccessService
+from app.service.feature import FeatureService
 from app.store.models import AccessRequest, AuditEvent, RequestState, Review, ReviewState, SweepRun
 
 DIGEST_JOB = "digest"
@@ -100,18 +100,8 @@ def _nearest_rank(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
 
 
-class DigestService:
+class DigestService(FeatureService):
     """The daily digest's use cases."""
-
-    def __init__(self, core: AccessService) -> None:
-        self.core = core
-        self.db = core.db
-        self.clock = core.clock
-
-    @property
-    def policy(self) -> Policy:
-        """The policy in force now (a reload replaces the core's)."""
-        return self.core.policy
 
     def digest_due(self) -> Digest | None:
         """Today's digest if its time has come and no worker has sent it yet; claims the day."""

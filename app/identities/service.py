@@ -25,12 +25,12 @@ from app import audit
 from app.lifecycle.errors import AlreadyDecided, NotAllowed, NotFound
 from app.lifecycle.transitions import announce
 from app.policy import rules
-from app.policy.model import Identity, Policy
+from app.policy.model import Identity
 from app.policy.people import Person, person_key
-from app.service import AccessService
 from app.service.base import RETIRED as RETIRED
 from app.service.base import STILL_NEEDED as STILL_NEEDED
 from app.service.base import latest_attestation
+from app.service.feature import FeatureService
 from app.store.models import AccessRequest, Attestation, OrphanFlag, RequestState
 
 
@@ -79,18 +79,8 @@ def _due_step(
     return AttestationStep.ASKED if now >= latest.decided_at + identity.attest_every else None
 
 
-class IdentityService:
+class IdentityService(FeatureService):
     """Service accounts' use cases: attestation rounds, the owner's answer, orphan flags."""
-
-    def __init__(self, core: AccessService) -> None:
-        self.core = core
-        self.db = core.db
-        self.clock = core.clock
-
-    @property
-    def policy(self) -> Policy:
-        """The policy in force now (a reload replaces the core's)."""
-        return self.core.policy
 
     # ---------------------------------------------------------------------- attestations
 

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from sqlalchemy import Row, TextClause, bindparam, func, or_, select, text
+from sqlalchemy import Row, TextClause, TextualSelect, bindparam, func, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -224,21 +224,23 @@ _CLAIMING = (
     "{due}RETURNING id, kind, lane, key, action, request_id, version, body, attempts, "
     "uncertain, created_at, parent, step"
 )
-_CLAIM = (
-    _typed(_CLAIMING.format(due=""))
-    .bindparams(bindparam("ids", expanding=True))
-    .columns(created_at=UTCDateTime())
-)
+
+
+def _claiming(due: str = "") -> TextualSelect:
+    return (
+        _typed(_CLAIMING.format(due=due))
+        .bindparams(bindparam("ids", expanding=True))
+        .columns(created_at=UTCDateTime())
+    )
+
+
+_CLAIM = _claiming()
 # A lane's next row, taken by the write that finishes the one before it (if it is due).
 _LANE_HEAD = (
     "SELECT id FROM outbox WHERE lane = :lane AND state IN ('new', 'working') "
     "ORDER BY COALESCE(parent, id), step LIMIT 1"
 )
-_CLAIM_DUE = (
-    _typed(_CLAIMING.format(due="AND due_at <= :now "))
-    .bindparams(bindparam("ids", expanding=True))
-    .columns(created_at=UTCDateTime())
-)
+_CLAIM_DUE = _claiming("AND due_at <= :now ")
 _HELD = "id = :id AND state = 'working' AND claimed_by = :owner"
 _DONE = _typed(
     "UPDATE outbox SET state = 'done', done_at = :now, lease_until = NULL, channel = :channel, "

@@ -27,9 +27,9 @@ from app.lifecycle.snapshots import RequestView
 from app.lifecycle.transitions import StaleState
 from app.lifecycle.validation import clean_note
 from app.policy import rules
-from app.policy.model import BREAK_GLASS_PATH, AccessPath, Policy
+from app.policy.model import BREAK_GLASS_PATH, AccessPath
 from app.policy.people import Person, person_key
-from app.service import AccessService
+from app.service.feature import FeatureService
 from app.service.requests import replaced_in
 from app.store.models import (
     FINAL_STATES,
@@ -83,18 +83,8 @@ def _event_data(body: str) -> dict[str, Any]:
     return data
 
 
-class ReviewService:
+class ReviewService(FeatureService):
     """Break-glass reviews' use cases."""
-
-    def __init__(self, core: AccessService) -> None:
-        self.core = core
-        self.db = core.db
-        self.clock = core.clock
-
-    @property
-    def policy(self) -> Policy:
-        """The policy in force now (a reload replaces the core's)."""
-        return self.core.policy
 
     def decide_review(
         self, request_id: int, reviewer: Person, *, justified: bool, note: str

@@ -30,10 +30,9 @@ from app.audit.export import _no_formula
 from app.lifecycle.errors import NotAllowed
 from app.lifecycle.transitions import announce
 from app.policy import rules
-from app.policy.model import Policy
 from app.policy.people import Person
-from app.service import AccessService
 from app.service.base import StillPresent, describe_error
+from app.service.feature import FeatureService
 from app.store.models import HOLDING_STATES, AccessRequest, StandingAccess, SweepRun
 
 log = logging.getLogger(__name__)
@@ -90,18 +89,8 @@ def write_csv(holders: Iterable[StandingHolder], out: IO[str]) -> int:
     return count
 
 
-class StandingService:
+class StandingService(FeatureService):
     """Standing privilege's use cases: the hourly look, the report, and removal by policy."""
-
-    def __init__(self, core: AccessService) -> None:
-        self.core = core
-        self.db = core.db
-        self.clock = core.clock
-
-    @property
-    def policy(self) -> Policy:
-        """The policy in force now (a reload replaces the core's)."""
-        return self.core.policy
 
     def standing_holders(self, person: Person | None = None) -> list[StandingHolder]:
         """Who holds access on a target without a grant, as of the last look, per target and

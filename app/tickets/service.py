@@ -17,8 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.policy.model import Policy
-from app.service import AccessService
+from app.service.feature import FeatureService
 from app.service.tickets import TICKET_CLOSED
 from app.store.models import AccessRequest, Decision, RequestState, TicketNote
 from app.tickets.clients import TicketNotFound, TicketUnreadable
@@ -34,19 +33,9 @@ NOTE_RETRY_FIRST = timedelta(seconds=30)
 NOTE_RETRY_MAX = timedelta(hours=1)
 
 
-class TicketService:
+class TicketService(FeatureService):
     """Tickets after the request: access that ends when its ticket closes, and the notes
     WardKey writes on tickets (app/tickets reads and writes the systems)."""
-
-    def __init__(self, core: AccessService) -> None:
-        self.core = core
-        self.db = core.db
-        self.clock = core.clock
-
-    @property
-    def policy(self) -> Policy:
-        """The policy in force now (a reload replaces the core's)."""
-        return self.core.policy
 
     def end_with_closed_tickets(self, limit: int = 200) -> list[int]:
         """Active grants on paths with `ticket.ends_access` whose ticket was checked more
