@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import tuple_, update
+from sqlalchemy import and_, tuple_, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -190,48 +190,11 @@ def transition(
     data: Mapping[str, Any] | None = None,
 ) -> AccessRequest:
     """Move `req` from the state it was read in to `to`, or raise StaleState."""
-    current = RequestState(req.state)
-    if to not in ALLOWED.get(current, frozenset()):
-        raise ValueError(f"illegal transition {current} -> {to} for request {req.id}")
-    if to in CLAIMED_STATES and "claimed_until" not in (changes or {}):
-        raise ValueError(f"{action} moves request {req.id} to {to} without a lease")
-    values = {
-        **(changes or {}),
-        "state": to.value,
-        "version": req.version + 1,
-        "state_changed_at": at,
-    }
-    result = session.execute(
-        update(AccessRequest)
-        .where(
-            AccessRequest.id == req.id,
-            AccessRequest.state == current.value,
-            AccessRequest.version == req.version,
-        )
-        .values(**values)
-        .execution_options(synchronize_session=False)
+    given = data or {}
+    moved = transition_many(
+        session, [req], to, at=at, actor=actor, action=action, changes=changes, data=lambda _: given
     )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        raise StaleState(f"request {req.id} changed while {action} was being applied")
-    for key, value in values.items():
-        set_committed_value(req, key, value)
-    audit.append(
-        session,
-        at=at,
-        action=action,
-        actor=actor,
-        request_id=req.id,
-        data={"from": current.value, "to": to.value, **request_facts(req), **(data or {})},
-    )
-    notice(
-        session,
-        req.id,
-        req.version,
-        at=at,
-        action=action,
-        facts=_facts(req, actor, **{"from": current.value}),
-    )
-    return req
+    return moved[0]
 
 
 def transition_many(
@@ -245,29 +208,34 @@ def transition_many(
     changes: Mapping[str, Any] | None = None,
     data: Callable[[AccessRequest], Mapping[str, Any]] | None = None,
 ) -> list[AccessRequest]:
-    """`transition` for many requests, all read in the same state, with the same changes: one
-    conditional UPDATE (`WHERE (id, version) IN … AND state = :expected`) and one append of
-    their audit events to the chain, instead of one of each per request (a lockdown or a wave
-    of expiries moves hundreds at once). `data(req)` gives each one's own audit data. If any
-    row changed since it was read, StaleState is raised and the caller's transaction, rolled
-    back, applies none of them."""
+    """Move requests, all read in the same state, to `to` with the same changes (`transition`
+    is the one-request case): one conditional UPDATE (`WHERE (id, version) IN … AND state =
+    :expected`) and one append of their audit events to the chain, instead of one of each per
+    request (a lockdown or a wave of expiries moves hundreds at once). `data(req)` gives each
+    one's own audit data. If any row changed since it was read, StaleState is raised and the
+    caller's transaction, rolled back, applies none of them."""
     if not reqs:
         return []
     current = RequestState(reqs[0].state)
     for req in reqs:
         _check_move(req, current, to, action, changes)
     values = {**(changes or {}), "state": to.value, "state_changed_at": at}
+    if len(reqs) == 1:  # the usual case, found by its primary key
+        read_as = and_(AccessRequest.id == reqs[0].id, AccessRequest.version == reqs[0].version)
+        stale = f"request {reqs[0].id} changed while {action} was being applied"
+    else:
+        read_as = tuple_(AccessRequest.id, AccessRequest.version).in_(
+            [(r.id, r.version) for r in reqs]
+        )
+        stale = f"{action}: a request changed while it was being applied"
     result = session.execute(
         update(AccessRequest)
-        .where(
-            tuple_(AccessRequest.id, AccessRequest.version).in_([(r.id, r.version) for r in reqs]),
-            AccessRequest.state == current.value,
-        )
+        .where(read_as, AccessRequest.state == current.value)
         .values(**values, version=AccessRequest.version + 1)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != len(reqs):  # type: ignore[attr-defined]
-        raise StaleState(f"{action}: a request changed while it was being applied")
+        raise StaleState(stale)
     entries = []
     for req in reqs:
         for key, value in {**values, "version": req.version + 1}.items():
