@@ -8,7 +8,7 @@ import os
 
 from slack_bolt import App
 
-from app.cli.common import Commands, ready, starting
+from app.cli.common import Commands, ready, starting, stop_on_sigterm
 from app.cli.worker import background_sweeps
 from app.runtime import Runtime, StartupError
 from app.stepup.pages import StepUpPages
@@ -67,6 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
     _say_intake_work(settings.wardkey_intake_work)
     # Catch-up runs beside the server: /healthz answers at once, /readyz says "catching up".
     scheduler = None if args.no_scheduler else background_sweeps(runtime, wsgi.readiness)
+    stop_on_sigterm("serve")
     try:
         # waitress buffers a body before the app sees it: it must refuse big ones itself.
         serve(
@@ -86,6 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
         wsgi.close()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
+        runtime.notifier.outbox.close(wait_seconds=3)
     return 0
 
 
@@ -105,6 +107,7 @@ def _socket(args: argparse.Namespace) -> int:
     work = runtime.settings.wardkey_intake_work
     inbox = Intake(runtime.service.db, runtime.service.clock, hand_off=work == "worker")
     _say_intake_work(work)
+    stop_on_sigterm("socket")
     try:
         # Each envelope is recorded in the inbox before it is acknowledged, as over HTTP.
         RecordingSocketModeHandler(app, runtime.settings.slack_app_token or "", inbox).start()  # type: ignore[no-untyped-call]
@@ -112,6 +115,7 @@ def _socket(args: argparse.Namespace) -> int:
         inbox.close()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
+        runtime.notifier.outbox.close(wait_seconds=3)
     return 0
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 
 from apscheduler.schedulers.base import BaseScheduler
 
-from app.cli.common import Commands, ready, starting
+from app.cli.common import Commands, ready, starting, stop_on_sigterm
 from app.runtime import Runtime
 from app.scheduler import guarded, schedule
 from app.web import CATCHING_UP, Readiness
@@ -27,8 +28,21 @@ def _worker(_args: argparse.Namespace) -> int:
 
     runtime = ready("slack_bot_token")
     lower_priority(runtime.settings.wardkey_worker_nice)
-    runtime.redelivery().follow()  # takes each request serve hands over, as it comes
-    start_sweeps(runtime, BlockingScheduler(timezone="UTC"))
+    redelivery = runtime.redelivery()
+    redelivery.follow()  # takes each request serve hands over, as it comes
+    scheduler = BlockingScheduler(timezone="UTC")
+
+    def stop_sweeps() -> None:
+        while not scheduler.running:  # SIGTERM came while it was starting
+            time.sleep(0.05)
+        scheduler.shutdown(wait=False)
+
+    stop_on_sigterm("worker", stop_sweeps)
+    try:
+        start_sweeps(runtime, scheduler)
+    finally:
+        redelivery.intake.close()
+        runtime.notifier.outbox.close(wait_seconds=3)
     return 0
 
 
