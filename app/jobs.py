@@ -4,9 +4,9 @@ A feature's `jobs.py` holds `JOBS`: one `Job` per timer, with its name (the sche
 logged at start-up), how often it ticks and what one tick does, given what the feature's jobs
 need (a Protocol the feature writes; the scheduler's `JobDeps` must satisfy it, which mypy
 checks where app/scheduler gathers the features' JOBS). The scheduler registers one interval
-job for each, guarded like its own sweeps; tests/test_scheduler.py finds every JOBS under app/
-and checks that a real `serve` and `worker` register each one, so a job that is declared but not
-gathered fails there.
+job for each, guarded like its own sweeps; tests/scheduler/test_scheduler.py finds every JOBS
+under app/ and checks that a real `serve` and `worker` register each one, so a job that is
+declared but not gathered fails there.
 """
 
 from __future__ import annotations

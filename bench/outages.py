@@ -23,9 +23,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGET_TEST = "tests/test_reliability.py::test_revokes_land_soon_after_a_target_comes_back"
+TARGET_TEST = "tests/system/test_reliability.py::test_revokes_land_soon_after_a_target_comes_back"
 SLACK_TEST = (
-    "tests/test_outbox.py::test_workers_deliver_every_message_once_through_an_outage_and_a_kill"
+    "tests/notify/test_outbox.py::"
+    "test_workers_deliver_every_message_once_through_an_outage_and_a_kill"
 )
 FIGURES = re.compile(r"^(target back after|outbox through) .*$", re.MULTILINE)
 NUMBER = re.compile(r"(\w[\w' ]*?)=([\d.]+)s?")

@@ -1,7 +1,7 @@
 """Render deploy/kubernetes the way `kubectl kustomize` does, for the few features its
 kustomizations use (resources, components, namespace, images, configMapGenerator with fixed
 names, strategic-merge patches), so the manifests are checked where kubectl is missing. Where
-kubectl is there, tests/test_deploy.py checks that both render the same objects; a feature
+kubectl is there, tests/system/test_deploy.py checks that both render the same objects; a feature
 this does not know is refused, never skipped."""
 
 from __future__ import annotations

@@ -364,7 +364,7 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
     # ── The review card ─────────────────────────────────────────────────────────────────
     # Its richer form (people and channels by name, the user's earlier requests for this
     # access, such as the one this use replaced, and their break-glass count over 30 days)
-    # is printed by the sweep above; tests/test_demo.py checks it under "the review card".
+    # is printed by the sweep above; tests/demo/test_demo.py checks it under "the review card".
     # ─────────────────────────────────────────────────────────────────────────────────────
     where = f"on review card #{emergency} in #manager-reviews"
     scene.click("U0CHLOE", REVIEW_JUSTIFIED, emergency, "Justified", where, MANAGERS)
