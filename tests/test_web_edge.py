@@ -31,6 +31,7 @@ from app.store import Database, upgrade
 from app.web import WardKeyWSGI
 from tests.conftest import HERE, sqlite_copy
 from tests.fakes.memory_adapter import MemoryTarget
+from tests.processes import free_port
 from tests.slack_harness import SIGNING_SECRET, WARD_USERS
 
 MiB = 1024 * 1024
@@ -302,12 +303,6 @@ class TestAHungDatabase:
 
 
 # --------------------------------------------------------------- a real `wardkey serve`
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Served:

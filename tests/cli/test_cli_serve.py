@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,13 +26,8 @@ from app.store.models import RequestState
 from tests.conftest import AMIRA, BEN, HERE, NIGHT_SHIFT
 from tests.fakes.memory_adapter import MemoryTarget
 from tests.fakes.socket_mode import SocketModeServer
+from tests.processes import free_port, wait_until_healthy
 from tests.slack_harness import SIGNING_SECRET, WARD_USERS
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def clinical_approver_dms(policy: Policy) -> list[str]:
@@ -125,16 +119,7 @@ class TestServe:
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"{url}/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert process.poll() is None, process.stdout.read() if process.stdout else ""
-                assert time.monotonic() < deadline, "serve did not start"
-                time.sleep(0.1)
+            wait_until_healthy(url, process)
             yield url, fake
         finally:
             process.terminate()

@@ -4,13 +4,10 @@ down at once (not left for another process to take over when its claim lapses)."
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,41 +16,15 @@ import sqlalchemy as sa
 
 from app.demo.slack_driver import SlackDriver
 from app.demo.slack_fake import FakeSlack
-from app.store import Database, upgrade
+from app.store import Database
 from app.store.models import SeenRequest
-from tests.conftest import HERE
-from tests.slack_harness import SIGNING_SECRET, WARD_USERS
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeSlack]:
-    slack = FakeSlack().start()
-    for user in WARD_USERS:
-        slack.add_user(user)
-    yield slack
-    slack.stop()
+from tests.processes import free_port, wait_until_healthy, wardkey_env
+from tests.slack_harness import SIGNING_SECRET
 
 
 @pytest.fixture
 def env(tmp_path: Path, fake: FakeSlack) -> dict[str, str]:
-    db = f"sqlite:///{tmp_path / 'wardkey.db'}"
-    upgrade(db)
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "WARDKEY_"))},
-        "DATABASE_URL": db,
-        "WARDKEY_POLICY": str(HERE / "data" / "ward_policy.yaml"),
-        "PHARMACY_DB_PASSWORD": "not-used-here",
-        "DIRECTORY_PASSWORD": "not-used-here",
-        "SLACK_BOT_TOKEN": fake.token,
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "SLACK_API_URL": fake.api_url,
-    }
+    return wardkey_env(tmp_path, fake)
 
 
 def stopped(process: subprocess.Popen[str]) -> tuple[int, str]:
@@ -75,15 +46,7 @@ def test_serve_stopped_by_sigterm_ends_cleanly_and_writes_down_what_it_finished(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert serve.poll() is None and time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.1)
+        wait_until_healthy(url, serve)
         slack = SlackDriver(url, fake, httpx.Client(timeout=10), SIGNING_SECRET)
         answer = slack.command("/jit", "help", "U0AMIRA")
         assert answer.status_code == 200

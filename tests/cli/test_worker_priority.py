@@ -7,34 +7,17 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from app.demo.slack_fake import FakeSlack
-from app.store import upgrade
-from tests.conftest import HERE
-from tests.slack_harness import WARD_USERS
+from tests.processes import wardkey_env
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    fake = FakeSlack().start()
-    for user in WARD_USERS:
-        fake.add_user(user)
-    db = f"sqlite:///{tmp_path / 'wardkey.db'}"
-    upgrade(db)
-    yield {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "WARDKEY_"))},
-        "DATABASE_URL": db,
-        "WARDKEY_POLICY": str(HERE / "data" / "ward_policy.yaml"),
-        "PHARMACY_DB_PASSWORD": "not-used-here",
-        "DIRECTORY_PASSWORD": "not-used-here",
-        "SLACK_BOT_TOKEN": fake.token,
-        "SLACK_API_URL": fake.api_url,
-    }
-    fake.stop()
+def env(tmp_path: Path, fake: FakeSlack) -> dict[str, str]:
+    return wardkey_env(tmp_path, fake)
 
 
 def nice_of_worker(env: dict[str, str], log: Path) -> int:

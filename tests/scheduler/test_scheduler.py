@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import get_args
 
@@ -21,9 +19,8 @@ import pytest
 from app.demo.slack_fake import FakeSlack
 from app.jobs import Cadence, Job
 from app.scheduler import Sweeps, cadence_of
-from app.store import upgrade
 from tests.conftest import HERE
-from tests.slack_harness import SIGNING_SECRET, WARD_USERS
+from tests.processes import wardkey_env
 
 ROOT = HERE.parent
 # Not a sweep: what a process does once, before the sweeps start ticking.
@@ -87,33 +84,16 @@ def scheduled_jobs(log: Path, process: subprocess.Popen[bytes]) -> tuple[dict[st
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeSlack]:
-    slack = FakeSlack().start()
-    for user in WARD_USERS:
-        slack.add_user(user)
-    yield slack
-    slack.stop()
-
-
-@pytest.fixture
 def env(tmp_path: Path, fake: FakeSlack) -> dict[str, str]:
-    db = f"sqlite:///{tmp_path / 'wardkey.db'}"
-    upgrade(db)
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "WARDKEY_"))},
-        "DATABASE_URL": db,
-        "WARDKEY_POLICY": str(HERE / "data" / "ward_policy.yaml"),
-        "PHARMACY_DB_PASSWORD": "not-used-here",
-        "DIRECTORY_PASSWORD": "not-used-here",
-        "SLACK_BOT_TOKEN": fake.token,
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "SLACK_API_URL": fake.api_url,
-        "WARDKEY_SWEEP_SECONDS": str(SWEEP_SECONDS),
-        "WARDKEY_EXPIRY_SWEEP_SECONDS": str(EXPIRY_SECONDS),
-        "WARDKEY_CHECKPOINT_SECONDS": str(CHECKPOINT_SECONDS),
-        "WARDKEY_TAKEOVER_SECONDS": str(TAKEOVER_SECONDS),
-        "WARDKEY_PROBE_SECONDS": str(PROBE_SECONDS),
-    }
+    return wardkey_env(
+        tmp_path,
+        fake,
+        WARDKEY_SWEEP_SECONDS=str(SWEEP_SECONDS),
+        WARDKEY_EXPIRY_SWEEP_SECONDS=str(EXPIRY_SECONDS),
+        WARDKEY_CHECKPOINT_SECONDS=str(CHECKPOINT_SECONDS),
+        WARDKEY_TAKEOVER_SECONDS=str(TAKEOVER_SECONDS),
+        WARDKEY_PROBE_SECONDS=str(PROBE_SECONDS),
+    )
 
 
 def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

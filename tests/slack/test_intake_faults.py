@@ -47,6 +47,7 @@ from app.store import Database
 from app.store.models import AccessRequest, Decision, RequestState, SeenRequest
 from tests.conftest import fresh_postgres_schema
 from tests.fakes.big_trust import APPROVER, CONSOLE, KEY_VARIABLE, ROLE, staff, write_big_trust
+from tests.processes import free_port
 
 pytestmark = pytest.mark.postgres
 
@@ -57,12 +58,6 @@ CLICKS = 10
 ASKERS = range(CLICKS, CLICKS + 3)  # staff who ask by command
 FORM_ASKER = CLICKS + 3  # and one by the form
 STAFF = CLICKS + 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
