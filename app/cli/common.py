@@ -52,6 +52,10 @@ def starting(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
     return wrapped
 
 
+# After SIGTERM and the clean-up, how long work still running may go on before the process ends.
+STOP_SECONDS = 2.0
+
+
 def stop_on_sigterm(what: str, stop: Callable[[], None] | None = None) -> None:
     """Kubernetes and systemd stop a process with SIGTERM, which by default ends it on the
     spot. Ended cleanly instead, so the `finally` blocks run (the inbox's last beat, the
@@ -67,6 +71,21 @@ def stop_on_sigterm(what: str, stop: Callable[[], None] | None = None) -> None:
         threading.Thread(target=stop, name="stopping", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def end_within(seconds: float) -> None:
+    """After a clean stop: work still running on other threads (a sweep's call to a target
+    that hangs) has `seconds` to finish, then the process ends anyway, as SIGKILL would have
+    ended it; that work's claims lapse and another process takes it over."""
+
+    def end() -> None:
+        logging.getLogger("app.cli").warning("event=stopped_with_work_running")
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, end)
+    timer.daemon = True  # an exit that comes sooner does not wait for it
+    timer.start()
 
 
 def clock_of(args: argparse.Namespace) -> Clock:

@@ -8,7 +8,7 @@ import os
 
 from slack_bolt import App
 
-from app.cli.common import Commands, ready, starting, stop_on_sigterm
+from app.cli.common import STOP_SECONDS, Commands, end_within, ready, starting, stop_on_sigterm
 from app.cli.worker import background_sweeps
 from app.runtime import Runtime, StartupError
 from app.stepup.pages import StepUpPages
@@ -88,6 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
         if scheduler is not None:
             scheduler.shutdown(wait=False)
         runtime.notifier.outbox.close(wait_seconds=3)
+        end_within(STOP_SECONDS)
     return 0
 
 
@@ -116,6 +117,7 @@ def _socket(args: argparse.Namespace) -> int:
         if scheduler is not None:
             scheduler.shutdown(wait=False)
         runtime.notifier.outbox.close(wait_seconds=3)
+        end_within(STOP_SECONDS)
     return 0
 
 

@@ -10,7 +10,7 @@ import time
 
 from apscheduler.schedulers.base import BaseScheduler
 
-from app.cli.common import Commands, ready, starting, stop_on_sigterm
+from app.cli.common import STOP_SECONDS, Commands, end_within, ready, starting, stop_on_sigterm
 from app.runtime import Runtime
 from app.scheduler import guarded, schedule
 from app.web import CATCHING_UP, Readiness
@@ -43,6 +43,7 @@ def _worker(_args: argparse.Namespace) -> int:
     finally:
         redelivery.intake.close()
         runtime.notifier.outbox.close(wait_seconds=3)
+        end_within(STOP_SECONDS)
     return 0
 
 
