@@ -37,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.demo.slack_fake import FakeSlack
 from app.demo.webhook_target import WebhookTarget
-from app.store import Database, upgrade
+from app.store import Database
 from app.store.models import AccessRequest, RequestState
+from bench.postgres import fresh_schema
 from tests.fakes.big_trust import (
     CONSOLE,
     ENTITLEMENT,
@@ -49,28 +50,12 @@ from tests.fakes.big_trust import (
     write_big_trust,
 )
 
-POSTGRES_SERVER = os.environ.get(
-    "WARDKEY_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 SCHEMA = "wardkey_bench_expiry"
 KEY = "bench-signing-key-" + "x" * 16
-S = RequestState
 
 
 def fresh_database() -> Database:
-    server = sa.engine.make_url(POSTGRES_SERVER)
-    admin = sa.create_engine(server.set(drivername="postgresql+psycopg"))
-    try:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
-            conn.execute(sa.text(f"CREATE SCHEMA {SCHEMA}"))
-    except sa.exc.OperationalError as exc:
-        sys.exit(f"bench/expiry.py needs PostgreSQL at {POSTGRES_SERVER}: {exc}".splitlines()[0])
-    finally:
-        admin.dispose()
-    url = server.update_query_dict({"options": f"-csearch_path={SCHEMA}"})
-    upgrade(url)
-    return Database(url)
+    return fresh_schema(SCHEMA, "bench/expiry.py")
 
 
 def seed(db: Database, active: int, due: int, expiry: datetime, start: int = 0) -> list[int]:
@@ -83,7 +68,7 @@ def seed(db: Database, active: int, due: int, expiry: datetime, start: int = 0) 
         ends = expiry if n - start < due else later
         rows.append(
             {
-                "state": S.ACTIVE.value,
+                "state": RequestState.ACTIVE.value,
                 "version": 3,
                 "requester": person.email,
                 "requester_slack_id": person.slack_user_id,
@@ -155,7 +140,7 @@ def run_wave(active: int, wave: int, workers: int, lead: float = 4.0) -> list[fl
                     left = session.scalar(
                         sa.select(sa.func.count()).where(
                             AccessRequest.expires_at == expiry,
-                            AccessRequest.state != S.ENDED.value,
+                            AccessRequest.state != RequestState.ENDED.value,
                         )
                     )
                 if not left:
@@ -181,7 +166,7 @@ def run_wave(active: int, wave: int, workers: int, lead: float = 4.0) -> list[fl
 def claim_query(now: datetime) -> sa.Select[tuple[AccessRequest]]:
     return (
         sa.select(AccessRequest)
-        .where(AccessRequest.state == S.ACTIVE.value, AccessRequest.expires_at <= now)
+        .where(AccessRequest.state == RequestState.ACTIVE.value, AccessRequest.expires_at <= now)
         .order_by(AccessRequest.expires_at)
         .limit(20)
         .with_for_update(skip_locked=True)
@@ -201,7 +186,7 @@ def time_queries(db: Database, repeats: int = 30) -> tuple[float, float]:
             t0 = time.perf_counter()
             rows = conn.execute(
                 sa.select(AccessRequest.id, AccessRequest.expires_at).where(
-                    AccessRequest.state == S.ACTIVE.value
+                    AccessRequest.state == RequestState.ACTIVE.value
                 )
             ).all()
             [rid for rid, ends in rows if ends <= now]

@@ -58,8 +58,9 @@ from app.policy import load_policy
 from app.scheduler import Sweeps
 from app.service import AccessService
 from app.slack.app import web_client
-from app.store import Database, upgrade
+from app.store import Database
 from app.store.models import AccessRequest, RequestState
+from bench.postgres import fresh_schema
 from tests.fakes.big_trust import (
     APPROVER,
     CONSOLE,
@@ -71,31 +72,15 @@ from tests.fakes.big_trust import (
     write_big_trust,
 )
 
-POSTGRES_SERVER = os.environ.get(
-    "WARDKEY_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 SCHEMA = "wardkey_bench_lockdown"
 KEY = "bench-signing-key-" + "x" * 16
-S = RequestState
 GOAL_SECONDS = 5.0
 EXPIRY_TICK = 1.0  # the expiry sweep's default cadence
 CONCURRENCY = Settings.model_fields["wardkey_target_concurrency"].default  # a worker's, 4
 
 
 def fresh_database() -> Database:
-    server = sa.engine.make_url(POSTGRES_SERVER)
-    admin = sa.create_engine(server.set(drivername="postgresql+psycopg"))
-    try:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
-            conn.execute(sa.text(f"CREATE SCHEMA {SCHEMA}"))
-    except sa.exc.OperationalError as exc:
-        sys.exit(f"bench/lockdown.py needs PostgreSQL at {POSTGRES_SERVER}: {exc}".splitlines()[0])
-    finally:
-        admin.dispose()
-    url = server.update_query_dict({"options": f"-csearch_path={SCHEMA}"})
-    upgrade(url)
-    return Database(url)
+    return fresh_schema(SCHEMA, "bench/lockdown.py")
 
 
 def seed(db: Database, console: WebhookTarget, grants: int, expiry: datetime) -> None:
@@ -106,7 +91,7 @@ def seed(db: Database, console: WebhookTarget, grants: int, expiry: datetime) ->
         person = staff(n)
         rows.append(
             {
-                "state": S.ACTIVE.value,
+                "state": RequestState.ACTIVE.value,
                 "version": 3,
                 "requester": person.email,
                 "requester_slack_id": person.slack_user_id,
@@ -138,7 +123,9 @@ def seed(db: Database, console: WebhookTarget, grants: int, expiry: datetime) ->
 def left(db: Database) -> int:
     with db.read() as session:
         return int(
-            session.scalar(sa.select(sa.func.count()).where(AccessRequest.state != S.ENDED.value))
+            session.scalar(
+                sa.select(sa.func.count()).where(AccessRequest.state != RequestState.ENDED.value)
+            )
             or 0
         )
 

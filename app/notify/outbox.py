@@ -737,13 +737,11 @@ class Outbox:
                 _FAILED, {"id": item.id, "owner": self.owner, "now": now, "error": error[:200]}
             )
             if failed.rowcount == 1 and call is not None:  # type: ignore[attr-defined]
-                parent = session.get(OutboxItem, item.id)
-                assert parent is not None
                 for n, other in enumerate(call.instead, start=1):
                     row = self._row(item.lane, other, now, key=f"{item.key or item.id}.i{n}")
                     # Right after the refused row in its lane (steps between calls are spaced).
-                    row.parent = parent.parent or parent.id
-                    row.step = parent.step * 100 + n if parent.parent else n
+                    row.parent = item.parent or item.id
+                    row.step = item.step * 100 + n if item.parent else n
                     session.add(row)
         with self._lock:
             self.stats.refused += 1
@@ -903,8 +901,11 @@ class Outbox:
             self._hold(item.id for item in claimed)
             with self._wake:
                 busy += len(claimed)
-            for item in claimed:
-                senders.submit(send, item)
+            try:
+                for item in claimed:
+                    senders.submit(send, item)
+            except RuntimeError:  # the interpreter is exiting: claims not sent lapse, retaken
+                break
         senders.shutdown(wait=True)
 
     def _heartbeat(self) -> None:
