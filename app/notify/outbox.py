@@ -220,27 +220,34 @@ _SELECT_HEADS = (
 _CLAIMING = (
     "UPDATE outbox SET uncertain = (uncertain OR state = 'working'), state = 'working', "
     "claimed_by = :owner, lease_until = :lease, attempts = attempts + 1 "
-    "WHERE id IN :ids AND (state = 'new' OR (state = 'working' AND lease_until <= :now)) "
+    "WHERE {which} AND (state = 'new' OR (state = 'working' AND lease_until <= :now)) "
     "{due}RETURNING id, kind, lane, key, action, request_id, version, body, attempts, "
     "uncertain, created_at, parent, step"
 )
-
-
-def _claiming(due: str = "") -> TextualSelect:
-    return (
-        _typed(_CLAIMING.format(due=due))
-        .bindparams(bindparam("ids", expanding=True))
-        .columns(created_at=UTCDateTime())
-    )
-
-
-_CLAIM = _claiming()
-# A lane's next row, taken by the write that finishes the one before it (if it is due).
+_CLAIM = (
+    _typed(_CLAIMING.format(which="id IN :ids", due=""))
+    .bindparams(bindparam("ids", expanding=True))
+    .columns(created_at=UTCDateTime())
+)
+# A lane's next row, claimed (if it is due) by the write that finishes the one before it, in one
+# statement with finding it. On PostgreSQL a row another process is locking is skipped, as
+# the claim of lane heads does.
 _LANE_HEAD = (
     "SELECT id FROM outbox WHERE lane = :lane AND state IN ('new', 'working') "
     "ORDER BY COALESCE(parent, id), step LIMIT 1"
 )
-_CLAIM_DUE = _claiming("AND due_at <= :now ")
+
+
+def _claiming_lane_head(locking: str) -> TextualSelect:
+    which = f"id = ({_LANE_HEAD}{locking})"
+    claim = _CLAIMING.format(which=which, due="AND due_at <= :now ")
+    return _typed(claim).columns(created_at=UTCDateTime())
+
+
+_CLAIM_LANE_HEAD = {
+    False: _claiming_lane_head(" FOR UPDATE SKIP LOCKED"),
+    True: _claiming_lane_head(""),  # SQLite: one writer at a time, and no row locks
+}
 _HELD = "id = :id AND state = 'working' AND claimed_by = :owner"
 _DONE = _typed(
     "UPDATE outbox SET state = 'done', done_at = :now, lease_until = NULL, channel = :channel, "
@@ -436,12 +443,8 @@ class Outbox:
     def _take_next(self, session: Session, item: Claimed, now: datetime) -> None:
         """In the write that finished `item`: claim its lane's next row if it is due, for the
         same sender to deliver next."""
-        head = _LANE_HEAD if self.db.is_sqlite else _LANE_HEAD + " FOR UPDATE SKIP LOCKED"
-        next_id = session.execute(text(head), {"lane": item.lane}).scalar()
-        if next_id is None:
-            return
-        params = {"ids": [next_id], "owner": self.owner, "lease": now + self.lease, "now": now}
-        row = session.execute(_CLAIM_DUE, params).first()
+        params = {"lane": item.lane, "owner": self.owner, "lease": now + self.lease, "now": now}
+        row = session.execute(_CLAIM_LANE_HEAD[self.db.is_sqlite], params).first()
         if row is not None:
             with self._lock:
                 self._continued[item.id] = Claimed(*row)

@@ -21,7 +21,7 @@ from app.clock import ManualClock
 from app.demo.slack_fake import FakeSlack, SlackUser
 from app.metrics import metrics_text
 from app.notify.notifier import Notifier
-from app.notify.outbox import Outbox
+from app.notify.outbox import POST, Outbox, OutCall, call_row
 from app.scheduler import Sweeps
 from app.service import AccessService
 from app.store import Database
@@ -231,6 +231,51 @@ class TestNeverTwice:
                 )
             )
         assert len([m for m in fake.posts() if f"#{other.id}:" in m["text"]]) == rows
+
+
+class TestInOrderPerLane:
+    def test_finishing_a_message_claims_its_lanes_next_row_only_when_it_is_due(
+        self, service: AccessService, notifier: Notifier, fake: FakeSlack, clock: ManualClock
+    ) -> None:
+        """The write that finishes a message claims the next of its lane (its group's next
+        step), for the same sender; never a row that waits out a back-off, nor another's."""
+        now = clock.now()
+        with service.db.transaction() as session:
+            first = call_row("C-ward", OutCall(POST, {"channel": "C-ward", "text": "one"}), now)
+            other = call_row("C-other", OutCall(POST, {"channel": "C-other", "text": "x"}), now)
+            session.add_all([first, other])
+            session.flush()
+            rest = []
+            for step, words in enumerate(["two", "three"], start=1):
+                row = call_row("C-ward", OutCall(POST, {"channel": "C-ward", "text": words}), now)
+                row.parent, row.step = first.id, step
+                rest.append(row)
+            rest[0].due_at = now + timedelta(minutes=1)  # waiting out a back-off
+            session.add_all(rest)
+            session.flush()
+            ids = [first.id, rest[0].id, rest[1].id]
+        outbox = Outbox(service.db, clock, notifier.outbox.client, notifier)
+        heads = outbox._claim()
+        assert sorted(c.id for c in heads) == sorted([ids[0], other.id])
+        outbox._deliver(next(c for c in heads if c.id == ids[0]))
+        assert ids[0] not in outbox._continued  # "two" is not due: nothing claimed
+        clock.advance(timedelta(minutes=2))
+        (two,) = [c for c in outbox._claim() if c.lane == "C-ward"]
+        assert two.id == ids[1]
+        outbox._deliver(two)
+        three = outbox._continued.pop(two.id)
+        assert three.id == ids[2]  # claimed by the write that finished "two"
+        with service.db.read() as session:
+            state, owner = session.execute(
+                sa.select(OutboxItem.state, OutboxItem.claimed_by).where(OutboxItem.id == ids[2])
+            ).one()
+        assert (state, owner) == ("working", outbox.owner)
+        outbox._deliver(three)
+        assert [m["text"] for m in fake.posts() if m["channel"] == "C-ward"] == [
+            "one",
+            "two",
+            "three",
+        ]
 
 
 class TestRecordedWithTheChange:
