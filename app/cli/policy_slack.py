@@ -19,7 +19,6 @@ from slack_sdk.errors import SlackApiError
 
 from app.directory import SlackProfile, Workspace, slack_unwell
 from app.oncall import OnCall
-from app.oncall.cache import card_words
 from app.policy import Policy
 from app.policy.checks import Location
 from app.policy.people import Mention, approver_paths, mentions
@@ -67,18 +66,14 @@ def check_people(
     # Slack ID where the directory holds one): someone Slack does not know cannot act.
     for name in policy.directory_groups():
         for member in policy.members_of(name):
-            places[member].append(Mention(member, ("groups", name), f"in directory group {name}"))
+            places[member].append(Mention(member, ("groups", name)))
     # The people a rota's source (PagerDuty, Opsgenie, a rostering export) has on call now or
     # later: someone whose e-mail there is not their Slack one never gets the card.
     sourced = policy.on_call_lookup if isinstance(policy.on_call_lookup, OnCall) else None
     for name in sourced.rotas if sourced else []:
         assert sourced is not None
-        source = policy.oncall[name].source
-        assert source is not None
         for member in sourced.people(name):
-            places[member].append(
-                Mention(member, ("oncall", name), f"on call in {name} per {card_words(source)}")
-            )
+            places[member].append(Mention(member, ("oncall", name)))
     ours = workspace or Workspace.of_token(_ask(client, "auth.test", client.auth_test))
     result = SlackCheck(looked_up=len(places))
     unusable: set[str] = set()

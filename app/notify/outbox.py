@@ -186,18 +186,6 @@ class Claimed:
     step: int = 0
 
 
-@dataclass
-class Stats:
-    """What this process's deliverer did, for logs and tests."""
-
-    sent: int = 0
-    found_already_sent: int = 0
-    retried: int = 0
-    refused: int = 0
-    notices: int = 0
-    methods: dict[str, int] = field(default_factory=dict)
-
-
 _TIMES = ("now", "lease", "due")
 
 
@@ -322,7 +310,6 @@ class Outbox:
             1, threads or int(os.environ.get("WARDKEY_OUTBOX_THREADS", "0") or 0) or self.THREADS
         )
         self.owner = _owner()
-        self.stats = Stats()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._kicks = 0  # kicks not yet seen by a delivery thread
@@ -500,7 +487,7 @@ class Outbox:
             else:
                 self._send(item)
         except Defer:
-            self._again(item, "deferred", 1.0, uncertain=False, count=False)
+            self._again(item, "deferred", 1.0, uncertain=False)
             return 0
         except Transient as exc:
             self._slack_failed(exc.error)
@@ -562,8 +549,6 @@ class Outbox:
                 session.add(row)
             session.flush()
             self._take_next(session, item, now)
-        with self._lock:
-            self.stats.notices += 1
 
     def _send(self, item: Claimed) -> None:
         call = OutCall.from_json(item.body)
@@ -585,8 +570,6 @@ class Outbox:
             found = self._already_posted(item, call) if item.uncertain else None
             if found is not None:
                 channel, ts = found
-                with self._lock:
-                    self.stats.found_already_sent += 1
             else:
                 args = dict(call.args)
                 args["metadata"] = {
@@ -648,9 +631,6 @@ class Outbox:
                 )
             if sent:
                 self._take_next(session, item, now)
-        with self._lock:
-            self.stats.sent += 1
-            self.stats.methods[call.method] = self.stats.methods.get(call.method, 0) + 1
 
     def _already_posted(self, item: Claimed, call: OutCall) -> tuple[str, str] | None:
         """A try may have reached Slack: look for this post's key in the conversation."""
@@ -701,9 +681,7 @@ class Outbox:
 
     # ------------------------------------------------------------------ outcomes
 
-    def _again(
-        self, item: Claimed, error: str, wait: float, *, uncertain: bool, count: bool = True
-    ) -> None:
+    def _again(self, item: Claimed, error: str, wait: float, *, uncertain: bool) -> None:
         now = self.clock.now()
         if error.startswith("ratelimited") and wait > 0:
             method = _method_of(item)
@@ -720,9 +698,6 @@ class Outbox:
                     "error": error[:200],
                 },
             )
-        if count:
-            with self._lock:
-                self.stats.retried += 1
 
     def _refused(self, item: Claimed, error: str) -> None:
         """Refused for good: logged, marked failed, and what was to go instead recorded (right
@@ -746,8 +721,6 @@ class Outbox:
                     row.parent = item.parent or item.id
                     row.step = item.step * 100 + n if item.parent else n
                     session.add(row)
-        with self._lock:
-            self.stats.refused += 1
 
     @staticmethod
     def _backoff(attempts: int) -> float:

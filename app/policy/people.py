@@ -52,43 +52,38 @@ def same_person(policy: Policy, a: Person, b: Person) -> bool:
 
 @dataclass(frozen=True)
 class Mention:
-    """One place the policy names a person: `loc` as in a PolicyIssue, `as_what` in words."""
+    """One place the policy names a person: `loc` as in a PolicyIssue."""
 
     member: str
     loc: tuple[str | int, ...]
-    as_what: str
 
 
 def mentions(policy: Policy) -> list[Mention]:
     """Every place the policy names a person (Slack user ID or e-mail), in manifest order."""
     found: list[Mention] = []
     for primary, aliases in policy.people.items():
-        found.append(Mention(primary, ("people", primary), "a person with other accounts"))
+        found.append(Mention(primary, ("people", primary)))
         for i, account in enumerate(aliases.accounts):
-            found.append(Mention(account, ("people", primary, "accounts", i), "their account"))
+            found.append(Mention(account, ("people", primary, "accounts", i)))
     for name in policy.groups:
         for i, member in enumerate(policy.listed(name)):
-            found.append(Mention(member, ("groups", name, i), f"in group {name}"))
+            found.append(Mention(member, ("groups", name, i)))
     for name, rota in policy.oncall.items():
         for i, member in enumerate(rota.members):
-            found.append(Mention(member, ("oncall", name, "members", i), f"on rota {name}"))
+            found.append(Mention(member, ("oncall", name, "members", i)))
         for i, override in enumerate(rota.overrides):
             cover = ("oncall", name, "overrides", i, "member")
-            found.append(Mention(override.member, cover, f"covering rota {name}"))
+            found.append(Mention(override.member, cover))
     for name, target in policy.targets.items():
         for member in target.account.overrides:
             loc = ("targets", name, "account", "overrides", member)
-            found.append(Mention(member, loc, f"with an account on {name}"))
+            found.append(Mention(member, loc))
     for name, identity in policy.identities.items():
-        found.append(
-            Mention(
-                identity.owner, ("identities", name, "owner"), f"owner of service account {name}"
-            )
-        )
+        found.append(Mention(identity.owner, ("identities", name, "owner")))
     for name, vendor in policy.vendors.items():
         for i, person in enumerate(vendor.people):
-            found.append(Mention(person, ("vendors", name, "people", i), f"vendor {name}"))
-        found.append(Mention(vendor.sponsor, ("vendors", name, "sponsor"), f"sponsor of {name}"))
+            found.append(Mention(person, ("vendors", name, "people", i)))
+        found.append(Mention(vendor.sponsor, ("vendors", name, "sponsor")))
     return found
 
 
