@@ -6,6 +6,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 from slack_bolt import App
@@ -15,8 +16,10 @@ from app.adapters.registry import AdapterConfigError, build_adapters
 from app.config import Settings
 from app.digest.service import DigestService
 from app.directory import SlackDirectory, Workspace
+from app.identities.flows import owner_gone
 from app.identities.service import IdentityService
 from app.notify.notifier import Notifier
+from app.oncall.flows import read_sources
 from app.policy import Policy, PolicyError
 from app.policy_reload import PolicyReloader
 from app.policy_targets import load_policy, policy_warnings
@@ -81,11 +84,11 @@ class Runtime:
         return Sweeps(
             self.service,
             n.outbox,
-            owner_gone=n.owner_gone,
+            owner_gone=partial(owner_gone, n.directory),
             checkpoint_to=signing,
             inbox=self.redelivery(),
             background=True,
-            oncall=n.oncall_sources,
+            oncall=partial(read_sources, self.service, n),
             digests=self.digests,
             standing=self.standing,
             reviews=self.reviews,

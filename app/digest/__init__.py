@@ -1,2 +1,3 @@
 """The daily digest: the managers' summary of the last 24 hours of elevation (service.py),
-as Slack shows it (messages.py), sent once a day by one worker (jobs.py)."""
+as Slack shows it (messages.py), told to the managers' channel (flows.py), sent once a day by
+one worker (jobs.py)."""

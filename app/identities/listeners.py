@@ -6,6 +6,7 @@ from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
 
+from app.identities.flows import attestation_answered
 from app.identities.messages import ATTEST_KEEP, ATTEST_RETIRE
 from app.slack.deps import SlackDeps
 from app.slack.gate import person_of
@@ -29,7 +30,9 @@ def register(app: App, deps: SlackDeps) -> None:
                 message = body.get("message") or {}
                 channel = (body.get("channel") or {}).get("id")
                 if channel and message.get("ts"):
-                    deps.notifier.attestation_answered(channel, message["ts"], name)
+                    attestation_answered(
+                        deps.notifier, deps.identities, channel, message["ts"], name
+                    )
 
             deps.after_ack(context, answer)
 

@@ -1,13 +1,20 @@
 """Lockdown flows: do it (the service), then have people told (the outbox, whose notices the
-service wrote with each change: the security channel's progress message, each holder's DM)."""
+service wrote with each change): when a lockdown's notice is delivered (app/telling.py), the
+security channel's one progress message is posted, then updated in place, and its lifting said;
+each holder's DM follows from their request's own notice."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
+from app.lockdown import messages
 from app.lockdown.service import Lockdowns, LockdownView, Preview, Progress
+from app.notify.outbox import Notice
+from app.policy import rules
 from app.policy.people import Person
 from app.service import AccessService
+from app.telling import Teller, Telling
 
 
 class LockdownFlows:
@@ -34,3 +41,53 @@ class LockdownFlows:
         view = self.lockdowns.lift(person, target, note)
         self.kick()
         return view
+
+
+class Needs(Protocol):
+    """What telling of lockdowns is given (app/notify/notifier.py `NoticeDeps`)."""
+
+    @property
+    def teller(self) -> Teller: ...
+
+    @property
+    def lockdowns(self) -> Lockdowns:
+        """The lockdowns a progress message is drawn from, as they are now."""
+        ...
+
+    @property
+    def core(self) -> AccessService:
+        """The request core: its policy in force (the security channel, the admins)."""
+        ...
+
+
+def told(notice: Notice, given: Needs) -> None:
+    """A lockdown started, moved on or was lifted: its one message in the security
+    channel, posted first and then updated in place with the counts as they are now."""
+    teller, lockdowns = given.teller, given.lockdowns
+    lockdown_id = int(notice.facts["lockdown"])
+    progress = lockdowns.progress(lockdown_id)
+    text, blocks = messages.progress_message(progress, teller.zone, teller.names)
+    channel = given.core.policy.channels.security_alerts
+    about = f"lockdown={lockdown_id}"
+    posted = lockdowns.progress_message(lockdown_id)
+    if posted is None:
+        # The admins hear instead if the security channel is gone.
+        with teller.aside() as admins:
+            policy = given.core.policy
+            for member in rules.group_members(policy, policy.admins):
+                user_id = teller.directory.user_id_for(member)
+                if user_id:
+                    teller.post(about, user_id, text, blocks)
+        teller.post(about, channel, text, blocks, instead=admins)
+    else:
+        teller.update(posted[0], posted[1], text, blocks)
+    if notice.action == "lockdown.lifted":
+        view = lockdowns.get(lockdown_id)
+        teller.post(about, channel, messages.lifted_text(view, teller.zone, teller.names))
+
+
+NOTICES = (
+    Telling("lockdown.started", told),
+    Telling("lockdown.progress", told),
+    Telling("lockdown.lifted", told),
+)

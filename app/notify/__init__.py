@@ -1,2 +1,3 @@
-"""Telling people: the notifier (what to send whom after a change) and the outbox that
-delivers it. The messages themselves are built in app/messages."""
+"""Telling people: the outbox that delivers every message, and the notifier that turns each
+notice into messages, the request core's itself and every feature's through that feature's
+flows (app/telling.py). The request core's messages are built in app/messages."""

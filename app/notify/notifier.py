@@ -1,12 +1,26 @@
-"""Messages out: approver cards, in-place card updates and the requester's DMs.
+"""Every notice to whoever tells of it, and the request core's own messages: approver cards,
+in-place card updates, the requester's DMs, break-glass alerts and App Homes.
 
-Nothing here calls Slack to send. A state change leaves a notice in the outbox (written by
-app/lifecycle/transitions.py in the same transaction); `expand` turns a notice into the Slack
-calls it causes, rendered from the request as it is now (the same version or later), and the
-outbox (app/notify/outbox.py) sends each once, in order, through Slack errors and outages. The
-public methods that listeners and sweeps call after a change only ask the outbox to deliver now.
-Messages no transition causes (digest, standing access, attestation, homes) are rendered and
-recorded in the outbox here.
+Nothing here calls Slack to send. A change leaves a notice in the outbox, written in its own
+transaction (by app/lifecycle/transitions.py for a request, by a feature's service for its own);
+`expand` turns a notice into the Slack calls it causes, rendered from what it is about as it is
+now (the same version or later), and the outbox (app/notify/outbox.py) sends each once, in
+order, through Slack errors and outages.
+
+- A feature's notice (the digest, standing access found, an attestation round or orphans, a
+  break-glass review, a lockdown, a refused step-up sign-in) is told by that feature's flows,
+  which declare who is told what (`NOTICES` in app/<feature>/flows.py, app/telling.py); they are
+  gathered here in FEATURE_NOTICES and given this notifier as their `Teller`, with the feature
+  services (`NoticeDeps`). Nothing here names what a feature says.
+- A request's notice is told here (the request and grant core's messages), and so is a held
+  break-glass use's wait line.
+- The teller's mechanics: calls collected while a notice is told, posts and in-place updates,
+  calls kept aside to go only if another is refused, calls recorded that no notice caused,
+  messages drawn late from what became of the calls before them (`draw_late`), and App Homes
+  drawn when sent (`draw_home`).
+
+The public methods that listeners and sweeps call after a change only ask the outbox to deliver
+now.
 """
 
 from __future__ import annotations
@@ -15,9 +29,9 @@ import logging
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import replace
-from datetime import date, datetime, timedelta
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -25,13 +39,13 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import Block
 
-from app.digest.messages import digest_blocks, digest_text
-from app.digest.service import Digest, DigestService
+from app.digest import flows as digest_flows
+from app.digest.service import DigestService
 from app.directory import SlackDirectory, slack_unwell
 from app.groups import path_groups
-from app.identities import messages as identity_messages
-from app.identities.service import AttestationStep, IdentityService, OrphanView, orphans_of_notices
-from app.lockdown import messages as lockdown_messages
+from app.identities import flows as identity_flows
+from app.identities.service import IdentityService
+from app.lockdown import flows as lockdown_flows
 from app.lockdown.service import Lockdowns
 from app.messages.blocks import (
     CardContext,
@@ -52,7 +66,6 @@ from app.messages.breakglass import (
     wait_line,
     waited_words,
 )
-from app.messages.stepup import refusal_alert
 from app.messages.views import expiry_warning, home_view
 from app.notify.outbox import (
     HOME,
@@ -63,26 +76,24 @@ from app.notify.outbox import (
     Notice,
     Outbox,
     OutCall,
-    last_alert,
 )
-from app.oncall import OnCall, SourceChange, path_sources, unread_sources
+from app.oncall import path_sources, unread_sources
 from app.policy import rules
 from app.policy.durations import format_duration
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person
-from app.reviews import messages as review_messages
-from app.reviews.service import ALERT_MESSAGE, BreakGlassSummary, ReviewService, ReviewStep
+from app.reviews import flows as review_flows
+from app.reviews.service import ALERT_MESSAGE, ReviewService
 from app.service import AccessService, NotAllowed, RequestView
 from app.service.breakglass import HELD, WAITING, BreakGlassStart
-from app.standing.messages import found_text
-from app.standing.service import StandingReport, report_of_notices
-from app.stepup.service import ALERT as STEP_UP_REFUSED
+from app.standing import flows as standing_flows
+from app.stepup import flows as stepup_flows
 from app.store.models import RequestState
+from app.telling import Teller, Telling
 from app.wording import listed, plural
 
 log = logging.getLogger(__name__)
 CARD = "approver_card"
-REVIEW_CARD = "review_card"
 # A shift: an App Home opened within it is redrawn live as things change.
 HOME_LIVE_FOR = timedelta(hours=12)
 # States a request passes through on its way somewhere (the grant or revoke is under way):
@@ -116,6 +127,34 @@ def delivery_client(client: WebClient) -> WebClient:
     )
 
 
+@dataclass(frozen=True)
+class NoticeDeps:
+    """What the features' tellings are given (each feature's flows.py `Needs`): the teller
+    (this notifier: posts, updates, names, the time zone), the request core (`core`) and this
+    process's feature services, which each notice is read again from when it is told."""
+
+    teller: Teller
+    core: AccessService
+    digests: DigestService
+    identities: IdentityService
+    reviews: ReviewService
+    lockdowns: Lockdowns
+
+
+# Who is told what of every feature's notices (each feature's flows.py, NOTICES), by action. A
+# feature's telling runs with NoticeDeps, so mypy checks here that NoticeDeps gives each what it
+# needs.
+FEATURE_NOTICES: tuple[Telling[NoticeDeps], ...] = (
+    *digest_flows.NOTICES,
+    *standing_flows.NOTICES,
+    *identity_flows.NOTICES,
+    *review_flows.NOTICES,
+    *lockdown_flows.NOTICES,
+    *stepup_flows.NOTICES,
+)
+_TELLINGS = {telling.action: telling for telling in FEATURE_NOTICES}
+
+
 class Notifier:
     def __init__(
         self,
@@ -135,11 +174,16 @@ class Notifier:
         (None: one on `service`)."""
         self.client = client
         self.service = service
-        self.digests = digests or DigestService(service)
-        self.identities = identities or IdentityService(service)
-        self.reviews = reviews or ReviewService(service)
         self.directory = directory
         self.names = DirectoryNames(directory)  # people by name, channels by name
+        self.notice_deps = NoticeDeps(
+            self,
+            service,
+            digests or DigestService(service),
+            identities or IdentityService(service),
+            reviews or ReviewService(service),
+            Lockdowns(service),
+        )
         self._out = threading.local()
         self.outbox = outbox or self._shared_outbox()
 
@@ -163,15 +207,21 @@ class Notifier:
             return found
 
     # ------------------------------------------------------------------ recording calls
+    # The teller's side (app/telling.py `Teller`): what the request core here and the
+    # features' flows use to have messages sent. Nothing is sent at once: the calls are
+    # collected, for the outbox to send.
 
     @contextmanager
     def _collecting(self) -> Iterator[list[OutCall]]:
+        """Calls made inside are collected here; those collected around it, if any, are
+        collected again after."""
+        outer = getattr(self._out, "calls", None)
         calls: list[OutCall] = []
         self._out.calls = calls
         try:
             yield calls
         finally:
-            self._out.calls = None
+            self._out.calls = outer
 
     def _emit(self, call: OutCall) -> None:
         calls: list[OutCall] | None = getattr(self._out, "calls", None)
@@ -179,7 +229,7 @@ class Notifier:
             raise RuntimeError("a Slack message rendered outside the outbox")
         calls.append(call)
 
-    def _post(
+    def post(
         self,
         about: str,
         channel: str,
@@ -205,94 +255,50 @@ class Notifier:
             )
         )
 
-    @contextmanager
-    def _aside(self) -> Iterator[list[OutCall]]:
-        """Calls rendered to be sent only if another is refused."""
-        outer = getattr(self._out, "calls", None)
-        with self._collecting() as calls:
-            yield calls
-        self._out.calls = outer
+    def update(
+        self, channel: str, ts: str, text: str, blocks: Sequence[Block] | None = None
+    ) -> None:
+        """A posted message, redrawn in place (one Slack refuses is logged, not fatal)."""
+        args: dict[str, Any] = {"channel": channel, "ts": ts, "text": text}
+        if blocks is not None:
+            args["blocks"] = _json_blocks(blocks)
+        self._emit(OutCall(UPDATE, args))
 
-    def _record(self, lane: str, render: Any, *args: Any) -> None:
-        """Render messages no transition causes and record them in the outbox."""
+    def update_in_place(
+        self, request_id: int, purpose: str, text: str, blocks: Sequence[Block]
+    ) -> None:
+        """Every posted copy of a card, updated (a copy Slack refuses is logged, not fatal)."""
+        for channel, ts in self.service.messages_of(request_id, purpose):
+            self.update(channel, ts, text, blocks)
+
+    def aside(self) -> AbstractContextManager[list[OutCall]]:
+        """Calls rendered to be sent only if another is refused."""
+        return self._collecting()
+
+    @contextmanager
+    def recording(self, lane: str, key: str | None = None) -> Iterator[None]:
+        """Calls made inside, which no notice caused, recorded in the outbox in `lane` (and
+        delivered); `key`: see Outbox.enqueue."""
         with self._collecting() as calls:
-            render(*args)
-        self.outbox.enqueue(lane, calls)
+            yield
+        self.outbox.enqueue(lane, calls, key=key)
 
     # ------------------------------------------------------------------ notices
 
     def expand(self, notice: Notice) -> list[OutCall]:
-        """The Slack calls a notice causes, rendered from the request as it is now."""
+        """The Slack calls a notice causes, rendered from what it is about as it is now: a
+        feature's notice by that feature's flows (FEATURE_NOTICES), the request core's here."""
         with self._collecting() as calls:
-            if notice.request_id is None:
-                self._subject_notice(notice)
-            elif notice.facts.get("review"):
-                if notice.action == "review.decided":
-                    self._review_decided(self.service.get(notice.request_id))
-                else:
-                    step = ReviewStep(notice.action.removeprefix("review."))
-                    self._review_follow_up(notice.request_id, step)
-            else:
+            telling = _TELLINGS.get(notice.action)
+            if telling is not None:
+                telling.tell(notice, self.notice_deps)
+            elif notice.request_id is not None:
                 self._request_notice(notice)
+            elif notice.action == WAITING:
+                self._break_glass_waiting(int(notice.facts["request"]))
+            else:
+                log.error("event=notice_unknown action=%s id=%s", notice.action, notice.id)
         return calls
-
-    def _subject_notice(self, notice: Notice) -> None:
-        """Notices no request caused, written with the change they report."""
-        facts, action = notice.facts, notice.action
-        if action == "digest.sent":
-            since, until = (datetime.fromisoformat(str(facts[k])) for k in ("since", "until"))
-            self._digest(self.digests.digest(since, until, date.fromisoformat(str(facts["day"]))))
-        elif action == "standing.found":
-            self._standing_found(report_of_notices([facts, *notice.more]))
-        elif action.startswith("attestation."):
-            step = AttestationStep(action.removeprefix("attestation."))
-            self._attestation_follow_up(str(facts["name"]), step)
-        elif action == WAITING:
-            self._break_glass_waiting(int(facts["request"]))
-        elif action == "orphans.found":
-            self._orphans_found(orphans_of_notices([facts, *notice.more]))
-        elif action.startswith("lockdown."):
-            self._lockdown_notice(notice)
-        elif action == STEP_UP_REFUSED:
-            view = self.service.get(int(facts["request"]))
-            self._post(
-                "step_up_refused",
-                self.service.policy.channels.security_alerts,
-                refusal_alert(facts, view, self.names),
-            )
-        else:
-            log.error("event=notice_unknown action=%s id=%s", action, notice.id)
-
-    def _lockdown_notice(self, notice: Notice) -> None:
-        """A lockdown started, moved on or was lifted: its one message in the security
-        channel, posted first and then updated in place with the counts as they are now."""
-        lockdowns = Lockdowns(self.service)
-        lockdown_id = int(notice.facts["lockdown"])
-        progress = lockdowns.progress(lockdown_id)
-        text, blocks = lockdown_messages.progress_message(progress, self.zone, self.names)
-        channel = self.service.policy.channels.security_alerts
-        about = f"lockdown={lockdown_id}"
-        posted = lockdowns.progress_message(lockdown_id)
-        if posted is None:
-            # The admins hear instead if the security channel is gone.
-            with self._aside() as admins:
-                policy = self.service.policy
-                for member in rules.group_members(policy, policy.admins):
-                    user_id = self.directory.user_id_for(member)
-                    if user_id:
-                        self._post(about, user_id, text, blocks)
-            self._post(about, channel, text, blocks, instead=admins)
-        else:
-            args = {
-                "channel": posted[0],
-                "ts": posted[1],
-                "text": text,
-                "blocks": _json_blocks(blocks),
-            }
-            self._emit(OutCall(UPDATE, args))
-        if notice.action == "lockdown.lifted":
-            view = lockdowns.get(lockdown_id)
-            self._post(about, channel, lockdown_messages.lifted_text(view, self.zone, self.names))
 
     # Notices that say something whatever state they lead to; any other notice of a passing
     # state (or of a takeover) tells nobody, and is settled without reading the request.
@@ -450,7 +456,7 @@ class Notifier:
             step_up=path.step_up if path else False,
         )
 
-    def _slack_ids(
+    def slack_ids(
         self, view: RequestView, members: list[str], missing: list[str] | None = None
     ) -> list[str]:
         """Slack user IDs of policy members who can read and act on a message, never the
@@ -509,12 +515,12 @@ class Notifier:
         if view.sponsor is not None and view.extension is None:
             approvers.append(view.sponsor)  # a vendor's sponsor must approve too
         missing: list[str] = []
-        channels = list(dict.fromkeys(self._slack_ids(view, approvers, missing)))
+        channels = list(dict.fromkeys(self.slack_ids(view, approvers, missing)))
         path = self.service.policy.paths.get(view.path)
         if path is not None and path.channel:
             channels.append(path.channel)
         for channel in channels:
-            self._post(f"card request={view.id}", channel, text, blocks, remember=(view.id, CARD))
+            self.post(f"card request={view.id}", channel, text, blocks, remember=(view.id, CARD))
         if not channels:
             log.error("event=no_approver_reachable request=%s path=%s", view.id, view.path)
             if not approvers:
@@ -531,10 +537,10 @@ class Notifier:
         escalation group too, every copy says "escalated", and the requester is told."""
         policy, now = self.service.policy, self.service.clock.now()
         waited = format_duration(max(timedelta(0), now - view.created_at))
-        on_duty = self._slack_ids(view, rules.approvers_at(policy, view.path, now))
+        on_duty = self.slack_ids(view, rules.approvers_at(policy, view.path, now))
         if level < 2:
             for user_id in on_duty:
-                self._post(
+                self.post(
                     f"reminder request={view.id}",
                     user_id,
                     f"⏰ Reminder: request #{view.id} (`{view.target}:{view.role}` for "
@@ -545,10 +551,10 @@ class Notifier:
             return
         blocks = approver_card(view, self._context(view))
         escalated_to = 0
-        for user_id in self._slack_ids(view, rules.escalation_members(policy, view.path)):
+        for user_id in self.slack_ids(view, rules.escalation_members(policy, view.path)):
             if user_id in on_duty:  # they have the card already
                 continue
-            self._post(
+            self.post(
                 f"escalation request={view.id}",
                 user_id,
                 f"Escalated: access request #{view.id} has waited {waited} for approval",
@@ -594,8 +600,8 @@ class Notifier:
                 f"⚠️ Access request #{view.id}: no {view.path} approver could be reached in "
                 "Slack, so it comes to you at once"
             )
-            for user_id in self._slack_ids(view, rules.escalation_members(policy, view.path)):
-                self._post(
+            for user_id in self.slack_ids(view, rules.escalation_members(policy, view.path)):
+                self.post(
                     f"unreachable request={view.id}",
                     user_id,
                     text,
@@ -610,7 +616,7 @@ class Notifier:
                 LATE, {**alert, "channel": policy.channels.security_alerts}, about=about, late=True
             )
         )
-        for user_id in self._slack_ids(view, rules.group_members(policy, policy.admins)):
+        for user_id in self.slack_ids(view, rules.group_members(policy, policy.admins)):
             self._emit(OutCall(LATE, {**alert, "channel": user_id}, about=about, late=True))
         if view.requester_slack_id:
             told = {"draw": "unreachable_requester", "request_id": view.id}
@@ -688,7 +694,7 @@ class Notifier:
                 f"Your request #{view.id} has waited {waited} and {nobody}. Phone "
                 f"{self._who_to_call(view)}. {self._break_glass_hint(view)}"
             )
-        self._post(f"escalation request={view.id}", view.requester_slack_id, text)
+        self.post(f"escalation request={view.id}", view.requester_slack_id, text)
 
     def _unreachable_alert(self, view: RequestView, reached: list[str], channel: str) -> None:
         why = self.service.unreachable_reason(view.id)
@@ -699,7 +705,7 @@ class Notifier:
             escalated = self._no_escalation(view)
         else:
             escalated = f"It is no longer waiting: {outcome_line(view, self.zone, self.names)}."
-        self._post(
+        self.post(
             f"unreachable request={view.id}",
             channel,
             f"🚨 No approver could be reached for request #{view.id}: {who} asked for "
@@ -742,7 +748,7 @@ class Notifier:
         else:
             lines.append(f"• {self._break_glass_hint(view)}")
         lines.append(f"• Phone {self._who_to_call(view)}.")
-        self._post(f"unreachable request={view.id}", view.requester_slack_id, "\n".join(lines))
+        self.post(f"unreachable request={view.id}", view.requester_slack_id, "\n".join(lines))
 
     def _request_changed(self, view: RequestView, notice: Notice) -> None:
         """Update every copy of the card in place (as it is now), tell the requester what
@@ -768,23 +774,15 @@ class Notifier:
         updated in place."""
         blocks = approver_card(view, self._context(view))
         text = f"Access request #{view.id}: {outcome_line(view, self.zone, self.names)}"
-        self._update_in_place(view.id, CARD, text, blocks)
+        self.update_in_place(view.id, CARD, text, blocks)
         receipt_text, receipt = requester_receipt(view, self.zone, self.names)
-        self._update_in_place(view.id, RECEIPT, receipt_text, receipt)
-
-    def _update_in_place(
-        self, request_id: int, purpose: str, text: str, blocks: Sequence[Block]
-    ) -> None:
-        """Every posted copy of a card, updated (a copy Slack refuses is logged, not fatal)."""
-        for channel, ts in self.service.messages_of(request_id, purpose):
-            args = {"channel": channel, "ts": ts, "text": text, "blocks": _json_blocks(blocks)}
-            self._emit(OutCall(UPDATE, args))
+        self.update_in_place(view.id, RECEIPT, receipt_text, receipt)
 
     def _expiry_warning(self, view: RequestView) -> None:
         """DM the holder before the end: Extend (where the path allows) and Done, revoke now."""
         if not view.requester_slack_id:
             return
-        self._post(
+        self.post(
             f"expiry_warning request={view.id}",
             view.requester_slack_id,
             f"Your access to {view.target}:{view.role} ends at "
@@ -805,13 +803,13 @@ class Notifier:
             "Check the target; once it is fixed they can ask again."
         )
         about = f"grant_failed request={view.id}"
-        self._post(about, policy.channels.security_alerts, text)
-        admins = self._slack_ids(view, rules.group_members(policy, policy.admins))
+        self.post(about, policy.channels.security_alerts, text)
+        admins = self.slack_ids(view, rules.group_members(policy, policy.admins))
         for user_id in admins:
-            self._post(about, user_id, text)
+            self.post(about, user_id, text)
         if not admins:  # the card says admins are told: make it loud that none could be
             log.error("event=no_admin_reachable request=%s", view.id)
-            self._post(
+            self.post(
                 about,
                 policy.channels.security_alerts,
                 f"⚠️ No WardKey admin could be reached in Slack about #{view.id}: check the "
@@ -844,12 +842,12 @@ class Notifier:
             flagged = f"\n*Flags*\n{flag_lines(start.flags)}"
             to_security += flagged
             to_reviewer += flagged
-        reviewers = self._slack_ids(view, rules.reviewers(policy, self.service.clock.now()))
+        reviewers = self.slack_ids(view, rules.reviewers(policy, self.service.clock.now()))
         for channel, text in [(policy.channels.security_alerts, to_security)] + [
             (user_id, to_reviewer) for user_id in reviewers
         ]:
             # Remembered once Slack takes it; one refused for good is logged and not listed.
-            self._post(
+            self.post(
                 f"break_glass_alert request={view.id}",
                 channel,
                 text,
@@ -860,7 +858,7 @@ class Notifier:
         if start.confirmed_by is not None:
             self._held_update(view, start)
             if view.requester_slack_id:
-                self._post(
+                self.post(
                     f"breakglass_confirmed request={view.id}",
                     view.requester_slack_id,
                     f"Break-glass #{view.id}: "
@@ -877,10 +875,10 @@ class Notifier:
         start = self.service.break_glass_start(view.id)
         text, blocks = confirm_card(view, start, self.zone, self.names)
         about = f"breakglass_confirm request={view.id}"
-        for user_id in self._slack_ids(view, list(start.confirmers)):
-            self._post(about, user_id, text, blocks, remember=(view.id, CONFIRM_CARD))
+        for user_id in self.slack_ids(view, list(start.confirmers)):
+            self.post(about, user_id, text, blocks, remember=(view.id, CONFIRM_CARD))
         waited = self.service.clock.now() - view.created_at
-        self._post(
+        self.post(
             f"breakglass_wait request={view.id}",
             self.service.policy.channels.security_alerts,
             wait_line(view, start, waited, self.zone, self.names),
@@ -896,7 +894,7 @@ class Notifier:
         waited = self.service.clock.now() - view.created_at
         line = wait_line(view, start, waited, self.zone, self.names)
         for channel, ts in self.service.messages_of(view.id, WAIT_LINE):
-            self._emit(OutCall(UPDATE, {"channel": channel, "ts": ts, "text": line}))
+            self.update(channel, ts, line)
 
     def _break_glass_unconfirmed(self, view: RequestView) -> None:
         start = self.service.break_glass_start(view.id)
@@ -906,11 +904,11 @@ class Notifier:
     def _held_update(self, view: RequestView, start: BreakGlassStart) -> None:
         """The confirm cards and the security channel's wait line, as the use now stands."""
         text, blocks = confirm_card(view, start, self.zone, self.names)
-        self._update_in_place(view.id, CONFIRM_CARD, text, blocks)
+        self.update_in_place(view.id, CONFIRM_CARD, text, blocks)
         waited = (start.waited or timedelta(0)) if start.confirmed_by else timedelta(0)
         line = wait_line(view, start, waited, self.zone, self.names)
         for channel, ts in self.service.messages_of(view.id, WAIT_LINE):
-            self._emit(OutCall(UPDATE, {"channel": channel, "ts": ts, "text": line}))
+            self.update(channel, ts, line)
 
     def revoke_failed(self, view: RequestView, attempts: int) -> None:
         policy = self.service.policy
@@ -923,200 +921,10 @@ class Notifier:
         )
         about = f"revoke_failed request={view.id}"
         # The card says security is alerted: with the channel gone, the admins are.
-        with self._aside() as admins:
-            for user_id in self._slack_ids(view, rules.group_members(policy, policy.admins)):
-                self._post(about, user_id, text)
-        self._post(about, policy.channels.security_alerts, text, instead=admins)
-
-    def _review_follow_up(self, request_id: int, step: ReviewStep) -> None:
-        """A break-glass use ended: its summary goes to the managers' channel with Justified /
-        Not justified. Undecided: reviewers are reminded. Overdue: security and the WardKey
-        admins are told."""
-        policy = self.service.policy
-        summary = self.reviews.break_glass_summary(request_id)
-        view = summary.view
-        if step == ReviewStep.REQUESTED:
-            self._post(
-                f"review_requested request={view.id}",
-                policy.channels.manager_reviews,
-                review_messages.requested_text(view, self.names),
-                self._review_card(summary),
-                remember=(view.id, REVIEW_CARD),
-            )
-            return
-        now = self.service.clock.now()
-        if step == ReviewStep.REMINDED:
-            text = review_messages.reminder_text(view, self.zone)
-            people = rules.reviewers(policy, now)
-        else:
-            text = review_messages.overdue_text(view, self.zone, self.names)
-            people = rules.group_members(policy, policy.admins)
-            self._post(f"review_overdue request={view.id}", policy.channels.security_alerts, text)
-            people = list(dict.fromkeys([*people, *self._review_escalation(view.id, text)]))
-        about = f"review_{step.value} request={view.id}"
-        for card_channel, ts in self.service.messages_of(view.id, REVIEW_CARD):
-            self._post(about, card_channel, text, thread_ts=ts)
-        for user_id in self._slack_ids(view, people):
-            self._post(about, user_id, text)
-
-    def _review_escalation(self, request_id: int, text: str) -> list[str]:
-        """An overdue review goes, once, to whom the policy escalates it (review_escalate_to,
-        e.g. the Caldicott Guardian, as the escalation recorded them) and its channel; returns
-        those people, to be told by DM with the admins."""
-        escalated = self.reviews.review_escalation(request_id)
-        if escalated is None:
-            return []
-        people, channel = escalated
-        if channel:
-            self._post(f"review_escalated request={request_id}", channel, text)
-        return people
-
-    def _standing_found(self, report: StandingReport) -> None:
-        text = found_text(report)
-        if text is not None:
-            self._post("standing_found", self.service.policy.channels.security_alerts, text)
-
-    def _attestation_follow_up(self, name: str, step: AttestationStep) -> None:
-        """Ask the owner to confirm a service account (a card with Still needed / Retire);
-        past the deadline, tell security and remind the owner."""
-        view = self.identities.attestation(name)
-        if view is None:
-            return
-        owner_id = self.directory.user_id_for(view.owner)
-        policy = self.service.policy
-        if step == AttestationStep.ASKED:
-            if owner_id is None:
-                log.warning("event=owner_not_in_slack identity=%s owner=%s", name, view.owner)
-                return  # the hourly orphan check reports it
-            self._post(
-                f"attestation_asked identity={name}",
-                owner_id,
-                identity_messages.asked_text(name),
-                identity_messages.attestation_card(view, self.zone, self.names),
-            )
-            return
-        blocked = policy.identities[name].block_unattested
-        text = identity_messages.overdue_text(view, blocked, self.zone, self.names)
-        self._post(f"attestation_overdue identity={name}", policy.channels.security_alerts, text)
-        if owner_id is not None:
-            self._post(f"attestation_overdue identity={name}", owner_id, text)
-
-    def _orphans_found(self, orphans: list[OrphanView]) -> None:
-        self._post(
-            "orphans_found",
-            self.service.policy.channels.security_alerts,
-            identity_messages.orphans_text(orphans),
-        )
-
-    def owner_gone(self, member: str) -> str | None:
-        """Why a policy member is no longer a current person in Slack, or None."""
-        user_id = self.directory.user_id_for(member)
-        if user_id is None:
-            return f"owner {member} is not found in Slack"
-        try:
-            profile = self.directory.profile(user_id)
-        except SlackApiError as exc:
-            return f"owner {member} is not found in Slack ({exc.response.get('error')})"
-        return f"owner {member} is deactivated in Slack" if profile.deleted else None
-
-    def oncall_sources(self) -> list[SourceChange]:
-        """Read the rotas' sources that are due and tell the security channel, once each, of
-        a source that stopped answering and of one that answers again (through the outbox).
-        Every process that runs the sweeps reads the sources itself: one that finds the
-        outage already told by another (the rota's latest alert in the outbox says so) adds
-        nothing. Returns what was told here."""
-        lookup = self.service.policy.on_call_lookup
-        if not isinstance(lookup, OnCall):
-            return []
-        told: list[SourceChange] = []
-        channel = self.service.policy.channels.security_alerts
-        for change in lookup.watch():
-            kind = "down" if change.down else "back"
-            last, count = last_alert(self.service.db, f"oncall:{change.rota}")
-            if last != kind:
-                call = OutCall(POST, {"channel": channel, "text": self._source_words(change)})
-                # Numbered per rota: two processes that find the same change at once write
-                # the same key, and the outbox keeps one.
-                key = f"oncall:{change.rota}:{kind}:{count + 1}"[:100]
-                self.outbox.enqueue("security", [call], key=key)
-                told.append(change)
-            lookup.told(change)
-        return told
-
-    def _source_words(self, change: SourceChange) -> str:
-        at = clock_time(change.since, self.zone)
-        if not change.down:
-            return (
-                f"✅ Who is on call for {change.rota} is read from {change.source} again "
-                f"(read {at}): its on-call people approve again."
-            )
-        escalation = change.escalation
-        goes = (
-            f"requests with no other approver go at once to its escalation group {escalation}"
-            if escalation
-            else "requests with no other approver have no escalation group to go to (set "
-            f"`escalation` on the {change.rota} rota); WardKey admins are alerted for each"
-        )
-        if change.last_read is None:
-            now = "Nobody from this rota can approve until it is read"
-        else:
-            now = (
-                f"WardKey uses its last good read ({clock_time(change.last_read, self.zone)}) "
-                f"until {clock_time(change.stale_at, self.zone)}; after that nobody from this "
-                "rota can approve"
-            )
-        return (
-            f"📅 Who is on call for {change.rota} cannot be read from {change.source} since "
-            f"{at} ({inert(change.problem)}). {now}, and {goes}. WardKey tries again every "
-            "few minutes and says here when it reads it again."
-        )
-
-    def attestation_answered(self, channel: str, ts: str, name: str) -> None:
-        view = self.identities.attestation(name)
-        if view is not None:
-            args = {
-                "channel": channel,
-                "ts": ts,
-                "text": f"{name}: answered",
-                "blocks": _json_blocks(
-                    identity_messages.attestation_card(view, self.zone, self.names)
-                ),
-            }
-            self.outbox.enqueue(f"identity:{name}", [OutCall(UPDATE, args)])
-
-    def _digest(self, digest: Digest) -> None:
-        """The daily summary, to the managers' channel."""
-        self._post(
-            f"digest day={digest.day}",
-            self.service.policy.channels.manager_reviews,
-            digest_text(digest),
-            digest_blocks(digest, self.zone, self.names),
-        )
-
-    def _review_decided(self, view: RequestView) -> None:
-        """Every copy of the review card shows the decision; the user is told the outcome."""
-        summary = self.reviews.break_glass_summary(view.id)
-        blocks = self._review_card(summary)
-        text = review_messages.decided_text(view, self.zone, self.names)
-        self._update_in_place(view.id, REVIEW_CARD, text, blocks)
-        if view.requester_slack_id:
-            self._post(
-                f"review_decided request={view.id}",
-                view.requester_slack_id,
-                review_messages.outcome_text(view, self.zone, self.names),
-            )
-
-    def _review_card(self, summary: BreakGlassSummary) -> list[Block]:
-        """The review card, people and channels by name, the user with their Slack title."""
-        view, label = summary.view, ""
-        if view.requester_slack_id:
-            try:
-                profile = self.directory.profile(view.requester_slack_id)
-                label = f"{profile.name}, {profile.title}" if profile.title else profile.name
-            except SlackApiError as exc:
-                if slack_unwell(exc):
-                    raise  # drawn again when Slack answers
-        return review_messages.review_card(summary, self.zone, self.names, label)
+        with self.aside() as admins:
+            for user_id in self.slack_ids(view, rules.group_members(policy, policy.admins)):
+                self.post(about, user_id, text)
+        self.post(about, policy.channels.security_alerts, text, instead=admins)
 
     def publish_home(self, user_id: str) -> None:
         """Redraw this user's App Home (drawn when sent, so it shows the latest state)."""
@@ -1140,7 +948,7 @@ class Notifier:
 
     def tell_requester(self, view: RequestView) -> None:
         if view.requester_slack_id:
-            self._post(
+            self.post(
                 f"outcome request={view.id}",
                 view.requester_slack_id,
                 f"Your request #{view.id} for `{view.target}:{view.role}`: "
@@ -1157,8 +965,8 @@ class Notifier:
             RequestState.REVOKE_FAILED,
         ):
             return
-        for user_id in self._slack_ids(view, [sponsor]):
-            self._post(
+        for user_id in self.slack_ids(view, [sponsor]):
+            self.post(
                 f"sponsor request={view.id}",
                 user_id,
                 f"Vendor access you sponsor: "

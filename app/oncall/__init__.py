@@ -1,8 +1,10 @@
 """On-call from the source: rotas read from a rostering export or PagerDuty (issue 16).
 
 app/policy describes a rota's source and asks an injected lookup who is on call; this package
-reads the sources, caches the answer with a time to live, and falls back as the policy says; its
-sweep (jobs.py) reads them while nobody asks and escalates requests nobody may approve.
+reads the sources, caches the answer with a time to live, and falls back as the policy says;
+flows.py tells security, once each, of a source that stopped answering or answers again (in the
+words of messages.py); its sweep (jobs.py) reads them while nobody asks and escalates requests
+nobody may approve.
 """
 
 from app.oncall.cache import (

@@ -25,7 +25,7 @@ class Needs(Protocol):
     @property
     def oncall(self) -> Callable[[], Sized] | None:
         """Read the rotas' sources that are due and tell security of one that stopped answering
-        or answers again (the notifier's `oncall_sources`); None: not read here."""
+        or answers again (flows.py `read_sources`); None: not read here."""
         ...
 
     @property

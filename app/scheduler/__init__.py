@@ -143,8 +143,8 @@ class Sweeps:
         why a service account's owner is no longer a current person (Slack), or None.
         `checkpoint_to`: (directory, key) for signed audit checkpoints. `inbox`: Slack
         requests to redeliver. `oncall`: reads the rotas' sources that are due and tells
-        security of one that stopped answering or answers again (the notifier's
-        `oncall_sources`). `digests`, `standing`, `identities`: the process's digest,
+        security of one that stopped answering or answers again (app/oncall/flows.py
+        `read_sources`). `digests`, `standing`, `identities`: the process's digest,
         standing-privilege and service-account services, for the features' jobs (None: each
         built on `service`).
         `reviews`: the process's break-glass review service, for its job (None: one on

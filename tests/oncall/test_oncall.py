@@ -11,6 +11,7 @@ import logging
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -24,8 +25,17 @@ from app.cli import main
 from app.clock import ManualClock
 from app.metrics import metrics_text
 from app.notify.notifier import Notifier
-from app.oncall import OnCall, RosterError, parse_csv, parse_ics, path_sources, with_sources
+from app.oncall import (
+    OnCall,
+    RosterError,
+    SourceChange,
+    parse_csv,
+    parse_ics,
+    path_sources,
+    with_sources,
+)
 from app.oncall import jobs as oncall_jobs
+from app.oncall.flows import read_sources
 from app.oncall.shifts import on_call
 from app.policy import Policy, PolicyError
 from app.policy import parse_policy as parse_manifest
@@ -790,7 +800,7 @@ class TestOnEachDatabase:
     def test_a_waiting_request_goes_to_the_escalation_group_once_the_rota_is_stale(
         self, service: AccessService, notifier: Notifier, clock: ManualClock, export: Path
     ) -> None:
-        sweeps = Sweeps(service, notifier.outbox, oncall=notifier.oncall_sources)
+        sweeps = Sweeps(service, notifier.outbox, oncall=partial(read_sources, service, notifier))
         view = service.request(
             AMIRA, "pharmacy-db", "read", timedelta(minutes=30), "fix the stuck order set"
         )
@@ -813,18 +823,22 @@ class TestOnEachDatabase:
         other = service.policy.with_on_call(
             OnCall(service.policy, clock, client=httpx.Client(), env={})
         )
-        second = Notifier(
-            notifier.client,
-            AccessService(service.db, other, service.adapters, clock),
-            notifier.directory,
-        )
-        assert [notifier.oncall_sources(), second.oncall_sources()] == [[], []]
+        second_core = AccessService(service.db, other, service.adapters, clock)
+        second = Notifier(notifier.client, second_core, notifier.directory)
+
+        def first_reads() -> list[SourceChange]:
+            return read_sources(service, notifier)
+
+        def second_reads() -> list[SourceChange]:
+            return read_sources(second_core, second)
+
+        assert [first_reads(), second_reads()] == [[], []]
         export.unlink()
         clock.advance(timedelta(minutes=5))
-        assert [len(notifier.oncall_sources()), len(second.oncall_sources())] == [1, 0]
+        assert [len(first_reads()), len(second_reads())] == [1, 0]
         export.write_bytes(CSV.read_bytes())
         clock.advance(timedelta(minutes=5))
-        assert [len(second.oncall_sources()), len(notifier.oncall_sources())] == [1, 0]
+        assert [len(second_reads()), len(first_reads())] == [1, 0]
 
 
 class TestPeopleInSlack:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from app.directory import SlackDirectory
 from app.messages.blocks import APPROVE_ACTION
 from app.notify.notifier import Notifier
 from app.oncall import OnCall
+from app.oncall.flows import read_sources
 from app.oncall.jobs import oncall_sources
 from app.policy import Policy, parse_policy
 from app.policy.rules import approvers_at
@@ -107,7 +109,7 @@ class SourcedStory(SlackOnSqlite):
         """The sweeps as a process runs them, the on-call watch included."""
         client = web_client(slack.fake.token, slack.fake.api_url)
         notifier = Notifier(client, service, SlackDirectory(client))
-        return Sweeps(service, notifier.outbox, oncall=notifier.oncall_sources)
+        return Sweeps(service, notifier.outbox, oncall=partial(read_sources, service, notifier))
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""What the security channel is told when a step-up sign-in looks like an attack (app/stepup):
+"""What the security channel is told when a step-up sign-in looks like an attack (flows.py):
 someone else signed in for an approver, a token that is not the provider's, or a sign-in's
 answer sent twice."""
 
