@@ -1,12 +1,13 @@
 """What a job is, so that each feature declares its jobs next to its code.
 
-A feature's `jobs.py` holds `JOBS`: one `Job` per timer, with its name (the scheduler's job id,
-logged at start-up), how often it ticks and what one tick does, given what the feature's jobs
-need (a Protocol the feature writes; the scheduler's `JobDeps` must satisfy it, which mypy
-checks where app/scheduler gathers the features' JOBS). The scheduler registers one interval
-job for each, guarded like its own sweeps; tests/scheduler/test_scheduler.py finds every JOBS
-under app/ and checks that a real `serve` and `worker` register each one, so a job that is
-declared but not gathered fails there.
+A feature's `jobs.py` (or that of the package whose work it is: the audit trail's checkpoints,
+the Slack inbox, the outbox) holds `JOBS`: one `Job` per timer, with its name (the scheduler's
+job id, logged at start-up), how often it ticks and what one tick does, given what the jobs
+need (a `Needs` Protocol the module writes; the scheduler's `JobDeps` must satisfy it, which
+mypy checks where app/scheduler gathers every JOBS). The scheduler registers one interval job
+for each, guarded so a failing tick never stops the others; tests/scheduler/test_scheduler.py
+finds every JOBS under app/ and checks that a real `serve` and `worker` register each one, so
+a job that is declared but not gathered fails there.
 """
 
 from __future__ import annotations

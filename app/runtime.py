@@ -24,7 +24,7 @@ from app.policy import Policy, PolicyError
 from app.policy_reload import PolicyReloader
 from app.policy_targets import load_policy, policy_warnings
 from app.reviews.service import ReviewService
-from app.scheduler import Sweeps
+from app.scheduler import JobDeps, job_deps
 from app.service import AccessService
 from app.slack.app import build_app, web_client
 from app.slack.intake import Intake, Redelivery
@@ -74,14 +74,15 @@ class Runtime:
     tickets: TicketService
     _stepup: StepUpService | None = field(default=None, init=False, repr=False)
 
-    def sweeps(self) -> Sweeps:
+    def job_deps(self) -> JobDeps:
+        """What this process's sweeps (the declared jobs) are given."""
         n, s = self.notifier, self.settings
         signing = (
             (Path(s.wardkey_checkpoint_dir), s.wardkey_checkpoint_key.encode())
             if s.wardkey_checkpoint_dir and s.wardkey_checkpoint_key
             else None
         )
-        return Sweeps(
+        return job_deps(
             self.service,
             n.outbox,
             owner_gone=partial(owner_gone, n.directory),

@@ -51,11 +51,12 @@ from app.config import Settings
 from app.demo.slack_fake import FakeSlack
 from app.demo.webhook_target import WebhookTarget
 from app.directory import SlackDirectory
+from app.grants import jobs as grant_jobs
 from app.lockdown.flows import LockdownFlows
 from app.lockdown.service import Lockdowns
 from app.notify.notifier import Notifier
 from app.policy import load_policy
-from app.scheduler import Sweeps
+from app.scheduler import job_deps
 from app.service import AccessService
 from app.slack.app import web_client
 from app.store import Database
@@ -133,10 +134,10 @@ def left(db: Database) -> int:
 def expiry_wave(service: AccessService) -> None:
     """The expiry sweep as a worker runs it: every second (WARDKEY_EXPIRY_SWEEP_SECONDS), in
     the background (each target's lane works while the sweep returns)."""
-    sweeps = Sweeps(service, background=True)
+    deps = job_deps(service, background=True)
     while left(service.db):
         tick = time.monotonic()
-        sweeps.expire()
+        grant_jobs.expire(deps)
         while left(service.db) and time.monotonic() < tick + EXPIRY_TICK:
             time.sleep(0.02)
 

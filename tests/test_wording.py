@@ -15,7 +15,7 @@ from app.digest import jobs as digest_jobs
 from app.directory import SlackDirectory
 from app.messages.blocks import APPROVE_ACTION
 from app.notify.notifier import Notifier
-from app.scheduler import Sweeps
+from app.scheduler import job_deps
 from app.service import AccessService
 from app.slack.app import web_client
 from app.wording import listed, plural
@@ -92,7 +92,7 @@ class TestInSlack(SlackOnSqlite):
         clock.set(clock.now().replace(hour=8, minute=0))
         client = web_client(slack.fake.token, slack.fake.api_url)
         notifier = Notifier(client, service, SlackDirectory(client))
-        assert digest_jobs.digest(Sweeps(service, notifier.outbox).deps) is not None
+        assert digest_jobs.digest(job_deps(service, notifier.outbox)) is not None
         posts = slack.fake.calls_to("chat.postMessage", channel="C0MGR")
         digest = next(c for c in posts if "daily digest" in c.args["text"])
         assert digest.args["text"].endswith(": 1 break-glass use, 0 overdue reviews")

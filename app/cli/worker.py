@@ -1,5 +1,6 @@
-"""`wardkey worker`: the sweeps, and the work `serve` hands over, without a web server. The
-sweeps run the same way in the background of `serve` and `socket` (`background_sweeps`)."""
+"""`wardkey worker`: the sweeps (every declared job, app/scheduler), and the work `serve` hands
+over, without a web server. The sweeps run the same way in the background of `serve` and
+`socket` (`background_sweeps`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from apscheduler.schedulers.base import BaseScheduler
 
 from app.cli.common import STOP_SECONDS, Commands, end_within, ready, starting, stop_on_sigterm
 from app.runtime import Runtime
-from app.scheduler import guarded, schedule
+from app.scheduler import at_start_up, schedule
 from app.web import CATCHING_UP, Readiness
 
 
@@ -67,11 +68,11 @@ def start_sweeps(
     """Tick, and catch up (reconcile, then expire) as the first job, beside the ticks and the
     server, so nothing waits for it; `readiness` says "catching up" until it is done. A
     blocking scheduler runs here."""
-    sweeps = runtime.sweeps()
+    deps = runtime.job_deps()
     settings = runtime.settings
     schedule(
         scheduler,
-        sweeps,
+        deps,
         settings.wardkey_sweep_seconds,
         expiry_seconds=settings.wardkey_expiry_sweep_seconds,
         checkpoint_seconds=settings.wardkey_checkpoint_seconds,
@@ -80,7 +81,7 @@ def start_sweeps(
     )
     if readiness is not None:
         readiness.waiting_for(CATCHING_UP)
-    catch_up = guarded(sweeps, "catch_up", sweeps.catch_up)
+    catch_up = at_start_up(deps)
 
     def catch_up_then_ready() -> None:
         try:

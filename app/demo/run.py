@@ -30,6 +30,7 @@ from app.demo.transcript import Transcript
 from app.demo.webhook_target import WebhookTarget
 from app.digest import jobs as digest_jobs
 from app.directory import SlackDirectory
+from app.grants import jobs as grant_jobs
 from app.groups import DirectoryGroups
 from app.groups import describe as describe_group
 from app.messages.blocks import APPROVE_ACTION, CANCEL_ACTION, DENY_ACTION
@@ -43,7 +44,7 @@ from app.oncall import OnCall
 from app.policy import parse_policy
 from app.reviews import jobs as review_jobs
 from app.reviews.messages import NOTE_BLOCK, NOTE_INPUT, REVIEW_JUSTIFIED, REVIEW_VIEW
-from app.scheduler import Sweeps
+from app.scheduler import JobDeps, job_deps
 from app.service import AccessService
 from app.slack.app import build_app, web_client
 from app.store import Database, upgrade
@@ -141,7 +142,7 @@ def _run(out: TextIO, workdir: Path) -> None:
     bolt = build_app(
         service, client, signing_secret, listeners, dialogs=listeners, notifier=notifier
     )
-    sweeps = Sweeps(service, notifier.outbox)
+    deps = job_deps(service, notifier.outbox)
     names = {p.id: p.real_name for p in PEOPLE}
     story = Transcript(fake, out, names, CHANNELS, clock.now, ZONE, console.log)
     http = httpx.Client(timeout=10)
@@ -150,7 +151,7 @@ def _run(out: TextIO, workdir: Path) -> None:
         with closing(wsgi), serving(wsgi, threads=4) as app_url:
             slack = SlackDriver(app_url, fake, http, signing_secret, TEAM, (listeners,))
             try:
-                _night_shift(Scene(slack, story, clock), service, sweeps)
+                _night_shift(Scene(slack, story, clock), service, deps)
             finally:
                 listeners.wait_idle()
                 http.close()  # before the server closes, so no connection is cut mid-answer
@@ -263,7 +264,7 @@ class Scene:
         return self.clock.now().astimezone(ZONE).strftime("%H:%M")
 
 
-def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
+def _night_shift(scene: Scene, service: AccessService, deps: JobDeps) -> None:
     story = scene.story
 
     def latest(requester: str) -> int:
@@ -345,22 +346,22 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
 
     story.heading("5. Time passes: access ends on its own, on the target too")
     scene.at(6)
-    scene.sweep("expiry warning", sweeps.warn)
+    scene.sweep("expiry warning", lambda: grant_jobs.warn(deps))
     scene.at(8)
     scene.command("U0AMIRA", "/jit", "status")
     scene.at(2)
-    scene.sweep("expiry", sweeps.expire)
+    scene.sweep("expiry", lambda: grant_jobs.expire(deps))
     expect(clinical, RequestState.ENDED)
     scene.at(39)
-    scene.sweep("expiry", sweeps.expire)
+    scene.sweep("expiry", lambda: grant_jobs.expire(deps))
     expect(engineering, RequestState.ENDED)
     scene.at(5)
-    scene.sweep("expiry", sweeps.expire)
+    scene.sweep("expiry", lambda: grant_jobs.expire(deps))
     expect(emergency, RequestState.ENDED)
 
     story.heading("6. The break-glass use is reviewed by a manager, never by its user")
     scene.at(1)
-    scene.sweep("review", lambda: review_jobs.review(sweeps.deps))
+    scene.sweep("review", lambda: review_jobs.review(deps))
     # ── The review card ─────────────────────────────────────────────────────────────────
     # Its richer form (people and channels by name, the user's earlier requests for this
     # access, such as the one this use replaced, and their break-glass count over 30 days)
@@ -388,7 +389,7 @@ def _night_shift(scene: Scene, service: AccessService, sweeps: Sweeps) -> None:
 
     story.heading("8. 08:00: the managers' daily digest")
     scene.until(8)
-    scene.sweep("digest", lambda: digest_jobs.digest(sweeps.deps))
+    scene.sweep("digest", lambda: digest_jobs.digest(deps))
 
 
 def _closing(out: TextIO, service: AccessService, db: Database, console: WebhookTarget) -> None:

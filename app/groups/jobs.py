@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sized
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -32,7 +32,6 @@ LANE = "security"
 _OPEN = [RequestState.PENDING.value, RequestState.APPROVED.value, RequestState.ACTIVE.value]
 
 
-@runtime_checkable
 class Alerts(Protocol):
     """Where the security channel's messages go (app/notify/outbox.py `Outbox`)."""
 

@@ -1,7 +1,13 @@
-"""Service accounts' job: on every sweep tick, ask the owners whose account is due to confirm it
-and report rounds past their deadline (once each; one open round per account, so two workers
-never ask twice), then, once an hour by one worker (the hour is claimed in the database), flag
-accounts whose owner is gone."""
+"""Identities' jobs, on every sweep tick.
+
+Service accounts (`identities`): ask the owners whose account is due to confirm it and report
+rounds past their deadline (once each; one open round per account, so two workers never ask
+twice), then, once an hour by one worker (the hour is claimed in the database), flag accounts
+whose owner is gone.
+
+Vendors and contractors (`contracts`): when a vendor's contract has ended, its people's waiting
+requests are cancelled and their access ended, each through a conditional transition (never
+twice), and each requester told why."""
 
 from __future__ import annotations
 
@@ -10,13 +16,19 @@ from typing import Protocol
 
 from app.identities.service import AttestationStep, IdentityService
 from app.jobs import Job
+from app.service import AccessService
 
 
 class Needs(Protocol):
-    """What the service accounts' job is given (app/scheduler `JobDeps`)."""
+    """What the identities' jobs are given (app/scheduler `JobDeps`)."""
 
     @property
     def identities(self) -> IdentityService: ...
+
+    @property
+    def core(self) -> AccessService:
+        """The request core: the vendors in its policy, and the ending of their access."""
+        ...
 
     @property
     def owner_gone(self) -> Callable[[str], str | None]:
@@ -25,7 +37,8 @@ class Needs(Protocol):
 
     @property
     def tell(self) -> Callable[[Sized], None]:
-        """Ask the outbox to deliver what was recorded (the owners' cards, security's alerts)."""
+        """Ask the outbox to deliver what was recorded (the owners' cards, security's alerts,
+        vendors' people told their access ended)."""
         ...
 
 
@@ -38,4 +51,15 @@ def identities(given: Needs) -> list[tuple[str, AttestationStep]]:
     return steps
 
 
-JOBS = (Job("identities", "sweep", identities),)
+def contracts(given: Needs) -> list[int]:
+    """Vendors whose contract has ended: their waiting requests are cancelled and their
+    access ended, and each requester is told why."""
+    ids = given.core.end_lapsed_contracts()
+    given.tell(ids)
+    return ids
+
+
+JOBS = (
+    Job("identities", "sweep", identities),
+    Job("contracts", "sweep", contracts),
+)

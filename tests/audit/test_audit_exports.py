@@ -14,9 +14,10 @@ import sqlalchemy as sa
 from fhir.resources.R4B.auditevent import AuditEvent as FhirAuditEvent
 
 from app import audit
+from app.audit import jobs as audit_jobs
 from app.cli import build_parser, main
 from app.clock import ManualClock
-from app.scheduler import Sweeps
+from app.scheduler import job_deps
 from app.service import AccessService
 from app.store import AuditEvent, Database
 from tests.audit.test_audit import as_an_attacker
@@ -163,10 +164,10 @@ class TestSignedCheckpoints:
         capsys: pytest.CaptureFixture[str],
     ) -> None:
         vault = tmp_path / "vault"  # stands for a mount of another machine
-        sweeps = Sweeps(service, checkpoint_to=(vault, KEY))
-        assert sweeps.checkpoint() is None  # nothing to checkpoint yet
+        deps = job_deps(service, checkpoint_to=(vault, KEY))
+        assert audit_jobs.checkpoint(deps) is None  # nothing to checkpoint yet
         a_night(service, clock)
-        written = sweeps.checkpoint()
+        written = audit_jobs.checkpoint(deps)
         assert written is not None and written.parent == vault
         saved = json.loads(written.read_text())
         assert saved["signature_alg"] == "HMAC-SHA256" and len(saved["signature"]) == 64

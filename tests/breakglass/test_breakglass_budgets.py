@@ -23,8 +23,9 @@ from app.messages.breakglass import CONFIRM_ACTION, waited_words
 from app.notify.notifier import Notifier
 from app.policy import Policy, load_policy
 from app.policy.loader import PolicyError
+from app.requests import jobs as request_jobs
 from app.reviews.service import ReviewService
-from app.scheduler import Sweeps
+from app.scheduler import JobDeps, job_deps
 from app.service import AccessService, NotAllowed, SelfApproval
 from app.slack.app import web_client
 from app.store.models import RequestState as S
@@ -63,9 +64,9 @@ def used_and_ended(service: AccessService, clock: ManualClock, minutes: int = 30
     return view.id
 
 
-def sweeps(slack: RunningApp, service: AccessService) -> Sweeps:
+def job_deps_for(slack: RunningApp, service: AccessService) -> JobDeps:
     client = web_client(slack.fake.token, slack.fake.api_url)
-    return Sweeps(service, Notifier(client, service, SlackDirectory(client)).outbox)
+    return job_deps(service, Notifier(client, service, SlackDirectory(client)).outbox)
 
 
 def break_glass(slack: RunningApp, user: str = "U0AMIRA", replies: int = 1) -> str:
@@ -323,7 +324,7 @@ class TestSecondPersonInSlack(SlackOnSqlite):
 
         # Two minutes ten later, nobody yet: the line says so, updated in place.
         clock.advance(timedelta(minutes=2, seconds=10))
-        assert breakglass_jobs.break_glass_waits(sweeps(slack, service).deps) == [held]
+        assert breakglass_jobs.break_glass_waits(job_deps_for(slack, service)) == [held]
         update = slack.fake.wait_for("chat.update", 1, channel="C0SEC")[-1]
         assert update.args["ts"] == wait.response["ts"]
         assert "waiting 2m 10s for a second person" in update.args["text"]
@@ -434,7 +435,7 @@ class TestSecondPersonInSlack(SlackOnSqlite):
         held = number(break_glass(slack))
         slack.fake.wait_for("chat.postMessage", 1, channel="U0BEN")
         clock.advance(timedelta(hours=25))  # the breakglass path's pending_timeout is 24 h
-        sweeps(slack, service).time_out()
+        request_jobs.time_out(job_deps_for(slack, service))
         assert service.get(held).state == S.TIMED_OUT
         updates = [
             u

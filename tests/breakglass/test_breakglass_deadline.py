@@ -19,7 +19,7 @@ from app.reviews import jobs as review_jobs
 from app.reviews.service import ReviewStep
 from app.service import AccessService
 from app.store.models import AuditEvent
-from tests.breakglass.test_breakglass_budgets import sweeps, ward_policy
+from tests.breakglass.test_breakglass_budgets import job_deps_for, ward_policy
 from tests.conftest import AMIRA, NIGHT_SHIFT, audit_actions
 from tests.service.test_limits_hold import last_event
 from tests.slack_harness import RunningApp, SlackOnSqlite
@@ -47,10 +47,10 @@ class TestCaldicottDeadline(SlackOnSqlite):
         assert view.review.due_at == clock.now() + timedelta(hours=72)
         clock.advance(timedelta(minutes=31))
         service.expire_due()
-        jobs = sweeps(slack, service)
-        review_jobs.review(jobs.deps)  # sent to the reviewers
+        deps = job_deps_for(slack, service)
+        review_jobs.review(deps)  # sent to the reviewers
         clock.advance(timedelta(hours=71))
-        review_jobs.review(jobs.deps)
+        review_jobs.review(deps)
         assert slack.fake.calls_to("chat.postMessage", channel="C0CALD") == []
         assert not [
             c
@@ -59,7 +59,7 @@ class TestCaldicottDeadline(SlackOnSqlite):
         ]
 
         clock.advance(timedelta(hours=1))  # 72 h 31 m after it began: past due
-        steps = review_jobs.review(jobs.deps)
+        steps = review_jobs.review(deps)
         assert (view.id, ReviewStep.OVERDUE) in steps
         escalated = last_event(service, view.id, "review.overdue")
         assert escalated["escalated_to"] == ["farid@ward.nhs.uk"]
@@ -77,7 +77,7 @@ class TestCaldicottDeadline(SlackOnSqlite):
         # Once: later sweeps remind the reviewers, never escalate again.
         for _ in range(3):
             clock.advance(timedelta(days=1))
-            review_jobs.review(jobs.deps)
+            review_jobs.review(deps)
         assert audit_actions(service, view.id).count("review.overdue") == 1
         assert len(slack.fake.calls_to("chat.postMessage", channel="C0CALD")) == 1
         assert (
@@ -114,7 +114,7 @@ class TestDigest(SlackOnSqlite):
         clock.advance(timedelta(minutes=20))
         service.revoke(held, AMIRA, "pharmacy back up")
         clock.set(NIGHT_SHIFT.replace(hour=8))  # 08:00 in London: the digest's time
-        digest_jobs.digest(sweeps(slack, service).deps)
+        digest_jobs.digest(job_deps_for(slack, service))
 
         digest = next(
             c

@@ -20,7 +20,7 @@ from app.reviews import jobs as review_jobs
 from app.reviews.service import ReviewService
 from app.service import AccessService
 from app.store.models import RequestState as S
-from tests.breakglass.test_breakglass_budgets import sweeps, ward_policy
+from tests.breakglass.test_breakglass_budgets import job_deps_for, ward_policy
 from tests.conftest import AMIRA, BEN, HANA, NIGHT_SHIFT
 from tests.service.test_limits_hold import last_event
 from tests.slack_harness import RunningApp, SlackOnSqlite
@@ -84,7 +84,7 @@ class TestAfterADenial(SlackOnSqlite):
         # Its review card, when the use ends, shows the same flag.
         clock.advance(timedelta(hours=1, minutes=1))
         service.expire_due()
-        review_jobs.review(sweeps(slack, service).deps)
+        review_jobs.review(job_deps_for(slack, service))
         card = slack.fake.wait_for("chat.postMessage", 1, channel="C0MGR")[-1]
         assert f"⚑ {words}" in json.dumps(card.args["blocks"], ensure_ascii=False)
 

@@ -12,10 +12,11 @@ from typing import Any
 from app import audit
 from app.clock import ManualClock
 from app.directory import SlackDirectory
+from app.grants import jobs as grant_jobs
 from app.messages.blocks import APPROVE_ACTION, clock_time
 from app.notify.notifier import Notifier
 from app.reviews import jobs as review_jobs
-from app.scheduler import Sweeps
+from app.scheduler import job_deps
 from app.service import AccessService, InvalidRequest, ServiceError
 from app.slack.app import web_client
 from app.slack.listeners.commands import BREAK_GLASS_ACK
@@ -118,9 +119,9 @@ class TestBreakGlassReplacesMyPendingRequest(SlackOnSqlite):
         clock.advance(timedelta(hours=2))  # the use is over; its review goes to the managers
         client = web_client(slack.fake.token, slack.fake.api_url)
         notifier = Notifier(client, service, SlackDirectory(client))
-        sweeps = Sweeps(service, notifier.outbox)
-        sweeps.expire()
-        review_jobs.review(sweeps.deps)
+        deps = job_deps(service, notifier.outbox)
+        grant_jobs.expire(deps)
+        review_jobs.review(deps)
         card = slack.fake.wait_for("chat.postMessage", 1, channel="C0MGR")[0]
         shown = json.dumps(card.args["blocks"], ensure_ascii=False)
         assert f"Break-glass review #{emergency}" in shown

@@ -29,7 +29,7 @@ from app.metrics import WardKeyCollector
 from app.policy import Policy, PolicyError
 from app.policy.rules import PolicyRefusal, approvers_at, plan_request
 from app.policy_targets import parse_policy, policy_warnings
-from app.scheduler import Sweeps
+from app.scheduler import job_deps
 from app.service import AccessService
 from app.store.models import OutboxItem, RequestState
 from tests import slapd
@@ -721,7 +721,7 @@ class TestLeavers:
         self, service: AccessService, clock: ManualClock, ward7: slapd.Slapd
     ) -> None:
         rid = self.active_grant(service)
-        deps = Sweeps(service).deps  # nobody is told
+        deps = job_deps(service)  # nobody is told
         assert leavers(groups_jobs.directory_groups(deps)) == []
         ward7.admin().modify(NURSES, {"member": [(MODIFY_DELETE, [slapd.person_dn("amira7")])]})
         clock.advance(timedelta(minutes=5))
@@ -743,7 +743,7 @@ class TestLeavers:
             slapd.person_dn("amira7"), {"userAccountControl": [(MODIFY_REPLACE, [514])]}
         )
         clock.advance(timedelta(minutes=5))
-        [ended] = leavers(groups_jobs.directory_groups(Sweeps(service).deps))
+        [ended] = leavers(groups_jobs.directory_groups(job_deps(service)))
         assert ended.disabled
         assert service.get(req.id).state == RequestState.CANCELLED
 
@@ -772,7 +772,7 @@ class TestLeavers:
         rid = self.active_grant(service)
         ward7.admin().modify(NURSES, {"member": [(MODIFY_DELETE, [slapd.person_dn("amira7")])]})
         clock.advance(timedelta(minutes=5))
-        assert leavers(groups_jobs.directory_groups(Sweeps(service).deps)) == []
+        assert leavers(groups_jobs.directory_groups(job_deps(service))) == []
         assert service.get(rid).state == RequestState.ACTIVE
 
     def test_an_outage_revokes_nobody(
@@ -784,7 +784,7 @@ class TestLeavers:
             state.reader = None  # the next read binds with the rotated (wrong) password
         for _ in range(20):  # well past stale_after (2h): the group is nobody, and yet
             clock.advance(timedelta(minutes=10))
-            assert leavers(groups_jobs.directory_groups(Sweeps(service).deps)) == []
+            assert leavers(groups_jobs.directory_groups(job_deps(service))) == []
         assert service.policy.members_of("clinical-systems") == []
         assert service.get(rid).state == RequestState.ACTIVE
 

@@ -32,7 +32,7 @@ from app.notify.notifier import Notifier
 from app.oncall import OnCall
 from app.policy import Policy
 from app.policy_targets import parse_policy
-from app.scheduler import Sweeps
+from app.scheduler import JobDeps, job_deps
 from app.service import AccessService
 from app.slack.app import web_client
 from app.store.models import AuditEvent
@@ -112,10 +112,10 @@ class DirectoryStory(SlackOnSqlite):
             running.fake.add_channel(SlackChannel("C0MGR", "manager-reviews"))
             yield running
 
-    def sweeps(self, slack: RunningApp, service: AccessService) -> Sweeps:
-        """The sweeps as a process runs them, the directory groups' refresh included."""
+    def job_deps(self, slack: RunningApp, service: AccessService) -> JobDeps:
+        """What the jobs are given in a process, the directory groups' refresh included."""
         client = web_client(slack.fake.token, slack.fake.api_url)
-        return Sweeps(service, Notifier(client, service, SlackDirectory(client)).outbox)
+        return job_deps(service, Notifier(client, service, SlackDirectory(client)).outbox)
 
 
 @pytest.fixture(scope="module")
@@ -175,23 +175,23 @@ class TestLdapGroupsThroughSlack(DirectoryStory):
         clock: ManualClock,
         directory: slapd.Slapd,
     ) -> None:
-        sweeps = self.sweeps(slack, service)
+        deps = self.job_deps(slack, service)
         rid = request_id(ask(slack))
         assert slack.click(APPROVE_ACTION, str(rid), "U0BEN").status_code == 200
         slack.settle()
         assert service.get(rid).state == S.ACTIVE
-        assert directory_groups(sweeps.deps) == []  # read at 03:00, nobody has left
+        assert directory_groups(deps) == []  # read at 03:00, nobody has left
         # 03:02: Amira leaves; the trust's joiners-movers-leavers process disables her in AD.
         clock.advance(timedelta(minutes=2))
         directory.admin().modify(
             slapd.person_dn("amira7"), {"userAccountControl": [(MODIFY_REPLACE, [514])]}
         )
-        assert directory_groups(sweeps.deps) == []  # not read again before refresh_every
+        assert directory_groups(deps) == []  # not read again before refresh_every
         assert service.get(rid).state == S.ACTIVE
         # 03:05: the next read. Her grant, which relied on clinical-systems, is revoked
         # through the lifecycle, audited, and security and Amira are told.
         clock.advance(timedelta(minutes=3))
-        [ended] = directory_groups(sweeps.deps)
+        [ended] = directory_groups(deps)
         assert ended.request_id == rid and ended.disabled
         view = service.get(rid)
         assert view.state == S.ENDED
@@ -217,7 +217,7 @@ class TestLdapGroupsThroughSlack(DirectoryStory):
         # She asks again: refused. The next sweep tells nobody twice.
         assert "not eligible for pharmacy-db:read" in ask(slack)
         clock.advance(timedelta(minutes=5))
-        assert directory_groups(sweeps.deps) == []
+        assert directory_groups(deps) == []
         assert len(posts_to(slack, "C0SEC")) == 1
 
     def test_a_disabled_approver_cannot_approve(
@@ -274,18 +274,18 @@ class TestEntraDown(DirectoryStory):
     def test_last_good_membership_until_stale_after_then_refused_never_open(
         self, slack: RunningApp, service: AccessService, clock: ManualClock, graph: FakeGraph
     ) -> None:
-        sweeps = self.sweeps(slack, service)
-        assert directory_groups(sweeps.deps) == []  # read at 03:00
+        deps = self.job_deps(slack, service)
+        assert directory_groups(deps) == []  # read at 03:00
         rid = request_id(ask(slack))
         assert slack.click(APPROVE_ACTION, str(rid), "U0BEN").status_code == 200
         slack.settle()
         assert service.get(rid).state == S.ACTIVE
         graph.unavailable = True  # Graph goes down at 03:05
         clock.advance(timedelta(minutes=5))
-        assert len(directory_groups(sweeps.deps)) == 2  # one message for each group
+        assert len(directory_groups(deps)) == 2  # one message for each group
         for _ in range(3):  # the sweep keeps trying: security is told once per outage
             clock.advance(timedelta(minutes=5))
-            assert directory_groups(sweeps.deps) == []
+            assert directory_groups(deps) == []
         down = [t for t in posts_to(slack, "C0SEC") if "cannot be read" in t]
         assert len(down) == 2
         assert down[0].startswith("📇 Group clinical-systems cannot be read from Entra ID group ")
@@ -308,14 +308,14 @@ class TestEntraDown(DirectoryStory):
         assert slack.click(APPROVE_ACTION, str(chloe), "U0BEN").status_code == 200
         slack.settle()
         assert service.get(chloe).state == S.PENDING
-        assert directory_groups(sweeps.deps) == []  # still no revoke on an outage
+        assert directory_groups(deps) == []  # still no revoke on an outage
         assert service.get(rid).state == S.ACTIVE
         # Graph answers again: security is told once for each group, and Ben approves.
         graph.unavailable = False
         clock.advance(timedelta(minutes=5))
-        assert len(directory_groups(sweeps.deps)) == 2
+        assert len(directory_groups(deps)) == 2
         clock.advance(timedelta(minutes=5))
-        assert directory_groups(sweeps.deps) == []
+        assert directory_groups(deps) == []
         back = [t for t in posts_to(slack, "C0SEC") if t.startswith("✅")]
         assert back[0].startswith("✅ Group clinical-systems is read from Entra ID group ")
         assert back[0].endswith("again (read 04:06): its members may ask and approve as before.")
@@ -332,11 +332,11 @@ class TestEntraDown(DirectoryStory):
             DirectoryGroups(service.policy, clock, env=ENV, sleep=lambda _s: None)
         )
         other = AccessService(service.db, other_policy, service.adapters, clock)
-        workers = [self.sweeps(slack, service), self.sweeps(slack, other)]
+        workers = [self.job_deps(slack, service), self.job_deps(slack, other)]
 
         def tick(minutes: int) -> list[int]:
             clock.advance(timedelta(minutes=minutes))
-            return [len(directory_groups(worker.deps)) for worker in workers]
+            return [len(directory_groups(worker)) for worker in workers]
 
         assert tick(0) == [0, 0]  # both read both groups at 03:00
         graph.unavailable = True
@@ -365,13 +365,13 @@ class TestEntraDown(DirectoryStory):
             text = json.dumps(card.args["blocks"], ensure_ascii=False)
             return [line for line in text.replace('"', "\\n").split("\\n") if "📇" in line]
 
-        sweeps = self.sweeps(slack, service)
-        assert directory_groups(sweeps.deps) == []  # read at 03:00
+        deps = self.job_deps(slack, service)
+        assert directory_groups(deps) == []  # read at 03:00
         first = request_id(ask(slack))
         assert card_lines(first) == [f"{origin}, read 03:00"]
         graph.unavailable = True  # Graph goes down at 03:05
         clock.advance(timedelta(minutes=5))
-        directory_groups(sweeps.deps)
+        directory_groups(deps)
         clock.advance(timedelta(minutes=45))  # 03:50: the last good read still answers
         second = request_id(ask(slack, "U0CHLOE"))
         assert card_lines(second) == [f"{origin}, read 03:00 (unreadable since 03:05)"]
@@ -465,13 +465,13 @@ class TestLdapDown(DirectoryStory):
     def test_last_good_read_until_stale_after_then_nobody_never_open(
         self, slack: RunningApp, service: AccessService, clock: ManualClock
     ) -> None:
-        sweeps = self.sweeps(slack, service)
-        assert directory_groups(sweeps.deps) == []  # read at 03:00
+        deps = self.job_deps(slack, service)
+        assert directory_groups(deps) == []  # read at 03:00
         self.env["DIRECTORY_PASSWORD"] = "rotated-elsewhere"  # the bind is refused from 03:05
         clock.advance(timedelta(minutes=5))
-        assert len(directory_groups(sweeps.deps)) == 2  # one message for each group
+        assert len(directory_groups(deps)) == 2  # one message for each group
         clock.advance(timedelta(minutes=5))
-        assert directory_groups(sweeps.deps) == []
+        assert directory_groups(deps) == []
         down = [t for t in posts_to(slack, "C0SEC") if "cannot be read" in t]
         assert len(down) == 2 and all("last good read (03:00) until 04:00" in t for t in down)
         # 03:50: Amira asks, and her card goes to Ben, both from the last good read.
@@ -488,7 +488,7 @@ class TestLdapDown(DirectoryStory):
         # The directory answers again (the password put right): Ben approves.
         self.env["DIRECTORY_PASSWORD"] = ENV["DIRECTORY_PASSWORD"]
         clock.advance(timedelta(minutes=5))
-        assert len(directory_groups(sweeps.deps)) == 2  # security told once for each group
+        assert len(directory_groups(deps)) == 2  # security told once for each group
         assert slack.click(APPROVE_ACTION, str(rid), "U0BEN").status_code == 200
         slack.settle()
         assert service.get(rid).state == S.ACTIVE

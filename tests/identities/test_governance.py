@@ -15,7 +15,7 @@ from app.identities.messages import ATTEST_KEEP, ATTEST_RETIRE
 from app.identities.service import RETIRED, STILL_NEEDED, AttestationStep, IdentityService
 from app.notify.notifier import Notifier
 from app.policy import Person, Policy
-from app.scheduler import Sweeps
+from app.scheduler import job_deps
 from app.service import AccessService, NotAllowed, NotEligible, RequestView
 from app.slack.app import web_client
 from app.store import Database
@@ -191,7 +191,7 @@ class TestInSlack(SlackOnSqlite):
         self, slack: RunningApp, service: AccessService
     ) -> None:
         notifier = self.notifier(slack, service)
-        identity_jobs.identities(Sweeps(service, notifier.outbox).deps)
+        identity_jobs.identities(job_deps(service, notifier.outbox))
         card = slack.fake.wait_for("chat.postMessage", 1, channel="U0DEV")[0]
         assert ATTEST_KEEP in str(card.args["blocks"]) and ATTEST_RETIRE in str(card.args["blocks"])
         slack.click(ATTEST_KEEP, "svc-lab", "U0ERIN", channel="D0ERIN")

@@ -25,13 +25,14 @@ from app.adapters.webhook import WebhookAdapter, WebhookSettings
 from app.clock import ManualClock
 from app.demo.webhook_target import WebhookTarget
 from app.directory import SlackDirectory
+from app.grants import jobs as grant_jobs
 from app.lockdown import jobs as lockdown_jobs
 from app.lockdown.messages import CONFIRM_VIEW, REASON_ACTION, REASON_BLOCK
 from app.lockdown.service import Lockdowns
 from app.metrics import metrics_text
 from app.notify.notifier import Notifier
 from app.policy import Policy, load_policy
-from app.scheduler import Sweeps
+from app.scheduler import job_deps
 from app.service import AccessService, InvalidRequest, NotAllowed, NotEligible
 from app.slack.app import web_client
 from app.slack.parsing import LiftLockdown, Lockdown, UsageError, parse_jit
@@ -243,10 +244,10 @@ class TestThroughSlack:
         assert any(f"Revoke failed: #{chloe}" in p.args["text"] for p in security_posts(slack))
         pharmacy.refuse_revoke_of.clear()
         client = web_client(slack.fake.token, slack.fake.api_url)
-        sweeps = Sweeps(service, Notifier(client, service, SlackDirectory(client)).outbox)
+        deps = job_deps(service, Notifier(client, service, SlackDirectory(client)).outbox)
         clock.advance(timedelta(seconds=31))
-        sweeps.retry_revokes()
-        lockdown_jobs.lockdowns(sweeps.deps)  # the lockdown's message follows
+        grant_jobs.retry_revokes(deps)
+        lockdown_jobs.lockdowns(deps)  # the lockdown's message follows
         assert service.get(chloe).state == S.ENDED
         assert not pharmacy.holds("chloe", "pharmacy_read")
         assert lockdown_message(slack)[0] == "Lockdown of pharmacy-db: 2 of 2 removed"
@@ -343,7 +344,7 @@ class TestTheLockdownHolds:
         lockdowns.run(view.id)
         # As if its grant finished just now (seeded past the checks, straight into active).
         amira = _seed_active(service, "amira")
-        assert lockdown_jobs.lockdowns(Sweeps(service).deps) == [view.id]
+        assert lockdown_jobs.lockdowns(job_deps(service)) == [view.id]
         assert service.get(amira).state == S.ENDED
         assert not targets["pharmacy-db"].holds("amira", "pharmacy_read")
         assert lockdowns.progress(view.id).removed == 1

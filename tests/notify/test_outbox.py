@@ -19,10 +19,11 @@ import sqlalchemy.orm
 from app import audit
 from app.clock import ManualClock
 from app.demo.slack_fake import FakeSlack, SlackUser
+from app.grants import jobs as grant_jobs
 from app.metrics import metrics_text
 from app.notify.notifier import Notifier
 from app.notify.outbox import POST, Outbox, OutCall, call_row
-from app.scheduler import Sweeps
+from app.scheduler import JobDeps, job_deps
 from app.service import AccessService
 from app.store import Database
 from app.store.models import OutboxItem
@@ -35,10 +36,10 @@ from tests.system.test_reliability import SLACK_OUTAGE_SECONDS, Ward, ended_at, 
 REASON = "month-end stock reconciliation for the ward"
 
 
-def sweeps(service: AccessService, notifier: Notifier) -> Sweeps:
-    """What a worker runs: the deliver sweep sends what waits in the outbox."""
+def worker_deps(service: AccessService, notifier: Notifier) -> JobDeps:
+    """What a worker's jobs are given: the deliver job sends what waits in the outbox."""
     n = notifier
-    return Sweeps(service, n.outbox)
+    return job_deps(service, n.outbox)
 
 
 def asked_and_approved(service: AccessService, notifier: Notifier) -> int:
@@ -138,7 +139,7 @@ class TestSlackFailsWhileTheWardWorks:
         assert targets["pharmacy-db"].members
         # An hour on, the access expires and is removed, Slack still down.
         clock.advance(timedelta(hours=1))
-        ended = sweeps(service, notifier).expire()
+        ended = grant_jobs.expire(worker_deps(service, notifier))
         assert ended == [rid] and service.get(rid).state == S.ENDED
         assert not any(targets["pharmacy-db"].members.values())
         assert fake.posts() == []

@@ -17,8 +17,9 @@ from app.identities.messages import ATTEST_RETIRE
 from app.messages.blocks import APPROVE_ACTION
 from app.notify.notifier import Notifier
 from app.policy import Policy, load_policy
+from app.requests import jobs as request_jobs
 from app.reviews.service import ReviewService
-from app.scheduler import Sweeps
+from app.scheduler import job_deps
 from app.service import AccessService
 from app.slack.app import web_client
 from app.store.models import RequestState as S
@@ -113,7 +114,7 @@ class TestAnOverdueApproval(SlackOnSqlite):
         rid = ask(slack)
         slack.fake.wait_for("chat.postMessage", 3)
         clock.advance(timedelta(minutes=11))  # past the clinical path's 10-minute SLA
-        Sweeps(service, notifier_for(slack, service).outbox).escalate()
+        request_jobs.escalate(job_deps(service, notifier_for(slack, service).outbox))
 
         told = slack.fake.wait_for("chat.postMessage", 1, channel="U0AMIRA")[-1].args["text"]
         assert f"Your request #{rid} has waited 11m" in told
@@ -142,7 +143,7 @@ class TestAnOverdueApproval(SlackOnSqlite):
             rid = ask(slack)
             slack.fake.wait_for("chat.postMessage", 3)
             clock.advance(timedelta(minutes=11))
-            Sweeps(service, notifier_for(slack, service).outbox).escalate()
+            request_jobs.escalate(job_deps(service, notifier_for(slack, service).outbox))
             # Erin, Farid and Gita lead infrastructure; Gita has the card already.
             for dm in ("U0ERIN", "U0FARID"):
                 card = slack.fake.wait_for("chat.postMessage", 1, channel=dm)[0]
@@ -220,7 +221,7 @@ class TestRetiringAServiceAccount(SlackOnSqlite):
         slack.settle()
         [request] = service.requests_of_key("dev@ward.nhs.uk", (S.PENDING,))
         notifier = notifier_for(slack, service)
-        identity_jobs.identities(Sweeps(service, notifier.outbox).deps)
+        identity_jobs.identities(job_deps(service, notifier.outbox))
         card = slack.fake.wait_for("chat.postMessage", 1, channel="U0DEV")[0]
         slack.click(
             ATTEST_RETIRE,
@@ -252,7 +253,7 @@ class TestAVendorsContractEnds(SlackOnSqlite):
         [request] = service.requests_of_key("val@vendor.example", (S.PENDING,))
         clock.advance(timedelta(days=1))  # Medisoft's contract ended on 30 November
         notifier = notifier_for(slack, service)
-        assert Sweeps(service, notifier.outbox).contracts() == [request.id]
+        assert identity_jobs.contracts(job_deps(service, notifier.outbox)) == [request.id]
         assert service.get(request.id).state == S.CANCELLED
         told = slack.fake.wait_for("chat.postMessage", 1, channel="U0VAL")[-1].args["text"]
         assert f"Your request #{request.id}" in told and "Cancelled by WardKey" in told, told

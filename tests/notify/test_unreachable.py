@@ -24,7 +24,8 @@ from app.notify.notifier import Notifier
 from app.oncall import OnCall
 from app.policy import Policy, parse_policy
 from app.policy.rules import approvers_at
-from app.scheduler import Sweeps
+from app.requests import jobs as request_jobs
+from app.scheduler import JobDeps, job_deps
 from app.service import AccessService
 from app.slack.app import web_client
 from app.store.models import RequestState as S
@@ -75,10 +76,10 @@ class UnreachableStory(SlackOnSqlite):
             running.fake.add_channel(SlackChannel("C0MGR", "manager-reviews"))
             yield running
 
-    def sweeps(self, slack: RunningApp, service: AccessService) -> Sweeps:
+    def job_deps(self, slack: RunningApp, service: AccessService) -> JobDeps:
         client = web_client(slack.fake.token, slack.fake.api_url)
         notifier = Notifier(client, service, SlackDirectory(client))
-        return Sweeps(service, notifier.outbox)
+        return job_deps(service, notifier.outbox)
 
     def assert_nobody_reached_story(
         self, slack: RunningApp, service: AccessService, rid: int, why: str
@@ -125,7 +126,7 @@ class TestNobodyOnCallIsInSlack(UnreachableStory):
         # The SLA passing adds nothing: it was escalated at once.
         clock.advance(timedelta(minutes=11))
         sent = len(slack.fake.calls_to("chat.postMessage"))
-        self.sweeps(slack, service).escalate()
+        request_jobs.escalate(self.job_deps(slack, service))
         assert len(slack.fake.calls_to("chat.postMessage")) == sent
         assert actions(service, rid).count("approval.escalated") == 0
         # A manager decides from the card that reached her.
@@ -247,7 +248,7 @@ class TestEscalationSaysOnlyWhatWasDelivered(UnreachableStory):
         assert len(posts_to(slack, "U0BEN")) == 1  # the on-call lead has the card
         slack.fake.refuse("U0GITA", "user_not_found")
         clock.advance(timedelta(minutes=11))
-        self.sweeps(slack, service).escalate()
+        request_jobs.escalate(self.job_deps(slack, service))
         told = posts_to(slack, "U0AMIRA")[-1].args["text"]
         assert (
             told
@@ -261,7 +262,7 @@ class TestEscalationSaysOnlyWhatWasDelivered(UnreachableStory):
         slack.fake.refuse("U0GITA", "user_not_found")
         slack.fake.refuse("U0HANA", "user_not_found")
         clock.advance(timedelta(minutes=11))
-        self.sweeps(slack, service).escalate()
+        request_jobs.escalate(self.job_deps(slack, service))
         told = posts_to(slack, "U0AMIRA")[-1].args["text"]
         assert f"Your request #{rid} has waited 11m and nobody further could be reached" in told
         assert "`/breakglass pharmacy-db:read" in told

@@ -41,7 +41,7 @@ from app.policy import Policy, PolicyError
 from app.policy import parse_policy as parse_manifest
 from app.policy.rules import approvers_at, escalation_members
 from app.policy_targets import parse_policy, policy_warnings
-from app.scheduler import Sweeps
+from app.scheduler import job_deps
 from app.service import AccessService
 from app.store import Database
 from tests.conftest import AMIRA, HERE, audit_actions, sqlite_copy
@@ -800,21 +800,21 @@ class TestOnEachDatabase:
     def test_a_waiting_request_goes_to_the_escalation_group_once_the_rota_is_stale(
         self, service: AccessService, notifier: Notifier, clock: ManualClock, export: Path
     ) -> None:
-        sweeps = Sweeps(service, notifier.outbox, oncall=partial(read_sources, service, notifier))
+        deps = job_deps(service, notifier.outbox, oncall=partial(read_sources, service, notifier))
         view = service.request(
             AMIRA, "pharmacy-db", "read", timedelta(minutes=30), "fix the stuck order set"
         )
         export.unlink()  # the roster share goes away at 13:00
         clock.advance(timedelta(minutes=5))
-        assert oncall_jobs.oncall_sources(sweeps.deps) == 1  # security told
+        assert oncall_jobs.oncall_sources(deps) == 1  # security told
         assert service.get(view.id).escalation_level == 0
         clock.advance(timedelta(minutes=56))  # 14:01: the read of 13:00 no longer counts
-        assert oncall_jobs.oncall_sources(sweeps.deps) == 1  # the waiting request escalated
+        assert oncall_jobs.oncall_sources(deps) == 1  # the waiting request escalated
         assert "approval.unreachable" in audit_actions(service, view.id)
         why = service.unreachable_reason(view.id)
         assert "could not be read from rostering export (csv)" in why
         clock.advance(timedelta(minutes=1))
-        assert oncall_jobs.oncall_sources(sweeps.deps) == 0
+        assert oncall_jobs.oncall_sources(deps) == 0
         assert audit_actions(service, view.id).count("approval.unreachable") == 1
 
     def test_an_outage_told_by_one_process_is_not_told_by_another(

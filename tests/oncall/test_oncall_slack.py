@@ -31,7 +31,7 @@ from app.oncall.flows import read_sources
 from app.oncall.jobs import oncall_sources
 from app.policy import Policy, parse_policy
 from app.policy.rules import approvers_at
-from app.scheduler import Sweeps
+from app.scheduler import JobDeps, job_deps
 from app.service import AccessService
 from app.slack.app import web_client
 from app.store.models import RequestState as S
@@ -105,11 +105,11 @@ class SourcedStory(SlackOnSqlite):
             running.fake.add_channel(SlackChannel("C0MGR", "manager-reviews"))
             yield running
 
-    def sweeps(self, slack: RunningApp, service: AccessService) -> Sweeps:
-        """The sweeps as a process runs them, the on-call watch included."""
+    def job_deps(self, slack: RunningApp, service: AccessService) -> JobDeps:
+        """What the jobs are given in a process, the on-call watch included."""
         client = web_client(slack.fake.token, slack.fake.api_url)
         notifier = Notifier(client, service, SlackDirectory(client))
-        return Sweeps(service, notifier.outbox, oncall=partial(read_sources, service, notifier))
+        return job_deps(service, notifier.outbox, oncall=partial(read_sources, service, notifier))
 
 
 @pytest.fixture
@@ -298,14 +298,14 @@ class TestPagerDutyDown(SourcedStory):
         clock: ManualClock,
         pagerduty: FakePagerDuty,
     ) -> None:
-        sweeps = self.sweeps(slack, service)
-        assert oncall_sources(sweeps.deps) == 0  # read at 03:00; nothing to tell
+        deps = self.job_deps(slack, service)
+        assert oncall_sources(deps) == 0  # read at 03:00; nothing to tell
         pagerduty.failures = [500] * 1000  # PagerDuty goes down at 03:05
         clock.advance(timedelta(minutes=5))
-        assert oncall_sources(sweeps.deps) == 1
+        assert oncall_sources(deps) == 1
         for _ in range(4):  # the sweep keeps trying: security is told once per outage
             clock.advance(timedelta(minutes=5))
-            assert oncall_sources(sweeps.deps) == 0
+            assert oncall_sources(deps) == 0
         down = [t for t in posts_to(slack, "C0SEC") if "cannot be read" in t]
         assert down == [
             "📅 Who is on call for clinical-oncall cannot be read from PagerDuty schedule "
@@ -350,9 +350,9 @@ class TestPagerDutyDown(SourcedStory):
         # PagerDuty answers again: security is told once, and Ben approves again.
         pagerduty.failures = []
         clock.advance(timedelta(minutes=5))
-        assert oncall_sources(sweeps.deps) == 1
+        assert oncall_sources(deps) == 1
         clock.advance(timedelta(minutes=5))
-        assert oncall_sources(sweeps.deps) == 0
+        assert oncall_sources(deps) == 0
         back = [t for t in posts_to(slack, "C0SEC") if "again" in t and t.startswith("✅")]
         assert back == [
             "✅ Who is on call for clinical-oncall is read from PagerDuty schedule PWARD07 "
@@ -367,21 +367,21 @@ class TestPagerDutyDown(SourcedStory):
         clock: ManualClock,
         pagerduty: FakePagerDuty,
     ) -> None:
-        sweeps = self.sweeps(slack, service)
-        oncall_sources(sweeps.deps)  # read at 03:00
+        deps = self.job_deps(slack, service)
+        oncall_sources(deps)  # read at 03:00
         pagerduty.failures = [500] * 1000
         clock.advance(timedelta(minutes=45))
-        assert oncall_sources(sweeps.deps) == 1  # security told of the outage
+        assert oncall_sources(deps) == 1  # security told of the outage
         rid = ask(slack)  # 03:45: to Ben, from the read of 03:00; nobody decides
         assert list(cards(slack, rid)) == ["U0BEN"]
         clock.advance(timedelta(minutes=14))
-        assert oncall_sources(sweeps.deps) == 0  # 03:59: the last good read still counts
+        assert oncall_sources(deps) == 0  # 03:59: the last good read still counts
         assert "approval.unreachable" not in actions(service, rid)
 
         # 04:01: the read of 03:00 no longer counts and the path names nobody. The sweep
         # sends the waiting request to the managers at once, and security hears why.
         clock.advance(timedelta(minutes=2))
-        assert oncall_sources(sweeps.deps) == 1
+        assert oncall_sources(deps) == 1
         slack.settle()
         assert "approval.unreachable" in actions(service, rid)
         assert sorted(cards(slack, rid)) == ["U0BEN", "U0GITA", "U0HANA"]
@@ -395,7 +395,7 @@ class TestPagerDutyDown(SourcedStory):
         assert f"No clinical approver could be reached in Slack for your request #{rid}" in told
         # Once only: the next sweep escalates nothing more.
         clock.advance(timedelta(minutes=1))
-        assert oncall_sources(sweeps.deps) == 0
+        assert oncall_sources(deps) == 0
         # Ben's card is no longer one he may act on; a manager's is.
         assert slack.click(APPROVE_ACTION, str(rid), "U0BEN").status_code == 200
         slack.settle()
@@ -415,11 +415,11 @@ class TestPagerDutyDown(SourcedStory):
         source = pagerduty_source(pagerduty, refresh_every="5m", stale_after="1h")
         other_policy = sourced_policy(source, clock, {"PAGERDUTY_TOKEN": TOKEN}, sla=False)
         other = AccessService(service.db, other_policy, service.adapters, clock)
-        workers = [self.sweeps(slack, service), self.sweeps(slack, other)]
+        workers = [self.job_deps(slack, service), self.job_deps(slack, other)]
 
         def tick(minutes: int) -> list[int]:
             clock.advance(timedelta(minutes=minutes))
-            return [oncall_sources(worker.deps) for worker in workers]
+            return [oncall_sources(worker) for worker in workers]
 
         assert tick(0) == [0, 0]  # both read PagerDuty at 03:00
         pagerduty.failures = [500] * 1000
@@ -488,16 +488,16 @@ class TestEachSourceDownFallsBackThenEscalates(SourcedStory):
         opsgenie: FakeOpsgenie,
         export: Path,
     ) -> None:
-        sweeps = self.sweeps(slack, service)
-        assert oncall_sources(sweeps.deps) == 0  # read at 03:00
+        deps = self.job_deps(slack, service)
+        assert oncall_sources(deps) == 0  # read at 03:00
         if kind == "roster":
             export.write_text("BEGIN:VCALENDAR\r\nthe e-roster's export job died here")
         else:
             opsgenie.failures = [500] * 1000
         clock.advance(timedelta(minutes=5))
-        assert oncall_sources(sweeps.deps) == 1  # security told once
+        assert oncall_sources(deps) == 1  # security told once
         clock.advance(timedelta(minutes=5))
-        assert oncall_sources(sweeps.deps) == 0
+        assert oncall_sources(deps) == 0
         [down] = [t for t in posts_to(slack, "C0SEC") if "cannot be read" in t]
         assert "since 03:05" in down and "last good read (03:00) until 04:00" in down
         # 03:50: the last good read still answers.

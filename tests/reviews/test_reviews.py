@@ -23,7 +23,7 @@ from app.reviews.messages import (
     REVIEW_VIEW,
 )
 from app.reviews.service import ReviewService, ReviewStep
-from app.scheduler import Sweeps
+from app.scheduler import JobDeps, job_deps
 from app.service import AccessService
 from app.slack.app import web_client
 from app.store.models import RequestState as S
@@ -128,16 +128,16 @@ class TestWhoMayDecide:
 
 
 class TestInSlack(SlackOnSqlite):
-    def sweeps(self, slack: RunningApp, service: AccessService) -> Sweeps:
+    def job_deps(self, slack: RunningApp, service: AccessService) -> JobDeps:
         client = web_client(slack.fake.token, slack.fake.api_url)
         notifier = Notifier(client, service, SlackDirectory(client))
-        return Sweeps(service, notifier.outbox)
+        return job_deps(service, notifier.outbox)
 
     def test_card_in_the_managers_channel_refusals_then_a_decision_with_a_note(
         self, slack: RunningApp, service: AccessService, clock: ManualClock
     ) -> None:
         rid = used_and_ended(service, clock)
-        review_jobs.review(self.sweeps(slack, service).deps)
+        review_jobs.review(self.job_deps(slack, service))
         card = slack.fake.wait_for("chat.postMessage", 1, channel="C0MGR")[0]
         text = str(card.args["blocks"])
         assert "Break-glass review" in text and WHY in text
@@ -178,18 +178,18 @@ class TestInSlack(SlackOnSqlite):
         self, slack: RunningApp, service: AccessService, clock: ManualClock
     ) -> None:
         rid = used_and_ended(service, clock)
-        sweeps = self.sweeps(slack, service)
-        review_jobs.review(sweeps.deps)
+        deps = self.job_deps(slack, service)
+        review_jobs.review(deps)
         card = slack.fake.wait_for("chat.postMessage", 1, channel="C0MGR")[0]
         clock.advance(timedelta(hours=4))
-        review_jobs.review(sweeps.deps)
+        review_jobs.review(deps)
         reminder = slack.fake.wait_for("chat.postMessage", 2, channel="C0MGR")[1]
         assert reminder.args["thread_ts"] == card.response["ts"]
         assert f"review of break-glass #{rid} is waiting" in reminder.args["text"]
         # …and by DM to each reviewer on duty (Hana is a manager, not an admin).
         assert self.dms(slack, "U0HANA", f"review of break-glass #{rid} is waiting") == 1
         clock.advance(timedelta(hours=21))
-        review_jobs.review(sweeps.deps)
+        review_jobs.review(deps)
         # The first alert to security was the break-glass use itself; the overdue one follows.
         alert = slack.fake.wait_for("chat.postMessage", 2, channel="C0SEC")[-1]
         assert "overdue" in alert.args["text"]
@@ -211,10 +211,10 @@ class TestInSlack(SlackOnSqlite):
 class TestTheReviewCard(SlackOnSqlite):
     """What a manager most needs to judge a break-glass use, on the card itself."""
 
-    def sweeps(self, slack: RunningApp, service: AccessService) -> Sweeps:
+    def job_deps(self, slack: RunningApp, service: AccessService) -> JobDeps:
         client = web_client(slack.fake.token, slack.fake.api_url)
         notifier = Notifier(client, service, SlackDirectory(client))
-        return Sweeps(service, notifier.outbox)
+        return job_deps(service, notifier.outbox)
 
     def test_the_card_shows_names_channels_an_earlier_denial_and_the_30_day_count(
         self, slack: RunningApp, service: AccessService, reviews: ReviewService, clock: ManualClock
@@ -248,7 +248,7 @@ class TestTheReviewCard(SlackOnSqlite):
         assert service.get(rid).state == S.ACTIVE
         clock.advance(timedelta(minutes=61))
         service.expire_due()
-        review_jobs.review(self.sweeps(slack, service).deps)
+        review_jobs.review(self.job_deps(slack, service))
 
         cards = slack.fake.wait_for("chat.postMessage", 1, channel="C0MGR")
         card = next(c for c in cards if f"Break-glass review #{rid}" in c.args["text"])
@@ -273,7 +273,7 @@ class TestTheReviewCard(SlackOnSqlite):
         self, slack: RunningApp, service: AccessService, clock: ManualClock
     ) -> None:
         rid = used_and_ended(service, clock)
-        review_jobs.review(self.sweeps(slack, service).deps)
+        review_jobs.review(self.job_deps(slack, service))
         card = slack.fake.wait_for("chat.postMessage", 1, channel="C0MGR")[0]
         shown = json.dumps(card.args["blocks"], ensure_ascii=False)
         assert f"Break-glass review #{rid}" in card.args["text"]

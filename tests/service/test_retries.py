@@ -9,7 +9,8 @@ from datetime import timedelta
 import pytest
 
 from app.clock import ManualClock
-from app.scheduler import Sweeps
+from app.grants import jobs as grant_jobs
+from app.scheduler import job_deps
 from app.service import AccessService
 from app.service.grants import revoke_retry_wait
 from app.store.models import RequestState as S
@@ -77,18 +78,18 @@ class TestFailedRevokes:
         targets["pharmacy-db"].down = True
         clock.advance(timedelta(minutes=30))
         service.expire_due()
-        sweeps = Sweeps(service)
-        assert sweeps.retry_revokes() == []  # not due yet: nothing tried
+        deps = job_deps(service)
+        assert grant_jobs.retry_revokes(deps) == []  # not due yet: nothing tried
         assert service.get(rid).revoke_attempts == 1
         clock.advance(timedelta(seconds=30))
-        assert sweeps.retry_revokes() == []  # tried, failed again
+        assert grant_jobs.retry_revokes(deps) == []  # tried, failed again
         assert service.get(rid).revoke_attempts == 2
         clock.advance(timedelta(seconds=59))
-        sweeps.retry_revokes()
+        grant_jobs.retry_revokes(deps)
         assert service.get(rid).revoke_attempts == 2  # the second wait is a minute
         targets["pharmacy-db"].down = False
         clock.advance(timedelta(seconds=1))
-        assert sweeps.retry_revokes() == [rid]
+        assert grant_jobs.retry_revokes(deps) == [rid]
         assert service.get(rid).state == S.ENDED
 
 
@@ -108,13 +109,13 @@ def test_every_failed_try_alerts_security_and_the_holder_is_told_once(
     from app.slack.app import web_client
 
     client = web_client(slack.fake.token, slack.fake.api_url)
-    sweeps = Sweeps(service, Notifier(client, service, SlackDirectory(client)).outbox)
+    deps = job_deps(service, Notifier(client, service, SlackDirectory(client)).outbox)
     rid = approved(service)
     targets["pharmacy-db"].down = True
     clock.advance(timedelta(minutes=30))
-    sweeps.expire()
+    grant_jobs.expire(deps)
     clock.advance(timedelta(seconds=30))
-    sweeps.retry_revokes()
+    grant_jobs.retry_revokes(deps)
     alerts = slack.fake.wait_for("chat.postMessage", 2, channel="C0SEC")
     assert all(f"Revoke failed: #{rid}" in a.args["text"] for a in alerts)
     assert "after 2 attempts" in alerts[1].args["text"]
@@ -147,22 +148,22 @@ class TestATargetComingBack:
         target.down = True
         clock.advance(timedelta(minutes=30))
         service.expire_due()
-        sweeps = Sweeps(service)
+        deps = job_deps(service)
         for _ in range(8):  # an hour of failed tries: the back-off is at its 15-minute cap
             clock.advance(revoke_retry_wait(service.get(rid).revoke_attempts))
-            sweeps.retry_revokes()
+            grant_jobs.retry_revokes(deps)
         assert revoke_retry_wait(service.get(rid).revoke_attempts) == timedelta(minutes=15)
-        assert sweeps.probe() == {"pharmacy-db": False}  # still down: nothing retried
+        assert grant_jobs.probe(deps) == {"pharmacy-db": False}  # still down: nothing retried
         attempts = service.get(rid).revoke_attempts
 
         target.down = False
         clock.advance(timedelta(seconds=5))  # the next probe, minutes before the back-off ends
-        assert sweeps.retry_revokes() == []
-        assert sweeps.probe() == {"pharmacy-db": True}
+        assert grant_jobs.retry_revokes(deps) == []
+        assert grant_jobs.probe(deps) == {"pharmacy-db": True}
         view = service.get(rid)
         assert view.state == S.ENDED
         assert not target.holds("amira", "pharmacy_read")
-        assert sweeps.probe() == {}  # nothing left failing: nothing asked
+        assert grant_jobs.probe(deps) == {}  # nothing left failing: nothing asked
 
         # The probe asked one cheap question, with no retries, and the retry was one more try.
         assert view.revoke_attempts == attempts
@@ -176,8 +177,8 @@ class TestATargetComingBack:
         targets["pharmacy-db"].refuse = {"revoke"}
         clock.advance(timedelta(minutes=30))
         service.expire_due()
-        sweeps = Sweeps(service)
+        deps = job_deps(service)
         for _ in range(3):
             clock.advance(timedelta(seconds=5))
-            assert sweeps.probe() == {"pharmacy-db": True}
+            assert grant_jobs.probe(deps) == {"pharmacy-db": True}
         assert service.get(rid).revoke_attempts == 1

@@ -12,9 +12,11 @@ import pytest
 
 from app.clock import ManualClock
 from app.directory import SlackDirectory
+from app.grants import jobs as grant_jobs
 from app.messages.views import HOME_EXTEND
 from app.notify.notifier import Notifier
-from app.scheduler import Sweeps
+from app.requests import jobs as request_jobs
+from app.scheduler import job_deps
 from app.service import AccessService
 from app.slack.app import web_client
 from app.store.models import RequestState as S
@@ -82,10 +84,10 @@ def test_the_holder_gets_a_dm_and_extends_from_it(
 ) -> None:
     client = web_client(slack.fake.token, slack.fake.api_url)
     notifier = Notifier(client, service, SlackDirectory(client))
-    sweeps = Sweeps(service, notifier.outbox)
+    deps = job_deps(service, notifier.outbox)
     rid = approved(service)
     clock.advance(timedelta(minutes=22))
-    assert sweeps.warn() == [rid]
+    assert grant_jobs.warn(deps) == [rid]
     # (Amira's "access active" DM from the approval comes first; the warning has buttons.)
     dms = slack.fake.wait_for("chat.postMessage", 2, channel="U0AMIRA")
     card = json.dumps([dm.args.get("blocks") for dm in dms])
@@ -147,15 +149,15 @@ class TestEscalation:
         for slack in run_app(rota_only):
             client = web_client(slack.fake.token, slack.fake.api_url)
             notifier = Notifier(client, rota_only, SlackDirectory(client))
-            sweeps = Sweeps(rota_only, notifier.outbox)
+            deps = job_deps(rota_only, notifier.outbox)
             req = rota_only.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REASON)
             notifier.request_opened(req)
             clock.advance(timedelta(minutes=5))
-            sweeps.escalate()
+            request_jobs.escalate(deps)
             reminder = slack.fake.wait_for("chat.postMessage", 2, channel="U0BEN")[-1]
             assert "has waited 5m" in reminder.args["text"]
             clock.advance(timedelta(minutes=5))
-            sweeps.escalate()
+            request_jobs.escalate(deps)
             new_cards = [
                 c.args["channel"]
                 for c in slack.fake.calls_to("chat.postMessage")

@@ -32,7 +32,7 @@ from app.notify.notifier import Notifier
 from app.policy import Policy, parse_policy
 from app.policy.model import PathTicket
 from app.policy.tickets import TicketFacts, refusal
-from app.scheduler import JobDeps, Sweeps
+from app.scheduler import JobDeps, job_deps
 from app.service import AccessService
 from app.slack.app import web_client
 from app.store import AuditEvent, Database
@@ -408,7 +408,7 @@ class TestAccessEndsWithTheTicket(TicketStory):
     def deps(self, slack: RunningApp, service: AccessService) -> JobDeps:
         """What the tickets' jobs are given in a process whose notifier delivers to Slack."""
         client = web_client(slack.fake.token, slack.fake.api_url)
-        return Sweeps(service, Notifier(client, service, SlackDirectory(client)).outbox).deps
+        return job_deps(service, Notifier(client, service, SlackDirectory(client)).outbox)
 
     def granted(self, slack: RunningApp, service: AccessService) -> int:
         """Amira asks for directory:helpdesk on WARD-42; Erin, an infra lead, approves."""

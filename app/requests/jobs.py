@@ -1,0 +1,43 @@
+"""Requests' jobs, on every sweep tick: remind approvers of a request at half its path's approval
+SLA and escalate it at the SLA (`escalate`), and time out requests nobody decided in time
+(`time_out`). Each change is a conditional transition, so two workers never make it twice."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sized
+from typing import Protocol
+
+from app.jobs import Job
+from app.service import AccessService
+
+
+class Needs(Protocol):
+    """What the requests' jobs are given (app/scheduler `JobDeps`)."""
+
+    @property
+    def core(self) -> AccessService: ...
+
+    @property
+    def tell(self) -> Callable[[Sized], None]:
+        """Ask the outbox to deliver what was recorded (approvers reminded, requesters told)."""
+        ...
+
+
+def escalate(given: Needs) -> list[tuple[int, int]]:
+    """Remind approvers at half the approval SLA; escalate at the SLA."""
+    reached = given.core.escalate_overdue()
+    given.tell(reached)
+    return reached
+
+
+def time_out(given: Needs) -> list[int]:
+    """Requests still waiting for a decision past their path's time-out end as timed out."""
+    ids = given.core.time_out_overdue()
+    given.tell(ids)
+    return ids
+
+
+JOBS = (
+    Job("escalate", "sweep", escalate),
+    Job("time_out", "sweep", time_out),
+)
