@@ -1,7 +1,8 @@
 """The daily digest for the managers' channel: what the last 24 hours of elevation looked like.
 
 Sent once a day at the policy's `digest_at` (local time), by whichever worker gets there first:
-the day is claimed by inserting a row keyed on it, in the same transaction as its audit event.
+the day's turn is taken by inserting a row keyed on it (a once-per-period turn, as
+`app.lifecycle.periods`), in the same transaction as its audit event.
 A worker that was down at that time sends it when it comes back.
 
 `DigestService` reads through the request core it is given (`AccessService`): its database,
@@ -22,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app import audit
 from app.audit.chain import hashed_time
-from app.lifecycle.snapshots import RequestView
+from app.lifecycle.snapshots import RequestView, snapshots
 from app.lifecycle.transitions import announce
 from app.policy import rules
 from app.policy.model import BREAK_GLASS_PATH
@@ -104,7 +105,8 @@ class DigestService(FeatureService):
     """The daily digest's use cases."""
 
     def digest_due(self) -> Digest | None:
-        """Today's digest if its time has come and no worker has sent it yet; claims the day."""
+        """Today's digest if its time has come and no worker has sent it yet (this worker takes
+        the day's turn)."""
         at = self.policy.digest_at
         if at is None:
             return None
@@ -189,9 +191,9 @@ class DigestService(FeatureService):
                     AuditEvent.action.in_([*_DECIDED, "revoke.failed"]),
                 )
             ).all()
-            granted_views = self.core._views(session, granted)
-            overdue_views = self.core._views(session, overdue)
-            failing_views = self.core._views(session, failing)
+            granted_views = snapshots(session, granted)
+            overdue_views = snapshots(session, overdue)
+            failing_views = snapshots(session, failing)
 
         waits: dict[str, list[float]] = {}
         failed_attempts = 0

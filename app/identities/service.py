@@ -3,10 +3,10 @@ purpose, a time limit on every elevation, and an owner who confirms on a schedul
 account is still needed (or retires it). An account whose owner is gone is flagged.
 
 `IdentityService` works through the request core it is given (`AccessService`): its database
-and clock, its claims of the hour, its ending of a retired account's requests, and the policy in
+and clock, its turn of the hour, its ending of a retired account's requests, and the policy in
 force (a policy reload replaces the core's). The check the request path makes before elevating
 a service account (retired, or overdue where `block_unattested`) is the core's own
-(`AccessService.refuse_unattested`, `_attestation_refusal`): it is about the request, reads the
+(`AccessService.refuse_unattested`, `app.lifecycle.eligibility`): it is about the request, reads the
 rounds this service writes, and so needs nothing of this package.
 """
 
@@ -22,14 +22,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import audit
+from app.lifecycle.eligibility import RETIRED as RETIRED
+from app.lifecycle.eligibility import STILL_NEEDED as STILL_NEEDED
+from app.lifecycle.eligibility import latest_attestation
 from app.lifecycle.errors import AlreadyDecided, NotAllowed, NotFound
 from app.lifecycle.transitions import announce
 from app.policy import rules
 from app.policy.model import Identity
 from app.policy.people import Person, person_key
-from app.service.base import RETIRED as RETIRED
-from app.service.base import STILL_NEEDED as STILL_NEEDED
-from app.service.base import latest_attestation
 from app.service.feature import FeatureService
 from app.store.models import AccessRequest, Attestation, OrphanFlag, RequestState
 
@@ -185,7 +185,9 @@ class IdentityService(FeatureService):
                 .order_by(AccessRequest.id)
             ).all()
         why = f"{name} was retired by its owner"
-        return tuple(rid for rid in live if self.core._end_for(rid, owner, why, "identity_retired"))
+        return tuple(
+            rid for rid in live if self.core.end_access(rid, why, "identity_retired", actor=owner)
+        )
 
     def attestation(self, name: str) -> AttestationView | None:
         identity = self.policy.identities.get(name)
@@ -236,7 +238,7 @@ class IdentityService(FeatureService):
         """This hour's look for orphaned identities, unless another worker has taken it."""
         now = self.clock.now()
         period = now.replace(minute=0, second=0, microsecond=0).isoformat()
-        if not self.core._claim_period("orphans", period, now):
+        if not self.core.take_turn("orphans", period, now):
             return None
         return self.flag_orphans(owner_gone)
 

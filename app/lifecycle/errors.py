@@ -2,6 +2,22 @@
 
 from __future__ import annotations
 
+from app.store.models import RequestState
+
+# How a refusal names the state a request has moved on to ("Request #12 has ended.").
+STATE_WORDS = {
+    RequestState.APPROVED: "has already been approved",
+    RequestState.GRANTING: "has already been approved and access is being set up",
+    RequestState.ACTIVE: "has already been approved and access is active",
+    RequestState.REVOKING: "is ending",
+    RequestState.ENDED: "has ended",
+    RequestState.DENIED: "has already been denied",
+    RequestState.CANCELLED: "was cancelled",
+    RequestState.TIMED_OUT: "timed out without a decision",
+    RequestState.GRANT_FAILED: "failed when access was being set up",
+    RequestState.REVOKE_FAILED: "is ending (removing access needs another try)",
+}
+
 
 class ServiceError(Exception):
     """Base of every refusal the service gives; `message` is safe to show to the user."""

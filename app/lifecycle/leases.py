@@ -1,8 +1,9 @@
-"""Claims and leases: a worker calling a target holds the request's row (`claimed_by`,
-`claimed_until`) and renews it while the call runs (`Heartbeat`), so a claim outlives any slow
-call of a living worker and lapses within one lease of its death, when another takes the work
-over; and each target's calls run in its own lane (`TargetLanes`), so a hung target holds up
-only its own work."""
+"""Leases on a request's work: a sweep locks the rows it takes, skipping those another worker
+holds (`skip_locked`, `lock_request`); a worker calling a target holds a lease on the request's
+row (`claimed_by`, `claimed_until`: `lease_values`, `holds_lease`) and renews it while the call
+runs (`Heartbeat`, `keeping_leases`), so a lease outlives any slow call of a living worker and
+lapses within one lease of its death, when another takes the work over; and each target's calls
+run in its own lane (`TargetLanes`), so a hung target holds up only its own work."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import timedelta
-from typing import Protocol, TypeVar
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
+from sqlalchemy.orm import Session
 
 from app.clock import Clock
 from app.store.db import Database, is_database_error
@@ -23,10 +26,34 @@ from app.store.models import AccessRequest, RequestState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+T_row = TypeVar("T_row", bound=tuple[Any, ...])
+
+
+def skip_locked(query: Select[T_row]) -> Select[T_row]:
+    """Lock the rows a sweep takes; rows another worker holds are skipped, not waited for.
+    (SQLite has no row locks: its single writer and the conditional update suffice.)"""
+    return query.with_for_update(skip_locked=True)
+
+
+def lock_request(session: Session, request_id: int) -> AccessRequest | None:
+    """The request's row, locked for this transaction; None while another worker holds it."""
+    return session.scalars(
+        skip_locked(select(AccessRequest).where(AccessRequest.id == request_id))
+    ).first()
+
+
+def lease_values(worker: str, lease: timedelta, now: datetime) -> dict[str, object]:
+    """The lease a worker takes on a request when it starts calling a target for it."""
+    return {"claimed_by": worker, "claimed_until": now + lease}
+
+
+def holds_lease(req: AccessRequest, worker: str) -> bool:
+    """Is this worker the one to call the target now? (Rows from before leases have none.)"""
+    return req.claimed_by in (None, worker)
 
 
 class Leaseholder(Protocol):
-    """What a heartbeat renews claims for: this worker's name, its lease, the database."""
+    """What a heartbeat renews leases for: this worker's name, its lease, the database."""
 
     db: Database
     clock: Clock
@@ -81,7 +108,7 @@ class TargetLanes:
 
 class Heartbeat:
     """Renews this worker's leases on the rows it is working on, every third of the lease,
-    in one UPDATE for all of them; so a claim outlives any slow call of a living worker and
+    in one UPDATE for all of them; so a lease outlives any slow call of a living worker and
     lapses within one lease of its worker's death."""
 
     def __init__(self, service: Leaseholder) -> None:
@@ -119,7 +146,7 @@ class Heartbeat:
                 self.renew(ids)
 
     def renew(self, ids: list[int]) -> int:
-        """Push the claims this worker still holds on these rows one lease further."""
+        """Push the leases this worker still holds on these rows one lease further."""
         svc = self.service
         try:
             with svc.db.transaction() as session:
@@ -157,3 +184,17 @@ class Heartbeat:
             return 0
         svc.db.outage.answered()
         return renewed
+
+
+@contextmanager
+def keeping_leases(heartbeat: Heartbeat | None, *request_ids: int) -> Iterator[None]:
+    """Keep this worker's leases on these rows alive while it works on them (a process has a
+    heartbeat; tests on a ManualClock need none)."""
+    if heartbeat is None:
+        yield
+        return
+    heartbeat.hold(request_ids)
+    try:
+        yield
+    finally:
+        heartbeat.release(request_ids)

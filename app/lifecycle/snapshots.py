@@ -1,10 +1,17 @@
-"""Read-only snapshots of requests, handed to callers (the Slack layer renders these)."""
+"""Read-only snapshots of requests, handed to callers (the Slack layer renders these), and how
+they are assembled from a session (`load_request`, `snapshot`, `snapshots`)."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.lifecycle.errors import NotFound
 from app.store.models import AccessRequest, Decision, RequestState, Review
 
 # Causes of a cancellation the requester chose themselves (AccessRequest.end_cause).
@@ -180,3 +187,32 @@ class RequestView:
                 else None
             ),
         )
+
+
+def load_request(session: Session, request_id: int) -> AccessRequest:
+    """The request's row; NotFound (with text for the person who asked) if there is none."""
+    req = session.get(AccessRequest, request_id)
+    if req is None:
+        raise NotFound(f"There is no request #{request_id}.")
+    return req
+
+
+def snapshot(session: Session, req: AccessRequest) -> RequestView:
+    """The request as it stands in this session, with its decisions and its review."""
+    decisions = list(session.scalars(select(Decision).where(Decision.request_id == req.id)).all())
+    review = session.scalars(select(Review).where(Review.request_id == req.id)).first()
+    return RequestView.of(req, decisions, review)
+
+
+def snapshots(session: Session, reqs: Sequence[AccessRequest]) -> list[RequestView]:
+    """Snapshots of many requests with two queries in all, not two per request."""
+    ids = [r.id for r in reqs]
+    decisions: dict[int, list[Decision]] = defaultdict(list)
+    reviews: dict[int, Review] = {}
+    for start in range(0, len(ids), 500):  # bounded IN lists
+        chunk = ids[start : start + 500]
+        for d in session.scalars(select(Decision).where(Decision.request_id.in_(chunk))):
+            decisions[d.request_id].append(d)
+        for r in session.scalars(select(Review).where(Review.request_id.in_(chunk))):
+            reviews.setdefault(r.request_id, r)
+    return [RequestView.of(r, decisions[r.id], reviews.get(r.id)) for r in reqs]

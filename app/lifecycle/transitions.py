@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, tuple_, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -34,7 +35,7 @@ from app.store.models import (
 
 # States in which a worker is calling a target: they are always entered with a lease
 # (`claimed_by`, `claimed_until`), so a crashed worker's work is found and taken over.
-CLAIMED_STATES = frozenset({RequestState.GRANTING, RequestState.REVOKING})
+LEASED_STATES = frozenset({RequestState.GRANTING, RequestState.REVOKING})
 ALLOWED: dict[RequestState, frozenset[RequestState]] = {
     # pending -> pending records one approval of several (N-of-M); the version still moves.
     # pending -> granting: a held break-glass use confirmed by a second person (granted at once).
@@ -51,7 +52,7 @@ ALLOWED: dict[RequestState, frozenset[RequestState]] = {
     RequestState.APPROVED: frozenset(
         {RequestState.GRANTING, RequestState.CANCELLED, RequestState.GRANT_FAILED}
     ),
-    # granting -> granting and revoking -> revoking: a worker takes over a crashed one's claim.
+    # granting -> granting and revoking -> revoking: a worker takes over a crashed one's lease.
     # granting -> cancelled: the requester may no longer have it (checked just before the grant).
     RequestState.GRANTING: frozenset(
         {
@@ -70,8 +71,24 @@ ALLOWED: dict[RequestState, frozenset[RequestState]] = {
 }
 
 
+T = TypeVar("T")
+# How often a decision is tried again when concurrent ones keep changing the row first.
+STALE_RETRIES = 8
+
+
 class StaleState(Exception):
     """The row changed since it was read; the caller re-reads and decides again."""
+
+
+def retry_when_stale(attempt: Callable[[], T]) -> T:
+    """Run a decision again (it re-reads the row) when a concurrent one changed the row
+    first, or inserted the same unique row first; the last try's error is raised."""
+    for _ in range(STALE_RETRIES - 1):
+        try:
+            return attempt()
+        except (StaleState, IntegrityError):
+            continue
+    return attempt()
 
 
 def request_facts(req: AccessRequest) -> dict[str, Any]:
@@ -160,7 +177,7 @@ def create(
     data: Mapping[str, Any] | None = None,
 ) -> AccessRequest:
     """Insert a new request with its creation event."""
-    if RequestState(req.state) in CLAIMED_STATES and req.claimed_until is None:
+    if RequestState(req.state) in LEASED_STATES and req.claimed_until is None:
         raise ValueError(f"a request created {req.state} needs a lease")
     req.version = 1
     req.created_at = req.state_changed_at = at
@@ -195,6 +212,30 @@ def transition(
         session, [req], to, at=at, actor=actor, action=action, changes=changes, data=lambda _: given
     )
     return moved[0]
+
+
+def cancel(
+    session: Session,
+    req: AccessRequest,
+    *,
+    at: datetime,
+    actor: str,
+    why: str,
+    cause: str,
+    facts: Mapping[str, object] | None = None,
+) -> None:
+    """End a request that was never granted, saying why for the requester, the approvers
+    and the audit trail (`end_reason` is shown on the card and in the requester's DM)."""
+    transition(
+        session,
+        req,
+        RequestState.CANCELLED,
+        at=at,
+        actor=actor,
+        action="request.cancelled",
+        changes={"ended_at": at, "ended_by": actor, "end_reason": why, "end_cause": cause},
+        data={**(facts or {}), "by": actor, "cause": cause, "why": why},
+    )
 
 
 def transition_many(
@@ -278,7 +319,7 @@ def _check_move(
 ) -> None:
     if RequestState(req.state) != current or to not in ALLOWED.get(current, frozenset()):
         raise ValueError(f"illegal transition {req.state} -> {to} for request {req.id}")
-    if to in CLAIMED_STATES and "claimed_until" not in (changes or {}):
+    if to in LEASED_STATES and "claimed_until" not in (changes or {}):
         raise ValueError(f"{action} moves request {req.id} to {to} without a lease")
 
 

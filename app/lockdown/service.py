@@ -1,8 +1,8 @@
 """Lockdown use cases. A lockdown is a durable row (`lockdowns`, at most one in force per
 target): every instance reads it before letting anyone ask for, extend, approve, grant or
-break glass on the target (`ServiceBase._lockdown_refusal`), so it holds wherever a request
-lands. Its grants are revoked through the normal lifecycle (claimed in one statement, revoked
-in the target's lane, batched where the target can, each outcome recorded by the one
+break glass on the target (`app.lifecycle.eligibility.lockdown_refusal`), so it holds wherever
+a request lands. Its grants are revoked through the normal lifecycle (leased in one statement,
+revoked in the target's lane, batched where the target can, each outcome recorded by the one
 transition function with its audit event and requester notice); a failed revoke stays
 `revoke_failed` and is retried by the retry sweep like any other."""
 
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from app import audit
 from app.lifecycle import transitions
 from app.lifecycle.errors import InvalidRequest, NotAllowed, NotFound
+from app.lifecycle.leases import skip_locked
 from app.lifecycle.validation import MAX_NOTE_CHARS, clean_text
 from app.policy import rules
 from app.policy.people import Person, person_key
@@ -26,7 +27,7 @@ from app.service import AccessService
 from app.store.models import AccessRequest, Lockdown, OutboxItem, RequestState
 
 LOCKDOWN_CAUSE = "lockdown"
-# Active grants claimed per round of a lockdown (more are found by the next round).
+# Active grants leased per round of a lockdown (more are found by the next round).
 ROUND = 1000
 MIN_REASON_WORDS = 2
 SHOWN_FAILURES = 10
@@ -190,7 +191,7 @@ class Lockdowns:
                 )
             ]
             view = LockdownView.of(row)
-            # Grants on the target not taken yet (the round is about to claim them, or a grant
+            # Grants on the target not taken yet (the round is about to lease them, or a grant
             # under way when the lockdown came has just finished): still to remove.
             left = 0
             if view.in_force:
@@ -304,17 +305,17 @@ class Lockdowns:
                 on_progress()
 
         while view.in_force:
-            claimed, others = self._claim_round(view)
-            if not claimed:
+            leased, others = self._lease_round(view)
+            if not leased:
                 break
-            for future in service.revoke_claimed(claimed, others, on_recorded=recorded):
+            for future in service.revoke_leased(leased, others, on_recorded=recorded):
                 future.result()
             view = self.get(lockdown_id)
         if self.report(lockdown_id) and on_progress is not None:
             on_progress()
         return self.progress(lockdown_id)
 
-    def _claim_round(self, view: LockdownView) -> tuple[list[AccessRequest], dict[int, int | None]]:
+    def _lease_round(self, view: LockdownView) -> tuple[list[AccessRequest], dict[int, int | None]]:
         """In one transaction: cancel the requests waiting for the target and mark up to
         ROUND of its active grants revoking (one statement each), unless it was lifted."""
         service = self.service
@@ -327,7 +328,7 @@ class Lockdowns:
             for state in (RequestState.PENDING, RequestState.APPROVED):
                 waiting = list(
                     session.scalars(
-                        service._claim(
+                        skip_locked(
                             select(AccessRequest)
                             .where(
                                 AccessRequest.target == view.target,
@@ -360,7 +361,7 @@ class Lockdowns:
                 )
             active = list(
                 session.scalars(
-                    service._claim(
+                    skip_locked(
                         select(AccessRequest)
                         .where(
                             AccessRequest.target == view.target,
@@ -371,7 +372,7 @@ class Lockdowns:
                     )
                 )
             )
-            service._start_revokes(
+            service.start_revokes(
                 session,
                 active,
                 now,
@@ -385,7 +386,7 @@ class Lockdowns:
                 },
                 more={"lockdown_id": view.id},
             )
-            others = service._other_holders(session, active)
+            others = service.other_holders(session, active)
         return active, others
 
     def report(self, lockdown_id: int) -> bool:

@@ -26,7 +26,7 @@ from app.policy import rules
 from app.policy.durations import format_duration
 from app.policy.model import Policy
 from app.policy.people import Person
-from app.service.base import UNREACHABLE
+from app.service.requests import UNREACHABLE
 from app.store.models import RequestState
 from app.wording import listed, plural
 

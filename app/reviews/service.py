@@ -17,13 +17,14 @@ from typing import Any
 from sqlalchemy import func, select
 
 from app.lifecycle import transitions
+from app.lifecycle.eligibility import is_requester
 from app.lifecycle.errors import (
     AlreadyDecided,
     NotAllowed,
     NotFound,
     SelfApproval,
 )
-from app.lifecycle.snapshots import RequestView
+from app.lifecycle.snapshots import RequestView, load_request, snapshot, snapshots
 from app.lifecycle.transitions import StaleState
 from app.lifecycle.validation import clean_note
 from app.policy import rules
@@ -93,11 +94,11 @@ class ReviewService(FeatureService):
         now = self.clock.now()
         cleaned = clean_note(note, "Add a short note (a few words) on why, for the record.")
         with self.db.transaction() as session:
-            req = self.core._load(session, request_id)
+            req = load_request(session, request_id)
             review = session.scalars(select(Review).where(Review.request_id == req.id)).first()
             if review is None:
                 raise NotFound(f"Request #{req.id} is not a break-glass use; it has no review.")
-            if self.core._is_requester(reviewer, req):
+            if is_requester(self.policy, reviewer, req):
                 raise SelfApproval("You cannot review your own break-glass use.")
             if not rules.is_reviewer(self.policy, reviewer, now):
                 raise NotAllowed("Only the policy's break-glass reviewers can decide this review.")
@@ -122,18 +123,18 @@ class ReviewService(FeatureService):
                 raise AlreadyDecided(
                     f"The review of request #{req.id} was already decided."
                 ) from None
-            return self.core._view(session, req)
+            return snapshot(session, req)
 
     def review_refusal(self, request_id: int, person: Person) -> str | None:
         """Why this person may not decide this review now (None: they may), so a click can be
         answered before a note is asked for. `decide_review` checks again on submission."""
         now = self.clock.now()
         with self.db.read() as session:
-            req = self.core._load(session, request_id)
+            req = load_request(session, request_id)
             review = session.scalars(select(Review).where(Review.request_id == req.id)).first()
         if review is None:
             return f"Request #{req.id} is not a break-glass use; it has no review."
-        if self.core._is_requester(person, req):
+        if is_requester(self.policy, person, req):
             return "You cannot review your own break-glass use."
         if not rules.is_reviewer(self.policy, person, now):
             return "Only the policy's break-glass reviewers can decide this review."
@@ -214,8 +215,8 @@ class ReviewService(FeatureService):
     def break_glass_summary(self, request_id: int) -> BreakGlassSummary:
         """Who, what, why, how long, who was alerted and what the target recorded."""
         with self.db.read() as session:
-            req = self.core._load(session, request_id)
-            view = self.core._view(session, req)
+            req = load_request(session, request_id)
+            view = snapshot(session, req)
             events = session.execute(
                 select(AuditEvent.action, AuditEvent.body)
                 .where(AuditEvent.request_id == request_id)
@@ -273,7 +274,7 @@ class ReviewService(FeatureService):
                 .order_by(AccessRequest.created_at.desc(), AccessRequest.id.desc())
                 .limit(10)
             ).all()
-            return tuple(self.core._views(session, list(reversed(rows))))
+            return tuple(snapshots(session, list(reversed(rows))))
 
     def _break_glass_count(self, view: RequestView) -> int:
         """This person's break-glass uses in the 30 days up to this one, this one included."""

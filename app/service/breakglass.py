@@ -21,14 +21,15 @@ from sqlalchemy.orm import Session
 
 from app.breakglass.rules import Breach, Budget, Flag, FlagFacts, Use, budget_breaches, flags
 from app.breakglass.rules import usage as usage_of
-from app.lifecycle import transitions
-from app.lifecycle.errors import AlreadyDecided, NotAllowed, NotFound, SelfApproval
-from app.lifecycle.snapshots import RequestView
+from app.lifecycle import eligibility, transitions
+from app.lifecycle.errors import STATE_WORDS, AlreadyDecided, NotAllowed, NotFound, SelfApproval
+from app.lifecycle.leases import lease_values
+from app.lifecycle.snapshots import RequestView, load_request, snapshot
+from app.lifecycle.transitions import retry_when_stale
 from app.lifecycle.validation import clean_reason, within_cap
 from app.policy import rules
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person, person_key, same_person
-from app.service.base import STATE_WORDS
 from app.service.requests import RequestCases
 from app.store.models import AccessRequest, AuditEvent, RequestState, Review, ReviewState
 
@@ -182,7 +183,7 @@ class BreakGlassCases(RequestCases):
             replaced as an immediate break-glass would replace it."""
             return self._replace_own_pending(session, key, plan, now, keep_break_glass=True)
 
-        return self._retrying(
+        return retry_when_stale(
             lambda: self._open(
                 person,
                 plan,
@@ -374,7 +375,7 @@ class BreakGlassCases(RequestCases):
     def confirm_break_glass(self, request_id: int, person: Person) -> RequestView:
         """A second person confirms a held break-glass use: granted at once."""
         with self.db.read() as session:
-            req = self._load(session, request_id)
+            req = load_request(session, request_id)
             target, account, entitlement = req.target, req.account, req.entitlement
             held = session.scalar(
                 select(AuditEvent.body).where(
@@ -385,7 +386,7 @@ class BreakGlassCases(RequestCases):
             raise NotFound(
                 f"Request #{request_id} is not a break-glass use waiting to be confirmed."
             )
-        if self._is_requester(person, req):
+        if eligibility.is_requester(self.policy, person, req):
             raise SelfApproval(
                 "You cannot confirm your own break-glass use, from this account or another of "
                 "yours: it needs a second person."
@@ -398,7 +399,7 @@ class BreakGlassCases(RequestCases):
         def attempt() -> RequestView:
             now = self.clock.now()
             with self.db.transaction() as session:
-                req = self._load(session, request_id)
+                req = load_request(session, request_id)
                 if req.state != RequestState.PENDING:
                     raise AlreadyDecided(_not_waiting(req))
                 if now >= req.created_at + self._pending_timeout(req.path):
@@ -406,7 +407,7 @@ class BreakGlassCases(RequestCases):
                         f"Break-glass #{req.id} waited too long and is closing; they can break "
                         "glass again."
                     )
-                requester = self._requester(req)
+                requester = eligibility.requester(req)
                 allowed = self.confirmers_for(requester, req.target, req.role, now)
                 if not rules.is_member(self.policy, person, allowed):
                     raise NotAllowed(
@@ -423,7 +424,11 @@ class BreakGlassCases(RequestCases):
                     at=now,
                     actor=key,
                     action=STARTED,
-                    changes={"decided_at": now, "preexisting": preexisting, **self._lease(now)},
+                    changes={
+                        "decided_at": now,
+                        "preexisting": preexisting,
+                        **lease_values(self.worker, self.lease, now),
+                    },
                     data={
                         "confirmed_by": key,
                         "confirmed_by_slack_id": person.slack_user_id,
@@ -444,9 +449,9 @@ class BreakGlassCases(RequestCases):
                         due_at=now + review_within,
                     )
                 )
-                return self._view(session, req)
+                return snapshot(session, req)
 
-        view = self._retrying(attempt)
+        view = retry_when_stale(attempt)
         return self._finish_grant(view.id)
 
     def break_glass_start(self, request_id: int) -> BreakGlassStart:

@@ -6,6 +6,7 @@ so a crash in between is found and finished by `reconcile`.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -13,44 +14,51 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.adapters.base import Adapter, AdapterError, BatchRevoker, RevokeResult
-from app.lifecycle import transitions
+from app.lifecycle import eligibility, transitions
 from app.lifecycle.errors import (
+    STATE_WORDS,
     AlreadyDecided,
     InvalidRequest,
     NotAllowed,
     NotEligible,
 )
-from app.lifecycle.snapshots import RequestView
-from app.lifecycle.transitions import StaleState
+from app.lifecycle.leases import (
+    holds_lease,
+    keeping_leases,
+    lease_values,
+    lock_request,
+    skip_locked,
+)
+from app.lifecycle.snapshots import RequestView, load_request, snapshot
+from app.lifecycle.targets import StillPresent, describe_error
+from app.lifecycle.transitions import StaleState, retry_when_stale
 from app.lifecycle.validation import MAX_NOTE_CHARS, clean_note, clean_text
 from app.policy import rules
 from app.policy.durations import LONGEST, format_duration
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person, person_key
-from app.service.base import (
-    REVOKE_RETRY_FIRST,
-    REVOKE_RETRY_MAX,
-    ServiceBase,
-    StillPresent,
-    describe_error,
-    log,
-)
+from app.service.reads import RequestReads
 from app.store.db import is_database_error
-from app.store.models import AccessRequest, RequestState
+from app.store.models import HOLDING_STATES, AccessRequest, RequestState
 
+log = logging.getLogger(__name__)
 OnDone = Callable[[int], None]
-# Revokes claimed, called on a target and recorded together: one batch call where the target
+# A failed revoke is retried by the sweep after 30 s, 1 min, 2 min… and then every 15 min,
+# for ever, until it succeeds or a WardKey admin marks it resolved.
+REVOKE_RETRY_FIRST = timedelta(seconds=30)
+REVOKE_RETRY_MAX = timedelta(minutes=15)
+# Revokes leased, called on a target and recorded together: one batch call where the target
 # has one (app/adapters/base.py BatchRevoker), and one transaction for their outcomes.
 REVOKE_BATCH = 200
 # Expiries go in smaller batches: several workers share a wave (each holds at most its lanes'
-# worth of claims), and a worker that dies leaves few claims to take over.
+# worth of leases), and a worker that dies leaves few leases to take over.
 EXPIRY_BATCH = 20
 # An expiry on a target without batches: this many revokes, one after another, to a lane slot
-# (each still one call per grant), so a claim takes more than one grant per slot.
+# (each still one call per grant), so a lease takes more than one grant per slot.
 EXPIRY_CHUNK = 5
 # Outcomes of one-call-per-grant revokes recorded together (or fewer, once no call is left).
 RECORD_EVERY = 25
@@ -121,22 +129,22 @@ class Probes:
             return back
 
 
-class GrantCases(ServiceBase):
+class GrantCases(RequestReads):
     # -------------------------------------------------------------------------------- grant
 
     def grant(self, request_id: int) -> RequestView:
         """Give approved access on the target: record intent, call the adapter, record result."""
         with self.db.read() as session:
-            req = self._load(session, request_id)
+            req = load_request(session, request_id)
             if req.state != RequestState.APPROVED:
-                return self._view(session, req)
+                return snapshot(session, req)
             target, account, entitlement = req.target, req.account, req.entitlement
         now = self.clock.now()
         try:
             preexisting = self._preexisting(target, account, entitlement)
         except AdapterError as exc:
             with self.db.transaction() as session:
-                req = self._load(session, request_id)
+                req = load_request(session, request_id)
                 if req.state == RequestState.APPROVED:
                     transitions.transition(
                         session,
@@ -148,16 +156,18 @@ class GrantCases(ServiceBase):
                         changes={"grant_detail": describe_error(exc), "ended_at": now},
                         data={"error": describe_error(exc), "transient": exc.transient},
                     )
-                return self._view(session, req)
+                return snapshot(session, req)
         try:
             with self.db.transaction() as session:
-                req = self._load(session, request_id)
+                req = load_request(session, request_id)
                 if req.state != RequestState.APPROVED:
-                    return self._view(session, req)
-                refusal = self._refusal(session, req, now)
+                    return snapshot(session, req)
+                refusal = eligibility.refusal_now(session, self.policy, req, now)
                 if refusal is not None:  # something changed since the approval
-                    self._cancel_as(session, req, now, "wardkey", refusal, "recheck_at_grant")
-                    return self._view(session, req)
+                    transitions.cancel(
+                        session, req, at=now, actor="wardkey", why=refusal, cause="recheck_at_grant"
+                    )
+                    return snapshot(session, req)
                 transitions.transition(
                     session,
                     req,
@@ -165,7 +175,10 @@ class GrantCases(ServiceBase):
                     at=now,
                     actor="wardkey",
                     action="grant.started",
-                    changes={"preexisting": preexisting, **self._lease(now)},
+                    changes={
+                        "preexisting": preexisting,
+                        **lease_values(self.worker, self.lease, now),
+                    },
                     data={"preexisting": preexisting, "worker": self.worker},
                 )
         except StaleState:  # another worker is granting it
@@ -173,18 +186,18 @@ class GrantCases(ServiceBase):
         return self._finish_grant(request_id)
 
     def _finish_grant(self, request_id: int) -> RequestView:
-        with self._holding(request_id):
+        with keeping_leases(self.heartbeat, request_id):
             return self._finish_grant_held(request_id)
 
     def _finish_grant_held(self, request_id: int) -> RequestView:
         now = self.clock.now()
         with self.db.read() as session:
-            req = self._load(session, request_id)
-            if req.state != RequestState.GRANTING or not self._holds_claim(req):
-                return self._view(session, req)
+            req = load_request(session, request_id)
+            if req.state != RequestState.GRANTING or not holds_lease(req, self.worker):
+                return snapshot(session, req)
             # Checked again at the last moment: a grant taken over from a crashed worker may
             # come long after the approval.
-            refusal = self._refusal(session, req, now)
+            refusal = eligibility.refusal_now(session, self.policy, req, now)
         if refusal is not None:
             return self._drop_grant(req, refusal, now)
         # The window runs from the decision, wherever and whenever the grant is finished: a
@@ -194,9 +207,9 @@ class GrantCases(ServiceBase):
             return self._abandon_grant(request_id)
         # Never longer than the limits allow now: a vendor's access stops at the contract end
         # however late the approval came, and a cap lowered meanwhile applies.
-        until = min(asked, now + self._limits(req).cap_from(now))
+        until = min(asked, now + eligibility.limits(self.policy, req).cap_from(now))
         try:
-            result = self._on_target(
+            result = self.call_target(
                 req.target, lambda a: a.grant(req.account, req.entitlement, until)
             )
         except AdapterError as exc:
@@ -209,7 +222,7 @@ class GrantCases(ServiceBase):
             detail = describe_error(exc)
             if exc.transient:
                 detail += self._undo_uncertain_grant(req)
-            return self._finish(
+            return self._record_target_result(
                 request_id,
                 RequestState.GRANTING,
                 RequestState.GRANT_FAILED,
@@ -217,7 +230,7 @@ class GrantCases(ServiceBase):
                 changes={"grant_detail": detail, "ended_at": self.clock.now()},
                 data={"error": detail, "transient": exc.transient},
             )
-        return self._finish(
+        return self._record_target_result(
             request_id,
             RequestState.GRANTING,
             RequestState.ACTIVE,
@@ -237,17 +250,60 @@ class GrantCases(ServiceBase):
         detail = self._undo_uncertain_grant(req).removeprefix("; ")
         try:
             with self.db.transaction() as session:
-                current = self._load(session, req.id)
-                if current.state == RequestState.GRANTING and self._holds_claim(current):
+                current = load_request(session, req.id)
+                if current.state == RequestState.GRANTING and holds_lease(current, self.worker):
                     facts = {"target_cleanup": detail} if detail else {}
-                    self._cancel_as(
-                        session, current, now, "wardkey", why, "recheck_at_grant", facts
+                    transitions.cancel(
+                        session,
+                        current,
+                        at=now,
+                        actor="wardkey",
+                        why=why,
+                        cause="recheck_at_grant",
+                        facts=facts,
                     )
         except StaleState:
             pass  # another worker took it over and records it
         return self.get(req.id)
 
-    def _finish(
+    def _apply(
+        self,
+        request_id: int,
+        expected: RequestState,
+        to: RequestState,
+        action: str,
+        *,
+        actor: str = "wardkey",
+        changes: Mapping[str, object] | None = None,
+        data: Mapping[str, object] | None = None,
+        at: datetime | None = None,
+    ) -> RequestView:
+        """Apply one transition in its own transaction, from the state the caller saw:
+        AlreadyDecided (saying what became of the request) if it has moved on meanwhile.
+        `_record_target_result` is the same for a target's answer, where moving on is no
+        refusal."""
+        with self.db.transaction() as session:
+            req = load_request(session, request_id)
+            if req.state != expected:
+                raise AlreadyDecided(
+                    f"Request #{req.id} {STATE_WORDS.get(RequestState(req.state), 'changed')}."
+                )
+            try:
+                transitions.transition(
+                    session,
+                    req,
+                    to,
+                    at=at or self.clock.now(),
+                    actor=actor,
+                    action=action,
+                    changes=changes,
+                    data=data,
+                )
+            except StaleState:
+                raise AlreadyDecided(f"Request #{req.id} changed at the same moment.") from None
+            return snapshot(session, req)
+
+    def _record_target_result(
         self,
         request_id: int,
         expected: RequestState,
@@ -257,12 +313,45 @@ class GrantCases(ServiceBase):
         changes: Mapping[str, object],
         data: Mapping[str, object],
     ) -> RequestView:
-        """Record what the target said. If this worker's lease ran out and another took the
-        work over, the other records it; the caller gets the request as it now stands."""
+        """Record what the target said (`_apply`). If this worker's lease ran out and another
+        took the work over, the other records it; the caller gets the request as it now
+        stands."""
         try:
-            return self._record(request_id, expected, to, action, changes=changes, data=data)
+            return self._apply(request_id, expected, to, action, changes=changes, data=data)
         except AlreadyDecided:
             return self.get(request_id)
+
+    def _preexisting(self, target: str, account: str, entitlement: str) -> bool:
+        """Does the target already give this access, other than through a grant of ours?"""
+        if not self.call_target(target, lambda a: a.check(account, entitlement)):
+            return False
+        with self.db.read() as session:
+            ours = session.scalar(
+                select(func.count())
+                .select_from(AccessRequest)
+                .where(
+                    AccessRequest.target == target,
+                    AccessRequest.account == account,
+                    AccessRequest.entitlement == entitlement,
+                    AccessRequest.state.in_([s.value for s in HOLDING_STATES]),
+                    AccessRequest.preexisting.is_not(True),
+                )
+            )
+        return not ours
+
+    def _other_holder(self, session: Session, req: AccessRequest) -> int | None:
+        """Another live grant of the same access, which a revoke must not pull from under."""
+        return session.scalar(
+            select(AccessRequest.id)
+            .where(
+                AccessRequest.id != req.id,
+                AccessRequest.target == req.target,
+                AccessRequest.account == req.account,
+                AccessRequest.entitlement == req.entitlement,
+                AccessRequest.state.in_([RequestState.GRANTING.value, RequestState.ACTIVE.value]),
+            )
+            .limit(1)
+        )
 
     def _undo_uncertain_grant(self, req: AccessRequest) -> str:
         """Take back access a failed or interrupted grant may have given (a time-out can hide a
@@ -274,7 +363,7 @@ class GrantCases(ServiceBase):
         if req.preexisting or other is not None:
             return ""
         try:
-            self._take_away(req.target, req.account, req.entitlement, read_back=False)
+            self.take_away(req.target, req.account, req.entitlement, read_back=False)
         except AdapterError as exc:
             return (
                 f"; removing any access it may have given failed too ({describe_error(exc)}): "
@@ -294,8 +383,8 @@ class GrantCases(ServiceBase):
         def attempt() -> RequestView:
             now = self.clock.now()
             with self.db.transaction() as session:
-                req = self._load(session, request_id)
-                if not self._is_requester(person, req):
+                req = load_request(session, request_id)
+                if not eligibility.is_requester(self.policy, person, req):
                     raise NotAllowed("Only the person holding this access can extend it.")
                 if req.state != RequestState.ACTIVE:
                     raise AlreadyDecided(
@@ -307,7 +396,7 @@ class GrantCases(ServiceBase):
                     )
                 if req.path == BREAK_GLASS_PATH:
                     raise NotAllowed("Break-glass access cannot be extended; use /jit request.")
-                refusal = self._refusal(session, req, now)
+                refusal = eligibility.refusal_now(session, self.policy, req, now)
                 if refusal is not None:
                     raise NotEligible(refusal, field="access")
                 self._refuse_beyond_limits(req, duration)
@@ -329,11 +418,11 @@ class GrantCases(ServiceBase):
                         },
                         data={**facts, "approvers": rules.approvers_at(self.policy, req.path, now)},
                     )
-                    return self._view(session, req)
+                    return snapshot(session, req)
                 self._apply_extension(session, req, now, key, seconds, facts)
-                return self._view(session, req)
+                return snapshot(session, req)
 
-        view = self._retrying(attempt)
+        view = retry_when_stale(attempt)
         if view.extension is None:
             self._refresh_target(view)
         return view
@@ -341,7 +430,7 @@ class GrantCases(ServiceBase):
     def _refuse_beyond_limits(self, req: AccessRequest, duration: timedelta) -> None:
         """An extension may not take the grant past its limits (`rules.limits`)."""
         assert req.granted_at is not None and req.expires_at is not None
-        latest = self._limits(req).latest_expiry(req.granted_at)
+        latest = eligibility.limits(self.policy, req).latest_expiry(req.granted_at)
         if req.expires_at + duration <= latest:
             return
         new_total = req.expires_at + duration - req.granted_at
@@ -366,9 +455,9 @@ class GrantCases(ServiceBase):
         shortened, one with no room left or for someone no longer allowed is refused."""
         assert req.granted_at is not None and req.expires_at is not None
         seconds = req.extension_seconds or 0
-        why = self._refusal(session, req, now)
+        why = eligibility.refusal_now(session, self.policy, req, now)
         if why is None:
-            latest = self._limits(req).latest_expiry(req.granted_at)
+            latest = eligibility.limits(self.policy, req).latest_expiry(req.granted_at)
             room = int((latest - req.expires_at).total_seconds())
             if room <= 0:
                 why = f"{req.target}:{req.role} has reached its time limit; ask again if needed."
@@ -423,7 +512,7 @@ class GrantCases(ServiceBase):
             return
         until = view.expires_at
         try:
-            self._on_target(view.target, lambda a: a.grant(view.account, view.entitlement, until))
+            self.call_target(view.target, lambda a: a.grant(view.account, view.entitlement, until))
         except AdapterError as exc:
             log.warning(
                 "event=extension_refresh_failed request=%s error=%s", view.id, describe_error(exc)
@@ -448,9 +537,9 @@ class GrantCases(ServiceBase):
         def attempt() -> None:
             nonlocal allowed
             with self.db.transaction() as session:
-                req = self._load(session, request_id)
+                req = load_request(session, request_id)
                 allowed = (
-                    self._is_requester(person, req)
+                    eligibility.is_requester(self.policy, person, req)
                     or rules.is_approver(self.policy, req.path, person, now)
                     or (
                         req.path == BREAK_GLASS_PATH and rules.is_reviewer(self.policy, person, now)
@@ -465,7 +554,7 @@ class GrantCases(ServiceBase):
                 if req.state != RequestState.ACTIVE:
                     raise AlreadyDecided(f"Request #{req.id} is not active.")
                 key = person_key(self.policy, person)
-                self._start_revokes(
+                self.start_revokes(
                     session,
                     [req],
                     now,
@@ -474,8 +563,12 @@ class GrantCases(ServiceBase):
                     data={"cause": "early", "note": why, "worker": self.worker},
                 )
 
-        self._retrying(attempt)
+        retry_when_stale(attempt)
         return self._finish_revoke(request_id)
+
+    def requester_of(self, req: AccessRequest) -> Person:
+        """Who asked, as the policy is checked against."""
+        return eligibility.requester(req)
 
     def end_access(
         self,
@@ -483,35 +576,22 @@ class GrantCases(ServiceBase):
         why: str,
         cause: str,
         also: Callable[[Session, AccessRequest], None] | None = None,
-    ) -> bool:
-        """End a request because its requester may no longer have it, for a feature outside
-        the service (a leaver in the directory: app.groups); see `_end_for`."""
-        return self._end_for(request_id, "wardkey", why, cause, also)
-
-    def requester_of(self, req: AccessRequest) -> Person:
-        """Who asked, as the policy is checked against."""
-        return self._requester(req)
-
-    def _end_for(
-        self,
-        request_id: int,
-        actor: str,
-        why: str,
-        cause: str,
-        also: Callable[[Session, AccessRequest], None] | None = None,
+        *,
+        actor: str = "wardkey",
     ) -> bool:
         """End a request because its requester may no longer have it (a contract ended, a
-        service account retired): a waiting one is cancelled, active access is revoked, and
-        `why` is recorded for the requester and the audit trail. False if it had already
-        moved on. `also`: more to write in the same transaction (a message to security)."""
+        service account retired, its ticket closed, a leaver in the directory): a waiting one
+        is cancelled, active access is revoked, and `why` is recorded for the requester and
+        the audit trail, as done by `actor`. False if it had already moved on. `also`: more to
+        write in the same transaction (a message to security)."""
         now = self.clock.now()
         try:
             with self.db.transaction() as session:
-                req = self._claim_one(session, request_id)
+                req = lock_request(session, request_id)
                 if req is None:
                     return False
                 if req.state in (RequestState.PENDING, RequestState.APPROVED):
-                    self._cancel_as(session, req, now, actor, why, cause)
+                    transitions.cancel(session, req, at=now, actor=actor, why=why, cause=cause)
                     if also is not None:
                         also(session, req)
                     return True
@@ -519,7 +599,7 @@ class GrantCases(ServiceBase):
                     return False
                 if also is not None:
                     also(session, req)
-                self._start_revokes(
+                self.start_revokes(
                     session,
                     [req],
                     now,
@@ -541,20 +621,20 @@ class GrantCases(ServiceBase):
         on_done: OnDone | None = None,
         hold: float = 0.0,
     ) -> list[int]:
-        """Revoke every grant whose time is up (the expiry sweep calls this). Claims a batch at
+        """Revoke every grant whose time is up (the expiry sweep calls this). Leases a batch at
         a time, skipping rows other workers hold, so several workers share a wave of
         expiries; returns the requests it took. Each target's revokes run in that target's own
-        lane (`revoke_claimed`) and are recorded as they come, so a hung target delays only
+        lane (`revoke_leased`) and are recorded as they come, so a hung target delays only
         its own grants; a target whose lane is full is left for the next tick (or another
         worker). With `wait` it returns once they are recorded (ended, or failed and to be
         retried); without, once they are handed to the lanes, and `on_done` is called as each
-        is recorded. `hold`: without `wait`, go on claiming for up to this long as lanes free
+        is recorded. `hold`: without `wait`, go on leasing for up to this long as lanes free
         up (a wave is not capped at one lane's worth per tick); with it, each batch is waited
         for anyway."""
         taken: list[int] = []
         until = time.monotonic() + hold
         while len(taken) < limit:
-            work, others = self._claim_due(min(batch, limit - len(taken)))
+            work, others = self._lease_due(min(batch, limit - len(taken)))
             if not work:
                 full = self.lanes.full(self.adapters)
                 left = until - time.monotonic()
@@ -562,7 +642,7 @@ class GrantCases(ServiceBase):
                     break
                 self.lanes.wait_for_room(full, left)
                 continue
-            futures = self.revoke_claimed(
+            futures = self.revoke_leased(
                 work, others, on_done=on_done, batch=EXPIRY_BATCH, chunk=EXPIRY_CHUNK
             )
             taken += [req.id for req in work]
@@ -587,7 +667,7 @@ class GrantCases(ServiceBase):
                 is not None
             )
 
-    def _claim_due(self, batch: int) -> tuple[list[AccessRequest], dict[int, int | None]]:
+    def _lease_due(self, batch: int) -> tuple[list[AccessRequest], dict[int, int | None]]:
         """Take up to `batch` due grants on targets whose lane has room, marked revoking in
         one statement (`transitions.transition_many`)."""
         now = self.clock.now()
@@ -599,7 +679,7 @@ class GrantCases(ServiceBase):
             query = query.where(AccessRequest.target.not_in(full))
         with self.db.transaction() as session:
             due = session.scalars(
-                self._claim(query.order_by(AccessRequest.expires_at).limit(batch))
+                skip_locked(query.order_by(AccessRequest.expires_at).limit(batch))
             ).all()
             # A lane slot takes one grant, or a whole batch where the target revokes in batches.
             room = {
@@ -612,7 +692,7 @@ class GrantCases(ServiceBase):
                     continue  # left active: the next tick takes it when the lane has room
                 room[req.target] -= 1
                 work.append(req)
-            self._start_revokes(
+            self.start_revokes(
                 session,
                 work,
                 now,
@@ -620,10 +700,10 @@ class GrantCases(ServiceBase):
                 why="expired",
                 data={"cause": "expired", "worker": self.worker},
             )
-            others = self._other_holders(session, work)
+            others = self.other_holders(session, work)
         return work, others
 
-    def _start_revokes(
+    def start_revokes(
         self,
         session: Session,
         reqs: list[AccessRequest],
@@ -648,12 +728,12 @@ class GrantCases(ServiceBase):
                 "end_reason": why,
                 "extension_seconds": None,
                 **(more or {}),
-                **self._lease(now),
+                **lease_values(self.worker, self.lease, now),
             },
             data=lambda _req: data,
         )
 
-    def _other_holders(self, session: Session, reqs: list[AccessRequest]) -> dict[int, int | None]:
+    def other_holders(self, session: Session, reqs: list[AccessRequest]) -> dict[int, int | None]:
         """`_other_holder` of each request, in one query per target."""
         found: dict[int, int | None] = {r.id: None for r in reqs}
         by_target: dict[str, list[AccessRequest]] = {}
@@ -687,7 +767,7 @@ class GrantCases(ServiceBase):
         adapter = self.adapters.get(target)
         return isinstance(adapter, BatchRevoker) and getattr(adapter, "batches", True)
 
-    def revoke_claimed(
+    def revoke_leased(
         self,
         reqs: list[AccessRequest],
         others: Mapping[int, int | None],
@@ -697,7 +777,7 @@ class GrantCases(ServiceBase):
         batch: int = REVOKE_BATCH,
         chunk: int = 1,
     ) -> list[Future[None]]:
-        """Take away on their targets grants this worker has claimed (revoking), each target
+        """Take away on their targets grants this worker holds the lease on (revoking), each target
         in its own lane: in batches of REVOKE_BATCH where the target has a batch call (one
         call, then one read of who still holds the entitlement; `batch` at most to a call and
         to a lane slot), else one call per grant (`chunk` of them, one after another, to a
@@ -775,11 +855,11 @@ class GrantCases(ServiceBase):
             answers: list[RevokeResult | AdapterError] | None
             holders: dict[str, set[str]] = {}
             try:
-                answers = self._on_target(target, lambda a: _batch_revoker(a).revoke_many(items))
+                answers = self.call_target(target, lambda a: _batch_revoker(a).revoke_many(items))
                 if answers is None:
                     return None
                 for entitlement in sorted({r.entitlement for r in calls}):
-                    holders[entitlement] = self._on_target(target, _members_of(entitlement))
+                    holders[entitlement] = self.call_target(target, _members_of(entitlement))
             except AdapterError as exc:
                 answers = [exc] * len(calls)
             for req, answer in zip(calls, answers, strict=True):
@@ -844,7 +924,7 @@ class GrantCases(ServiceBase):
     def _mark_warned(self, request_id: int, now: datetime) -> bool:
         try:
             with self.db.transaction() as session:
-                req = self._claim_one(session, request_id)
+                req = lock_request(session, request_id)
                 if (
                     req is None
                     or req.state != RequestState.ACTIVE
@@ -869,12 +949,12 @@ class GrantCases(ServiceBase):
         """Try a failed revoke again (the retry sweep calls this until it succeeds)."""
         now = self.clock.now()
         try:
-            self._record(
+            self._apply(
                 request_id,
                 RequestState.REVOKE_FAILED,
                 RequestState.REVOKING,
                 "revoke.retried",
-                changes=self._lease(now),
+                changes=lease_values(self.worker, self.lease, now),
                 data={"attempt": self.get(request_id).revoke_attempts + 1, "worker": self.worker},
                 at=now,
             )
@@ -1000,7 +1080,7 @@ class GrantCases(ServiceBase):
             raise NotAllowed("Only a WardKey admin can mark a failed revoke as resolved.")
         cleaned = clean_note(note, "Say what you checked or did on the target, in a few words.")
         key = person_key(self.policy, person)
-        return self._record(
+        return self._apply(
             request_id,
             RequestState.REVOKE_FAILED,
             RequestState.ENDED,
@@ -1012,13 +1092,13 @@ class GrantCases(ServiceBase):
 
     def _finish_revoke(self, request_id: int) -> RequestView:
         with self.db.read() as session:
-            req = self._load(session, request_id)
-            if req.state != RequestState.REVOKING or not self._holds_claim(req):
-                return self._view(session, req)
+            req = load_request(session, request_id)
+            if req.state != RequestState.REVOKING or not holds_lease(req, self.worker):
+                return snapshot(session, req)
             other = self._other_holder(session, req)
-        with self._holding(request_id):
+        with keeping_leases(self.heartbeat, request_id):
             outcome = self._revoke_on_target(req, other)
-        return self._finish(
+        return self._record_target_result(
             request_id,
             RequestState.REVOKING,
             outcome.to,
@@ -1045,7 +1125,7 @@ class GrantCases(ServiceBase):
                 at=now,
             )
         try:
-            result, sessions = self._take_away(req.target, req.account, req.entitlement)
+            result, sessions = self.take_away(req.target, req.account, req.entitlement)
         except (AdapterError, StillPresent) as exc:
             return self._revoke_failure(req, exc)
         now = self.clock.now()
@@ -1105,7 +1185,7 @@ class GrantCases(ServiceBase):
         ids = [rid for rid, _ in outcomes]
         recorded: list[int] = []
         with self.db.transaction() as session:
-            # Locked in id order, as the heartbeat locks the claims it renews: two multi-row
+            # Locked in id order, as the heartbeat locks the leases it renews: two multi-row
             # writes that took the same rows in different orders could deadlock.
             rows = {
                 r.id: r
@@ -1119,7 +1199,11 @@ class GrantCases(ServiceBase):
             groups: dict[str, list[tuple[AccessRequest, RevokeOutcome]]] = {}
             for rid, outcome in outcomes:
                 req = rows.get(rid)
-                if req is None or req.state != RequestState.REVOKING or not self._holds_claim(req):
+                if (
+                    req is None
+                    or req.state != RequestState.REVOKING
+                    or not holds_lease(req, self.worker)
+                ):
                     continue
                 changes = sorted(outcome.changes.items())
                 same = repr((outcome.to, outcome.action, outcome.at, changes))
@@ -1144,7 +1228,7 @@ class GrantCases(ServiceBase):
 
     def reconcile(self, *, wait: bool = True, on_done: OnDone | None = None) -> ReconcileReport:
         """Finish what a crashed worker left half-done: approved requests never granted, and
-        grants or revokes whose worker's lease ran out. Each is claimed before it is touched,
+        grants or revokes whose worker's lease ran out. Each is leased before it is touched,
         so two workers reconciling at once never both call the target. Revokes run in their
         target's lane; without `wait` they are not waited for (`on_done` says when each is
         recorded) and are not in the report."""
@@ -1227,7 +1311,7 @@ class GrantCases(ServiceBase):
         taken: list[tuple[int, RequestState, datetime, int, str]] = []
         with self.db.transaction() as session:
             rows = session.scalars(
-                self._claim(
+                skip_locked(
                     select(AccessRequest)
                     .where(or_(stalled_work, stalled_approval))
                     .order_by(AccessRequest.id)
@@ -1246,7 +1330,7 @@ class GrantCases(ServiceBase):
                         at=now,
                         actor="wardkey",
                         action=f"{verb}.taken_over",
-                        changes=self._lease(now),
+                        changes=lease_values(self.worker, self.lease, now),
                         data={"from_worker": req.claimed_by, "worker": self.worker},
                     )
                 taken.append((req.id, state, started, req.requested_seconds, req.target))
@@ -1254,11 +1338,11 @@ class GrantCases(ServiceBase):
 
     def _abandon_grant(self, request_id: int) -> RequestView:
         with self.db.read() as session:
-            req = self._load(session, request_id)
+            req = load_request(session, request_id)
         detail = "interrupted before access was confirmed; its time has passed"
-        with self._holding(request_id):
+        with keeping_leases(self.heartbeat, request_id):
             detail += self._undo_uncertain_grant(req)
-        return self._finish(
+        return self._record_target_result(
             request_id,
             RequestState.GRANTING,
             RequestState.GRANT_FAILED,
@@ -1278,7 +1362,7 @@ def _batch_revoker(adapter: Adapter) -> BatchRevoker:
 
 
 class _Recorder:
-    """Outcomes of one target's revokes of one claim, recorded many to a transaction: every
+    """Outcomes of one target's revokes of one lease, recorded many to a transaction: every
     RECORD_EVERY, and whatever is left once the last call is done (or lost)."""
 
     def __init__(

@@ -7,25 +7,45 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.lifecycle import transitions
+from app.lifecycle import eligibility, transitions
+from app.lifecycle.eligibility import attestation_refusal, lockdown_refusal
 from app.lifecycle.errors import (
+    STATE_WORDS,
     AlreadyDecided,
+    InvalidRequest,
     NotAllowed,
+    NotEligible,
     SelfApproval,
     StepUpNeeded,
 )
-from app.lifecycle.snapshots import REPLACED_BY_BREAK_GLASS, WITHDRAWN, RequestView
-from app.lifecycle.transitions import StaleState
-from app.lifecycle.validation import MAX_NOTE_CHARS, clean_reason, clean_text, within_cap
+from app.lifecycle.leases import lease_values, lock_request
+from app.lifecycle.snapshots import (
+    REPLACED_BY_BREAK_GLASS,
+    WITHDRAWN,
+    RequestView,
+    load_request,
+    snapshot,
+)
+from app.lifecycle.transitions import StaleState, retry_when_stale
+from app.lifecycle.validation import (
+    MAX_NOTE_CHARS,
+    clean_reason,
+    clean_text,
+    refuse_control_characters,
+    within_cap,
+)
 from app.policy import rules
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person, person_key
-from app.service.base import STATE_WORDS
+from app.policy.tickets import TicketFacts, unanswered
+from app.policy.tickets import refusal as ticket_refusal
 from app.service.grants import GrantCases
 from app.service.tickets import TICKET_CLOSED, closed_since_asked, ticket_audit, ticket_fields
 from app.store.models import (
+    OPEN_STATES,
     AccessRequest,
     AuditEvent,
     Decision,
@@ -33,8 +53,14 @@ from app.store.models import (
     Review,
     ReviewState,
 )
+from app.tickets import TicketNotFound, TicketUnreadable, down_message
 
 REMINDED, ESCALATED = 1, 2  # AccessRequest.escalation_level
+# AccessRequest.escalation_level past "escalated" (2): no approver could be reached, so the
+# request was escalated at once and security and the admins told (the sweep adds nothing more).
+UNREACHABLE = 3
+# How long a request waits for a decision on a path since removed from the policy.
+DEFAULT_PENDING_TIMEOUT = timedelta(hours=24)
 # Why a request that is no longer waiting cannot be cancelled, and what to do instead.
 _ASK_AGAIN = "If you need the access, ask again with `/jit request`."
 _BEING_SET_UP = (
@@ -143,7 +169,7 @@ class RequestCases(GrantCases):
                 guard(session)
             return self._replace_own_pending(session, key, plan, now)
 
-        view = self._retrying(
+        view = retry_when_stale(
             lambda: self._open(
                 person,
                 plan,
@@ -152,7 +178,11 @@ class RequestCases(GrantCases):
                 now,
                 RequestState.GRANTING,
                 "breakglass.started",
-                fields={"decided_at": now, "preexisting": preexisting, **self._lease(now)},
+                fields={
+                    "decided_at": now,
+                    "preexisting": preexisting,
+                    **lease_values(self.worker, self.lease, now),
+                },
                 data={
                     "review_due_at": now + review_within,
                     "reviewers": rules.reviewers(self.policy, now),
@@ -207,16 +237,185 @@ class RequestCases(GrantCases):
         if pending is None or (keep_break_glass and pending.path == BREAK_GLASS_PATH):
             return None, {}
         new_id = _reserve_request_id(session)
-        self._cancel_as(
+        transitions.cancel(
             session,
             pending,
-            now,
-            key,
-            f"replaced by break-glass #{new_id}",
-            REPLACED_BY_BREAK_GLASS,
-            {"replaced_by": new_id},
+            at=now,
+            actor=key,
+            why=f"replaced by break-glass #{new_id}",
+            cause=REPLACED_BY_BREAK_GLASS,
+            facts={"replaced_by": new_id},
         )
         return new_id, {"replaces": {"request": pending.id, "pending_since": pending.created_at}}
+
+    # -------------------------------------------------------------------- opening a request
+
+    def _plan(
+        self,
+        person: Person,
+        target: str,
+        role: str,
+        now: datetime,
+        *,
+        break_glass: bool = False,
+        identity: str | None = None,
+    ) -> rules.RequestPlan:
+        try:
+            plan = rules.plan_request(
+                self.policy, person, target, role, now, break_glass=break_glass, identity=identity
+            )
+        except rules.PolicyRefusal as exc:
+            raise NotEligible(str(exc), field="access") from None
+        if plan.target not in self.adapters:
+            raise NotEligible(
+                f"{target} is not connected to WardKey yet; ask a WardKey admin.", field="access"
+            )
+        with self.db.read() as session:  # refused before anything else, even the target
+            locked = lockdown_refusal(session, self.policy, plan.target)
+        if locked is not None:
+            raise NotEligible(locked, field="access")
+        return plan
+
+    def _ticket(self, path: str, ticket: str | None) -> str | None:
+        refuse_control_characters(ticket or "", "ticket", "ticket")
+        try:
+            return rules.check_ticket(self.policy, path, ticket)
+        except rules.PolicyRefusal as exc:
+            raise InvalidRequest(str(exc), field="ticket") from None
+
+    def _checked_ticket(self, path: str, ticket: str | None, person: Person) -> TicketFacts | None:
+        """The ticket as the path's ticket system has it, when the path names one; refused
+        (InvalidRequest on the ticket field) when it is not there, not open or not assigned as
+        the path asks, and when the system does not answer (never accepted unchecked)."""
+        spec = self.policy.paths[path].ticket
+        if spec is None or ticket is None:
+            return None
+        system = self.policy.ticket_systems.get(spec.system)
+        label = system.label if system is not None else spec.system
+        try:
+            facts = self.tickets.find(
+                self.policy,
+                spec.system,
+                ticket,
+                person.email,
+                need_group=spec.assigned == "requester_or_group",
+            )
+        except TicketNotFound as exc:
+            raise InvalidRequest(f"{exc}; check the number.", field="ticket") from None
+        except TicketUnreadable:
+            if spec.when_down == "approver_checks":
+                return unanswered(spec.system, label, ticket)
+            raise InvalidRequest(down_message(label), field="ticket") from None
+        why = ticket_refusal(spec, facts, person.email)
+        if why is not None:
+            raise InvalidRequest(why, field="ticket")
+        return facts
+
+    def refuse_unattested(self, name: str) -> None:
+        """Called before an elevation of `name`: a retired identity is refused, and so is an
+        overdue one whose policy says `block_unattested`. (The rounds are app/identities'; the
+        request path only reads the latest, so the core needs nothing of that feature.)"""
+        with self.db.read() as session:
+            refusal = attestation_refusal(session, self.policy, name, self.clock.now())
+        if refusal is not None:
+            raise NotEligible(refusal, field="access")
+
+    def _open(
+        self,
+        person: Person,
+        plan: rules.RequestPlan,
+        reason: str,
+        duration: timedelta,
+        now: datetime,
+        state: RequestState,
+        action: str,
+        *,
+        fields: Mapping[str, object],
+        data: Mapping[str, object],
+        also: Callable[[Session, AccessRequest], None] | None = None,
+        before: Callable[[Session, str], tuple[int | None, Mapping[str, object]]] | None = None,
+    ) -> RequestView:
+        """Insert a new request with its creation event, unless the access is already open.
+        `before` runs first in the same transaction (break-glass cancels the person's own
+        pending request for the access there) and may give the new request's number and more
+        for its creation event."""
+        key = person_key(self.policy, person)
+        try:
+            with self.db.transaction() as session:
+                locked = lockdown_refusal(session, self.policy, plan.target)
+                if locked is not None:  # locked down since the first look
+                    raise NotEligible(locked, field="access")
+                new_id, more = before(session, key) if before is not None else (None, {})
+                self._refuse_duplicate(session, key, plan)
+                req = AccessRequest(
+                    state=state.value,
+                    requester=key,
+                    requester_slack_id=person.slack_user_id,
+                    requester_email=person.email,
+                    identity=plan.identity,
+                    target=plan.target,
+                    role=plan.role,
+                    path=plan.path,
+                    entitlement=plan.entitlement,
+                    account=plan.account,
+                    reason=reason,
+                    requested_seconds=int(duration.total_seconds()),
+                    approvals_needed=plan.approvals_needed,
+                    approval_round=0,
+                    revoke_attempts=0,
+                    **fields,
+                )
+                if new_id is not None:
+                    req.id = new_id
+                transitions.create(
+                    session, req, at=now, actor=key, action=action, data={**data, **more}
+                )
+                if also is not None:
+                    also(session, req)
+                    return snapshot(session, req)
+                if new_id is None:  # a number never used before: no decisions, no review yet
+                    return RequestView.of(req, [], None)
+                return snapshot(session, req)
+        except IntegrityError:
+            # The same access was asked for at the same moment; the unique index kept one.
+            with self.db.read() as session:
+                self._refuse_duplicate(session, key, plan)
+            raise
+
+    def _pending_timeout(self, path: str) -> timedelta:
+        # A path removed from the policy while requests wait on it still lets them time out.
+        spec = self.policy.paths.get(path)
+        return spec.pending_timeout if spec is not None else DEFAULT_PENDING_TIMEOUT
+
+    def _refuse_duplicate(self, session: Session, key: str, plan: rules.RequestPlan) -> None:
+        open_states = [s.value for s in OPEN_STATES]
+        existing = session.scalars(
+            select(AccessRequest).where(
+                AccessRequest.target == plan.target,
+                AccessRequest.role == plan.role,
+                AccessRequest.account == plan.account,
+                AccessRequest.state.in_(open_states),
+            )
+        ).first()
+        if existing is None:
+            return
+        state = existing.state.replace("_", " ")
+        if existing.requester != key:
+            raise InvalidRequest(
+                f"Request #{existing.id} already covers {plan.target}:{plan.role} for account "
+                f"{plan.account} ({state}).",
+                field="access",
+            )
+        hint = (
+            f" Use /jit extend {existing.id} <duration> for more time."
+            if existing.state == RequestState.ACTIVE
+            else ""
+        )
+        raise InvalidRequest(
+            f"You already have request #{existing.id} for {plan.target}:{plan.role} "
+            f"({state}).{hint}",
+            field="access",
+        )
 
     # ---------------------------------------------------------------------------- decisions
 
@@ -226,12 +425,12 @@ class RequestCases(GrantCases):
         """Record an approval; with enough distinct approvals the access is granted at once.
         On a path with `step_up`, only with `step_up`: what the identity provider proved about
         the approver's fresh sign-in (app/stepup), recorded in the approval's audit event."""
-        outcome = self._retrying(
+        outcome = retry_when_stale(
             lambda: self._decide(request_id, approver, approve=True, step_up=step_up)
         )
         if outcome.state == RequestState.APPROVED:
             if (why := closed_since_asked(self, request_id)) is not None:
-                self._end_for(request_id, "wardkey", why, TICKET_CLOSED)
+                self.end_access(request_id, why, TICKET_CLOSED)
                 return self.get(request_id)
             return self.grant(request_id)
         extended = outcome.state == RequestState.ACTIVE and outcome.extension is None
@@ -248,7 +447,7 @@ class RequestCases(GrantCases):
             too_short="Say why you are denying it, so the requester knows what to do.",
             field="reason",
         )
-        return self._retrying(
+        return retry_when_stale(
             lambda: self._decide(request_id, approver, approve=False, reason=cleaned)
         )
 
@@ -258,7 +457,7 @@ class RequestCases(GrantCases):
         offered only to someone who could approve at that moment)."""
         now = self.clock.now()
         with self.db.read() as session:
-            req = self._load(session, request_id)
+            req = load_request(session, request_id)
             in_extension = req.state == RequestState.ACTIVE and req.extension_seconds is not None
             if req.state != RequestState.PENDING and not in_extension:
                 raise AlreadyDecided(f"Request #{req.id} {STATE_WORDS[RequestState(req.state)]}.")
@@ -274,14 +473,14 @@ class RequestCases(GrantCases):
             ).all()
             if person_key(self.policy, approver) in earlier:
                 raise AlreadyDecided(f"You have already decided on request #{req.id}.")
-            return self._view(session, req)
+            return snapshot(session, req)
 
     def _decider_check(
         self, req: AccessRequest, approver: Person, now: datetime, in_extension: bool
     ) -> bool:
         """Refuses (SelfApproval, NotAllowed) anyone who may not decide on `req` now; True
         when they decide as the vendor's sponsor."""
-        if self._is_requester(approver, req):
+        if eligibility.is_requester(self.policy, approver, req):
             raise SelfApproval("You cannot approve or deny your own request.")
         escalated_to_me = req.escalation_level >= ESCALATED and rules.is_member(
             self.policy, approver, rules.escalation_members(self.policy, req.path)
@@ -312,7 +511,7 @@ class RequestCases(GrantCases):
     ) -> RequestView:
         now = self.clock.now()
         with self.db.transaction() as session:
-            req = self._load(session, request_id)
+            req = load_request(session, request_id)
             in_extension = req.state == RequestState.ACTIVE and req.extension_seconds is not None
             if req.state != RequestState.PENDING and not in_extension:
                 raise AlreadyDecided(f"Request #{req.id} {STATE_WORDS[RequestState(req.state)]}.")
@@ -321,7 +520,7 @@ class RequestCases(GrantCases):
             ):
                 # Past its time-out, though the sweep has not closed it yet: too late to decide.
                 self._apply_time_out(session, req, now)
-                return self._view(session, req)
+                return snapshot(session, req)
             as_sponsor = self._decider_check(req, approver, now, in_extension)
             path = self.policy.paths.get(req.path)
             if approve and step_up is None and path is not None and path.step_up:
@@ -394,10 +593,20 @@ class RequestCases(GrantCases):
                 )
             elif in_extension:
                 self._approve_extension(session, req, now, key, facts)
-            elif refusal := self._refusal(session, req, now) or self._sponsor_moved(req):
+            elif refusal := eligibility.refusal_now(
+                session, self.policy, req, now
+            ) or self._sponsor_moved(req):
                 # The last approval, but the requester may no longer have it (contract ended,
                 # left the group, service account retired or blocked): cancel, saying why.
-                self._cancel_as(session, req, now, "wardkey", refusal, "recheck_at_approval", facts)
+                transitions.cancel(
+                    session,
+                    req,
+                    at=now,
+                    actor="wardkey",
+                    why=refusal,
+                    cause="recheck_at_approval",
+                    facts=facts,
+                )
             else:
                 transitions.transition(
                     session,
@@ -409,7 +618,7 @@ class RequestCases(GrantCases):
                     changes={"decided_at": now},
                     data=facts,
                 )
-            return self._view(session, req)
+            return snapshot(session, req)
 
     def _apply_denial(
         self,
@@ -464,8 +673,8 @@ class RequestCases(GrantCases):
         def attempt() -> RequestView:
             now = self.clock.now()
             with self.db.transaction() as session:
-                req = self._load(session, request_id)
-                if not self._is_requester(person, req):
+                req = load_request(session, request_id)
+                if not eligibility.is_requester(self.policy, person, req):
                     raise NotAllowed(
                         f"Only the person who asked for request #{req.id} can cancel it, so "
                         "nothing was changed."
@@ -491,15 +700,15 @@ class RequestCases(GrantCases):
                     },
                     data={"by": key, "cause": WITHDRAWN, "why": why},
                 )
-                return self._view(session, req)
+                return snapshot(session, req)
 
-        return self._retrying(attempt)
+        return retry_when_stale(attempt)
 
     def time_out(self, request_id: int) -> RequestView | None:
         """Close a request nobody decided on within its path's time-out; None if not due."""
         now = self.clock.now()
         with self.db.transaction() as session:
-            req = self._claim_one(session, request_id)
+            req = lock_request(session, request_id)
             if req is None or req.state != RequestState.PENDING:
                 return None
             if now < req.created_at + self._pending_timeout(req.path):
@@ -508,7 +717,7 @@ class RequestCases(GrantCases):
                 self._apply_time_out(session, req, now)
             except StaleState:
                 return None
-            return self._view(session, req)
+            return snapshot(session, req)
 
     @staticmethod
     def _apply_time_out(session: Session, req: AccessRequest, now: datetime) -> None:
@@ -529,7 +738,7 @@ class RequestCases(GrantCases):
         refused. None when the sponsor approval it collected is still the right one."""
         if req.path == BREAK_GLASS_PATH:
             return None
-        vendor = rules.vendor_of(self.policy, self._requester(req))
+        vendor = rules.vendor_of(self.policy, eligibility.requester(req))
         if vendor is None or vendor.sponsor == req.sponsor:
             return None  # unchanged, or no longer a vendor: the path's approvals suffice
         return (
@@ -564,7 +773,7 @@ class RequestCases(GrantCases):
     def _escalate(self, request_id: int, level: int, now: datetime) -> bool:
         try:
             with self.db.transaction() as session:
-                req = self._claim_one(session, request_id)
+                req = lock_request(session, request_id)
                 if (
                     req is None
                     or req.state != RequestState.PENDING
@@ -589,6 +798,85 @@ class RequestCases(GrantCases):
         except StaleState:
             return False
         return True
+
+    def approvers_unreachable(self, request_id: int, why: str) -> RequestView | None:
+        """Slack could reach none of a waiting request's approvers (nobody on duty has a
+        current Slack account, or Slack refused every card for good): record it, once, and
+        escalate at once rather than at the SLA, so the escalation group may decide. The
+        notice this writes tells the requester, the escalation group, security and the
+        admins. None if the request no longer waits for approval or this was recorded."""
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            req = session.get(AccessRequest, request_id)
+            if req is None or req.escalation_level >= UNREACHABLE:
+                return None
+            waiting = req.state == RequestState.PENDING or (
+                req.state == RequestState.ACTIVE and req.extension_seconds is not None
+            )
+            if not waiting:
+                return None
+            try:
+                transitions.transition(
+                    session,
+                    req,
+                    RequestState(req.state),
+                    at=now,
+                    actor="wardkey",
+                    action="approval.unreachable",
+                    changes={"escalation_level": UNREACHABLE},
+                    data={
+                        "why": why[:500],
+                        "escalated_to": rules.escalation_members(self.policy, req.path),
+                    },
+                )
+            except StaleState:
+                return None  # it changed meanwhile (decided, or recorded by another process)
+            return snapshot(session, req)
+
+    def nobody_to_approve(self, why: Callable[[str], str]) -> list[int]:
+        """Requests waiting for approval on a path that now names nobody (a rota whose source
+        has not been read within stale_after, and no one else on the path): each recorded
+        as unreachable once and escalated at once (`approvers_unreachable`), rather than left
+        with cards nobody may act on. `why(path)` says why, for the audit and the alerts."""
+        now = self.clock.now()
+        paths = [
+            name
+            for name in self.policy.paths
+            if name != BREAK_GLASS_PATH and not rules.approvers_at(self.policy, name, now)
+        ]
+        if not paths:
+            return []
+        with self.db.read() as session:
+            rows = session.execute(
+                select(AccessRequest.id, AccessRequest.path)
+                .where(
+                    AccessRequest.path.in_(paths),
+                    AccessRequest.escalation_level < UNREACHABLE,
+                    (AccessRequest.state == RequestState.PENDING.value)
+                    | (
+                        (AccessRequest.state == RequestState.ACTIVE.value)
+                        & AccessRequest.extension_seconds.is_not(None)
+                    ),
+                )
+                .order_by(AccessRequest.id)
+            ).all()
+        return [rid for rid, path in rows if self.approvers_unreachable(rid, why(path))]
+
+    def unreachable_reason(self, request_id: int) -> str:
+        """Why no approver of this request could be reached, as `approvers_unreachable`
+        recorded it (the latest time)."""
+        with self.db.read() as session:
+            body = session.scalar(
+                select(AuditEvent.body)
+                .where(
+                    AuditEvent.request_id == request_id,
+                    AuditEvent.action == "approval.unreachable",
+                )
+                .order_by(AuditEvent.seq.desc())
+                .limit(1)
+            )
+        data = (json.loads(body).get("data") or {}) if body else {}
+        return str(data.get("why") or "nobody could be reached")
 
     def time_out_overdue(self) -> list[int]:
         now = self.clock.now()
@@ -638,11 +926,11 @@ class RequestCases(GrantCases):
             ).all()
         changed = []
         for req in rows:
-            vendor = rules.vendor_of(self.policy, self._requester(req))
+            vendor = rules.vendor_of(self.policy, eligibility.requester(req))
             if vendor is None or vendor not in lapsed:
                 continue
             why = f"the {vendor.company} contract ended on {vendor.contract_end:%d %b %Y}"
-            if self._end_for(req.id, "wardkey", why, "contract_ended"):
+            if self.end_access(req.id, why, "contract_ended"):
                 changed.append(req.id)
         return changed
 

@@ -3,7 +3,7 @@
 Reconcile reads each target's member lists and compares them with the grants that hold access
 now. What is found is recorded (first and last seen), audited, and by the target's policy either
 only reported or removed. Access found earlier and now gone is marked cleared. One worker does
-it per hour: the hour is claimed like the digest's day.
+it per hour: the first to take the hour's turn (`AccessService.take_turn`).
 
 `StandingService` works through the request core it is given (`AccessService`): its database,
 clock and worker name, the targets' adapters (with the core's retries) and the policy in force
@@ -28,10 +28,10 @@ from app import audit
 from app.adapters.base import AdapterError
 from app.audit.export import _no_formula
 from app.lifecycle.errors import NotAllowed
+from app.lifecycle.targets import StillPresent, describe_error
 from app.lifecycle.transitions import announce
 from app.policy import rules
 from app.policy.people import Person
-from app.service.base import StillPresent, describe_error
 from app.service.feature import FeatureService
 from app.store.models import HOLDING_STATES, AccessRequest, StandingAccess, SweepRun
 
@@ -112,7 +112,7 @@ class StandingService(FeatureService):
         """This hour's look for standing access, unless another worker has taken it."""
         now = self.clock.now()
         period = now.replace(minute=0, second=0, microsecond=0).isoformat()
-        if not self.core._claim_period(STANDING_JOB, period, now):
+        if not self.core.take_turn(STANDING_JOB, period, now):
             return None
         return self.find_standing()
 
@@ -148,7 +148,7 @@ class StandingService(FeatureService):
         return report
 
     def _members(self, target: str, entitlement: str) -> set[str]:
-        return self.core._on_target(target, lambda a: a.list_members(entitlement))
+        return self.core.call_target(target, lambda a: a.list_members(entitlement))
 
     def _holders(self, target: str, entitlement: str) -> set[str]:
         with self.db.read() as session:
@@ -240,7 +240,7 @@ class StandingService(FeatureService):
         if account in self._holders(target, entitlement):  # a grant arrived meanwhile
             return False, "a grant now covers it"
         try:
-            self.core._take_away(target, account, entitlement)
+            self.core.take_away(target, account, entitlement)
         except StillPresent:
             return False, "the target still shows it after the revoke"
         except AdapterError as exc:

@@ -2,7 +2,7 @@
 notes WardKey writes on tickets when access is granted and when it ends.
 
 `TicketService` works through the request core it is given (`AccessService`): its database,
-clock, ticket desk (app/tickets reads and writes the systems), claims, the ending of access
+clock, ticket desk (app/tickets reads and writes the systems), the ending of access
 through the normal revoke, and the policy in force (a policy reload replaces the core's). What
 the core itself does with tickets (the check when access is asked for and again at the final
 approval) stays in app/service/tickets.py.
@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.lifecycle.leases import skip_locked
 from app.service.feature import FeatureService
 from app.service.tickets import TICKET_CLOSED
 from app.store.models import AccessRequest, Decision, RequestState, TicketNote
@@ -94,7 +95,7 @@ class TicketService(FeatureService):
                 else f"{ticket} is no longer in {label}"
             )
             for rid in ids:
-                if self.core._end_for(rid, "wardkey", why, TICKET_CLOSED):
+                if self.core.end_access(rid, why, TICKET_CLOSED):
                     ended.append(rid)
         return ended
 
@@ -186,7 +187,7 @@ class TicketService(FeatureService):
         now = self.clock.now()
         with self.db.transaction() as session:
             due = session.scalars(
-                self.core._claim(
+                skip_locked(
                     select(TicketNote)
                     .where(TicketNote.delivered_at.is_(None), TicketNote.due_at <= now)
                     .order_by(TicketNote.due_at)
