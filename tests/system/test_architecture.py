@@ -1,14 +1,17 @@
 """The import graph DESIGN.md draws: the contracts in pyproject.toml ([tool.importlinter]) hold,
-and every package under app/ is one import-linter can see."""
+every package under app/ is one import-linter can see, and nothing outside the request core
+calls the core's private methods."""
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
+from app.service import AccessService
 from tests.conftest import HERE
 
 ROOT = HERE.parent
@@ -46,3 +49,30 @@ def test_every_folder_of_code_under_app_is_a_package() -> None:
         str(folder.relative_to(ROOT)) for folder in folders if not (folder / "__init__.py").exists()
     )
     assert missing == []
+
+
+def test_nothing_outside_the_core_calls_its_private_methods() -> None:
+    """Features, Slack, notify and the scheduler use the request core through its public,
+    documented methods and app/lifecycle's functions: a private method of AccessService's
+    classes named on anything but `self` outside app/service and app/lifecycle is reported."""
+    private = {
+        name
+        for cls in AccessService.__mro__
+        if cls.__module__.startswith("app.service.")
+        for name in vars(cls)
+        if name.startswith("_") and not name.startswith("__")
+    }
+    core = {ROOT / "app" / "service", ROOT / "app" / "lifecycle"}
+    found = []
+    for path in sorted((ROOT / "app").rglob("*.py")):
+        if core & set(path.parents):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in private
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+            ):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+    assert private  # the names are read from the classes, not listed here
+    assert found == []
