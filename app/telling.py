@@ -25,7 +25,7 @@ from slack_sdk.models.blocks import Block
 from app.directory import SlackDirectory
 from app.lifecycle.snapshots import RequestView
 from app.messages.blocks import Names
-from app.notify.outbox import Notice, OutCall
+from app.outbox_records import Notice, OutCall
 
 
 class Teller(Protocol):

@@ -25,7 +25,7 @@ from app.adapters.registry import build_adapters
 from app.demo.slack_driver import SlackDriver
 from app.demo.slack_fake import FakeSlack, SlackUser
 from app.demo.webhook_target import WebhookTarget
-from app.notify.outbox import OutCall
+from app.outbox_records import OutCall
 from app.policy import Policy
 from app.policy_reload import PolicyReloader, digest_of
 from app.service import AccessService

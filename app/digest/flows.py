@@ -9,7 +9,7 @@ from typing import Protocol
 
 from app.digest.messages import digest_blocks, digest_text
 from app.digest.service import DigestService
-from app.notify.outbox import Notice
+from app.outbox_records import Notice
 from app.service import AccessService
 from app.telling import Teller, Telling
 

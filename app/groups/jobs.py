@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from app.groups import messages
 from app.groups.cache import DirectoryGroups
 from app.jobs import Job
-from app.notify.outbox import POST, OutCall, call_row, last_alert
+from app.outbox_records import POST, OutCall, call_row, last_alert
 from app.policy import rules
 from app.policy.model import Policy
 from app.policy.people import Person, identifiers

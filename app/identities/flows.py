@@ -13,7 +13,7 @@ from slack_sdk.errors import SlackApiError
 from app.directory import SlackDirectory
 from app.identities import messages
 from app.identities.service import AttestationStep, IdentityService, orphans_of_notices
-from app.notify.outbox import Notice
+from app.outbox_records import Notice
 from app.service import AccessService
 from app.telling import Teller, Telling
 

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from app.lockdown import messages
 from app.lockdown.service import Lockdowns, LockdownView, Preview, Progress
-from app.notify.outbox import Notice
+from app.outbox_records import Notice
 from app.policy import rules
 from app.policy.people import Person
 from app.service import AccessService

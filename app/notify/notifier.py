@@ -67,17 +67,9 @@ from app.messages.breakglass import (
     waited_words,
 )
 from app.messages.views import expiry_warning, home_view
-from app.notify.outbox import (
-    HOME,
-    POST,
-    UPDATE,
-    Defer,
-    Delivered,
-    Notice,
-    Outbox,
-    OutCall,
-)
+from app.notify.outbox import Defer, Delivered, Outbox
 from app.oncall import path_sources, unread_sources
+from app.outbox_records import HOME, POST, UPDATE, Notice, OutCall
 from app.policy import rules
 from app.policy.durations import format_duration
 from app.policy.model import BREAK_GLASS_PATH

@@ -12,7 +12,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import Block
 
 from app.directory import slack_unwell
-from app.notify.outbox import Notice
+from app.outbox_records import Notice
 from app.policy import rules
 from app.reviews import messages
 from app.reviews.service import BreakGlassSummary, ReviewService, ReviewStep

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from app.notify.outbox import Notice
+from app.outbox_records import Notice
 from app.service import AccessService
 from app.stepup.messages import refusal_alert
 from app.stepup.service import ALERT

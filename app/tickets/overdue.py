@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 from sqlalchemy import func, select
 
 from app.messages.blocks import clock_time, escape
-from app.notify.outbox import POST, OutCall, last_alert
+from app.outbox_records import POST, OutCall, last_alert
 from app.service import AccessService
 from app.store.models import TicketNote
 from app.wording import plural

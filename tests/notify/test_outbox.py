@@ -22,7 +22,8 @@ from app.demo.slack_fake import FakeSlack, SlackUser
 from app.grants import jobs as grant_jobs
 from app.metrics import metrics_text
 from app.notify.notifier import Notifier
-from app.notify.outbox import POST, Outbox, OutCall, call_row
+from app.notify.outbox import Outbox
+from app.outbox_records import POST, OutCall, call_row
 from app.scheduler import JobDeps, job_deps
 from app.service import AccessService
 from app.store import Database
