@@ -17,6 +17,9 @@ from app.store.models import AccessRequest, Decision, RequestState, Review
 # Causes of a cancellation the requester chose themselves (AccessRequest.end_cause).
 WITHDRAWN = "withdrawn_by_requester"
 REPLACED_BY_BREAK_GLASS = "replaced_by_break_glass"
+# AccessRequest.escalation_level past "escalated" (2): no approver could be reached, so the
+# request was escalated at once and security and the admins told (the sweep adds nothing more).
+UNREACHABLE = 3
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,19 @@ class TicketView:
     state: str
     url: str
     checked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class BreakGlassStart:
+    """How a use began, as its events record it: its flags and, if it was held, why, whom
+    WardKey asked, who confirmed it and after how long."""
+
+    flags: tuple[tuple[str, str], ...] = ()  # (code, words)
+    held_for: tuple[str, ...] = ()
+    confirmers: tuple[str, ...] = ()
+    confirmed_by: str | None = None
+    waited: timedelta | None = None
+    held_at: datetime | None = None
 
 
 @dataclass(frozen=True)

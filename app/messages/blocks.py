@@ -21,12 +21,11 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from app.lifecycle.snapshots import RequestView
+from app.lifecycle.snapshots import UNREACHABLE, RequestView
 from app.policy import rules
 from app.policy.durations import format_duration
 from app.policy.model import Policy
 from app.policy.people import Person
-from app.service.requests import UNREACHABLE
 from app.store.models import RequestState
 from app.wording import listed, plural
 

@@ -17,10 +17,9 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from app.lifecycle.snapshots import RequestView
+from app.lifecycle.snapshots import BreakGlassStart, RequestView
 from app.messages.blocks import Names, clock_time, inert, quoted, words
 from app.policy.durations import format_duration
-from app.service.breakglass import BreakGlassStart
 from app.store.models import RequestState
 
 CONFIRM_ACTION = "breakglass_confirm"

@@ -45,6 +45,7 @@ from app.directory import SlackDirectory, slack_unwell
 from app.groups import path_groups
 from app.identities import flows as identity_flows
 from app.identities.service import IdentityService
+from app.lifecycle.snapshots import BreakGlassStart
 from app.lockdown import flows as lockdown_flows
 from app.lockdown.service import Lockdowns
 from app.messages.blocks import (
@@ -77,7 +78,7 @@ from app.policy.people import Person
 from app.reviews import flows as review_flows
 from app.reviews.service import ALERT_MESSAGE, ReviewService
 from app.service import AccessService, NotAllowed, RequestView
-from app.service.breakglass import HELD, WAITING, BreakGlassStart
+from app.service.breakglass import HELD, WAITING
 from app.standing import flows as standing_flows
 from app.stepup import flows as stepup_flows
 from app.store.models import RequestState

@@ -24,7 +24,7 @@ from app.breakglass.rules import usage as usage_of
 from app.lifecycle import eligibility, transitions
 from app.lifecycle.errors import STATE_WORDS, AlreadyDecided, NotAllowed, NotFound, SelfApproval
 from app.lifecycle.leases import lease_values
-from app.lifecycle.snapshots import RequestView, load_request, snapshot
+from app.lifecycle.snapshots import BreakGlassStart, RequestView, load_request, snapshot
 from app.lifecycle.transitions import retry_when_stale
 from app.lifecycle.validation import clean_reason, within_cap
 from app.policy import rules
@@ -76,19 +76,6 @@ class BreakGlassCheck:
             f"the review of your break-glass #{rid} was due {due:%d %b %H:%M} and is not done"
             for rid, due in self.overdue
         ]
-
-
-@dataclass(frozen=True)
-class BreakGlassStart:
-    """How a use began, as its events record it: its flags and, if it was held, why, whom
-    WardKey asked, who confirmed it and after how long."""
-
-    flags: tuple[tuple[str, str], ...] = ()  # (code, words)
-    held_for: tuple[str, ...] = ()
-    confirmers: tuple[str, ...] = ()
-    confirmed_by: str | None = None
-    waited: timedelta | None = None
-    held_at: datetime | None = None
 
 
 def _event_data(body: str | None) -> dict[str, Any]:

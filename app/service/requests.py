@@ -24,6 +24,7 @@ from app.lifecycle.errors import (
 from app.lifecycle.leases import lease_values, lock_request
 from app.lifecycle.snapshots import (
     REPLACED_BY_BREAK_GLASS,
+    UNREACHABLE,
     WITHDRAWN,
     RequestView,
     load_request,
@@ -56,9 +57,6 @@ from app.store.models import (
 from app.tickets import TicketNotFound, TicketUnreadable, down_message
 
 REMINDED, ESCALATED = 1, 2  # AccessRequest.escalation_level
-# AccessRequest.escalation_level past "escalated" (2): no approver could be reached, so the
-# request was escalated at once and security and the admins told (the sweep adds nothing more).
-UNREACHABLE = 3
 # How long a request waits for a decision on a path since removed from the policy.
 DEFAULT_PENDING_TIMEOUT = timedelta(hours=24)
 # Why a request that is no longer waiting cannot be cancelled, and what to do instead.
