@@ -142,7 +142,7 @@ def end_leavers(service: AccessService, cache: DirectoryGroups) -> list[Ended]:
         role = target.roles.get(req.role) if target else None
         if role is None:
             continue
-        person = service.requester_of(req)
+        person = service.grants.requester_of(req)
         left = _leaving(policy, cache, person, role.eligible)
         if left is None:
             continue

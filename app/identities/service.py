@@ -6,7 +6,7 @@ account is still needed (or retires it). An account whose owner is gone is flagg
 and clock, its turn of the hour, its ending of a retired account's requests, and the policy in
 force (a policy reload replaces the core's). The check the request path makes before elevating
 a service account (retired, or overdue where `block_unattested`) is the core's own
-(`AccessService.refuse_unattested`, `app.lifecycle.eligibility`): it is about the request, reads the
+(`Requests.refuse_unattested`, `app.lifecycle.eligibility`): it is about the request, reads the
 rounds this service writes, and so needs nothing of this package.
 """
 

@@ -308,7 +308,7 @@ class Lockdowns:
             leased, others = self._lease_round(view)
             if not leased:
                 break
-            for future in service.revoke_leased(leased, others, on_recorded=recorded):
+            for future in service.grants.revoke_leased(leased, others, on_recorded=recorded):
                 future.result()
             view = self.get(lockdown_id)
         if self.report(lockdown_id) and on_progress is not None:
@@ -372,7 +372,7 @@ class Lockdowns:
                     )
                 )
             )
-            service.start_revokes(
+            service.grants.start_revokes(
                 session,
                 active,
                 now,
@@ -386,7 +386,7 @@ class Lockdowns:
                 },
                 more={"lockdown_id": view.id},
             )
-            others = service.other_holders(session, active)
+            others = service.grants.other_holders(session, active)
         return active, others
 
     def report(self, lockdown_id: int) -> bool:

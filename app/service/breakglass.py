@@ -30,7 +30,9 @@ from app.lifecycle.validation import clean_reason, within_cap
 from app.policy import rules
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person, person_key, same_person
-from app.service.requests import RequestCases
+from app.service.deps import CoreDeps
+from app.service.grants import Grants
+from app.service.requests import Requests
 from app.store.models import AccessRequest, AuditEvent, RequestState, Review, ReviewState
 
 HELD = "breakglass.held"
@@ -89,7 +91,15 @@ def _as_person(member: str) -> Person:
     return Person(email=member) if "@" in member else Person(slack_user_id=member)
 
 
-class BreakGlassCases(RequestCases):
+class BreakGlass:
+    """Break-glass within its limits (budgets, overdue reviews), else held for a second
+    person's confirmation; the use itself is opened by Requests and granted by Grants."""
+
+    def __init__(self, deps: CoreDeps, requests: Requests, grants: Grants) -> None:
+        self.deps = deps
+        self.requests = requests
+        self.grants = grants
+
     # ------------------------------------------------------------------------- break-glass
 
     def break_glass(
@@ -105,8 +115,8 @@ class BreakGlassCases(RequestCases):
         """Emergency access: at once within the limits, else held for a second person's
         confirmation (or refused, where the policy says so). The limits are checked again in
         the transaction that opens a use at once, after any `guard`."""
-        now = self.clock.now()
-        plan = self._plan(person, target, role, now, break_glass=True)
+        now = self.deps.clock.now()
+        plan = self.requests.plan(person, target, role, now, break_glass=True)
         reason = clean_reason(reason)
         duration = within_cap(duration or plan.cap, plan)
         check = self.check_break_glass(person, plan.target, plan.role, duration)
@@ -126,7 +136,7 @@ class BreakGlassCases(RequestCases):
                     raise _LimitReachedMeanwhile(again)
 
             try:
-                return super().break_glass(
+                return self.requests.break_glass_at_once(
                     person,
                     target,
                     role,
@@ -138,7 +148,7 @@ class BreakGlassCases(RequestCases):
             except _LimitReachedMeanwhile as meanwhile:
                 check = meanwhile.check
         facts = _use_facts(check, extra)
-        limits = self.policy.paths[BREAK_GLASS_PATH].limits
+        limits = self.deps.policy.paths[BREAK_GLASS_PATH].limits
         if not check.overdue and limits is not None and limits.over_limit == "refuse":
             raise NotAllowed(
                 f"Break-glass refused: {'; '.join(check.held_for)}. The policy refuses "
@@ -168,10 +178,10 @@ class BreakGlassCases(RequestCases):
         def replace_pending(session: Session, key: str) -> tuple[int | None, dict[str, object]]:
             """The person's own request for this access, still waiting for approval, is
             replaced as an immediate break-glass would replace it."""
-            return self._replace_own_pending(session, key, plan, now, keep_break_glass=True)
+            return self.requests.replace_own_pending(session, key, plan, now, keep_break_glass=True)
 
         return retry_when_stale(
-            lambda: self._open(
+            lambda: self.requests.open_request(
                 person,
                 plan,
                 reason,
@@ -196,16 +206,16 @@ class BreakGlassCases(RequestCases):
     ) -> BreakGlassCheck:
         """The limits a use now would pass, the person's overdue reviews and the use's flags,
         from one read of the database."""
-        with self.db.read() as session:
+        with self.deps.db.read() as session:
             return self._check_break_glass(session, person, target, role, duration)
 
     def _check_break_glass(
         self, session: Session, person: Person, target: str, role: str, duration: timedelta
     ) -> BreakGlassCheck:
-        now = self.clock.now()
-        spec = self.policy.paths[BREAK_GLASS_PATH]
+        now = self.deps.clock.now()
+        spec = self.deps.policy.paths[BREAK_GLASS_PATH]
         flag_spec = spec.flags
-        key = person_key(self.policy, person)
+        key = person_key(self.deps.policy, person)
         my_groups = self._groups_of(person)
         begun = [s.value for s in _BEGUN]
         rows = session.execute(
@@ -315,7 +325,7 @@ class BreakGlassCases(RequestCases):
             flag_spec,
             FlagFacts(
                 now=now,
-                zone=self.policy.zone,
+                zone=self.deps.policy.zone,
                 target=target,
                 denials=[(rid, at) for rid, at in denials if at is not None],
                 own_requests=list(own),
@@ -326,7 +336,7 @@ class BreakGlassCases(RequestCases):
         )
         return BreakGlassCheck(
             tuple(breaches),
-            tuple((rid, due.astimezone(self.policy.zone)) for rid, due in overdue),
+            tuple((rid, due.astimezone(self.deps.policy.zone)) for rid, due in overdue),
             tuple(found),
             tuple(budgets),
         )
@@ -334,15 +344,15 @@ class BreakGlassCases(RequestCases):
     def _groups_of(self, person: Person) -> frozenset[str]:
         return frozenset(
             g
-            for g in self.policy.groups
-            if rules.is_member(self.policy, person, rules.group_members(self.policy, g))
+            for g in self.deps.policy.groups
+            if rules.is_member(self.deps.policy, person, rules.group_members(self.deps.policy, g))
         )
 
     def confirmers_for(self, requester: Person, target: str, role: str, now: datetime) -> list[str]:
         """Who may confirm a held use now: the policy's confirmers, else the approvers on duty
         of the role's own path, else the break-glass reviewers, else the WardKey admins;
         never the person themself or another account of theirs."""
-        policy = self.policy
+        policy = self.deps.policy
         limits = policy.paths[BREAK_GLASS_PATH].limits
         role_spec = policy.targets[target].roles.get(role) if target in policy.targets else None
         if limits is not None and limits.confirmers:
@@ -361,7 +371,7 @@ class BreakGlassCases(RequestCases):
 
     def confirm_break_glass(self, request_id: int, person: Person) -> RequestView:
         """A second person confirms a held break-glass use: granted at once."""
-        with self.db.read() as session:
+        with self.deps.db.read() as session:
             req = load_request(session, request_id)
             target, account, entitlement = req.target, req.account, req.entitlement
             held = session.scalar(
@@ -373,37 +383,37 @@ class BreakGlassCases(RequestCases):
             raise NotFound(
                 f"Request #{request_id} is not a break-glass use waiting to be confirmed."
             )
-        if eligibility.is_requester(self.policy, person, req):
+        if eligibility.is_requester(self.deps.policy, person, req):
             raise SelfApproval(
                 "You cannot confirm your own break-glass use, from this account or another of "
                 "yours: it needs a second person."
             )
         if req.state != RequestState.PENDING:
             raise AlreadyDecided(_not_waiting(req))
-        preexisting = self._preexisting(target, account, entitlement)
+        preexisting = self.grants.preexisting(target, account, entitlement)
         held_data = _event_data(held)
 
         def attempt() -> RequestView:
-            now = self.clock.now()
-            with self.db.transaction() as session:
+            now = self.deps.clock.now()
+            with self.deps.db.transaction() as session:
                 req = load_request(session, request_id)
                 if req.state != RequestState.PENDING:
                     raise AlreadyDecided(_not_waiting(req))
-                if now >= req.created_at + self._pending_timeout(req.path):
+                if now >= req.created_at + self.requests.pending_timeout(req.path):
                     raise AlreadyDecided(
                         f"Break-glass #{req.id} waited too long and is closing; they can break "
                         "glass again."
                     )
                 requester = eligibility.requester(req)
                 allowed = self.confirmers_for(requester, req.target, req.role, now)
-                if not rules.is_member(self.policy, person, allowed):
+                if not rules.is_member(self.deps.policy, person, allowed):
                     raise NotAllowed(
                         f"You cannot confirm break-glass #{req.id}: only the people WardKey "
                         "asked (on duty now) can, so nothing was changed."
                     )
-                spec = self.policy.paths[BREAK_GLASS_PATH]
+                spec = self.deps.policy.paths[BREAK_GLASS_PATH]
                 review_within = spec.review_within or timedelta(days=1)
-                key = person_key(self.policy, person)
+                key = person_key(self.deps.policy, person)
                 transitions.transition(
                     session,
                     req,
@@ -414,7 +424,7 @@ class BreakGlassCases(RequestCases):
                     changes={
                         "decided_at": now,
                         "preexisting": preexisting,
-                        **lease_values(self.worker, self.lease, now),
+                        **lease_values(self.deps.worker, self.deps.lease, now),
                     },
                     data={
                         "confirmed_by": key,
@@ -424,7 +434,7 @@ class BreakGlassCases(RequestCases):
                         "flags": held_data.get("flags", []),
                         "budget": held_data.get("budget", {}),
                         "review_due_at": now + review_within,
-                        "reviewers": rules.reviewers(self.policy, now),
+                        "reviewers": rules.reviewers(self.deps.policy, now),
                         "preexisting": preexisting,
                     },
                 )
@@ -439,11 +449,11 @@ class BreakGlassCases(RequestCases):
                 return snapshot(session, req)
 
         view = retry_when_stale(attempt)
-        return self._finish_grant(view.id)
+        return self.grants.finish_grant(view.id)
 
     def break_glass_start(self, request_id: int) -> BreakGlassStart:
         """How this use began (its flags; if held: why, whom WardKey asked, who confirmed)."""
-        with self.db.read() as session:
+        with self.deps.db.read() as session:
             events: dict[str, str] = {
                 action: body
                 for action, body in session.execute(
@@ -473,8 +483,8 @@ class BreakGlassCases(RequestCases):
     def break_glass_waits(self) -> list[int]:
         """Held uses still waiting for a second person: a notice for each (no state changes),
         so the security channel's message about it shows how long it has waited."""
-        now = self.clock.now()
-        with self.db.transaction() as session:
+        now = self.deps.clock.now()
+        with self.deps.db.transaction() as session:
             waiting = session.scalars(
                 select(AccessRequest.id).where(
                     AccessRequest.path == BREAK_GLASS_PATH,

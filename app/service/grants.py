@@ -41,7 +41,8 @@ from app.policy import rules
 from app.policy.durations import LONGEST, format_duration
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person, person_key
-from app.service.reads import RequestReads
+from app.service.deps import CoreDeps
+from app.service.reads import Reads
 from app.store.db import is_database_error
 from app.store.models import HOLDING_STATES, AccessRequest, RequestState
 
@@ -129,21 +130,28 @@ class Probes:
             return back
 
 
-class GrantCases(RequestReads):
+class Grants:
+    """Access on the target, over the core's dependencies and its reads."""
+
+    def __init__(self, deps: CoreDeps, reads: Reads) -> None:
+        self.deps = deps
+        self.reads = reads
+        self._probes = Probes()  # targets found down, and their probes in progress
+
     # -------------------------------------------------------------------------------- grant
 
     def grant(self, request_id: int) -> RequestView:
         """Give approved access on the target: record intent, call the adapter, record result."""
-        with self.db.read() as session:
+        with self.deps.db.read() as session:
             req = load_request(session, request_id)
             if req.state != RequestState.APPROVED:
                 return snapshot(session, req)
             target, account, entitlement = req.target, req.account, req.entitlement
-        now = self.clock.now()
+        now = self.deps.clock.now()
         try:
-            preexisting = self._preexisting(target, account, entitlement)
+            preexisting = self.preexisting(target, account, entitlement)
         except AdapterError as exc:
-            with self.db.transaction() as session:
+            with self.deps.db.transaction() as session:
                 req = load_request(session, request_id)
                 if req.state == RequestState.APPROVED:
                     transitions.transition(
@@ -158,11 +166,11 @@ class GrantCases(RequestReads):
                     )
                 return snapshot(session, req)
         try:
-            with self.db.transaction() as session:
+            with self.deps.db.transaction() as session:
                 req = load_request(session, request_id)
                 if req.state != RequestState.APPROVED:
                     return snapshot(session, req)
-                refusal = eligibility.refusal_now(session, self.policy, req, now)
+                refusal = eligibility.refusal_now(session, self.deps.policy, req, now)
                 if refusal is not None:  # something changed since the approval
                     transitions.cancel(
                         session, req, at=now, actor="wardkey", why=refusal, cause="recheck_at_grant"
@@ -177,27 +185,29 @@ class GrantCases(RequestReads):
                     action="grant.started",
                     changes={
                         "preexisting": preexisting,
-                        **lease_values(self.worker, self.lease, now),
+                        **lease_values(self.deps.worker, self.deps.lease, now),
                     },
-                    data={"preexisting": preexisting, "worker": self.worker},
+                    data={"preexisting": preexisting, "worker": self.deps.worker},
                 )
         except StaleState:  # another worker is granting it
-            return self.get(request_id)
-        return self._finish_grant(request_id)
+            return self.reads.get(request_id)
+        return self.finish_grant(request_id)
 
-    def _finish_grant(self, request_id: int) -> RequestView:
-        with keeping_leases(self.heartbeat, request_id):
+    def finish_grant(self, request_id: int) -> RequestView:
+        """Call the target for a request in `granting` whose lease this worker holds, and
+        record the result (a grant, a break-glass use, or one taken over)."""
+        with keeping_leases(self.deps.heartbeat, request_id):
             return self._finish_grant_held(request_id)
 
     def _finish_grant_held(self, request_id: int) -> RequestView:
-        now = self.clock.now()
-        with self.db.read() as session:
+        now = self.deps.clock.now()
+        with self.deps.db.read() as session:
             req = load_request(session, request_id)
-            if req.state != RequestState.GRANTING or not holds_lease(req, self.worker):
+            if req.state != RequestState.GRANTING or not holds_lease(req, self.deps.worker):
                 return snapshot(session, req)
             # Checked again at the last moment: a grant taken over from a crashed worker may
             # come long after the approval.
-            refusal = eligibility.refusal_now(session, self.policy, req, now)
+            refusal = eligibility.refusal_now(session, self.deps.policy, req, now)
         if refusal is not None:
             return self._drop_grant(req, refusal, now)
         # The window runs from the decision, wherever and whenever the grant is finished: a
@@ -207,9 +217,9 @@ class GrantCases(RequestReads):
             return self._abandon_grant(request_id)
         # Never longer than the limits allow now: a vendor's access stops at the contract end
         # however late the approval came, and a cap lowered meanwhile applies.
-        until = min(asked, now + eligibility.limits(self.policy, req).cap_from(now))
+        until = min(asked, now + eligibility.limits(self.deps.policy, req).cap_from(now))
         try:
-            result = self.call_target(
+            result = self.deps.call_target(
                 req.target, lambda a: a.grant(req.account, req.entitlement, until)
             )
         except AdapterError as exc:
@@ -227,7 +237,7 @@ class GrantCases(RequestReads):
                 RequestState.GRANTING,
                 RequestState.GRANT_FAILED,
                 "grant.failed",
-                changes={"grant_detail": detail, "ended_at": self.clock.now()},
+                changes={"grant_detail": detail, "ended_at": self.deps.clock.now()},
                 data={"error": detail, "transient": exc.transient},
             )
         return self._record_target_result(
@@ -249,9 +259,11 @@ class GrantCases(RequestReads):
         crashed worker may already have given, and cancel it saying why."""
         detail = self._undo_uncertain_grant(req).removeprefix("; ")
         try:
-            with self.db.transaction() as session:
+            with self.deps.db.transaction() as session:
                 current = load_request(session, req.id)
-                if current.state == RequestState.GRANTING and holds_lease(current, self.worker):
+                if current.state == RequestState.GRANTING and holds_lease(
+                    current, self.deps.worker
+                ):
                     facts = {"target_cleanup": detail} if detail else {}
                     transitions.cancel(
                         session,
@@ -264,7 +276,7 @@ class GrantCases(RequestReads):
                     )
         except StaleState:
             pass  # another worker took it over and records it
-        return self.get(req.id)
+        return self.reads.get(req.id)
 
     def _apply(
         self,
@@ -282,7 +294,7 @@ class GrantCases(RequestReads):
         AlreadyDecided (saying what became of the request) if it has moved on meanwhile.
         `_record_target_result` is the same for a target's answer, where moving on is no
         refusal."""
-        with self.db.transaction() as session:
+        with self.deps.db.transaction() as session:
             req = load_request(session, request_id)
             if req.state != expected:
                 raise AlreadyDecided(
@@ -293,7 +305,7 @@ class GrantCases(RequestReads):
                     session,
                     req,
                     to,
-                    at=at or self.clock.now(),
+                    at=at or self.deps.clock.now(),
                     actor=actor,
                     action=action,
                     changes=changes,
@@ -319,13 +331,13 @@ class GrantCases(RequestReads):
         try:
             return self._apply(request_id, expected, to, action, changes=changes, data=data)
         except AlreadyDecided:
-            return self.get(request_id)
+            return self.reads.get(request_id)
 
-    def _preexisting(self, target: str, account: str, entitlement: str) -> bool:
+    def preexisting(self, target: str, account: str, entitlement: str) -> bool:
         """Does the target already give this access, other than through a grant of ours?"""
-        if not self.call_target(target, lambda a: a.check(account, entitlement)):
+        if not self.deps.call_target(target, lambda a: a.check(account, entitlement)):
             return False
-        with self.db.read() as session:
+        with self.deps.db.read() as session:
             ours = session.scalar(
                 select(func.count())
                 .select_from(AccessRequest)
@@ -358,12 +370,12 @@ class GrantCases(RequestReads):
         grant the target did make), so a grant WardKey calls failed leaves nothing behind;
         access held before, or by another live grant, stays. Says what happened, for the
         record."""
-        with self.db.read() as session:
+        with self.deps.db.read() as session:
             other = self._other_holder(session, req)
         if req.preexisting or other is not None:
             return ""
         try:
-            self.take_away(req.target, req.account, req.entitlement, read_back=False)
+            self.deps.take_away(req.target, req.account, req.entitlement, read_back=False)
         except AdapterError as exc:
             return (
                 f"; removing any access it may have given failed too ({describe_error(exc)}): "
@@ -381,10 +393,10 @@ class GrantCases(RequestReads):
             raise InvalidRequest("An extension of more than a year is never allowed.")
 
         def attempt() -> RequestView:
-            now = self.clock.now()
-            with self.db.transaction() as session:
+            now = self.deps.clock.now()
+            with self.deps.db.transaction() as session:
                 req = load_request(session, request_id)
-                if not eligibility.is_requester(self.policy, person, req):
+                if not eligibility.is_requester(self.deps.policy, person, req):
                     raise NotAllowed("Only the person holding this access can extend it.")
                 if req.state != RequestState.ACTIVE:
                     raise AlreadyDecided(
@@ -396,14 +408,14 @@ class GrantCases(RequestReads):
                     )
                 if req.path == BREAK_GLASS_PATH:
                     raise NotAllowed("Break-glass access cannot be extended; use /jit request.")
-                refusal = eligibility.refusal_now(session, self.policy, req, now)
+                refusal = eligibility.refusal_now(session, self.deps.policy, req, now)
                 if refusal is not None:
                     raise NotEligible(refusal, field="access")
                 self._refuse_beyond_limits(req, duration)
-                key = person_key(self.policy, person)
+                key = person_key(self.deps.policy, person)
                 seconds = int(duration.total_seconds())
                 facts = {"extension_seconds": seconds, "requested_by": key}
-                if self.policy.paths[req.path].reapprove_extensions:
+                if self.deps.policy.paths[req.path].reapprove_extensions:
                     transitions.transition(
                         session,
                         req,
@@ -416,7 +428,10 @@ class GrantCases(RequestReads):
                             "extension_requested_by": key,
                             "approval_round": req.approval_round + 1,
                         },
-                        data={**facts, "approvers": rules.approvers_at(self.policy, req.path, now)},
+                        data={
+                            **facts,
+                            "approvers": rules.approvers_at(self.deps.policy, req.path, now),
+                        },
                     )
                     return snapshot(session, req)
                 self._apply_extension(session, req, now, key, seconds, facts)
@@ -424,13 +439,13 @@ class GrantCases(RequestReads):
 
         view = retry_when_stale(attempt)
         if view.extension is None:
-            self._refresh_target(view)
+            self.refresh_target(view)
         return view
 
     def _refuse_beyond_limits(self, req: AccessRequest, duration: timedelta) -> None:
         """An extension may not take the grant past its limits (`rules.limits`)."""
         assert req.granted_at is not None and req.expires_at is not None
-        latest = eligibility.limits(self.policy, req).latest_expiry(req.granted_at)
+        latest = eligibility.limits(self.deps.policy, req).latest_expiry(req.granted_at)
         if req.expires_at + duration <= latest:
             return
         new_total = req.expires_at + duration - req.granted_at
@@ -442,7 +457,7 @@ class GrantCases(RequestReads):
             f"at most {format_duration(room)}."
         )
 
-    def _approve_extension(
+    def approve_extension(
         self,
         session: Session,
         req: AccessRequest,
@@ -455,9 +470,9 @@ class GrantCases(RequestReads):
         shortened, one with no room left or for someone no longer allowed is refused."""
         assert req.granted_at is not None and req.expires_at is not None
         seconds = req.extension_seconds or 0
-        why = eligibility.refusal_now(session, self.policy, req, now)
+        why = eligibility.refusal_now(session, self.deps.policy, req, now)
         if why is None:
-            latest = eligibility.limits(self.policy, req).latest_expiry(req.granted_at)
+            latest = eligibility.limits(self.deps.policy, req).latest_expiry(req.granted_at)
             room = int((latest - req.expires_at).total_seconds())
             if room <= 0:
                 why = f"{req.target}:{req.role} has reached its time limit; ask again if needed."
@@ -504,7 +519,8 @@ class GrantCases(RequestReads):
             data={**facts, "previous_expires_at": req.expires_at, "new_expires_at": new_expiry},
         )
 
-    def _refresh_target(self, view: RequestView) -> None:
+    def refresh_target(self, view: RequestView) -> None:
+        """Give the target the extended end of access it keeps itself (see below)."""
         # Targets with expiring membership (AD TTL) need the new end; access never lapses here
         # because granting again is idempotent. If it fails the target may end access early,
         # which errs on the safe side; the expiry sweep still ends it in WardKey.
@@ -512,7 +528,9 @@ class GrantCases(RequestReads):
             return
         until = view.expires_at
         try:
-            self.call_target(view.target, lambda a: a.grant(view.account, view.entitlement, until))
+            self.deps.call_target(
+                view.target, lambda a: a.grant(view.account, view.entitlement, until)
+            )
         except AdapterError as exc:
             log.warning(
                 "event=extension_refresh_failed request=%s error=%s", view.id, describe_error(exc)
@@ -522,7 +540,7 @@ class GrantCases(RequestReads):
 
     def revoke(self, request_id: int, person: Person, reason: str = "") -> RequestView:
         """End access early: the holder, an approver of its path or an admin may do it."""
-        now = self.clock.now()
+        now = self.deps.clock.now()
         why = "revoked early"
         if reason.strip():  # none given: the default; given: checked like any note
             why = clean_text(
@@ -536,15 +554,16 @@ class GrantCases(RequestReads):
 
         def attempt() -> None:
             nonlocal allowed
-            with self.db.transaction() as session:
+            with self.deps.db.transaction() as session:
                 req = load_request(session, request_id)
                 allowed = (
-                    eligibility.is_requester(self.policy, person, req)
-                    or rules.is_approver(self.policy, req.path, person, now)
+                    eligibility.is_requester(self.deps.policy, person, req)
+                    or rules.is_approver(self.deps.policy, req.path, person, now)
                     or (
-                        req.path == BREAK_GLASS_PATH and rules.is_reviewer(self.policy, person, now)
+                        req.path == BREAK_GLASS_PATH
+                        and rules.is_reviewer(self.deps.policy, person, now)
                     )
-                    or rules.is_admin(self.policy, person)
+                    or rules.is_admin(self.deps.policy, person)
                 )
                 if not allowed:
                     raise NotAllowed(
@@ -553,14 +572,14 @@ class GrantCases(RequestReads):
                     )
                 if req.state != RequestState.ACTIVE:
                     raise AlreadyDecided(f"Request #{req.id} is not active.")
-                key = person_key(self.policy, person)
+                key = person_key(self.deps.policy, person)
                 self.start_revokes(
                     session,
                     [req],
                     now,
                     actor=key,
                     why=why,
-                    data={"cause": "early", "note": why, "worker": self.worker},
+                    data={"cause": "early", "note": why, "worker": self.deps.worker},
                 )
 
         retry_when_stale(attempt)
@@ -584,9 +603,9 @@ class GrantCases(RequestReads):
         is cancelled, active access is revoked, and `why` is recorded for the requester and
         the audit trail, as done by `actor`. False if it had already moved on. `also`: more to
         write in the same transaction (a message to security)."""
-        now = self.clock.now()
+        now = self.deps.clock.now()
         try:
-            with self.db.transaction() as session:
+            with self.deps.db.transaction() as session:
                 req = lock_request(session, request_id)
                 if req is None:
                     return False
@@ -605,7 +624,7 @@ class GrantCases(RequestReads):
                     now,
                     actor=actor,
                     why=why,
-                    data={"cause": cause, "note": why, "worker": self.worker},
+                    data={"cause": cause, "note": why, "worker": self.deps.worker},
                 )
         except StaleState:
             return False
@@ -636,11 +655,11 @@ class GrantCases(RequestReads):
         while len(taken) < limit:
             work, others = self._lease_due(min(batch, limit - len(taken)))
             if not work:
-                full = self.lanes.full(self.adapters)
+                full = self.deps.lanes.full(self.deps.adapters)
                 left = until - time.monotonic()
                 if wait or not full or left <= 0 or not self._due_on(full):
                     break
-                self.lanes.wait_for_room(full, left)
+                self.deps.lanes.wait_for_room(full, left)
                 continue
             futures = self.revoke_leased(
                 work, others, on_done=on_done, batch=EXPIRY_BATCH, chunk=EXPIRY_CHUNK
@@ -653,13 +672,13 @@ class GrantCases(RequestReads):
 
     def _due_on(self, targets: list[str]) -> bool:
         """Is any grant on these targets due now (waiting for their lanes)?"""
-        with self.db.read() as session:
+        with self.deps.db.read() as session:
             return (
                 session.scalar(
                     select(AccessRequest.id)
                     .where(
                         AccessRequest.state == RequestState.ACTIVE.value,
-                        AccessRequest.expires_at <= self.clock.now(),
+                        AccessRequest.expires_at <= self.deps.clock.now(),
                         AccessRequest.target.in_(targets),
                     )
                     .limit(1)
@@ -670,20 +689,20 @@ class GrantCases(RequestReads):
     def _lease_due(self, batch: int) -> tuple[list[AccessRequest], dict[int, int | None]]:
         """Take up to `batch` due grants on targets whose lane has room, marked revoking in
         one statement (`transitions.transition_many`)."""
-        now = self.clock.now()
-        full = self.lanes.full(self.adapters)
+        now = self.deps.clock.now()
+        full = self.deps.lanes.full(self.deps.adapters)
         query = select(AccessRequest).where(
             AccessRequest.state == RequestState.ACTIVE.value, AccessRequest.expires_at <= now
         )
         if full:
             query = query.where(AccessRequest.target.not_in(full))
-        with self.db.transaction() as session:
+        with self.deps.db.transaction() as session:
             due = session.scalars(
                 skip_locked(query.order_by(AccessRequest.expires_at).limit(batch))
             ).all()
             # A lane slot takes one grant, or a whole batch where the target revokes in batches.
             room = {
-                t: self.lanes.room(t) * (EXPIRY_BATCH if self._batches(t) else EXPIRY_CHUNK)
+                t: self.deps.lanes.room(t) * (EXPIRY_BATCH if self._batches(t) else EXPIRY_CHUNK)
                 for t in {r.target for r in due}
             }
             work: list[AccessRequest] = []
@@ -698,7 +717,7 @@ class GrantCases(RequestReads):
                 now,
                 actor="wardkey",
                 why="expired",
-                data={"cause": "expired", "worker": self.worker},
+                data={"cause": "expired", "worker": self.deps.worker},
             )
             others = self.other_holders(session, work)
         return work, others
@@ -728,7 +747,7 @@ class GrantCases(RequestReads):
                 "end_reason": why,
                 "extension_seconds": None,
                 **(more or {}),
-                **lease_values(self.worker, self.lease, now),
+                **lease_values(self.deps.worker, self.deps.lease, now),
             },
             data=lambda _req: data,
         )
@@ -764,7 +783,7 @@ class GrantCases(RequestReads):
 
     def _batches(self, target: str) -> bool:
         """Does this target's adapter take many revokes in one call (and has not said no)?"""
-        adapter = self.adapters.get(target)
+        adapter = self.deps.adapters.get(target)
         return isinstance(adapter, BatchRevoker) and getattr(adapter, "batches", True)
 
     def revoke_leased(
@@ -790,14 +809,14 @@ class GrantCases(RequestReads):
             by_target.setdefault(req.target, []).append(req)
         futures: list[Future[None]] = []
         for target, rows in by_target.items():
-            recorder = _Recorder(self, len(rows), on_done, on_recorded)
-            if self.heartbeat is not None:
-                self.heartbeat.hold([r.id for r in rows])
+            recorder = _Recorder(self._record_outcomes, len(rows), on_done, on_recorded)
+            if self.deps.heartbeat is not None:
+                self.deps.heartbeat.hold([r.id for r in rows])
             size = min(batch, REVOKE_BATCH) if self._batches(target) else chunk
             work = self._batch_job if self._batches(target) else self._one_job
             for start in range(0, len(rows), size):
                 job = self._job(work, rows[start : start + size], others, recorder)
-                futures.append(self.lanes.submit(target, job))
+                futures.append(self.deps.lanes.submit(target, job))
         return futures
 
     def _job(
@@ -816,9 +835,9 @@ class GrantCases(RequestReads):
                 self._log_failure("expiry", exc)
                 return
             finally:
-                if self.heartbeat is not None:
-                    self.heartbeat.release([r.id for r in reqs])
-            self.db.outage.answered()
+                if self.deps.heartbeat is not None:
+                    self.deps.heartbeat.release([r.id for r in reqs])
+            self.deps.db.outage.answered()
 
         return run
 
@@ -855,11 +874,13 @@ class GrantCases(RequestReads):
             answers: list[RevokeResult | AdapterError] | None
             holders: dict[str, set[str]] = {}
             try:
-                answers = self.call_target(target, lambda a: _batch_revoker(a).revoke_many(items))
+                answers = self.deps.call_target(
+                    target, lambda a: _batch_revoker(a).revoke_many(items)
+                )
                 if answers is None:
                     return None
                 for entitlement in sorted({r.entitlement for r in calls}):
-                    holders[entitlement] = self.call_target(target, _members_of(entitlement))
+                    holders[entitlement] = self.deps.call_target(target, _members_of(entitlement))
             except AdapterError as exc:
                 answers = [exc] * len(calls)
             for req, answer in zip(calls, answers, strict=True):
@@ -878,7 +899,7 @@ class GrantCases(RequestReads):
             return self._revoke_failure(
                 req, StillPresent("the target still shows the access after the revoke")
             )
-        now = self.clock.now()
+        now = self.deps.clock.now()
         return RevokeOutcome(
             RequestState.ENDED,
             "revoke.succeeded",
@@ -896,9 +917,9 @@ class GrantCases(RequestReads):
         """Mark the grants whose path's `warn_before` has begun as warned about their current
         expiry, once each (an extension makes a new warning due); returns their numbers, for
         the holder to be told. Two workers never warn twice: it is a conditional update."""
-        now = self.clock.now()
-        horizon = now + max(p.warn_before for p in self.policy.paths.values())
-        with self.db.read() as session:
+        now = self.deps.clock.now()
+        horizon = now + max(p.warn_before for p in self.deps.policy.paths.values())
+        with self.deps.db.read() as session:
             rows = session.execute(
                 select(
                     AccessRequest.id,
@@ -917,13 +938,13 @@ class GrantCases(RequestReads):
         due = [
             rid
             for rid, path, expires, warned in rows
-            if warned != expires and now >= expires - self.policy.paths[path].warn_before
+            if warned != expires and now >= expires - self.deps.policy.paths[path].warn_before
         ]
         return [rid for rid in due if self._mark_warned(rid, now)]
 
     def _mark_warned(self, request_id: int, now: datetime) -> bool:
         try:
-            with self.db.transaction() as session:
+            with self.deps.db.transaction() as session:
                 req = lock_request(session, request_id)
                 if (
                     req is None
@@ -947,19 +968,22 @@ class GrantCases(RequestReads):
 
     def retry_revoke(self, request_id: int) -> RequestView:
         """Try a failed revoke again (the retry sweep calls this until it succeeds)."""
-        now = self.clock.now()
+        now = self.deps.clock.now()
         try:
             self._apply(
                 request_id,
                 RequestState.REVOKE_FAILED,
                 RequestState.REVOKING,
                 "revoke.retried",
-                changes=lease_values(self.worker, self.lease, now),
-                data={"attempt": self.get(request_id).revoke_attempts + 1, "worker": self.worker},
+                changes=lease_values(self.deps.worker, self.deps.lease, now),
+                data={
+                    "attempt": self.reads.get(request_id).revoke_attempts + 1,
+                    "worker": self.deps.worker,
+                },
                 at=now,
             )
         except AlreadyDecided:
-            return self.get(request_id)
+            return self.reads.get(request_id)
         return self._finish_revoke(request_id)
 
     def retry_revokes_due(self, *, wait: bool = True, on_done: OnDone | None = None) -> list[int]:
@@ -968,7 +992,7 @@ class GrantCases(RequestReads):
         return self._retry_in_lanes(self.revoke_retries_due(), wait=wait, on_done=on_done)
 
     def _retry_in_lanes(self, ids: list[int], *, wait: bool, on_done: OnDone | None) -> list[int]:
-        with self.db.read() as session:
+        with self.deps.db.read() as session:
             rows = session.execute(
                 select(AccessRequest.id, AccessRequest.target).where(AccessRequest.id.in_(ids))
             ).all()
@@ -982,7 +1006,7 @@ class GrantCases(RequestReads):
                     on_done(rid)
 
             call = run if wait else self._logged("revoke_retry", run)
-            futures.append(self.lanes.submit(targets[rid], call))
+            futures.append(self.deps.lanes.submit(targets[rid], call))
         if wait:
             for future in futures:
                 future.result()
@@ -996,7 +1020,7 @@ class GrantCases(RequestReads):
         at a time per target. A target that failed to answer before and answers now has its
         failed revokes tried again at once, whatever their back-off. Returns, for the
         targets asked and answered by now, whether each answered."""
-        with self.db.read() as session:
+        with self.deps.db.read() as session:
             rows = session.execute(
                 select(AccessRequest.target, AccessRequest.account, AccessRequest.entitlement)
                 .where(AccessRequest.state == RequestState.REVOKE_FAILED.value)
@@ -1005,11 +1029,11 @@ class GrantCases(RequestReads):
         samples: dict[str, tuple[str, str]] = {}
         for target, account, entitlement in rows:
             samples.setdefault(target, (account, entitlement))
-        probes = self._probes()
+        probes = self._probes
         threads: list[threading.Thread] = []
         answers: dict[str, bool] = {}
         for target, (account, entitlement) in samples.items():
-            if target not in self.adapters or not probes.start(target):
+            if target not in self.deps.adapters or not probes.start(target):
                 continue
 
             def probe(target: str = target, account: str = account, ent: str = entitlement) -> None:
@@ -1030,7 +1054,7 @@ class GrantCases(RequestReads):
         self, target: str, account: str, entitlement: str, probes: Probes, on_done: OnDone | None
     ) -> bool:
         try:
-            self.adapters[target].check(account, entitlement)
+            self.deps.adapters[target].check(account, entitlement)
         except AdapterError as exc:
             if probes.went_down(target):
                 log.warning(
@@ -1038,7 +1062,7 @@ class GrantCases(RequestReads):
                 )
             return False
         if probes.came_back(target):
-            with self.db.read() as session:
+            with self.deps.db.read() as session:
                 ids = list(
                     session.scalars(
                         select(AccessRequest.id)
@@ -1053,17 +1077,11 @@ class GrantCases(RequestReads):
             self._retry_in_lanes(ids, wait=True, on_done=on_done)
         return True
 
-    def _probes(self) -> Probes:
-        found: Probes | None = getattr(self, "_probe_state", None)
-        if found is None:
-            found = self._probe_state = Probes()
-        return found
-
     def revoke_retries_due(self, limit: int = 500) -> list[int]:
         """Failed revokes whose next try is due: 30 s after the first failure, doubling to one
         try every 15 minutes, never giving up."""
-        now = self.clock.now()
-        with self.db.read() as session:
+        now = self.deps.clock.now()
+        with self.deps.db.read() as session:
             rows = session.execute(
                 select(
                     AccessRequest.id, AccessRequest.state_changed_at, AccessRequest.revoke_attempts
@@ -1076,27 +1094,27 @@ class GrantCases(RequestReads):
 
     def resolve_revoke_failure(self, request_id: int, person: Person, note: str) -> RequestView:
         """An admin confirms by hand that access is gone from the target."""
-        if not rules.is_admin(self.policy, person):
+        if not rules.is_admin(self.deps.policy, person):
             raise NotAllowed("Only a WardKey admin can mark a failed revoke as resolved.")
         cleaned = clean_note(note, "Say what you checked or did on the target, in a few words.")
-        key = person_key(self.policy, person)
+        key = person_key(self.deps.policy, person)
         return self._apply(
             request_id,
             RequestState.REVOKE_FAILED,
             RequestState.ENDED,
             "revoke.resolved_by_person",
             actor=key,
-            changes={"ended_at": self.clock.now(), "revoke_detail": cleaned},
+            changes={"ended_at": self.deps.clock.now(), "revoke_detail": cleaned},
             data={"note": cleaned},
         )
 
     def _finish_revoke(self, request_id: int) -> RequestView:
-        with self.db.read() as session:
+        with self.deps.db.read() as session:
             req = load_request(session, request_id)
-            if req.state != RequestState.REVOKING or not holds_lease(req, self.worker):
+            if req.state != RequestState.REVOKING or not holds_lease(req, self.deps.worker):
                 return snapshot(session, req)
             other = self._other_holder(session, req)
-        with keeping_leases(self.heartbeat, request_id):
+        with keeping_leases(self.deps.heartbeat, request_id):
             outcome = self._revoke_on_target(req, other)
         return self._record_target_result(
             request_id,
@@ -1116,7 +1134,7 @@ class GrantCases(RequestReads):
                 if req.preexisting
                 else f"request #{other} still holds the same access, so it was left in place"
             )
-            now = self.clock.now()
+            now = self.deps.clock.now()
             return RevokeOutcome(
                 RequestState.ENDED,
                 "revoke.succeeded",
@@ -1125,10 +1143,10 @@ class GrantCases(RequestReads):
                 at=now,
             )
         try:
-            result, sessions = self.take_away(req.target, req.account, req.entitlement)
+            result, sessions = self.deps.take_away(req.target, req.account, req.entitlement)
         except (AdapterError, StillPresent) as exc:
             return self._revoke_failure(req, exc)
-        now = self.clock.now()
+        now = self.deps.clock.now()
         return RevokeOutcome(
             RequestState.ENDED,
             "revoke.succeeded",
@@ -1163,7 +1181,7 @@ class GrantCases(RequestReads):
                 "transient": transient,
                 "attempt": req.revoke_attempts + 1,
             },
-            at=self.clock.now(),
+            at=self.deps.clock.now(),
         )
 
     def _record_outcomes(self, outcomes: list[tuple[int, RevokeOutcome]]) -> list[int]:
@@ -1184,7 +1202,7 @@ class GrantCases(RequestReads):
     def _record_together(self, outcomes: list[tuple[int, RevokeOutcome]]) -> list[int]:
         ids = [rid for rid, _ in outcomes]
         recorded: list[int] = []
-        with self.db.transaction() as session:
+        with self.deps.db.transaction() as session:
             # Locked in id order, as the heartbeat locks the leases it renews: two multi-row
             # writes that took the same rows in different orders could deadlock.
             rows = {
@@ -1202,7 +1220,7 @@ class GrantCases(RequestReads):
                 if (
                     req is None
                     or req.state != RequestState.REVOKING
-                    or not holds_lease(req, self.worker)
+                    or not holds_lease(req, self.deps.worker)
                 ):
                     continue
                 changes = sorted(outcome.changes.items())
@@ -1233,7 +1251,7 @@ class GrantCases(RequestReads):
         target's lane; without `wait` they are not waited for (`on_done` says when each is
         recorded) and are not in the report."""
         report = ReconcileReport()
-        now = self.clock.now()
+        now = self.deps.clock.now()
         revokes: list[tuple[int, Future[RequestView]]] = []
         for rid, state, started, seconds, target in self._take_over_stalled(now):
             if state == RequestState.REVOKING:
@@ -1243,9 +1261,7 @@ class GrantCases(RequestReads):
                 self._abandon_grant(rid)
                 report.abandoned.append(rid)
             else:
-                view = (
-                    self.grant(rid) if state == RequestState.APPROVED else self._finish_grant(rid)
-                )
+                view = self.grant(rid) if state == RequestState.APPROVED else self.finish_grant(rid)
                 if view.state == RequestState.ACTIVE:
                     report.granted.append(rid)
         if wait:
@@ -1257,8 +1273,8 @@ class GrantCases(RequestReads):
     def _finish_revoke_in_lane(
         self, request_id: int, target: str, on_done: OnDone | None
     ) -> Future[RequestView]:
-        if self.heartbeat is not None:  # held from the take-over, even while it queues
-            self.heartbeat.hold([request_id])
+        if self.deps.heartbeat is not None:  # held from the take-over, even while it queues
+            self.deps.heartbeat.hold([request_id])
 
         def run() -> RequestView:
             try:
@@ -1267,19 +1283,19 @@ class GrantCases(RequestReads):
                 self._log_failure("takeover", exc)
                 raise
             finally:
-                if self.heartbeat is not None:
-                    self.heartbeat.release([request_id])
-            self.db.outage.answered()
+                if self.deps.heartbeat is not None:
+                    self.deps.heartbeat.release([request_id])
+            self.deps.db.outage.answered()
             if on_done is not None:
                 on_done(request_id)
             return view
 
-        return self.lanes.submit(target, run)
+        return self.deps.lanes.submit(target, run)
 
     def _log_failure(self, where: str, exc: Exception) -> None:
         """A database outage is logged once (and its end), anything else with its traceback."""
         if is_database_error(exc):
-            self.db.outage.failed(where, exc)
+            self.deps.db.outage.failed(where, exc)
         else:
             log.exception("event=%s_failed", where)
 
@@ -1292,7 +1308,7 @@ class GrantCases(RequestReads):
             except Exception as exc:
                 self._log_failure(where, exc)
                 return
-            self.db.outage.answered()
+            self.deps.db.outage.answered()
 
         return run
 
@@ -1306,10 +1322,10 @@ class GrantCases(RequestReads):
         # An approval commits before its grant starts; one left that long had its worker die.
         stalled_approval = and_(
             AccessRequest.state == RequestState.APPROVED.value,
-            AccessRequest.state_changed_at <= now - self.lease,
+            AccessRequest.state_changed_at <= now - self.deps.lease,
         )
         taken: list[tuple[int, RequestState, datetime, int, str]] = []
-        with self.db.transaction() as session:
+        with self.deps.db.transaction() as session:
             rows = session.scalars(
                 skip_locked(
                     select(AccessRequest)
@@ -1330,24 +1346,24 @@ class GrantCases(RequestReads):
                         at=now,
                         actor="wardkey",
                         action=f"{verb}.taken_over",
-                        changes=lease_values(self.worker, self.lease, now),
-                        data={"from_worker": req.claimed_by, "worker": self.worker},
+                        changes=lease_values(self.deps.worker, self.deps.lease, now),
+                        data={"from_worker": req.claimed_by, "worker": self.deps.worker},
                     )
                 taken.append((req.id, state, started, req.requested_seconds, req.target))
         return taken
 
     def _abandon_grant(self, request_id: int) -> RequestView:
-        with self.db.read() as session:
+        with self.deps.db.read() as session:
             req = load_request(session, request_id)
         detail = "interrupted before access was confirmed; its time has passed"
-        with keeping_leases(self.heartbeat, request_id):
+        with keeping_leases(self.deps.heartbeat, request_id):
             detail += self._undo_uncertain_grant(req)
         return self._record_target_result(
             request_id,
             RequestState.GRANTING,
             RequestState.GRANT_FAILED,
             "grant.failed",
-            changes={"grant_detail": detail, "ended_at": self.clock.now()},
+            changes={"grant_detail": detail, "ended_at": self.deps.clock.now()},
             data={"error": detail, "transient": False},
         )
 
@@ -1367,12 +1383,12 @@ class _Recorder:
 
     def __init__(
         self,
-        service: GrantCases,
+        record: Callable[[list[tuple[int, RevokeOutcome]]], list[int]],
         expected: int,
         on_done: OnDone | None,
         on_recorded: Callable[[list[int]], None] | None,
     ) -> None:
-        self.service = service
+        self.record = record  # Grants._record_outcomes: one transaction for the batch
         self.left = expected
         self.on_done = on_done
         self.on_recorded = on_recorded
@@ -1398,7 +1414,7 @@ class _Recorder:
         self._write(batch)
 
     def _write(self, batch: list[tuple[int, RevokeOutcome]]) -> None:
-        recorded = self.service._record_outcomes(batch)
+        recorded = self.record(batch)
         if self.on_recorded is not None:
             self.on_recorded(recorded)
         if self.on_done is not None:

@@ -14,25 +14,28 @@ from app.lifecycle.eligibility import is_requester
 from app.lifecycle.snapshots import RequestView, load_request, snapshot, snapshots
 from app.policy import rules
 from app.policy.people import Person, person_key
-from app.service.base import ServiceBase
+from app.service.deps import CoreDeps
 from app.store.models import AccessRequest, Decision, HomeView, RequestMessage, RequestState
 
 
-class RequestReads(ServiceBase):
+class Reads:
     """Reads of requests; each in its own read transaction."""
 
+    def __init__(self, deps: CoreDeps) -> None:
+        self.deps = deps
+
     def get(self, request_id: int) -> RequestView:
-        with self.db.read() as session:
+        with self.deps.db.read() as session:
             return snapshot(session, load_request(session, request_id))
 
     def requests_of(
         self, person: Person, states: tuple[RequestState, ...] = ()
     ) -> list[RequestView]:
-        return self.requests_of_key(person_key(self.policy, person), states)
+        return self.requests_of_key(person_key(self.deps.policy, person), states)
 
     def requests_of_key(self, key: str, states: tuple[RequestState, ...] = ()) -> list[RequestView]:
         """The newest 100 requests of the person with this key, optionally in these states."""
-        with self.db.read() as session:
+        with self.deps.db.read() as session:
             query = select(AccessRequest).where(AccessRequest.requester == key)
             if states:
                 query = query.where(AccessRequest.state.in_([s.value for s in states]))
@@ -43,15 +46,17 @@ class RequestReads(ServiceBase):
         """Requests this person may decide on now, longest waiting first: pending ones, and
         extensions awaiting approval, on paths they approve at this instant, that they did not
         ask for and have not decided yet."""
-        now = self.clock.now()
-        key = person_key(self.policy, person)
+        now = self.deps.clock.now()
+        key = person_key(self.deps.policy, person)
         # Paths first, so the query reads only requests this person could decide.
-        paths = [p for p in self.policy.paths if rules.is_approver(self.policy, p, person, now)]
+        paths = [
+            p for p in self.deps.policy.paths if rules.is_approver(self.deps.policy, p, person, now)
+        ]
         # Vendors' requests wait for their sponsor too, whatever the path.
         sponsoring = [
             v.sponsor
-            for v in self.policy.vendors.values()
-            if rules.is_member(self.policy, person, [v.sponsor])
+            for v in self.deps.policy.vendors.values()
+            if rules.is_member(self.deps.policy, person, [v.sponsor])
         ]
         if not paths and not sponsoring:
             return []
@@ -60,7 +65,7 @@ class RequestReads(ServiceBase):
             Decision.approver == key,
             Decision.round == AccessRequest.approval_round,
         )
-        with self.db.read() as session:
+        with self.deps.db.read() as session:
             rows = session.scalars(
                 select(AccessRequest)
                 .where(
@@ -80,12 +85,12 @@ class RequestReads(ServiceBase):
                 .order_by(AccessRequest.id)
                 .limit(limit + 20)  # room for requests filed under another account of mine
             ).all()
-            mine = [r for r in rows if not is_requester(self.policy, person, r)]
+            mine = [r for r in rows if not is_requester(self.deps.policy, person, r)]
             return snapshots(session, mine[:limit])
 
     def elevations_since(self, requester: str, since: datetime) -> int:
         """How many grants this person (by person key) received since `since`."""
-        with self.db.read() as session:
+        with self.deps.db.read() as session:
             return int(
                 session.scalar(
                     select(func.count()).where(
@@ -96,7 +101,7 @@ class RequestReads(ServiceBase):
             )
 
     def messages_of(self, request_id: int, purpose: str) -> list[tuple[str, str]]:
-        with self.db.read() as session:
+        with self.deps.db.read() as session:
             rows = session.execute(
                 select(RequestMessage.channel, RequestMessage.ts)
                 .where(RequestMessage.request_id == request_id, RequestMessage.purpose == purpose)
@@ -105,9 +110,9 @@ class RequestReads(ServiceBase):
         return [(channel, ts) for channel, ts in rows]
 
     def remember_home_opened(self, slack_user_id: str) -> None:
-        insert = sqlite_insert if self.db.is_sqlite else postgres_insert
-        now = self.clock.now()
-        with self.db.transaction() as session:
+        insert = sqlite_insert if self.deps.db.is_sqlite else postgres_insert
+        now = self.deps.clock.now()
+        with self.deps.db.transaction() as session:
             session.execute(
                 insert(HomeView)
                 .values(slack_user_id=slack_user_id, opened_at=now)
@@ -118,12 +123,12 @@ class RequestReads(ServiceBase):
         """Those of these people who opened the App Home within `within`."""
         if not slack_user_ids:
             return set()
-        with self.db.read() as session:
+        with self.deps.db.read() as session:
             return set(
                 session.scalars(
                     select(HomeView.slack_user_id).where(
                         HomeView.slack_user_id.in_(slack_user_ids),
-                        HomeView.opened_at > self.clock.now() - within,
+                        HomeView.opened_at > self.deps.clock.now() - within,
                     )
                 )
             )

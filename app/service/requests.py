@@ -43,7 +43,9 @@ from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person, person_key
 from app.policy.tickets import TicketFacts, unanswered
 from app.policy.tickets import refusal as ticket_refusal
-from app.service.grants import GrantCases
+from app.service.deps import CoreDeps
+from app.service.grants import Grants
+from app.service.reads import Reads
 from app.service.tickets import TICKET_CLOSED, closed_since_asked, ticket_audit, ticket_fields
 from app.store.models import (
     OPEN_STATES,
@@ -83,7 +85,15 @@ NOT_CANCELLABLE = {
 }
 
 
-class RequestCases(GrantCases):
+class Requests:
+    """Asking for access, deciding, cancelling, time-outs and escalation; an approval that
+    completes a request grants it (Grants)."""
+
+    def __init__(self, deps: CoreDeps, reads: Reads, grants: Grants) -> None:
+        self.deps = deps
+        self.reads = reads
+        self.grants = grants
+
     # ----------------------------------------------------------------------------- requests
 
     def request(
@@ -97,17 +107,17 @@ class RequestCases(GrantCases):
         identity: str | None = None,
     ) -> RequestView:
         """Ask for `target:role` for `duration`; goes to the path's approvers as `pending`."""
-        now = self.clock.now()
-        plan = self._plan(person, target, role, now, identity=identity)
+        now = self.deps.clock.now()
+        plan = self.plan(person, target, role, now, identity=identity)
         if identity is not None:
             self.refuse_unattested(identity)
         reason = clean_reason(reason)
         duration = within_cap(duration, plan)
         ticket = self._ticket(plan.path, ticket)
         checked = self._checked_ticket(plan.path, ticket, person)
-        vendor = rules.vendor_of(self.policy, person)
+        vendor = rules.vendor_of(self.deps.policy, person)
         sponsor = vendor.sponsor if vendor is not None else None
-        return self._open(
+        return self.open_request(
             person,
             plan,
             reason,
@@ -118,14 +128,14 @@ class RequestCases(GrantCases):
             fields={"ticket": ticket, "sponsor": sponsor, **ticket_fields(checked, now)},
             data={
                 "approvals_needed": plan.approvals_needed,
-                "approvers": rules.approvers_at(self.policy, plan.path, now),
+                "approvers": rules.approvers_at(self.deps.policy, plan.path, now),
                 "sponsor": sponsor,
                 "vendor": vendor.company if vendor is not None else None,
                 **ticket_audit(checked),
             },
         )
 
-    def break_glass(
+    def break_glass_at_once(
         self,
         person: Person,
         target: str,
@@ -135,20 +145,21 @@ class RequestCases(GrantCases):
         extra: Mapping[str, object] | None = None,
         guard: Callable[[Session], None] | None = None,
     ) -> RequestView:
-        """Emergency access: granted at once within the break-glass cap, reviewed afterwards.
-        `extra`: more for its `breakglass.started` event (its flags and budget use); `guard`
-        runs first in the transaction that opens the use, and may refuse it there (the
-        budgets, checked again against every use before this one)."""
-        now = self.clock.now()
-        plan = self._plan(person, target, role, now, break_glass=True)
+        """Emergency access: granted at once within the break-glass cap, reviewed afterwards
+        (BreakGlass.break_glass calls it once the limits allow the use). `extra`: more for its
+        `breakglass.started` event (its flags and budget use); `guard` runs first in the
+        transaction that opens the use, and may refuse it there (the budgets, checked again
+        against every use before this one)."""
+        now = self.deps.clock.now()
+        plan = self.plan(person, target, role, now, break_glass=True)
         reason = clean_reason(reason)
         duration = within_cap(duration or plan.cap, plan)
-        review_within = self.policy.paths[BREAK_GLASS_PATH].review_within or timedelta(days=1)
-        key = person_key(self.policy, person)
-        with self.db.read() as session:  # refuse before touching the target
+        review_within = self.deps.policy.paths[BREAK_GLASS_PATH].review_within or timedelta(days=1)
+        key = person_key(self.deps.policy, person)
+        with self.deps.db.read() as session:  # refuse before touching the target
             if self._own_pending(session, key, plan) is None:
                 self._refuse_duplicate(session, key, plan)
-        preexisting = self._preexisting(plan.target, plan.account, plan.entitlement)
+        preexisting = self.grants.preexisting(plan.target, plan.account, plan.entitlement)
 
         def open_review(session: Session, req: AccessRequest) -> None:
             session.add(
@@ -165,10 +176,10 @@ class RequestCases(GrantCases):
             approval, is replaced: cancelled in this transaction, each naming the other."""
             if guard is not None:
                 guard(session)
-            return self._replace_own_pending(session, key, plan, now)
+            return self.replace_own_pending(session, key, plan, now)
 
         view = retry_when_stale(
-            lambda: self._open(
+            lambda: self.open_request(
                 person,
                 plan,
                 reason,
@@ -179,11 +190,11 @@ class RequestCases(GrantCases):
                 fields={
                     "decided_at": now,
                     "preexisting": preexisting,
-                    **lease_values(self.worker, self.lease, now),
+                    **lease_values(self.deps.worker, self.deps.lease, now),
                 },
                 data={
                     "review_due_at": now + review_within,
-                    "reviewers": rules.reviewers(self.policy, now),
+                    "reviewers": rules.reviewers(self.deps.policy, now),
                     "preexisting": preexisting,
                     **(extra or {}),
                 },
@@ -191,12 +202,12 @@ class RequestCases(GrantCases):
                 before=replace_pending,
             )
         )
-        return self._finish_grant(view.id)
+        return self.grants.finish_grant(view.id)
 
     def replaced_request(self, break_glass_id: int) -> tuple[int, datetime] | None:
         """The request a break-glass use replaced (its number, and since when it had been
         waiting), as the use's audit event records it; None if it replaced none."""
-        with self.db.read() as session:
+        with self.deps.db.read() as session:
             body = session.scalar(
                 select(AuditEvent.body).where(
                     AuditEvent.request_id == break_glass_id,
@@ -218,7 +229,7 @@ class RequestCases(GrantCases):
             )
         ).first()
 
-    def _replace_own_pending(
+    def replace_own_pending(
         self,
         session: Session,
         key: str,
@@ -248,7 +259,7 @@ class RequestCases(GrantCases):
 
     # -------------------------------------------------------------------- opening a request
 
-    def _plan(
+    def plan(
         self,
         person: Person,
         target: str,
@@ -258,18 +269,26 @@ class RequestCases(GrantCases):
         break_glass: bool = False,
         identity: str | None = None,
     ) -> rules.RequestPlan:
+        """What the policy says of this ask (path, account, cap); NotEligible when the policy
+        refuses it, or its target has no adapter or is locked down."""
         try:
             plan = rules.plan_request(
-                self.policy, person, target, role, now, break_glass=break_glass, identity=identity
+                self.deps.policy,
+                person,
+                target,
+                role,
+                now,
+                break_glass=break_glass,
+                identity=identity,
             )
         except rules.PolicyRefusal as exc:
             raise NotEligible(str(exc), field="access") from None
-        if plan.target not in self.adapters:
+        if plan.target not in self.deps.adapters:
             raise NotEligible(
                 f"{target} is not connected to WardKey yet; ask a WardKey admin.", field="access"
             )
-        with self.db.read() as session:  # refused before anything else, even the target
-            locked = lockdown_refusal(session, self.policy, plan.target)
+        with self.deps.db.read() as session:  # refused before anything else, even the target
+            locked = lockdown_refusal(session, self.deps.policy, plan.target)
         if locked is not None:
             raise NotEligible(locked, field="access")
         return plan
@@ -277,7 +296,7 @@ class RequestCases(GrantCases):
     def _ticket(self, path: str, ticket: str | None) -> str | None:
         refuse_control_characters(ticket or "", "ticket", "ticket")
         try:
-            return rules.check_ticket(self.policy, path, ticket)
+            return rules.check_ticket(self.deps.policy, path, ticket)
         except rules.PolicyRefusal as exc:
             raise InvalidRequest(str(exc), field="ticket") from None
 
@@ -285,14 +304,14 @@ class RequestCases(GrantCases):
         """The ticket as the path's ticket system has it, when the path names one; refused
         (InvalidRequest on the ticket field) when it is not there, not open or not assigned as
         the path asks, and when the system does not answer (never accepted unchecked)."""
-        spec = self.policy.paths[path].ticket
+        spec = self.deps.policy.paths[path].ticket
         if spec is None or ticket is None:
             return None
-        system = self.policy.ticket_systems.get(spec.system)
+        system = self.deps.policy.ticket_systems.get(spec.system)
         label = system.label if system is not None else spec.system
         try:
-            facts = self.tickets.find(
-                self.policy,
+            facts = self.deps.tickets.find(
+                self.deps.policy,
                 spec.system,
                 ticket,
                 person.email,
@@ -313,12 +332,12 @@ class RequestCases(GrantCases):
         """Called before an elevation of `name`: a retired identity is refused, and so is an
         overdue one whose policy says `block_unattested`. (The rounds are app/identities'; the
         request path only reads the latest, so the core needs nothing of that feature.)"""
-        with self.db.read() as session:
-            refusal = attestation_refusal(session, self.policy, name, self.clock.now())
+        with self.deps.db.read() as session:
+            refusal = attestation_refusal(session, self.deps.policy, name, self.deps.clock.now())
         if refusal is not None:
             raise NotEligible(refusal, field="access")
 
-    def _open(
+    def open_request(
         self,
         person: Person,
         plan: rules.RequestPlan,
@@ -337,10 +356,10 @@ class RequestCases(GrantCases):
         `before` runs first in the same transaction (break-glass cancels the person's own
         pending request for the access there) and may give the new request's number and more
         for its creation event."""
-        key = person_key(self.policy, person)
+        key = person_key(self.deps.policy, person)
         try:
-            with self.db.transaction() as session:
-                locked = lockdown_refusal(session, self.policy, plan.target)
+            with self.deps.db.transaction() as session:
+                locked = lockdown_refusal(session, self.deps.policy, plan.target)
                 if locked is not None:  # locked down since the first look
                     raise NotEligible(locked, field="access")
                 new_id, more = before(session, key) if before is not None else (None, {})
@@ -376,13 +395,14 @@ class RequestCases(GrantCases):
                 return snapshot(session, req)
         except IntegrityError:
             # The same access was asked for at the same moment; the unique index kept one.
-            with self.db.read() as session:
+            with self.deps.db.read() as session:
                 self._refuse_duplicate(session, key, plan)
             raise
 
-    def _pending_timeout(self, path: str) -> timedelta:
+    def pending_timeout(self, path: str) -> timedelta:
+        """How long a request on this path waits for a decision."""
         # A path removed from the policy while requests wait on it still lets them time out.
-        spec = self.policy.paths.get(path)
+        spec = self.deps.policy.paths.get(path)
         return spec.pending_timeout if spec is not None else DEFAULT_PENDING_TIMEOUT
 
     def _refuse_duplicate(self, session: Session, key: str, plan: rules.RequestPlan) -> None:
@@ -427,13 +447,13 @@ class RequestCases(GrantCases):
             lambda: self._decide(request_id, approver, approve=True, step_up=step_up)
         )
         if outcome.state == RequestState.APPROVED:
-            if (why := closed_since_asked(self, request_id)) is not None:
-                self.end_access(request_id, why, TICKET_CLOSED)
-                return self.get(request_id)
-            return self.grant(request_id)
+            if (why := closed_since_asked(self.deps, request_id)) is not None:
+                self.grants.end_access(request_id, why, TICKET_CLOSED)
+                return self.reads.get(request_id)
+            return self.grants.grant(request_id)
         extended = outcome.state == RequestState.ACTIVE and outcome.extension is None
         if extended and len(outcome.approvals) >= outcome.approvals_needed:
-            self._refresh_target(outcome)
+            self.grants.refresh_target(outcome)
         return outcome
 
     def deny(self, request_id: int, approver: Person, reason: str) -> RequestView:
@@ -453,13 +473,13 @@ class RequestCases(GrantCases):
         """The request, if `approver` may decide on it now (as `approve` and `deny` check);
         otherwise the same refusal they would give. Changes nothing (a step-up sign-in is
         offered only to someone who could approve at that moment)."""
-        now = self.clock.now()
-        with self.db.read() as session:
+        now = self.deps.clock.now()
+        with self.deps.db.read() as session:
             req = load_request(session, request_id)
             in_extension = req.state == RequestState.ACTIVE and req.extension_seconds is not None
             if req.state != RequestState.PENDING and not in_extension:
                 raise AlreadyDecided(f"Request #{req.id} {STATE_WORDS[RequestState(req.state)]}.")
-            if req.state == RequestState.PENDING and now >= req.created_at + self._pending_timeout(
+            if req.state == RequestState.PENDING and now >= req.created_at + self.pending_timeout(
                 req.path
             ):
                 raise AlreadyDecided(f"Request #{req.id} is past its time to be decided.")
@@ -469,7 +489,7 @@ class RequestCases(GrantCases):
                     Decision.request_id == req.id, Decision.round == req.approval_round
                 )
             ).all()
-            if person_key(self.policy, approver) in earlier:
+            if person_key(self.deps.policy, approver) in earlier:
                 raise AlreadyDecided(f"You have already decided on request #{req.id}.")
             return snapshot(session, req)
 
@@ -478,19 +498,19 @@ class RequestCases(GrantCases):
     ) -> bool:
         """Refuses (SelfApproval, NotAllowed) anyone who may not decide on `req` now; True
         when they decide as the vendor's sponsor."""
-        if eligibility.is_requester(self.policy, approver, req):
+        if eligibility.is_requester(self.deps.policy, approver, req):
             raise SelfApproval("You cannot approve or deny your own request.")
         escalated_to_me = req.escalation_level >= ESCALATED and rules.is_member(
-            self.policy, approver, rules.escalation_members(self.policy, req.path)
+            self.deps.policy, approver, rules.escalation_members(self.deps.policy, req.path)
         )
         # A vendor's sponsor decides as sponsor, apart from the path's approvers; their
         # approval is needed on top of the path's, and one click never counts twice.
         as_sponsor = (
             not in_extension
             and req.sponsor is not None
-            and rules.is_member(self.policy, approver, [req.sponsor])
+            and rules.is_member(self.deps.policy, approver, [req.sponsor])
         )
-        approver_now = rules.is_approver(self.policy, req.path, approver, now)
+        approver_now = rules.is_approver(self.deps.policy, req.path, approver, now)
         if not (approver_now or escalated_to_me or as_sponsor):
             raise NotAllowed(
                 f"You are not an approver for the {req.path} path right now, so nothing "
@@ -507,20 +527,20 @@ class RequestCases(GrantCases):
         reason: str | None = None,
         step_up: dict[str, object] | None = None,
     ) -> RequestView:
-        now = self.clock.now()
-        with self.db.transaction() as session:
+        now = self.deps.clock.now()
+        with self.deps.db.transaction() as session:
             req = load_request(session, request_id)
             in_extension = req.state == RequestState.ACTIVE and req.extension_seconds is not None
             if req.state != RequestState.PENDING and not in_extension:
                 raise AlreadyDecided(f"Request #{req.id} {STATE_WORDS[RequestState(req.state)]}.")
-            if req.state == RequestState.PENDING and now >= req.created_at + self._pending_timeout(
+            if req.state == RequestState.PENDING and now >= req.created_at + self.pending_timeout(
                 req.path
             ):
                 # Past its time-out, though the sweep has not closed it yet: too late to decide.
                 self._apply_time_out(session, req, now)
                 return snapshot(session, req)
             as_sponsor = self._decider_check(req, approver, now, in_extension)
-            path = self.policy.paths.get(req.path)
+            path = self.deps.policy.paths.get(req.path)
             if approve and step_up is None and path is not None and path.step_up:
                 # The Approve button sends a sign-in link instead of coming here; this is
                 # reached only when none could be sent (or by a caller other than Slack).
@@ -529,7 +549,7 @@ class RequestCases(GrantCases):
                     "not send you a sign-in link: tell the WardKey admins (step-up needs "
                     "WARDKEY_PUBLIC_URL and a restart). Nothing was approved."
                 )
-            key = person_key(self.policy, approver)
+            key = person_key(self.deps.policy, approver)
             earlier = session.scalars(
                 select(Decision).where(
                     Decision.request_id == req.id, Decision.round == req.approval_round
@@ -590,9 +610,9 @@ class RequestCases(GrantCases):
                     data=facts,
                 )
             elif in_extension:
-                self._approve_extension(session, req, now, key, facts)
+                self.grants.approve_extension(session, req, now, key, facts)
             elif refusal := eligibility.refusal_now(
-                session, self.policy, req, now
+                session, self.deps.policy, req, now
             ) or self._sponsor_moved(req):
                 # The last approval, but the requester may no longer have it (contract ended,
                 # left the group, service account retired or blocked): cancel, saying why.
@@ -669,10 +689,10 @@ class RequestCases(GrantCases):
         )
 
         def attempt() -> RequestView:
-            now = self.clock.now()
-            with self.db.transaction() as session:
+            now = self.deps.clock.now()
+            with self.deps.db.transaction() as session:
                 req = load_request(session, request_id)
-                if not eligibility.is_requester(self.policy, person, req):
+                if not eligibility.is_requester(self.deps.policy, person, req):
                     raise NotAllowed(
                         f"Only the person who asked for request #{req.id} can cancel it, so "
                         "nothing was changed."
@@ -682,7 +702,7 @@ class RequestCases(GrantCases):
                         RequestState(req.state), "Request #{id} is not waiting."
                     )
                     raise AlreadyDecided(refusal.format(id=req.id))
-                key = person_key(self.policy, person)
+                key = person_key(self.deps.policy, person)
                 transitions.transition(
                     session,
                     req,
@@ -704,12 +724,12 @@ class RequestCases(GrantCases):
 
     def time_out(self, request_id: int) -> RequestView | None:
         """Close a request nobody decided on within its path's time-out; None if not due."""
-        now = self.clock.now()
-        with self.db.transaction() as session:
+        now = self.deps.clock.now()
+        with self.deps.db.transaction() as session:
             req = lock_request(session, request_id)
             if req is None or req.state != RequestState.PENDING:
                 return None
-            if now < req.created_at + self._pending_timeout(req.path):
+            if now < req.created_at + self.pending_timeout(req.path):
                 return None
             try:
                 self._apply_time_out(session, req, now)
@@ -736,7 +756,7 @@ class RequestCases(GrantCases):
         refused. None when the sponsor approval it collected is still the right one."""
         if req.path == BREAK_GLASS_PATH:
             return None
-        vendor = rules.vendor_of(self.policy, eligibility.requester(req))
+        vendor = rules.vendor_of(self.deps.policy, eligibility.requester(req))
         if vendor is None or vendor.sponsor == req.sponsor:
             return None  # unchanged, or no longer a vendor: the path's approvals suffice
         return (
@@ -748,8 +768,8 @@ class RequestCases(GrantCases):
         """Pending requests past half their path's approval SLA are marked for a reminder
         (level 1), past the whole SLA escalated to the rota's escalation group (level 2), who
         may then decide too. Returns (request, level) for each newly reached level."""
-        now = self.clock.now()
-        with self.db.read() as session:
+        now = self.deps.clock.now()
+        with self.deps.db.read() as session:
             pending = session.execute(
                 select(
                     AccessRequest.id,
@@ -760,7 +780,11 @@ class RequestCases(GrantCases):
             ).all()
         reached: list[tuple[int, int]] = []
         for rid, path, created, level in pending:
-            sla = self.policy.paths[path].approval_sla if path in self.policy.paths else None
+            sla = (
+                self.deps.policy.paths[path].approval_sla
+                if path in self.deps.policy.paths
+                else None
+            )
             if sla is None:
                 continue
             due = ESCALATED if now >= created + sla else REMINDED if now >= created + sla / 2 else 0
@@ -770,7 +794,7 @@ class RequestCases(GrantCases):
 
     def _escalate(self, request_id: int, level: int, now: datetime) -> bool:
         try:
-            with self.db.transaction() as session:
+            with self.deps.db.transaction() as session:
                 req = lock_request(session, request_id)
                 if (
                     req is None
@@ -782,7 +806,7 @@ class RequestCases(GrantCases):
                     "waited_seconds": int((now - req.created_at).total_seconds()),
                 }
                 if level == ESCALATED:
-                    data["escalated_to"] = rules.escalation_members(self.policy, req.path)
+                    data["escalated_to"] = rules.escalation_members(self.deps.policy, req.path)
                 transitions.transition(
                     session,
                     req,
@@ -803,8 +827,8 @@ class RequestCases(GrantCases):
         escalate at once rather than at the SLA, so the escalation group may decide. The
         notice this writes tells the requester, the escalation group, security and the
         admins. None if the request no longer waits for approval or this was recorded."""
-        now = self.clock.now()
-        with self.db.transaction() as session:
+        now = self.deps.clock.now()
+        with self.deps.db.transaction() as session:
             req = session.get(AccessRequest, request_id)
             if req is None or req.escalation_level >= UNREACHABLE:
                 return None
@@ -824,7 +848,7 @@ class RequestCases(GrantCases):
                     changes={"escalation_level": UNREACHABLE},
                     data={
                         "why": why[:500],
-                        "escalated_to": rules.escalation_members(self.policy, req.path),
+                        "escalated_to": rules.escalation_members(self.deps.policy, req.path),
                     },
                 )
             except StaleState:
@@ -836,15 +860,15 @@ class RequestCases(GrantCases):
         has not been read within stale_after, and no one else on the path): each recorded
         as unreachable once and escalated at once (`approvers_unreachable`), rather than left
         with cards nobody may act on. `why(path)` says why, for the audit and the alerts."""
-        now = self.clock.now()
+        now = self.deps.clock.now()
         paths = [
             name
-            for name in self.policy.paths
-            if name != BREAK_GLASS_PATH and not rules.approvers_at(self.policy, name, now)
+            for name in self.deps.policy.paths
+            if name != BREAK_GLASS_PATH and not rules.approvers_at(self.deps.policy, name, now)
         ]
         if not paths:
             return []
-        with self.db.read() as session:
+        with self.deps.db.read() as session:
             rows = session.execute(
                 select(AccessRequest.id, AccessRequest.path)
                 .where(
@@ -863,7 +887,7 @@ class RequestCases(GrantCases):
     def unreachable_reason(self, request_id: int) -> str:
         """Why no approver of this request could be reached, as `approvers_unreachable`
         recorded it (the latest time)."""
-        with self.db.read() as session:
+        with self.deps.db.read() as session:
             body = session.scalar(
                 select(AuditEvent.body)
                 .where(
@@ -877,16 +901,14 @@ class RequestCases(GrantCases):
         return str(data.get("why") or "nobody could be reached")
 
     def time_out_overdue(self) -> list[int]:
-        now = self.clock.now()
-        with self.db.read() as session:
+        now = self.deps.clock.now()
+        with self.deps.db.read() as session:
             pending = session.execute(
                 select(AccessRequest.id, AccessRequest.path, AccessRequest.created_at).where(
                     AccessRequest.state == RequestState.PENDING.value
                 )
             ).all()
-        due = [
-            rid for rid, path, created in pending if now >= created + self._pending_timeout(path)
-        ]
+        due = [rid for rid, path, created in pending if now >= created + self.pending_timeout(path)]
         return [rid for rid in due if self.time_out(rid) is not None]
 
     # ------------------------------------------------------------------------- contracts
@@ -895,16 +917,16 @@ class RequestCases(GrantCases):
         """When a vendor's contract has ended (its day passed, or the policy now says it ended
         earlier), cancel its people's waiting requests and end their access. Returns the
         requests changed, for their requesters to be told (the contract sweep calls this)."""
-        now = self.clock.now()
+        now = self.deps.clock.now()
         lapsed = [
             v
-            for v in self.policy.vendors.values()
-            if rules.contract_end_instant(self.policy, v) <= now
+            for v in self.deps.policy.vendors.values()
+            if rules.contract_end_instant(self.deps.policy, v) <= now
         ]
-        known = set().union(*(rules.vendor_identifiers(self.policy, v) for v in lapsed))
+        known = set().union(*(rules.vendor_identifiers(self.deps.policy, v) for v in lapsed))
         if not known:
             return []
-        with self.db.read() as session:
+        with self.deps.db.read() as session:
             rows = session.scalars(
                 select(AccessRequest)
                 .where(
@@ -924,11 +946,11 @@ class RequestCases(GrantCases):
             ).all()
         changed = []
         for req in rows:
-            vendor = rules.vendor_of(self.policy, eligibility.requester(req))
+            vendor = rules.vendor_of(self.deps.policy, eligibility.requester(req))
             if vendor is None or vendor not in lapsed:
                 continue
             why = f"the {vendor.company} contract ended on {vendor.contract_end:%d %b %Y}"
-            if self.end_access(req.id, why, "contract_ended"):
+            if self.grants.end_access(req.id, why, "contract_ended"):
                 changed.append(req.id)
         return changed
 

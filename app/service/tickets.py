@@ -9,7 +9,7 @@ from datetime import datetime
 
 from app import audit
 from app.policy.tickets import TicketFacts, refusal
-from app.service.grants import GrantCases
+from app.service.deps import CoreDeps
 from app.store.models import AccessRequest
 from app.tickets import TicketNotFound, TicketUnreadable
 
@@ -49,22 +49,22 @@ def ticket_audit(facts: TicketFacts | None) -> dict[str, object]:
     }
 
 
-def closed_since_asked(service: GrantCases, request_id: int) -> str | None:
+def closed_since_asked(deps: CoreDeps, request_id: int) -> str | None:
     """At the final approval: why the request's ticket no longer allows it (resolved, closed,
     gone, or assigned elsewhere since it was asked for), or None. A ticket system that does not
     answer now leaves the check made when access was asked for standing (logged)."""
-    with service.db.read() as session:
+    with deps.db.read() as session:
         req = session.get(AccessRequest, request_id)
         if req is None or not req.ticket_system or not req.ticket:
             return None
         system, ticket, email = req.ticket_system, req.ticket, req.requester_email
-        spec = service.policy.paths.get(req.path)
+        spec = deps.policy.paths.get(req.path)
     rule = spec.ticket if spec is not None else None
     if rule is None:
         return None
     try:
-        facts = service.tickets.find(
-            service.policy, system, ticket, email, need_group=rule.assigned == "requester_or_group"
+        facts = deps.tickets.find(
+            deps.policy, system, ticket, email, need_group=rule.assigned == "requester_or_group"
         )
     except TicketNotFound:
         return f"{ticket} was no longer in the ticket system when the request was approved"
@@ -72,10 +72,10 @@ def closed_since_asked(service: GrantCases, request_id: int) -> str | None:
         # The access is granted on the check made when it was asked for: the audit trail
         # says the ticket could not be checked again, and why.
         log.warning("ticket.recheck_unanswered request=%s ticket=%s", request_id, ticket)
-        with service.db.transaction() as session:
+        with deps.db.transaction() as session:
             audit.append(
                 session,
-                at=service.clock.now(),
+                at=deps.clock.now(),
                 action="ticket.recheck_unanswered",
                 actor="wardkey",
                 request_id=request_id,

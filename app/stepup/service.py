@@ -156,7 +156,7 @@ class StepUpService:
     def offer(self, request_id: int, approver: Person) -> Offer:
         """A one-time link for `approver` to sign in and so approve `request_id`; refused at
         once (as an approval would be) if they could not approve it now."""
-        self.access.may_decide(request_id, approver)
+        self.access.requests.may_decide(request_id, approver)
         settings = self.access.policy.identity_provider
         if settings is None:
             raise NotAllowed(

@@ -164,7 +164,7 @@ def test_a_revoke_throttled_past_all_attempts_fails_then_the_retry_ends_it(
     }
     service, _, clock = one_target_service(tmp_path, sqlite_template, "m365", target, adapter)
     pauses: list[float] = []
-    service.pause = pauses.append
+    service.deps.pause = pauses.append
     view = service.request(
         AMIRA, "m365", "exchange-admin", timedelta(minutes=30), "fix shared mailbox"
     )
@@ -178,6 +178,6 @@ def test_a_revoke_throttled_past_all_attempts_fails_then_the_retry_ends_it(
     assert service.get(view.id).state == S.REVOKE_FAILED
     assert len(pauses) == 2
     assert adapter.check("amira@ward.nhs.uk", group)  # honest: still there
-    assert service.retry_revoke(view.id).state == S.ENDED
+    assert service.grants.retry_revoke(view.id).state == S.ENDED
     assert not adapter.check("amira@ward.nhs.uk", group)
     service.db.dispose()

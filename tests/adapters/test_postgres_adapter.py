@@ -497,5 +497,5 @@ class TestThroughTheService:
         assert service.get(view.id).state == S.REVOKE_FAILED
         assert server.can_read(server.role("amira"))  # honest: it is still there
         adapters["pharmacy-db"] = adapter
-        assert service.retry_revoke(view.id).state == S.ENDED
+        assert service.grants.retry_revoke(view.id).state == S.ENDED
         assert not server.can_read(server.role("amira"))

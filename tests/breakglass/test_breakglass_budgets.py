@@ -115,7 +115,9 @@ class TestBudgetRules:
         self, service: AccessService, clock: ManualClock
     ) -> None:
         used_and_ended(service, clock, minutes=40)  # 41 minutes later
-        check = service.check_break_glass(AMIRA, "pharmacy-db", "read", timedelta(minutes=30))
+        check = service.breakglass.check_break_glass(
+            AMIRA, "pharmacy-db", "read", timedelta(minutes=30)
+        )
         fields = [b.field for b in check.breaches]
         # 41m since the last began (cooldown 2h); 41m held (it ended when the expiry sweep
         # removed it) + 30m asked > 1h a day.
@@ -124,13 +126,17 @@ class TestBudgetRules:
         assert "the last use by you began 41m ago; per_person.cooldown asks for 2h" in words[0]
         assert "41m of break-glass in the last 24 hours by you and this use's 30m" in words[1]
         # 15 minutes fit in the day's hour; the cool-down still holds it.
-        short = service.check_break_glass(AMIRA, "pharmacy-db", "read", timedelta(minutes=15))
+        short = service.breakglass.check_break_glass(
+            AMIRA, "pharmacy-db", "read", timedelta(minutes=15)
+        )
         assert [b.field for b in short.breaches] == ["per_person.cooldown"]
 
         clock.advance(timedelta(hours=2))
         by_ben = service.break_glass(BEN, "pharmacy-db", "read", WHY, timedelta(minutes=5))
         assert by_ben.state == S.ACTIVE
-        check = service.check_break_glass(AMIRA, "pharmacy-db", "read", timedelta(minutes=10))
+        check = service.breakglass.check_break_glass(
+            AMIRA, "pharmacy-db", "read", timedelta(minutes=10)
+        )
         # Amira and Ben are both clinical-systems: two uses today is the group's limit.
         assert [b.field for b in check.breaches] == ["per_group.clinical-systems.uses_per_day"]
         assert (
@@ -146,10 +152,14 @@ class TestBudgetRules:
                 rid, HANA, justified=True, note="pharmacy outage, confirmed"
             )
             clock.advance(timedelta(days=3))
-        check = service.check_break_glass(AMIRA, "pharmacy-db", "read", timedelta(minutes=10))
+        check = service.breakglass.check_break_glass(
+            AMIRA, "pharmacy-db", "read", timedelta(minutes=10)
+        )
         assert [b.field for b in check.breaches] == ["per_person.uses_per_week"]
         clock.advance(timedelta(days=1))  # the first use is now more than 7 days back
-        check = service.check_break_glass(AMIRA, "pharmacy-db", "read", timedelta(minutes=10))
+        check = service.breakglass.check_break_glass(
+            AMIRA, "pharmacy-db", "read", timedelta(minutes=10)
+        )
         assert check.breaches == ()
 
 

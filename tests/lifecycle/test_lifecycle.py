@@ -333,11 +333,11 @@ class TestRevoke:
         failed = service.get(req.id)
         assert failed.state == S.REVOKE_FAILED
         assert failed.revoke_attempts == 1
-        assert service.retry_revoke(req.id).state == S.REVOKE_FAILED
+        assert service.grants.retry_revoke(req.id).state == S.REVOKE_FAILED
         assert service.get(req.id).revoke_attempts == 2
 
         targets["pharmacy-db"].down = False
-        assert service.retry_revoke(req.id).state == S.ENDED
+        assert service.grants.retry_revoke(req.id).state == S.ENDED
         assert not targets["pharmacy-db"].holds("amira", "pharmacy_read")
 
     def test_a_target_that_keeps_the_access_after_revoke_is_a_failure(

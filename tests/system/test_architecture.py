@@ -14,6 +14,11 @@ from pathlib import Path
 import grimp
 
 from app.service import AccessService
+from app.service.breakglass import BreakGlass
+from app.service.deps import CoreDeps
+from app.service.grants import Grants
+from app.service.reads import Reads
+from app.service.requests import Requests
 from tests.conftest import HERE
 
 ROOT = HERE.parent
@@ -55,11 +60,13 @@ def test_every_folder_of_code_under_app_is_a_package() -> None:
 
 def test_nothing_outside_the_core_calls_its_private_methods() -> None:
     """Features, Slack, notify and the scheduler use the request core through its public,
-    documented methods and app/lifecycle's functions: a private method of AccessService's
-    classes named on anything but `self` outside app/service and app/lifecycle is reported."""
+    documented methods and app/lifecycle's functions: a private method of the core's classes
+    (AccessService, its dependencies and its parts) named on anything but `self` outside
+    app/service and app/lifecycle is reported."""
     private = {
         name
-        for cls in AccessService.__mro__
+        for part in (AccessService, CoreDeps, Reads, Grants, Requests, BreakGlass)
+        for cls in part.__mro__
         if cls.__module__.startswith("app.service.")
         for name in vars(cls)
         if name.startswith("_") and not name.startswith("__")

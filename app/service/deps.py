@@ -1,6 +1,7 @@
 """The request core's dependencies (database, policy, adapters, clock, this worker's name and
-lease, ticket systems), set up once, and the calls that need them: a target's adapter with
-retries, taking access away, and a once-per-period job's turn (app/lifecycle does the work)."""
+lease, ticket systems), set up once and shared by its parts (reads, grants, requests,
+break-glass), and the calls that need only them: a target's adapter with retries, taking access
+away, and a once-per-period job's turn (app/lifecycle does the work)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ T = TypeVar("T")
 DEFAULT_LEASE = timedelta(seconds=10)
 
 
-class ServiceBase:
-    """Dependencies of the use cases (see AccessService)."""
+class CoreDeps:
+    """What the request core's parts are built from, one object shared by them all: a policy
+    reload replaces its policy and adapters, so every part sees the new ones at once."""
 
     def __init__(
         self,
