@@ -1,5 +1,5 @@
 """What a ticket system said about a ticket, and whether a path accepts it (pure: the facts are
-read outside app/policy, by app.tickets, and handed in)."""
+read outside app/policy, by app.ticket_systems, and handed in)."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ from app.service.reads import Reads
 from app.service.requests import Requests
 from app.store.db import Database
 from app.store.models import AccessRequest, RequestState
-from app.tickets import TicketDesk
+from app.ticket_systems import TicketDesk
 
 T = TypeVar("T")
 

@@ -19,7 +19,7 @@ from app.lifecycle import periods, targets
 from app.lifecycle.leases import Heartbeat, TargetLanes
 from app.policy.model import Policy
 from app.store.db import Database
-from app.tickets import TicketDesk
+from app.ticket_systems import TicketDesk
 
 T = TypeVar("T")
 

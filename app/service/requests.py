@@ -56,7 +56,7 @@ from app.store.models import (
     Review,
     ReviewState,
 )
-from app.tickets import TicketNotFound, TicketUnreadable, down_message
+from app.ticket_systems import TicketNotFound, TicketUnreadable, down_message
 
 REMINDED, ESCALATED = 1, 2  # AccessRequest.escalation_level
 # How long a request waits for a decision on a path since removed from the policy.

@@ -11,7 +11,7 @@ from app import audit
 from app.policy.tickets import TicketFacts, refusal
 from app.service.deps import CoreDeps
 from app.store.models import AccessRequest
-from app.tickets import TicketNotFound, TicketUnreadable
+from app.ticket_systems import TicketNotFound, TicketUnreadable
 
 log = logging.getLogger(__name__)
 # Why a request ended, as a word (AccessRequest.end_cause): its ticket was resolved or closed.

@@ -21,7 +21,7 @@ from app.lifecycle.leases import skip_locked
 from app.service.feature import FeatureService
 from app.service.tickets import TICKET_CLOSED
 from app.store.models import AccessRequest, Decision, RequestState, TicketNote
-from app.tickets.clients import TicketNotFound, TicketUnreadable
+from app.ticket_systems import TicketNotFound, TicketUnreadable
 
 log = logging.getLogger(__name__)
 # How often an active grant's ticket is asked about again (paths with ticket.ends_access).
@@ -36,7 +36,7 @@ NOTE_RETRY_MAX = timedelta(hours=1)
 
 class TicketService(FeatureService):
     """Tickets after the request: access that ends when its ticket closes, and the notes
-    WardKey writes on tickets (app/tickets reads and writes the systems)."""
+    WardKey writes on tickets (app/ticket_systems reads and writes the systems)."""
 
     def end_with_closed_tickets(self, limit: int = 200) -> list[int]:
         """Active grants on paths with `ticket.ends_access` whose ticket was checked more

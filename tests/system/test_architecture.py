@@ -91,10 +91,6 @@ def test_nothing_outside_the_core_calls_its_private_methods() -> None:
 # that still close a cycle, each with why. The list may only shrink: the test fails on any other
 # cycle, and on an edge listed here that no longer exists, so it stays honest.
 CYCLE_EDGES_STILL_ALLOWED = {
-    # The core checks a request's ticket when it is asked for and approved
-    # (app/service/tickets.py), while app.tickets' service works through the core: the checker
-    # is to be handed to the core instead (issue 14, wt-d's restructuring of app/service).
-    ("app.service", "app.tickets"),
     # The Slack shell builds the Bolt app with every feature's listeners and holds the feature
     # services in SlackDeps, and its own listeners are typed on the notifier, which gathers the
     # features' tellings; the features' listeners import the shell (deps, gate). To go: a

@@ -37,7 +37,7 @@ from app.service import AccessService
 from app.slack.app import web_client
 from app.store import AuditEvent, Database
 from app.store.models import RequestState as S
-from app.tickets import TicketDesk, TicketNotFound, TicketUnreadable
+from app.ticket_systems import TicketDesk, TicketNotFound, TicketUnreadable
 from app.tickets import jobs as ticket_jobs
 from app.tickets.overdue import tell_overdue_notes
 from app.tickets.service import TicketService

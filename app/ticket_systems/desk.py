@@ -13,7 +13,7 @@ import httpx
 
 from app.policy.model import Policy, TicketSystem
 from app.policy.tickets import TicketFacts
-from app.tickets.clients import TicketUnreadable, client_for
+from app.ticket_systems.clients import TicketUnreadable, client_for
 
 log = logging.getLogger(__name__)
 
