@@ -166,13 +166,17 @@ def test_three_workers_one_killed_midway_revoke_every_grant_once(
     taken_over = events(database, "revoke.taken_over")
     from_victim = {e.request_id for e in taken_over if f":{victim.pid}:" in e.body}
     assert orphaned and orphaned <= from_victim, (orphaned, from_victim)
-    # ... and soon: within a lease and a takeover tick of the kill, not a minute later.
-    waits = sorted(e.at - killed_at for e in taken_over if e.request_id in orphaned)
+    # ... and soon: within a lease and a takeover tick of the kill, not a minute later. What is
+    # timed is each claim's take-over from the dead worker; a living worker's own claim taken
+    # over later (it was too slow to renew) is counted apart, as "retaken".
+    from_dead = [e for e in taken_over if f":{victim.pid}:" in e.body]
+    waits = sorted(e.at - killed_at for e in from_dead if e.request_id in orphaned)
     p99 = waits[min(len(waits) - 1, int(len(waits) * 0.99))]
     print(
         f"\nworkers killed: attempted={GRANTS} applied={len(succeeded)} lost=0 "
         f"doubled={sum(n - 1 for n in console.removals.values())} orphaned={len(orphaned)} "
-        f"takeover p99={p99.total_seconds():.1f}s max={waits[-1].total_seconds():.1f}s"
+        f"takeover p99={p99.total_seconds():.1f}s max={waits[-1].total_seconds():.1f}s "
+        f"retaken={len(taken_over) - len(from_dead)}"
     )
     assert p99 <= TAKEOVER_BAR, waits
     # The target was called twice for a grant only where its work was taken over.
