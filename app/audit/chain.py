@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.orm import Session
 
 from app.store.db import Database
@@ -31,6 +31,8 @@ GENESIS_HASH = "0" * 64
 _APPEND_LOCK_KEY = 0x5741524B4B4559  # "WARKKEY"
 _FORBIDDEN_KEYS = ("password", "secret", "token", "private_key", "passphrase")
 _BATCH = 20_000
+# Where a session keeps the events appended in its transaction until they are chained at commit.
+_PENDING = "audit_events_to_chain"
 
 
 def _json_default(value: Any) -> Any:
@@ -70,11 +72,11 @@ def append(
     actor: str,
     request_id: int | None = None,
     data: Mapping[str, Any] | None = None,
-) -> AuditEvent:
-    """Add one event to the chain inside the caller's transaction (commit makes it durable)."""
-    return append_many(
+) -> None:
+    """Add one event to the chain with the caller's transaction (`append_many`)."""
+    append_many(
         session, [Entry(at=at, action=action, actor=actor, request_id=request_id, data=data)]
-    )[0]
+    )
 
 
 @dataclass(frozen=True)
@@ -88,10 +90,16 @@ class Entry:
     data: Mapping[str, Any] | None = None
 
 
-def append_many(session: Session, entries: Iterable[Entry]) -> list[AuditEvent]:
-    """Add events to the chain in order, inside the caller's transaction: one lock and one read
-    of the head for all of them, each event still holding its predecessor's hash (a lockdown or
-    a wave of expiries writes hundreds in one transaction)."""
+def append_many(session: Session, entries: Iterable[Entry]) -> None:
+    """Add events to the chain, in order, with the caller's transaction: checked and encoded
+    now (a secret refused here, at the caller), chained as the transaction commits.
+
+    Chaining takes the one lock every writer of the trail shares, and holds it until the
+    commit. Taken where the events are written, it was held through the rest of the
+    transaction's statements, so on a busy worker (a wave of expiries: every writer queued
+    behind one slow client) other writers, and the lease renewals waiting on their rows,
+    waited for seconds; taken at commit, it covers the head's read, the inserts and the commit.
+    Events appended in a transaction that rolls back are dropped with it."""
     bodies = []
     for entry in entries:
         details = dict(entry.data or {})
@@ -106,8 +114,18 @@ def append_many(session: Session, entries: Iterable[Entry]) -> list[AuditEvent]:
             }
         )
         bodies.append((entry, body))
+    if bodies:
+        session.info.setdefault(_PENDING, []).extend(bodies)
+
+
+@event.listens_for(Session, "before_commit")
+def _chain_pending(session: Session) -> None:
+    """Chain the transaction's events onto the head: one lock and one read of the head for all
+    of them (a lockdown or a wave of expiries writes hundreds in one transaction), each event
+    holding its predecessor's hash."""
+    bodies: list[tuple[Entry, str]] = session.info.pop(_PENDING, [])
     if not bodies:
-        return []
+        return
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPEND_LOCK_KEY})
     # SQLite transactions here begin IMMEDIATE, so writers are already serialised.
@@ -132,7 +150,12 @@ def append_many(session: Session, entries: Iterable[Entry]) -> list[AuditEvent]:
         seq, prev_hash = seq + 1, digest
     session.add_all(events)
     session.flush()
-    return events
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_pending(session: Session, _previous: Any) -> None:
+    """A rolled-back transaction's events go with it."""
+    session.info.pop(_PENDING, None)
 
 
 class CheckpointError(ValueError):

@@ -235,6 +235,44 @@ class TestConcurrentAppends:
         assert result.ok, result.summary()
         assert result.checked == 200
 
+    @pytest.mark.parametrize(
+        "db", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+    )
+    def test_a_transaction_still_open_holds_up_no_other_writer(self, db: Database) -> None:
+        """The trail's one lock is taken as a transaction commits, not where it appends: a
+        writer busy with the rest of its transaction holds up no other writer meanwhile."""
+        done = threading.Event()
+        with db.transaction() as slow:
+            audit.append(slow, at=START, action="request.created", actor="slow")
+            other = threading.Thread(target=lambda: (write_events(db, 1), done.set()))
+            other.start()
+            other.join(timeout=60)  # only a guard against a hang: a waiting writer never ends
+            written_meanwhile = done.is_set()
+        other.join()
+        assert written_meanwhile, "the other writer waited for this transaction to end"
+        assert actors_in_order(db) == [
+            "person0@ward.nhs.uk",
+            "slow",
+        ]  # chained in the order they committed
+        assert audit.verify(db).ok
+
+    @pytest.mark.parametrize(
+        "db", [pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"], indirect=True
+    )
+    def test_a_rolled_back_transactions_events_are_not_chained(self, db: Database) -> None:
+        with pytest.raises(RuntimeError), db.transaction() as session:
+            audit.append(session, at=START, action="request.created", actor="gone")
+            raise RuntimeError("the change failed")
+        write_events(db, 1)
+        assert actors_in_order(db) == ["person0@ward.nhs.uk"]
+        assert audit.verify(db).ok
+
+
+def actors_in_order(db: Database) -> list[str]:
+    with db.read() as session:
+        bodies = session.scalars(sa.select(AuditEvent.body).order_by(AuditEvent.seq))
+        return [json.loads(body)["actor"] for body in bodies]
+
 
 class TestCommands:
     @pytest.fixture

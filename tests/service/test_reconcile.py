@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from app.clock import ManualClock
 from app.service import AccessService
+from app.store.models import AccessRequest
 from app.store.models import RequestState as S
-from tests.conftest import AMIRA, BEN
+from tests.conftest import AMIRA, BEN, CHLOE
 from tests.conftest import audit_actions as actions
 from tests.fakes.memory_adapter import MemoryTarget, SimulatedCrash
 
@@ -103,6 +106,57 @@ class TestReconcile:
         report = service.reconcile()
         assert (report.granted, report.abandoned, report.revoked) == ([], [], [])
         assert service.get(req.id).state == S.PENDING
+
+
+@pytest.mark.parametrize(
+    "db", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_renewal_goes_round_a_row_another_transaction_holds(
+    service: AccessService, targets: dict[str, MemoryTarget], clock: ManualClock
+) -> None:
+    """A row another transaction has locked (recording its outcome, taking it over) is left
+    for the next beat: the renewal of every other lease never waits behind it. (Waiting, one
+    renewal held up by a busy writer let all of a worker's leases lapse in a wave.)"""
+    first, second = (
+        service.request(who, "pharmacy-db", "read", timedelta(minutes=30), REASON)
+        for who in (AMIRA, CHLOE)
+    )
+    for req in (first, second):
+        service.approve(req.id, BEN)
+    clock.advance(timedelta(minutes=30))
+    for _ in (first, second):  # the worker dies mid-revoke, one grant at a time
+        crash_during(service, targets["pharmacy-db"], "revoke", lambda: service.expire_due(batch=1))
+    assert {service.get(r.id).state for r in (first, second)} == {S.REVOKING}
+    beating = AccessService(
+        service.db, service.policy, service.adapters, clock, worker=service.worker, heartbeat=True
+    )
+    assert beating.heartbeat is not None
+
+    def leases() -> dict[int, object]:
+        with service.db.read() as session:
+            rows = session.execute(select(AccessRequest.id, AccessRequest.claimed_until)).all()
+        return {rid: until for rid, until in rows}
+
+    before = leases()
+    clock.advance(service.lease / 3)
+    renewed: list[int] = []
+    with service.db.engine.connect() as writer, writer.begin():
+        writer.execute(
+            select(AccessRequest.id).where(AccessRequest.id == first.id).with_for_update()
+        )
+        beat = threading.Thread(
+            target=lambda: renewed.append(beating.heartbeat.renew([first.id, second.id]))  # type: ignore[union-attr]
+        )
+        beat.start()
+        beat.join(timeout=60)  # only a guard against a hang: a waiting renewal never ends here
+        still_waiting = beat.is_alive()
+    beat.join()
+    assert not still_waiting, "the renewal waited for the other transaction's lock"
+    assert renewed == [1]
+    after = leases()
+    assert after[first.id] == before[first.id]  # skipped, to be renewed on the next beat
+    assert after[second.id] == clock.now() + service.lease
+    assert beating.heartbeat.renew([first.id, second.id]) == 2
 
 
 def test_a_grant_finished_after_a_takeover_keeps_its_original_end(
