@@ -30,13 +30,13 @@ from typing import Literal, Protocol
 
 from sqlalchemy import func, select
 
+from app.access import AccessService
 from app.adapters.base import Adapter
 from app.adapters.registry import AdapterConfigError, build_adapters
 from app.messages.blocks import escape
 from app.outbox_records import POST, OutCall
 from app.policy import Policy, PolicyError
 from app.policy_targets import parse_policy, policy_warnings
-from app.service import AccessService
 from app.store.models import OPEN_STATES, AccessRequest
 from app.wording import plural
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from slack_bolt import App
 from slack_sdk import WebClient
 
+from app.access import AccessService
 from app.adapters.registry import AdapterConfigError, build_adapters
 from app.config import Settings
 from app.digest.service import DigestService
@@ -25,7 +26,6 @@ from app.policy_reload import PolicyReloader
 from app.policy_targets import load_policy, policy_warnings
 from app.reviews.service import ReviewService
 from app.scheduler import JobDeps, job_deps
-from app.service import AccessService
 from app.slack.app import build_app, web_client
 from app.slack.intake import Intake, Redelivery
 from app.standing.service import StandingService

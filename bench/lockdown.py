@@ -45,6 +45,7 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app import audit
+from app.access import AccessService
 from app.adapters.registry import build_adapters
 from app.clock import ManualClock
 from app.config import Settings
@@ -57,7 +58,6 @@ from app.lockdown.service import Lockdowns
 from app.notify.notifier import Notifier
 from app.policy import load_policy
 from app.scheduler import job_deps
-from app.service import AccessService
 from app.slack.app import web_client
 from app.store import Database
 from app.store.models import AccessRequest, RequestState

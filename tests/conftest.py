@@ -15,12 +15,12 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, settings
 
+from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_fake import FakeSlack
 from app.directory import SlackDirectory
 from app.notify.notifier import Notifier
 from app.policy import Person, Policy, load_policy
-from app.service import AccessService
 from app.slack.app import web_client
 from app.store import AuditEvent, Database, upgrade
 from tests.fakes.memory_adapter import MemoryTarget

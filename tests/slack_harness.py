@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.access import AccessService
 from app.demo.slack_driver import SlackDriver, TrackingExecutor, serving
 from app.demo.slack_fake import FakeSlack, SlackUser
 from app.directory import Workspace
-from app.service import AccessService
 from app.slack.app import build_app, web_client
 from app.store import Database
 from app.web import WardKeyWSGI

@@ -10,10 +10,10 @@ from typing import Any
 
 import yaml
 
+from app.access import AccessService
 from app.adapters.base import Adapter
 from app.clock import ManualClock
 from app.policy import Person, parse_policy
-from app.service import AccessService
 from app.store import Database
 from tests.conftest import NIGHT_SHIFT
 

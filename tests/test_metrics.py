@@ -10,10 +10,10 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_driver import serving
 from app.metrics import metrics_text
-from app.service import AccessService
 from app.store import Database
 from app.store.models import UTCDateTime
 from app.web import WardKeyWSGI

@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from app.access import AccessService
 from app.adapters.registry import build_adapters
 from app.demo.slack_driver import SlackDriver
 from app.demo.slack_fake import FakeSlack, SlackUser
@@ -28,7 +29,6 @@ from app.demo.webhook_target import WebhookTarget
 from app.outbox_records import OutCall
 from app.policy import Policy
 from app.policy_reload import PolicyReloader, digest_of
-from app.service import AccessService
 from app.store import Database
 from app.store.models import OutboxItem
 from tests.cli.test_cli_serve import free_port

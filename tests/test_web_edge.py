@@ -21,11 +21,11 @@ import httpx
 import pytest
 from slack_sdk.signature import SignatureVerifier
 
+from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_driver import serving
 from app.demo.slack_fake import FakeSlack
 from app.policy import Policy
-from app.service import AccessService
 from app.slack.app import build_app, web_client
 from app.store import Database, upgrade
 from app.web import WardKeyWSGI

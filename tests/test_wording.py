@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from app.access import AccessService
 from app.clock import ManualClock
 from app.digest import jobs as digest_jobs
 from app.directory import SlackDirectory
 from app.messages.blocks import APPROVE_ACTION
 from app.notify.notifier import Notifier
 from app.scheduler import job_deps
-from app.service import AccessService
 from app.slack.app import web_client
 from app.wording import listed, plural
 from tests.slack_harness import RunningApp, SlackOnSqlite

@@ -1,3 +1,5 @@
-"""Break-glass budgets and anomaly flags: pure rules over facts the service reads
-(docs/break-glass.md; rules.py); the held uses' waiting line, on every sweep (jobs.py, which
-reaches the request core only through the one method it names)."""
+"""Break-glass: a use granted at once within its budget, or held for a second person's Confirm
+when over it (service.py, a part of the request core, on requests and grants); budgets and
+anomaly flags as pure rules over the facts the service reads (docs/break-glass.md; rules.py);
+the held uses' waiting line, on every sweep (jobs.py, which reaches the request core only
+through the one method it names)."""

@@ -1,8 +1,8 @@
 """Break-glass's job, on every sweep tick: each use held for a second person gets a notice, so
 the security channel's line about it shows how long it has waited so far (updated in place).
 
-It reaches the request core only through what `HeldUses` names, so this package still imports
-no service, store or Slack code (the rules stay pure)."""
+It reaches the request core only through what `HeldUses` names (the facade's delegation to
+service.py), so the job needs nothing of the service's own dependencies."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from app.jobs import Job
 
 
 class HeldUses(Protocol):
-    """The request core's reading of held uses (app/service/breakglass.py)."""
+    """The request core's reading of held uses (service.py)."""
 
     def break_glass_waits(self) -> list[int]:
         """Held uses still waiting for a second person, each with a notice recorded."""

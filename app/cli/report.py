@@ -45,8 +45,8 @@ def _standing(args: argparse.Namespace) -> int:
     """Per target and entitlement, the accounts holding access with no active grant: read from
     the targets now (and recorded, as the hourly check does), or as last recorded. Never says
     clean for a target it did not read: those are named, with their last full read."""
+    from app.access import AccessService
     from app.adapters.registry import AdapterConfigError, build_adapters
-    from app.service import AccessService
     from app.standing.service import StandingService, write_csv
 
     policy = configured_policy()

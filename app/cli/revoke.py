@@ -22,7 +22,8 @@ def add_commands(commands: Commands) -> None:
 
 @starting
 def _resolve(args: argparse.Namespace) -> int:
-    from app.service import AccessService, ServiceError
+    from app.access import AccessService
+    from app.lifecycle.errors import ServiceError
 
     # No adapter is called: the person says the access is gone; the audit trail keeps their word.
     service = AccessService(open_database(), configured_policy(), {})

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
+from app.access import AccessService
 from app.adapters.webhook import WebhookAdapter, WebhookSettings
 from app.audit import verify
 from app.clock import ManualClock
@@ -45,7 +46,6 @@ from app.policy import parse_policy
 from app.reviews import jobs as review_jobs
 from app.reviews.messages import NOTE_BLOCK, NOTE_INPUT, REVIEW_JUSTIFIED, REVIEW_VIEW
 from app.scheduler import JobDeps, job_deps
-from app.service import AccessService
 from app.slack.app import build_app, web_client
 from app.store import Database, upgrade
 from app.store.models import RequestState

@@ -7,10 +7,10 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Protocol
 
+from app.access import AccessService
 from app.digest.messages import digest_blocks, digest_text
 from app.digest.service import DigestService
 from app.outbox_records import Notice
-from app.service import AccessService
 from app.telling import Teller, Telling
 
 

@@ -22,13 +22,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from app import audit
+from app.access import FeatureService
 from app.audit.chain import hashed_time
 from app.lifecycle.snapshots import RequestView, snapshots
 from app.lifecycle.transitions import announce
 from app.policy import rules
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person
-from app.service.feature import FeatureService
 from app.store.models import AccessRequest, AuditEvent, RequestState, Review, ReviewState, SweepRun
 
 DIGEST_JOB = "digest"

@@ -1,3 +1,3 @@
-"""Grants: access granted, warned of, expired, revoked, retried and reconciled. The grants
-feature's code is moving here from the request core (app/service/grants.py); for now this
-package holds its jobs (jobs.py)."""
+"""Grants: access granted, extended, warned of, expired, revoked, retried and reconciled on the
+target (service.py, a part of the request core, on app/lifecycle), and the sweeps that do it
+(jobs.py)."""

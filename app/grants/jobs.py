@@ -10,18 +10,29 @@ from __future__ import annotations
 from collections.abc import Callable, Sized
 from typing import Protocol
 
+from app.grants.service import Grants
 from app.jobs import Job
-from app.service import AccessService
+from app.lifecycle.reads import Reads
 from app.store.models import RequestState
 
 EXPIRY_HOLD = 1.0  # seconds the expiry job goes on claiming a wave as target lanes free up
+
+
+class Core(Protocol):
+    """The parts of the request core (app/access.py `AccessService`) the grants' jobs call."""
+
+    @property
+    def grants(self) -> Grants: ...
+
+    @property
+    def reads(self) -> Reads: ...
 
 
 class Needs(Protocol):
     """What the grants' jobs are given (app/scheduler `JobDeps`)."""
 
     @property
-    def core(self) -> AccessService: ...
+    def core(self) -> Core: ...
 
     @property
     def tell(self) -> Callable[[Sized], None]:
@@ -45,15 +56,15 @@ def expire(given: Needs) -> list[int]:
     if given.background:
         # Claiming goes on as lanes free up, for up to a second (the tick): a wave is not
         # held to one lane's worth of grants a tick.
-        return given.core.expire_due(wait=False, on_done=_tell_one(given), hold=EXPIRY_HOLD)
-    ids = given.core.expire_due()
+        return given.core.grants.expire_due(wait=False, on_done=_tell_one(given), hold=EXPIRY_HOLD)
+    ids = given.core.grants.expire_due()
     given.tell(ids)
     return ids
 
 
 def warn(given: Needs) -> list[int]:
     """Tell holders their access ends soon, with Extend and Revoke-now buttons."""
-    ids = given.core.warn_expiring()
+    ids = given.core.grants.warn_expiring()
     given.tell(ids)
     return ids
 
@@ -62,21 +73,21 @@ def retry_revokes(given: Needs) -> list[int]:
     """Try failed revokes again when their back-off is over, each in its target's lane;
     returns those that ended (in a process, those tried). Every try is told, so a revoke
     that keeps failing keeps alerting."""
-    core = given.core
+    grants = given.core.grants
     if given.background:
-        return core.retry_revokes_due(wait=False, on_done=_tell_one(given))
-    ids = core.retry_revokes_due()
+        return grants.retry_revokes_due(wait=False, on_done=_tell_one(given))
+    ids = grants.retry_revokes_due()
     given.tell(ids)
-    return [i for i in ids if core.get(i).state == RequestState.ENDED]
+    return [i for i in ids if given.core.reads.get(i).state == RequestState.ENDED]
 
 
 def probe(given: Needs) -> dict[str, bool]:
     """Ask each target with failed revokes whether it answers; one that is back has its
     failed revokes tried at once, not when their back-off ends."""
     if given.background:
-        return given.core.probe_failing_targets(wait=False, on_done=_tell_one(given))
+        return given.core.grants.probe_failing_targets(wait=False, on_done=_tell_one(given))
     tried: list[int] = []
-    answers = given.core.probe_failing_targets(on_done=tried.append)
+    answers = given.core.grants.probe_failing_targets(on_done=tried.append)
     given.tell(tried)
     return answers
 
@@ -84,9 +95,9 @@ def probe(given: Needs) -> dict[str, bool]:
 def reconcile(given: Needs) -> None:
     """Take over and finish the work of crashed workers (claims whose lease lapsed)."""
     if given.background:
-        report = given.core.reconcile(wait=False, on_done=_tell_one(given))
+        report = given.core.grants.reconcile(wait=False, on_done=_tell_one(given))
     else:
-        report = given.core.reconcile()
+        report = given.core.grants.reconcile()
     given.tell(report.granted + report.abandoned + report.revoked)
 
 

@@ -17,6 +17,7 @@ from typing import Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.access import AccessService
 from app.groups import messages
 from app.groups.cache import DirectoryGroups
 from app.jobs import Job
@@ -24,7 +25,6 @@ from app.outbox_records import POST, OutCall, call_row, last_alert
 from app.policy import rules
 from app.policy.model import Policy
 from app.policy.people import Person, identifiers
-from app.service import AccessService
 from app.store.models import AccessRequest, RequestState
 
 log = logging.getLogger(__name__)

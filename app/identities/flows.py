@@ -10,11 +10,11 @@ from typing import Protocol
 
 from slack_sdk.errors import SlackApiError
 
+from app.access import AccessService
 from app.directory import SlackDirectory
 from app.identities import messages
 from app.identities.service import AttestationStep, IdentityService, orphans_of_notices
 from app.outbox_records import Notice
-from app.service import AccessService
 from app.telling import Teller, Telling
 
 log = logging.getLogger(__name__)

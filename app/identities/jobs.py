@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sized
 from typing import Protocol
 
+from app.access import AccessService
 from app.identities.service import AttestationStep, IdentityService
 from app.jobs import Job
-from app.service import AccessService
 
 
 class Needs(Protocol):

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import audit
+from app.access import FeatureService
 from app.lifecycle.eligibility import RETIRED as RETIRED
 from app.lifecycle.eligibility import STILL_NEEDED as STILL_NEEDED
 from app.lifecycle.eligibility import latest_attestation
@@ -30,7 +31,6 @@ from app.lifecycle.transitions import announce
 from app.policy import rules
 from app.policy.model import Identity
 from app.policy.people import Person, person_key
-from app.service.feature import FeatureService
 from app.store.models import AccessRequest, Attestation, OrphanFlag, RequestState
 
 

@@ -3,5 +3,6 @@ review's state (transitions.py), leases on the requests being worked and each ta
 (leases.py), once-per-period turns of jobs (periods.py), calls to targets with retries
 (targets.py), snapshots of requests (snapshots.py), whether a requester may still have an
 access (eligibility.py), checks of what people type (validation.py), and the typed refusals with
-their user-facing text (errors.py). Features' services call it; it knows nothing of them, of
-Slack or of messages."""
+their user-facing text (errors.py); the dependencies the request core's parts are built from
+(deps.py) and the reads of requests they share (reads.py). Features' services call it; it
+knows nothing of them, of Slack or of messages."""

@@ -8,12 +8,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from app.access import AccessService
 from app.lockdown import messages
 from app.lockdown.service import Lockdowns, LockdownView, Preview, Progress
 from app.outbox_records import Notice
 from app.policy import rules
 from app.policy.people import Person
-from app.service import AccessService
 from app.telling import Teller, Telling
 
 

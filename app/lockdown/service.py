@@ -17,13 +17,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import audit
+from app.access import AccessService
 from app.lifecycle import transitions
 from app.lifecycle.errors import InvalidRequest, NotAllowed, NotFound
 from app.lifecycle.leases import skip_locked
 from app.lifecycle.validation import MAX_NOTE_CHARS, clean_text
 from app.policy import rules
 from app.policy.people import Person, person_key
-from app.service import AccessService
 from app.store.models import AccessRequest, Lockdown, OutboxItem, RequestState
 
 LOCKDOWN_CAUSE = "lockdown"

@@ -39,13 +39,16 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import Block
 
+from app.access import AccessService
+from app.breakglass.service import HELD, WAITING
 from app.digest import flows as digest_flows
 from app.digest.service import DigestService
 from app.directory import SlackDirectory, slack_unwell
 from app.groups import path_groups
 from app.identities import flows as identity_flows
 from app.identities.service import IdentityService
-from app.lifecycle.snapshots import BreakGlassStart
+from app.lifecycle.errors import NotAllowed
+from app.lifecycle.snapshots import BreakGlassStart, RequestView
 from app.lockdown import flows as lockdown_flows
 from app.lockdown.service import Lockdowns
 from app.messages.blocks import (
@@ -77,8 +80,6 @@ from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person
 from app.reviews import flows as review_flows
 from app.reviews.service import ALERT_MESSAGE, ReviewService
-from app.service import AccessService, NotAllowed, RequestView
-from app.service.breakglass import HELD, WAITING
 from app.standing import flows as standing_flows
 from app.stepup import flows as stepup_flows
 from app.store.models import RequestState
@@ -861,7 +862,7 @@ class Notifier:
 
     # ------------------------------------------------------------------ held break-glass
     # A use over its limits, or by someone with an overdue review, waits for a second person
-    # (app/service/breakglass.py): a Confirm card to each confirmer, a line in the security
+    # (app/breakglass/service.py): a Confirm card to each confirmer, a line in the security
     # channel showing the wait (updated by the sweep), both updated in place when it ends.
 
     def _break_glass_held(self, view: RequestView) -> None:

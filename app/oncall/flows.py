@@ -4,10 +4,10 @@ channel is told, once each, of a source that stopped answering and of one that a
 
 from __future__ import annotations
 
+from app.access import AccessService
 from app.oncall.cache import OnCall, SourceChange
 from app.oncall.messages import source_words
 from app.outbox_records import last_alert
-from app.service import AccessService
 from app.telling import Teller
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sized
 from typing import Protocol
 
+from app.access import AccessService
 from app.jobs import Job
 from app.oncall.cache import unread_sources
-from app.service import AccessService
 
 
 class Needs(Protocol):

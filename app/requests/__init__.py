@@ -1,3 +1,4 @@
-"""Requests: asked, decided, cancelled, escalated and timed out. The requests feature's code is
-moving here from the request core (app/service/requests.py); for now this package holds its
-jobs (jobs.py)."""
+"""Requests: asked, decided, cancelled, escalated and timed out (service.py, a part of the
+request core, on grants and app/lifecycle; an approval grants), the request's ticket as
+stored, audited and checked again at the final approval (tickets.py), and the sweeps that
+escalate and time out (jobs.py)."""

@@ -8,14 +8,21 @@ from collections.abc import Callable, Sized
 from typing import Protocol
 
 from app.jobs import Job
-from app.service import AccessService
+from app.requests.service import Requests
+
+
+class Core(Protocol):
+    """The part of the request core (app/access.py `AccessService`) the requests' jobs call."""
+
+    @property
+    def requests(self) -> Requests: ...
 
 
 class Needs(Protocol):
     """What the requests' jobs are given (app/scheduler `JobDeps`)."""
 
     @property
-    def core(self) -> AccessService: ...
+    def core(self) -> Core: ...
 
     @property
     def tell(self) -> Callable[[Sized], None]:
@@ -25,14 +32,14 @@ class Needs(Protocol):
 
 def escalate(given: Needs) -> list[tuple[int, int]]:
     """Remind approvers at half the approval SLA; escalate at the SLA."""
-    reached = given.core.escalate_overdue()
+    reached = given.core.requests.escalate_overdue()
     given.tell(reached)
     return reached
 
 
 def time_out(given: Needs) -> list[int]:
     """Requests still waiting for a decision past their path's time-out end as timed out."""
-    ids = given.core.time_out_overdue()
+    ids = given.core.requests.time_out_overdue()
     given.tell(ids)
     return ids
 

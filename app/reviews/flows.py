@@ -11,12 +11,12 @@ from typing import Protocol
 from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import Block
 
+from app.access import AccessService
 from app.directory import slack_unwell
 from app.outbox_records import Notice
 from app.policy import rules
 from app.reviews import messages
 from app.reviews.service import BreakGlassSummary, ReviewService, ReviewStep
-from app.service import AccessService
 from app.telling import Teller, Telling
 
 # The purpose every posted copy of a review card is remembered under (updated when decided).

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from app.access import FeatureService
 from app.lifecycle import transitions
 from app.lifecycle.eligibility import is_requester
 from app.lifecycle.errors import (
@@ -30,8 +31,7 @@ from app.lifecycle.validation import clean_note
 from app.policy import rules
 from app.policy.model import BREAK_GLASS_PATH, AccessPath
 from app.policy.people import Person, person_key
-from app.service.feature import FeatureService
-from app.service.requests import replaced_in
+from app.requests.service import replaced_in
 from app.store.models import (
     FINAL_STATES,
     AccessRequest,

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from apscheduler.schedulers.base import BaseScheduler
 
+from app.access import AccessService
 from app.audit import jobs as audit_jobs
 from app.breakglass import jobs as breakglass_jobs
 from app.digest import jobs as digest_jobs
@@ -44,7 +45,6 @@ from app.oncall import jobs as oncall_jobs
 from app.requests import jobs as request_jobs
 from app.reviews import jobs as review_jobs
 from app.reviews.service import ReviewService
-from app.service import AccessService
 from app.slack import jobs as inbox_jobs
 from app.slack.jobs import Inbox
 from app.standing import jobs as standing_jobs

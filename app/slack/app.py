@@ -8,6 +8,7 @@ from slack_bolt import App
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
+from app.access import AccessService
 from app.directory import SlackDirectory, Workspace
 from app.identities import listeners as identity_listeners
 from app.identities.service import IdentityService
@@ -15,7 +16,6 @@ from app.lockdown import listeners as lockdown_listeners
 from app.notify.notifier import Notifier
 from app.reviews import listeners as review_listeners
 from app.reviews.service import ReviewService
-from app.service import AccessService
 from app.slack import errors
 from app.slack.deps import SlackDeps
 from app.slack.gate import PersonResolver, WorkspaceGate

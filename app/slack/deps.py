@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from slack_bolt import BoltContext
 from sqlalchemy.exc import DBAPIError
 
+from app.access import AccessService
 from app.directory import SlackDirectory
 from app.identities.service import IdentityService
 from app.notify.notifier import Notifier
 from app.reviews.service import ReviewService
-from app.service import AccessService
 from app.slack import intake
 from app.slack.errors import answered
 from app.standing.service import StandingService

@@ -22,7 +22,7 @@ from typing import Any
 from slack_bolt import App, BoltContext, BoltResponse
 from sqlalchemy.exc import OperationalError
 
-from app.service import ServiceError
+from app.lifecycle.errors import ServiceError
 from app.slack.gate import ASKER, Asker, reply_to_clicker
 
 log = logging.getLogger(__name__)

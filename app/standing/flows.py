@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from app.access import AccessService
 from app.outbox_records import Notice
-from app.service import AccessService
 from app.standing.messages import found_text
 from app.standing.service import report_of_notices
 from app.telling import Teller, Telling

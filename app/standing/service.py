@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import audit
+from app.access import FeatureService
 from app.adapters.base import AdapterError
 from app.audit.export import _no_formula
 from app.lifecycle.errors import NotAllowed
@@ -32,7 +33,6 @@ from app.lifecycle.targets import StillPresent, describe_error
 from app.lifecycle.transitions import announce
 from app.policy import rules
 from app.policy.people import Person
-from app.service.feature import FeatureService
 from app.store.models import HOLDING_STATES, AccessRequest, StandingAccess, SweepRun
 
 log = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from app.access import AccessService
 from app.outbox_records import Notice
-from app.service import AccessService
 from app.stepup.messages import refusal_alert
 from app.stepup.service import ALERT
 from app.telling import Teller, Telling

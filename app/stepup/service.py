@@ -24,12 +24,13 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app import audit
+from app.access import AccessService
 from app.clock import Clock
 from app.lifecycle import transitions
 from app.lifecycle.errors import NotAllowed, ServiceError
+from app.lifecycle.snapshots import RequestView
 from app.policy.model import IdentityProvider
 from app.policy.people import Person, person_key, same_person
-from app.service import AccessService, RequestView
 from app.stepup.oidc import OpenIDProvider, SignInRefused, new_secret
 from app.store.models import OutboxItem, StepUpSignIn
 

@@ -16,9 +16,9 @@ from typing import Protocol, runtime_checkable
 
 from sqlalchemy import func, select
 
+from app.access import AccessService
 from app.messages.blocks import clock_time, escape
 from app.outbox_records import POST, OutCall, last_alert
-from app.service import AccessService
 from app.store.models import TicketNote
 from app.wording import plural
 

@@ -5,7 +5,7 @@ notes WardKey writes on tickets when access is granted and when it ends.
 clock, ticket desk (app/tickets reads and writes the systems), the ending of access
 through the normal revoke, and the policy in force (a policy reload replaces the core's). What
 the core itself does with tickets (the check when access is asked for and again at the final
-approval) stays in app/service/tickets.py.
+approval) is the requests' (app/requests/tickets.py).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.access import FeatureService
 from app.lifecycle.leases import skip_locked
-from app.service.feature import FeatureService
-from app.service.tickets import TICKET_CLOSED
+from app.requests.tickets import TICKET_CLOSED
 from app.store.models import AccessRequest, Decision, RequestState, TicketNote
 from app.ticket_systems import TicketNotFound, TicketUnreadable
 

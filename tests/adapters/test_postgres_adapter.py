@@ -18,10 +18,10 @@ import pytest
 import sqlalchemy as sa
 from psycopg import sql
 
+from app.access import AccessService
 from app.adapters.base import PermanentAdapterError, TransientAdapterError
 from app.adapters.postgres import PostgresAdapter, PostgresSettings, login_lock_key
 from app.clock import ManualClock
-from app.service import AccessService
 from app.store.models import RequestState as S
 from tests.conftest import POSTGRES_URL, postgres_unreachable
 from tests.small_trust import AMIRA, BEN, one_target_service, role

@@ -14,11 +14,11 @@ import sqlalchemy as sa
 from fhir.resources.R4B.auditevent import AuditEvent as FhirAuditEvent
 
 from app import audit
+from app.access import AccessService
 from app.audit import jobs as audit_jobs
 from app.cli import build_parser, main
 from app.clock import ManualClock
 from app.scheduler import job_deps
-from app.service import AccessService
 from app.store import AuditEvent, Database
 from tests.audit.test_audit import as_an_attacker
 from tests.conftest import AMIRA, BEN

@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 import yaml
 
+from app.access import AccessService
 from app.breakglass import jobs as breakglass_jobs
 from app.clock import ManualClock
 from app.demo.slack_fake import SlackUser
 from app.directory import SlackDirectory
+from app.lifecycle.errors import NotAllowed, SelfApproval
 from app.messages.breakglass import CONFIRM_ACTION, waited_words
 from app.notify.notifier import Notifier
 from app.policy import Policy, load_policy
@@ -26,13 +28,12 @@ from app.policy.loader import PolicyError
 from app.requests import jobs as request_jobs
 from app.reviews.service import ReviewService
 from app.scheduler import JobDeps, job_deps
-from app.service import AccessService, NotAllowed, SelfApproval
 from app.slack.app import web_client
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN, GITA, HANA, HERE, audit_actions
 from tests.fakes.memory_adapter import MemoryTarget
 from tests.lifecycle.test_concurrency import all_at_once
-from tests.service.test_limits_hold import last_event
+from tests.lifecycle.test_limits_hold import last_event
 from tests.slack_harness import RunningApp, SlackOnSqlite
 
 EMERGENCY = "pharmacy-db:read pharmacy system down in ED"

@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from app.access import AccessService
 from app.clock import ManualClock
 from app.digest import jobs as digest_jobs
 from app.messages.breakglass import CONFIRM_ACTION
 from app.policy import Policy
 from app.reviews import jobs as review_jobs
 from app.reviews.service import ReviewStep
-from app.service import AccessService
 from app.store.models import AuditEvent
 from tests.breakglass.test_breakglass_budgets import job_deps_for, ward_policy
 from tests.conftest import AMIRA, NIGHT_SHIFT, audit_actions
-from tests.service.test_limits_hold import last_event
+from tests.lifecycle.test_limits_hold import last_event
 from tests.slack_harness import RunningApp, SlackOnSqlite
 
 WHY = "pharmacy system down in ED"

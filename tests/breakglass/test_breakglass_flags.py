@@ -12,17 +12,17 @@ from typing import Any
 
 import pytest
 
+from app.access import AccessService
 from app.clock import ManualClock
 from app.messages.blocks import DENY_ACTION
 from app.messages.views import DENY_BLOCK, DENY_INPUT, DENY_VIEW
 from app.policy import Policy
 from app.reviews import jobs as review_jobs
 from app.reviews.service import ReviewService
-from app.service import AccessService
 from app.store.models import RequestState as S
 from tests.breakglass.test_breakglass_budgets import job_deps_for, ward_policy
 from tests.conftest import AMIRA, BEN, HANA, NIGHT_SHIFT
-from tests.service.test_limits_hold import last_event
+from tests.lifecycle.test_limits_hold import last_event
 from tests.slack_harness import RunningApp, SlackOnSqlite
 
 EMERGENCY = "pharmacy-db:read pharmacy system down in ED"

@@ -10,21 +10,22 @@ from datetime import timedelta
 from typing import Any
 
 from app import audit
+from app.access import AccessService
 from app.clock import ManualClock
 from app.directory import SlackDirectory
 from app.grants import jobs as grant_jobs
+from app.lifecycle.errors import InvalidRequest, ServiceError
 from app.messages.blocks import APPROVE_ACTION, clock_time
 from app.notify.notifier import Notifier
 from app.reviews import jobs as review_jobs
 from app.scheduler import job_deps
-from app.service import AccessService, InvalidRequest, ServiceError
 from app.slack.app import web_client
 from app.slack.listeners.commands import BREAK_GLASS_ACK
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN, audit_actions
 from tests.fakes.memory_adapter import MemoryTarget
 from tests.lifecycle.test_concurrency import all_at_once
-from tests.service.test_limits_hold import last_event
+from tests.lifecycle.test_limits_hold import last_event
 from tests.slack_harness import RunningApp, SlackOnSqlite
 
 REQUEST = "pharmacy-db:read 30m fix stuck order set on ward 12"

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app.access import AccessService
 from app.adapters.registry import build_adapters
 from app.cli import main
 from app.clock import ManualClock
 from app.demo.webhook_target import WebhookTarget
 from app.policy import Policy, load_policy
-from app.service import AccessService
 from app.standing.service import StandingService
 from app.store import Database
 from tests.conftest import HERE

@@ -9,10 +9,10 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from app.access import AccessService
 from app.clock import ManualClock
 from app.digest.service import DigestService
 from app.policy import Policy
-from app.service import AccessService
 from app.store.models import AuditEvent
 from app.store.models import RequestState as S
 from tests.audit.test_audit import as_an_attacker

@@ -19,6 +19,7 @@ import yaml
 from ldap3 import MODIFY_ADD, MODIFY_DELETE, MODIFY_REPLACE
 from prometheus_client import CollectorRegistry, generate_latest
 
+from app.access import AccessService
 from app.cli import main
 from app.clock import ManualClock
 from app.demo.slack_fake import FakeSlack, SlackUser
@@ -30,7 +31,6 @@ from app.policy import Policy, PolicyError
 from app.policy.rules import PolicyRefusal, approvers_at, plan_request
 from app.policy_targets import parse_policy, policy_warnings
 from app.scheduler import job_deps
-from app.service import AccessService
 from app.store.models import OutboxItem, RequestState
 from tests import slapd
 from tests.adapters.test_ldap_adapter import need_slapd

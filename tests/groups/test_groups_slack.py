@@ -22,6 +22,7 @@ import sqlalchemy as sa
 import yaml
 from ldap3 import MODIFY_REPLACE
 
+from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_fake import Call, SlackChannel
 from app.directory import SlackDirectory
@@ -33,7 +34,6 @@ from app.oncall import OnCall
 from app.policy import Policy
 from app.policy_targets import parse_policy
 from app.scheduler import JobDeps, job_deps
-from app.service import AccessService
 from app.slack.app import web_client
 from app.store.models import AuditEvent
 from app.store.models import RequestState as S

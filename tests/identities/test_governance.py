@@ -8,15 +8,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from app.access import AccessService
 from app.clock import ManualClock
 from app.directory import SlackDirectory
 from app.identities import jobs as identity_jobs
 from app.identities.messages import ATTEST_KEEP, ATTEST_RETIRE
 from app.identities.service import RETIRED, STILL_NEEDED, AttestationStep, IdentityService
+from app.lifecycle.errors import NotAllowed, NotEligible
+from app.lifecycle.snapshots import RequestView
 from app.notify.notifier import Notifier
 from app.policy import Person, Policy
 from app.scheduler import job_deps
-from app.service import AccessService, NotAllowed, NotEligible, RequestView
 from app.slack.app import web_client
 from app.store import Database
 from app.store.models import RequestState as S

@@ -10,8 +10,9 @@ import pytest
 from sqlalchemy import func, select
 
 from app import audit
+from app.access import AccessService
+from app.lifecycle.errors import AlreadyDecided, ServiceError
 from app.policy import Person
-from app.service import AccessService, AlreadyDecided, ServiceError
 from app.store import AuditEvent
 from app.store.models import RequestState as S
 from tests.conftest import BEN, DEV, ERIN, FARID, GITA, HANA
@@ -63,7 +64,7 @@ class TestSameRequestTwiceAtOnce:
         "db", [pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"], indirect=True
     )
     def test_ten_identical_requests_at_once_open_one(self, service: AccessService) -> None:
-        from app.service import InvalidRequest
+        from app.lifecycle.errors import InvalidRequest
         from tests.conftest import AMIRA
 
         results, errors = all_at_once(

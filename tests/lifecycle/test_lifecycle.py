@@ -8,10 +8,9 @@ import pytest
 from sqlalchemy import func, select
 
 from app import audit
+from app.access import AccessService
 from app.clock import ManualClock
-from app.reviews.service import ReviewService
-from app.service import (
-    AccessService,
+from app.lifecycle.errors import (
     AlreadyDecided,
     InvalidRequest,
     NotAllowed,
@@ -19,6 +18,7 @@ from app.service import (
     NotFound,
     SelfApproval,
 )
+from app.reviews.service import ReviewService
 from app.store import AuditEvent
 from app.store.models import RequestState as S
 from tests.conftest import (

@@ -25,10 +25,11 @@ from hypothesis.stateful import (
 from sqlalchemy import func, select
 
 from app import audit
+from app.access import AccessService
 from app.clock import ManualClock
+from app.lifecycle.errors import ServiceError
 from app.policy import Person, load_policy
 from app.policy.rules import approvers_at
-from app.service import AccessService, ServiceError
 from app.store import AccessRequest, AuditEvent, Database, Decision, upgrade
 from app.store.models import HOLDING_STATES
 from app.store.models import RequestState as S

@@ -20,12 +20,14 @@ import pytest
 import sqlalchemy as sa
 
 from app import audit
+from app.access import AccessService
 from app.adapters.registry import build_adapters
 from app.adapters.webhook import WebhookAdapter, WebhookSettings
 from app.clock import ManualClock
 from app.demo.webhook_target import WebhookTarget
 from app.directory import SlackDirectory
 from app.grants import jobs as grant_jobs
+from app.lifecycle.errors import InvalidRequest, NotAllowed, NotEligible
 from app.lockdown import jobs as lockdown_jobs
 from app.lockdown.messages import CONFIRM_VIEW, REASON_ACTION, REASON_BLOCK
 from app.lockdown.service import Lockdowns
@@ -33,7 +35,6 @@ from app.metrics import metrics_text
 from app.notify.notifier import Notifier
 from app.policy import Policy, load_policy
 from app.scheduler import job_deps
-from app.service import AccessService, InvalidRequest, NotAllowed, NotEligible
 from app.slack.app import web_client
 from app.slack.parsing import LiftLockdown, Lockdown, UsageError, parse_jit
 from app.store import AuditEvent, Database

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import importlib
 
+from app.breakglass.service import WAITING
 from app.notify.notifier import FEATURE_NOTICES, Notifier
-from app.service.breakglass import WAITING
 from app.telling import Telling
 from tests.conftest import HERE
 

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm
 
 from app import audit
+from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_fake import FakeSlack, SlackUser
 from app.grants import jobs as grant_jobs
@@ -25,7 +26,6 @@ from app.notify.notifier import Notifier
 from app.notify.outbox import Outbox
 from app.outbox_records import POST, OutCall, call_row
 from app.scheduler import JobDeps, job_deps
-from app.service import AccessService
 from app.store import Database
 from app.store.models import OutboxItem
 from app.store.models import RequestState as S

@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_fake import FakeSlack
 from app.digest.service import DigestService
@@ -18,7 +19,6 @@ from app.directory import SlackDirectory
 from app.identities.service import IdentityService
 from app.notify.notifier import Notifier
 from app.notify.outbox import Outbox
-from app.service import AccessService
 from app.slack.app import web_client
 from app.standing.service import StandingService
 from app.store.models import OutboxItem

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from app.access import AccessService
 from app.clock import ManualClock
 from app.directory import SlackDirectory
 from app.identities import jobs as identity_jobs
@@ -20,7 +21,6 @@ from app.policy import Policy, load_policy
 from app.requests import jobs as request_jobs
 from app.reviews.service import ReviewService
 from app.scheduler import job_deps
-from app.service import AccessService
 from app.slack.app import web_client
 from app.store.models import RequestState as S
 from tests.conftest import HERE, sqlite_copy

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import yaml
 
+from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_fake import Call, SlackChannel, SlackUser
 from app.directory import SlackDirectory
@@ -26,7 +27,6 @@ from app.policy import Policy, parse_policy
 from app.policy.rules import approvers_at
 from app.requests import jobs as request_jobs
 from app.scheduler import JobDeps, job_deps
-from app.service import AccessService
 from app.slack.app import web_client
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, ERIN, HERE

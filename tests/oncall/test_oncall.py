@@ -21,6 +21,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.access import AccessService
 from app.cli import main
 from app.clock import ManualClock
 from app.metrics import metrics_text
@@ -42,7 +43,6 @@ from app.policy import parse_policy as parse_manifest
 from app.policy.rules import approvers_at, escalation_members
 from app.policy_targets import parse_policy, policy_warnings
 from app.scheduler import job_deps
-from app.service import AccessService
 from app.store import Database
 from tests.conftest import AMIRA, HERE, audit_actions, sqlite_copy
 from tests.fakes.opsgenie import FakeOpsgenie

@@ -21,6 +21,7 @@ import httpx
 import pytest
 import yaml
 
+from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_fake import Call, SlackChannel
 from app.directory import SlackDirectory
@@ -32,7 +33,6 @@ from app.oncall.jobs import oncall_sources
 from app.policy import Policy, parse_policy
 from app.policy.rules import approvers_at
 from app.scheduler import JobDeps, job_deps
-from app.service import AccessService
 from app.slack.app import web_client
 from app.store.models import RequestState as S
 from tests.conftest import HERE

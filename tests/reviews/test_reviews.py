@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 
+from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_fake import SlackChannel
 from app.directory import SlackDirectory
@@ -24,7 +25,6 @@ from app.reviews.messages import (
 )
 from app.reviews.service import ReviewService, ReviewStep
 from app.scheduler import JobDeps, job_deps
-from app.service import AccessService
 from app.slack.app import web_client
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN, GITA, HANA, NIGHT_SHIFT

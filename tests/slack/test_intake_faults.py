@@ -31,6 +31,7 @@ import pytest
 import sqlalchemy as sa
 
 from app import audit
+from app.access import AccessService
 from app.adapters.registry import build_adapters
 from app.demo.slack_driver import SlackDriver
 from app.demo.slack_fake import FakeSlack, SlackUser
@@ -40,7 +41,6 @@ from app.messages import views as v
 from app.messages.blocks import APPROVE_ACTION
 from app.notify.notifier import Notifier
 from app.policy import load_policy
-from app.service import AccessService
 from app.slack.app import web_client
 from app.slack.intake import Intake, NotRecorded
 from app.store import Database

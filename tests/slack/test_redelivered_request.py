@@ -12,8 +12,8 @@ from urllib.parse import urlencode
 
 import sqlalchemy as sa
 
+from app.access import AccessService
 from app.directory import Workspace
-from app.service import AccessService
 from app.slack.app import build_app, web_client
 from app.slack.intake import Intake, Redelivery
 from app.store.models import AccessRequest

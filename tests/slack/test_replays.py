@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 import pytest
 from sqlalchemy import func, select
 
-from app.service import AccessService
+from app.access import AccessService
 from app.slack.intake import Intake, Pending
 from app.store.models import SeenRequest
 from tests.slack_harness import RunningApp, run_app

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from slack_sdk.errors import SlackApiError
 
+from app.access import AccessService
 from app.clock import ManualClock
 from app.directory import SlackDirectory
 from app.messages.blocks import APPROVE_ACTION, DENY_ACTION
 from app.messages.views import DENY_BLOCK, DENY_INPUT, DENY_VIEW
 from app.notify.notifier import Notifier
-from app.service import AccessService
 from app.slack.app import web_client
 from app.store.models import RequestState as S
 from tests.fakes.memory_adapter import MemoryTarget

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from app.access import AccessService
 from app.clock import ManualClock
+from app.lifecycle.errors import NotAllowed
 from app.policy import Policy
-from app.service import AccessService, NotAllowed
 from app.standing.service import StandingService
 from app.store import Database
 from app.store.models import StandingAccess

@@ -23,6 +23,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from app.access import AccessService
 from app.clock import ManualClock
 from app.config import Settings
 from app.demo.slack_driver import SlackDriver, TrackingExecutor, serving
@@ -33,7 +34,6 @@ from app.messages.blocks import APPROVE_ACTION
 from app.notify.notifier import Notifier
 from app.policy import Policy, PolicyError, parse_policy
 from app.runtime import StartupError, check_step_up
-from app.service import AccessService
 from app.slack.app import build_app, web_client
 from app.stepup.pages import StepUpPages
 from app.stepup.service import StepUpService

@@ -23,12 +23,12 @@ import sqlalchemy as sa
 import yaml
 
 from app import audit
+from app.access import AccessService
 from app.adapters.registry import build_adapters
 from app.clock import ManualClock
 from app.demo.slack_fake import FakeSlack
 from app.demo.webhook_target import WebhookTarget
 from app.policy import load_policy
-from app.service import AccessService
 from app.store import AuditEvent, Database
 from app.store.models import AccessRequest, RequestState
 from app.web import WardKeyWSGI

@@ -27,6 +27,7 @@ import pytest
 import sqlalchemy as sa
 
 from app import audit
+from app.access import AccessService
 from app.adapters.registry import build_adapters
 from app.clock import ManualClock
 from app.demo.slack_driver import SlackDriver
@@ -34,7 +35,6 @@ from app.demo.slack_fake import FakeSlack, SlackUser
 from app.demo.webhook_target import WebhookTarget
 from app.messages.blocks import APPROVE_ACTION
 from app.policy import load_policy
-from app.service import AccessService
 from app.store import AuditEvent, Database
 from app.store.models import AccessRequest, RequestState
 from tests.cli.test_cli_serve import free_port

@@ -22,6 +22,7 @@ import pytest
 import yaml
 from sqlalchemy import select
 
+from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_fake import Call, SlackChannel
 from app.directory import SlackDirectory
@@ -33,7 +34,6 @@ from app.policy import Policy, parse_policy
 from app.policy.model import PathTicket
 from app.policy.tickets import TicketFacts, refusal
 from app.scheduler import JobDeps, job_deps
-from app.service import AccessService
 from app.slack.app import web_client
 from app.store import AuditEvent, Database
 from app.store.models import RequestState as S

@@ -15,6 +15,7 @@ from typing import Any
 from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 
+from app.lifecycle.errors import AlreadyDecided
 from app.messages.blocks import APPROVE_ACTION, CANCEL_ACTION, DENY_ACTION, clock_time
 from app.messages.views import (
     DENY_BLOCK,
@@ -25,7 +26,6 @@ from app.messages.views import (
     HOME_REVOKE,
     deny_modal,
 )
-from app.service import AlreadyDecided
 from app.slack.deps import APPLIED, NOTIFIED, SlackDeps
 from app.slack.gate import asker, caller, person_of, reply_to_clicker
 from app.slack.listeners.commands import cancelled_text

@@ -11,8 +11,8 @@ from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
 
+from app.lifecycle.errors import AlreadyDecided
 from app.messages.breakglass import CONFIRM_ACTION
-from app.service import AlreadyDecided
 from app.slack.deps import APPLIED, NOTIFIED, SlackDeps
 from app.slack.gate import person_of
 

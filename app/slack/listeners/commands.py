@@ -9,6 +9,8 @@ from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 from slack_sdk.models.blocks import Block
 
+from app.lifecycle.errors import InvalidRequest
+from app.lifecycle.snapshots import RequestView
 from app.lockdown.listeners import flows as lockdown_flows
 from app.lockdown.messages import already_text, confirm_modal
 from app.messages.blocks import (
@@ -21,7 +23,6 @@ from app.messages.blocks import (
 from app.messages.views import no_access_modal, request_modal
 from app.policy import Person, Policy, format_duration
 from app.policy.rules import requestable
-from app.service import InvalidRequest, RequestView
 from app.slack.deps import OPENED, Progress, SlackDeps
 from app.slack.gate import person_of
 from app.slack.parsing import (

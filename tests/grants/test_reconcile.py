@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
+from app.access import AccessService
 from app.clock import ManualClock
-from app.service import AccessService
 from app.store.models import AccessRequest
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN, CHLOE

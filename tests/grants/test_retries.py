@@ -8,11 +8,11 @@ from datetime import timedelta
 
 import pytest
 
+from app.access import AccessService
 from app.clock import ManualClock
 from app.grants import jobs as grant_jobs
+from app.grants.service import revoke_retry_wait
 from app.scheduler import job_deps
-from app.service import AccessService
-from app.service.grants import revoke_retry_wait
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN
 from tests.fakes.memory_adapter import MemoryTarget

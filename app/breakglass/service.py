@@ -21,7 +21,9 @@ from sqlalchemy.orm import Session
 
 from app.breakglass.rules import Breach, Budget, Flag, FlagFacts, Use, budget_breaches, flags
 from app.breakglass.rules import usage as usage_of
+from app.grants.service import Grants
 from app.lifecycle import eligibility, transitions
+from app.lifecycle.deps import CoreDeps
 from app.lifecycle.errors import STATE_WORDS, AlreadyDecided, NotAllowed, NotFound, SelfApproval
 from app.lifecycle.leases import lease_values
 from app.lifecycle.snapshots import BreakGlassStart, RequestView, load_request, snapshot
@@ -30,9 +32,7 @@ from app.lifecycle.validation import clean_reason, within_cap
 from app.policy import rules
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person, person_key, same_person
-from app.service.deps import CoreDeps
-from app.service.grants import Grants
-from app.service.requests import Requests
+from app.requests.service import Requests
 from app.store.models import AccessRequest, AuditEvent, RequestState, Review, ReviewState
 
 HELD = "breakglass.held"

@@ -1,6 +1,7 @@
 """Tickets in a request: what is stored and audited of the ticket system's answer, and the check
 again at the final approval. Access that ends when its ticket closes and the notes WardKey writes
-on tickets are a feature of their own (app/tickets/service.py) that works through this service."""
+on tickets are a feature of their own (app/tickets/service.py) that works through the request
+core."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import logging
 from datetime import datetime
 
 from app import audit
+from app.lifecycle.deps import CoreDeps
 from app.policy.tickets import TicketFacts, refusal
-from app.service.deps import CoreDeps
 from app.store.models import AccessRequest
 from app.ticket_systems import TicketNotFound, TicketUnreadable
 

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.adapters.base import Adapter, AdapterError, BatchRevoker, RevokeResult
 from app.lifecycle import eligibility, transitions
+from app.lifecycle.deps import CoreDeps
 from app.lifecycle.errors import (
     STATE_WORDS,
     AlreadyDecided,
@@ -33,6 +34,7 @@ from app.lifecycle.leases import (
     lock_request,
     skip_locked,
 )
+from app.lifecycle.reads import Reads
 from app.lifecycle.snapshots import RequestView, load_request, snapshot
 from app.lifecycle.targets import StillPresent, describe_error
 from app.lifecycle.transitions import StaleState, retry_when_stale
@@ -41,8 +43,6 @@ from app.policy import rules
 from app.policy.durations import LONGEST, format_duration
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person, person_key
-from app.service.deps import CoreDeps
-from app.service.reads import Reads
 from app.store.db import is_database_error
 from app.store.models import HOLDING_STATES, AccessRequest, RequestState
 

@@ -12,14 +12,15 @@ from typing import Any
 from urllib.parse import urlencode
 
 from app import audit
+from app.access import AccessService
 from app.clock import ManualClock
+from app.lifecycle.errors import AlreadyDecided
 from app.messages import views as v
 from app.messages.blocks import APPROVE_ACTION, CANCEL_ACTION, clock_time
-from app.service import AccessService, AlreadyDecided
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN, audit_actions
 from tests.lifecycle.test_concurrency import all_at_once
-from tests.service.test_limits_hold import last_event
+from tests.lifecycle.test_limits_hold import last_event
 from tests.slack_harness import RunningApp, SlackOnSqlite
 
 REQUEST = "pharmacy-db:read 30m fix stuck order set on ward 12"

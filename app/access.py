@@ -1,14 +1,16 @@
-"""The request core as processes and tests build it: one object over its parts, each a class of
-its own built from the shared dependencies (`deps`, a CoreDeps) and given the parts it calls.
+"""The request core as processes, tests and features build on it: one object over its parts, each
+a class of its own built from the shared dependencies (`deps`, a CoreDeps) and given the parts it
+calls; and what a feature's service stands on (FeatureService).
 
-State only changes through `app.lifecycle.transitions`. The parts: `reads` (reads of
-requests), `grants` (access on the target: grant, extend, revoke, expire, retry, probe,
-reconcile), `requests` (asking, deciding, cancelling, time-outs, escalation; an approval grants)
-and `breakglass` (budgets and the second person's confirmation); `tickets` holds the checks of a
-request's ticket. Leases, target calls, snapshots and eligibility are app/lifecycle's, used as
-plain functions. AccessService delegates, method by method, what Slack, notify, the jobs and
-the features call often; the few callers of the rest use the part itself
-(`service.grants.revoke_leased`, `service.requests.may_decide`). The daily digest
+State only changes through `app.lifecycle.transitions`. The parts: `reads` (reads of requests,
+app/lifecycle/reads.py), `grants` (access on the target: grant, extend, revoke, expire, retry,
+probe, reconcile; app/grants/service.py), `requests` (asking, deciding, cancelling, time-outs,
+escalation; an approval grants; app/requests/service.py, with the checks of a request's ticket
+in app/requests/tickets.py) and `breakglass` (budgets and the second person's confirmation;
+app/breakglass/service.py). The dependencies (app/lifecycle/deps.py), leases, target calls,
+snapshots and eligibility are app/lifecycle's. AccessService delegates, method by method, what
+Slack, notify, the jobs and the features call often; the few callers of the rest use the part
+itself (`service.grants.revoke_leased`, `service.requests.may_decide`). The daily digest
 (app/digest), standing privilege (app/standing), service accounts (app/identities), break-glass
 reviews (app/reviews) and tickets after the request (app/tickets) are features of their own
 that work through the core's public methods and app/lifecycle, never its private ones
@@ -25,16 +27,16 @@ from typing import TypeVar
 from sqlalchemy.orm import Session
 
 from app.adapters.base import Adapter, RevokeResult
+from app.breakglass.service import BreakGlass
 from app.clock import Clock
+from app.grants.service import EXPIRY_BATCH, Grants, OnDone, ReconcileReport
+from app.lifecycle.deps import DEFAULT_LEASE, CoreDeps
 from app.lifecycle.leases import Heartbeat
+from app.lifecycle.reads import Reads
 from app.lifecycle.snapshots import BreakGlassStart, RequestView
 from app.policy.model import Policy
 from app.policy.people import Person
-from app.service.breakglass import BreakGlass
-from app.service.deps import DEFAULT_LEASE, CoreDeps
-from app.service.grants import EXPIRY_BATCH, Grants, OnDone, ReconcileReport
-from app.service.reads import Reads
-from app.service.requests import Requests
+from app.requests.service import Requests
 from app.store.db import Database
 from app.store.models import AccessRequest, RequestState
 from app.ticket_systems import TicketDesk
@@ -130,7 +132,7 @@ class AccessService:
     def take_turn(self, job: str, period: str, at: datetime) -> bool:
         return self.deps.take_turn(job, period, at)
 
-    # Reads (reads.py)
+    # Reads (app/lifecycle/reads.py)
 
     def get(self, request_id: int) -> RequestView:
         return self.reads.get(request_id)
@@ -158,7 +160,7 @@ class AccessService:
     def recent_home_viewers(self, slack_user_ids: set[str], within: timedelta) -> set[str]:
         return self.reads.recent_home_viewers(slack_user_ids, within)
 
-    # Grants (grants.py)
+    # Grants (app/grants/service.py)
 
     def extend(self, request_id: int, person: Person, duration: timedelta) -> RequestView:
         return self.grants.extend(request_id, person, duration)
@@ -205,7 +207,7 @@ class AccessService:
     def reconcile(self, *, wait: bool = True, on_done: OnDone | None = None) -> ReconcileReport:
         return self.grants.reconcile(wait=wait, on_done=on_done)
 
-    # Requests (requests.py)
+    # Requests (app/requests/service.py)
 
     def request(
         self,
@@ -251,7 +253,7 @@ class AccessService:
     def end_lapsed_contracts(self, limit: int = 500) -> list[int]:
         return self.requests.end_lapsed_contracts(limit)
 
-    # BreakGlass (breakglass.py)
+    # BreakGlass (app/breakglass/service.py)
 
     def break_glass(
         self,
@@ -273,3 +275,19 @@ class AccessService:
 
     def break_glass_waits(self) -> list[int]:
         return self.breakglass.break_glass_waits()
+
+
+class FeatureService:
+    """What a feature's service stands on (app/digest, app/standing, app/identities,
+    app/reviews, app/tickets): the request core it is given, its database and clock, and the
+    policy in force now, read from the core on every call (a policy reload replaces the
+    core's)."""
+
+    def __init__(self, core: AccessService) -> None:
+        self.core = core
+        self.db = core.db
+        self.clock = core.clock
+
+    @property
+    def policy(self) -> Policy:
+        return self.core.policy

@@ -10,11 +10,11 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from app.lifecycle.deps import CoreDeps
 from app.lifecycle.eligibility import is_requester
 from app.lifecycle.snapshots import RequestView, load_request, snapshot, snapshots
 from app.policy import rules
 from app.policy.people import Person, person_key
-from app.service.deps import CoreDeps
 from app.store.models import AccessRequest, Decision, HomeView, RequestMessage, RequestState
 
 

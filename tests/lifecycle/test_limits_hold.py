@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from app.access import AccessService
 from app.clock import ManualClock
 from app.identities.service import RETIRED, IdentityService
+from app.lifecycle.errors import AlreadyDecided, InvalidRequest, NotEligible
 from app.policy import Policy
 from app.reviews.service import ReviewService
-from app.service import AccessService, AlreadyDecided, InvalidRequest, NotEligible
 from app.store import AuditEvent, Database
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN, CHLOE, DEV, ERIN, FARID, GITA, HANA, VAL, audit_actions

@@ -10,7 +10,9 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.grants.service import Grants
 from app.lifecycle import eligibility, transitions
+from app.lifecycle.deps import CoreDeps
 from app.lifecycle.eligibility import attestation_refusal, lockdown_refusal
 from app.lifecycle.errors import (
     STATE_WORDS,
@@ -22,6 +24,7 @@ from app.lifecycle.errors import (
     StepUpNeeded,
 )
 from app.lifecycle.leases import lease_values, lock_request
+from app.lifecycle.reads import Reads
 from app.lifecycle.snapshots import (
     REPLACED_BY_BREAK_GLASS,
     UNREACHABLE,
@@ -43,10 +46,7 @@ from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person, person_key
 from app.policy.tickets import TicketFacts, unanswered
 from app.policy.tickets import refusal as ticket_refusal
-from app.service.deps import CoreDeps
-from app.service.grants import Grants
-from app.service.reads import Reads
-from app.service.tickets import TICKET_CLOSED, closed_since_asked, ticket_audit, ticket_fields
+from app.requests.tickets import TICKET_CLOSED, closed_since_asked, ticket_audit, ticket_fields
 from app.store.models import (
     OPEN_STATES,
     AccessRequest,
