@@ -19,6 +19,7 @@ from app.digest.service import DigestService
 from app.directory import SlackDirectory, Workspace
 from app.identities.flows import owner_gone
 from app.identities.service import IdentityService
+from app.listeners import slack_app
 from app.notify.notifier import Notifier
 from app.oncall.flows import read_sources
 from app.policy import Policy, PolicyError
@@ -26,7 +27,7 @@ from app.policy_reload import PolicyReloader
 from app.policy_targets import load_policy, policy_warnings
 from app.reviews.service import ReviewService
 from app.scheduler import JobDeps, job_deps
-from app.slack.app import build_app, web_client
+from app.slack.app import web_client
 from app.slack.intake import Intake, Redelivery
 from app.standing.service import StandingService
 from app.stepup.service import StepUpService
@@ -110,7 +111,7 @@ class Runtime:
         """Does the work of Slack requests whose process died after acknowledging them."""
         return Redelivery(
             Intake(self.service.db, self.service.clock),
-            lambda: build_app(
+            lambda: slack_app(
                 self.service,
                 self.client,
                 "",
@@ -141,7 +142,7 @@ class Runtime:
         if not socket_mode:
             require(self.settings, "slack_signing_secret")
         secret = "" if socket_mode else self.settings.slack_signing_secret or ""
-        return build_app(
+        return slack_app(
             self.service,
             self.client,
             secret,

@@ -13,7 +13,8 @@ from app.access import AccessService
 from app.demo.slack_driver import SlackDriver, TrackingExecutor, serving
 from app.demo.slack_fake import FakeSlack, SlackUser
 from app.directory import Workspace
-from app.slack.app import build_app, web_client
+from app.listeners import slack_app
+from app.slack.app import web_client
 from app.store import Database
 from app.web import WardKeyWSGI
 from tests.conftest import sqlite_copy
@@ -49,7 +50,7 @@ def run_app(service: AccessService, workspace: Workspace | None = None) -> Itera
     client = web_client(fake.token, fake.api_url)
     listeners = TrackingExecutor(max_workers=8)
     dialogs = TrackingExecutor(max_workers=2)
-    bolt = build_app(service, client, SIGNING_SECRET, listeners, dialogs, workspace)
+    bolt = slack_app(service, client, SIGNING_SECRET, listeners, dialogs, workspace)
     http = httpx.Client(timeout=10)
     wsgi = WardKeyWSGI(bolt, service.db, SIGNING_SECRET)
     try:

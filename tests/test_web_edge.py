@@ -25,8 +25,9 @@ from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_driver import serving
 from app.demo.slack_fake import FakeSlack
+from app.listeners import slack_app
 from app.policy import Policy
-from app.slack.app import build_app, web_client
+from app.slack.app import web_client
 from app.store import Database, upgrade
 from app.web import WardKeyWSGI
 from tests.conftest import HERE, sqlite_copy
@@ -94,7 +95,7 @@ def edge(db: Database, policy: Policy, clock: ManualClock) -> Iterator[WardKeyWS
     for user in WARD_USERS:
         fake.add_user(user)
     service = AccessService(db, policy, {"pharmacy-db": MemoryTarget()}, clock)
-    bolt = build_app(service, web_client(fake.token, fake.api_url), SIGNING_SECRET)
+    bolt = slack_app(service, web_client(fake.token, fake.api_url), SIGNING_SECRET)
     wsgi = WardKeyWSGI(bolt, db, SIGNING_SECRET, clock=clock, max_body_bytes=MiB)
     try:
         yield wsgi

@@ -34,6 +34,7 @@ from app.directory import SlackDirectory
 from app.grants import jobs as grant_jobs
 from app.groups import DirectoryGroups
 from app.groups import describe as describe_group
+from app.listeners import slack_app
 from app.messages.blocks import APPROVE_ACTION, CANCEL_ACTION, DENY_ACTION
 from app.messages.views import (
     DENY_BLOCK,
@@ -46,7 +47,7 @@ from app.policy import parse_policy
 from app.reviews import jobs as review_jobs
 from app.reviews.messages import NOTE_BLOCK, NOTE_INPUT, REVIEW_JUSTIFIED, REVIEW_VIEW
 from app.scheduler import JobDeps, job_deps
-from app.slack.app import build_app, web_client
+from app.slack.app import web_client
 from app.store import Database, upgrade
 from app.store.models import RequestState
 from app.web import WardKeyWSGI
@@ -139,7 +140,7 @@ def _run(out: TextIO, workdir: Path) -> None:
     listeners = TrackingExecutor(max_workers=4)
     # One pool for work and dialogs, so waiting for it to be idle covers both.
     notifier = Notifier(client, service, SlackDirectory(client))
-    bolt = build_app(
+    bolt = slack_app(
         service, client, signing_secret, listeners, dialogs=listeners, notifier=notifier
     )
     deps = job_deps(service, notifier.outbox)

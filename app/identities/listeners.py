@@ -2,17 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from slack_bolt import Ack, App, BoltContext
 
+from app.access import AccessService
 from app.identities.flows import attestation_answered
 from app.identities.messages import ATTEST_KEEP, ATTEST_RETIRE
-from app.slack.deps import SlackDeps
+from app.identities.service import IdentityService
+from app.lifecycle.snapshots import RequestView
+from app.slack.deps import Shell
 from app.slack.gate import person_of
+from app.telling import Teller
 
 
-def register(app: App, deps: SlackDeps) -> None:
+class Tells(Teller, Protocol):
+    """The notifier, as the Teller that redraws the card, and what it tells of a request."""
+
+    def request_changed(self, view: RequestView) -> None: ...
+
+
+class Needs(Protocol):
+    """What the service accounts' listeners are given (app/listeners.py's ListenerDeps is one)."""
+
+    @property
+    def shell(self) -> Shell: ...
+
+    @property
+    def service(self) -> AccessService: ...
+
+    @property
+    def identities(self) -> IdentityService: ...
+
+    @property
+    def notifier(self) -> Tells: ...
+
+
+def register(app: App, deps: Needs) -> None:
     def clicked(still_needed: bool) -> Any:
         def on_click(
             ack: Ack, body: dict[str, Any], action: dict[str, Any], context: BoltContext
@@ -34,7 +60,7 @@ def register(app: App, deps: SlackDeps) -> None:
                         deps.notifier, deps.identities, channel, message["ts"], name
                     )
 
-            deps.after_ack(context, answer)
+            deps.shell.after_ack(context, answer)
 
         return on_click
 

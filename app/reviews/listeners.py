@@ -7,11 +7,12 @@ used the access); otherwise a note is asked for, and the service checks again on
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Protocol
 
 from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
 
+from app.lifecycle.snapshots import RequestView
 from app.reviews.messages import (
     NOTE_BLOCK,
     NOTE_INPUT,
@@ -20,11 +21,31 @@ from app.reviews.messages import (
     REVIEW_VIEW,
     note_modal,
 )
-from app.slack.deps import SlackDeps
+from app.reviews.service import ReviewService
+from app.slack.deps import Shell
 from app.slack.gate import person_of, reply_to_clicker
 
 
-def register(app: App, deps: SlackDeps) -> None:
+class Tells(Protocol):
+    """What these listeners have the notifier tell (app/notify/notifier.py)."""
+
+    def review_decided(self, view: RequestView) -> None: ...
+
+
+class Needs(Protocol):
+    """What the reviews' listeners are given (app/listeners.py's ListenerDeps is one)."""
+
+    @property
+    def shell(self) -> Shell: ...
+
+    @property
+    def reviews(self) -> ReviewService: ...
+
+    @property
+    def notifier(self) -> Tells: ...
+
+
+def register(app: App, deps: Needs) -> None:
     def clicked(justified: bool) -> Any:
         def on_click(
             ack: Ack,
@@ -45,7 +66,7 @@ def register(app: App, deps: SlackDeps) -> None:
                     trigger_id=body["trigger_id"], view=note_modal(request_id, justified)
                 )
 
-            deps.open_dialog(context, ask_for_note)
+            deps.shell.open_dialog(context, ask_for_note)
 
         return on_click
 
@@ -62,4 +83,4 @@ def register(app: App, deps: SlackDeps) -> None:
             int(meta["id"]), person_of(context), justified=bool(meta["justified"]), note=note
         )
         ack()
-        deps.after_ack(context, lambda: deps.notifier.review_decided(decided))
+        deps.shell.after_ack(context, lambda: deps.notifier.review_decided(decided))

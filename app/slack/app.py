@@ -1,28 +1,21 @@
-"""The Bolt app factory: one App per process, listeners registered once."""
+"""The Bolt app factory: one App per process, listeners registered once. The shell knows no
+feature: it is given the listeners' registrars and what they need (app/listeners.py gathers
+both)."""
 
 from __future__ import annotations
 
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
-from slack_bolt import App
+from slack_bolt import Ack, App, BoltContext, Respond
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
-from app.access import AccessService
-from app.directory import SlackDirectory, Workspace
-from app.identities import listeners as identity_listeners
-from app.identities.service import IdentityService
-from app.lockdown import listeners as lockdown_listeners
-from app.notify.notifier import Notifier
-from app.reviews import listeners as review_listeners
-from app.reviews.service import ReviewService
 from app.slack import errors
-from app.slack.deps import SlackDeps
+from app.slack.deps import Shell
 from app.slack.gate import PersonResolver, WorkspaceGate
-from app.slack.listeners import actions, commands, events, views
-from app.slack.listeners import breakglass as breakglass_listeners
-from app.standing.service import StandingService
-from app.stepup.service import StepUpService
+
+Deps = TypeVar("Deps")
 
 
 def web_client(token: str, api_url: str) -> WebClient:
@@ -34,37 +27,22 @@ def web_client(token: str, api_url: str) -> WebClient:
 
 
 def build_app(
-    service: AccessService,
     client: WebClient,
     signing_secret: str,
-    work: Executor | None = None,
-    dialogs: Executor | None = None,
-    workspace: Workspace | None = None,
-    *,
-    notifier: Notifier | None = None,
-    redelivery: bool = False,
-    stepup: StepUpService | None = None,
-    standing: StandingService | None = None,
-    identities: IdentityService | None = None,
-    reviews: ReviewService | None = None,
+    shell: Shell,
+    deps: Deps,
+    listeners: Iterable[Callable[[App, Deps], None]],
 ) -> App:
-    """`workspace`: whose people may use WardKey (SLACK_TEAM_IDS, SLACK_ENTERPRISE_ID); None
-    means the workspace the bot token belongs to, asked of Slack now.
+    """The Bolt app, with the shell's middleware, error handler and `/jit`, then each of
+    `listeners` registered with `deps` (which holds `shell`).
 
-    `notifier`: the process's one Notifier, whose Slack directory (and workspace) the app
-    uses too; None builds both here (tests, the demo).
-
-    `redelivery`: the app that does again the work of requests recorded in the inbox whose
-    process died (app/slack/intake.py): it checks no signature (each was checked when it was
-    recorded, and may be older than Slack's five minutes by now), asks Slack nothing at start
-    and opens no dialogs.
-
-    `standing`, `identities`: the process's standing-privilege and service-account services
-    (None: each one on `service`).
-
-    `reviews`: the process's break-glass review service (None: one on `service`)."""
+    A shell that is not `live` builds the app that does again the work of requests recorded in
+    the inbox whose process died (app/slack/intake.py): it checks no signature (each was
+    checked when it was recorded, and may be older than Slack's five minutes by now), asks
+    Slack nothing at start and opens no dialogs."""
+    redelivery = not shell.live
     # App(client=…) checks the token with auth.test now, so a bad token fails at start-up.
-    # Listeners only parse, ack and hand the rest to `work` (SlackDeps.after_ack), so they run
+    # Listeners only parse, ack and hand the rest to `work` (Shell.after_ack), so they run
     # on the HTTP thread (process_before_response) and the ack never queues behind other
     # requests' Slack calls, as it would in Bolt's listener pool, which also runs that work.
     # The work pool is small on purpose: its jobs wait mostly on Slack and the database, and
@@ -77,32 +55,21 @@ def build_app(
         request_verification_enabled=not redelivery,
         token_verification_enabled=not redelivery,
     )
-    if notifier is None:
-        notifier = Notifier(client, service, SlackDirectory(client, workspace))
-    directory = notifier.directory
+    directory = shell.directory
     if not redelivery:
         directory.workspace()  # learnt now, at start-up, never in a request's ack path
-    deps = SlackDeps(
-        service=service,
-        standing=standing or StandingService(service),
-        identities=identities or IdentityService(service),
-        reviews=reviews or ReviewService(service),
-        directory=directory,
-        notifier=notifier,
-        work=work or ThreadPoolExecutor(max_workers=4, thread_name_prefix="after-ack"),
-        dialogs=dialogs or ThreadPoolExecutor(max_workers=2, thread_name_prefix="dialogs"),
-        live=not redelivery,
-        stepup=stepup,
-    )
     # Before every listener: refuse anyone outside the trust's workspace(s), then say who is
     # asking (resolved once per request, when first needed) and how to answer them.
-    app.use(WorkspaceGate(directory, deps.later))
+    app.use(WorkspaceGate(directory, shell.later))
     app.use(PersonResolver(directory))
-    errors.register(app, deps.later)
-    for listeners in (commands, actions, views, events):
-        listeners.register(app, deps)
-    identity_listeners.register(app, deps)  # Still needed / Retire on an attestation card
-    review_listeners.register(app, deps)  # Justified / Not justified, and the note
-    lockdown_listeners.register(app, deps)  # the lockdown dialog's Lock down
-    breakglass_listeners.register(app, deps)  # Confirm on a held break-glass use
+    errors.register(app, shell.later)
+
+    @app.command("/jit")
+    def jit(
+        ack: Ack, command: dict[str, Any], respond: Respond, client: WebClient, context: BoltContext
+    ) -> None:
+        shell.jit.dispatch(ack, command, respond, client, context)
+
+    for register in listeners:
+        register(app, deps)
     return app

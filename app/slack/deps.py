@@ -1,43 +1,37 @@
-"""What the listeners need, built once per app."""
+"""The Slack shell's part of what listeners need, built once per app: the directory, the pools
+that run work after the ack, and how far a redelivered request's work got. What a feature's
+listeners need beyond it (its services, the notifier) is composed outside the shell
+(app/listeners.py)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from slack_bolt import BoltContext
 from sqlalchemy.exc import DBAPIError
 
-from app.access import AccessService
 from app.directory import SlackDirectory
-from app.identities.service import IdentityService
-from app.notify.notifier import Notifier
-from app.reviews.service import ReviewService
 from app.slack import intake
+from app.slack.commands import JitCommands
 from app.slack.errors import answered
-from app.standing.service import StandingService
-from app.stepup.service import StepUpService
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SlackDeps:
-    service: AccessService
-    standing: StandingService
-    identities: IdentityService
-    reviews: ReviewService
+class Shell:
     directory: SlackDirectory
-    notifier: Notifier
     work: Executor
     dialogs: Executor
-    # False in the app that redelivers recorded requests after a crash: their dialogs'
-    # trigger_ids have long expired, and the person already had their answer.
+    # False in the app that redelivers recorded requests after a crash: it checks no
+    # signature, asks Slack nothing at start, and opens no dialogs (their trigger_ids have
+    # long expired, and the person already had their answer).
     live: bool = True
-    # Step-up sign-ins for paths that need them (app/stepup); None: no path does.
-    stepup: StepUpService | None = None
+    # `/jit`'s subcommands, each added by the feature whose it is when it registers.
+    jit: JitCommands = field(default_factory=JitCommands)
 
     def after_ack(self, context: BoltContext, job: Callable[[], None]) -> None:
         """Do `job` after the ack of the request in `context`, answering the person who asked

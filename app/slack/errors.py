@@ -6,9 +6,9 @@ acted, its `field` names the input it concerns. Listeners raise it and never for
 - before the ack (a form's submission is decided there), Bolt hands it to the one `@app.error`
   handler, `answer_error`, which answers a form with the message on its field, a command with an
   ephemeral reply and a click with an ephemeral (a DM on the App Home or a form);
-- after the ack (`SlackDeps.after_ack`), `answered` gives what the work of a command or a click
-  raises to the same answer (`Asker.reply`). The work after a form or an event answers nobody:
-  what it raises is left to the inbox, which tries it again.
+- after the ack (`Shell.after_ack`, app/slack/deps.py), `answered` gives what the work of a
+  command or a click raises to the same answer (`Asker.reply`). The work after a form or an
+  event answers nobody: what it raises is left to the inbox, which tries it again.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ acknowledges it, in the one upsert that also refuses a replay. The request's raw
 headers needed to dispatch it again are kept until its work is done.
 
 Listeners stay as they were: they parse and ack on the HTTP thread, and hand what comes after
-the ack to `SlackDeps.after_ack`. While a request is being dispatched that work is collected on
+the ack to `Shell.after_ack`. While a request is being dispatched that work is collected on
 its `Pending` (a context variable, as Bolt's lazy listeners collect theirs) instead of being
 started; once Bolt has answered, the web process's own pool claims the row (a conditional
 update, so only one process ever holds it), runs the work and marks the row done.

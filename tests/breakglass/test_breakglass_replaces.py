@@ -11,6 +11,7 @@ from typing import Any
 
 from app import audit
 from app.access import AccessService
+from app.breakglass.listeners import BREAK_GLASS_ACK
 from app.clock import ManualClock
 from app.directory import SlackDirectory
 from app.grants import jobs as grant_jobs
@@ -20,7 +21,6 @@ from app.notify.notifier import Notifier
 from app.reviews import jobs as review_jobs
 from app.scheduler import job_deps
 from app.slack.app import web_client
-from app.slack.listeners.commands import BREAK_GLASS_ACK
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN, audit_actions
 from tests.fakes.memory_adapter import MemoryTarget

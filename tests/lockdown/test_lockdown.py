@@ -29,6 +29,7 @@ from app.directory import SlackDirectory
 from app.grants import jobs as grant_jobs
 from app.lifecycle.errors import InvalidRequest, NotAllowed, NotEligible
 from app.lockdown import jobs as lockdown_jobs
+from app.lockdown.listeners import LiftLockdown, Lockdown, parse_lockdown
 from app.lockdown.messages import CONFIRM_VIEW, REASON_ACTION, REASON_BLOCK
 from app.lockdown.service import Lockdowns
 from app.metrics import metrics_text
@@ -36,7 +37,7 @@ from app.notify.notifier import Notifier
 from app.policy import Policy, load_policy
 from app.scheduler import job_deps
 from app.slack.app import web_client
-from app.slack.parsing import LiftLockdown, Lockdown, UsageError, parse_jit
+from app.slack.parsing import UsageError
 from app.store import AuditEvent, Database
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN, CHLOE, DEV, GITA, HANA
@@ -385,14 +386,14 @@ def _seed_active(service: AccessService, account: str) -> int:
 
 class TestParsing:
     def test_lockdown_and_lift(self) -> None:
-        assert parse_jit(f'lockdown Pharmacy-DB "{WHY}"') == Lockdown("pharmacy-db", WHY)
-        assert parse_jit(f"lockdown pharmacy-db {WHY}") == Lockdown("pharmacy-db", WHY)
-        assert parse_jit("lockdown lift pharmacy-db") == LiftLockdown("pharmacy-db", "")
-        assert parse_jit("lockdown lift pharmacy-db “all clear”") == LiftLockdown(
+        assert parse_lockdown(f'Pharmacy-DB "{WHY}"'.split()) == Lockdown("pharmacy-db", WHY)
+        assert parse_lockdown(f"pharmacy-db {WHY}".split()) == Lockdown("pharmacy-db", WHY)
+        assert parse_lockdown(["lift", "pharmacy-db"]) == LiftLockdown("pharmacy-db", "")
+        assert parse_lockdown(["lift", "pharmacy-db", "“all", "clear”"]) == LiftLockdown(
             "pharmacy-db", "all clear"
         )
         with pytest.raises(UsageError):
-            parse_jit("lockdown")
+            parse_lockdown([])
 
 
 # ------------------------------------------------------------------ the fast path: webhooks

@@ -14,7 +14,8 @@ import sqlalchemy as sa
 
 from app.access import AccessService
 from app.directory import Workspace
-from app.slack.app import build_app, web_client
+from app.listeners import slack_app
+from app.slack.app import web_client
 from app.slack.intake import Intake, Redelivery
 from app.store.models import AccessRequest
 from tests.slack_harness import TEAM, RunningApp, SlackOnSqlite
@@ -59,7 +60,7 @@ class TestARequestRedelivered(SlackOnSqlite):
         intake = Intake(service.db, service.clock)
         workspace = Workspace.configured(TEAM, None)
         redelivery = Redelivery(
-            intake, lambda: build_app(service, client, "", workspace=workspace, redelivery=True)
+            intake, lambda: slack_app(service, client, "", workspace=workspace, redelivery=True)
         )
         with closing(intake):
             assert len(redelivery.redeliver_due()) == 1

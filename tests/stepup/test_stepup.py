@@ -30,11 +30,12 @@ from app.demo.slack_driver import SlackDriver, TrackingExecutor, serving
 from app.demo.slack_fake import FakeSlack
 from app.directory import SlackDirectory
 from app.lifecycle.errors import StepUpNeeded
+from app.listeners import slack_app
 from app.messages.blocks import APPROVE_ACTION
 from app.notify.notifier import Notifier
 from app.policy import Policy, PolicyError, parse_policy
 from app.runtime import StartupError, check_step_up
-from app.slack.app import build_app, web_client
+from app.slack.app import web_client
 from app.stepup.pages import StepUpPages
 from app.stepup.service import StepUpService
 from app.store import AuditEvent, Database, upgrade
@@ -135,7 +136,7 @@ def app(
     listeners, dialogs = TrackingExecutor(max_workers=4), TrackingExecutor(max_workers=2)
     stepup = StepUpService(service, "http://unset", env={SECRET_ENV: CLIENT_SECRET})
     notifier = Notifier(client, service, SlackDirectory(client))
-    bolt = build_app(
+    bolt = slack_app(
         service, client, SIGNING_SECRET, listeners, dialogs, notifier=notifier, stepup=stepup
     )
     pages = StepUpPages(stepup, notifier.request_changed, notifier.outbox.kick)

@@ -93,22 +93,6 @@ def test_nothing_outside_the_core_calls_its_private_methods() -> None:
     assert found == []
 
 
-# Package-level imports (app.X -> app.Y, X and Y the first-level packages and modules under app)
-# that still close a cycle, each with why. The list may only shrink: the test fails on any other
-# cycle, and on an edge listed here that no longer exists, so it stays honest.
-CYCLE_EDGES_STILL_ALLOWED = {
-    # The Slack shell builds the Bolt app with every feature's listeners and holds the feature
-    # services in SlackDeps, and its own listeners are typed on the notifier, which gathers the
-    # features' tellings; the features' listeners import the shell (deps, gate). To go: a
-    # gatherer outside app/slack registers every package's listeners, each declaring what it
-    # needs as a Protocol (as app/jobs.py's Needs), so the shell knows no feature.
-    ("app.slack", "app.identities"),
-    ("app.slack", "app.lockdown"),
-    ("app.slack", "app.reviews"),
-    ("app.slack", "app.notify"),
-}
-
-
 def package_imports() -> dict[str, set[str]]:
     """app.X -> the app.Y it imports (directly, in any module), X != Y."""
     graph = grimp.build_graph("app")
@@ -156,20 +140,10 @@ def cycles(imports: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_package_imports_its_way_back_to_itself() -> None:
     imports = package_imports()
-    gone = sorted(
-        (source, target)
-        for source, target in CYCLE_EDGES_STILL_ALLOWED
-        if target not in imports.get(source, ())
-    )
-    assert gone == [], "no longer imported: take them off CYCLE_EDGES_STILL_ALLOWED"
-    left = {
-        source: {target for target in targets if (source, target) not in CYCLE_EDGES_STILL_ALLOWED}
-        for source, targets in imports.items()
-    }
-    found = cycles(left)
+    found = cycles(imports)
     assert found == [], {
         " <-> ".join(component): {
-            package: sorted(other for other in left.get(package, ()) if other in component)
+            package: sorted(other for other in imports.get(package, ()) if other in component)
             for package in component
         }
         for component in found

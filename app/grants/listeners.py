@@ -1,0 +1,156 @@
+"""More time and ending access, in Slack: `/jit extend` and `/jit revoke`, and the App Home's
+Extend and Revoke buttons. Commands parse and ack at once, clicks ack at once; the service is
+called after the ack and checks the person against the request loaded from the database (a
+button's value is only the request number)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+from slack_bolt import Ack, App, BoltContext
+from slack_sdk import WebClient
+
+from app.lifecycle.snapshots import RequestView
+from app.messages.blocks import clock_time, outcome_line
+from app.messages.views import HOME_EXTEND, HOME_EXTEND_BY, HOME_REVOKE
+from app.policy import Person, Policy, format_duration
+from app.slack.commands import Slash
+from app.slack.deps import Shell
+from app.slack.gate import caller, person_of, reply_to_clicker
+from app.slack.parsing import UsageError, duration, request_id
+
+EXTEND_EXAMPLE = "/jit extend 42 30m"
+REVOKE_EXAMPLE = "/jit revoke 42"
+
+
+class Tells(Protocol):
+    """What these listeners have the notifier tell (app/notify/notifier.py)."""
+
+    def request_opened(self, view: RequestView) -> None: ...
+
+    def request_changed(self, view: RequestView) -> None: ...
+
+    def publish_home(self, user_id: str) -> None: ...
+
+
+class Core(Protocol):
+    """What these listeners ask of the request core (app/access.py `AccessService`, which is
+    built on this package's Grants, so importing it would be a cycle)."""
+
+    @property
+    def policy(self) -> Policy: ...
+
+    def extend(self, request_id: int, person: Person, duration: timedelta) -> RequestView: ...
+
+    def revoke(self, request_id: int, person: Person, reason: str = "") -> RequestView: ...
+
+
+class Needs(Protocol):
+    """What the grants' listeners are given (app/listeners.py's ListenerDeps is one)."""
+
+    @property
+    def shell(self) -> Shell: ...
+
+    @property
+    def service(self) -> Core: ...
+
+    @property
+    def notifier(self) -> Tells: ...
+
+
+@dataclass(frozen=True)
+class Extend:
+    request_id: int
+    duration: timedelta
+
+
+@dataclass(frozen=True)
+class Revoke:
+    request_id: int
+    reason: str
+
+
+def parse_extend(words: list[str]) -> Extend:
+    if len(words) != 2:
+        raise UsageError("Give the request number and how much longer.", EXTEND_EXAMPLE)
+    return Extend(request_id(words[0], EXTEND_EXAMPLE), duration(words[1], EXTEND_EXAMPLE))
+
+
+def parse_revoke(words: list[str]) -> Revoke:
+    if not words:
+        raise UsageError("Give the number of the request to end.", REVOKE_EXAMPLE)
+    return Revoke(request_id(words[0], REVOKE_EXAMPLE), " ".join(words[1:]))
+
+
+def register(app: App, deps: Needs) -> None:
+    shell = deps.shell
+
+    def extend_command(slash: Slash) -> None:
+        parsed = parse_extend(slash.words)
+        slash.ack()
+        shell.after_ack(slash.context, lambda: _extend(deps, parsed, slash))
+
+    def revoke_command(slash: Slash) -> None:
+        parsed = parse_revoke(slash.words)
+        slash.ack()
+        shell.after_ack(slash.context, lambda: _revoke(deps, parsed, slash))
+
+    shell.jit.add("extend", extend_command)
+    shell.jit.add("revoke", revoke_command)
+
+    @app.action(HOME_EXTEND)
+    def home_extend(
+        ack: Ack,
+        body: dict[str, Any],
+        action: dict[str, Any],
+        client: WebClient,
+        context: BoltContext,
+    ) -> None:
+        ack()
+
+        def extend() -> None:
+            view = deps.service.extend(int(action["value"]), person_of(context), HOME_EXTEND_BY)
+            if view.extension is not None:
+                deps.notifier.request_opened(view)
+            else:
+                ends = clock_time(view.expires_at, deps.service.policy.zone)
+                reply_to_clicker(client, body)(f"#{view.id} now ends at {ends}.")
+                deps.notifier.publish_home(caller(context).user_id)
+
+        shell.after_ack(context, extend)
+
+    @app.action(HOME_REVOKE)
+    def home_revoke(ack: Ack, action: dict[str, Any], context: BoltContext) -> None:
+        ack()
+
+        def revoke() -> None:
+            by = person_of(context)
+            view = deps.service.revoke(int(action["value"]), by, "revoked from App Home")
+            deps.notifier.request_changed(view)
+
+        shell.after_ack(context, revoke)
+
+
+def _extend(deps: Needs, parsed: Extend, slash: Slash) -> None:
+    view = deps.service.extend(parsed.request_id, person_of(slash.context), parsed.duration)
+    if view.extension is not None:
+        slash.respond(
+            response_type="ephemeral",
+            text=(
+                f"Extension of #{view.id} by {format_duration(view.extension)} is "
+                f"with the {view.path} approvers; your access carries on meanwhile."
+            ),
+        )
+        deps.notifier.request_opened(view)
+    else:
+        ends = clock_time(view.expires_at, deps.service.policy.zone)
+        slash.respond(response_type="ephemeral", text=f"#{view.id} now ends at {ends}.")
+
+
+def _revoke(deps: Needs, parsed: Revoke, slash: Slash) -> None:
+    view = deps.service.revoke(parsed.request_id, person_of(slash.context), parsed.reason)
+    zone = deps.service.policy.zone
+    slash.respond(response_type="ephemeral", text=f"#{view.id}: {outcome_line(view, zone)}")
+    deps.notifier.request_changed(view)
