@@ -1,7 +1,7 @@
 """The Slack directory: who a Slack user is (`users.info`, cached for a while) and whether they
 may act, profiles and names for messages, policy members by e-mail, channels by name.
 
-Both the Slack shell (app/slack: who is asking) and the messages and notifier (app/messages,
+Both the Slack shell (app/slack: who is asking) and the messages and notifier (app/blockkit.py,
 app/notify: whom to tell, by name) read it, so it sits below both and imports neither.
 Slack user -> person refuses accounts that cannot ask.
 

@@ -33,7 +33,7 @@ from sqlalchemy import func, select
 from app.access import AccessService
 from app.adapters.base import Adapter
 from app.adapters.registry import AdapterConfigError, build_adapters
-from app.messages.blocks import escape
+from app.blockkit import escape
 from app.outbox_records import POST, OutCall
 from app.policy import Policy, PolicyError
 from app.policy_targets import parse_policy, policy_warnings

@@ -22,9 +22,9 @@ from zoneinfo import ZoneInfo
 
 from slack_sdk.models.blocks import Block
 
+from app.blockkit import Names
 from app.directory import SlackDirectory
 from app.lifecycle.snapshots import RequestView
-from app.messages.blocks import Names
 from app.outbox_records import Notice, OutCall
 
 

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 # Plurals that are not the word with an "s": the few WardKey says.
 _IRREGULAR = {
@@ -49,3 +51,13 @@ def listed(items: Sequence[str], conjunction: str = "and") -> str:
     if len(items) == 1:
         return items[0]
     return f"{', '.join(items[:-1])} {conjunction} {items[-1]}"
+
+
+def clock_time(instant: datetime | None, zone: ZoneInfo) -> str:
+    """A time of day in the policy's zone ("14:05"), or "—" when there is none."""
+    return "—" if instant is None else instant.astimezone(zone).strftime("%H:%M")
+
+
+def day_time(instant: datetime | None, zone: ZoneInfo) -> str:
+    """A day and time in the policy's zone ("Tue 01 Dec 14:05"), or "—" when there is none."""
+    return "—" if instant is None else instant.astimezone(zone).strftime("%a %d %b %H:%M")

@@ -14,8 +14,8 @@ from app.access import AccessService
 from app.clock import ManualClock
 from app.digest import jobs as digest_jobs
 from app.directory import SlackDirectory
-from app.messages.blocks import APPROVE_ACTION
 from app.notify.notifier import Notifier
+from app.requests.messages import APPROVE_ACTION
 from app.scheduler import job_deps
 from app.slack.app import web_client
 from app.wording import listed, plural

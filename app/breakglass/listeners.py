@@ -19,16 +19,17 @@ from typing import Any, Protocol
 
 from slack_bolt import Ack, App, BoltContext, Respond
 
+from app.blockkit import Names, escape
+from app.breakglass.messages import CONFIRM_ACTION
+from app.grants.messages import outcome_line
 from app.lifecycle.errors import AlreadyDecided
 from app.lifecycle.snapshots import BreakGlassStart, RequestView
-from app.messages.blocks import Names, clock_time, escape, outcome_line
-from app.messages.breakglass import CONFIRM_ACTION
 from app.policy import Person, Policy
 from app.slack.deps import APPLIED, NOTIFIED, Shell
 from app.slack.gate import person_of
 from app.slack.parsing import UsageError, access, clean
 from app.store.models import RequestState
-from app.wording import listed
+from app.wording import clock_time, listed
 
 BREAKGLASS_EXAMPLE = "/breakglass pharmacy-db:read pharmacy system down in ED"
 BREAK_GLASS_ACK = (

@@ -35,15 +35,17 @@ from app.grants import jobs as grant_jobs
 from app.groups import DirectoryGroups
 from app.groups import describe as describe_group
 from app.listeners import slack_app
-from app.messages.blocks import APPROVE_ACTION, CANCEL_ACTION, DENY_ACTION
-from app.messages.views import (
+from app.notify.notifier import Notifier
+from app.oncall import OnCall
+from app.policy import parse_policy
+from app.requests.messages import (
+    APPROVE_ACTION,
+    CANCEL_ACTION,
+    DENY_ACTION,
     DENY_BLOCK,
     DENY_INPUT,
     DENY_VIEW,
 )
-from app.notify.notifier import Notifier
-from app.oncall import OnCall
-from app.policy import parse_policy
 from app.reviews import jobs as review_jobs
 from app.reviews.messages import NOTE_BLOCK, NOTE_INPUT, REVIEW_JUSTIFIED, REVIEW_VIEW
 from app.scheduler import JobDeps, job_deps

@@ -14,12 +14,12 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
+from app.blockkit import SLACK_SHOWS, Names, escape, inert, words
 from app.digest.service import Digest
 from app.lifecycle.snapshots import RequestView
-from app.messages.blocks import SLACK_SHOWS, Names, day_time, escape, inert, words
 from app.policy.durations import format_duration
 from app.reviews.messages import review_line
-from app.wording import listed, plural
+from app.wording import day_time, listed, plural
 
 
 def digest_text(digest: Digest) -> str:

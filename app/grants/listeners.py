@@ -12,14 +12,14 @@ from typing import Any, Protocol
 from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
 
+from app.grants.messages import HOME_EXTEND, HOME_EXTEND_BY, HOME_REVOKE, outcome_line
 from app.lifecycle.snapshots import RequestView
-from app.messages.blocks import clock_time, outcome_line
-from app.messages.views import HOME_EXTEND, HOME_EXTEND_BY, HOME_REVOKE
 from app.policy import Person, Policy, format_duration
 from app.slack.commands import Slash
 from app.slack.deps import Shell
 from app.slack.gate import caller, person_of, reply_to_clicker
 from app.slack.parsing import UsageError, duration, request_id
+from app.wording import clock_time
 
 EXTEND_EXAMPLE = "/jit extend 42 30m"
 REVOKE_EXAMPLE = "/jit revoke 42"

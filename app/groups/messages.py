@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from app.blockkit import escape
 from app.groups.cache import GroupChange
-from app.messages.blocks import escape
 
 
 def _at(when: datetime | None, zone: ZoneInfo) -> str:

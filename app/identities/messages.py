@@ -18,8 +18,9 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
+from app.blockkit import SLACK_SHOWS, Names, escape, words
 from app.identities.service import RETIRED, STILL_NEEDED, AttestationView, OrphanView
-from app.messages.blocks import SLACK_SHOWS, Names, day_time, escape, words
+from app.wording import day_time
 
 ATTEST_KEEP = "attest_still_needed"
 ATTEST_RETIRE = "attest_retire"

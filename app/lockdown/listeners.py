@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from slack_bolt import Ack, App, BoltContext
 
 from app.access import AccessService
+from app.blockkit import Names, escape
 from app.lockdown.flows import LockdownFlows
 from app.lockdown.messages import (
     CONFIRM_VIEW,
@@ -23,7 +24,6 @@ from app.lockdown.messages import (
     already_text,
     confirm_modal,
 )
-from app.messages.blocks import Names, escape
 from app.slack.commands import Slash
 from app.slack.deps import Shell
 from app.slack.gate import person_of

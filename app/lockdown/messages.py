@@ -17,9 +17,9 @@ from slack_sdk.models.blocks import (
 )
 from slack_sdk.models.views import View
 
+from app.blockkit import Names, escape, inert
 from app.lockdown.service import SHOWN_FAILURES, LockdownView, Preview, Progress
-from app.messages.blocks import Names, clock_time, escape, inert
-from app.wording import plural
+from app.wording import clock_time, plural
 
 CONFIRM_VIEW = "lockdown_confirm"
 REASON_BLOCK, REASON_ACTION = "reason", "reason_text"

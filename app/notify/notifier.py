@@ -40,29 +40,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import Block
 
 from app.access import AccessService
-from app.breakglass.service import HELD, WAITING
-from app.digest import flows as digest_flows
-from app.digest.service import DigestService
-from app.directory import SlackDirectory, slack_unwell
-from app.groups import path_groups
-from app.identities import flows as identity_flows
-from app.identities.service import IdentityService
-from app.lifecycle.errors import NotAllowed
-from app.lifecycle.snapshots import BreakGlassStart, RequestView
-from app.lockdown import flows as lockdown_flows
-from app.lockdown.service import Lockdowns
-from app.messages.blocks import (
-    CardContext,
-    DirectoryNames,
-    approver_card,
-    clock_time,
-    escape,
-    inert,
-    mention,
-    outcome_line,
-    requester_receipt,
-)
-from app.messages.breakglass import (
+from app.blockkit import DirectoryNames, escape, inert, mention
+from app.breakglass.messages import (
     CONFIRM_CARD,
     WAIT_LINE,
     confirm_card,
@@ -70,7 +49,18 @@ from app.messages.breakglass import (
     wait_line,
     waited_words,
 )
-from app.messages.views import expiry_warning, home_view
+from app.breakglass.service import HELD, WAITING
+from app.digest import flows as digest_flows
+from app.digest.service import DigestService
+from app.directory import SlackDirectory, slack_unwell
+from app.grants.messages import expiry_warning, outcome_line
+from app.groups import path_groups
+from app.identities import flows as identity_flows
+from app.identities.service import IdentityService
+from app.lifecycle.errors import NotAllowed
+from app.lifecycle.snapshots import BreakGlassStart, RequestView
+from app.lockdown import flows as lockdown_flows
+from app.lockdown.service import Lockdowns
 from app.notify.outbox import Defer, Delivered, Outbox
 from app.oncall import path_sources, unread_sources
 from app.outbox_records import HOME, POST, UPDATE, Notice, OutCall
@@ -78,13 +68,19 @@ from app.policy import rules
 from app.policy.durations import format_duration
 from app.policy.model import BREAK_GLASS_PATH
 from app.policy.people import Person
+from app.requests.messages import (
+    CardContext,
+    approver_card,
+    home_view,
+    requester_receipt,
+)
 from app.reviews import flows as review_flows
 from app.reviews.service import ALERT_MESSAGE, ReviewService
 from app.standing import flows as standing_flows
 from app.stepup import flows as stepup_flows
 from app.store.models import RequestState
 from app.telling import Teller, Telling
-from app.wording import listed, plural
+from app.wording import clock_time, listed, plural
 
 log = logging.getLogger(__name__)
 CARD = "approver_card"

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from zoneinfo import ZoneInfo
 
-from app.messages.blocks import clock_time, inert
+from app.blockkit import inert
 from app.oncall.cache import SourceChange
+from app.wording import clock_time
 
 
 def source_words(change: SourceChange, zone: ZoneInfo) -> str:

@@ -27,31 +27,29 @@ from slack_sdk import WebClient
 from slack_sdk.models.blocks import Block
 
 from app.clock import Clock
+from app.grants.messages import outcome_line
 from app.lifecycle.errors import AlreadyDecided, InvalidRequest
 from app.lifecycle.snapshots import RequestView
-from app.messages.blocks import (
+from app.policy import DurationError, Person, Policy, format_duration, parse_duration
+from app.policy.rules import requestable
+from app.requests.messages import (
+    ACCESS_ACTION,
+    ACCESS_BLOCK,
     APPROVE_ACTION,
     CANCEL_ACTION,
     DENY_ACTION,
-    contract_line,
-    outcome_line,
-    requester_receipt,
-)
-from app.messages.views import (
-    ACCESS_ACTION,
-    ACCESS_BLOCK,
     DENY_BLOCK,
     DENY_INPUT,
     DENY_VIEW,
     DURATION_BLOCK,
     REQUEST_VIEW,
+    contract_line,
     deny_modal,
     modal_values,
     no_access_modal,
     request_modal,
+    requester_receipt,
 )
-from app.policy import DurationError, Person, Policy, format_duration, parse_duration
-from app.policy.rules import requestable
 from app.slack.commands import Slash
 from app.slack.deps import APPLIED, NOTIFIED, OPENED, Progress, Shell
 from app.slack.events import SeenEvents

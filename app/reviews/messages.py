@@ -19,24 +19,13 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
+from app.blockkit import SLACK_SHOWS, Names, escape, inert, mention, quoted, why_modal, words
 from app.lifecycle.snapshots import RequestView
-from app.messages.blocks import (
-    SLACK_SHOWS,
-    Names,
-    clock_time,
-    day_time,
-    escape,
-    inert,
-    mention,
-    quoted,
-    words,
-)
-from app.messages.views import why_modal
 from app.policy.durations import format_duration
 from app.policy.model import BREAK_GLASS_PATH
 from app.reviews.service import BreakGlassSummary
 from app.store.models import RequestState, ReviewState
-from app.wording import listed, plural
+from app.wording import clock_time, day_time, listed, plural
 
 # The card's buttons, and the dialog they open (its callback, and the note's field).
 REVIEW_JUSTIFIED = "review_justified"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from app.messages.blocks import escape
+from app.blockkit import escape
 from app.standing.service import StandingHolder, StandingReport
 from app.wording import plural
 

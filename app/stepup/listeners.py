@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from slack_bolt import BoltContext
 
-from app.messages.blocks import clock_time
 from app.slack.gate import asker
 from app.stepup.service import StepUpService
+from app.wording import clock_time
 
 
 class SignInOffers:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from app.blockkit import SLACK_SHOWS, Names, escape
 from app.lifecycle.snapshots import RequestView
-from app.messages.blocks import SLACK_SHOWS, Names, escape
 
 _WHY = {
     "wrong_person": "the identity provider signed in {signed_in_as}, not the approver",

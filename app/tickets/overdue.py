@@ -17,10 +17,10 @@ from typing import Protocol, runtime_checkable
 from sqlalchemy import func, select
 
 from app.access import AccessService
-from app.messages.blocks import clock_time, escape
+from app.blockkit import escape
 from app.outbox_records import POST, OutCall, last_alert
 from app.store.models import TicketNote
-from app.wording import plural
+from app.wording import clock_time, plural
 
 log = logging.getLogger(__name__)
 LANE = "security"

@@ -17,11 +17,11 @@ import yaml
 
 from app.access import AccessService
 from app.breakglass import jobs as breakglass_jobs
+from app.breakglass.messages import CONFIRM_ACTION, waited_words
 from app.clock import ManualClock
 from app.demo.slack_fake import SlackUser
 from app.directory import SlackDirectory
 from app.lifecycle.errors import NotAllowed, SelfApproval
-from app.messages.breakglass import CONFIRM_ACTION, waited_words
 from app.notify.notifier import Notifier
 from app.policy import Policy, load_policy
 from app.policy.loader import PolicyError

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import select
 
 from app.access import AccessService
+from app.breakglass.messages import CONFIRM_ACTION
 from app.clock import ManualClock
 from app.digest import jobs as digest_jobs
-from app.messages.breakglass import CONFIRM_ACTION
 from app.policy import Policy
 from app.reviews import jobs as review_jobs
 from app.reviews.service import ReviewStep

@@ -14,9 +14,8 @@ import pytest
 
 from app.access import AccessService
 from app.clock import ManualClock
-from app.messages.blocks import DENY_ACTION
-from app.messages.views import DENY_BLOCK, DENY_INPUT, DENY_VIEW
 from app.policy import Policy
+from app.requests.messages import DENY_ACTION, DENY_BLOCK, DENY_INPUT, DENY_VIEW
 from app.reviews import jobs as review_jobs
 from app.reviews.service import ReviewService
 from app.store.models import RequestState as S

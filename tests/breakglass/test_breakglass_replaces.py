@@ -16,12 +16,13 @@ from app.clock import ManualClock
 from app.directory import SlackDirectory
 from app.grants import jobs as grant_jobs
 from app.lifecycle.errors import InvalidRequest, ServiceError
-from app.messages.blocks import APPROVE_ACTION, clock_time
 from app.notify.notifier import Notifier
+from app.requests.messages import APPROVE_ACTION
 from app.reviews import jobs as review_jobs
 from app.scheduler import job_deps
 from app.slack.app import web_client
 from app.store.models import RequestState as S
+from app.wording import clock_time
 from tests.conftest import AMIRA, BEN, audit_actions
 from tests.fakes.memory_adapter import MemoryTarget
 from tests.lifecycle.test_concurrency import all_at_once

@@ -18,9 +18,9 @@ from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_driver import SlackDriver
 from app.demo.slack_fake import FakeSlack, new_trigger_id
-from app.messages.blocks import APPROVE_ACTION
 from app.policy import Policy
 from app.policy.rules import approvers_at
+from app.requests.messages import APPROVE_ACTION
 from app.store import Database, upgrade
 from app.store.models import RequestState
 from tests.conftest import AMIRA, BEN, HERE, NIGHT_SHIFT

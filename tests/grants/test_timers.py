@@ -14,7 +14,7 @@ from app.access import AccessService
 from app.clock import ManualClock
 from app.directory import SlackDirectory
 from app.grants import jobs as grant_jobs
-from app.messages.views import HOME_EXTEND
+from app.grants.messages import HOME_EXTEND
 from app.notify.notifier import Notifier
 from app.scheduler import job_deps
 from app.slack.app import web_client

@@ -28,11 +28,11 @@ from app.demo.slack_fake import Call, SlackChannel
 from app.directory import SlackDirectory
 from app.groups import DirectoryGroups
 from app.groups.jobs import directory_groups
-from app.messages.blocks import APPROVE_ACTION
 from app.notify.notifier import Notifier
 from app.oncall import OnCall
 from app.policy import Policy
 from app.policy_targets import parse_policy
+from app.requests.messages import APPROVE_ACTION
 from app.scheduler import JobDeps, job_deps
 from app.slack.app import web_client
 from app.store.models import AuditEvent

@@ -401,8 +401,7 @@ class TestNotesWithControlCharacters:
     ) -> None:
         """The issue's case end to end: a NUL typed into a command and into the deny dialog,
         through signed requests to the running app, on SQLite and PostgreSQL alike."""
-        from app.messages.blocks import DENY_ACTION
-        from app.messages.views import DENY_BLOCK, DENY_INPUT, DENY_VIEW
+        from app.requests.messages import DENY_ACTION, DENY_BLOCK, DENY_INPUT, DENY_VIEW
         from tests.slack.test_slack_app import ask
         from tests.slack_harness import run_app
 

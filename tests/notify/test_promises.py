@@ -15,10 +15,10 @@ from app.clock import ManualClock
 from app.directory import SlackDirectory
 from app.identities import jobs as identity_jobs
 from app.identities.messages import ATTEST_RETIRE
-from app.messages.blocks import APPROVE_ACTION
 from app.notify.notifier import Notifier
 from app.policy import Policy, load_policy
 from app.requests import jobs as request_jobs
+from app.requests.messages import APPROVE_ACTION
 from app.reviews.service import ReviewService
 from app.scheduler import job_deps
 from app.slack.app import web_client

@@ -17,15 +17,16 @@ import pytest
 import yaml
 
 from app.access import AccessService
+from app.blockkit import inert
 from app.clock import ManualClock
 from app.demo.slack_fake import Call, SlackChannel, SlackUser
 from app.directory import SlackDirectory
-from app.messages.blocks import APPROVE_ACTION, inert
 from app.notify.notifier import Notifier
 from app.oncall import OnCall
 from app.policy import Policy, parse_policy
 from app.policy.rules import approvers_at
 from app.requests import jobs as request_jobs
+from app.requests.messages import APPROVE_ACTION
 from app.scheduler import JobDeps, job_deps
 from app.slack.app import web_client
 from app.store.models import RequestState as S

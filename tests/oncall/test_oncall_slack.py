@@ -25,13 +25,13 @@ from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_fake import Call, SlackChannel
 from app.directory import SlackDirectory
-from app.messages.blocks import APPROVE_ACTION
 from app.notify.notifier import Notifier
 from app.oncall import OnCall
 from app.oncall.flows import read_sources
 from app.oncall.jobs import oncall_sources
 from app.policy import Policy, parse_policy
 from app.policy.rules import approvers_at
+from app.requests.messages import APPROVE_ACTION
 from app.scheduler import JobDeps, job_deps
 from app.slack.app import web_client
 from app.store.models import RequestState as S

@@ -15,9 +15,10 @@ from app import audit
 from app.access import AccessService
 from app.clock import ManualClock
 from app.lifecycle.errors import AlreadyDecided
-from app.messages import views as v
-from app.messages.blocks import APPROVE_ACTION, CANCEL_ACTION, clock_time
+from app.requests import messages as v
+from app.requests.messages import APPROVE_ACTION, CANCEL_ACTION
 from app.store.models import RequestState as S
+from app.wording import clock_time
 from tests.conftest import AMIRA, BEN, audit_actions
 from tests.lifecycle.test_concurrency import all_at_once
 from tests.lifecycle.test_limits_hold import last_event

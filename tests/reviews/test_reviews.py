@@ -12,9 +12,8 @@ from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_fake import SlackChannel
 from app.directory import SlackDirectory
-from app.messages.blocks import DENY_ACTION
-from app.messages.views import DENY_BLOCK, DENY_INPUT, DENY_VIEW
 from app.notify.notifier import Notifier
+from app.requests.messages import DENY_ACTION, DENY_BLOCK, DENY_INPUT, DENY_VIEW
 from app.reviews import jobs as review_jobs
 from app.reviews.messages import (
     NOTE_BLOCK,

@@ -37,10 +37,10 @@ from app.demo.slack_driver import SlackDriver
 from app.demo.slack_fake import FakeSlack, SlackUser
 from app.demo.webhook_target import WebhookTarget
 from app.directory import SlackDirectory
-from app.messages import views as v
-from app.messages.blocks import APPROVE_ACTION
 from app.notify.notifier import Notifier
 from app.policy import load_policy
+from app.requests import messages as v
+from app.requests.messages import APPROVE_ACTION
 from app.slack.app import web_client
 from app.slack.intake import Intake, NotRecorded
 from app.store import Database

@@ -13,9 +13,8 @@ from slack_sdk.errors import SlackApiError
 from app.access import AccessService
 from app.clock import ManualClock
 from app.directory import SlackDirectory
-from app.messages.blocks import APPROVE_ACTION, DENY_ACTION
-from app.messages.views import DENY_BLOCK, DENY_INPUT, DENY_VIEW
 from app.notify.notifier import Notifier
+from app.requests.messages import APPROVE_ACTION, DENY_ACTION, DENY_BLOCK, DENY_INPUT, DENY_VIEW
 from app.slack.app import web_client
 from app.store.models import RequestState as S
 from tests.fakes.memory_adapter import MemoryTarget
@@ -231,7 +230,7 @@ class TestRequestForm(SlackOnSqlite):
         ticket: str = "",
         user: str = "U0AMIRA",
     ) -> dict[str, Any]:
-        from app.messages import views as v
+        from app.requests import messages as v
 
         values = {
             v.ACCESS_BLOCK: {v.ACCESS_ACTION: {"selected_option": {"value": access}}},
@@ -497,7 +496,7 @@ class TestMalformedAndHostileText(SlackOnSqlite):
         assert "<@U0AMIRA>" in alert
         assert "“\u2217CLEARED BY SECURITY\u2217 see https:\u2215\u2215x\u2024example”" in alert
 
-        from app.messages import views as v
+        from app.requests import messages as v
 
         values = {
             v.ACCESS_BLOCK: {v.ACCESS_ACTION: {"selected_option": {"value": "pharmacy-db:read"}}},

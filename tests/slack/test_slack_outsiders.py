@@ -20,8 +20,7 @@ from app.access import AccessService
 from app.demo.slack_driver import SlackDriver
 from app.demo.slack_fake import SlackUser, new_trigger_id
 from app.directory import OUTSIDER, Workspace
-from app.messages.blocks import APPROVE_ACTION
-from app.messages.views import DENY_BLOCK, DENY_INPUT, DENY_VIEW
+from app.requests.messages import APPROVE_ACTION, DENY_BLOCK, DENY_INPUT, DENY_VIEW
 from app.reviews.messages import REVIEW_JUSTIFIED
 from app.store.models import RequestState as S
 from tests.slack_harness import RunningApp, SlackOnSqlite, run_app

@@ -31,9 +31,9 @@ from app.demo.slack_fake import FakeSlack
 from app.directory import SlackDirectory
 from app.lifecycle.errors import StepUpNeeded
 from app.listeners import slack_app
-from app.messages.blocks import APPROVE_ACTION
 from app.notify.notifier import Notifier
 from app.policy import Policy, PolicyError, parse_policy
+from app.requests.messages import APPROVE_ACTION
 from app.runtime import StartupError, check_step_up
 from app.slack.app import web_client
 from app.stepup.pages import StepUpPages

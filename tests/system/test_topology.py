@@ -33,8 +33,8 @@ from app.clock import ManualClock
 from app.demo.slack_driver import SlackDriver
 from app.demo.slack_fake import FakeSlack, SlackUser
 from app.demo.webhook_target import WebhookTarget
-from app.messages.blocks import APPROVE_ACTION
 from app.policy import load_policy
+from app.requests.messages import APPROVE_ACTION
 from app.store import AuditEvent, Database
 from app.store.models import AccessRequest, RequestState
 from tests.cli.test_cli_serve import free_port

@@ -26,13 +26,13 @@ from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_fake import Call, SlackChannel
 from app.directory import SlackDirectory
-from app.messages import views as v
-from app.messages.blocks import APPROVE_ACTION
 from app.metrics import metrics_text
 from app.notify.notifier import Notifier
 from app.policy import Policy, parse_policy
 from app.policy.model import PathTicket
 from app.policy.tickets import TicketFacts, refusal
+from app.requests import messages as v
+from app.requests.messages import APPROVE_ACTION
 from app.scheduler import JobDeps, job_deps
 from app.slack.app import web_client
 from app.store import AuditEvent, Database

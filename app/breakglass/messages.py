@@ -17,10 +17,11 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
+from app.blockkit import Names, inert, quoted, words
 from app.lifecycle.snapshots import BreakGlassStart, RequestView
-from app.messages.blocks import Names, clock_time, inert, quoted, words
 from app.policy.durations import format_duration
 from app.store.models import RequestState
+from app.wording import clock_time
 
 CONFIRM_ACTION = "breakglass_confirm"
 # The purposes under which the confirm cards and the security channel's wait line are

@@ -1,12 +1,16 @@
-"""Block Kit for WardKey's messages, built with slack_sdk.models so Slack's limits are checked
-before anything is sent."""
+"""What a request says in Slack, as Block Kit built with slack_sdk.models: the approver card
+with Approve and Deny, the requester's receipt with Cancel (both saying where the request
+stands in app/grants/messages.py's `outcome_line`), a vendor's contract line, the /jit request
+form, the deny dialog, and the App Home (the person's requests: their access, drawn with the
+grants' Extend and Revoke now, what they wait for and what waits for them). Messages never
+change state: they draw what the service returns."""
 
 from __future__ import annotations
 
-import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from slack_sdk.models.blocks import (
@@ -15,116 +19,33 @@ from slack_sdk.models.blocks import (
     ButtonElement,
     ConfirmObject,
     ContextBlock,
+    DividerBlock,
     HeaderBlock,
+    InputBlock,
     MarkdownTextObject,
+    Option,
+    PlainTextInputElement,
     PlainTextObject,
     SectionBlock,
+    StaticSelectElement,
 )
+from slack_sdk.models.views import View
 
+from app.blockkit import SLACK_SHOWS, Names, escape, inert, mention, quoted, why_modal, words
+from app.grants.messages import holder_buttons, outcome_line
 from app.lifecycle.snapshots import UNREACHABLE, RequestView
 from app.policy import rules
 from app.policy.durations import format_duration
 from app.policy.model import Policy
 from app.policy.people import Person
+from app.policy.rules import RequestPlan
 from app.store.models import RequestState
-from app.wording import listed, plural
-
-if TYPE_CHECKING:
-    from app.directory import SlackDirectory
+from app.wording import clock_time, listed, plural
 
 APPROVE_ACTION = "request_approve"
 DENY_ACTION = "request_deny"
 CANCEL_ACTION = "request_cancel"
 _RISK_ICON = {"low": "🟢", "medium": "🟡", "high": "🟠", "critical": "🔴"}
-
-
-def escape(text: str) -> str:
-    """Text shown as mrkdwn: never a mention, link or channel ping (`<!channel>`). For names
-    WardKey or the policy chose; words people typed go through `inert`."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-# Characters that change how text looks without being seen: controls, zero-width and direction
-# marks (a right-to-left override can make a reason read backwards on the card).
-_HIDDEN = re.compile("[\x00-\x09\x0b-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
-# mrkdwn's formatting characters, as look-alikes Slack does not format: Slack has no escape.
-_LOOK_ALIKES = str.maketrans({"*": "\u2217", "_": "\u02cd", "~": "\u223c", "`": "\u02cb"})
-# What Slack turns into a link by itself: `scheme://` and dotted names (example.com, e-mails).
-_SCHEME = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*):/+")
-_DOT_IN_NAME = re.compile(r"(?i)(?<=[a-z0-9-])\.(?=[a-z][a-z0-9-])")
-_MENTION = re.compile(r"^[UW][A-Z0-9]{2,20}$")
-
-
-def inert(text: str) -> str:
-    """Words a person typed (a reason, a note, a ticket, a profile name), shown in mrkdwn exactly
-    as words: no bold or code that could pass for WardKey's own, no mention, ping or link (a
-    dotted name is shown with a one-dot leader, so nothing is clickable)."""
-    text = _HIDDEN.sub("", text.replace("\r\n", "\n"))
-    text = escape(text).translate(_LOOK_ALIKES)
-    text = _SCHEME.sub(lambda m: f"{m[1]}:\u2215\u2215", text)
-    return _DOT_IN_NAME.sub("\u2024", text)
-
-
-def quoted(text: str, limit: int = 2900) -> str:
-    """A requester's words as a quote block: plainly theirs, never WardKey's."""
-    lines = inert(text).split("\n")
-    return "\n".join(f"> {line}" for line in lines)[:limit]
-
-
-def mention(slack_user_id: str | None, fallback: str) -> str:
-    """`<@U…>` built by WardKey from an ID Slack verified, which Slack shows as the account's
-    current name; `fallback`, made inert, when there is none."""
-    if slack_user_id and _MENTION.match(slack_user_id):
-        return f"<@{slack_user_id}>"
-    return inert(fallback)
-
-
-_CHANNEL = re.compile(r"^[CG][A-Z0-9]{2,20}$")
-
-
-class Names:
-    """How people and channels are shown. This one needs no look-up: a person's verified Slack
-    account as a mention (Slack shows its current name), a channel as a channel link, and
-    someone with no Slack account by the policy's name for them, made inert."""
-
-    def person(self, key: str, slack_user_id: str | None = None) -> str:
-        return mention(slack_user_id, key)
-
-    def channel(self, channel_id: str) -> str:
-        """A channel, or a person a message was addressed to (a user ID)."""
-        if _MENTION.match(channel_id):
-            return self.person(channel_id, channel_id)
-        if _CHANNEL.match(channel_id):
-            return f"<#{channel_id}>"
-        return escape(channel_id)
-
-
-SLACK_SHOWS = Names()
-
-
-class DirectoryNames(Names):
-    """People by their name in Slack ("Ben Hughes", not ben@…) and channels by name
-    ("#security-alerts", not C0…), looked up in the Slack directory (which caches them). Slack
-    failing (5xx, 429) is raised, so the message is rendered again once it answers."""
-
-    def __init__(self, directory: SlackDirectory) -> None:
-        self.directory = directory
-
-    def person(self, key: str, slack_user_id: str | None = None) -> str:
-        ident = slack_user_id if slack_user_id and _MENTION.match(slack_user_id) else None
-        name = self.directory.name_of(key, ident) if key or ident else None
-        return inert(name) if name else super().person(key, slack_user_id)
-
-    def channel(self, channel_id: str) -> str:
-        if _MENTION.match(channel_id):
-            return self.person("", channel_id)
-        name = self.directory.channel_name(channel_id) if _CHANNEL.match(channel_id) else None
-        return f"#{inert(name)}" if name else super().channel(channel_id)
-
-
-def words(text: str) -> MarkdownTextObject:
-    """A mrkdwn text object with people's words in it: Slack adds no links of its own."""
-    return MarkdownTextObject(text=text, verbatim=True)
 
 
 def ticket_field(view: RequestView, zone: ZoneInfo) -> str:
@@ -147,10 +68,6 @@ def ticket_field(view: RequestView, zone: ZoneInfo) -> str:
     state += f" (checked {clock_time(check.checked_at, zone)})"
     title = f"\n{inert(check.title)}" if check.title else ""
     return f"*Ticket*\n{name}{state}{title}"
-
-
-def clock_time(instant: datetime | None, zone: ZoneInfo) -> str:
-    return "—" if instant is None else instant.astimezone(zone).strftime("%H:%M")
 
 
 @dataclass(frozen=True)
@@ -299,74 +216,6 @@ def requester_receipt(
     return text, blocks
 
 
-def outcome_line(view: RequestView, zone: ZoneInfo, names: Names = SLACK_SHOWS) -> str:
-    """One line saying where the request stands, for cards and DMs; people by name."""
-    approvals = view.approvals
-    by = listed([names.person(d.approver, d.approver_slack_id) for d in approvals])
-    decided = clock_time(view.decided_at, zone)
-    match view.state:
-        case RequestState.PENDING:
-            needed = plural(view.approvals_needed, "approval")
-            if approvals:
-                waiting = f"⏳ Waiting: {len(approvals)} of {needed} ({by})"
-            else:
-                waiting = f"⏳ Waiting for {'approval' if view.approvals_needed == 1 else needed}"
-            sponsor = ""
-            if view.sponsor is not None and view.extension is None:
-                said = "approved" if view.sponsor_approved else "still to approve"
-                sponsor = f" · vendor sponsor {names.person(view.sponsor)} {said}"
-            escalated = ""
-            if view.escalation_level >= UNREACHABLE:
-                escalated = " · no approver could be reached, so it was escalated at once"
-            elif view.escalation_level >= 2:
-                escalated = " · escalated: the approval is overdue"
-            return waiting + sponsor + escalated
-        case RequestState.APPROVED | RequestState.GRANTING:
-            return f"✅ Approved by {by} at {decided}; access is being set up"
-        case RequestState.ACTIVE:
-            until = clock_time(view.expires_at, zone)
-            if approvals:
-                return f"✅ Approved by {by} at {decided}; access active until {until}"
-            return f"✅ Access active until {until}"
-        case RequestState.DENIED:
-            denier = next((d for d in view.decisions if d.outcome == "deny"), None)
-            who = names.person(denier.approver, denier.approver_slack_id) if denier else None
-            why = inert(view.end_reason or "")
-            return f"❌ Denied by {who or 'an approver'} at {decided}: {why}"
-        case RequestState.CANCELLED:
-            # WardKey, a retirement or a contract's end cancelled it: say why, as recorded.
-            if view.end_reason and view.ended_by == "wardkey":
-                return f"↩️ Cancelled by WardKey: {inert(view.end_reason)}"
-            why = f": {inert(view.end_reason)}" if view.end_reason else ""
-            if view.cancelled_by_requester:  # withdrawn, or replaced by their break-glass
-                who = names.person(view.requester, view.requester_slack_id)
-                return f"↩️ Cancelled by {who} at {clock_time(view.ended_at, zone)}{why}"
-            if view.end_reason:
-                return f"↩️ Cancelled{why}"
-            return "↩️ Cancelled by the requester"
-        case RequestState.TIMED_OUT:
-            return (
-                "⌛ Timed out: nobody decided in time. If you still need it, ask again with "
-                "/jit request, or phone the on-call lead"
-            )
-        case RequestState.GRANT_FAILED:
-            at = f" by {by} at {decided}" if by else ""
-            return f"⚠️ Approved{at}, but the target could not grant it; WardKey admins are told"
-        case RequestState.REVOKING | RequestState.ENDED:
-            why = inert(view.end_reason or "expired")
-            return f"🔒 Ended at {clock_time(view.ended_at, zone)} ({why})"
-        case RequestState.REVOKE_FAILED:
-            return (
-                "⚠️ Ending failed on the target; WardKey keeps trying and alerts the security "
-                "channel (the WardKey admins if that channel cannot be reached)"
-            )
-    return view.state.value
-
-
-def day_time(instant: datetime | None, zone: ZoneInfo) -> str:
-    return "—" if instant is None else instant.astimezone(zone).strftime("%a %d %b %H:%M")
-
-
 def contract_line(policy: Policy, person: Person, now: datetime) -> str | None:
     """For a vendor: when their contract ends and how long is left (every grant ends by then)."""
     vendor = rules.vendor_of(policy, person)
@@ -381,3 +230,176 @@ def contract_line(policy: Policy, person: Person, now: datetime) -> str | None:
         f"Your {escape(vendor.company)} contract ends on {vendor.contract_end:%d %b %Y}: "
         f"{remaining} left. No access can last beyond it."
     )
+
+
+REQUEST_VIEW = "jit_request"
+ACCESS_BLOCK, ACCESS_ACTION = "access", "access_choice"
+DURATION_BLOCK, DURATION_ACTION = "duration", "duration_choice"
+REASON_BLOCK, REASON_ACTION = "reason", "reason_text"
+TICKET_BLOCK, TICKET_ACTION = "ticket", "ticket_text"
+_DURATIONS = [timedelta(minutes=m) for m in (15, 30, 60, 120, 240, 480, 720, 1440)]
+
+
+def duration_choices(cap: timedelta) -> list[timedelta]:
+    choices = [d for d in _DURATIONS if d <= cap]
+    if not choices or choices[-1] != cap:
+        choices.append(cap)
+    return choices
+
+
+def request_modal(plans: Sequence[RequestPlan], chosen: str | None = None) -> dict[str, Any]:
+    """The /jit form: only what this person may ask for, with each path and cap shown."""
+    by_value = {f"{p.target}:{p.role}": p for p in plans}
+    plan = by_value.get(chosen or "") or (plans[0] if len(plans) == 1 else None)
+    options = [
+        Option(value=value, text=f"{value} · {p.path}, up to {format_duration(p.cap)}"[:75])
+        for value, p in by_value.items()
+    ]
+    initial = next((o for o in options if plan and o.value == f"{plan.target}:{plan.role}"), None)
+    cap = plan.cap if plan else max(p.cap for p in plans)
+    durations = [
+        Option(value=format_duration(d), text=format_duration(d)) for d in duration_choices(cap)
+    ]
+    ticket_needed = bool(plan and plan.ticket_required)
+    blocks: list[Block] = [
+        InputBlock(
+            block_id=ACCESS_BLOCK,
+            label="Access",
+            dispatch_action=True,  # choosing a role narrows the durations to its cap
+            element=StaticSelectElement(
+                action_id=ACCESS_ACTION,
+                options=options[:100],
+                initial_option=initial,
+                placeholder="target:role",
+            ),
+        ),
+        InputBlock(
+            block_id=DURATION_BLOCK,
+            label="For how long",
+            element=StaticSelectElement(
+                action_id=DURATION_ACTION, options=durations, placeholder="duration"
+            ),
+        ),
+        InputBlock(
+            block_id=REASON_BLOCK,
+            label="Why (the task, in a few words)",
+            element=PlainTextInputElement(action_id=REASON_ACTION, multiline=True, max_length=2000),
+        ),
+        InputBlock(
+            block_id=TICKET_BLOCK,
+            label="Ticket" + (" (required for this path)" if ticket_needed else ""),
+            optional=not ticket_needed,
+            element=PlainTextInputElement(
+                action_id=TICKET_ACTION, max_length=40, placeholder="INC0012345"
+            ),
+        ),
+    ]
+    view = View(
+        type="modal",
+        callback_id=REQUEST_VIEW,
+        title="Request access",
+        submit="Request",
+        close="Cancel",
+        blocks=blocks,
+    )
+    return view.to_dict()
+
+
+def no_access_modal() -> dict[str, Any]:
+    return View(
+        type="modal",
+        title="Request access",
+        close="Close",
+        blocks=[
+            SectionBlock(
+                text="You are not eligible for any access yet. Ask your manager "
+                "to add you to the right group in the WardKey policy."
+            )
+        ],
+    ).to_dict()
+
+
+DENY_VIEW, DENY_BLOCK, DENY_INPUT = "deny_reason", "reason", "reason_text"
+
+
+def deny_modal(request_id: int, channel: str | None) -> dict[str, Any]:
+    """Deny asks why; the requester sees it."""
+    return why_modal(
+        DENY_VIEW,
+        {"id": request_id, "channel": channel},
+        title="Deny request",
+        submit="Deny",
+        question="Why? The requester will see this.",
+        block_id=DENY_BLOCK,
+        action_id=DENY_INPUT,
+    )
+
+
+def modal_values(state: dict[str, Any]) -> dict[str, str]:
+    """Pick the submitted values out of a view's state."""
+    values = state.get("values", {})
+
+    def pick(block: str, action: str) -> str:
+        field = values.get(block, {}).get(action, {})
+        if field.get("selected_option"):
+            return str(field["selected_option"]["value"])
+        return str(field.get("value") or "")
+
+    return {
+        "access": pick(ACCESS_BLOCK, ACCESS_ACTION),
+        "duration": pick(DURATION_BLOCK, DURATION_ACTION),
+        "reason": pick(REASON_BLOCK, REASON_ACTION),
+        "ticket": pick(TICKET_BLOCK, TICKET_ACTION),
+    }
+
+
+def home_view(
+    active: Sequence[RequestView],
+    pending: Sequence[RequestView],
+    to_decide: Sequence[RequestView],
+    now: datetime,
+    zone: ZoneInfo,
+    high_risk_paths: frozenset[str] = frozenset(),
+    names: Names = SLACK_SHOWS,
+) -> dict[str, Any]:
+    blocks: list[Block] = [HeaderBlock(text="Your access")]
+    if not active:
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(text="No active access.")]))
+    for v in active:
+        left = max(timedelta(0), (v.expires_at or now) - now)
+        blocks.append(
+            SectionBlock(
+                text=MarkdownTextObject(
+                    text=f"*#{v.id}* `{v.target}:{v.role}` · {format_duration(left)} left "
+                    f"(until {clock_time(v.expires_at, zone)})"
+                )
+            )
+        )
+        blocks.append(holder_buttons(v, block_id=f"home:{v.id}"))
+    blocks += [DividerBlock(), HeaderBlock(text="Your pending requests")]
+    if not pending:
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(text="Nothing waiting.")]))
+    for v in pending:
+        line = f"*#{v.id}* `{v.target}:{v.role}` · {outcome_line(v, zone, names)}"
+        blocks.append(SectionBlock(text=words(line)))
+        if (
+            v.state == RequestState.PENDING and v.extension is None
+        ):  # still waiting: it can be withdrawn
+            blocks.append(ActionsBlock(block_id=f"home_cancel:{v.id}", elements=[cancel_button(v)]))
+    blocks += [DividerBlock(), HeaderBlock(text="Waiting for your approval")]
+    if not to_decide:
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(text="Nothing to decide.")]))
+    for v in to_decide[:10]:
+        what = "extension of " if v.extension else ""
+        who = names.person(v.requester, v.requester_slack_id)
+        blocks.append(
+            SectionBlock(
+                text=words(
+                    f"*#{v.id}* {what}`{v.target}:{v.role}` for {who} "
+                    f"({format_duration(v.extension or v.requested)}, {v.path}): "
+                    f"“{inert(v.reason)[:300]}”"
+                )
+            )
+        )
+        blocks.append(decision_buttons(v, high_risk=v.path in high_risk_paths))
+    return View(type="home", blocks=blocks[:100]).to_dict()
