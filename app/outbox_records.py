@@ -1,6 +1,7 @@
 """What the outbox holds, as the code that fills it sees it: a notice of what happened, a Slack
 call to make (a post, a card update, a home redraw), the row that records a call in the
-transaction of the change that causes it, and the last once-per-outage alert told.
+transaction of the change that causes it, the last once-per-outage alert told, and `Defer`,
+which a telling raises for a notice it cannot render yet.
 
 The outbox that delivers them (app/notify/outbox.py) and the features that record them both
 import this module, so a feature never reaches up to the notifier for its record types.
@@ -129,3 +130,8 @@ def last_alert(db: Database, subject: str) -> tuple[str | None, int]:
             select(OutboxItem.key).where(ours).order_by(OutboxItem.id.desc()).limit(1)
         )
     return (None if key is None else key[len(subject) + 1 :].split(":")[0]), count
+
+
+class Defer(Exception):
+    """Raised by whoever tells of a notice that cannot be rendered yet (its request is
+    mid-grant): the outbox tries it again shortly."""

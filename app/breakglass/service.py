@@ -38,6 +38,9 @@ from app.store.models import AccessRequest, AuditEvent, RequestState, Review, Re
 HELD = "breakglass.held"
 STARTED = "breakglass.started"
 WAITING = "breakglass.waiting"
+# The purpose under which the break-glass alert's recipients are remembered (the review card
+# lists them: app/reviews).
+ALERT_MESSAGE = "break_glass_alert"
 WEEK = timedelta(days=7)
 # States in which a break-glass use has begun (granted, being granted, or since ended).
 _BEGUN = (

@@ -1,7 +1,9 @@
-"""Service accounts, then tell people: when an attestation round's or an orphan look's notice is
-delivered (app/telling.py), who hears of it and with which message; the owner's card redrawn
-once they answer; and why an owner is no longer a current person in Slack, which the orphan
-look asks (service.py `flag_orphans`)."""
+"""Service accounts and vendors, then tell people: when an attestation round's or an orphan
+look's notice is delivered (app/telling.py), who hears of it and with which message; the
+owner's card redrawn once they answer; why an owner is no longer a current person in Slack,
+which the orphan look asks (service.py `flag_orphans`); and a vendor's sponsor told of each
+use of the access they sponsor (`tell_sponsor`, with a request's outcome and a break-glass
+use)."""
 
 from __future__ import annotations
 
@@ -11,17 +13,25 @@ from typing import Protocol
 from slack_sdk.errors import SlackApiError
 
 from app.access import AccessService
+from app.blockkit import inert
 from app.directory import SlackDirectory
+from app.grants.messages import outcome_line
 from app.identities import messages
 from app.identities.service import AttestationStep, IdentityService, orphans_of_notices
+from app.lifecycle.snapshots import RequestView
 from app.outbox_records import Notice
+from app.policy import rules
+from app.policy.model import Policy
+from app.policy.people import Person
+from app.store.models import RequestState
 from app.telling import Teller, Telling
 
 log = logging.getLogger(__name__)
 
 
 class Needs(Protocol):
-    """What telling of service accounts is given (app/notify/notifier.py `NoticeDeps`)."""
+    """What telling of service accounts and vendors is given (app/notify/notifier.py
+    `NoticeDeps`)."""
 
     @property
     def teller(self) -> Teller: ...
@@ -33,7 +43,8 @@ class Needs(Protocol):
 
     @property
     def core(self) -> AccessService:
-        """The request core: its policy in force (the accounts, the security channel)."""
+        """The request core: its policy in force (the accounts, the security channel, the
+        vendors and their sponsors)."""
         ...
 
 
@@ -100,6 +111,40 @@ def owner_gone(directory: SlackDirectory, member: str) -> str | None:
     except SlackApiError as exc:
         return f"owner {member} is not found in Slack ({exc.response.get('error')})"
     return f"owner {member} is deactivated in Slack" if profile.deleted else None
+
+
+def tell_sponsor(view: RequestView, given: Needs) -> None:
+    """A vendor's sponsor hears of each use of the access they sponsor: when it starts and
+    when it ends (a request's outcome, app/notify/notifier.py; a break-glass use,
+    app/breakglass/flows.py)."""
+    sponsor = _vendor_sponsor(view, given.core.policy)
+    if sponsor is None or view.state not in (
+        RequestState.ACTIVE,
+        RequestState.ENDED,
+        RequestState.REVOKE_FAILED,
+    ):
+        return
+    teller = given.teller
+    for user_id in teller.slack_ids(view, [sponsor]):
+        teller.post(
+            f"sponsor request={view.id}",
+            user_id,
+            f"Vendor access you sponsor: "
+            f"{teller.names.person(view.requester, view.requester_slack_id)} on "
+            f"`{view.target}:{view.role}` (#{view.id}): "
+            f"{outcome_line(view, teller.zone, teller.names)}. "
+            f"Reason: {inert(view.reason)[:300]}",
+        )
+
+
+def _vendor_sponsor(view: RequestView, policy: Policy) -> str | None:
+    if view.sponsor is not None:
+        return view.sponsor
+    if view.requester_email is None and view.requester_slack_id is None:
+        return None
+    person = Person(slack_user_id=view.requester_slack_id, email=view.requester_email)
+    vendor = rules.vendor_of(policy, person)
+    return vendor.sponsor if vendor is not None else None  # break-glass has no approval
 
 
 NOTICES = (

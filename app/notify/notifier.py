@@ -1,5 +1,5 @@
 """Every notice to whoever tells of it, and the request core's own messages: approver cards,
-in-place card updates, the requester's DMs, break-glass alerts and App Homes.
+in-place card updates, the requester's DMs and App Homes.
 
 Nothing here calls Slack to send. A change leaves a notice in the outbox, written in its own
 transaction (by app/lifecycle/transitions.py for a request, by a feature's service for its own);
@@ -8,12 +8,15 @@ now (the same version or later), and the outbox (app/notify/outbox.py) sends eac
 order, through Slack errors and outages.
 
 - A feature's notice (the digest, standing access found, an attestation round or orphans, a
-  break-glass review, a lockdown, a refused step-up sign-in) is told by that feature's flows,
-  which declare who is told what (`NOTICES` in app/<feature>/flows.py, app/telling.py); they are
-  gathered here in FEATURE_NOTICES and given this notifier as their `Teller`, with the feature
-  services (`NoticeDeps`). Nothing here names what a feature says.
-- A request's notice is told here (the request and grant core's messages), and so is a held
-  break-glass use's wait line.
+  break-glass use started, held or waiting, a break-glass review, a lockdown, a refused step-up
+  sign-in) is told by that feature's flows, which declare who is told what (`NOTICES` in
+  app/<feature>/flows.py, app/telling.py); they are gathered here in FEATURE_NOTICES and given
+  this notifier as their `Teller`, with the feature services (`NoticeDeps`). Nothing here names
+  what a feature says.
+- A request's notice is told here (the request and grant core's messages); the features'
+  flows are asked for their part of it: a vendor's sponsor told of the outcome
+  (app/identities/flows.py), a held break-glass use's cards and line closed
+  (app/breakglass/flows.py).
 - The teller's mechanics: calls collected while a notice is told, posts and in-place updates,
   calls kept aside to go only if another is refused, calls recorded that no notice caused,
   messages drawn late from what became of the calls before them (`draw_late`), and App Homes
@@ -40,16 +43,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import Block
 
 from app.access import AccessService
-from app.blockkit import DirectoryNames, escape, inert, mention
-from app.breakglass.messages import (
-    CONFIRM_CARD,
-    WAIT_LINE,
-    confirm_card,
-    flag_lines,
-    wait_line,
-    waited_words,
-)
-from app.breakglass.service import HELD, WAITING
+from app.blockkit import DirectoryNames, escape, inert
+from app.breakglass import flows as breakglass_flows
 from app.digest import flows as digest_flows
 from app.digest.service import DigestService
 from app.directory import SlackDirectory, slack_unwell
@@ -58,16 +53,15 @@ from app.groups import path_groups
 from app.identities import flows as identity_flows
 from app.identities.service import IdentityService
 from app.lifecycle.errors import NotAllowed
-from app.lifecycle.snapshots import BreakGlassStart, RequestView
+from app.lifecycle.snapshots import RequestView
 from app.lockdown import flows as lockdown_flows
 from app.lockdown.service import Lockdowns
-from app.notify.outbox import Defer, Delivered, Outbox
+from app.notify.outbox import Delivered, Outbox
 from app.oncall import path_sources, unread_sources
 from app.outbox_records import HOME, POST, UPDATE, Notice, OutCall
 from app.policy import rules
 from app.policy.durations import format_duration
 from app.policy.model import BREAK_GLASS_PATH
-from app.policy.people import Person
 from app.requests.messages import (
     CardContext,
     approver_card,
@@ -75,7 +69,7 @@ from app.requests.messages import (
     requester_receipt,
 )
 from app.reviews import flows as review_flows
-from app.reviews.service import ALERT_MESSAGE, ReviewService
+from app.reviews.service import ReviewService
 from app.standing import flows as standing_flows
 from app.stepup import flows as stepup_flows
 from app.store.models import RequestState
@@ -130,12 +124,18 @@ class NoticeDeps:
     reviews: ReviewService
     lockdowns: Lockdowns
 
+    def tell_sponsor(self, view: RequestView) -> None:
+        """A vendor's sponsor told of a use (app/identities/flows.py), for break-glass's
+        telling of one."""
+        identity_flows.tell_sponsor(view, self)
+
 
 # Who is told what of every feature's notices (each feature's flows.py, NOTICES), by action. A
 # feature's telling runs with NoticeDeps, so mypy checks here that NoticeDeps gives each what it
 # needs.
 FEATURE_NOTICES: tuple[Telling[NoticeDeps], ...] = (
     *digest_flows.NOTICES,
+    *breakglass_flows.NOTICES,
     *standing_flows.NOTICES,
     *identity_flows.NOTICES,
     *review_flows.NOTICES,
@@ -284,8 +284,6 @@ class Notifier:
                 telling.tell(notice, self.notice_deps)
             elif notice.request_id is not None:
                 self._request_notice(notice)
-            elif notice.action == WAITING:
-                self._break_glass_waiting(int(notice.facts["request"]))
             else:
                 log.error("event=notice_unknown action=%s id=%s", notice.action, notice.id)
         return calls
@@ -294,8 +292,6 @@ class Notifier:
     # state (or of a takeover) tells nobody, and is settled without reading the request.
     _TOLD_ANYWAY = frozenset(
         {
-            "breakglass.started",
-            HELD,
             "request.created",
             "extension.requested",
             "approval.reminded",
@@ -315,13 +311,7 @@ class Notifier:
             return  # a revoke or grant under way: told where it lands (a wave of expiries
             # would otherwise read every request twice for nothing)
         view = self.service.get(notice.request_id)
-        if action == "breakglass.started":
-            if view.state == RequestState.GRANTING:
-                raise Defer  # its end time is known once the grant is done
-            self._break_glass_started(view)
-        elif action == HELD:
-            self._break_glass_held(view)
-        elif action in ("request.created", "extension.requested"):
+        if action in ("request.created", "extension.requested"):
             self._request_opened(view)
         elif action in ("approval.reminded", "approval.escalated"):
             self._approval_overdue(view, 2 if action == "approval.escalated" else 1)
@@ -340,7 +330,8 @@ class Notifier:
                 view.path == BREAK_GLASS_PATH
                 and notice.facts.get("from") == RequestState.PENDING.value
             ):
-                self._break_glass_unconfirmed(view)  # held, then timed out or cancelled
+                # held, then timed out or cancelled
+                breakglass_flows.held_closed(view, self.notice_deps)
             self._request_changed(view, notice)
 
     def draw_home(self, user_id: str) -> dict[str, Any] | None:
@@ -806,100 +797,6 @@ class Notifier:
                 "policy's admins group.",
             )
 
-    def _break_glass_started(self, view: RequestView) -> None:
-        """Security and the reviewers on duty hear at once. Each recipient Slack accepted is
-        remembered, and the review card lists those and only those as alerted."""
-        policy, zone = self.service.policy, self.zone
-        until = clock_time(view.expires_at, zone)
-        who = mention(view.requester_slack_id, view.requester)
-        access = f"`{view.target}:{view.role}`"
-        reason = f"Reason, in their words: “{inert(view.reason)[:1000]}”"
-        to_security = f"🔴 Break-glass #{view.id}: {who} took {access} until {until}. {reason}"
-        to_reviewer = (
-            f"🔴 Break-glass #{view.id}: {who} took {access} until {until}. Its review comes "
-            f"to {self.names.channel(policy.channels.manager_reviews)} when it ends. {reason}"
-        )
-        start = self.service.break_glass_start(view.id)
-        if start.confirmed_by is not None:
-            confirmed = (
-                f" Confirmed by {self.names.person(start.confirmed_by, start.confirmed_by)} "
-                f"after {waited_words(start.waited or timedelta(0))} (it needed a second "
-                f"person: {inert('; '.join(start.held_for))[:600]})."
-            )
-            to_security += confirmed
-            to_reviewer += confirmed
-        if start.flags:
-            flagged = f"\n*Flags*\n{flag_lines(start.flags)}"
-            to_security += flagged
-            to_reviewer += flagged
-        reviewers = self.slack_ids(view, rules.reviewers(policy, self.service.clock.now()))
-        for channel, text in [(policy.channels.security_alerts, to_security)] + [
-            (user_id, to_reviewer) for user_id in reviewers
-        ]:
-            # Remembered once Slack takes it; one refused for good is logged and not listed.
-            self.post(
-                f"break_glass_alert request={view.id}",
-                channel,
-                text,
-                remember=(view.id, ALERT_MESSAGE),
-                as_addressed=True,
-            )
-        self.tell_sponsor(view)
-        if start.confirmed_by is not None:
-            self._held_update(view, start)
-            if view.requester_slack_id:
-                self.post(
-                    f"breakglass_confirmed request={view.id}",
-                    view.requester_slack_id,
-                    f"Break-glass #{view.id}: "
-                    f"{self.names.person(start.confirmed_by, start.confirmed_by)} confirmed it. "
-                    f"{outcome_line(view, zone, self.names)}. This use will be reviewed.",
-                )
-
-    # ------------------------------------------------------------------ held break-glass
-    # A use over its limits, or by someone with an overdue review, waits for a second person
-    # (app/breakglass/service.py): a Confirm card to each confirmer, a line in the security
-    # channel showing the wait (updated by the sweep), both updated in place when it ends.
-
-    def _break_glass_held(self, view: RequestView) -> None:
-        start = self.service.break_glass_start(view.id)
-        text, blocks = confirm_card(view, start, self.zone, self.names)
-        about = f"breakglass_confirm request={view.id}"
-        for user_id in self.slack_ids(view, list(start.confirmers)):
-            self.post(about, user_id, text, blocks, remember=(view.id, CONFIRM_CARD))
-        waited = self.service.clock.now() - view.created_at
-        self.post(
-            f"breakglass_wait request={view.id}",
-            self.service.policy.channels.security_alerts,
-            wait_line(view, start, waited, self.zone, self.names),
-            remember=(view.id, WAIT_LINE),
-        )
-
-    def _break_glass_waiting(self, request_id: int) -> None:
-        """The security channel's line about a held use, with the wait so far."""
-        view = self.service.get(request_id)
-        if view.state != RequestState.PENDING:
-            return  # its end updated the line
-        start = self.service.break_glass_start(view.id)
-        waited = self.service.clock.now() - view.created_at
-        line = wait_line(view, start, waited, self.zone, self.names)
-        for channel, ts in self.service.messages_of(view.id, WAIT_LINE):
-            self.update(channel, ts, line)
-
-    def _break_glass_unconfirmed(self, view: RequestView) -> None:
-        start = self.service.break_glass_start(view.id)
-        if start.held_at is not None:
-            self._held_update(view, start)
-
-    def _held_update(self, view: RequestView, start: BreakGlassStart) -> None:
-        """The confirm cards and the security channel's wait line, as the use now stands."""
-        text, blocks = confirm_card(view, start, self.zone, self.names)
-        self.update_in_place(view.id, CONFIRM_CARD, text, blocks)
-        waited = (start.waited or timedelta(0)) if start.confirmed_by else timedelta(0)
-        line = wait_line(view, start, waited, self.zone, self.names)
-        for channel, ts in self.service.messages_of(view.id, WAIT_LINE):
-            self.update(channel, ts, line)
-
     def revoke_failed(self, view: RequestView, attempts: int) -> None:
         policy = self.service.policy
         text = (
@@ -944,36 +841,7 @@ class Notifier:
                 f"Your request #{view.id} for `{view.target}:{view.role}`: "
                 f"{outcome_line(view, self.zone, self.names)}",
             )
-        self.tell_sponsor(view)
-
-    def tell_sponsor(self, view: RequestView) -> None:
-        """A vendor's sponsor hears of each use: when access starts and when it ends."""
-        sponsor = self._vendor_sponsor(view)
-        if sponsor is None or view.state not in (
-            RequestState.ACTIVE,
-            RequestState.ENDED,
-            RequestState.REVOKE_FAILED,
-        ):
-            return
-        for user_id in self.slack_ids(view, [sponsor]):
-            self.post(
-                f"sponsor request={view.id}",
-                user_id,
-                f"Vendor access you sponsor: "
-                f"{self.names.person(view.requester, view.requester_slack_id)} on "
-                f"`{view.target}:{view.role}` (#{view.id}): "
-                f"{outcome_line(view, self.zone, self.names)}. "
-                f"Reason: {inert(view.reason)[:300]}",
-            )
-
-    def _vendor_sponsor(self, view: RequestView) -> str | None:
-        if view.sponsor is not None:
-            return view.sponsor
-        if view.requester_email is None and view.requester_slack_id is None:
-            return None
-        person = Person(slack_user_id=view.requester_slack_id, email=view.requester_email)
-        vendor = rules.vendor_of(self.service.policy, person)
-        return vendor.sponsor if vendor is not None else None  # break-glass has no approval
+        identity_flows.tell_sponsor(view, self.notice_deps)
 
 
 # Slack's permanent refusals, in words for the people who must fix them.

@@ -40,7 +40,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.clock import Clock
-from app.outbox_records import HOME, POST, UPDATE, Notice, OutCall, call_row
+from app.outbox_records import HOME, POST, UPDATE, Defer, Notice, OutCall, call_row
 from app.priority import ACKS
 from app.store.db import Database, is_database_error
 from app.store.models import OutboxItem, OutboxState, RequestMessage, UTCDateTime
@@ -64,10 +64,6 @@ class Delivered:
     call: OutCall
     sent: bool  # Slack took it (else refused for good)
     error: str | None
-
-
-class Defer(Exception):
-    """The notice cannot be rendered yet (its request is mid-grant): try again shortly."""
 
 
 class Renderer(Protocol):

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from app.access import FeatureService
+from app.breakglass.service import ALERT_MESSAGE
 from app.lifecycle import transitions
 from app.lifecycle.eligibility import is_requester
 from app.lifecycle.errors import (
@@ -47,8 +48,6 @@ class ReviewStep(StrEnum):
     OVERDUE = "overdue"  # past its deadline: escalated to security and the WardKey admins
 
 
-# The purpose under which the break-glass alert's recipients are remembered.
-ALERT_MESSAGE = "break_glass_alert"
 # How far back the review card looks for the same person's other requests for that access.
 EARLIER_WINDOW = timedelta(hours=24)
 # The period of the user's break-glass count on the review card.
