@@ -19,7 +19,6 @@ from app.notify.notifier import Notifier
 from app.policy import Policy, load_policy
 from app.requests import jobs as request_jobs
 from app.requests.messages import APPROVE_ACTION
-from app.reviews.service import ReviewService
 from app.scheduler import job_deps
 from app.slack.app import web_client
 from app.store.models import RequestState as S
@@ -153,31 +152,6 @@ class TestAnOverdueApproval(SlackOnSqlite):
                 "so it has been escalated to Erin Walsh and Farid Rahman too" in told.args["text"]
             )
         db.dispose()
-
-
-class TestBreakGlassAlerts(SlackOnSqlite):
-    def test_security_and_the_reviewers_are_told_at_once_and_the_review_names_them(
-        self, slack: RunningApp, service: AccessService, clock: ManualClock
-    ) -> None:
-        slack.command("/breakglass", "pharmacy-db:read pharmacy system down in ED", "U0AMIRA")
-        slack.settle()
-        rid = int(slack.replies()[-1].split("#")[1].split(":")[0])
-        alert = slack.fake.wait_for("chat.postMessage", 1, channel="C0SEC")[0]
-        assert f"Break-glass #{rid}" in alert.args["text"]
-        for reviewer in ("U0GITA", "U0HANA"):  # the managers review break-glass
-            dm = slack.fake.wait_for("chat.postMessage", 1, channel=reviewer)[0]
-            assert f"Break-glass #{rid}" in dm.args["text"]
-        summary = ReviewService(service).break_glass_summary(rid)
-        assert summary.alerted == ("C0SEC", "U0GITA", "U0HANA")
-
-    def test_an_alert_slack_refused_is_not_claimed_as_sent(
-        self, slack: RunningApp, service: AccessService
-    ) -> None:
-        slack.fake.archived.add("C0SEC")  # someone archived the security channel
-        slack.command("/breakglass", "pharmacy-db:read pharmacy system down in ED", "U0AMIRA")
-        slack.settle()
-        rid = int(slack.replies()[-1].split("#")[1].split(":")[0])
-        assert ReviewService(service).break_glass_summary(rid).alerted == ("U0GITA", "U0HANA")
 
 
 class TestAQuickApprover(SlackOnSqlite):
