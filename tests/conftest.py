@@ -34,6 +34,11 @@ POSTGRES_URL = os.environ.get(
 # WARDKEY_TEST_SCHEMA names them yourself.
 RUN_SCHEMA_PREFIX = "wardkey_run"
 os.environ.setdefault("WARDKEY_TEST_SCHEMA", f"{RUN_SCHEMA_PREFIX}{os.getpid()}")
+# pytest-xdist's workers inherit the environment of the run that started them: each worker
+# gets schemas of its own, or two workers would empty each other's tables.
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _XDIST_WORKER and not os.environ["WARDKEY_TEST_SCHEMA"].endswith(f"_{_XDIST_WORKER}"):
+    os.environ["WARDKEY_TEST_SCHEMA"] += f"_{_XDIST_WORKER}"
 TEST_SCHEMA = os.environ["WARDKEY_TEST_SCHEMA"]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # No timing thresholds in tests: Hypothesis's default 200 ms deadline per example (and its
@@ -243,6 +248,49 @@ def no_background_thread_left_running() -> Iterator[None]:
     yield
     left = [t.name for t in threading.enumerate() if t.name in _BACKGROUND and t not in before]
     assert not left, f"the test left {left} running: close the Intake, WardKeyWSGI or Outbox"
+
+
+# The fault tests that run real `serve` and `worker` processes and measure what they did
+# (takeover times, how late revokes land) run one after another on one pytest-xdist worker, and
+# start first: beside each other they would load the machine more than they are meant to be.
+# Every other module stays whole on one worker too, so its module-wide fixtures (slapd, a
+# throwaway PostgreSQL, a built wheel) are set up once. (`-n auto` in pyproject.toml; `-n 0`
+# runs everything in one process.)
+FAULT_TESTS = "fault tests with real processes"
+FAULT_TEST_MODULES = frozenset(
+    {
+        "tests/system/test_reliability.py",
+        "tests/system/test_workers_killed.py",
+        "tests/system/test_topology.py",
+        "tests/slack/test_intake_faults.py",
+        "tests/notify/test_outbox.py",
+    }
+)
+
+
+def _work_unit(nodeid: str) -> str:
+    """The tests that go to one worker together: the fault tests, or one module."""
+    module = nodeid.split("::", 1)[0]
+    return FAULT_TESTS if module in FAULT_TEST_MODULES else module
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The fault tests first (the longest work unit), the rest in their order."""
+    items.sort(key=lambda item: _work_unit(item.nodeid) != FAULT_TESTS)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Hands out whole work units (`_work_unit`) in collection order. (xdist's own
+    `--dist loadgroup` would do it with marks, but it stopped grouping with pytest 9.2:
+    pytest-xdist issue #1386.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _work_unit(nodeid)
+
+    config.option.loadscopereorder = False  # keep the fault tests first
+    return ByWorkUnit(config, log)  # type: ignore[arg-type]
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -28,6 +28,7 @@ ROOT = HERE.parent
 # Nothing only the developers need may come with `pip install wardkey`.
 DEV_ONLY = {
     "pytest",
+    "pytest-xdist",
     "hypothesis",
     "ruff",
     "mypy",
