@@ -1,7 +1,8 @@
 """What the outbox holds, as the code that fills it sees it: a notice of what happened, a Slack
-call to make (a post, a card update, a home redraw), the row that records a call in the
-transaction of the change that causes it, the last once-per-outage alert told, and `Defer`,
-which a telling raises for a notice it cannot render yet.
+call to make (a post, a card update, a home redraw, a message drawn late), what became of the
+calls sent before a late one (`Delivered`), the row that records a call in the transaction of
+the change that causes it, the last once-per-outage alert told, and `Defer`, which a telling
+raises for a notice it cannot render yet.
 
 The outbox that delivers them (app/notify/outbox.py) and the features that record them both
 import this module, so a feature never reaches up to the notifier for its record types.
@@ -96,6 +97,16 @@ class OutCall:
             [cls._from(c) for c in data.get("instead") or []],
             bool(data.get("late")),
         )
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """What became of a call sent before a late one in its group (for `Renderer.draw_late`,
+    app/notify/outbox.py, and the feature drawing it, app/telling.py `Drawing`)."""
+
+    call: OutCall
+    sent: bool  # Slack took it (else refused for good)
+    error: str | None
 
 
 def call_row(lane: str, call: OutCall, now: datetime, key: str | None = None) -> OutboxItem:

@@ -10,14 +10,20 @@ must satisfy (mypy checks it where they are gathered). A telling reads the featu
 is now and has the messages sent through a `Teller`, which only collects them: the outbox sends
 each once, in order, through Slack errors and outages. A feature's flows never import the
 notifier (an import contract in pyproject.toml).
+
+A notice of a request that no telling claims by its action (a request decided, granted,
+ended…) is told by the one telling declared for `ANY_OTHER_CHANGE` (the requests',
+app/requests/flows.py). A message that must say only what Slack took of the calls before it
+("escalated to Hana Novak") is drawn when its turn comes (`Teller.draw_later`), by the
+`Drawing` a feature declares for it (`DRAWINGS` in its flows.py, gathered by the notifier too).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 from slack_sdk.models.blocks import Block
@@ -25,7 +31,7 @@ from slack_sdk.models.blocks import Block
 from app.blockkit import Names
 from app.directory import SlackDirectory
 from app.lifecycle.snapshots import RequestView
-from app.outbox_records import Notice, OutCall
+from app.outbox_records import Delivered, Notice, OutCall
 
 
 class Teller(Protocol):
@@ -89,15 +95,32 @@ class Teller(Protocol):
         (another process recorded the same message)."""
         ...
 
-    def slack_ids(self, view: RequestView, members: list[str]) -> list[str]:
+    def redraw_home(self, user_id: str) -> None:
+        """This person's App Home, redrawn: drawn when its turn comes, so it shows the latest
+        state (the requests' `draw_home`)."""
+        ...
+
+    def draw_later(self, about: str, draw: str, args: Mapping[str, Any]) -> None:
+        """A message drawn when its turn comes, by the `Drawing` declared for `draw`, from
+        `args` and what became of the calls made before it for the same notice (one Slack
+        refuses is logged as `about`)."""
+        ...
+
+    def slack_ids(
+        self, view: RequestView, members: list[str], missing: list[str] | None = None
+    ) -> list[str]:
         """The Slack user IDs of the policy members who can read and act on a message about
         `view`, never its requester (members Slack does not know, or whose accounts cannot
-        act, are logged and left out)."""
+        act, are logged and left out; `missing` collects why, in words)."""
         ...
 
 
 # What a telling is given. Contravariant: a telling that needs less may run wherever more is given.
 Needs = TypeVar("Needs", contravariant=True)
+
+
+# The action of the one telling told every notice of a request that no other telling claims.
+ANY_OTHER_CHANGE = "*"
 
 
 @dataclass(frozen=True)
@@ -106,3 +129,13 @@ class Telling(Generic[Needs]):
 
     action: str
     tell: Callable[[Notice, Needs], None]
+
+
+@dataclass(frozen=True)
+class Drawing(Generic[Needs]):
+    """A message drawn when its turn comes (`Teller.draw_later` with this `draw`): `make` is
+    given the call's arguments and what became of the calls before it (in order), and has at
+    most one message sent, or none when there is nothing to say."""
+
+    draw: str
+    make: Callable[[Mapping[str, Any], Sequence[Delivered], Needs], None]

@@ -167,7 +167,7 @@ def waiting(notice: Notice, given: Needs) -> None:
 
 def held_closed(view: RequestView, given: Needs) -> None:
     """A held use closed without a second person (timed out or cancelled; told with the
-    request's own notice, app/notify/notifier.py): its cards and line say so."""
+    request's own notice, app/requests/flows.py): its cards and line say so."""
     start = given.core.break_glass_start(view.id)
     if start.held_at is not None:
         _held_update(view, start, given)

@@ -2,8 +2,8 @@
 and Revoke now (on the App Home's rows of active access and on the warning before access
 ends), that warning, and the one line saying where access asked for stands, from waiting to
 ended (`outcome_line`: the grants' own replies say it, and so does everything above them, the
-requests' cards and receipts, break-glass, the notifier; grants sit lowest of those, so it is
-theirs). Messages never change state: they draw what the service returns."""
+requests' cards, receipts and tellings, break-glass, the vendors' sponsors; grants sit lowest
+of those, so it is theirs). Messages never change state: they draw what the service returns."""
 
 from __future__ import annotations
 

@@ -115,7 +115,7 @@ def owner_gone(directory: SlackDirectory, member: str) -> str | None:
 
 def tell_sponsor(view: RequestView, given: Needs) -> None:
     """A vendor's sponsor hears of each use of the access they sponsor: when it starts and
-    when it ends (a request's outcome, app/notify/notifier.py; a break-glass use,
+    when it ends (a request's outcome, app/requests/flows.py; a break-glass use,
     app/breakglass/flows.py)."""
     sponsor = _vendor_sponsor(view, given.core.policy)
     if sponsor is None or view.state not in (

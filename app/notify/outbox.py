@@ -40,7 +40,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.clock import Clock
-from app.outbox_records import HOME, POST, UPDATE, Defer, Notice, OutCall, call_row
+from app.outbox_records import (
+    HOME,
+    POST,
+    UPDATE,
+    Defer,
+    Delivered,
+    Notice,
+    OutCall,
+    call_row,
+)
 from app.priority import ACKS
 from app.store.db import Database, is_database_error
 from app.store.models import OutboxItem, OutboxState, RequestMessage, UTCDateTime
@@ -55,15 +64,6 @@ TRANSIENT_ERRORS = frozenset(
 BACKOFF_FIRST = 1.0
 BACKOFF_CAP = 10.0  # while Slack is down, each lane tries about this often
 MAX_HISTORY = 200  # messages looked through for a key (Slack's page limit)
-
-
-@dataclass(frozen=True)
-class Delivered:
-    """What became of a call sent before a late one in its group."""
-
-    call: OutCall
-    sent: bool  # Slack took it (else refused for good)
-    error: str | None
 
 
 class Renderer(Protocol):

@@ -32,6 +32,7 @@ from app.lifecycle.errors import AlreadyDecided, InvalidRequest
 from app.lifecycle.snapshots import RequestView
 from app.policy import DurationError, Person, Policy, format_duration, parse_duration
 from app.policy.rules import requestable
+from app.requests.flows import request_received
 from app.requests.messages import (
     ACCESS_ACTION,
     ACCESS_BLOCK,
@@ -56,6 +57,7 @@ from app.slack.events import SeenEvents
 from app.slack.gate import caller, person_of
 from app.slack.parsing import REQUEST_EXAMPLE, UsageError, access, duration, request_id
 from app.store.models import RequestState
+from app.telling import Teller
 
 # A ticket at the end of a request: INC0012345 (bracketed or not), or a Jira key in brackets,
 # [WARD-42] (bare, it could be the reason's last word: "COVID-19").
@@ -90,14 +92,13 @@ LIVE = (
 )
 
 
-class Tells(Protocol):
-    """What these listeners have the notifier tell (app/notify/notifier.py)."""
+class Tells(Teller, Protocol):
+    """What these listeners have the notifier tell (app/notify/notifier.py), and the Teller
+    the requester's receipt is recorded through (flows.py `request_received`)."""
 
     def request_opened(self, view: RequestView) -> None: ...
 
     def request_changed(self, view: RequestView) -> None: ...
-
-    def request_received(self, view: RequestView) -> None: ...
 
     def update_cards(self, view: RequestView) -> None: ...
 
@@ -365,7 +366,7 @@ def register(app: App, deps: Needs) -> None:
         def tell() -> None:
             # The requester's DM about it, with Cancel while it waits, through the outbox
             # (recorded once, however often the form is redelivered).
-            deps.notifier.request_received(opened)
+            request_received(opened, deps.notifier)
             deps.notifier.request_opened(opened)
 
         shell.after_ack(context, tell)
