@@ -41,9 +41,9 @@ class Tells(Protocol):
     """What these listeners have the notifier tell (app/notify/notifier.py), and how it names
     people."""
 
-    def break_glass_started(self, view: RequestView) -> None: ...
-
-    def request_changed(self, view: RequestView) -> None: ...
+    def deliver_now(self) -> None:
+        """A change was committed: its notice, already in the outbox, is delivered now."""
+        ...
 
     @property
     def names(self) -> Names: ...
@@ -126,7 +126,7 @@ def register(app: App, deps: Needs) -> None:
                     if not progress.redelivered:
                         raise
                 progress.step(APPLIED)
-            deps.notifier.request_changed(deps.service.get(request_id))
+            deps.notifier.deliver_now()
             progress.step(NOTIFIED)
 
         shell.after_ack(context, confirmed)
@@ -137,7 +137,7 @@ def _break_glass(deps: Needs, parsed: BreakGlass, context: BoltContext, respond:
     zone = deps.service.policy.zone
     if view.state == RequestState.PENDING:  # held for a second person (service.py)
         respond(response_type="ephemeral", text=held_text(deps, view))
-        deps.notifier.break_glass_started(view)
+        deps.notifier.deliver_now()
         return
     text = f"Break-glass #{view.id}: {outcome_line(view, zone)}. This use will be reviewed."
     replaced = deps.service.replaced_request(view.id)
@@ -148,7 +148,7 @@ def _break_glass(deps: Needs, parsed: BreakGlass, context: BoltContext, respond:
             "cards will say so."
         )
     respond(response_type="ephemeral", text=text)
-    deps.notifier.break_glass_started(view)
+    deps.notifier.deliver_now()
 
 
 def held_text(deps: Needs, view: RequestView) -> str:

@@ -146,8 +146,7 @@ def _step_up_pages(runtime: Runtime) -> StepUpPages | None:
     stepup = runtime.stepup()
     if stepup is None:
         return None
-    notifier = runtime.notifier
-    return StepUpPages(stepup, notifier.request_changed, notifier.outbox.kick)
+    return StepUpPages(stepup, runtime.notifier.deliver_now)
 
 
 def _say_intake_work(work: str) -> None:

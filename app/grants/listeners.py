@@ -28,9 +28,9 @@ REVOKE_EXAMPLE = "/jit revoke 42"
 class Tells(Protocol):
     """What these listeners have the notifier tell (app/notify/notifier.py)."""
 
-    def request_opened(self, view: RequestView) -> None: ...
-
-    def request_changed(self, view: RequestView) -> None: ...
+    def deliver_now(self) -> None:
+        """A change was committed: its notice, already in the outbox, is delivered now."""
+        ...
 
     def publish_home(self, user_id: str) -> None: ...
 
@@ -113,7 +113,7 @@ def register(app: App, deps: Needs) -> None:
         def extend() -> None:
             view = deps.service.extend(int(action["value"]), person_of(context), HOME_EXTEND_BY)
             if view.extension is not None:
-                deps.notifier.request_opened(view)
+                deps.notifier.deliver_now()
             else:
                 ends = clock_time(view.expires_at, deps.service.policy.zone)
                 reply_to_clicker(client, body)(f"#{view.id} now ends at {ends}.")
@@ -127,8 +127,8 @@ def register(app: App, deps: Needs) -> None:
 
         def revoke() -> None:
             by = person_of(context)
-            view = deps.service.revoke(int(action["value"]), by, "revoked from App Home")
-            deps.notifier.request_changed(view)
+            deps.service.revoke(int(action["value"]), by, "revoked from App Home")
+            deps.notifier.deliver_now()
 
         shell.after_ack(context, revoke)
 
@@ -143,7 +143,7 @@ def _extend(deps: Needs, parsed: Extend, slash: Slash) -> None:
                 f"with the {view.path} approvers; your access carries on meanwhile."
             ),
         )
-        deps.notifier.request_opened(view)
+        deps.notifier.deliver_now()
     else:
         ends = clock_time(view.expires_at, deps.service.policy.zone)
         slash.respond(response_type="ephemeral", text=f"#{view.id} now ends at {ends}.")
@@ -153,4 +153,4 @@ def _revoke(deps: Needs, parsed: Revoke, slash: Slash) -> None:
     view = deps.service.revoke(parsed.request_id, person_of(slash.context), parsed.reason)
     zone = deps.service.policy.zone
     slash.respond(response_type="ephemeral", text=f"#{view.id}: {outcome_line(view, zone)}")
-    deps.notifier.request_changed(view)
+    deps.notifier.deliver_now()

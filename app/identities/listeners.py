@@ -10,7 +10,6 @@ from app.access import AccessService
 from app.identities.flows import attestation_answered
 from app.identities.messages import ATTEST_KEEP, ATTEST_RETIRE
 from app.identities.service import IdentityService
-from app.lifecycle.snapshots import RequestView
 from app.slack.deps import Shell
 from app.slack.gate import person_of
 from app.telling import Teller
@@ -19,7 +18,9 @@ from app.telling import Teller
 class Tells(Teller, Protocol):
     """The notifier, as the Teller that redraws the card, and what it tells of a request."""
 
-    def request_changed(self, view: RequestView) -> None: ...
+    def deliver_now(self) -> None:
+        """A change was committed: its notice, already in the outbox, is delivered now."""
+        ...
 
 
 class Needs(Protocol):
@@ -51,8 +52,8 @@ def register(app: App, deps: Needs) -> None:
                 attested = deps.identities.attest(name, by, still_needed=still_needed)
                 # Retiring cancels its waiting requests and ends its elevations: every
                 # card and requester hears of each.
-                for request_id in attested.changed_requests:
-                    deps.notifier.request_changed(deps.service.get(request_id))
+                if attested.changed_requests:
+                    deps.notifier.deliver_now()
                 message = body.get("message") or {}
                 channel = (body.get("channel") or {}).get("id")
                 if channel and message.get("ts"):

@@ -21,8 +21,7 @@ order, through Slack errors and outages.
   messages drawn late from what became of the calls before them (`draw_late`), and App Homes
   drawn when sent (`draw_home`, the requests').
 
-The public methods that listeners and sweeps call after a change only ask the outbox to deliver
-now.
+Listeners, after a change, only ask the outbox to deliver now (`deliver_now`).
 """
 
 from __future__ import annotations
@@ -359,20 +358,9 @@ class Notifier:
         return found
 
     # ------------------------------------------------------------------ after a change
-    # Listeners call these once the change is committed; its notice is already in the outbox,
-    # so they only ask for delivery now (sweeps kick the outbox themselves).
 
-    def request_opened(self, view: RequestView) -> None:
-        self.outbox.kick()
-
-    def request_changed(self, view: RequestView) -> None:
-        self.outbox.kick()
-
-    def update_cards(self, view: RequestView) -> None:
-        self.outbox.kick()
-
-    def break_glass_started(self, view: RequestView) -> None:
-        self.outbox.kick()
-
-    def review_decided(self, view: RequestView) -> None:
+    def deliver_now(self) -> None:
+        """A change was committed, and its notice is already in the outbox (written with it):
+        deliver it now rather than at the outbox's next turn. Listeners call this after a
+        change; sweeps kick the outbox themselves. Who is told what is the notice's telling."""
         self.outbox.kick()

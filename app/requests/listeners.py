@@ -96,11 +96,9 @@ class Tells(Teller, Protocol):
     """What these listeners have the notifier tell (app/notify/notifier.py), and the Teller
     the requester's receipt is recorded through (flows.py `request_received`)."""
 
-    def request_opened(self, view: RequestView) -> None: ...
-
-    def request_changed(self, view: RequestView) -> None: ...
-
-    def update_cards(self, view: RequestView) -> None: ...
+    def deliver_now(self) -> None:
+        """A change was committed: its notice, already in the outbox, is delivered now."""
+        ...
 
     def home_opened(self, user_id: str) -> None: ...
 
@@ -235,19 +233,17 @@ def register(app: App, deps: Needs) -> None:
                 return
             if progress.outcome != APPLIED:
                 try:
-                    view = deps.service.approve(request_id, person_of(context))
+                    deps.service.approve(request_id, person_of(context))
                 except AlreadyDecided:
                     if not progress.redelivered:
                         raise
                     # Its first try may have got this far before its process died: the
                     # card shows the request as it is, and the approver is not told
                     # "already decided" about their own click.
-                    deps.notifier.update_cards(deps.service.get(request_id))
+                    deps.notifier.deliver_now()
                     return
                 progress.step(APPLIED)
-            else:
-                view = deps.service.get(request_id)
-            deps.notifier.request_changed(view)
+            deps.notifier.deliver_now()
             progress.step(NOTIFIED)
 
         shell.after_ack(context, decide)
@@ -282,7 +278,7 @@ def register(app: App, deps: Needs) -> None:
                 progress.step(APPLIED)
             else:
                 view = deps.service.get(request_id)
-            deps.notifier.request_changed(view)  # cards, DM and home, from the outbox
+            deps.notifier.deliver_now()  # cards, DM and home, from the outbox
             if container.get("is_ephemeral"):  # the reply to /jit request: replace it
                 respond(replace_original=True, text=cancelled_text(view))
             progress.step(NOTIFIED)
@@ -307,13 +303,11 @@ def register(app: App, deps: Needs) -> None:
         meta = json.loads(view.get("private_metadata") or "{}")
         reason = view["state"]["values"][DENY_BLOCK][DENY_INPUT].get("value") or ""
         progress = shell.progress()
-        if progress.outcome == APPLIED:  # redelivered: denied before the first ack
-            decided = deps.service.get(int(meta["id"]))
-        else:
-            decided = deps.service.deny(int(meta["id"]), person_of(context), reason)
+        if progress.outcome != APPLIED:  # else redelivered: denied before the first ack
+            deps.service.deny(int(meta["id"]), person_of(context), reason)
             progress.step(APPLIED)
         ack()
-        shell.after_ack(context, lambda: deps.notifier.request_changed(decided))
+        shell.after_ack(context, deps.notifier.deliver_now)
 
     @app.action(ACCESS_ACTION)
     def access_chosen(
@@ -367,7 +361,7 @@ def register(app: App, deps: Needs) -> None:
             # The requester's DM about it, with Cancel while it waits, through the outbox
             # (recorded once, however often the form is redelivered).
             request_received(opened, deps.notifier)
-            deps.notifier.request_opened(opened)
+            deps.notifier.deliver_now()
 
         shell.after_ack(context, tell)
 
@@ -446,7 +440,7 @@ def _request(deps: Needs, parsed: RequestAccess, slash: Slash, progress: Progres
         progress.step(f"{OPENED}{view.id}")
     text, blocks = requester_receipt(view, service.policy.zone)  # with Cancel while it waits
     slash.respond(response_type="ephemeral", text=text, blocks=_json(blocks))
-    deps.notifier.request_opened(view)
+    deps.notifier.deliver_now()
 
 
 def _status(deps: Needs, slash: Slash) -> None:
@@ -475,7 +469,7 @@ def _targets(deps: Needs, slash: Slash) -> None:
 def _cancel(deps: Needs, parsed: Cancel, slash: Slash) -> None:
     view = deps.service.cancel(parsed.request_id, person_of(slash.context), parsed.reason)
     slash.respond(response_type="ephemeral", text=cancelled_text(view))
-    deps.notifier.request_changed(view)
+    deps.notifier.deliver_now()
 
 
 def open_request_form(deps: Needs, client: WebClient, person: Person, trigger_id: str) -> None:

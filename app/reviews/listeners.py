@@ -12,7 +12,6 @@ from typing import Any, Protocol
 from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
 
-from app.lifecycle.snapshots import RequestView
 from app.reviews.messages import (
     NOTE_BLOCK,
     NOTE_INPUT,
@@ -29,7 +28,9 @@ from app.slack.gate import person_of, reply_to_clicker
 class Tells(Protocol):
     """What these listeners have the notifier tell (app/notify/notifier.py)."""
 
-    def review_decided(self, view: RequestView) -> None: ...
+    def deliver_now(self) -> None:
+        """A change was committed: its notice, already in the outbox, is delivered now."""
+        ...
 
 
 class Needs(Protocol):
@@ -79,8 +80,8 @@ def register(app: App, deps: Needs) -> None:
         # on the note field itself (by the error handler, app/slack/errors.py).
         meta = json.loads(view.get("private_metadata") or "{}")
         note = view["state"]["values"][NOTE_BLOCK][NOTE_INPUT].get("value") or ""
-        decided = deps.reviews.decide_review(
+        deps.reviews.decide_review(
             int(meta["id"]), person_of(context), justified=bool(meta["justified"]), note=note
         )
         ack()
-        deps.shell.after_ack(context, lambda: deps.notifier.review_decided(decided))
+        deps.shell.after_ack(context, deps.notifier.deliver_now)

@@ -1,6 +1,7 @@
 """The approver's browser: `GET /step-up/<link>` sends it to the identity provider, and
 `GET /step-up/callback` takes the answer and shows a page that says plainly what happened.
-Slack is told through `announce` (the process's notifier: the outbox), never from here."""
+Slack is told through the outbox (`deliver`: the process's notifier delivers what the sign-in
+recorded), never from here."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
 
-from app.lifecycle.snapshots import RequestView
 from app.policy.durations import format_duration
 from app.stepup.oidc import SignInRefused
 from app.stepup.service import (
@@ -42,12 +42,12 @@ class StepUpPages:
     def __init__(
         self,
         service: StepUpService,
-        announce: Callable[[RequestView], None],
         deliver: Callable[[], None],
     ) -> None:
         self.service = service
-        self.announce = announce  # the notifier's request_changed: cards, DMs, homes
-        self.deliver = deliver  # the outbox's kick: a security alert written with a refusal
+        # The notifier's deliver_now: what a sign-in recorded (the approval's cards, DMs and
+        # homes, or a refusal's security alert) is delivered from the outbox.
+        self.deliver = deliver
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -108,7 +108,7 @@ class StepUpPages:
             return _page(
                 start_response, "403 Forbidden", "Nothing was approved", finished.refusal or ""
             )
-        self.announce(finished.view)  # the cards, DMs and home, through the outbox
+        self.deliver()  # the cards, DMs and home, through the outbox
         return _page(start_response, "200 OK", *_approved(finished, self.service))
 
 

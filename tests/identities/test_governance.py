@@ -171,8 +171,8 @@ class TestInSlack(SlackOnSqlite):
         assert "vendor sponsor Ben Hughes still to approve" in str(card.args["blocks"])
         rid = service.requests_of(VAL)[0].id
         service.approve(rid, BEN)
-        view = service.approve(rid, GITA)
-        self.notifier(slack, service).request_changed(view)
+        service.approve(rid, GITA)
+        self.notifier(slack, service).deliver_now()
         told = slack.fake.wait_for("chat.postMessage", 2, channel="U0BEN")[-1]
         assert (
             "Vendor access you sponsor" in told.args["text"] and "active until" in told.args["text"]

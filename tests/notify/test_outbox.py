@@ -46,9 +46,9 @@ def worker_deps(service: AccessService, notifier: Notifier) -> JobDeps:
 def asked_and_approved(service: AccessService, notifier: Notifier) -> int:
     """Amira asks for pharmacy-db:read; Ben, on call, approves; access is granted at once."""
     view = service.request(AMIRA, "pharmacy-db", "read", timedelta(hours=1), REASON)
-    notifier.request_opened(view)
-    approved = service.approve(view.id, BEN)
-    notifier.request_changed(approved)
+    notifier.deliver_now()
+    service.approve(view.id, BEN)
+    notifier.deliver_now()
     return view.id
 
 
@@ -94,7 +94,7 @@ class TestSlackFailsWhileTheWardWorks:
         # 03:00: Slack answers 500 to the next 6 calls, as Amira asks for access.
         fake.fail(6)
         view = service.request(AMIRA, "pharmacy-db", "read", timedelta(hours=1), REASON)
-        notifier.request_opened(view)
+        notifier.deliver_now()
         assert waiting(service) > 0  # kept, not lost
         drain(notifier.outbox, clock, 60)  # back-off: 1 s, 2 s, 4 s… at most 10 s apart
         assert waiting(service) == 0
@@ -103,8 +103,8 @@ class TestSlackFailsWhileTheWardWorks:
         assert len(cards) == len({m["channel"] for m in cards}) == 3
         assert set(posts_by_key(fake).values()) == {1}
         # Every copy is remembered, so the approval updates them all.
-        approved = service.approve(view.id, BEN)
-        notifier.request_changed(approved)
+        service.approve(view.id, BEN)
+        notifier.deliver_now()
         updated = {c.args["ts"] for c in fake.calls_to("chat.update")}
         assert updated == {m["ts"] for m in cards}
 
@@ -112,8 +112,8 @@ class TestSlackFailsWhileTheWardWorks:
         self, service: AccessService, notifier: Notifier, fake: FakeSlack, clock: ManualClock
     ) -> None:
         fake.rate_limit("chat.postMessage", times=1, retry_after=7)
-        view = service.request(AMIRA, "pharmacy-db", "read", timedelta(hours=1), REASON)
-        notifier.request_opened(view)
+        service.request(AMIRA, "pharmacy-db", "read", timedelta(hours=1), REASON)
+        notifier.deliver_now()
         tried = len([c for c in fake.calls if c.method == "chat.postMessage"])
         assert fake.calls_to("chat.postMessage") == []
         clock.advance(timedelta(seconds=6))
@@ -179,21 +179,22 @@ class TestNeverTwice:
     ) -> None:
         fake.lose_answers(1)  # Slack keeps Ben's card but the answer never arrives
         view = service.request(AMIRA, "pharmacy-db", "read", timedelta(hours=1), REASON)
-        notifier.request_opened(view)
+        notifier.deliver_now()
         drain(notifier.outbox, clock, 15)
         assert waiting(service) == 0
         assert len(fake.posts()) == 3 and set(posts_by_key(fake).values()) == {1}
         assert fake.calls_to("conversations.history")  # it looked before posting again
         # The found copy is remembered like the others: the decision updates all three.
-        notifier.request_changed(service.approve(view.id, BEN))
+        service.approve(view.id, BEN)
+        notifier.deliver_now()
         assert len({c.args["ts"] for c in fake.calls_to("chat.update")}) == 3
 
     def test_a_process_that_died_mid_delivery_is_taken_over_without_doubles(
         self, service: AccessService, notifier: Notifier, fake: FakeSlack, clock: ManualClock
     ) -> None:
         fake.unreachable = True
-        view = service.request(AMIRA, "pharmacy-db", "read", timedelta(hours=1), REASON)
-        notifier.request_opened(view)
+        service.request(AMIRA, "pharmacy-db", "read", timedelta(hours=1), REASON)
+        notifier.deliver_now()
         fake.unreachable = False
         drain(notifier.outbox, clock, 15)  # the notice becomes three posts; all sent
         # A second request: a process claims its messages and dies mid-post (its claims stay).

@@ -71,8 +71,8 @@ class TestEscalation:
             client = web_client(slack.fake.token, slack.fake.api_url)
             notifier = Notifier(client, rota_only, SlackDirectory(client))
             deps = job_deps(rota_only, notifier.outbox)
-            req = rota_only.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REASON)
-            notifier.request_opened(req)
+            rota_only.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), REASON)
+            notifier.deliver_now()
             clock.advance(timedelta(minutes=5))
             request_jobs.escalate(deps)
             reminder = slack.fake.wait_for("chat.postMessage", 2, channel="U0BEN")[-1]

@@ -167,7 +167,7 @@ def test_serve_killed_after_acking_clicks_commands_and_a_form_loses_none(
         view = service.request(
             staff(n), CONSOLE, ROLE, timedelta(hours=1), f"ward {n} order sets stuck"
         )
-        notifier.request_opened(view)
+        notifier.deliver_now()
         waiting.append(view.id)
     cards = {
         c.args["text"].split(":")[0]: c.response["ts"] for c in fake.calls_to("chat.postMessage")

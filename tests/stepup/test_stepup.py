@@ -139,7 +139,7 @@ def app(
     bolt = slack_app(
         service, client, SIGNING_SECRET, listeners, dialogs, notifier=notifier, stepup=stepup
     )
-    pages = StepUpPages(stepup, notifier.request_changed, notifier.outbox.kick)
+    pages = StepUpPages(stepup, notifier.deliver_now)
     browser = httpx.Client(timeout=10, follow_redirects=True)
     http = httpx.Client(timeout=10)
     wsgi = WardKeyWSGI(bolt, service.db, SIGNING_SECRET, step_up=pages)
