@@ -127,6 +127,15 @@ def test_the_readme_test_command_is_the_one_ci_runs() -> None:
     assert re.search(r"^pytest$", ci, re.MULTILINE), ".ci/run no longer runs plain pytest"
 
 
+def test_every_test_file_ci_runs_again_at_other_instants_exists() -> None:
+    """.ci/run names the clock-sensitive test files; one moved away would fail CI, not here."""
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    listed = ci.split("calendar_tests=(", 1)[1].split(")", 1)[0].split()
+    assert listed, ".ci/run no longer lists the clock-sensitive tests"
+    missing = [name for name in listed if not (ROOT / name).is_file()]
+    assert missing == [], f".ci/run names test files that are not there: {missing}"
+
+
 def test_the_configuration_page_names_every_setting_the_code_reads() -> None:
     page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     read = {name.upper() for name in Settings.model_fields}
