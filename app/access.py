@@ -33,7 +33,7 @@ from app.grants.service import EXPIRY_BATCH, Grants, OnDone, ReconcileReport
 from app.lifecycle.deps import DEFAULT_LEASE, CoreDeps
 from app.lifecycle.leases import Heartbeat
 from app.lifecycle.reads import Reads
-from app.lifecycle.snapshots import BreakGlassStart, RequestView
+from app.lifecycle.snapshots import BreakGlassStart, RequestSnapshot
 from app.policy.model import Policy
 from app.policy.people import Person
 from app.requests.service import Requests
@@ -134,18 +134,20 @@ class AccessService:
 
     # Reads (app/lifecycle/reads.py)
 
-    def get(self, request_id: int) -> RequestView:
+    def get(self, request_id: int) -> RequestSnapshot:
         return self.reads.get(request_id)
 
     def requests_of(
         self, person: Person, states: tuple[RequestState, ...] = ()
-    ) -> list[RequestView]:
+    ) -> list[RequestSnapshot]:
         return self.reads.requests_of(person, states)
 
-    def requests_of_key(self, key: str, states: tuple[RequestState, ...] = ()) -> list[RequestView]:
+    def requests_of_key(
+        self, key: str, states: tuple[RequestState, ...] = ()
+    ) -> list[RequestSnapshot]:
         return self.reads.requests_of_key(key, states)
 
-    def awaiting_decision_by(self, person: Person, limit: int = 25) -> list[RequestView]:
+    def awaiting_decision_by(self, person: Person, limit: int = 25) -> list[RequestSnapshot]:
         return self.reads.awaiting_decision_by(person, limit)
 
     def elevations_since(self, requester: str, since: datetime) -> int:
@@ -162,10 +164,10 @@ class AccessService:
 
     # Grants (app/grants/service.py)
 
-    def extend(self, request_id: int, person: Person, duration: timedelta) -> RequestView:
+    def extend(self, request_id: int, person: Person, duration: timedelta) -> RequestSnapshot:
         return self.grants.extend(request_id, person, duration)
 
-    def revoke(self, request_id: int, person: Person, reason: str = "") -> RequestView:
+    def revoke(self, request_id: int, person: Person, reason: str = "") -> RequestSnapshot:
         return self.grants.revoke(request_id, person, reason)
 
     def end_access(
@@ -201,7 +203,7 @@ class AccessService:
     ) -> dict[str, bool]:
         return self.grants.probe_failing_targets(wait=wait, on_done=on_done)
 
-    def resolve_revoke_failure(self, request_id: int, person: Person, note: str) -> RequestView:
+    def resolve_revoke_failure(self, request_id: int, person: Person, note: str) -> RequestSnapshot:
         return self.grants.resolve_revoke_failure(request_id, person, note)
 
     def reconcile(self, *, wait: bool = True, on_done: OnDone | None = None) -> ReconcileReport:
@@ -218,7 +220,7 @@ class AccessService:
         reason: str,
         ticket: str | None = None,
         identity: str | None = None,
-    ) -> RequestView:
+    ) -> RequestSnapshot:
         return self.requests.request(person, target, role, duration, reason, ticket, identity)
 
     def replaced_request(self, break_glass_id: int) -> tuple[int, datetime] | None:
@@ -226,19 +228,19 @@ class AccessService:
 
     def approve(
         self, request_id: int, approver: Person, step_up: dict[str, object] | None = None
-    ) -> RequestView:
+    ) -> RequestSnapshot:
         return self.requests.approve(request_id, approver, step_up)
 
-    def deny(self, request_id: int, approver: Person, reason: str) -> RequestView:
+    def deny(self, request_id: int, approver: Person, reason: str) -> RequestSnapshot:
         return self.requests.deny(request_id, approver, reason)
 
-    def cancel(self, request_id: int, person: Person, reason: str = "") -> RequestView:
+    def cancel(self, request_id: int, person: Person, reason: str = "") -> RequestSnapshot:
         return self.requests.cancel(request_id, person, reason)
 
     def escalate_overdue(self) -> list[tuple[int, int]]:
         return self.requests.escalate_overdue()
 
-    def approvers_unreachable(self, request_id: int, why: str) -> RequestView | None:
+    def approvers_unreachable(self, request_id: int, why: str) -> RequestSnapshot | None:
         return self.requests.approvers_unreachable(request_id, why)
 
     def nobody_to_approve(self, why: Callable[[str], str]) -> list[int]:
@@ -264,10 +266,10 @@ class AccessService:
         duration: timedelta | None = None,
         extra: Mapping[str, object] | None = None,
         guard: Callable[[Session], None] | None = None,
-    ) -> RequestView:
+    ) -> RequestSnapshot:
         return self.breakglass.break_glass(person, target, role, reason, duration, extra, guard)
 
-    def confirm_break_glass(self, request_id: int, person: Person) -> RequestView:
+    def confirm_break_glass(self, request_id: int, person: Person) -> RequestSnapshot:
         return self.breakglass.confirm_break_glass(request_id, person)
 
     def break_glass_start(self, request_id: int) -> BreakGlassStart:

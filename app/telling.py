@@ -30,7 +30,7 @@ from slack_sdk.models.blocks import Block
 
 from app.blockkit import Names
 from app.directory import SlackDirectory
-from app.lifecycle.snapshots import RequestView
+from app.lifecycle.snapshots import RequestSnapshot
 from app.outbox_records import Delivered, Notice, OutCall
 
 
@@ -107,7 +107,7 @@ class Teller(Protocol):
         ...
 
     def slack_ids(
-        self, view: RequestView, members: list[str], missing: list[str] | None = None
+        self, view: RequestSnapshot, members: list[str], missing: list[str] | None = None
     ) -> list[str]:
         """The Slack user IDs of the policy members who can read and act on a message about
         `view`, never its requester (members Slack does not know, or whose accounts cannot

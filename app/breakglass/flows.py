@@ -25,7 +25,7 @@ from app.breakglass.messages import (
 from app.breakglass.service import ALERT_MESSAGE, HELD, STARTED, WAITING
 from app.clock import Clock
 from app.grants.messages import outcome_line
-from app.lifecycle.snapshots import BreakGlassStart, RequestView
+from app.lifecycle.snapshots import BreakGlassStart, RequestSnapshot
 from app.outbox_records import Defer, Notice
 from app.policy import rules
 from app.policy.model import Policy
@@ -46,7 +46,7 @@ class Core(Protocol):
     @property
     def clock(self) -> Clock: ...
 
-    def get(self, request_id: int) -> RequestView: ...
+    def get(self, request_id: int) -> RequestSnapshot: ...
 
     def break_glass_start(self, request_id: int) -> BreakGlassStart:
         """How a use began: held, confirmed, flagged."""
@@ -66,7 +66,7 @@ class Needs(Protocol):
     @property
     def core(self) -> Core: ...
 
-    def tell_sponsor(self, view: RequestView) -> None:
+    def tell_sponsor(self, view: RequestSnapshot) -> None:
         """A vendor's sponsor told of a use of the access they sponsor
         (app/identities/flows.py)."""
         ...
@@ -165,7 +165,7 @@ def waiting(notice: Notice, given: Needs) -> None:
         teller.update(channel, ts, line)
 
 
-def held_closed(view: RequestView, given: Needs) -> None:
+def held_closed(view: RequestSnapshot, given: Needs) -> None:
     """A held use closed without a second person (timed out or cancelled; told with the
     request's own notice, app/requests/flows.py): its cards and line say so."""
     start = given.core.break_glass_start(view.id)
@@ -173,7 +173,7 @@ def held_closed(view: RequestView, given: Needs) -> None:
         _held_update(view, start, given)
 
 
-def _held_update(view: RequestView, start: BreakGlassStart, given: Needs) -> None:
+def _held_update(view: RequestSnapshot, start: BreakGlassStart, given: Needs) -> None:
     """The confirm cards and the security channel's wait line, as the use now stands."""
     teller = given.teller
     text, blocks = confirm_card(view, start, teller.zone, teller.names)

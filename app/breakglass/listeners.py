@@ -23,7 +23,7 @@ from app.blockkit import Names, escape
 from app.breakglass.messages import CONFIRM_ACTION
 from app.grants.messages import outcome_line
 from app.lifecycle.errors import AlreadyDecided
-from app.lifecycle.snapshots import BreakGlassStart, RequestView
+from app.lifecycle.snapshots import BreakGlassStart, RequestSnapshot
 from app.policy import Person, Policy
 from app.slack.deps import APPLIED, NOTIFIED, Shell
 from app.slack.gate import person_of
@@ -55,11 +55,13 @@ class Core(Protocol):
     @property
     def policy(self) -> Policy: ...
 
-    def get(self, request_id: int) -> RequestView: ...
+    def get(self, request_id: int) -> RequestSnapshot: ...
 
-    def break_glass(self, person: Person, target: str, role: str, reason: str) -> RequestView: ...
+    def break_glass(
+        self, person: Person, target: str, role: str, reason: str
+    ) -> RequestSnapshot: ...
 
-    def confirm_break_glass(self, request_id: int, person: Person) -> RequestView: ...
+    def confirm_break_glass(self, request_id: int, person: Person) -> RequestSnapshot: ...
 
     def break_glass_start(self, request_id: int) -> BreakGlassStart: ...
 
@@ -151,7 +153,7 @@ def _break_glass(deps: Needs, parsed: BreakGlass, context: BoltContext, respond:
     deps.notifier.deliver_now()
 
 
-def held_text(deps: Needs, view: RequestView) -> str:
+def held_text(deps: Needs, view: RequestSnapshot) -> str:
     """What the person who broke glass is told at once when it needs a second person."""
     start = deps.service.break_glass_start(view.id)
     names = deps.notifier.names

@@ -18,7 +18,7 @@ from slack_sdk.models.blocks import (
 )
 
 from app.blockkit import Names, inert, quoted, words
-from app.lifecycle.snapshots import BreakGlassStart, RequestView
+from app.lifecycle.snapshots import BreakGlassStart, RequestSnapshot
 from app.policy.durations import format_duration
 from app.store.models import RequestState
 from app.wording import clock_time
@@ -47,7 +47,7 @@ def flag_lines(flags: Sequence[tuple[str, str]]) -> str:
     return "\n".join(f"• ⚑ {inert(text)}" for _code, text in flags)
 
 
-def _ending(view: RequestView, start: BreakGlassStart, zone: ZoneInfo, names: Names) -> str:
+def _ending(view: RequestSnapshot, start: BreakGlassStart, zone: ZoneInfo, names: Names) -> str:
     if start.confirmed_by is not None:
         waited = waited_words(start.waited or timedelta(0))
         line = (
@@ -66,7 +66,7 @@ def _ending(view: RequestView, start: BreakGlassStart, zone: ZoneInfo, names: Na
 
 
 def confirm_card(
-    view: RequestView, start: BreakGlassStart, zone: ZoneInfo, names: Names
+    view: RequestSnapshot, start: BreakGlassStart, zone: ZoneInfo, names: Names
 ) -> tuple[str, list[Block]]:
     """To each eligible confirmer: who needs what and why it needs a second person, the
     flags, and Confirm while it waits."""
@@ -119,7 +119,7 @@ def confirm_card(
 
 
 def wait_line(
-    view: RequestView,
+    view: RequestSnapshot,
     start: BreakGlassStart,
     waited: timedelta,
     zone: ZoneInfo,

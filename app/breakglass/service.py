@@ -26,7 +26,7 @@ from app.lifecycle import eligibility, transitions
 from app.lifecycle.deps import CoreDeps
 from app.lifecycle.errors import STATE_WORDS, AlreadyDecided, NotAllowed, NotFound, SelfApproval
 from app.lifecycle.leases import lease_values
-from app.lifecycle.snapshots import BreakGlassStart, RequestView, load_request, snapshot
+from app.lifecycle.snapshots import BreakGlassStart, RequestSnapshot, load_request, snapshot
 from app.lifecycle.transitions import retry_when_stale
 from app.lifecycle.validation import clean_reason, within_cap
 from app.policy import rules
@@ -114,7 +114,7 @@ class BreakGlass:
         duration: timedelta | None = None,
         extra: Mapping[str, object] | None = None,
         guard: Callable[[Session], None] | None = None,
-    ) -> RequestView:
+    ) -> RequestSnapshot:
         """Emergency access: at once within the limits, else held for a second person's
         confirmation (or refused, where the policy says so). The limits are checked again in
         the transaction that opens a use at once, after any `guard`."""
@@ -177,7 +177,7 @@ class BreakGlass:
         check: BreakGlassCheck,
         confirmers: list[str],
         facts: Mapping[str, object],
-    ) -> RequestView:
+    ) -> RequestSnapshot:
         def replace_pending(session: Session, key: str) -> tuple[int | None, dict[str, object]]:
             """The person's own request for this access, still waiting for approval, is
             replaced as an immediate break-glass would replace it."""
@@ -372,7 +372,7 @@ class BreakGlass:
                 return others
         return []
 
-    def confirm_break_glass(self, request_id: int, person: Person) -> RequestView:
+    def confirm_break_glass(self, request_id: int, person: Person) -> RequestSnapshot:
         """A second person confirms a held break-glass use: granted at once."""
         with self.deps.db.read() as session:
             req = load_request(session, request_id)
@@ -396,7 +396,7 @@ class BreakGlass:
         preexisting = self.grants.preexisting(target, account, entitlement)
         held_data = _event_data(held)
 
-        def attempt() -> RequestView:
+        def attempt() -> RequestSnapshot:
             now = self.deps.clock.now()
             with self.deps.db.transaction() as session:
                 req = load_request(session, request_id)

@@ -16,7 +16,7 @@ from slack_sdk.models.blocks import (
 
 from app.blockkit import SLACK_SHOWS, Names, escape, inert, words
 from app.digest.service import Digest
-from app.lifecycle.snapshots import RequestView
+from app.lifecycle.snapshots import RequestSnapshot
 from app.policy.durations import format_duration
 from app.reviews.messages import review_line
 from app.wording import day_time, listed, plural
@@ -43,7 +43,7 @@ def digest_blocks(digest: Digest, zone: ZoneInfo, names: Names = SLACK_SHOWS) ->
     def lines(items: list[str], empty: str) -> str:
         return "\n".join(f"• {i}" for i in items) if items else empty
 
-    def who(view: RequestView) -> str:
+    def who(view: RequestSnapshot) -> str:
         return names.person(view.requester, view.requester_slack_id)
 
     glass = [

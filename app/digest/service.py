@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from app import audit
 from app.access import FeatureService
 from app.audit.chain import hashed_time
-from app.lifecycle.snapshots import RequestView, snapshots
+from app.lifecycle.snapshots import RequestSnapshot, snapshots
 from app.lifecycle.transitions import announce
 from app.policy import rules
 from app.policy.model import BREAK_GLASS_PATH
@@ -45,7 +45,7 @@ class PathLatency:
 
 @dataclass(frozen=True)
 class Elevation:
-    view: RequestView
+    view: RequestSnapshot
     held: timedelta
 
 
@@ -55,9 +55,9 @@ class Digest:
     since: datetime
     until: datetime
     break_glass: tuple[Elevation, ...]
-    overdue_reviews: tuple[RequestView, ...]
+    overdue_reviews: tuple[RequestSnapshot, ...]
     latency: tuple[PathLatency, ...]
-    revoke_failures: tuple[RequestView, ...]
+    revoke_failures: tuple[RequestSnapshot, ...]
     failed_revoke_attempts: int
     longest: tuple[Elevation, ...]
     most_frequent: tuple[tuple[str, int], ...]

@@ -16,7 +16,7 @@ from typing import Protocol
 from app.blockkit import escape, inert
 from app.clock import Clock
 from app.grants.messages import expiry_warning
-from app.lifecycle.snapshots import RequestView
+from app.lifecycle.snapshots import RequestSnapshot
 from app.outbox_records import Notice
 from app.policy import rules
 from app.policy.model import Policy
@@ -38,7 +38,7 @@ class Core(Protocol):
     @property
     def clock(self) -> Clock: ...
 
-    def get(self, request_id: int) -> RequestView: ...
+    def get(self, request_id: int) -> RequestSnapshot: ...
 
 
 class Needs(Protocol):
@@ -50,11 +50,11 @@ class Needs(Protocol):
     @property
     def core(self) -> Core: ...
 
-    def refresh_homes(self, view: RequestView) -> None:
+    def refresh_homes(self, view: RequestSnapshot) -> None:
         """The App Homes the request concerns, redrawn (app/requests/flows.py)."""
         ...
 
-    def request_changed(self, view: RequestView, notice: Notice) -> None:
+    def request_changed(self, view: RequestSnapshot, notice: Notice) -> None:
         """The request's change told: its cards, its requester, the homes
         (app/requests/flows.py)."""
         ...
@@ -87,7 +87,7 @@ def extended(notice: Notice, given: Needs) -> None:
         given.request_changed(view, notice)
 
 
-def grant_failed(view: RequestView, teller: Teller, policy: Policy) -> None:
+def grant_failed(view: RequestSnapshot, teller: Teller, policy: Policy) -> None:
     """An approved request the target would not grant: the security channel and every
     WardKey admin hear of it, so someone fixes the target and the person is not left
     waiting for access that is not coming."""
@@ -113,7 +113,7 @@ def grant_failed(view: RequestView, teller: Teller, policy: Policy) -> None:
         )
 
 
-def revoke_failed(view: RequestView, attempts: int, teller: Teller, policy: Policy) -> None:
+def revoke_failed(view: RequestSnapshot, attempts: int, teller: Teller, policy: Policy) -> None:
     """Access still on the target after a revoke: the security channel is alerted, at every
     failed try (with the channel gone, the WardKey admins are)."""
     text = (

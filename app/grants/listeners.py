@@ -13,7 +13,7 @@ from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
 
 from app.grants.messages import HOME_EXTEND, HOME_EXTEND_BY, HOME_REVOKE, outcome_line
-from app.lifecycle.snapshots import RequestView
+from app.lifecycle.snapshots import RequestSnapshot
 from app.policy import Person, Policy, format_duration
 from app.slack.commands import Slash
 from app.slack.deps import Shell
@@ -42,9 +42,9 @@ class Core(Protocol):
     @property
     def policy(self) -> Policy: ...
 
-    def extend(self, request_id: int, person: Person, duration: timedelta) -> RequestView: ...
+    def extend(self, request_id: int, person: Person, duration: timedelta) -> RequestSnapshot: ...
 
-    def revoke(self, request_id: int, person: Person, reason: str = "") -> RequestView: ...
+    def revoke(self, request_id: int, person: Person, reason: str = "") -> RequestSnapshot: ...
 
 
 class Needs(Protocol):

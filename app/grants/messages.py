@@ -20,7 +20,7 @@ from slack_sdk.models.blocks import (
 )
 
 from app.blockkit import SLACK_SHOWS, Names, inert
-from app.lifecycle.snapshots import UNREACHABLE, RequestView
+from app.lifecycle.snapshots import UNREACHABLE, RequestSnapshot
 from app.policy.durations import format_duration
 from app.store.models import RequestState
 from app.wording import clock_time, listed, plural
@@ -29,7 +29,7 @@ HOME_EXTEND, HOME_REVOKE = "home_extend", "home_revoke"
 HOME_EXTEND_BY = timedelta(minutes=30)
 
 
-def holder_buttons(v: RequestView, block_id: str) -> ActionsBlock:
+def holder_buttons(v: RequestSnapshot, block_id: str) -> ActionsBlock:
     """What the holder of active access can do: Extend (not for break-glass) and Revoke now."""
     buttons = [
         ButtonElement(
@@ -57,7 +57,7 @@ def holder_buttons(v: RequestView, block_id: str) -> ActionsBlock:
     return ActionsBlock(block_id=block_id, elements=buttons)
 
 
-def expiry_warning(v: RequestView, now: datetime, zone: ZoneInfo) -> list[Block]:
+def expiry_warning(v: RequestSnapshot, now: datetime, zone: ZoneInfo) -> list[Block]:
     """The DM before access ends: when, and the same two buttons as the App Home."""
     left = max(timedelta(0), (v.expires_at or now) - now)
     done = "" if v.is_break_glass else " Need longer? Extend. "
@@ -73,7 +73,7 @@ def expiry_warning(v: RequestView, now: datetime, zone: ZoneInfo) -> list[Block]
     ]
 
 
-def outcome_line(view: RequestView, zone: ZoneInfo, names: Names = SLACK_SHOWS) -> str:
+def outcome_line(view: RequestSnapshot, zone: ZoneInfo, names: Names = SLACK_SHOWS) -> str:
     """One line saying where the request stands, for cards and DMs; people by name."""
     approvals = view.approvals
     by = listed([names.person(d.approver, d.approver_slack_id) for d in approvals])

@@ -35,7 +35,7 @@ from app.lifecycle.leases import (
     skip_locked,
 )
 from app.lifecycle.reads import Reads
-from app.lifecycle.snapshots import RequestView, load_request, snapshot
+from app.lifecycle.snapshots import RequestSnapshot, load_request, snapshot
 from app.lifecycle.targets import StillPresent, describe_error
 from app.lifecycle.transitions import StaleState, retry_when_stale
 from app.lifecycle.validation import MAX_NOTE_CHARS, clean_note, clean_text
@@ -140,7 +140,7 @@ class Grants:
 
     # -------------------------------------------------------------------------------- grant
 
-    def grant(self, request_id: int) -> RequestView:
+    def grant(self, request_id: int) -> RequestSnapshot:
         """Give approved access on the target: record intent, call the adapter, record result."""
         with self.deps.db.read() as session:
             req = load_request(session, request_id)
@@ -193,13 +193,13 @@ class Grants:
             return self.reads.get(request_id)
         return self.finish_grant(request_id)
 
-    def finish_grant(self, request_id: int) -> RequestView:
+    def finish_grant(self, request_id: int) -> RequestSnapshot:
         """Call the target for a request in `granting` whose lease this worker holds, and
         record the result (a grant, a break-glass use, or one taken over)."""
         with keeping_leases(self.deps.heartbeat, request_id):
             return self._finish_grant_held(request_id)
 
-    def _finish_grant_held(self, request_id: int) -> RequestView:
+    def _finish_grant_held(self, request_id: int) -> RequestSnapshot:
         now = self.deps.clock.now()
         with self.deps.db.read() as session:
             req = load_request(session, request_id)
@@ -254,7 +254,7 @@ class Grants:
             },
         )
 
-    def _drop_grant(self, req: AccessRequest, why: str, now: datetime) -> RequestView:
+    def _drop_grant(self, req: AccessRequest, why: str, now: datetime) -> RequestSnapshot:
         """A grant in progress whose requester may no longer have the access: take back what a
         crashed worker may already have given, and cancel it saying why."""
         detail = self._undo_uncertain_grant(req).removeprefix("; ")
@@ -289,7 +289,7 @@ class Grants:
         changes: Mapping[str, object] | None = None,
         data: Mapping[str, object] | None = None,
         at: datetime | None = None,
-    ) -> RequestView:
+    ) -> RequestSnapshot:
         """Apply one transition in its own transaction, from the state the caller saw:
         AlreadyDecided (saying what became of the request) if it has moved on meanwhile.
         `_record_target_result` is the same for a target's answer, where moving on is no
@@ -324,7 +324,7 @@ class Grants:
         *,
         changes: Mapping[str, object],
         data: Mapping[str, object],
-    ) -> RequestView:
+    ) -> RequestSnapshot:
         """Record what the target said (`_apply`). If this worker's lease ran out and another
         took the work over, the other records it; the caller gets the request as it now
         stands."""
@@ -385,14 +385,14 @@ class Grants:
 
     # ------------------------------------------------------------------------------- extend
 
-    def extend(self, request_id: int, person: Person, duration: timedelta) -> RequestView:
+    def extend(self, request_id: int, person: Person, duration: timedelta) -> RequestSnapshot:
         """Move the expiry later with no gap in access; high-risk paths ask approvers again."""
         if duration <= timedelta(0):
             raise InvalidRequest("An extension must be at least 1m.")
         if duration > LONGEST:  # beyond any cap, and date arithmetic would overflow
             raise InvalidRequest("An extension of more than a year is never allowed.")
 
-        def attempt() -> RequestView:
+        def attempt() -> RequestSnapshot:
             now = self.deps.clock.now()
             with self.deps.db.transaction() as session:
                 req = load_request(session, request_id)
@@ -519,7 +519,7 @@ class Grants:
             data={**facts, "previous_expires_at": req.expires_at, "new_expires_at": new_expiry},
         )
 
-    def refresh_target(self, view: RequestView) -> None:
+    def refresh_target(self, view: RequestSnapshot) -> None:
         """Give the target the extended end of access it keeps itself (see below)."""
         # Targets with expiring membership (AD TTL) need the new end; access never lapses here
         # because granting again is idempotent. If it fails the target may end access early,
@@ -538,7 +538,7 @@ class Grants:
 
     # ------------------------------------------------------------------------------- revoke
 
-    def revoke(self, request_id: int, person: Person, reason: str = "") -> RequestView:
+    def revoke(self, request_id: int, person: Person, reason: str = "") -> RequestSnapshot:
         """End access early: the holder, an approver of its path or an admin may do it."""
         now = self.deps.clock.now()
         why = "revoked early"
@@ -966,7 +966,7 @@ class Grants:
             return False
         return True
 
-    def retry_revoke(self, request_id: int) -> RequestView:
+    def retry_revoke(self, request_id: int) -> RequestSnapshot:
         """Try a failed revoke again (the retry sweep calls this until it succeeds)."""
         now = self.deps.clock.now()
         try:
@@ -1092,7 +1092,7 @@ class Grants:
             ).all()
         return [rid for rid, since, attempts in rows if now >= since + revoke_retry_wait(attempts)]
 
-    def resolve_revoke_failure(self, request_id: int, person: Person, note: str) -> RequestView:
+    def resolve_revoke_failure(self, request_id: int, person: Person, note: str) -> RequestSnapshot:
         """An admin confirms by hand that access is gone from the target."""
         if not rules.is_admin(self.deps.policy, person):
             raise NotAllowed("Only a WardKey admin can mark a failed revoke as resolved.")
@@ -1108,7 +1108,7 @@ class Grants:
             data={"note": cleaned},
         )
 
-    def _finish_revoke(self, request_id: int) -> RequestView:
+    def _finish_revoke(self, request_id: int) -> RequestSnapshot:
         with self.deps.db.read() as session:
             req = load_request(session, request_id)
             if req.state != RequestState.REVOKING or not holds_lease(req, self.deps.worker):
@@ -1252,7 +1252,7 @@ class Grants:
         recorded) and are not in the report."""
         report = ReconcileReport()
         now = self.deps.clock.now()
-        revokes: list[tuple[int, Future[RequestView]]] = []
+        revokes: list[tuple[int, Future[RequestSnapshot]]] = []
         for rid, state, started, seconds, target in self._take_over_stalled(now):
             if state == RequestState.REVOKING:
                 revokes.append((rid, self._finish_revoke_in_lane(rid, target, on_done)))
@@ -1272,11 +1272,11 @@ class Grants:
 
     def _finish_revoke_in_lane(
         self, request_id: int, target: str, on_done: OnDone | None
-    ) -> Future[RequestView]:
+    ) -> Future[RequestSnapshot]:
         if self.deps.heartbeat is not None:  # held from the take-over, even while it queues
             self.deps.heartbeat.hold([request_id])
 
-        def run() -> RequestView:
+        def run() -> RequestSnapshot:
             try:
                 view = self._finish_revoke(request_id)
             except Exception as exc:
@@ -1352,7 +1352,7 @@ class Grants:
                 taken.append((req.id, state, started, req.requested_seconds, req.target))
         return taken
 
-    def _abandon_grant(self, request_id: int) -> RequestView:
+    def _abandon_grant(self, request_id: int) -> RequestSnapshot:
         with self.deps.db.read() as session:
             req = load_request(session, request_id)
         detail = "interrupted before access was confirmed; its time has passed"

@@ -18,7 +18,7 @@ from app.directory import SlackDirectory
 from app.grants.messages import outcome_line
 from app.identities import messages
 from app.identities.service import AttestationStep, IdentityService, orphans_of_notices
-from app.lifecycle.snapshots import RequestView
+from app.lifecycle.snapshots import RequestSnapshot
 from app.outbox_records import Notice
 from app.policy import rules
 from app.policy.model import Policy
@@ -113,7 +113,7 @@ def owner_gone(directory: SlackDirectory, member: str) -> str | None:
     return f"owner {member} is deactivated in Slack" if profile.deleted else None
 
 
-def tell_sponsor(view: RequestView, given: Needs) -> None:
+def tell_sponsor(view: RequestSnapshot, given: Needs) -> None:
     """A vendor's sponsor hears of each use of the access they sponsor: when it starts and
     when it ends (a request's outcome, app/requests/flows.py; a break-glass use,
     app/breakglass/flows.py)."""
@@ -137,7 +137,7 @@ def tell_sponsor(view: RequestView, given: Needs) -> None:
         )
 
 
-def _vendor_sponsor(view: RequestView, policy: Policy) -> str | None:
+def _vendor_sponsor(view: RequestSnapshot, policy: Policy) -> str | None:
     if view.sponsor is not None:
         return view.sponsor
     if view.requester_email is None and view.requester_slack_id is None:

@@ -19,7 +19,7 @@ from slack_sdk.models.blocks import (
 )
 
 from app.blockkit import SLACK_SHOWS, Names, escape, words
-from app.identities.service import RETIRED, STILL_NEEDED, AttestationView, OrphanView
+from app.identities.service import RETIRED, STILL_NEEDED, AttestationSnapshot, OrphanFound
 from app.wording import day_time
 
 ATTEST_KEEP = "attest_still_needed"
@@ -32,7 +32,7 @@ def asked_text(name: str) -> str:
 
 
 def attestation_card(
-    view: AttestationView, zone: ZoneInfo, names: Names = SLACK_SHOWS
+    view: AttestationSnapshot, zone: ZoneInfo, names: Names = SLACK_SHOWS
 ) -> list[Block]:
     """The owner's card: is this service account still needed? Buttons while unanswered."""
     blocks: list[Block] = [
@@ -79,7 +79,7 @@ def attestation_card(
     return blocks
 
 
-def overdue_text(view: AttestationView, blocked: bool, zone: ZoneInfo, names: Names) -> str:
+def overdue_text(view: AttestationSnapshot, blocked: bool, zone: ZoneInfo, names: Names) -> str:
     """To security and the owner: the round went unanswered past its deadline (and, where the
     policy says `block_unattested`, the account cannot be elevated until it is answered)."""
     return (
@@ -89,7 +89,7 @@ def overdue_text(view: AttestationView, blocked: bool, zone: ZoneInfo, names: Na
     )
 
 
-def orphans_text(orphans: list[OrphanView]) -> str:
+def orphans_text(orphans: list[OrphanFound]) -> str:
     """To security: service accounts whose owner is no longer a current person."""
     lines = [f"• `{escape(o.identity)}`: {escape(o.reason)}" for o in orphans]
     return "👤 Service accounts with no current owner:\n" + "\n".join(lines)

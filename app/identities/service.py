@@ -40,7 +40,7 @@ class AttestationStep(StrEnum):
 
 
 @dataclass(frozen=True)
-class AttestationView:
+class AttestationSnapshot:
     identity: str
     owner: str
     purpose: str
@@ -53,15 +53,15 @@ class AttestationView:
 
 
 @dataclass(frozen=True)
-class OrphanView:
+class OrphanFound:
     identity: str
     owner: str
     reason: str
 
 
-def orphans_of_notices(facts: Sequence[Mapping[str, object]]) -> list[OrphanView]:
+def orphans_of_notices(facts: Sequence[Mapping[str, object]]) -> list[OrphanFound]:
     """One look's new orphan flags, as their notices (`orphans.found`) recorded them."""
-    return [OrphanView(str(f["identity"]), str(f["owner"]), str(f["reason"])) for f in facts]
+    return [OrphanFound(str(f["identity"]), str(f["owner"]), str(f["reason"])) for f in facts]
 
 
 def _due_step(
@@ -135,7 +135,7 @@ class IdentityService(FeatureService):
                 announce(session, f"identity:{name}", "attestation.asked", {"name": name}, at=now)
             return step
 
-    def attest(self, name: str, person: Person, *, still_needed: bool) -> AttestationView:
+    def attest(self, name: str, person: Person, *, still_needed: bool) -> AttestationSnapshot:
         """The owner says the identity is still needed, or retires it (its elevations end)."""
         identity = self.policy.identities.get(name)
         if identity is None:
@@ -189,7 +189,7 @@ class IdentityService(FeatureService):
             rid for rid in live if self.core.end_access(rid, why, "identity_retired", actor=owner)
         )
 
-    def attestation(self, name: str) -> AttestationView | None:
+    def attestation(self, name: str) -> AttestationSnapshot | None:
         identity = self.policy.identities.get(name)
         if identity is None:
             return None
@@ -199,13 +199,13 @@ class IdentityService(FeatureService):
 
     # --------------------------------------------------------------------------- orphans
 
-    def flag_orphans(self, owner_gone: Callable[[str], str | None]) -> list[OrphanView]:
+    def flag_orphans(self, owner_gone: Callable[[str], str | None]) -> list[OrphanFound]:
         """Identities whose owner is no longer a current person: in no group of the policy,
         or (`owner_gone`, from the directory) deleted or unknown. New flags are recorded,
         audited and returned; flags whose owner is back are cleared."""
         now = self.clock.now()
         members = {m for group in self.policy.groups for m in self.policy.members_of(group)}
-        new: list[OrphanView] = []
+        new: list[OrphanFound] = []
         for name, identity in sorted(self.policy.identities.items()):
             reason = (
                 None
@@ -231,10 +231,10 @@ class IdentityService(FeatureService):
                         {"identity": name, "owner": identity.owner, "reason": reason},
                         at=now,
                     )
-                    new.append(OrphanView(name, identity.owner, reason))
+                    new.append(OrphanFound(name, identity.owner, reason))
         return new
 
-    def orphans_due(self, owner_gone: Callable[[str], str | None]) -> list[OrphanView] | None:
+    def orphans_due(self, owner_gone: Callable[[str], str | None]) -> list[OrphanFound] | None:
         """This hour's look for orphaned identities, unless another worker has taken it."""
         now = self.clock.now()
         period = now.replace(minute=0, second=0, microsecond=0).isoformat()
@@ -242,18 +242,18 @@ class IdentityService(FeatureService):
             return None
         return self.flag_orphans(owner_gone)
 
-    def orphans(self) -> list[OrphanView]:
+    def orphans(self) -> list[OrphanFound]:
         with self.db.read() as session:
             return [
-                OrphanView(f.identity, f.owner, f.reason)
+                OrphanFound(f.identity, f.owner, f.reason)
                 for f in session.scalars(select(OrphanFlag).order_by(OrphanFlag.identity))
             ]
 
     # --------------------------------------------------------------------------- helpers
 
-    def _attestation_view(self, row: Attestation | None, identity: Identity) -> AttestationView:
+    def _attestation_view(self, row: Attestation | None, identity: Identity) -> AttestationSnapshot:
         assert row is not None
-        return AttestationView(
+        return AttestationSnapshot(
             identity=row.identity,
             owner=row.owner,
             purpose=identity.purpose,

@@ -12,7 +12,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from app.lifecycle.deps import CoreDeps
 from app.lifecycle.eligibility import is_requester
-from app.lifecycle.snapshots import RequestView, load_request, snapshot, snapshots
+from app.lifecycle.snapshots import RequestSnapshot, load_request, snapshot, snapshots
 from app.policy import rules
 from app.policy.people import Person, person_key
 from app.store.models import AccessRequest, Decision, HomeView, RequestMessage, RequestState
@@ -24,16 +24,18 @@ class Reads:
     def __init__(self, deps: CoreDeps) -> None:
         self.deps = deps
 
-    def get(self, request_id: int) -> RequestView:
+    def get(self, request_id: int) -> RequestSnapshot:
         with self.deps.db.read() as session:
             return snapshot(session, load_request(session, request_id))
 
     def requests_of(
         self, person: Person, states: tuple[RequestState, ...] = ()
-    ) -> list[RequestView]:
+    ) -> list[RequestSnapshot]:
         return self.requests_of_key(person_key(self.deps.policy, person), states)
 
-    def requests_of_key(self, key: str, states: tuple[RequestState, ...] = ()) -> list[RequestView]:
+    def requests_of_key(
+        self, key: str, states: tuple[RequestState, ...] = ()
+    ) -> list[RequestSnapshot]:
         """The newest 100 requests of the person with this key, optionally in these states."""
         with self.deps.db.read() as session:
             query = select(AccessRequest).where(AccessRequest.requester == key)
@@ -42,7 +44,7 @@ class Reads:
             rows = session.scalars(query.order_by(AccessRequest.id.desc()).limit(100)).all()
             return snapshots(session, rows)
 
-    def awaiting_decision_by(self, person: Person, limit: int = 25) -> list[RequestView]:
+    def awaiting_decision_by(self, person: Person, limit: int = 25) -> list[RequestSnapshot]:
         """Requests this person may decide on now, longest waiting first: pending ones, and
         extensions awaiting approval, on paths they approve at this instant, that they did not
         ask for and have not decided yet."""

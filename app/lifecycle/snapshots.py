@@ -23,7 +23,7 @@ UNREACHABLE = 3
 
 
 @dataclass(frozen=True)
-class DecisionView:
+class DecisionSnapshot:
     approver: str
     approver_slack_id: str | None
     outcome: str
@@ -34,7 +34,7 @@ class DecisionView:
 
 
 @dataclass(frozen=True)
-class ReviewView:
+class ReviewSnapshot:
     state: str
     due_at: datetime
     reviewer: str | None
@@ -43,7 +43,7 @@ class ReviewView:
 
 
 @dataclass(frozen=True)
-class TicketView:
+class TicketSnapshot:
     """The ticket as its system showed it when WardKey last checked."""
 
     system: str
@@ -67,7 +67,7 @@ class BreakGlassStart:
 
 
 @dataclass(frozen=True)
-class RequestView:
+class RequestSnapshot:
     id: int
     state: RequestState
     requester: str
@@ -97,14 +97,14 @@ class RequestView:
     escalation_level: int
     ended_by: str | None
     end_reason: str | None
-    decisions: tuple[DecisionView, ...]
-    review: ReviewView | None
+    decisions: tuple[DecisionSnapshot, ...]
+    review: ReviewSnapshot | None
     sponsor: str | None = None  # a vendor's sponsor, who must approve too
     end_cause: str | None = None  # why it ended, as a word (see AccessRequest.end_cause)
-    ticket_check: TicketView | None = None  # what the path's ticket system said of the ticket
+    ticket_check: TicketSnapshot | None = None  # what the path's ticket system said of the ticket
 
     @property
-    def approvals(self) -> tuple[DecisionView, ...]:
+    def approvals(self) -> tuple[DecisionSnapshot, ...]:
         """The path's approvals in the current round (the first request, or the extension
         asked for); a sponsor's approval is counted apart."""
         return tuple(
@@ -135,7 +135,7 @@ class RequestView:
     @classmethod
     def of(
         cls, req: AccessRequest, decisions: list[Decision], review: Review | None
-    ) -> RequestView:
+    ) -> RequestSnapshot:
         return cls(
             id=req.id,
             state=RequestState(req.state),
@@ -167,7 +167,7 @@ class RequestView:
             ended_by=req.ended_by,
             end_reason=req.end_reason,
             decisions=tuple(
-                DecisionView(
+                DecisionSnapshot(
                     approver=d.approver,
                     approver_slack_id=d.approver_slack_id,
                     outcome=d.outcome,
@@ -179,7 +179,7 @@ class RequestView:
                 for d in sorted(decisions, key=lambda d: (d.round, d.decided_at, d.id))
             ),
             review=(
-                ReviewView(
+                ReviewSnapshot(
                     state=review.state,
                     due_at=review.due_at,
                     reviewer=review.reviewer,
@@ -192,7 +192,7 @@ class RequestView:
             sponsor=req.sponsor,
             end_cause=req.end_cause,
             ticket_check=(
-                TicketView(
+                TicketSnapshot(
                     system=req.ticket_system,
                     title=req.ticket_title or "",
                     state=req.ticket_state or "",
@@ -213,14 +213,14 @@ def load_request(session: Session, request_id: int) -> AccessRequest:
     return req
 
 
-def snapshot(session: Session, req: AccessRequest) -> RequestView:
+def snapshot(session: Session, req: AccessRequest) -> RequestSnapshot:
     """The request as it stands in this session, with its decisions and its review."""
     decisions = list(session.scalars(select(Decision).where(Decision.request_id == req.id)).all())
     review = session.scalars(select(Review).where(Review.request_id == req.id)).first()
-    return RequestView.of(req, decisions, review)
+    return RequestSnapshot.of(req, decisions, review)
 
 
-def snapshots(session: Session, reqs: Sequence[AccessRequest]) -> list[RequestView]:
+def snapshots(session: Session, reqs: Sequence[AccessRequest]) -> list[RequestSnapshot]:
     """Snapshots of many requests with two queries in all, not two per request."""
     ids = [r.id for r in reqs]
     decisions: dict[int, list[Decision]] = defaultdict(list)
@@ -231,4 +231,4 @@ def snapshots(session: Session, reqs: Sequence[AccessRequest]) -> list[RequestVi
             decisions[d.request_id].append(d)
         for r in session.scalars(select(Review).where(Review.request_id.in_(chunk))):
             reviews.setdefault(r.request_id, r)
-    return [RequestView.of(r, decisions[r.id], reviews.get(r.id)) for r in reqs]
+    return [RequestSnapshot.of(r, decisions[r.id], reviews.get(r.id)) for r in reqs]

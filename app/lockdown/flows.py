@@ -10,7 +10,7 @@ from typing import Protocol
 
 from app.access import AccessService
 from app.lockdown import messages
-from app.lockdown.service import Lockdowns, LockdownView, Preview, Progress
+from app.lockdown.service import Lockdowns, LockdownSnapshot, Preview, Progress
 from app.outbox_records import Notice
 from app.policy import rules
 from app.policy.people import Person
@@ -25,7 +25,7 @@ class LockdownFlows:
     def preview(self, person: Person, target: str) -> Preview:
         return self.lockdowns.preview(person, target)
 
-    def start(self, person: Person, target: str, reason: str) -> LockdownView:
+    def start(self, person: Person, target: str, reason: str) -> LockdownSnapshot:
         """Lock the target down (or find it already locked down) and say so."""
         view, _new = self.lockdowns.start(person, target, reason)
         self.kick()
@@ -37,7 +37,7 @@ class LockdownFlows:
         self.kick()
         return progress
 
-    def lift(self, person: Person, target: str, note: str) -> LockdownView:
+    def lift(self, person: Person, target: str, note: str) -> LockdownSnapshot:
         view = self.lockdowns.lift(person, target, note)
         self.kick()
         return view

@@ -18,7 +18,7 @@ from slack_sdk.models.blocks import (
 from slack_sdk.models.views import View
 
 from app.blockkit import Names, escape, inert
-from app.lockdown.service import SHOWN_FAILURES, LockdownView, Preview, Progress
+from app.lockdown.service import SHOWN_FAILURES, LockdownSnapshot, Preview, Progress
 from app.wording import clock_time, plural
 
 CONFIRM_VIEW = "lockdown_confirm"
@@ -63,7 +63,7 @@ def confirm_modal(preview: Preview, reason: str) -> dict[str, Any]:
     ).to_dict()
 
 
-def already_text(view: LockdownView, progress: Progress, zone: ZoneInfo, names: Names) -> str:
+def already_text(view: LockdownSnapshot, progress: Progress, zone: ZoneInfo, names: Names) -> str:
     """The answer to a lockdown of a target already locked down."""
     return (
         f"🔒 `{escape(view.target)}` is already locked down, since "
@@ -130,7 +130,7 @@ def progress_message(progress: Progress, zone: ZoneInfo, names: Names) -> tuple[
     return text, blocks
 
 
-def lifted_text(view: LockdownView, zone: ZoneInfo, names: Names) -> str:
+def lifted_text(view: LockdownSnapshot, zone: ZoneInfo, names: Names) -> str:
     """Posted when a lockdown is lifted (its progress message says so too)."""
     note = f": {inert(view.lift_reason)}" if view.lift_reason else ""
     return (

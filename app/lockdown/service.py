@@ -39,7 +39,7 @@ def lane(lockdown_id: int) -> str:
 
 
 @dataclass(frozen=True)
-class LockdownView:
+class LockdownSnapshot:
     id: int
     target: str
     reason: str
@@ -51,7 +51,7 @@ class LockdownView:
     lift_reason: str | None
 
     @classmethod
-    def of(cls, row: Lockdown) -> LockdownView:
+    def of(cls, row: Lockdown) -> LockdownSnapshot:
         return cls(
             row.id,
             row.target,
@@ -84,12 +84,12 @@ class Preview:
     target: str
     grants: int  # active grants it would revoke
     waiting: int  # requests waiting for approval or a grant it would cancel
-    in_force: LockdownView | None
+    in_force: LockdownSnapshot | None
 
 
 @dataclass(frozen=True)
 class Progress:
-    lockdown: LockdownView
+    lockdown: LockdownSnapshot
     total: int  # grants this lockdown is taking away
     removed: int  # ended, with the target read back
     working: int  # being revoked now, or still to be taken
@@ -114,19 +114,19 @@ class Lockdowns:
 
     # -------------------------------------------------------------------------- reads
 
-    def in_force(self, target: str | None = None) -> list[LockdownView]:
+    def in_force(self, target: str | None = None) -> list[LockdownSnapshot]:
         with self.service.db.read() as session:
             query = select(Lockdown).where(Lockdown.lifted_at.is_(None))
             if target is not None:
                 query = query.where(Lockdown.target == target)
-            return [LockdownView.of(r) for r in session.scalars(query.order_by(Lockdown.id))]
+            return [LockdownSnapshot.of(r) for r in session.scalars(query.order_by(Lockdown.id))]
 
-    def get(self, lockdown_id: int) -> LockdownView:
+    def get(self, lockdown_id: int) -> LockdownSnapshot:
         with self.service.db.read() as session:
             row = session.get(Lockdown, lockdown_id)
             if row is None:
                 raise NotFound(f"There is no lockdown #{lockdown_id}.")
-            return LockdownView.of(row)
+            return LockdownSnapshot.of(row)
 
     def preview(self, person: Person, target: str) -> Preview:
         """How many grants a lockdown of `target` would remove now (for the confirmation)."""
@@ -190,7 +190,7 @@ class Lockdowns:
                     .order_by(AccessRequest.id)
                 )
             ]
-            view = LockdownView.of(row)
+            view = LockdownSnapshot.of(row)
             # Grants on the target not taken yet (the round is about to lease them, or a grant
             # under way when the lockdown came has just finished): still to remove.
             left = 0
@@ -230,7 +230,7 @@ class Lockdowns:
 
     # ------------------------------------------------------------------------ changes
 
-    def start(self, person: Person, target: str, reason: str) -> tuple[LockdownView, bool]:
+    def start(self, person: Person, target: str, reason: str) -> tuple[LockdownSnapshot, bool]:
         """Lock the target down, durably, with its audit event and the security channel's
         progress message in the same transaction; True if this started it, False if it was
         already in force (a second lockdown of the same target is the first one)."""
@@ -250,7 +250,7 @@ class Lockdowns:
             with self.service.db.transaction() as session:
                 existing = self._in_force(session, target)
                 if existing is not None:
-                    return LockdownView.of(existing), False
+                    return LockdownSnapshot.of(existing), False
                 grants = session.scalar(
                     select(func.count()).where(
                         AccessRequest.target == target,
@@ -285,7 +285,7 @@ class Lockdowns:
                     {"lockdown": row.id, "target": target},
                     at=now,
                 )
-                return LockdownView.of(row), True
+                return LockdownSnapshot.of(row), True
         except IntegrityError:  # started at the same moment by someone else: that one holds
             found = self.in_force(target)
             if not found:
@@ -315,7 +315,9 @@ class Lockdowns:
             on_progress()
         return self.progress(lockdown_id)
 
-    def _lease_round(self, view: LockdownView) -> tuple[list[AccessRequest], dict[int, int | None]]:
+    def _lease_round(
+        self, view: LockdownSnapshot
+    ) -> tuple[list[AccessRequest], dict[int, int | None]]:
         """In one transaction: cancel the requests waiting for the target and mark up to
         ROUND of its active grants revoking (one statement each), unless it was lifted."""
         service = self.service
@@ -422,7 +424,7 @@ class Lockdowns:
             )
         return True
 
-    def lift(self, person: Person, target: str, note: str = "") -> LockdownView:
+    def lift(self, person: Person, target: str, note: str = "") -> LockdownSnapshot:
         """End the lockdown of `target`: people may ask for it again. Grants it removed stay
         removed (they ask again); failed revokes go on being retried."""
         self._refuse_unless_security_admin(person)

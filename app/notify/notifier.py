@@ -48,7 +48,7 @@ from app.grants import flows as grants_flows
 from app.groups import path_groups
 from app.identities import flows as identity_flows
 from app.identities.service import IdentityService
-from app.lifecycle.snapshots import RequestView
+from app.lifecycle.snapshots import RequestSnapshot
 from app.lockdown import flows as lockdown_flows
 from app.lockdown.service import Lockdowns
 from app.notify.outbox import Outbox
@@ -99,12 +99,12 @@ class NoticeDeps:
     reviews: ReviewService
     lockdowns: Lockdowns
 
-    def tell_sponsor(self, view: RequestView) -> None:
+    def tell_sponsor(self, view: RequestSnapshot) -> None:
         """A vendor's sponsor told of a use (app/identities/flows.py), for the requests' and
         break-glass's tellings."""
         identity_flows.tell_sponsor(view, self)
 
-    def held_closed(self, view: RequestView) -> None:
+    def held_closed(self, view: RequestSnapshot) -> None:
         """A held break-glass use closed unconfirmed (app/breakglass/flows.py), for the
         requests' telling of its end."""
         breakglass_flows.held_closed(view, self)
@@ -121,11 +121,11 @@ class NoticeDeps:
     def unread_rotas(self, path: str) -> list[str]:
         return unread_sources(self.core.policy, path)
 
-    def refresh_homes(self, view: RequestView) -> None:
+    def refresh_homes(self, view: RequestSnapshot) -> None:
         """The homes a request concerns (app/requests/flows.py), for the grants' tellings."""
         requests_flows.refresh_homes(view, self)
 
-    def request_changed(self, view: RequestView, notice: Notice) -> None:
+    def request_changed(self, view: RequestSnapshot, notice: Notice) -> None:
         """A request's change told (app/requests/flows.py), for the grants' tellings."""
         requests_flows.request_changed(view, notice, self)
 
@@ -330,7 +330,7 @@ class Notifier:
         return self.service.policy.zone
 
     def slack_ids(
-        self, view: RequestView, members: list[str], missing: list[str] | None = None
+        self, view: RequestSnapshot, members: list[str], missing: list[str] | None = None
     ) -> list[str]:
         """Slack user IDs of policy members who can read and act on a message, never the
         requester. Members Slack does not know, and deactivated, guest and bot accounts (Slack

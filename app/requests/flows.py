@@ -37,7 +37,7 @@ from app.directory import slack_unwell
 from app.grants import flows as grants_flows
 from app.grants.messages import outcome_line
 from app.lifecycle.errors import NotAllowed
-from app.lifecycle.snapshots import RequestView
+from app.lifecycle.snapshots import RequestSnapshot
 from app.outbox_records import Delivered, Notice
 from app.policy import rules
 from app.policy.durations import format_duration
@@ -72,17 +72,17 @@ class Core(Protocol):
     @property
     def clock(self) -> Clock: ...
 
-    def get(self, request_id: int) -> RequestView: ...
+    def get(self, request_id: int) -> RequestSnapshot: ...
 
     def requests_of(
         self, person: Person, states: tuple[RequestState, ...] = ()
-    ) -> list[RequestView]: ...
+    ) -> list[RequestSnapshot]: ...
 
     def requests_of_key(
         self, key: str, states: tuple[RequestState, ...] = ()
-    ) -> list[RequestView]: ...
+    ) -> list[RequestSnapshot]: ...
 
-    def awaiting_decision_by(self, person: Person, limit: int = 25) -> list[RequestView]: ...
+    def awaiting_decision_by(self, person: Person, limit: int = 25) -> list[RequestSnapshot]: ...
 
     def elevations_since(self, requester: str, since: datetime) -> int: ...
 
@@ -90,7 +90,7 @@ class Core(Protocol):
         """Those of these people who opened their App Home within `within`."""
         ...
 
-    def approvers_unreachable(self, request_id: int, why: str) -> RequestView | None:
+    def approvers_unreachable(self, request_id: int, why: str) -> RequestSnapshot | None:
         """Record that no approver could be reached (escalated at once), or None if it
         was already, or is no longer waiting."""
         ...
@@ -107,12 +107,12 @@ class Needs(Protocol):
     @property
     def core(self) -> Core: ...
 
-    def held_closed(self, view: RequestView) -> None:
+    def held_closed(self, view: RequestSnapshot) -> None:
         """A held break-glass use closed unconfirmed: its cards and line say so
         (app/breakglass/flows.py)."""
         ...
 
-    def tell_sponsor(self, view: RequestView) -> None:
+    def tell_sponsor(self, view: RequestSnapshot) -> None:
         """A vendor's sponsor told of a use of the access they sponsor
         (app/identities/flows.py)."""
         ...
@@ -270,7 +270,7 @@ def changed(notice: Notice, given: Needs) -> None:
     request_changed(given.core.get(notice.request_id), notice, given)
 
 
-def request_changed(view: RequestView, notice: Notice, given: Needs) -> None:
+def request_changed(view: RequestSnapshot, notice: Notice, given: Needs) -> None:
     """Update every copy of the card in place (as it is now), tell the requester what
     happened (as of this notice) and redraw the homes it concerns; a failed revoke also
     alerts the security channel, at every failed try. A break-glass use's grant is told by
@@ -299,7 +299,7 @@ def request_changed(view: RequestView, notice: Notice, given: Needs) -> None:
     refresh_homes(view, given)
 
 
-def _update_cards(view: RequestView, given: Needs) -> None:
+def _update_cards(view: RequestSnapshot, given: Needs) -> None:
     """Every copy of the approver card, and the requester's own DM about the request,
     updated in place."""
     teller = given.teller
@@ -310,7 +310,7 @@ def _update_cards(view: RequestView, given: Needs) -> None:
     teller.update_in_place(view.id, RECEIPT, receipt_text, receipt)
 
 
-def tell_requester(view: RequestView, given: Needs) -> None:
+def tell_requester(view: RequestSnapshot, given: Needs) -> None:
     """The requester hears where their request stands; a vendor's sponsor hears of it too."""
     teller = given.teller
     if view.requester_slack_id:
@@ -323,7 +323,7 @@ def tell_requester(view: RequestView, given: Needs) -> None:
     given.tell_sponsor(view)
 
 
-def request_received(view: RequestView, teller: Teller) -> None:
+def request_received(view: RequestSnapshot, teller: Teller) -> None:
     """DM the requester what they asked for, with Cancel while it waits; every later
     change updates it in place. Recorded once per request, however often this is asked
     (a redelivered form), behind the request's own notices."""
@@ -343,7 +343,7 @@ def request_received(view: RequestView, teller: Teller) -> None:
 # ------------------------------------------------------------------ the App Home
 
 
-def refresh_homes(view: RequestView, given: Needs) -> None:
+def refresh_homes(view: RequestSnapshot, given: Needs) -> None:
     """Redraw the homes of everyone a change concerns (requester and approvers on duty) who
     looked at theirs recently. The others' are drawn fresh when they next open them, which
     spares Slack's views.publish limit and the work in a wave of requests."""
@@ -509,7 +509,7 @@ def unreachable_requester(
 # ------------------------------------------------------------------ in words
 
 
-def _context(view: RequestView, given: Needs) -> CardContext:
+def _context(view: RequestSnapshot, given: Needs) -> CardContext:
     """What the approver card says around the request: who asks (name and title as Slack
     has them), the path's risk, their elevations and other access, where the approvers
     came from."""
@@ -548,7 +548,7 @@ def _context(view: RequestView, given: Needs) -> CardContext:
     )
 
 
-def _who_to_call(view: RequestView, given: Needs) -> str:
+def _who_to_call(view: RequestSnapshot, given: Needs) -> str:
     """The people a requester can phone when Slack reaches no approver: the path's
     escalation group, else the WardKey admins, by name and title as Slack has them."""
     policy = given.core.policy
@@ -567,7 +567,7 @@ def _who_to_call(view: RequestView, given: Needs) -> str:
     return listed(people) or "the WardKey admins"
 
 
-def _break_glass_hint(view: RequestView, policy: Policy) -> str:
+def _break_glass_hint(view: RequestSnapshot, policy: Policy) -> str:
     """The exact break-glass command for this access, where the role allows it."""
     target = policy.targets.get(view.target)
     role = target.roles.get(view.role) if target else None
@@ -580,7 +580,7 @@ def _break_glass_hint(view: RequestView, policy: Policy) -> str:
     )
 
 
-def _no_escalation(view: RequestView, policy: Policy) -> str:
+def _no_escalation(view: RequestSnapshot, policy: Policy) -> str:
     if rules.escalation_members(policy, view.path):
         return "Nobody in the escalation group could be reached in Slack either."
     return f"The {view.path} path has no escalation group to send it to."

@@ -29,7 +29,7 @@ from slack_sdk.models.blocks import Block
 from app.clock import Clock
 from app.grants.messages import outcome_line
 from app.lifecycle.errors import AlreadyDecided, InvalidRequest
-from app.lifecycle.snapshots import RequestView
+from app.lifecycle.snapshots import RequestSnapshot
 from app.policy import DurationError, Person, Policy, format_duration, parse_duration
 from app.policy.rules import requestable
 from app.requests.flows import request_received
@@ -113,11 +113,11 @@ class Core(Protocol):
     @property
     def clock(self) -> Clock: ...
 
-    def get(self, request_id: int) -> RequestView: ...
+    def get(self, request_id: int) -> RequestSnapshot: ...
 
     def requests_of(
         self, person: Person, states: tuple[RequestState, ...] = ()
-    ) -> list[RequestView]: ...
+    ) -> list[RequestSnapshot]: ...
 
     def remember_home_opened(self, slack_user_id: str) -> None: ...
 
@@ -130,13 +130,13 @@ class Core(Protocol):
         reason: str,
         ticket: str | None = None,
         identity: str | None = None,
-    ) -> RequestView: ...
+    ) -> RequestSnapshot: ...
 
-    def approve(self, request_id: int, approver: Person) -> RequestView: ...
+    def approve(self, request_id: int, approver: Person) -> RequestSnapshot: ...
 
-    def deny(self, request_id: int, approver: Person, reason: str) -> RequestView: ...
+    def deny(self, request_id: int, approver: Person, reason: str) -> RequestSnapshot: ...
 
-    def cancel(self, request_id: int, person: Person, reason: str = "") -> RequestView: ...
+    def cancel(self, request_id: int, person: Person, reason: str = "") -> RequestSnapshot: ...
 
 
 class StepUp(Protocol):
@@ -498,7 +498,7 @@ def _with_contract(deps: Needs, person: Person, text: str) -> str:
     return f"{text}\n{line}" if line else text
 
 
-def cancelled_text(view: RequestView) -> str:
+def cancelled_text(view: RequestSnapshot) -> str:
     """What the requester is told when their cancel went through."""
     return (
         f"Request #{view.id} for `{view.target}:{view.role}` is cancelled: nothing was granted, "

@@ -33,7 +33,7 @@ from slack_sdk.models.views import View
 
 from app.blockkit import SLACK_SHOWS, Names, escape, inert, mention, quoted, why_modal, words
 from app.grants.messages import holder_buttons, outcome_line
-from app.lifecycle.snapshots import UNREACHABLE, RequestView
+from app.lifecycle.snapshots import UNREACHABLE, RequestSnapshot
 from app.policy import rules
 from app.policy.durations import format_duration
 from app.policy.model import Policy
@@ -48,7 +48,7 @@ CANCEL_ACTION = "request_cancel"
 _RISK_ICON = {"low": "🟢", "medium": "🟡", "high": "🟠", "critical": "🔴"}
 
 
-def ticket_field(view: RequestView, zone: ZoneInfo) -> str:
+def ticket_field(view: RequestSnapshot, zone: ZoneInfo) -> str:
     """The card's ticket: as typed; or, checked in the path's ticket system, a link to it with
     its state and title as the system showed them, and when it was checked (the state is not
     followed while the request waits: the final approval checks it again); or marked for the
@@ -89,7 +89,7 @@ class CardContext:
     step_up: bool = False
 
 
-def _summary(view: RequestView, ctx: CardContext) -> list[Block]:
+def _summary(view: RequestSnapshot, ctx: CardContext) -> list[Block]:
     # Who asked, as Slack verified it: the account's mention, then its directory name and title.
     profile = inert(ctx.requester_name)
     if ctx.requester_title:
@@ -123,7 +123,7 @@ def _summary(view: RequestView, ctx: CardContext) -> list[Block]:
     ]
 
 
-def approver_card(view: RequestView, ctx: CardContext) -> list[Block]:
+def approver_card(view: RequestSnapshot, ctx: CardContext) -> list[Block]:
     """The card approvers see: context, progress and, while pending, Approve and Deny."""
     blocks = _summary(view, ctx)
     if ctx.on_call_from or ctx.groups_from:
@@ -147,7 +147,7 @@ STEP_UP_LINE = (
 )
 
 
-def decision_buttons(view: RequestView, high_risk: bool) -> ActionsBlock:
+def decision_buttons(view: RequestSnapshot, high_risk: bool) -> ActionsBlock:
     """Approve (confirmed first on high-risk paths) and Deny; the value is only the number."""
     confirm = None
     if high_risk:
@@ -173,7 +173,7 @@ def decision_buttons(view: RequestView, high_risk: bool) -> ActionsBlock:
     )
 
 
-def cancel_button(view: RequestView) -> ButtonElement:
+def cancel_button(view: RequestSnapshot) -> ButtonElement:
     """The requester's Cancel, while the request waits for approval; the value is only the
     number (who may cancel is checked against the request as stored, at the click)."""
     return ButtonElement(
@@ -191,7 +191,7 @@ def cancel_button(view: RequestView) -> ButtonElement:
 
 
 def requester_receipt(
-    view: RequestView, zone: ZoneInfo, names: Names = SLACK_SHOWS
+    view: RequestSnapshot, zone: ZoneInfo, names: Names = SLACK_SHOWS
 ) -> tuple[str, list[Block]]:
     """The requester's own message about their request (text and blocks): what they asked
     for and where it stands, with Cancel while it waits. Updated in place as it moves on."""
@@ -354,9 +354,9 @@ def modal_values(state: dict[str, Any]) -> dict[str, str]:
 
 
 def home_view(
-    active: Sequence[RequestView],
-    pending: Sequence[RequestView],
-    to_decide: Sequence[RequestView],
+    active: Sequence[RequestSnapshot],
+    pending: Sequence[RequestSnapshot],
+    to_decide: Sequence[RequestSnapshot],
     now: datetime,
     zone: ZoneInfo,
     high_risk_paths: frozenset[str] = frozenset(),

@@ -29,7 +29,7 @@ from app.lifecycle.snapshots import (
     REPLACED_BY_BREAK_GLASS,
     UNREACHABLE,
     WITHDRAWN,
-    RequestView,
+    RequestSnapshot,
     load_request,
     snapshot,
 )
@@ -105,7 +105,7 @@ class Requests:
         reason: str,
         ticket: str | None = None,
         identity: str | None = None,
-    ) -> RequestView:
+    ) -> RequestSnapshot:
         """Ask for `target:role` for `duration`; goes to the path's approvers as `pending`."""
         now = self.deps.clock.now()
         plan = self.plan(person, target, role, now, identity=identity)
@@ -144,7 +144,7 @@ class Requests:
         duration: timedelta | None = None,
         extra: Mapping[str, object] | None = None,
         guard: Callable[[Session], None] | None = None,
-    ) -> RequestView:
+    ) -> RequestSnapshot:
         """Emergency access: granted at once within the break-glass cap, reviewed afterwards
         (BreakGlass.break_glass calls it once the limits allow the use). `extra`: more for its
         `breakglass.started` event (its flags and budget use); `guard` runs first in the
@@ -351,7 +351,7 @@ class Requests:
         data: Mapping[str, object],
         also: Callable[[Session, AccessRequest], None] | None = None,
         before: Callable[[Session, str], tuple[int | None, Mapping[str, object]]] | None = None,
-    ) -> RequestView:
+    ) -> RequestSnapshot:
         """Insert a new request with its creation event, unless the access is already open.
         `before` runs first in the same transaction (break-glass cancels the person's own
         pending request for the access there) and may give the new request's number and more
@@ -391,7 +391,7 @@ class Requests:
                     also(session, req)
                     return snapshot(session, req)
                 if new_id is None:  # a number never used before: no decisions, no review yet
-                    return RequestView.of(req, [], None)
+                    return RequestSnapshot.of(req, [], None)
                 return snapshot(session, req)
         except IntegrityError:
             # The same access was asked for at the same moment; the unique index kept one.
@@ -439,7 +439,7 @@ class Requests:
 
     def approve(
         self, request_id: int, approver: Person, step_up: dict[str, object] | None = None
-    ) -> RequestView:
+    ) -> RequestSnapshot:
         """Record an approval; with enough distinct approvals the access is granted at once.
         On a path with `step_up`, only with `step_up`: what the identity provider proved about
         the approver's fresh sign-in (app/stepup), recorded in the approval's audit event."""
@@ -456,7 +456,7 @@ class Requests:
             self.grants.refresh_target(outcome)
         return outcome
 
-    def deny(self, request_id: int, approver: Person, reason: str) -> RequestView:
+    def deny(self, request_id: int, approver: Person, reason: str) -> RequestSnapshot:
         cleaned = clean_text(
             reason,
             what="reason",
@@ -469,7 +469,7 @@ class Requests:
             lambda: self._decide(request_id, approver, approve=False, reason=cleaned)
         )
 
-    def may_decide(self, request_id: int, approver: Person) -> RequestView:
+    def may_decide(self, request_id: int, approver: Person) -> RequestSnapshot:
         """The request, if `approver` may decide on it now (as `approve` and `deny` check);
         otherwise the same refusal they would give. Changes nothing (a step-up sign-in is
         offered only to someone who could approve at that moment)."""
@@ -526,7 +526,7 @@ class Requests:
         approve: bool,
         reason: str | None = None,
         step_up: dict[str, object] | None = None,
-    ) -> RequestView:
+    ) -> RequestSnapshot:
         now = self.deps.clock.now()
         with self.deps.db.transaction() as session:
             req = load_request(session, request_id)
@@ -672,7 +672,7 @@ class Requests:
                 data=data,
             )
 
-    def cancel(self, request_id: int, person: Person, reason: str = "") -> RequestView:
+    def cancel(self, request_id: int, person: Person, reason: str = "") -> RequestSnapshot:
         """The requester withdraws a request still waiting for approval (pending ->
         cancelled); anything else is refused with what state it is in and what to do."""
         why = (
@@ -688,7 +688,7 @@ class Requests:
             else None
         )
 
-        def attempt() -> RequestView:
+        def attempt() -> RequestSnapshot:
             now = self.deps.clock.now()
             with self.deps.db.transaction() as session:
                 req = load_request(session, request_id)
@@ -722,7 +722,7 @@ class Requests:
 
         return retry_when_stale(attempt)
 
-    def time_out(self, request_id: int) -> RequestView | None:
+    def time_out(self, request_id: int) -> RequestSnapshot | None:
         """Close a request nobody decided on within its path's time-out; None if not due."""
         now = self.deps.clock.now()
         with self.deps.db.transaction() as session:
@@ -821,7 +821,7 @@ class Requests:
             return False
         return True
 
-    def approvers_unreachable(self, request_id: int, why: str) -> RequestView | None:
+    def approvers_unreachable(self, request_id: int, why: str) -> RequestSnapshot | None:
         """Slack could reach none of a waiting request's approvers (nobody on duty has a
         current Slack account, or Slack refused every card for good): record it, once, and
         escalate at once rather than at the SLA, so the escalation group may decide. The

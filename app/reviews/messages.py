@@ -20,7 +20,7 @@ from slack_sdk.models.blocks import (
 )
 
 from app.blockkit import SLACK_SHOWS, Names, escape, inert, mention, quoted, why_modal, words
-from app.lifecycle.snapshots import RequestView
+from app.lifecycle.snapshots import RequestSnapshot
 from app.policy.durations import format_duration
 from app.policy.model import BREAK_GLASS_PATH
 from app.reviews.service import BreakGlassSummary
@@ -54,7 +54,7 @@ def alerted(recipients: tuple[str, ...], names: Names = SLACK_SHOWS) -> str:
     return ", ".join(names.channel(r) for r in recipients)
 
 
-def review_line(view: RequestView, zone: ZoneInfo, names: Names = SLACK_SHOWS) -> str:
+def review_line(view: RequestSnapshot, zone: ZoneInfo, names: Names = SLACK_SHOWS) -> str:
     review = view.review
     if review is None:
         return "No review"
@@ -75,7 +75,11 @@ def _at(instant: datetime | None, near: datetime | None, zone: ZoneInfo) -> str:
 
 
 def earlier_line(
-    earlier: RequestView, use: RequestView, zone: ZoneInfo, names: Names, replaced: bool = False
+    earlier: RequestSnapshot,
+    use: RequestSnapshot,
+    zone: ZoneInfo,
+    names: Names,
+    replaced: bool = False,
 ) -> str:
     """One of the user's other requests for the same access, for the reviewer: what became of
     it, when and by whom, in the approver's own words. `replaced`: this use replaced it."""
@@ -213,19 +217,19 @@ def _break_glass_flags(summary: BreakGlassSummary, names: Names) -> list[Block]:
     return [SectionBlock(text=words(("*Flags*\n" + "\n".join(lines))[:2990]))]
 
 
-def requested_text(view: RequestView, names: Names = SLACK_SHOWS) -> str:
+def requested_text(view: RequestSnapshot, names: Names = SLACK_SHOWS) -> str:
     """The review card's message text (its notification)."""
     who = names.person(view.requester, view.requester_slack_id)
     return f"Break-glass review #{view.id}: {who} used {view.target}:{view.role}"
 
 
-def reminder_text(view: RequestView, zone: ZoneInfo) -> str:
+def reminder_text(view: RequestSnapshot, zone: ZoneInfo) -> str:
     """To the reviewers, in the card's thread and by DM, while the review waits."""
     due = day_time(view.review.due_at if view.review else None, zone)
     return f"⏰ Reminder: the review of break-glass #{view.id} is waiting (due {due})."
 
 
-def overdue_text(view: RequestView, zone: ZoneInfo, names: Names = SLACK_SHOWS) -> str:
+def overdue_text(view: RequestSnapshot, zone: ZoneInfo, names: Names = SLACK_SHOWS) -> str:
     """To security, the WardKey admins and whom the policy escalates to, once past due."""
     who = names.person(view.requester, view.requester_slack_id)
     due = day_time(view.review.due_at if view.review else None, zone)
@@ -235,11 +239,11 @@ def overdue_text(view: RequestView, zone: ZoneInfo, names: Names = SLACK_SHOWS) 
     )
 
 
-def decided_text(view: RequestView, zone: ZoneInfo, names: Names = SLACK_SHOWS) -> str:
+def decided_text(view: RequestSnapshot, zone: ZoneInfo, names: Names = SLACK_SHOWS) -> str:
     """The decided card's message text."""
     return f"Break-glass review #{view.id}: {review_line(view, zone, names)}"
 
 
-def outcome_text(view: RequestView, zone: ZoneInfo, names: Names = SLACK_SHOWS) -> str:
+def outcome_text(view: RequestSnapshot, zone: ZoneInfo, names: Names = SLACK_SHOWS) -> str:
     """To the person who used break-glass, once their use is reviewed."""
     return f"The review of your break-glass use #{view.id}: {review_line(view, zone, names)}"

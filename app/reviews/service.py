@@ -26,7 +26,7 @@ from app.lifecycle.errors import (
     NotFound,
     SelfApproval,
 )
-from app.lifecycle.snapshots import RequestView, load_request, snapshot, snapshots
+from app.lifecycle.snapshots import RequestSnapshot, load_request, snapshot, snapshots
 from app.lifecycle.transitions import StaleState
 from app.lifecycle.validation import clean_note
 from app.policy import rules
@@ -58,7 +58,7 @@ BREAK_GLASS_COUNT_WINDOW = timedelta(days=30)
 class BreakGlassSummary:
     """What a reviewer needs to judge one break-glass use."""
 
-    view: RequestView
+    view: RequestSnapshot
     used_for: timedelta | None
     alerted: tuple[str, ...]  # Slack channel and user IDs that were sent the alert
     recorded: bool  # the target logged the session's statements
@@ -66,7 +66,7 @@ class BreakGlassSummary:
     target_notes: tuple[str, ...]
     # The same person's other requests for the same access in the day before this use began
     # (a denial minutes earlier is what a reviewer most needs to see), oldest first.
-    earlier: tuple[RequestView, ...] = ()
+    earlier: tuple[RequestSnapshot, ...] = ()
     # Their break-glass uses in the 30 days up to this one's start, this one included.
     break_glass_30_days: int = 1
     # The pending request this use replaced (cancelled when it began), if any.
@@ -88,7 +88,7 @@ class ReviewService(FeatureService):
 
     def decide_review(
         self, request_id: int, reviewer: Person, *, justified: bool, note: str
-    ) -> RequestView:
+    ) -> RequestSnapshot:
         """A manager records whether a break-glass use was justified."""
         now = self.clock.now()
         cleaned = clean_note(note, "Add a short note (a few words) on why, for the record.")
@@ -255,7 +255,7 @@ class ReviewService(FeatureService):
             confirmed_by=begun.get("confirmed_by_slack_id") or begun.get("confirmed_by"),
         )
 
-    def _earlier_requests(self, view: RequestView) -> tuple[RequestView, ...]:
+    def _earlier_requests(self, view: RequestSnapshot) -> tuple[RequestSnapshot, ...]:
         """The same person's other requests for the same target and role made in the day
         before this one (whatever became of them), oldest first."""
         since = view.created_at - EARLIER_WINDOW
@@ -275,7 +275,7 @@ class ReviewService(FeatureService):
             ).all()
             return tuple(snapshots(session, list(reversed(rows))))
 
-    def _break_glass_count(self, view: RequestView) -> int:
+    def _break_glass_count(self, view: RequestSnapshot) -> int:
         """This person's break-glass uses in the 30 days up to this one, this one included."""
         with self.db.read() as session:
             count = session.scalar(

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from app.blockkit import SLACK_SHOWS, Names, escape
-from app.lifecycle.snapshots import RequestView
+from app.lifecycle.snapshots import RequestSnapshot
 
 _WHY = {
     "wrong_person": "the identity provider signed in {signed_in_as}, not the approver",
@@ -24,7 +24,7 @@ _WHY = {
 
 
 def refusal_alert(
-    facts: Mapping[str, object], view: RequestView, names: Names = SLACK_SHOWS
+    facts: Mapping[str, object], view: RequestSnapshot, names: Names = SLACK_SHOWS
 ) -> str:
     """One line for the security channel about a refused step-up sign-in."""
     reason = str(facts.get("reason", ""))

@@ -28,7 +28,7 @@ from app.access import AccessService
 from app.clock import Clock
 from app.lifecycle import transitions
 from app.lifecycle.errors import NotAllowed, ServiceError
-from app.lifecycle.snapshots import RequestView
+from app.lifecycle.snapshots import RequestSnapshot
 from app.policy.model import IdentityProvider
 from app.policy.people import Person, person_key, same_person
 from app.stepup.oidc import OpenIDProvider, SignInRefused, new_secret
@@ -97,7 +97,7 @@ class Finished:
     """What became of a sign-in: the request after the approval, or why nothing happened."""
 
     request_id: int | None
-    view: RequestView | None  # set when the approval was recorded
+    view: RequestSnapshot | None  # set when the approval was recorded
     refusal: str | None = None
     reason: str = APPROVED
     alerted: bool = False  # the security channel is to be told (an outbox notice was written)

@@ -15,7 +15,7 @@ from app.identities import jobs as identity_jobs
 from app.identities.messages import ATTEST_KEEP, ATTEST_RETIRE
 from app.identities.service import RETIRED, STILL_NEEDED, AttestationStep, IdentityService
 from app.lifecycle.errors import NotAllowed, NotEligible
-from app.lifecycle.snapshots import RequestView
+from app.lifecycle.snapshots import RequestSnapshot
 from app.notify.notifier import Notifier
 from app.policy import Person, Policy
 from app.scheduler import job_deps
@@ -29,7 +29,7 @@ from tests.slack_harness import RunningApp, SlackOnSqlite
 WHY = "fix stuck order set on ward 12"
 
 
-def elevate_svc_lab(service: AccessService, person: Person = DEV) -> RequestView:
+def elevate_svc_lab(service: AccessService, person: Person = DEV) -> RequestSnapshot:
     return service.request(
         person, "pharmacy-db", "owner", timedelta(hours=1), WHY, "CHG0012345", identity="svc-lab"
     )
