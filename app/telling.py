@@ -34,6 +34,15 @@ from app.lifecycle.snapshots import RequestSnapshot
 from app.outbox_records import Delivered, Notice, OutCall
 
 
+class Delivers(Protocol):
+    """What a listener asks once its change is committed (app/notify/notifier.py `Notifier`)."""
+
+    def deliver_now(self) -> None:
+        """The notice the change wrote in the outbox, delivered now rather than on the next
+        look."""
+        ...
+
+
 class Teller(Protocol):
     """How a feature's flows have people told (app/notify/notifier.py `Notifier`). Calls made
     while a notice is told, or inside `recording`, are collected for the outbox, never sent

@@ -29,6 +29,7 @@ from app.slack.deps import APPLIED, NOTIFIED, Shell
 from app.slack.gate import person_of
 from app.slack.parsing import UsageError, access, clean
 from app.store.models import RequestState
+from app.telling import Delivers
 from app.wording import clock_time, listed
 
 BREAKGLASS_EXAMPLE = "/breakglass pharmacy-db:read pharmacy system down in ED"
@@ -37,13 +38,9 @@ BREAK_GLASS_ACK = (
 )
 
 
-class Tells(Protocol):
+class Tells(Delivers, Protocol):
     """What these listeners have the notifier tell (app/notify/notifier.py), and how it names
     people."""
-
-    def deliver_now(self) -> None:
-        """A change was committed: its notice, already in the outbox, is delivered now."""
-        ...
 
     @property
     def names(self) -> Names: ...

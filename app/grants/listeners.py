@@ -19,18 +19,15 @@ from app.slack.commands import Slash
 from app.slack.deps import Shell
 from app.slack.gate import caller, person_of, reply_to_clicker
 from app.slack.parsing import UsageError, duration, request_id
+from app.telling import Delivers
 from app.wording import clock_time
 
 EXTEND_EXAMPLE = "/jit extend 42 30m"
 REVOKE_EXAMPLE = "/jit revoke 42"
 
 
-class Tells(Protocol):
+class Tells(Delivers, Protocol):
     """What these listeners have the notifier tell (app/notify/notifier.py)."""
-
-    def deliver_now(self) -> None:
-        """A change was committed: its notice, already in the outbox, is delivered now."""
-        ...
 
     def publish_home(self, user_id: str) -> None: ...
 

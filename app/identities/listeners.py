@@ -12,15 +12,11 @@ from app.identities.messages import ATTEST_KEEP, ATTEST_RETIRE
 from app.identities.service import IdentityService
 from app.slack.deps import Shell
 from app.slack.gate import person_of
-from app.telling import Teller
+from app.telling import Delivers, Teller
 
 
-class Tells(Teller, Protocol):
+class Tells(Teller, Delivers, Protocol):
     """The notifier, as the Teller that redraws the card, and what it tells of a request."""
-
-    def deliver_now(self) -> None:
-        """A change was committed: its notice, already in the outbox, is delivered now."""
-        ...
 
 
 class Needs(Protocol):

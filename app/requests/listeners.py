@@ -57,7 +57,7 @@ from app.slack.events import SeenEvents
 from app.slack.gate import caller, person_of
 from app.slack.parsing import REQUEST_EXAMPLE, UsageError, access, duration, request_id
 from app.store.models import RequestState
-from app.telling import Teller
+from app.telling import Delivers, Teller
 
 # A ticket at the end of a request: INC0012345 (bracketed or not), or a Jira key in brackets,
 # [WARD-42] (bare, it could be the reason's last word: "COVID-19").
@@ -92,13 +92,9 @@ LIVE = (
 )
 
 
-class Tells(Teller, Protocol):
+class Tells(Teller, Delivers, Protocol):
     """What these listeners have the notifier tell (app/notify/notifier.py), and the Teller
     the requester's receipt is recorded through (flows.py `request_received`)."""
-
-    def deliver_now(self) -> None:
-        """A change was committed: its notice, already in the outbox, is delivered now."""
-        ...
 
     def home_opened(self, user_id: str) -> None: ...
 

@@ -23,14 +23,7 @@ from app.reviews.messages import (
 from app.reviews.service import ReviewService
 from app.slack.deps import Shell
 from app.slack.gate import person_of, reply_to_clicker
-
-
-class Tells(Protocol):
-    """What these listeners have the notifier tell (app/notify/notifier.py)."""
-
-    def deliver_now(self) -> None:
-        """A change was committed: its notice, already in the outbox, is delivered now."""
-        ...
+from app.telling import Delivers
 
 
 class Needs(Protocol):
@@ -43,7 +36,7 @@ class Needs(Protocol):
     def reviews(self) -> ReviewService: ...
 
     @property
-    def notifier(self) -> Tells: ...
+    def notifier(self) -> Delivers: ...
 
 
 def register(app: App, deps: Needs) -> None:
