@@ -132,6 +132,7 @@ class Readiness:
         return database + waiting
 
     def _check(self, finished: threading.Event) -> None:
+        began = self.db.outage.call_began()
         try:
             with self._connect() as conn:
                 conn.execute(text("SELECT 1"))
@@ -139,7 +140,7 @@ class Readiness:
             self.db.outage.failed("readiness", exc)  # logged once, not once a probe
             ready = False
         else:
-            self.db.outage.answered()
+            self.db.outage.answered(began)
             ready = True
         with self._lock:
             self._ready = ready

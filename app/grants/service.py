@@ -827,6 +827,7 @@ class Grants:
         recorder: _Recorder,
     ) -> Callable[[], None]:
         def run() -> None:
+            began = self.deps.db.outage.call_began()
             try:
                 work(reqs, others, recorder)
             except Exception as exc:
@@ -837,7 +838,7 @@ class Grants:
             finally:
                 if self.deps.heartbeat is not None:
                     self.deps.heartbeat.release([r.id for r in reqs])
-            self.deps.db.outage.answered()
+            self.deps.db.outage.answered(began)
 
         return run
 
@@ -1277,6 +1278,7 @@ class Grants:
             self.deps.heartbeat.hold([request_id])
 
         def run() -> RequestSnapshot:
+            began = self.deps.db.outage.call_began()
             try:
                 view = self._finish_revoke(request_id)
             except Exception as exc:
@@ -1285,7 +1287,7 @@ class Grants:
             finally:
                 if self.deps.heartbeat is not None:
                     self.deps.heartbeat.release([request_id])
-            self.deps.db.outage.answered()
+            self.deps.db.outage.answered(began)
             if on_done is not None:
                 on_done(request_id)
             return view
@@ -1303,12 +1305,13 @@ class Grants:
         """`call` for a lane nobody waits on: what goes wrong is logged, not lost."""
 
         def run() -> None:
+            began = self.deps.db.outage.call_began()
             try:
                 call()
             except Exception as exc:
                 self._log_failure(where, exc)
                 return
-            self.deps.db.outage.answered()
+            self.deps.db.outage.answered(began)
 
         return run
 

@@ -148,6 +148,7 @@ class Heartbeat:
     def renew(self, ids: list[int]) -> int:
         """Push the leases this worker still holds on these rows one lease further."""
         svc = self.service
+        began = svc.db.outage.call_began()
         try:
             with svc.db.transaction() as session:
                 mine = (
@@ -184,7 +185,7 @@ class Heartbeat:
             else:
                 svc.db.outage.failed("lease_renewal", exc)
             return 0
-        svc.db.outage.answered()
+        svc.db.outage.answered(began)
         return renewed
 
 

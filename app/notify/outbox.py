@@ -784,9 +784,10 @@ class Outbox:
                 free = self.threads - busy
             if free <= 0:
                 continue
+            began = self.db.outage.call_began()
             try:
                 claimed = self._claim(free)
-                self.db.outage.answered()
+                self.db.outage.answered(began)
             except Exception as exc:
                 self._log_failure("outbox_delivery_failed", exc)
                 continue

@@ -231,6 +231,7 @@ def guarded(deps: JobDeps, name: str, job: Callable[[], object]) -> Callable[[],
     outage = deps.core.db.outage
 
     def run() -> None:
+        began = outage.call_began()
         try:
             job()
         except Exception as exc:
@@ -239,7 +240,7 @@ def guarded(deps: JobDeps, name: str, job: Callable[[], object]) -> Callable[[],
             else:
                 log.exception("event=sweep_failed job=%s", name)
             return
-        outage.answered()
+        outage.answered(began)
 
     run.__name__ = run.__qualname__ = name
     return run

@@ -68,12 +68,22 @@ def bounded(url: str | URL, connect_seconds: float, statement_seconds: float) ->
 
 class DatabaseOutage:
     """Logs a database outage once when it starts (event=database_unreachable) and once when
-    it ends (event=database_back, with how long it lasted), not a traceback per failed call."""
+    it ends (event=database_back, with how long it lasted), not a traceback per failed call.
+
+    A caller notes when its call to the database begins (`call_began`) and hands that to
+    `answered`: only a call begun after the outage started can end it. One already under way
+    when the database went away may still finish, and says nothing of the database now (under
+    load, such a straggler logged one outage as three)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.down_since: float | None = None
         self.failures = 0
+        self._outages = 0  # how many have begun: a call's `call_began`
+
+    def call_began(self) -> int:
+        """For `answered`, when this call's answer comes."""
+        return self._outages
 
     def failed(self, where: str, exc: BaseException) -> None:
         with self._lock:
@@ -81,17 +91,20 @@ class DatabaseOutage:
             if self.down_since is not None:
                 return
             self.down_since = time.monotonic()
+            self._outages += 1
         log.error(
             "event=database_unreachable where=%s error=%s",
             where,
             _short(exc),
         )
 
-    def answered(self) -> None:
+    def answered(self, call_began: int) -> None:
+        """The call that `call_began` noted was answered: the outage is over if the call
+        began after it started."""
         if self.down_since is None:  # the usual case: no lock, no work
             return
         with self._lock:
-            if self.down_since is None:
+            if self.down_since is None or call_began != self._outages:
                 return
             lasted = time.monotonic() - self.down_since
             failures, self.down_since, self.failures = self.failures, None, 0

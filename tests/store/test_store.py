@@ -10,9 +10,11 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy.exc import OperationalError
 
 from app.cli import main
 from app.store import AccessRequest, Database, normalise_url
+from app.store.db import DatabaseOutage
 from app.store.models import Base
 
 
@@ -125,3 +127,30 @@ def test_a_pooled_connection_the_server_ended_is_replaced_before_use(
             assert session.scalar(backend) != ended
     finally:
         db.dispose()
+
+
+class TestAnOutageIsLoggedOnce:
+    """app/store/db.py DatabaseOutage: one line when an outage starts, one when it ends."""
+
+    def test_a_call_already_under_way_when_it_started_does_not_end_it(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        outage = DatabaseOutage()
+        straggler = outage.call_began()  # began while the database still answered
+        outage.failed("expire", OperationalError("SELECT 1", {}, Exception("connection lost")))
+        outage.answered(straggler)  # it finished after the outage began: says nothing of now
+        outage.failed("reconcile", OperationalError("SELECT 1", {}, Exception("refused")))
+        after = outage.call_began()
+        outage.answered(after)
+        outage.answered(outage.call_began())  # the usual case again: nothing more to say
+        events = [r.getMessage().split()[0] for r in caplog.records]
+        assert events == ["event=database_unreachable", "event=database_back"]
+        assert "failed_calls=2" in caplog.records[-1].getMessage()
+
+    def test_each_outage_is_its_own(self, caplog: pytest.LogCaptureFixture) -> None:
+        outage = DatabaseOutage()
+        for _ in range(2):
+            outage.failed("outbox", OperationalError("SELECT 1", {}, Exception("refused")))
+            outage.answered(outage.call_began())
+        events = [r.getMessage().split()[0] for r in caplog.records]
+        assert events == ["event=database_unreachable", "event=database_back"] * 2
