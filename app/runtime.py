@@ -30,25 +30,13 @@ from app.scheduler import JobDeps, job_deps
 from app.slack.app import web_client
 from app.slack.intake import Intake, Redelivery
 from app.standing.service import StandingService
+from app.startup import MISSING, StartupError
 from app.stepup.service import StepUpService
-from app.store import Database
+from app.store.db import configured_database
 from app.tickets.service import TicketService
 from app.wording import listed, plural
 
 log = logging.getLogger(__name__)
-
-MISSING = {
-    "slack_bot_token": "SLACK_BOT_TOKEN is not set: use the Bot User OAuth Token (xoxb-…) from "
-    "your Slack app's OAuth & Permissions page.",
-    "slack_signing_secret": "SLACK_SIGNING_SECRET is not set: copy the Signing Secret from your "
-    "Slack app's Basic Information page.",
-    "slack_app_token": "SLACK_APP_TOKEN is not set: create an app-level token (xapp-…) with "
-    "connections:write under Basic Information, for Socket Mode.",
-}
-
-
-class StartupError(Exception):
-    """Something the operator must set or fix; the message is one line saying what."""
 
 
 def require(settings: Settings, *names: str) -> None:
@@ -182,7 +170,7 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
     for issue in policy_warnings(policy):
         if issue.loc[:1] != ("targets",):
             log.warning("event=policy_warning file=%s %s", settings.wardkey_policy, issue)
-    db = database(settings)
+    db = configured_database(settings)
     try:
         db.ping()
     except Exception as exc:
@@ -243,12 +231,3 @@ def check_step_up(settings: Settings, policy: Policy) -> None:
             "client_secret_env names it; put WardKey's client secret from the identity "
             "provider there"
         )
-
-
-def database(settings: Settings) -> Database:
-    """The database, on connections that give up when the server does not answer."""
-    return Database(
-        settings.database_url,
-        connect_timeout=settings.wardkey_db_connect_timeout_seconds,
-        statement_timeout=settings.wardkey_db_statement_timeout_seconds,
-    )

@@ -2,7 +2,9 @@
 
 Each group module (`policy`, `db`, `audit`, `serve` with `socket`, `worker`, `revoke`,
 `report`, `demo`) adds its commands to the parser with `add_commands`; what they share is in
-`app.cli.common`.
+`app.cli.common`. Building the parser loads no more than these: each command imports what it
+runs inside its handler (and `app.cli.configured` for a set-up WardKey), so the help and the
+commands that need little answer without loading Slack, the store or the scheduler.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # APScheduler logs two lines per run of each job, and the expiry sweep runs every second.
     logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)
+    # Alembic logs each of its plugins as it is imported, which a command does after this.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     if not hasattr(args, "run"):
         parser.print_help()
         return 2

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from app.cli.common import Commands, database_problem, starting
-from app.config import Settings
-from app.runtime import StartupError
-from app.store import Database, upgrade
+from app.cli.common import Commands, starting
+from app.startup import StartupError
 
 
 def add_commands(commands: Commands) -> None:
@@ -17,6 +15,10 @@ def add_commands(commands: Commands) -> None:
 
 @starting
 def _upgrade(_args: argparse.Namespace) -> int:
+    from app.cli.configured import database_problem
+    from app.config import Settings
+    from app.store import Database, upgrade
+
     settings = Settings()
     # Fails in seconds, in one line, where the migration tool would wait for ever.
     problem = database_problem(settings, creating=True)

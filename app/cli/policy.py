@@ -7,19 +7,15 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from app.cli.common import Commands, write_output
 from app.clock import SystemClock
-from app.config import Settings
-from app.groups import describe as describe_group
-from app.oncall import describe as describe_rota
-from app.policy import Policy, PolicyError, format_duration
-from app.policy.model import TicketSystem
-from app.policy.rules import approvers_at
-from app.policy_targets import load_policy, policy_warnings
-from app.runtime import MISSING
 from app.wording import plural
+
+if TYPE_CHECKING:
+    from app.policy import Policy
+    from app.policy.model import TicketSystem
 
 
 def add_commands(commands: Commands) -> None:
@@ -52,6 +48,9 @@ def add_commands(commands: Commands) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from app.policy import PolicyError
+    from app.policy_targets import load_policy, policy_warnings  # and every adapter's checks
+
     try:
         policy = load_policy(args.file)
     except PolicyError as exc:
@@ -76,9 +75,11 @@ def _people_in_slack(policy: Policy, file: Path) -> int:
     """`policy check --slack`: everyone the policy names, looked up in Slack; each unusable
     account at its place in the file. 0: all usable; 1: some are not; 2: Slack not asked."""
     from app.cli.policy_slack import SlackCheckError, check_people
+    from app.config import Settings
     from app.directory import Workspace
     from app.policy.loader import LineIndex
     from app.slack.app import web_client
+    from app.startup import MISSING
 
     settings = Settings()
     if not settings.slack_bot_token:
@@ -131,6 +132,11 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def print_summary(policy: Policy, out: TextIO) -> None:
+    from app.groups import describe as describe_group
+    from app.oncall import describe as describe_rota
+    from app.policy import format_duration
+    from app.policy.rules import approvers_at
+
     now = SystemClock().now()
     print(f"{policy.organisation or 'Policy'} ({policy.timezone})", file=out)
     print(

@@ -6,8 +6,8 @@ import argparse
 import sys
 from datetime import datetime
 
-from app.cli.common import Commands, clock_of, configured_policy, open_database, starting
-from app.runtime import StartupError
+from app.cli.common import Commands, clock_of, starting
+from app.startup import StartupError
 from app.wording import plural
 
 
@@ -47,6 +47,7 @@ def _standing(args: argparse.Namespace) -> int:
     clean for a target it did not read: those are named, with their last full read."""
     from app.access import AccessService
     from app.adapters.registry import AdapterConfigError, build_adapters
+    from app.cli.configured import configured_policy, open_database
     from app.standing.service import StandingService, write_csv
 
     policy = configured_policy()

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from app.cli.common import Commands, configured_policy, open_database, starting
-from app.policy import Person
+from app.cli.common import Commands, starting
 
 
 def add_commands(commands: Commands) -> None:
@@ -23,7 +22,9 @@ def add_commands(commands: Commands) -> None:
 @starting
 def _resolve(args: argparse.Namespace) -> int:
     from app.access import AccessService
+    from app.cli.configured import configured_policy, open_database
     from app.lifecycle.errors import ServiceError
+    from app.policy import Person
 
     # No adapter is called: the person says the access is gone; the audit trail keeps their word.
     service = AccessService(open_database(), configured_policy(), {})

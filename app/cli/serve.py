@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from typing import TYPE_CHECKING
 
-from slack_bolt import App
+from app.cli.common import STOP_SECONDS, Commands, end_within, starting, stop_on_sigterm
+from app.startup import StartupError
 
-from app.cli.common import STOP_SECONDS, Commands, end_within, ready, starting, stop_on_sigterm
-from app.cli.worker import background_sweeps
-from app.runtime import Runtime, StartupError
-from app.stepup.pages import StepUpPages
-from app.web import WardKeyWSGI
+if TYPE_CHECKING:
+    from slack_bolt import App
+
+    from app.runtime import Runtime
+    from app.stepup.pages import StepUpPages
 
 
 def add_commands(commands: Commands) -> None:
@@ -46,11 +48,14 @@ IDLE_CONNECTION_SECONDS = 15
 
 @starting
 def _serve(args: argparse.Namespace) -> int:
+    from app.cli.configured import ready
+
+    runtime = ready("slack_bot_token", "slack_signing_secret")  # before the server is loaded
     from waitress import serve
 
-    from app.web import METRICS_OFF
+    from app.cli.worker import background_sweeps
+    from app.web import METRICS_OFF, WardKeyWSGI
 
-    runtime = ready("slack_bot_token", "slack_signing_secret")
     settings = runtime.settings
     wsgi = WardKeyWSGI(
         _bolt(runtime),
@@ -94,10 +99,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 @starting
 def _socket(args: argparse.Namespace) -> int:
+    from app.cli.configured import ready
+
+    runtime = ready("slack_bot_token", "slack_app_token")  # before Socket Mode is loaded
+    from app.cli.worker import background_sweeps
     from app.slack.intake import Intake
     from app.slack.socket_intake import RecordingSocketModeHandler
 
-    runtime = ready("slack_bot_token", "slack_app_token")
     if runtime.stepup() is not None:
         raise StartupError(
             "the policy has an identity_provider for step-up approval, whose sign-in pages "
@@ -123,7 +131,10 @@ def _socket(args: argparse.Namespace) -> int:
 
 def _bolt(runtime: Runtime, socket_mode: bool = False) -> App:
     """The Bolt app, which asks Slack who its token is (auth.test) first: if Slack does not
-    answer, one line saying where WardKey asked and what to check."""
+    answer, one line saying where WardKey asked and what to check; if it refuses, what it
+    said."""
+    from slack_bolt.error import BoltError
+
     sdk = logging.getLogger("slack_sdk.web.base_client")
     level = sdk.level
     sdk.setLevel(logging.CRITICAL)  # its line per failed try would bury the one below
@@ -137,12 +148,16 @@ def _bolt(runtime: Runtime, socket_mode: bool = False) -> App:
             "Slack's own https://slack.com/api/) and that this machine can reach it: a "
             "firewall, or a proxy to set in HTTPS_PROXY"
         ) from None
+    except BoltError as exc:
+        raise StartupError(f"Slack refused to start the app: {exc}") from None
     finally:
         sdk.setLevel(level)
 
 
 def _step_up_pages(runtime: Runtime) -> StepUpPages | None:
     """The sign-in pages of step-up approval, when the policy has an identity provider."""
+    from app.stepup.pages import StepUpPages
+
     stepup = runtime.stepup()
     if stepup is None:
         return None

@@ -8,13 +8,15 @@ import argparse
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
 
-from apscheduler.schedulers.base import BaseScheduler
+from app.cli.common import STOP_SECONDS, Commands, end_within, starting, stop_on_sigterm
 
-from app.cli.common import STOP_SECONDS, Commands, end_within, ready, starting, stop_on_sigterm
-from app.runtime import Runtime
-from app.scheduler import at_start_up, schedule
-from app.web import CATCHING_UP, Readiness
+if TYPE_CHECKING:
+    from apscheduler.schedulers.base import BaseScheduler
+
+    from app.runtime import Runtime
+    from app.web import Readiness
 
 
 def add_commands(commands: Commands) -> None:
@@ -25,9 +27,11 @@ def add_commands(commands: Commands) -> None:
 
 @starting
 def _worker(_args: argparse.Namespace) -> int:
+    from app.cli.configured import ready
+
+    runtime = ready("slack_bot_token")  # before the scheduler is loaded
     from apscheduler.schedulers.blocking import BlockingScheduler
 
-    runtime = ready("slack_bot_token")
     lower_priority(runtime.settings.wardkey_worker_nice)
     redelivery = runtime.redelivery()
     redelivery.follow()  # takes each request serve hands over, as it comes
@@ -68,6 +72,9 @@ def start_sweeps(
     """Tick, and catch up (reconcile, then expire) as the first job, beside the ticks and the
     server, so nothing waits for it; `readiness` says "catching up" until it is done. A
     blocking scheduler runs here."""
+    from app.scheduler import at_start_up, schedule
+    from app.web import CATCHING_UP
+
     deps = runtime.job_deps()
     settings = runtime.settings
     schedule(

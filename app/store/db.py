@@ -8,13 +8,16 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 log = logging.getLogger(__name__)
 # A server that takes the connection and never answers must not hang a command or a sweep:
@@ -201,6 +204,16 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def configured_database(settings: Settings) -> Database:
+    """The database DATABASE_URL names, on connections that give up when the server does not
+    answer (WARDKEY_DB_CONNECT_TIMEOUT_SECONDS, WARDKEY_DB_STATEMENT_TIMEOUT_SECONDS)."""
+    return Database(
+        settings.database_url,
+        connect_timeout=settings.wardkey_db_connect_timeout_seconds,
+        statement_timeout=settings.wardkey_db_statement_timeout_seconds,
+    )
 
 
 def _ping_when_doubtful(engine: Engine) -> None:

@@ -722,7 +722,8 @@ class TestTargetConnectionsAtStartUp:
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         from app.config import Settings
-        from app.runtime import StartupError, load_runtime
+        from app.runtime import load_runtime
+        from app.startup import StartupError
 
         data = with_target(
             "webhook",

@@ -34,8 +34,9 @@ from app.listeners import slack_app
 from app.notify.notifier import Notifier
 from app.policy import Policy, PolicyError, parse_policy
 from app.requests.messages import APPROVE_ACTION
-from app.runtime import StartupError, check_step_up
+from app.runtime import check_step_up
 from app.slack.app import web_client
+from app.startup import StartupError
 from app.stepup.pages import StepUpPages
 from app.stepup.service import StepUpService
 from app.store import AuditEvent, Database, upgrade
