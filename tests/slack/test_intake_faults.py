@@ -12,10 +12,8 @@ recorded, and nothing is acknowledged as accepted and then lost."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -48,6 +46,7 @@ from app.store.models import AccessRequest, Decision, RequestState, SeenRequest
 from tests.conftest import fresh_postgres_schema
 from tests.fakes.big_trust import APPROVER, CONSOLE, KEY_VARIABLE, ROLE, staff, write_big_trust
 from tests.processes import free_port
+from tests.relay import Relay
 
 pytestmark = pytest.mark.postgres
 
@@ -342,67 +341,6 @@ def _all_told(fake: FakeSlack, waiting: list[int], askers: set[str]) -> bool:
     return len(replies) >= len(askers) - 1
 
 
-class CuttableLink:
-    """A TCP stand-in between WardKey and PostgreSQL that can be cut (every connection
-    closed, new ones refused) and put back, as a network or database outage would, or frozen
-    (connections stay open and nothing passes either way, as with a hung server or a link
-    that drops packets) and thawed."""
-
-    def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
-        self.port = free_port()
-        self.flowing = threading.Event()
-        self.flowing.set()
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._listener: socket.socket | None = None
-
-    def up(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def cut(self) -> None:
-        with self._lock:
-            listener, self._listener = self._listener, None
-            conns, self._conns = self._conns, []
-        if listener is not None:
-            with contextlib.suppress(OSError):  # wakes the thread blocked in accept()
-                listener.shutdown(socket.SHUT_RDWR)
-            listener.close()
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            with self._lock:
-                self._conns += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                self.flowing.wait()
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                with contextlib.suppress(OSError):
-                    s.close()
-
-
 def test_clicks_while_the_database_is_unreachable_are_told_not_recorded(trust: Trust) -> None:
     db, service, fake = trust.db, trust.service, trust.fake
     waiting = [
@@ -410,8 +348,7 @@ def test_clicks_while_the_database_is_unreachable_are_told_not_recorded(trust: T
         for n in range(3)
     ]
     url = db.url
-    link = CuttableLink((url.host or "127.0.0.1", url.port or 5432))
-    link.up()
+    link = Relay((url.host or "127.0.0.1", url.port or 5432))
     through_link = url.set(host="127.0.0.1", port=link.port)
     port = free_port()
     serve = trust.start(
@@ -441,7 +378,7 @@ def test_clicks_while_the_database_is_unreachable_are_told_not_recorded(trust: T
         assert {service.get(rid).state for rid in waiting} == {RequestState.PENDING}
 
         # The database is back: the next click is recorded and done.
-        link.up()
+        link.restore()
         again = slack.click(APPROVE_ACTION, str(waiting[0]), boss)
         assert again.status_code == 200
         deadline = time.monotonic() + 20
@@ -451,7 +388,7 @@ def test_clicks_while_the_database_is_unreachable_are_told_not_recorded(trust: T
     finally:
         serve.terminate()
         serve.wait(timeout=10)
-        link.cut()
+        link.close()
     log = trust.log_of("serve")
     # The outage is logged once, and its end once: not a line (or traceback) per request.
     assert log.count("event=intake_failed") == 1, log[-3000:]
@@ -468,8 +405,7 @@ def test_an_ack_whose_database_hangs_says_not_recorded_and_the_late_row_is_undon
     later and has recorded it after all, it is marked done with nothing done, as the person
     was told, and no worker ever does it."""
     url = trust.db.url
-    link = CuttableLink((url.host or "127.0.0.1", url.port or 5432))
-    link.up()
+    link = Relay((url.host or "127.0.0.1", url.port or 5432))
     through_link = Database(url.set(host="127.0.0.1", port=link.port))
     inbox = Intake(through_link)
     answers: list[object] = []
@@ -482,20 +418,19 @@ def test_an_ack_whose_database_hangs_says_not_recorded_and_the_late_row_is_undon
 
     try:
         record("v0=before")  # the inbox's connection is open and has answered
-        link.flowing.clear()  # from now on nothing passes
+        link.freeze()  # from now on nothing passes
         acking = threading.Thread(target=record, args=("v0=during",))
         acking.start()
         acking.join(timeout=30)  # generous: Slack gives an ack 3 s, the inbox 2.5 s of it
         assert not acking.is_alive(), "the ack hung on a database that does not answer"
-        link.flowing.set()  # the database answers again, and records the request late
+        link.thaw()  # the database answers again, and records the request late
         deadline = time.monotonic() + 20
         while _state(trust.db, "v0=during") != "done":
             assert time.monotonic() < deadline, _state(trust.db, "v0=during")
             time.sleep(0.1)
     finally:
         inbox.close()
-        link.flowing.set()
-        link.cut()
+        link.close()
         through_link.dispose()
     assert answers[0] is True
     assert isinstance(answers[1], NotRecorded)

@@ -5,7 +5,6 @@ not a traceback or a hang) and that other work does not wait for the broken part
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import subprocess
@@ -34,6 +33,7 @@ from app.store.models import AccessRequest, RequestState
 from app.web import WardKeyWSGI
 from tests.conftest import HERE, fresh_postgres_schema
 from tests.fakes.big_trust import APPROVER, staff
+from tests.relay import Relay
 
 SCHEMA = os.environ.get("WARDKEY_TEST_SCHEMA", "wardkey") + "_reliability"
 KEYS = {"epr": "e" * 32, "lab": "l" * 32}
@@ -374,71 +374,12 @@ def test_revokes_land_soon_after_a_target_comes_back(ward: Ward) -> None:
 # -------------------------------------------------------- a database that goes away
 
 
-class CuttableProxy:
-    """A TCP relay to the real PostgreSQL that can be cut (every connection dropped, new
-    ones refused) and restored: a database outage without stopping the shared server."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.upstream = (host, port)
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port = self.listener.getsockname()[1]
-        self.cut = False
-        self._open: list[socket.socket] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client = self.listener.accept()[0]
-            except OSError:
-                return
-            if self.cut:
-                client.close()
-                continue
-            server = socket.create_connection(self.upstream)
-            with self._lock:
-                self._open += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def go_down(self) -> None:
-        self.cut = True
-        with self._lock:
-            dropping, self._open = self._open, []
-        for s in dropping:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-
-    def come_back(self) -> None:
-        self.cut = False
-
-    def close(self) -> None:
-        self.go_down()
-        self.listener.close()
-
-
 def test_a_database_outage_is_logged_once_and_its_end_once(ward: Ward) -> None:
     """The database goes away for eight seconds under a running worker (its expiry sweep
     ticks five times a second): the log says so once, then says it is back, with no
     tracebacks; and a grant that ended during the outage is revoked once it is over."""
     url = ward.db.url
-    proxy = CuttableProxy(url.host or "127.0.0.1", url.port or 5432)
+    proxy = Relay((url.host or "127.0.0.1", url.port or 5432))
     try:
         through = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
         worker = ward.start("worker", DATABASE_URL=through)
@@ -448,13 +389,13 @@ def test_a_database_outage_is_logged_once_and_its_end_once(ward: Ward) -> None:
             assert worker.poll() is None and time.monotonic() < deadline, ward.log_of(0)
             time.sleep(0.1)
         time.sleep(1)
-        proxy.go_down()
+        proxy.cut()
         # …when the database goes away; meanwhile a grant comes to its end (made on the real
         # server, which the worker cannot reach).
         down_at = time.monotonic()
         ids = ward.grants("epr", range(1), datetime.now(UTC) + timedelta(seconds=2))
         time.sleep(max(0.0, down_at + 8 - time.monotonic()))
-        proxy.come_back()
+        proxy.restore()
         wait_until_ended(ward.db, ids, within=30)
         deadline = time.monotonic() + 15
         while "event=database_back" not in ward.log_of(0):

@@ -8,13 +8,10 @@ one grant per ask; one revoke per expiry; every command answered; and the audit 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import re
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -49,6 +46,7 @@ from tests.fakes.big_trust import (
     staff,
     write_big_trust,
 )
+from tests.relay import Relay
 
 pytestmark = pytest.mark.postgres
 
@@ -58,53 +56,6 @@ SECRET = "s" * 32
 ASKS = 24  # staff 0..23 ask through Slack
 EXPIRING = range(100, 124)  # staff 100..123 hold grants that end during the wave
 TWICE = 6  # the first six cards are approved twice, once on each instance
-
-
-class RoundRobin:
-    """A loopback TCP proxy that hands each new connection to the next backend in turn, as a
-    Kubernetes Service (or a load balancer) spreads Slack's requests over the web pods."""
-
-    def __init__(self, backends: list[tuple[str, int]]) -> None:
-        self.backends = backends
-        self.turn = itertools.cycle(range(len(backends)))
-        self.connections: Counter[int] = Counter()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client = self.listener.accept()[0]
-            except OSError:
-                return
-            with self._lock:
-                n = next(self.turn)
-                self.connections[n] += 1
-            try:
-                server = socket.create_connection(self.backends[n])
-            except OSError:
-                client.close()
-                continue
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-            a.close()
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 class Night:
@@ -218,7 +169,7 @@ def test_two_web_instances_and_two_workers_lose_and_double_nothing(night: Night)
         )
     for n in range(2):
         night.start(f"worker{n}", "worker")
-    proxy = RoundRobin([("127.0.0.1", port) for port in ports])
+    proxy = Relay(*[("127.0.0.1", port) for port in ports])
     # No keep-alive: each request is a new connection, so the proxy alternates per request.
     http = httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0))
     try:
