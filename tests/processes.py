@@ -54,3 +54,24 @@ def wait_until_healthy(url: str, process: subprocess.Popen[str], seconds: float 
         assert process.poll() is None, process.stdout.read() if process.stdout else ""
         assert time.monotonic() < deadline, "serve did not start"
         time.sleep(0.1)
+
+
+# How long a test waits for a process it stops with SIGTERM before killing it. A stop takes up
+# to 5 s for requests in flight and 2 s for work still running (docs/operations.md), longer on a
+# loaded machine; tests/cli/test_shutdown.py checks the stop itself.
+STOP_GRACE_SECONDS = 30
+
+
+def stop(*processes: subprocess.Popen[bytes] | subprocess.Popen[str] | None) -> None:
+    """Stop the test's processes as an operator would (SIGTERM), all at once; any still running
+    after STOP_GRACE_SECONDS is killed, so none outlives its test."""
+    running = [p for p in processes if p is not None and p.poll() is None]
+    for process in running:
+        process.terminate()
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for process in running:
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

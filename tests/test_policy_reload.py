@@ -31,10 +31,10 @@ from app.policy import Policy
 from app.policy_reload import PolicyReloader, digest_of
 from app.store import Database
 from app.store.models import OutboxItem
-from tests.cli.test_cli_serve import free_port
 from tests.conftest import AMIRA, HERE, fresh_postgres_schema, sqlite_copy
 from tests.fakes.big_trust import APPROVER, staff
 from tests.fakes.memory_adapter import MemoryTarget
+from tests.processes import free_port
 
 WARD_POLICY = HERE / "data" / "ward_policy.yaml"
 

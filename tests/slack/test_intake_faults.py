@@ -45,7 +45,7 @@ from app.store import Database
 from app.store.models import AccessRequest, Decision, RequestState, SeenRequest
 from tests.conftest import fresh_postgres_schema
 from tests.fakes.big_trust import APPROVER, CONSOLE, KEY_VARIABLE, ROLE, staff, write_big_trust
-from tests.processes import free_port
+from tests.processes import free_port, stop
 from tests.relay import Relay
 
 pytestmark = pytest.mark.postgres
@@ -236,10 +236,7 @@ def test_serve_killed_after_acking_clicks_commands_and_a_form_loses_none(
         fake.latency = 0
         time.sleep(1)  # let anything doubled show itself before counting
     finally:
-        for proc in (serve, worker):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=10)
+        stop(serve, worker)
 
     # Every approval applied exactly once, and the access granted once.
     assert applied_at_kill == 0, "the kill came after the work; it proves nothing"
@@ -312,9 +309,7 @@ def test_with_the_work_on_workers_serve_records_and_a_worker_does_each_once(
         fake.wait_for("response_url", 1, timeout=10)  # the asker is told where it went
         time.sleep(1)  # let anything doubled show itself before counting
     finally:
-        for proc in (serve, worker):
-            proc.terminate()
-            proc.wait(timeout=10)
+        stop(serve, worker)
 
     assert decisions(db) == Counter({rid: 1 for rid in waiting})
     assert requests_by(db)[email] == 1
@@ -386,8 +381,7 @@ def test_clicks_while_the_database_is_unreachable_are_told_not_recorded(trust: T
             assert time.monotonic() < deadline, trust.log_of("serve")[-2000:]
             time.sleep(0.1)
     finally:
-        serve.terminate()
-        serve.wait(timeout=10)
+        stop(serve)
         link.close()
     log = trust.log_of("serve")
     # The outage is logged once, and its end once: not a line (or traceback) per request.

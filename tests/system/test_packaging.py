@@ -216,7 +216,7 @@ def test_the_containers_commands_run_from_the_wheel(
     """What the image runs (deploy/docker/Dockerfile): `serve --no-scheduler` answers the
     image's HEALTHCHECK (`python -m app.healthcheck`), a `worker` schedules its sweeps, and the
     health check fails once serve is gone."""
-    from tests.cli.test_cli_serve import free_port
+    from tests.processes import free_port
 
     database = f"sqlite:///{tmp_path / 'wardkey.db'}"
     assert installed.run("db", "upgrade", DATABASE_URL=database).returncode == 0

@@ -33,6 +33,7 @@ from app.store.models import AccessRequest, RequestState
 from app.web import WardKeyWSGI
 from tests.conftest import HERE, fresh_postgres_schema
 from tests.fakes.big_trust import APPROVER, staff
+from tests.processes import stop
 from tests.relay import Relay
 
 SCHEMA = os.environ.get("WARDKEY_TEST_SCHEMA", "wardkey") + "_reliability"
@@ -183,10 +184,7 @@ class Ward:
         return (self.tmp / f"{process.args[3]}{n}.log").read_text(errors="replace")  # type: ignore[index]
 
     def close(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
-                process.wait(timeout=10)
+        stop(*self.processes)
         for console in self.consoles.values():
             console.fail_with, console.delay_seconds = None, 0.0
             console.stop()
@@ -403,8 +401,7 @@ def test_a_database_outage_is_logged_once_and_its_end_once(ward: Ward) -> None:
             time.sleep(0.1)
         # Stop the worker before the relay closes: closing it cuts every connection again,
         # which the worker would rightly log as a second outage.
-        worker.terminate()
-        worker.wait(timeout=10)
+        stop(worker)
     finally:
         proxy.close()
     log = ward.log_of(0)

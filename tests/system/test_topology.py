@@ -7,7 +7,6 @@ one grant per ask; one revoke per expiry; every command answered; and the audit 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import subprocess
@@ -34,7 +33,6 @@ from app.policy import load_policy
 from app.requests.messages import APPROVE_ACTION
 from app.store import AuditEvent, Database
 from app.store.models import AccessRequest, RequestState
-from tests.cli.test_cli_serve import free_port
 from tests.conftest import fresh_postgres_schema
 from tests.fakes.big_trust import (
     APPROVER,
@@ -46,6 +44,7 @@ from tests.fakes.big_trust import (
     staff,
     write_big_trust,
 )
+from tests.processes import free_port, stop
 from tests.relay import Relay
 
 pytestmark = pytest.mark.postgres
@@ -98,12 +97,7 @@ class Night:
             assert process.poll() is None, f"{name} exited:\n{self.log(name)}"
 
     def close(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=10)
+        stop(*self.processes.values())
         self.console.stop()
         self.slack.stop()
         self.db.dispose()

@@ -37,6 +37,7 @@ from tests.fakes.big_trust import (
     staff,
     write_big_trust,
 )
+from tests.processes import stop
 
 pytestmark = pytest.mark.postgres
 
@@ -144,10 +145,7 @@ def test_three_workers_one_killed_midway_revoke_every_grant_once(
             assert all(w.poll() is None for w in workers[1:]), "a surviving worker exited"
             time.sleep(0.1)
     finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.terminate()
-                worker.wait(timeout=10)
+        stop(*workers)
         console.stop()
         slack.stop()
 
