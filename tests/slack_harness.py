@@ -40,6 +40,10 @@ WARD_USERS = [
 
 RunningApp = SlackDriver
 
+# What Amira asks for in most stories: clinical, so Ben (on call tonight) and the managers
+# get the cards.
+REQUEST = "pharmacy-db:read 30m fix stuck order set on ward 12"
+
 
 def run_app(service: AccessService, workspace: Workspace | None = None) -> Iterator[RunningApp]:
     """The app as `wardkey serve` runs it; `workspace` as SLACK_TEAM_IDS / SLACK_ENTERPRISE_ID
@@ -62,6 +66,18 @@ def run_app(service: AccessService, workspace: Workspace | None = None) -> Itera
             pool.shutdown(wait=True)
         wsgi.close()  # its inbox heartbeat would write to the next test's tables
         fake.stop()
+
+
+def ask(slack: RunningApp, text: str = REQUEST, user: str = "U0AMIRA") -> int:
+    """`/jit request TEXT` (Amira's, unless told): the request's number, once every card is
+    posted and remembered."""
+    before = len(slack.fake.calls_to("response_url"))
+    response = slack.command("/jit", f"request {text}", user)
+    assert response.status_code == 200
+    reply = slack.replies(before + 1)[-1]
+    assert reply.startswith("Request #"), reply
+    slack.settle()  # every card posted and remembered before anyone clicks
+    return int(reply.split("#")[1].split(" ")[0])
 
 
 class SlackOnSqlite:

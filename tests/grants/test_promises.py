@@ -10,8 +10,7 @@ from app.access import AccessService
 from app.requests.messages import APPROVE_ACTION
 from app.store.models import RequestState as S
 from tests.fakes.memory_adapter import MemoryTarget
-from tests.slack.test_slack_app import ask
-from tests.slack_harness import RunningApp, SlackOnSqlite
+from tests.slack_harness import RunningApp, SlackOnSqlite, ask
 
 
 class TestAGrantTheTargetRefuses(SlackOnSqlite):

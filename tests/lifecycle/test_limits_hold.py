@@ -402,8 +402,7 @@ class TestNotesWithControlCharacters:
         """The issue's case end to end: a NUL typed into a command and into the deny dialog,
         through signed requests to the running app, on SQLite and PostgreSQL alike."""
         from app.requests.messages import DENY_ACTION, DENY_BLOCK, DENY_INPUT, DENY_VIEW
-        from tests.slack.test_slack_app import ask
-        from tests.slack_harness import run_app
+        from tests.slack_harness import ask, run_app
 
         for slack in run_app(service):
             asked = slack.command(

@@ -26,8 +26,7 @@ from app.slack.app import web_client
 from app.store.models import RequestState as S
 from tests.conftest import HERE, sqlite_copy
 from tests.fakes.memory_adapter import MemoryTarget
-from tests.slack.test_slack_app import REQUEST, ask
-from tests.slack_harness import RunningApp, SlackOnSqlite, run_app
+from tests.slack_harness import REQUEST, RunningApp, SlackOnSqlite, ask, run_app
 
 
 def notifier_for(slack: RunningApp, service: AccessService) -> Notifier:
