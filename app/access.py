@@ -19,7 +19,6 @@ that work through the core's public methods and app/lifecycle, never its private
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -30,7 +29,7 @@ from app.adapters.base import Adapter, RevokeResult
 from app.breakglass.service import BreakGlass
 from app.clock import Clock
 from app.grants.service import EXPIRY_BATCH, Grants, OnDone, ReconcileReport
-from app.lifecycle.deps import DEFAULT_LEASE, CoreDeps
+from app.lifecycle.deps import CoreDeps
 from app.lifecycle.leases import Heartbeat
 from app.lifecycle.reads import Reads
 from app.lifecycle.snapshots import BreakGlassStart, RequestSnapshot
@@ -46,34 +45,11 @@ T = TypeVar("T")
 
 class AccessService:
     """The request core: its dependencies and its parts, and their public methods. Safe to
-    share between threads and processes."""
+    share between threads and processes. Built over its dependencies:
+    `AccessService(CoreDeps(db, policy, adapters, clock))`."""
 
-    def __init__(
-        self,
-        db: Database,
-        policy: Policy,
-        adapters: Mapping[str, Adapter],
-        clock: Clock | None = None,
-        pause: Callable[[float], None] = time.sleep,
-        *,
-        worker: str | None = None,
-        lease: timedelta = DEFAULT_LEASE,
-        concurrency: int = 8,
-        heartbeat: bool = False,
-        tickets: TicketDesk | None = None,
-    ) -> None:
-        self.deps = CoreDeps(
-            db,
-            policy,
-            adapters,
-            clock,
-            pause,
-            worker=worker,
-            lease=lease,
-            concurrency=concurrency,
-            heartbeat=heartbeat,
-            tickets=tickets,
-        )
+    def __init__(self, deps: CoreDeps) -> None:
+        self.deps = deps
         self.reads = Reads(self.deps)
         self.grants = Grants(self.deps, self.reads)
         self.requests = Requests(self.deps, self.reads, self.grants)

@@ -19,6 +19,7 @@ from app.digest.service import DigestService
 from app.directory import SlackDirectory, Workspace
 from app.identities.flows import owner_gone
 from app.identities.service import IdentityService
+from app.lifecycle.deps import CoreDeps
 from app.listeners import slack_app
 from app.notify.notifier import Notifier
 from app.oncall.flows import read_sources
@@ -176,12 +177,14 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
     except Exception as exc:
         raise StartupError(f"DATABASE_URL: {db.unreachable(exc)}") from None
     service = AccessService(
-        db,
-        policy,
-        adapters,
-        lease=timedelta(seconds=settings.wardkey_lease_seconds),
-        concurrency=settings.wardkey_target_concurrency,
-        heartbeat=True,
+        CoreDeps(
+            db,
+            policy,
+            adapters,
+            lease=timedelta(seconds=settings.wardkey_lease_seconds),
+            concurrency=settings.wardkey_target_concurrency,
+            heartbeat=True,
+        )
     )
     client = web_client(settings.slack_bot_token or "", settings.slack_api_url)
     workspace = Workspace.configured(settings.slack_team_ids, settings.slack_enterprise_id)

@@ -53,6 +53,7 @@ from app.demo.slack_fake import FakeSlack
 from app.demo.webhook_target import WebhookTarget
 from app.directory import SlackDirectory
 from app.grants import jobs as grant_jobs
+from app.lifecycle.deps import CoreDeps
 from app.lockdown.flows import LockdownFlows
 from app.lockdown.service import Lockdowns
 from app.notify.notifier import Notifier
@@ -180,7 +181,9 @@ def measure(
         seed(db, console, grants, expiry)
         clock = ManualClock(expiry + timedelta(seconds=1))
         service = AccessService(
-            db, policy, build_adapters(policy), clock, heartbeat=True, concurrency=CONCURRENCY
+            CoreDeps(
+                db, policy, build_adapters(policy), clock, heartbeat=True, concurrency=CONCURRENCY
+            )
         )
         profiler = cProfile.Profile() if profile else None
         started = time.perf_counter()

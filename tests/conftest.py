@@ -19,6 +19,7 @@ from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_fake import FakeSlack
 from app.directory import SlackDirectory
+from app.lifecycle.deps import CoreDeps
 from app.notify.notifier import Notifier
 from app.policy import Person, Policy, load_policy
 from app.slack.app import web_client
@@ -205,7 +206,7 @@ def service(
     clock: ManualClock,
     pauses: list[float],
 ) -> AccessService:
-    return AccessService(db, policy, targets, clock, pause=pauses.append)
+    return AccessService(CoreDeps(db, policy, targets, clock, pause=pauses.append))
 
 
 def audit_actions(service: AccessService, request_id: int | None = None) -> list[str]:

@@ -13,6 +13,7 @@ import yaml
 from app.access import AccessService
 from app.adapters.base import Adapter
 from app.clock import ManualClock
+from app.lifecycle.deps import CoreDeps
 from app.policy import Person, parse_policy
 from app.store import Database
 from tests.conftest import NIGHT_SHIFT
@@ -57,7 +58,7 @@ def one_target_service(
     db = Database(f"sqlite:///{tmp_path / 'wardkey.db'}")
     clock = ManualClock(NIGHT_SHIFT)
     adapters: dict[str, Adapter] = {name: adapter}
-    service = AccessService(db, policy, adapters, clock, pause=lambda _: None)
+    service = AccessService(CoreDeps(db, policy, adapters, clock, pause=lambda _: None))
     return service, adapters, clock
 
 

@@ -25,6 +25,7 @@ from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_driver import serving
 from app.demo.slack_fake import FakeSlack
+from app.lifecycle.deps import CoreDeps
 from app.listeners import slack_app
 from app.policy import Policy
 from app.slack.app import web_client
@@ -94,7 +95,7 @@ def edge(db: Database, policy: Policy, clock: ManualClock) -> Iterator[WardKeyWS
     fake = FakeSlack().start()
     for user in WARD_USERS:
         fake.add_user(user)
-    service = AccessService(db, policy, {"pharmacy-db": MemoryTarget()}, clock)
+    service = AccessService(CoreDeps(db, policy, {"pharmacy-db": MemoryTarget()}, clock))
     bolt = slack_app(service, web_client(fake.token, fake.api_url), SIGNING_SECRET)
     wsgi = WardKeyWSGI(bolt, db, SIGNING_SECRET, clock=clock, max_body_bytes=MiB)
     try:

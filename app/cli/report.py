@@ -48,6 +48,7 @@ def _standing(args: argparse.Namespace) -> int:
     from app.access import AccessService
     from app.adapters.registry import AdapterConfigError, build_adapters
     from app.cli.configured import configured_policy, open_database
+    from app.lifecycle.deps import CoreDeps
     from app.standing.service import StandingService, write_csv
 
     policy = configured_policy()
@@ -56,7 +57,7 @@ def _standing(args: argparse.Namespace) -> int:
     except AdapterConfigError as exc:
         raise StartupError(str(exc)) from None
     clock = clock_of(args)
-    standing = StandingService(AccessService(open_database(), policy, adapters, clock))
+    standing = StandingService(AccessService(CoreDeps(open_database(), policy, adapters, clock)))
     why_not: dict[str, str] = {}
     if not args.no_look:
         looked = standing.find_standing()

@@ -23,11 +23,12 @@ def add_commands(commands: Commands) -> None:
 def _resolve(args: argparse.Namespace) -> int:
     from app.access import AccessService
     from app.cli.configured import configured_policy, open_database
+    from app.lifecycle.deps import CoreDeps
     from app.lifecycle.errors import ServiceError
     from app.policy import Person
 
     # No adapter is called: the person says the access is gone; the audit trail keeps their word.
-    service = AccessService(open_database(), configured_policy(), {})
+    service = AccessService(CoreDeps(open_database(), configured_policy(), {}))
     try:
         view = service.resolve_revoke_failure(args.request_id, Person(email=args.by), args.note)
     except ServiceError as exc:

@@ -34,6 +34,7 @@ from app.directory import SlackDirectory
 from app.grants import jobs as grant_jobs
 from app.groups import DirectoryGroups
 from app.groups import describe as describe_group
+from app.lifecycle.deps import CoreDeps
 from app.listeners import slack_app
 from app.notify.notifier import Notifier
 from app.oncall import OnCall
@@ -135,7 +136,7 @@ def _run(out: TextIO, workdir: Path) -> None:
     policy = policy.with_on_call(OnCall(policy, clock))  # the roster read on the demo's clock
     console_settings = WebhookSettings.model_validate(policy.targets["epr-console"].settings)
     service = AccessService(
-        db, policy, {"epr-console": WebhookAdapter(console_settings, key)}, clock
+        CoreDeps(db, policy, {"epr-console": WebhookAdapter(console_settings, key)}, clock)
     )
     client = web_client(fake.token, fake.api_url)
     signing_secret = secrets.token_hex(16)

@@ -18,6 +18,7 @@ from app.adapters.registry import build_adapters
 from app.cli import main
 from app.clock import ManualClock
 from app.demo.webhook_target import WebhookTarget
+from app.lifecycle.deps import CoreDeps
 from app.policy import Policy, load_policy
 from app.standing.service import StandingService
 from app.store import Database
@@ -79,7 +80,7 @@ def standing(
 ) -> StandingService:
     """The standing-privilege service reading the same consoles the command line does."""
     policy: Policy = load_policy(console_policy)
-    core = AccessService(db, policy, build_adapters(policy), clock, pause=lambda _: None)
+    core = AccessService(CoreDeps(db, policy, build_adapters(policy), clock, pause=lambda _: None))
     return StandingService(core)
 
 

@@ -18,6 +18,7 @@ from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_driver import SlackDriver
 from app.demo.slack_fake import FakeSlack, new_trigger_id
+from app.lifecycle.deps import CoreDeps
 from app.policy import Policy
 from app.policy.rules import approvers_at
 from app.requests.messages import APPROVE_ACTION
@@ -244,10 +245,10 @@ class TestResolveFailedRevoke:
         self, base_env: dict[str, str], policy: Policy
     ) -> None:
         target = MemoryTarget()
-        service = AccessService(
+        service = AccessService(CoreDeps(
             Database(base_env["DATABASE_URL"]), policy, {"pharmacy-db": target},
             ManualClock(NIGHT_SHIFT), pause=lambda _: None,
-        )  # fmt: skip
+        ))  # fmt: skip
         req = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), "fix ward 12")
         service.approve(req.id, BEN)
         target.down = True

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from app.access import AccessService
 from app.clock import ManualClock
 from app.digest.service import DigestService
+from app.lifecycle.deps import CoreDeps
 from app.policy import Policy
 from app.store.models import AuditEvent
 from app.store.models import RequestState as S
@@ -62,7 +63,9 @@ class TestOncePerDay:
     ) -> None:  # type: ignore[no-untyped-def]
         quiet = policy.model_copy(update={"digest_at": None})
         at_eight(clock)
-        assert DigestService(AccessService(db, quiet, targets, clock)).digest_due() is None
+        assert (
+            DigestService(AccessService(CoreDeps(db, quiet, targets, clock))).digest_due() is None
+        )
 
     @pytest.mark.parametrize(
         "db", [pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"], indirect=True
@@ -72,7 +75,9 @@ class TestOncePerDay:
     ) -> None:
         at_eight(clock)
         workers = [
-            DigestService(AccessService(service.db, service.policy, targets, clock, worker=f"w{n}"))
+            DigestService(
+                AccessService(CoreDeps(service.db, service.policy, targets, clock, worker=f"w{n}"))
+            )
             for n in range(4)
         ]
         results, errors = all_at_once(4, lambda n: workers[n].digest_due())

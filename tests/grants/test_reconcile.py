@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from app.access import AccessService
 from app.clock import ManualClock
+from app.lifecycle.deps import CoreDeps
 from app.store.models import AccessRequest
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA, BEN, CHLOE
@@ -28,7 +29,9 @@ def crash_during(service: AccessService, target: MemoryTarget, op: str, action: 
 def restarted(service: AccessService, clock: ManualClock) -> AccessService:
     """The worker that comes up after the crash: same database and targets, its own name."""
     return AccessService(
-        service.db, service.policy, service.adapters, clock, pause=lambda _: None, worker="next"
+        CoreDeps(
+            service.db, service.policy, service.adapters, clock, pause=lambda _: None, worker="next"
+        )
     )
 
 
@@ -128,7 +131,14 @@ def test_a_renewal_goes_round_a_row_another_transaction_holds(
         crash_during(service, targets["pharmacy-db"], "revoke", lambda: service.expire_due(batch=1))
     assert {service.get(r.id).state for r in (first, second)} == {S.REVOKING}
     beating = AccessService(
-        service.db, service.policy, service.adapters, clock, worker=service.worker, heartbeat=True
+        CoreDeps(
+            service.db,
+            service.policy,
+            service.adapters,
+            clock,
+            worker=service.worker,
+            heartbeat=True,
+        )
     )
     assert beating.heartbeat is not None
 
@@ -187,7 +197,14 @@ def test_a_living_workers_heartbeat_keeps_its_claim(
     clock.advance(timedelta(minutes=30))
     crash_during(service, targets["pharmacy-db"], "revoke", service.expire_due)
     beating = AccessService(
-        service.db, service.policy, service.adapters, clock, worker=service.worker, heartbeat=True
+        CoreDeps(
+            service.db,
+            service.policy,
+            service.adapters,
+            clock,
+            worker=service.worker,
+            heartbeat=True,
+        )
     )
     assert beating.heartbeat is not None
     other = restarted(service, clock)

@@ -26,6 +26,7 @@ from app.demo.slack_fake import FakeSlack, SlackUser
 from app.groups import DirectoryGroups, describe, path_groups, with_directory_groups
 from app.groups import jobs as groups_jobs
 from app.groups.jobs import Ended
+from app.lifecycle.deps import CoreDeps
 from app.metrics import WardKeyCollector
 from app.policy import Policy, PolicyError
 from app.policy.rules import PolicyRefusal, approvers_at, plan_request
@@ -768,7 +769,7 @@ class TestLeavers:
             policy = self.make(
                 ward7, clock, ["clinical-systems", "bank-nurses"], revoke_leavers=True
             )
-        service = AccessService(db, policy, targets, clock)
+        service = AccessService(CoreDeps(db, policy, targets, clock))
         rid = self.active_grant(service)
         ward7.admin().modify(NURSES, {"member": [(MODIFY_DELETE, [slapd.person_dn("amira7")])]})
         clock.advance(timedelta(minutes=5))

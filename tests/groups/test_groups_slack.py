@@ -28,6 +28,7 @@ from app.demo.slack_fake import Call, SlackChannel
 from app.directory import SlackDirectory
 from app.groups import DirectoryGroups
 from app.groups.jobs import directory_groups
+from app.lifecycle.deps import CoreDeps
 from app.notify.notifier import Notifier
 from app.oncall import OnCall
 from app.policy import Policy
@@ -331,7 +332,7 @@ class TestEntraDown(DirectoryStory):
         other_policy = service.policy.with_groups(
             DirectoryGroups(service.policy, clock, env=ENV, sleep=lambda _s: None)
         )
-        other = AccessService(service.db, other_policy, service.adapters, clock)
+        other = AccessService(CoreDeps(service.db, other_policy, service.adapters, clock))
         workers = [self.job_deps(slack, service), self.job_deps(slack, other)]
 
         def tick(minutes: int) -> list[int]:

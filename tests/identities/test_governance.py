@@ -14,6 +14,7 @@ from app.directory import SlackDirectory
 from app.identities import jobs as identity_jobs
 from app.identities.messages import ATTEST_KEEP, ATTEST_RETIRE
 from app.identities.service import RETIRED, STILL_NEEDED, AttestationStep, IdentityService
+from app.lifecycle.deps import CoreDeps
 from app.lifecycle.errors import NotAllowed, NotEligible
 from app.lifecycle.snapshots import RequestSnapshot
 from app.notify.notifier import Notifier
@@ -105,7 +106,9 @@ class TestServiceAccounts:
         targets: dict[str, MemoryTarget],
         clock: ManualClock,
     ) -> None:
-        strict = AccessService(db, with_identity(policy, block_unattested=True), targets, clock)
+        strict = AccessService(
+            CoreDeps(db, with_identity(policy, block_unattested=True), targets, clock)
+        )
         accounts = IdentityService(strict)
         accounts.attestation_follow_ups()
         clock.advance(timedelta(days=8))
@@ -152,7 +155,7 @@ class TestServiceAccounts:
         self, db: Database, policy: Policy, targets: dict[str, MemoryTarget], clock: ManualClock
     ) -> None:
         left = with_identity(policy, owner="left.trust@ward.nhs.uk")
-        accounts = IdentityService(AccessService(db, left, targets, clock))
+        accounts = IdentityService(AccessService(CoreDeps(db, left, targets, clock)))
         assert "in no group of the policy" in accounts.flag_orphans(lambda _m: None)[0].reason
 
 

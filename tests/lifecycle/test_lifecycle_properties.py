@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 from app import audit
 from app.access import AccessService
 from app.clock import ManualClock
+from app.lifecycle.deps import CoreDeps
 from app.lifecycle.errors import ServiceError
 from app.policy import Person, load_policy
 from app.policy.rules import approvers_at
@@ -86,7 +87,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.db, self.folder = self.database_factory()
         self.clock = ManualClock(NIGHT_SHIFT)
         self.targets = {"pharmacy-db": MemoryTarget(), "directory": MemoryTarget()}
-        self.service = AccessService(self.db, POLICY, self.targets, self.clock)
+        self.service = AccessService(CoreDeps(self.db, POLICY, self.targets, self.clock))
         self.swept_at: Any = None
 
     def teardown(self) -> None:

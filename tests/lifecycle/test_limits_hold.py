@@ -14,6 +14,7 @@ from sqlalchemy import select
 from app.access import AccessService
 from app.clock import ManualClock
 from app.identities.service import RETIRED, IdentityService
+from app.lifecycle.deps import CoreDeps
 from app.lifecycle.errors import AlreadyDecided, InvalidRequest, NotEligible
 from app.policy import Policy
 from app.reviews.service import ReviewService
@@ -69,7 +70,7 @@ class TestCapsOnExtensions:
         # The clinical path allows 2h (4h with extensions) and asks nobody again to extend; the
         # read role itself is capped at 15 minutes, and that is the limit that counts.
         capped = with_role(policy, "pharmacy-db", "read", max_duration=timedelta(minutes=15))
-        service = AccessService(db, capped, targets, clock)
+        service = AccessService(CoreDeps(db, capped, targets, clock))
         req = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=15), WHY)
         assert service.approve(req.id, BEN).state == S.ACTIVE
         with pytest.raises(InvalidRequest, match="limit for pharmacy-db:read is 15m"):
@@ -121,25 +122,25 @@ class TestCapsOnExtensions:
     def test_someone_no_longer_eligible_cannot_extend(
         self, db: Database, policy: Policy, targets: dict[str, MemoryTarget], clock: ManualClock
     ) -> None:
-        service = AccessService(db, policy, targets, clock)
+        service = AccessService(CoreDeps(db, policy, targets, clock))
         req = service.request(AMIRA, "pharmacy-db", "read", timedelta(minutes=30), WHY)
         service.approve(req.id, BEN)
         # Amira moves team; the policy is reloaded without her in clinical-systems.
         moved = with_group(policy, "clinical-systems", ["ben@ward.nhs.uk", "chloe@ward.nhs.uk"])
-        after = AccessService(db, moved, targets, clock)
+        after = AccessService(CoreDeps(db, moved, targets, clock))
         with pytest.raises(NotEligible, match="not eligible for pharmacy-db:read"):
             after.extend(req.id, AMIRA, timedelta(minutes=30))
 
     def test_an_extension_approved_after_the_owner_left_the_team_is_refused(
         self, db: Database, policy: Policy, targets: dict[str, MemoryTarget], clock: ManualClock
     ) -> None:
-        service = AccessService(db, policy, targets, clock)
+        service = AccessService(CoreDeps(db, policy, targets, clock))
         req = service.request(DEV, "pharmacy-db", "owner", timedelta(hours=1), WHY, "CHG0012345")
         service.approve(req.id, ERIN)
         service.approve(req.id, FARID)
         assert service.extend(req.id, DEV, timedelta(minutes=30)).extension is not None
         moved = with_group(policy, "infrastructure", ["erin@ward.nhs.uk"])
-        after = AccessService(db, moved, targets, clock)
+        after = AccessService(CoreDeps(db, moved, targets, clock))
         after.approve(req.id, ERIN)
         view = after.approve(req.id, FARID)
         assert view.state == S.ACTIVE and view.extension is None
@@ -153,7 +154,7 @@ class TestCapsOnBreakGlass:
         self, db: Database, policy: Policy, targets: dict[str, MemoryTarget], clock: ManualClock
     ) -> None:
         capped = with_role(policy, "pharmacy-db", "read", max_duration=timedelta(minutes=15))
-        service = AccessService(db, capped, targets, clock)
+        service = AccessService(CoreDeps(db, capped, targets, clock))
         with pytest.raises(InvalidRequest, match="the 15m allowed"):
             service.break_glass(AMIRA, "pharmacy-db", "read", WHY, timedelta(minutes=30))
         used = service.break_glass(AMIRA, "pharmacy-db", "read", WHY)
@@ -198,11 +199,11 @@ class TestRecheckedAtApproval:
     def test_someone_removed_from_the_eligible_group_is_not_granted(
         self, db: Database, policy: Policy, targets: dict[str, MemoryTarget], clock: ManualClock
     ) -> None:
-        req = AccessService(db, policy, targets, clock).request(
+        req = AccessService(CoreDeps(db, policy, targets, clock)).request(
             AMIRA, "pharmacy-db", "read", timedelta(minutes=30), WHY
         )
         moved = with_group(policy, "clinical-systems", ["ben@ward.nhs.uk", "chloe@ward.nhs.uk"])
-        view = AccessService(db, moved, targets, clock).approve(req.id, BEN)
+        view = AccessService(CoreDeps(db, moved, targets, clock)).approve(req.id, BEN)
         assert view.state == S.CANCELLED
         assert view.end_reason is not None and "not eligible" in view.end_reason
         assert not targets["pharmacy-db"].holds("amira", "pharmacy_read")
@@ -210,18 +211,20 @@ class TestRecheckedAtApproval:
     def test_a_cap_lowered_while_the_request_waited_shortens_the_grant(
         self, db: Database, policy: Policy, targets: dict[str, MemoryTarget], clock: ManualClock
     ) -> None:
-        req = AccessService(db, policy, targets, clock).request(
+        req = AccessService(CoreDeps(db, policy, targets, clock)).request(
             AMIRA, "pharmacy-db", "read", timedelta(hours=2), WHY
         )
         capped = with_role(policy, "pharmacy-db", "read", max_duration=timedelta(minutes=15))
-        view = AccessService(db, capped, targets, clock).approve(req.id, BEN)
+        view = AccessService(CoreDeps(db, capped, targets, clock)).approve(req.id, BEN)
         assert view.state == S.ACTIVE
         assert view.expires_at == clock.now() + timedelta(minutes=15)
 
     def test_a_blocked_service_account_is_not_elevated_when_its_attestation_lapses(
         self, db: Database, policy: Policy, targets: dict[str, MemoryTarget], clock: ManualClock
     ) -> None:
-        strict = AccessService(db, with_identity(policy, block_unattested=True), targets, clock)
+        strict = AccessService(
+            CoreDeps(db, with_identity(policy, block_unattested=True), targets, clock)
+        )
         IdentityService(strict).attestation_follow_ups()  # the owner is asked; 7 days to answer
         clock.advance(timedelta(days=7) - timedelta(minutes=30))
         req = strict.request(
@@ -280,12 +283,14 @@ class TestRecheckedAtApproval:
     def test_a_vendor_whose_sponsor_changed_needs_the_new_sponsor(
         self, db: Database, policy: Policy, targets: dict[str, MemoryTarget], clock: ManualClock
     ) -> None:
-        req = AccessService(db, policy, targets, clock).request(
+        req = AccessService(CoreDeps(db, policy, targets, clock)).request(
             VAL, "pharmacy-db", "read", timedelta(minutes=30), WHY
         )
         vendor = policy.vendors["medisoft"].model_copy(update={"sponsor": "chloe@ward.nhs.uk"})
         moved = AccessService(
-            db, policy.model_copy(update={"vendors": {"medisoft": vendor}}), targets, clock
+            CoreDeps(
+                db, policy.model_copy(update={"vendors": {"medisoft": vendor}}), targets, clock
+            )
         )
         moved.approve(req.id, BEN)  # on call tonight; no longer the sponsor
         view = moved.approve(req.id, GITA)
@@ -336,7 +341,7 @@ class TestEndsWhenTheRequesterGoes:
     def test_a_contract_ended_early_cancels_waiting_requests_and_ends_access(
         self, db: Database, policy: Policy, targets: dict[str, MemoryTarget], clock: ManualClock
     ) -> None:
-        service = AccessService(db, policy, targets, clock)
+        service = AccessService(CoreDeps(db, policy, targets, clock))
         active = service.request(VAL, "pharmacy-db", "read", timedelta(hours=2), WHY)
         service.approve(active.id, BEN)
         service.approve(active.id, GITA)
@@ -349,7 +354,9 @@ class TestEndsWhenTheRequesterGoes:
         assert service.end_lapsed_contracts() == []  # nothing lapsed yet
         # Medisoft's contract is terminated: the policy now says it ended yesterday.
         ended = AccessService(
-            db, with_contract_end(policy, CONTRACT_END - timedelta(days=2)), targets, clock
+            CoreDeps(
+                db, with_contract_end(policy, CONTRACT_END - timedelta(days=2)), targets, clock
+            )
         )
         assert sorted(ended.end_lapsed_contracts()) == sorted([active.id, waiting.id])
         assert ended.get(waiting.id).state == S.CANCELLED

@@ -27,6 +27,7 @@ from app.clock import ManualClock
 from app.demo.webhook_target import WebhookTarget
 from app.directory import SlackDirectory
 from app.grants import jobs as grant_jobs
+from app.lifecycle.deps import CoreDeps
 from app.lifecycle.errors import InvalidRequest, NotAllowed, NotEligible
 from app.lockdown import jobs as lockdown_jobs
 from app.lockdown.listeners import LiftLockdown, Lockdown, parse_lockdown
@@ -282,7 +283,9 @@ class TestTheLockdownHolds:
         view, new = Lockdowns(service).start(GITA, "pharmacy-db", WHY)
         assert new
         # Another instance, on the same database, before the grants are even revoked.
-        other = AccessService(db, policy, {t: MemoryTarget() for t in policy.targets}, clock)
+        other = AccessService(
+            CoreDeps(db, policy, {t: MemoryTarget() for t in policy.targets}, clock)
+        )
         with pytest.raises(NotEligible, match=LOCKED):
             other.extend(amira, AMIRA, timedelta(minutes=10))
         with pytest.raises(NotEligible, match=LOCKED):
@@ -422,7 +425,9 @@ def big(
     write_big_trust(path, console.url, GRANTS)
     monkeypatch.setenv(KEY_VARIABLE, KEY)
     policy = load_policy(path)  # its admins, the security admins too, are the approver alone
-    service = AccessService(db, policy, build_adapters(policy), clock, pause=lambda _s: None)
+    service = AccessService(
+        CoreDeps(db, policy, build_adapters(policy), clock, pause=lambda _s: None)
+    )
     for n in range(GRANTS):
         req = service.request(staff(n), CONSOLE, ROLE, timedelta(hours=1), "ward 12 order sets")
         assert service.approve(req.id, APPROVER).state == S.ACTIVE

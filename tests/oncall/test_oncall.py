@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.access import AccessService
 from app.cli import main
 from app.clock import ManualClock
+from app.lifecycle.deps import CoreDeps
 from app.metrics import metrics_text
 from app.notify.notifier import Notifier
 from app.oncall import (
@@ -823,7 +824,7 @@ class TestOnEachDatabase:
         other = service.policy.with_on_call(
             OnCall(service.policy, clock, client=httpx.Client(), env={})
         )
-        second_core = AccessService(service.db, other, service.adapters, clock)
+        second_core = AccessService(CoreDeps(service.db, other, service.adapters, clock))
         second = Notifier(notifier.client, second_core, notifier.directory)
 
         def first_reads() -> list[SourceChange]:

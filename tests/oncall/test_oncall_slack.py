@@ -25,6 +25,7 @@ from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_fake import Call, SlackChannel
 from app.directory import SlackDirectory
+from app.lifecycle.deps import CoreDeps
 from app.notify.notifier import Notifier
 from app.oncall import OnCall
 from app.oncall.flows import read_sources
@@ -414,7 +415,7 @@ class TestPagerDutyDown(SourcedStory):
         # A second worker on the same database reads PagerDuty for itself.
         source = pagerduty_source(pagerduty, refresh_every="5m", stale_after="1h")
         other_policy = sourced_policy(source, clock, {"PAGERDUTY_TOKEN": TOKEN}, sla=False)
-        other = AccessService(service.db, other_policy, service.adapters, clock)
+        other = AccessService(CoreDeps(service.db, other_policy, service.adapters, clock))
         workers = [self.job_deps(slack, service), self.job_deps(slack, other)]
 
         def tick(minutes: int) -> list[int]:

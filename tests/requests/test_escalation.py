@@ -10,10 +10,12 @@ import pytest
 from app.access import AccessService
 from app.clock import ManualClock
 from app.directory import SlackDirectory
+from app.lifecycle.deps import CoreDeps
 from app.notify.notifier import Notifier
 from app.requests import jobs as request_jobs
 from app.scheduler import job_deps
 from app.slack.app import web_client
+from app.store import Database
 from app.store.models import RequestState as S
 from tests.conftest import AMIRA
 from tests.slack_harness import run_app
@@ -25,7 +27,7 @@ class TestEscalation:
     """The clinical path: approval SLA 10 minutes; the on-call rota escalates to the managers."""
 
     @pytest.fixture
-    def rota_only(self, db: object, targets: dict, clock: ManualClock) -> AccessService:
+    def rota_only(self, db: Database, targets: dict, clock: ManualClock) -> AccessService:
         # The ward's clinical path, approved by the on-call rota alone, so that escalation
         # brings in people (the managers) who could not decide before.
         import yaml
@@ -37,7 +39,7 @@ class TestEscalation:
         data["paths"]["clinical"]["approvers"] = [{"rota": "clinical-oncall"}]
         data["oncall"]["clinical-oncall"]["on_call"] = 2  # so an on-call requester leaves one
         policy = parse_policy(yaml.safe_dump(data))
-        return AccessService(db, policy, targets, clock, pause=lambda _: None)  # type: ignore[arg-type]
+        return AccessService(CoreDeps(db, policy, targets, clock, pause=lambda _: None))
 
     def test_reminded_at_half_the_sla_then_escalated(
         self, rota_only: AccessService, clock: ManualClock

@@ -17,6 +17,7 @@ from app.clock import ManualClock
 from app.directory import SlackDirectory
 from app.identities import jobs as identity_jobs
 from app.identities.messages import ATTEST_RETIRE
+from app.lifecycle.deps import CoreDeps
 from app.notify.notifier import Notifier
 from app.policy import Policy, load_policy
 from app.requests import jobs as request_jobs
@@ -68,7 +69,9 @@ class TestAnOverdueApproval(SlackOnSqlite):
         clock: ManualClock,
     ) -> None:
         db = next(sqlite_copy(tmp_path, sqlite_template))
-        service = AccessService(db, escalating_to_infra, targets, clock, pause=lambda _: None)
+        service = AccessService(
+            CoreDeps(db, escalating_to_infra, targets, clock, pause=lambda _: None)
+        )
         for slack in run_app(service):
             rid = ask(slack)
             slack.fake.wait_for("chat.postMessage", 3)

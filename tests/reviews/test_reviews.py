@@ -12,6 +12,7 @@ from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_fake import SlackChannel
 from app.directory import SlackDirectory
+from app.lifecycle.deps import CoreDeps
 from app.notify.notifier import Notifier
 from app.requests.messages import DENY_ACTION, DENY_BLOCK, DENY_INPUT, DENY_VIEW
 from app.reviews import jobs as review_jobs
@@ -99,7 +100,7 @@ class TestFollowUps:
     ) -> None:
         rid = used_and_ended(service, clock)
         others = [
-            AccessService(service.db, service.policy, targets, clock, worker=f"w{n}")
+            AccessService(CoreDeps(service.db, service.policy, targets, clock, worker=f"w{n}"))
             for n in range(4)
         ]
         results, errors = all_at_once(4, lambda n: ReviewService(others[n]).review_follow_ups())

@@ -35,6 +35,7 @@ from app.demo.slack_driver import SlackDriver
 from app.demo.slack_fake import FakeSlack, SlackUser
 from app.demo.webhook_target import WebhookTarget
 from app.directory import SlackDirectory
+from app.lifecycle.deps import CoreDeps
 from app.notify.notifier import Notifier
 from app.policy import load_policy
 from app.requests import messages as v
@@ -94,7 +95,7 @@ def trust(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Trust]:
     write_big_trust(policy_path, console.url, STAFF)
     monkeypatch.setenv(KEY_VARIABLE, KEY)
     policy = load_policy(policy_path)
-    service = AccessService(db, policy, build_adapters(policy))
+    service = AccessService(CoreDeps(db, policy, build_adapters(policy)))
     env = {
         **{k: val for k, val in os.environ.items() if not k.startswith("SLACK_")},
         "DATABASE_URL": db.url.render_as_string(hide_password=False),

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from app.access import AccessService
 from app.clock import ManualClock
+from app.lifecycle.deps import CoreDeps
 from app.lifecycle.errors import NotAllowed
 from app.policy import Policy
 from app.standing.service import StandingService
@@ -111,7 +112,7 @@ class TestRemove:
         clock: ManualClock,
     ) -> None:
         strict = with_standing(policy, "remove", allowed=["wardkey_svc"])
-        service = AccessService(db, strict, targets, clock, pause=lambda _: None)
+        service = AccessService(CoreDeps(db, strict, targets, clock, pause=lambda _: None))
 
         report = StandingService(service).find_standing()
 

@@ -29,6 +29,7 @@ from app.config import Settings
 from app.demo.slack_driver import SlackDriver, TrackingExecutor, serving
 from app.demo.slack_fake import FakeSlack
 from app.directory import SlackDirectory
+from app.lifecycle.deps import CoreDeps
 from app.lifecycle.errors import StepUpNeeded
 from app.listeners import slack_app
 from app.notify.notifier import Notifier
@@ -643,7 +644,9 @@ class TestStepUpRules:
         clock: ManualClock,
     ) -> None:
         _empty_postgres(postgres_database)
-        across_instances(AccessService(postgres_database, policy, targets, clock), idp, clock)
+        across_instances(
+            AccessService(CoreDeps(postgres_database, policy, targets, clock)), idp, clock
+        )
 
     def test_step_up_needs_an_identity_provider(self) -> None:
         data = ward_policy_with(issuer="https://login.example.org/t/v2.0")
@@ -685,7 +688,7 @@ def across_instances(service: AccessService, idp: FakeOpenIDProvider, clock: Man
     env = {SECRET_ENV: CLIENT_SECRET}
 
     def instance() -> StepUpService:
-        fresh = AccessService(service.db, service.policy, service.adapters, clock)
+        fresh = AccessService(CoreDeps(service.db, service.policy, service.adapters, clock))
         return StepUpService(fresh, "https://wardkey.ward.nhs.uk", env=env)
 
     first = instance()
@@ -742,7 +745,7 @@ class TestTheProvider:
                 ward_policy_with(issuer=idp.issuer, acr_values=["urn:ward:acr:phishing-resistant"])
             )
         )
-        service = AccessService(db, strict, targets, clock)
+        service = AccessService(CoreDeps(db, strict, targets, clock))
         stepup = StepUpService(
             service, "https://wardkey.ward.nhs.uk", env={SECRET_ENV: CLIENT_SECRET}
         )

@@ -27,6 +27,7 @@ from app.adapters.registry import build_adapters
 from app.clock import ManualClock
 from app.demo.slack_fake import FakeSlack
 from app.demo.webhook_target import WebhookTarget
+from app.lifecycle.deps import CoreDeps
 from app.policy import load_policy
 from app.store import AuditEvent, Database
 from app.store.models import AccessRequest, RequestState
@@ -157,7 +158,7 @@ class Ward:
     def grants(self, target: str, people: range, ending: datetime) -> list[int]:
         """Grants for these staff on the target, approved so that they end at `ending`."""
         clock = ManualClock(ending - timedelta(minutes=30))
-        service = AccessService(self.db, self.policy, build_adapters(self.policy), clock)
+        service = AccessService(CoreDeps(self.db, self.policy, build_adapters(self.policy), clock))
 
         def grant(n: int) -> int:
             req = service.request(staff(n), target, ROLE, timedelta(minutes=30), "ward 12 fix")

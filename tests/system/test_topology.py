@@ -29,6 +29,7 @@ from app.clock import ManualClock
 from app.demo.slack_driver import SlackDriver
 from app.demo.slack_fake import FakeSlack, SlackUser
 from app.demo.webhook_target import WebhookTarget
+from app.lifecycle.deps import CoreDeps
 from app.policy import load_policy
 from app.requests.messages import APPROVE_ACTION
 from app.store import AuditEvent, Database
@@ -145,7 +146,9 @@ def test_two_web_instances_and_two_workers_lose_and_double_nothing(night: Night)
     ending = datetime.now(UTC) + timedelta(seconds=14)
     policy = load_policy(night.policy_path)
     adapters = build_adapters(policy, night.env)
-    setup = AccessService(night.db, policy, adapters, ManualClock(ending - timedelta(minutes=30)))
+    setup = AccessService(
+        CoreDeps(night.db, policy, adapters, ManualClock(ending - timedelta(minutes=30)))
+    )
 
     def grant(n: int) -> int:
         req = setup.request(staff(n), CONSOLE, ROLE, timedelta(minutes=30), "ward 12 night fix")

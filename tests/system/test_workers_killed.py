@@ -24,6 +24,7 @@ from app.adapters.registry import build_adapters
 from app.clock import ManualClock
 from app.demo.slack_fake import FakeSlack
 from app.demo.webhook_target import WebhookTarget
+from app.lifecycle.deps import CoreDeps
 from app.policy import load_policy
 from app.store import AuditEvent, Database
 from app.store.models import AccessRequest, RequestState
@@ -114,7 +115,7 @@ def test_three_workers_one_killed_midway_revoke_every_grant_once(
         # runs during the set-up; they start once it is done, with the wave already due.)
         wave = datetime.now(UTC) + timedelta(seconds=5)
         clock = ManualClock(wave - timedelta(hours=1))
-        service = AccessService(database, policy, build_adapters(policy), clock)
+        service = AccessService(CoreDeps(database, policy, build_adapters(policy), clock))
 
         def grant(n: int) -> None:
             req = service.request(staff(n), CONSOLE, ROLE, timedelta(hours=1), "ward 12 fix")

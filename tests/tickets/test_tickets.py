@@ -26,6 +26,7 @@ from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_fake import Call, SlackChannel
 from app.directory import SlackDirectory
+from app.lifecycle.deps import CoreDeps
 from app.metrics import metrics_text
 from app.notify.notifier import Notifier
 from app.policy import Policy, parse_policy
@@ -167,7 +168,7 @@ class TicketStory(SlackOnSqlite):
     ) -> Iterator[AccessService]:
         http = httpx.Client()
         yield AccessService(
-            db, policy, targets, clock, pause=pauses.append, tickets=TicketDesk(ENV, http)
+            CoreDeps(db, policy, targets, clock, pause=pauses.append, tickets=TicketDesk(ENV, http))
         )
         http.close()
 
@@ -559,7 +560,7 @@ class TestOnEachDatabase:
     ) -> Iterator[AccessService]:
         http = httpx.Client()
         yield AccessService(
-            db, policy, targets, clock, pause=pauses.append, tickets=TicketDesk(ENV, http)
+            CoreDeps(db, policy, targets, clock, pause=pauses.append, tickets=TicketDesk(ENV, http))
         )
         http.close()
 
