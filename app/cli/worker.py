@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -69,9 +70,13 @@ def background_sweeps(runtime: Runtime, readiness: Readiness | None = None) -> B
 def start_sweeps(
     runtime: Runtime, scheduler: BaseScheduler, readiness: Readiness | None = None
 ) -> BaseScheduler:
-    """Tick, and catch up (reconcile, then expire) as the first job, beside the ticks and the
-    server, so nothing waits for it; `readiness` says "catching up" until it is done. A
-    blocking scheduler runs here."""
+    """Tick, and catch up (reconcile, then expire) on a thread of its own, beside the ticks
+    and the server, so nothing waits for it; `readiness` says "catching up" until it is done.
+    A blocking scheduler runs here.
+
+    Not a one-off scheduler job: APScheduler 3 marks itself stopped before it takes its lock,
+    so a SIGTERM while it was starting that job made its own clean-up of it fail
+    (JobLookupError), and `wardkey worker` exited 1 instead of stopping cleanly."""
     from app.scheduler import at_start_up, schedule
     from app.web import CATCHING_UP
 
@@ -97,6 +102,6 @@ def start_sweeps(
             if readiness is not None:
                 readiness.done(CATCHING_UP)
 
-    scheduler.add_job(catch_up_then_ready, id="catch_up", misfire_grace_time=None)
+    threading.Thread(target=catch_up_then_ready, name="catch-up", daemon=True).start()
     scheduler.start()
     return scheduler
