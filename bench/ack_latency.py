@@ -1,7 +1,8 @@
 """How fast `wardkey serve` acknowledges Slack, next to a bare Bolt app that only acks.
 
 Starts, as separate processes served the same way (waitress, same thread count):
-  - bare:    a Bolt app whose `/jit` listener only calls ack() (the floor for Bolt + waitress);
+  - bare:    a Bolt app whose `/jit` listener only calls ack(), on the HTTP thread as WardKey's
+             listeners run (the floor for Bolt + waitress);
   - wardkey: `wardkey serve` on SQLite, and on PostgreSQL when reachable, in each intake mode
              asked for: `local` (serve does the work after its acks and runs the sweeps) and
              `worker` (`serve --no-scheduler` records and acks; a `wardkey worker` process
@@ -62,14 +63,18 @@ BARE_APP = textwrap.dedent(
     from slack_sdk import WebClient
     from waitress import serve
     client = WebClient(token=os.environ["SLACK_BOT_TOKEN"], base_url=os.environ["SLACK_API_URL"])
-    app = App(client=client, signing_secret=os.environ["SLACK_SIGNING_SECRET"])
+    from slack_bolt.adapter.wsgi import SlackRequestHandler
+    # As WardKey builds its app (app/slack/app.py): the listener on the HTTP thread.
+    app = App(
+        client=client,
+        signing_secret=os.environ["SLACK_SIGNING_SECRET"],
+        process_before_response=True,
+    )
     @app.command("/jit")
     def jit(ack):
         ack()
-    def wsgi(environ, start_response):
-        from slack_bolt.adapter.wsgi import SlackRequestHandler
-        return SlackRequestHandler(app)(environ, start_response)
-    serve(wsgi, host="127.0.0.1", port=int(sys.argv[1]), threads=int(sys.argv[2]))
+    port, threads = int(sys.argv[1]), int(sys.argv[2])
+    serve(SlackRequestHandler(app), host="127.0.0.1", port=port, threads=threads)
     """
 )
 
