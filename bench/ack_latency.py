@@ -7,7 +7,9 @@ Starts, as separate processes served the same way (waitress, same thread count):
              asked for: `local` (serve does the work after its acks and runs the sweeps) and
              `worker` (`serve --no-scheduler` records and acks; a `wardkey worker` process
              does the work and runs the sweeps; it lowers its own priority as shipped,
-             WARDKEY_WORKER_NICE=10, unless --worker-nice says otherwise).
+             WARDKEY_WORKER_NICE=10, unless --worker-nice says otherwise); and, asked for
+             by name, `record` (as `worker` with no worker running: the ack path alone, to
+             tell its cost from that of sharing the cores with the work).
 All talk to the local fake Slack Web API. Then sends N correctly signed `/jit request …`
 commands, C at a time, from distinct eligible people (so every one creates a real request, sends
 approver cards and writes the audit trail after the ack) and prints p50/p95/p99 of the time to
@@ -357,15 +359,17 @@ def run_wardkey(
     concurrency: int,
     profile: Path | None,
     worker_nice: int | None = None,
+    with_worker: bool = True,
 ) -> Run:
-    """Acks of `wardkey serve` (with a worker in worker mode), and command-to-card times."""
+    """Acks of `wardkey serve` (with a worker in worker mode), and command-to-card times
+    (none without a worker: `record` mode measures the acks alone)."""
     subprocess.run([sys.executable, "-m", "app", "db", "upgrade"], env=env, check=True)
     port = free_port()
     slug = re.sub(r"[^a-z]+", "-", name.lower()).strip("-")
     serve = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)]
     with contextlib.ExitStack() as stack:
         procs = {}
-        if env.get("WARDKEY_INTAKE_WORK") == "worker":
+        if env.get("WARDKEY_INTAKE_WORK") == "worker" and with_worker:
             work = [sys.executable, "-m", "app", "worker"]
             if worker_nice is not None:
                 env = {**env, "WARDKEY_WORKER_NICE": str(worker_nice)}
@@ -381,6 +385,8 @@ def run_wardkey(
         # what the acks compete with on a shared machine.
         with profiling(procs, profile):
             acks = measure(url, fake, users, concurrency)
+            if not with_worker:
+                return name, acks, []  # recorded, and nothing takes the work
             cards = settle(fake, since, users)
     sent = {user: at for user, at, _ in acks}
     return name, acks, [cards[user] - sent[user] for user in users]
@@ -396,7 +402,8 @@ def main() -> None:
         "--modes",
         default="local,worker",
         help="intake modes to run wardkey in, comma-separated: local (serve does the work "
-        "after its acks), worker (serve records and acks, a wardkey worker does the work)",
+        "after its acks), worker (serve records and acks, a wardkey worker does the work), "
+        "record (as worker, with no worker running: the ack path alone, for diagnosis)",
     )
     parser.add_argument(
         "--worker-nice",
@@ -449,7 +456,8 @@ def main() -> None:
         if not args.no_postgres and (pg := postgres_database(f"{BENCH_DATABASE}_{mode}")):
             runs.append((f"wardkey {mode}, PostgreSQL", {"DATABASE_URL": pg}))
         for _, extra in runs[-2:]:
-            extra.setdefault("WARDKEY_INTAKE_WORK", mode)
+            # `record`: serve records and acks as in worker mode, and no worker runs.
+            extra.setdefault("WARDKEY_INTAKE_WORK", "worker" if mode == "record" else mode)
 
     concurrency = args.concurrency
 
@@ -470,8 +478,11 @@ def main() -> None:
         users = range(i * args.requests, (i + 1) * args.requests)
         run_env = {**env, **extra}
         waited["before " + name] = wait_for_quiet()
+        with_worker = not name.startswith("wardkey record")
         results.append(
-            run_wardkey(name, run_env, fake, users, concurrency, args.profile, args.worker_nice)
+            run_wardkey(
+                name, run_env, fake, users, concurrency, args.profile, args.worker_nice, with_worker
+            )
         )
     results.append(run_bare("bare Bolt, again"))
     report(args, results, waited)
@@ -501,6 +512,8 @@ def report(args: argparse.Namespace, results: list[Run], waited: dict[str, float
     print("time from the command to its first approver card (the work after the ack):")
     print(f"{'app':<30}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'all done s':>11}")
     for name, acks, e2e in results[1:-1]:
+        if not e2e:
+            continue  # `record` mode: no work was done
         first_sent = min(at for _, at, _ in acks)
         last_card = max(at + took for (_, at, _), took in zip(sorted(acks), e2e, strict=True))
         print(
