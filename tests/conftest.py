@@ -237,7 +237,7 @@ def notifier(service: AccessService, fake: FakeSlack) -> Notifier:
     return Notifier(client, service, SlackDirectory(client))
 
 
-_BACKGROUND = ("inbox-heartbeat", "wardkey-outbox", "wardkey-outbox-lease")
+_BACKGROUND = ("inbox-heartbeat", "inbox-writer", "wardkey-outbox", "wardkey-outbox-lease")
 
 
 @pytest.fixture(autouse=True)

@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -39,6 +40,7 @@ from functools import partial
 from typing import Any
 
 import httpx
+import psycopg
 from slack_bolt import App, BoltRequest
 from sqlalchemy import URL, Engine, bindparam, create_engine, text
 from sqlalchemy.exc import DBAPIError
@@ -114,20 +116,30 @@ _RECORD = text(
     "claimed_by = EXCLUDED.claimed_by, attempts = 1, outcome = NULL "
     "WHERE seen_requests.seen_until <= :now AND seen_requests.state = 'done' RETURNING 1"
 )
-# Every request waiting to be recorded, in one statement (group commit); RETURNING names the
-# new ones (a replay's row is left as it was).
-_RECORD_MANY = text(
+# One round trip of the inbox's writer on PostgreSQL (group commit): every request waiting to
+# be recorded, and the work of requests already acknowledged handed to the workers, which the
+# hand-over wakes (LISTEN). Sent on the driver's connection, as SQLAlchemy's execution costs
+# more of the interpreter than the statement itself. The result names the new requests (a
+# replay's row is left as it was); the hand-over's notification adds an empty string.
+_WRITE_PG = (
+    "WITH handed AS ("
+    "UPDATE seen_requests SET state = 'new', claimed_by = NULL, lease_until = NULL, "
+    "attempts = 0 WHERE claimed_by = %(owner)s AND state = 'working' "
+    "AND signature = ANY(CAST(%(handing)s AS text[])) RETURNING 1"
+    "), recorded AS ("
     "INSERT INTO seen_requests (signature, seen_until, body, headers, state, received_at, "
     "lease_until, claimed_by, attempts) "
-    "SELECT r.key, :until, r.body, r.headers, 'working', :now, :lease, :owner, 1 "
-    "FROM unnest(CAST(:keys AS text[]), CAST(:bodies AS text[]), CAST(:headers AS text[])) "
-    "AS r(key, body, headers) "
+    "SELECT r.key, %(until)s, r.body, r.headers, 'working', %(now)s, %(lease)s, %(owner)s, 1 "
+    "FROM unnest(CAST(%(keys)s AS text[]), CAST(%(bodies)s AS text[]), "
+    "CAST(%(headers)s AS text[])) AS r(key, body, headers) "
     "ON CONFLICT (signature) DO UPDATE SET seen_until = EXCLUDED.seen_until, "
     "body = EXCLUDED.body, headers = EXCLUDED.headers, state = 'working', "
     "received_at = EXCLUDED.received_at, lease_until = EXCLUDED.lease_until, "
     "claimed_by = EXCLUDED.claimed_by, attempts = 1, outcome = NULL "
-    "WHERE seen_requests.seen_until <= :now AND seen_requests.state = 'done' "
+    "WHERE seen_requests.seen_until <= %(now)s AND seen_requests.state = 'done' "
     "RETURNING signature"
+    ") SELECT signature FROM recorded UNION ALL "
+    "SELECT CAST(pg_notify(%(channel)s, '') AS text) FROM (SELECT 1 FROM handed LIMIT 1) AS h"
 )
 _ABANDON = text(
     "UPDATE seen_requests SET state = 'done', body = NULL, headers = NULL, lease_until = NULL, "
@@ -152,15 +164,10 @@ _RETRY_LATER = text(
 )
 _OUTCOME = text("UPDATE seen_requests SET outcome = :outcome WHERE signature = :key")
 # Handed to the workers: unclaimed and `new` again, with its first try still to come.
-_HAND_OVER = (
+_HAND_OVER = text(
     "UPDATE seen_requests SET state = 'new', claimed_by = NULL, lease_until = NULL, "
     "attempts = 0 WHERE claimed_by = :owner AND state = 'working' AND signature IN :keys"
-)
-# On PostgreSQL the same statement wakes every worker (LISTEN), so none waits for a poll.
-_HAND_OVER_NOTIFY = (
-    f"WITH handed AS ({_HAND_OVER} RETURNING 1) "
-    "SELECT pg_notify('{channel}', '') WHERE EXISTS (SELECT 1 FROM handed)"
-)
+).bindparams(bindparam("keys", expanding=True))
 _DUE = (
     "SELECT signature FROM seen_requests WHERE (state = 'new' AND received_at <= :new_before) "
     "OR (state = 'working' AND lease_until <= :now) ORDER BY received_at LIMIT :limit"
@@ -182,79 +189,145 @@ class _Row:
     headers: str
 
 
+def _held() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 @dataclass
 class _Slot:
+    """One ack waiting for its request to be recorded. `answer` is held until the writer has
+    answered: a bare lock is the cheapest thing one thread can wait on with a time-out and
+    another release, and every ack waits on one."""
+
     row: _Row
-    done: threading.Event = field(default_factory=threading.Event)
+    answer: threading.Lock = field(default_factory=_held)
+    answered: bool = False
     new: bool = False
     error: BaseException | None = None
     gave_up: bool = False
 
 
+@dataclass
+class _Stop:
+    """Put in the writer's queue by `GroupCommit.close`: the writer writes what came before
+    it, releases `done` and ends."""
+
+    done: threading.Lock = field(default_factory=_held)
+
+
 class GroupCommit:
-    """Records the requests of concurrent acks together: one writer thread takes every
-    request waiting, writes them in one statement and commit (`write`), and wakes each ack
-    with its answer. Fewer round trips and commits than one per ack, and each ack waits at
-    most `wait` seconds: a database that does not answer is "not recorded" in time. A
-    request recorded after its ack gave up is handed to `abandon`, which undoes it."""
+    """The inbox's one writer thread. It takes every request waiting to be recorded and every
+    acknowledged request whose work is to be handed to the workers, writes them in one
+    statement (`write`), and answers each ack. Fewer round trips, commits and statements than
+    one per ack, and each ack waits at most `wait` seconds: a database that does not answer is
+    "not recorded" in time. A request recorded after its ack gave up is handed to `abandon`,
+    which undoes it. Hand-overs a failed write left are tried again with the next write, or
+    after `retry_seconds`."""
 
     def __init__(
         self,
-        write: Callable[[list[_Row]], set[str]],
+        write: Callable[[list[_Row], list[str]], set[str]],
         abandon: Callable[[list[str]], None],
         wait: float,
+        handed: Callable[[list[str]], None] = lambda keys: None,
+        retry_seconds: float = 3.0,
     ) -> None:
         self._write = write
         self._abandon = abandon
+        self._handed = handed
         self._wait = wait
-        self._cond = threading.Condition()
-        self._queue: list[_Slot] = []
-        threading.Thread(target=self._writer, name="inbox-writer", daemon=True).start()
+        self._retry_seconds = retry_seconds
+        self._lock = threading.Lock()  # an ack giving up, against the writer answering it
+        # A queue written in C: putting a request in costs an ack less than a Condition.
+        self._queue: queue.SimpleQueue[_Slot | _Stop | str] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._writer, name="inbox-writer", daemon=True)
+        self._thread.start()
 
     def record(self, row: _Row) -> bool:
         """True if new and now recorded, False for a replay; the database's error, or
         TimeoutError when it did not answer in time."""
         slot = _Slot(row)
-        with self._cond:
-            self._queue.append(slot)
-            self._cond.notify()
-        if not slot.done.wait(self._wait):
-            with self._cond:
-                if not slot.done.is_set():
+        self._queue.put(slot)
+        if not slot.answer.acquire(timeout=self._wait):
+            with self._lock:
+                if not slot.answered:
                     slot.gave_up = True
                     raise TimeoutError("the inbox did not answer in time")
         if slot.error is not None:
             raise slot.error
         return slot.new
 
+    def hand_over(self, key: str) -> None:
+        """Hand the acknowledged request's work to the workers with the next write."""
+        self._queue.put(key)
+
+    def close(self, wait_seconds: float) -> None:
+        """Write what is waiting (hand-overs included), then stop the writer."""
+        stop = _Stop()
+        self._queue.put(stop)
+        if stop.done.acquire(timeout=wait_seconds):
+            self._thread.join(wait_seconds)
+
     def _writer(self) -> None:
+        retrying: list[str] = []  # hand-overs a failed write left
         while True:
-            with self._cond:
-                while not self._queue:
-                    self._cond.wait()
-                batch, self._queue = self._queue, []
             try:
-                self._settle(batch)
+                item = self._queue.get(timeout=self._retry_seconds if retrying else None)
+            except queue.Empty:
+                item = None
+            slots: list[_Slot] = []
+            handing, retrying = retrying, []
+            stop: _Stop | None = None
+            while item is not None:  # all that waits, up to a stop
+                if isinstance(item, _Slot):
+                    slots.append(item)
+                elif isinstance(item, _Stop):
+                    stop = item
+                    break
+                else:
+                    handing.append(item)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    item = None
+            try:
+                retrying = self._settle(slots, handing)
             except Exception:  # never leave the acks after it without a writer
                 log.exception("event=intake_writer_failed")
+            if stop is not None:
+                stop.done.release()
+                return
 
-    def _settle(self, batch: list[_Slot]) -> None:
+    def _settle(self, slots: list[_Slot], handing: list[str]) -> list[str]:
+        """Write; answer every ack; return the hand-overs to try again."""
+        if not (slots or handing):
+            return []
         first: dict[str, _Slot] = {}
-        for slot in batch:  # the same request twice at once: the second is a replay
+        for slot in slots:  # the same request twice at once: the second is a replay
             first.setdefault(slot.row.key, slot)
         error: Exception | None = None
         try:
-            new = self._write([slot.row for slot in first.values()])
+            new = self._write([slot.row for slot in first.values()], handing)
         except Exception as exc:  # every ack of the batch says "not recorded"
             new, error = set(), exc
-        with self._cond:
+            if handing:
+                log.warning("event=intake_hand_over_failed error=%s", type(exc).__name__)
+        with self._lock:
             abandoned = [s.row.key for s in first.values() if s.gave_up and s.row.key in new]
-            for slot in batch:
+            for slot in slots:
                 slot.error = error
                 slot.new = first.get(slot.row.key) is slot and slot.row.key in new
-                slot.done.set()
+                slot.answered = True
+                slot.answer.release()
         if abandoned:
             self._abandon(abandoned)
+        if error is not None:
+            return handing
+        if handing:
+            self._handed(handing)
+        return []
 
 
 class Intake:
@@ -283,8 +356,8 @@ class Intake:
         self._gather: GroupCommit | None = None
         self.owner = _owner()  # this process's claims
         self._finished: list[str] = []  # requests that caused no work, to mark done together
-        self._handing: list[str] = []  # requests whose work goes to the workers, not yet handed
-        self._wake = threading.Event()  # there is something to hand over
+        self._writing_on: Any = None  # the writer's connection (PostgreSQL)
+        self._stop = threading.Event()  # the heartbeat's end
         self._beating: threading.Thread | None = None
         self._closing = False
         # Requests this process recorded or claimed and has not finished: only these leases
@@ -302,9 +375,8 @@ class Intake:
             json.dumps(dict(headers)),
         )
         try:
-            # SQLite has one writer at a time anyway: nothing to gather there.
-            new = key in self._write([row]) if self.db.is_sqlite else self._group().record(row)
-        except (DBAPIError, TimeoutError) as exc:
+            new = self._group().record(row)
+        except (DBAPIError, psycopg.Error, TimeoutError) as exc:
             self._failed(exc)
             raise NotRecorded(type(exc).__name__) from exc
         if new:
@@ -319,44 +391,77 @@ class Intake:
                 # Time for the write, a retry on a fresh connection, and a margin: then the
                 # ack says "not recorded" (within Slack's 3 s), whatever the database does.
                 wait = self.TIMEOUT_SECONDS + 0.5
-                self._gather = GroupCommit(self._write, self._abandon, wait)
+                write = self._write_sqlite if self.db.is_sqlite else self._write_postgres
+                retry = self.LEASE.total_seconds() / 3
+                self._gather = GroupCommit(write, self._abandon, wait, self._handed, retry)
             return self._gather
 
-    def _write(self, rows: list[_Row]) -> set[str]:
-        """Record `rows` in one statement, committed; returns the keys that were new. A pooled
-        connection the server closed (a restart) is tried once more on a fresh one."""
+    def _params(self) -> dict[str, Any]:
         now = self.clock.now()
-        params = {
+        return {
             "until": now + self.WINDOW,
             "now": now,
             "lease": now + self.LEASE,
             "owner": self.owner,
         }
+
+    def _write_postgres(self, rows: list[_Row], handing: list[str]) -> set[str]:
+        """Record `rows` and hand `handing` over in one statement, committed; returns the keys
+        that were new. A connection the server closed (a restart) is tried once more on a
+        fresh one."""
+        params = {
+            **self._params(),
+            "keys": [row.key for row in rows],
+            "bodies": [row.body for row in rows],
+            "headers": [row.headers for row in rows],
+            "handing": handing,
+            "channel": self.CHANNEL,
+        }
         for attempt in (1, 2):
+            connection = self._writer_connection()
             try:
-                with self.engine().connect() as conn:
-                    if self.db.is_sqlite:
-                        new = set()
-                        for row in rows:
-                            one = {**params, "key": row.key, "body": row.body}
-                            one["headers"] = row.headers
-                            if conn.execute(_RECORD, one).first() is not None:
-                                new.add(row.key)
-                    else:
-                        many = {
-                            **params,
-                            "keys": [row.key for row in rows],
-                            "bodies": [row.body for row in rows],
-                            "headers": [row.headers for row in rows],
-                        }
-                        new = {key for (key,) in conn.execute(_RECORD_MANY, many)}
-                    conn.commit()
-                return new
-            except DBAPIError as exc:
-                if attempt == 1 and exc.connection_invalidated:
+                with connection.driver_connection.cursor() as cursor:
+                    cursor.execute(_WRITE_PG, params)
+                    return {key for (key,) in cursor.fetchall() if key}
+            except psycopg.Error:
+                broken = connection.driver_connection.broken
+                self._drop_writer_connection()
+                if attempt == 1 and broken:
                     continue
                 raise
         raise AssertionError("unreachable")
+
+    def _write_sqlite(self, rows: list[_Row], handing: list[str]) -> set[str]:
+        """The same on SQLite (one writer at a time anyway), in one transaction."""
+        params = self._params()
+        new = set()
+        with self.engine().begin() as conn:
+            for row in rows:
+                one = {**params, "key": row.key, "body": row.body, "headers": row.headers}
+                if conn.execute(_RECORD, one).first() is not None:
+                    new.add(row.key)
+            if handing:
+                conn.execute(_HAND_OVER, {"owner": self.owner, "keys": handing})
+        return new
+
+    def _writer_connection(self) -> Any:
+        """The writer's own connection, kept while it works: one thread writes on it."""
+        connection = self._writing_on
+        if connection is None:  # connected outside the lock: the acks take it too
+            connection = self.engine().raw_connection()
+            with self._lock:
+                self._writing_on = connection
+        return connection
+
+    def _drop_writer_connection(self) -> None:
+        with self._lock:
+            connection, self._writing_on = self._writing_on, None
+        if connection is not None:
+            connection.invalidate()
+
+    def _handed(self, keys: list[str]) -> None:
+        with self._lock:
+            self._in_hand.difference_update(keys)
 
     def _abandon(self, keys: list[str]) -> None:
         """Requests whose ack gave up waiting (and said "not recorded") but which the database
@@ -386,13 +491,11 @@ class Intake:
 
     def start(self, pending: Pending) -> None:
         """After Bolt answered: run the request's work on the pool its listeners named, or hand
-        it to the workers; a request that caused none is marked done with others on the next
-        heartbeat."""
+        it to the workers (with the writer's next statement); a request that caused none is
+        marked done with others on the next heartbeat."""
         self._ensure_heartbeat()
         if pending.jobs and self.hand_off:
-            with self._lock:
-                self._handing.append(pending.key)
-            self._wake.set()
+            self._group().hand_over(pending.key)
         elif pending.jobs and pending.executor is not None:
             pending.executor.submit(self.run, pending, self.owner)
         else:
@@ -409,59 +512,31 @@ class Intake:
             self._beating.start()
 
     def close(self, wait_seconds: float = 5.0) -> None:
-        """At shutdown: hand over and mark done what is waiting (one last beat), stop the
-        heartbeat and close the inbox's connections. Leases of work still running lapse, so
-        another process takes it over; a heartbeat left running would renew them for ever."""
+        """At shutdown: write what waits (hand-overs too) and stop the writer, mark done what
+        finished (one last beat), stop the heartbeat and close the inbox's connections. Leases
+        of work still running lapse, so another process takes it over; a heartbeat left
+        running would renew them for ever."""
         with self._lock:
             self._closing = True
-            beating = self._beating
-        self._wake.set()
+            beating, gather, self._gather = self._beating, self._gather, None
+        if gather is not None:
+            gather.close(wait_seconds)
+        self._stop.set()
         if beating is not None:
             beating.join(wait_seconds)
+        self._drop_writer_connection()
         with self._lock:
             engine, self._engine = self._engine, None
         if engine is not None:
             engine.dispose()
 
     def _heartbeat(self) -> None:
-        """Hand over waiting work as soon as there is some (all that waits in one statement,
-        off the ack threads), and every third of a lease keep this process's claims alive (one
-        statement for all of them) and mark done the requests that caused no work."""
+        """Every third of a lease, keep this process's claims alive (one statement for all of
+        them) and mark done the requests that caused no work."""
         every = self.LEASE.total_seconds() / 3
-        next_beat = time.monotonic() + every
-        while True:
-            self._wake.wait(max(0.0, next_beat - time.monotonic()))
-            self._wake.clear()
-            with self._lock:
-                handing, self._handing = self._handing, []
-                closing = self._closing
-            if handing:
-                self._hand_over(handing)
-            if closing:
-                self._beat(renew=False)
-                return
-            if time.monotonic() >= next_beat:
-                self._beat()
-                next_beat = time.monotonic() + every
-
-    def _hand_over(self, keys: list[str]) -> None:
-        """Make the requests `new` for the workers, and wake them; on failure the requests
-        stay this process's (their leases renewed) and are handed over on the next beat."""
-        statement = _HAND_OVER if self.db.is_sqlite else _HAND_OVER_NOTIFY
-        sql = text(statement.replace("{channel}", self.CHANNEL)).bindparams(
-            bindparam("keys", expanding=True)
-        )
-        try:
-            with self.engine().connect() as conn:
-                conn.execute(sql, {"owner": self.owner, "keys": keys})
-                conn.commit()
-        except DBAPIError as exc:
-            log.warning("event=intake_hand_over_failed error=%s", type(exc).__name__)
-            with self._lock:
-                self._handing.extend(keys)
-            return
-        with self._lock:
-            self._in_hand.difference_update(keys)
+        while not self._stop.wait(every):
+            self._beat()
+        self._beat(renew=False)
 
     def _beat(self, renew: bool = True) -> None:
         with self._lock:
