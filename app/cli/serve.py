@@ -5,9 +5,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import threading
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from app.cli.common import STOP_SECONDS, Commands, end_within, starting, stop_on_sigterm
+from app.cli.common import (
+    STOP_SECONDS,
+    Commands,
+    end_within,
+    keep_start_up_out_of_collections,
+    starting,
+    stop_on_sigterm,
+)
 from app.startup import StartupError
 
 if TYPE_CHECKING:
@@ -42,6 +52,43 @@ def add_commands(commands: Commands) -> None:
     socket.set_defaults(run=_socket)
 
 
+class QueuedRequestsSummary(logging.Filter):
+    """waitress warns once for every request that waits for a busy HTTP thread ("Task queue
+    depth is N"): under load, a line per request, a flood that costs the acks a share of the
+    interpreter and buries everything else. This lets one line through per `every_seconds`,
+    saying how deep the queue was and how many warnings it stands for."""
+
+    def __init__(
+        self, every_seconds: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.every_seconds = every_seconds
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._last: float | None = None
+        self._deepest = 0
+        self._held = 0  # warnings since the last line let through
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        depth = args[0] if args and isinstance(args[0], int) else 0
+        with self._lock:
+            self._deepest = max(self._deepest, depth)
+            self._held += 1
+            now = self.clock()
+            if self._last is not None and now - self._last < self.every_seconds:
+                return False
+            self._last = now
+            deepest, held = self._deepest, self._held
+            self._deepest = self._held = 0
+        record.msg = (
+            "event=http_requests_queued depth=%d deepest=%d warnings=%d what=requests waited "
+            "for a busy HTTP thread; if this goes on, add threads (--threads) or instances"
+        )
+        record.args = (depth, deepest, held)
+        return True
+
+
 CONNECTION_LIMIT = 500  # well under the usual 1,024 open files per process
 IDLE_CONNECTION_SECONDS = 15
 
@@ -73,6 +120,8 @@ def _serve(args: argparse.Namespace) -> int:
     # Catch-up runs beside the server: /healthz answers at once, /readyz says "catching up".
     scheduler = None if args.no_scheduler else background_sweeps(runtime, wsgi.readiness)
     stop_on_sigterm("serve")
+    logging.getLogger("waitress.queue").addFilter(QueuedRequestsSummary())
+    keep_start_up_out_of_collections()
     try:
         # waitress buffers a body before the app sees it: it must refuse big ones itself.
         serve(
@@ -117,6 +166,7 @@ def _socket(args: argparse.Namespace) -> int:
     inbox = Intake(runtime.service.db, runtime.service.clock, hand_off=work == "worker")
     _say_intake_work(work)
     stop_on_sigterm("socket")
+    keep_start_up_out_of_collections()
     try:
         # Each envelope is recorded in the inbox before it is acknowledged, as over HTTP.
         RecordingSocketModeHandler(app, runtime.settings.slack_app_token or "", inbox).start()  # type: ignore[no-untyped-call]
