@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -197,14 +198,41 @@ def command_body(user: int, fake: FakeSlack, text: str | None) -> str:
     )
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user and system) process `pid` has used so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> float:
+    """CPU seconds every core has spent busy so far (not idle, not waiting on I/O)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclasses.dataclass
+class Usage:
+    """What one measured burst of commands cost: wall time, and CPU time of the process
+    that acks, of the worker (if any) and of the whole machine (the load client and
+    PostgreSQL included)."""
+
+    seconds: float = 0.0
+    acking_cpu: float = 0.0
+    worker_cpu: float = 0.0
+    machine_cpu: float = 0.0
+
+
 def measure(
     url: str,
     fake: FakeSlack,
     users: range,
     concurrency: int,
     text: str | None = None,
+    pids: tuple[int, int | None] | None = None,
+    usage: Usage | None = None,
 ) -> list[tuple[int, float, float]]:
-    """(user, sent at, seconds to the ack) of each signed command, `concurrency` in flight.
+    """(user, sent at, seconds to the ack) of each signed command, `concurrency` in flight;
+    what the burst cost goes in `usage` (`pids`: the process that acks, and the worker).
 
     The requests are signed beforehand and sent by a small asyncio client in a process of its
     own, so neither the client's work nor the fakes serving the app's calls after the ack (in
@@ -224,12 +252,24 @@ def measure(
         )
         raw.append((user, head + body))
     spec = json.dumps({"host": host, "port": int(port), "concurrency": concurrency, "raw": raw})
+    acking, work = pids or (None, None)
+    began, machine_began = time.monotonic(), machine_busy()
+    acking_began, worker_began = _cpu(acking), _cpu(work)
     done = subprocess.run(
         [sys.executable, "-c", LOAD_CLIENT], input=spec, capture_output=True, text=True, check=False
     )
+    if usage is not None:
+        usage.seconds = time.monotonic() - began
+        usage.acking_cpu = _cpu(acking) - acking_began
+        usage.worker_cpu = _cpu(work) - worker_began
+        usage.machine_cpu = machine_busy() - machine_began
     if done.returncode != 0:
         raise SystemExit(f"load client failed: {done.stderr[-500:]}")
     return [(int(u), float(at), float(took)) for u, at, took in json.loads(done.stdout)]
+
+
+def _cpu(pid: int | None) -> float:
+    return 0.0 if pid is None else process_cpu(pid)
 
 
 # The card names the requester ("Person 12"), or their e-mail when Slack has no name.
@@ -329,7 +369,7 @@ def profiling(procs: dict[str, int], profile: Path | None) -> Iterator[None]:
     if profile is None:
         yield
         return
-    sampler = ["py-spy", "record", "--threads", "--nonblocking", "--rate", "200", "-f"]
+    sampler = ["py-spy", "record", "--threads", "--gil", "--nonblocking", "--rate", "500", "-f"]
     spies = [
         subprocess.Popen(
             [*sampler, "raw", "--pid", str(pid), "--output", str(profile / f"{name}.txt")],
@@ -348,7 +388,7 @@ def profiling(procs: dict[str, int], profile: Path | None) -> Iterator[None]:
             spy.wait(timeout=60)
 
 
-Run = tuple[str, list[tuple[int, float, float]], list[float]]
+Run = tuple[str, list[tuple[int, float, float]], list[float], Usage]
 
 
 def run_wardkey(
@@ -369,11 +409,12 @@ def run_wardkey(
     serve = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)]
     with contextlib.ExitStack() as stack:
         procs = {}
+        worker_pid = None
         if env.get("WARDKEY_INTAKE_WORK") == "worker" and with_worker:
             work = [sys.executable, "-m", "app", "worker"]
             if worker_nice is not None:
                 env = {**env, "WARDKEY_WORKER_NICE": str(worker_nice)}
-            procs[f"{slug}-worker"] = stack.enter_context(worker(work, env)).pid
+            worker_pid = procs[f"{slug}-worker"] = stack.enter_context(worker(work, env)).pid
         if env.get("WARDKEY_INTAKE_WORK") == "worker":
             # As deployed with workers: the sweeps run there too, none in serve.
             serve.append("--no-scheduler")
@@ -383,13 +424,16 @@ def run_wardkey(
         since = len(fake.calls)
         # Profiled until the work after the acks (cards, audit) is done: what it costs is
         # what the acks compete with on a shared machine.
+        usage = Usage()
         with profiling(procs, profile):
-            acks = measure(url, fake, users, concurrency)
+            acks = measure(
+                url, fake, users, concurrency, pids=(served.pid, worker_pid), usage=usage
+            )
             if not with_worker:
-                return name, acks, []  # recorded, and nothing takes the work
+                return name, acks, [], usage  # recorded, and nothing takes the work
             cards = settle(fake, since, users)
     sent = {user: at for user, at, _ in acks}
-    return name, acks, [cards[user] - sent[user] for user in users]
+    return name, acks, [cards[user] - sent[user] for user in users], usage
 
 
 def main() -> None:
@@ -464,10 +508,14 @@ def main() -> None:
     def run_bare(name: str) -> Run:
         port = free_port()
         bare = [sys.executable, "-c", BARE_APP, str(port), str(THREADS)]
-        with process(bare, env, port) as (url, _):
+        with process(bare, env, port) as (url, proc):
             measure(url, fake, range(200), concurrency, text="help")  # warm up
             waited["before " + name] = wait_for_quiet()
-            return (name, measure(url, fake, range(args.requests), concurrency), [])
+            usage = Usage()
+            acks = measure(
+                url, fake, range(args.requests), concurrency, pids=(proc.pid, None), usage=usage
+            )
+            return name, acks, [], usage
 
     # The bare app is measured first and last, each time on a quiet machine: its tail moves
     # with whatever ran just before, and the ratios are taken against the lower of its two
@@ -499,19 +547,32 @@ def report(args: argparse.Namespace, results: list[Run], waited: dict[str, float
     )
     print("waited for a quiet machine (s): " + ", ".join(f"{v:.1f} {k}" for k, v in waited.items()))
     bares = [results[0], results[-1]]
-    bare_p99 = min(pct([took for _, _, took in acks], 99) for _, acks, _ in bares)
+    bare_p99 = min(pct([took for _, _, took in acks], 99) for _, acks, _, _ in bares)
     print("time to the ack (ratios against the lower of the bare app's two p99s):")
     print(f"{'app':<30}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'p99 ratio':>11}")
-    for name, acks, _ in results:
+    for name, acks, _, _ in results:
         values = [took for _, _, took in acks]
         p99 = pct(values, 99)
         print(
             f"{name:<30}{pct(values, 50):>9.1f}{pct(values, 95):>9.1f}{p99:>9.1f}"
             f"{max(values) * 1000:>9.1f}{p99 / bare_p99:>10.2f}x"
         )
+    # Closed loop: each connection sends its next command when the last is acked, so the
+    # acks' times follow from how many the app gets through a second, and that from what
+    # each costs where it queues (an app's CPU per ack is the interpreter's, one at a time).
+    print("CPU per ack while the commands were sent (serve: the process that acks; worker:")
+    print("the work after the acks; machine: all of it, the load client and PostgreSQL too):")
+    print(f"{'app':<30}{'acks/s':>9}{'serve ms':>10}{'worker ms':>11}{'machine ms':>12}")
+    for name, acks, _, usage in results:
+        print(
+            f"{name:<30}{len(acks) / usage.seconds:>9.0f}"
+            f"{usage.acking_cpu * 1000 / len(acks):>10.2f}"
+            f"{usage.worker_cpu * 1000 / len(acks):>11.2f}"
+            f"{usage.machine_cpu * 1000 / len(acks):>12.2f}"
+        )
     print("time from the command to its first approver card (the work after the ack):")
     print(f"{'app':<30}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'all done s':>11}")
-    for name, acks, e2e in results[1:-1]:
+    for name, acks, e2e, _ in results[1:-1]:
         if not e2e:
             continue  # `record` mode: no work was done
         first_sent = min(at for _, at, _ in acks)
