@@ -239,6 +239,7 @@ class GroupCommit:
         self._handed = handed
         self._wait = wait
         self._retry_seconds = retry_seconds
+        self._hand_over_failing = False  # (the writer's own)
         self._lock = threading.Lock()  # an ack giving up, against the writer answering it
         # A queue written in C: putting a request in costs an ack less than a Condition.
         self._queue: queue.SimpleQueue[_Slot | _Stop | str] = queue.SimpleQueue()
@@ -312,8 +313,13 @@ class GroupCommit:
             new = self._write([slot.row for slot in first.values()], handing)
         except Exception as exc:  # every ack of the batch says "not recorded"
             new, error = set(), exc
-            if handing:
-                log.warning("event=intake_hand_over_failed error=%s", type(exc).__name__)
+            if handing and not self._hand_over_failing:  # logged once until one works
+                log.warning(
+                    "event=intake_hand_over_failed error=%s what=the work stays this "
+                    "process's and is handed over when the database takes writes again",
+                    type(exc).__name__,
+                )
+                self._hand_over_failing = True
         with self._lock:
             abandoned = [s.row.key for s in first.values() if s.gave_up and s.row.key in new]
             for slot in slots:
@@ -326,6 +332,9 @@ class GroupCommit:
         if error is not None:
             return handing
         if handing:
+            if self._hand_over_failing:
+                log.warning("event=intake_hand_over_recovered handed=%d", len(handing))
+                self._hand_over_failing = False
             self._handed(handing)
         return []
 

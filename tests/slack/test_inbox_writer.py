@@ -95,7 +95,9 @@ def test_a_refused_hand_over_goes_with_the_next_write() -> None:
     assert database.handed == [[KEY]]
 
 
-def test_a_refused_hand_over_is_tried_again_with_no_other_traffic() -> None:
+def test_a_refused_hand_over_is_tried_again_with_no_other_traffic(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     database = InboxTable(refuse=2)
     writer = group(database, retry_seconds=0.01)
     writer.hand_over(KEY)
@@ -103,6 +105,9 @@ def test_a_refused_hand_over_is_tried_again_with_no_other_traffic() -> None:
     writer.close(10)
     assert database.writes == [([], [KEY])] * 3
     assert database.handed == [[KEY]]
+    said = [r.getMessage().split(" ", 1)[0] for r in caplog.records if "hand_over" in r.msg]
+    # Two refusals in a row are one outage: logged once, and its end once.
+    assert said == ["event=intake_hand_over_failed", "event=intake_hand_over_recovered"]
 
 
 def test_acks_of_a_refused_write_are_told_it_failed_and_the_next_ones_are_recorded() -> None:
