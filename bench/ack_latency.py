@@ -11,14 +11,16 @@ Starts, as separate processes served the same way (waitress, same thread count):
              by name, `record` (as `worker` with no worker running: the ack path alone, to
              tell its cost from that of sharing the cores with the work).
 All talk to the local fake Slack Web API. Then sends N correctly signed `/jit request …`
-commands, C at a time, from distinct eligible people (so every one creates a real request, sends
-approver cards and writes the audit trail after the ack) and prints p50/p95/p99 of the time to
-the ack for each, the ratio of WardKey to the bare app measured in the same run (first and
-last, the lower p99 of the two), and the time from each command to its first approver card (so
-a faster ack cannot hide slower work). Each app is measured once the machine is quiet (a second
-at 85% idle, up to 90 s), so what ran before it is not measured with it.
+commands from distinct eligible people (so every one creates a real request, sends approver
+cards and writes the audit trail after the ack), C at a time (a closed loop: the app
+saturated) or, with --rate, at a steady rate (an open loop), and prints p50/p95/p99 of the time
+to the ack for each, the ratio of WardKey to the bare app measured in the same run (first and
+last, the lower p99 of the two), what the acks cost (CPU per ack of each process, from /proc),
+and the time from each command to its first approver card (so a faster ack cannot hide slower
+work). Each app is measured once the machine is quiet (a second at 85% idle, up to 90 s), so
+what ran before it is not measured with it.
 
-    python bench/ack_latency.py [--requests 1000] [--concurrency 50] [--no-postgres]
+    python bench/ack_latency.py [--requests 1000] [--concurrency 50] [--rate N] [--no-postgres]
         [--modes local,worker] [--worker-nice N] [--profile DIR]
 """
 
@@ -82,35 +84,55 @@ BARE_APP = textwrap.dedent(
 )
 
 
-# Keep-alive connections, one per request in flight, each sending its next request as soon as
-# the previous ack arrives; prints [user, sent at (time.monotonic, the same clock in every
+# Keep-alive connections; prints [user, sent at (time.monotonic, the same clock in every
 # process on this machine), seconds to the ack] per request as JSON. Any answer but 200 is an
-# error.
+# error. A closed loop (rate 0): each connection sends its next request as soon as its last
+# ack arrives, so the app is saturated. An open loop (`rate` a second): requests are due at
+# that steady rate whatever the app does, each sent on the first free connection and timed
+# from when it was due, so a wait for a connection counts as the ack's.
 LOAD_CLIENT = textwrap.dedent(
     """
     import asyncio, json, sys, time
     spec = json.load(sys.stdin)
     todo = [(user, raw.encode()) for user, raw in spec["raw"]]
     latencies = []
+    async def exchange(reader, writer, user, request, due):
+        writer.write(request)
+        head = await reader.readuntil(b"\\r\\n\\r\\n")
+        lines = head.decode().split("\\r\\n")
+        length = next(
+            int(line.split(":", 1)[1]) for line in lines
+            if line.lower().startswith("content-length:")
+        )
+        await reader.readexactly(length)
+        latencies.append([user, due, time.monotonic() - due])
+        if lines[0].split()[1] != "200":
+            sys.exit(f"answer {lines[0]!r}")
     async def connection():
         reader, writer = await asyncio.open_connection(spec["host"], spec["port"])
         while todo:
             user, request = todo.pop()
-            started = time.monotonic()
-            writer.write(request)
-            head = await reader.readuntil(b"\\r\\n\\r\\n")
-            lines = head.decode().split("\\r\\n")
-            length = next(
-                int(line.split(":", 1)[1]) for line in lines
-                if line.lower().startswith("content-length:")
-            )
-            await reader.readexactly(length)
-            latencies.append([user, started, time.monotonic() - started])
-            if lines[0].split()[1] != "200":
-                sys.exit(f"answer {lines[0]!r}")
+            await exchange(reader, writer, user, request, time.monotonic())
         writer.close()
+    async def one(free, user, request, due):
+        reader, writer = await free.get()
+        await exchange(reader, writer, user, request, due)
+        free.put_nowait((reader, writer))
+    async def open_loop(rate):
+        free = asyncio.Queue()
+        for _ in range(spec["concurrency"]):
+            free.put_nowait(await asyncio.open_connection(spec["host"], spec["port"]))
+        began, sent = time.monotonic(), []
+        for i, (user, request) in enumerate(todo):
+            due = began + i / rate
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            sent.append(asyncio.create_task(one(free, user, request, due)))
+        await asyncio.gather(*sent)
     async def main():
-        await asyncio.gather(*(connection() for _ in range(spec["concurrency"])))
+        if spec["rate"]:
+            await open_loop(spec["rate"])
+        else:
+            await asyncio.gather(*(connection() for _ in range(spec["concurrency"])))
     asyncio.run(main())
     print(json.dumps(latencies))
     """
@@ -230,6 +252,7 @@ def measure(
     text: str | None = None,
     pids: tuple[int, int | None] | None = None,
     usage: Usage | None = None,
+    rate: float = 0.0,
 ) -> list[tuple[int, float, float]]:
     """(user, sent at, seconds to the ack) of each signed command, `concurrency` in flight;
     what the burst cost goes in `usage` (`pids`: the process that acks, and the worker).
@@ -251,7 +274,9 @@ def measure(
             f"Content-Length: {len(body.encode())}\r\n\r\n"
         )
         raw.append((user, head + body))
-    spec = json.dumps({"host": host, "port": int(port), "concurrency": concurrency, "raw": raw})
+    spec = json.dumps(
+        {"host": host, "port": int(port), "concurrency": concurrency, "raw": raw, "rate": rate}
+    )
     acking, work = pids or (None, None)
     began, machine_began = time.monotonic(), machine_busy()
     acking_began, worker_began = _cpu(acking), _cpu(work)
@@ -400,6 +425,7 @@ def run_wardkey(
     profile: Path | None,
     worker_nice: int | None = None,
     with_worker: bool = True,
+    rate: float = 0.0,
 ) -> Run:
     """Acks of `wardkey serve` (with a worker in worker mode), and command-to-card times
     (none without a worker: `record` mode measures the acks alone)."""
@@ -427,7 +453,7 @@ def run_wardkey(
         usage = Usage()
         with profiling(procs, profile):
             acks = measure(
-                url, fake, users, concurrency, pids=(served.pid, worker_pid), usage=usage
+                url, fake, users, concurrency, pids=(served.pid, worker_pid), usage=usage, rate=rate
             )
             if not with_worker:
                 return name, acks, [], usage  # recorded, and nothing takes the work
@@ -440,6 +466,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0,
+        help="commands a second, sent on a steady schedule whatever the app does (an open "
+        "loop, on up to --concurrency connections); 0, the default: a closed loop, each "
+        "connection sending its next command when its last is acked (the app saturated)",
+    )
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-sqlite", action="store_true")
     parser.add_argument(
@@ -513,7 +547,13 @@ def main() -> None:
             waited["before " + name] = wait_for_quiet()
             usage = Usage()
             acks = measure(
-                url, fake, range(args.requests), concurrency, pids=(proc.pid, None), usage=usage
+                url,
+                fake,
+                range(args.requests),
+                concurrency,
+                pids=(proc.pid, None),
+                usage=usage,
+                rate=args.rate,
             )
             return name, acks, [], usage
 
@@ -529,7 +569,15 @@ def main() -> None:
         with_worker = not name.startswith("wardkey record")
         results.append(
             run_wardkey(
-                name, run_env, fake, users, concurrency, args.profile, args.worker_nice, with_worker
+                name,
+                run_env,
+                fake,
+                users,
+                concurrency,
+                args.profile,
+                args.worker_nice,
+                with_worker,
+                args.rate,
             )
         )
     results.append(run_bare("bare Bolt, again"))
@@ -540,10 +588,15 @@ def main() -> None:
 
 def report(args: argparse.Namespace, results: list[Run], waited: dict[str, float]) -> None:
     print()
+    load = (
+        f"{args.rate:g} a second on up to {args.concurrency} connections (open loop)"
+        if args.rate
+        else f"{args.concurrency} at a time (closed loop)"
+    )
     print(
-        f"{args.requests} signed /jit request commands, {args.concurrency} at a time, "
-        f"{os.cpu_count()} cores, waitress {THREADS} threads, "
-        f"fake Slack Web API answering in {args.slack_latency_ms:g} ms"
+        f"{args.requests} signed /jit request commands, {load}, {os.cpu_count()} cores, "
+        f"waitress {THREADS} threads, fake Slack Web API answering in "
+        f"{args.slack_latency_ms:g} ms"
     )
     print("waited for a quiet machine (s): " + ", ".join(f"{v:.1f} {k}" for k, v in waited.items()))
     bares = [results[0], results[-1]]
@@ -557,9 +610,9 @@ def report(args: argparse.Namespace, results: list[Run], waited: dict[str, float
             f"{name:<30}{pct(values, 50):>9.1f}{pct(values, 95):>9.1f}{p99:>9.1f}"
             f"{max(values) * 1000:>9.1f}{p99 / bare_p99:>10.2f}x"
         )
-    # Closed loop: each connection sends its next command when the last is acked, so the
-    # acks' times follow from how many the app gets through a second, and that from what
-    # each costs where it queues (an app's CPU per ack is the interpreter's, one at a time).
+    # In a closed loop (no --rate) each connection sends its next command when the last is
+    # acked, so the acks' times follow from how many the app gets through a second, and that
+    # from what each costs where it queues (an app's CPU per ack is the interpreter's).
     print("CPU per ack while the commands were sent (serve: the process that acks; worker:")
     print("the work after the acks; machine: all of it, the load client and PostgreSQL too):")
     print(f"{'app':<30}{'acks/s':>9}{'serve ms':>10}{'worker ms':>11}{'machine ms':>12}")
