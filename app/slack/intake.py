@@ -31,6 +31,7 @@ import queue
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from contextvars import ContextVar
@@ -61,6 +62,10 @@ NOT_RECORDED = (
     "For a patient-safety emergency, use the trust's fallback procedure now."
 )
 NOT_RECORDED_SHORT = "Not recorded: WardKey's database is unreachable. Try again in a minute."
+
+
+class InboxWriteFailed(Exception):
+    """The inbox's writer could not write a batch; the cause is the writer's error."""
 
 
 class NotRecorded(Exception):
@@ -101,7 +106,9 @@ def current() -> Pending | None:
 
 
 def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{id(object())}"[:100]
+    """This inbox's name on its claims: host, process and a random part, as one process may
+    hold two inboxes (serve's and its sweep's), each with its own claims."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"[-100:]
 
 
 # Recorded already claimed by the process that acks it (one write in the ack path); the
@@ -136,8 +143,14 @@ _WRITE_PG = (
     "body = EXCLUDED.body, headers = EXCLUDED.headers, state = 'working', "
     "received_at = EXCLUDED.received_at, lease_until = EXCLUDED.lease_until, "
     "claimed_by = EXCLUDED.claimed_by, attempts = 1, outcome = NULL "
-    "WHERE seen_requests.seen_until <= %(now)s AND seen_requests.state = 'done' "
+    "WHERE (seen_requests.seen_until <= %(now)s AND seen_requests.state = 'done') "
+    # The same write tried again on a fresh connection after the first's answer was lost:
+    # its rows are this writer's, received now, and new.
+    "OR (seen_requests.claimed_by = %(owner)s AND seen_requests.received_at = %(now)s "
+    "AND seen_requests.state = 'working') "
     "RETURNING signature"
+    # `recorded` comes first: a key both recorded and handed over in one statement (a Socket
+    # Mode retry beside its original) is then locked by the insert before the update.
     ") SELECT signature FROM recorded UNION ALL "
     "SELECT CAST(pg_notify(%(channel)s, '') AS text) FROM (SELECT 1 FROM handed LIMIT 1) AS h"
 )
@@ -256,20 +269,22 @@ class GroupCommit:
                 if not slot.answered:
                     slot.gave_up = True
                     raise TimeoutError("the inbox did not answer in time")
-        if slot.error is not None:
-            raise slot.error
+        if slot.error is not None:  # each ack its own exception: they run on many threads
+            raise InboxWriteFailed(type(slot.error).__name__) from slot.error
         return slot.new
 
     def hand_over(self, key: str) -> None:
         """Hand the acknowledged request's work to the workers with the next write."""
         self._queue.put(key)
 
-    def close(self, wait_seconds: float) -> None:
-        """Write what is waiting (hand-overs included), then stop the writer."""
+    def close(self, wait_seconds: float) -> bool:
+        """Write what is waiting (hand-overs included), then stop the writer; False if it
+        did not stop in time (a write that hangs)."""
         stop = _Stop()
         self._queue.put(stop)
         if stop.done.acquire(timeout=wait_seconds):
             self._thread.join(wait_seconds)
+        return not self._thread.is_alive()
 
     def _writer(self) -> None:
         retrying: list[str] = []  # hand-overs a failed write left
@@ -303,6 +318,10 @@ class GroupCommit:
 
     def _settle(self, slots: list[_Slot], handing: list[str]) -> list[str]:
         """Write; answer every ack; return the hand-overs to try again."""
+        with self._lock:  # an ack that gave up already said "not recorded": do not write it
+            for slot in slots:
+                slot.answered = slot.answered or slot.gave_up
+            slots = [slot for slot in slots if not slot.gave_up]
         if not (slots or handing):
             return []
         first: dict[str, _Slot] = {}
@@ -383,19 +402,25 @@ class Intake:
             body.decode("utf-8", "replace") if isinstance(body, bytes) else body,
             json.dumps(dict(headers)),
         )
+        writer = self._group()
+        if writer is None:  # shutting down: say so rather than start a writer again
+            raise NotRecorded("closing")
         try:
-            new = self._group().record(row)
-        except (DBAPIError, psycopg.Error, TimeoutError) as exc:
-            self._failed(exc)
-            raise NotRecorded(type(exc).__name__) from exc
+            new = writer.record(row)
+        except (InboxWriteFailed, TimeoutError) as exc:
+            self._failed(exc.__cause__ or exc)
+            raise NotRecorded(type(exc.__cause__ or exc).__name__) from exc
         if new:
             with self._lock:
                 self._in_hand.add(key)
         self._recovered()
         return new
 
-    def _group(self) -> GroupCommit:
+    def _group(self) -> GroupCommit | None:
+        """The inbox's writer, started on first need; None once the inbox is closing."""
         with self._lock:
+            if self._closing:
+                return None
             if self._gather is None:
                 # Time for the write, a retry on a fresh connection, and a margin: then the
                 # ack says "not recorded" (within Slack's 3 s), whatever the database does.
@@ -433,7 +458,7 @@ class Intake:
                     cursor.execute(_WRITE_PG, params)
                     return {key for (key,) in cursor.fetchall() if key}
             except psycopg.Error:
-                broken = connection.driver_connection.broken
+                broken = getattr(connection.driver_connection, "broken", True)
                 self._drop_writer_connection()
                 if attempt == 1 and broken:
                     continue
@@ -477,7 +502,7 @@ class Intake:
         recorded after all: done, with nothing done, as the person was told."""
         self._quietly_many(_ABANDON, keys)
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, exc: BaseException) -> None:
         with self._lock:
             self._failures += 1
             first = self._failures == 1
@@ -504,7 +529,11 @@ class Intake:
         marked done with others on the next heartbeat."""
         self._ensure_heartbeat()
         if pending.jobs and self.hand_off:
-            self._group().hand_over(pending.key)
+            writer = self._group()
+            if writer is not None:
+                writer.hand_over(pending.key)
+            else:  # its lease lapses (no heartbeat renews it) and a sweep takes it over
+                log.warning("event=intake_hand_over_after_close")
         elif pending.jobs and pending.executor is not None:
             pending.executor.submit(self.run, pending, self.owner)
         else:
@@ -528,11 +557,13 @@ class Intake:
         with self._lock:
             self._closing = True
             beating, gather, self._gather = self._beating, self._gather, None
-        if gather is not None:
-            gather.close(wait_seconds)
+        stopped = gather is None or gather.close(wait_seconds)
         self._stop.set()
         if beating is not None:
             beating.join(wait_seconds)
+        if not stopped:  # a write hangs on the connection: leave both to the process's end
+            log.warning("event=intake_writer_still_busy at=close")
+            return
         self._drop_writer_connection()
         with self._lock:
             engine, self._engine = self._engine, None

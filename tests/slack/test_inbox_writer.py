@@ -7,12 +7,13 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import closing
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
 from app.access import AccessService
-from app.slack.intake import GroupCommit, Intake, Pending, _Row
+from app.slack.intake import GroupCommit, InboxWriteFailed, Intake, NotRecorded, Pending, _Row
 from app.store.models import SeenRequest
 
 KEY = "v0=" + "b" * 64
@@ -27,14 +28,32 @@ def row_of(service: AccessService, key: str) -> tuple[str, str | None]:
     return found.state, found.claimed_by
 
 
+def settled(service: AccessService, key: str, state: str) -> tuple[str, str | None]:
+    """The row once it reaches `state` (the writer works on its own thread), or as it is
+    after 10 s."""
+    deadline = time.monotonic() + 10
+    while (found := row_of(service, key))[0] != state and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return found
+
+
 def test_work_handed_to_the_workers_is_theirs_once_written(service: AccessService) -> None:
     inbox = Intake(service.db, service.clock, hand_off=True)
     with closing(inbox):
         assert inbox.record(KEY, b"command=%2Fjit", {})
         assert row_of(service, KEY) == ("working", inbox.owner)  # serve's, while it acks
         inbox.start(Pending(key=KEY, jobs=[lambda: None]))
-    # Closing writes what waits: the request is new and unclaimed, for any worker to take.
-    assert row_of(service, KEY) == ("new", None)
+        # Handed over by the writer while serving, not only when the inbox closes.
+        assert settled(service, KEY, "new") == ("new", None)
+
+
+def test_after_close_a_request_is_not_recorded(service: AccessService) -> None:
+    inbox = Intake(service.db, service.clock)
+    inbox.close()
+    with pytest.raises(NotRecorded):
+        inbox.record(KEY, b"command=%2Fjit", {})
+    with service.db.read() as session:
+        assert session.scalar(select(SeenRequest.signature)) is None
 
 
 @pytest.mark.postgres
@@ -46,10 +65,12 @@ def test_a_hand_over_wakes_the_listening_workers(service: AccessService) -> None
     with closing(inbox), inbox.listener() as listening:
         listening.execute(f"LISTEN {Intake.CHANNEL}")
         assert inbox.record(KEY, b"command=%2Fjit", {})
+        recorded_only = list(listening.notifies(timeout=0.2, stop_after=1))
         inbox.start(Pending(key=KEY, jobs=[lambda: None]))
         woken = list(listening.notifies(timeout=10, stop_after=1))
+        assert row_of(service, KEY) == ("new", None)  # handed over by the time they wake
+    assert recorded_only == []  # recording wakes nobody: the work is serve's until handed
     assert [n.channel for n in woken] == [Intake.CHANNEL]
-    assert row_of(service, KEY) == ("new", None)
 
 
 class InboxTable:
@@ -113,8 +134,9 @@ def test_a_refused_hand_over_is_tried_again_with_no_other_traffic(
 def test_acks_of_a_refused_write_are_told_it_failed_and_the_next_ones_are_recorded() -> None:
     database = InboxTable(refuse=1)
     writer = group(database, retry_seconds=600)
-    with pytest.raises(ConnectionError):
+    with pytest.raises(InboxWriteFailed) as failed:
         writer.record(_Row(KEY, "command=%2Fjit", "{}"))
+    assert isinstance(failed.value.__cause__, ConnectionError)
     assert writer.record(_Row(OTHER, "command=%2Fjit", "{}"))
     writer.close(10)
     assert database.writes == [([KEY], []), ([OTHER], [])]
@@ -143,3 +165,23 @@ def test_the_same_request_twice_in_one_write_is_recorded_once_the_second_a_repla
     writer.close(10)
     assert database.writes == [([OTHER], []), ([KEY], [])]
     assert sorted(answers) == [False, True]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "db", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_write_sent_again_after_its_answer_was_lost_still_finds_its_requests_new(
+    service: AccessService,
+) -> None:
+    """The writer sends a write once more on a fresh connection when the first broke: if the
+    first had committed, its rows are there already, and must not be called replays (the
+    person would be told their click was a replay while it is done later)."""
+    inbox, other = Intake(service.db, service.clock), Intake(service.db, service.clock)
+    rows = [_Row(KEY, "command=%2Fjit", "{}")]
+    with closing(inbox), closing(other):
+        assert inbox._write_postgres(rows, []) == {KEY}
+        assert inbox._write_postgres(rows, []) == {KEY}  # the same write, the same instant
+        assert other._write_postgres(rows, []) == set()  # anyone else's: a replay
+        service.clock.advance(timedelta(seconds=1))
+        assert inbox._write_postgres(rows, []) == set()  # later: a replay
