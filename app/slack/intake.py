@@ -236,13 +236,13 @@ class GroupCommit:
     statement (`write`), and answers each ack. Fewer round trips, commits and statements than
     one per ack, and each ack waits at most `wait` seconds: a database that does not answer is
     "not recorded" in time. A request recorded after its ack gave up is handed to `abandon`,
-    which undoes it. Hand-overs a failed write left are tried again with the next write, or
-    after `retry_seconds`."""
+    which undoes it (True) or could not (False). Hand-overs a failed write left, and undos that
+    failed, are tried again with the next write, or after `retry_seconds`."""
 
     def __init__(
         self,
         write: Callable[[list[_Row], list[str]], set[str]],
-        abandon: Callable[[list[str]], None],
+        abandon: Callable[[list[str]], bool],
         wait: float,
         handed: Callable[[list[str]], None] = lambda keys: None,
         retry_seconds: float = 3.0,
@@ -253,6 +253,7 @@ class GroupCommit:
         self._wait = wait
         self._retry_seconds = retry_seconds
         self._hand_over_failing = False  # (the writer's own)
+        self._undoing: list[str] = []  # requests recorded after their ack gave up, to undo
         self._lock = threading.Lock()  # an ack giving up, against the writer answering it
         # A queue written in C: putting a request in costs an ack less than a Condition.
         self._queue: queue.SimpleQueue[_Slot | _Stop | str] = queue.SimpleQueue()
@@ -290,7 +291,8 @@ class GroupCommit:
         retrying: list[str] = []  # hand-overs a failed write left
         while True:
             try:
-                item = self._queue.get(timeout=self._retry_seconds if retrying else None)
+                waiting = retrying or self._undoing  # something to try again
+                item = self._queue.get(timeout=self._retry_seconds if waiting else None)
             except queue.Empty:
                 item = None
             slots: list[_Slot] = []
@@ -316,6 +318,12 @@ class GroupCommit:
                 stop.done.release()
                 return
 
+    def _undo(self) -> None:
+        """Undo the requests recorded after their ack said "not recorded"; kept and tried
+        again until it works, or their leases would lapse and a sweep would do them."""
+        if self._undoing and self._abandon(self._undoing):
+            self._undoing = []
+
     def _settle(self, slots: list[_Slot], handing: list[str]) -> list[str]:
         """Write; answer every ack; return the hand-overs to try again."""
         with self._lock:  # an ack that gave up already said "not recorded": do not write it
@@ -323,6 +331,7 @@ class GroupCommit:
                 slot.answered = slot.answered or slot.gave_up
             slots = [slot for slot in slots if not slot.gave_up]
         if not (slots or handing):
+            self._undo()
             return []
         first: dict[str, _Slot] = {}
         for slot in slots:  # the same request twice at once: the second is a replay
@@ -346,8 +355,8 @@ class GroupCommit:
                 slot.new = first.get(slot.row.key) is slot and slot.row.key in new
                 slot.answered = True
                 slot.answer.release()
-        if abandoned:
-            self._abandon(abandoned)
+        self._undoing.extend(abandoned)
+        self._undo()
         if error is not None:
             return handing
         if handing:
@@ -497,10 +506,11 @@ class Intake:
         with self._lock:
             self._in_hand.difference_update(keys)
 
-    def _abandon(self, keys: list[str]) -> None:
+    def _abandon(self, keys: list[str]) -> bool:
         """Requests whose ack gave up waiting (and said "not recorded") but which the database
-        recorded after all: done, with nothing done, as the person was told."""
-        self._quietly_many(_ABANDON, keys)
+        recorded after all: done, with nothing done, as the person was told. False if the
+        database did not take it (the writer tries again)."""
+        return self._quietly_many(_ABANDON, keys)
 
     def _failed(self, exc: BaseException) -> None:
         with self._lock:
@@ -686,13 +696,15 @@ class Intake:
             conn.commit()
         return int(count)
 
-    def _quietly_many(self, statement: Any, keys: list[str]) -> None:
+    def _quietly_many(self, statement: Any, keys: list[str]) -> bool:
         try:
             with self.engine().connect() as conn:
                 conn.execute(statement, {"owner": self.owner, "keys": keys})
                 conn.commit()
         except DBAPIError as exc:
             log.warning("event=intake_update_failed error=%s", type(exc).__name__)
+            return False
+        return True
 
     def _quietly(self, statement: Any, key: str, **params: Any) -> None:
         try:

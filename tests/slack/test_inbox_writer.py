@@ -77,8 +77,11 @@ class InboxTable:
     """Stands in for the inbox table behind a GroupCommit: refuses the writes it is told to,
     and keeps what each write was given."""
 
-    def __init__(self, refuse: int) -> None:
+    def __init__(self, refuse: int, refuse_undo: int = 0) -> None:
         self.refuse = refuse
+        self.refuse_undo = refuse_undo
+        self.undos: list[list[str]] = []
+        self.undone = threading.Event()
         self.writes: list[tuple[list[str], list[str]]] = []
         self.handed: list[list[str]] = []
         self.wrote = threading.Event()
@@ -94,15 +97,20 @@ class InboxTable:
             raise ConnectionError("the database went away")
         return {r.key for r in rows}
 
+    def undo(self, keys: list[str]) -> bool:
+        self.undos.append(list(keys))
+        if len(self.undos) <= self.refuse_undo:
+            return False
+        self.undone.set()
+        return True
+
     def hand(self, keys: list[str]) -> None:
         self.handed.append(keys)
         self.handed_some.set()
 
 
 def group(database: InboxTable, retry_seconds: float) -> GroupCommit:
-    return GroupCommit(
-        database.write, lambda keys: None, 5, database.hand, retry_seconds=retry_seconds
-    )
+    return GroupCommit(database.write, database.undo, 5, database.hand, retry_seconds)
 
 
 def test_a_refused_hand_over_goes_with_the_next_write() -> None:
@@ -185,3 +193,17 @@ def test_a_write_sent_again_after_its_answer_was_lost_still_finds_its_requests_n
         assert other._write_postgres(rows, []) == set()  # anyone else's: a replay
         service.clock.advance(timedelta(seconds=1))
         assert inbox._write_postgres(rows, []) == set()  # later: a replay
+
+
+def test_a_request_recorded_after_its_ack_gave_up_is_undone_though_the_first_undo_failed() -> None:
+    """The ack said "not recorded": the row the database wrote late must not be left for a
+    sweep to do."""
+    database = InboxTable(refuse=0, refuse_undo=1)
+    writer = GroupCommit(database.write, database.undo, 0.05, database.hand, 0.01)
+    database.release.clear()  # the write hangs past the ack's wait
+    with pytest.raises(TimeoutError):
+        writer.record(_Row(KEY, "command=%2Fjit", "{}"))
+    database.release.set()  # and then lands
+    assert database.undone.wait(10)
+    writer.close(10)
+    assert database.undos == [[KEY], [KEY]]
