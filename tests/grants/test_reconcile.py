@@ -35,6 +35,20 @@ def restarted(service: AccessService, clock: ManualClock) -> AccessService:
     )
 
 
+def with_heartbeat(service: AccessService, clock: ManualClock) -> AccessService:
+    """The same worker (same name, so its claims are its own) with its lease heartbeat on."""
+    return AccessService(
+        CoreDeps(
+            service.db,
+            service.policy,
+            service.adapters,
+            clock,
+            worker=service.worker,
+            heartbeat=True,
+        )
+    )
+
+
 def after_the_lease(service: AccessService, clock: ManualClock) -> AccessService:
     """A crashed worker's claim holds until its lease runs out; then the next one takes over."""
     successor = restarted(service, clock)
@@ -130,16 +144,7 @@ def test_a_renewal_goes_round_a_row_another_transaction_holds(
     for _ in (first, second):  # the worker dies mid-revoke, one grant at a time
         crash_during(service, targets["pharmacy-db"], "revoke", lambda: service.expire_due(batch=1))
     assert {service.get(r.id).state for r in (first, second)} == {S.REVOKING}
-    beating = AccessService(
-        CoreDeps(
-            service.db,
-            service.policy,
-            service.adapters,
-            clock,
-            worker=service.worker,
-            heartbeat=True,
-        )
-    )
+    beating = with_heartbeat(service, clock)
     assert beating.heartbeat is not None
 
     def leases() -> dict[int, object]:
@@ -196,16 +201,7 @@ def test_a_living_workers_heartbeat_keeps_its_claim(
     service.approve(req.id, BEN)
     clock.advance(timedelta(minutes=30))
     crash_during(service, targets["pharmacy-db"], "revoke", service.expire_due)
-    beating = AccessService(
-        CoreDeps(
-            service.db,
-            service.policy,
-            service.adapters,
-            clock,
-            worker=service.worker,
-            heartbeat=True,
-        )
-    )
+    beating = with_heartbeat(service, clock)
     assert beating.heartbeat is not None
     other = restarted(service, clock)
     for _ in range(5):  # a revoke as slow as five leases, renewed every third of one
