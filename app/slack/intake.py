@@ -314,6 +314,7 @@ class GroupCommit:
                 retrying = self._settle(slots, handing)
             except Exception:  # never leave the acks after it without a writer
                 log.exception("event=intake_writer_failed")
+                retrying = handing  # a hand-over is never dropped (a second one changes nothing)
             if stop is not None:
                 stop.done.release()
                 return
