@@ -51,6 +51,7 @@ from slack_sdk.signature import SignatureVerifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from app.cli.serve import HTTP_THREADS
 from app.demo.slack_fake import FakeSlack, SlackUser
 from app.demo.webhook_target import WebhookTarget
 
@@ -58,7 +59,6 @@ POSTGRES_SERVER = os.environ.get(
     "WARDKEY_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 BENCH_DATABASE = "wardkey_bench_ack"
-THREADS = 8
 SECRET = secrets.token_hex(16)
 
 BARE_APP = textwrap.dedent(
@@ -426,6 +426,7 @@ def run_wardkey(
     worker_nice: int | None = None,
     with_worker: bool = True,
     rate: float = 0.0,
+    threads: int = HTTP_THREADS,
 ) -> Run:
     """Acks of `wardkey serve` (with a worker in worker mode), and command-to-card times
     (none without a worker: `record` mode measures the acks alone)."""
@@ -444,7 +445,7 @@ def run_wardkey(
         if env.get("WARDKEY_INTAKE_WORK") == "worker":
             # As deployed with workers: the sweeps run there too, none in serve.
             serve.append("--no-scheduler")
-        url, served = stack.enter_context(process([*serve, "--threads", str(THREADS)], env, port))
+        url, served = stack.enter_context(process([*serve, "--threads", str(threads)], env, port))
         procs[slug] = served.pid
         measure(url, fake, range(200), concurrency, text="help")  # warm up
         since = len(fake.calls)
@@ -466,6 +467,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=HTTP_THREADS,
+        help=f"waitress threads, the bare app's and serve's (default: serve's, {HTTP_THREADS})",
+    )
     parser.add_argument(
         "--rate",
         type=float,
@@ -541,7 +548,7 @@ def main() -> None:
 
     def run_bare(name: str) -> Run:
         port = free_port()
-        bare = [sys.executable, "-c", BARE_APP, str(port), str(THREADS)]
+        bare = [sys.executable, "-c", BARE_APP, str(port), str(args.threads)]
         with process(bare, env, port) as (url, proc):
             measure(url, fake, range(200), concurrency, text="help")  # warm up
             waited["before " + name] = wait_for_quiet()
@@ -578,6 +585,7 @@ def main() -> None:
                 args.worker_nice,
                 with_worker,
                 args.rate,
+                args.threads,
             )
         )
     results.append(run_bare("bare Bolt, again"))
@@ -595,7 +603,7 @@ def report(args: argparse.Namespace, results: list[Run], waited: dict[str, float
     )
     print(
         f"{args.requests} signed /jit request commands, {load}, {os.cpu_count()} cores, "
-        f"waitress {THREADS} threads, fake Slack Web API answering in "
+        f"waitress {args.threads} threads, fake Slack Web API answering in "
         f"{args.slack_latency_ms:g} ms"
     )
     print("waited for a quiet machine (s): " + ", ".join(f"{v:.1f} {k}" for k, v in waited.items()))

@@ -27,6 +27,14 @@ if TYPE_CHECKING:
     from app.stepup.pages import StepUpPages
 
 
+# Each ack holds its HTTP thread while the inbox's writer records it, and the writer records
+# every waiting request in one statement: more threads waiting make fuller statements and less
+# CPU per ack. Under a burst (bench/ack_latency.py, 50 at once, 2 cores, docs/benchmarks.md) 16
+# threads took 0.61-0.65 ms of CPU per ack in `record` mode where 8 took 0.89-1.06 ms, and less
+# in every mode; 32 and 64 gained little more.
+HTTP_THREADS = 16
+
+
 def add_commands(commands: Commands) -> None:
     serve = commands.add_parser("serve", help="the HTTP app for Slack, with the scheduler")
     serve.add_argument(
@@ -39,7 +47,10 @@ def add_commands(commands: Commands) -> None:
         "--host", default="0.0.0.0", help="address to listen on (default: every interface)"
     )
     serve.add_argument(
-        "--threads", type=int, default=8, help="threads answering HTTP requests (default: 8)"
+        "--threads",
+        type=int,
+        default=HTTP_THREADS,
+        help=f"threads answering HTTP requests (default: {HTTP_THREADS})",
     )
     serve.add_argument(
         "--no-scheduler", action="store_true", help="run the sweeps elsewhere (wardkey worker)"
