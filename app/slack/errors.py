@@ -8,7 +8,9 @@ acted, its `field` names the input it concerns. Listeners raise it and never for
   ephemeral reply and a click with an ephemeral (a DM on the App Home or a form);
 - after the ack (`Shell.after_ack`, app/slack/deps.py), `answered` gives what the work of a
   command or a click raises to the same answer (`Asker.reply`). The work after a form or an
-  event answers nobody: what it raises is left to the inbox, which tries it again.
+  event answers nobody: what it raises is left to the inbox, which tries it again. So is a
+  failure of what the work depends on (the database, Slack's API, the network): the request was
+  acknowledged, so it is done when they are back, not handed to the person to retry.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from slack_bolt import App, BoltContext, BoltResponse
+from slack_sdk.errors import SlackApiError
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from app.directory import slack_unwell
 from app.lifecycle.errors import ServiceError
 from app.slack.gate import ASKER, Asker, reply_to_clicker
 
@@ -80,9 +85,9 @@ def form_block(error: ServiceError, view: dict[str, Any]) -> str:
 
 def answered(job: Job, context: BoltContext) -> Job:
     """`job`, the work after the ack of the request in `context`, with a refusal it raises told
-    to the person who asked, and anything unexpected logged and said plainly. A database
-    outage is raised on: the inbox tries the request again when it is back
-    (app/slack/intake.py), so it is not the person's to retry."""
+    to the person who asked, and anything unexpected logged and said plainly. An outage of what
+    the work depends on is raised on (`outage`): the inbox tries the request again when it is
+    back (app/slack/intake.py), so it is not the person's to retry."""
     found = context.get(ASKER)
     reply = found.reply if isinstance(found, Asker) else None
     if reply is None:
@@ -94,13 +99,21 @@ def answered(job: Job, context: BoltContext) -> Job:
             job()
         except ServiceError as exc:
             reply(exc.message)
-        except OperationalError:
-            raise
-        except Exception:
+        except Exception as exc:
+            if outage(exc):
+                raise
             log.exception("event=listener_failed")
             reply(UNEXPECTED)
 
     return run
+
+
+def outage(exc: BaseException) -> bool:
+    """The database, Slack's API or the network failed, not the request: the same work works
+    once they are back. (Looking up who clicked is a Slack call in the work of every click.)"""
+    if isinstance(exc, OperationalError | PoolTimeout | OSError):  # OSError: refused, timed out
+        return True
+    return isinstance(exc, SlackApiError) and slack_unwell(exc)
 
 
 def _json(answer: dict[str, Any]) -> BoltResponse:

@@ -378,7 +378,11 @@ class Intake:
     # Renewed every third of itself while the work runs (a heartbeat), so a dead process's
     # claim is taken over within this and a sweep tick.
     LEASE = timedelta(seconds=9)
-    MAX_ATTEMPTS = 6  # then the failure is logged as given up, for an operator to look at
+    # Tries a few seconds apart (2, 4, 8 s, then a lease); after that, work that still fails is
+    # logged as stuck and tried once a minute until it works: acknowledged work is never
+    # dropped, and it stays in `wardkey_inbox_oldest_seconds` while it waits.
+    MAX_ATTEMPTS = 6
+    STUCK_RETRY = timedelta(minutes=1)
     TIMEOUT_SECONDS = 2  # an ack must leave within Slack's 3 s even when the database hangs
     CHANNEL = "wardkey_intake"  # PostgreSQL NOTIFY channel: work handed to the workers
 
@@ -627,28 +631,38 @@ class Intake:
             try:
                 job()
             except Exception as exc:
-                if pending.attempt >= self.MAX_ATTEMPTS:
-                    log.error(
-                        "event=intake_gave_up job=%s attempts=%d error=%s",
-                        getattr(job, "__name__", "job"),
-                        pending.attempt,
-                        type(exc).__name__,
-                    )
-                    break
-                retry_in = min(self.LEASE, timedelta(seconds=2**pending.attempt))
-                log.warning(
-                    "event=intake_work_failed job=%s attempt=%d error=%s retry_in=%ds",
-                    getattr(job, "__name__", "job"),
-                    pending.attempt,
-                    type(exc).__name__,
-                    retry_in.total_seconds(),
-                )
-                self._quietly(
-                    _RETRY_LATER, pending.key, owner=owner, retry_at=self.clock.now() + retry_in
-                )
+                self._failed_try(pending, owner, getattr(job, "__name__", "job"), exc)
                 return False
+        if pending.attempt > self.MAX_ATTEMPTS:  # its end, as its start was logged
+            log.warning("event=intake_work_unstuck attempts=%d", pending.attempt)
         self._quietly(_DONE, pending.key, owner=owner)
         return True
+
+    def _failed_try(self, pending: Pending, owner: str, job: str, exc: Exception) -> None:
+        """Hand the request back for a later try: never done while its work fails."""
+        stuck = pending.attempt >= self.MAX_ATTEMPTS
+        retry_in = (
+            self.STUCK_RETRY if stuck else min(self.LEASE, timedelta(seconds=2**pending.attempt))
+        )
+        if pending.attempt == self.MAX_ATTEMPTS:
+            log.error(
+                "event=intake_work_stuck job=%s attempts=%d error=%s retry_every=%ds "
+                "what=acknowledged work keeps failing; it is kept and tried again until it "
+                "works (wardkey_inbox_oldest_seconds grows meanwhile)",
+                job,
+                pending.attempt,
+                type(exc).__name__,
+                retry_in.total_seconds(),
+            )
+        else:
+            log.warning(
+                "event=intake_work_failed job=%s attempt=%d error=%s retry_in=%ds",
+                job,
+                pending.attempt,
+                type(exc).__name__,
+                retry_in.total_seconds(),
+            )
+        self._quietly(_RETRY_LATER, pending.key, owner=owner, retry_at=self.clock.now() + retry_in)
 
     def note_outcome(self, key: str, outcome: str) -> None:
         """Record what a form's synchronous part did, so a retry of its work does not do it

@@ -1,0 +1,156 @@
+"""Work after an ack that fails is tried again until it works, never dropped (issue 12:
+acknowledged means recorded): a few seconds apart at first, then once a minute, logged as stuck
+once and its end once. An outage of what the work needs (the database, Slack's API, the
+network) is left to those retries instead of being told to the person as an error."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import closing
+from datetime import timedelta
+
+import pytest
+from slack_bolt import BoltContext
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.slack_response import SlackResponse
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+from app.access import AccessService
+from app.clock import ManualClock
+from app.lifecycle.errors import ServiceError
+from app.metrics import metrics_text
+from app.slack.errors import UNEXPECTED, answered
+from app.slack.gate import ASKER, Asker
+from app.slack.intake import Intake, Pending
+from app.store.models import SeenRequest
+
+KEY = "v0=" + "d" * 64
+
+
+def state_of(service: AccessService) -> str:
+    with service.db.read() as session:
+        return str(session.scalar(select(SeenRequest.state).where(SeenRequest.signature == KEY)))
+
+
+def test_work_that_keeps_failing_is_kept_and_tried_until_it_works(
+    service: AccessService, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    failures = Intake.MAX_ATTEMPTS + 2
+    tries: list[int] = []
+
+    def approve() -> None:
+        tries.append(1)
+        if len(tries) <= failures:
+            raise OperationalError("UPDATE", {}, ConnectionError("server closed the connection"))
+
+    # The gap before each next try, as the inbox spaces them: 2, 4, 8 s, then a lease apart,
+    # then once a minute from the try that makes it stuck.
+    gaps = [
+        Intake.STUCK_RETRY
+        if attempt >= Intake.MAX_ATTEMPTS
+        else min(Intake.LEASE, timedelta(seconds=2**attempt))
+        for attempt in range(1, failures + 1)
+    ]
+    inbox = Intake(service.db, clock)
+    caplog.set_level(logging.WARNING, logger="app.slack.intake")
+    with closing(inbox):
+        assert inbox.record(KEY, b"payload=%7B%7D", {})
+        assert not inbox.run(Pending(key=KEY, jobs=[approve]), inbox.owner)
+        for attempt, gap in enumerate(gaps, start=2):
+            assert state_of(service) == "working"  # not done, not dropped
+            clock.advance(gap - timedelta(seconds=1))
+            assert inbox.claim_due() == [], f"try {attempt} came early"
+            clock.advance(timedelta(seconds=1))
+            (claimed,) = inbox.claim_due()
+            pending, _, _, owner = claimed
+            assert pending.attempt == attempt
+            pending.jobs = [approve]
+            assert inbox.run(pending, owner) == (attempt > failures)
+        assert state_of(service) == "done"
+
+    assert len(tries) == failures + 1
+    stuck = [r.getMessage() for r in caplog.records if "event=intake_work_stuck" in r.getMessage()]
+    assert len(stuck) == 1 and "attempts=6" in stuck[0] and "retry_every=60s" in stuck[0], stuck
+    assert [r.levelname for r in caplog.records if "intake_work_stuck" in r.getMessage()] == [
+        "ERROR"
+    ]
+    assert (
+        sum("event=intake_work_unstuck attempts=9" in r.getMessage() for r in caplog.records) == 1
+    )
+
+
+def test_stuck_work_shows_in_the_inbox_age_metric(
+    service: AccessService, clock: ManualClock
+) -> None:
+    def failing() -> None:
+        raise OperationalError("UPDATE", {}, ConnectionError("server closed the connection"))
+
+    inbox = Intake(service.db, clock)
+    with closing(inbox):
+        assert inbox.record(KEY, b"payload=%7B%7D", {})
+        assert not inbox.run(Pending(key=KEY, jobs=[failing]), inbox.owner)
+        clock.advance(timedelta(minutes=10))
+    text = metrics_text(service.db, clock).decode()
+    assert "wardkey_inbox_oldest_seconds 600.0" in text, [
+        line for line in text.splitlines() if "inbox" in line
+    ]
+
+
+def slack_error(status: int, error: str) -> SlackApiError:
+    response = SlackResponse(
+        client=None,
+        http_verb="POST",
+        api_url="https://slack.com/api/users.info",
+        req_args={},
+        data={"ok": False, "error": error},
+        headers={},
+        status_code=status,
+    )
+    return SlackApiError(f"users.info failed: {error}", response)
+
+
+def context_replying_to(told: list[str]) -> BoltContext:
+    context = BoltContext()
+    context[ASKER] = Asker(None, None, told.append)  # type: ignore[arg-type]
+    return context
+
+
+@pytest.mark.parametrize(
+    "outage",
+    [
+        OperationalError("SELECT", {}, ConnectionError("server closed the connection")),
+        TimeoutError("timed out"),
+        ConnectionRefusedError("connection refused"),
+        slack_error(503, "service_unavailable"),
+        slack_error(429, "ratelimited"),
+        slack_error(200, "internal_error"),
+    ],
+    ids=["database", "timeout", "refused", "slack-503", "slack-429", "slack-internal"],
+)
+def test_an_outage_in_the_work_is_left_to_the_inbox_not_told_as_an_error(
+    outage: Exception,
+) -> None:
+    told: list[str] = []
+
+    def work() -> None:
+        raise outage
+
+    with pytest.raises(type(outage)):
+        answered(work, context_replying_to(told))()
+    assert told == []  # the inbox does it again when Slack or the database is back
+
+
+def test_a_refusal_or_a_real_error_in_the_work_is_told_to_the_person() -> None:
+    told: list[str] = []
+
+    def refused() -> None:
+        raise ServiceError("Request #4 was already approved by Ben Hughes.")
+
+    def broken() -> None:
+        raise slack_error(200, "user_not_found")
+
+    context = context_replying_to(told)
+    answered(refused, context)()
+    answered(broken, context)()
+    assert told == ["Request #4 was already approved by Ben Hughes.", UNEXPECTED]
