@@ -25,12 +25,12 @@ from app import audit
 from app.access import AccessService
 from app.adapters.registry import build_adapters
 from app.clock import ManualClock
-from app.demo.slack_fake import FakeSlack
+from app.demo.slack_fake import FakeSlack, SlackUser
 from app.demo.webhook_target import WebhookTarget
 from app.lifecycle.deps import CoreDeps
 from app.policy import load_policy
 from app.store import AuditEvent, Database
-from app.store.models import AccessRequest, RequestState
+from app.store.models import AccessRequest, OutboxItem, OutboxState, RequestState
 from app.web import WardKeyWSGI
 from tests.conftest import HERE, fresh_postgres_schema
 from tests.fakes.big_trust import APPROVER, staff
@@ -279,7 +279,7 @@ class TestADatabaseThatNeverAnswers:
             answers = [http.get(f"{url}/readyz") for _ in range(3)]
             alive = http.get(f"{url}/healthz")
         assert [(a.status_code, a.text) for a in answers] == [(503, "database unreachable")] * 3
-        assert max(a.elapsed.total_seconds() for a in answers) < 2
+        assert max(a.elapsed.total_seconds() for a in answers) < 1  # issue 12's bar
         assert alive.status_code == 200
 
 
@@ -302,9 +302,71 @@ def test_a_hung_target_does_not_delay_another_targets_revokes(ward: Ward) -> Non
         f"\nhung target: healthy revokes attempted={len(healthy)} applied={len(late)} lost=0 "
         f"late p50={late[len(late) // 2]:.2f}s max={late[-1]:.2f}s; hung target's: {lab_states}"
     )
-    # Before, one expiry job served both and waited for the hung one's time-out (10 s+).
-    assert late[-1] < 5, late
+    # Before, one expiry job served both and waited for the hung one's time-out (10 s+). Issue
+    # 12's bar is < 2 s added by the hung target; this holds the whole lateness to it.
+    assert late[-1] < 2, late
     assert set(ward.consoles["epr"].removals.values()) == {1}
+
+
+def test_a_hung_slack_does_not_delay_revokes_and_its_messages_are_sent_when_it_is_back(
+    ward: Ward,
+) -> None:
+    """Slack's Web API hangs (it answers after an hour; WardKey gives up on each call after
+    10 s). Twenty grants end meanwhile: each is revoked on time, its messages (the requester
+    told, the cards updated) wait in the outbox, and they are sent once Slack answers again,
+    each once."""
+    for n in range(20):
+        person = staff(n)
+        ward.slack.add_user(SlackUser(person.slack_user_id or "", person.email, f"Staff {n}"))
+    ward.slack.add_user(SlackUser(APPROVER.slack_user_id or "", APPROVER.email, "Lead"))
+    ending = datetime.now(UTC) + timedelta(seconds=12)
+    granted = ward.grants("epr", range(0, 20), ending)
+    ward.slack.latency = 3600
+    ward.start("worker")
+    wait_until_ended(ward.db, granted, within=45)
+    late = sorted((at - ending).total_seconds() for at in ended_at(ward.db, granted).values())
+    waiting = outbox_waiting(ward.db)
+    calls_while_hung = len(ward.slack.calls)
+    hanging = ward.slack.in_flight  # calls WardKey made that Slack has not answered
+    ward.slack.latency = 0  # Slack is back
+    deadline = time.monotonic() + 90
+    while outbox_waiting(ward.db):
+        assert time.monotonic() < deadline, (outbox_waiting(ward.db), ward.log_of(0)[-3000:])
+        time.sleep(0.2)
+    keys = [
+        (post.get("metadata") or {}).get("event_payload", {}).get("key")
+        for post in ward.slack.posts()
+    ]
+    print(
+        f"\nhung Slack: revokes attempted={len(granted)} applied={len(late)} lost=0 "
+        f"late p50={late[len(late) // 2]:.2f}s max={late[-1]:.2f}s; messages waiting while "
+        f"hung={waiting}, calls hanging={hanging}, answered={calls_while_hung}; "
+        f"then sent={len(keys)}"
+    )
+    # Issue 12: a hung Slack adds < 2 s to revokes (before: 31 s late).
+    assert late[-1] < 2, late
+    assert set(ward.consoles["epr"].removals.values()) == {1}
+    assert waiting > 0 and hanging > 0, "nothing waited on Slack: the test proves nothing"
+    assert len(keys) >= len(granted) and None not in keys and len(set(keys)) == len(keys), keys
+    with ward.db.read() as session:
+        ends = session.execute(
+            sa.select(OutboxItem.state, sa.func.count()).group_by(OutboxItem.state)
+        ).all()
+    assert dict(ends) == {OutboxState.DONE.value: dict(ends)[OutboxState.DONE.value]}, ends
+    result = audit.verify(ward.db)
+    assert result.ok, result
+
+
+def outbox_waiting(db: Database) -> int:
+    with db.read() as session:
+        return int(
+            session.scalar(
+                sa.select(sa.func.count())
+                .select_from(OutboxItem)
+                .where(OutboxItem.state.in_([OutboxState.NEW.value, OutboxState.WORKING.value]))
+            )
+            or 0
+        )
 
 
 def test_start_up_answers_health_at_once_while_a_target_hangs(ward: Ward) -> None:
