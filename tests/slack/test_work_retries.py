@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import closing
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from slack_bolt import BoltContext
@@ -18,12 +18,18 @@ from sqlalchemy.exc import OperationalError
 
 from app.access import AccessService
 from app.clock import ManualClock
+from app.directory import Workspace
 from app.lifecycle.errors import ServiceError
+from app.listeners import slack_app
 from app.metrics import metrics_text
+from app.requests.messages import APPROVE_ACTION
+from app.slack.app import web_client
 from app.slack.errors import UNEXPECTED, answered
 from app.slack.gate import ASKER, Asker
-from app.slack.intake import Intake, Pending
-from app.store.models import SeenRequest
+from app.slack.intake import Intake, Pending, Redelivery
+from app.store.models import RequestState, SeenRequest
+from tests.conftest import AMIRA, audit_actions
+from tests.slack_harness import TEAM, RunningApp, SlackOnSqlite
 
 KEY = "v0=" + "d" * 64
 
@@ -154,3 +160,36 @@ def test_a_refusal_or_a_real_error_in_the_work_is_told_to_the_person() -> None:
     answered(refused, context)()
     answered(broken, context)()
     assert told == ["Request #4 was already approved by Ben Hughes.", UNEXPECTED]
+
+
+class TestAClickWhileSlacksApiFails(SlackOnSqlite):
+    def test_an_approval_clicked_while_slack_answers_500_is_applied_once_it_is_back(
+        self, slack: RunningApp, service: AccessService
+    ) -> None:
+        rid = service.request(
+            AMIRA, "pharmacy-db", "read", timedelta(minutes=30), "fix stuck order sets"
+        ).id
+        # Slack delivers Ben's click, but its Web API fails: who clicked cannot be looked up.
+        slack.fake.fail(1000, 500)
+        assert slack.click(APPROVE_ACTION, str(rid), "U0BEN").status_code == 200
+        slack.settle()
+        assert service.get(rid).state == RequestState.PENDING
+        said = [str(call.args) for call in slack.fake.calls]
+        assert not any("unexpected error" in text for text in said), said  # nothing to retry
+        assert any(call.method == "users.info" and call.status == 500 for call in slack.fake.calls)
+
+        # Slack answers again; the inbox's next try (a sweep, whichever process runs it).
+        slack.fake.fail(0)
+        client = web_client(slack.fake.token, slack.fake.api_url)
+        inbox = Intake(service.db, ManualClock(datetime.now(UTC) + timedelta(minutes=1)))
+        redelivery = Redelivery(
+            inbox,
+            lambda: slack_app(
+                service, client, "", workspace=Workspace.configured(TEAM, None), redelivery=True
+            ),
+        )
+        with closing(inbox):
+            assert len(redelivery.redeliver_due()) == 1
+            assert redelivery.redeliver_due() == []  # done, once
+        assert service.get(rid).state == RequestState.ACTIVE
+        assert audit_actions(service).count("request.approved") == 1
