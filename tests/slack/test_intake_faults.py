@@ -7,6 +7,9 @@ answers nothing meanwhile, so each piece of work waits on its first Slack call).
 started afterwards does all of it: every approval applied once, every card updated, every new
 request made once with its cards posted once, and the audit chain intact.
 
+A later kill point: serve killed while it waits on the console to grant approved access; the
+worker takes the grants over, and none is lost or done twice.
+
 And with the database unreachable, every click and command is answered at once that it was not
 recorded, and nothing is acknowledged as accepted and then lost."""
 
@@ -42,7 +45,7 @@ from app.requests import messages as v
 from app.requests.messages import APPROVE_ACTION
 from app.slack.app import web_client
 from app.slack.intake import Intake, NotRecorded
-from app.store import Database
+from app.store import AuditEvent, Database
 from app.store.models import AccessRequest, Decision, RequestState, SeenRequest
 from tests.conftest import fresh_postgres_schema
 from tests.fakes.big_trust import APPROVER, CONSOLE, KEY_VARIABLE, ROLE, staff, write_big_trust
@@ -149,22 +152,18 @@ def requests_by(db: Database) -> Counter[str]:
         return Counter(session.scalars(sa.select(AccessRequest.requester)))
 
 
-@pytest.mark.parametrize("work", ["local", "worker"])
-def test_serve_killed_after_acking_clicks_commands_and_a_form_loses_none(
-    trust: Trust, tmp_path: Path, work: str
-) -> None:
-    """`work`: WARDKEY_INTAKE_WORK, who does the work after the ack (serve, or the workers:
-    then serve hands each request over and no worker runs until serve is dead)."""
-    db, service, fake = trust.db, trust.service, trust.fake
-    # Ten staff are waiting for the lead's approval; the cards are in the lead's DMs.
+def waiting_with_cards(trust: Trust) -> tuple[list[int], dict[str, str]]:
+    """Ten staff waiting for the lead's approval, the cards in the lead's DMs (their ts by
+    text)."""
+    fake = trust.fake
     notifier = Notifier(
         web_client(fake.token, fake.api_url),
-        service,
+        trust.service,
         SlackDirectory(web_client(fake.token, fake.api_url)),
     )
     waiting = []
     for n in range(CLICKS):
-        view = service.request(
+        view = trust.service.request(
             staff(n), CONSOLE, ROLE, timedelta(hours=1), f"ward {n} order sets stuck"
         )
         notifier.deliver_now()
@@ -173,6 +172,17 @@ def test_serve_killed_after_acking_clicks_commands_and_a_form_loses_none(
         c.args["text"].split(":")[0]: c.response["ts"] for c in fake.calls_to("chat.postMessage")
     }
     assert len(cards) == CLICKS
+    return waiting, cards
+
+
+@pytest.mark.parametrize("work", ["local", "worker"])
+def test_serve_killed_after_acking_clicks_commands_and_a_form_loses_none(
+    trust: Trust, tmp_path: Path, work: str
+) -> None:
+    """`work`: WARDKEY_INTAKE_WORK, who does the work after the ack (serve, or the workers:
+    then serve hands each request over and no worker runs until serve is dead)."""
+    db, service, fake = trust.db, trust.service, trust.fake
+    waiting, cards = waiting_with_cards(trust)
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -327,6 +337,88 @@ def test_with_the_work_on_workers_serve_records_and_a_worker_does_each_once(
     assert "event=intake_work where=worker" in trust.log_of("serve")
     assert "event=intake_following how=listen" in trust.log_of("worker")
     assert audit.verify(db).ok
+
+
+def test_serve_killed_while_granting_approved_access_loses_none_and_doubles_none(
+    trust: Trust,
+) -> None:
+    """A later kill point: serve has recorded approvals and is waiting on the console to grant
+    the access (it answers after 5 s) when it is SIGKILLed, other clicks' work not yet begun. A
+    worker takes it all over: each approval recorded once, each grant finished once (the
+    console asked again only for what was taken over), every card updated, the audit chain
+    intact."""
+    db, fake, console = trust.db, trust.fake, trust.console
+    waiting, _ = waiting_with_cards(trust)
+    console.delay_seconds = 5
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    serve = trust.start(f"serve --port {port} --host 127.0.0.1 --no-scheduler", "serve")
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        wait_until_up(url, serve, trust, "serve")
+        slack = SlackDriver(url, fake, httpx.Client(timeout=10), SECRET)
+        boss = APPROVER.slack_user_id or ""
+        acked = [slack.click(APPROVE_ACTION, str(rid), boss).status_code for rid in waiting]
+        assert acked == [200] * CLICKS
+        deadline = time.monotonic() + 30
+        while granting(db, waiting) < 2:  # two on the console: kill
+            assert time.monotonic() < deadline, trust.log_of("serve")[-3000:]
+            time.sleep(0.02)
+        serve.send_signal(signal.SIGKILL)
+        serve.wait()
+        killed = time.monotonic()
+        states_at_kill = Counter(state_of(db, waiting).values())
+        console.delay_seconds = 0
+        worker = trust.start("worker", "worker")
+        deadline = time.monotonic() + 60
+        while set(state_of(db, waiting).values()) != {RequestState.ACTIVE.value} or not (
+            _all_told(fake, waiting, set())
+        ):
+            assert worker.poll() is None, trust.log_of("worker")
+            assert time.monotonic() < deadline, (state_of(db, waiting), trust.log_of("worker"))
+            time.sleep(0.1)
+        recovered_in = time.monotonic() - killed
+        time.sleep(1)  # let anything doubled show itself before counting
+    finally:
+        stop(serve, *([worker] if worker else []))
+
+    assert states_at_kill[RequestState.GRANTING.value] >= 2, "not killed mid-grant: no proof"
+    assert decisions(db) == Counter({rid: 1 for rid in waiting})
+    succeeded = audit_of(db, "grant.succeeded")
+    assert sorted(succeeded) == sorted(waiting)  # each grant finished once
+    taken_over = audit_of(db, "grant.taken_over")
+    accounts = [line for line in console.log if " gave " in line]
+    assert len(set(accounts)) == CLICKS
+    assert len(accounts) <= CLICKS + len(taken_over)  # asked again only where taken over
+    assert audit.verify(db).ok
+    print(
+        f"\nintake, serve killed mid-grant: attempted={CLICKS} applied={len(decisions(db))} "
+        f"lost=0 doubled=0 states at kill={dict(states_at_kill)} taken over={len(taken_over)} "
+        f"console asked={len(accounts)} recovery={recovered_in:.1f}s"
+    )
+
+
+def state_of(db: Database, ids: list[int]) -> dict[int, str]:
+    with db.read() as session:
+        rows = session.execute(
+            sa.select(AccessRequest.id, AccessRequest.state).where(AccessRequest.id.in_(ids))
+        ).all()
+    return {rid: state for rid, state in rows}
+
+
+def granting(db: Database, ids: list[int]) -> int:
+    return sum(s == RequestState.GRANTING.value for s in state_of(db, ids).values())
+
+
+def audit_of(db: Database, action: str) -> list[int]:
+    with db.read() as session:
+        return [
+            rid
+            for rid in session.scalars(
+                sa.select(AuditEvent.request_id).where(AuditEvent.action == action)
+            )
+            if rid is not None
+        ]
 
 
 def _all_told(fake: FakeSlack, waiting: list[int], askers: set[str]) -> bool:
