@@ -307,14 +307,17 @@ class TestRecordedWithTheChange:
 
 # ------------------------------------------------ real workers, PostgreSQL, the fake Slack
 
+SLACK_500S, SLACK_429S = 6, 3  # Slack's first answers once it is reachable again
+
 
 @pytest.mark.postgres
 def test_workers_deliver_every_message_once_through_an_outage_and_a_kill(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ten grants are made and approved while Slack is unreachable; a `wardkey worker` revokes
-    them on time regardless. Slack comes back slow (0.1 s a call); the worker is SIGKILLed
-    mid-delivery and a second one finishes: every message sent once, each card in order."""
+    them on time regardless. Slack comes back slow (0.1 s a call), its first answers HTTP 500s
+    and 429s (Retry-After); the worker is SIGKILLed mid-delivery and a second one finishes:
+    every message sent once, each card in order."""
     ward = Ward(tmp_path, monkeypatch, people=10)
     try:
         for user in [APPROVER, *(staff(n) for n in range(10))]:
@@ -331,6 +334,8 @@ def test_workers_deliver_every_message_once_through_an_outage_and_a_kill(
         assert ward.slack.posts() == []
         assert waiting_rows(ward.db) > 0
         ward.slack.latency = 0.1
+        ward.slack.fail(SLACK_500S, 500)
+        ward.slack.rate_limit("chat.postMessage", times=SLACK_429S, retry_after=1)
         ward.slack.unreachable = False
         back = datetime.now(UTC)
         deadline = time.monotonic() + 20
@@ -369,9 +374,11 @@ def test_workers_deliver_every_message_once_through_an_outage_and_a_kill(
             f"delivered={len(sent)} posts={len(posted)} lost=0 doubled={doubled} "
             f"refused={failed} revoke messages' delay p50={delays[len(delays) // 2]:.1f}s "
             f"max={delays[-1]:.1f}s; all sent {(last - back).total_seconds():.1f}s after "
-            "Slack came back"
+            f"Slack came back (its first answers {SLACK_500S} HTTP 500s, {SLACK_429S} 429s)"
         )
         assert doubled == 0 and not failed
+        answered = Counter(call.status for call in ward.slack.calls)
+        assert answered[500] == SLACK_500S and answered[429] == SLACK_429S, answered
         assert len(post_rows) == len(posted)  # every post Slack has is a row marked sent
         for shown in card_history(ward.slack).values():
             assert shown[0].startswith("Access request #")
