@@ -43,13 +43,14 @@ from typing import Any
 import httpx
 import psycopg
 from slack_bolt import App, BoltRequest
-from sqlalchemy import URL, Engine, bindparam, create_engine, text
+from sqlalchemy import URL, Engine, bindparam, create_engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from app.clock import Clock, SystemClock
 from app.priority import ACKS
 from app.store.db import Database, bounded
+from app.store.models import InboxState, SeenRequest
 
 log = logging.getLogger(__name__)
 Job = Callable[[], None]
@@ -191,6 +192,9 @@ _CLAIM_DUE = (
     "RETURNING signature, body, headers, attempts, outcome"
 )
 _FORGET = text("DELETE FROM seen_requests WHERE state = 'done' AND seen_until <= :now")
+_BACKLOG = select(func.count(), func.min(SeenRequest.received_at)).where(
+    SeenRequest.state.in_([InboxState.NEW.value, InboxState.WORKING.value])
+)
 
 
 @dataclass
@@ -385,6 +389,11 @@ class Intake:
     STUCK_RETRY = timedelta(minutes=1)
     TIMEOUT_SECONDS = 2  # an ack must leave within Slack's 3 s even when the database hangs
     CHANNEL = "wardkey_intake"  # PostgreSQL NOTIFY channel: work handed to the workers
+    # Acknowledged requests whose work has waited this long are logged as a backlog (once, and
+    # its end once), looked at every BACKLOG_BEATS heartbeats: no process doing the work (no
+    # worker, no serve with sweeps), or work that keeps failing.
+    BACKLOG_ALERT = timedelta(minutes=1)
+    BACKLOG_BEATS = 10
 
     def __init__(self, db: Database, clock: Clock | None = None, *, hand_off: bool = False) -> None:
         self.db = db
@@ -405,6 +414,7 @@ class Intake:
         # Requests this process recorded or claimed and has not finished: only these leases
         # are renewed, so one whose finishing write failed lapses and is done again.
         self._in_hand: set[str] = set()
+        self._backlog_since: datetime | None = None  # the oldest waiting when last alerted
 
     # ------------------------------------------------------------------ in the ack path
 
@@ -589,9 +599,37 @@ class Intake:
         """Every third of a lease, keep this process's claims alive (one statement for all of
         them) and mark done the requests that caused no work."""
         every = self.LEASE.total_seconds() / 3
+        beats = 0
         while not self._stop.wait(every):
             self._beat()
+            beats += 1
+            if beats % self.BACKLOG_BEATS == 0:
+                self.watch_backlog()
         self._beat(renew=False)
+
+    def watch_backlog(self) -> None:
+        """Log acknowledged work that has waited past BACKLOG_ALERT (once), and its end."""
+        try:
+            with self.engine().connect() as conn:
+                count, oldest = conn.execute(_BACKLOG).one()
+        except DBAPIError:  # the outage is logged by what failed first
+            return
+        now = self.clock.now()
+        if oldest is not None and now - oldest >= self.BACKLOG_ALERT:
+            if self._backlog_since is None:
+                self._backlog_since = oldest
+                log.error(
+                    "event=inbox_backlog count=%d oldest_seconds=%.0f what=acknowledged Slack "
+                    "requests are waiting for their work: is a wardkey worker (or a serve with "
+                    "the sweeps) running? See intake_work_stuck in the log",
+                    count,
+                    (now - oldest).total_seconds(),
+                )
+            return
+        if self._backlog_since is not None:
+            delayed = (now - self._backlog_since).total_seconds()
+            self._backlog_since = None
+            log.warning("event=inbox_backlog_cleared delayed_seconds=%.0f", delayed)
 
     def _beat(self, renew: bool = True) -> None:
         with self._lock:

@@ -193,3 +193,31 @@ class TestAClickWhileSlacksApiFails(SlackOnSqlite):
             assert redelivery.redeliver_due() == []  # done, once
         assert service.get(rid).state == RequestState.ACTIVE
         assert audit_actions(service).count("request.approved") == 1
+
+
+def test_acknowledged_work_waiting_past_a_minute_is_logged_once_and_its_end_once(
+    service: AccessService, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No process is doing the work (no worker runs): the inbox's heartbeat says so."""
+    inbox = Intake(service.db, clock, hand_off=True)
+    caplog.set_level(logging.WARNING, logger="app.slack.intake")
+    with closing(inbox):
+        assert inbox.record(KEY, b"payload=%7B%7D", {})
+        clock.advance(Intake.BACKLOG_ALERT - timedelta(seconds=1))
+        inbox.watch_backlog()
+        assert "inbox_backlog" not in caplog.text  # not yet a minute
+        clock.advance(timedelta(seconds=1))
+        inbox.watch_backlog()
+        clock.advance(timedelta(seconds=30))
+        inbox.watch_backlog()  # still waiting: not said again
+        (claimed,) = inbox.claim_due(new_after=timedelta(0))  # a worker at last
+        pending, _, _, owner = claimed
+        pending.jobs = [lambda: None]
+        assert inbox.run(pending, owner)
+        inbox.watch_backlog()
+    said = [
+        (r.levelname, r.getMessage()) for r in caplog.records if "inbox_backlog" in r.getMessage()
+    ]
+    assert [level for level, _ in said] == ["ERROR", "WARNING"], said
+    assert "event=inbox_backlog count=1 oldest_seconds=60" in said[0][1]
+    assert "event=inbox_backlog_cleared delayed_seconds=90" in said[1][1]
