@@ -13,12 +13,14 @@ a Slack Connect partner's account or a stranger.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import Any, Protocol
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -123,6 +125,27 @@ class SlackProfile:
         """Name and title, "Ben Hughes (Clinical systems lead)"; the name alone without one."""
         return f"{self.name} ({self.title})" if self.title else self.name
 
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SlackProfile:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+class ProfileKeeper(Protocol):
+    """Where Slack's last answer about each person is kept beyond the process (the database)."""
+
+    def keep(self, profile: SlackProfile) -> None: ...
+
+    def recall(self, user_id: str, within: timedelta) -> SlackProfile | None: ...
+
+
+# While Slack's Web API fails, who clicked is taken from Slack's last answer about them if it
+# is this recent. Slack itself delivered the click, so the account is still active in the
+# workspace; a day bounds how stale the rest (e-mail, guest or not) may be.
+KEPT_PROFILE_USED_FOR = timedelta(days=1)
+
 
 class SlackDirectory:
     """Looks people up in Slack. Profiles are cached for `ttl_seconds` (e-mails rarely change,
@@ -135,8 +158,10 @@ class SlackDirectory:
         workspace: Workspace | None = None,
         ttl_seconds: float = 300.0,
         monotonic: Callable[[], float] = time.monotonic,
+        kept: ProfileKeeper | None = None,
     ) -> None:
         self.client = client
+        self.kept = kept
         self.ttl = ttl_seconds
         self._workspace = workspace
         self._now = monotonic
@@ -156,13 +181,30 @@ class SlackDirectory:
             hit = self._cache.get(user_id)
             if hit is not None and hit[0] > self._now():
                 return hit[1]
-        found = SlackProfile.from_slack(self.client.users_info(user=user_id)["user"])
+        try:
+            answer = self.client.users_info(user=user_id)
+        except (SlackApiError, OSError) as exc:
+            if isinstance(exc, SlackApiError) and not slack_unwell(exc):
+                raise  # Slack answered about the account: never overruled by an old answer
+            kept = self.kept.recall(user_id, KEPT_PROFILE_USED_FOR) if self.kept else None
+            if kept is None:
+                raise
+            log.warning(
+                "event=slack_profile_kept_used user=%s error=%s what=Slack's Web API failed; "
+                "its last answer about this person (under a day old) is used",
+                user_id,
+                type(exc).__name__,
+            )
+            return kept
+        found = SlackProfile.from_slack(answer["user"])
         self._remember(found)
         return found
 
     def _remember(self, profile: SlackProfile) -> None:
         with self._lock:
             self._cache[profile.user_id] = (self._now() + self.ttl, profile)
+        if self.kept is not None:
+            self.kept.keep(profile)
 
     def ours(self, profile: SlackProfile) -> bool:
         """An account of the trust's own workspace(s): not a stranger, not of another org."""

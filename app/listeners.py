@@ -20,6 +20,7 @@ from app.directory import SlackDirectory, Workspace
 from app.grants import listeners as grants
 from app.identities import listeners as identities
 from app.identities.service import IdentityService
+from app.kept_profiles import KeptProfiles
 from app.lockdown import listeners as lockdown
 from app.notify.notifier import Notifier
 from app.requests import listeners as requests
@@ -92,7 +93,8 @@ def slack_app(
 
     `reviews`: the process's break-glass review service (None: one on `service`)."""
     if notifier is None:
-        notifier = Notifier(client, service, SlackDirectory(client, workspace))
+        kept = KeptProfiles(service.db, service.clock)
+        notifier = Notifier(client, service, SlackDirectory(client, workspace, kept=kept))
     shell = Shell(
         directory=notifier.directory,
         work=work or ThreadPoolExecutor(max_workers=4, thread_name_prefix="after-ack"),

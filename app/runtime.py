@@ -19,6 +19,7 @@ from app.digest.service import DigestService
 from app.directory import SlackDirectory, Workspace
 from app.identities.flows import owner_gone
 from app.identities.service import IdentityService
+from app.kept_profiles import KeptProfiles
 from app.lifecycle.deps import CoreDeps
 from app.listeners import slack_app
 from app.notify.notifier import Notifier
@@ -188,7 +189,7 @@ def load_runtime(settings: Settings | None = None) -> Runtime:
     )
     client = web_client(settings.slack_bot_token or "", settings.slack_api_url)
     workspace = Workspace.configured(settings.slack_team_ids, settings.slack_enterprise_id)
-    directory = SlackDirectory(client, workspace)
+    directory = SlackDirectory(client, workspace, kept=KeptProfiles(db, service.clock))
     digests = DigestService(service)
     identities = IdentityService(service)
     reviews = ReviewService(service)

@@ -347,6 +347,17 @@ class InboxState(StrEnum):
     DONE = "done"  # its work is done; kept until seen_until to refuse replays
 
 
+class KeptSlackProfile(Base):
+    """Slack's last answer about a person who used WardKey (`users.info`, as JSON), kept so
+    their clicks and commands are still done while Slack's Web API fails (app/directory.py)."""
+
+    __tablename__ = "slack_profiles"
+
+    user_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    profile: Mapped[str] = mapped_column(Text)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class SeenRequest(Base):
     """The Slack inbox: every signed request, recorded before WardKey acknowledges it, in the
     same write that refuses a replay. The raw body and the headers needed to act on it again

@@ -1,0 +1,63 @@
+"""Slack's last answer about each person who used WardKey, kept in the database
+(`slack_profiles`), so their clicks and commands are still done while Slack's Web API fails
+(app/directory.py decides when one may be used)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.clock import Clock, SystemClock
+from app.directory import SlackProfile
+from app.store import Database
+from app.store.models import KeptSlackProfile
+
+log = logging.getLogger(__name__)
+
+
+class KeptProfiles:
+    def __init__(self, db: Database, clock: Clock | None = None) -> None:
+        self.db = db
+        self.clock = clock or SystemClock()
+
+    def keep(self, profile: SlackProfile) -> None:
+        """Slack's answer now; a failure to keep it is logged, never raised (the answer
+        itself is good)."""
+        insert = sqlite_insert if self.db.is_sqlite else pg_insert
+        row = {
+            "user_id": profile.user_id,
+            "profile": json.dumps(profile.to_json()),
+            "seen_at": self.clock.now(),
+        }
+        statement = insert(KeptSlackProfile).values(row)
+        statement = statement.on_conflict_do_update(
+            index_elements=[KeptSlackProfile.user_id],
+            set_={"profile": statement.excluded.profile, "seen_at": statement.excluded.seen_at},
+        )
+        try:
+            with self.db.transaction() as session:
+                session.execute(statement)
+        except SQLAlchemyError as exc:
+            log.warning("event=slack_profile_not_kept error=%s", type(exc).__name__)
+
+    def recall(self, user_id: str, within: timedelta) -> SlackProfile | None:
+        """Slack's last answer about `user_id` if it is younger than `within`."""
+        try:
+            with self.db.read() as session:
+                row = session.execute(
+                    select(KeptSlackProfile.profile, KeptSlackProfile.seen_at).where(
+                        KeptSlackProfile.user_id == user_id
+                    )
+                ).first()
+        except SQLAlchemyError as exc:
+            log.warning("event=slack_profile_unreadable error=%s", type(exc).__name__)
+            return None
+        if row is None or self.clock.now() - row.seen_at > within:
+            return None
+        return SlackProfile.from_json(json.loads(row.profile))
