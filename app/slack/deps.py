@@ -11,7 +11,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from slack_bolt import BoltContext
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.directory import SlackDirectory
 from app.slack import intake
@@ -57,7 +57,7 @@ class Shell:
         Never recorded: a dialog that could not open is opened again by clicking again. A
         refusal is answered to the person who asked, as after_ack's are."""
         if self.live:
-            self.dialogs.submit(_guarded(answered(job, context)))
+            self.dialogs.submit(_guarded(answered(job, context, retried=False)))
 
     def progress(self) -> Progress:
         """How far earlier tries of the request being dispatched got; read it in the listener
@@ -87,7 +87,7 @@ class Progress:
             return
         try:
             pending.note(outcome)
-        except DBAPIError as exc:  # a redelivery then redoes the step, which is idempotent
+        except SQLAlchemyError as exc:  # a redelivery redoes the step, which is idempotent
             log.warning(
                 "event=intake_step_unrecorded step=%s error=%s", outcome, type(exc).__name__
             )

@@ -8,9 +8,11 @@ acted, its `field` names the input it concerns. Listeners raise it and never for
   ephemeral reply and a click with an ephemeral (a DM on the App Home or a form);
 - after the ack (`Shell.after_ack`, app/slack/deps.py), `answered` gives what the work of a
   command or a click raises to the same answer (`Asker.reply`). The work after a form or an
-  event answers nobody: what it raises is left to the inbox, which tries it again. So is a
-  failure of what the work depends on (the database, Slack's API, the network): the request was
-  acknowledged, so it is done when they are back, not handed to the person to retry.
+  event answers nobody: what it raises is left to the inbox, which tries it again. So is an
+  outage met before the work has done anything (the database, or Slack's API when asked who is
+  acting): the request was acknowledged, so it is done when they are back, not handed to the
+  person to retry. Anything met later is told, never tried again: the work may have changed
+  something already (an extension, a break-glass) that a second try would do twice.
 """
 
 from __future__ import annotations
@@ -26,13 +28,16 @@ from slack_sdk.errors import SlackApiError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from app.directory import slack_unwell
 from app.lifecycle.errors import ServiceError
-from app.slack.gate import ASKER, Asker, reply_to_clicker
+from app.slack.gate import ASKER, Asker, WhoUnknown, reply_to_clicker
 
 log = logging.getLogger(__name__)
 Job = Callable[[], None]
 
+NOT_NOW = (
+    "Slack or WardKey's database is not answering just now, so nothing was done. Try again in a "
+    "minute. For a patient-safety emergency, use the trust's fallback procedure now."
+)
 UNEXPECTED = (
     "WardKey hit an unexpected error and has logged it. Check `/jit status` before trying again."
 )
@@ -83,11 +88,13 @@ def form_block(error: ServiceError, view: dict[str, Any]) -> str:
     return inputs[0] if inputs else error.field or "error"
 
 
-def answered(job: Job, context: BoltContext) -> Job:
+def answered(job: Job, context: BoltContext, *, retried: bool = True) -> Job:
     """`job`, the work after the ack of the request in `context`, with a refusal it raises told
     to the person who asked, and anything unexpected logged and said plainly. An outage of what
-    the work depends on is raised on (`outage`): the inbox tries the request again when it is
-    back (app/slack/intake.py), so it is not the person's to retry."""
+    the work depends on, met before it did anything (the database; Slack, asked who is acting),
+    is raised on: the inbox tries the request again when it is back (app/slack/intake.py), so
+    it is not the person's to retry. `retried=False`: work the inbox does not carry (a dialog
+    opened by a click): the person is told to try again instead."""
     found = context.get(ASKER)
     reply = found.reply if isinstance(found, Asker) else None
     if reply is None:
@@ -98,22 +105,26 @@ def answered(job: Job, context: BoltContext) -> Job:
         try:
             job()
         except ServiceError as exc:
-            reply(exc.message)
-        except Exception as exc:
-            if outage(exc):
-                raise
+            _tell(reply, exc.message)
+        except (OperationalError, PoolTimeout, WhoUnknown):
+            if not retried:
+                _tell(reply, NOT_NOW)
+                return
+            raise
+        except Exception:
             log.exception("event=listener_failed")
-            reply(UNEXPECTED)
+            _tell(reply, UNEXPECTED)
 
     return run
 
 
-def outage(exc: BaseException) -> bool:
-    """The database, Slack's API or the network failed, not the request: the same work works
-    once they are back. (Looking up who clicked is a Slack call in the work of every click.)"""
-    if isinstance(exc, OperationalError | PoolTimeout | OSError):  # OSError: refused, timed out
-        return True
-    return isinstance(exc, SlackApiError) and slack_unwell(exc)
+def _tell(reply: Callable[[str], None], text: str) -> None:
+    """Answer the person; if Slack cannot take it now, log it and go on: raising would have the
+    inbox do the work again, and the work may have changed something already."""
+    try:
+        reply(text)
+    except (SlackApiError, OSError) as exc:
+        log.warning("event=reply_failed error=%s", type(exc).__name__)
 
 
 def _json(answer: dict[str, Any]) -> BoltResponse:

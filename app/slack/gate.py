@@ -24,8 +24,9 @@ from typing import Any
 from slack_bolt import BoltContext, BoltRequest, BoltResponse
 from slack_bolt.middleware import Middleware
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 
-from app.directory import OUTSIDER, SlackDirectory
+from app.directory import OUTSIDER, SlackDirectory, slack_unwell
 from app.policy.people import Person
 
 log = logging.getLogger(__name__)
@@ -173,10 +174,20 @@ class Asker:
         with self._lock:
             if self._person is None:
                 who = self.caller
-                self._person = self._directory.person(
-                    who.user_id, who.request_team_id, who.enterprise_id
-                )
+                try:
+                    self._person = self._directory.person(
+                        who.user_id, who.request_team_id, who.enterprise_id
+                    )
+                except (SlackApiError, OSError) as exc:
+                    if isinstance(exc, SlackApiError) and not slack_unwell(exc):
+                        raise
+                    raise WhoUnknown(type(exc).__name__) from exc
             return self._person
+
+
+class WhoUnknown(Exception):
+    """Slack's Web API failed (5xx, 429, no answer) while WardKey asked who is acting, and it
+    kept no recent answer about them. Nothing was done yet: the work is tried again."""
 
 
 class PersonResolver(Middleware):

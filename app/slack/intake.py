@@ -44,7 +44,7 @@ import httpx
 import psycopg
 from slack_bolt import App, BoltRequest
 from sqlalchemy import URL, Engine, bindparam, create_engine, func, select, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from app.clock import Clock, SystemClock
@@ -192,9 +192,16 @@ _CLAIM_DUE = (
     "RETURNING signature, body, headers, attempts, outcome"
 )
 _FORGET = text("DELETE FROM seen_requests WHERE state = 'done' AND seen_until <= :now")
-_BACKLOG = select(func.count(), func.min(SeenRequest.received_at)).where(
-    SeenRequest.state.in_([InboxState.NEW.value, InboxState.WORKING.value])
-)
+
+
+def _backlog(now: datetime) -> Any:
+    """Acknowledged requests whose work nobody is doing now: not taken yet, waiting for a try
+    again, or left by a process whose lease lapsed (work running under a live lease is not)."""
+    waiting = (SeenRequest.state == InboxState.NEW.value) | (
+        (SeenRequest.state == InboxState.WORKING.value)
+        & (SeenRequest.claimed_by.is_(None) | (SeenRequest.lease_until <= now))
+    )
+    return select(func.count(), func.min(SeenRequest.received_at)).where(waiting)
 
 
 @dataclass
@@ -601,20 +608,24 @@ class Intake:
         every = self.LEASE.total_seconds() / 3
         beats = 0
         while not self._stop.wait(every):
-            self._beat()
             beats += 1
-            if beats % self.BACKLOG_BEATS == 0:
-                self.watch_backlog()
+            # Never let one failure end the thread: every claim of this process would lapse.
+            try:
+                self._beat()
+                if beats % self.BACKLOG_BEATS == 0:
+                    self.watch_backlog()
+            except Exception:
+                log.exception("event=intake_heartbeat_failed")
         self._beat(renew=False)
 
     def watch_backlog(self) -> None:
         """Log acknowledged work that has waited past BACKLOG_ALERT (once), and its end."""
+        now = self.clock.now()
         try:
             with self.engine().connect() as conn:
-                count, oldest = conn.execute(_BACKLOG).one()
-        except DBAPIError:  # the outage is logged by what failed first
+                count, oldest = conn.execute(_backlog(now)).one()
+        except SQLAlchemyError:  # the outage is logged by what failed first
             return
-        now = self.clock.now()
         if oldest is not None and now - oldest >= self.BACKLOG_ALERT:
             if self._backlog_since is None:
                 self._backlog_since = oldest
@@ -647,7 +658,7 @@ class Intake:
                 if finished:
                     conn.execute(_DONE_MANY, {"owner": self.owner, "keys": finished})
                 conn.commit()
-        except DBAPIError as exc:  # the claims may lapse: another process then does them
+        except SQLAlchemyError as exc:  # the claims may lapse: another process then does them
             log.warning("event=intake_heartbeat_failed error=%s", type(exc).__name__)
 
     def run(self, pending: Pending, owner: str) -> bool:
@@ -754,7 +765,7 @@ class Intake:
             with self.engine().connect() as conn:
                 conn.execute(statement, {"owner": self.owner, "keys": keys})
                 conn.commit()
-        except DBAPIError as exc:
+        except SQLAlchemyError as exc:
             log.warning("event=intake_update_failed error=%s", type(exc).__name__)
             return False
         return True
@@ -762,7 +773,7 @@ class Intake:
     def _quietly(self, statement: Any, key: str, **params: Any) -> None:
         try:
             self._execute(statement, key=key, **params)
-        except DBAPIError as exc:  # the row is left for the sweep, which finishes it
+        except SQLAlchemyError as exc:  # the row is left for the sweep, which finishes it
             log.warning("event=intake_update_failed error=%s", type(exc).__name__)
 
     @contextlib.contextmanager
@@ -796,8 +807,10 @@ class Intake:
             if self._engine is None:
                 self._engine = create_engine(
                     ack_bounded(self.db.url, self.TIMEOUT_SECONDS),
+                    # The writer's connection, each HTTP thread's form step before its ack (16
+                    # by default), the work pool's updates and the heartbeat: 24 at most.
                     pool_size=8,
-                    max_overflow=8,
+                    max_overflow=16,
                     pool_timeout=self.TIMEOUT_SECONDS,
                     pool_pre_ping=False,
                     # One statement per write, so one round trip: in the ack path every wait
@@ -922,7 +935,7 @@ class Redelivery:
         self._forgot_at = now
         try:
             self.intake.forget_done()
-        except DBAPIError as exc:
+        except SQLAlchemyError as exc:
             log.warning("event=intake_forget_failed error=%s", type(exc).__name__)
 
 

@@ -1,7 +1,8 @@
 """Work after an ack that fails is tried again until it works, never dropped (issue 12:
 acknowledged means recorded): a few seconds apart at first, then once a minute, logged as stuck
-once and its end once. An outage of what the work needs (the database, Slack's API, the
-network) is left to those retries instead of being told to the person as an error."""
+once and its end once. An outage met before the work did anything (the database; Slack's API
+when asked who clicked) is left to those retries instead of being told as an error; one met
+later is told, never tried again, as the work may have done something already."""
 
 from __future__ import annotations
 
@@ -15,17 +16,19 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.slack_response import SlackResponse
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.access import AccessService
 from app.clock import ManualClock
-from app.directory import Workspace
+from app.demo.slack_fake import FakeSlack
+from app.directory import SlackDirectory, Workspace
 from app.lifecycle.errors import ServiceError
 from app.listeners import slack_app
 from app.metrics import metrics_text
 from app.requests.messages import APPROVE_ACTION
 from app.slack.app import web_client
-from app.slack.errors import UNEXPECTED, answered
-from app.slack.gate import ASKER, Asker
+from app.slack.errors import NOT_NOW, UNEXPECTED, answered
+from app.slack.gate import ASKER, Asker, Caller, WhoUnknown
 from app.slack.intake import Intake, Pending, Redelivery
 from app.store.models import RequestState, SeenRequest
 from tests.conftest import AMIRA, audit_actions
@@ -126,17 +129,12 @@ def context_replying_to(told: list[str]) -> BoltContext:
     "outage",
     [
         OperationalError("SELECT", {}, ConnectionError("server closed the connection")),
-        TimeoutError("timed out"),
-        ConnectionRefusedError("connection refused"),
-        slack_error(503, "service_unavailable"),
-        slack_error(429, "ratelimited"),
-        slack_error(200, "internal_error"),
+        PoolTimeout("QueuePool limit of size 10 overflow 20 reached"),
+        WhoUnknown("SlackApiError"),
     ],
-    ids=["database", "timeout", "refused", "slack-503", "slack-429", "slack-internal"],
+    ids=["database", "pool", "slack-who-clicked"],
 )
-def test_an_outage_in_the_work_is_left_to_the_inbox_not_told_as_an_error(
-    outage: Exception,
-) -> None:
+def test_an_outage_before_the_work_did_anything_is_left_to_the_inbox(outage: Exception) -> None:
     told: list[str] = []
 
     def work() -> None:
@@ -145,6 +143,66 @@ def test_an_outage_in_the_work_is_left_to_the_inbox_not_told_as_an_error(
     with pytest.raises(type(outage)):
         answered(work, context_replying_to(told))()
     assert told == []  # the inbox does it again when Slack or the database is back
+    # A dialog's click is not in the inbox: the person is told to click again.
+    answered(work, context_replying_to(told), retried=False)()
+    assert told == [NOT_NOW]
+
+
+@pytest.mark.parametrize(
+    "outage",
+    [slack_error(503, "service_unavailable"), TimeoutError("timed out")],
+    ids=["slack-503", "timeout"],
+)
+def test_an_outage_later_in_the_work_is_told_never_tried_again(outage: Exception) -> None:
+    """Met after the work may have changed something (an extension made, then its reply
+    failed): a second try would do it twice."""
+    told: list[str] = []
+    extended: list[int] = []
+
+    def extend() -> None:
+        extended.append(30)
+        raise outage
+
+    answered(extend, context_replying_to(told))()
+    assert extended == [30] and told == [UNEXPECTED]
+
+
+def test_a_reply_slack_cannot_take_is_logged_and_the_work_not_done_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def reply(text: str) -> None:
+        raise slack_error(429, "ratelimited")
+
+    context = BoltContext()
+    context[ASKER] = Asker(None, None, reply)  # type: ignore[arg-type]
+    extended: list[int] = []
+
+    def extend() -> None:
+        extended.append(30)
+        raise ServiceError("You can extend request #4 by at most 30 minutes more.")
+
+    answered(extend, context)()  # nothing raised: the inbox will not run it again
+    assert extended == [30]
+    assert "event=reply_failed error=SlackApiError" in caplog.text
+
+
+def test_who_clicked_is_unknown_only_when_slack_fails_not_when_it_answers(
+    service: AccessService,
+) -> None:
+    """Slack's failure becomes WhoUnknown (try again later); Slack's answer does not."""
+    fake = FakeSlack().start()
+    try:
+        client = web_client(fake.token, fake.api_url)
+        directory = SlackDirectory(client, Workspace.configured(TEAM, None))
+        who = Caller("U0NOBODY", TEAM, TEAM, None)
+        fake.fail(1000, 500)
+        with pytest.raises(WhoUnknown):
+            Asker(who, directory, None).person()
+        fake.fail(0)
+        with pytest.raises(SlackApiError):  # user_not_found: Slack's answer, told as it is
+            Asker(who, directory, None).person()
+    finally:
+        fake.stop()
 
 
 def test_a_refusal_or_a_real_error_in_the_work_is_told_to_the_person() -> None:
@@ -221,3 +279,18 @@ def test_acknowledged_work_waiting_past_a_minute_is_logged_once_and_its_end_once
     assert [level for level, _ in said] == ["ERROR", "WARNING"], said
     assert "event=inbox_backlog count=1 oldest_seconds=60" in said[0][1]
     assert "event=inbox_backlog_cleared delayed_seconds=90" in said[1][1]
+
+
+def test_work_running_under_a_live_lease_is_not_a_backlog(
+    service: AccessService, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A long piece of work (a lockdown, a slow target) renews its lease: not an alert."""
+    inbox = Intake(service.db, clock)
+    caplog.set_level(logging.WARNING, logger="app.slack.intake")
+    with closing(inbox):
+        assert inbox.record(KEY, b"payload=%7B%7D", {})
+        for _ in range(30):  # five minutes of work, its lease renewed every 3 s (heartbeats)
+            clock.advance(Intake.LEASE / 3)
+            inbox._beat()
+            inbox.watch_backlog()
+    assert "inbox_backlog" not in caplog.text
