@@ -22,6 +22,7 @@ from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_fake import FakeSlack
 from app.directory import SlackDirectory, Workspace
+from app.grants.messages import HOME_EXTEND
 from app.lifecycle.errors import ServiceError
 from app.listeners import slack_app
 from app.metrics import metrics_text
@@ -32,6 +33,7 @@ from app.slack.gate import ASKER, Asker, Caller, WhoUnknown
 from app.slack.intake import Intake, Pending, Redelivery
 from app.store.models import RequestState, SeenRequest
 from tests.conftest import AMIRA, audit_actions
+from tests.grants.test_timers import approved
 from tests.slack_harness import TEAM, RunningApp, SlackOnSqlite
 
 KEY = "v0=" + "d" * 64
@@ -294,3 +296,29 @@ def test_work_running_under_a_live_lease_is_not_a_backlog(
             inbox._beat()
             inbox.watch_backlog()
     assert "inbox_backlog" not in caplog.text
+
+
+class TestAnExtendWhoseReplySlackRefuses(SlackOnSqlite):
+    def test_the_access_is_extended_once_and_not_again_by_a_retry(
+        self, slack: RunningApp, service: AccessService
+    ) -> None:
+        """The Extend click's work extends, then its reply to the clicker meets Slack's 429s:
+        the reply is given up (logged), never the work done again (it extended once per try)."""
+        rid = approved(service)
+        before = service.get(rid).expires_at
+        assert before is not None
+        slack.fake.rate_limit("chat.postEphemeral", times=1000, retry_after=0)
+        assert slack.click(HOME_EXTEND, str(rid), "U0AMIRA", channel="D0AMIRA").status_code == 200
+        slack.settle()
+        client = web_client(slack.fake.token, slack.fake.api_url)
+        for minutes in (2, 4, 8):  # the inbox's sweeps, in any process, later on
+            inbox = Intake(service.db, ManualClock(datetime.now(UTC) + timedelta(minutes=minutes)))
+            redelivery = Redelivery(
+                inbox,
+                lambda: slack_app(
+                    service, client, "", workspace=Workspace.configured(TEAM, None), redelivery=True
+                ),
+            )
+            with closing(inbox):
+                assert redelivery.redeliver_due() == []  # nothing left to do again
+        assert service.get(rid).expires_at == before + timedelta(minutes=30)
