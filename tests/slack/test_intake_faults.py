@@ -51,6 +51,7 @@ from tests.conftest import fresh_postgres_schema
 from tests.fakes.big_trust import APPROVER, CONSOLE, KEY_VARIABLE, ROLE, staff, write_big_trust
 from tests.processes import free_port, stop
 from tests.relay import Relay
+from tests.system.test_reliability import state_of
 
 pytestmark = pytest.mark.postgres
 
@@ -397,14 +398,6 @@ def test_serve_killed_while_granting_approved_access_loses_none_and_doubles_none
         f"lost=0 doubled=0 states at kill={dict(states_at_kill)} taken over={len(taken_over)} "
         f"console asked={len(accounts)} recovery={recovered_in:.1f}s"
     )
-
-
-def state_of(db: Database, ids: list[int]) -> dict[int, str]:
-    with db.read() as session:
-        rows = session.execute(
-            sa.select(AccessRequest.id, AccessRequest.state).where(AccessRequest.id.in_(ids))
-        ).all()
-    return {rid: state for rid, state in rows}
 
 
 def granting(db: Database, ids: list[int]) -> int:
