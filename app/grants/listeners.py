@@ -16,7 +16,7 @@ from app.grants.messages import HOME_EXTEND, HOME_EXTEND_BY, HOME_REVOKE, outcom
 from app.lifecycle.snapshots import RequestSnapshot
 from app.policy import Person, Policy, format_duration
 from app.slack.commands import Slash
-from app.slack.deps import Shell
+from app.slack.deps import APPLIED, NOTIFIED, Progress, Shell
 from app.slack.gate import caller, person_of, reply_to_clicker
 from app.slack.parsing import UsageError, duration, request_id
 from app.telling import Delivers
@@ -40,6 +40,8 @@ class Core(Protocol):
     def policy(self) -> Policy: ...
 
     def extend(self, request_id: int, person: Person, duration: timedelta) -> RequestSnapshot: ...
+
+    def get(self, request_id: int) -> RequestSnapshot: ...
 
     def revoke(self, request_id: int, person: Person, reason: str = "") -> RequestSnapshot: ...
 
@@ -87,7 +89,8 @@ def register(app: App, deps: Needs) -> None:
     def extend_command(slash: Slash) -> None:
         parsed = parse_extend(slash.words)
         slash.ack()
-        shell.after_ack(slash.context, lambda: _extend(deps, parsed, slash))
+        progress = shell.progress()  # read here, on the thread that dispatches the request
+        shell.after_ack(slash.context, lambda: _extend(deps, parsed, slash, progress))
 
     def revoke_command(slash: Slash) -> None:
         parsed = parse_revoke(slash.words)
@@ -106,15 +109,19 @@ def register(app: App, deps: Needs) -> None:
         context: BoltContext,
     ) -> None:
         ack()
+        progress = shell.progress()
 
         def extend() -> None:
-            view = deps.service.extend(int(action["value"]), person_of(context), HOME_EXTEND_BY)
+            if progress.outcome == NOTIFIED:
+                return  # a redelivery of a click whose work was all done
+            view = _extended_once(deps, progress, int(action["value"]), context, HOME_EXTEND_BY)
             if view.extension is not None:
                 deps.notifier.deliver_now()
             else:
                 ends = clock_time(view.expires_at, deps.service.policy.zone)
                 reply_to_clicker(client, body)(f"#{view.id} now ends at {ends}.")
                 deps.notifier.publish_home(caller(context).user_id)
+            progress.step(NOTIFIED)
 
         shell.after_ack(context, extend)
 
@@ -130,8 +137,22 @@ def register(app: App, deps: Needs) -> None:
         shell.after_ack(context, revoke)
 
 
-def _extend(deps: Needs, parsed: Extend, slash: Slash) -> None:
-    view = deps.service.extend(parsed.request_id, person_of(slash.context), parsed.duration)
+def _extended_once(
+    deps: Needs, progress: Progress, request_id: int, context: BoltContext, by: timedelta
+) -> RequestSnapshot:
+    """Extend, unless an earlier try of this click or command did (its step is on the inbox
+    row): a try again after the extension committed must not extend a second time."""
+    if progress.outcome == APPLIED:
+        return deps.service.get(request_id)
+    view = deps.service.extend(request_id, person_of(context), by)
+    progress.step(APPLIED)
+    return view
+
+
+def _extend(deps: Needs, parsed: Extend, slash: Slash, progress: Progress) -> None:
+    if progress.outcome == NOTIFIED:
+        return  # a redelivery of a command whose work was all done
+    view = _extended_once(deps, progress, parsed.request_id, slash.context, parsed.duration)
     if view.extension is not None:
         slash.respond(
             response_type="ephemeral",
@@ -144,6 +165,7 @@ def _extend(deps: Needs, parsed: Extend, slash: Slash) -> None:
     else:
         ends = clock_time(view.expires_at, deps.service.policy.zone)
         slash.respond(response_type="ephemeral", text=f"#{view.id} now ends at {ends}.")
+    progress.step(NOTIFIED)
 
 
 def _revoke(deps: Needs, parsed: Revoke, slash: Slash) -> None:

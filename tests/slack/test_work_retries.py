@@ -6,11 +6,14 @@ later is told, never tried again, as the work may have done something already.""
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
 
 import pytest
+import sqlalchemy as sa
 from slack_bolt import BoltContext
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.slack_response import SlackResponse
@@ -22,7 +25,7 @@ from app.access import AccessService
 from app.clock import ManualClock
 from app.demo.slack_fake import FakeSlack
 from app.directory import SlackDirectory, Workspace
-from app.grants.messages import HOME_EXTEND
+from app.grants.messages import HOME_EXTEND, HOME_EXTEND_BY
 from app.lifecycle.errors import ServiceError
 from app.listeners import slack_app
 from app.metrics import metrics_text
@@ -322,3 +325,48 @@ class TestAnExtendWhoseReplySlackRefuses(SlackOnSqlite):
             with closing(inbox):
                 assert redelivery.redeliver_due() == []  # nothing left to do again
         assert service.get(rid).expires_at == before + timedelta(minutes=30)
+
+    def test_a_try_again_after_the_extension_committed_does_not_extend_again(
+        self, slack: RunningApp, service: AccessService
+    ) -> None:
+        """The first try extended (its step, `applied`, is on the inbox row) and then failed;
+        the try again tells Amira the new end and extends nothing."""
+        rid = approved(service)
+        once = service.extend(rid, AMIRA, HOME_EXTEND_BY).expires_at  # the first try's
+        payload = {
+            "type": "block_actions",
+            "team": {"id": TEAM},
+            "user": {"id": "U0AMIRA", "team_id": TEAM},
+            "channel": {"id": "D0AMIRA"},
+            "container": {"type": "message", "channel_id": "D0AMIRA", "message_ts": "1.2"},
+            "actions": [{"type": "button", "action_id": HOME_EXTEND, "value": str(rid)}],
+        }
+        now = datetime.now(UTC)
+        with service.db.transaction() as session:
+            session.execute(
+                sa.text(
+                    "INSERT INTO seen_requests (signature, seen_until, body, headers, state, "
+                    "received_at, lease_until, claimed_by, attempts, outcome) VALUES (:key, "
+                    ":until, :body, :headers, 'working', :now, :now, NULL, 1, 'applied')"
+                ),
+                {
+                    "key": KEY,
+                    "until": now + timedelta(minutes=5),
+                    "body": urlencode({"payload": json.dumps(payload)}),
+                    "headers": json.dumps({"content-type": "application/x-www-form-urlencoded"}),
+                    "now": now,
+                },
+            )
+        client = web_client(slack.fake.token, slack.fake.api_url)
+        inbox = Intake(service.db, ManualClock(now + timedelta(seconds=1)))
+        redelivery = Redelivery(
+            inbox,
+            lambda: slack_app(
+                service, client, "", workspace=Workspace.configured(TEAM, None), redelivery=True
+            ),
+        )
+        with closing(inbox):
+            assert redelivery.redeliver_due() == [KEY]
+        assert service.get(rid).expires_at == once
+        told = [c.args.get("text", "") for c in slack.fake.calls_to("chat.postEphemeral")]
+        assert any(f"#{rid} now ends at" in text for text in told), told
