@@ -1,6 +1,6 @@
 """`wardkey …` (also `python -m app …`): the operator's commands, one module per group.
 
-Each group module (`policy`, `db`, `audit`, `serve` with `socket`, `worker`, `revoke`,
+Each group module (`policy`, `db`, `audit`, `serve` with `socket`, `worker`, `revoke`, `inbox`,
 `report`, `demo`) adds its commands to the parser with `add_commands`; what they share is in
 `app.cli.common`. Building the parser loads no more than these: each command imports what it
 runs inside its handler (and `app.cli.configured` for a set-up WardKey), so the help and the
@@ -17,10 +17,10 @@ import sys
 from collections.abc import Sequence
 
 from app import __version__
-from app.cli import audit, db, demo, policy, report, revoke, serve, worker
+from app.cli import audit, db, demo, inbox, policy, report, revoke, serve, worker
 
 # In the order `wardkey --help` lists them.
-GROUPS = (policy, db, audit, serve, worker, revoke, report, demo)
+GROUPS = (policy, db, audit, serve, worker, revoke, inbox, report, demo)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 import psycopg
@@ -47,6 +48,7 @@ from sqlalchemy import URL, Engine, bindparam, create_engine, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from app import audit
 from app.clock import Clock, SystemClock
 from app.priority import ACKS
 from app.store.db import Database, bounded
@@ -377,6 +379,49 @@ class GroupCommit:
                 self._hand_over_failing = False
             self._handed(handing)
         return []
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """An acknowledged request whose work is not done, as an operator sees it."""
+
+    key: str
+    what: str  # the command, the action or the form: never its text
+    waited: timedelta
+    attempts: int
+    state: str
+    running: bool  # a process holds it under a live lease
+
+    @classmethod
+    def of(cls, row: SeenRequest, now: datetime) -> Unfinished:
+        received = row.received_at or now
+        running = row.claimed_by is not None and (row.lease_until or now) > now
+        return cls(
+            row.signature,
+            _what(row.body or ""),
+            now - received,
+            row.attempts or 0,
+            row.state,
+            running,
+        )
+
+
+def _what(body: str) -> str:
+    """What a stored request was, by kind and name, without what the person wrote."""
+    fields = dict(parse_qsl(body))
+    if "command" in fields:  # and its first word ("request", "extend"), not the rest
+        verb = (fields.get("text") or "").split(" ", 1)[0]
+        return f"{fields['command']} {verb} by {fields.get('user_id', '?')}"
+    try:
+        payload = json.loads(fields.get("payload") or body)
+    except ValueError:
+        return "unreadable"
+    kind = str(payload.get("type", "?"))
+    user = (payload.get("user") or {}).get("id", "?")
+    named = [str(a.get("action_id")) for a in payload.get("actions") or []]
+    named += [str((payload.get("view") or {}).get("callback_id") or "")]
+    named += [str((payload.get("event") or {}).get("type") or "")]
+    return " ".join([kind, *[n for n in named if n], f"by {user}"])
 
 
 class Intake:
@@ -746,6 +791,46 @@ class Intake:
             pending = Pending(key=key, attempt=max(1, int(attempts)), outcome=outcome)
             claimed.append((pending, (body or "").encode(), json.loads(headers or "{}"), owner))
         return claimed
+
+    def unfinished(self) -> list[Unfinished]:
+        """Acknowledged requests whose work is not done, oldest first (`wardkey inbox list`)."""
+        with self.db.read() as session:
+            rows = session.execute(
+                select(SeenRequest)
+                .where(SeenRequest.state.in_([InboxState.NEW.value, InboxState.WORKING.value]))
+                .order_by(SeenRequest.received_at)
+            ).scalars()
+            return [Unfinished.of(row, self.clock.now()) for row in rows]
+
+    def give_up(self, key: str, actor: str, note: str) -> Unfinished | None:
+        """An operator ends acknowledged work that cannot be done (it fails on every try): done,
+        with `note` as its outcome, in the transaction of its audit event (`inbox.given_up`).
+        None when there is no such unfinished request, or a process is doing it right now."""
+        now = self.clock.now()
+        with self.db.transaction() as session:
+            row = session.execute(
+                select(SeenRequest)
+                .where(
+                    SeenRequest.signature == key,
+                    SeenRequest.state.in_([InboxState.NEW.value, InboxState.WORKING.value]),
+                    SeenRequest.claimed_by.is_(None) | (SeenRequest.lease_until <= now),
+                )
+                .with_for_update()
+            ).scalar_one_or_none()
+            if row is None:
+                return None
+            given_up = Unfinished.of(row, now)
+            row.state, row.body, row.headers = InboxState.DONE.value, None, None
+            row.lease_until, row.outcome = None, f"given up: {note}"[:200]
+            audit.append(
+                session,
+                at=now,
+                action="inbox.given_up",
+                actor=actor,
+                data={"request": given_up.what, "attempts": given_up.attempts, "note": note},
+            )
+        log.warning("event=intake_given_up by=%s attempts=%d", actor, given_up.attempts)
+        return given_up
 
     def forget_done(self) -> int:
         """Delete done rows whose signature has expired (a replay would be refused as stale)."""
