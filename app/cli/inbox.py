@@ -29,13 +29,17 @@ def add_commands(commands: Commands) -> None:
 def _list(args: argparse.Namespace) -> int:
     from app.cli.configured import open_database
     from app.slack.intake import Intake
+    from app.wording import plural
 
     waiting = Intake(open_database()).unfinished()
     for item in waiting:
-        doing = "being done now" if item.running else f"{item.attempts} tries"
-        minutes = item.waited.total_seconds() / 60
-        print(f"{item.key}  {item.what}  waited {minutes:.0f} min  {doing}")
-    print(f"{len(waiting)} acknowledged request(s) not yet done")
+        doing = "being done now" if item.running else plural(item.attempts, "try", "tries")
+        minutes = round(item.waited.total_seconds() / 60)
+        print(f"{item.key}  {item.what}  waited {plural(minutes, 'minute')}  {doing}")
+    print(
+        plural(len(waiting), "acknowledged request", zero="No acknowledged request")
+        + " not yet done"
+    )
     return 0
 
 
@@ -46,6 +50,7 @@ def _give_up(args: argparse.Namespace) -> int:
     from app.lifecycle.validation import clean_note
     from app.policy import Person, person_key, rules
     from app.slack.intake import Intake
+    from app.wording import plural
 
     policy = configured_policy()
     person = Person(email=args.by)
@@ -65,7 +70,6 @@ def _give_up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    print(
-        f"given up: {given_up.what}, after {given_up.attempts} tries; recorded in the audit trail"
-    )
+    tries = plural(given_up.attempts, "try", "tries")
+    print(f"given up: {given_up.what}, after {tries}; recorded in the audit trail")
     return 0
