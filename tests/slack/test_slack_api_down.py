@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from slack_sdk.errors import SlackApiError
 
 from app.access import AccessService
@@ -19,7 +20,7 @@ from app.directory import KEPT_PROFILE_USED_FOR, SlackDirectory, SlackProfile, W
 from app.kept_profiles import KeptProfiles
 from app.requests.messages import APPROVE_ACTION
 from app.slack.app import web_client
-from app.store.models import RequestState
+from app.store.models import KeptSlackProfile, RequestState
 from tests.conftest import AMIRA
 from tests.slack_harness import TEAM, WARD_USERS, RunningApp, SlackOnSqlite
 
@@ -98,3 +99,15 @@ class TestAnApprovalWhileSlacksApiFails(SlackOnSqlite):
         slack.settle()
         assert service.get(rid.id).state == RequestState.ACTIVE  # not waiting for Slack
         assert any(c.method == "users.info" and c.status == 500 for c in slack.fake.calls)
+
+
+def test_answers_too_old_to_be_used_are_deleted(
+    service: AccessService, clock: ManualClock, fake: FakeSlack
+) -> None:
+    """The table holds no more about staff than it can use: a day's answers."""
+    kept = KeptProfiles(service.db, clock)
+    directory(fake, kept).profile("U0BEN")
+    clock.advance(KEPT_PROFILE_USED_FOR + KeptProfiles.PURGE_EVERY)
+    directory(fake, kept).profile("U0CHLOE")  # keeping the next answer clears the old ones
+    with service.db.read() as session:
+        assert set(session.scalars(sa.select(KeptSlackProfile.user_id))) == {"U0CHLOE"}
