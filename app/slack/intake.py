@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
-from urllib.parse import parse_qsl
 
 import httpx
 import psycopg
@@ -196,14 +195,22 @@ _CLAIM_DUE = (
 _FORGET = text("DELETE FROM seen_requests WHERE state = 'done' AND seen_until <= :now")
 
 
+# Acknowledged and not done: waiting to be taken, being done, or waiting for a try again.
+_UNFINISHED = SeenRequest.state.in_([InboxState.NEW.value, InboxState.WORKING.value])
+
+
+def _nobody_doing(now: datetime) -> Any:
+    """Not held by a process under a live lease (new, waiting for a try again, or its
+    process's lease lapsed)."""
+    return SeenRequest.claimed_by.is_(None) | (SeenRequest.lease_until <= now)
+
+
 def _backlog(now: datetime) -> Any:
-    """Acknowledged requests whose work nobody is doing now: not taken yet, waiting for a try
-    again, or left by a process whose lease lapsed (work running under a live lease is not)."""
-    waiting = (SeenRequest.state == InboxState.NEW.value) | (
-        (SeenRequest.state == InboxState.WORKING.value)
-        & (SeenRequest.claimed_by.is_(None) | (SeenRequest.lease_until <= now))
+    """Acknowledged requests whose work nobody is doing now (work running under a live lease,
+    however long, is not a backlog)."""
+    return select(func.count(), func.min(SeenRequest.received_at)).where(
+        _UNFINISHED, _nobody_doing(now)
     )
-    return select(func.count(), func.min(SeenRequest.received_at)).where(waiting)
 
 
 @dataclass
@@ -398,7 +405,7 @@ class Unfinished:
         running = row.claimed_by is not None and (row.lease_until or now) > now
         return cls(
             row.signature,
-            _what(row.body or ""),
+            _what(row.body or "", row.headers or ""),
             now - received,
             row.attempts or 0,
             row.state,
@@ -406,16 +413,15 @@ class Unfinished:
         )
 
 
-def _what(body: str) -> str:
+def _what(body: str, headers: str) -> str:
     """What a stored request was, by kind and name, without what the person wrote."""
-    fields = dict(parse_qsl(body))
-    if "command" in fields:  # and its first word ("request", "extend"), not the rest
-        verb = (fields.get("text") or "").split(" ", 1)[0]
-        return f"{fields['command']} {verb} by {fields.get('user_id', '?')}"
-    try:
-        payload = json.loads(fields.get("payload") or body)
-    except ValueError:
+    content_type = str(json.loads(headers or "{}").get("content-type", ""))
+    payload = payload_of(body.encode(), content_type)
+    if not payload:
         return "unreadable"
+    if "command" in payload:  # and its first word ("request", "extend"), not the rest
+        verb = str(payload.get("text") or "").split(" ", 1)[0]
+        return f"{payload['command']} {verb} by {payload.get('user_id', '?')}"
     kind = str(payload.get("type", "?"))
     user = (payload.get("user") or {}).get("id", "?")
     named = [str(a.get("action_id")) for a in payload.get("actions") or []]
@@ -794,13 +800,12 @@ class Intake:
 
     def unfinished(self) -> list[Unfinished]:
         """Acknowledged requests whose work is not done, oldest first (`wardkey inbox list`)."""
+        now = self.clock.now()
         with self.db.read() as session:
             rows = session.execute(
-                select(SeenRequest)
-                .where(SeenRequest.state.in_([InboxState.NEW.value, InboxState.WORKING.value]))
-                .order_by(SeenRequest.received_at)
+                select(SeenRequest).where(_UNFINISHED).order_by(SeenRequest.received_at)
             ).scalars()
-            return [Unfinished.of(row, self.clock.now()) for row in rows]
+            return [Unfinished.of(row, now) for row in rows]
 
     def give_up(self, key: str, actor: str, note: str) -> Unfinished | None:
         """An operator ends acknowledged work that cannot be done (it fails on every try): done,
@@ -810,11 +815,7 @@ class Intake:
         with self.db.transaction() as session:
             row = session.execute(
                 select(SeenRequest)
-                .where(
-                    SeenRequest.signature == key,
-                    SeenRequest.state.in_([InboxState.NEW.value, InboxState.WORKING.value]),
-                    SeenRequest.claimed_by.is_(None) | (SeenRequest.lease_until <= now),
-                )
+                .where(SeenRequest.signature == key, _UNFINISHED, _nobody_doing(now))
                 .with_for_update()
             ).scalar_one_or_none()
             if row is None:

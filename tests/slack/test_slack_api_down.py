@@ -6,7 +6,6 @@ account is never overruled by an older one."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -25,15 +24,6 @@ from tests.conftest import AMIRA
 from tests.slack_harness import TEAM, WARD_USERS, RunningApp, SlackOnSqlite
 
 BEN = next(user for user in WARD_USERS if user.id == "U0BEN")
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeSlack]:
-    fake = FakeSlack().start()
-    for user in WARD_USERS:
-        fake.add_user(user)
-    yield fake
-    fake.stop()
 
 
 def directory(fake: FakeSlack, kept: KeptProfiles) -> SlackDirectory:

@@ -225,6 +225,20 @@ def test_a_refusal_or_a_real_error_in_the_work_is_told_to_the_person() -> None:
     assert told == ["Request #4 was already approved by Ben Hughes.", UNEXPECTED]
 
 
+def sweep_at(service: AccessService, slack: RunningApp, at: datetime) -> list[str]:
+    """The inbox's sweep, as any process runs it, at `at`: what it did again."""
+    client = web_client(slack.fake.token, slack.fake.api_url)
+    inbox = Intake(service.db, ManualClock(at))
+    redelivery = Redelivery(
+        inbox,
+        lambda: slack_app(
+            service, client, "", workspace=Workspace.configured(TEAM, None), redelivery=True
+        ),
+    )
+    with closing(inbox):
+        return redelivery.redeliver_due()
+
+
 class TestAClickWhileSlacksApiFails(SlackOnSqlite):
     def test_an_approval_clicked_while_slack_answers_500_is_applied_once_it_is_back(
         self, slack: RunningApp, service: AccessService
@@ -243,17 +257,9 @@ class TestAClickWhileSlacksApiFails(SlackOnSqlite):
 
         # Slack answers again; the inbox's next try (a sweep, whichever process runs it).
         slack.fake.fail(0)
-        client = web_client(slack.fake.token, slack.fake.api_url)
-        inbox = Intake(service.db, ManualClock(datetime.now(UTC) + timedelta(minutes=1)))
-        redelivery = Redelivery(
-            inbox,
-            lambda: slack_app(
-                service, client, "", workspace=Workspace.configured(TEAM, None), redelivery=True
-            ),
-        )
-        with closing(inbox):
-            assert len(redelivery.redeliver_due()) == 1
-            assert redelivery.redeliver_due() == []  # done, once
+        later = datetime.now(UTC) + timedelta(minutes=1)
+        assert len(sweep_at(service, slack, later)) == 1
+        assert sweep_at(service, slack, later) == []  # done, once
         assert service.get(rid).state == RequestState.ACTIVE
         assert audit_actions(service).count("request.approved") == 1
 
@@ -313,17 +319,9 @@ class TestAnExtendWhoseReplySlackRefuses(SlackOnSqlite):
         slack.fake.rate_limit("chat.postEphemeral", times=1000, retry_after=0)
         assert slack.click(HOME_EXTEND, str(rid), "U0AMIRA", channel="D0AMIRA").status_code == 200
         slack.settle()
-        client = web_client(slack.fake.token, slack.fake.api_url)
         for minutes in (2, 4, 8):  # the inbox's sweeps, in any process, later on
-            inbox = Intake(service.db, ManualClock(datetime.now(UTC) + timedelta(minutes=minutes)))
-            redelivery = Redelivery(
-                inbox,
-                lambda: slack_app(
-                    service, client, "", workspace=Workspace.configured(TEAM, None), redelivery=True
-                ),
-            )
-            with closing(inbox):
-                assert redelivery.redeliver_due() == []  # nothing left to do again
+            later = datetime.now(UTC) + timedelta(minutes=minutes)
+            assert sweep_at(service, slack, later) == []  # nothing left to do again
         assert service.get(rid).expires_at == before + timedelta(minutes=30)
 
     def test_a_try_again_after_the_extension_committed_does_not_extend_again(
@@ -357,16 +355,7 @@ class TestAnExtendWhoseReplySlackRefuses(SlackOnSqlite):
                     "now": now,
                 },
             )
-        client = web_client(slack.fake.token, slack.fake.api_url)
-        inbox = Intake(service.db, ManualClock(now + timedelta(seconds=1)))
-        redelivery = Redelivery(
-            inbox,
-            lambda: slack_app(
-                service, client, "", workspace=Workspace.configured(TEAM, None), redelivery=True
-            ),
-        )
-        with closing(inbox):
-            assert redelivery.redeliver_due() == [KEY]
+        assert sweep_at(service, slack, now + timedelta(seconds=1)) == [KEY]
         assert service.get(rid).expires_at == once
         told = [c.args.get("text", "") for c in slack.fake.calls_to("chat.postEphemeral")]
         assert any(f"#{rid} now ends at" in text for text in told), told
